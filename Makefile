@@ -1,0 +1,46 @@
+# The project's commands. `make demo` runs the main job, `make test` runs every test
+# (lint included); both set up what they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCALENV := $(PYTHON) localenv/localenv.py
+
+.PHONY: help venv lint format unit test env-build env-up env-down demo
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed" if sys.version_info < (3, 11) else 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv with the project and its test dependencies
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv ## apply ruff's fixes and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+unit: venv ## the unit tests alone (no cluster, no Kafka)
+	$(PY) -m pytest -m "not integration"
+
+test: lint ## every test: lint, unit, and integration against the local environment
+	$(PY) -m pytest
+
+env-build: ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka)
+	$(LOCALENV) build
+
+env-up: ## start the local environment; then `source .localenv/env.sh`
+	$(LOCALENV) up
+
+env-down: ## stop the local environment
+	$(LOCALENV) down
+
+demo: venv env-up ## the main job: bring up the local environment of real parts
+	@cat .localenv/env.sh

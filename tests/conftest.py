@@ -1,0 +1,174 @@
+"""Fixtures shared by every test.
+
+Tests under tests/integration/ are marked `integration` and run against the
+local environment of real parts (localenv/): the first one that needs it starts
+it once per session, or reuses it when it is already up (`make env-up`). Each
+test gets its own namespace or topic. When an integration test fails, the
+parts' logs are copied to test-logs/. Tests under tests/unit/ need none of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
+
+
+def _load_localenv():
+    spec = importlib.util.spec_from_file_location("localenv", LOCALENV_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["localenv"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+localenv = _load_localenv()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and item.get_closest_marker("integration"):
+        item.session.stash.setdefault(_FAILED_KEY, []).append(item.nodeid)
+    return report
+
+
+_FAILED_KEY = pytest.StashKey[list]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.stash.get(_FAILED_KEY, None) and localenv.settings_file().exists():
+        dest = REPO / "test-logs"
+        localenv.collect_logs(dest)
+        print(f"\nintegration tests failed: the parts' logs are in {dest}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class LocalEnv:
+    """The running environment: what a test needs to reach its parts."""
+
+    kubeconfig: str
+    kafka_bootstrap: str
+    bin_path: str
+
+    def tool_env(self) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, helm) aimed at the local cluster."""
+        return {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "PATH": f"{self.bin_path}{os.pathsep}{os.environ['PATH']}",
+        }
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["kubectl", *args], env=self.tool_env(), capture_output=True, text=True, check=check
+        )
+
+
+@pytest.fixture(scope="session")
+def local_env() -> Iterator[LocalEnv]:
+    was_up = localenv.settings_file().exists()
+    proc = subprocess.run(
+        [sys.executable, str(LOCALENV_SCRIPT), "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            "the local environment of real parts could not be provisioned "
+            f"(python3 localenv/localenv.py up):\n{proc.stdout[-4000:]}",
+            pytrace=False,
+        )
+    data = json.loads(localenv.settings_file().read_text())
+    yield LocalEnv(kubeconfig=data["kubeconfig"], kafka_bootstrap=data["kafka_bootstrap"], bin_path=data["path"])
+    if not was_up and os.environ.get("MODELSERVING_KEEP_ENV") != "1":
+        localenv.down()
+
+
+@pytest.fixture(scope="session")
+def kube_client(local_env: LocalEnv):
+    """A kubernetes.client.ApiClient with the cluster's admin credentials."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=local_env.kubeconfig)
+    yield api
+    api.close()
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def namespace(kube_client) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_client)
+    name = unique_name("t")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # The namespace's default ServiceAccount is made by the controller-manager;
+    # tests that create Pods need it.
+    wait_for(lambda: _has_default_sa(core, name), timeout=30, what=f"ServiceAccount default in {name}")
+    yield name
+    core.delete_namespace(name)
+
+
+def _has_default_sa(core, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.read_namespaced_service_account("default", namespace)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name of one test's own."""
+    return unique_name("topic")
+
+
+class KafkaBroker:
+    """The local broker, for tests that take it down and bring it back (outages)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def stop(self) -> None:
+        localenv.kafka_stop()
+
+    def kill(self) -> None:
+        import signal
+
+        localenv.kafka_stop(signal.SIGKILL)
+
+    def start(self) -> None:
+        localenv.kafka_start()
+
+
+@pytest.fixture
+def kafka_broker(local_env: LocalEnv) -> Iterator[KafkaBroker]:
+    """Control of the real broker; it is running again when the test ends, whatever happened."""
+    broker = KafkaBroker(local_env.kafka_bootstrap)
+    yield broker
+    broker.start()
