@@ -1,0 +1,37 @@
+"""What the request path hands to the inference log: one request and its answer.
+
+The request path builds an `Exchange` once the answer is sent and calls
+`InferenceLogSink.submit`, which never blocks and never raises; all the work
+of the log (filtering, encoding, Kafka, the spool) happens off the request path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request to a :predict/:classify/:regress path and the answer the caller got."""
+
+    request_id: str
+    received_ms: int  # ms since the epoch when the request arrived (the Avro requestTimestamp)
+    status: int  # the HTTP code the caller got (the Avro responseHttpCode)
+    request_body: bytes  # the payload the client sent, as sent
+    response_body: bytes  # the body the caller got, as sent (TF Serving's, or the sidecar's error)
+    model_version: int | None  # the version that answered, when known
+    caller: str | None  # who called: API key name or Kubernetes user name, never the credential
+    traceparent: str | None  # the W3C trace context of the request, when present
+
+
+class InferenceLogSink(Protocol):
+    """The inference log as the request path sees it."""
+
+    def accepting(self) -> bool:
+        """False when the log can take no more (spool full and the policy refuses predictions)."""
+        ...
+
+    def submit(self, exchange: Exchange) -> None:
+        """Queue one exchange for the log; never blocks, never raises."""
+        ...
