@@ -13,6 +13,7 @@ runs before the project's virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -123,7 +124,9 @@ def build_kubernetes() -> None:
     )
     # k8s.io/kubernetes replaces its staging modules with ./staging folders the
     # module zip lacks; point each at its published twin (v1.x.y -> v0.x.y).
-    staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", Path(info["GoMod"]).read_text(), re.M)
+    staging = re.findall(
+        r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", Path(info["GoMod"]).read_text(), re.M
+    )
     if not staging:
         raise EnvError("found no staging replaces in k8s.io/kubernetes' go.mod")
     published = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
@@ -172,7 +175,11 @@ def build_etcd() -> None:
     )
     run(["go", "mod", "tidy"], work, go_env())
     out.mkdir(parents=True, exist_ok=True)
-    run(["go", "build", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"], work, go_env())
+    run(
+        ["go", "build", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
+        work,
+        go_env(),
+    )
 
 
 def go_install(out: Path, packages: list[str], names: list[str]) -> None:
@@ -218,7 +225,10 @@ def build() -> None:
     build_etcd()
     go_install(
         kwok_bin(),
-        [f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}", f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}"],
+        [
+            f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",
+            f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}",
+        ],
         ["kwok", "kwokctl"],
     )
     go_install(helm_bin(), [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], ["helm"])
@@ -284,10 +294,8 @@ def cluster_up() -> Path:
             return kubeconfig
         except EnvError:
             log("the recorded cluster does not answer; recreating it")
-    try:
+    with contextlib.suppress(EnvError):
         kwokctl("delete", "cluster", "--name", CLUSTER_NAME)
-    except EnvError:
-        pass
     log(f"starting the control plane (Kubernetes {KUBERNETES_VERSION}, KWOK {KWOK_VERSION})")
     kwokctl(
         "create", "cluster", "--name", CLUSTER_NAME, "--runtime", "binary",
@@ -386,7 +394,9 @@ def kafka_configure() -> Path:
         )
     )
     if not (data / "meta.properties").exists():
-        cluster_id = run(java_cmd("kafka.tools.StorageTool", "random-uuid")).strip().splitlines()[-1]
+        cluster_id = (
+            run(java_cmd("kafka.tools.StorageTool", "random-uuid")).strip().splitlines()[-1]
+        )
         run(java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)))
     return config
 
@@ -413,7 +423,9 @@ def kafka_start() -> str:
     deadline = time.monotonic() + 90
     while not port_open(broker):
         if proc.poll() is not None:
-            raise EnvError(f"Kafka exited with code {proc.returncode}; see {kafka_dir() / 'kafka.log'}")
+            raise EnvError(
+                f"Kafka exited with code {proc.returncode}; see {kafka_dir() / 'kafka.log'}"
+            )
         if time.monotonic() > deadline:
             raise EnvError(f"Kafka did not listen on {bootstrap} in 90 s")
         time.sleep(0.2)
@@ -428,10 +440,8 @@ def kafka_stop(sig: int = signal.SIGTERM) -> None:
     os.killpg(pid, sig)
     deadline = time.monotonic() + 60
     while kafka_pid() is not None and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
     if kafka_pid() is not None:
         os.killpg(pid, signal.SIGKILL)

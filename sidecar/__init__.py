@@ -1,1 +1,1 @@
-"""The aiohttp sidecar in every serving pod: auth, :predict paths, proxy to TF Serving, inference log."""
+"""The aiohttp sidecar of every serving pod: auth, :predict paths, proxy, inference log."""

@@ -87,7 +87,10 @@ class LocalEnv:
 def local_env() -> Iterator[LocalEnv]:
     was_up = localenv.settings_file().exists()
     proc = subprocess.run(
-        [sys.executable, str(LOCALENV_SCRIPT), "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, str(LOCALENV_SCRIPT), "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     if proc.returncode != 0:
         pytest.fail(
@@ -96,7 +99,11 @@ def local_env() -> Iterator[LocalEnv]:
             pytrace=False,
         )
     data = json.loads(localenv.settings_file().read_text())
-    yield LocalEnv(kubeconfig=data["kubeconfig"], kafka_bootstrap=data["kafka_bootstrap"], bin_path=data["path"])
+    yield LocalEnv(
+        kubeconfig=data["kubeconfig"],
+        kafka_bootstrap=data["kafka_bootstrap"],
+        bin_path=data["path"],
+    )
     if not was_up and os.environ.get("MODELSERVING_KEEP_ENV") != "1":
         localenv.down()
 
@@ -125,7 +132,9 @@ def namespace(kube_client) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # The namespace's default ServiceAccount is made by the controller-manager;
     # tests that create Pods need it.
-    wait_for(lambda: _has_default_sa(core, name), timeout=30, what=f"ServiceAccount default in {name}")
+    wait_for(
+        lambda: _has_default_sa(core, name), timeout=30, what=f"ServiceAccount default in {name}"
+    )
     yield name
     core.delete_namespace(name)
 

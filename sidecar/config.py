@@ -1,0 +1,207 @@
+"""The sidecar's settings: parsed once at start from the file the operator renders.
+
+The file (YAML or JSON; the operator writes it to the serving's sidecar
+ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
+`model` has a default:
+
+    serving: {name: mnist, namespace: demo, projectId: 80}
+    model: {name: mnist, version: 1, modelId: 17}
+    listen: {host: 0.0.0.0, port: 8080}
+    upstream: {url: "http://127.0.0.1:8501", timeoutSeconds: 60, connectTimeoutSeconds: 5,
+               maxConnections: 256}
+    limits: {maxRequestBytes: 10485760}
+    auth: {mode: apiKey, apiKeysDir: /etc/modelserving/apikeys, audience: "",
+           allowCacheSeconds: 300, denyCacheSeconds: 30}
+    logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
+              spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
+              spoolFullPolicy: reject}
+
+A bad setting fails the start with a message that names it (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelserving.api import SIDECAR_PORT, TFSERVING_REST_PORT
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it and says what is expected."""
+
+
+class AuthMode(enum.StrEnum):
+    API_KEY = "apiKey"
+    KUBERNETES = "kubernetes"
+    NONE = "none"
+
+
+class LoggingMode(enum.StrEnum):
+    """Hopsworks' inference-logging modes: what of each exchange goes to the log."""
+
+    ALL = "ALL"  # request and response
+    PREDICTIONS = "PREDICTIONS"  # the response only (inferenceRequest left empty)
+    MODEL_INPUTS = "MODEL_INPUTS"  # the request only (inferenceResponse left empty)
+    NONE = "NONE"  # no log
+
+
+class SpoolFullPolicy(enum.StrEnum):
+    REJECT = "reject"  # refuse new predictions with 503 until the spool drains
+    DROP_NEWEST = "dropNewest"  # answer, drop the record, count it
+
+
+@dataclass(frozen=True)
+class ServingIdentity:
+    name: str
+    namespace: str
+    project_id: int | None = None  # a numeric Hopsworks-style project id also accepted in paths
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: int
+    model_id: int  # the serving's status.modelId: the Avro modelId
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "0.0.0.0"
+    port: int = SIDECAR_PORT
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str = f"http://127.0.0.1:{TFSERVING_REST_PORT}"
+    timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 5.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_request_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    mode: AuthMode = AuthMode.API_KEY
+    api_keys_dir: str = "/etc/modelserving/apikeys"
+    audience: str = ""
+    allow_cache_seconds: float = 300.0
+    deny_cache_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    mode: LoggingMode = LoggingMode.NONE
+    topic: str = ""
+    bootstrap_servers: str = ""
+    spool_dir: str = "/var/spool/modelserving"
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    serving: ServingIdentity
+    model: ModelIdentity
+    listen: ListenConfig = ListenConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+# file key -> (dataclass field, type); the one table of the file's names.
+_SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
+    "serving": (ServingIdentity, {"name": ("name", str), "namespace": ("namespace", str),
+                                  "projectId": ("project_id", int)}),
+    "model": (ModelIdentity, {"name": ("name", str), "version": ("version", int),
+                              "modelId": ("model_id", int)}),
+    "listen": (ListenConfig, {"host": ("host", str), "port": ("port", int)}),
+    "upstream": (UpstreamConfig, {"url": ("url", str), "timeoutSeconds": ("timeout_seconds", float),
+                                  "connectTimeoutSeconds": ("connect_timeout_seconds", float),
+                                  "maxConnections": ("max_connections", int)}),
+    "limits": (LimitsConfig, {"maxRequestBytes": ("max_request_bytes", int)}),
+    "auth": (AuthConfig, {"mode": ("mode", AuthMode), "apiKeysDir": ("api_keys_dir", str),
+                          "audience": ("audience", str),
+                          "allowCacheSeconds": ("allow_cache_seconds", float),
+                          "denyCacheSeconds": ("deny_cache_seconds", float)}),
+    "logging": (LoggingConfig, {"mode": ("mode", LoggingMode), "topic": ("topic", str),
+                                "bootstrapServers": ("bootstrap_servers", str),
+                                "spoolDir": ("spool_dir", str),
+                                "spoolMaxBytes": ("spool_max_bytes", int),
+                                "spoolFullPolicy": ("spool_full_policy", SpoolFullPolicy)}),
+}  # fmt: skip
+_REQUIRED_SECTIONS = ("serving", "model")
+
+
+def _convert(where: str, value: Any, kind: Any) -> Any:
+    if value is None and kind is int and where == "serving.projectId":
+        return None
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in kind)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}") from None
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_config(data: Any) -> SidecarConfig:
+    """Turn the file's mapping into a SidecarConfig, naming the first bad setting."""
+    if not isinstance(data, dict):
+        raise ConfigError("the sidecar config must be a mapping of sections")
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for section, (cls, fields) in _SECTIONS.items():
+        raw = data.get(section)
+        if raw is None:
+            if section in _REQUIRED_SECTIONS:
+                raise ConfigError(f"{section}: required section is missing")
+            continue
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
+        bad = sorted(set(raw) - set(fields))
+        if bad:
+            known = ", ".join(fields)
+            raise ConfigError(f"{section}: unknown key(s) {', '.join(bad)}; known: {known}")
+        kwargs = {
+            attr: _convert(f"{section}.{key}", raw[key], kind)
+            for key, (attr, kind) in fields.items()
+            if key in raw
+        }
+        try:
+            sections[section] = cls(**kwargs)
+        except TypeError as exc:
+            missing = [k for k, (attr, _) in fields.items() if f"'{attr}'" in str(exc)]
+            raise ConfigError(f"{section}: missing {', '.join(missing) or exc}") from None
+    config = SidecarConfig(**sections)
+    if config.logging.mode is not LoggingMode.NONE and not (
+        config.logging.topic and config.logging.bootstrap_servers
+    ):
+        raise ConfigError("logging: mode is not NONE, so topic and bootstrapServers are required")
+    return config
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read and parse the config file; errors name the file and the setting."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the sidecar config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the sidecar config {path} is not valid YAML: {exc}") from None
+    return parse_config(data)
