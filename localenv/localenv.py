@@ -182,12 +182,12 @@ def build_etcd() -> None:
     )
 
 
-def go_install(out: Path, packages: list[str], names: list[str]) -> None:
+def go_install(out: Path, packages: list[str], names: list[str], ldflags: str = "") -> None:
     if all((out / name).exists() for name in names):
         return
     log(f"installing {' '.join(packages)}")
     out.mkdir(parents=True, exist_ok=True)
-    run(["go", "install", "-ldflags", "-s -w", *packages], CACHE, go_env(out))
+    run(["go", "install", "-ldflags", f"-s -w {ldflags}", *packages], CACHE, go_env(out))
 
 
 def build_kafka() -> None:
@@ -231,7 +231,13 @@ def build() -> None:
         ],
         ["kwok", "kwokctl"],
     )
-    go_install(helm_bin(), [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], ["helm"])
+    go_install(
+        helm_bin(),
+        [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+        ["helm"],
+        # helm prints its version from this variable; unset it says "v3.22".
+        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+    )
     build_kubernetes()
     log(f"builds ready in {CACHE} ({time.monotonic() - started:.0f} s)")
 
