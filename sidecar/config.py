@@ -14,7 +14,14 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
            allowCacheSeconds: 300, denyCacheSeconds: 30}
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
               spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
-              spoolFullPolicy: reject}
+              spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
+              spoolFsyncIntervalSeconds: 1.0, queueSize: 10000, maxInFlightRecords: 10000,
+              lingerMs: 5, compression: gzip, sendTimeoutSeconds: 30,
+              producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7}
+
+In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
+Avro to Confluent's schema-registry framing; `compression` is none or gzip (lz4, zstd and
+snappy need aiokafka's extras installed).
 
 A bad setting fails the start with a message that names it (`ConfigError`).
 """
@@ -48,6 +55,16 @@ class LoggingMode(enum.StrEnum):
     PREDICTIONS = "PREDICTIONS"  # the response only (inferenceRequest left empty)
     MODEL_INPUTS = "MODEL_INPUTS"  # the request only (inferenceResponse left empty)
     NONE = "NONE"  # no log
+
+
+class LogCompression(enum.StrEnum):
+    """The producer's compression codec (aiokafka's names)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+    SNAPPY = "snappy"
 
 
 class SpoolFullPolicy(enum.StrEnum):
@@ -105,6 +122,17 @@ class LoggingConfig:
     spool_dir: str = "/var/spool/modelserving"
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
+    spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
+    # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
+    spool_fsync_interval_seconds: float = 1.0
+    queue_size: int = 10_000  # exchanges waiting in memory to be encoded and spooled
+    max_in_flight_records: int = 10_000  # records handed to the producer and not yet acked
+    linger_ms: int = 5
+    compression: LogCompression = LogCompression.GZIP
+    send_timeout_seconds: float = 30.0  # a send not acked by then is retried from the spool
+    producer_stall_seconds: float = 30.0  # no ack for this long, broker reachable: new producer
+    drain_timeout_seconds: float = 20.0  # SIGTERM: time to deliver what is queued (then spooled)
+    confluent_schema_id: int | None = None  # Confluent framing instead of plain Avro when set
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,18 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "bootstrapServers": ("bootstrap_servers", str),
                                 "spoolDir": ("spool_dir", str),
                                 "spoolMaxBytes": ("spool_max_bytes", int),
-                                "spoolFullPolicy": ("spool_full_policy", SpoolFullPolicy)}),
+                                "spoolFullPolicy": ("spool_full_policy", SpoolFullPolicy),
+                                "spoolSegmentBytes": ("spool_segment_bytes", int),
+                                "spoolFsyncIntervalSeconds": ("spool_fsync_interval_seconds",
+                                                              float),
+                                "queueSize": ("queue_size", int),
+                                "maxInFlightRecords": ("max_in_flight_records", int),
+                                "lingerMs": ("linger_ms", int),
+                                "compression": ("compression", LogCompression),
+                                "sendTimeoutSeconds": ("send_timeout_seconds", float),
+                                "producerStallSeconds": ("producer_stall_seconds", float),
+                                "drainTimeoutSeconds": ("drain_timeout_seconds", float),
+                                "confluentSchemaId": ("confluent_schema_id", int)}),
 }  # fmt: skip
 _REQUIRED_SECTIONS = ("serving", "model")
 

@@ -1,0 +1,226 @@
+"""The inference log's record: the seed's `inferencelog` Avro schema, its encoding, and the
+reader API data teams use to get decoded records (with Kafka key and headers) back from a topic.
+
+On the topic each value is plain Avro binary of `SCHEMA` with no schema-registry prefix, as
+Hopsworks wrote it; Confluent framing (magic byte and 4-byte schema id) is an option of the
+writer and the reader. Each Kafka record also carries a key (the request id) and the headers
+named `HEADER_*` below; the Avro value stays the seed's seven fields.
+
+Reading, in Python::
+
+    async for logged in read_inference_log("mnist-inference", "kafka:9092",
+                                           from_beginning=True, model="mnist"):
+        print(logged.key, logged.headers, logged.record.response_http_code)
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+# The seed's schema, field for field: the one source of the record's shape.
+SCHEMA: dict[str, Any] = {
+    "fields": [
+        {"name": "modelId", "type": "int"},
+        {"name": "modelName", "type": "string"},
+        {"name": "modelVersion", "type": "int"},
+        {"name": "requestTimestamp", "type": "long"},
+        {"name": "responseHttpCode", "type": "int"},
+        {"name": "inferenceRequest", "type": "string"},
+        {"name": "inferenceResponse", "type": "string"},
+    ],
+    "name": "inferencelog",
+    "type": "record",
+}
+# Parsed once: fastavro re-parses a plain dict on every call.
+PARSED_SCHEMA = fastavro.parse_schema(SCHEMA)
+
+# Kafka header names each record carries (values are UTF-8).
+HEADER_REQUEST_ID = "request-id"
+HEADER_TRACEPARENT = "traceparent"
+HEADER_CALLER = "caller"
+HEADER_MODEL_VERSION = "model-version"
+HEADER_POD = "pod"
+
+_CONFLUENT_MAGIC = 0
+_CONFLUENT_PREFIX = struct.Struct(">bI")
+
+
+class InferenceLogDecodeError(ValueError):
+    """A Kafka value is not an `inferencelog` record in the expected framing."""
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceLogRecord:
+    """One `inferencelog` record: what a serving answered to one request."""
+
+    model_id: int
+    model_name: str
+    model_version: int
+    request_timestamp: int  # ms since the epoch when the request arrived
+    response_http_code: int
+    inference_request: str  # empty in PREDICTIONS mode
+    inference_response: str  # empty in MODEL_INPUTS mode
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the schema's field names, for fastavro."""
+        return {
+            "modelId": self.model_id,
+            "modelName": self.model_name,
+            "modelVersion": self.model_version,
+            "requestTimestamp": self.request_timestamp,
+            "responseHttpCode": self.response_http_code,
+            "inferenceRequest": self.inference_request,
+            "inferenceResponse": self.inference_response,
+        }
+
+    @classmethod
+    def from_avro(cls, data: Mapping[str, Any]) -> InferenceLogRecord:
+        return cls(
+            model_id=data["modelId"],
+            model_name=data["modelName"],
+            model_version=data["modelVersion"],
+            request_timestamp=data["requestTimestamp"],
+            response_http_code=data["responseHttpCode"],
+            inference_request=data["inferenceRequest"],
+            inference_response=data["inferenceResponse"],
+        )
+
+
+def encode_record(record: InferenceLogRecord, confluent_schema_id: int | None = None) -> bytes:
+    """Avro binary of one record; with a schema id, prefixed with Confluent's wire framing."""
+    out = io.BytesIO()
+    if confluent_schema_id is not None:
+        out.write(_CONFLUENT_PREFIX.pack(_CONFLUENT_MAGIC, confluent_schema_id))
+    fastavro.schemaless_writer(out, PARSED_SCHEMA, record.to_avro())
+    return out.getvalue()
+
+
+def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
+    """The record in one Kafka value (plain Avro, or Confluent-framed when `confluent`)."""
+    buf = io.BytesIO(value)
+    if confluent:
+        prefix = buf.read(_CONFLUENT_PREFIX.size)
+        if len(prefix) != _CONFLUENT_PREFIX.size or prefix[0] != _CONFLUENT_MAGIC:
+            raise InferenceLogDecodeError("value has no Confluent schema-registry prefix")
+    try:
+        data = fastavro.schemaless_reader(buf, PARSED_SCHEMA, None)
+    except (EOFError, ValueError, UnicodeDecodeError, IndexError) as exc:
+        raise InferenceLogDecodeError(f"value is not an inferencelog record: {exc}") from None
+    if buf.tell() != len(value):
+        raise InferenceLogDecodeError("value has bytes after the inferencelog record")
+    return InferenceLogRecord.from_avro(data)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedInference:
+    """A record as read back from Kafka, with where it was and what the producer attached."""
+
+    record: InferenceLogRecord
+    key: str | None  # the request id
+    headers: dict[str, str]
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int  # the Kafka record's timestamp: when the request arrived
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A flat mapping for JSON: the Avro fields under their schema names, then Kafka's."""
+        return {
+            **self.record.to_avro(),
+            "key": self.key,
+            "headers": self.headers,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp_ms,
+        }
+
+
+def _headers(raw: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    return {name: value.decode("utf-8", errors="replace") for name, value in raw}
+
+
+async def read_inference_log(
+    topic: str,
+    bootstrap_servers: str,
+    *,
+    from_beginning: bool = False,
+    follow: bool = False,
+    model: str | None = None,
+    confluent: bool = False,
+    where: Mapping[str, str] | None = None,
+) -> AsyncIterator[LoggedInference]:
+    """Decoded records of a topic, in order within each partition.
+
+    Reads from the end (only what arrives from now on) unless `from_beginning`; without
+    `follow` it stops once it has read up to the end the topic had when it started. `model`
+    keeps only one model's records; `where` keeps records whose headers have the given values
+    (for example `{HEADER_CALLER: "team-a"}`). Values that do not decode raise
+    `InferenceLogDecodeError`. No consumer group is used: nothing is committed.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic, wait=follow)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        while follow or remaining:
+            batches = await consumer.getmany(*tps, timeout_ms=500, max_records=500)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if not follow and message.offset >= ends[tp]:
+                        remaining.discard(tp)
+                        break
+                    logged = LoggedInference(
+                        record=decode_record(message.value, confluent=confluent),
+                        key=message.key.decode("utf-8", errors="replace")
+                        if message.key is not None
+                        else None,
+                        headers=_headers(message.headers or ()),
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        timestamp_ms=message.timestamp,
+                    )
+                    if _wanted(logged, model, where):
+                        yield logged
+            if not follow:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: Any, topic: str, wait: bool) -> set[int]:
+    """The topic's partitions; an absent topic has none, or is waited for when following."""
+    import asyncio
+
+    while True:
+        await consumer.topics()  # refreshes the cluster metadata
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions or not wait:
+            return set(partitions or ())
+        await asyncio.sleep(1.0)
+
+
+def _wanted(logged: LoggedInference, model: str | None, where: Mapping[str, str] | None) -> bool:
+    if model is not None and logged.record.model_name != model:
+        return False
+    return not where or all(logged.headers.get(k) == v for k, v in where.items())
