@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -34,12 +35,14 @@ KAFKA_VERSION = "4.3.1"
 LOG4J_VERSION = "2.25.3"
 SLF4J_VERSION = "2.0.17"
 
-CLUSTER_NAME = "modelserving"
 NODE_COUNT = 2
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path(os.environ.get("MODELSERVING_CACHE", Path.home() / ".cache" / "modelserving"))
 STATE = Path(os.environ.get("MODELSERVING_LOCALENV", REPO / ".localenv"))
+# One cluster per state folder, so that two checkouts (a developer's and CI's
+# clean clone) never take over each other's cluster.
+CLUSTER_NAME = "modelserving-" + hashlib.sha256(str(STATE).encode()).hexdigest()[:8]
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
