@@ -1,0 +1,236 @@
+"""Kubernetes bearer tokens: TokenReview (with the pinned audience) then SubjectAccessReview for
+`create` on `modelservings/predict` of this serving, through async calls to the API server.
+
+Decisions are cached by a hash of the token (allow and deny for their own times), errors never
+are, and concurrent checks of one token share one pair of API calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
+from modelserving.sidecar.auth import (
+    AuthUnavailable,
+    Forbidden,
+    Unauthenticated,
+    challenge,
+    credential,
+)
+from modelserving.sidecar.config import AuthMode, SidecarConfig
+
+log = logging.getLogger(__name__)
+
+SCHEME = "Bearer"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Projected service-account tokens rotate (kubelet renews them at 80% of an hour): read it again.
+TOKEN_REREAD_SECONDS = 60.0
+API_TIMEOUT_SECONDS = 5.0
+MAX_CACHED_DECISIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """How the sidecar reaches the API server with its own credentials."""
+
+    url: str
+    ssl_context: ssl.SSLContext | bool
+    token: str | None = None
+    token_file: Path | None = None
+
+
+def find_api_server() -> ApiServer:
+    """In a pod: the service account's files; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube)."""
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
+    token_file = SERVICE_ACCOUNT_DIR / "token"
+    if host and port and token_file.exists():
+        context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+        return ApiServer(f"https://{host}:{port}", context, token_file=token_file)
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(client_configuration=configuration)
+    context: ssl.SSLContext | bool = False
+    if configuration.verify_ssl:
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    elif configuration.host.startswith("https"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file and isinstance(context, ssl.SSLContext):
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    bearer = (configuration.api_key or {}).get("authorization", "")
+    token = bearer.removeprefix("Bearer ").strip() or None
+    return ApiServer(configuration.host.rstrip("/"), context, token=token)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The API server's answer about one token, as cached."""
+
+    authenticated: bool
+    allowed: bool
+    caller: str | None
+    expires: float
+
+
+class KubernetesAuthenticator:
+    """auth.mode kubernetes: the caller is the token's user name."""
+
+    mode = AuthMode.KUBERNETES.value
+
+    def __init__(
+        self, session: aiohttp.ClientSession, api: ApiServer, config: SidecarConfig
+    ) -> None:
+        self._session = session
+        self._api = api
+        self._challenge = challenge(SCHEME, config)
+        self._audience = config.auth.audience
+        self._allow_seconds = config.auth.allow_cache_seconds
+        self._deny_seconds = config.auth.deny_cache_seconds
+        self._resource = {
+            "namespace": config.serving.namespace,
+            "verb": "create",
+            "group": GROUP,
+            "resource": PLURAL,
+            "subresource": PREDICT_SUBRESOURCE,
+            "name": config.serving.name,
+        }
+        self._cache: dict[bytes, Decision] = {}
+        self._in_flight: dict[bytes, asyncio.Future[Decision]] = {}
+        self._own_token = api.token
+        self._own_token_read = 0.0
+        self.api_calls = 0  # reviews sent to the API server, for tests and metrics
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        token = credential(authorization, SCHEME)
+        if token is None:
+            raise Unauthenticated(
+                self._challenge, "A Kubernetes token is required: Authorization: Bearer <token>"
+            )
+        key = hashlib.sha256(token.encode("utf-8", "backslashreplace")).digest()
+        decision = self._cache.get(key)
+        if decision is None or decision.expires <= time.monotonic():
+            decision = await self._shared_review(key, token)
+        if not decision.authenticated:
+            raise Unauthenticated(self._challenge, "The token is not valid for this serving")
+        if not decision.allowed:
+            raise Forbidden(
+                f"{decision.caller} may not create {PLURAL}/{PREDICT_SUBRESOURCE} "
+                f"{self._resource['name']} in namespace {self._resource['namespace']}"
+            )
+        return decision.caller
+
+    async def _shared_review(self, key: bytes, token: str) -> Decision:
+        pending = self._in_flight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._review(key, token))
+            self._in_flight[key] = pending
+            pending.add_done_callback(lambda done: self._review_finished(key, done))
+        # A caller that goes away must not cancel the review the others are waiting for.
+        return await asyncio.shield(pending)
+
+    def _review_finished(self, key: bytes, done: asyncio.Future[Decision]) -> None:
+        self._in_flight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every waiter has gone
+
+    async def _review(self, key: bytes, token: str) -> Decision:
+        self.api_calls += 1
+        spec: dict[str, Any] = {"token": token}
+        if self._audience:
+            spec["audiences"] = [self._audience]
+        review = await self._post(
+            "/apis/authentication.k8s.io/v1/tokenreviews", "TokenReview", spec
+        )
+        status = review.get("status") or {}
+        user = status.get("user") or {}
+        username = user.get("username")
+        audience_ok = not self._audience or self._audience in (status.get("audiences") or [])
+        if not (status.get("authenticated") and username and audience_ok):
+            return self._remember(key, Decision(False, False, None, self._deny_seconds))
+        access = await self._post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            "SubjectAccessReview",
+            {
+                "user": username,
+                "uid": user.get("uid", ""),
+                "groups": user.get("groups") or [],
+                "extra": user.get("extra") or {},
+                "resourceAttributes": self._resource,
+            },
+        )
+        allowed = bool((access.get("status") or {}).get("allowed"))
+        seconds = self._allow_seconds if allowed else self._deny_seconds
+        return self._remember(key, Decision(True, allowed, username, seconds))
+
+    def _remember(self, key: bytes, decision: Decision) -> Decision:
+        decision = Decision(decision.authenticated, decision.allowed, decision.caller,
+                            time.monotonic() + decision.expires)  # fmt: skip
+        if len(self._cache) >= MAX_CACHED_DECISIONS:
+            now = time.monotonic()
+            for stale in [k for k, d in self._cache.items() if d.expires <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= MAX_CACHED_DECISIONS:
+                del self._cache[next(iter(self._cache))]
+        self._cache[key] = decision
+        return decision
+
+    async def _post(self, path: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+        group_version = path.split("/")[2] + "/v1"
+        body = {"apiVersion": group_version, "kind": kind, "spec": spec}
+        headers = {}
+        if token := await self._own_bearer():
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with self._session.post(self._api.url + path, json=body, headers=headers) as resp:
+                if resp.status not in (200, 201):
+                    text = (await resp.text())[:300]
+                    log.error("%s refused by the API server: %s %s", kind, resp.status, text)
+                    raise AuthUnavailable(f"The credential cannot be checked now ({kind} failed)")
+                return await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("%s could not reach the API server: %r", kind, exc)
+            raise AuthUnavailable(
+                "The credential cannot be checked now (Kubernetes API unreachable)"
+            ) from None
+
+    async def _own_bearer(self) -> str | None:
+        token_file = self._api.token_file
+        if (
+            token_file is not None
+            and time.monotonic() - self._own_token_read > TOKEN_REREAD_SECONDS
+        ):
+            text = await asyncio.to_thread(token_file.read_text)
+            self._own_token = text.strip()
+            self._own_token_read = time.monotonic()
+        return self._own_token
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(
+        cls, config: SidecarConfig, api: ApiServer | None = None
+    ) -> AsyncIterator[KubernetesAuthenticator]:
+        api = api or await asyncio.to_thread(find_api_server)
+        connector = aiohttp.TCPConnector(ssl=api.ssl_context, limit=32)
+        timeout = aiohttp.ClientTimeout(total=API_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            log.info(
+                "Kubernetes auth: reviews go to %s (audience %r)", api.url, config.auth.audience
+            )
+            yield cls(session, api, config)
