@@ -1,0 +1,183 @@
+"""The operator's settings: parsed once at start from flags and environment variables.
+
+Every setting has one flag and one environment variable (the flag wins); the
+Helm chart sets them by these names. A bad value stops the start with a
+message naming the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from modelserving import __version__
+
+DEFAULT_TFSERVING_IMAGE = "tensorflow/serving:2.18.0"
+DEFAULT_SIDECAR_IMAGE = f"modelserving:{__version__}"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_BOOTSTRAP = re.compile(r"^[^,:\s]+:[0-9]+(,[^,:\s]+:[0-9]+)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names its flag and environment variable."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    kafka_bootstrap_servers: str = ""
+    sidecar_image: str = DEFAULT_SIDECAR_IMAGE
+    tfserving_image: str = DEFAULT_TFSERVING_IMAGE
+    namespaces: tuple[str, ...] = ()
+    operator_namespace: str = "modelserving-system"
+    sidecar_auth_cluster_role: str = "modelserving-sidecar-auth"
+    peering: str = "modelserving"
+    standalone: bool = False
+    log_level: str = "INFO"
+    worker_limit: int = 20
+    api_concurrency: int = 10
+    api_timeout_seconds: float = 30.0
+    watch_timeout_seconds: float = 300.0
+    kafka_timeout_seconds: float = 10.0
+    retry_seconds: float = 30.0
+    liveness_port: int = 0
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _bootstrap(value: str) -> str:
+    value = value.strip()
+    if value and not _BOOTSTRAP.match(value):
+        raise ValueError("must be host:port[,host:port...]")
+    return value
+
+
+def _namespaces(value: str | list[str]) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else re.split(r"[,\s]+", value)
+    names = tuple(sorted({n.strip() for n in items if n.strip()}))
+    for name in names:
+        if not _DNS_LABEL.match(name):
+            raise ValueError(f"{name!r} is not a namespace name")
+    return names
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
+def _positive_int(value: str | int) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _port_or_zero(value: str | int) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a port number, or 0 for none")
+    return number
+
+
+def _positive_float(value: str | float) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be more than 0")
+    return number
+
+
+def _flag(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+# field -> (flag, environment variable, parser, help); the one table of the settings' names.
+SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
+    "kafka_bootstrap_servers": ("--kafka-bootstrap-servers", "MODELSERVING_KAFKA_BOOTSTRAP",
+        _bootstrap,
+        "Kafka brokers (host:port,...) of servings whose spec names none"),
+    "sidecar_image": ("--sidecar-image", "MODELSERVING_SIDECAR_IMAGE", _text,
+        "the sidecar's container image"),
+    "tfserving_image": ("--tfserving-image", "MODELSERVING_TFSERVING_IMAGE", _text,
+        "the TF Serving image of servings whose spec names none"),
+    "namespaces": ("--namespace", "MODELSERVING_NAMESPACES", _namespaces,
+        "watch this namespace (repeatable; the variable takes a comma-separated list); "
+        "none watches all namespaces"),
+    "operator_namespace": ("--operator-namespace", "MODELSERVING_OPERATOR_NAMESPACE", _text,
+        "the namespace of the operator's own state (the modelId counter ConfigMap); "
+        "defaults to POD_NAMESPACE, else modelserving-system"),
+    "sidecar_auth_cluster_role": ("--sidecar-auth-cluster-role",
+        "MODELSERVING_SIDECAR_AUTH_CLUSTER_ROLE", _text,
+        "the ClusterRole (create tokenreviews, subjectaccessreviews) bound to the pods of "
+        "servings with auth mode kubernetes"),
+    "peering": ("--peering", "MODELSERVING_PEERING", _text,
+        "the kopf peering name that keeps one operator replica active at a time"),
+    "standalone": ("--standalone", "MODELSERVING_STANDALONE", _flag,
+        "run without peering (one replica only)"),
+    "log_level": ("--log-level", "MODELSERVING_LOG_LEVEL", _log_level,
+        "DEBUG, INFO, WARNING or ERROR"),
+    "worker_limit": ("--worker-limit", "MODELSERVING_WORKER_LIMIT", _positive_int,
+        "how many resources are handled at once"),
+    "api_concurrency": ("--api-concurrency", "MODELSERVING_API_CONCURRENCY", _positive_int,
+        "how many of the operator's own Kubernetes API requests run at once"),
+    "api_timeout_seconds": ("--api-timeout", "MODELSERVING_API_TIMEOUT", _positive_float,
+        "seconds before a Kubernetes API request is abandoned and retried"),
+    "watch_timeout_seconds": ("--watch-timeout", "MODELSERVING_WATCH_TIMEOUT", _positive_float,
+        "seconds a watch request lasts before it is renewed"),
+    "kafka_timeout_seconds": ("--kafka-timeout", "MODELSERVING_KAFKA_TIMEOUT", _positive_float,
+        "seconds to wait for Kafka when checking or creating a topic"),
+    "retry_seconds": ("--retry-seconds", "MODELSERVING_RETRY_SECONDS", _positive_float,
+        "seconds before a failed step (Kafka unreachable, API error) is tried again"),
+    "liveness_port": ("--liveness-port", "MODELSERVING_LIVENESS_PORT", _port_or_zero,
+        "serve the liveness probe on http://0.0.0.0:PORT/healthz; 0 for none"),
+}  # fmt: skip
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; unset flags fall back to the environment, then the default."""
+    defaults = OperatorSettings()
+    for name, (flag, env, _, help_text) in SETTINGS.items():
+        default = getattr(defaults, name)
+        shown = ", ".join(default) if isinstance(default, tuple) else default
+        full_help = f"{help_text} [env {env}; default {shown!r}]"
+        if name == "standalone":
+            parser.add_argument(flag, dest=name, action="store_const", const=True, help=full_help)
+        elif name == "namespaces":
+            parser.add_argument(flag, dest=name, action="append", help=full_help)
+        else:
+            parser.add_argument(flag, dest=name, help=full_help)
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> OperatorSettings:
+    """Merge flags over environment over defaults, parsing each value once."""
+    values: dict[str, Any] = {}
+    for field in fields(OperatorSettings):
+        flag, env, parse, _ = SETTINGS[field.name]
+        raw = getattr(args, field.name, None)
+        source = flag
+        if raw is None and env in environ:
+            raw, source = environ[env], env
+        if raw is None and field.name == "operator_namespace" and environ.get("POD_NAMESPACE"):
+            raw, source = environ["POD_NAMESPACE"], "POD_NAMESPACE"
+        if raw is None:
+            continue
+        try:
+            values[field.name] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source} ({flag} / {env}): {raw!r}: {exc}") from None
+    return OperatorSettings(**values)
