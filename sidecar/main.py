@@ -1,0 +1,100 @@
+"""`modelserving sidecar`: run a serving pod's sidecar from the config file the operator renders.
+
+SIGTERM stops accepting connections, lets requests in flight finish, then closes the inference
+log (which drains it) before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from modelserving.api import SIDECAR_CONFIG_FILE
+from modelserving.sidecar.app import create_app
+from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
+
+CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
+PORT_ENV = "MODELSERVING_SIDECAR_PORT"
+# Kubernetes waits terminationGracePeriodSeconds (30 s by default) before SIGKILL; requests in
+# flight get most of it, and the inference log's drain the rest.
+DEFAULT_SHUTDOWN_SECONDS = 20.0
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV, SIDECAR_CONFIG_FILE),
+        help=f"the sidecar's settings file (env {CONFIG_ENV}; default {SIDECAR_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV) else None,
+        help=f"listen on this port instead of the file's listen.port (env {PORT_ENV})",
+    )
+    parser.add_argument("--host", help="listen on this address instead of the file's listen.host")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_SECONDS,
+        help="seconds requests in flight get to finish after SIGTERM (default %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+
+
+def with_overrides(config: SidecarConfig, host: str | None, port: int | None) -> SidecarConfig:
+    listen = dataclasses.replace(
+        config.listen,
+        **({"host": host} if host else {}),
+        **({"port": port} if port is not None else {}),
+    )
+    return dataclasses.replace(config, listen=listen)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = with_overrides(load_config(args.config), args.host, args.port)
+    except ConfigError as exc:
+        print(f"modelserving sidecar: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).info(
+        "sidecar of ModelServing %s/%s (model %s) on %s:%s, TF Serving at %s, auth %s",
+        config.serving.namespace, config.serving.name, config.model.name,
+        config.listen.host, config.listen.port, config.upstream.url, config.auth.mode.value,
+    )  # fmt: skip
+    web.run_app(
+        create_app(config),
+        host=config.listen.host,
+        port=config.listen.port,
+        shutdown_timeout=args.shutdown_timeout,
+        access_log=None,  # one line per request costs more than the request; metrics count them
+        print=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+@asynccontextmanager
+async def serving(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Run an app in this event loop (tests, benchmarks); yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        await runner.cleanup()
