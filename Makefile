@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCALENV := $(PYTHON) localenv/localenv.py
 
-.PHONY: help venv lint format unit test env-build env-up env-down demo
+.PHONY: help venv lint format unit test env-build env-up env-down demo image chart-sync
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ env-down: ## stop the local environment
 
 demo: venv env-up ## the main job: bring up the local environment of real parts
 	@cat .localenv/env.sh
+
+image: venv ## build the container image with buildah (no Docker engine); IMAGE_ARCHIVE=FILE also saves it as an OCI archive
+	$(PY) tools/build_image.py $(if $(IMAGE_ARCHIVE),--oci-archive $(IMAGE_ARCHIVE))
