@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 JSON = "application/json"
 _PATH = re.compile(
@@ -61,7 +62,7 @@ class _Bad(Exception):
 class SeenRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
 
@@ -84,7 +85,9 @@ class TFServingStandIn:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if self.record:
-            self.seen.append(SeenRequest(request.method, request.path, dict(request.headers), body))
+            self.seen.append(
+                SeenRequest(request.method, request.path, request.headers.copy(), body)
+            )
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         match = _PATH.fullmatch(request.path)
