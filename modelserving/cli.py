@@ -17,6 +17,7 @@ from modelserving import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("modelserving.operator.main", "run the operator that reconciles ModelServings"),
     "sidecar": ("modelserving.sidecar.main", "run the sidecar of a serving pod"),
+    "apikey": ("modelserving.sidecar.apikey_cli", "make an API key and the Secret with its hash"),
     "logs": ("modelserving.inferencelog_cli", "read a serving's inference log from Kafka"),
 }
 

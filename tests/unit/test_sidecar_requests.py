@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from yarl import URL
 
@@ -23,6 +25,7 @@ from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import SidecarConfig, parse_config
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.main import serving
+from modelserving.sidecar.paths import canonical_path
 
 MODEL = "half_plus_two"
 KEY = "s3cr3t-key-for-tests"
@@ -537,3 +540,69 @@ async def test_equivalent_spellings_are_forwarded_in_canonical_form(sidecar_url,
     )
     assert (status, json.loads(body)) == (200, {"predictions": [2.5]})
     assert standin[0].seen[-1].path == f"/v1/models/{MODEL}:predict"
+
+
+# --- any request at all --------------------------------------------------------------------------
+
+_PIECES = st.sampled_from(
+    ["v1", "models", MODEL, "mnist", ":predict", ":classify", "metadata", "versions", "1",
+     "labels", "stable", "hopsworks-api", "api", "project", "demo", "80", "inference",
+     "healthz", "readyz", "metrics", "..", ".", "", "%2F", "%2f", "%2e", "%2E%2E", "%5C", "%00",
+     "%25", ";", "%3A", "%3Apredict", "?", "#", "\\", "%ZZ", "%C3%A9", "~", "@"]
+)  # fmt: skip
+_TARGETS = st.one_of(
+    st.lists(_PIECES, max_size=8).map(lambda parts: "/" + "/".join(parts)),
+    st.lists(_PIECES, max_size=8).map(lambda parts: "/" + "".join(parts)),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60).map(lambda t: "/" + t),
+)
+_AUTHORIZATIONS = st.sampled_from(
+    [None, "", "ApiKey", f"ApiKey {KEY}x", f"Bearer {KEY}", f"apikey  {KEY[:-1]}", "ApiKey \t"]
+)
+_PUBLIC = {"/healthz", "/readyz", "/metrics"}
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]),
+    target=_TARGETS,
+    authorization=_AUTHORIZATIONS,
+    request_id=st.one_of(st.none(), st.text(st.characters(min_codepoint=33, max_codepoint=126))),
+    body=st.binary(max_size=256),
+)
+async def test_any_request_without_a_valid_key_gets_no_5xx_and_no_model(
+    sidecar_url, standin, method, target, authorization, request_id, body
+):
+    before = len(standin[0].seen)
+    headers = {}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    status, payload, got = await raw_request(sidecar_url, method, target, headers, body)
+    assert status < 500, (status, payload)
+    assert len(standin[0].seen) == before, "a request without a valid key reached TF Serving"
+    if 200 <= status < 300:
+        assert canonical_path(target) in _PUBLIC
+    if status != 400 or "X-Request-Id" in got:  # aiohttp's own parser errors come before ours
+        assert got["X-Request-Id"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT"]),
+    target=_TARGETS,
+    body=st.one_of(st.binary(max_size=128), st.just(b'{"instances": [1.0]}')),
+)
+async def test_any_request_with_a_valid_key_gets_no_5xx(sidecar_url, method, target, body):
+    status, payload, _ = await raw_request(sidecar_url, method, target, GOOD, body)
+    assert status < 500, (status, payload)
