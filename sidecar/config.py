@@ -11,7 +11,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
                maxConnections: 256}
     limits: {maxRequestBytes: 10485760}
     auth: {mode: apiKey, apiKeysDir: /etc/modelserving/apikeys, audience: "",
-           allowCacheSeconds: 300, denyCacheSeconds: 30}
+           allowCacheSeconds: 300, denyCacheSeconds: 30, kubeconfig: ""}
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
               spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
               spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
@@ -22,6 +22,9 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
 In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
 Avro to Confluent's schema-registry framing; `compression` is none or gzip (lz4, zstd and
 snappy need aiokafka's extras installed).
+
+`auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
+(or the KUBECONFIG variable when not in a pod).
 
 A bad setting fails the start with a message that names it (`ConfigError`).
 """
@@ -112,6 +115,7 @@ class AuthConfig:
     audience: str = ""
     allow_cache_seconds: float = 300.0
     deny_cache_seconds: float = 30.0
+    kubeconfig: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
     "auth": (AuthConfig, {"mode": ("mode", AuthMode), "apiKeysDir": ("api_keys_dir", str),
                           "audience": ("audience", str),
                           "allowCacheSeconds": ("allow_cache_seconds", float),
-                          "denyCacheSeconds": ("deny_cache_seconds", float)}),
+                          "denyCacheSeconds": ("deny_cache_seconds", float),
+                          "kubeconfig": ("kubeconfig", str)}),
     "logging": (LoggingConfig, {"mode": ("mode", LoggingMode), "topic": ("topic", str),
                                 "bootstrapServers": ("bootstrap_servers", str),
                                 "spoolDir": ("spool_dir", str),
