@@ -51,20 +51,20 @@ class ApiServer:
     token_file: Path | None = None
 
 
-def find_api_server() -> ApiServer:
-    """In a pod: the service account's files; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube)."""
+def find_api_server(kubeconfig: str = "") -> ApiServer:
+    """The kubeconfig given; else in a pod the service account's files; else KUBECONFIG/~/.kube."""
     host, port = (
         os.environ.get("KUBERNETES_SERVICE_HOST"),
         os.environ.get("KUBERNETES_SERVICE_PORT"),
     )
     token_file = SERVICE_ACCOUNT_DIR / "token"
-    if host and port and token_file.exists():
+    if not kubeconfig and host and port and token_file.exists():
         context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
         return ApiServer(f"https://{host}:{port}", context, token_file=token_file)
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_kube_config(client_configuration=configuration)
+    config.load_kube_config(config_file=kubeconfig or None, client_configuration=configuration)
     context: ssl.SSLContext | bool = False
     if configuration.verify_ssl:
         context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
@@ -226,7 +226,7 @@ class KubernetesAuthenticator:
     async def running(
         cls, config: SidecarConfig, api: ApiServer | None = None
     ) -> AsyncIterator[KubernetesAuthenticator]:
-        api = api or await asyncio.to_thread(find_api_server)
+        api = api or await asyncio.to_thread(find_api_server, config.auth.kubeconfig)
         connector = aiohttp.TCPConnector(ssl=api.ssl_context, limit=32)
         timeout = aiohttp.ClientTimeout(total=API_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
