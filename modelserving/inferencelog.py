@@ -164,16 +164,16 @@ async def read_inference_log(
     (for example `{HEADER_CALLER: "team-a"}`). Values that do not decode raise
     `InferenceLogDecodeError`. No consumer group is used: nothing is committed.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, wait=follow)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        tps = await _assigned(consumer, topic, wait=follow)
+        if not tps:
+            return
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         else:
@@ -208,16 +208,17 @@ async def read_inference_log(
         await consumer.stop()
 
 
-async def _partitions(consumer: Any, topic: str, wait: bool) -> set[int]:
-    """The topic's partitions; an absent topic has none, or is waited for when following."""
+async def _assigned(consumer: Any, topic: str, wait: bool) -> list[Any]:
+    """Subscribe to the topic and wait for its partitions (a missing topic has none)."""
     import asyncio
 
-    while True:
-        await consumer.topics()  # refreshes the cluster metadata
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions or not wait:
-            return set(partitions or ())
-        await asyncio.sleep(1.0)
+    consumer.subscribe([topic])
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while not consumer.assignment():
+        if not wait and asyncio.get_running_loop().time() > deadline:
+            return []
+        await asyncio.sleep(0.05)
+    return sorted(consumer.assignment())
 
 
 def _wanted(logged: LoggedInference, model: str | None, where: Mapping[str, str] | None) -> bool:
