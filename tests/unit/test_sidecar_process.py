@@ -1,0 +1,97 @@
+"""`modelserving sidecar` as a process: it starts from its config file, serves, and on SIGTERM
+stops accepting connections while the requests in flight finish."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+from tfserving_standin import TFServingStandIn, running_standin
+from waiting import wait_for_async
+
+MODEL = "half_plus_two"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, upstream: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "serving": {"name": "hpt", "namespace": "demo"},
+                "model": {"name": MODEL, "version": 1, "modelId": 1},
+                "listen": {"host": "127.0.0.1", "port": 1},  # the --port flag wins
+                "upstream": {"url": upstream},
+                "auth": {"mode": "none"},
+            }
+        )
+    )
+    return path
+
+
+async def connect_refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(tmp_path):
+    standin = TFServingStandIn(delay_seconds=1.5)
+    async with running_standin(standin) as (_, upstream), aiohttp.ClientSession() as http:
+        port = free_port()
+        config = write_config(tmp_path / "sidecar.yaml", upstream)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+            "--port", str(port), stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            async def alive():
+                try:
+                    async with http.get(f"{url}/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for_async(alive, timeout=20, what="the sidecar process to serve")
+            in_flight = asyncio.create_task(
+                http.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [4.0]})
+            )
+            await wait_for_async(
+                lambda: asyncio.sleep(0, bool(standin.seen)), timeout=5, what="the request"
+            )
+            process.send_signal(signal.SIGTERM)
+            await wait_for_async(lambda: connect_refused(port), timeout=1, what="no new connection")
+            assert not in_flight.done()
+            async with await in_flight as resp:
+                assert (resp.status, await resp.json()) == (200, {"predictions": [4.0]})
+            assert await asyncio.wait_for(process.wait(), 10) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_a_bad_config_fails_the_start_naming_the_setting(tmp_path):
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("serving: {name: hpt, namespace: demo}\nmodel: {name: m, version: one}\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 2
+    assert b"model.version" in err
