@@ -47,3 +47,9 @@ demo: venv env-up ## the main job: bring up the local environment of real parts
 
 image: venv ## build the container image with buildah (no Docker engine); IMAGE_ARCHIVE=FILE also saves it as an OCI archive
 	$(PY) tools/build_image.py $(if $(IMAGE_ARCHIVE),--oci-archive $(IMAGE_ARCHIVE))
+
+chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the project's version
+	rm -f charts/modelserving/crds/*.yaml
+	cp crds/*.yaml charts/modelserving/crds/
+	version=$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') && \
+	sed -i "s/^appVersion: .*/appVersion: \"$$version\"/" charts/modelserving/Chart.yaml
