@@ -168,13 +168,13 @@ class RepeatedLogFilter(logging.Filter):
     def __init__(self, window_seconds: float = 30.0) -> None:
         super().__init__()
         self.window = window_seconds
-        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
+        self._seen: dict[tuple[str, object], tuple[float | None, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.msg)
         now = time.monotonic()
-        first, suppressed = self._seen.get(key, (0.0, 0))
-        if now - first < self.window:
+        first, suppressed = self._seen.get(key, (None, 0))
+        if first is not None and now - first < self.window:
             self._seen[key] = (first, suppressed + 1)
             return False
         self._seen[key] = (now, 0)

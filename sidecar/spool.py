@@ -276,21 +276,32 @@ class Spool:
         first_id = self.next_id
         if not frames:
             return first_id, 0
-        active = self._segments[-1]
-        if active.size >= self.segment_bytes:
-            self._new_segment()
+        # Frames go to the active segment until it reaches its cap, then to a new one.
+        start = 0
+        while start < len(frames):
             active = self._segments[-1]
-        assert self._fd is not None
-        view = memoryview(b"".join(frames))
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        with self._lock:
-            active.size += nbytes
-            self.next_id += len(frames)
+            if active.size >= self.segment_bytes:
+                self._new_segment()
+                active = self._segments[-1]
+            end, size = start, active.size
+            while end < len(frames) and (end == start or size < self.segment_bytes):
+                size += len(frames[end])
+                end += 1
+            self._write(b"".join(frames[start:end]))
+            with self._lock:
+                active.size = size
+                self.next_id += end - start
+            start = end
         self._dirty = True
         self.sync_if_due()
         return first_id, len(frames)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
     def sync_if_due(self) -> None:
         """fsync the active segment when the fsync interval has passed since the last one."""
