@@ -1,0 +1,105 @@
+"""The chart's files agree with their one source: the CRDs with crds/, the appVersion
+with pyproject.toml, and every value with its comment, its schema and the README."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "modelserving"
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):")
+
+
+def documented_values() -> tuple[set[str], set[str]]:
+    """(every key path of values.yaml, the paths whose comment starts with `# --`).
+
+    helm-docs' convention: a `# -- text` comment block right above a key documents
+    that key and everything below it.
+    """
+    paths: set[str] = set()
+    documented: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    comment_block: list[str] = []
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment_block.append(stripped)
+            continue
+        match = KEY_LINE.match(line)
+        if match:
+            indent = len(match["indent"])
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match["key"]))
+            path = ".".join(key for _, key in stack)
+            paths.add(path)
+            if comment_block and comment_block[0].startswith("# --"):
+                documented.add(path)
+        comment_block = []
+    return paths, documented
+
+
+def test_chart_ships_exactly_the_crds_of_crds_folder():
+    source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert source, "crds/ holds no CRD"
+    assert shipped.keys() == source.keys(), "run `make chart-sync`: the chart's crds/ differ"
+    drifted = [name for name in source if shipped[name] != source[name]]
+    assert not drifted, f"run `make chart-sync`: the chart's copies of {drifted} differ"
+
+
+def test_chart_app_version_is_the_project_version():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == project["version"], "run `make chart-sync`"
+
+
+def test_every_value_is_commented():
+    paths, documented = documented_values()
+    undocumented = sorted(
+        path
+        for path in paths
+        if not any(path == d or path.startswith(d + ".") for d in documented)
+        and not any(p.startswith(path + ".") for p in paths)  # a block: its children tell
+    )
+    assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_every_documented_value_is_in_the_readme():
+    _, documented = documented_values()
+    readme = (CHART / "README.md").read_text()
+    missing = sorted(path for path in documented if f"`{path}`" not in readme)
+    assert not missing, f"values missing from the chart README: {missing}"
+
+
+def test_schema_knows_every_value_and_no_other():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict, schema_node: dict, prefix: str) -> list[str]:
+        problems = []
+        props = schema_node.get("properties")
+        if props is None:
+            return problems  # an open object (resources, securityContext, ...)
+        for key, value in node.items():
+            if key not in props:
+                problems.append(f"{prefix}{key} has no schema")
+            elif isinstance(value, dict) and "properties" in props[key]:
+                problems.extend(walk(value, props[key], f"{prefix}{key}."))
+        problems.extend(f"{prefix}{key} is in the schema only" for key in props.keys() - node)
+        return problems
+
+    assert walk(values, schema, "") == []
+    assert schema.get("additionalProperties") is False, "a misspelt value must be refused"
+
+
+def test_image_tag_defaults_to_app_version():
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert "default .Chart.AppVersion .Values.image.tag" in helpers
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["tag"] == "" and values["sidecar"]["image"]["tag"] == ""
