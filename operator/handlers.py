@@ -1,0 +1,180 @@
+"""The kopf handlers: thin edges that hand every event of a serving or its children to reconcile.
+
+The operator is level-triggered: a serving's event, or any event of a child it
+owns (edited or deleted by hand, a Deployment's pods becoming ready), runs the
+same reconcile against the watch caches (kopf indexes). Nothing here makes
+kopf write to the resources (no finalizers, no progress annotations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from modelserving import api
+from modelserving.operator import render
+from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.reconcile import Reconciler, reconcile
+from modelserving.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
+# (group, version, plural, kind) of every kind of child.
+CHILD_RESOURCES = [
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    ("networking.k8s.io", "v1", "ingresses", "Ingress"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding"),
+]
+SERVINGS_INDEX = "servings"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: OperatorSettings = memo.settings
+    # kopf's defaults can overload an API server with many resources: set them on purpose.
+    # kopf's own worker limit would deadlock with indexes (workers parked until every index
+    # is filled hold every slot), so its per-object workers stay unlimited (coroutines are
+    # cheap) and the limit applies to concurrent reconciles instead (Reconciler.slots).
+    settings.batching.worker_limit = None
+    for group, version, plural, _ in CHILD_RESOURCES:
+        # Filter children on the server: the operator never sees unrelated objects.
+        key = (group, version, plural) if group else (version, plural)
+        settings.watching.label_selectors[key] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
+    settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
+    settings.networking.connect_timeout = min(10.0, ours.api_timeout_seconds)
+    settings.watching.server_timeout = int(ours.watch_timeout_seconds)  # renew watches regularly
+    settings.watching.client_timeout = ours.watch_timeout_seconds + 30
+    settings.watching.connect_timeout = min(10.0, ours.api_timeout_seconds)
+    # Only the events we post on purpose, not every log line of a handler.
+    settings.posting.level = logging.WARNING
+    memo.reconciler = Reconciler(
+        kube=KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds),
+        settings=ours,
+        slots=asyncio.Semaphore(ours.worker_limit),
+    )
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    rec: Reconciler = memo.reconciler
+    for task in rec.retries.values():
+        task.cancel()
+    await rec.kube.close()
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
+def index_serving(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, name): dict(body)}
+
+
+def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    labels = body["metadata"].get("labels") or {}
+    if body["metadata"].get("namespace"):
+        name = labels.get(api.LABEL_INSTANCE)
+        return (body["metadata"]["namespace"], name) if name else None
+    namespace, name = (
+        labels.get(render.LABEL_SERVING_NAMESPACE),
+        labels.get(render.LABEL_SERVING_NAME),
+    )
+    return (namespace, name) if namespace and name else None
+
+
+def _register_child(group: str, version: str, plural: str, kind: str) -> None:
+    index_id = f"children_{plural}"
+
+    def index_child(body: kopf.Body, **_: Any) -> dict:
+        key = _serving_of(body)
+        return {key: {**body, "kind": kind}} if key else {}
+
+    async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        key = _serving_of(body)
+        if key is None:
+            return
+        if key not in kwargs[SERVINGS_INDEX]:
+            if kind == "ClusterRoleBinding" and type != "DELETED":
+                await _delete_orphan_binding(memo, body, key)
+            return
+        await _reconcile(memo, key, kwargs, from_serving_event=False)
+
+    selector = {"group": group, "version": version, "plural": plural, "labels": MANAGED}
+    kopf.index(**selector, id=index_id)(index_child)
+    kopf.on.event(**selector, id=f"{plural}_event")(child_event)
+
+
+for _resource in CHILD_RESOURCES:
+    _register_child(*_resource)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def serving_event(
+    type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    key = (namespace, name)
+    rec: Reconciler = memo.reconciler
+    if type == "DELETED":
+        # Namespaced children go with the serving (ownerReferences); the cluster-scoped
+        # binding cannot be owned by it, so it goes here.
+        if task := rec.retries.pop(key, None):
+            task.cancel()
+        rec.locks.pop(key, None)
+        if render.auth_mode(body) == "kubernetes":
+            await rec.kube.delete("ClusterRoleBinding", render.cluster_role_binding_name(body))
+        return
+    await _reconcile(memo, key, kwargs, from_serving_event=True)
+
+
+async def _reconcile(
+    memo: kopf.Memo, key: tuple[str, str], indexes: Mapping[str, Any], *, from_serving_event: bool
+) -> None:
+    rec: Reconciler = memo.reconciler
+    serving = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
+    if serving is None or serving["metadata"].get("deletionTimestamp"):
+        return  # gone or going: the garbage collector removes the children
+    children = [
+        child
+        for _, _, plural, _ in CHILD_RESOURCES
+        for child in indexes[f"children_{plural}"].get(key, [])
+    ]
+    try:
+        delay = await reconcile(rec, serving, children, from_serving_event=from_serving_event)
+    except KubeError as exc:
+        log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
+        delay = rec.settings.retry_seconds
+    if delay:
+        _retry_later(memo, key, indexes, delay)
+
+
+def _retry_later(
+    memo: kopf.Memo, key: tuple[str, str], indexes: Mapping[str, Any], delay: float
+) -> None:
+    rec: Reconciler = memo.reconciler
+    if key in rec.retries and not rec.retries[key].done():
+        return
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        rec.retries.pop(key, None)
+        await _reconcile(memo, key, indexes, from_serving_event=True)
+
+    rec.retries[key] = asyncio.create_task(later())
+
+
+async def _delete_orphan_binding(
+    memo: kopf.Memo, body: Mapping[str, Any], key: tuple[str, str]
+) -> None:
+    """A serving's binding whose serving is gone (deleted while no operator ran)."""
+    rec: Reconciler = memo.reconciler
+    watched = rec.settings.namespaces
+    if watched and key[0] not in watched:
+        return  # another operator's serving
+    await rec.kube.delete("ClusterRoleBinding", body["metadata"]["name"])

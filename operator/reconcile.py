@@ -1,0 +1,175 @@
+"""Bring one serving's children and status in line with its spec, writing only what differs.
+
+Called for every event of a serving or of one of its children, with the
+children as the operator's watch caches see them: what matches is not
+written, so a restart over unchanged resources makes no request that writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from modelserving import api
+from modelserving.operator import render
+from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.modelids import assign_model_id, recorded_model_id
+from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.status import (
+    LoggingState,
+    deployment_conditions,
+    logging_condition,
+    render_status,
+    status_changed,
+)
+from modelserving.operator.topics import ensure_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reconciler:
+    """What reconciling needs between events: the client, the settings, per-serving locks."""
+
+    kube: KubeClient
+    settings: OperatorSettings
+    slots: asyncio.Semaphore  # reconciles running at once (the worker limit)
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    known_topics: set[tuple[str, str]] = field(default_factory=set)
+    retries: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
+
+
+def covers(live: Any, desired: Any) -> bool:
+    """Whether the live object already holds every field we set, as we set it."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and covers(live[key], value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(covers(a, b) for a, b in zip(live, desired, strict=True))
+        )
+    return live == desired
+
+
+def _ref(serving: Mapping[str, Any]) -> dict[str, Any]:
+    """The serving as kopf's event poster needs it (list items lack kind and apiVersion)."""
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": serving["metadata"]}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    children: Iterable[Mapping[str, Any]],
+    *,
+    from_serving_event: bool,
+) -> float | None:
+    """Apply what differs and write the status; returns seconds until a retry is due, if any."""
+    key = (render.serving_namespace(serving), render.serving_name(serving))
+    async with rec.locks.setdefault(key, asyncio.Lock()), rec.slots:
+        model_id = recorded_model_id(serving)
+        if model_id is None or (
+            from_serving_event
+            and render.MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
+        ):
+            if not from_serving_event:
+                return None  # only the serving's own events take ids, one at a time
+            model_id = await assign_model_id(
+                rec.kube, key[0], key[1], rec.settings.operator_namespace
+            )
+            kopf.info(_ref(serving), reason="ModelIdAssigned", message=f"modelId {model_id}")
+
+        live = {(c["kind"], c["metadata"]["name"]): c for c in children}
+        desired = render.render_children(serving, rec.settings, model_id)
+        deployment, apply_error = live.get(("Deployment", key[1])), None
+        for manifest in desired:
+            current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
+            if current is not None and covers(current, manifest):
+                continue
+            try:
+                applied = await rec.kube.apply(manifest)
+            except KubeError as exc:
+                apply_error = f"applying {manifest['kind']} {manifest['metadata']['name']}: {exc}"
+                kopf.warn(_ref(serving), reason="ApplyFailed", message=apply_error)
+                continue
+            verb = "Created" if current is None else "Updated"
+            what = f"{manifest['kind']} {manifest['metadata']['name']}"
+            kopf.info(_ref(serving), reason=verb, message=f"{verb} {what}")
+            if manifest["kind"] == "Deployment":
+                deployment = applied
+        for (kind, name), _ in live.items():  # children the spec no longer asks for
+            await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else key[0])
+            kopf.info(_ref(serving), reason="Deleted", message=f"Deleted {kind} {name}")
+
+        logging_state = await _logging_state(rec, serving, from_serving_event)
+        old_status = serving.get("status") or {}
+        new_status = render_status(
+            old_status,
+            generation=serving["metadata"].get("generation", 0),
+            model_id=model_id,
+            model_name=render.model_name(serving),
+            endpoint=render.endpoint(serving),
+            topic=render.topic(serving) if render.logging_requested(serving) else None,
+            deployment=deployment,
+            conditions=[
+                *deployment_conditions(deployment, apply_error),
+                logging_condition(logging_state),
+            ],
+            now=_now(),
+        )
+        if status_changed(old_status, new_status):
+            patch = {"status": {**new_status, "topic": new_status.get("topic")}}
+            await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
+        if apply_error or (not logging_state.ready and logging_state.reason == "KafkaUnreachable"):
+            return rec.settings.retry_seconds
+        return None
+
+
+async def _logging_state(
+    rec: Reconciler, serving: Mapping[str, Any], check_kafka: bool
+) -> LoggingState:
+    if not render.logging_requested(serving):
+        return LoggingState(True, "LoggingOff", "the inference log is off")
+    servers = render.bootstrap_servers(serving, rec.settings)
+    if not servers:
+        return LoggingState(
+            False,
+            "NoBootstrapServers",
+            "neither spec.logging.kafka.bootstrapServers nor the operator's "
+            "--kafka-bootstrap-servers names the brokers",
+        )
+    topic = render.topic(serving)
+    if (servers, topic) in rec.known_topics:
+        return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
+    if not check_kafka:  # children's events keep what the last check found
+        for cond in (serving.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "LoggingReady":
+                return LoggingState(cond["status"] == "True", cond["reason"], cond["message"])
+        return LoggingState(False, "Checking", "the topic has not been checked yet")
+    kafka = (serving.get("spec") or {}).get("logging", {}).get("kafka") or {}
+    state, created = await ensure_topic(
+        servers,
+        topic,
+        int(kafka.get("partitions", 1)),
+        int(kafka.get("replicationFactor", 1)),
+        rec.settings.kafka_timeout_seconds,
+    )
+    if state.ready:
+        rec.known_topics.add((servers, topic))
+    if created:
+        kopf.info(_ref(serving), reason="TopicCreated", message=f"Created Kafka topic {topic}")
+    elif not state.ready:
+        kopf.warn(_ref(serving), reason=state.reason, message=state.message)
+    return state

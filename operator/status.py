@@ -1,0 +1,167 @@
+"""A serving's status from what the operator observed: pure functions, no I/O.
+
+The Deployment's status becomes Ready/Progressing/Degraded, the topic check
+becomes LoggingReady; a condition keeps its lastTransitionTime while its
+status stays the same, so an unchanged world yields an identical status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LoggingState:
+    """What the operator knows of the serving's inference log."""
+
+    ready: bool
+    reason: str
+    message: str
+
+
+def deployment_conditions(
+    deployment: Mapping[str, Any] | None, apply_error: str | None = None
+) -> list[Condition]:
+    """Ready, Progressing and Degraded from the Deployment (None: not there yet)."""
+    if apply_error:
+        return [
+            Condition("Ready", False, "ApplyFailed", apply_error),
+            Condition("Progressing", False, "ApplyFailed", apply_error),
+            Condition("Degraded", True, "ApplyFailed", apply_error),
+        ]
+    if deployment is None:
+        message = "the serving's Deployment does not exist yet"
+        return [
+            Condition("Ready", False, "Creating", message),
+            Condition("Progressing", True, "Creating", message),
+            Condition("Degraded", False, "Creating", message),
+        ]
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    desired = spec.get("replicas", 1)
+    ready = status.get("readyReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    total = status.get("replicas", 0)
+    seen = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    deployment_conds = {c.get("type"): c for c in status.get("conditions") or []}
+    stuck = deployment_conds.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
+    failure = deployment_conds.get("ReplicaFailure", {})
+    rolled_out = seen and updated >= desired and total == updated and available >= desired
+
+    if desired == 0:
+        ready_cond = Condition("Ready", False, "ScaledToZero", "the serving has 0 replicas")
+    elif rolled_out:
+        ready_cond = Condition(
+            "Ready", True, "Available", f"{available} of {desired} replicas serve the model"
+        )
+    elif available >= desired and seen:
+        ready_cond = Condition(
+            "Ready", True, "RollingOut", f"{available} replicas serve; a rollout is in progress"
+        )
+    else:
+        ready_cond = Condition(
+            "Ready", False, "Unavailable", f"{ready} of {desired} replicas are ready"
+        )
+
+    if rolled_out:
+        progressing = Condition(
+            "Progressing", False, "RolloutComplete", "every replica runs the current spec"
+        )
+    else:
+        progressing = Condition(
+            "Progressing", True, "RollingOut", f"{updated} of {desired} replicas updated"
+        )
+
+    if stuck:
+        degraded = Condition(
+            "Degraded",
+            True,
+            "ProgressDeadlineExceeded",
+            deployment_conds["Progressing"].get("message", "the rollout is stuck"),
+        )
+    elif failure.get("status") == "True":
+        degraded = Condition(
+            "Degraded", True, "ReplicaFailure", failure.get("message", "pods cannot be created")
+        )
+    else:
+        degraded = Condition("Degraded", False, "AsExpected", "no fault seen")
+    return [ready_cond, progressing, degraded]
+
+
+def logging_condition(state: LoggingState) -> Condition:
+    return Condition("LoggingReady", state.ready, state.reason, state.message)
+
+
+def merge_conditions(
+    old: list[Mapping[str, Any]], new: list[Condition], generation: int, now: str
+) -> list[dict[str, Any]]:
+    """The conditions to write: lastTransitionTime moves only when a status flips."""
+    before = {c.get("type"): c for c in old or []}
+    merged = []
+    for cond in new:
+        status = "True" if cond.status else "False"
+        previous = before.get(cond.type) or {}
+        changed = previous.get("status") != status
+        merged.append(
+            {
+                "type": cond.type,
+                "status": status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "lastTransitionTime": now if changed else previous.get("lastTransitionTime", now),
+                "observedGeneration": generation,
+            }
+        )
+    return merged
+
+
+def render_status(
+    old_status: Mapping[str, Any],
+    *,
+    generation: int,
+    model_id: int,
+    model_name: str,
+    endpoint: str,
+    topic: str | None,
+    deployment: Mapping[str, Any] | None,
+    conditions: list[Condition],
+    now: str,
+) -> dict[str, Any]:
+    """The whole status subresource the operator owns."""
+    dep_spec = (deployment or {}).get("spec") or {}
+    dep_status = (deployment or {}).get("status") or {}
+    desired = dep_spec.get("replicas", 0)
+    ready = dep_status.get("readyReplicas", 0)
+    status: dict[str, Any] = {
+        "modelId": model_id,
+        "modelName": model_name,
+        "endpoint": endpoint,
+        "observedGeneration": generation,
+        "replicas": desired,
+        "readyReplicas": ready,
+        "updatedReplicas": dep_status.get("updatedReplicas", 0),
+        "readyText": f"{ready}/{desired}",
+        "conditions": merge_conditions(
+            list(old_status.get("conditions") or []), conditions, generation, now
+        ),
+    }
+    if topic:
+        status["topic"] = topic
+    return status
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing `new` would change what the API server holds for the fields we own."""
+    return any(old.get(key) != value for key, value in new.items()) or (
+        "topic" in old and "topic" not in new
+    )
