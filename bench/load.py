@@ -1,0 +1,83 @@
+"""The load generators, on their own core: wrk for requests/s at saturation, vegeta for latency
+at a constant rate. Every run is bounded in time and goes to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procs import LOAD_CORE, BenchError, run_pinned
+from bench.stats import LatencyResult, WrkResult, parse_vegeta, parse_wrk
+
+# The request every configuration answers: a TF Serving predict call with a small body.
+PREDICT_BODY = '{"instances": [[1.0], [2.0]]}'
+MODEL = "bench"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes and what it sends."""
+
+    port: int
+    path: str = f"/v1/models/{MODEL}:predict"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = PREDICT_BODY
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def all_headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", **self.headers}
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def wrk(
+    wrk_bin: str, target: Target, workdir: Path, seconds: int = 5, connections: int = 64
+) -> WrkResult:
+    """Saturate the target with one wrk thread for `seconds`."""
+    script = workdir / "wrk-post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(target.body)}"]
+    lines += [
+        f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}"
+        for k, v in target.all_headers().items()
+    ]
+    script.write_text("\n".join(lines) + "\n")
+    out = run_pinned(
+        [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", str(script), target.url],
+        LOAD_CORE, timeout=seconds + 30,
+    )  # fmt: skip
+    result = parse_wrk(out)
+    if result.non_2xx or result.socket_errors:
+        raise BenchError(
+            f"wrk got {result.non_2xx} non-2xx answers and {result.socket_errors} socket errors "
+            f"of {result.requests} from {target.url}"
+        )
+    return result
+
+
+def vegeta(
+    vegeta_bin: str, target: Target, workdir: Path, rate: int, seconds: float, check: bool = True
+) -> LatencyResult:
+    """`rate` requests/s for `seconds`, open-loop (vegeta does not wait for slow answers)."""
+    body = workdir / "vegeta-body.json"
+    body.write_text(target.body)
+    targets = workdir / "vegeta-targets.txt"
+    head = "\n".join(f"{k}: {v}" for k, v in target.all_headers().items())
+    targets.write_text(f"POST {target.url}\n{head}\n@{body}\n\n")
+    results = workdir / "vegeta-results.bin"
+    run_pinned(
+        [vegeta_bin, "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-timeout=10s",
+         f"-targets={targets}", f"-output={results}"],
+        LOAD_CORE, timeout=seconds + 60,
+    )  # fmt: skip
+    report = run_pinned([vegeta_bin, "report", "-type=json", str(results)], LOAD_CORE, 60)
+    result = parse_vegeta(json.loads(report))
+    if check and result.success < 0.999:
+        raise BenchError(f"vegeta got {result.success:.1%} 2xx answers from {target.url}")
+    return result

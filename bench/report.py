@@ -1,0 +1,235 @@
+"""The benchmark's readable output: docs/benchmarks.md (tables with both runs of each figure,
+beside the references and targets of DESIGN.md) and a hand-written SVG of latency percentiles
+per configuration (no plotting library needed)."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from bench.stats import mean
+
+# DESIGN.md's targets for our sidecar (auth on, log on) and the references measured there.
+TARGETS = {
+    "rps_per_core": 7000,
+    "added_p50_ms_at_1000": 0.25,
+    "added_p99_ms_at_1000": 1.0,
+    "rss_mib": 150,
+    "records_lost": 0,
+    "log_records_per_s": 15000,
+    "operator_ready_1000_s": 60,
+    "operator_restart_writes": 0,
+    "operator_rss_mib": 250,
+}
+REFERENCES = {
+    "nginx reverse proxy": ">= 80,000 rps/core; +0.10 / +0.17 ms",
+    "KServe agent, logger off": "21,100 rps/core; +0.12 / +0.55 ms; 90 MB",
+    "KServe agent, logger on": "14,000 rps/core; +0.14 / +5.07 ms; 2.35 GB peak",
+    "bare aiohttp proxy": "8,600 rps/core; +0.26 / +0.77 ms",
+}
+SVG_NAME = "benchmarks-latency.svg"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _both(runs: list[dict[str, Any]], get: Any, digits: int = 2) -> str:
+    """Both runs of one figure, `run 1 / run 2`."""
+    values = []
+    for run in runs:
+        try:
+            values.append(_fmt(get(run), digits))
+        except (KeyError, TypeError):
+            values.append("failed" if "error" in run else "-")
+    return " / ".join(values) if values else "-"
+
+
+def request_path_tables(part: dict[str, Any]) -> list[str]:
+    results = part["results"]
+    lines = [
+        "### Saturation (wrk, 1 thread, 64 connections, "
+        "5 s after a 1 s warm-up)",
+        "",
+        "| configuration | requests/s | proxy's share of its core | requests/s per core "
+        "| peak RSS (MiB) | DESIGN reference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in part["configurations"]:
+        runs = results[name]
+        lines.append(
+            f"| {name} | {_both(runs, lambda r: round(r['saturation']['rps']))} "
+            f"| {_both(runs, lambda r: r['cpu_share'])} "
+            f"| {_both(runs, lambda r: r['rps_per_core'])} "
+            f"| {_both(runs, lambda r: r['rss_peak_mib'], 1)} "
+            f"| {REFERENCES.get(name, '')} |"
+        )
+    for rate in ("200", "1000"):
+        lines += [
+            "",
+            f"### Latency at {int(rate):,} rps (vegeta, 5 s), ms: measured p50 / p90 / p99 "
+            "and added over direct",
+            "",
+            "| configuration | p50 | p90 | p99 | added p50 | added p90 | added p99 | success |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name in part["configurations"]:
+            runs = results[name]
+            cells = [
+                _both(runs, lambda r, p=p: r["latency"][rate][f"{p}_ms"], 3)
+                for p in ("p50", "p90", "p99")
+            ]
+            cells += [
+                _both(runs, lambda r, p=p: r["added_ms"][rate][p], 3)
+                for p in ("p50", "p90", "p99")
+            ]
+            cells.append(_both(runs, lambda r: r["latency"][rate]["success"], 3))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# Benchmarks: our sidecar beside nginx, KServe's agent and a bare aiohttp proxy",
+        "",
+        "Written by `make bench` (`python -m bench.run`); the raw figures are in "
+        "`bench/results.json`. Every figure is given for both runs, `run 1 / run 2`.",
+        "",
+        f"- Date: {results['date']}, commit {results.get('commit', '?')}, "
+        f"{results.get('seconds', '?')} s in all",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}",
+        f"- Pinning: {m['pinning']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        "- The machine is shared with other work (a Kafka broker and a Kubernetes control "
+        "plane run beside the benchmark), so single figures move by a few percent between runs.",
+        "",
+    ]
+    parts = results["parts"]
+    if "request_path" in parts:
+        lines += ["## 1. Request path", "", f"![latency percentiles]({SVG_NAME})", ""]
+        lines += request_path_tables(parts["request_path"]) + [""]
+    if "outage" in parts:
+        lines += ["## 2. Log destination down for 10 s at 1,000 rps", ""]
+        lines += outage_lines(parts["outage"]) + [""]
+    for key, title in (
+        ("inference_log", "## 3. Inference log"),
+        ("operator", "## 4. Operator"),
+        ("profile", "## 5. Profile of the sidecar's hot path"),
+    ):
+        if key in parts:
+            lines += [title, ""] + generic_lines(parts[key]) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def outage_lines(part: dict[str, Any]) -> list[str]:
+    lines = []
+    agent = part.get("kserve_agent", {})
+    if "error" in agent:
+        lines.append(f"- KServe agent: failed: `{agent['error'][-300:]}`")
+    elif agent:
+        lines.append(
+            f"- KServe agent, logger on, HTTP sink down {agent['sink_down_seconds']} s: "
+            f"{agent['requests_answered']:,} requests answered, "
+            f"{agent['events_delivered']:,} of {agent['events_expected']:,} CloudEvents "
+            f"reached the sink, **{agent['events_lost']:,} lost** (reference: about 20,000); "
+            f"peak RSS {agent['rss_peak_mib']} MiB; p99 {agent['latency']['p99_ms']:.2f} ms."
+        )
+    ours = part.get("sidecar", {})
+    if "error" in ours:
+        lines.append(f"- Our sidecar: failed: `{ours['error'][-300:]}`")
+    elif ours:
+        lines.append(
+            f"- Our sidecar, log on, Kafka broker down {ours['broker_down_seconds']} s: "
+            f"{ours['requests_answered']:,} requests answered, "
+            f"{ours['records_delivered']:,} records on the topic, "
+            f"**{ours['records_lost']:,} lost** (target: 0); peak RSS "
+            f"{ours['rss_peak_mib']} MiB; p99 {ours['latency']['p99_ms']:.2f} ms."
+        )
+    return lines
+
+
+def generic_lines(part: dict[str, Any]) -> list[str]:
+    """A part's figures as a bullet list (its notes first)."""
+    lines = [f"- {note}" for note in part.get("notes", [])]
+    for key, value in part.items():
+        if key == "notes":
+            continue
+        if isinstance(value, dict | list):
+            lines.append(f"- {key}: `{value}`")
+        else:
+            lines.append(f"- {key}: {_fmt(value)}")
+    return lines
+
+
+# ------------------------------------------------------------------ the plot
+
+
+def latency_series(part: dict[str, Any], rate: str = "1000") -> list[tuple[str, list[float]]]:
+    """(configuration, [p50, p90, p99] averaged over the runs that succeeded), in ms."""
+    series = []
+    for name in part["configurations"]:
+        ok = [r for r in part["results"][name] if "latency" in r]
+        if ok:
+            series.append(
+                (name, [mean([r["latency"][rate][f"{p}_ms"] for r in ok]) for p in ("p50", "p90", "p99")])
+            )
+    return series
+
+
+def render_svg(series: list[tuple[str, list[float]]], title: str) -> str:
+    """Grouped horizontal bars: one group per configuration, a bar per percentile."""
+    colors = ("#4c78a8", "#f58518", "#e45756")
+    labels = ("p50", "p90", "p99")
+    row, bar, left, width = 54, 14, 230, 460
+    height = 70 + row * len(series) + 30
+    top = max([max(v) for _, v in series] + [0.001])
+    scale = width / top
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 110}" '
+        f'height="{height}" font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
+    ]
+    for i, label in enumerate(labels):
+        x = left + i * 80
+        out.append(f'<rect x="{x}" y="34" width="12" height="12" fill="{colors[i]}"/>')
+        out.append(f'<text x="{x + 16}" y="45">{label}</text>')
+    for j, (name, values) in enumerate(series):
+        y0 = 62 + j * row
+        out.append(f'<text x="{left - 8}" y="{y0 + 24}" text-anchor="end">{escape(name)}</text>')
+        for i, value in enumerate(values):
+            y = y0 + i * bar
+            w = max(value * scale, 1)
+            out.append(
+                f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colors[i]}"/>'
+            )
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 3}">{value:.3f} ms</text>')
+    axis_y = 62 + row * len(series)
+    out.append(
+        f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#444"/>'
+    )
+    out.append(f'<text x="{left}" y="{axis_y + 16}">0</text>')
+    out.append(
+        f'<text x="{left + width}" y="{axis_y + 16}" text-anchor="end">{top:.2f} ms</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_svg(results: dict[str, Any], path: Path) -> None:
+    part = results["parts"].get("request_path")
+    if not part:
+        return
+    series = latency_series(part)
+    if series:
+        title = "Latency at 1,000 rps (vegeta), mean of the runs, per configuration"
+        path.write_text(render_svg(series, title))

@@ -1,0 +1,139 @@
+"""`make bench`: build what the benchmark needs, run every part, stop what it started, and write
+bench/results.json and docs/benchmarks.md.
+
+    python -m bench.run [--parts request-path,outage,log,operator,profile] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report, request_path, tools
+from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, log
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results.json"
+DOC = REPO / "docs" / "benchmarks.md"
+PARTS = ("request-path", "outage", "log", "operator", "profile")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "pinning": f"proxy under test on core {PROXY_CORE}; load generators, upstream and log "
+        f"sink on core {LOAD_CORE} (taskset)",
+    }
+
+
+def localenv() -> dict[str, Any] | None:
+    env_json = REPO / ".localenv" / "env.json"
+    if not env_json.exists():
+        return None
+    return json.loads(env_json.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
+    parser.add_argument("--runs", type=int, default=2, help="passes over each configuration")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("the benchmark pins the proxy and the load to two different cores")
+
+    started = time.monotonic()
+    built = tools.ensure_all()
+    env = localenv()
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": tools.versions(built),
+        "commit": _git_commit(),
+        "parts": {},
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="modelserving-bench-"))
+    bench = request_path.Bench(built, workdir)
+    try:
+        from bench import sidecar as sidecar_bench
+
+        bench.sidecar = sidecar_bench.SidecarBench.prepare(bench, env)
+        if "request-path" in parts:
+            configs = list(request_path.REFERENCES)
+            configs += sidecar_bench.configurations(bench)
+            results["parts"]["request_path"] = request_path.run_request_path(
+                bench, configs, args.runs
+            )
+        if "outage" in parts:
+            results["parts"]["outage"] = _outages(bench)
+        if "log" in parts:
+            results["parts"]["inference_log"] = sidecar_bench.inference_log_throughput(bench)
+        if "operator" in parts:
+            from bench import operator_scale
+
+            results["parts"]["operator"] = operator_scale.run(env, workdir)
+        if "profile" in parts:
+            results["parts"]["profile"] = sidecar_bench.profile(bench)
+    finally:
+        if bench.sidecar is not None:
+            bench.sidecar.close()
+        results["seconds"] = round(time.monotonic() - started)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        args.doc.write_text(report.render_markdown(results))
+        report.write_svg(results, args.doc.parent / "benchmarks-latency.svg")
+        log(f"wrote {args.results} and {args.doc} in {results['seconds']} s")
+        if os.environ.get("BENCH_KEEP_WORKDIR"):
+            log(f"scratch folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _outages(bench: request_path.Bench) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    log("outage: KServe agent with its log sink down for 10 s at 1,000 rps")
+    try:
+        out["kserve_agent"] = request_path.kserve_sink_outage(bench, request_path.Outage())
+    except BenchError as exc:
+        out["kserve_agent"] = {"error": str(exc)[-2000:]}
+    if bench.sidecar is not None and bench.sidecar.runnable:
+        log("outage: our sidecar with the Kafka broker down for 10 s at 1,000 rps")
+        try:
+            out["sidecar"] = bench.sidecar.broker_outage(request_path.Outage())
+        except BenchError as exc:
+            out["sidecar"] = {"error": str(exc)[-2000:]}
+    return out
+
+
+def _git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    return proc.stdout.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Our sidecar in the benchmark: its configurations on the request path (auth by API key or by
+Kubernetes token with a warm cache; inference log off, or on into the real broker), the broker
+outage, the inference log's throughput, and a profile of the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
+from bench.request_path import (
+    OUTAGE_SECONDS,
+    Bench,
+    Configuration,
+    Outage,
+    run_vegeta_background,
+    upstream,
+)
+from bench.stats import as_dict, records_lost
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE_PREFIX = "bench-"
+API_KEY = "bench-key-" + "x" * 32
+
+
+def sidecar_importable() -> str | None:
+    """None when `modelserving sidecar` can run here, else why not."""
+    try:
+        import modelserving.sidecar.main  # noqa: F401
+    except ImportError as exc:
+        return f"the sidecar cannot be imported yet: {exc}"
+    return None
+
+
+@dataclass
+class SidecarBench:
+    bench: Bench
+    env: dict[str, Any] | None
+    why_not: str | None = None
+    keys_dir: Path | None = None
+    namespace: str | None = None
+    token: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def runnable(self) -> bool:
+        return self.why_not is None
+
+    @property
+    def bootstrap(self) -> str | None:
+        return (self.env or {}).get("kafka_bootstrap")
+
+    @classmethod
+    def prepare(cls, bench: Bench, env: dict[str, Any] | None) -> SidecarBench:
+        self = cls(bench, env, why_not=sidecar_importable())
+        if not self.runnable:
+            log(f"sidecar configurations skipped: {self.why_not}")
+            return self
+        from modelserving.sidecar.apikeys import hash_api_key
+
+        self.keys_dir = bench.workdir / "apikeys"
+        self.keys_dir.mkdir()
+        (self.keys_dir / "bench").write_text(hash_api_key(API_KEY))
+        try:
+            self._prepare_kubernetes()
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            self.notes.append(f"Kubernetes auth skipped: {str(exc)[-300:]}")
+            log(self.notes[-1])
+        if not self.bootstrap:
+            self.notes.append("log-on configurations skipped: no Kafka broker (.localenv)")
+        return self
+
+    # ------------------------------------------------------------ Kubernetes
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        env = self.env or {}
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", env["kubeconfig"], *args],
+            input=stdin, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PATH": f"{env['path']}:{os.environ['PATH']}"},
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise BenchError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _prepare_kubernetes(self) -> None:
+        if not self.env or not Path(self.env.get("kubeconfig", "")).exists():
+            raise BenchError("no local cluster (.localenv/env.json)")
+        self.namespace = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:6]}"
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}},
+                {"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": "caller", "namespace": self.namespace}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": "predict", "namespace": self.namespace},
+                 "rules": [{"apiGroups": ["modelserving.io"],
+                            "resources": ["modelservings/predict"], "verbs": ["create"]}]},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": "predict", "namespace": self.namespace},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": "predict"},
+                 "subjects": [{"kind": "ServiceAccount", "name": "caller",
+                               "namespace": self.namespace}]},
+            ],
+        }  # fmt: skip
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        self.token = self.kubectl(
+            "create", "token", "caller", "-n", self.namespace, "--duration", "1h"
+        ).strip()
+
+    def close(self) -> None:
+        if self.namespace:
+            with contextlib.suppress(BenchError, subprocess.SubprocessError):
+                self.kubectl("delete", "namespace", self.namespace, "--wait=false")
+
+    # ------------------------------------------------------------ the sidecar
+
+    def render_config(
+        self, port: int, auth: str, topic: str | None, spool: Path, **logging: Any
+    ) -> Path:
+        """A sidecar config file as the operator would render it (JSON is YAML)."""
+        config: dict[str, Any] = {
+            "serving": {"name": load.MODEL, "namespace": self.namespace or "bench"},
+            "model": {"name": load.MODEL, "version": 1, "modelId": 1},
+            "listen": {"host": "127.0.0.1", "port": port},
+            "upstream": {"url": f"http://127.0.0.1:{self.bench.upstream_port}"},
+            "auth": {"mode": auth, "apiKeysDir": str(self.keys_dir)},
+            "logging": {"mode": "NONE"},
+        }
+        if topic:
+            config["logging"] = {"mode": "ALL", "topic": topic, "bootstrapServers": self.bootstrap,
+                                 "spoolDir": str(spool), **logging}  # fmt: skip
+        path = self.bench.workdir / f"sidecar-{port}.yaml"
+        path.write_text(json.dumps(config, indent=1))
+        return path
+
+    def headers(self, auth: str) -> dict[str, str]:
+        if auth == "kubernetes":
+            return {"Authorization": f"Bearer {self.token}"}
+        return {"Authorization": f"ApiKey {API_KEY}"}
+
+    @contextlib.contextmanager
+    def running(
+        self, auth: str, log_on: bool, uvloop: bool = False, **logging: Any
+    ) -> Iterator[tuple[Proc, load.Target, str | None]]:
+        port = free_port()
+        topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
+        if topic:
+            create_topic(self.bootstrap or "", topic)
+        spool = self.bench.workdir / f"spool-{port}"
+        config = self.render_config(port, auth, topic, spool, **logging)
+        run_sidecar = "from modelserving.cli import main; raise SystemExit(main())"
+        if uvloop:
+            run_sidecar = "import uvloop; uvloop.install(); " + run_sidecar
+        cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
+               "--log-level", "WARNING"]  # fmt: skip
+        env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
+        proc = Proc("sidecar", cmd, PROXY_CORE, self.bench.workdir, env=env, port=port)
+        try:
+            yield proc, load.Target(port, headers=self.headers(auth)), topic
+        finally:
+            proc.stop(timeout=30)
+
+    def configuration(self, name: str, auth: str, log_on: bool, uvloop: bool = False) -> Any:
+        @contextlib.contextmanager
+        def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
+            with self.running(auth, log_on, uvloop) as (proc, target, _topic):
+                yield proc, target
+
+        return Configuration(name, start, group="ours")
+
+    # ------------------------------------------------------------ part 2
+
+    def broker_outage(self, outage: Outage) -> dict[str, Any]:
+        """Our sidecar, log on, while the Kafka broker is stopped for 10 s."""
+        with upstream(self.bench), self.running("apiKey", True) as (proc, target, topic):
+            load.wrk(self.bench.tools.wrk, target, self.bench.workdir, seconds=1)
+            before = topic_records(self.bootstrap or "", topic or "")[0]
+            with PeakRss(proc) as rss:
+                wait = run_vegeta_background(self.bench, target, outage)
+                time.sleep(outage.down_at)
+                localenv_kafka("stop")
+                down = time.monotonic()
+                time.sleep(max(OUTAGE_SECONDS - (time.monotonic() - down), 0))
+                localenv_kafka("start")
+                lat = wait()
+            answered = lat.answered
+            delivered, distinct = wait_topic(self.bootstrap or "", topic or "", before + answered)
+        delivered, distinct = topic_records(self.bootstrap or "", topic or "")
+        return {
+            "rate": outage.rate,
+            "seconds": outage.seconds,
+            "broker_down_seconds": OUTAGE_SECONDS,
+            "requests_answered": answered,
+            "records_delivered": distinct - before,
+            "records_on_topic_with_duplicates": delivered - before,
+            "records_lost": records_lost(answered, distinct - before),
+            "rss_peak_mib": round(rss.peak_mib, 1),
+            "latency": as_dict(lat),
+        }
+
+
+def configurations(bench: Bench) -> list[Configuration]:
+    side: SidecarBench | None = bench.sidecar
+    if side is None or not side.runnable:
+        return []
+    configs = [side.configuration("sidecar, apiKey, log off", "apiKey", False)]
+    if side.bootstrap:
+        configs.append(side.configuration("sidecar, apiKey, log on", "apiKey", True))
+    if side.token:
+        configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))
+        if side.bootstrap:
+            configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
+    if side.bootstrap and uvloop_available():
+        configs.append(
+            side.configuration("sidecar, apiKey, log on, uvloop", "apiKey", True, uvloop=True)
+        )
+    return configs
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------ Kafka helpers
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    async def create() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(records on the topic, distinct keys among them): a replay after an outage may send a
+    record twice, which is a duplicate, not a record more."""
+
+    async def count() -> tuple[int, int]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_bytes=50 * 1024 * 1024)  # fmt: skip
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            if not parts:
+                await consumer.topics()
+                parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
+            ends = await consumer.end_offsets(parts)
+            total = sum(ends.values())
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            keys: set[bytes | None] = set()
+            seen = 0
+            while seen < total:
+                batch = await consumer.getmany(timeout_ms=2000, max_records=20000)
+                if not batch:
+                    break
+                for records in batch.values():
+                    seen += len(records)
+                    keys.update(r.key for r in records)
+            return total, len(keys)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(count())
+
+
+def wait_topic(bootstrap: str, topic: str, expected: int, timeout: float = 90) -> tuple[int, int]:
+    """Poll the topic until it holds `expected` distinct records or stops growing."""
+    deadline, last, still = time.monotonic() + timeout, (-1, -1), 0
+    while time.monotonic() < deadline:
+        now = topic_records(bootstrap, topic)
+        if now[1] >= expected:
+            return now
+        still = still + 1 if now == last else 0
+        if still >= 5:
+            return now
+        last = now
+        time.sleep(2)
+    return last
+
+
+def localenv_kafka(action: str) -> None:
+    log(f"Kafka broker: {action}")
+    subprocess.run(
+        [sys.executable, str(REPO / "localenv" / "localenv.py"), "kafka", action],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------ part 3
+
+
+def inference_log_throughput(bench: Bench, records: int = 60_000) -> dict[str, Any]:
+    side: SidecarBench | None = bench.sidecar
+    if side is None or not side.runnable or not side.bootstrap:
+        return {"notes": ["skipped: the sidecar or the broker is not available"]}
+    topic = f"bench-log-{uuid.uuid4().hex[:8]}"
+    create_topic(side.bootstrap, topic)
+    out = run_pinned(
+        [sys.executable, "-m", "bench.log_throughput", "--bootstrap", side.bootstrap,
+         "--topic", topic, "--records", str(records), "--spool", str(bench.workdir / "logspool")],
+        PROXY_CORE, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    result = json.loads(out.strip().splitlines()[-1])
+    total, distinct = topic_records(side.bootstrap, topic)
+    result["records_on_topic"] = total
+    result["distinct_records_on_topic"] = distinct
+    return result
+
+
+# ------------------------------------------------------------ part 5
+
+
+def profile(bench: Bench, seconds: int = 10) -> dict[str, Any]:
+    """py-spy over the sidecar (apiKey, log on) at saturation: the top functions by own time."""
+    side: SidecarBench | None = bench.sidecar
+    py_spy = bench.tools.py_spy
+    if side is None or not side.runnable or not py_spy:
+        return {"notes": ["skipped: the sidecar or py-spy is not available"]}
+    raw = bench.workdir / "profile.txt"
+    with upstream(bench), side.running("apiKey", bool(side.bootstrap)) as (proc, target, _):
+        load.wrk(bench.tools.wrk, target, bench.workdir, seconds=1)
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(_python_pid(proc)), "--duration", str(seconds),
+             "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        load.wrk(bench.tools.wrk, target, bench.workdir, seconds=seconds + 1)
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            return {"notes": [f"py-spy failed: {err.strip()[-500:]}"]}
+    from bench.stats import top_frames
+
+    own, inclusive, samples = top_frames(raw.read_text())
+    return {"samples": samples, "top_own": own[:15], "top_inclusive": inclusive[:20]}
+
+
+def _python_pid(proc: Proc) -> int:
+    """The Python process itself: taskset execs, so it is the started pid."""
+    return proc.pid
+

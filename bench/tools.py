@@ -1,0 +1,144 @@
+"""What the benchmark runs, installed or built by the benchmark itself and cached outside the
+repo, keyed by version: nginx and wrk from Debian, vegeta and KServe's agent from the Go
+module proxy, the profiler and uvloop from PyPI into the project's virtualenv."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import BenchError, log
+
+VEGETA_VERSION = "v12.13.0"
+KSERVE_VERSION = "v0.17.0"
+PY_SPY_VERSION = "0.4.3"
+UVLOOP_VERSION = "0.23.0"
+CACHE = Path(os.environ.get("MODELSERVING_CACHE", Path.home() / ".cache" / "modelserving"))
+HERE = Path(__file__).resolve().parent
+GO_ENV = {"GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+
+
+@dataclass(frozen=True)
+class Tools:
+    nginx: str
+    wrk: str
+    vegeta: str
+    kserve_agent: str
+    py_spy: str | None
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"`{' '.join(cmd)}` failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout
+
+
+def ensure_debian_tools() -> tuple[str, str]:
+    """nginx and wrk, installed from Debian's packages when missing (the bench runs as root)."""
+    if not (shutil.which("nginx") and shutil.which("wrk")):
+        log("installing nginx and wrk from Debian's packages")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        _run(["apt-get", "update", "-qq"], env=env)
+        _run(["apt-get", "install", "-y", "-qq", "nginx", "wrk"], env=env)
+    nginx, wrk = shutil.which("nginx"), shutil.which("wrk")
+    if not nginx or not wrk:
+        raise BenchError("nginx or wrk is still missing after apt-get install")
+    return nginx, wrk
+
+
+def ensure_vegeta() -> str:
+    out = CACHE / f"vegeta-{VEGETA_VERSION}" / "bin"
+    binary = out / "vegeta"
+    if not binary.exists():
+        log(f"installing vegeta {VEGETA_VERSION} from the Go module proxy")
+        out.mkdir(parents=True, exist_ok=True)
+        _run(
+            ["go", "install", "-ldflags", "-s -w", f"github.com/tsenart/vegeta/v12@{VEGETA_VERSION}"],
+            CACHE, {**GO_ENV, "GOFLAGS": "", "GOBIN": str(out)},
+        )  # fmt: skip
+    return str(binary)
+
+
+def ensure_kserve_agent() -> str:
+    """KServe's agent, built through bench/kserve_agent with kserve's own replace directives."""
+    root = CACHE / f"kserve-agent-{KSERVE_VERSION}"
+    binary = root / "bin" / "agent"
+    if binary.exists():
+        return str(binary)
+    log(f"building KServe's agent {KSERVE_VERSION} (a few minutes with empty Go caches)")
+    work = root / "src"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("go.mod", "tools.go"):
+        shutil.copy(HERE / "kserve_agent" / name, work / name)
+    info = _run(["go", "mod", "download", "-json", f"github.com/kserve/kserve@{KSERVE_VERSION}"],
+                work, GO_ENV)  # fmt: skip
+    gomod = Path(re.search(r'"GoMod":\s*"([^"]+)"', info).group(1)).read_text()  # type: ignore[union-attr]
+    replaces = re.findall(r"^replace\s+(\S+\s+=>\s+\S+\s+\S+)\s*$", gomod, re.M)
+    with (work / "go.mod").open("a") as f:
+        f.write("".join(f"\nreplace {line}" for line in replaces) + "\n")
+    _run(["go", "mod", "tidy"], work, GO_ENV)
+    tmp = binary.with_name("agent.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    _run(["go", "build", "-ldflags", "-s -w", "-o", str(tmp), "github.com/kserve/kserve/cmd/agent"],
+         work, GO_ENV)  # fmt: skip
+    tmp.rename(binary)
+    return str(binary)
+
+
+def ensure_python_extras() -> str | None:
+    """py-spy (the profiler) and uvloop (measured side by side) into the running virtualenv."""
+    bindir = Path(sys.executable).parent
+    py_spy = bindir / "py-spy"
+    missing = []
+    if not py_spy.exists():
+        missing.append(f"py-spy=={PY_SPY_VERSION}")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        missing.append(f"uvloop=={UVLOOP_VERSION}")
+    if missing:
+        log(f"installing {' '.join(missing)} into the virtualenv")
+        try:
+            _run([sys.executable, "-m", "pip", "install", "--quiet", *missing])
+        except BenchError as exc:
+            log(f"could not install {missing}: {exc}")
+    return str(py_spy) if py_spy.exists() else None
+
+
+def ensure_all() -> Tools:
+    nginx, wrk = ensure_debian_tools()
+    return Tools(
+        nginx=nginx,
+        wrk=wrk,
+        vegeta=ensure_vegeta(),
+        kserve_agent=ensure_kserve_agent(),
+        py_spy=ensure_python_extras(),
+    )
+
+
+def versions(tools: Tools) -> dict[str, str]:
+    """What ran, for the report."""
+
+    def first_line(cmd: list[str]) -> str:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        return (proc.stdout + proc.stderr).strip().splitlines()[0] if proc.stdout or proc.stderr else ""
+
+    import aiohttp
+
+    return {
+        "nginx": first_line([tools.nginx, "-v"]).removeprefix("nginx version: "),
+        "wrk": first_line([tools.wrk, "-v"]).split(" [")[0],
+        "vegeta": VEGETA_VERSION,
+        "kserve agent": KSERVE_VERSION,
+        "go": first_line(["go", "version"]).removeprefix("go version "),
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+    }
