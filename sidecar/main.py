@@ -72,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
         config.serving.namespace, config.serving.name, config.model.name,
         config.listen.host, config.listen.port, config.upstream.url, config.auth.mode.value,
     )  # fmt: skip
+    try:
+        import uvloop  # a faster event loop when installed; asyncio's own otherwise
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
     web.run_app(
         create_app(config),
+        loop=loop_factory() if loop_factory else None,
         host=config.listen.host,
         port=config.listen.port,
         shutdown_timeout=args.shutdown_timeout,
