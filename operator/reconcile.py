@@ -89,7 +89,12 @@ async def reconcile(
             model_id = await assign_model_id(
                 rec.kube, key[0], key[1], rec.settings.operator_namespace
             )
-            kopf.info(_ref(serving), reason="ModelIdAssigned", message=f"modelId {model_id}")
+            kopf.event(
+                _ref(serving),
+                type="Normal",
+                reason="ModelIdAssigned",
+                message=f"modelId {model_id}",
+            )
 
         live = {(c["kind"], c["metadata"]["name"]): c for c in children}
         desired = render.render_children(serving, rec.settings, model_id)
@@ -102,16 +107,18 @@ async def reconcile(
                 applied = await rec.kube.apply(manifest)
             except KubeError as exc:
                 apply_error = f"applying {manifest['kind']} {manifest['metadata']['name']}: {exc}"
-                kopf.warn(_ref(serving), reason="ApplyFailed", message=apply_error)
+                kopf.event(_ref(serving), type="Warning", reason="ApplyFailed", message=apply_error)
                 continue
             verb = "Created" if current is None else "Updated"
             what = f"{manifest['kind']} {manifest['metadata']['name']}"
-            kopf.info(_ref(serving), reason=verb, message=f"{verb} {what}")
+            kopf.event(_ref(serving), type="Normal", reason=verb, message=f"{verb} {what}")
             if manifest["kind"] == "Deployment":
                 deployment = applied
         for (kind, name), _ in live.items():  # children the spec no longer asks for
             await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else key[0])
-            kopf.info(_ref(serving), reason="Deleted", message=f"Deleted {kind} {name}")
+            kopf.event(
+                _ref(serving), type="Normal", reason="Deleted", message=f"Deleted {kind} {name}"
+            )
 
         logging_state = await _logging_state(rec, serving, from_serving_event)
         old_status = serving.get("status") or {}
@@ -169,7 +176,12 @@ async def _logging_state(
     if state.ready:
         rec.known_topics.add((servers, topic))
     if created:
-        kopf.info(_ref(serving), reason="TopicCreated", message=f"Created Kafka topic {topic}")
+        kopf.event(
+            _ref(serving),
+            type="Normal",
+            reason="TopicCreated",
+            message=f"Created Kafka topic {topic}",
+        )
     elif not state.ready:
-        kopf.warn(_ref(serving), reason=state.reason, message=state.message)
+        kopf.event(_ref(serving), type="Warning", reason=state.reason, message=state.message)
     return state

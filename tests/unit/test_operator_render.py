@@ -1,0 +1,219 @@
+"""Rendering a ModelServing into its children: plain dicts in, plain dicts out."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import yaml
+
+from modelserving import api
+from modelserving.operator import render
+from modelserving.operator.reconcile import covers
+from modelserving.operator.settings import (
+    OperatorSettings,
+    SettingsError,
+    configure_parser,
+    settings_from,
+)
+from modelserving.operator.status import deployment_conditions, merge_conditions
+from modelserving.sidecar.config import AuthMode, LoggingMode, parse_config
+
+SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
+
+
+def mnist(**spec) -> dict:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1", "generation": 1},
+        "spec": {
+            "model": {"version": 1, "basePath": "s3://models/mnist"},
+            "auth": {"mode": "apiKey", "apiKeys": {"secretName": "mnist-keys"}},
+            **spec,
+        },
+    }
+
+
+def by_kind(children: list[dict]) -> dict[str, list[dict]]:
+    kinds: dict[str, list[dict]] = {}
+    for child in children:
+        kinds.setdefault(child["kind"], []).append(child)
+    return kinds
+
+
+def test_sidecar_config_is_what_the_sidecar_parses():
+    cm = render.render_sidecar_configmap(mnist(projectId=80), SETTINGS, model_id=17)
+
+    config = parse_config(yaml.safe_load(cm["data"]["sidecar.yaml"]))
+
+    assert (config.serving.name, config.serving.namespace, config.serving.project_id) == (
+        "mnist",
+        "demo",
+        80,
+    )
+    assert (config.model.name, config.model.version, config.model.model_id) == ("mnist", 1, 17)
+    assert config.listen.port == api.SIDECAR_PORT
+    assert config.upstream.url == f"http://127.0.0.1:{api.TFSERVING_REST_PORT}"
+    assert config.auth.mode is AuthMode.API_KEY
+    assert config.logging.mode is LoggingMode.ALL
+    assert config.logging.topic == "demo.mnist.inference"
+    assert config.logging.bootstrap_servers == "kafka:9092"  # the operator's default
+    assert config.logging.spool_max_bytes == int(2**30 * 0.9)
+
+
+def test_sidecar_config_without_brokers_or_with_logging_off_logs_nothing():
+    off = render.render_sidecar_config(mnist(logging={"enabled": False}), SETTINGS, 1)
+    no_brokers = render.render_sidecar_config(mnist(), OperatorSettings(), 1)
+    assert parse_config(off).logging.mode is LoggingMode.NONE
+    assert parse_config(no_brokers).logging.mode is LoggingMode.NONE
+
+
+def test_spec_brokers_and_topic_win_over_the_operator_defaults():
+    serving = mnist(
+        logging={"kafka": {"topic": "t1", "bootstrapServers": "b:1"}, "mode": "PREDICTIONS"}
+    )
+    config = parse_config(render.render_sidecar_config(serving, SETTINGS, 1))
+    assert (config.logging.topic, config.logging.bootstrap_servers) == ("t1", "b:1")
+    assert config.logging.mode is LoggingMode.PREDICTIONS
+
+
+def test_deployment_runs_tfserving_and_the_sidecar_hardened():
+    children = by_kind(render.render_children(mnist(), SETTINGS, 17))
+    deployment = children["Deployment"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    tfs, sidecar = pod["containers"]
+
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert tfs["name"] == api.TFSERVING_CONTAINER
+    assert tfs["image"] == SETTINGS.tfserving_image
+    assert "--model_config_file=/etc/tfserving/models.config" in tfs["args"]
+    assert sidecar["command"] == [
+        "modelserving", "sidecar", "--config", "/etc/modelserving/sidecar.yaml"
+    ]  # fmt: skip
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in (tfs, sidecar):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["resources"]["requests"]
+    mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    assert mounts["/etc/modelserving/apikeys"] == "apikeys"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["apikeys"]["secret"]["secretName"] == "mnist-keys"
+    assert volumes["spool"]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_a_new_version_changes_the_config_and_so_the_pod_template():
+    old = render.render_children(mnist(), SETTINGS, 17)
+    new_serving = mnist()
+    new_serving["spec"]["model"]["version"] = 2
+    new = render.render_children(new_serving, SETTINGS, 17)
+
+    def checksum(children):
+        dep = by_kind(children)["Deployment"][0]
+        return dep["spec"]["template"]["metadata"]["annotations"][render.CONFIG_CHECKSUM_ANNOTATION]
+
+    assert checksum(old) != checksum(new)
+    models = by_kind(new)["ConfigMap"][0]["data"]["models.config"]
+    assert "versions: 2" in models and 'base_path: "s3://models/mnist"' in models
+
+
+def test_service_and_network_policy_expose_only_the_sidecar():
+    children = by_kind(render.render_children(mnist(), SETTINGS, 17))
+    service = children["Service"][0]
+    policy = children["NetworkPolicy"][0]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8080]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": api.SIDECAR_PORT}]}]
+    assert render.endpoint(mnist()) == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
+
+
+def test_ingress_hpa_and_pvc_when_asked():
+    serving = mnist(
+        projectId=80,
+        ingress={"enabled": True, "host": "m.example.com", "className": "nginx",
+                 "tls": {"secretName": "m-tls"}},
+        autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5},
+    )  # fmt: skip
+    serving["spec"]["model"]["basePath"] = "pvc://models/mnist"
+    children = by_kind(render.render_children(serving, SETTINGS, 17))
+    ingress = children["Ingress"][0]["spec"]
+    paths = [p["path"] for p in ingress["rules"][0]["http"]["paths"]]
+    assert paths == [
+        "/v1/models/mnist",
+        "/hopsworks-api/api/project/80/models/mnist",
+        "/hopsworks-api/api/project/80/inference/models/mnist",
+    ]
+    assert ingress["tls"] == [{"hosts": ["m.example.com"], "secretName": "m-tls"}]
+    assert ingress["ingressClassName"] == "nginx"
+    hpa = children["HorizontalPodAutoscaler"][0]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    deployment = children["Deployment"][0]
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert 'base_path: "/mnt/models/mnist"' in children["ConfigMap"][0]["data"]["models.config"]
+
+
+def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
+    serving = mnist(auth={"mode": "kubernetes", "kubernetes": {"audience": "msv"}})
+    children = by_kind(render.render_children(serving, SETTINGS, 17))
+    binding = children["ClusterRoleBinding"][0]
+    assert binding["roleRef"]["name"] == "modelserving-sidecar-auth"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mnist-sidecar", "namespace": "demo"}
+    ]
+    pod = children["Deployment"][0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "mnist-sidecar"
+    assert pod["automountServiceAccountToken"] is True
+    config = parse_config(render.render_sidecar_config(serving, SETTINGS, 17))
+    assert (config.auth.mode, config.auth.audience) == (AuthMode.KUBERNETES, "msv")
+
+
+def test_covers_ignores_what_the_server_adds_but_sees_edits():
+    desired = render.render_service(mnist())
+    live = copy.deepcopy(desired)
+    live["spec"]["clusterIP"] = "10.0.0.1"
+    live["metadata"]["resourceVersion"] = "5"
+    assert covers(live, desired)
+    live["spec"]["ports"][0]["port"] = 9999
+    assert not covers(live, desired)
+
+
+def test_settings_flags_win_over_environment_and_bad_values_are_named():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--namespace", "a", "--namespace", "b", "--worker-limit", "5"])
+    settings = settings_from(args, {"MODELSERVING_WORKER_LIMIT": "9", "POD_NAMESPACE": "ops"})
+    assert settings.namespaces == ("a", "b")
+    assert settings.worker_limit == 5
+    assert settings.operator_namespace == "ops"
+    with pytest.raises(SettingsError, match="MODELSERVING_KAFKA_BOOTSTRAP"):
+        settings_from(parser.parse_args([]), {"MODELSERVING_KAFKA_BOOTSTRAP": "nope"})
+
+
+def test_status_from_the_deployment_keeps_transition_times_when_nothing_flips():
+    deployment = {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2,
+                   "availableReplicas": 2, "updatedReplicas": 2},
+    }  # fmt: skip
+    conditions = deployment_conditions(deployment)
+    assert [(c.type, c.status, c.reason) for c in conditions] == [
+        ("Ready", True, "Available"),
+        ("Progressing", False, "RolloutComplete"),
+        ("Degraded", False, "AsExpected"),
+    ]
+    first = merge_conditions([], conditions, 2, "2026-01-01T00:00:00Z")
+    again = merge_conditions(first, conditions, 2, "2026-01-02T00:00:00Z")
+    assert again == first
+    deployment["status"]["availableReplicas"] = 0
+    deployment["status"]["readyReplicas"] = 0
+    flipped = merge_conditions(first, deployment_conditions(deployment), 2, "2026-01-03T00:00:00Z")
+    assert flipped[0]["status"] == "False"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
