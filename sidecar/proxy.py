@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from modelserving.sidecar.config import UpstreamConfig
@@ -36,7 +37,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
-    content = request.content
+    try:
+        return await _read_limited(request.content, limit)
+    except (web.RequestPayloadError, HttpProcessingError):  # bad gzip/deflate data, bad chunks
+        raise SidecarError(400, "The request body cannot be read (bad encoding)") from None
+
+
+async def _read_limited(content: StreamReader, limit: int) -> bytes:
     first = await content.readany()
     if content.at_eof():
         if len(first) > limit:

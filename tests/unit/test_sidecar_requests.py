@@ -337,6 +337,20 @@ async def test_compressed_body_within_the_limit_is_forwarded_plain(sidecar_url, 
     assert standin[0].seen[-1].body == b'{"instances": [6.0]}'
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_body_that_does_not_decode_is_400(sidecar_url, standin, encoding):
+    before = len(standin[0].seen)
+    status, body, _ = await raw_request(
+        sidecar_url, "POST", f"/v1/models/{MODEL}:predict",
+        {**GOOD, "Content-Encoding": encoding}, b"this is not compressed",
+    )  # fmt: skip
+    assert (status, json.loads(body)) == (
+        400,
+        {"error": "The request body cannot be read (bad encoding)"},
+    )
+    assert len(standin[0].seen) == before
+
+
 async def test_upstream_down_is_502_and_not_ready(keys_dir, http):
     log = RecordingLog()
     async with sidecar(make_config(f"http://127.0.0.1:{free_port()}", keys_dir), log) as url:
@@ -602,7 +616,16 @@ async def test_any_request_without_a_valid_key_gets_no_5xx_and_no_model(
     method=st.sampled_from(["GET", "POST", "PUT"]),
     target=_TARGETS,
     body=st.one_of(st.binary(max_size=128), st.just(b'{"instances": [1.0]}')),
+    encoding=st.sampled_from([None, "gzip", "deflate", "identity", "gzip, deflate"]),
+    compress=st.booleans(),
 )
-async def test_any_request_with_a_valid_key_gets_no_5xx(sidecar_url, method, target, body):
-    status, payload, _ = await raw_request(sidecar_url, method, target, GOOD, body)
+async def test_any_request_with_a_valid_key_gets_no_5xx(
+    sidecar_url, method, target, body, encoding, compress
+):
+    headers = dict(GOOD)
+    if encoding:
+        headers["Content-Encoding"] = encoding
+        if compress and encoding == "gzip":
+            body = gzip.compress(body)
+    status, payload, _ = await raw_request(sidecar_url, method, target, headers, body)
     assert status < 500, (status, payload)
