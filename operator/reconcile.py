@@ -161,9 +161,11 @@ async def _logging_state(
     if (servers, topic) in rec.known_topics:
         return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
     if not check_kafka:  # children's events keep what the last check found
-        for cond in (serving.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "LoggingReady":
-                return LoggingState(cond["status"] == "True", cond["reason"], cond["message"])
+        previous = _previous_logging(serving)
+        if previous:
+            return LoggingState(
+                previous["status"] == "True", previous["reason"], previous["message"]
+            )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
     kafka = (serving.get("spec") or {}).get("logging", {}).get("kafka") or {}
     state, created = await ensure_topic(
@@ -182,6 +184,18 @@ async def _logging_state(
             reason="TopicCreated",
             message=f"Created Kafka topic {topic}",
         )
-    elif not state.ready:
+    elif not state.ready and _previous_logging_reason(serving) != state.reason:
+        # Once per change, not once per retry: the condition keeps saying it meanwhile.
         kopf.event(_ref(serving), type="Warning", reason=state.reason, message=state.message)
     return state
+
+
+def _previous_logging(serving: Mapping[str, Any]) -> dict[str, Any] | None:
+    for cond in (serving.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "LoggingReady":
+            return cond
+    return None
+
+
+def _previous_logging_reason(serving: Mapping[str, Any]) -> str | None:
+    return (_previous_logging(serving) or {}).get("reason")

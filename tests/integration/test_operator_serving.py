@@ -1,0 +1,391 @@
+"""The operator against the real local cluster and Kafka: a platform team's story.
+
+Each test runs `modelserving operator` for real (a subprocess, watching only the
+test's namespace) and acts through the API as a user would with kubectl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from waiting import wait_for
+
+from modelserving import api
+
+REPO = Path(__file__).resolve().parents[2]
+COUNTER_NAMESPACE = "modelserving-system"
+
+
+@pytest.fixture(scope="module")
+def crds(local_env, kube_client):
+    """The CRDs from crds/, installed once and ready to list."""
+    local_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    local_env.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        f"crd/{api.PLURAL}.{api.GROUP}", "crd/kopfpeerings.kopf.dev",
+    )  # fmt: skip
+    objects = client.CustomObjectsApi(kube_client)
+
+    def lists() -> bool:
+        try:
+            objects.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+            return True
+        except ApiException as exc:  # 429 while the new resource's storage initialises
+            if exc.status in (404, 429, 503):
+                return False
+            raise
+
+    wait_for(lists, timeout=30, what="listing ModelServings")
+    try:
+        client.CoreV1Api(kube_client).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=COUNTER_NAMESPACE))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    return objects
+
+
+class Operator:
+    """`modelserving operator` as a subprocess watching one namespace."""
+
+    def __init__(self, local_env, namespace: str, log_dir: Path) -> None:
+        self.local_env, self.namespace, self.log_dir = local_env, namespace, log_dir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        cmd = [
+            sys.executable, "-m", "modelserving.cli", "operator",
+            "--namespace", self.namespace,
+            "--operator-namespace", COUNTER_NAMESPACE,
+            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
+            "--retry-seconds", "2", "--kafka-timeout", "3",
+        ]  # fmt: skip
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=self.local_env.tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def operator(crds, local_env, namespace, kube_client, tmp_path):
+    peering = {
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": "modelserving", "namespace": namespace},
+    }  # fmt: skip
+    crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
+    op = Operator(local_env, namespace, tmp_path)
+    op.start()
+    yield op
+    op.stop()
+    if op.proc.returncode not in (0, -signal.SIGTERM):
+        print(op.log()[-4000:], file=sys.stderr)
+
+
+def serving_manifest(name: str, **spec) -> dict:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "mnist", "version": 1, "basePath": "s3://models/mnist"},
+            "auth": {"mode": "apiKey", "apiKeys": {"secretName": f"{name}-keys"}},
+            **spec,
+        },
+    }
+
+
+def get_serving(objects, namespace: str, name: str) -> dict:
+    return objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+
+
+def condition(serving: dict, kind: str) -> dict:
+    for cond in (serving.get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return cond
+    return {}
+
+
+def is_ready(objects, namespace: str, name: str, generation: int = 1) -> dict | None:
+    serving = get_serving(objects, namespace, name)
+    status = serving.get("status") or {}
+    ready = condition(serving, "Ready").get("status") == "True"
+    return serving if ready and status.get("observedGeneration") == generation else None
+
+
+def read_or_none(read, *args):
+    try:
+        return read(*args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def kafka_topics(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def topics() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return await admin.list_topics()
+        finally:
+            await admin.close()
+
+    return asyncio.run(topics())
+
+
+def test_a_serving_becomes_ready_with_its_children_and_topic(
+    operator, crds, kube_client, namespace, local_env, topic
+):
+    # Given a ModelServing with the inference log on a topic of its own
+    started = time.monotonic()
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"kafka": {"topic": topic, "partitions": 2}}),
+    )  # fmt: skip
+
+    # Then it becomes Ready once KWOK makes the pods ready, with its endpoint in status
+    serving = wait_for(
+        lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready"
+    )
+    print(f"\ncreate -> Ready: {time.monotonic() - started:.2f} s")
+    status = serving["status"]
+    assert status["endpoint"] == f"http://mnist.{namespace}.svc:8080/v1/models/mnist:predict"
+    assert isinstance(status["modelId"], int)
+    assert status["readyText"] == "1/1"
+    assert condition(serving, "LoggingReady")["reason"] == "TopicReady"
+
+    # And its children exist with the right content
+    apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
+    pod = apps.read_namespaced_deployment("mnist", namespace).spec.template.spec
+    assert [c.name for c in pod.containers] == [api.TFSERVING_CONTAINER, api.SIDECAR_CONTAINER]
+    service = core.read_namespaced_service("mnist", namespace)
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http")]
+    sidecar_yaml = core.read_namespaced_config_map("mnist-sidecar", namespace).data["sidecar.yaml"]
+    assert f"modelId: {status['modelId']}" in sidecar_yaml and topic in sidecar_yaml
+    models = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
+    assert "versions: 1" in models
+    policy = client.NetworkingV1Api(kube_client).read_namespaced_network_policy("mnist", namespace)
+    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [api.SIDECAR_PORT]
+
+    # And the topic exists in the real broker
+    assert topic in kafka_topics(local_env.kafka_bootstrap)
+
+
+def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
+    )
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
+    before = apps.read_namespaced_deployment("mnist", namespace).spec.template.metadata.annotations
+
+    # When the user edits the version (kubectl edit)
+    crds.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        {"spec": {"model": {"version": 2}}},
+    )  # fmt: skip
+
+    # Then TF Serving's config names version 2, the pods roll, and the serving is Ready again
+    wait_for(
+        lambda: (
+            "versions: 2"
+            in core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
+        ),
+        timeout=30,
+        what="models.config at version 2",
+    )
+    after = apps.read_namespaced_deployment("mnist", namespace).spec.template.metadata.annotations
+    assert after != before
+    wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
+
+
+def test_children_deleted_or_edited_by_hand_are_restored(operator, crds, kube_client, namespace):
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
+    )
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    core = client.CoreV1Api(kube_client)
+    original = core.read_namespaced_config_map("mnist-sidecar", namespace).data
+
+    core.delete_namespaced_service("mnist", namespace)
+    core.patch_namespaced_config_map("mnist-sidecar", namespace, {"data": {"sidecar.yaml": "x"}})
+
+    wait_for(
+        lambda: read_or_none(core.read_namespaced_service, "mnist", namespace),
+        timeout=30,
+        what="the Service back",
+    )
+    wait_for(
+        lambda: core.read_namespaced_config_map("mnist-sidecar", namespace).data == original,
+        timeout=30,
+        what="the sidecar ConfigMap restored",
+    )
+
+
+def test_deleting_a_serving_removes_its_children(operator, crds, kube_client, namespace):
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
+    )
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
+
+    crds.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist")
+
+    def all_gone() -> bool:
+        return not any(
+            [
+                read_or_none(apps.read_namespaced_deployment, "mnist", namespace),
+                read_or_none(core.read_namespaced_service, "mnist", namespace),
+                read_or_none(core.read_namespaced_config_map, "mnist-sidecar", namespace),
+                read_or_none(core.read_namespaced_config_map, "mnist-tfserving", namespace),
+            ]
+        )
+
+    wait_for(all_gone, timeout=60, what="the children garbage-collected")
+
+
+def test_kafka_away_is_reported_without_blocking_the_serving(operator, crds, namespace):
+    # A broker address where nothing listens: the serving must still become Ready
+    spec = {"kafka": {"bootstrapServers": "127.0.0.1:1"}}
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist", logging=spec)
+    )
+    serving = wait_for(
+        lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready"
+    )
+    wait_for(
+        lambda: (
+            condition(get_serving(crds, namespace, "mnist"), "LoggingReady").get("reason")
+            == "KafkaUnreachable"
+        ),
+        timeout=30,
+        what="LoggingReady False with KafkaUnreachable",
+    )
+    assert condition(serving, "Degraded").get("status") == "False"
+
+
+def test_model_ids_are_distinct(operator, crds, namespace):
+    for name in ("a", "b", "c"):
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(name)
+        )
+    servings = [
+        wait_for(lambda n=n: is_ready(crds, namespace, n), timeout=60, what=f"{n} Ready")
+        for n in ("a", "b", "c")
+    ]
+    ids = [s["status"]["modelId"] for s in servings]
+    assert len(set(ids)) == 3
+    for serving in servings:
+        annotation = serving["metadata"]["annotations"][f"{api.GROUP}/model-id"]
+        assert annotation == str(serving["status"]["modelId"])
+
+
+def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_client, namespace):
+    # Logging off: Kafka outages made by other tests must not count as a change here
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"enabled": False}),
+    )  # fmt: skip
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
+    net = client.NetworkingV1Api(kube_client)
+
+    def rv(obj) -> str:
+        return obj.metadata.resource_version
+
+    def versions() -> dict[str, str]:
+        return {
+            "serving": get_serving(crds, namespace, "mnist")["metadata"]["resourceVersion"],
+            "deployment": rv(apps.read_namespaced_deployment("mnist", namespace)),
+            "service": rv(core.read_namespaced_service("mnist", namespace)),
+            "policy": rv(net.read_namespaced_network_policy("mnist", namespace)),
+            **{
+                cm: rv(core.read_namespaced_config_map(cm, namespace))
+                for cm in ("mnist-sidecar", "mnist-tfserving")
+            },
+        }  # fmt: skip
+
+    # Settled: two reads a moment apart agree
+    before = wait_for(
+        lambda: (v := versions()) == versions() and v, timeout=30, what="a settled serving"
+    )
+
+    def operator_events() -> int:
+        events = core.list_namespaced_event(namespace).items
+        return sum(1 for e in events if e.involved_object.kind == api.KIND)
+
+    events_before = operator_events()
+
+    operator.stop()
+    operator.start()
+    # The new operator has looked at the serving and every child kind once it logs them
+    wait_for(
+        lambda: (
+            "Handler 'serving_event' succeeded" in operator.log()
+            and "Handler 'deployments_event' succeeded" in operator.log()
+        ),
+        timeout=60,
+        what="the restarted operator to handle the serving",
+    )
+
+    assert versions() == before
+    assert operator_events() == events_before
+
+
+def test_invalid_specs_are_refused_naming_the_field(crds, namespace):
+    cases = {
+        "spec.model.version": {"model": {"version": 0, "basePath": "s3://m/x"}},
+        "spec.model.basePath": {"model": {"version": 1, "basePath": "ftp://m/x"}},
+        "spec.auth.apiKeys.secretName": {"auth": {"mode": "apiKey"}},
+        "spec.autoscaling.maxReplicas": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+        "spec.logging.kafka.topic": {"logging": {"kafka": {"topic": "not a topic"}}},
+        "spec.logging.mode": {"logging": {"mode": "SOME"}},
+        "spec.ingress.host": {"ingress": {"enabled": True, "tls": {"secretName": "t"}}},
+    }
+    for field, spec in cases.items():
+        manifest = serving_manifest("bad")
+        manifest["spec"].update(spec)
+        with pytest.raises(ApiException) as refused:
+            crds.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, manifest
+            )
+        assert refused.value.status == 422, field
+        assert field in refused.value.body, (field, refused.value.body)
+    no_auth = serving_manifest("bad")
+    del no_auth["spec"]["auth"]
+    with pytest.raises(ApiException) as refused:
+        crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, no_auth)
+    assert "spec.auth" in refused.value.body
+    if os.environ.get("MODELSERVING_DEBUG"):
+        print(refused.value.body)
