@@ -213,7 +213,7 @@ async def _assigned(consumer: Any, topic: str, wait: bool) -> list[Any]:
     import asyncio
 
     consumer.subscribe([topic])
-    deadline = asyncio.get_running_loop().time() + 10.0
+    deadline = asyncio.get_running_loop().time() + 3.0
     while not consumer.assignment():
         if not wait and asyncio.get_running_loop().time() > deadline:
             return []

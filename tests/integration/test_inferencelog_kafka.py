@@ -1,0 +1,263 @@
+"""The inference log against the real broker: records decoded back match the exchanges field for
+field, a broker outage during a steady flow loses none, a full spool follows its policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import prometheus_client
+import pytest
+from waiting import wait_for_async
+
+from modelserving.inferencelog import LoggedInference, read_inference_log
+from modelserving.sidecar.config import (
+    LoggingConfig,
+    LoggingMode,
+    ModelIdentity,
+    ServingIdentity,
+    SidecarConfig,
+    SpoolFullPolicy,
+)
+from modelserving.sidecar.exchange import Exchange
+from modelserving.sidecar.inference_log import open_inference_log
+
+MODEL = ModelIdentity(name="mnist", version=2, model_id=17)
+
+
+def sidecar_config(topic: str, bootstrap: str, spool_dir: Path, **logging) -> SidecarConfig:
+    settings = LoggingConfig(
+        mode=LoggingMode.ALL, topic=topic, bootstrap_servers=bootstrap, spool_dir=str(spool_dir)
+    )
+    return SidecarConfig(
+        serving=ServingIdentity(name="mnist", namespace="demo"),
+        model=MODEL,
+        logging=replace(settings, **logging),
+    )
+
+
+def exchange(i: int, body_bytes: int = 100) -> Exchange:
+    statuses = (200, 200, 200, 400, 404, 503)
+    return Exchange(
+        request_id=f"req-{i:06d}",
+        received_ms=int(time.time() * 1000),
+        status=statuses[i % len(statuses)],
+        request_body=json.dumps({"instances": [[i] * (body_bytes // 3)]}).encode(),
+        response_body=json.dumps({"predictions": [[i / 10]]}).encode(),
+        model_version=None if i % 2 else 3,
+        caller=f"caller-{i % 3}",
+        traceparent=None if i % 4 else f"00-{i:032x}-{i:016x}-01",
+    )
+
+
+async def consume_all(topic: str, bootstrap: str, expected: int, timeout: float) -> list:
+    """Read the topic from the beginning until `expected` distinct keys are there."""
+    records: list[LoggedInference] = []
+
+    async def have_all() -> bool:
+        records[:] = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        return len({r.key for r in records}) >= expected
+
+    await wait_for_async(have_all, timeout, f"{expected} records on {topic}", interval=0.5)
+    return records
+
+
+def metric(registry, name: str, **labels) -> float:
+    return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0.0
+
+
+def assert_record_matches(logged: LoggedInference, ex: Exchange, mode: LoggingMode) -> None:
+    record = logged.record
+    assert record.model_id == 17
+    assert record.model_name == "mnist"
+    assert record.model_version == (ex.model_version if ex.model_version is not None else 2)
+    assert record.request_timestamp == ex.received_ms
+    assert record.response_http_code == ex.status
+    want_request = "" if mode is LoggingMode.PREDICTIONS else ex.request_body.decode()
+    want_response = "" if mode is LoggingMode.MODEL_INPUTS else ex.response_body.decode()
+    assert record.inference_request == want_request
+    assert record.inference_response == want_response
+    assert logged.key == ex.request_id
+    assert logged.timestamp_ms == ex.received_ms
+    assert logged.headers["request-id"] == ex.request_id
+    assert logged.headers["caller"] == ex.caller
+    assert logged.headers["model-version"] == str(record.model_version)
+    assert logged.headers.get("traceparent") == ex.traceparent
+    assert logged.headers["pod"]
+
+
+@pytest.mark.parametrize(
+    "mode", [LoggingMode.ALL, LoggingMode.PREDICTIONS, LoggingMode.MODEL_INPUTS]
+)
+async def test_records_decoded_back_match_the_exchanges(local_env, topic, tmp_path, mode):
+    bootstrap = local_env.kafka_bootstrap
+    registry = prometheus_client.CollectorRegistry()
+    exchanges = [exchange(i) for i in range(60)]
+    async with open_inference_log(
+        sidecar_config(topic, bootstrap, tmp_path, mode=mode), registry
+    ) as sink:
+        assert sink.accepting()
+        for ex in exchanges:
+            sink.submit(ex)
+
+        async def all_acked() -> bool:
+            return metric(registry, "records_produced_total") >= len(exchanges)
+
+        await wait_for_async(all_acked, 60, "Kafka's acks for every record")
+        records = await consume_all(topic, bootstrap, len(exchanges), timeout=60)
+    by_key = {r.key: r for r in records}
+    assert len(records) == len(exchanges)
+    for ex in exchanges:
+        assert_record_matches(by_key[ex.request_id], ex, mode)
+    # In order within the partition, as submitted.
+    assert [r.key for r in sorted(records, key=lambda r: r.offset)] == [
+        ex.request_id for ex in exchanges
+    ]
+    assert metric(registry, "records_produced_total") == len(exchanges)
+    assert metric(registry, "records_dropped_total", reason="spool_full") == 0
+
+
+async def test_logs_command_prints_json_lines_filtered_by_model(local_env, topic, tmp_path):
+    bootstrap = local_env.kafka_bootstrap
+    registry = prometheus_client.CollectorRegistry()
+    async with open_inference_log(sidecar_config(topic, bootstrap, tmp_path), registry) as sink:
+        for i in range(5):
+            sink.submit(exchange(i))
+
+        async def all_acked() -> bool:
+            return metric(registry, "records_produced_total") >= 5
+
+        await wait_for_async(all_acked, 60, "Kafka's acks for every record")
+    cli = [sys.executable, "-m", "modelserving.cli", "logs", topic, "--bootstrap-servers"]
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, bootstrap, "--from-beginning", "--model", "mnist"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["key"] for line in lines] == [f"req-{i:06d}" for i in range(5)]
+    assert lines[0]["modelName"] == "mnist" and lines[0]["modelId"] == 17
+    assert lines[0]["headers"]["caller"] == "caller-0"
+    other = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, bootstrap, "--from-beginning", "--model", "other"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 0 and other.stdout == ""
+
+
+async def test_broker_outage_during_steady_flow_loses_nothing(
+    local_env, topic, tmp_path, kafka_broker
+):
+    bootstrap = local_env.kafka_bootstrap
+    registry = prometheus_client.CollectorRegistry()
+    config = sidecar_config(
+        topic, bootstrap, tmp_path, producer_stall_seconds=3.0, send_timeout_seconds=5.0
+    )
+    sent: list[Exchange] = []
+    refused = 0
+    flowing = True
+    async with open_inference_log(config, registry) as sink:
+
+        async def steady_flow(rate: float = 200) -> None:
+            nonlocal refused
+            while flowing:
+                if not sink.accepting():
+                    refused += 1
+                ex = exchange(len(sent), body_bytes=1000)
+                sink.submit(ex)
+                sent.append(ex)
+                await asyncio.sleep(1 / rate)
+
+        flow = asyncio.create_task(steady_flow())
+        await asyncio.sleep(1.5)
+        outage_start = time.monotonic()
+        await asyncio.to_thread(kafka_broker.stop)
+        await asyncio.sleep(3.0)
+        submitted_while_down = len(sent)
+        await asyncio.to_thread(kafka_broker.start)
+        outage = time.monotonic() - outage_start
+        await asyncio.sleep(1.5)
+        flowing = False
+        await flow
+        records = await consume_all(topic, bootstrap, len(sent), timeout=120)
+    keys = [r.key for r in records]
+    delivered = len(set(keys))
+    print(
+        f"\noutage {outage:.1f} s: sent {len(sent)},"
+        f" spooled {metric(registry, 'records_spooled_total'):.0f}"
+        f" ({submitted_while_down} submitted when the restart began),"
+        f" delivered {delivered}, duplicated {len(keys) - delivered}, lost {len(sent) - delivered},"
+        f" replayed {metric(registry, 'records_replayed_total'):.0f}"
+    )
+    assert refused == 0
+    assert delivered == len(sent)
+    by_key = {r.key: r for r in records}
+    for ex in sent:
+        assert_record_matches(by_key[ex.request_id], ex, LoggingMode.ALL)
+    assert metric(registry, "records_spooled_total") == len(sent)
+    assert (
+        sum(
+            metric(registry, "records_dropped_total", reason=r)
+            for r in ("spool_full", "queue_full", "corrupt")
+        )
+        == 0
+    )
+
+
+def closed_port() -> str:
+    """An address where no broker listens: Kafka unreachable, as in a network partition."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("policy", [SpoolFullPolicy.REJECT, SpoolFullPolicy.DROP_NEWEST])
+async def test_full_spool_follows_its_policy_and_counts(topic, tmp_path, policy):
+    registry = prometheus_client.CollectorRegistry()
+    config = sidecar_config(
+        topic,
+        closed_port(),
+        tmp_path,
+        spool_max_bytes=64 * 1024,
+        spool_full_policy=policy,
+        drain_timeout_seconds=0.5,
+    )
+    n = 200
+    async with open_inference_log(config, registry) as sink:
+        for i in range(n):
+            sink.submit(exchange(i, body_bytes=1000))
+        dropped = lambda: metric(registry, "records_dropped_total", reason="spool_full")  # noqa: E731
+        spooled = lambda: metric(registry, "records_spooled_total")  # noqa: E731
+        if policy is SpoolFullPolicy.REJECT:
+
+            async def refusing() -> bool:
+                return not sink.accepting()
+
+            await wait_for_async(refusing, 10, "the sink to refuse predictions")
+            assert metric(registry, "accepting") == 0
+            assert dropped() == 0
+        else:
+
+            async def all_accounted() -> bool:
+                return spooled() + dropped() == n
+
+            await wait_for_async(all_accounted, 10, "every record spooled or counted dropped")
+            assert sink.accepting()
+            assert dropped() > 0
+        assert 0 < spooled() < n
+        assert metric(registry, "spool_bytes") <= 64 * 1024
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.seg")) <= 64 * 1024
+    os.sync()
