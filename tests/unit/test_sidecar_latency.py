@@ -60,7 +60,7 @@ async def fire_at_fixed_rate(http, targets, rps: float, seconds: float) -> dict[
         for name, (url, headers) in targets.items():
             tasks.append(asyncio.create_task(one(name, url, headers)))
     await asyncio.gather(*tasks)
-    assert set(statuses) == {200}
+    assert set(statuses) == {200}, sorted(set(statuses))
     return latencies
 
 
@@ -104,7 +104,7 @@ async def test_added_latency_at_a_fixed_rate(tmp_path, capsys):
                 except aiohttp.ClientConnectionError:
                     return False
 
-            await wait_for_async(both_up, timeout=20, what="the stand-in and the sidecar")
+            await wait_for_async(both_up, timeout=60, what="the stand-in and the sidecar")
             await fire_at_fixed_rate(http, targets, rps, 0.5)  # warm the pools and the caches
             latencies = await fire_at_fixed_rate(http, targets, rps, seconds)
     finally:
