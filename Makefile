@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCALENV := $(PYTHON) localenv/localenv.py
 
-.PHONY: help venv lint format unit test env-build env-up env-down demo image chart-sync
+.PHONY: help venv lint format unit test env-build env-up env-down demo bench image chart-sync
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,3 +53,6 @@ chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the p
 	cp crds/*.yaml charts/modelserving/crds/
 	version=$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') && \
 	sed -i "s/^appVersion: .*/appVersion: \"$$version\"/" charts/modelserving/Chart.yaml
+
+bench: venv ## benchmarks side by side (about 15 min; the environment must be up): docs/benchmarks.md
+	$(PY) -m bench.run

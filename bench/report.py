@@ -55,8 +55,7 @@ def _both(runs: list[dict[str, Any]], get: Any, digits: int = 2) -> str:
 def request_path_tables(part: dict[str, Any]) -> list[str]:
     results = part["results"]
     lines = [
-        "### Saturation (wrk, 1 thread, 64 connections, "
-        "5 s after a 1 s warm-up)",
+        "### Saturation (wrk, 1 thread, 64 connections, 5 s after a 1 s warm-up)",
         "",
         "| configuration | requests/s | proxy's share of its core | requests/s per core "
         "| peak RSS (MiB) | DESIGN reference |",
@@ -83,14 +82,14 @@ def request_path_tables(part: dict[str, Any]) -> list[str]:
         for name in part["configurations"]:
             runs = results[name]
             cells = [
-                _both(runs, lambda r, p=p: r["latency"][rate][f"{p}_ms"], 3)
+                _both(runs, lambda r, p=p, rate=rate: r["latency"][rate][f"{p}_ms"], 3)
                 for p in ("p50", "p90", "p99")
             ]
             cells += [
-                _both(runs, lambda r, p=p: r["added_ms"][rate][p], 3)
+                _both(runs, lambda r, p=p, rate=rate: r["added_ms"][rate][p], 3)
                 for p in ("p50", "p90", "p99")
             ]
-            cells.append(_both(runs, lambda r: r["latency"][rate]["success"], 3))
+            cells.append(_both(runs, lambda r, rate=rate: r["latency"][rate]["success"], 3))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -105,8 +104,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Date: {results['date']}, commit {results.get('commit', '?')}, "
         f"{results.get('seconds', '?')} s in all",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"Linux {m['kernel']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}",
         f"- Pinning: {m['pinning']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         "- The machine is shared with other work (a Kafka broker and a Kubernetes control "
@@ -116,17 +114,17 @@ def render_markdown(results: dict[str, Any]) -> str:
     parts = results["parts"]
     if "request_path" in parts:
         lines += ["## 1. Request path", "", f"![latency percentiles]({SVG_NAME})", ""]
-        lines += request_path_tables(parts["request_path"]) + [""]
+        lines += [*request_path_tables(parts["request_path"]), ""]
     if "outage" in parts:
         lines += ["## 2. Log destination down for 10 s at 1,000 rps", ""]
-        lines += outage_lines(parts["outage"]) + [""]
+        lines += [*outage_lines(parts["outage"]), ""]
     for key, title in (
         ("inference_log", "## 3. Inference log"),
         ("operator", "## 4. Operator"),
         ("profile", "## 5. Profile of the sidecar's hot path"),
     ):
         if key in parts:
-            lines += [title, ""] + generic_lines(parts[key]) + [""]
+            lines += [title, "", *generic_lines(parts[key]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -180,7 +178,13 @@ def latency_series(part: dict[str, Any], rate: str = "1000") -> list[tuple[str, 
         ok = [r for r in part["results"][name] if "latency" in r]
         if ok:
             series.append(
-                (name, [mean([r["latency"][rate][f"{p}_ms"] for r in ok]) for p in ("p50", "p90", "p99")])
+                (
+                    name,
+                    [
+                        mean([r["latency"][rate][f"{p}_ms"] for r in ok])
+                        for p in ("p50", "p90", "p99")
+                    ],
+                )
             )
     return series
 
@@ -214,13 +218,9 @@ def render_svg(series: list[tuple[str, list[float]]], title: str) -> str:
             )
             out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 3}">{value:.3f} ms</text>')
     axis_y = 62 + row * len(series)
-    out.append(
-        f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#444"/>'
-    )
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#444"/>')
     out.append(f'<text x="{left}" y="{axis_y + 16}">0</text>')
-    out.append(
-        f'<text x="{left + width}" y="{axis_y + 16}" text-anchor="end">{top:.2f} ms</text>'
-    )
+    out.append(f'<text x="{left + width}" y="{axis_y + 16}" text-anchor="end">{top:.2f} ms</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

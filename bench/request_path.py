@@ -157,6 +157,7 @@ REFERENCES = [
     Configuration("direct", direct),
     Configuration("nginx reverse proxy", nginx_proxy),
     Configuration("bare aiohttp proxy", aiohttp_proxy()),
+    Configuration("bare aiohttp proxy, uvloop", aiohttp_proxy(uvloop=True)),
     Configuration("KServe agent, logger off", kserve_agent),
     Configuration("KServe agent, logger on", kserve_agent_logger),
 ]
@@ -173,6 +174,7 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
         wall = time.monotonic() - started
         cpu = measured.cpu_seconds() - cpu_before
         result: dict[str, Any] = {
+            "loadavg_1m": _loadavg(),
             "saturation": as_dict(sat),
             "cpu_share": round(cpu / wall, 3),
             "rps_per_core": round(rps_per_core(sat.rps, cpu, wall) or 0),
@@ -184,6 +186,11 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
             result["latency"][str(rate)] = as_dict(lat)
         result["rss_after_mib"] = round(measured.rss_mib(), 1)
     return result
+
+
+def _loadavg() -> float:
+    """The machine's 1-minute load average: other work on a shared machine shows here."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 _UPSTREAM: dict[int, Proc] = {}
@@ -225,7 +232,8 @@ def run_request_path(
             if "error" in result or not base or "error" in base:
                 continue
             result["added_ms"] = {
-                rate: added_latency(_lat(result, rate), _lat(base, rate)) for rate in result["latency"]
+                rate: added_latency(_lat(result, rate), _lat(base, rate))
+                for rate in result["latency"]
             }
     return {"configurations": [c.name for c in configurations],
             "groups": {c.name: c.group for c in configurations}, "results": results}  # fmt: skip
@@ -259,7 +267,7 @@ def run_vegeta_background(bench: Bench, target: load.Target, outage: Outage) -> 
         try:
             box["result"] = load.vegeta(bench.tools.vegeta, target, bench.workdir / "outage",
                                         outage.rate, outage.seconds, check=False)  # fmt: skip
-        except BaseException as exc:  # noqa: BLE001 - reported by the waiting side
+        except BaseException as exc:
             box["error"] = exc
 
     (bench.workdir / "outage").mkdir(exist_ok=True)

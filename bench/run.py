@@ -120,7 +120,9 @@ def _outages(bench: request_path.Bench) -> dict[str, Any]:
         out["kserve_agent"] = request_path.kserve_sink_outage(bench, request_path.Outage())
     except BenchError as exc:
         out["kserve_agent"] = {"error": str(exc)[-2000:]}
-    if bench.sidecar is not None and bench.sidecar.runnable:
+    if os.environ.get("BENCH_NO_BROKER_OUTAGE"):
+        out["sidecar"] = {"error": "skipped (BENCH_NO_BROKER_OUTAGE is set)"}
+    elif bench.sidecar is not None and bench.sidecar.runnable:
         log("outage: our sidecar with the Kafka broker down for 10 s at 1,000 rps")
         try:
             out["sidecar"] = bench.sidecar.broker_outage(request_path.Outage())

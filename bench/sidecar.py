@@ -155,7 +155,7 @@ class SidecarBench:
 
     @contextlib.contextmanager
     def running(
-        self, auth: str, log_on: bool, uvloop: bool = False, **logging: Any
+        self, auth: str, log_on: bool, uvloop: bool = True, **logging: Any
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
         port = free_port()
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
@@ -164,8 +164,8 @@ class SidecarBench:
         spool = self.bench.workdir / f"spool-{port}"
         config = self.render_config(port, auth, topic, spool, **logging)
         run_sidecar = "from modelserving.cli import main; raise SystemExit(main())"
-        if uvloop:
-            run_sidecar = "import uvloop; uvloop.install(); " + run_sidecar
+        if not uvloop:  # the sidecar takes uvloop when it can import it
+            run_sidecar = "import sys; sys.modules['uvloop'] = None; " + run_sidecar
         cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
                "--log-level", "WARNING"]  # fmt: skip
         env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
@@ -175,7 +175,7 @@ class SidecarBench:
         finally:
             proc.stop(timeout=30)
 
-    def configuration(self, name: str, auth: str, log_on: bool, uvloop: bool = False) -> Any:
+    def configuration(self, name: str, auth: str, log_on: bool, uvloop: bool = True) -> Any:
         @contextlib.contextmanager
         def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
             with self.running(auth, log_on, uvloop) as (proc, target, _topic):
@@ -227,7 +227,9 @@ def configurations(bench: Bench) -> list[Configuration]:
             configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
     if side.bootstrap and uvloop_available():
         configs.append(
-            side.configuration("sidecar, apiKey, log on, uvloop", "apiKey", True, uvloop=True)
+            side.configuration(
+                "sidecar, apiKey, log on, asyncio loop", "apiKey", True, uvloop=False
+            )
         )
     return configs
 
@@ -269,10 +271,9 @@ def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
                                     fetch_max_bytes=50 * 1024 * 1024)  # fmt: skip
         await consumer.start()
         try:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-            if not parts:
-                await consumer.topics()
-                parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
+            await consumer.topics()
+            found = consumer.partitions_for_topic(topic) or {0}
+            parts = [TopicPartition(topic, p) for p in found]
             ends = await consumer.end_offsets(parts)
             total = sum(ends.values())
             consumer.assign(parts)
@@ -367,4 +368,3 @@ def profile(bench: Bench, seconds: int = 10) -> dict[str, Any]:
 def _python_pid(proc: Proc) -> int:
     """The Python process itself: taskset execs, so it is the started pid."""
     return proc.pid
-

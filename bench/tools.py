@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.procs import BenchError, log
 
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.13.0"
 KSERVE_VERSION = "v0.17.0"
 PY_SPY_VERSION = "0.4.3"
@@ -61,9 +62,10 @@ def ensure_vegeta() -> str:
         log(f"installing vegeta {VEGETA_VERSION} from the Go module proxy")
         out.mkdir(parents=True, exist_ok=True)
         _run(
-            ["go", "install", "-ldflags", "-s -w", f"github.com/tsenart/vegeta/v12@{VEGETA_VERSION}"],
-            CACHE, {**GO_ENV, "GOFLAGS": "", "GOBIN": str(out)},
-        )  # fmt: skip
+            ["go", "install", "-ldflags", "-s -w", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
+            CACHE,
+            {**GO_ENV, "GOFLAGS": "", "GOBIN": str(out)},
+        )
     return str(binary)
 
 
@@ -129,7 +131,8 @@ def versions(tools: Tools) -> dict[str, str]:
 
     def first_line(cmd: list[str]) -> str:
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        return (proc.stdout + proc.stderr).strip().splitlines()[0] if proc.stdout or proc.stderr else ""
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        return lines[0] if lines else ""
 
     import aiohttp
 
