@@ -18,8 +18,9 @@ TFSERVING_CONTAINER = "tfserving"
 TFSERVING_REST_PORT = 8501
 TFSERVING_GRPC_PORT = 8500
 # Where the sidecar reads its settings (the operator mounts the rendered ConfigMap there).
-SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar/sidecar.yaml"
-# A serving's API key hashes live in the Secret `<serving name>` + this suffix.
+SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
+# `modelserving apikey` names a serving's API key Secret `<serving name>` + this suffix unless
+# told otherwise; the serving points at it with spec.auth.apiKeys.secretName.
 APIKEYS_SECRET_SUFFIX = "-apikeys"
 
 # Labels the operator puts on every child (the standard app.kubernetes.io keys).

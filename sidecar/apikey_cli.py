@@ -20,10 +20,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Make a new API key for a ModelServing. The key goes to stderr, once: give it to the "
         "caller, who sends `Authorization: ApiKey <key>`. The Secret manifest holding its hash "
-        "goes to stdout: `modelserving apikey --serving mnist -n demo | kubectl apply -f -`."
+        "goes to stdout: `modelserving apikey --serving mnist -n demo | kubectl apply -f -`; "
+        "the serving names that Secret in spec.auth.apiKeys.secretName."
     )
     parser.add_argument("--serving", required=True, help="the ModelServing's name")
     parser.add_argument("-n", "--namespace", default="default", help="its namespace")
+    parser.add_argument(
+        "--secret",
+        help=f"the Secret's name, as in spec.auth.apiKeys.secretName (default SERVING"
+        f"{APIKEYS_SECRET_SUFFIX})",
+    )
     parser.add_argument(
         "--key-name",
         default="default",
@@ -31,13 +37,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def secret_manifest(serving: str, namespace: str, key_name: str, key_hash: str) -> dict:
+def secret_manifest(
+    serving: str, namespace: str, key_name: str, key_hash: str, secret: str | None = None
+) -> dict:
     """The Secret of a serving's API keys, holding one key's hash under its name."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": serving + APIKEYS_SECRET_SUFFIX,
+            "name": secret or serving + APIKEYS_SECRET_SUFFIX,
             "namespace": namespace,
             "labels": {LABEL_INSTANCE: serving, LABEL_PART_OF: PART_OF},
         },
@@ -52,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     key = new_api_key()
-    manifest = secret_manifest(args.serving, args.namespace, args.key_name, hash_api_key(key))
+    manifest = secret_manifest(
+        args.serving, args.namespace, args.key_name, hash_api_key(key), args.secret
+    )
     print(f"API key {args.key_name} for {args.namespace}/{args.serving} (shown only now):\n"
           f"{key}", file=sys.stderr)  # fmt: skip
     sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
