@@ -389,3 +389,26 @@ def test_invalid_specs_are_refused_naming_the_field(crds, namespace):
     assert "spec.auth" in refused.value.body
     if os.environ.get("MODELSERVING_DEBUG"):
         print(refused.value.body)
+
+
+def test_kubernetes_auth_binds_the_pods_service_account(operator, crds, kube_client, namespace):
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", auth={"mode": "kubernetes"}),
+    )  # fmt: skip
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    rbac, apps = client.RbacAuthorizationV1Api(kube_client), client.AppsV1Api(kube_client)
+    binding_name = f"modelserving:{namespace}:mnist"
+    binding = rbac.read_cluster_role_binding(binding_name)
+    assert binding.role_ref.name == "modelserving-sidecar-auth"
+    assert [(s.name, s.namespace) for s in binding.subjects] == [("mnist-sidecar", namespace)]
+    pod = apps.read_namespaced_deployment("mnist", namespace).spec.template.spec
+    assert pod.service_account_name == "mnist-sidecar"
+
+    # The binding is cluster-scoped (no ownerReference): the operator removes it itself
+    crds.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist")
+    wait_for(
+        lambda: read_or_none(rbac.read_cluster_role_binding, binding_name) is None,
+        timeout=30,
+        what="the ClusterRoleBinding removed",
+    )
