@@ -1,0 +1,159 @@
+"""The benchmark's arithmetic and report: wrk and vegeta parsing, percentiles, added latency,
+per-core rates, py-spy stacks, and the Markdown and SVG it writes (no tool runs here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    """bench/ is a folder of scripts, not an installed package: load its modules by path."""
+    if "bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "bench",
+            REPO / "bench" / "__init__.py",
+            submodule_search_locations=[str(REPO / "bench")],
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"bench.{name}")
+
+
+stats = _load("stats")
+report = _load("report")
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/v1/models/bench:predict
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.52ms    1.10ms  20.00ms   90.00%
+    Req/Sec    14.10k     1.00k   15.00k    70.00%
+  70196 requests in 5.01s, 12.34MB read
+  Non-2xx or 3xx responses: 12
+  Socket errors: connect 0, read 1, write 0, timeout 2
+Requests/sec:  14022.15
+Transfer/sec:      2.46MB
+"""
+
+VEGETA_REPORT = {
+    "latencies": {"50th": 500_000, "90th": 900_000, "99th": 2_500_000, "max": 9_000_000},
+    "rate": 1000.01,
+    "requests": 5000,
+    "success": 0.999,
+    "status_codes": {"200": 4995, "0": 5},
+}
+
+
+def test_wrk_summary_is_read_with_its_errors():
+    result = stats.parse_wrk(WRK_OUTPUT)
+    assert result.rps == 14022.15
+    assert result.requests == 70196
+    assert result.non_2xx == 12
+    assert result.socket_errors == 3
+
+
+def test_wrk_output_without_a_summary_is_refused():
+    with pytest.raises(ValueError, match="not a wrk summary"):
+        stats.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def test_vegeta_latencies_are_milliseconds_and_unanswered_requests_are_not_answers():
+    result = stats.parse_vegeta(VEGETA_REPORT)
+    assert (result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms) == (0.5, 0.9, 2.5, 9.0)
+    assert result.answered == 4995
+
+
+def test_added_latency_is_the_difference_per_percentile():
+    direct = stats.parse_vegeta(VEGETA_REPORT)
+    proxied = stats.LatencyResult(1000, 5000, 5000, 1.0, 0.75, 1.2, 3.5, 10.0)
+    assert stats.added_latency(proxied, direct) == {"p50": 0.25, "p90": 0.3, "p99": 1.0}
+
+
+@pytest.mark.parametrize(("pct", "expected"), [(0, 1.0), (50, 2.5), (90, 3.7), (100, 4.0)])
+def test_percentile_interpolates_between_closest_ranks(pct, expected):
+    assert stats.percentile([4.0, 1.0, 3.0, 2.0], pct) == pytest.approx(expected)
+
+
+def test_percentile_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_rps_per_core_credits_only_the_core_time_used():
+    assert stats.rps_per_core(5000, cpu_seconds=2.5, wall_seconds=5.0) == 10_000
+    assert stats.rps_per_core(5000, cpu_seconds=0, wall_seconds=5.0) is None
+
+
+def test_duplicates_are_not_negative_losses():
+    assert stats.records_lost(answered=25_000, delivered=25_003) == 0
+    assert stats.records_lost(answered=25_000, delivered=5_000) == 20_000
+
+
+def test_proc_stat_cpu_reads_utime_and_stime_past_a_command_with_spaces():
+    line = "42 (my proc) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0"
+    assert stats.parse_proc_stat_cpu(line, 100) == 3.0
+
+
+def test_rss_comes_from_vmrss():
+    assert stats.parse_status_rss_kib("Name:\tx\nVmRSS:\t  2048 kB\n") == 2048
+    assert stats.parse_status_rss_kib("Name:\tkworker\n") == 0
+
+
+def test_py_spy_stacks_rank_own_and_inclusive_time():
+    collapsed = (
+        'process 1:"python";thread (0x1);run (a.py:1);handle (b.py:2);encode (c.py:3) 30\n'
+        'process 1:"python";thread (0x1);run (a.py:1);handle (b.py:2) 50\n'
+        'process 1:"python";thread (0x1);run (a.py:1) 20\n'
+    )
+    own, inclusive, total = stats.top_frames(collapsed)
+    assert total == 100
+    assert own[0] == ("handle (b.py:2)", 50.0)
+    assert inclusive[0] == ("run (a.py:1)", 100.0)
+    assert ("encode (c.py:3)", 30.0) in own
+
+
+def _results():
+    run = {
+        "saturation": {"rps": 9000.0},
+        "cpu_share": 0.98,
+        "rps_per_core": 9184,
+        "rss_peak_mib": 40.0,
+        "latency": {
+            rate: {"p50_ms": 0.5, "p90_ms": 0.8, "p99_ms": 1.5, "success": 1.0}
+            for rate in ("200", "1000")
+        },
+        "added_ms": {rate: {"p50": 0.2, "p90": 0.3, "p99": 0.9} for rate in ("200", "1000")},
+    }
+    return {
+        "date": "2026-11-25 10:00 UTC",
+        "commit": "abc1234",
+        "seconds": 600,
+        "machine": {"cpu": "x", "cores": 2, "memory_gib": 24, "kernel": "6", "pinning": "p"},
+        "versions": {"nginx": "1.22.1"},
+        "parts": {
+            "request_path": {
+                "configurations": ["direct", "sidecar, apiKey, log on"],
+                "results": {"direct": [run, run], "sidecar, apiKey, log on": [run, {"error": "x"}]},
+            }
+        },
+    }
+
+
+def test_markdown_shows_both_runs_and_marks_a_failed_one():
+    text = report.render_markdown(_results())
+    assert "| sidecar, apiKey, log on | 9,000 / failed |" in text
+    assert "0.900 / 0.900" in text  # added p99 at both rates, both runs of direct
+    assert report.SVG_NAME in text
+
+
+def test_svg_has_one_group_per_configuration_that_ran():
+    series = report.latency_series(_results()["parts"]["request_path"])
+    assert [name for name, _ in series] == ["direct", "sidecar, apiKey, log on"]
+    svg = report.render_svg(series, "t")
+    assert svg.startswith("<svg") and svg.count("<rect") == 1 + 3 + 3 * len(series)
