@@ -108,7 +108,32 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Pinning: {m['pinning']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         "- The machine is shared with other work (a Kafka broker and a Kubernetes control "
-        "plane run beside the benchmark), so single figures move by a few percent between runs.",
+        "plane run beside the benchmark, and other builds and tests at times): the 1-minute "
+        "load average at each measurement is in `bench/results.json`; tail latencies (p99) "
+        "move most when something else runs.",
+        "",
+        "How it is measured:",
+        "",
+        "- Upstream: Debian's nginx (one worker) answering every POST with the fixed TF Serving "
+        'body `{"predictions": [[2.5], [3.0]]}` (and the model status GET, so the sidecar '
+        "finds the model AVAILABLE). Request: `POST /v1/models/bench:predict` with "
+        '`{"instances": [[1.0], [2.0]]}`.',
+        "- In front of it, one at a time: nothing (direct); nginx as a reverse proxy with "
+        "upstream keep-alive; the bare aiohttp proxy of `bench/aiohttp_proxy.py` (asyncio's "
+        "loop, then uvloop); KServe's agent (cmd/agent, built from the Go module proxy through "
+        "`bench/kserve_agent`) with its logger off, then on (log-mode all) into an nginx sink "
+        "that counts CloudEvents; our sidecar (`modelserving sidecar --config` with a rendered "
+        "config) with API-key auth or Kubernetes token auth (TokenReview + SubjectAccessReview "
+        "against the local cluster, cache warm after the warm-up), inference log off or on "
+        "(mode ALL, into the real Kafka broker, spool on local disk), on uvloop (as it runs "
+        "when uvloop is installed) and once on asyncio's loop for comparison.",
+        "- Requests/s at saturation: wrk, one thread, 64 connections. Requests/s per core is "
+        "requests/s divided by the share of its core the proxy used (its CPU time over the "
+        "wall time, whole process tree), so a proxy starved by the shared load core is not "
+        "flattered or penalised.",
+        "- Latency: vegeta at a constant 200 and 1,000 rps, 5 s each; added latency is the "
+        "configuration's percentile minus direct's in the same pass.",
+        "- Each configuration runs twice, in two passes over all of them (run 1 / run 2).",
         "",
     ]
     parts = results["parts"]
@@ -118,13 +143,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "outage" in parts:
         lines += ["## 2. Log destination down for 10 s at 1,000 rps", ""]
         lines += [*outage_lines(parts["outage"]), ""]
-    for key, title in (
-        ("inference_log", "## 3. Inference log"),
-        ("operator", "## 4. Operator"),
-        ("profile", "## 5. Profile of the sidecar's hot path"),
+    for key, title, render in (
+        ("inference_log", "## 3. Inference log", inference_log_lines),
+        ("operator", "## 4. Operator", operator_lines),
+        ("profile", "## 5. Profile of the sidecar's hot path", profile_lines),
     ):
         if key in parts:
-            lines += [title, "", *generic_lines(parts[key]), ""]
+            lines += [title, "", *render(parts[key]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -165,6 +190,70 @@ def generic_lines(part: dict[str, Any]) -> list[str]:
             lines.append(f"- {key}: `{value}`")
         else:
             lines.append(f"- {key}: {_fmt(value)}")
+    return lines
+
+
+def inference_log_lines(part: dict[str, Any]) -> list[str]:
+    if "runs" not in part:
+        return generic_lines(part)
+    lines = [f"- {note}" for note in part.get("notes", [])]
+    lines += [
+        "",
+        "| producer compression | records | value bytes | s to all acked | records/s "
+        "| on topic (distinct) | encode µs/record | submit µs/record |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in part["runs"]:
+        if "error" in run:
+            lines.append(f"| {run.get('compression', '?')} | failed: {run['error'][-200:]} |")
+            continue
+        lines.append(
+            f"| {run['compression']} | {run['records']:,} | {run['record_value_bytes']} "
+            f"| {run['seconds_to_all_acked']} | **{run['records_per_s']:,}** "
+            f"| {run['records_on_topic']:,} ({run['distinct_records_on_topic']:,}) "
+            f"| {run['encode_us_per_record']} | {run['submit_us_per_record']} |"
+        )
+    return lines
+
+
+def operator_lines(part: dict[str, Any]) -> list[str]:
+    lines = [f"- {note}" for note in part.get("notes", [])]
+    sizes = [k for k in part if k.isdigit()]
+    if not sizes:
+        return lines
+    lines += [
+        "",
+        "| servings | all Ready after (s) | Ready | operator RSS peak / settled (MiB) "
+        "| restart: objects written | restart: Events added |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in sizes:
+        r = part[n]
+        if "error" in r:
+            lines.append(f"| {n} | failed: {r['error'][-200:]} |")
+            continue
+        lines.append(
+            f"| {int(n):,} | {_fmt(r.get('seconds_to_all_ready'))} | {r.get('ready')} "
+            f"| {r.get('operator_rss_peak_mib')} / {r.get('operator_rss_settled_mib')} "
+            f"| {r.get('restart_objects_written')} | {r.get('restart_events_added')} |"
+        )
+    return lines
+
+
+def profile_lines(part: dict[str, Any]) -> list[str]:
+    lines = [f"- {note}" for note in part.get("notes", [])]
+    if "top_own" not in part:
+        return lines
+    lines.append(f"- samples: {part['samples']:,}")
+    if part.get("own_time_by_package"):
+        lines.append(
+            "- own time by package: "
+            + ", ".join(f"{name} {share}%" for name, share in part["own_time_by_package"])
+        )
+    lines += ["", "| function (own time) | % of samples |", "| --- | --- |"]
+    lines += [f"| `{frame}` | {share} |" for frame, share in part["top_own"]]
+    lines += ["", "| function (inclusive time) | % of samples |", "| --- | --- |"]
+    lines += [f"| `{frame}` | {share} |" for frame, share in part["top_inclusive"]]
     return lines
 
 

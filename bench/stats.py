@@ -156,3 +156,17 @@ def top_frames(collapsed: str) -> tuple[list[tuple[str, float]], list[tuple[str,
         return [(frame, round(100 * n / total, 1)) for frame, n in ordered]
 
     return (ranked(own), ranked(inclusive), total) if total else ([], [], 0)
+
+
+def by_package(own: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Own time summed per top-level package (`aiohttp`, `modelserving`, `asyncio`, ...), from
+    frames named like py-spy's `func (package/module.py:line)`."""
+    totals: dict[str, float] = {}
+    for frame, share in own:
+        where = frame.rpartition(" (")[2].rstrip(")")
+        path = where.rpartition(":")[0] or where
+        package = (
+            path.split("/")[0].removesuffix(".py") if "/" in path else path.removesuffix(".py")
+        )
+        totals[package or "?"] = totals.get(package or "?", 0.0) + share
+    return sorted(((k, round(v, 1)) for k, v in totals.items()), key=lambda kv: -kv[1])

@@ -157,3 +157,13 @@ def test_svg_has_one_group_per_configuration_that_ran():
     assert [name for name, _ in series] == ["direct", "sidecar, apiKey, log on"]
     svg = report.render_svg(series, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 1 + 3 + 3 * len(series)
+
+
+def test_own_time_adds_up_per_package():
+    own = [
+        ("read (aiohttp/streams.py:1)", 10.0),
+        ("write (aiohttp/http_writer.py:2)", 5.0),
+        ("infer (modelserving/sidecar/app.py:3)", 7.5),
+        ("<module> (<string>:1)", 1.0),
+    ]
+    assert stats.by_package(own) == [("aiohttp", 15.0), ("modelserving", 7.5), ("<string>", 1.0)]
