@@ -225,8 +225,14 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
         timeout=30,
         what="models.config at version 2",
     )
-    after = apps.read_namespaced_deployment("mnist", namespace).spec.template.metadata.annotations
-    assert after != before
+    wait_for(
+        lambda: (
+            apps.read_namespaced_deployment("mnist", namespace).spec.template.metadata.annotations
+            != before
+        ),
+        timeout=30,
+        what="the pod template to change (a rollout)",
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
 
 
