@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCALENV := $(PYTHON) localenv/localenv.py
 
-.PHONY: help venv lint format unit test env-build env-up env-down demo bench image chart-sync
+.PHONY: help venv lint format unit test env-build env-up env-down demo demo-down bench image chart-sync
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,8 +42,11 @@ env-up: ## start the local environment; then `source .localenv/env.sh`
 env-down: ## stop the local environment
 	$(LOCALENV) down
 
-demo: venv env-up ## the main job: bring up the local environment of real parts
-	@cat .localenv/env.sh
+demo: venv ## the main job: the whole system on a local cluster, step by step (KEEP=1 leaves it running)
+	$(PY) demo/run.py $(if $(KEEP),--keep)
+
+demo-down: venv ## stop a demo left running with KEEP=1, and the local environment
+	$(PY) demo/run.py --down
 
 image: venv ## build the container image with buildah (no Docker engine); IMAGE_ARCHIVE=FILE also saves it as an OCI archive
 	$(PY) tools/build_image.py $(if $(IMAGE_ARCHIVE),--oci-archive $(IMAGE_ARCHIVE))
