@@ -162,12 +162,14 @@ async def infer(request: web.Request, call: Call) -> web.StreamResponse:
     if sink is not None and not sink.accepting():
         call.to_log = False
         raise SidecarError(503, "The inference log is full; try again later")
-    headers = {
-        hdrs.CONTENT_TYPE: request.headers.get(hdrs.CONTENT_TYPE, JSON),
-        REQUEST_ID: call.request_id,
-    }
     route = call.route
-    answer = await app[UPSTREAM].forward("POST", route.upstream_path, call.request_body, headers)
+    answer = await app[UPSTREAM].forward(
+        "POST",
+        route.upstream_path,
+        call.request_body,
+        content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+        request_id=call.request_id,
+    )
     app[METRICS].upstream_done(route.label, answer.seconds)
     return web.Response(
         status=answer.status, body=answer.body, headers={hdrs.CONTENT_TYPE: answer.content_type}
@@ -176,8 +178,8 @@ async def infer(request: web.Request, call: Call) -> web.StreamResponse:
 
 async def model_info(request: web.Request, call: Call) -> web.StreamResponse:
     """Model status and metadata: TF Serving's answer as it comes."""
-    headers = {REQUEST_ID: call.request_id}
-    answer = await request.app[UPSTREAM].forward("GET", call.route.upstream_path, None, headers)
+    upstream = request.app[UPSTREAM]
+    answer = await upstream.forward("GET", call.route.upstream_path, request_id=call.request_id)
     request.app[METRICS].upstream_done(call.route.label, answer.seconds)
     return web.Response(
         status=answer.status, body=answer.body, headers={hdrs.CONTENT_TYPE: answer.content_type}

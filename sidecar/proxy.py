@@ -9,18 +9,23 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from yarl import URL
 
-from modelserving.sidecar.config import UpstreamConfig
-from modelserving.sidecar.errors import SidecarError
+from modelserving.sidecar.config import ConfigError, UpstreamConfig
+from modelserving.sidecar.errors import JSON, SidecarError
+from modelserving.sidecar.upstream_connections import (
+    AnswerTimeout,
+    BrokenAnswer,
+    ConnectionPool,
+    ConnectTimeout,
+    Disconnected,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
-
-_MAX_CACHED_URLS = 1024
 
 
 class BodyTooLarge(SidecarError):
@@ -70,74 +75,119 @@ class UpstreamAnswer:
 class Upstream:
     """TF Serving on localhost, reached through one pool of kept-alive connections."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._urls: dict[str, URL] = {}
+    def __init__(self, pool: ConnectionPool, base_path: str, host_header: str, timeout: float):
+        self._pool = pool
+        self._loop = pool.loop
+        self._base = base_path.rstrip("/")
+        self._host = f"Host: {host_header}\r\n".encode("ascii")
+        self._timeout = timeout
+        self._heads: dict[tuple[str, str], bytes] = {}
 
-    def _url(self, path: str) -> URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = URL(self._base + path, encoded=True)  # the path is canonical already
-            if len(self._urls) < _MAX_CACHED_URLS:
-                self._urls[path] = url
-        return url
+    def _head(self, method: str, path: str) -> bytes:
+        """Request line and Host, precomputed per path (the path is canonical already)."""
+        head = self._heads.get((method, path))
+        if head is None:
+            head = f"{method} {self._base}{path} HTTP/1.1\r\n".encode("ascii") + self._host
+            if len(self._heads) < _MAX_CACHED_HEADS:
+                self._heads[(method, path)] = head
+        return head
 
     async def forward(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = JSON,
+        request_id: str | None = None,
     ) -> UpstreamAnswer:
         """Send one request to TF Serving; its status and body come back untouched.
 
-        Connection refused or dropped: 502; no connection in time: 503; no answer in time: 504.
+        Only Content-Type and X-Request-Id are passed on (never the caller's Authorization).
+        Connection refused: 502; no connection in time: 503; no answer in time: 504; a broken or
+        cut-off answer: 502.
         """
-        url = self._url(path)
         started = time.perf_counter()
+        deadline = self._loop.time() + self._timeout
+        head = self._head(method, path)
+        if request_id is not None:
+            head += b"X-Request-Id: " + request_id.encode("ascii") + b"\r\n"
+        if body is not None:
+            head += _CONTENT_TYPES.get(content_type) or _content_type_line(content_type)
+            head += b"Content-Length: %d\r\n\r\n" % len(body)
+        else:
+            head += b"\r\n"
         for attempt in (1, 2):
             try:
-                async with self._session.request(method, url, data=body, headers=headers) as resp:
-                    payload = await resp.read()
-                    content_type = resp.headers.get("Content-Type", "application/json")
-                    return UpstreamAnswer(
-                        resp.status, payload, content_type, time.perf_counter() - started
-                    )
-            except aiohttp.ServerDisconnectedError:
+                status, payload, answer_type = await self._pool.request(head, body, deadline)
+            except Disconnected as exc:
                 # A kept-alive connection TF Serving had closed: inference has no side effects,
                 # so one more try on a fresh connection is safe.
-                if attempt == 2:
-                    raise SidecarError(502, "TF Serving closed the connection") from None
-            except aiohttp.ConnectionTimeoutError:
+                if exc.reused and attempt == 1:
+                    continue
+                raise SidecarError(502, "TF Serving closed the connection") from None
+            except ConnectTimeout:
                 raise SidecarError(503, "TF Serving did not accept a connection in time") from None
-            except aiohttp.ClientConnectorError:
+            except Unreachable:
                 raise SidecarError(
                     502, "TF Serving is not reachable (connection refused)"
                 ) from None
-            except TimeoutError:
+            except AnswerTimeout:
                 raise SidecarError(504, "TF Serving did not answer in time") from None
-            except aiohttp.ClientError as exc:
-                log.warning("TF Serving answered %s %s badly: %r", method, path, exc)
+            except BrokenAnswer as exc:
+                log.warning("TF Serving answered %s %s badly: %s", method, path, exc)
                 raise SidecarError(502, "TF Serving's answer was broken off") from None
+            return UpstreamAnswer(
+                status,
+                payload,
+                _decoded_type(answer_type),
+                time.perf_counter() - started,
+            )
         raise AssertionError("unreachable")
 
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, config: UpstreamConfig) -> AsyncIterator[Upstream]:
-        connector = aiohttp.TCPConnector(
-            limit=config.max_connections,
-            limit_per_host=config.max_connections,
+        url = urlsplit(config.url)
+        if url.scheme != "http" or not url.hostname:
+            raise ConfigError(f"upstream.url: {config.url!r} is not an http://host:port URL")
+        port = url.port or 80
+        pool = ConnectionPool(
+            url.hostname,
+            port,
+            max_connections=config.max_connections,
+            connect_timeout=config.connect_timeout_seconds,
             # Well under TF Serving's idle timeout, so a pooled connection is rarely a closed one.
-            keepalive_timeout=15,
-            use_dns_cache=True,
+            idle_seconds=15.0,
         )
-        timeout = aiohttp.ClientTimeout(
-            total=config.timeout_seconds, connect=config.connect_timeout_seconds
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            # Forward bytes as they come: no compression asked for, none undone, no cookies.
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        async with session:
-            yield cls(session, config.url)
+        try:
+            yield cls(pool, url.path, url.netloc, config.timeout_seconds)
+        finally:
+            await pool.close()
+
+
+_MAX_CACHED_HEADS = 1024
+# Visible ASCII and space: a Content-Type with anything else is replaced, not forwarded.
+_SAFE_HEADER_VALUE = frozenset(chr(c) for c in range(0x20, 0x7F))
+
+
+def _content_type_line(value: str) -> bytes:
+    if not _SAFE_HEADER_VALUE.issuperset(value):
+        return _CONTENT_TYPES[JSON]  # nothing that could end the header line goes through
+    line = b"Content-Type: " + value.encode("ascii") + b"\r\n"
+    if len(_CONTENT_TYPES) < _MAX_CACHED_HEADS:
+        _CONTENT_TYPES[value] = line
+    return line
+
+
+_CONTENT_TYPES: dict[str, bytes] = {JSON: b"Content-Type: application/json\r\n"}
+_ANSWER_TYPES: dict[bytes | None, str] = {None: JSON}
+
+
+def _decoded_type(raw: bytes | None) -> str:
+    decoded = _ANSWER_TYPES.get(raw)
+    if decoded is None:
+        decoded = raw.decode("latin-1")  # type: ignore[union-attr]
+        if len(_ANSWER_TYPES) < _MAX_CACHED_HEADS:
+            _ANSWER_TYPES[raw] = decoded
+    return decoded

@@ -41,7 +41,7 @@ class ModelReadiness:
 
     async def _ask(self) -> bool:
         try:
-            answer = await self._upstream.forward("GET", self._path, None, {})
+            answer = await self._upstream.forward("GET", self._path)
         except SidecarError:
             return False
         return answer.status == 200 and model_available(answer.body)

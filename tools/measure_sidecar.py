@@ -10,7 +10,8 @@ path at a fixed rate. Configurations are interleaved over --rounds so that drift
     python tools/measure_sidecar.py [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
 
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
-change is compared with what it replaces in the same run. The log-on configurations produce into
+change is compared with what it replaces in the same run; --candidate REV measures a revision
+instead of the working tree. The log-on configurations produce into
 the real broker of the local environment (.localenv/env.json); without it they are skipped.
 Reuses bench/'s pieces (processes, nginx template, wrk/vegeta runners); standard library else.
 """
@@ -123,10 +124,12 @@ class Measurement:
             port = free_port()
             config = self._config(port, log_on)
             run = "from modelserving.cli import main; raise SystemExit(main())"
+            if code is not None:
+                # Before the working directory and the editable install: the baseline's code wins.
+                run = f"import sys; sys.path.insert(0, {str(code)!r}); {run}"
             cmd = [sys.executable, "-c", run, "sidecar", "--config", str(config),
                    "--log-level", "WARNING"]  # fmt: skip
-            # PYTHONPATH comes before the editable install's finder: the baseline's code wins.
-            env = {"POD_NAME": "measure", **({"PYTHONPATH": str(code)} if code else {})}
+            env = {"POD_NAME": "measure"}
             proc = Proc("sidecar", cmd, PROXY_CORE, self.workdir, env=env, port=port)
             try:
                 headers = {"Authorization": f"ApiKey {API_KEY}"}
@@ -182,7 +185,7 @@ class Measurement:
         return result
 
 
-def baseline_tree(rev: str, into: Path) -> Path:
+def tree_at(rev: str, into: Path) -> Path:
     """The `modelserving` package as it was at `rev` (its symlinks to sidecar/ and operator/)."""
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", rev, "modelserving", "sidecar", "operator"],
@@ -230,6 +233,10 @@ def main() -> int:
         "--latency", action="store_true", help=f"also p50/p99 at {LATENCY_RATE} rps"
     )
     parser.add_argument("--baseline", help="git revision whose sidecar is measured alongside")
+    parser.add_argument(
+        "--candidate",
+        help="git revision to measure instead of the working tree (which others may be changing)",
+    )
     parser.add_argument("--no-log-off", action="store_true", help="skip the log-off sidecar")
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
@@ -247,8 +254,11 @@ def main() -> int:
             configs.append(m.bare_proxy(uvloop=False))
         configs.append(m.bare_proxy(uvloop=True))
         versions: list[tuple[Path | None, str]] = [(None, "")]
+        if args.candidate:
+            versions = [(tree_at(args.candidate, Path(tmp) / "candidate"),
+                         f" @{args.candidate}")]  # fmt: skip
         if args.baseline:
-            versions.insert(0, (baseline_tree(args.baseline, Path(tmp) / "baseline"),
+            versions.insert(0, (tree_at(args.baseline, Path(tmp) / "baseline"),
                                 f" @{args.baseline}"))  # fmt: skip
         for code, label in versions:
             if not args.no_log_off:
