@@ -46,6 +46,9 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_CALLER = "caller"
 HEADER_MODEL_VERSION = "model-version"
 HEADER_POD = "pod"
+# Present only when a payload was changed: which one and how, e.g. `request=redacted+cut` or
+# `request=redacted,response=digest` (marks: redacted, cut, digest, dropped).
+HEADER_PAYLOAD = "payload"
 
 _CONFLUENT_MAGIC = 0
 _CONFLUENT_PREFIX = struct.Struct(">bI")
@@ -155,13 +158,17 @@ async def read_inference_log(
     model: str | None = None,
     confluent: bool = False,
     where: Mapping[str, str] | None = None,
+    contains: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> AsyncIterator[LoggedInference]:
     """Decoded records of a topic, in order within each partition.
 
     Reads from the end (only what arrives from now on) unless `from_beginning`; without
     `follow` it stops once it has read up to the end the topic had when it started. `model`
-    keeps only one model's records; `where` keeps records whose headers have the given values
-    (for example `{HEADER_CALLER: "team-a"}`). Values that do not decode raise
+    keeps only one model's records; `key` only the record(s) of one request id; `where` keeps
+    records whose headers have the given values (for example `{HEADER_CALLER: "team-a"}`),
+    `contains` those whose headers hold the given text (`{HEADER_PAYLOAD: "cut"}`; an empty
+    text asks only that the header be there). Values that do not decode raise
     `InferenceLogDecodeError`. No consumer group is used: nothing is committed.
     """
     from aiokafka import AIOKafkaConsumer
@@ -198,7 +205,7 @@ async def read_inference_log(
                         offset=message.offset,
                         timestamp_ms=message.timestamp,
                     )
-                    if _wanted(logged, model, where):
+                    if _wanted(logged, model, where, contains, key):
                         yield logged
             if not follow:
                 for tp in list(remaining):
@@ -221,7 +228,18 @@ async def _assigned(consumer: Any, topic: str, wait: bool) -> list[Any]:
     return sorted(consumer.assignment())
 
 
-def _wanted(logged: LoggedInference, model: str | None, where: Mapping[str, str] | None) -> bool:
+def _wanted(
+    logged: LoggedInference,
+    model: str | None,
+    where: Mapping[str, str] | None,
+    contains: Mapping[str, str] | None = None,
+    key: str | None = None,
+) -> bool:
     if model is not None and logged.record.model_name != model:
         return False
-    return not where or all(logged.headers.get(k) == v for k, v in where.items())
+    if key is not None and logged.key != key:
+        return False
+    headers = logged.headers
+    if where and not all(headers.get(k) == v for k, v in where.items()):
+        return False
+    return not contains or all(k in headers and v in headers[k] for k, v in contains.items())

@@ -1,7 +1,9 @@
 """`modelserving logs TOPIC`: print a serving's inference log records as JSON lines.
 
-Each line holds the record's seven Avro fields under their schema names, then the Kafka key,
-headers, topic, partition, offset and timestamp.
+Each line holds the record's seven Avro fields under their schema names, then the Kafka key
+(the request id), headers (request-id, traceparent, caller, model-version, pod, and payload when
+a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
+keep only the records asked for.
 """
 
 from __future__ import annotations
@@ -35,11 +37,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", metavar="NAME", help="only records of this model name")
     parser.add_argument(
+        "--key", metavar="REQUEST_ID", help="only the record of this request id (X-Request-Id)"
+    )
+    parser.add_argument(
         "--header",
         action="append",
         default=[],
-        metavar="NAME=VALUE",
-        help="only records with this header value (e.g. caller=team-a); may be repeated",
+        metavar="NAME=VALUE|NAME~TEXT|NAME",
+        help="only records whose header NAME is VALUE (caller=team-a), holds TEXT "
+        "(payload~cut) or is present (payload); may be repeated",
     )
     parser.add_argument(
         "--confluent",
@@ -48,17 +54,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _where(pairs: list[str]) -> dict[str, str]:
-    where = {}
+def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`--header` arguments as (exact values, texts contained): NAME=VALUE, NAME~TEXT, NAME."""
+    where: dict[str, str] = {}
+    contains: dict[str, str] = {}
     for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--header {pair!r}: expected NAME=VALUE")
-        where[name] = value
-    return where
+        eq, tilde = pair.find("="), pair.find("~")
+        if eq > 0 and (tilde < 0 or eq < tilde):
+            where[pair[:eq]] = pair[eq + 1 :]
+        elif tilde > 0:
+            contains[pair[:tilde]] = pair[tilde + 1 :]
+        elif pair and eq < 0 and tilde < 0:
+            contains[pair] = ""
+        else:
+            raise SystemExit(f"--header {pair!r}: expected NAME=VALUE, NAME~TEXT or NAME")
+    return where, contains
 
 
 async def _print_records(args: argparse.Namespace) -> None:
+    where, contains = header_filters(args.header)
     async for logged in read_inference_log(
         args.topic,
         args.bootstrap_servers,
@@ -66,7 +80,9 @@ async def _print_records(args: argparse.Namespace) -> None:
         follow=args.follow,
         model=args.model,
         confluent=args.confluent,
-        where=_where(args.header),
+        where=where,
+        contains=contains,
+        key=args.key,
     ):
         sys.stdout.write(json.dumps(logged.to_json_dict(), ensure_ascii=False) + "\n")
         if args.follow:

@@ -17,11 +17,22 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
               spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
               spoolFsyncIntervalSeconds: 1.0, queueSize: 10000, maxInFlightRecords: 10000,
               lingerMs: 5, compression: gzip, sendTimeoutSeconds: 30,
-              producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7}
+              producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7,
+              successSampleRate: 1.0, errorSampleRate: 1.0, maxPayloadBytes: 262144,
+              oversizePayload: truncate, nonJsonPayload: keep,
+              redact: [{path: "instances[*].email", action: mask, payload: both}]}
 
 In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
 Avro to Confluent's schema-registry framing; `compression` is none or gzip (lz4, zstd and
 snappy need aiokafka's extras installed).
+
+What is logged: `mode` ALL, PREDICTIONS, MODEL_INPUTS, ERRORS (request and answer of non-2xx
+answers only) or NONE; `successSampleRate` and `errorSampleRate` (0 to 1) keep that share of
+2xx and of other answers, chosen by a hash of the request id; `maxPayloadBytes` (0: no limit)
+cuts each payload to that many bytes (`oversizePayload: truncate`) or replaces it by its length
+and SHA-256 (`digest`); `redact` drops, masks or hashes the values at JSON paths of the request,
+the response or both (see modelserving.sidecar.log_policy for the path grammar); a payload that
+is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`).
 
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
@@ -39,6 +50,15 @@ from typing import Any
 import yaml
 
 from modelserving.api import SIDECAR_PORT, TFSERVING_REST_PORT
+from modelserving.sidecar.log_policy import (
+    LogPolicy,
+    NonJsonPolicy,
+    OversizePolicy,
+    RedactAction,
+    RedactPathError,
+    RedactRule,
+    RedactTarget,
+)
 
 
 class ConfigError(ValueError):
@@ -57,6 +77,7 @@ class LoggingMode(enum.StrEnum):
     ALL = "ALL"  # request and response
     PREDICTIONS = "PREDICTIONS"  # the response only (inferenceRequest left empty)
     MODEL_INPUTS = "MODEL_INPUTS"  # the request only (inferenceResponse left empty)
+    ERRORS = "ERRORS"  # request and response of answers that are not 2xx (502/504 included)
     NONE = "NONE"  # no log
 
 
@@ -137,6 +158,24 @@ class LoggingConfig:
     producer_stall_seconds: float = 30.0  # no ack for this long, broker reachable: new producer
     drain_timeout_seconds: float = 20.0  # SIGTERM: time to deliver what is queued (then spooled)
     confluent_schema_id: int | None = None  # Confluent framing instead of plain Avro when set
+    success_sample_rate: float = 1.0  # share of 2xx answers logged, by a hash of the request id
+    error_sample_rate: float = 1.0  # share of other answers logged
+    max_payload_bytes: int = 0  # per payload; 0: no limit
+    oversize_payload: OversizePolicy = OversizePolicy.TRUNCATE
+    non_json_payload: NonJsonPolicy = NonJsonPolicy.KEEP
+    redact: tuple[RedactRule, ...] = ()
+
+    def policy(self) -> LogPolicy:
+        """The sampling and payload rules of these settings, compiled."""
+        return LogPolicy(
+            errors_only=self.mode is LoggingMode.ERRORS,
+            success_rate=self.success_sample_rate,
+            error_rate=self.error_sample_rate,
+            max_payload_bytes=self.max_payload_bytes,
+            oversize=self.oversize_payload,
+            non_json=self.non_json_payload,
+            rules=self.redact,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +187,48 @@ class SidecarConfig:
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+def _rate(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{where}: expected a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _non_negative(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected an integer of 0 or more, got {value!r}")
+    return value
+
+
+_RULE_KEYS = {"path": ("path", str), "action": ("action", RedactAction),
+              "payload": ("target", RedactTarget)}  # fmt: skip
+
+
+def _redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of rules, got {value!r}")
+    rules = []
+    for i, raw in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, dict) or "path" not in raw:
+            raise ConfigError(f"{at}: expected a mapping with a path, got {raw!r}")
+        bad = sorted(set(raw) - set(_RULE_KEYS))
+        if bad:
+            known = ", ".join(_RULE_KEYS)
+            raise ConfigError(f"{at}: unknown key(s) {', '.join(bad)}; known: {known}")
+        kwargs = {
+            attr: _convert(f"{at}.{key}", raw[key], kind)
+            for key, (attr, kind) in _RULE_KEYS.items()
+            if key in raw
+        }
+        rule = RedactRule(**kwargs)
+        try:
+            rule.steps()
+        except RedactPathError as exc:
+            raise ConfigError(f"{at}.path: {exc}") from None
+        rules.append(rule)
+    return tuple(rules)
 
 
 # file key -> (dataclass field, type); the one table of the file's names.
@@ -181,7 +262,13 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "sendTimeoutSeconds": ("send_timeout_seconds", float),
                                 "producerStallSeconds": ("producer_stall_seconds", float),
                                 "drainTimeoutSeconds": ("drain_timeout_seconds", float),
-                                "confluentSchemaId": ("confluent_schema_id", int)}),
+                                "confluentSchemaId": ("confluent_schema_id", int),
+                                "successSampleRate": ("success_sample_rate", _rate),
+                                "errorSampleRate": ("error_sample_rate", _rate),
+                                "maxPayloadBytes": ("max_payload_bytes", _non_negative),
+                                "oversizePayload": ("oversize_payload", OversizePolicy),
+                                "nonJsonPayload": ("non_json_payload", NonJsonPolicy),
+                                "redact": ("redact", _redact_rules)}),
 }  # fmt: skip
 _REQUIRED_SECTIONS = ("serving", "model")
 
@@ -189,6 +276,8 @@ _REQUIRED_SECTIONS = ("serving", "model")
 def _convert(where: str, value: Any, kind: Any) -> Any:
     if value is None and kind is int and where == "serving.projectId":
         return None
+    if not isinstance(kind, type):  # a parser of its own (it names `where` in its errors)
+        return kind(where, value)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         try:
             return kind(value)

@@ -1,8 +1,10 @@
 """The inference log pipeline: exchanges from the request path become `inferencelog` records,
 written ahead to the disk spool, then produced to Kafka; Kafka's acks free the spool.
 
-`submit()` only appends to a bounded deque. A writer task encodes what is queued and appends
-it to the spool (in a thread); a sender task reads the spool in order and hands records to an
+`submit()` decides inline whether the exchange is logged at all (the mode and the sampling
+rates, a hash of the request id: see `log_policy`) and only appends to a bounded deque. A writer
+task redacts and cuts the payloads, encodes what is queued and appends it to the spool (in a
+thread); a sender task reads the spool in order and hands records to an
 idempotent `acks=all` aiokafka producer, at most `maxInFlightRecords` unacked at a time. A
 failed or stalled send makes the sender drop its producer, make a new one, and send again from
 the oldest unacked record, so an outage or a wedged producer costs duplicates at worst, never
@@ -28,6 +30,7 @@ import prometheus_client
 from modelserving.inferencelog import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
+    HEADER_PAYLOAD,
     HEADER_POD,
     HEADER_REQUEST_ID,
     HEADER_TRACEPARENT,
@@ -44,11 +47,15 @@ from modelserving.sidecar.config import (
     SpoolFullPolicy,
 )
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
+from modelserving.sidecar.log_policy import LogPolicy, OversizePolicy, Part, ShapedPayload
 from modelserving.sidecar.spool import Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 2000  # exchanges encoded and spooled per thread hop
+# Exchanges shaped and encoded between two yields to the event loop: the writer shares the loop
+# with the request path, and a batch of redacted JSON must not hold a request back for long.
+_ENCODE_SLICE = 100
 _READ_BATCH = 1000  # records read from the spool per thread hop
 _HOUSEKEEPING_SECONDS = 0.25  # ledger, gauges and the stall check
 _ACCEPT_HEADROOM = 0.9  # under `reject`, refuse before the queue is full: submits race accepting()
@@ -69,14 +76,44 @@ _AIOKAFKA_LOGGERS = (
 # --------------------------------------------------------------------------- pure parts
 
 
+_PLAIN = LogPolicy()  # no rules, no limit: payloads as they came
+_ABSENT = ShapedPayload("")  # the payload a mode leaves out
+
+
+@functools.cache
+def _policy_of(settings: LoggingConfig) -> LogPolicy:
+    return settings.policy()
+
+
+def shape_exchange(
+    exchange: Exchange, mode: LoggingMode, policy: LogPolicy = _PLAIN
+) -> tuple[ShapedPayload, ShapedPayload]:
+    """The request and response texts a mode keeps, redacted and cut by the policy."""
+    request = (
+        _ABSENT
+        if mode is LoggingMode.PREDICTIONS
+        else policy.shape(exchange.request_body, Part.REQUEST)
+    )
+    response = (
+        _ABSENT
+        if mode is LoggingMode.MODEL_INPUTS
+        else policy.shape(exchange.response_body, Part.RESPONSE)
+    )
+    return request, response
+
+
 def build_record(
-    exchange: Exchange, model: ModelIdentity, mode: LoggingMode
+    exchange: Exchange,
+    model: ModelIdentity,
+    mode: LoggingMode,
+    shaped: tuple[ShapedPayload, ShapedPayload] | None = None,
 ) -> InferenceLogRecord | None:
-    """The `inferencelog` record of one exchange under a logging mode (None: not logged)."""
+    """The `inferencelog` record of one exchange under a logging mode (None: not logged).
+
+    `shaped` is what `shape_exchange` made of the payloads; without it they go as they came."""
     if mode is LoggingMode.NONE:
         return None
-    request = "" if mode is LoggingMode.PREDICTIONS else _text(exchange.request_body)
-    response = "" if mode is LoggingMode.MODEL_INPUTS else _text(exchange.response_body)
+    request, response = shaped or shape_exchange(exchange, mode)
     return InferenceLogRecord(
         model_id=model.model_id,
         model_name=model.name,
@@ -85,17 +122,27 @@ def build_record(
         else model.version,
         request_timestamp=exchange.received_ms,
         response_http_code=exchange.status,
-        inference_request=request,
-        inference_response=response,
+        inference_request=request.text,
+        inference_response=response.text,
     )
 
 
-def _text(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")
+def payload_header(request: ShapedPayload, response: ShapedPayload) -> str:
+    """The `payload` header's value: what was done to which payload, e.g.
+    `request=redacted+cut,response=digest`; empty when both went as they came."""
+    parts = []
+    for name, shaped in (("request", request), ("response", response)):
+        marks = shaped.marks()
+        if marks:
+            parts.append(f"{name}={'+'.join(marks)}")
+    return ",".join(parts)
 
 
 def build_headers(
-    exchange: Exchange, model_version: int, pod: str
+    exchange: Exchange,
+    model_version: int,
+    pod: str,
+    shaped: tuple[ShapedPayload, ShapedPayload] | None = None,
 ) -> tuple[tuple[str, bytes], ...]:
     """The Kafka headers of one exchange's record; absent facts give no header."""
     headers = [(HEADER_REQUEST_ID, exchange.request_id.encode())]
@@ -105,19 +152,29 @@ def build_headers(
         headers.append((HEADER_CALLER, exchange.caller.encode()))
     headers.append((HEADER_MODEL_VERSION, str(model_version).encode()))
     headers.append((HEADER_POD, pod.encode()))
+    if shaped is not None and (changes := payload_header(*shaped)):
+        headers.append((HEADER_PAYLOAD, changes.encode()))
     return tuple(headers)
 
 
 def build_spool_record(
-    exchange: Exchange, model: ModelIdentity, logging_config: LoggingConfig, pod: str
+    exchange: Exchange,
+    model: ModelIdentity,
+    logging_config: LoggingConfig,
+    pod: str,
+    shaped: tuple[ShapedPayload, ShapedPayload] | None = None,
 ) -> SpoolRecord | None:
-    """What goes to the spool and Kafka for one exchange: key, headers and Avro value."""
-    record = build_record(exchange, model, logging_config.mode)
-    if record is None:
+    """What goes to the spool and Kafka for one exchange: key, headers and Avro value, the
+    payloads redacted and cut by the settings' policy (or as `shaped` already made them)."""
+    if logging_config.mode is LoggingMode.NONE:
         return None
+    if shaped is None:
+        shaped = shape_exchange(exchange, logging_config.mode, _policy_of(logging_config))
+    record = build_record(exchange, model, logging_config.mode, shaped)
+    assert record is not None
     return SpoolRecord(
         key=exchange.request_id.encode(),
-        headers=build_headers(exchange, record.model_version, pod),
+        headers=build_headers(exchange, record.model_version, pod, shaped),
         value=encode_record(record, logging_config.confluent_schema_id),
         timestamp_ms=exchange.received_ms,
     )
@@ -197,14 +254,68 @@ def summarise_aiokafka_logs() -> None:
 # --------------------------------------------------------------------------- metrics
 
 
+_OUTCOMES = ("success", "error")  # 2xx answers, and the others
+
+
+class _SubmitCounts:
+    """Counters of the request path kept as plain ints (a Prometheus Counter takes a lock per
+    increment) and read when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.seen = [0, 0]  # by outcome index: success, error
+        self.sampled_out = [0, 0]
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        prefix = "modelserving_inference_log"
+        seen = CounterMetricFamily(
+            f"{prefix}_requests_seen",
+            "Answered requests the inference log was offered, by outcome (success: 2xx)",
+            labels=["outcome"],
+        )
+        out = CounterMetricFamily(
+            f"{prefix}_requests_sampled_out",
+            "Requests not logged by the sampling rates (or by mode ERRORS for 2xx), by outcome",
+            labels=["outcome"],
+        )
+        for i, outcome in enumerate(_OUTCOMES):
+            seen.add_metric([outcome], self.seen[i])
+            out.add_metric([outcome], self.sampled_out[i])
+        yield seen
+        yield out
+
+
 class InferenceLogMetrics:
     """The pipeline's Prometheus metrics, in the registry the sidecar exposes."""
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         prefix = "modelserving_inference_log"
         c, g = prometheus_client.Counter, prometheus_client.Gauge
-        self.submitted = c(
-            f"{prefix}_exchanges", "Exchanges submitted by the request path", registry=registry
+        self.counts = _SubmitCounts()
+        registry.register(self.counts)
+        self.logged = c(
+            f"{prefix}_records_logged",
+            "Records made of sampled requests (before the spool and Kafka)",
+            registry=registry,
+        )
+        self.payloads_redacted = c(
+            f"{prefix}_payloads_redacted",
+            "Payloads changed by redaction rules, by part (request, response)",
+            ["part"],
+            registry=registry,
+        )
+        self.payloads_cut = c(
+            f"{prefix}_payloads_cut",
+            "Payloads over maxPayloadBytes, by part and how (truncate, digest)",
+            ["part", "how"],
+            registry=registry,
+        )
+        self.payloads_dropped = c(
+            f"{prefix}_payloads_dropped",
+            "Payloads left out of the record because they are not JSON, by part",
+            ["part"],
+            registry=registry,
         )
         self.spooled = c(
             f"{prefix}_records_spooled", "Records written to the disk spool", registry=registry
@@ -254,6 +365,31 @@ class InferenceLogMetrics:
         )
         for reason in ("spool_full", "queue_full", "too_large", "corrupt", "shutdown"):
             self.dropped.labels(reason)
+        self._part_counters = {
+            part: (
+                self.payloads_redacted.labels(part),
+                self.payloads_cut.labels(part, "truncate"),
+                self.payloads_cut.labels(part, "digest"),
+                self.payloads_dropped.labels(part),
+            )
+            for part in ("request", "response")
+        }
+
+    def count_shaped(self, request: ShapedPayload, response: ShapedPayload) -> None:
+        """Count what redaction, the size limit and the non-JSON policy did to one record."""
+        self.logged.inc()
+        for part, shaped in (("request", request), ("response", response)):
+            if not (shaped.redacted or shaped.cut or shaped.dropped):
+                continue
+            redacted, truncated, digested, dropped = self._part_counters[part]
+            if shaped.redacted:
+                redacted.inc()
+            if shaped.cut is OversizePolicy.TRUNCATE:
+                truncated.inc()
+            elif shaped.cut is OversizePolicy.DIGEST:
+                digested.inc()
+            if shaped.dropped:
+                dropped.inc()
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -301,6 +437,8 @@ class InferenceLogPipeline:
             segment_bytes=self.settings.spool_segment_bytes,
             fsync_interval=self.settings.spool_fsync_interval_seconds,
         )
+        self.policy = _policy_of(self.settings)
+        self._counts = metrics.counts
         self._queue: collections.deque[Exchange] = collections.deque()
         self._queue_size = self.settings.queue_size
         rejecting = self.settings.spool_full_policy is SpoolFullPolicy.REJECT
@@ -332,6 +470,12 @@ class InferenceLogPipeline:
 
     def submit(self, exchange: Exchange) -> None:
         try:
+            outcome = 0 if 200 <= exchange.status < 300 else 1
+            counts = self._counts
+            counts.seen[outcome] += 1
+            if not self.policy.sampled(exchange.request_id, exchange.status):
+                counts.sampled_out[outcome] += 1
+                return
             if len(self._queue) >= self._queue_size:
                 self.metrics.dropped.labels("queue_full").inc()
                 return
@@ -395,7 +539,8 @@ class InferenceLogPipeline:
     # ----------------------------------------------------------------- writer
 
     async def _write_loop(self) -> None:
-        model, settings, pod = self.config.model, self.settings, self.pod
+        model, settings, pod, policy = self.config.model, self.settings, self.pod, self.policy
+        mode, count_shaped = settings.mode, self.metrics.count_shaped
         while True:
             if not self._queue and not self._held:
                 self._queued.clear()
@@ -404,10 +549,17 @@ class InferenceLogPipeline:
             try:
                 records = self._held
                 self._held = []
+                encoded = 0
                 while self._queue and len(records) < _WRITE_BATCH:
-                    record = build_spool_record(self._queue.popleft(), model, settings, pod)
+                    exchange = self._queue.popleft()
+                    shaped = shape_exchange(exchange, mode, policy)
+                    record = build_spool_record(exchange, model, settings, pod, shaped)
                     if record is not None:
+                        count_shaped(*shaped)
                         records.append(record)
+                    encoded += 1
+                    if encoded % _ENCODE_SLICE == 0:
+                        await asyncio.sleep(0)  # let the request path run between slices
                 self.metrics.queued.set(len(self._queue))
                 if records:
                     await self._append(records)
