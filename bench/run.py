@@ -46,10 +46,31 @@ def machine() -> dict[str, Any]:
 
 
 def localenv() -> dict[str, Any] | None:
-    env_json = REPO / ".localenv" / "env.json"
+    # The same override localenv.py takes: a clean clone can use another checkout's environment.
+    state = Path(os.environ.get("MODELSERVING_LOCALENV", REPO / ".localenv"))
+    env_json = state / "env.json"
     if not env_json.exists():
         return None
     return json.loads(env_json.read_text())
+
+
+def localenv_command(command: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "localenv" / "localenv.py"), command], check=True)
+
+
+def ensure_localenv() -> tuple[dict[str, Any] | None, bool]:
+    """The local cluster and broker: the running ones, else started here (and so stopped at
+    the end). (settings, started_here)"""
+    env = localenv()
+    if env is not None:
+        return env, False
+    log("the local environment is not up: starting it (it is stopped again at the end)")
+    try:
+        localenv_command("up")
+    except subprocess.CalledProcessError as exc:
+        log(f"the local environment could not start ({exc}); parts that need it are skipped")
+        return None, False
+    return localenv(), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     built = tools.ensure_all()
-    env = localenv()
+    env, env_started = ensure_localenv()
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -88,19 +109,24 @@ def main(argv: list[str] | None = None) -> int:
             results["parts"]["request_path"] = request_path.run_request_path(
                 bench, configs, args.runs
             )
-        if "outage" in parts:
-            results["parts"]["outage"] = _outages(bench)
-        if "log" in parts:
-            results["parts"]["inference_log"] = sidecar_bench.inference_log_throughput(bench)
-        if "operator" in parts:
-            from bench import operator_scale
-
-            results["parts"]["operator"] = operator_scale.run(env, workdir)
-        if "profile" in parts:
-            results["parts"]["profile"] = sidecar_bench.profile(bench)
+        steps = {
+            "outage": ("outage", lambda: _outages(bench)),
+            "log": ("inference_log", lambda: sidecar_bench.inference_log_throughput(bench)),
+            "operator": ("operator", lambda: _operator(env, workdir)),
+            "profile": ("profile", lambda: sidecar_bench.profile(bench)),
+        }
+        for part, (key, step) in steps.items():
+            if part in parts:
+                try:
+                    results["parts"][key] = step()
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    log(f"{part} failed: {exc}")
+                    results["parts"][key] = {"notes": [f"failed: {str(exc)[-1500:]}"]}
     finally:
         if bench.sidecar is not None:
             bench.sidecar.close()
+        if env_started:
+            localenv_command("down")
         results["seconds"] = round(time.monotonic() - started)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         args.doc.write_text(report.render_markdown(results))
@@ -129,6 +155,12 @@ def _outages(bench: request_path.Bench) -> dict[str, Any]:
         except BenchError as exc:
             out["sidecar"] = {"error": str(exc)[-2000:]}
     return out
+
+
+def _operator(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
+    from bench import operator_scale
+
+    return operator_scale.run(env, workdir)
 
 
 def _git_commit() -> str:
