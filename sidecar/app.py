@@ -1,5 +1,6 @@
-"""The sidecar's aiohttp app: the request path, read top to bottom, is canonical path and route,
-then credential, then the route's handler (proxy to TF Serving), then the inference log.
+"""The sidecar's aiohttp app: the request path (`RequestPath`), read top to bottom, is canonical
+path and route, then credential, then the route's handler (proxy to TF Serving), then the
+inference log; `create_app` wires it with the parts it needs, `SidecarRunner` serves it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelserving.sidecar.auth import Authenticator, open_authenticator
@@ -37,6 +38,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 READINESS = web.AppKey("readiness", ModelReadiness)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
+REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
 
 _REFUSED = Route(RouteKind.NOT_FOUND, "refused", frozenset())
 _AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
@@ -59,50 +61,87 @@ class Call:
         self.to_log = False
 
 
-CALL = web.RequestKey("call", Call)
+Handler = Callable[[web.BaseRequest, Call], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def edge_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Request id, canonical path and route; TF Serving's error body for whatever goes wrong;
-    the inference log and the metrics once the answer is out."""
-    started = time.perf_counter()
-    app = request.app
-    call = Call(request_id(request.headers.get(REQUEST_ID)))
-    request[CALL] = call
-    try:
-        raw = request.raw_path
-        routes = app[ROUTES]
-        # The usual paths are canonical as sent: one dict lookup. Anything else is made canonical
-        # (or refused) once, and that same form is authorized, routed and forwarded.
-        call.route = routes.lookup_exact(raw) or routes.resolve(canonical_path(raw))
-        response = await handler(request)
-    except SidecarError as exc:
-        response = error_response(exc.status, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        response = error_response(exc.status, exc.reason)
-    except Exception:
-        log.exception("the sidecar failed on %s %s", request.method, call.route.label)
-        response = error_response(500, "The sidecar failed on this request")
-    response.headers[REQUEST_ID] = call.request_id
-    if call.to_log:
-        await _send_then_log(request, response, call)
-    app[METRICS].request_done(call.route.label, response.status, time.perf_counter() - started)
-    return response
+class RequestPath:
+    """The sidecar's one request handler: every request goes through `__call__`, top to bottom.
 
+    Served by `SidecarRunner` as aiohttp's low-level server handler (no router, no middleware
+    chain: each cost more than the sidecar's own work); aiohttp still parses the HTTP.
+    """
 
-async def _send_then_log(request: web.Request, response: web.StreamResponse, call: Call) -> None:
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the caller left; the exchange is still what TF Serving made of its request
-    sink = request.app[INFERENCE_LOG]
-    if sink is not None:
+    def __init__(self, app: web.Application) -> None:
+        self.config = app[CONFIG]
+        self.registry = app[REGISTRY]
+        self.metrics = app[METRICS]
+        self.routes = app[ROUTES]
+        self.authenticator = app[AUTHENTICATOR]
+        self.upstream = app[UPSTREAM]
+        self.readiness = app[READINESS]
+        self.sink = app[INFERENCE_LOG]
+        self.max_request_bytes = self.config.limits.max_request_bytes
+        self.handlers: dict[RouteKind, Handler] = {
+            RouteKind.INFERENCE: self.infer,
+            RouteKind.MODEL_STATUS: self.model_info,
+            RouteKind.MODEL_METADATA: self.model_info,
+            RouteKind.HEALTHZ: self.healthz,
+            RouteKind.READYZ: self.readyz,
+            RouteKind.METRICS: self.prometheus,
+        }
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        call = Call(request_id(request.headers.get(REQUEST_ID)))
+        try:
+            raw = request.raw_path
+            # The usual paths are canonical as sent: one dict lookup. Anything else is made
+            # canonical (or refused) once, and that same form is authorized, routed and forwarded.
+            call.route = route = self.routes.lookup_exact(raw) or self.routes.resolve(
+                canonical_path(raw)
+            )
+            # Everything but /healthz, /readyz and /metrics needs a credential, unknown paths
+            # included: nothing about the API is told to a caller who has not shown one.
+            if not route.public:
+                call.caller = await self.authenticate(request)
+            if route.kind is RouteKind.NOT_FOUND:
+                raise SidecarError(404, route.error)
+            if request.method not in route.methods:
+                allow = ", ".join(sorted(route.methods))
+                raise SidecarError(
+                    405, f"Method {request.method} is not allowed here", {"Allow": allow}
+                )
+            response = await self.handlers[route.kind](request, call)
+        except SidecarError as exc:
+            response = error_response(exc.status, exc.message, exc.headers)
+            response.headers[REQUEST_ID] = call.request_id
+        except web.HTTPException as exc:
+            response = error_response(exc.status, exc.reason)
+            response.headers[REQUEST_ID] = call.request_id
+        except Exception:
+            log.exception("the sidecar failed on %s %s", request.method, call.route.label)
+            response = error_response(500, "The sidecar failed on this request")
+            response.headers[REQUEST_ID] = call.request_id
+        if call.to_log and self.sink is not None:
+            self.log(request, response, call)
+        self.metrics.request_done(call.route.label, response.status, time.perf_counter() - started)
+        return response
+
+    async def authenticate(self, request: web.BaseRequest) -> str | None:
+        authenticator = self.authenticator
+        try:
+            caller = await authenticator.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        except SidecarError as exc:
+            self.metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
+            raise
+        self.metrics.auth_result(authenticator.mode, "allowed")
+        return caller
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, call: Call) -> None:
+        """Hand the exchange to the inference log: a queue append, before the answer is written
+        (the answer is final by now; sending it first would cost more than this takes)."""
         body = response.body if isinstance(response, web.Response) else b""
-        sink.submit(
+        self.sink.submit(  # type: ignore[union-attr]
             Exchange(
                 request_id=call.request_id,
                 received_ms=call.received_ms,
@@ -115,100 +154,90 @@ async def _send_then_log(request: web.Request, response: web.StreamResponse, cal
             )
         )
 
+    async def infer(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """:predict, :classify, :regress: the body is forwarded as bytes (never parsed) and logged.
 
-@web.middleware
-async def auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Everything but /healthz, /readyz and /metrics needs a credential, unknown paths included:
-    nothing about the API is told to a caller who has not shown one."""
-    call = request[CALL]
-    if call.route.public:
-        return await handler(request)
-    authenticator = request.app[AUTHENTICATOR]
-    metrics = request.app[METRICS]
-    try:
-        call.caller = await authenticator.authenticate(request.headers.get(hdrs.AUTHORIZATION))
-    except SidecarError as exc:
-        metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
-        raise
-    metrics.auth_result(authenticator.mode, "allowed")
-    return await handler(request)
+        Every authorized POST to such a path of this model is logged once answered, errors of the
+        sidecar's own included; refused credentials are not (no model was asked anything), nor
+        requests turned away because the inference log itself is full.
+        """
+        sink = self.sink
+        call.to_log = sink is not None
+        if hdrs.EXPECT in request.headers:
+            await _continue(request)
+        call.request_body = await read_body(request, self.max_request_bytes)
+        if sink is not None and not sink.accepting():
+            call.to_log = False
+            raise SidecarError(503, "The inference log is full; try again later")
+        route = call.route
+        answer = await self.upstream.forward(
+            "POST",
+            route.upstream_path,
+            call.request_body,
+            content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+            request_id=call.request_id,
+        )
+        self.metrics.upstream_done(route.label, answer.seconds)
+        return web.Response(
+            status=answer.status,
+            body=answer.body,
+            headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
+        )
+
+    async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """Model status and metadata: TF Serving's answer as it comes."""
+        route = call.route
+        answer = await self.upstream.forward("GET", route.upstream_path, request_id=call.request_id)
+        self.metrics.upstream_done(route.label, answer.seconds)
+        return web.Response(
+            status=answer.status,
+            body=answer.body,
+            headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
+        )
+
+    async def healthz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        return _json(200, _ALIVE, call)
+
+    async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        if await self.readiness.ready():
+            return _json(200, _READY, call)
+        return _json(503, _NOT_READY, call)
+
+    async def prometheus(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        body = generate_latest(self.registry)
+        headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
+        return web.Response(body=body, headers=headers)
 
 
-async def dispatch(request: web.Request) -> web.StreamResponse:
-    """The one aiohttp route: the middlewares have already chosen ours."""
-    call = request[CALL]
-    route = call.route
-    if route.kind is RouteKind.NOT_FOUND:
-        raise SidecarError(404, route.error)
-    if request.method not in route.methods:
-        allow = ", ".join(sorted(route.methods))
-        raise SidecarError(405, f"Method {request.method} is not allowed here", {"Allow": allow})
-    return await _HANDLERS[route.kind](request, call)
-
-
-async def infer(request: web.Request, call: Call) -> web.StreamResponse:
-    """:predict, :classify, :regress: the body is forwarded as bytes (never parsed) and logged.
-
-    Every authorized POST to such a path of this model is logged once answered, errors of the
-    sidecar's own included; refused credentials are not (no model was asked anything), nor
-    requests turned away because the inference log itself is full.
-    """
-    app = request.app
-    sink = app[INFERENCE_LOG]
-    call.to_log = sink is not None
-    call.request_body = await read_body(request, app[CONFIG].limits.max_request_bytes)
-    if sink is not None and not sink.accepting():
-        call.to_log = False
-        raise SidecarError(503, "The inference log is full; try again later")
-    route = call.route
-    answer = await app[UPSTREAM].forward(
-        "POST",
-        route.upstream_path,
-        call.request_body,
-        content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
-        request_id=call.request_id,
-    )
-    app[METRICS].upstream_done(route.label, answer.seconds)
+def _json(status: int, body: bytes, call: Call) -> web.Response:
     return web.Response(
-        status=answer.status, body=answer.body, headers={hdrs.CONTENT_TYPE: answer.content_type}
+        status=status, body=body, headers={hdrs.CONTENT_TYPE: JSON, REQUEST_ID: call.request_id}
     )
 
 
-async def model_info(request: web.Request, call: Call) -> web.StreamResponse:
-    """Model status and metadata: TF Serving's answer as it comes."""
-    upstream = request.app[UPSTREAM]
-    answer = await upstream.forward("GET", call.route.upstream_path, request_id=call.request_id)
-    request.app[METRICS].upstream_done(call.route.label, answer.seconds)
-    return web.Response(
-        status=answer.status, body=answer.body, headers={hdrs.CONTENT_TYPE: answer.content_type}
-    )
+async def _continue(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it for bodies over 1 KB): the caller passed auth and
+    waits for our word before sending the body. Any other expectation is refused (417)."""
+    if request.headers[hdrs.EXPECT].lower() != "100-continue":
+        raise SidecarError(417, f"Unknown Expect: {request.headers[hdrs.EXPECT]}")
+    if request.version >= HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
-async def healthz(request: web.Request, call: Call) -> web.StreamResponse:
-    return web.Response(body=_ALIVE, content_type=JSON)
+async def _through_router(request: web.Request) -> web.StreamResponse:
+    """The app's only route, for runners other than SidecarRunner: the same request path."""
+    return await request.app[REQUEST_PATH](request)
 
 
-async def readyz(request: web.Request, call: Call) -> web.StreamResponse:
-    if await request.app[READINESS].ready():
-        return web.Response(body=_READY, content_type=JSON)
-    return web.Response(status=503, body=_NOT_READY, content_type=JSON)
+class SidecarRunner(web.AppRunner):
+    """Runs the sidecar's app (its cleanup contexts, its keys) with aiohttp's server calling
+    `RequestPath` directly, instead of through the router and middlewares."""
 
-
-async def metrics(request: web.Request, call: Call) -> web.StreamResponse:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
-
-
-_HANDLERS: dict[RouteKind, Callable[[web.Request, Call], Awaitable[web.StreamResponse]]] = {
-    RouteKind.INFERENCE: infer,
-    RouteKind.MODEL_STATUS: model_info,
-    RouteKind.MODEL_METADATA: model_info,
-    RouteKind.HEALTHZ: healthz,
-    RouteKind.READYZ: readyz,
-    RouteKind.METRICS: metrics,
-}
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = self.app[REQUEST_PATH]  # type: ignore[assignment]
+        server.request_factory = server._make_request  # a plain BaseRequest: no router state
+        return server
 
 
 def create_app(
@@ -219,21 +248,19 @@ def create_app(
 ) -> web.Application:
     """The sidecar for one serving. `inference_log` replaces the Kafka-backed log (tests); without
     it the log is opened only when `logging.mode` is not NONE."""
-    app = web.Application(
-        middlewares=[edge_middleware, auth_middleware],
-        client_max_size=config.limits.max_request_bytes,
-    )
+    app = web.Application(client_max_size=config.limits.max_request_bytes)
     app[CONFIG] = config
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[METRICS] = SidecarMetrics(app[REGISTRY])
     app[ROUTES] = RouteTable(
         config.model.name, config.model.version, config.serving.namespace, config.serving.project_id
     )
-    app.router.add_route("*", "/{path:.*}", dispatch)
+    app.router.add_route("*", "/{path:.*}", _through_router)
     # Opened in this order and closed in the reverse one: the log closes (and drains) last.
     app.cleanup_ctx.append(_inference_log_step(inference_log))
     app.cleanup_ctx.append(_upstream_step)
     app.cleanup_ctx.append(_auth_step)
+    app.cleanup_ctx.append(_request_path_step)
     return app
 
 
@@ -270,3 +297,8 @@ async def _auth_step(app: web.Application) -> AsyncIterator[None]:
     async with open_authenticator(app[CONFIG]) as authenticator:
         app[AUTHENTICATOR] = authenticator
         yield
+
+
+async def _request_path_step(app: web.Application) -> AsyncIterator[None]:
+    app[REQUEST_PATH] = RequestPath(app)
+    yield

@@ -7,9 +7,11 @@ log (which drains it) before the process exits.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +19,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from modelserving.api import SIDECAR_CONFIG_FILE
-from modelserving.sidecar.app import create_app
+from modelserving.sidecar.app import SidecarRunner, create_app
 from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
 
 CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
@@ -78,17 +80,26 @@ def run(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
-    web.run_app(
-        create_app(config),
-        loop=loop_factory() if loop_factory else None,
-        host=config.listen.host,
-        port=config.listen.port,
-        shutdown_timeout=args.shutdown_timeout,
-        access_log=None,  # one line per request costs more than the request; metrics count them
-        print=None,
-        handle_signals=True,
-    )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(config, args.shutdown_timeout))
     return 0
+
+
+async def _serve(config: SidecarConfig, shutdown_timeout: float) -> None:
+    """Serve until SIGTERM or SIGINT, then stop as the module docstring says."""
+    loop = asyncio.get_running_loop()
+    logging.getLogger(__name__).info("event loop: %s", type(loop).__module__)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # access_log=None: one line per request costs more than the request; metrics count them.
+    runner = SidecarRunner(create_app(config), access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 @asynccontextmanager
@@ -96,7 +107,7 @@ async def serving(
     app: web.Application, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Run an app in this event loop (tests, benchmarks); yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    runner = SidecarRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
