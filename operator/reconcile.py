@@ -128,7 +128,9 @@ async def reconcile(
             model_id=model_id,
             model_name=render.model_name(serving),
             endpoint=render.endpoint(serving),
-            topic=render.topic(serving) if render.logging_requested(serving) else None,
+            topic=render.topic(serving)
+            if render.logging_requested(serving, rec.settings)
+            else None,
             deployment=deployment,
             conditions=[
                 *deployment_conditions(deployment, apply_error),
@@ -147,7 +149,7 @@ async def reconcile(
 async def _logging_state(
     rec: Reconciler, serving: Mapping[str, Any], check_kafka: bool
 ) -> LoggingState:
-    if not render.logging_requested(serving):
+    if not render.logging_requested(serving, rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
     servers = render.bootstrap_servers(serving, rec.settings)
     if not servers:

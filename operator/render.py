@@ -89,14 +89,52 @@ def bootstrap_servers(serving: Mapping[str, Any], settings: OperatorSettings) ->
     return spec_servers or settings.kafka_bootstrap_servers
 
 
-def logging_requested(serving: Mapping[str, Any]) -> bool:
-    """The spec asks for an inference log (it may still lack brokers to send it to)."""
+def logging_mode(serving: Mapping[str, Any], settings: OperatorSettings) -> str:
+    """spec.logging.mode, else the operator's --log-mode."""
+    return _spec(serving, "logging", "mode") or settings.log_mode
+
+
+def logging_requested(serving: Mapping[str, Any], settings: OperatorSettings) -> bool:
+    """The spec (or the operator's default mode) asks for an inference log; it may still lack
+    brokers to send it to."""
     enabled = _spec(serving, "logging", "enabled")
-    return enabled is not False and (_spec(serving, "logging", "mode") or "ALL") != "NONE"
+    return enabled is not False and logging_mode(serving, settings) != "NONE"
 
 
 def logging_on(serving: Mapping[str, Any], settings: OperatorSettings) -> bool:
-    return logging_requested(serving) and bool(bootstrap_servers(serving, settings))
+    return logging_requested(serving, settings) and bool(bootstrap_servers(serving, settings))
+
+
+def log_policy(serving: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """What is logged and how payloads are shaped, as sidecar config keys: where the spec
+    speaks it wins, field by field; where it is silent the operator's settings apply. A
+    `redact` list in the spec (even empty) replaces the operator's rules as a whole."""
+    spec = _spec(serving, "logging") or {}
+    sampling = spec.get("sampling") or {}
+    payloads = spec.get("payloads") or {}
+    if "redact" in spec:
+        rules = [
+            {
+                "path": r["path"],
+                "action": r.get("action", "mask"),
+                "payload": r.get("payload", "both"),
+            }
+            for r in spec["redact"] or []
+        ]
+    else:
+        rules = [
+            {"path": r.path, "action": r.action.value, "payload": r.target.value}
+            for r in settings.log_redact
+        ]
+    return {
+        "mode": logging_mode(serving, settings),
+        "successSampleRate": float(sampling.get("successRate", settings.log_success_sample_rate)),
+        "errorSampleRate": float(sampling.get("errorRate", settings.log_error_sample_rate)),
+        "maxPayloadBytes": int(payloads.get("maxBytes", settings.log_max_payload_bytes)),
+        "oversizePayload": payloads.get("oversize", settings.log_oversize_payload),
+        "nonJsonPayload": payloads.get("nonJson", settings.log_non_json_payload),
+        "redact": rules,
+    }
 
 
 def auth_mode(serving: Mapping[str, Any]) -> str:
@@ -230,12 +268,14 @@ def render_sidecar_config(
     elif mode == "kubernetes":
         config["auth"]["audience"] = _spec(serving, "auth", "kubernetes", "audience") or ""
     if logging_on(serving, settings):
+        policy = log_policy(serving, settings)
         config["logging"] = {
-            "mode": _spec(serving, "logging", "mode") or "ALL",
+            "mode": policy.pop("mode"),
             "topic": topic(serving),
             "bootstrapServers": bootstrap_servers(serving, settings),
             "spoolDir": LoggingConfig.spool_dir,
             "spoolMaxBytes": int(quantity_bytes(_spool(serving)["size"]) * SPOOL_SHARE),
+            **policy,
         }
     return config
 

@@ -8,12 +8,15 @@ message naming the flag and the variable.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from modelserving import __version__
+from modelserving.sidecar.config import ConfigError, LoggingMode, redact_rules
+from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy, RedactRule
 
 DEFAULT_TFSERVING_IMAGE = "tensorflow/serving:2.18.0"
 DEFAULT_SIDECAR_IMAGE = f"modelserving:{__version__}"
@@ -45,6 +48,14 @@ class OperatorSettings:
     kafka_timeout_seconds: float = 10.0
     retry_seconds: float = 30.0
     liveness_port: int = 0
+    # The inference log of servings whose spec.logging leaves these out.
+    log_mode: str = LoggingMode.ALL.value
+    log_success_sample_rate: float = 1.0
+    log_error_sample_rate: float = 1.0
+    log_max_payload_bytes: int = 262144
+    log_oversize_payload: str = OversizePolicy.TRUNCATE.value
+    log_non_json_payload: str = NonJsonPolicy.KEEP.value
+    log_redact: tuple[RedactRule, ...] = ()
 
 
 def _text(value: str) -> str:
@@ -96,6 +107,39 @@ def _positive_float(value: str | float) -> float:
     return number
 
 
+def _choice(kind: type) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        try:
+            return kind(value.strip()).value
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
+
+    return parse
+
+
+def _rate(value: str | float) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return number
+
+
+def _non_negative_int(value: str | int) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def _redact(value: str | list) -> tuple[RedactRule, ...]:
+    """A JSON list of rules as in spec.logging.redact: [{"path": ..., "action": ...}]."""
+    try:
+        rules = json.loads(value) if isinstance(value, str) else value
+        return redact_rules("rules", rules if rules != "" else [])
+    except (ValueError, ConfigError) as exc:
+        raise ValueError(f"must be a JSON list of redaction rules: {exc}") from None
+
+
 def _flag(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -145,6 +189,29 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "seconds before a failed step (Kafka unreachable, API error) is tried again"),
     "liveness_port": ("--liveness-port", "MODELSERVING_LIVENESS_PORT", _port_or_zero,
         "serve the liveness probe on http://0.0.0.0:PORT/healthz; 0 for none"),
+    "log_mode": ("--log-mode", "MODELSERVING_LOG_MODE", _choice(LoggingMode),
+        "what servings log when spec.logging.mode is not set: ALL, PREDICTIONS, MODEL_INPUTS, "
+        "ERRORS or NONE"),
+    "log_success_sample_rate": ("--log-success-sample-rate",
+        "MODELSERVING_LOG_SUCCESS_SAMPLE_RATE", _rate,
+        "share of 2xx answers logged (0 to 1) when spec.logging.sampling.successRate is not set"),
+    "log_error_sample_rate": ("--log-error-sample-rate", "MODELSERVING_LOG_ERROR_SAMPLE_RATE",
+        _rate,
+        "share of other answers logged (0 to 1) when spec.logging.sampling.errorRate is not set"),
+    "log_max_payload_bytes": ("--log-max-payload-bytes", "MODELSERVING_LOG_MAX_PAYLOAD_BYTES",
+        _non_negative_int,
+        "bytes of each payload a record keeps (0: no limit) when spec.logging.payloads.maxBytes "
+        "is not set"),
+    "log_oversize_payload": ("--log-oversize-payload", "MODELSERVING_LOG_OVERSIZE_PAYLOAD",
+        _choice(OversizePolicy),
+        "truncate or digest a payload over the limit, when spec.logging.payloads.oversize is "
+        "not set"),
+    "log_non_json_payload": ("--log-non-json-payload", "MODELSERVING_LOG_NON_JSON_PAYLOAD",
+        _choice(NonJsonPolicy),
+        "keep or drop a payload that is not JSON, when spec.logging.payloads.nonJson is not set"),
+    "log_redact": ("--log-redact", "MODELSERVING_LOG_REDACT", _redact,
+        "redaction rules, a JSON list as in spec.logging.redact, of servings whose spec has "
+        "no redact list"),
 }  # fmt: skip
 
 
@@ -153,7 +220,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = OperatorSettings()
     for name, (flag, env, _, help_text) in SETTINGS.items():
         default = getattr(defaults, name)
-        shown = ", ".join(default) if isinstance(default, tuple) else default
+        if name == "log_redact":
+            shown = "[]"
+        else:
+            shown = ", ".join(default) if isinstance(default, tuple) else default
         full_help = f"{help_text} [env {env}; default {shown!r}]"
         if name == "standalone":
             parser.add_argument(flag, dest=name, action="store_const", const=True, help=full_help)

@@ -205,7 +205,8 @@ _RULE_KEYS = {"path": ("path", str), "action": ("action", RedactAction),
               "payload": ("target", RedactTarget)}  # fmt: skip
 
 
-def _redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
+def redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
+    """Redaction rules from their file form, [{path, action, payload}], errors naming `where`."""
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of rules, got {value!r}")
     rules = []
@@ -268,7 +269,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "maxPayloadBytes": ("max_payload_bytes", _non_negative),
                                 "oversizePayload": ("oversize_payload", OversizePolicy),
                                 "nonJsonPayload": ("non_json_payload", NonJsonPolicy),
-                                "redact": ("redact", _redact_rules)}),
+                                "redact": ("redact", redact_rules)}),
 }  # fmt: skip
 _REQUIRED_SECTIONS = ("serving", "model")
 

@@ -1,0 +1,139 @@
+"""What a serving logs, rendered into its sidecar config: the operator's settings apply where
+spec.logging is silent, the spec wins field by field where it speaks."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+
+from modelserving.operator import render
+from modelserving.operator.settings import (
+    OperatorSettings,
+    SettingsError,
+    configure_parser,
+    settings_from,
+)
+from modelserving.sidecar.config import LoggingMode, parse_config
+from modelserving.sidecar.log_policy import (
+    NonJsonPolicy,
+    OversizePolicy,
+    RedactAction,
+    RedactRule,
+    RedactTarget,
+)
+
+SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
+
+
+def mnist(**logging) -> dict:
+    return {
+        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1", "generation": 1},
+        "spec": {
+            "model": {"version": 1, "basePath": "s3://models/mnist"},
+            "auth": {"mode": "none"},
+            "logging": logging,
+        },
+    }
+
+
+def sidecar_logging(serving: dict, settings: OperatorSettings = SETTINGS):
+    cm = render.render_sidecar_configmap(serving, settings, model_id=17)
+    return parse_config(yaml.safe_load(cm["data"]["sidecar.yaml"])).logging
+
+
+def test_where_the_spec_is_silent_the_operators_defaults_apply():
+    settings = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092",
+        log_mode="ERRORS",
+        log_success_sample_rate=0.5,
+        log_error_sample_rate=0.25,
+        log_max_payload_bytes=4096,
+        log_oversize_payload="digest",
+        log_non_json_payload="drop",
+        log_redact=(RedactRule("instances[*].email", RedactAction.HASH),),
+    )
+
+    logging = sidecar_logging(mnist(), settings)
+
+    assert logging.mode is LoggingMode.ERRORS
+    assert (logging.success_sample_rate, logging.error_sample_rate) == (0.5, 0.25)
+    assert (logging.max_payload_bytes, logging.oversize_payload) == (4096, OversizePolicy.DIGEST)
+    assert logging.non_json_payload is NonJsonPolicy.DROP
+    assert logging.redact == (RedactRule("instances[*].email", RedactAction.HASH),)
+
+
+def test_the_builtin_defaults_log_everything_with_a_256_kib_payload_limit():
+    logging = sidecar_logging(mnist())
+
+    assert logging.mode is LoggingMode.ALL
+    assert (logging.success_sample_rate, logging.error_sample_rate) == (1.0, 1.0)
+    assert (logging.max_payload_bytes, logging.oversize_payload) == (
+        262144,
+        OversizePolicy.TRUNCATE,
+    )
+    assert (logging.non_json_payload, logging.redact) == (NonJsonPolicy.KEEP, ())
+
+
+def test_where_the_spec_speaks_it_wins_field_by_field():
+    settings = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092",
+        log_success_sample_rate=0.5,
+        log_max_payload_bytes=4096,
+        log_redact=(RedactRule("instances[*].email"),),
+    )
+    serving = mnist(
+        mode="PREDICTIONS",
+        sampling={"errorRate": 0.1},  # successRate left to the operator
+        payloads={"maxBytes": 0},
+        redact=[{"path": "predictions[*]", "action": "drop", "payload": "response"}],
+    )
+
+    logging = sidecar_logging(serving, settings)
+
+    assert logging.mode is LoggingMode.PREDICTIONS
+    assert (logging.success_sample_rate, logging.error_sample_rate) == (0.5, 0.1)
+    assert logging.max_payload_bytes == 0  # 0 is said, not silence
+    assert logging.redact == (
+        RedactRule("predictions[*]", RedactAction.DROP, RedactTarget.RESPONSE),
+    )
+
+
+def test_an_empty_redact_list_in_the_spec_turns_the_operators_rules_off():
+    settings = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092", log_redact=(RedactRule("instances[*].email"),)
+    )
+    assert sidecar_logging(mnist(redact=[]), settings).redact == ()
+
+
+def test_operator_mode_none_logs_only_servings_whose_spec_asks():
+    settings = OperatorSettings(kafka_bootstrap_servers="kafka:9092", log_mode="NONE")
+
+    assert sidecar_logging(mnist(), settings).mode is LoggingMode.NONE
+    assert not render.logging_requested(mnist(), settings)
+    assert sidecar_logging(mnist(mode="ALL"), settings).mode is LoggingMode.ALL
+
+
+def test_logging_settings_come_from_flags_and_environment_and_bad_ones_are_named():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    env = {
+        "MODELSERVING_LOG_MODE": "ERRORS",
+        "MODELSERVING_LOG_SUCCESS_SAMPLE_RATE": "0.1",
+        "MODELSERVING_LOG_REDACT": '[{"path": "instances[*].ssn", "action": "drop"}]',
+    }
+    settings = settings_from(parser.parse_args(["--log-max-payload-bytes", "1024"]), env)
+
+    assert (settings.log_mode, settings.log_success_sample_rate) == ("ERRORS", 0.1)
+    assert settings.log_max_payload_bytes == 1024
+    assert settings.log_redact == (RedactRule("instances[*].ssn", RedactAction.DROP),)
+    for name, bad in (
+        ("MODELSERVING_LOG_MODE", "SOME"),
+        ("MODELSERVING_LOG_ERROR_SAMPLE_RATE", "2"),
+        ("MODELSERVING_LOG_OVERSIZE_PAYLOAD", "chop"),
+        ("MODELSERVING_LOG_REDACT", '[{"path": "a..b"}]'),
+        ("MODELSERVING_LOG_REDACT", "not json"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            settings_from(parser.parse_args([]), {name: bad})
