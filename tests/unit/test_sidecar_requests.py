@@ -419,6 +419,39 @@ async def test_probes_and_metrics_need_no_credential(sidecar_url, http):
     assert "modelserving_sidecar_request_duration_seconds_bucket" in text
 
 
+async def raw_exchange(url: str, head: str, body: bytes | None) -> tuple[bytes, bytes]:
+    """Send a request head, read what comes back first, then send `body` (if any) and read the
+    rest: what curl does with `Expect: 100-continue`."""
+    host, port = URL(url).host, URL(url).port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head.encode())
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        rest = b""
+        if body is not None:
+            writer.write(body)
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        return first, rest
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_after_the_key_is_checked(sidecar_url):
+    body = b'{"instances": [1.0]}'
+    head = (
+        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\n"
+    )
+    first, rest = await raw_exchange(
+        sidecar_url, head + f"Authorization: ApiKey {KEY}\r\n\r\n", body
+    )
+    assert first.startswith(b"HTTP/1.1 100 Continue")
+    assert rest.startswith(b"HTTP/1.1 200")
+    refused, _ = await raw_exchange(sidecar_url, head + "\r\n", None)
+    assert refused.startswith(b"HTTP/1.1 401")  # no body was asked for
+
+
 # --- auth by API key -----------------------------------------------------------------------------
 
 
