@@ -223,9 +223,9 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
         return lines
     lines += [
         "",
-        "| servings | all Ready after (s) | Ready | operator RSS peak / settled (MiB) "
-        "| restart: objects written | restart: Events added |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| servings | all Ready after (s) | Ready at the end | Deployments available "
+        "| operator RSS peak / settled (MiB) | restart: objects written | restart: Events added |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in sizes:
         r = part[n]
@@ -233,11 +233,18 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
             lines.append(f"| {n} | failed: {r['error'][-200:]} |")
             continue
         lines.append(
-            f"| {int(n):,} | {_fmt(r.get('seconds_to_all_ready'))} | {r.get('ready')} "
+            f"| {int(n):,} | {_ready_after(r)} | {r.get('ready')} "
+            f"| {r.get('deployments_available', '-')} "
             f"| {r.get('operator_rss_peak_mib')} / {r.get('operator_rss_settled_mib')} "
             f"| {r.get('restart_objects_written')} | {r.get('restart_events_added')} |"
         )
     return lines
+
+
+def _ready_after(r: dict[str, Any]) -> str:
+    if r.get("seconds_to_all_ready") is not None:
+        return _fmt(r["seconds_to_all_ready"], 1)
+    return f"not all within {r.get('ready_timeout_seconds', 0):.0f}"
 
 
 def profile_lines(part: dict[str, Any]) -> list[str]:
