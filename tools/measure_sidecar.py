@@ -5,7 +5,8 @@ One nginx upstream answering a fixed TF Serving predict body (bench/nginx/upstre
 core 0 with the load (wrk, and vegeta for latency); each proxy under test in turn on core 1.
 For each configuration: requests/s at saturation, CPU per request and requests/s per core (from
 /proc utime+stime over the run), peak RSS, and with --latency the latency added over the direct
-path at a fixed rate. Configurations are interleaved over --rounds so that drift hits all alike.
+path at a fixed rate. Configurations are interleaved over --rounds so that drift hits all
+alike; medians are reported.
 
     python tools/measure_sidecar.py [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
 
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,7 +199,8 @@ def tree_at(rev: str, into: Path) -> Path:
 
 
 def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+    """The median: one round disturbed by other work on a shared machine does not move it."""
+    return statistics.median(values)
 
 
 def report(results: dict[str, list[Result]], reference: str, latency: bool) -> str:
@@ -275,7 +278,10 @@ def main() -> int:
                     except (BenchError, subprocess.SubprocessError, OSError) as exc:
                         print(f"[measure] {config.name} failed: {exc}", file=sys.stderr)
         loadavg = Path("/proc/loadavg").read_text().split()[0]
-        print(f"wrk {args.seconds} s x {args.rounds} round(s), 64 connections; load avg {loadavg}")
+        pressure = Path("/proc/pressure/cpu")
+        waiting = pressure.read_text().split()[2] if pressure.exists() else "?"
+        print(f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
+              f"load avg {loadavg}, CPU pressure {waiting}")  # fmt: skip
         print(report(results, "bare aiohttp proxy, uvloop", args.latency))
     return 0
 
