@@ -157,6 +157,7 @@ def test_svg_has_one_group_per_configuration_that_ran():
     assert [name for name, _ in series] == ["direct", "sidecar, apiKey, log on"]
     svg = report.render_svg(series, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 1 + 3 + 3 * len(series)
+    assert "0.1 ms" in svg and "10 ms" in svg  # log-scale ticks around 0.5 .. 1.5 ms
 
 
 def test_own_time_adds_up_per_package():
