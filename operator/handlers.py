@@ -20,6 +20,7 @@ from modelserving.operator import render
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.reconcile import Reconciler, reconcile
 from modelserving.operator.settings import OperatorSettings
+from modelserving.sidecar.log_status import ANNOTATION as LOG_STATUS_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,12 @@ CHILD_RESOURCES = [
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("networking.k8s.io", "v1", "ingresses", "Ingress"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding"),
 ]
 SERVINGS_INDEX = "servings"
+# The serving's pods are watched, not owned: their log-status annotations feed LoggingReady.
+PODS_INDEX = "serving_pods"
 
 
 @kopf.on.startup()
@@ -46,7 +50,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # is filled hold every slot), so its per-object workers stay unlimited (coroutines are
     # cheap) and the limit applies to concurrent reconciles instead (Reconciler.slots).
     settings.batching.worker_limit = None
-    for group, version, plural, _ in CHILD_RESOURCES:
+    for group, version, plural, _ in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
         # Filter children on the server: the operator never sees unrelated objects.
         key = (group, version, plural) if group else (version, plural)
         settings.watching.label_selectors[key] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
@@ -115,6 +119,23 @@ for _resource in CHILD_RESOURCES:
     _register_child(*_resource)
 
 
+@kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
+def index_pod(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+    """What LoggingReady needs of a serving's pod: its name and log-status annotation."""
+    key = _serving_of(body)
+    if key is None:
+        return {}
+    annotations = body["metadata"].get("annotations") or {}
+    return {key: {"name": name, "logStatus": annotations.get(LOG_STATUS_ANNOTATION)}}
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="pods_event")
+async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    key = _serving_of(body)
+    if key is not None and key in kwargs[SERVINGS_INDEX]:
+        await _reconcile(memo, key, kwargs, from_serving_event=False)
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def serving_event(
     type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
@@ -145,8 +166,11 @@ async def _reconcile(
         for _, _, plural, _ in CHILD_RESOURCES
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
+    pods = list(indexes[PODS_INDEX].get(key, []))
     try:
-        delay = await reconcile(rec, serving, children, from_serving_event=from_serving_event)
+        delay = await reconcile(
+            rec, serving, children, pods=pods, from_serving_event=from_serving_event
+        )
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
         delay = rec.settings.retry_seconds

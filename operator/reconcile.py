@@ -22,9 +22,11 @@ from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.modelids import assign_model_id, recorded_model_id
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.status import (
+    POD_REASONS,
     LoggingState,
     deployment_conditions,
     logging_condition,
+    logging_from_pods,
     render_status,
     status_changed,
 )
@@ -74,6 +76,7 @@ async def reconcile(
     serving: Mapping[str, Any],
     children: Iterable[Mapping[str, Any]],
     *,
+    pods: Iterable[Mapping[str, Any]] = (),
     from_serving_event: bool,
 ) -> float | None:
     """Apply what differs and write the status; returns seconds until a retry is due, if any."""
@@ -121,6 +124,8 @@ async def reconcile(
             )
 
         logging_state = await _logging_state(rec, serving, from_serving_event)
+        if logging_state.ready and render.logging_on(serving, rec.settings):
+            logging_state = logging_from_pods(logging_state, pods)
         old_status = serving.get("status") or {}
         new_status = render_status(
             old_status,
@@ -164,6 +169,8 @@ async def _logging_state(
         return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
     if not check_kafka:  # children's events keep what the last check found
         previous = _previous_logging(serving)
+        if previous and previous["reason"] in POD_REASONS:  # the pods' word, not the topic's
+            return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
         if previous:
             return LoggingState(
                 previous["status"] == "True", previous["reason"], previous["message"]

@@ -197,6 +197,15 @@ def service_account_name(serving: Mapping[str, Any]) -> str:
     return f"{serving_name(serving)}-sidecar"
 
 
+def log_status_role_binding_name(serving: Mapping[str, Any]) -> str:
+    return f"{serving_name(serving)}-sidecar-log-status"
+
+
+def needs_service_account(serving: Mapping[str, Any], settings: OperatorSettings) -> bool:
+    """The sidecar calls the API: TokenReviews (kubernetes auth), its pod's log status."""
+    return auth_mode(serving) == "kubernetes" or logging_on(serving, settings)
+
+
 def cluster_role_binding_name(serving: Mapping[str, Any]) -> str:
     return f"modelserving:{serving_namespace(serving)}:{serving_name(serving)}"
 
@@ -367,8 +376,15 @@ def _sidecar_container(serving: Mapping[str, Any], settings: OperatorSettings) -
     ]
     if auth_mode(serving) == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
+    env = []
+    if logging_on(serving, settings):  # the pod the sidecar publishes its log's health on
+        env = [
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
+            for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
+        ]
     return {
         "name": api.SIDECAR_CONTAINER,
+        **({"env": env} if env else {}),
         "image": settings.sidecar_image,
         "imagePullPolicy": _spec(serving, "server", "imagePullPolicy") or "IfNotPresent",
         "command": ["modelserving", "sidecar", "--config", SIDECAR_CONFIG_FILE],
@@ -425,9 +441,9 @@ def _volumes(serving: Mapping[str, Any]) -> list[dict[str, Any]]:
 def render_deployment(
     serving: Mapping[str, Any], settings: OperatorSettings, configmaps: list[Manifest]
 ) -> Manifest:
-    kubernetes_auth = auth_mode(serving) == "kubernetes"
+    own_account = needs_service_account(serving, settings)
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": kubernetes_auth,
+        "automountServiceAccountToken": own_account,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -443,7 +459,7 @@ def render_deployment(
         ],
         "volumes": _volumes(serving),
     }
-    if kubernetes_auth:
+    if own_account:
         pod_spec["serviceAccountName"] = service_account_name(serving)
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(serving)},
@@ -612,6 +628,29 @@ def render_cluster_role_binding(serving: Mapping[str, Any], settings: OperatorSe
     }
 
 
+def render_log_status_role_binding(
+    serving: Mapping[str, Any], settings: OperatorSettings
+) -> Manifest:
+    """Lets the sidecar patch pods/status (its pod's log-status annotation) in its namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(serving, log_status_role_binding_name(serving)),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": settings.sidecar_log_status_cluster_role,
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account_name(serving),
+                "namespace": serving_namespace(serving),
+            }
+        ],
+    }
+
+
 def render_children(
     serving: Mapping[str, Any], settings: OperatorSettings, model_id: int
 ) -> list[Manifest]:
@@ -621,9 +660,12 @@ def render_children(
         render_sidecar_configmap(serving, settings, model_id),
     ]
     children: list[Manifest] = [*configmaps]
-    if auth_mode(serving) == "kubernetes":
+    if needs_service_account(serving, settings):
         children.append(render_service_account(serving))
+    if auth_mode(serving) == "kubernetes":
         children.append(render_cluster_role_binding(serving, settings))
+    if logging_on(serving, settings):
+        children.append(render_log_status_role_binding(serving, settings))
     children += [
         render_deployment(serving, settings, configmaps),
         render_service(serving),

@@ -38,6 +38,7 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     operator_namespace: str = "modelserving-system"
     sidecar_auth_cluster_role: str = "modelserving-sidecar-auth"
+    sidecar_log_status_cluster_role: str = "modelserving-sidecar-log-status"
     peering: str = "modelserving"
     standalone: bool = False
     log_level: str = "INFO"
@@ -169,6 +170,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "MODELSERVING_SIDECAR_AUTH_CLUSTER_ROLE", _text,
         "the ClusterRole (create tokenreviews, subjectaccessreviews) bound to the pods of "
         "servings with auth mode kubernetes"),
+    "sidecar_log_status_cluster_role": ("--sidecar-log-status-cluster-role",
+        "MODELSERVING_SIDECAR_LOG_STATUS_CLUSTER_ROLE", _text,
+        "the ClusterRole (patch pods/status) bound in their namespace to the pods of servings "
+        "that log, so the sidecar can publish its log's health on its pod"),
     "peering": ("--peering", "MODELSERVING_PEERING", _text,
         "the kopf peering name that keeps one operator replica active at a time"),
     "standalone": ("--standalone", "MODELSERVING_STANDALONE", _flag,

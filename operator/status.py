@@ -7,7 +7,8 @@ status stays the same, so an unchanged world yields an identical status.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,42 @@ def deployment_conditions(
     else:
         degraded = Condition("Degraded", False, "AsExpected", "no fault seen")
     return [ready_cond, progressing, degraded]
+
+
+# Reasons of LoggingReady that come from the pods' log-status annotations.
+POD_REASONS = ("SpoolFull", "KafkaUnreachable", "SpoolFilling")
+_POD_STATE_ORDER = {reason: i for i, reason in enumerate(POD_REASONS)}  # worst first
+_POD_WORDS = {
+    "SpoolFull": "the spool is full",
+    "KafkaUnreachable": "Kafka is unreachable",
+    "SpoolFilling": "the spool is filling",
+}
+
+
+def logging_from_pods(topic_state: LoggingState, pods: Iterable[Mapping[str, Any]]) -> LoggingState:
+    """LoggingReady from the topic check and the pods' log-status summaries (index entries of
+    {name, logStatus: JSON or None}): the worst pod's state wins, with the age of the oldest
+    record any pod still holds."""
+    troubled = []
+    for pod in pods:
+        try:
+            summary = json.loads(pod.get("logStatus") or "null")
+        except ValueError:
+            continue
+        if isinstance(summary, dict) and summary.get("state") in _POD_STATE_ORDER:
+            troubled.append((pod.get("name", "?"), summary))
+    if not troubled:
+        return topic_state
+    troubled.sort(key=lambda item: _POD_STATE_ORDER[item[1]["state"]])
+    reason = troubled[0][1]["state"]
+    oldest = max(int(s.get("oldestRecordAgeSeconds") or 0) for _, s in troubled)
+    waiting = sum(int(s.get("waitingRecords") or 0) for _, s in troubled)
+    details = "; ".join(
+        f"{name}: {_POD_WORDS[s['state']]}, spool {s.get('spoolPercent', 0)}% full"
+        for name, s in troubled
+    )
+    message = f"{waiting} records wait in the pods' spools, the oldest for {oldest} s ({details})"
+    return LoggingState(False, reason, message)
 
 
 def logging_condition(state: LoggingState) -> Condition:

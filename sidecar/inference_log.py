@@ -462,11 +462,27 @@ class InferenceLogPipeline:
         self._tasks: list[asyncio.Task] = []
         self._writer_busy = False
         self._skip: set[int] = set()
+        self._waiting_since: float | None = None  # wall time records began to wait unsent
 
     # ----------------------------------------------------------------- the sink
 
     def accepting(self) -> bool:
         return not self._spool_full and len(self._queue) < self._accept_limit
+
+    def waiting_records(self) -> int:
+        """Records in the spool that Kafka has not acknowledged yet."""
+        return max(0, self.spool.next_id - 1 - self._acked_id)
+
+    def oldest_waiting_age(self) -> float:
+        """Seconds the oldest unacknowledged record has waited: its own timestamp when it is
+        in flight, else (no producer, records only on disk) since records began to wait."""
+        now = time.time()
+        oldest = next((p for p in self._inflight if not p.done), None)
+        if oldest is not None:
+            return max(0.0, now - oldest.timestamp_ms / 1000)
+        if self._waiting_since is not None and self.waiting_records():
+            return max(0.0, now - self._waiting_since)
+        return 0.0
 
     def submit(self, exchange: Exchange) -> None:
         try:
@@ -776,9 +792,11 @@ class InferenceLogPipeline:
         self.metrics.spool_bytes.set(self.spool.size_bytes)
         self.metrics.queued.set(len(self._queue))
         self.metrics.in_flight.set(len(self._inflight))
-        oldest = next((p for p in self._inflight if not p.done), None)
-        age = (time.time() * 1000 - oldest.timestamp_ms) / 1000 if oldest else 0.0
-        self.metrics.oldest_unacked_age.set(max(0.0, age))
+        if not self.waiting_records():
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = time.time()
+        self.metrics.oldest_unacked_age.set(self.oldest_waiting_age())
         await self._check_stall()
 
     def _persist(self, acked: int) -> None:
@@ -822,13 +840,17 @@ async def open_inference_log(
     config: SidecarConfig, registry: prometheus_client.CollectorRegistry
 ) -> AsyncIterator[InferenceLogSink]:
     """The inference log for the sidecar's lifetime; on exit it drains within
-    `logging.drainTimeoutSeconds` and leaves what Kafka has not acked in the spool."""
+    `logging.drainTimeoutSeconds` and leaves what Kafka has not acked in the spool. In a pod
+    (POD_NAME, POD_NAMESPACE set) its health is published on the pod (see log_status)."""
     if config.logging.mode is LoggingMode.NONE:
         yield DisabledInferenceLog()
         return
+    from modelserving.sidecar.log_status import publishing_log_status
+
     pipeline = InferenceLogPipeline(config, InferenceLogMetrics(registry))
     await pipeline.start()
     try:
-        yield pipeline
+        async with publishing_log_status(pipeline, config.auth.kubeconfig):
+            yield pipeline
     finally:
         await pipeline.close()

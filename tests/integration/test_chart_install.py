@@ -199,6 +199,7 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
                 ("configmaps", ""),
                 ("services", ""),
                 ("serviceaccounts", ""),
+                ("rolebindings", "rbac.authorization.k8s.io"),
                 ("deployments", "apps"),
                 ("networkpolicies", "networking.k8s.io"),
                 ("ingresses", "networking.k8s.io"),
@@ -207,6 +208,8 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
             for verb in ("list", "watch", "create", "patch", "delete")
         ],
         rule("create", "events", "", ns),
+        rule("list", "pods", "", ns),
+        rule("watch", "pods", "", ns),
         rule("list", "customresourcedefinitions", "apiextensions.k8s.io"),
         rule("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
         *[
@@ -214,6 +217,12 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
             for verb in ("list", "watch", "create", "patch", "delete")
         ],
         rule("bind", "clusterroles", "rbac.authorization.k8s.io", name=sidecar_auth),
+        rule(
+            "bind",
+            "clusterroles",
+            "rbac.authorization.k8s.io",
+            name=sidecar_auth.removesuffix("-auth") + "-log-status",
+        ),
         rule("create", "configmaps", "", release_ns),
         rule("get", "configmaps", "", release_ns, name="modelserving-model-ids"),
         rule("update", "configmaps", "", release_ns, name="modelserving-model-ids"),
@@ -234,7 +243,8 @@ def operator_must_not(ns: str, release_ns: str) -> list[dict]:
         rule("bind", "clusterroles", "rbac.authorization.k8s.io", name="cluster-admin"),
         rule("escalate", "clusterroles", "rbac.authorization.k8s.io"),
         rule("create", "clusterroles", "rbac.authorization.k8s.io"),
-        rule("create", "rolebindings", "rbac.authorization.k8s.io", ns),
+        rule("patch", "pods", "", ns),
+        rule("patch", "pods", "", ns, subresource="status"),
         rule("create", "tokenreviews", "authentication.k8s.io"),
         rule("patch", "customresourcedefinitions", "apiextensions.k8s.io"),
         rule("impersonate", "serviceaccounts", "", ns),

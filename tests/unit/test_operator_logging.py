@@ -4,6 +4,7 @@ spec.logging is silent, the spec wins field by field where it speaks."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from modelserving.operator.settings import (
     configure_parser,
     settings_from,
 )
+from modelserving.operator.status import LoggingState, logging_from_pods
 from modelserving.sidecar.config import LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
     NonJsonPolicy,
@@ -23,6 +25,7 @@ from modelserving.sidecar.log_policy import (
     RedactRule,
     RedactTarget,
 )
+from modelserving.sidecar.log_status import summarize
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 
@@ -137,3 +140,43 @@ def test_logging_settings_come_from_flags_and_environment_and_bad_ones_are_named
     ):
         with pytest.raises(SettingsError, match=name):
             settings_from(parser.parse_args([]), {name: bad})
+
+
+def test_a_serving_that_logs_gets_an_account_allowed_to_publish_on_its_pod():
+    children = render.render_children(mnist(), SETTINGS, 17)
+    kinds = {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+    binding = kinds[("RoleBinding", "mnist-sidecar-log-status")]
+    assert binding["roleRef"]["name"] == SETTINGS.sidecar_log_status_cluster_role
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mnist-sidecar", "namespace": "demo"}
+    ]
+    assert ("ServiceAccount", "mnist-sidecar") in kinds
+    sidecar = kinds[("Deployment", "mnist")]["spec"]["template"]["spec"]["containers"][1]
+    assert [e["name"] for e in sidecar["env"]] == ["POD_NAME", "POD_NAMESPACE"]
+    quiet = render.render_children(mnist(enabled=False), SETTINGS, 17)
+    assert not [c for c in quiet if c["kind"] in ("RoleBinding", "ServiceAccount")]
+
+
+def test_logging_ready_takes_the_worst_pods_state_and_the_oldest_records_age():
+    topic = LoggingState(True, "TopicReady", "records go to the topic t")
+    flowing = summarize(spool_bytes=0, spool_max_bytes=100, waiting_records=0,
+                        oldest_age_seconds=0, kafka_reachable=True, refusing=False)  # fmt: skip
+    unreachable = summarize(spool_bytes=10, spool_max_bytes=100, waiting_records=50,
+                            oldest_age_seconds=42.4, kafka_reachable=False,
+                            refusing=False)  # fmt: skip
+    full = summarize(spool_bytes=99, spool_max_bytes=100, waiting_records=900,
+                     oldest_age_seconds=7, kafka_reachable=False, refusing=True)  # fmt: skip
+
+    def pods(*summaries):
+        return [{"name": f"p{i}", "logStatus": json.dumps(s)} for i, s in enumerate(summaries)]
+
+    assert logging_from_pods(topic, pods(flowing, flowing)) == topic
+    assert logging_from_pods(topic, [{"name": "p", "logStatus": None}, {"logStatus": "{"}]) == topic
+    state = logging_from_pods(topic, pods(flowing, unreachable, full))
+    assert (state.ready, state.reason) == (False, "SpoolFull")
+    assert "950 records" in state.message and "oldest for 42 s" in state.message
+    assert "p1: Kafka is unreachable, spool 10% full" in state.message
+    filling = summarize(spool_bytes=60, spool_max_bytes=100, waiting_records=1,
+                        oldest_age_seconds=1, kafka_reachable=True, refusing=False)  # fmt: skip
+    assert filling["state"] == "SpoolFilling"

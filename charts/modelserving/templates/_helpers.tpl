@@ -60,6 +60,11 @@ app.kubernetes.io/part-of: modelserving
 {{- default (printf "%s-sidecar-auth" (include "modelserving.fullname" .)) .Values.sidecarAuth.clusterRoleName }}
 {{- end }}
 
+{{/* The ClusterRole the operator binds (RoleBinding) to the pods of servings that log. */}}
+{{- define "modelserving.sidecarLogStatusClusterRole" -}}
+{{- printf "%s-sidecar-log-status" (include "modelserving.fullname" .) }}
+{{- end }}
+
 {{/* The kopf peering object's name. */}}
 {{- define "modelserving.peeringName" -}}
 {{- default (include "modelserving.fullname" .) .Values.peering.name }}

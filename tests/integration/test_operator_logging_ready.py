@@ -1,0 +1,145 @@
+"""The operator's side of the inference log's settings and health, on the real cluster: its
+--log-* defaults reach the sidecar config where the spec is silent, the spec wins where it
+speaks, and a pod's log-status annotation (written through the API as the sidecar writes it;
+KWOK pods run no code) turns LoggingReady False with the age of the oldest spooled record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from kubernetes import client
+from test_operator_serving import (
+    COUNTER_NAMESPACE,
+    REPO,
+    Operator,
+    condition,
+    crds,  # noqa: F401  (a fixture)
+    get_serving,
+    serving_manifest,
+)
+from waiting import wait_for
+
+from modelserving import api
+from modelserving.sidecar.log_status import ANNOTATION
+
+DEFAULT_FLAGS = [
+    "--log-mode", "ERRORS", "--log-success-sample-rate", "0.5",
+    "--log-max-payload-bytes", "4096",
+    "--log-redact", '[{"path": "instances[*].email", "action": "hash"}]',
+]  # fmt: skip
+
+
+class OperatorWithLogDefaults(Operator):
+    def start(self) -> None:
+        self.starts += 1
+        cmd = [
+            sys.executable, "-m", "modelserving.cli", "operator",
+            "--namespace", self.namespace, "--operator-namespace", COUNTER_NAMESPACE,
+            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
+            "--retry-seconds", "2", "--kafka-timeout", "3", *DEFAULT_FLAGS,
+        ]  # fmt: skip
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=self.local_env.tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )  # fmt: skip
+
+
+@pytest.fixture
+def operator(crds, local_env, namespace, tmp_path):  # noqa: F811  (the fixture imported above)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+               "metadata": {"name": "modelserving", "namespace": namespace}}  # fmt: skip
+    crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
+    op = OperatorWithLogDefaults(local_env, namespace, tmp_path)
+    op.start()
+    yield op
+    op.stop()
+
+
+def sidecar_logging(core, namespace: str, name: str) -> dict | None:
+    try:
+        cm = core.read_namespaced_config_map(f"{name}-sidecar", namespace)
+    except client.exceptions.ApiException:
+        return None
+    return yaml.safe_load(cm.data["sidecar.yaml"])["logging"]
+
+
+def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_where_it_speaks(
+    operator,
+    crds,  # noqa: F811  (the fixture imported above)
+    kube_client,
+    namespace,
+    topic,
+):
+    core = client.CoreV1Api(kube_client)
+    kafka = {"kafka": {"topic": topic}}
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("silent", logging=kafka)
+    )
+    speaks = {**kafka, "mode": "ALL", "sampling": {"successRate": 0.1}, "redact": [],
+              "payloads": {"oversize": "digest"}}  # fmt: skip
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("speaks", logging=speaks)
+    )
+
+    silent = wait_for(lambda: sidecar_logging(core, namespace, "silent"), 60, "silent's config")
+    spoken = wait_for(lambda: sidecar_logging(core, namespace, "speaks"), 60, "speaks' config")
+
+    assert silent["mode"] == "ERRORS"
+    assert (silent["successSampleRate"], silent["errorSampleRate"]) == (0.5, 1.0)
+    assert (silent["maxPayloadBytes"], silent["oversizePayload"]) == (4096, "truncate")
+    assert silent["redact"] == [{"path": "instances[*].email", "action": "hash", "payload": "both"}]
+    assert spoken["mode"] == "ALL"
+    assert (spoken["successSampleRate"], spoken["errorSampleRate"]) == (0.1, 1.0)
+    assert (spoken["maxPayloadBytes"], spoken["oversizePayload"]) == (4096, "digest")
+    assert spoken["redact"] == []
+
+
+def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age(
+    operator,
+    crds,  # noqa: F811  (the fixture imported above)
+    kube_client,
+    namespace,
+    topic,
+):
+    core = client.CoreV1Api(kube_client)
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"kafka": {"topic": topic}}),
+    )  # fmt: skip
+
+    def logging_ready() -> dict:
+        return condition(get_serving(crds, namespace, "mnist"), "LoggingReady")
+
+    wait_for(lambda: logging_ready().get("reason") == "TopicReady", 60, "LoggingReady TopicReady")
+    binding = client.RbacAuthorizationV1Api(kube_client).read_namespaced_role_binding(
+        "mnist-sidecar-log-status", namespace
+    )
+    assert binding.role_ref.name == "modelserving-sidecar-log-status"
+    assert binding.subjects[0].name == "mnist-sidecar"
+    selector = f"{api.LABEL_INSTANCE}=mnist"
+    pods = wait_for(
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items, 60, "a pod"
+    )
+    pod = pods[0].metadata.name
+
+    def publish(summary: dict) -> None:  # what the sidecar's publisher writes
+        patch = {"metadata": {"annotations": {ANNOTATION: json.dumps(summary)}}}
+        core.patch_namespaced_pod_status(pod, namespace, patch)
+
+    publish({"state": "KafkaUnreachable", "spoolPercent": 3, "waitingRecords": 1200,
+             "oldestRecordAgeSeconds": 42, "kafkaReachable": False})  # fmt: skip
+    down = wait_for(
+        lambda: (c := logging_ready()).get("status") == "False" and c, 30, "LoggingReady False"
+    )
+    assert down["reason"] == "KafkaUnreachable"
+    assert "1200 records" in down["message"] and "42 s" in down["message"]
+    assert pod in down["message"]
+
+    publish({"state": "Flowing", "spoolPercent": 0, "waitingRecords": 0,
+             "oldestRecordAgeSeconds": 0, "kafkaReachable": True})  # fmt: skip
+    wait_for(lambda: logging_ready().get("status") == "True", 30, "LoggingReady True again")
