@@ -79,6 +79,7 @@ async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(tmp_path
             async with await in_flight as resp:
                 assert (resp.status, await resp.json()) == (200, {"predictions": [4.0]})
             assert await asyncio.wait_for(process.wait(), 10) == 0
+            assert b"event loop: uvloop" in await process.stderr.read()  # type: ignore[union-attr]
         finally:
             if process.returncode is None:
                 process.kill()

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tfserving_standin import StandInModel, TFServingStandIn, running_standin
@@ -450,6 +451,24 @@ async def test_expect_100_continue_is_answered_after_the_key_is_checked(sidecar_
     assert rest.startswith(b"HTTP/1.1 200")
     refused, _ = await raw_exchange(sidecar_url, head + "\r\n", None)
     assert refused.startswith(b"HTTP/1.1 401")  # no body was asked for
+
+
+async def test_a_plain_aiohttp_runner_serves_the_same_request_path(standin, keys_dir, http):
+    app = create_app(make_config(standin[1], keys_dir))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://{host}:{port}/v1/models/{MODEL}:predict"
+        assert (await call(http, "POST", url, json={"instances": [1.0]}, headers=GOOD))[:2] == (
+            200,
+            {"predictions": [2.5]},
+        )
+        assert (await call(http, "POST", url, json={"instances": [1.0]}))[0] == 401
+    finally:
+        await runner.cleanup()
 
 
 # --- auth by API key -----------------------------------------------------------------------------
