@@ -19,7 +19,8 @@ from modelserving.sidecar.config import ConfigError, LoggingMode, redact_rules
 from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy, RedactRule
 
 DEFAULT_TFSERVING_IMAGE = "tensorflow/serving:2.18.0"
-DEFAULT_SIDECAR_IMAGE = f"modelserving:{__version__}"
+# The name `make image` builds; the chart sets the pushed image's name in its place.
+DEFAULT_SIDECAR_IMAGE = f"localhost/modelserving:{__version__}"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _BOOTSTRAP = re.compile(r"^[^,:\s]+:[0-9]+(,[^,:\s]+:[0-9]+)*$")
