@@ -27,9 +27,6 @@ PORT_ENV = "MODELSERVING_SIDECAR_PORT"
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) before SIGKILL; requests in
 # flight get most of it, and the inference log's drain the rest.
 DEFAULT_SHUTDOWN_SECONDS = 20.0
-# How long a thread holding the GIL keeps it from the event loop's thread: a tenth of the added
-# latency the sidecar may cost at p50.
-GIL_SWITCH_SECONDS = 0.000_25
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +74,6 @@ def run(args: argparse.Namespace) -> int:
         config.serving.namespace, config.serving.name, config.model.name,
         config.listen.host, config.listen.port, config.upstream.url, config.auth.mode.value,
     )  # fmt: skip
-    # The inference log's spool work runs in a thread, in Python: with the default 5 ms switch
-    # interval a request arriving meanwhile could wait that long for the GIL.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         import uvloop  # a faster event loop when installed; asyncio's own otherwise
     except ImportError:
