@@ -18,6 +18,9 @@ import httptools
 # Bodies up to this size are joined to the head and written at once; larger ones go out as two
 # buffers rather than be copied.
 _ONE_WRITE_BYTES = 64 * 1024
+# An answer larger than this (head and body) is refused: a runaway upstream cannot take the
+# sidecar's memory. Generous for TF Serving's JSON; a setting if a model ever needs more.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class Disconnected(Exception):
@@ -59,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_pool",
         "_received",
+        "_received_bytes",
         "_timer",
         "_waiter",
         "closed",
@@ -79,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._content_type: bytes | None = None
         self._received = False  # any byte of the current answer
+        self._received_bytes = 0
         self._headers_done = False
         self._delimited = False  # Content-Length or chunked: the body does not end at close
         self.keep_alive = True
@@ -95,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body = []
         self._content_type = None
         self._received = self._headers_done = self._delimited = False
+        self._received_bytes = 0
         self._timer = self._loop.call_at(deadline, self._timed_out)
         transport = self.transport
         assert transport is not None
@@ -141,6 +147,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._received = True
+        self._received_bytes += len(data)
+        if self._received_bytes > MAX_ANSWER_BYTES:
+            self._broken(f"TF Serving's answer is larger than {MAX_ANSWER_BYTES} bytes")
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 
 import pytest
 
+from modelserving.sidecar import upstream_connections
 from modelserving.sidecar.config import UpstreamConfig
 from modelserving.sidecar.errors import SidecarError
 from modelserving.sidecar.proxy import Upstream
@@ -239,6 +240,20 @@ async def test_stale_kept_alive_connection_is_retried_once_on_a_new_one():
     assert len(server.requests) == 3
 
 
+async def test_idle_connection_closed_by_tf_serving_is_not_used_again():
+    async def answer_then_close(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()  # and close, as TF Serving does after its idle timeout
+
+    async with scripted(answer_then_close) as (server, url), upstream(url) as running:
+        for _ in range(3):
+            assert (await running.forward("POST", PATH, BODY)).status == 200
+            await asyncio.sleep(0.05)
+    assert server.connections == 3
+    assert len(server.requests) == 3  # no request was sent into a closed connection
+
+
 async def test_new_connection_closed_unanswered_is_502_without_retry():
     async def drop(reader, writer, server):
         await server.read_request(reader)
@@ -280,6 +295,20 @@ async def test_answer_that_is_not_http_is_502_and_the_connection_dropped():
         await expect_error(running, 502, "broken off")
         assert (await running.forward("POST", PATH, BODY)).status == 200
     assert server.connections == 2
+
+
+async def test_answer_larger_than_the_cap_is_502(monkeypatch):
+    monkeypatch.setattr(upstream_connections, "MAX_ANSWER_BYTES", 1000)
+
+    async def endless(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"x" * 1000)
+            await writer.drain()
+
+    async with scripted(endless) as (_, url), upstream(url) as running:
+        await expect_error(running, 502, "broken off")
 
 
 # --- TF Serving down or slow ---------------------------------------------------------------------
