@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -221,9 +222,11 @@ def materialize_pod(cluster: Cluster, deployment: dict[str, Any], root: Path) ->
 
 def localize(text: str, mounts: dict[str, Path]) -> str:
     """The rendered config with each mount path replaced by the folder standing for it."""
-    for path in sorted(mounts, key=len, reverse=True):
-        text = text.replace(path, str(mounts[path]))
-    return text
+    # One pass, longest path first, whole path segments only: a mount at /tmp must not
+    # rewrite what another mount's replacement put there.
+    paths = sorted(mounts, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, paths)) + r")(?=/|\s|$)", re.M)
+    return pattern.sub(lambda m: str(mounts[m.group(1)]), text)
 
 
 async def read_log(topic: str, bootstrap: str, request_id: str, timeout: float) -> list[dict]:

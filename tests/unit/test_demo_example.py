@@ -22,3 +22,27 @@ def test_example_secret_holds_the_demo_keys_hash():
         DEMO_KEY in EXAMPLE.read_text()
         and DEMO_KEY in (EXAMPLE.parents[1] / "demo" / "run.py").read_text()
     )
+
+
+def _demo_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_run", EXAMPLE.parents[1] / "demo" / "run.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_maps_each_mount_path_once_even_under_a_mounted_tmp():
+    # A checkout under /tmp puts the pod's local folders under /tmp, which is itself a mount.
+    root = Path("/tmp/checkout/.localenv/demo/pod")
+    mounts = {
+        p: root / p.lstrip("/") for p in ("/tmp", "/etc/modelserving/apikeys", "/var/spool/x")
+    }
+    text = "apiKeysDir: /etc/modelserving/apikeys\nspoolDir: /var/spool/x\nscratch: /tmp/a\n"
+    assert _demo_module().localize(text, mounts) == (
+        f"apiKeysDir: {root}/etc/modelserving/apikeys\nspoolDir: {root}/var/spool/x\n"
+        f"scratch: {root}/tmp/a\n"
+    )
