@@ -53,6 +53,108 @@ def _both(runs: list[dict[str, Any]], get: Any, digits: int = 2) -> str:
     return " / ".join(values) if values else "-"
 
 
+OURS = "sidecar, apiKey, log on"
+
+
+def _verdict(values: list[float], ok: Any) -> str:
+    if not values:
+        return "not measured"
+    met = [ok(v) for v in values]
+    return "met" if all(met) else "**short**" if not any(met) else "mixed"
+
+
+def target_rows(results: dict[str, Any]) -> list[tuple[str, str, list[float], str]]:
+    """(what, target, measured values, verdict) for DESIGN's targets of our sidecar."""
+    parts = results["parts"]
+    rows: list[tuple[str, str, list[float], str]] = []
+
+    def add(what: str, target: str, values: list[float], ok: Any) -> None:
+        rows.append((what, target, values, _verdict(values, ok)))
+
+    ours = [
+        r for r in parts.get("request_path", {}).get("results", {}).get(OURS, []) if "latency" in r
+    ]
+    add(
+        "requests/s per core (apiKey, log on)",
+        ">= 7,000",
+        [r["rps_per_core"] for r in ours],
+        lambda v: v >= TARGETS["rps_per_core"],
+    )
+    add(
+        "added p50 at 1,000 rps, ms",
+        "<= +0.25",
+        [r["added_ms"]["1000"]["p50"] for r in ours if "added_ms" in r],
+        lambda v: v <= TARGETS["added_p50_ms_at_1000"],
+    )
+    add(
+        "added p99 at 1,000 rps, ms",
+        "<= +1.0",
+        [r["added_ms"]["1000"]["p99"] for r in ours if "added_ms" in r],
+        lambda v: v <= TARGETS["added_p99_ms_at_1000"],
+    )
+    add(
+        "peak RSS at saturation, MiB",
+        "<= 150",
+        [r["rss_peak_mib"] for r in ours],
+        lambda v: v <= TARGETS["rss_mib"],
+    )
+    outage = parts.get("outage", {}).get("sidecar", {})
+    add(
+        "records lost, broker down 10 s at 1,000 rps",
+        "0",
+        [outage["records_lost"]] if "records_lost" in outage else [],
+        lambda v: v == 0,
+    )
+    log_runs = [r for r in parts.get("inference_log", {}).get("runs", []) if "records_per_s" in r]
+    add(
+        "inference log records/s, one process (default gzip)",
+        ">= 15,000",
+        [r["records_per_s"] for r in log_runs if r.get("compression") == "gzip"],
+        lambda v: v >= TARGETS["log_records_per_s"],
+    )
+    op = parts.get("operator", {})
+    big = op.get("1000", {})
+    if "servings" in big:
+        seconds = big.get("seconds_to_all_ready")
+        add(
+            "1,000 servings all Ready, s",
+            "<= 60",
+            [seconds if seconds is not None else float("inf")],
+            lambda v: v <= 60,
+        )
+        add(
+            "operator RSS with 1,000 servings, MiB",
+            "<= 250",
+            [big["operator_rss_peak_mib"]],
+            lambda v: v <= TARGETS["operator_rss_mib"],
+        )
+    writes = [
+        op[n]["restart_objects_written"] + op[n]["restart_events_added"]
+        for n in ("100", "1000")
+        if "restart_objects_written" in op.get(n, {})
+    ]
+    add(
+        "writes by an operator restart (objects + Events), 100 / 1,000",
+        "0",
+        writes,
+        lambda v: v == 0,
+    )
+    return rows  # fmt: skip
+
+
+def target_lines(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| DESIGN target (ours: auth on, log on) | target | measured | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for what, target, values, verdict in target_rows(results):
+        shown = " / ".join(
+            "not within the deadline" if v == float("inf") else _fmt(v) for v in values
+        )
+        lines.append(f"| {what} | {target} | {shown or '-'} | {verdict} |")
+    return lines
+
+
 def request_path_tables(part: dict[str, Any]) -> list[str]:
     results = part["results"]
     lines = [
@@ -138,6 +240,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     parts = results["parts"]
+    lines += ["## Against the targets", "", *target_lines(results), ""]
     if "request_path" in parts:
         lines += ["## 1. Request path", "", f"![latency percentiles]({SVG_NAME})", ""]
         lines += [*request_path_tables(parts["request_path"]), ""]
