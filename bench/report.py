@@ -228,8 +228,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "that counts CloudEvents; our sidecar (`modelserving sidecar --config` with a rendered "
         "config) with API-key auth or Kubernetes token auth (TokenReview + SubjectAccessReview "
         "against the local cluster, cache warm after the warm-up), inference log off or on "
-        "(mode ALL, into the real Kafka broker, spool on local disk), on uvloop (as it runs "
-        "when uvloop is installed) and once on asyncio's loop for comparison.",
+        "(mode ALL, into the real Kafka broker, spool on local disk), on the event loop the "
+        "project's environment gives it (uvloop when uvloop is installed) and once on the "
+        "other loop for comparison (uvloop from a folder of the benchmark's own).",
         "- Requests/s at saturation: wrk, one thread, 64 connections. Requests/s per core is "
         "requests/s divided by the share of its core the proxy used (its CPU time over the "
         "wall time, whole process tree), so a proxy starved by the shared load core is not "

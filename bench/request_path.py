@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -90,15 +91,23 @@ def aiohttp_proxy(uvloop: bool = False) -> Callable[..., Any]:
         port = free_port()
         cmd = [sys.executable, "-m", "bench.aiohttp_proxy", "--port", str(port),
                "--upstream", f"http://127.0.0.1:{bench.upstream_port}"]  # fmt: skip
+        env = {}
         if uvloop:
             cmd.append("--uvloop")
-        proc = Proc("aiohttp-proxy", cmd, PROXY_CORE, bench.workdir, port=port)
+            env["PYTHONPATH"] = with_pylib(bench)
+        proc = Proc("aiohttp-proxy", cmd, PROXY_CORE, bench.workdir, env=env, port=port)
         try:
             yield proc, load.Target(port)
         finally:
             proc.stop()
 
     return start
+
+
+def with_pylib(bench: Bench) -> str:
+    """PYTHONPATH with the benchmark's own packages (uvloop) after the current one."""
+    parts = [p for p in (os.environ.get("PYTHONPATH"), bench.tools.pylib) if p]
+    return os.pathsep.join(parts)
 
 
 @contextlib.contextmanager

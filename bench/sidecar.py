@@ -26,6 +26,7 @@ from bench.request_path import (
     Outage,
     run_vegeta_background,
     upstream,
+    with_pylib,
 )
 from bench.stats import as_dict, records_lost
 
@@ -155,7 +156,7 @@ class SidecarBench:
 
     @contextlib.contextmanager
     def running(
-        self, auth: str, log_on: bool, uvloop: bool = True, **logging: Any
+        self, auth: str, log_on: bool, loop: str = "as installed", **logging: Any
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
         port = free_port()
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
@@ -164,21 +165,25 @@ class SidecarBench:
         spool = self.bench.workdir / f"spool-{port}"
         config = self.render_config(port, auth, topic, spool, **logging)
         run_sidecar = "from modelserving.cli import main; raise SystemExit(main())"
-        if not uvloop:  # the sidecar takes uvloop when it can import it
+        env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
+        # The sidecar runs on uvloop when it can import it: "asyncio" hides it, "uvloop" adds
+        # the benchmark's own copy, "as installed" leaves the project's environment as it is.
+        if loop == "asyncio":
             run_sidecar = "import sys; sys.modules['uvloop'] = None; " + run_sidecar
+        elif loop == "uvloop":
+            env["PYTHONPATH"] = with_pylib(self.bench)
         cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
                "--log-level", "WARNING"]  # fmt: skip
-        env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
         proc = Proc("sidecar", cmd, PROXY_CORE, self.bench.workdir, env=env, port=port)
         try:
             yield proc, load.Target(port, headers=self.headers(auth)), topic
         finally:
             proc.stop(timeout=30)
 
-    def configuration(self, name: str, auth: str, log_on: bool, uvloop: bool = True) -> Any:
+    def configuration(self, name: str, auth: str, log_on: bool, loop: str = "as installed") -> Any:
         @contextlib.contextmanager
         def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-            with self.running(auth, log_on, uvloop) as (proc, target, _topic):
+            with self.running(auth, log_on, loop) as (proc, target, _topic):
                 yield proc, target
 
         return Configuration(name, start, group="ours")
@@ -225,12 +230,12 @@ def configurations(bench: Bench) -> list[Configuration]:
         configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))
         if side.bootstrap:
             configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
-    if side.bootstrap and uvloop_available():
-        configs.append(
-            side.configuration(
-                "sidecar, apiKey, log on, asyncio loop", "apiKey", True, uvloop=False
-            )
-        )
+    if side.bootstrap:
+        # The other event loop than the one the project's environment gives, side by side.
+        other = "asyncio" if uvloop_available() else "uvloop"
+        if other == "asyncio" or bench.tools.pylib:
+            name = f"sidecar, apiKey, log on, {other} loop"
+            configs.append(side.configuration(name, "apiKey", True, loop=other))
     return configs
 
 

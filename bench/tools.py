@@ -1,6 +1,8 @@
 """What the benchmark runs, installed or built by the benchmark itself and cached outside the
 repo, keyed by version: nginx and wrk from Debian, vegeta and KServe's agent from the Go
-module proxy, the profiler and uvloop from PyPI into the project's virtualenv."""
+module proxy, the profiler and uvloop from PyPI into a folder of the benchmark's own (added to
+PYTHONPATH only where a configuration asks for it, so the project's virtualenv stays as its
+pyproject.toml makes it)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class Tools:
     vegeta: str
     kserve_agent: str
     py_spy: str | None
+    pylib: str | None  # uvloop for the configurations that compare event loops
 
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -95,34 +98,34 @@ def ensure_kserve_agent() -> str:
     return str(binary)
 
 
-def ensure_python_extras() -> str | None:
-    """py-spy (the profiler) and uvloop (measured side by side) into the running virtualenv."""
-    bindir = Path(sys.executable).parent
-    py_spy = bindir / "py-spy"
-    missing = []
-    if not py_spy.exists():
-        missing.append(f"py-spy=={PY_SPY_VERSION}")
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        missing.append(f"uvloop=={UVLOOP_VERSION}")
-    if missing:
-        log(f"installing {' '.join(missing)} into the virtualenv")
+def ensure_python_extras() -> tuple[str | None, str | None]:
+    """py-spy (the profiler) and uvloop (measured side by side), pip-installed into a cached
+    folder of their own: (py-spy binary, folder for PYTHONPATH)."""
+    pyver = f"py{sys.version_info.major}{sys.version_info.minor}"
+    target = CACHE / f"bench-python-{pyver}-pyspy{PY_SPY_VERSION}-uvloop{UVLOOP_VERSION}"
+    if not (target / ".complete").exists():
+        log(f"installing py-spy {PY_SPY_VERSION} and uvloop {UVLOOP_VERSION} into {target}")
         try:
-            _run([sys.executable, "-m", "pip", "install", "--quiet", *missing])
+            _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
+                  f"py-spy=={PY_SPY_VERSION}", f"uvloop=={UVLOOP_VERSION}"])  # fmt: skip
+            (target / ".complete").touch()
         except BenchError as exc:
-            log(f"could not install {missing}: {exc}")
-    return str(py_spy) if py_spy.exists() else None
+            log(f"py-spy and uvloop could not be installed, their parts are skipped: {exc}")
+            return None, None
+    py_spy = target / "bin" / "py-spy"
+    return (str(py_spy) if py_spy.exists() else None), str(target)
 
 
 def ensure_all() -> Tools:
     nginx, wrk = ensure_debian_tools()
+    py_spy, pylib = ensure_python_extras()
     return Tools(
         nginx=nginx,
         wrk=wrk,
         vegeta=ensure_vegeta(),
         kserve_agent=ensure_kserve_agent(),
-        py_spy=ensure_python_extras(),
+        py_spy=py_spy,
+        pylib=pylib,
     )
 
 
