@@ -124,6 +124,7 @@ class SidecarBench:
         ).strip()
 
     def close(self) -> None:
+        delete_created_topics()
         if self.namespace:
             with contextlib.suppress(BenchError, subprocess.SubprocessError):
                 self.kubectl("delete", "namespace", self.namespace, "--wait=false")
@@ -250,7 +251,12 @@ def uvloop_available() -> bool:
 # ------------------------------------------------------------ Kafka helpers
 
 
+CREATED_TOPICS: list[tuple[str, str]] = []  # (bootstrap, topic), deleted by close()
+
+
 def create_topic(bootstrap: str, topic: str) -> None:
+    CREATED_TOPICS.append((bootstrap, topic))
+
     async def create() -> None:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -262,6 +268,30 @@ def create_topic(bootstrap: str, topic: str) -> None:
             await admin.close()
 
     asyncio.run(create())
+
+
+def delete_created_topics() -> None:
+    """The benchmark's topics go when it ends: their records were only ever counted."""
+
+    async def delete(bootstrap: str, topics: list[str]) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    by_bootstrap: dict[str, list[str]] = {}
+    for bootstrap, topic in CREATED_TOPICS:
+        by_bootstrap.setdefault(bootstrap, []).append(topic)
+    for bootstrap, topics in by_bootstrap.items():
+        try:
+            asyncio.run(delete(bootstrap, topics))
+        except Exception as exc:  # leftovers are harmless: say so and go on
+            log(f"could not delete the benchmark's topics {topics}: {exc!r}")
+    CREATED_TOPICS.clear()
 
 
 def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
