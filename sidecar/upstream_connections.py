@@ -270,14 +270,21 @@ class ConnectionPool:
             try:
                 async with asyncio.timeout_at(deadline):
                     given = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._release(waiter.result())  # handed over as we gave up: pass it on
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    # Handed a connection (or room for one) as we gave up: pass it on.
+                    handed = waiter.result()
+                    if handed is not None:
+                        self._release(handed)
+                    else:
+                        self._hand_over(None)
+                if isinstance(exc, TimeoutError):
+                    raise AnswerTimeout() from None
                 raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-            if given is not None:
+            if given is not None and not given.closed:
                 return given
         return await self._connect(deadline)
 
@@ -311,13 +318,9 @@ class ConnectionPool:
         if self._closing:
             conn.close()
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        conn.idle_since = self.loop.time()
-        self._idle.append(conn)
+        if not self._hand_over(conn):
+            conn.idle_since = self.loop.time()
+            self._idle.append(conn)
 
     def _lost(self, conn: UpstreamConnection) -> None:
         if not conn.counted:
@@ -329,12 +332,16 @@ class ConnectionPool:
 
     def _gone(self) -> None:
         self._open -= 1
-        # Room for one more connection: the first waiter opens it.
+        self._hand_over(None)  # room for one more connection: the first waiter opens it
+
+    def _hand_over(self, conn: UpstreamConnection | None) -> bool:
+        """Give a connection (None: room to open one) to the first request waiting, if any."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def close(self) -> None:
         """Close every idle connection; those in use close when their request ends."""

@@ -333,6 +333,20 @@ async def test_no_answer_in_time_is_504_and_the_late_answer_is_not_taken_for_the
     assert server.connections == 2
 
 
+async def test_waiting_for_a_free_connection_counts_against_the_deadline():
+    async def slow(reader, writer, server):
+        while await server.read_request(reader) is not None:
+            await asyncio.sleep(1)
+            writer.write(OK)
+
+    one_connection = {"timeout": 0.2, "max_connections": 1}
+    async with scripted(slow) as (_, url), upstream(url, **one_connection) as running:
+        results = await asyncio.gather(
+            *(running.forward("POST", PATH, BODY) for _ in range(3)), return_exceptions=True
+        )
+    assert [(type(r), r.status) for r in results] == [(SidecarError, 504)] * 3  # type: ignore[union-attr]
+
+
 async def test_connection_refused_is_502():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
