@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Measure the inference log pipeline alone, side by side in one run: records/s into the real
+broker and CPU per record of the whole process (event loop and threads), for the working tree
+and, with --baseline REV, for the pipeline as it was at a git revision.
+
+    python tools/measure_inference_log.py [--records 30000] [--rates 0,3000] [--rounds 2]
+                                          [--baseline REV]
+
+Each measurement is a child process pinned to core 1 that opens the real pipeline (spool on
+local disk, mode ALL, default settings) on a topic of its own, submits ~1 KB exchanges (the
+benchmark's) at a rate (0: as fast as the sink accepts, as `bench.log_throughput` does) and
+stops the clock when Kafka has acked them all. CPU is utime+stime of the process over that
+span (getrusage), so thread hand-offs, encoding, the spool and aiokafka all count; the
+submitting loop's own cost is in it too, alike for every version. Rates are interleaved over
+--rounds and medians reported. Needs the local environment's broker (.localenv/env.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORE = 1  # the process measured; the broker and the rest share core 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def child(args: argparse.Namespace) -> dict:
+    if args.code:
+        sys.path.insert(0, args.code)
+    from prometheus_client import CollectorRegistry
+
+    from modelserving.sidecar.config import parse_config
+    from modelserving.sidecar.exchange import Exchange
+    from modelserving.sidecar.inference_log import open_inference_log
+
+    sys.path.insert(0, str(REPO))
+    from bench.log_throughput import REQUEST, RESPONSE
+
+    config = parse_config({
+        "serving": {"name": "bench", "namespace": "bench"},
+        "model": {"name": "bench", "version": 1, "modelId": 1},
+        "logging": {"mode": "ALL", "topic": args.topic, "bootstrapServers": args.bootstrap,
+                    "spoolDir": args.spool},
+    })  # fmt: skip
+    n = args.records
+    now = time.time_ns() // 1_000_000
+    exchanges = [
+        Exchange(f"{i:032x}", now, 200, REQUEST, RESPONSE, 1, "bench", None) for i in range(n)
+    ]
+    registry = CollectorRegistry()
+
+    def produced() -> float:
+        return registry.get_sample_value("modelserving_inference_log_records_produced_total") or 0
+
+    async with open_inference_log(config, registry) as sink:
+        # Warm-up: a producer connected and its metadata fetched before the clock starts.
+        warm = 200
+        for ex in exchanges[:warm]:
+            sink.submit(ex)
+        while produced() < warm:
+            await asyncio.sleep(0.01)
+        todo = exchanges[warm:]
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        if args.rate:
+            # Ticks of 1 ms, as requests arrive: what is due by now is submitted.
+            i = 0
+            while i < len(todo):
+                due = min(len(todo), int((time.perf_counter() - t0) * args.rate) + 1)
+                while i < due:
+                    sink.submit(todo[i])
+                    i += 1
+                await asyncio.sleep(0.001)
+        else:
+            for ex in todo:
+                while not sink.accepting():  # noqa: ASYNC110 - no event to wait on
+                    await asyncio.sleep(0.0005)
+                sink.submit(ex)
+        submitted = time.perf_counter() - t0
+        while produced() < n:
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+    measured = n - warm
+    return {
+        "records_per_s": measured / elapsed,
+        "cpu_us_per_record": cpu / measured * 1e6,
+        "cpu_share": cpu / elapsed,
+        "submit_s": submitted,
+        "acked_s": elapsed,
+    }
+
+
+def create_topic(bootstrap: str) -> str:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"measure-log-{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return topic
+
+
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    asyncio.run(delete())
+
+
+def tree_at(rev: str, into: Path) -> Path:
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "modelserving", "sidecar", "operator"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
+    cmd = ["taskset", "-c", str(CORE), sys.executable, __file__, "--child", "--topic", topic,
+           "--bootstrap", bootstrap, "--spool", str(spool), "--records", str(n),
+           "--rate", str(rate)]  # fmt: skip
+    if code is not None:
+        cmd += ["--code", str(code)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=30_000)
+    parser.add_argument("--rates", default="0,3000", help="submit rates, 0: flat out")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", help="git revision whose pipeline is measured alongside")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--spool", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(child(args))))
+        return 0
+    env = json.loads((REPO / ".localenv" / "env.json").read_text())
+    bootstrap = env["kafka_bootstrap"]
+    rates = [int(r) for r in args.rates.split(",")]
+    topics: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="measure-log-") as tmp:
+        versions: list[tuple[Path | None, str]] = [(None, "working tree")]
+        if args.baseline:
+            code = tree_at(args.baseline, Path(tmp) / "baseline")
+            versions.insert(0, (code, f"@{args.baseline}"))
+        results: dict[tuple[str, int], list[dict]] = {}
+        try:
+            for round_ in range(args.rounds):
+                for rate in rates:
+                    for code, label in versions:
+                        topic = create_topic(bootstrap)
+                        topics.append(topic)
+                        spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
+                        print(f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
+                              file=sys.stderr)  # fmt: skip
+                        r = run_child(code, bootstrap, topic, spool, args.records, rate)
+                        results.setdefault((label, rate), []).append(r)
+        finally:
+            if topics:
+                delete_topics(bootstrap, topics)
+    print(f"{args.records} records of ~1 KB, {args.rounds} round(s), medians; process on core "
+          f"{CORE}; load avg {Path('/proc/loadavg').read_text().split()[0]}")  # fmt: skip
+    print(f"{'version':24} {'rate':>6} {'records/s':>10} {'CPU µs/rec':>10} {'core':>5}")
+    for (label, rate), runs in results.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{label:24} {rate or 'max':>6} {med['records_per_s']:10.0f} "
+              f"{med['cpu_us_per_record']:10.1f} {med['cpu_share']:5.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
