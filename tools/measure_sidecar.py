@@ -63,6 +63,7 @@ class Result:
     rss_peak_mib: float
     p50_ms: float | None = None
     p99_ms: float | None = None
+    cpu_us_at_rate: float | None = None  # CPU per request at the fixed rate (no batching there)
 
 
 class Measurement:
@@ -166,15 +167,17 @@ class Measurement:
 
     def measure(self, configuration: Configuration, latency: bool) -> Result:
         with configuration.start() as (proc, target):
-            p50 = p99 = None
+            measured = proc or self.upstream
+            assert measured is not None
+            p50 = p99 = at_rate = None
             if latency:
                 # Before the saturation run: the inference log then has no backlog to catch up on.
                 load.vegeta(str(VEGETA), target, self.workdir, LATENCY_RATE, 1)  # warm-up
+                cpu_before = measured.cpu_seconds()
                 lat = load.vegeta(str(VEGETA), target, self.workdir, LATENCY_RATE, 3)
+                at_rate = (measured.cpu_seconds() - cpu_before) / lat.requests * 1e6
                 p50, p99 = lat.p50_ms, lat.p99_ms
             load.wrk(self.bench.tools.wrk, target, self.workdir, seconds=1)  # warm-up
-            measured = proc or self.upstream
-            assert measured is not None
             cpu_before, started = measured.cpu_seconds(), time.monotonic()
             with PeakRss(measured) as rss:
                 sat = load.wrk(self.bench.tools.wrk, target, self.workdir, seconds=self.seconds)
@@ -190,6 +193,7 @@ class Measurement:
                 rss_peak_mib=rss.peak_mib,
                 p50_ms=p50,
                 p99_ms=p99,
+                cpu_us_at_rate=at_rate,
             )
 
 
@@ -215,7 +219,7 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
     head = f"{'configuration':44} {'rps':>7} {'core':>5} {'rps/core':>8} {'µs/req':>7} "
     head += f"{'x bare':>6} {'RSS MiB':>7}"
     if latency:
-        head += f" {'+p50 ms':>8} {'+p99 ms':>8}"
+        head += f" {'+p50 ms':>8} {'+p99 ms':>8} {'µs/req@' + str(LATENCY_RATE):>11}"
     lines = [head]
     for name, runs in results.items():
         if not runs:
@@ -229,7 +233,8 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
         if latency and direct and runs[0].p50_ms is not None:
             p50 = mean([r.p50_ms or 0 for r in runs]) - mean([r.p50_ms or 0 for r in direct])
             p99 = mean([r.p99_ms or 0 for r in runs]) - mean([r.p99_ms or 0 for r in direct])
-            line += f" {p50:+8.3f} {p99:+8.3f}"
+            at_rate = mean([r.cpu_us_at_rate or 0 for r in runs])
+            line += f" {p50:+8.3f} {p99:+8.3f} {at_rate:11.0f}"
         lines.append(line)
     return "\n".join(lines)
 
