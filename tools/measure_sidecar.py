@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import load  # noqa: E402
-from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port  # noqa: E402
+from bench.procs import LOAD_CORE, PROXY_CORE, PeakRss, Proc, free_port  # noqa: E402
 from bench.request_path import Bench  # noqa: E402
 from bench.sidecar import API_KEY, create_topic  # noqa: E402
 from bench.tools import VEGETA_VERSION  # noqa: E402
@@ -286,7 +286,9 @@ def main() -> int:
                     print(f"[measure] round {round_ + 1}: {config.name}", file=sys.stderr)
                     try:
                         results[config.name].append(m.measure(config, args.latency))
-                    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                    except (
+                        Exception
+                    ) as exc:  # one configuration failing (broker down) spares the rest
                         print(f"[measure] {config.name} failed: {exc}", file=sys.stderr)
         loadavg = Path("/proc/loadavg").read_text().split()[0]
         pressure = Path("/proc/pressure/cpu")
