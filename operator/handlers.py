@@ -1,9 +1,10 @@
 """The kopf handlers: thin edges that hand every event of a serving or its children to reconcile.
 
 The operator is level-triggered: a serving's event, or any event of a child it
-owns (edited or deleted by hand, a Deployment's pods becoming ready), runs the
-same reconcile against the watch caches (kopf indexes). Nothing here makes
-kopf write to the resources (no finalizers, no progress annotations).
+owns (edited or deleted by hand, a Deployment's pods becoming ready), marks the
+serving in a work queue, and a fixed number of workers run the same reconcile
+against the watch caches (kopf indexes), one serving at a time each. Nothing
+here makes kopf write to the resources (no finalizers, no progress annotations).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import kopf
 from modelserving import api
 from modelserving.operator import render
 from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.modelids import ModelIds
 from modelserving.operator.reconcile import Reconciler, reconcile
 from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.topics import TopicKeeper
 from modelserving.sidecar.log_status import ANNOTATION as LOG_STATUS_ANNOTATION
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ CHILD_RESOURCES = [
 SERVINGS_INDEX = "servings"
 # The serving's pods are watched, not owned: their log-status annotations feed LoggingReady.
 PODS_INDEX = "serving_pods"
+INDEXES = (
+    SERVINGS_INDEX,
+    PODS_INDEX,
+    *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
+)
 
 
 @kopf.on.startup()
@@ -50,6 +58,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # is filled hold every slot), so its per-object workers stay unlimited (coroutines are
     # cheap) and the limit applies to concurrent reconciles instead (Reconciler.slots).
     settings.batching.worker_limit = None
+    # Handlers only mark servings in the work queue; a serving's burst of events is one
+    # reconcile, run by one of these workers, at most `worker_limit` at once.
     for group, version, plural, _ in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
         # Filter children on the server: the operator never sees unrelated objects.
         key = (group, version, plural) if group else (version, plural)
@@ -61,24 +71,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = min(10.0, ours.api_timeout_seconds)
     # Only the events we post on purpose, not every log line of a handler.
     settings.posting.level = logging.WARNING
+    kube = KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds)
     memo.reconciler = Reconciler(
-        kube=KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds),
+        kube=kube,
         settings=ours,
-        slots=asyncio.Semaphore(ours.worker_limit),
+        topics=TopicKeeper(ours.kafka_timeout_seconds),
+        model_ids=ModelIds(kube, ours.operator_namespace),
     )
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     rec: Reconciler = memo.reconciler
-    for task in rec.retries.values():
+    for task in rec.workers:
         task.cancel()
+    for handle in rec.retries.values():
+        handle.cancel()
+    await rec.topics.close()
     await rec.kube.close()
+
+
+def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """What the caches keep of an object: all but managedFields, its largest part, which
+    nothing here reads."""
+    slim = dict(body)
+    slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if kind:
+        slim["kind"] = kind
+    return slim
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
 def index_serving(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): _slim(body)}
 
 
 def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -98,7 +123,7 @@ def _register_child(group: str, version: str, plural: str, kind: str) -> None:
 
     def index_child(body: kopf.Body, **_: Any) -> dict:
         key = _serving_of(body)
-        return {key: {**body, "kind": kind}} if key else {}
+        return {key: _slim(body, kind)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         key = _serving_of(body)
@@ -108,7 +133,7 @@ def _register_child(group: str, version: str, plural: str, kind: str) -> None:
             if kind == "ClusterRoleBinding" and type != "DELETED":
                 await _delete_orphan_binding(memo, body, key)
             return
-        await _reconcile(memo, key, kwargs, from_serving_event=False)
+        _enqueue(memo, key, kwargs, serving_event=False)
 
     selector = {"group": group, "version": version, "plural": plural, "labels": MANAGED}
     kopf.index(**selector, id=index_id)(index_child)
@@ -133,7 +158,7 @@ def index_pod(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
 async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     key = _serving_of(body)
     if key is not None and key in kwargs[SERVINGS_INDEX]:
-        await _reconcile(memo, key, kwargs, from_serving_event=False)
+        _enqueue(memo, key, kwargs, serving_event=False)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -145,13 +170,49 @@ async def serving_event(
     if type == "DELETED":
         # Namespaced children go with the serving (ownerReferences); the cluster-scoped
         # binding cannot be owned by it, so it goes here.
-        if task := rec.retries.pop(key, None):
-            task.cancel()
-        rec.locks.pop(key, None)
+        if handle := rec.retries.pop(key, None):
+            handle.cancel()
+        rec.queue.forget(key)
+        rec.verified.pop(key, None)
+        rec.reconciled.discard(key)
         if render.auth_mode(body) == "kubernetes":
             await rec.kube.delete("ClusterRoleBinding", render.cluster_role_binding_name(body))
         return
-    await _reconcile(memo, key, kwargs, from_serving_event=True)
+    _enqueue(memo, key, kwargs, serving_event=True)
+
+
+def _enqueue(
+    memo: kopf.Memo, key: tuple[str, str], kwargs: Mapping[str, Any], *, serving_event: bool
+) -> None:
+    rec: Reconciler = memo.reconciler
+    # kopf's indexes are live objects, the same on every call: the workers read them. (The
+    # Reconciler, not the memo: kopf gives each object a copy of the memo.)
+    rec.indexes = {name: kwargs[name] for name in INDEXES}
+    if not rec.workers:
+        # Started from a handler, not at startup: kopf.event() needs the event poster that
+        # kopf sets in its handlers' context, and tasks inherit the context they start in.
+        rec.workers = [asyncio.create_task(_work(memo)) for _ in range(rec.settings.worker_limit)]
+    rec.queue.add(key, serving_event=serving_event)
+
+
+async def _work(memo: kopf.Memo) -> None:
+    """One worker: reconcile the servings the queue hands out, one at a time."""
+    rec: Reconciler = memo.reconciler
+    while True:
+        key, serving_event = await rec.queue.get()
+        try:
+            await _reconcile(memo, key, rec.indexes, from_serving_event=serving_event)
+        except Exception:  # a bug must not take the worker with it
+            log.exception("reconciling %s/%s failed", *key)
+            _retry_later(memo, key, rec.settings.retry_seconds)
+        finally:
+            rec.queue.done(key)
+        if rec.queue.idle() and rec.reconciled:
+            log.info(
+                "caught up: %d servings reconciled, %d writes since the start",
+                len(rec.reconciled),
+                rec.writes,
+            )
 
 
 async def _reconcile(
@@ -175,22 +236,19 @@ async def _reconcile(
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
         delay = rec.settings.retry_seconds
     if delay:
-        _retry_later(memo, key, indexes, delay)
+        _retry_later(memo, key, delay)
 
 
-def _retry_later(
-    memo: kopf.Memo, key: tuple[str, str], indexes: Mapping[str, Any], delay: float
-) -> None:
+def _retry_later(memo: kopf.Memo, key: tuple[str, str], delay: float) -> None:
     rec: Reconciler = memo.reconciler
-    if key in rec.retries and not rec.retries[key].done():
+    if key in rec.retries:
         return
 
-    async def later() -> None:
-        await asyncio.sleep(delay)
+    def again() -> None:
         rec.retries.pop(key, None)
-        await _reconcile(memo, key, indexes, from_serving_event=True)
+        rec.queue.add(key, serving_event=True)
 
-    rec.retries[key] = asyncio.create_task(later())
+    rec.retries[key] = asyncio.get_running_loop().call_later(delay, again)
 
 
 async def _delete_orphan_binding(

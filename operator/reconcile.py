@@ -19,7 +19,7 @@ import kopf
 from modelserving import api
 from modelserving.operator import render
 from modelserving.operator.kube import KubeClient, KubeError
-from modelserving.operator.modelids import assign_model_id, recorded_model_id
+from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.status import (
     POD_REASONS,
@@ -30,21 +30,30 @@ from modelserving.operator.status import (
     render_status,
     status_changed,
 )
-from modelserving.operator.topics import ensure_topic
+from modelserving.operator.topics import TopicKeeper
+from modelserving.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Reconciler:
-    """What reconciling needs between events: the client, the settings, per-serving locks."""
+    """What reconciling needs between events: the clients, the settings, the work queue."""
 
     kube: KubeClient
     settings: OperatorSettings
-    slots: asyncio.Semaphore  # reconciles running at once (the worker limit)
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    topics: TopicKeeper
+    model_ids: ModelIds
+    queue: WorkQueue = field(default_factory=WorkQueue)
     known_topics: set[tuple[str, str]] = field(default_factory=set)
-    retries: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
+    retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
+    # Children found as the spec wants them: (uid, generation, modelId) and each child's
+    # (kind, name, resourceVersion); while both hold, nothing is rendered again.
+    verified: dict[tuple[str, str], tuple[tuple, frozenset]] = field(default_factory=dict)
+    indexes: Mapping[str, Any] = field(default_factory=dict)  # kopf's, set by the handlers
+    workers: list[asyncio.Task] = field(default_factory=list)
+    reconciled: set[tuple[str, str]] = field(default_factory=set)  # since the start
+    writes: int = 0  # since the start: applies, deletes, status and annotation patches
 
 
 def covers(live: Any, desired: Any) -> bool:
@@ -79,76 +88,109 @@ async def reconcile(
     pods: Iterable[Mapping[str, Any]] = (),
     from_serving_event: bool,
 ) -> float | None:
-    """Apply what differs and write the status; returns seconds until a retry is due, if any."""
+    """Apply what differs and write the status; returns seconds until a retry is due, if any.
+
+    The work queue runs one reconcile of a serving at a time."""
     key = (render.serving_namespace(serving), render.serving_name(serving))
-    async with rec.locks.setdefault(key, asyncio.Lock()), rec.slots:
-        model_id = recorded_model_id(serving)
-        if model_id is None or (
-            from_serving_event
-            and render.MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
-        ):
-            if not from_serving_event:
-                return None  # only the serving's own events take ids, one at a time
-            model_id = await assign_model_id(
-                rec.kube, key[0], key[1], rec.settings.operator_namespace
-            )
+    rec.reconciled.add(key)
+    model_id = recorded_model_id(serving)
+    if model_id is None or (
+        from_serving_event
+        and render.MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
+    ):
+        if not from_serving_event:
+            return None  # only the serving's own events take ids
+        model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
+        rec.writes += 1
+        kopf.event(
+            _ref(serving), type="Normal", reason="ModelIdAssigned", message=f"modelId {model_id}"
+        )
+
+    children = list(children)
+    live = {(c["kind"], c["metadata"]["name"]): c for c in children}
+    deployment, apply_error = live.get(("Deployment", key[1])), None
+    render_key = (serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id)
+    seen = frozenset((*k, c["metadata"].get("resourceVersion")) for k, c in live.items())
+    if rec.verified.get(key) != (render_key, seen):
+        deployment, apply_error, wrote = await _apply_children(
+            rec, serving, model_id, live, deployment
+        )
+        if apply_error is None and not wrote:
+            rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
+        else:
+            rec.verified.pop(key, None)
+
+    logging_state = await _logging_state(rec, serving, from_serving_event)
+    if logging_state.ready and render.logging_on(serving, rec.settings):
+        logging_state = logging_from_pods(logging_state, pods)
+    old_status = serving.get("status") or {}
+    new_status = render_status(
+        old_status,
+        generation=serving["metadata"].get("generation", 0),
+        model_id=model_id,
+        model_name=render.model_name(serving),
+        endpoint=render.endpoint(serving),
+        topic=render.topic(serving) if render.logging_requested(serving, rec.settings) else None,
+        deployment=deployment,
+        conditions=[
+            *deployment_conditions(deployment, apply_error),
+            logging_condition(logging_state),
+        ],
+        now=_now(),
+    )
+    if status_changed(old_status, new_status):
+        patch = {"status": {**new_status, "topic": new_status.get("topic")}}
+        await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
+        rec.writes += 1
+    if apply_error or (not logging_state.ready and logging_state.reason == "KafkaUnreachable"):
+        return rec.settings.retry_seconds
+    return None
+
+
+async def _apply_children(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    model_id: int,
+    live: dict[tuple[str, str], Mapping[str, Any]],
+    deployment: Mapping[str, Any] | None,
+) -> tuple[Mapping[str, Any] | None, str | None, int]:
+    """Apply the children that differ from the spec's and delete those it no longer asks for;
+    one Event per kind of change. Returns the Deployment as it now is, the first error, and
+    how many writes it made."""
+    namespace = render.serving_namespace(serving)
+    live = dict(live)
+    apply_error = None
+    done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
+    for manifest in render.render_children(serving, rec.settings, model_id):
+        current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
+        if current is not None and covers(current, manifest):
+            continue
+        what = f"{manifest['kind']} {manifest['metadata']['name']}"
+        try:
+            applied = await rec.kube.apply(manifest)
+        except KubeError as exc:
+            apply_error = apply_error or f"applying {what}: {exc}"
             kopf.event(
                 _ref(serving),
-                type="Normal",
-                reason="ModelIdAssigned",
-                message=f"modelId {model_id}",
+                type="Warning",
+                reason="ApplyFailed",
+                message=f"applying {what}: {exc}",
             )
-
-        live = {(c["kind"], c["metadata"]["name"]): c for c in children}
-        desired = render.render_children(serving, rec.settings, model_id)
-        deployment, apply_error = live.get(("Deployment", key[1])), None
-        for manifest in desired:
-            current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
-            if current is not None and covers(current, manifest):
-                continue
-            try:
-                applied = await rec.kube.apply(manifest)
-            except KubeError as exc:
-                apply_error = f"applying {manifest['kind']} {manifest['metadata']['name']}: {exc}"
-                kopf.event(_ref(serving), type="Warning", reason="ApplyFailed", message=apply_error)
-                continue
-            verb = "Created" if current is None else "Updated"
-            what = f"{manifest['kind']} {manifest['metadata']['name']}"
-            kopf.event(_ref(serving), type="Normal", reason=verb, message=f"{verb} {what}")
-            if manifest["kind"] == "Deployment":
-                deployment = applied
-        for (kind, name), _ in live.items():  # children the spec no longer asks for
-            await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else key[0])
+            continue
+        rec.writes += 1
+        done["Created" if current is None else "Updated"].append(what)
+        if manifest["kind"] == "Deployment":
+            deployment = applied
+    for kind, name in live:  # children the spec no longer asks for
+        await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else namespace)
+        rec.writes += 1
+        done["Deleted"].append(f"{kind} {name}")
+    for verb, whats in done.items():
+        if whats:
             kopf.event(
-                _ref(serving), type="Normal", reason="Deleted", message=f"Deleted {kind} {name}"
+                _ref(serving), type="Normal", reason=verb, message=f"{verb} {', '.join(whats)}"
             )
-
-        logging_state = await _logging_state(rec, serving, from_serving_event)
-        if logging_state.ready and render.logging_on(serving, rec.settings):
-            logging_state = logging_from_pods(logging_state, pods)
-        old_status = serving.get("status") or {}
-        new_status = render_status(
-            old_status,
-            generation=serving["metadata"].get("generation", 0),
-            model_id=model_id,
-            model_name=render.model_name(serving),
-            endpoint=render.endpoint(serving),
-            topic=render.topic(serving)
-            if render.logging_requested(serving, rec.settings)
-            else None,
-            deployment=deployment,
-            conditions=[
-                *deployment_conditions(deployment, apply_error),
-                logging_condition(logging_state),
-            ],
-            now=_now(),
-        )
-        if status_changed(old_status, new_status):
-            patch = {"status": {**new_status, "topic": new_status.get("topic")}}
-            await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
-        if apply_error or (not logging_state.ready and logging_state.reason == "KafkaUnreachable"):
-            return rec.settings.retry_seconds
-        return None
+    return deployment, apply_error, sum(map(len, done.values()))
 
 
 async def _logging_state(
@@ -177,12 +219,8 @@ async def _logging_state(
             )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
     kafka = (serving.get("spec") or {}).get("logging", {}).get("kafka") or {}
-    state, created = await ensure_topic(
-        servers,
-        topic,
-        int(kafka.get("partitions", 1)),
-        int(kafka.get("replicationFactor", 1)),
-        rec.settings.kafka_timeout_seconds,
+    state, created = await rec.topics.ensure(
+        servers, topic, int(kafka.get("partitions", 1)), int(kafka.get("replicationFactor", 1))
     )
     if state.ready:
         rec.known_topics.add((servers, topic))

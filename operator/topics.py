@@ -1,58 +1,145 @@
-"""The inference log's Kafka topic: made when missing, checked with a deadline.
+"""The inference log's Kafka topics: made when missing, checked with a deadline.
 
 Kafka being away never stops the rest of a serving: the outcome is a
 LoggingState for the LoggingReady condition, and the caller retries later.
+
+One admin client per set of brokers stays open, and the topics asked for at
+about the same time go in one CreateTopics request (an existing topic answers
+TOPIC_ALREADY_EXISTS, so nothing lists the broker's topics): a thousand
+servings, or an operator restart over them, cost a few requests, not a
+thousand connections each fetching the metadata of every topic in the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from modelserving.operator.status import LoggingState
 
 log = logging.getLogger(__name__)
 
-
-async def ensure_topic(
-    bootstrap_servers: str, topic: str, partitions: int, replication_factor: int, timeout: float
-) -> tuple[LoggingState, bool]:
-    """Create `topic` unless it exists; returns the state and whether it was created now."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await _ensure_topic(bootstrap_servers, topic, partitions, replication_factor)
-    except TimeoutError:
-        message = f"Kafka at {bootstrap_servers} did not answer within {timeout:g} s"
-    except (KafkaError, OSError) as exc:
-        message = f"Kafka at {bootstrap_servers}: {exc!r}"
-    return LoggingState(False, "KafkaUnreachable", message), False
+BATCH = 200  # topics per CreateTopics request
+GATHER_SECONDS = 0.05  # how long the first request of a batch waits for others to join
 
 
-async def _ensure_topic(
-    bootstrap_servers: str, topic: str, partitions: int, replication_factor: int
-) -> tuple[LoggingState, bool]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
-    await admin.start()
-    try:
-        if topic in await admin.list_topics():
-            return LoggingState(True, "TopicReady", f"records go to the topic {topic}"), False
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _Pending:
+    partitions: int
+    replication_factor: int
+    answer: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class TopicKeeper:
+    """Makes sure topics exist, through one admin client per set of brokers; `close()` ends."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._admins: dict[str, AIOKafkaAdminClient] = {}
+        self._pending: dict[str, dict[str, _Pending]] = {}
+        self._flushing: dict[str, asyncio.Task] = {}
+
+    async def ensure(
+        self, bootstrap_servers: str, topic: str, partitions: int, replication_factor: int
+    ) -> tuple[LoggingState, bool]:
+        """Create `topic` unless it exists; returns the state and whether it was created now."""
+        pending = self._pending.setdefault(bootstrap_servers, {})
+        if topic not in pending:
+            pending[topic] = _Pending(partitions, replication_factor)
+        answer = pending[topic].answer
+        task = self._flushing.get(bootstrap_servers)
+        if task is None or task.done():
+            self._flushing[bootstrap_servers] = asyncio.create_task(self._flush(bootstrap_servers))
+        return await asyncio.shield(answer)
+
+    async def close(self) -> None:
+        for task in self._flushing.values():
+            task.cancel()
+        for admin in self._admins.values():
+            with contextlib.suppress(Exception):
+                await admin.close()
+        self._admins.clear()
+
+    async def _flush(self, servers: str) -> None:
+        await asyncio.sleep(GATHER_SECONDS)
+        while self._pending.get(servers):
+            batch = dict(list(self._pending[servers].items())[:BATCH])
+            for topic in batch:
+                del self._pending[servers][topic]
+            try:
+                async with asyncio.timeout(self._timeout):
+                    outcomes = await self._create(servers, batch)
+            except TimeoutError:
+                outcomes = self._unreachable(
+                    batch, f"Kafka at {servers} did not answer within {self._timeout:g} s"
+                )
+                await self._drop(servers)
+            except Exception as exc:  # KafkaError, OSError or another: the caller retries later
+                outcomes = self._unreachable(batch, f"Kafka at {servers}: {exc!r}")
+                await self._drop(servers)
+            for topic, outcome in outcomes.items():
+                if not batch[topic].answer.done():
+                    batch[topic].answer.set_result(outcome)
+
+    async def _create(
+        self, servers: str, batch: dict[str, _Pending]
+    ) -> dict[str, tuple[LoggingState, bool]]:
+        admin = self._admins.get(servers)
+        if admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=5000)
+            try:
+                await admin.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+                raise
+            self._admins[servers] = admin
         response = await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)]
+            [
+                NewTopic(
+                    topic, num_partitions=p.partitions, replication_factor=p.replication_factor
+                )
+                for topic, p in batch.items()
+            ]
         )
-        created = True
-        for _, code, message in _topic_errors(response):
+        ready = {t: (_topic_ready(t), True) for t in batch}
+        for topic, code, message in _topic_errors(response):
+            if topic not in ready or not code:
+                continue
             if code == TopicAlreadyExistsError.errno:
-                created = False
-            elif code:
-                return LoggingState(
+                ready[topic] = (_topic_ready(topic), False)
+            else:
+                failed = LoggingState(
                     False, "TopicCreationFailed", f"creating {topic}: error {code} {message}"
-                ), False
-        return LoggingState(True, "TopicReady", f"records go to the topic {topic}"), created
-    finally:
-        await admin.close()
+                )
+                ready[topic] = (failed, False)
+        return ready
+
+    @staticmethod
+    def _unreachable(batch: dict[str, _Pending], message: str) -> dict:
+        return {topic: (LoggingState(False, "KafkaUnreachable", message), False) for topic in batch}
+
+    async def _drop(self, servers: str) -> None:
+        """A client that failed is closed: the next try connects afresh."""
+        admin = self._admins.pop(servers, None)
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+def _topic_ready(topic: str) -> LoggingState:
+    return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
 
 
 def _topic_errors(response) -> list[tuple[str, int, str]]:
