@@ -200,9 +200,10 @@ class SidecarBench:
                 wait = run_vegeta_background(self.bench, target, outage)
                 time.sleep(outage.down_at)
                 localenv_kafka("stop")
-                down = time.monotonic()
-                time.sleep(max(OUTAGE_SECONDS - (time.monotonic() - down), 0))
-                localenv_kafka("start")
+                try:
+                    time.sleep(OUTAGE_SECONDS)
+                finally:
+                    localenv_kafka("start")
                 lat = wait()
             answered = lat.answered
             delivered, distinct = wait_topic(self.bootstrap or "", topic or "", before + answered)
@@ -344,12 +345,20 @@ def wait_topic(bootstrap: str, topic: str, expected: int, timeout: float = 90) -
     return last
 
 
-def localenv_kafka(action: str) -> None:
-    log(f"Kafka broker: {action}")
-    subprocess.run(
-        [sys.executable, str(REPO / "localenv" / "localenv.py"), "kafka", action],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+def localenv_kafka(action: str, tries: int = 4) -> None:
+    """Stop or start the shared broker through localenv; a start is tried again, since others
+    need the broker back (a start can fail when its controller port was taken meanwhile)."""
+    for attempt in range(1, tries + 1):
+        log(f"Kafka broker: {action}" + (f" (try {attempt})" if attempt > 1 else ""))
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "localenv" / "localenv.py"), "kafka", action],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            return
+        log(f"Kafka broker {action} failed: {proc.stderr.strip()[-500:]}")
+        time.sleep(3)
+    raise BenchError(f"the Kafka broker did not {action} in {tries} tries")
 
 
 # ------------------------------------------------------------ part 3
