@@ -104,6 +104,82 @@ def encode_record(record: InferenceLogRecord, confluent_schema_id: int | None = 
     return out.getvalue()
 
 
+def _varint(n: int) -> bytes:
+    """Avro's variable-length encoding of a zigzagged (non-negative) number."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
+
+
+def _avro_long(n: int) -> bytes:
+    """An Avro int or long (zigzag, then varint): the same bytes for both in int's range."""
+    return _varint((n << 1) ^ (n >> 63))
+
+
+class InferenceLogEncoder:
+    """Avro binary of one model's records, byte for byte what `encode_record` writes, with what
+    is the same for every record (modelId, modelName, the framing) encoded once.
+
+    The payloads come as UTF-8 bytes (the pipeline has them so), which Avro writes as they are.
+    """
+
+    _CACHE_LIMIT = 1024  # model versions and HTTP codes seen: a handful in practice
+
+    def __init__(
+        self, model_id: int, model_name: str, confluent_schema_id: int | None = None
+    ) -> None:
+        name = model_name.encode()
+        prefix = b""
+        if confluent_schema_id is not None:
+            prefix = _CONFLUENT_PREFIX.pack(_CONFLUENT_MAGIC, confluent_schema_id)
+        self._prefix = prefix + _avro_long(model_id) + _varint(len(name) << 1) + name
+        self._ints: dict[int, bytes] = {}
+        self._last_timestamp = (-1, b"")
+
+    def _int(self, n: int) -> bytes:
+        encoded = self._ints.get(n)
+        if encoded is None:
+            encoded = _avro_long(n)
+            if len(self._ints) >= self._CACHE_LIMIT:
+                self._ints.clear()
+            self._ints[n] = encoded
+        return encoded
+
+    def encode(
+        self,
+        model_version: int,
+        request_timestamp: int,
+        response_http_code: int,
+        inference_request: bytes,
+        inference_response: bytes,
+    ) -> bytes:
+        """The Avro value of one record; the two payloads as UTF-8 bytes."""
+        last_ts, ts = self._last_timestamp
+        if request_timestamp != last_ts:  # requests in the same millisecond share it
+            ts = _avro_long(request_timestamp)
+            self._last_timestamp = (request_timestamp, ts)
+        return b"".join(
+            (
+                self._prefix,
+                self._int(model_version),
+                ts,
+                self._int(response_http_code),
+                _varint(len(inference_request) << 1),
+                inference_request,
+                _varint(len(inference_response) << 1),
+                inference_response,
+            )
+        )
+
+
 def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
     """The record in one Kafka value (plain Avro, or Confluent-framed when `confluent`)."""
     buf = io.BytesIO(value)

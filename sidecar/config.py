@@ -15,7 +15,8 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
               spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
               spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
-              spoolFsyncIntervalSeconds: 1.0, queueSize: 10000, maxInFlightRecords: 10000,
+              spoolFsyncIntervalSeconds: 1.0, spoolFlushIntervalSeconds: 0.005,
+              queueSize: 10000, maxInFlightRecords: 10000,
               lingerMs: 5, compression: gzip, sendTimeoutSeconds: 30,
               producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7,
               successSampleRate: 1.0, errorSampleRate: 1.0, maxPayloadBytes: 262144,
@@ -150,6 +151,9 @@ class LoggingConfig:
     spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
     # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
     spool_fsync_interval_seconds: float = 1.0
+    # An answered request's record is written to the spool within this (so a SIGKILL after it
+    # loses nothing); what arrives meanwhile goes in the same write, then the same Kafka batch.
+    spool_flush_interval_seconds: float = 0.005
     queue_size: int = 10_000  # exchanges waiting in memory to be encoded and spooled
     max_in_flight_records: int = 10_000  # records handed to the producer and not yet acked
     linger_ms: int = 5
@@ -255,6 +259,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "spoolFullPolicy": ("spool_full_policy", SpoolFullPolicy),
                                 "spoolSegmentBytes": ("spool_segment_bytes", int),
                                 "spoolFsyncIntervalSeconds": ("spool_fsync_interval_seconds",
+                                                              float),
+                                "spoolFlushIntervalSeconds": ("spool_flush_interval_seconds",
                                                               float),
                                 "queueSize": ("queue_size", int),
                                 "maxInFlightRecords": ("max_in_flight_records", int),

@@ -20,9 +20,11 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import socket
+import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import prometheus_client
@@ -34,6 +36,7 @@ from modelserving.inferencelog import (
     HEADER_POD,
     HEADER_REQUEST_ID,
     HEADER_TRACEPARENT,
+    InferenceLogEncoder,
     InferenceLogRecord,
     encode_record,
 )
@@ -48,11 +51,11 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.log_policy import LogPolicy, OversizePolicy, Part, ShapedPayload
-from modelserving.sidecar.spool import Spool, SpoolRecord
+from modelserving.sidecar.spool import Spool, SpoolRecord, SpoolWriter
 
 log = logging.getLogger(__name__)
 
-_WRITE_BATCH = 2000  # exchanges encoded and spooled per thread hop
+_WRITE_BATCH = 5000  # exchanges encoded and spooled per write at most
 # Exchanges shaped and encoded between two yields to the event loop: the writer shares the loop
 # with the request path, and a batch of redacted JSON must not hold a request back for long.
 _ENCODE_SLICE = 100
@@ -60,6 +63,8 @@ _READ_BATCH = 1000  # records read from the spool per thread hop
 _HOUSEKEEPING_SECONDS = 0.25  # ledger, gauges and the stall check
 _ACCEPT_HEADROOM = 0.9  # under `reject`, refuse before the queue is full: submits race accepting()
 _PRODUCER_BATCH_BYTES = 256 * 1024  # per partition: 1 KB records in few requests
+_MAX_REQUEST_BYTES = 1024 * 1024  # the producer's max_request_size (aiokafka's default)
+_SIZE_CHECK_BYTES = 512 * 1024  # smaller values always fit: their size is not worked out
 _RETRY_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 _AIOKAFKA_LOGGERS = (
     "aiokafka",
@@ -178,6 +183,93 @@ def build_spool_record(
         value=encode_record(record, logging_config.confluent_schema_id),
         timestamp_ms=exchange.received_ms,
     )
+
+
+def _utf8(body: bytes) -> bytes:
+    """The payload as the record's UTF-8 text: as it came when it is UTF-8 (the common case,
+    checked without a copy kept), else with U+FFFD for the bad bytes, as `LogPolicy.shape`."""
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return body.decode("utf-8", errors="replace").encode()
+    return body
+
+
+class SpoolRecordMaker:
+    """`build_spool_record` for one serving, made for a batch at a time: what is the same for
+    every record (model fields of the Avro value, the pod header, versions and callers seen)
+    is encoded once, and a payload the policy leaves alone goes into the value as its bytes."""
+
+    _CACHE_LIMIT = 1024
+
+    def __init__(
+        self,
+        model: ModelIdentity,
+        settings: LoggingConfig,
+        pod: str,
+        count_changes: Callable[[ShapedPayload, ShapedPayload], None] | None = None,
+    ) -> None:
+        self._policy = _policy_of(settings)
+        self._plain = self._policy.leaves_payloads_alone
+        self._keep_request = settings.mode is not LoggingMode.PREDICTIONS
+        self._keep_response = settings.mode is not LoggingMode.MODEL_INPUTS
+        self._encode = InferenceLogEncoder(
+            model.model_id, model.name, settings.confluent_schema_id
+        ).encode
+        self._default_version = model.version
+        self._pod = (HEADER_POD, pod.encode())
+        self._versions: dict[int, tuple[str, bytes]] = {}
+        self._callers: dict[str, tuple[str, bytes]] = {}
+        self._count_changes = count_changes
+
+    def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
+        if self._plain:
+            request = _utf8(exchange.request_body) if self._keep_request else b""
+            response = _utf8(exchange.response_body) if self._keep_response else b""
+            return request, response, ""
+        policy = self._policy
+        shaped_request = (
+            policy.shape(exchange.request_body, Part.REQUEST) if self._keep_request else _ABSENT
+        )
+        shaped_response = (
+            policy.shape(exchange.response_body, Part.RESPONSE) if self._keep_response else _ABSENT
+        )
+        changes = payload_header(shaped_request, shaped_response)
+        if changes and self._count_changes is not None:
+            self._count_changes(shaped_request, shaped_response)
+        return shaped_request.text.encode(), shaped_response.text.encode(), changes
+
+    def make(self, exchange: Exchange) -> SpoolRecord:
+        """The spool record of one exchange: the same bytes `build_spool_record` gives."""
+        request, response, changes = self._payloads(exchange)
+        version = exchange.model_version
+        if version is None:
+            version = self._default_version
+        request_id = exchange.request_id.encode()
+        headers: list[tuple[str, bytes]] = [(HEADER_REQUEST_ID, request_id)]
+        if exchange.traceparent:
+            headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode()))
+        if caller := exchange.caller:
+            header = self._callers.get(caller)
+            if header is None:
+                header = (HEADER_CALLER, caller.encode())
+                if len(self._callers) >= self._CACHE_LIMIT:
+                    self._callers.clear()
+                self._callers[caller] = header
+            headers.append(header)
+        version_header = self._versions.get(version)
+        if version_header is None:
+            version_header = (HEADER_MODEL_VERSION, str(version).encode())
+            if len(self._versions) >= self._CACHE_LIMIT:
+                self._versions.clear()
+            self._versions[version] = version_header
+        headers.append(version_header)
+        headers.append(self._pod)
+        if changes:
+            headers.append((HEADER_PAYLOAD, changes.encode()))
+        received = exchange.received_ms
+        value = self._encode(version, received, exchange.status, request, response)
+        return SpoolRecord(request_id, tuple(headers), value, received)
 
 
 def pod_name() -> str:
@@ -359,7 +451,7 @@ class InferenceLogMetrics:
         )
         self.send_latency = prometheus_client.Histogram(
             f"{prefix}_send_latency_seconds",
-            "From handing a record to the producer to Kafka's ack",
+            "From handing a batch of records to the producer to Kafka's ack, per batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
@@ -376,8 +468,12 @@ class InferenceLogMetrics:
         }
 
     def count_shaped(self, request: ShapedPayload, response: ShapedPayload) -> None:
-        """Count what redaction, the size limit and the non-JSON policy did to one record."""
+        """Count one record and what redaction, the size limit and the non-JSON policy did."""
         self.logged.inc()
+        self.count_changes(request, response)
+
+    def count_changes(self, request: ShapedPayload, response: ShapedPayload) -> None:
+        """Count what redaction, the size limit and the non-JSON policy did to one record."""
         for part, shaped in (("request", request), ("response", response)):
             if not (shaped.redacted or shaped.cut or shaped.dropped):
                 continue
@@ -397,12 +493,20 @@ class InferenceLogMetrics:
 
 @dataclass(slots=True)
 class _Pending:
-    """One record handed to the producer (or known lost) whose ack is awaited."""
+    """Records first..last handed to the producer (or known lost) whose acks are awaited: one
+    per run of records sent together, done when every Kafka batch made of it is acked."""
 
-    id: int
-    timestamp_ms: int
+    first: int
+    last: int
+    timestamp_ms: int  # the first record's
     sent_at: float
+    batches: int = 0  # Kafka batches made of it and not yet acked
+    sealed: bool = False  # every batch of it is handed to the producer
     done: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
 
 
 class _RewindNeeded(Exception):
@@ -438,6 +542,7 @@ class InferenceLogPipeline:
             fsync_interval=self.settings.spool_fsync_interval_seconds,
         )
         self.policy = _policy_of(self.settings)
+        self._maker = SpoolRecordMaker(config.model, self.settings, self.pod, metrics.count_changes)
         self._counts = metrics.counts
         self._queue: collections.deque[Exchange] = collections.deque()
         self._queue_size = self.settings.queue_size
@@ -450,7 +555,19 @@ class InferenceLogPipeline:
         self._queued = asyncio.Event()
         self._spooled = asyncio.Event()
         self._acked = asyncio.Event()
+        self._writer: SpoolWriter | None = None
+        self._write_done: asyncio.Future | None = None
+        self._last_flush = 0.0
+        # Batches appended to the spool, kept for the sender so that it need not read them back
+        # (bounded: what falls off is read from disk): (first id, records).
+        self._tail: collections.deque[tuple[int, list[SpoolRecord]]] = collections.deque()
+        self._tail_records = 0
+        self._tail_limit = max(self.settings.max_in_flight_records, _WRITE_BATCH)
+        self._written_next = 0  # the id after the last record appended
+        self._next_send = 0  # the next id to hand to the producer
+        self._disk_next: int | None = None  # where the spool's reader stands (None: to seek)
         self._inflight: collections.deque[_Pending] = collections.deque()
+        self._inflight_records = 0
         self._last_registered = 0
         self._acked_id = 0
         self._persisted_id = 0
@@ -459,6 +576,7 @@ class InferenceLogPipeline:
         self._rewind_reason: str | None = None
         self._last_progress = time.monotonic()
         self._producer = None
+        self._partitions: list[int] = []
         self._tasks: list[asyncio.Task] = []
         self._writer_busy = False
         self._skip: set[int] = set()
@@ -515,6 +633,8 @@ class InferenceLogPipeline:
         await asyncio.to_thread(self.spool.open)
         self._acked_id = self._persisted_id = self._last_registered = self.spool.acked_id
         self._sent_high = self.spool.next_id - 1
+        self._written_next = self.spool.next_id
+        self._next_send = self._acked_id + 1
         if self.spool.recovered_ids:
             log.info(
                 "inference log: %d records from a previous run are in the spool; replaying",
@@ -522,6 +642,14 @@ class InferenceLogPipeline:
             )
         self.metrics.spool_bytes.set(self.spool.size_bytes)
         self.metrics.accepting.set(1)
+        loop = asyncio.get_running_loop()
+
+        def appended(records, first_id, count, error) -> None:  # in the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._appended, records, first_id, count, error)
+
+        self._writer = SpoolWriter(self.spool, appended)
+        self._writer.start()
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="inference-log-writer"),
             asyncio.create_task(self._send_loop(), name="inference-log-sender"),
@@ -546,6 +674,8 @@ class InferenceLogPipeline:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._drop_producer()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._persist, self._acked_id)
         await asyncio.to_thread(self.spool.close)
         waiting = self.spool.next_id - 1 - self._acked_id
@@ -555,39 +685,67 @@ class InferenceLogPipeline:
     # ----------------------------------------------------------------- writer
 
     async def _write_loop(self) -> None:
-        model, settings, pod, policy = self.config.model, self.settings, self.pod, self.policy
-        mode, count_shaped = settings.mode, self.metrics.count_shaped
+        loop = asyncio.get_running_loop()
+        interval = self.settings.spool_flush_interval_seconds
+        make, queue = self._maker.make, self._queue
+        popleft, sleep = queue.popleft, asyncio.sleep
         while True:
-            if not self._queue and not self._held:
+            if not queue and not self._held:
                 self._queued.clear()
                 await self._queued.wait()
+            # One write per flush interval at most: what arrives meanwhile joins the batch, so
+            # a busy sidecar makes few large writes (and Kafka batches), an idle one writes at
+            # once.
+            wait = self._last_flush + interval - loop.time()
+            if wait > 0:
+                await sleep(wait)
             self._writer_busy = True
             try:
                 records = self._held
                 self._held = []
-                encoded = 0
-                while self._queue and len(records) < _WRITE_BATCH:
-                    exchange = self._queue.popleft()
-                    shaped = shape_exchange(exchange, mode, policy)
-                    record = build_spool_record(exchange, model, settings, pod, shaped)
-                    if record is not None:
-                        count_shaped(*shaped)
-                        records.append(record)
-                    encoded += 1
-                    if encoded % _ENCODE_SLICE == 0:
-                        await asyncio.sleep(0)  # let the request path run between slices
-                self.metrics.queued.set(len(self._queue))
+                made = 0
+                while queue and len(records) < _WRITE_BATCH:
+                    records.append(make(popleft()))
+                    made += 1
+                    if made % _ENCODE_SLICE == 0:
+                        await sleep(0)  # let the request path run between slices
+                if made:
+                    self.metrics.logged.inc(made)
+                self._last_flush = loop.time()
                 if records:
                     await self._append(records)
             finally:
                 self._writer_busy = False
 
-    async def _append(self, records: list[SpoolRecord]) -> None:
-        _, count = await asyncio.to_thread(self.spool.append, records)
+    def _appended(
+        self,
+        records: list[SpoolRecord],
+        first_id: int,
+        count: int,
+        error: BaseException | None,
+    ) -> None:
+        """A batch the writer thread appended (on the loop)."""
         if count:
+            self._written_next = first_id + count
+            self._tail.append((first_id, records[:count] if count < len(records) else records))
+            self._tail_records += count
+            while self._tail_records > self._tail_limit and len(self._tail) > 1:
+                _, dropped = self._tail.popleft()  # still on disk: read from there if needed
+                self._tail_records -= len(dropped)
             self.metrics.spooled.inc(count)
             self._spooled.set()
+        done = self._write_done
+        if done is not None and not done.done():
+            done.set_result((count, error))
+
+    async def _append(self, records: list[SpoolRecord]) -> None:
+        assert self._writer is not None
+        self._write_done = asyncio.get_running_loop().create_future()
+        self._writer.append(records)
+        count, error = await self._write_done
         rest = records[count:]
+        if error is not None:
+            log.error("inference log: writing to the spool failed: %s", error)
         if not rest:
             if self._spool_full:
                 self._spool_full = False
@@ -602,7 +760,7 @@ class InferenceLogPipeline:
             self.metrics.accepting.set(0)
             log.error("inference log: the spool is full; refusing predictions until it drains")
         self._held = rest
-        # Room comes back only with Kafka's acks.
+        # Room comes back only with Kafka's acks (or a disk that works again).
         self._acked.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._acked.wait(), timeout=1.0)
@@ -647,6 +805,7 @@ class InferenceLogPipeline:
         )
         try:
             await producer.start()
+            self._partitions = sorted(await producer.partitions_for(settings.topic))
         except BaseException:
             await producer.stop()
             raise
@@ -654,16 +813,47 @@ class InferenceLogPipeline:
         return producer
 
     async def _send_some(self) -> None:
-        room = self.settings.max_in_flight_records - len(self._inflight)
         if self._rewind_reason is not None:
             raise _RewindNeeded(self._rewind_reason)
+        room = self.settings.max_in_flight_records - self._inflight_records
         if room <= 0:
             self._acked.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acked.wait(), timeout=_HOUSEKEEPING_SECONDS)
             return
         self._spooled.clear()
+        run = self._from_memory(room)
+        if run is None and self._next_send < self._written_next:
+            run = await self._from_disk(room)
+        if run is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._spooled.wait(), timeout=_HOUSEKEEPING_SECONDS)
+            return
+        for first, records in run:
+            await self._produce(first, records)
+
+    def _from_memory(self, room: int) -> list[tuple[int, list[SpoolRecord]]] | None:
+        """The records from the next id on, when the tail of appended batches has them."""
+        tail, start = self._tail, self._next_send
+        if not tail or tail[0][0] > start or start >= self._written_next:
+            return None
+        records: list[SpoolRecord] = []
+        for first, batch in tail:
+            if first + len(batch) <= start:
+                continue
+            records += batch[max(0, start - first) : max(0, start - first) + room - len(records)]
+            if len(records) >= room:
+                break
+        return [(start, records)]
+
+    async def _from_disk(self, room: int) -> list[tuple[int, list[SpoolRecord]]] | None:
+        """The records from the next id on, read back from the spool (after a restart, or
+        when the sender fell behind the tail kept in memory): runs of consecutive ids."""
+        start = self._next_send
+        if self._disk_next != start:
+            self.spool.seek(start)
         result = await asyncio.to_thread(self.spool.read, min(room, _READ_BATCH))
+        self._disk_next = self.spool.read_next_id
         if result.corrupt or result.missing_ids:
             self.metrics.dropped.labels("corrupt").inc(result.missing_ids)
             log.error(
@@ -671,54 +861,88 @@ class InferenceLogPipeline:
                 result.corrupt,
                 result.missing_ids,
             )
-        if not result.records:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._spooled.wait(), timeout=_HOUSEKEEPING_SECONDS)
-            return
-        from aiokafka.errors import MessageSizeTooLargeError
-
-        producer, topic, generation = self._producer, self.settings.topic, self._generation
+        runs: list[tuple[int, list[SpoolRecord]]] = []
         for spooled in result.records:
-            if self._rewind_reason is not None:
-                raise _RewindNeeded(self._rewind_reason)
-            record = spooled.record
-            pending = self._register(spooled.id, record.timestamp_ms)
-            if spooled.id in self._skip:
-                self._skip.discard(spooled.id)
-                self._done(pending)
+            if spooled.id < self._next_send:
                 continue
-            if spooled.id <= self._sent_high:
-                self.metrics.replayed.inc()
+            if runs and runs[-1][0] + len(runs[-1][1]) == spooled.id:
+                runs[-1][1].append(spooled.record)
             else:
-                self._sent_high = spooled.id
-            try:
-                future = await producer.send(
-                    topic,
-                    record.value,
-                    key=record.key,
-                    headers=list(record.headers),
-                    timestamp_ms=record.timestamp_ms,
-                )
-            except MessageSizeTooLargeError:
-                self.metrics.dropped.labels("too_large").inc()
-                log.error(
-                    "inference log: a record of %d bytes is too large for Kafka; dropped",
-                    len(record.value),
-                )
-                self._done(pending)
-                continue
-            future.add_done_callback(functools.partial(self._delivered, pending, generation))
+                runs.append((spooled.id, [spooled.record]))
+        return runs or None
 
-    def _register(self, record_id: int, timestamp_ms: int) -> _Pending:
-        if record_id > self._last_registered + 1:
+    def _register(self, first: int, records: list[SpoolRecord]) -> _Pending:
+        if first > self._last_registered + 1:
             # Ids lost to corruption on disk: nothing to wait for (counted when read).
-            self._inflight.append(_Pending(record_id - 1, timestamp_ms, 0.0, done=True))
-        pending = _Pending(record_id, timestamp_ms, time.monotonic())
+            gap = _Pending(self._last_registered + 1, first - 1, records[0].timestamp_ms, 0.0)
+            gap.done = True
+            self._inflight.append(gap)
+            self._inflight_records += gap.size
+        last = first + len(records) - 1
+        pending = _Pending(first, last, records[0].timestamp_ms, time.monotonic())
         self._inflight.append(pending)
-        self._last_registered = record_id
+        self._inflight_records += pending.size
+        self._last_registered = last
+        self._next_send = last + 1
+        if first <= self._sent_high:
+            self.metrics.replayed.inc(min(last, self._sent_high) - first + 1)
+        self._sent_high = max(self._sent_high, last)
         return pending
 
-    def _delivered(self, pending: _Pending, generation: int, future: asyncio.Future) -> None:
+    async def _produce(self, first: int, records: list[SpoolRecord]) -> None:
+        """Hand a run of records to the producer as few Kafka batches as fit, one per partition
+        (partitioned by key as Kafka's Java client does), with one pending ack for the run."""
+        if self._rewind_reason is not None:
+            raise _RewindNeeded(self._rewind_reason)
+        pending = self._register(first, records)
+        if self._skip:
+            skip = self._skip
+            records = [r for i, r in enumerate(records, first) if i not in skip]
+            if self._next_send > max(skip):
+                skip.clear()
+        partitions = self._partitions
+        if len(partitions) == 1 or not records:
+            groups = [(partitions[0] if partitions else 0, records)]
+        else:
+            by_partition: dict[int, list[SpoolRecord]] = {}
+            for record in records:
+                partition = _partition_of(record.key, partitions)
+                by_partition.setdefault(partition, []).append(record)
+            groups = list(by_partition.items())
+        producer = self._producer
+        max_size = _MAX_REQUEST_BYTES
+        for partition, group in groups:
+            batch, count = producer.create_batch(), 0
+            for record in group:
+                value = record.value
+                if len(value) > _SIZE_CHECK_BYTES and _record_size(record) > max_size:
+                    self.metrics.dropped.labels("too_large").inc()
+                    log.error(
+                        "inference log: a record of %d bytes is too large for Kafka; dropped",
+                        len(value),
+                    )
+                    continue
+                key, headers, ts = record.key, list(record.headers), record.timestamp_ms
+                if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+                    await self._send_batch(batch, partition, count, pending)
+                    batch, count = producer.create_batch(), 0
+                    batch.append(timestamp=ts, key=key, value=value, headers=headers)
+                count += 1
+            if count:
+                await self._send_batch(batch, partition, count, pending)
+        pending.sealed = True
+        if not pending.batches:
+            self._done(pending)
+
+    async def _send_batch(self, batch, partition: int, count: int, pending: _Pending) -> None:
+        pending.batches += 1
+        generation = self._generation
+        future = await self._producer.send_batch(batch, self.settings.topic, partition=partition)
+        future.add_done_callback(functools.partial(self._delivered, pending, generation, count))
+
+    def _delivered(
+        self, pending: _Pending, generation: int, count: int, future: asyncio.Future
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
             if generation == self._generation and self._rewind_reason is None:
                 exc = future.exception() if not future.cancelled() else None
@@ -726,18 +950,22 @@ class InferenceLogPipeline:
                 self._spooled.set()
                 self._acked.set()
             return
-        if pending.done:
-            return
-        self.metrics.produced.inc()
-        self.metrics.send_latency.observe(time.monotonic() - pending.sent_at)
-        self._done(pending)
+        if generation != self._generation or pending.done:
+            return  # a producer since replaced: its records are sent again
+        self.metrics.produced.inc(count)
+        pending.batches -= 1
+        if pending.sealed and not pending.batches:
+            self.metrics.send_latency.observe(time.monotonic() - pending.sent_at)
+            self._done(pending)
 
     def _done(self, pending: _Pending) -> None:
         pending.done = True
         self._last_progress = time.monotonic()
         inflight = self._inflight
         while inflight and inflight[0].done:
-            self._acked_id = inflight.popleft().id
+            head = inflight.popleft()
+            self._acked_id = head.last
+            self._inflight_records -= head.size
         self._acked.set()
 
     async def _rewind(self, reason: str) -> None:
@@ -751,10 +979,12 @@ class InferenceLogPipeline:
         )
         await self._drop_producer()
         # Acked out of order (other partitions) before the failure: not to be sent again.
-        self._skip = {p.id for p in self._inflight if p.done}
+        self._skip = {i for p in self._inflight if p.done for i in range(p.first, p.last + 1)}
         self._inflight.clear()
+        self._inflight_records = 0
         self._last_registered = self._acked_id
-        self.spool.seek(self._acked_id + 1)
+        self._next_send = self._acked_id + 1
+        self._disk_next = None
         self._rewind_reason = None
         self._last_progress = time.monotonic()
 
@@ -788,10 +1018,9 @@ class InferenceLogPipeline:
             await asyncio.to_thread(self._persist, acked)
             self._persisted_id = acked
             self._acked.set()
-        await asyncio.to_thread(self.spool.sync_if_due)
         self.metrics.spool_bytes.set(self.spool.size_bytes)
         self.metrics.queued.set(len(self._queue))
-        self.metrics.in_flight.set(len(self._inflight))
+        self.metrics.in_flight.set(self._inflight_records)
         if not self.waiting_records():
             self._waiting_since = None
         elif self._waiting_since is None:
@@ -820,6 +1049,49 @@ class InferenceLogPipeline:
                 self.spool.next_id - 1 - self._acked_id,
             )
             self._last_progress = time.monotonic()  # warn once per stall period
+
+
+def _record_size(record: SpoolRecord) -> int:
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers)
+    )
+
+
+def _partition_of(key: bytes | None, partitions: list[int]) -> int:
+    """The partition Kafka's default partitioner picks for a key (murmur2, as the Java client
+    and aiokafka do)."""
+    if key is None:
+        return random.choice(partitions)
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of a key, the same as aiokafka.partitioner.murmur2 (words unpacked at
+    once: it runs per record on multi-partition topics)."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    rest = length & 3
+    tail = words * 4
+    if rest >= 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> bool:

@@ -202,6 +202,15 @@ class LogPolicy:
             part: tuple((r.steps(), r.action) for r in rules if r.applies_to(part)) for part in Part
         }
 
+    @property
+    def leaves_payloads_alone(self) -> bool:
+        """True when `shape` only decodes (no rules, no size limit, non-JSON kept)."""
+        return (
+            not any(self._rules.values())
+            and not self.max_payload_bytes
+            and self.non_json is NonJsonPolicy.KEEP
+        )
+
     # ----------------------------------------------------------------- inline
 
     def sampled(self, request_id: str, status: int) -> bool:

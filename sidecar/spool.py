@@ -13,8 +13,9 @@ is deleted once all its records are. Reading skips corrupt frames (bad magic, le
 counts them, and finds the next good frame by its magic. A new process writes to a new
 segment, so a torn tail left by a kill is never appended to.
 
-`Spool` is synchronous on purpose: the pipeline calls it from a worker thread, never on the
-event loop. One thread appends, one reads; a lock guards the list of segments.
+`Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends
+and fsyncs go through one `SpoolWriter` thread (a batch per wake-up, fsync per interval, not
+per write); reads (replays) go to a worker thread; a lock guards the list of segments.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,15 +68,28 @@ class SpoolCorruptError(ValueError):
     """A frame's bytes do not make a record."""
 
 
+_NAME_CHUNKS: dict[str, bytes] = {}  # header name -> its length and UTF-8 bytes (a few names)
+
+
+def _name_chunk(name: str) -> bytes:
+    chunk = _NAME_CHUNKS.get(name)
+    if chunk is None:
+        name_bytes = name.encode()
+        chunk = _HEADER_NAME.pack(len(name_bytes)) + name_bytes
+        if len(_NAME_CHUNKS) < 256:
+            _NAME_CHUNKS[name] = chunk
+    return chunk
+
+
 def encode_frame(record_id: int, record: SpoolRecord) -> bytes:
     """The frame of one record, ready to append to a segment."""
     key = record.key or b""
+    headers = record.headers
     parts = [_BODY.pack(record_id, record.timestamp_ms, len(key)), key]
-    parts.append(_HEADER_COUNT.pack(len(record.headers)))
-    for name, value in record.headers:
-        name_bytes = name.encode()
-        parts += [_HEADER_NAME.pack(len(name_bytes)), name_bytes]
-        parts += [_HEADER_VALUE.pack(len(value)), value]
+    parts.append(_HEADER_COUNT.pack(len(headers)))
+    pack_value = _HEADER_VALUE.pack
+    for name, value in headers:
+        parts += (_name_chunk(name), pack_value(len(value)), value)
     parts.append(record.value)
     body = b"".join(parts)
     return _FRAME.pack(MAGIC, len(body), zlib.crc32(body)) + body
@@ -354,6 +370,11 @@ class Spool:
                 first = seg.first_id
         return first
 
+    @property
+    def read_next_id(self) -> int:
+        """The id the next read returns first (when it is there)."""
+        return self._expected_id
+
     def seek(self, record_id: int) -> None:
         """Read again from record_id (after a failed send): earlier ids are skipped."""
         with self._lock:
@@ -402,3 +423,57 @@ class Spool:
                     break
                 pos.segment_first_id, pos.offset, pos.buffer = seg.first_id + 1, 0, b""
         return result
+
+
+# What a SpoolWriter reports for each batch: the records, the first id given, how many were
+# appended (a prefix: the spool was full for the rest), and the error if the write failed.
+AppendDone = Callable[[list[SpoolRecord], int, int, BaseException | None], None]
+_STOP = object()
+
+
+class SpoolWriter:
+    """The one thread that appends to a spool: a batch of records per wake-up, each reported to
+    `done` (called in this thread), and an fsync when the spool's interval has passed, also
+    while no batch comes."""
+
+    def __init__(self, spool: Spool, done: AppendDone) -> None:
+        self.spool = spool
+        self._done = done
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="inference-log-spool", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def append(self, records: list[SpoolRecord]) -> None:
+        """Queue one batch (never blocks); `done` reports it."""
+        self._jobs.put(records)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Append what is queued, fsync, and end the thread (blocks: call it from a thread)."""
+        if self._thread.is_alive():
+            self._jobs.put(_STOP)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        spool, jobs = self.spool, self._jobs
+        while True:
+            timeout = None
+            if spool._dirty:
+                timeout = max(0.0, spool._last_fsync + spool.fsync_interval - time.monotonic())
+            try:
+                job = jobs.get(timeout=timeout)
+            except queue.Empty:
+                job = None
+            if job is _STOP:
+                return
+            if job is not None:
+                try:
+                    first_id, count = spool.append(job)
+                except BaseException as exc:  # reported: the pipeline decides what to do
+                    self._done(job, spool.next_id, 0, exc)
+                else:
+                    self._done(job, first_id, count, None)
+            # A disk that fails shows in the next write's report; fsync is tried again then.
+            with contextlib.suppress(OSError):
+                spool.sync_if_due()

@@ -53,6 +53,8 @@ async def drive(args: argparse.Namespace) -> None:
             elif i % 100 == 0:
                 await asyncio.sleep(0)
             print(f"SUBMITTED {i + 1 - args.first}", flush=True)
+        # What was submitted is on disk within the flush interval: from then on a kill loses none.
+        await asyncio.sleep(config.logging.spool_flush_interval_seconds * 2)
         print("DONE", flush=True)
         await stop.wait()
     print("CLOSED", flush=True)
