@@ -51,7 +51,7 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.log_policy import LogPolicy, OversizePolicy, Part, ShapedPayload
-from modelserving.sidecar.spool import Spool, SpoolRecord, SpoolWriter
+from modelserving.sidecar.spool import Spool, SpoolRecord, SpoolWriter, share_header
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class SpoolRecordMaker:
             model.model_id, model.name, settings.confluent_schema_id
         ).encode
         self._default_version = model.version
-        self._pod = (HEADER_POD, pod.encode())
+        self._pod = share_header((HEADER_POD, pod.encode()))
         self._versions: dict[int, tuple[str, bytes]] = {}
         self._callers: dict[str, tuple[str, bytes]] = {}
         self._count_changes = count_changes
@@ -252,14 +252,14 @@ class SpoolRecordMaker:
         if caller := exchange.caller:
             header = self._callers.get(caller)
             if header is None:
-                header = (HEADER_CALLER, caller.encode())
+                header = share_header((HEADER_CALLER, caller.encode()))
                 if len(self._callers) >= self._CACHE_LIMIT:
                     self._callers.clear()
                 self._callers[caller] = header
             headers.append(header)
         version_header = self._versions.get(version)
         if version_header is None:
-            version_header = (HEADER_MODEL_VERSION, str(version).encode())
+            version_header = share_header((HEADER_MODEL_VERSION, str(version).encode()))
             if len(self._versions) >= self._CACHE_LIMIT:
                 self._versions.clear()
             self._versions[version] = version_header

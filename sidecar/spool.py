@@ -81,15 +81,33 @@ def _name_chunk(name: str) -> bytes:
     return chunk
 
 
+_HEADER_CHUNKS: dict[tuple[str, bytes], bytes] = {}  # shared headers, encoded once
+
+
+def share_header(header: tuple[str, bytes]) -> tuple[str, bytes]:
+    """Mark a header that many records carry: its frame bytes are made once (bounded)."""
+    if header not in _HEADER_CHUNKS:
+        if len(_HEADER_CHUNKS) >= 4096:
+            _HEADER_CHUNKS.clear()
+        name, value = header
+        _HEADER_CHUNKS[header] = _name_chunk(name) + _HEADER_VALUE.pack(len(value)) + value
+    return header
+
+
 def encode_frame(record_id: int, record: SpoolRecord) -> bytes:
     """The frame of one record, ready to append to a segment."""
     key = record.key or b""
     headers = record.headers
     parts = [_BODY.pack(record_id, record.timestamp_ms, len(key)), key]
     parts.append(_HEADER_COUNT.pack(len(headers)))
-    pack_value = _HEADER_VALUE.pack
-    for name, value in headers:
-        parts += (_name_chunk(name), pack_value(len(value)), value)
+    pack_value, cached = _HEADER_VALUE.pack, _HEADER_CHUNKS.get
+    for header in headers:
+        chunk = cached(header)
+        if chunk is not None:  # a header that many records share (pod, version, caller)
+            parts.append(chunk)
+        else:
+            name, value = header
+            parts += (_name_chunk(name), pack_value(len(value)), value)
     parts.append(record.value)
     body = b"".join(parts)
     return _FRAME.pack(MAGIC, len(body), zlib.crc32(body)) + body

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from modelserving.inferencelog import (
     SCHEMA,
     InferenceLogDecodeError,
+    InferenceLogEncoder,
     InferenceLogRecord,
     decode_record,
     encode_record,
@@ -22,11 +23,14 @@ from modelserving.inferencelog import (
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import (
+    SpoolRecordMaker,
     build_headers,
     build_record,
     build_spool_record,
     missing_c_extensions,
+    murmur2,
 )
+from modelserving.sidecar.log_policy import OversizePolicy, RedactRule
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
 SEED_SCHEMA_TEXT = """
@@ -188,3 +192,61 @@ def test_encoding_a_1kb_record_costs_microseconds():
     print(f"\nencode (record + key + headers + Avro) per ~1 KB record: {per_record_us:.1f} us")
     # Generous: on a loaded 2-core CI machine it is a few microseconds.
     assert per_record_us < 100
+
+
+@given(
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 999),
+    st.text(),
+    st.text(),
+    st.one_of(st.none(), st.integers(0, 2**31 - 1)),
+)
+def test_the_pipelines_encoder_writes_the_same_bytes_as_fastavro(
+    version, ts, code, request, response, schema_id
+):
+    record = InferenceLogRecord(17, "mnïst", version, ts, code, request, response)
+    encoder = InferenceLogEncoder(17, "mnïst", schema_id)
+    fast = encoder.encode(version, ts, code, request.encode(), response.encode())
+    assert fast == encode_record(record, schema_id)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"mode": LoggingMode.PREDICTIONS},
+        {"mode": LoggingMode.MODEL_INPUTS},
+        {"mode": LoggingMode.ERRORS, "confluent_schema_id": 7},
+        {"max_payload_bytes": 10, "oversize_payload": OversizePolicy.DIGEST},
+        {"redact": (RedactRule("instances[*]"),)},
+    ],
+)
+@given(
+    body=st.binary(max_size=60) | st.just(b'{"instances": [[1.0, 2.0]]}'),
+    version=st.one_of(st.none(), st.integers(0, 9)),
+    caller=st.one_of(st.none(), st.sampled_from(["team-a", "bob"])),
+    traceparent=st.one_of(st.none(), st.just("00-ab-cd-01")),
+)
+def test_the_pipelines_record_maker_gives_what_build_spool_record_gives(
+    settings, body, version, caller, traceparent
+):
+    config = LoggingConfig(
+        **{"mode": LoggingMode.ALL, "topic": "t", "bootstrap_servers": "k:9092", **settings}
+    )
+    ex = exchange(
+        request_body=body,
+        response_body=body[::-1],
+        model_version=version,
+        caller=caller,
+        traceparent=traceparent,
+    )
+    maker = SpoolRecordMaker(MODEL, config, "mnist-abc")
+    assert maker.make(ex) == build_spool_record(ex, MODEL, config, "mnist-abc")
+
+
+@given(st.binary(max_size=80))
+def test_keys_go_to_the_partition_kafkas_default_partitioner_picks(key):
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    assert murmur2(key) == aiokafka_murmur2(key)
