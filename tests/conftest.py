@@ -9,7 +9,6 @@ parts' logs are copied to test-logs/. Tests under tests/unit/ need none of it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,21 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scripts import REPO, load_script
 from waiting import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
-
-
-def _load_localenv():
-    spec = importlib.util.spec_from_file_location("localenv", LOCALENV_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localenv"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-localenv = _load_localenv()
+localenv = load_script("localenv/localenv.py", "localenv")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

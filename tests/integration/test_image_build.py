@@ -4,7 +4,6 @@ points answer, no compiler or package installer is left in it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "build_image.py"
@@ -20,15 +20,7 @@ RUN_AS = "10001"
 BUILD_TOOLS = ("gcc", "cc", "c++", "g++", "clang", "make", "ld", "as", "pip", "pip3")
 
 
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location("build_image", BUILD_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_image"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build_image = _load_build_script()
+build_image = load_script("tools/build_image.py", "build_image")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from scripts import load_script
 
 from modelserving.sidecar.apikeys import hash_api_key
 
@@ -42,7 +43,7 @@ def test_demo_maps_each_mount_path_once_even_under_a_mounted_tmp():
         p: root / p.lstrip("/") for p in ("/tmp", "/etc/modelserving/apikeys", "/var/spool/x")
     }
     text = "apiKeysDir: /etc/modelserving/apikeys\nspoolDir: /var/spool/x\nscratch: /tmp/a\n"
-    assert _demo_module().localize(text, mounts) == (
+    assert load_script("demo/run.py", "demo_run").localize(text, mounts) == (
         f"apiKeysDir: {root}/etc/modelserving/apikeys\nspoolDir: {root}/var/spool/x\n"
         f"scratch: {root}/tmp/a\n"
     )
