@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ from bench import load
 from bench.procs import (
     LOAD_CORE,
     PROXY_CORE,
-    BenchError,
     PeakRss,
     Proc,
     free_port,
@@ -232,7 +230,7 @@ def run_request_path(
                 log(f"request path, run {run}: {config.name}")
                 try:
                     results[config.name].append(measure(bench, config))
-                except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                except Exception as exc:  # one configuration failing must not end the others
                     log(f"{config.name} failed: {exc}")
                     results[config.name].append({"error": str(exc)[-2000:]})
     for runs_of_config in results.values():

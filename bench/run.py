@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             if part in parts:
                 try:
                     results["parts"][key] = step()
-                except (BenchError, OSError, subprocess.SubprocessError) as exc:
-                    log(f"{part} failed: {exc}")
+                except Exception as exc:  # one part failing must not end the others
+                    log(f"{part} failed: {exc!r}")
                     results["parts"][key] = {"notes": [f"failed: {str(exc)[-1500:]}"]}
     finally:
         if bench.sidecar is not None:
