@@ -50,6 +50,21 @@ INDEXES = (
 )
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf deep-copies every object on every event to find what changed since it was last
+    handled, for change handlers (on.create, on.update) and daemons. The operator has none,
+    only event handlers and indexes: nothing is copied, kept or written for them."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
@@ -69,6 +84,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = int(ours.watch_timeout_seconds)  # renew watches regularly
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.watching.connect_timeout = min(10.0, ours.api_timeout_seconds)
+    settings.persistence.diffbase_storage = _NoDiffBase()
+    # The first listing of each kind in pages: a thousand Deployments in one answer is a spike
+    # of memory that the process keeps (freed Python memory is rarely given back).
+    settings.watching.chunk_size = 100
     # Only the events we post on purpose, not every log line of a handler.
     settings.posting.level = logging.WARNING
     kube = KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds)
@@ -93,7 +112,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
     """What the caches keep of an object: all but managedFields, its largest part, which
-    nothing here reads."""
+    nothing here reads. (The index functions are coroutines: kopf runs plain functions in a
+    thread pool, a hop per event that costs more than the function.)"""
     slim = dict(body)
     slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     if kind:
@@ -102,7 +122,7 @@ def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
-def index_serving(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def index_serving(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): _slim(body)}
 
 
@@ -121,7 +141,7 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
     index_id = f"children_{plural}"
 
-    def index_child(body: kopf.Body, **_: Any) -> dict:
+    async def index_child(body: kopf.Body, **_: Any) -> dict:
         key = _serving_of(body)
         return {key: _slim(body, kind)} if key else {}
 
@@ -145,7 +165,7 @@ for _resource in CHILD_RESOURCES:
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
-def index_pod(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def index_pod(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     """What LoggingReady needs of a serving's pod: its name and log-status annotation."""
     key = _serving_of(body)
     if key is None:

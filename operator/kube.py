@@ -64,6 +64,7 @@ class KubeClient:
         self._host = host.rstrip("/")
         self._ssl = ssl_context
         self._headers = dict(headers)
+        self._concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._refresh = refresh
@@ -102,7 +103,9 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # As many connections as requests run at once (each TLS connection holds buffers).
+            connector = aiohttp.TCPConnector(limit=self._concurrency)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         headers = {**self._headers, **self._fresh_auth(), "Accept": "application/json"}
         data = None
         if body is not None:
