@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -266,9 +267,17 @@ class Settings:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999): a port kept for a restart
+    (Kafka's, across an outage test) must not be taken meanwhile by some outgoing connection."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise EnvError("found no free port between 20000 and 32000")
 
 
 def port_open(port: int) -> bool:
