@@ -318,6 +318,9 @@ def cluster_up() -> Path:
     kwokctl(
         "create", "cluster", "--name", CLUSTER_NAME, "--runtime", "binary",
         "--kube-authorization",
+        # The components' default client limits (20 requests/s for the controller-manager)
+        # make a thousand Deployments take minutes to become available, whatever the operator does.
+        "--disable-qps-limits",
         "--kube-apiserver-binary", str(kube_bin() / "kube-apiserver"),
         "--kube-controller-manager-binary", str(kube_bin() / "kube-controller-manager"),
         "--kube-scheduler-binary", str(kube_bin() / "kube-scheduler"),
