@@ -321,6 +321,9 @@ def cluster_up() -> Path:
         # The components' default client limits (20 requests/s for the controller-manager)
         # make a thousand Deployments take minutes to become available, whatever the operator does.
         "--disable-qps-limits",
+        # The API server's default Service range is a /24: 254 Services, fewer than the
+        # servings a scale test makes (each has a Service).
+        "--extra-args", "kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
         "--kube-apiserver-binary", str(kube_bin() / "kube-apiserver"),
         "--kube-controller-manager-binary", str(kube_bin() / "kube-controller-manager"),
         "--kube-scheduler-binary", str(kube_bin() / "kube-scheduler"),
