@@ -218,16 +218,7 @@ def redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
         at = f"{where}[{i}]"
         if not isinstance(raw, dict) or "path" not in raw:
             raise ConfigError(f"{at}: expected a mapping with a path, got {raw!r}")
-        bad = sorted(set(raw) - set(_RULE_KEYS))
-        if bad:
-            known = ", ".join(_RULE_KEYS)
-            raise ConfigError(f"{at}: unknown key(s) {', '.join(bad)}; known: {known}")
-        kwargs = {
-            attr: _convert(f"{at}.{key}", raw[key], kind)
-            for key, (attr, kind) in _RULE_KEYS.items()
-            if key in raw
-        }
-        rule = RedactRule(**kwargs)
+        rule = RedactRule(**_fields(at, raw, _RULE_KEYS))
         try:
             rule.steps()
         except RedactPathError as exc:
@@ -298,6 +289,19 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
     return value
 
 
+def _fields(where: str, raw: dict[str, Any], table: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """The mapping's keys turned into dataclass fields by `table`; an unknown key is an error."""
+    bad = sorted(set(raw) - set(table))
+    if bad:
+        known = ", ".join(table)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(bad)}; known: {known}")
+    return {
+        attr: _convert(f"{where}.{key}", raw[key], kind)
+        for key, (attr, kind) in table.items()
+        if key in raw
+    }
+
+
 def parse_config(data: Any) -> SidecarConfig:
     """Turn the file's mapping into a SidecarConfig, naming the first bad setting."""
     if not isinstance(data, dict):
@@ -314,15 +318,7 @@ def parse_config(data: Any) -> SidecarConfig:
             continue
         if not isinstance(raw, dict):
             raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
-        bad = sorted(set(raw) - set(fields))
-        if bad:
-            known = ", ".join(fields)
-            raise ConfigError(f"{section}: unknown key(s) {', '.join(bad)}; known: {known}")
-        kwargs = {
-            attr: _convert(f"{section}.{key}", raw[key], kind)
-            for key, (attr, kind) in fields.items()
-            if key in raw
-        }
+        kwargs = _fields(section, raw, fields)
         try:
             sections[section] = cls(**kwargs)
         except TypeError as exc:
