@@ -762,8 +762,7 @@ class InferenceLogPipeline:
         self._held = rest
         # Room comes back only with Kafka's acks (or a disk that works again).
         self._acked.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._acked.wait(), timeout=1.0)
+        await _wait(self._acked, 1.0)
 
     # ----------------------------------------------------------------- sender
 
@@ -818,16 +817,14 @@ class InferenceLogPipeline:
         room = self.settings.max_in_flight_records - self._inflight_records
         if room <= 0:
             self._acked.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), timeout=_HOUSEKEEPING_SECONDS)
+            await _wait(self._acked, _HOUSEKEEPING_SECONDS)
             return
         self._spooled.clear()
         run = self._from_memory(room)
         if run is None and self._next_send < self._written_next:
             run = await self._from_disk(room)
         if run is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._spooled.wait(), timeout=_HOUSEKEEPING_SECONDS)
+            await _wait(self._spooled, _HOUSEKEEPING_SECONDS)
             return
         for first, records in run:
             await self._produce(first, records)
@@ -966,6 +963,10 @@ class InferenceLogPipeline:
             head = inflight.popleft()
             self._acked_id = head.last
             self._inflight_records -= head.size
+        # Acknowledged batches are never sent again: the sender's walk of the tail stays short.
+        tail, acked = self._tail, self._acked_id
+        while tail and tail[0][0] + len(tail[0][1]) - 1 <= acked:
+            self._tail_records -= len(tail.popleft()[1])
         self._acked.set()
 
     async def _rewind(self, reason: str) -> None:
@@ -1049,6 +1050,13 @@ class InferenceLogPipeline:
                 self.spool.next_id - 1 - self._acked_id,
             )
             self._last_progress = time.monotonic()  # warn once per stall period
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until the event is set or `seconds` have passed (wait_for would make a task per call)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def _record_size(record: SpoolRecord) -> int:

@@ -121,13 +121,16 @@ class Measurement:
 
         return Configuration(f"bare aiohttp proxy{', uvloop' if uvloop else ''}", start)
 
-    def sidecar(self, log_on: bool, code: Path | None = None, label: str = "") -> Configuration:
-        """The sidecar with API key auth; `code` is a tree holding another `modelserving`."""
+    def sidecar(
+        self, log_on: bool, code: Path | None = None, label: str = "", logging: dict | None = None
+    ) -> Configuration:
+        """The sidecar with API key auth; `code` is a tree holding another `modelserving`;
+        `logging` adds to the log-on configuration's `logging` section."""
 
         @contextlib.contextmanager
         def start() -> Iterator[tuple[Proc | None, load.Target]]:
             port = free_port()
-            config = self._config(port, log_on)
+            config = self._config(port, log_on, logging or {})
             run = "from modelserving.cli import main; raise SystemExit(main())"
             if code is not None:
                 # Before the working directory and the editable install: the baseline's code wins.
@@ -145,7 +148,7 @@ class Measurement:
         name = f"sidecar{label}, apiKey, log {'on' if log_on else 'off'}"
         return Configuration(name, start)
 
-    def _config(self, port: int, log_on: bool) -> Path:
+    def _config(self, port: int, log_on: bool, logging: dict) -> Path:
         config: dict = {
             "serving": {"name": load.MODEL, "namespace": "bench"},
             "model": {"name": load.MODEL, "version": 1, "modelId": 1},
@@ -158,7 +161,8 @@ class Measurement:
             topic = f"measure-{uuid.uuid4().hex[:10]}"
             create_topic(self.kafka, topic)
             config["logging"] = {"mode": "ALL", "topic": topic, "bootstrapServers": self.kafka,
-                                 "spoolDir": str(self.workdir / f"spool-{port}")}  # fmt: skip
+                                 "spoolDir": str(self.workdir / f"spool-{port}"),
+                                 **logging}  # fmt: skip
         path = self.workdir / f"sidecar-{port}.json"
         path.write_text(json.dumps(config))
         return path
@@ -252,6 +256,11 @@ def main() -> int:
         help="git revision to measure instead of the working tree (which others may be changing)",
     )
     parser.add_argument("--no-log-off", action="store_true", help="skip the log-off sidecar")
+    parser.add_argument(
+        "--log-variant", action="append", default=[], metavar="LABEL=JSON",
+        help="also a log-on sidecar with these logging settings, e.g. "
+        'flush20=\'{"spoolFlushIntervalSeconds": 0.02}\' (repeatable)',
+    )  # fmt: skip
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
     args = parser.parse_args()
@@ -279,6 +288,9 @@ def main() -> int:
                 configs.append(m.sidecar(False, code, label))
             if kafka:
                 configs.append(m.sidecar(True, code, label))
+                for variant in args.log_variant:
+                    name, _, settings = variant.partition("=")
+                    configs.append(m.sidecar(True, code, f"{label} [{name}]", json.loads(settings)))
         results: dict[str, list[Result]] = {c.name: [] for c in configs}
         with m.running_upstream():
             for round_ in range(args.rounds):
