@@ -17,7 +17,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
               spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
               spoolFsyncIntervalSeconds: 1.0, spoolFlushIntervalSeconds: 0.005,
               queueSize: 10000, maxInFlightRecords: 10000,
-              lingerMs: 5, compression: gzip, sendTimeoutSeconds: 30,
+              lingerMs: 20, compression: gzip, sendTimeoutSeconds: 30,
               producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7,
               successSampleRate: 1.0, errorSampleRate: 1.0, maxPayloadBytes: 262144,
               oversizePayload: truncate, nonJsonPayload: keep,
@@ -156,7 +156,9 @@ class LoggingConfig:
     spool_flush_interval_seconds: float = 0.005
     queue_size: int = 10_000  # exchanges waiting in memory to be encoded and spooled
     max_in_flight_records: int = 10_000  # records handed to the producer and not yet acked
-    linger_ms: int = 5
+    # Spooled records wait up to this long to go to Kafka together: one send per linger at a
+    # steady rate, so the producer's round trip is paid per batch, not per spool write.
+    linger_ms: int = 20
     compression: LogCompression = LogCompression.GZIP
     send_timeout_seconds: float = 30.0  # a send not acked by then is retried from the spool
     producer_stall_seconds: float = 30.0  # no ack for this long, broker reachable: new producer
