@@ -93,7 +93,7 @@ async def reconcile(
     The work queue runs one reconcile of a serving at a time."""
     key = (render.serving_namespace(serving), render.serving_name(serving))
     rec.reconciled.add(key)
-    model_id = recorded_model_id(serving)
+    model_id, assigned = recorded_model_id(serving), False
     if model_id is None or (
         from_serving_event
         and render.MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
@@ -102,24 +102,25 @@ async def reconcile(
             return None  # only the serving's own events take ids
         model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
         rec.writes += 1
-        kopf.event(
-            _ref(serving), type="Normal", reason="ModelIdAssigned", message=f"modelId {model_id}"
-        )
+        assigned = True
 
     children = list(children)
     live = {(c["kind"], c["metadata"]["name"]): c for c in children}
     deployment, apply_error = live.get(("Deployment", key[1])), None
     render_key = (serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id)
     seen = frozenset((*k, c["metadata"].get("resourceVersion")) for k, c in live.items())
+    done: dict[str, list[str]] = {}
     if rec.verified.get(key) != (render_key, seen):
-        deployment, apply_error, wrote = await _apply_children(
+        deployment, apply_error, done = await _apply_children(
             rec, serving, model_id, live, deployment
         )
+        wrote = sum(map(len, done.values()))
         if apply_error is None and not wrote:
             rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
         else:
             rec.verified.pop(key, None)
 
+    _post_changes(serving, done, model_id if assigned else None)
     logging_state = await _logging_state(rec, serving, from_serving_event)
     if logging_state.ready and render.logging_on(serving, rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
@@ -153,10 +154,10 @@ async def _apply_children(
     model_id: int,
     live: dict[tuple[str, str], Mapping[str, Any]],
     deployment: Mapping[str, Any] | None,
-) -> tuple[Mapping[str, Any] | None, str | None, int]:
-    """Apply the children that differ from the spec's and delete those it no longer asks for;
-    one Event per kind of change. Returns the Deployment as it now is, the first error, and
-    how many writes it made."""
+) -> tuple[Mapping[str, Any] | None, str | None, dict[str, list[str]]]:
+    """Apply the children that differ from the spec's and delete those it no longer asks for.
+    Returns the Deployment as it now is, the first error, and what was created, updated and
+    deleted."""
     namespace = render.serving_namespace(serving)
     live = dict(live)
     apply_error = None
@@ -185,12 +186,28 @@ async def _apply_children(
         await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else namespace)
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
+    return deployment, apply_error, done
+
+
+def _post_changes(
+    serving: Mapping[str, Any], done: Mapping[str, list[str]], new_model_id: int | None
+) -> None:
+    """One Event per kind of change; a newly assigned modelId is told in the first of them, or
+    on its own when nothing changed (an Event less per new serving: a thousand at once count)."""
+    told = new_model_id is None
     for verb, whats in done.items():
         if whats:
-            kopf.event(
-                _ref(serving), type="Normal", reason=verb, message=f"{verb} {', '.join(whats)}"
-            )
-    return deployment, apply_error, sum(map(len, done.values()))
+            message = f"{verb} {', '.join(whats)}"
+            if not told:
+                message, told = f"{message}; modelId {new_model_id}", True
+            kopf.event(_ref(serving), type="Normal", reason=verb, message=message)
+    if not told:
+        kopf.event(
+            _ref(serving),
+            type="Normal",
+            reason="ModelIdAssigned",
+            message=f"modelId {new_model_id}",
+        )
 
 
 async def _logging_state(

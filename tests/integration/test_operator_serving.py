@@ -201,6 +201,18 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     # And the topic exists in the real broker
     assert topic in kafka_topics(local_env.kafka_bootstrap)
 
+    # And `kubectl describe` tells what was created, with the modelId, in one Event
+    events = [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if (e.involved_object.kind, e.involved_object.name) == (api.KIND, "mnist")
+    ]
+    created = [e.message for e in events if e.reason == "Created"]
+    assert len(created) == 1
+    assert "Deployment mnist" in created[0] and "Service mnist" in created[0]
+    assert created[0].endswith(f"; modelId {status['modelId']}")
+    assert not [e for e in events if e.reason == "ModelIdAssigned"]
+
 
 def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
     crds.create_namespaced_custom_object(
