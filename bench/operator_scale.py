@@ -1,7 +1,9 @@
 """Part 4: the operator at scale on the local cluster. N ModelServings applied at once (one
 apply of a List) in a namespace of their own; the time until all are Ready; then an operator
 restart over them and the writes it makes (objects whose resourceVersion moved, Events added);
-the operator's resident memory with them all.
+the operator's resident memory with them all. Then, in the same run, the cluster alone with the
+same objects (the children the operator renders, applied without it): the floor the operator's
+time is compared with, since on a small machine the control plane's own work dominates.
 
 A KWOK node of the benchmark's own gives the Pods room (the cluster's nodes take 110 each)
 and is deleted at the end with the namespaces."""
@@ -22,6 +24,7 @@ from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, log
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_OPERATOR_SIZES", "100,1000").split(","))
 READY_TIMEOUT = 120.0  # twice DESIGN's 60 s target for 1,000
 SETTLE_SECONDS = 15.0
+FLOOR_APPLIERS = 4  # kubectl processes applying the cluster floor's objects side by side
 WATCHED_KINDS = "modelservings,deployments,services,configmaps"
 
 
@@ -150,10 +153,75 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
     finally:
         operator.stop()
         try:
-            cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+            delete_namespace(cluster, namespace)
         except BenchError as exc:
             log(str(exc))
     return result
+
+
+def delete_namespace(cluster: Cluster, namespace: str) -> None:
+    """Delete and wait until it is gone: the garbage collection of thousands of objects would
+    otherwise weigh on the next measurement."""
+    cluster.kubectl("delete", "namespace", namespace, "--timeout=600s", timeout=660)
+
+
+def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
+    """The cluster alone with the same objects: the children the operator would make for n
+    servings (rendered by its own code), applied by FLOOR_APPLIERS kubectl processes at once,
+    and the time until every Deployment has its Pod available. What no operator can beat on
+    this machine; the operator's time is compared with it."""
+    from modelserving.operator import render
+    from modelserving.operator.settings import OperatorSettings
+
+    namespace = f"bench-floor-{n}-{uuid.uuid4().hex[:5]}"
+    children = []
+    for i in range(n):
+        s = serving(f"s{i:04d}", namespace)
+        s["metadata"].update(uid=str(uuid.uuid4()), generation=1)
+        for manifest in render.render_children(s, OperatorSettings(), i + 1):
+            manifest["metadata"].pop("ownerReferences", None)  # no serving owns them here
+            children.append(manifest)
+    files = []
+    for k in range(FLOOR_APPLIERS):
+        share = {"apiVersion": "v1", "kind": "List", "items": children[k::FLOOR_APPLIERS]}
+        files.append(workdir / f"{namespace}-{k}.json")
+        files[-1].write_text(json.dumps(share))
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        started = time.monotonic()
+        env = {**os.environ, "PATH": cluster.path}
+        apply = ["kubectl", "--kubeconfig", cluster.env["kubeconfig"], "apply", "--server-side"]
+        appliers = [
+            subprocess.Popen(
+                [*apply, "-f", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for path in files
+        ]
+        for applier in appliers:
+            _, errors = applier.communicate(timeout=300)
+            if applier.returncode:
+                raise BenchError(f"kubectl apply (cluster floor): {errors.strip()[-500:]}")
+        applied = time.monotonic() - started
+        available = 0
+        while time.monotonic() - started < READY_TIMEOUT:
+            available = available_deployments(cluster, namespace)
+            if available >= n:
+                break
+            time.sleep(1)
+        return {
+            "objects": len(children),
+            "seconds_to_apply": round(applied, 1),
+            "deployments_available": available,
+            "seconds_to_all_available": (
+                round(time.monotonic() - started, 1) if available >= n else None
+            ),
+        }
+    finally:
+        delete_namespace(cluster, namespace)
 
 
 def subprocess_apply(cluster: Cluster, items: dict[str, Any]) -> None:
@@ -188,6 +256,11 @@ def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
                 out[str(n)] = one_size(cluster, env, n, workdir)
             except (BenchError, subprocess.SubprocessError) as exc:
                 out[str(n)] = {"error": str(exc)[-1000:]}
+            log(f"operator: the cluster alone with the same objects for {n} servings")
+            try:
+                out[f"floor_{n}"] = cluster_floor(cluster, n, workdir)
+            except (BenchError, subprocess.SubprocessError) as exc:
+                out[f"floor_{n}"] = {"error": str(exc)[-1000:]}
     finally:
         try:
             cluster.kubectl("delete", "node", node, "--wait=false")

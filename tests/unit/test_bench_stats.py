@@ -178,3 +178,16 @@ def test_targets_are_judged_on_every_run_of_our_configuration():
     )  # the failed run is left out
     assert rows["added p99 at 1,000 rps, ms"] == ([0.9], "met")
     assert rows["records lost, broker down 10 s at 1,000 rps"] == ([], "not measured")
+
+
+def test_operator_table_sets_its_time_beside_the_cluster_alone():
+    part = {
+        "1000": {"seconds_to_all_ready": 90.0, "ready": 1000, "deployments_available": 1000},
+        "floor_1000": {"seconds_to_all_available": 80.0, "objects": 5000},
+        "100": {"seconds_to_all_ready": None, "ready_timeout_seconds": 120, "ready": 90},
+        "floor_100": {"error": "kubectl apply (cluster floor): refused"},
+    }
+    rows = {line.split(" | ")[0]: line for line in report.operator_lines(part) if "|" in line}
+    assert "| 90.0 | 80.0 | 1.12 |" in rows["| 1,000"]
+    assert "not all within 120 | failed: kubectl apply" in rows["| 100"]
+    assert report.floor_ratio(part["100"], part["floor_100"]) is None
