@@ -63,6 +63,10 @@ _READ_BATCH = 1000  # records read from the spool per thread hop
 _HOUSEKEEPING_SECONDS = 0.25  # ledger, gauges and the stall check
 _ACCEPT_HEADROOM = 0.9  # under `reject`, refuse before the queue is full: submits race accepting()
 _PRODUCER_BATCH_BYTES = 256 * 1024  # per partition: 1 KB records in few requests
+# A batch this big goes at once; a smaller one lingers (linger_ms) for more records to join it.
+# The producer holds one batch per partition at a time, so a busy sidecar would otherwise wait
+# a linger per run of records.
+_LINGER_UNDER_BYTES = 64 * 1024
 _MAX_REQUEST_BYTES = 1024 * 1024  # the producer's max_request_size (aiokafka's default)
 _SIZE_CHECK_BYTES = 512 * 1024  # smaller values always fit: their size is not worked out
 _RETRY_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -926,6 +930,8 @@ class InferenceLogPipeline:
                     batch.append(timestamp=ts, key=key, value=value, headers=headers)
                 count += 1
             if count:
+                if batch.size() >= _LINGER_UNDER_BYTES:
+                    batch.close()  # big enough: sent at once, no linger waiting for more
                 await self._send_batch(batch, partition, count, pending)
         pending.sealed = True
         if not pending.batches:

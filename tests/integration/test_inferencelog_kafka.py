@@ -241,6 +241,31 @@ async def test_steady_flow_goes_to_kafka_in_one_send_per_linger(local_env, topic
     assert sends <= elapsed / 0.1 + 3, f"{sends:.0f} sends for {len(sent)} records"
 
 
+async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_path):
+    """Runs of records big enough to fill a good batch go at once: a linger of 5 s would
+    otherwise hold them (Kafka's producer keeps one batch per partition in hand)."""
+    bootstrap = local_env.kafka_bootstrap
+    registry = prometheus_client.CollectorRegistry()
+    config = sidecar_config(topic, bootstrap, tmp_path, linger_ms=5000)
+    sent: list[Exchange] = []
+    async with open_inference_log(config, registry) as sink:
+        for _ in range(10):  # ten runs of about 100 KB, 50 ms apart
+            for _ in range(100):
+                ex = exchange(len(sent), body_bytes=1000)
+                sink.submit(ex)
+                sent.append(ex)
+            await asyncio.sleep(0.05)
+        submitted = time.monotonic()
+
+        async def all_acked() -> bool:
+            return metric(registry, "records_produced_total") >= len(sent)
+
+        await wait_for_async(all_acked, timeout=60, what="every record acked", interval=0.05)
+        acked_after = time.monotonic() - submitted
+    # Held for the linger, they would be acked some 10 s later; sent at once, well under one.
+    assert acked_after < 3.0, f"acked {acked_after:.1f} s after the last submit"
+
+
 def closed_port() -> str:
     """An address where no broker listens: Kafka unreachable, as in a network partition."""
     with socket.socket() as s:
