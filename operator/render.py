@@ -308,10 +308,17 @@ def render_tfserving_configmap(serving: Mapping[str, Any]) -> Manifest:
     }
 
 
+# libyaml's dumper when PyYAML has it: the same text, four times faster (a thousand servings
+# rolling out render it thousands of times).
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def render_sidecar_configmap(
     serving: Mapping[str, Any], settings: OperatorSettings, model_id: int
 ) -> Manifest:
-    text = yaml.safe_dump(render_sidecar_config(serving, settings, model_id), sort_keys=False)
+    text = yaml.dump(
+        render_sidecar_config(serving, settings, model_id), Dumper=_YAML_DUMPER, sort_keys=False
+    )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
