@@ -472,6 +472,15 @@ def kafka_stop(sig: int = signal.SIGTERM) -> None:
     (kafka_dir() / "kafka.pid").unlink(missing_ok=True)
 
 
+def kafka_signal(sig: int) -> None:
+    """Send the running broker a signal: SIGSTOP hangs it (connections are still accepted by
+    the kernel, nothing is answered, as with a broker stuck in a long pause), SIGCONT resumes."""
+    pid = kafka_pid()
+    if pid is None:
+        raise EnvError("Kafka is not running")
+    os.killpg(pid, sig)
+
+
 def settings_file() -> Path:
     return STATE / "env.json"
 
@@ -521,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything and remove its state")
     sub.add_parser("env", help="print the shell settings of the running environment")
     kafka = sub.add_parser("kafka", help="stop or start the broker alone (outage tests)")
-    kafka.add_argument("action", choices=["start", "stop", "kill"])
+    kafka.add_argument("action", choices=["start", "stop", "kill", "pause", "resume"])
     logs = sub.add_parser("logs", help="copy the parts' logs into a folder")
     logs.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
@@ -539,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "kafka":
             if args.action == "start":
                 print(kafka_start())
+            elif args.action in ("pause", "resume"):
+                kafka_signal(signal.SIGSTOP if args.action == "pause" else signal.SIGCONT)
             else:
                 kafka_stop(signal.SIGKILL if args.action == "kill" else signal.SIGTERM)
         elif args.command == "logs":

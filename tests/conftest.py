@@ -163,10 +163,23 @@ class KafkaBroker:
     def start(self) -> None:
         localenv.kafka_start()
 
+    def pause(self) -> None:
+        """Hang the broker (SIGSTOP): reachable, answering nothing."""
+        import signal
+
+        localenv.kafka_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        if localenv.kafka_pid() is not None:
+            localenv.kafka_signal(signal.SIGCONT)
+
 
 @pytest.fixture
 def kafka_broker(local_env: LocalEnv) -> Iterator[KafkaBroker]:
     """Control of the real broker; it is running again when the test ends, whatever happened."""
     broker = KafkaBroker(local_env.kafka_bootstrap)
     yield broker
+    broker.resume()
     broker.start()

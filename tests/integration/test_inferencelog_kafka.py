@@ -1,5 +1,6 @@
 """The inference log against the real broker: records decoded back match the exchanges field for
-field, a broker outage during a steady flow loses none, a full spool follows its policy."""
+field, a broker outage or a hung broker during a steady flow loses none, a full spool follows
+its policy, Kafka gets few batches at a steady rate and busy runs without delay."""
 
 from __future__ import annotations
 
@@ -264,6 +265,47 @@ async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_
         acked_after = time.monotonic() - submitted
     # Held for the linger, they would be acked some 10 s later; sent at once, well under one.
     assert acked_after < 3.0, f"acked {acked_after:.1f} s after the last submit"
+
+
+async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
+    local_env, topic, tmp_path, kafka_broker
+):
+    """A broker that accepts connections and answers nothing (SIGSTOP: a long pause, a wedged
+    disk) is a stall, not an outage: after producer_stall_seconds the producer is replaced,
+    and once the broker answers again every record is on the topic (at least once)."""
+    bootstrap = local_env.kafka_bootstrap
+    registry = prometheus_client.CollectorRegistry()
+    config = sidecar_config(
+        topic, bootstrap, tmp_path, producer_stall_seconds=2.0, send_timeout_seconds=60.0
+    )
+    sent: list[Exchange] = []
+    flowing = True
+    async with open_inference_log(config, registry) as sink:
+
+        async def steady_flow(rate: float = 200) -> None:
+            while flowing:
+                ex = exchange(len(sent))
+                sink.submit(ex)
+                sent.append(ex)
+                await asyncio.sleep(1 / rate)
+
+        flow = asyncio.create_task(steady_flow())
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(kafka_broker.pause)
+        try:
+            await asyncio.sleep(5.0)
+        finally:
+            await asyncio.to_thread(kafka_broker.resume)
+        await asyncio.sleep(1.0)
+        flowing = False
+        await flow
+        records = await consume_all(topic, bootstrap, len(sent), timeout=120)
+        stalled = metric(registry, "producer_restarts_total", reason="stalled")
+    assert stalled >= 1
+    assert {r.key for r in records} == {ex.request_id for ex in sent}
+    by_key = {r.key: r for r in records}
+    for ex in sent:
+        assert_record_matches(by_key[ex.request_id], ex, LoggingMode.ALL)
 
 
 def closed_port() -> str:
