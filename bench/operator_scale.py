@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +125,7 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
         with PeakRss(operator, interval=0.5) as rss:
             subprocess_apply(cluster, items)
             applied = time.monotonic() - started
-            ready = 0
-            while time.monotonic() - started < READY_TIMEOUT:
-                ready = ready_count(cluster, namespace)
-                if ready >= n:
-                    break
-                time.sleep(1)
+            ready = count_until(lambda: ready_count(cluster, namespace), n, started)
             result["seconds_to_apply"] = round(applied, 1)
             result["ready"] = ready
             result["deployments_available"] = available_deployments(cluster, namespace)
@@ -157,6 +153,18 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
         except BenchError as exc:
             log(str(exc))
     return result
+
+
+def count_until(count: Callable[[], int], n: int, started: float) -> int:
+    """Poll `count` every second until it reaches n or READY_TIMEOUT has passed since `started`;
+    returns the last count."""
+    value = 0
+    while time.monotonic() - started < READY_TIMEOUT:
+        value = count()
+        if value >= n:
+            break
+        time.sleep(1)
+    return value
 
 
 def delete_namespace(cluster: Cluster, namespace: str) -> None:
@@ -206,12 +214,7 @@ def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
             if applier.returncode:
                 raise BenchError(f"kubectl apply (cluster floor): {errors.strip()[-500:]}")
         applied = time.monotonic() - started
-        available = 0
-        while time.monotonic() - started < READY_TIMEOUT:
-            available = available_deployments(cluster, namespace)
-            if available >= n:
-                break
-            time.sleep(1)
+        available = count_until(lambda: available_deployments(cluster, namespace), n, started)
         return {
             "objects": len(children),
             "seconds_to_apply": round(applied, 1),
