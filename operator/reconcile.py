@@ -54,6 +54,7 @@ class Reconciler:
     workers: list[asyncio.Task] = field(default_factory=list)
     reconciled: set[tuple[str, str]] = field(default_factory=set)  # since the start
     writes: int = 0  # since the start: applies, deletes, status and annotation patches
+    caught_up: bool = False  # the queue has been empty once since the start
 
 
 def covers(live: Any, desired: Any) -> bool:
