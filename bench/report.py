@@ -123,9 +123,13 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, list[float], st
             lambda v: v <= 60,
         )
         add(
-            "operator RSS with 1,000 servings, MiB",
+            "operator RSS with 1,000 servings (applying; after a restart), MiB",
             "<= 250",
-            [big["operator_rss_peak_mib"]],
+            [
+                big[k]
+                for k in ("operator_rss_peak_mib", "operator_rss_after_restart_mib")
+                if k in big
+            ],
             lambda v: v <= TARGETS["operator_rss_mib"],
         )
     writes = [
@@ -330,7 +334,8 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
         "",
         "| servings | all Ready after (s) | the cluster alone, same objects: all available "
         "after (s) | ratio | Ready at the end | Deployments available "
-        "| operator RSS peak / settled (MiB) | restart: objects written | restart: Events added |",
+        "| operator RSS peak / settled / after a restart (MiB) | restart: objects written "
+        "| restart: Events added |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in sizes:
@@ -343,6 +348,7 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
             f"| {_fmt(floor_ratio(r, floor))} | {r.get('ready')} "
             f"| {r.get('deployments_available', '-')} "
             f"| {r.get('operator_rss_peak_mib')} / {r.get('operator_rss_settled_mib')} "
+            f"/ {r.get('operator_rss_after_restart_mib')} "
             f"| {r.get('restart_objects_written')} | {r.get('restart_events_added')} |"
         )
     lines += [

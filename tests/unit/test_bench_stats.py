@@ -191,3 +191,23 @@ def test_operator_table_sets_its_time_beside_the_cluster_alone():
     assert "| 90.0 | 80.0 | 1.12 |" in rows["| 1,000"]
     assert "not all within 120 | failed: kubectl apply" in rows["| 100"]
     assert report.floor_ratio(part["100"], part["floor_100"]) is None
+
+
+def test_operator_memory_is_judged_while_applying_and_after_a_restart():
+    results = {
+        "parts": {
+            "operator": {
+                "1000": {
+                    "servings": 1000,
+                    "seconds_to_all_ready": 50.0,
+                    "operator_rss_peak_mib": 150.0,
+                    "operator_rss_after_restart_mib": 260.0,
+                }
+            }
+        }
+    }
+    rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(results)}
+    assert rows["operator RSS with 1,000 servings (applying; after a restart), MiB"] == (
+        [150.0, 260.0],
+        "mixed",
+    )
