@@ -19,7 +19,7 @@ from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
-from modelserving.sidecar.proxy import Upstream, read_body
+from modelserving.sidecar.proxy import Upstream, UpstreamAnswer, read_body
 from modelserving.sidecar.readiness import ModelReadiness
 from modelserving.sidecar.request_id import HEADER as REQUEST_ID
 from modelserving.sidecar.request_id import request_id
@@ -178,22 +178,14 @@ class RequestPath:
             request_id=call.request_id,
         )
         self.metrics.upstream_done(route.label, answer.seconds)
-        return web.Response(
-            status=answer.status,
-            body=answer.body,
-            headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
-        )
+        return _passed_on(answer, call)
 
     async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         """Model status and metadata: TF Serving's answer as it comes."""
         route = call.route
         answer = await self.upstream.forward("GET", route.upstream_path, request_id=call.request_id)
         self.metrics.upstream_done(route.label, answer.seconds)
-        return web.Response(
-            status=answer.status,
-            body=answer.body,
-            headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
-        )
+        return _passed_on(answer, call)
 
     async def healthz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         return _json(200, _ALIVE, call)
@@ -207,6 +199,15 @@ class RequestPath:
         body = generate_latest(self.registry)
         headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
         return web.Response(body=body, headers=headers)
+
+
+def _passed_on(answer: UpstreamAnswer, call: Call) -> web.Response:
+    """TF Serving's answer as it came: its code, body and content type, with our request id."""
+    return web.Response(
+        status=answer.status,
+        body=answer.body,
+        headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
+    )
 
 
 def _json(status: int, body: bytes, call: Call) -> web.Response:
