@@ -6,19 +6,15 @@ KWOK pods run no code) turns LoggingReady False with the age of the oldest spool
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 from kubernetes import client
 from test_operator_serving import (
-    COUNTER_NAMESPACE,
-    REPO,
-    Operator,
     condition,
     crds,  # noqa: F401  (a fixture)
     get_serving,
+    running_operator,
     serving_manifest,
 )
 from waiting import wait_for
@@ -33,31 +29,9 @@ DEFAULT_FLAGS = [
 ]  # fmt: skip
 
 
-class OperatorWithLogDefaults(Operator):
-    def start(self) -> None:
-        self.starts += 1
-        cmd = [
-            sys.executable, "-m", "modelserving.cli", "operator",
-            "--namespace", self.namespace, "--operator-namespace", COUNTER_NAMESPACE,
-            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
-            "--retry-seconds", "2", "--kafka-timeout", "3", *DEFAULT_FLAGS,
-        ]  # fmt: skip
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                cmd, env=self.local_env.tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )  # fmt: skip
-
-
 @pytest.fixture
 def operator(crds, local_env, namespace, tmp_path):  # noqa: F811  (the fixture imported above)
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-               "metadata": {"name": "modelserving", "namespace": namespace}}  # fmt: skip
-    crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
-    op = OperatorWithLogDefaults(local_env, namespace, tmp_path)
-    op.start()
-    yield op
-    op.stop()
+    yield from running_operator(crds, local_env, namespace, tmp_path, DEFAULT_FLAGS)
 
 
 def sidecar_logging(core, namespace: str, name: str) -> dict | None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,9 @@ def crds(local_env, kube_client):
 class Operator:
     """`modelserving operator` as a subprocess watching one namespace."""
 
-    def __init__(self, local_env, namespace: str, log_dir: Path) -> None:
+    def __init__(self, local_env, namespace: str, log_dir: Path, flags: Sequence[str] = ()) -> None:
         self.local_env, self.namespace, self.log_dir = local_env, namespace, log_dir
+        self.flags = list(flags)  # added to the command line
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -74,7 +76,7 @@ class Operator:
             "--namespace", self.namespace,
             "--operator-namespace", COUNTER_NAMESPACE,
             "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
-            "--retry-seconds", "2", "--kafka-timeout", "3",
+            "--retry-seconds", "2", "--kafka-timeout", "3", *self.flags,
         ]  # fmt: skip
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
@@ -95,19 +97,26 @@ class Operator:
         return self.log_path.read_text()
 
 
-@pytest.fixture
-def operator(crds, local_env, namespace, kube_client, tmp_path):
+def running_operator(
+    crds, local_env, namespace: str, log_dir: Path, flags: Sequence[str] = ()
+) -> Iterator[Operator]:
+    """An operator for the test's namespace (with kopf's peering object), stopped at the end."""
     peering = {
         "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
         "metadata": {"name": "modelserving", "namespace": namespace},
     }  # fmt: skip
     crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
-    op = Operator(local_env, namespace, tmp_path)
+    op = Operator(local_env, namespace, log_dir, flags)
     op.start()
     yield op
     op.stop()
     if op.proc.returncode not in (0, -signal.SIGTERM):
         print(op.log()[-4000:], file=sys.stderr)
+
+
+@pytest.fixture
+def operator(crds, local_env, namespace, kube_client, tmp_path):
+    yield from running_operator(crds, local_env, namespace, tmp_path)
 
 
 def serving_manifest(name: str, **spec) -> dict:
