@@ -156,3 +156,16 @@ def run_pinned(cmd: Sequence[str], core: int, timeout: float, **kwargs: object) 
     if proc.returncode != 0:
         raise BenchError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     return proc.stdout
+
+
+def tree_at(rev: str, into: Path) -> Path:
+    """The `modelserving` package as it was at git revision `rev` (its symlinks to sidecar/ and
+    operator/), unpacked into `into`: the tools measure it beside the working tree."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "modelserving", "sidecar", "operator"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

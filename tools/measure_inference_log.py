@@ -30,6 +30,11 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.procs import tree_at  # noqa: E402
+from bench.sidecar import create_topic, delete_created_topics  # noqa: E402
+
 CORE = 1  # the process measured; the broker and the rest share core 0
 
 
@@ -43,12 +48,10 @@ async def child(args: argparse.Namespace) -> dict:
         sys.path.insert(0, args.code)
     from prometheus_client import CollectorRegistry
 
+    from bench.log_throughput import REQUEST, RESPONSE
     from modelserving.sidecar.config import parse_config
     from modelserving.sidecar.exchange import Exchange
     from modelserving.sidecar.inference_log import open_inference_log
-
-    sys.path.insert(0, str(REPO))
-    from bench.log_throughput import REQUEST, RESPONSE
 
     config = parse_config({
         "serving": {"name": "bench", "namespace": "bench"},
@@ -104,47 +107,6 @@ async def child(args: argparse.Namespace) -> dict:
     }
 
 
-def create_topic(bootstrap: str) -> str:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    topic = f"measure-log-{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    return topic
-
-
-def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(topics)
-        finally:
-            await admin.close()
-
-    asyncio.run(delete())
-
-
-def tree_at(rev: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "modelserving", "sidecar", "operator"],
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
     cmd = ["taskset", "-c", str(CORE), sys.executable, __file__, "--child", "--topic", topic,
            "--bootstrap", bootstrap, "--spool", str(spool), "--records", str(n),
@@ -176,7 +138,6 @@ def main() -> int:
     env = json.loads((REPO / ".localenv" / "env.json").read_text())
     bootstrap = env["kafka_bootstrap"]
     rates = [int(r) for r in args.rates.split(",")]
-    topics: list[str] = []
     with tempfile.TemporaryDirectory(prefix="measure-log-") as tmp:
         versions: list[tuple[Path | None, str]] = [(None, "working tree")]
         if args.baseline:
@@ -187,16 +148,15 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for rate in rates:
                     for code, label in versions:
-                        topic = create_topic(bootstrap)
-                        topics.append(topic)
+                        topic = f"measure-log-{uuid.uuid4().hex[:10]}"
+                        create_topic(bootstrap, topic)
                         spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
                         print(f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
                               file=sys.stderr)  # fmt: skip
                         r = run_child(code, bootstrap, topic, spool, args.records, rate)
                         results.setdefault((label, rate), []).append(r)
         finally:
-            if topics:
-                delete_topics(bootstrap, topics)
+            delete_created_topics()
     print(f"{args.records} records of ~1 KB, {args.rounds} round(s), medians; process on core "
           f"{CORE}; load avg {Path('/proc/loadavg').read_text().split()[0]}")  # fmt: skip
     print(f"{'version':24} {'rate':>6} {'records/s':>10} {'CPU µs/rec':>10} {'core':>5}")

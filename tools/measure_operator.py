@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -25,6 +26,11 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.operator_scale import Cluster, fake_node  # noqa: E402
+from bench.operator_scale import serving as bench_serving  # noqa: E402
+
 ENV = json.loads((REPO / ".localenv" / "env.json").read_text())
 KINDS = (
     "modelservings,deployments,services,configmaps,serviceaccounts,rolebindings,"
@@ -32,15 +38,8 @@ KINDS = (
 )
 
 
-def kubectl(*args: str, stdin: str | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run(
-        ["kubectl", *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "KUBECONFIG": ENV["kubeconfig"],
-             "PATH": f"{ENV['path']}:{os.environ['PATH']}"},
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args[:3])}: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
+# kubectl with the local environment's kubeconfig and binaries; some calls take minutes.
+kubectl = functools.partial(Cluster(ENV).kubectl, timeout=300)
 
 
 def items(kinds: str, namespace: str) -> list[dict]:
@@ -48,29 +47,10 @@ def items(kinds: str, namespace: str) -> list[dict]:
 
 
 def serving(name: str, namespace: str) -> dict:
-    return {
-        "apiVersion": "modelserving.io/v1alpha1",
-        "kind": "ModelServing",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"name": name, "version": 1, "basePath": "s3://models/bench"},
-            "server": {"replicas": 1},
-            "auth": {"mode": "none"},
-        },
-    }
-
-
-def fake_node(name: str, pods: int) -> dict:
-    resources = {"cpu": "4000", "memory": "8Ti", "pods": str(pods)}
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"type": "kwok", "kubernetes.io/hostname": name},
-        },
-        "status": {"allocatable": resources, "capacity": resources},
-    }  # fmt: skip
+    """The benchmark's serving, its inference log left to the operator's flags (--logging)."""
+    manifest = bench_serving(name, namespace)
+    del manifest["spec"]["logging"]
+    return manifest
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:

@@ -24,7 +24,6 @@ import contextlib
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import load  # noqa: E402
-from bench.procs import LOAD_CORE, PROXY_CORE, PeakRss, Proc, free_port  # noqa: E402
+from bench.procs import LOAD_CORE, PROXY_CORE, PeakRss, Proc, free_port, tree_at  # noqa: E402
 from bench.request_path import Bench  # noqa: E402
 from bench.sidecar import API_KEY, create_topic  # noqa: E402
 from bench.tools import VEGETA_VERSION  # noqa: E402
@@ -199,17 +198,6 @@ class Measurement:
                 p99_ms=p99,
                 cpu_us_at_rate=at_rate,
             )
-
-
-def tree_at(rev: str, into: Path) -> Path:
-    """The `modelserving` package as it was at `rev` (its symlinks to sidecar/ and operator/)."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "modelserving", "sidecar", "operator"],
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def mean(values: list[float]) -> float:
