@@ -70,6 +70,39 @@ async def consume_all(topic: str, bootstrap: str, expected: int, timeout: float)
     return records
 
 
+class SteadyFlow:
+    """Exchanges of `body_bytes` submitted at `rate` per second from a task of its own, as a
+    busy sidecar does, until stop(); counts the submits made while the sink was refusing."""
+
+    def __init__(self, sink, body_bytes: int, rate: float = 200) -> None:
+        self.sink, self.body_bytes, self.rate = sink, body_bytes, rate
+        self.sent: list[Exchange] = []
+        self.refused = 0
+        self._flowing = True
+        self._task: asyncio.Task | None = None
+
+    async def _flow(self) -> None:
+        while self._flowing:
+            if not self.sink.accepting():
+                self.refused += 1
+            ex = exchange(len(self.sent), body_bytes=self.body_bytes)
+            self.sink.submit(ex)
+            self.sent.append(ex)
+            await asyncio.sleep(1 / self.rate)
+
+    async def stop(self) -> None:
+        self._flowing = False
+        if self._task is not None:
+            await self._task
+
+    async def __aenter__(self) -> SteadyFlow:
+        self._task = asyncio.create_task(self._flow())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
 def metric(registry, name: str, **labels) -> float:
     return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0.0
 
@@ -167,22 +200,8 @@ async def test_broker_outage_during_steady_flow_loses_nothing(
     config = sidecar_config(
         topic, bootstrap, tmp_path, producer_stall_seconds=3.0, send_timeout_seconds=5.0
     )
-    sent: list[Exchange] = []
-    refused = 0
-    flowing = True
-    async with open_inference_log(config, registry) as sink:
-
-        async def steady_flow(rate: float = 200) -> None:
-            nonlocal refused
-            while flowing:
-                if not sink.accepting():
-                    refused += 1
-                ex = exchange(len(sent), body_bytes=1000)
-                sink.submit(ex)
-                sent.append(ex)
-                await asyncio.sleep(1 / rate)
-
-        flow = asyncio.create_task(steady_flow())
+    async with open_inference_log(config, registry) as sink, SteadyFlow(sink, 1000) as flow:
+        sent = flow.sent
         await asyncio.sleep(1.5)
         outage_start = time.monotonic()
         await asyncio.to_thread(kafka_broker.stop)
@@ -191,8 +210,7 @@ async def test_broker_outage_during_steady_flow_loses_nothing(
         await asyncio.to_thread(kafka_broker.start)
         outage = time.monotonic() - outage_start
         await asyncio.sleep(1.5)
-        flowing = False
-        await flow
+        await flow.stop()
         records = await consume_all(topic, bootstrap, len(sent), timeout=120)
     keys = [r.key for r in records]
     delivered = len(set(keys))
@@ -203,7 +221,7 @@ async def test_broker_outage_during_steady_flow_loses_nothing(
         f" delivered {delivered}, duplicated {len(keys) - delivered}, lost {len(sent) - delivered},"
         f" replayed {metric(registry, 'records_replayed_total'):.0f}"
     )
-    assert refused == 0
+    assert flow.refused == 0
     assert delivered == len(sent)
     by_key = {r.key: r for r in records}
     for ex in sent:
@@ -278,18 +296,8 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
     config = sidecar_config(
         topic, bootstrap, tmp_path, producer_stall_seconds=2.0, send_timeout_seconds=60.0
     )
-    sent: list[Exchange] = []
-    flowing = True
-    async with open_inference_log(config, registry) as sink:
-
-        async def steady_flow(rate: float = 200) -> None:
-            while flowing:
-                ex = exchange(len(sent))
-                sink.submit(ex)
-                sent.append(ex)
-                await asyncio.sleep(1 / rate)
-
-        flow = asyncio.create_task(steady_flow())
+    async with open_inference_log(config, registry) as sink, SteadyFlow(sink, 100) as flow:
+        sent = flow.sent
         await asyncio.sleep(1.0)
         await asyncio.to_thread(kafka_broker.pause)
         try:
@@ -297,8 +305,7 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
         finally:
             await asyncio.to_thread(kafka_broker.resume)
         await asyncio.sleep(1.0)
-        flowing = False
-        await flow
+        await flow.stop()
         records = await consume_all(topic, bootstrap, len(sent), timeout=120)
         stalled = metric(registry, "producer_restarts_total", reason="stalled")
     assert stalled >= 1
