@@ -115,8 +115,7 @@ async def reconcile(
         deployment, apply_error, done = await _apply_children(
             rec, serving, model_id, live, deployment
         )
-        wrote = sum(map(len, done.values()))
-        if apply_error is None and not wrote:
+        if apply_error is None and not any(done.values()):
             rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
         else:
             rec.verified.pop(key, None)
