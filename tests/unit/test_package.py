@@ -5,6 +5,7 @@ and a wheel of it imports from anywhere."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -30,9 +31,16 @@ def test_the_top_level_folders_are_the_subpackages() -> None:
 
 
 def test_a_wheel_imports_from_outside_the_checkout(tmp_path: Path) -> None:
+    # Built from a copy of what the wheel is made of: setuptools leaves a build/ folder
+    # behind, and a stale one in the checkout would put deleted modules into later wheels.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "modelserving", "operator", "sidecar"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "--wheel-dir", str(tmp_path / "wheels"), str(REPO)],
+         "--wheel-dir", str(tmp_path / "wheels"), str(source)],
         cwd=tmp_path, check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = (tmp_path / "wheels").glob("modelserving-*.whl")
