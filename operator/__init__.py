@@ -1,1 +1,1 @@
-"""The kopf operator: a ModelServing's children rendered from its spec, applied, and its status kept true."""
+"""The kopf operator: a ModelServing's children rendered from its spec, applied, status kept."""
