@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from modelserving.sidecar.config import parse_config
 from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import build_spool_record, open_inference_log
+from modelserving.sidecar.inference_log import open_inference_log
+from modelserving.sidecar.log_records import SpoolRecordMaker
 
 # A ~1 KB record: a request of 64 floats and its predictions, as TF Serving JSON.
 REQUEST = json.dumps({"instances": [[round(i * 0.137, 4) for i in range(64)]]}).encode()
@@ -58,10 +59,9 @@ async def main_async(args: argparse.Namespace) -> dict:
                     "spoolDir": args.spool, "compression": args.compression},
     })  # fmt: skip
     sample = exchange(0)
-    record = build_spool_record(sample, config.model, config.logging, "bench")
-    encode_us = per_record_us(
-        lambda: build_spool_record(sample, config.model, config.logging, "bench"), 4_000
-    )
+    maker = SpoolRecordMaker(config.model, config.logging, "bench")
+    record = maker.make(sample)
+    encode_us = per_record_us(lambda: maker.make(sample), 4_000)
     exchanges = [exchange(i) for i in range(args.records)]
     async with open_inference_log(config, CollectorRegistry()) as sink:
         started = time.perf_counter()

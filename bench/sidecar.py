@@ -391,7 +391,7 @@ def inference_log_throughput(bench: Bench, records: int = 60_000) -> dict[str, A
         "notes": [
             f"{records:,} records of ~1 KB (a 64-float request and its answer), acks=all, "
             f"idempotent producer, spool on local disk; the process on core {PROXY_CORE}; "
-            "encode = build_spool_record (record, headers, Avro), best of 5 rounds; "
+            "encode = SpoolRecordMaker.make (the pipeline's encoder), best of 5 rounds; "
             "submit = what the request path pays"
         ],
         "runs": runs,

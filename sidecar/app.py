@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,6 +18,7 @@ from modelserving.sidecar.auth import Authenticator, open_authenticator
 from modelserving.sidecar.config import LoggingMode, SidecarConfig
 from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
+from modelserving.sidecar.library_internals import DirectAppRunner
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving.sidecar.proxy import Upstream, UpstreamAnswer, read_body
@@ -230,15 +232,12 @@ async def _through_router(request: web.Request) -> web.StreamResponse:
     return await request.app[REQUEST_PATH](request)
 
 
-class SidecarRunner(web.AppRunner):
+class SidecarRunner(DirectAppRunner):
     """Runs the sidecar's app (its cleanup contexts, its keys) with aiohttp's server calling
     `RequestPath` directly, instead of through the router and middlewares."""
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.request_handler = self.app[REQUEST_PATH]  # type: ignore[assignment]
-        server.request_factory = server._make_request  # a plain BaseRequest: no router state
-        return server
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, REQUEST_PATH, **kwargs)
 
 
 def create_app(

@@ -18,11 +18,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from modelserving.api import GROUP
+from modelserving.sidecar.config import LoggingConfig
+from modelserving.sidecar.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,34 @@ def summarize(
     }
 
 
-def summary_from_pipeline(pipeline: Any, kafka_reachable: bool) -> dict[str, Any]:
-    """The summary of a running InferenceLogPipeline."""
+class LogHealthSource(Protocol):
+    """What a summary is made of: the running inference log (`InferenceLogPipeline`)."""
+
+    settings: LoggingConfig
+    spool: Spool
+
+    def waiting_records(self) -> int: ...
+
+    def oldest_waiting_age(self) -> float: ...
+
+    def accepting(self) -> bool: ...
+
+
+async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to one of the bootstrap servers opens."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        except (OSError, ValueError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
+def summary_from_pipeline(pipeline: LogHealthSource, kafka_reachable: bool) -> dict[str, Any]:
+    """The summary of a running inference log."""
     return summarize(
         spool_bytes=pipeline.spool.size_bytes,
         spool_max_bytes=pipeline.settings.spool_max_bytes,
@@ -106,15 +134,15 @@ class LogStatusPublisher:
     """Writes the pod's summary when its state changes, or its figures at most every
     REFRESH_SECONDS; failures are logged and retried at the next check, never raised."""
 
-    def __init__(self, pipeline: Any, writer: PodAnnotationWriter, check_seconds: float):
+    def __init__(
+        self, pipeline: LogHealthSource, writer: PodAnnotationWriter, check_seconds: float
+    ):
         self.pipeline, self.writer, self.check_seconds = pipeline, writer, check_seconds
         self._written: dict[str, Any] | None = None
         self._written_at = 0.0
 
     async def publish_once(self) -> bool:
         """Check and write if due; True when a write was made."""
-        from modelserving.sidecar.inference_log import broker_reachable
-
         reachable = await broker_reachable(self.pipeline.settings.bootstrap_servers)
         summary = summary_from_pipeline(self.pipeline, reachable)
         now = time.monotonic()
@@ -145,7 +173,7 @@ class LogStatusPublisher:
 
 @contextlib.asynccontextmanager
 async def publishing_log_status(
-    pipeline: Any, kubeconfig: str = "", check_seconds: float = CHECK_SECONDS
+    pipeline: LogHealthSource, kubeconfig: str = "", check_seconds: float = CHECK_SECONDS
 ) -> AsyncIterator[LogStatusPublisher | None]:
     """Publish while the block runs, when the pod is known (POD_NAME and POD_NAMESPACE set);
     otherwise (a sidecar run outside a pod) do nothing."""

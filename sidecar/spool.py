@@ -14,8 +14,8 @@ counts them, and finds the next good frame by its magic. A new process writes to
 segment, so a torn tail left by a kill is never appended to.
 
 `Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends
-and fsyncs go through one `SpoolWriter` thread (a batch per wake-up, fsync per interval, not
-per write); reads (replays) go to a worker thread; a lock guards the list of segments.
+and fsyncs go through one `SpoolWriter` thread (see spool_writer: a batch per wake-up, fsync per
+interval, not per write); reads (replays) go to a worker thread; a lock guards the list of segments.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,6 +335,12 @@ class Spool:
             written = os.write(self._fd, view)
             view = view[written:]
 
+    def seconds_until_sync(self) -> float | None:
+        """How long until the next fsync is due (0: now), or None when all is on disk."""
+        if not self._dirty or self._fd is None:
+            return None
+        return max(0.0, self._last_fsync + self.fsync_interval - time.monotonic())
+
     def sync_if_due(self) -> None:
         """fsync the active segment when the fsync interval has passed since the last one."""
         now = time.monotonic()
@@ -441,57 +445,3 @@ class Spool:
                     break
                 pos.segment_first_id, pos.offset, pos.buffer = seg.first_id + 1, 0, b""
         return result
-
-
-# What a SpoolWriter reports for each batch: the records, the first id given, how many were
-# appended (a prefix: the spool was full for the rest), and the error if the write failed.
-AppendDone = Callable[[list[SpoolRecord], int, int, BaseException | None], None]
-_STOP = object()
-
-
-class SpoolWriter:
-    """The one thread that appends to a spool: a batch of records per wake-up, each reported to
-    `done` (called in this thread), and an fsync when the spool's interval has passed, also
-    while no batch comes."""
-
-    def __init__(self, spool: Spool, done: AppendDone) -> None:
-        self.spool = spool
-        self._done = done
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="inference-log-spool", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def append(self, records: list[SpoolRecord]) -> None:
-        """Queue one batch (never blocks); `done` reports it."""
-        self._jobs.put(records)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Append what is queued, fsync, and end the thread (blocks: call it from a thread)."""
-        if self._thread.is_alive():
-            self._jobs.put(_STOP)
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        spool, jobs = self.spool, self._jobs
-        while True:
-            timeout = None
-            if spool._dirty:
-                timeout = max(0.0, spool._last_fsync + spool.fsync_interval - time.monotonic())
-            try:
-                job = jobs.get(timeout=timeout)
-            except queue.Empty:
-                job = None
-            if job is _STOP:
-                return
-            if job is not None:
-                try:
-                    first_id, count = spool.append(job)
-                except BaseException as exc:  # reported: the pipeline decides what to do
-                    self._done(job, spool.next_id, 0, exc)
-                else:
-                    self._done(job, first_id, count, None)
-            # A disk that fails shows in the next write's report; fsync is tried again then.
-            with contextlib.suppress(OSError):
-                spool.sync_if_due()

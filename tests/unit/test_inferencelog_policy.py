@@ -11,15 +11,12 @@ import uuid
 
 import prometheus_client
 import pytest
+from support.reference_records import build_spool_record, shape_exchange
 
 from modelserving.inferencelog import HEADER_PAYLOAD
 from modelserving.sidecar.config import ConfigError, LoggingConfig, LoggingMode, parse_config
 from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import (
-    InferenceLogMetrics,
-    build_spool_record,
-    shape_exchange,
-)
+from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
 from modelserving.sidecar.log_policy import (
     MASK,
     LogPolicy,
@@ -209,7 +206,8 @@ def test_the_counters_of_requests_seen_and_sampled_out_are_exposed():
     metrics.counts.seen[:] = [7, 3]
     metrics.counts.sampled_out[:] = [5, 0]
     request = LogPolicy(max_payload_bytes=1).shape(b"{}", Part.REQUEST)
-    metrics.count_shaped(request, LogPolicy().shape(b"{}", Part.RESPONSE))
+    metrics.logged.inc()
+    metrics.count_changes(request, LogPolicy().shape(b"{}", Part.RESPONSE))
 
     def value(name, **labels):
         return registry.get_sample_value(f"modelserving_inference_log_{name}", labels)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import fastavro
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.reference_records import build_headers, build_record, build_spool_record
 
 from modelserving.inferencelog import (
     SCHEMA,
@@ -22,15 +22,9 @@ from modelserving.inferencelog import (
 )
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import (
-    SpoolRecordMaker,
-    build_headers,
-    build_record,
-    build_spool_record,
-    missing_c_extensions,
-    murmur2,
-)
+from modelserving.sidecar.kafka_partitioner import murmur2
 from modelserving.sidecar.log_policy import OversizePolicy, RedactRule
+from modelserving.sidecar.log_records import SpoolRecordMaker
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
 SEED_SCHEMA_TEXT = """
@@ -175,23 +169,6 @@ def test_key_and_headers_carry_request_id_trace_caller_version_and_pod():
     }
     anonymous = build_headers(exchange(caller=None, traceparent=None), 3, "p")
     assert [name for name, _ in anonymous] == ["request-id", "model-version", "pod"]
-
-
-def test_c_extensions_are_in_use_here():
-    assert missing_c_extensions() == []
-
-
-def test_encoding_a_1kb_record_costs_microseconds():
-    settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092")
-    ex = exchange(request_body=b'{"instances": [' + b"0.5, " * 180 + b"0.5]}")
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        build_spool_record(ex, MODEL, settings, "pod")
-    per_record_us = (time.perf_counter() - start) / n * 1e6
-    print(f"\nencode (record + key + headers + Avro) per ~1 KB record: {per_record_us:.1f} us")
-    # Generous: on a loaded 2-core CI machine it is a few microseconds.
-    assert per_record_us < 100
 
 
 @given(

@@ -9,7 +9,7 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.inference_log import RepeatedLogFilter
+from modelserving.sidecar.kafka_logs import RepeatedLogFilter
 from modelserving.sidecar.spool import (
     SEGMENT_SUFFIX,
     Spool,

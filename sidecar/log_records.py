@@ -1,0 +1,138 @@
+"""The inference log's records: what the pipeline makes of one exchange for the spool and Kafka
+(the key, the headers, and the seed's Avro `inferencelog` value), a batch at a time.
+
+The payloads are kept, redacted and cut as the logging mode and the policy say (see
+`log_policy`); what is the same for every record of a serving is encoded once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Callable
+
+from modelserving.inferencelog import (
+    HEADER_CALLER,
+    HEADER_MODEL_VERSION,
+    HEADER_PAYLOAD,
+    HEADER_POD,
+    HEADER_REQUEST_ID,
+    HEADER_TRACEPARENT,
+    InferenceLogEncoder,
+)
+from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
+from modelserving.sidecar.exchange import Exchange
+from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
+from modelserving.sidecar.spool import SpoolRecord, share_header
+
+ABSENT = ShapedPayload("")  # the payload a mode leaves out
+
+
+@functools.cache
+def policy_of(settings: LoggingConfig) -> LogPolicy:
+    """The redaction and size policy of a logging section (made once per section)."""
+    return settings.policy()
+
+
+def payload_header(request: ShapedPayload, response: ShapedPayload) -> str:
+    """The `payload` header's value: what was done to which payload, e.g.
+    `request=redacted+cut,response=digest`; empty when both went as they came."""
+    parts = []
+    for name, shaped in (("request", request), ("response", response)):
+        marks = shaped.marks()
+        if marks:
+            parts.append(f"{name}={'+'.join(marks)}")
+    return ",".join(parts)
+
+
+def _utf8(body: bytes) -> bytes:
+    """The payload as the record's UTF-8 text: as it came when it is UTF-8 (the common case,
+    checked without a copy kept), else with U+FFFD for the bad bytes, as `LogPolicy.shape`."""
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return body.decode("utf-8", errors="replace").encode()
+    return body
+
+
+class SpoolRecordMaker:
+    """The spool records of one serving's exchanges, made a batch at a time: what is the same for
+    every record (model fields of the Avro value, the pod header, versions and callers seen)
+    is encoded once, and a payload the policy leaves alone goes into the value as its bytes."""
+
+    _CACHE_LIMIT = 1024
+
+    def __init__(
+        self,
+        model: ModelIdentity,
+        settings: LoggingConfig,
+        pod: str,
+        count_changes: Callable[[ShapedPayload, ShapedPayload], None] | None = None,
+    ) -> None:
+        self._policy = policy_of(settings)
+        self._plain = self._policy.leaves_payloads_alone
+        self._keep_request = settings.mode is not LoggingMode.PREDICTIONS
+        self._keep_response = settings.mode is not LoggingMode.MODEL_INPUTS
+        self._encode = InferenceLogEncoder(
+            model.model_id, model.name, settings.confluent_schema_id
+        ).encode
+        self._default_version = model.version
+        self._pod = share_header((HEADER_POD, pod.encode()))
+        self._versions: dict[int, tuple[str, bytes]] = {}
+        self._callers: dict[str, tuple[str, bytes]] = {}
+        self._count_changes = count_changes
+
+    def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
+        if self._plain:
+            request = _utf8(exchange.request_body) if self._keep_request else b""
+            response = _utf8(exchange.response_body) if self._keep_response else b""
+            return request, response, ""
+        policy = self._policy
+        shaped_request = (
+            policy.shape(exchange.request_body, Part.REQUEST) if self._keep_request else ABSENT
+        )
+        shaped_response = (
+            policy.shape(exchange.response_body, Part.RESPONSE) if self._keep_response else ABSENT
+        )
+        changes = payload_header(shaped_request, shaped_response)
+        if changes and self._count_changes is not None:
+            self._count_changes(shaped_request, shaped_response)
+        return shaped_request.text.encode(), shaped_response.text.encode(), changes
+
+    def make(self, exchange: Exchange) -> SpoolRecord:
+        """The spool record of one exchange."""
+        request, response, changes = self._payloads(exchange)
+        version = exchange.model_version
+        if version is None:
+            version = self._default_version
+        request_id = exchange.request_id.encode()
+        headers: list[tuple[str, bytes]] = [(HEADER_REQUEST_ID, request_id)]
+        if exchange.traceparent:
+            headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode()))
+        if caller := exchange.caller:
+            header = self._callers.get(caller)
+            if header is None:
+                header = share_header((HEADER_CALLER, caller.encode()))
+                if len(self._callers) >= self._CACHE_LIMIT:
+                    self._callers.clear()
+                self._callers[caller] = header
+            headers.append(header)
+        version_header = self._versions.get(version)
+        if version_header is None:
+            version_header = share_header((HEADER_MODEL_VERSION, str(version).encode()))
+            if len(self._versions) >= self._CACHE_LIMIT:
+                self._versions.clear()
+            self._versions[version] = version_header
+        headers.append(version_header)
+        headers.append(self._pod)
+        if changes:
+            headers.append((HEADER_PAYLOAD, changes.encode()))
+        received = exchange.received_ms
+        value = self._encode(version, received, exchange.status, request, response)
+        return SpoolRecord(request_id, tuple(headers), value, received)
+
+
+def pod_name() -> str:
+    """The pod's name (the Deployment sets POD_NAME; a pod's hostname is its name too)."""
+    return os.environ.get("POD_NAME") or socket.gethostname()

@@ -1,0 +1,1 @@
+"""Helpers the tests share: reference implementations and test doubles, no fixtures."""
