@@ -1,1 +1,0 @@
-"""The kopf operator: a ModelServing's children rendered from its spec, applied, status kept."""
