@@ -137,7 +137,10 @@ class AckTracker:
         """A new producer: everything after `acked_id` is to be sent again, except what Kafka
         acknowledged out of order; whatever the old producer reports from now on is ignored."""
         self.generation += 1
-        self._skip = {i for run in self._runs if run.done for i in range(run.first, run.last + 1)}
+        # Kept from an earlier rewind too: those ids may not have come round again yet.
+        self._skip = {i for i in self._skip if i > self.acked_id} | {
+            i for run in self._runs if run.done for i in range(run.first, run.last + 1)
+        }
         self._runs.clear()
         self._in_flight = 0
         self._last_registered = self.acked_id
