@@ -17,7 +17,8 @@ from typing import Any
 from modelserving import api
 from modelserving.operator.settings import OperatorSettings
 
-# Said in the CRD's descriptions of server.resources and sidecar.resources.
+# Said in the CRD's descriptions of server.resources and sidecar.resources. One dict each,
+# shared by every spec that names none: manifests are dumped, never edited.
 DEFAULT_TFSERVING_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}}
 DEFAULT_SIDECAR_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -112,7 +113,7 @@ class ServerSpec:
 class SidecarSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_SIDECAR_RESOURCES)
     timeout_seconds: float = 60.0
-    max_request_bytes: int = 10485760
+    max_request_bytes: int = 10 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- the inference log
@@ -291,6 +292,29 @@ class ServingSpec:
 
 # --------------------------------------------------------------------------- parsing
 # A key that is absent or null takes the field's default; the CRD has checked the rest.
+# Each table maps a section's keys to the conversion of their values.
+
+_SERVER = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple}
+_BATCHING = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
+             "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
+_SIDECAR = {"timeoutSeconds": float, "maxRequestBytes": int}
+_LOGGING = {"enabled": bool, "mode": str}
+_SAMPLING = {"successRate": float, "errorRate": float}
+_PAYLOADS = {"maxBytes": int, "oversize": str, "nonJson": str}
+_REDACT_RULE = {"action": str, "payload": str}
+_KAFKA = {"topic": str, "bootstrapServers": str, "partitions": int, "replicationFactor": int}
+_SPOOL = {"size": lambda quantity: quantity, "claimName": str}  # the size kept as written
+_INGRESS = {"enabled": bool, "host": str, "className": str, "annotations": dict}
+_AUTOSCALING = {"enabled": bool, "minReplicas": int, "maxReplicas": int,
+                "targetCPUUtilizationPercentage": int}  # fmt: skip
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def field_name(key: str) -> str:
+    """The dataclass field of a CRD key: maxBatchSize -> max_batch_size,
+    targetCPUUtilizationPercentage -> target_cpu_utilization_percentage."""
+    return _WORD_START.sub("_", key).lower()
 
 
 def _section(raw: Raw, key: str) -> Raw:
@@ -306,15 +330,6 @@ def _given(raw: Raw, converters: Mapping[str, Callable[[Any], Any]]) -> dict[str
     }
 
 
-_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def field_name(key: str) -> str:
-    """The dataclass field of a CRD key: maxBatchSize -> max_batch_size,
-    targetCPUUtilizationPercentage -> target_cpu_utilization_percentage."""
-    return _WORD_START.sub("_", key).lower()
-
-
 def _model(raw: Raw, serving_name: str) -> ModelSpec:
     for key in ("version", "basePath"):
         if raw.get(key) is None:
@@ -326,23 +341,18 @@ def _model(raw: Raw, serving_name: str) -> ModelSpec:
     )
 
 
-_BATCHING = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
-             "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
-
-
 def _server(raw: Raw) -> ServerSpec:
-    fields = _given(raw, {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple})
-    if raw.get("image"):
+    fields = _given(raw, _SERVER)
+    if raw.get("image"):  # empty names no image: the operator's applies
         fields["image"] = raw["image"]
     if raw.get("resources"):  # {} asks for nothing: the defaults apply
         fields["resources"] = raw["resources"]
-    return ServerSpec(
-        **fields, batching=BatchingSpec(**_given(_section(raw, "batching"), _BATCHING))
-    )
+    batching = BatchingSpec(**_given(_section(raw, "batching"), _BATCHING))
+    return ServerSpec(**fields, batching=batching)
 
 
 def _sidecar(raw: Raw) -> SidecarSpec:
-    fields = _given(raw, {"timeoutSeconds": float, "maxRequestBytes": int})
+    fields = _given(raw, _SIDECAR)
     if raw.get("resources"):
         fields["resources"] = raw["resources"]
     return SidecarSpec(**fields)
@@ -352,28 +362,17 @@ def _logging(raw: Raw) -> LoggingSpec:
     redact = None
     if "redact" in raw:
         redact = tuple(
-            RedactRuleSpec(rule["path"], **_given(rule, {"action": str, "payload": str}))
+            RedactRuleSpec(rule["path"], **_given(rule, _REDACT_RULE))
             for rule in raw["redact"] or []
         )
     return LoggingSpec(
-        **_given(raw, {"enabled": bool, "mode": str}),
-        sampling=SamplingSpec(
-            **_given(_section(raw, "sampling"), {"successRate": float, "errorRate": float})
-        ),
-        payloads=PayloadsSpec(
-            **_given(_section(raw, "payloads"), {"maxBytes": int, "oversize": str, "nonJson": str})
-        ),
+        **_given(raw, _LOGGING),
+        sampling=SamplingSpec(**_given(_section(raw, "sampling"), _SAMPLING)),
+        payloads=PayloadsSpec(**_given(_section(raw, "payloads"), _PAYLOADS)),
         redact=redact,
         kafka=KafkaSpec(**_given(_section(raw, "kafka"), _KAFKA)),
-        spool=SpoolSpec(**_given(_section(raw, "spool"), {"size": _as_written, "claimName": str})),
+        spool=SpoolSpec(**_given(_section(raw, "spool"), _SPOOL)),
     )
-
-
-_KAFKA = {"topic": str, "bootstrapServers": str, "partitions": int, "replicationFactor": int}
-
-
-def _as_written(value: Any) -> Any:
-    return value  # a quantity: an emptyDir's sizeLimit repeats it as the spec wrote it
 
 
 def _auth(raw: Raw) -> AuthSpec:
@@ -387,10 +386,5 @@ def _auth(raw: Raw) -> AuthSpec:
 def _ingress(raw: Raw) -> IngressSpec:
     tls = raw.get("tls")
     return IngressSpec(
-        **_given(raw, {"enabled": bool, "host": str, "className": str, "annotations": dict}),
-        tls=IngressTlsSpec(tls["secretName"]) if tls else None,
+        **_given(raw, _INGRESS), tls=IngressTlsSpec(tls["secretName"]) if tls else None
     )
-
-
-_AUTOSCALING = {"enabled": bool, "minReplicas": int, "maxReplicas": int,
-                "targetCPUUtilizationPercentage": int}  # fmt: skip
