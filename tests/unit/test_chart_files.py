@@ -127,3 +127,14 @@ def test_values_shared_with_the_operator_are_its_defaults(path):
     for key in path.split("."):
         value = value[key]
     assert value == SHARED_DEFAULTS[path], f"values.yaml {path} is not modelserving.api's default"
+
+
+def test_the_readme_shows_each_values_default_as_values_yaml_has_it():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = re.findall(r"^\| `([^`]+)` \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M)
+    assert rows, "the README's table of values is gone"
+    for path, shown in rows:
+        value = values
+        for key in path.split("."):
+            value = value[key]
+        assert shown == json.dumps(value), f"README shows {path} = {shown}, values.yaml {value!r}"

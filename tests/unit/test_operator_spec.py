@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from modelserving import api
-from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.settings import SETTINGS, OperatorSettings
 from modelserving.operator.spec import ServingSpec, SpecError, field_name
 from modelserving.sidecar.config import LoggingConfig, LoggingMode
 from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy
@@ -159,3 +160,17 @@ def test_the_sidecars_log_defaults_are_the_shared_ones():
     assert sidecar.max_payload_bytes == api.LOG_MAX_PAYLOAD_BYTES
     assert sidecar.oversize_payload is OversizePolicy(api.LOG_OVERSIZE_PAYLOAD)
     assert sidecar.non_json_payload is NonJsonPolicy(api.LOG_NON_JSON_PAYLOAD)
+
+
+def test_the_crd_names_the_operators_defaults_as_they_are():
+    """Descriptions such as "Defaults to the operator's setting (--log-max-payload-bytes,
+    262144)" tell users the default: it must be the one the operator has."""
+    text = " ".join((REPO / "crds" / "modelserving.io_modelservings.yaml").read_text().split())
+    said = re.findall(r"\(--([a-z-]+), (\w+)", text)
+    assert len(said) >= 5, "the CRD no longer names the operator's defaults"
+    by_flag = {flag: name for name, (flag, *_) in SETTINGS.items()}
+    defaults = OperatorSettings()
+    for flag, word in said:
+        default = getattr(defaults, by_flag[f"--{flag}"])
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        assert word == shown, f"the CRD says --{flag} defaults to {word}, the operator {shown}"
