@@ -180,13 +180,14 @@ def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
     this machine; the operator's time is compared with it."""
     from modelserving.operator import render
     from modelserving.operator.settings import OperatorSettings
+    from modelserving.operator.spec import ServingSpec
 
     namespace = f"bench-floor-{n}-{uuid.uuid4().hex[:5]}"
     children = []
     for i in range(n):
         s = serving(f"s{i:04d}", namespace)
         s["metadata"].update(uid=str(uuid.uuid4()), generation=1)
-        for manifest in render.render_children(s, OperatorSettings(), i + 1):
+        for manifest in render.render_children(ServingSpec.from_body(s), OperatorSettings(), i + 1):
             manifest["metadata"].pop("ownerReferences", None)  # no serving owns them here
             children.append(manifest)
     files = []

@@ -1,5 +1,6 @@
 """The facts the operator, the sidecar, the chart and the tests share: the API's
-group, version and names, the ports and the label keys. Defined here once."""
+group, version and names, the ports, the label keys and the defaults of the settings
+they have in common. Defined here once."""
 
 GROUP = "modelserving.io"
 VERSION = "v1alpha1"
@@ -31,3 +32,21 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 MANAGED_BY = "modelserving-operator"
 PART_OF = "modelserving"
+
+# The image `make image` builds; the chart's image.repository and the operator's default
+# sidecar image name it.
+IMAGE_REPOSITORY = "localhost/modelserving"
+# The TF Serving image of servings whose spec names none (--tfserving-image, the chart's
+# tfserving.image).
+TFSERVING_IMAGE_REPOSITORY = "tensorflow/serving"
+TFSERVING_IMAGE_TAG = "2.18.0"
+
+# The inference log of servings whose spec.logging leaves these out: the defaults of the
+# operator's --log-* settings and of the chart's inferenceLog values (a test holds the chart
+# to them). The sidecar's own defaults agree, for a config file that leaves them out.
+LOG_MODE = "ALL"
+LOG_SUCCESS_SAMPLE_RATE = 1.0
+LOG_ERROR_SAMPLE_RATE = 1.0
+LOG_MAX_PAYLOAD_BYTES = 256 * 1024  # per payload (request, answer); 0 means no limit
+LOG_OVERSIZE_PAYLOAD = "truncate"
+LOG_NON_JSON_PAYLOAD = "keep"

@@ -20,11 +20,16 @@ from typing import Any
 import kopf
 
 from modelserving import api
-from modelserving.operator import render
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.modelids import ModelIds
+from modelserving.operator.names import (
+    LABEL_SERVING_NAME,
+    LABEL_SERVING_NAMESPACE,
+    cluster_role_binding_name,
+)
 from modelserving.operator.reconcile import Reconciler, reconcile
 from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.spec import ServingSpec
 from modelserving.operator.topics import TopicKeeper
 from modelserving.sidecar.log_status import ANNOTATION as LOG_STATUS_ANNOTATION
 
@@ -135,8 +140,8 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
         name = labels.get(api.LABEL_INSTANCE)
         return (body["metadata"]["namespace"], name) if name else None
     namespace, name = (
-        labels.get(render.LABEL_SERVING_NAMESPACE),
-        labels.get(render.LABEL_SERVING_NAME),
+        labels.get(LABEL_SERVING_NAMESPACE),
+        labels.get(LABEL_SERVING_NAME),
     )
     return (namespace, name) if namespace and name else None
 
@@ -198,8 +203,9 @@ async def serving_event(
         rec.queue.forget(key)
         rec.verified.pop(key, None)
         rec.reconciled.discard(key)
-        if render.auth_mode(body) == "kubernetes":
-            await rec.kube.delete("ClusterRoleBinding", render.cluster_role_binding_name(body))
+        spec = ServingSpec.from_body(body)
+        if spec.auth.mode == "kubernetes":
+            await rec.kube.delete("ClusterRoleBinding", cluster_role_binding_name(spec))
         return
     _enqueue(memo, key, kwargs, serving_event=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.operator.kube import KubeClient, KubeError, object_path
-from modelserving.operator.render import MODEL_ID_ANNOTATION
+from modelserving.operator.names import MODEL_ID_ANNOTATION
 
 COUNTER_CONFIGMAP = "modelserving-model-ids"
 COUNTER_KEY = "next"

@@ -17,10 +17,12 @@ from typing import Any
 import kopf
 
 from modelserving import api
-from modelserving.operator import render
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
+from modelserving.operator.names import MODEL_ID_ANNOTATION
+from modelserving.operator.render import render_children
 from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
     POD_REASONS,
     LoggingState,
@@ -92,12 +94,13 @@ async def reconcile(
     """Apply what differs and write the status; returns seconds until a retry is due, if any.
 
     The work queue runs one reconcile of a serving at a time."""
-    key = (render.serving_namespace(serving), render.serving_name(serving))
+    spec = ServingSpec.from_body(serving)
+    key = (spec.namespace, spec.name)
     rec.reconciled.add(key)
     model_id, assigned = recorded_model_id(serving), False
     if model_id is None or (
         from_serving_event
-        and render.MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
+        and MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
     ):
         if not from_serving_event:
             return None  # only the serving's own events take ids
@@ -113,7 +116,7 @@ async def reconcile(
     done: dict[str, list[str]] = {}
     if rec.verified.get(key) != (render_key, seen):
         deployment, apply_error, done = await _apply_children(
-            rec, serving, model_id, live, deployment
+            rec, serving, spec, model_id, live, deployment
         )
         if apply_error is None and not any(done.values()):
             rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
@@ -121,17 +124,17 @@ async def reconcile(
             rec.verified.pop(key, None)
 
     _post_changes(serving, done, model_id if assigned else None)
-    logging_state = await _logging_state(rec, serving, from_serving_event)
-    if logging_state.ready and render.logging_on(serving, rec.settings):
+    logging_state = await _logging_state(rec, serving, spec, from_serving_event)
+    if logging_state.ready and spec.logging_on(rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
     old_status = serving.get("status") or {}
     new_status = render_status(
         old_status,
         generation=serving["metadata"].get("generation", 0),
         model_id=model_id,
-        model_name=render.model_name(serving),
-        endpoint=render.endpoint(serving),
-        topic=render.topic(serving) if render.logging_requested(serving, rec.settings) else None,
+        model_name=spec.model.name,
+        endpoint=spec.endpoint,
+        topic=spec.topic if spec.logging_requested(rec.settings) else None,
         deployment=deployment,
         conditions=[
             *deployment_conditions(deployment, apply_error),
@@ -151,6 +154,7 @@ async def reconcile(
 async def _apply_children(
     rec: Reconciler,
     serving: Mapping[str, Any],
+    spec: ServingSpec,
     model_id: int,
     live: dict[tuple[str, str], Mapping[str, Any]],
     deployment: Mapping[str, Any] | None,
@@ -158,11 +162,10 @@ async def _apply_children(
     """Apply the children that differ from the spec's and delete those it no longer asks for.
     Returns the Deployment as it now is, the first error, and what was created, updated and
     deleted."""
-    namespace = render.serving_namespace(serving)
     live = dict(live)
     apply_error = None
     done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
-    for manifest in render.render_children(serving, rec.settings, model_id):
+    for manifest in render_children(spec, rec.settings, model_id):
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
         if current is not None and covers(current, manifest):
             continue
@@ -183,7 +186,7 @@ async def _apply_children(
         if manifest["kind"] == "Deployment":
             deployment = applied
     for kind, name in live:  # children the spec no longer asks for
-        await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else namespace)
+        await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else spec.namespace)
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
     return deployment, apply_error, done
@@ -211,11 +214,11 @@ def _post_changes(
 
 
 async def _logging_state(
-    rec: Reconciler, serving: Mapping[str, Any], check_kafka: bool
+    rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
 ) -> LoggingState:
-    if not render.logging_requested(serving, rec.settings):
+    if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
-    servers = render.bootstrap_servers(serving, rec.settings)
+    servers = spec.bootstrap_servers(rec.settings)
     if not servers:
         return LoggingState(
             False,
@@ -223,7 +226,7 @@ async def _logging_state(
             "neither spec.logging.kafka.bootstrapServers nor the operator's "
             "--kafka-bootstrap-servers names the brokers",
         )
-    topic = render.topic(serving)
+    topic = spec.topic
     if (servers, topic) in rec.known_topics:
         return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
     if not check_kafka:  # children's events keep what the last check found
@@ -235,9 +238,9 @@ async def _logging_state(
                 previous["status"] == "True", previous["reason"], previous["message"]
             )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
-    kafka = (serving.get("spec") or {}).get("logging", {}).get("kafka") or {}
+    kafka = spec.logging.kafka
     state, created = await rec.topics.ensure(
-        servers, topic, int(kafka.get("partitions", 1)), int(kafka.get("replicationFactor", 1))
+        servers, topic, kafka.partitions, kafka.replication_factor
     )
     if state.ready:
         rec.known_topics.add((servers, topic))

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from modelserving import __version__
+from modelserving import __version__, api
 from modelserving.sidecar.config import ConfigError, LoggingMode, redact_rules
 from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy, RedactRule
 
-DEFAULT_TFSERVING_IMAGE = "tensorflow/serving:2.18.0"
+DEFAULT_TFSERVING_IMAGE = f"{api.TFSERVING_IMAGE_REPOSITORY}:{api.TFSERVING_IMAGE_TAG}"
 # The name `make image` builds; the chart sets the pushed image's name in its place.
-DEFAULT_SIDECAR_IMAGE = f"localhost/modelserving:{__version__}"
+DEFAULT_SIDECAR_IMAGE = f"{api.IMAGE_REPOSITORY}:{__version__}"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _BOOTSTRAP = re.compile(r"^[^,:\s]+:[0-9]+(,[^,:\s]+:[0-9]+)*$")
@@ -51,12 +51,12 @@ class OperatorSettings:
     retry_seconds: float = 30.0
     liveness_port: int = 0
     # The inference log of servings whose spec.logging leaves these out.
-    log_mode: str = LoggingMode.ALL.value
-    log_success_sample_rate: float = 1.0
-    log_error_sample_rate: float = 1.0
-    log_max_payload_bytes: int = 262144
-    log_oversize_payload: str = OversizePolicy.TRUNCATE.value
-    log_non_json_payload: str = NonJsonPolicy.KEEP.value
+    log_mode: str = api.LOG_MODE
+    log_success_sample_rate: float = api.LOG_SUCCESS_SAMPLE_RATE
+    log_error_sample_rate: float = api.LOG_ERROR_SAMPLE_RATE
+    log_max_payload_bytes: int = api.LOG_MAX_PAYLOAD_BYTES
+    log_oversize_payload: str = api.LOG_OVERSIZE_PAYLOAD
+    log_non_json_payload: str = api.LOG_NON_JSON_PAYLOAD
     log_redact: tuple[RedactRule, ...] = ()
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from modelserving.api import SIDECAR_PORT, TFSERVING_REST_PORT
+from modelserving.api import LOG_MAX_PAYLOAD_BYTES, SIDECAR_PORT, TFSERVING_REST_PORT
 from modelserving.sidecar.log_policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -166,7 +166,7 @@ class LoggingConfig:
     confluent_schema_id: int | None = None  # Confluent framing instead of plain Avro when set
     success_sample_rate: float = 1.0  # share of 2xx answers logged, by a hash of the request id
     error_sample_rate: float = 1.0  # share of other answers logged
-    max_payload_bytes: int = 0  # per payload; 0: no limit
+    max_payload_bytes: int = LOG_MAX_PAYLOAD_BYTES  # per payload; 0: no limit
     oversize_payload: OversizePolicy = OversizePolicy.TRUNCATE
     non_json_payload: NonJsonPolicy = NonJsonPolicy.KEEP
     redact: tuple[RedactRule, ...] = ()

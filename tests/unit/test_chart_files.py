@@ -1,5 +1,6 @@
 """The chart's files agree with their one source: the CRDs with crds/, the appVersion
-with pyproject.toml, and every value with its comment, its schema and the README."""
+with pyproject.toml, the defaults it shares with the operator with modelserving.api, and
+every value with its comment, its schema and the README."""
 
 from __future__ import annotations
 
@@ -8,11 +9,26 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+
+from modelserving import api
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelserving"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):")
+# Values that are the operator's (and the sidecar's) defaults too: one source, modelserving.api.
+SHARED_DEFAULTS = {
+    "image.repository": api.IMAGE_REPOSITORY,
+    "tfserving.image.repository": api.TFSERVING_IMAGE_REPOSITORY,
+    "tfserving.image.tag": api.TFSERVING_IMAGE_TAG,
+    "inferenceLog.mode": api.LOG_MODE,
+    "inferenceLog.sampling.successRate": api.LOG_SUCCESS_SAMPLE_RATE,
+    "inferenceLog.sampling.errorRate": api.LOG_ERROR_SAMPLE_RATE,
+    "inferenceLog.payloads.maxBytes": api.LOG_MAX_PAYLOAD_BYTES,
+    "inferenceLog.payloads.oversize": api.LOG_OVERSIZE_PAYLOAD,
+    "inferenceLog.payloads.nonJson": api.LOG_NON_JSON_PAYLOAD,
+}
 
 
 def documented_values() -> tuple[set[str], set[str]]:
@@ -103,3 +119,22 @@ def test_image_tag_defaults_to_app_version():
     assert "default .Chart.AppVersion .Values.image.tag" in helpers
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["tag"] == "" and values["sidecar"]["image"]["tag"] == ""
+
+
+@pytest.mark.parametrize("path", SHARED_DEFAULTS)
+def test_values_shared_with_the_operator_are_its_defaults(path):
+    value = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in path.split("."):
+        value = value[key]
+    assert value == SHARED_DEFAULTS[path], f"values.yaml {path} is not modelserving.api's default"
+
+
+def test_the_readme_shows_each_values_default_as_values_yaml_has_it():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = re.findall(r"^\| `([^`]+)` \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M)
+    assert rows, "the README's table of values is gone"
+    for path, shown in rows:
+        value = values
+        for key in path.split("."):
+            value = value[key]
+        assert shown == json.dumps(value), f"README shows {path} = {shown}, values.yaml {value!r}"

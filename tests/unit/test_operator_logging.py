@@ -9,13 +9,15 @@ import json
 import pytest
 import yaml
 
-from modelserving.operator import render
+from modelserving.operator.render import render_children
+from modelserving.operator.render_config import render_sidecar_configmap
 from modelserving.operator.settings import (
     OperatorSettings,
     SettingsError,
     configure_parser,
     settings_from,
 )
+from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import LoggingState, logging_from_pods
 from modelserving.sidecar.config import LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
@@ -30,19 +32,21 @@ from modelserving.sidecar.log_status import summarize
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 
 
-def mnist(**logging) -> dict:
-    return {
-        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1", "generation": 1},
-        "spec": {
-            "model": {"version": 1, "basePath": "s3://models/mnist"},
-            "auth": {"mode": "none"},
-            "logging": logging,
-        },
-    }
+def mnist(**logging) -> ServingSpec:
+    return ServingSpec.from_body(
+        {
+            "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1", "generation": 1},
+            "spec": {
+                "model": {"version": 1, "basePath": "s3://models/mnist"},
+                "auth": {"mode": "none"},
+                "logging": logging,
+            },
+        }
+    )
 
 
-def sidecar_logging(serving: dict, settings: OperatorSettings = SETTINGS):
-    cm = render.render_sidecar_configmap(serving, settings, model_id=17)
+def sidecar_logging(serving: ServingSpec, settings: OperatorSettings = SETTINGS):
+    cm = render_sidecar_configmap(serving, settings, model_id=17)
     return parse_config(yaml.safe_load(cm["data"]["sidecar.yaml"])).logging
 
 
@@ -114,7 +118,7 @@ def test_operator_mode_none_logs_only_servings_whose_spec_asks():
     settings = OperatorSettings(kafka_bootstrap_servers="kafka:9092", log_mode="NONE")
 
     assert sidecar_logging(mnist(), settings).mode is LoggingMode.NONE
-    assert not render.logging_requested(mnist(), settings)
+    assert not mnist().logging_requested(settings)
     assert sidecar_logging(mnist(mode="ALL"), settings).mode is LoggingMode.ALL
 
 
@@ -143,7 +147,7 @@ def test_logging_settings_come_from_flags_and_environment_and_bad_ones_are_named
 
 
 def test_a_serving_that_logs_gets_an_account_allowed_to_publish_on_its_pod():
-    children = render.render_children(mnist(), SETTINGS, 17)
+    children = render_children(mnist(), SETTINGS, 17)
     kinds = {(c["kind"], c["metadata"]["name"]): c for c in children}
 
     binding = kinds[("RoleBinding", "mnist-sidecar-log-status")]
@@ -154,7 +158,7 @@ def test_a_serving_that_logs_gets_an_account_allowed_to_publish_on_its_pod():
     assert ("ServiceAccount", "mnist-sidecar") in kinds
     sidecar = kinds[("Deployment", "mnist")]["spec"]["template"]["spec"]["containers"][1]
     assert [e["name"] for e in sidecar["env"]] == ["POD_NAME", "POD_NAMESPACE"]
-    quiet = render.render_children(mnist(enabled=False), SETTINGS, 17)
+    quiet = render_children(mnist(enabled=False), SETTINGS, 17)
     assert not [c for c in quiet if c["kind"] in ("RoleBinding", "ServiceAccount")]
 
 

@@ -9,21 +9,30 @@ import pytest
 import yaml
 
 from modelserving import api
-from modelserving.operator import render
+from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving.operator.reconcile import covers
+from modelserving.operator.render import render_children
+from modelserving.operator.render_config import render_sidecar_config, render_sidecar_configmap
+from modelserving.operator.render_network import render_service
+from modelserving.operator.render_pod import render_deployment
 from modelserving.operator.settings import (
     OperatorSettings,
     SettingsError,
     configure_parser,
     settings_from,
 )
+from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import deployment_conditions, merge_conditions
 from modelserving.sidecar.config import AuthMode, LoggingMode, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 
 
-def mnist(**spec) -> dict:
+def mnist(**spec) -> ServingSpec:
+    return ServingSpec.from_body(mnist_body(**spec))
+
+
+def mnist_body(**spec) -> dict:
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
@@ -44,7 +53,7 @@ def by_kind(children: list[dict]) -> dict[str, list[dict]]:
 
 
 def test_sidecar_config_is_what_the_sidecar_parses():
-    cm = render.render_sidecar_configmap(mnist(projectId=80), SETTINGS, model_id=17)
+    cm = render_sidecar_configmap(mnist(projectId=80), SETTINGS, model_id=17)
 
     config = parse_config(yaml.safe_load(cm["data"]["sidecar.yaml"]))
 
@@ -64,8 +73,8 @@ def test_sidecar_config_is_what_the_sidecar_parses():
 
 
 def test_sidecar_config_without_brokers_or_with_logging_off_logs_nothing():
-    off = render.render_sidecar_config(mnist(logging={"enabled": False}), SETTINGS, 1)
-    no_brokers = render.render_sidecar_config(mnist(), OperatorSettings(), 1)
+    off = render_sidecar_config(mnist(logging={"enabled": False}), SETTINGS, 1)
+    no_brokers = render_sidecar_config(mnist(), OperatorSettings(), 1)
     assert parse_config(off).logging.mode is LoggingMode.NONE
     assert parse_config(no_brokers).logging.mode is LoggingMode.NONE
 
@@ -74,13 +83,13 @@ def test_spec_brokers_and_topic_win_over_the_operator_defaults():
     serving = mnist(
         logging={"kafka": {"topic": "t1", "bootstrapServers": "b:1"}, "mode": "PREDICTIONS"}
     )
-    config = parse_config(render.render_sidecar_config(serving, SETTINGS, 1))
+    config = parse_config(render_sidecar_config(serving, SETTINGS, 1))
     assert (config.logging.topic, config.logging.bootstrap_servers) == ("t1", "b:1")
     assert config.logging.mode is LoggingMode.PREDICTIONS
 
 
 def test_deployment_runs_tfserving_and_the_sidecar_hardened():
-    children = by_kind(render.render_children(mnist(), SETTINGS, 17))
+    children = by_kind(render_children(mnist(), SETTINGS, 17))
     deployment = children["Deployment"][0]
     pod = deployment["spec"]["template"]["spec"]
     tfs, sidecar = pod["containers"]
@@ -107,19 +116,19 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     # The sidecar publishes its log's health on its pod: its own account, with a token.
     assert pod["automountServiceAccountToken"] is True
     assert pod["serviceAccountName"] == "mnist-sidecar"
-    quiet = render.render_deployment(mnist(logging={"enabled": False}), SETTINGS, [])
+    quiet = render_deployment(mnist(logging={"enabled": False}), SETTINGS, [])
     assert quiet["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def test_a_new_version_changes_the_config_and_so_the_pod_template():
-    old = render.render_children(mnist(), SETTINGS, 17)
-    new_serving = mnist()
+    old = render_children(mnist(), SETTINGS, 17)
+    new_serving = mnist_body()
     new_serving["spec"]["model"]["version"] = 2
-    new = render.render_children(new_serving, SETTINGS, 17)
+    new = render_children(ServingSpec.from_body(new_serving), SETTINGS, 17)
 
     def checksum(children):
         dep = by_kind(children)["Deployment"][0]
-        return dep["spec"]["template"]["metadata"]["annotations"][render.CONFIG_CHECKSUM_ANNOTATION]
+        return dep["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
 
     assert checksum(old) != checksum(new)
     models = by_kind(new)["ConfigMap"][0]["data"]["models.config"]
@@ -127,24 +136,24 @@ def test_a_new_version_changes_the_config_and_so_the_pod_template():
 
 
 def test_service_and_network_policy_expose_only_the_sidecar():
-    children = by_kind(render.render_children(mnist(), SETTINGS, 17))
+    children = by_kind(render_children(mnist(), SETTINGS, 17))
     service = children["Service"][0]
     policy = children["NetworkPolicy"][0]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     assert [p["port"] for p in service["spec"]["ports"]] == [8080]
     assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": api.SIDECAR_PORT}]}]
-    assert render.endpoint(mnist()) == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
+    assert mnist().endpoint == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
 
 
 def test_ingress_hpa_and_pvc_when_asked():
-    serving = mnist(
+    serving = mnist_body(
         projectId=80,
         ingress={"enabled": True, "host": "m.example.com", "className": "nginx",
                  "tls": {"secretName": "m-tls"}},
         autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5},
     )  # fmt: skip
     serving["spec"]["model"]["basePath"] = "pvc://models/mnist"
-    children = by_kind(render.render_children(serving, SETTINGS, 17))
+    children = by_kind(render_children(ServingSpec.from_body(serving), SETTINGS, 17))
     ingress = children["Ingress"][0]["spec"]
     paths = [p["path"] for p in ingress["rules"][0]["http"]["paths"]]
     assert paths == [
@@ -165,7 +174,7 @@ def test_ingress_hpa_and_pvc_when_asked():
 
 def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
     serving = mnist(auth={"mode": "kubernetes", "kubernetes": {"audience": "msv"}})
-    children = by_kind(render.render_children(serving, SETTINGS, 17))
+    children = by_kind(render_children(serving, SETTINGS, 17))
     binding = children["ClusterRoleBinding"][0]
     assert binding["roleRef"]["name"] == "modelserving-sidecar-auth"
     assert binding["subjects"] == [
@@ -174,12 +183,12 @@ def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
     pod = children["Deployment"][0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "mnist-sidecar"
     assert pod["automountServiceAccountToken"] is True
-    config = parse_config(render.render_sidecar_config(serving, SETTINGS, 17))
+    config = parse_config(render_sidecar_config(serving, SETTINGS, 17))
     assert (config.auth.mode, config.auth.audience) == (AuthMode.KUBERNETES, "msv")
 
 
 def test_covers_ignores_what_the_server_adds_but_sees_edits():
-    desired = render.render_service(mnist())
+    desired = render_service(mnist())
     live = copy.deepcopy(desired)
     live["spec"]["clusterIP"] = "10.0.0.1"
     live["metadata"]["resourceVersion"] = "5"

@@ -1,0 +1,76 @@
+"""The names and labels of a serving's children, and the metadata that ties each to its serving.
+
+Every renderer names its children here, and the handlers find a child's serving by
+the same labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelserving import api
+from modelserving.operator.spec import ServingSpec
+
+Manifest = dict[str, Any]  # a child, as the API server takes it
+
+MODEL_ID_ANNOTATION = f"{api.GROUP}/model-id"
+CONFIG_CHECKSUM_ANNOTATION = f"{api.GROUP}/config-checksum"
+# Cluster-scoped children (the auth ClusterRoleBinding) cannot carry an ownerReference
+# to a namespaced serving, so they name their serving in these labels instead.
+LABEL_SERVING_NAMESPACE = f"{api.GROUP}/serving-namespace"
+LABEL_SERVING_NAME = f"{api.GROUP}/serving-name"
+
+APP_NAME = "modelserving"
+COMPONENT = "serving"
+
+
+def labels(spec: ServingSpec) -> dict[str, str]:
+    return {
+        **selector_labels(spec),
+        api.LABEL_COMPONENT: COMPONENT,
+        api.LABEL_MANAGED_BY: api.MANAGED_BY,
+        api.LABEL_PART_OF: api.PART_OF,
+    }
+
+
+def selector_labels(spec: ServingSpec) -> dict[str, str]:
+    return {api.LABEL_NAME: APP_NAME, api.LABEL_INSTANCE: spec.name}
+
+
+def metadata(spec: ServingSpec, name: str) -> dict[str, Any]:
+    """A namespaced child's metadata: its name, the labels, and the serving as its owner."""
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": labels(spec),
+        "ownerReferences": [
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": spec.name,
+                "uid": spec.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def tfserving_configmap_name(spec: ServingSpec) -> str:
+    return f"{spec.name}-tfserving"
+
+
+def sidecar_configmap_name(spec: ServingSpec) -> str:
+    return f"{spec.name}-sidecar"
+
+
+def service_account_name(spec: ServingSpec) -> str:
+    return f"{spec.name}-sidecar"
+
+
+def log_status_role_binding_name(spec: ServingSpec) -> str:
+    return f"{spec.name}-sidecar-log-status"
+
+
+def cluster_role_binding_name(spec: ServingSpec) -> str:
+    return f"modelserving:{spec.namespace}:{spec.name}"

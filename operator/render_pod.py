@@ -1,0 +1,221 @@
+"""The serving's pods: the Deployment of TF Serving and the sidecar, and the autoscaler.
+
+Pure functions of the spec and the operator's settings. The pod mounts the two
+ConfigMaps where their files say (render_config), and its template carries their
+checksum so that a config change rolls the pods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelserving import api
+from modelserving.operator.names import (
+    CONFIG_CHECKSUM_ANNOTATION,
+    Manifest,
+    labels,
+    metadata,
+    selector_labels,
+    service_account_name,
+    sidecar_configmap_name,
+    tfserving_configmap_name,
+)
+from modelserving.operator.render_config import (
+    BATCHING_CONFIG_KEY,
+    MODELS_CONFIG_KEY,
+    PVC_MOUNT,
+    SIDECAR_CONFIG_KEY,
+    TFSERVING_CONFIG_DIR,
+    config_checksum,
+)
+from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.spec import ServingSpec
+from modelserving.sidecar.config import AuthConfig, LoggingConfig
+
+RUN_AS_USER = 10001
+
+
+def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
+    server = spec.server
+    args = [
+        f"--port={api.TFSERVING_GRPC_PORT}",
+        f"--rest_api_port={api.TFSERVING_REST_PORT}",
+        f"--model_config_file={TFSERVING_CONFIG_DIR}/{MODELS_CONFIG_KEY}",
+    ]
+    if server.batching.enabled:
+        args += [
+            "--enable_batching=true",
+            f"--batching_parameters_file={TFSERVING_CONFIG_DIR}/{BATCHING_CONFIG_KEY}",
+        ]
+    mounts = [
+        {"name": "tfserving-config", "mountPath": TFSERVING_CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.model.claim_name is not None:
+        mounts.append({"name": "model", "mountPath": PVC_MOUNT, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": api.TFSERVING_CONTAINER,
+        "image": server.image or settings.tfserving_image,
+        "imagePullPolicy": server.image_pull_policy,
+        "args": args + list(server.args),
+        # Named so the NetworkPolicy's intent is legible; only the sidecar reaches them.
+        "ports": [
+            {"name": "tfs-grpc", "containerPort": api.TFSERVING_GRPC_PORT, "protocol": "TCP"},
+            {"name": "tfs-rest", "containerPort": api.TFSERVING_REST_PORT, "protocol": "TCP"},
+        ],
+        "resources": server.resources,
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    if server.env:
+        container["env"] = list(server.env)
+    return container
+
+
+def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
+    mounts = [
+        {
+            "name": "sidecar-config",
+            "mountPath": api.SIDECAR_CONFIG_FILE,
+            "subPath": SIDECAR_CONFIG_KEY,
+            "readOnly": True,
+        },
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "spool", "mountPath": LoggingConfig.spool_dir},
+    ]
+    if spec.auth.mode == "apiKey":
+        mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
+    env = []
+    if spec.logging_on(settings):  # the pod the sidecar publishes its log's health on
+        env = [
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
+            for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
+        ]
+    return {
+        "name": api.SIDECAR_CONTAINER,
+        **({"env": env} if env else {}),
+        "image": settings.sidecar_image,
+        "imagePullPolicy": spec.server.image_pull_policy,
+        "command": ["modelserving", "sidecar", "--config", api.SIDECAR_CONFIG_FILE],
+        "ports": [{"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": spec.sidecar.resources,
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
+    spool = spec.logging.spool
+    volumes: list[dict[str, Any]] = [
+        {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
+        {"name": "sidecar-config", "configMap": {"name": sidecar_configmap_name(spec)}},
+        {"name": "tmp", "emptyDir": {}},
+        (
+            {"name": "spool", "persistentVolumeClaim": {"claimName": spool.claim_name}}
+            if spool.claim_name
+            else {"name": "spool", "emptyDir": {"sizeLimit": str(spool.size)}}
+        ),
+    ]
+    if spec.auth.mode == "apiKey":
+        secret = spec.auth.api_keys.secret_name
+        volumes.append({"name": "apikeys", "secret": {"secretName": secret}})
+    claim = spec.model.claim_name
+    if claim is not None:
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    return volumes
+
+
+def render_deployment(
+    spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
+) -> Manifest:
+    own_account = spec.needs_service_account(settings)
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": own_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # Long enough for the sidecar to drain the inference log on SIGTERM.
+        "terminationGracePeriodSeconds": 60,
+        "containers": [
+            _tfserving_container(spec, settings),
+            _sidecar_container(spec, settings),
+        ],
+        "volumes": _volumes(spec),
+    }
+    if own_account:
+        pod_spec["serviceAccountName"] = service_account_name(spec)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(spec)},
+        "revisionHistoryLimit": 3,
+        # Never fewer pods than asked during a rollout: a new version must not cost availability.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": labels(spec),
+                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(configmaps)},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if not spec.autoscaling.enabled:  # the HPA owns the replica count when autoscaling is on
+        deployment_spec["replicas"] = spec.server.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(spec, spec.name),
+        "spec": deployment_spec,
+    }
+
+
+def render_hpa(spec: ServingSpec) -> Manifest:
+    scaling = spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(spec, spec.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }

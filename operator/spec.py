@@ -1,0 +1,390 @@
+"""A ModelServing as the operator reads it: parsed once into frozen dataclasses, defaults applied.
+
+`ServingSpec.from_body` is the one reader of a ModelServing's raw spec; the renderers, the
+reconciler and the handlers take what it returns. A field's default here is the CRD's
+`default:` (crds/; a unit test holds the two together). Where the CRD names no default
+because the operator's settings fill in (the log mode, the brokers, the payload rules), the
+field is None and the methods that take the settings say what applies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelserving import api
+from modelserving.operator.settings import OperatorSettings
+
+# Said in the CRD's descriptions of server.resources and sidecar.resources. One dict each,
+# shared by every spec that names none: manifests are dumped, never edited.
+DEFAULT_TFSERVING_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}}
+DEFAULT_SIDECAR_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "256Mi"},
+}
+PVC_SCHEME = "pvc://"
+_QUANTITY_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1,
+}  # fmt: skip
+
+Raw = Mapping[str, Any]
+
+
+class SpecError(ValueError):
+    """The spec lacks a field the CRD requires; the message names it."""
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """Bytes of a Kubernetes quantity such as 1Gi or 500M."""
+    text = str(quantity).strip()
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix])
+    return int(float(text))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of the model the pods load: a numbered folder under the base path."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """spec.model. Today it names one version (spec.model.version); `versions` is a tuple so
+    that a later API version can list several beside it (with weights, labels, a shadow)
+    while a spec naming one version keeps its meaning."""
+
+    name: str  # in the :predict paths; defaults to the serving's name
+    base_path: str
+    versions: tuple[ModelVersion, ...]
+
+    @property
+    def version(self) -> int:
+        """The version that answers requests: today the only one."""
+        return self.versions[0].number
+
+    @property
+    def claim_name(self) -> str | None:
+        """The PersistentVolumeClaim of a pvc://CLAIM/PATH base path, else None."""
+        if not self.base_path.startswith(PVC_SCHEME):
+            return None
+        return self.base_path.removeprefix(PVC_SCHEME).partition("/")[0]
+
+    @property
+    def path_in_claim(self) -> str:
+        """PATH of a pvc://CLAIM/PATH base path (empty for the claim's root)."""
+        return self.base_path.removeprefix(PVC_SCHEME).partition("/")[2]
+
+
+# --------------------------------------------------------------------------- the pods
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    enabled: bool = False
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    num_batch_threads: int = 4
+    max_enqueued_batches: int = 100
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """spec.server: the TF Serving container and the pod count."""
+
+    replicas: int = 1
+    image: str | None = None  # None: the operator's --tfserving-image
+    image_pull_policy: str = "IfNotPresent"
+    resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_TFSERVING_RESOURCES)
+    args: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    batching: BatchingSpec = BatchingSpec()
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_SIDECAR_RESOURCES)
+    timeout_seconds: float = 60.0
+    max_request_bytes: int = 10 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- the inference log
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    success_rate: float | None = None  # None: the operator's --log-success-sample-rate
+    error_rate: float | None = None  # None: --log-error-sample-rate
+
+
+@dataclass(frozen=True)
+class PayloadsSpec:
+    max_bytes: int | None = None  # None: --log-max-payload-bytes (0 is a limit said: none)
+    oversize: str | None = None  # None: --log-oversize-payload
+    non_json: str | None = None  # None: --log-non-json-payload
+
+
+@dataclass(frozen=True)
+class RedactRuleSpec:
+    path: str
+    action: str = "mask"
+    payload: str = "both"
+
+
+@dataclass(frozen=True)
+class KafkaSpec:
+    topic: str | None = None  # None: NAMESPACE.NAME.inference
+    bootstrap_servers: str | None = None  # None: --kafka-bootstrap-servers
+    partitions: int = 1
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True)
+class SpoolSpec:
+    size: str | int = "1Gi"  # a quantity, as written
+    claim_name: str | None = None  # a PersistentVolumeClaim instead of an emptyDir
+
+    @property
+    def size_bytes(self) -> int:
+        return quantity_bytes(self.size)
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    """spec.logging. Where it is silent the operator's settings apply, field by field."""
+
+    enabled: bool = True
+    mode: str | None = None  # None: --log-mode
+    sampling: SamplingSpec = SamplingSpec()
+    payloads: PayloadsSpec = PayloadsSpec()
+    # None: the operator's --log-redact rules; a list (even empty) replaces them as a whole.
+    redact: tuple[RedactRuleSpec, ...] | None = None
+    kafka: KafkaSpec = KafkaSpec()
+    spool: SpoolSpec = SpoolSpec()
+
+
+# --------------------------------------------------------------------------- access
+
+
+@dataclass(frozen=True)
+class ApiKeysSpec:
+    secret_name: str | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesAuthSpec:
+    audience: str = ""  # empty: the API server's default audience
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    mode: str = "apiKey"  # apiKey, kubernetes or none
+    api_keys: ApiKeysSpec = ApiKeysSpec()
+    kubernetes: KubernetesAuthSpec = KubernetesAuthSpec()
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    port: int = api.SIDECAR_PORT
+
+
+@dataclass(frozen=True)
+class IngressTlsSpec:
+    secret_name: str
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    enabled: bool = False
+    host: str | None = None
+    class_name: str | None = None
+    tls: IngressTlsSpec | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AutoscalingSpec:
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_cpu_utilization_percentage: int = 70
+
+
+# --------------------------------------------------------------------------- the serving
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """A ModelServing: its identity (metadata) and its spec, with defaults applied."""
+
+    name: str
+    namespace: str
+    uid: str
+    model: ModelSpec
+    auth: AuthSpec = AuthSpec()
+    project_id: int | None = None  # also answer the Hopsworks-style paths of this project
+    server: ServerSpec = field(default_factory=ServerSpec)
+    sidecar: SidecarSpec = field(default_factory=SidecarSpec)
+    logging: LoggingSpec = LoggingSpec()
+    service: ServiceSpec = ServiceSpec()
+    ingress: IngressSpec = field(default_factory=IngressSpec)
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+
+    @classmethod
+    def from_body(cls, body: Raw) -> ServingSpec:
+        """Parse a ModelServing as the API server returns it (or as written: the defaults
+        the API server would add are applied here too)."""
+        metadata = body["metadata"]
+        spec = body.get("spec") or {}
+        project = spec.get("projectId")
+        return cls(
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            uid=metadata.get("uid", ""),
+            model=_model(_section(spec, "model"), metadata["name"]),
+            auth=_auth(_section(spec, "auth")),
+            project_id=int(project) if project else None,
+            server=_server(_section(spec, "server")),
+            sidecar=_sidecar(_section(spec, "sidecar")),
+            logging=_logging(_section(spec, "logging")),
+            service=ServiceSpec(**_given(_section(spec, "service"), {"port": int})),
+            ingress=_ingress(_section(spec, "ingress")),
+            autoscaling=AutoscalingSpec(**_given(_section(spec, "autoscaling"), _AUTOSCALING)),
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The in-cluster URL of the :predict path."""
+        host = f"{self.name}.{self.namespace}.svc"
+        return f"http://{host}:{self.service.port}/v1/models/{self.model.name}:predict"
+
+    @property
+    def topic(self) -> str:
+        return self.logging.kafka.topic or f"{self.namespace}.{self.name}.inference"
+
+    def bootstrap_servers(self, settings: OperatorSettings) -> str:
+        return self.logging.kafka.bootstrap_servers or settings.kafka_bootstrap_servers
+
+    def logging_mode(self, settings: OperatorSettings) -> str:
+        """spec.logging.mode, else the operator's --log-mode."""
+        return self.logging.mode or settings.log_mode
+
+    def logging_requested(self, settings: OperatorSettings) -> bool:
+        """The spec (or the operator's default mode) asks for an inference log; it may still
+        lack brokers to send it to."""
+        return self.logging.enabled and self.logging_mode(settings) != "NONE"
+
+    def logging_on(self, settings: OperatorSettings) -> bool:
+        return self.logging_requested(settings) and bool(self.bootstrap_servers(settings))
+
+    def needs_service_account(self, settings: OperatorSettings) -> bool:
+        """The sidecar calls the API: TokenReviews (kubernetes auth), its pod's log status."""
+        return self.auth.mode == "kubernetes" or self.logging_on(settings)
+
+
+# --------------------------------------------------------------------------- parsing
+# A key that is absent or null takes the field's default; the CRD has checked the rest.
+# Each table maps a section's keys to the conversion of their values.
+
+_SERVER = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple}
+_BATCHING = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
+             "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
+_SIDECAR = {"timeoutSeconds": float, "maxRequestBytes": int}
+_LOGGING = {"enabled": bool, "mode": str}
+_SAMPLING = {"successRate": float, "errorRate": float}
+_PAYLOADS = {"maxBytes": int, "oversize": str, "nonJson": str}
+_REDACT_RULE = {"action": str, "payload": str}
+_KAFKA = {"topic": str, "bootstrapServers": str, "partitions": int, "replicationFactor": int}
+_SPOOL = {"size": lambda quantity: quantity, "claimName": str}  # the size kept as written
+_INGRESS = {"enabled": bool, "host": str, "className": str, "annotations": dict}
+_AUTOSCALING = {"enabled": bool, "minReplicas": int, "maxReplicas": int,
+                "targetCPUUtilizationPercentage": int}  # fmt: skip
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def field_name(key: str) -> str:
+    """The dataclass field of a CRD key: maxBatchSize -> max_batch_size,
+    targetCPUUtilizationPercentage -> target_cpu_utilization_percentage."""
+    return _WORD_START.sub("_", key).lower()
+
+
+def _section(raw: Raw, key: str) -> Raw:
+    return raw.get(key) or {}
+
+
+def _given(raw: Raw, converters: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """The keys of `raw` that are set, converted, under their field names."""
+    return {
+        field_name(key): convert(raw[key])
+        for key, convert in converters.items()
+        if raw.get(key) is not None
+    }
+
+
+def _model(raw: Raw, serving_name: str) -> ModelSpec:
+    for key in ("version", "basePath"):
+        if raw.get(key) is None:
+            raise SpecError(f"spec.model.{key} is required")
+    return ModelSpec(
+        name=raw.get("name") or serving_name,
+        base_path=raw["basePath"],
+        versions=(ModelVersion(int(raw["version"])),),
+    )
+
+
+def _server(raw: Raw) -> ServerSpec:
+    fields = _given(raw, _SERVER)
+    if raw.get("image"):  # empty names no image: the operator's applies
+        fields["image"] = raw["image"]
+    if raw.get("resources"):  # {} asks for nothing: the defaults apply
+        fields["resources"] = raw["resources"]
+    batching = BatchingSpec(**_given(_section(raw, "batching"), _BATCHING))
+    return ServerSpec(**fields, batching=batching)
+
+
+def _sidecar(raw: Raw) -> SidecarSpec:
+    fields = _given(raw, _SIDECAR)
+    if raw.get("resources"):
+        fields["resources"] = raw["resources"]
+    return SidecarSpec(**fields)
+
+
+def _logging(raw: Raw) -> LoggingSpec:
+    redact = None
+    if "redact" in raw:
+        redact = tuple(
+            RedactRuleSpec(rule["path"], **_given(rule, _REDACT_RULE))
+            for rule in raw["redact"] or []
+        )
+    return LoggingSpec(
+        **_given(raw, _LOGGING),
+        sampling=SamplingSpec(**_given(_section(raw, "sampling"), _SAMPLING)),
+        payloads=PayloadsSpec(**_given(_section(raw, "payloads"), _PAYLOADS)),
+        redact=redact,
+        kafka=KafkaSpec(**_given(_section(raw, "kafka"), _KAFKA)),
+        spool=SpoolSpec(**_given(_section(raw, "spool"), _SPOOL)),
+    )
+
+
+def _auth(raw: Raw) -> AuthSpec:
+    return AuthSpec(
+        **_given(raw, {"mode": str}),
+        api_keys=ApiKeysSpec(**_given(_section(raw, "apiKeys"), {"secretName": str})),
+        kubernetes=KubernetesAuthSpec(**_given(_section(raw, "kubernetes"), {"audience": str})),
+    )
+
+
+def _ingress(raw: Raw) -> IngressSpec:
+    tls = raw.get("tls")
+    return IngressSpec(
+        **_given(raw, _INGRESS), tls=IngressTlsSpec(tls["secretName"]) if tls else None
+    )
