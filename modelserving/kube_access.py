@@ -26,7 +26,7 @@ TOKEN_REREAD_SECONDS = 60.0
 
 
 class NoApiServer(RuntimeError):
-    """Neither a pod's service account nor a kubeconfig says where the API server is."""
+    """No pod's service account and no usable kubeconfig says where the API server is."""
 
 
 class BearerToken:
@@ -47,10 +47,6 @@ class BearerToken:
         self._lock = asyncio.Lock()
         self._value = read()
         self._read_at = clock()
-
-    @classmethod
-    def fixed(cls, value: str | None) -> BearerToken:
-        return cls(lambda: value, None)
 
     @classmethod
     def from_file(
