@@ -1,21 +1,22 @@
 """The operator's own calls to the Kubernetes API: read, server-side apply, delete, status.
 
-A small asyncio client on aiohttp with the credentials of the kubeconfig or the
-pod's ServiceAccount, a cap on concurrent requests (the client-side rate limit)
-and a timeout per request, so handlers never block kopf's event loop.
+A small asyncio client on aiohttp with the credentials of the pod's ServiceAccount
+or the kubeconfig (found by `modelserving.kube_access`), a cap on concurrent
+requests (the client-side rate limit) and a timeout per request, so handlers never
+block kopf's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from modelserving import api
+from modelserving.kube_access import ApiServer, from_environment
 
 FIELD_MANAGER = "modelserving-operator"
 
@@ -52,42 +53,17 @@ def object_path(kind: str, name: str | None = None, namespace: str | None = None
 class KubeClient:
     """Requests to one API server; create with `connect()` and close with `close()`."""
 
-    def __init__(
-        self,
-        host: str,
-        ssl_context: ssl.SSLContext | bool,
-        headers: Mapping[str, str],
-        concurrency: int,
-        timeout: float,
-        refresh: Any = None,
-    ) -> None:
-        self._host = host.rstrip("/")
-        self._ssl = ssl_context
-        self._headers = dict(headers)
+    def __init__(self, server: ApiServer, concurrency: int, timeout: float) -> None:
+        self._server = server
         self._concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._refresh = refresh
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def connect(cls, concurrency: int, timeout: float) -> KubeClient:
         """Credentials of the pod's ServiceAccount, else of the kubeconfig ($KUBECONFIG)."""
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-        return cls(
-            configuration.host,
-            _ssl_context(configuration),
-            _auth_headers(configuration),
-            concurrency,
-            timeout,
-            refresh=configuration,
-        )
+        return cls(from_environment(), concurrency, timeout)
 
     async def close(self) -> None:
         if self._session:
@@ -106,7 +82,7 @@ class KubeClient:
             # As many connections as requests run at once (each TLS connection holds buffers).
             connector = aiohttp.TCPConnector(limit=self._concurrency)
             self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
-        headers = {**self._headers, **self._fresh_auth(), "Accept": "application/json"}
+        headers = {**await self._server.headers(), "Accept": "application/json"}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -114,8 +90,8 @@ class KubeClient:
         async with self._limit:
             try:
                 async with self._session.request(
-                    method, self._host + path, data=data, params=params, headers=headers,
-                    ssl=self._ssl,
+                    method, self._server.url + path, data=data, params=params,
+                    headers=headers, ssl=self._server.ssl_context,
                 ) as response:  # fmt: skip
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -127,14 +103,6 @@ class KubeClient:
                 message = text
             raise KubeError(response.status, message)
         return json.loads(text) if text else {}
-
-    def _fresh_auth(self) -> dict[str, str]:
-        # In a pod the ServiceAccount token rotates; the kubernetes Configuration re-reads it.
-        configuration = self._refresh
-        if configuration is not None and configuration.refresh_api_key_hook:
-            configuration.refresh_api_key_hook(configuration)
-            return _auth_headers(configuration)
-        return {}
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
         try:
@@ -173,24 +141,3 @@ class KubeClient:
         return await self.request(
             "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
-
-
-def _ssl_context(configuration: Any) -> ssl.SSLContext | bool:
-    if not configuration.host.startswith("https"):
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
-
-
-def _auth_headers(configuration: Any) -> dict[str, str]:
-    token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
-    if not token:
-        return {}
-    prefix = configuration.api_key_prefix.get("authorization", "")
-    value = token if token.lower().startswith("bearer") else f"{prefix or 'Bearer'} {token}"
-    return {"Authorization": value.strip()}

@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
+from modelserving.kube_access import ApiServer, from_environment
 from modelserving.sidecar.auth import (
     AuthUnavailable,
     Forbidden,
@@ -34,49 +32,8 @@ from modelserving.sidecar.config import AuthMode, SidecarConfig
 log = logging.getLogger(__name__)
 
 SCHEME = "Bearer"
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-# Projected service-account tokens rotate (kubelet renews them at 80% of an hour): read it again.
-TOKEN_REREAD_SECONDS = 60.0
 API_TIMEOUT_SECONDS = 5.0
 MAX_CACHED_DECISIONS = 10_000
-
-
-@dataclass(frozen=True)
-class ApiServer:
-    """How the sidecar reaches the API server with its own credentials."""
-
-    url: str
-    ssl_context: ssl.SSLContext | bool
-    token: str | None = None
-    token_file: Path | None = None
-
-
-def find_api_server(kubeconfig: str = "") -> ApiServer:
-    """The kubeconfig given; else in a pod the service account's files; else KUBECONFIG/~/.kube."""
-    host, port = (
-        os.environ.get("KUBERNETES_SERVICE_HOST"),
-        os.environ.get("KUBERNETES_SERVICE_PORT"),
-    )
-    token_file = SERVICE_ACCOUNT_DIR / "token"
-    if not kubeconfig and host and port and token_file.exists():
-        context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
-        return ApiServer(f"https://{host}:{port}", context, token_file=token_file)
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig or None, client_configuration=configuration)
-    context: ssl.SSLContext | bool = False
-    if configuration.verify_ssl:
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    elif configuration.host.startswith("https"):
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file and isinstance(context, ssl.SSLContext):
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    bearer = (configuration.api_key or {}).get("authorization", "")
-    token = bearer.removeprefix("Bearer ").strip() or None
-    return ApiServer(configuration.host.rstrip("/"), context, token=token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +70,6 @@ class KubernetesAuthenticator:
         }
         self._cache: dict[bytes, Decision] = {}
         self._in_flight: dict[bytes, asyncio.Future[Decision]] = {}
-        self._own_token = api.token
-        self._own_token_read = 0.0
         self.api_calls = 0  # reviews sent to the API server, for tests and metrics
 
     async def authenticate(self, authorization: str | None) -> str | None:
@@ -194,9 +149,7 @@ class KubernetesAuthenticator:
     async def _post(self, path: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         group_version = path.split("/")[2] + "/v1"
         body = {"apiVersion": group_version, "kind": kind, "spec": spec}
-        headers = {}
-        if token := await self._own_bearer():
-            headers["Authorization"] = f"Bearer {token}"
+        headers = await self._api.headers()
         try:
             async with self._session.post(self._api.url + path, json=body, headers=headers) as resp:
                 if resp.status not in (200, 201):
@@ -210,23 +163,12 @@ class KubernetesAuthenticator:
                 "The credential cannot be checked now (Kubernetes API unreachable)"
             ) from None
 
-    async def _own_bearer(self) -> str | None:
-        token_file = self._api.token_file
-        if (
-            token_file is not None
-            and time.monotonic() - self._own_token_read > TOKEN_REREAD_SECONDS
-        ):
-            text = await asyncio.to_thread(token_file.read_text)
-            self._own_token = text.strip()
-            self._own_token_read = time.monotonic()
-        return self._own_token
-
     @classmethod
     @contextlib.asynccontextmanager
     async def running(
         cls, config: SidecarConfig, api: ApiServer | None = None
     ) -> AsyncIterator[KubernetesAuthenticator]:
-        api = api or await asyncio.to_thread(find_api_server, config.auth.kubeconfig)
+        api = api or await asyncio.to_thread(from_environment, config.auth.kubeconfig)
         connector = aiohttp.TCPConnector(ssl=api.ssl_context, limit=32)
         timeout = aiohttp.ClientTimeout(total=API_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -116,12 +116,7 @@ class PodAnnotationWriter:
         self._url = f"{api.url}/api/v1/namespaces/{namespace}/pods/{pod}/status"
 
     async def write(self, value: str) -> None:
-        token = self._api.token
-        if token is None and self._api.token_file is not None:
-            token = self._api.token_file.read_text().strip()  # projected tokens rotate
-        headers = {"Content-Type": "application/merge-patch+json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {**await self._api.headers(), "Content-Type": "application/merge-patch+json"}
         patch = {"metadata": {"annotations": {ANNOTATION: value}}}
         async with self._session.patch(
             self._url, data=json.dumps(patch), headers=headers, ssl=self._api.ssl_context
@@ -181,9 +176,9 @@ async def publishing_log_status(
     if not (pod and namespace):
         yield None
         return
-    from modelserving.sidecar.kubernetes_auth import find_api_server
+    from modelserving.kube_access import from_environment
 
-    api = await asyncio.to_thread(find_api_server, kubeconfig)
+    api = await asyncio.to_thread(from_environment, kubeconfig)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         publisher = LogStatusPublisher(
             pipeline, PodAnnotationWriter(session, api, namespace, pod), check_seconds
