@@ -100,9 +100,11 @@ def test_proc_stat_cpu_reads_utime_and_stime_past_a_command_with_spaces():
     assert stats.parse_proc_stat_cpu(line, 100) == 3.0
 
 
-def test_rss_comes_from_vmrss():
-    assert stats.parse_status_rss_kib("Name:\tx\nVmRSS:\t  2048 kB\n") == 2048
-    assert stats.parse_status_rss_kib("Name:\tkworker\n") == 0
+def test_rss_comes_from_vmrss_and_its_peak_from_vmhwm():
+    status = "Name:\tx\nVmHWM:\t  4096 kB\nVmRSS:\t  2048 kB\n"
+    assert stats.parse_status_kib(status) == 2048
+    assert stats.parse_status_kib(status, "VmHWM") == 4096
+    assert stats.parse_status_kib("Name:\tkworker\n") == 0
 
 
 def test_py_spy_stacks_rank_own_and_inclusive_time():
