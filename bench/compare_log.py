@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
 import sys
@@ -103,17 +102,21 @@ async def child(args: argparse.Namespace) -> dict:
     }
 
 
+def revision_tree(rev: str, into: Path) -> Path:
+    """The package at `rev`, with the working tree's bench beside it: the child started there
+    imports that revision's `modelserving` and this benchmark."""
+    code = tree_at(rev, into)
+    (code / "bench").symlink_to(REPO / "bench", target_is_directory=True)
+    return code
+
+
 def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
-    """The child pinned to CORE; with `code`, started in that tree so that Python finds its
-    `modelserving` first (and bench, which the tree lacks, through PYTHONPATH)."""
+    """The child pinned to CORE, started in the working tree or in a revision's tree (where
+    Python finds that revision's `modelserving` first)."""
     cmd = [sys.executable, "-m", "bench.compare_log", "--child", "--topic", topic,
            "--bootstrap", bootstrap, "--spool", str(spool), "--records", str(n),
            "--rate", str(rate)]  # fmt: skip
-    env = None
-    if code is not None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
-    out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO, env=env)
+    out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="compare-log-") as tmp:
         versions: list[tuple[Path | None, str]] = [(None, "working tree")]
         if args.baseline:
-            code = tree_at(args.baseline, Path(tmp) / "baseline")
+            code = revision_tree(args.baseline, Path(tmp) / "baseline")
             versions.insert(0, (code, f"@{args.baseline}"))
         results: dict[tuple[str, int], list[dict]] = {}
         try:
