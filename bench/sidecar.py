@@ -78,12 +78,12 @@ class SidecarBench:
         self.keys_dir = bench.workdir / "apikeys"
         self.keys_dir.mkdir()
         (self.keys_dir / "bench").write_text(hash_api_key(API_KEY))
-        try:
-            if kubernetes:
+        if kubernetes:
+            try:
                 self._prepare_kubernetes()
-        except (BenchError, OSError, subprocess.SubprocessError) as exc:
-            self.notes.append(f"Kubernetes auth skipped: {str(exc)[-300:]}")
-            log(self.notes[-1])
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                self.notes.append(f"Kubernetes auth skipped: {str(exc)[-300:]}")
+                log(self.notes[-1])
         if not self.bootstrap:
             self.notes.append("log-on configurations skipped: no Kafka broker (.localenv)")
         return self
