@@ -5,10 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCALENV := $(PYTHON) localenv/localenv.py
 
-.PHONY: help venv lint format unit test env-build env-up env-down demo demo-down bench image chart-sync
+.PHONY: help venv lint format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed" if sys.version_info < (3, 11) else 0)'
@@ -59,3 +59,14 @@ chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the p
 
 bench: venv ## benchmarks side by side (about 15 min; the environment must be up): docs/benchmarks.md
 	$(PY) -m bench.run
+
+# Before/after comparisons for a change, each run side by side with what it is compared to:
+# ARGS passes flags on (`--help` lists them), e.g. make bench-sidecar ARGS="--baseline HEAD~1".
+bench-sidecar: venv ## the sidecar's request path beside a bare aiohttp proxy; ARGS="--baseline REV" adds another revision's sidecar (a minute, no cluster)
+	$(PY) -m bench.compare_sidecar $(ARGS)
+
+bench-log: venv ## the inference log's records/s and CPU per record; ARGS="--baseline REV" adds another revision's (the broker must be up)
+	$(PY) -m bench.compare_log $(ARGS)
+
+bench-operator: venv ## the operator at ARGS servings (default "100 1000"): progress, memory, a restart's writes (the environment must be up)
+	$(PY) -m bench.operator_sizes $(or $(ARGS),100 1000)

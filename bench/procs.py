@@ -1,5 +1,6 @@
 """Processes the benchmark starts: pinned to a core, waited for on their port, measured (CPU
-time and resident memory of the whole process tree) and stopped by their own id."""
+time and resident memory of the whole process tree) and stopped by their own id; and the
+project's code at another git revision, for measuring it beside the working tree."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.stats import parse_proc_stat_cpu, parse_status_rss_kib
+from bench.stats import parse_proc_stat_cpu, parse_status_kib
 
 PROXY_CORE = 1  # the proxy under test has this core to itself
 LOAD_CORE = 0  # load generators, the upstream and the log sink share this one
@@ -41,27 +42,31 @@ def log(message: str) -> None:
 
 
 class Proc:
-    """A started process, pinned with taskset, its output in a log file."""
+    """A started process, pinned with taskset (unless `core` is None), its output in a log
+    file; `cwd` is where it runs (another revision's tree, say)."""
 
     def __init__(
         self,
         name: str,
         cmd: Sequence[str],
-        core: int,
+        core: int | None,
         logdir: Path,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.port = port
         self.logfile = logdir / f"{name}.log"
+        pin = ["taskset", "-c", str(core)] if core is not None else []
         with self.logfile.open("ab") as out:
             self.popen = subprocess.Popen(
-                ["taskset", "-c", str(core), *cmd],
+                [*pin, *cmd],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
                 start_new_session=True,
             )
         if port is not None:
@@ -104,7 +109,7 @@ class Proc:
         kib = 0
         for pid in self.tree():
             with contextlib.suppress(OSError):
-                kib += parse_status_rss_kib(Path(f"/proc/{pid}/status").read_text())
+                kib += parse_status_kib(Path(f"/proc/{pid}/status").read_text())
         return kib / 1024
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -159,8 +164,10 @@ def run_pinned(cmd: Sequence[str], core: int, timeout: float, **kwargs: object) 
 
 
 def tree_at(rev: str, into: Path) -> Path:
-    """The `modelserving` package as it was at git revision `rev` (its symlinks to sidecar/ and
-    operator/), unpacked into `into`: the tools measure it beside the working tree."""
+    """The `modelserving` package as it was at git revision `rev`, unpacked into `into` and laid
+    out as installed (sidecar/ and operator/ inside modelserving/), so that a process started
+    in `into` imports that revision's code, not the working tree's: the comparisons measure
+    it beside the working tree."""
     repo = Path(__file__).resolve().parent.parent
     archive = subprocess.run(
         ["git", "-C", str(repo), "archive", rev, "modelserving", "sidecar", "operator"],
@@ -168,4 +175,10 @@ def tree_at(rev: str, into: Path) -> Path:
     ).stdout  # fmt: skip
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    for part in ("sidecar", "operator"):
+        inside = into / "modelserving" / part
+        # Older revisions hold a symlink there; newer ones map the folder by package-dir, and
+        # without the move the editable install would lend the working tree's copy instead.
+        if not inside.is_symlink() and not inside.exists():
+            (into / part).rename(inside)
     return into

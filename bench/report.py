@@ -209,6 +209,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Written by `make bench` (`python -m bench.run`); the raw figures are in "
         "`bench/results.json`. Every figure is given for both runs, `run 1 / run 2`.",
         "",
+        "To compare a change before and after, use the comparisons instead (the README's "
+        "Benchmarks section): `make bench-sidecar` and `make bench-log` run both sides in one "
+        "run and report ratios, which this shared machine's noise moves far less than figures "
+        "from runs at different times; `make bench-operator` shows the operator at chosen sizes "
+        "in more detail.",
+        "",
         f"- Date: {results['date']}, commit {results.get('commit', '?')}, "
         f"{results.get('seconds', '?')} s in all",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, request_path, tools
+from bench.environment import localenv_settings
 from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,15 +46,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def localenv() -> dict[str, Any] | None:
-    # The same override localenv.py takes: a clean clone can use another checkout's environment.
-    state = Path(os.environ.get("MODELSERVING_LOCALENV", REPO / ".localenv"))
-    env_json = state / "env.json"
-    if not env_json.exists():
-        return None
-    return json.loads(env_json.read_text())
-
-
 def localenv_command(command: str) -> None:
     subprocess.run([sys.executable, str(REPO / "localenv" / "localenv.py"), command], check=True)
 
@@ -61,7 +53,7 @@ def localenv_command(command: str) -> None:
 def ensure_localenv() -> tuple[dict[str, Any] | None, bool]:
     """The local cluster and broker: the running ones, else started here (and so stopped at
     the end). (settings, started_here)"""
-    env = localenv()
+    env = localenv_settings()
     if env is not None:
         return env, False
     log("the local environment is not up: starting it (it is stopped again at the end)")
@@ -70,7 +62,7 @@ def ensure_localenv() -> tuple[dict[str, Any] | None, bool]:
     except subprocess.CalledProcessError as exc:
         log(f"the local environment could not start ({exc}); parts that need it are skipped")
         return None, False
-    return localenv(), True
+    return localenv_settings(), True
 
 
 def main(argv: list[str] | None = None) -> int:

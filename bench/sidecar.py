@@ -4,7 +4,6 @@ outage, the inference log's throughput, and a profile of the hot path."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
+from bench.environment import localenv_kafka
 from bench.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
 from bench.request_path import (
     OUTAGE_SECONDS,
@@ -29,6 +29,7 @@ from bench.request_path import (
     with_pylib,
 )
 from bench.stats import as_dict, records_lost
+from bench.topics import create_topic, delete_created_topics, topic_records, wait_topic
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE_PREFIX = "bench-"
@@ -63,7 +64,11 @@ class SidecarBench:
         return (self.env or {}).get("kafka_bootstrap")
 
     @classmethod
-    def prepare(cls, bench: Bench, env: dict[str, Any] | None) -> SidecarBench:
+    def prepare(
+        cls, bench: Bench, env: dict[str, Any] | None, kubernetes: bool = True
+    ) -> SidecarBench:
+        """The API key, and with `kubernetes` a namespace and a caller's token in the local
+        cluster for the Kubernetes auth configurations."""
         self = cls(bench, env, why_not=sidecar_importable())
         if not self.runnable:
             log(f"sidecar configurations skipped: {self.why_not}")
@@ -73,11 +78,12 @@ class SidecarBench:
         self.keys_dir = bench.workdir / "apikeys"
         self.keys_dir.mkdir()
         (self.keys_dir / "bench").write_text(hash_api_key(API_KEY))
-        try:
-            self._prepare_kubernetes()
-        except (BenchError, OSError, subprocess.SubprocessError) as exc:
-            self.notes.append(f"Kubernetes auth skipped: {str(exc)[-300:]}")
-            log(self.notes[-1])
+        if kubernetes:
+            try:
+                self._prepare_kubernetes()
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                self.notes.append(f"Kubernetes auth skipped: {str(exc)[-300:]}")
+                log(self.notes[-1])
         if not self.bootstrap:
             self.notes.append("log-on configurations skipped: no Kafka broker (.localenv)")
         return self
@@ -157,8 +163,15 @@ class SidecarBench:
 
     @contextlib.contextmanager
     def running(
-        self, auth: str, log_on: bool, loop: str = "as installed", **logging: Any
+        self,
+        auth: str,
+        log_on: bool,
+        loop: str = "as installed",
+        code: Path | None = None,
+        **logging: Any,
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
+        """The sidecar with this auth, its inference log on or off (`logging` adds to the log's
+        settings); `code` is a tree from `tree_at` whose sidecar runs instead of this one."""
         port = free_port()
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
         if topic:
@@ -175,16 +188,25 @@ class SidecarBench:
             env["PYTHONPATH"] = with_pylib(self.bench)
         cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
                "--log-level", "WARNING"]  # fmt: skip
-        proc = Proc("sidecar", cmd, PROXY_CORE, self.bench.workdir, env=env, port=port)
+        # Started in the tree, Python finds that revision's `modelserving` first.
+        proc = Proc("sidecar", cmd, PROXY_CORE, self.bench.workdir, env=env, port=port, cwd=code)
         try:
             yield proc, load.Target(port, headers=self.headers(auth)), topic
         finally:
             proc.stop(timeout=30)
 
-    def configuration(self, name: str, auth: str, log_on: bool, loop: str = "as installed") -> Any:
+    def configuration(
+        self,
+        name: str,
+        auth: str,
+        log_on: bool,
+        loop: str = "as installed",
+        code: Path | None = None,
+        **logging: Any,
+    ) -> Configuration:
         @contextlib.contextmanager
         def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-            with self.running(auth, log_on, loop) as (proc, target, _topic):
+            with self.running(auth, log_on, loop, code, **logging) as (proc, target, _topic):
                 yield proc, target
 
         return Configuration(name, start, group="ours")
@@ -247,118 +269,6 @@ def uvloop_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-# ------------------------------------------------------------ Kafka helpers
-
-
-CREATED_TOPICS: list[tuple[str, str]] = []  # (bootstrap, topic), deleted by close()
-
-
-def create_topic(bootstrap: str, topic: str) -> None:
-    CREATED_TOPICS.append((bootstrap, topic))
-
-    async def create() -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-
-
-def delete_created_topics() -> None:
-    """The benchmark's topics go when it ends: their records were only ever counted."""
-
-    async def delete(bootstrap: str, topics: list[str]) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(topics)
-        finally:
-            await admin.close()
-
-    by_bootstrap: dict[str, list[str]] = {}
-    for bootstrap, topic in CREATED_TOPICS:
-        by_bootstrap.setdefault(bootstrap, []).append(topic)
-    for bootstrap, topics in by_bootstrap.items():
-        try:
-            asyncio.run(delete(bootstrap, topics))
-        except Exception as exc:  # leftovers are harmless: say so and go on
-            log(f"could not delete the benchmark's topics {topics}: {exc!r}")
-    CREATED_TOPICS.clear()
-
-
-def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
-    """(records on the topic, distinct keys among them): a replay after an outage may send a
-    record twice, which is a duplicate, not a record more."""
-
-    async def count() -> tuple[int, int]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_bytes=50 * 1024 * 1024)  # fmt: skip
-        await consumer.start()
-        try:
-            await consumer.topics()
-            found = consumer.partitions_for_topic(topic) or {0}
-            parts = [TopicPartition(topic, p) for p in found]
-            ends = await consumer.end_offsets(parts)
-            total = sum(ends.values())
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            keys: set[bytes | None] = set()
-            seen = 0
-            while seen < total:
-                batch = await consumer.getmany(timeout_ms=2000, max_records=20000)
-                if not batch:
-                    break
-                for records in batch.values():
-                    seen += len(records)
-                    keys.update(r.key for r in records)
-            return total, len(keys)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(count())
-
-
-def wait_topic(bootstrap: str, topic: str, expected: int, timeout: float = 90) -> tuple[int, int]:
-    """Poll the topic until it holds `expected` distinct records or stops growing."""
-    deadline, last, still = time.monotonic() + timeout, (-1, -1), 0
-    while time.monotonic() < deadline:
-        now = topic_records(bootstrap, topic)
-        if now[1] >= expected:
-            return now
-        still = still + 1 if now == last else 0
-        if still >= 5:
-            return now
-        last = now
-        time.sleep(2)
-    return last
-
-
-def localenv_kafka(action: str, tries: int = 4) -> None:
-    """Stop or start the shared broker through localenv; a start is tried again, since others
-    need the broker back (a start can fail when its controller port was taken meanwhile)."""
-    for attempt in range(1, tries + 1):
-        log(f"Kafka broker: {action}" + (f" (try {attempt})" if attempt > 1 else ""))
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "localenv" / "localenv.py"), "kafka", action],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
-        if proc.returncode == 0:
-            return
-        log(f"Kafka broker {action} failed: {proc.stderr.strip()[-500:]}")
-        time.sleep(3)
-    raise BenchError(f"the Kafka broker did not {action} in {tries} tries")
 
 
 # ------------------------------------------------------------ part 3

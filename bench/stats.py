@@ -124,10 +124,11 @@ def parse_proc_stat_cpu(stat_line: str, clock_ticks: int) -> float:
     return (int(fields[11]) + int(fields[12])) / clock_ticks
 
 
-def parse_status_rss_kib(status_text: str) -> int:
-    """VmRSS in KiB from a /proc/PID/status text (0 for a process without memory)."""
+def parse_status_kib(status_text: str, field: str = "VmRSS") -> int:
+    """A memory field in KiB from a /proc/PID/status text: VmRSS (resident now), VmHWM (its
+    peak); 0 for a process without memory."""
     for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 

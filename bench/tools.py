@@ -58,9 +58,14 @@ def ensure_debian_tools() -> tuple[str, str]:
     return nginx, wrk
 
 
+def vegeta_binary() -> Path:
+    """Where `ensure_vegeta` puts vegeta (the comparisons use it there, built or not)."""
+    return CACHE / f"vegeta-{VEGETA_VERSION}" / "bin" / "vegeta"
+
+
 def ensure_vegeta() -> str:
-    out = CACHE / f"vegeta-{VEGETA_VERSION}" / "bin"
-    binary = out / "vegeta"
+    binary = vegeta_binary()
+    out = binary.parent
     if not binary.exists():
         log(f"installing vegeta {VEGETA_VERSION} from the Go module proxy")
         out.mkdir(parents=True, exist_ok=True)

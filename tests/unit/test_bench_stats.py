@@ -1,9 +1,11 @@
 """The benchmark's arithmetic and report: wrk and vegeta parsing, percentiles, added latency,
-per-core rates, py-spy stacks, and the Markdown and SVG it writes (no tool runs here)."""
+per-core rates, py-spy stacks, the Markdown and SVG it writes, the sidecar comparison's table
+(no tool runs here); and the tree of another revision that the comparisons measure."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +30,8 @@ def _load(name: str):
 
 stats = _load("stats")
 report = _load("report")
+procs = _load("procs")
+compare_sidecar = _load("compare_sidecar")
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/v1/models/bench:predict
   1 threads and 64 connections
@@ -100,9 +104,11 @@ def test_proc_stat_cpu_reads_utime_and_stime_past_a_command_with_spaces():
     assert stats.parse_proc_stat_cpu(line, 100) == 3.0
 
 
-def test_rss_comes_from_vmrss():
-    assert stats.parse_status_rss_kib("Name:\tx\nVmRSS:\t  2048 kB\n") == 2048
-    assert stats.parse_status_rss_kib("Name:\tkworker\n") == 0
+def test_rss_comes_from_vmrss_and_its_peak_from_vmhwm():
+    status = "Name:\tx\nVmHWM:\t  4096 kB\nVmRSS:\t  2048 kB\n"
+    assert stats.parse_status_kib(status) == 2048
+    assert stats.parse_status_kib(status, "VmHWM") == 4096
+    assert stats.parse_status_kib("Name:\tkworker\n") == 0
 
 
 def test_py_spy_stacks_rank_own_and_inclusive_time():
@@ -211,3 +217,33 @@ def test_operator_memory_is_judged_while_applying_and_after_a_restart():
         [150.0, 260.0],
         "mixed",
     )
+
+
+def _round(rps_per_core: float) -> object:
+    return compare_sidecar.Result(rps=1000.0, requests=4000, cpu_share=1.0,
+                                  cpu_us_per_request=100.0, rps_per_core=rps_per_core,
+                                  rss_peak_mib=40.0)  # fmt: skip
+
+
+def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
+    results = {
+        compare_sidecar.REFERENCE: [_round(5000), _round(6000), _round(60000)],
+        "sidecar @HEAD~1, apiKey, log off": [_round(9000), _round(12000), _round(12000)],
+        "sidecar, apiKey, log on": [],  # failed in every round
+    }
+    table = compare_sidecar.report(results, compare_sidecar.REFERENCE, latency=False)
+    rows = {line[:44].strip(): line[44:].split() for line in table.splitlines()[1:]}
+    assert rows[compare_sidecar.REFERENCE][2:4] == ["6000", "100.0"]
+    assert rows[compare_sidecar.REFERENCE][4] == "1.00"
+    assert rows["sidecar @HEAD~1, apiKey, log off"][4] == "2.00"
+    assert "sidecar, apiKey, log on" not in rows
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path):
+    code = procs.tree_at("HEAD", tmp_path / "revision")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import modelserving.sidecar.app as m; print(m.__file__)"],
+        cwd=code, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert Path(imported).is_relative_to(code)

@@ -1,10 +1,8 @@
-#!/usr/bin/env python3
-"""Measure the inference log pipeline alone, side by side in one run: records/s into the real
-broker and CPU per record of the whole process (event loop and threads), for the working tree
-and, with --baseline REV, for the pipeline as it was at a git revision.
+"""The inference log pipeline before and after a change, side by side in one run: records/s into
+the real broker and CPU per record of the whole process (event loop and threads), for the working
+tree and, with --baseline REV, for the pipeline as it was at a git revision.
 
-    python tools/measure_inference_log.py [--records 30000] [--rates 0,3000] [--rounds 2]
-                                          [--baseline REV]
+    python -m bench.compare_log [--records 30000] [--rates 0,3000] [--rounds 2] [--baseline REV]
 
 Each measurement is a child process pinned to core 1 that opens the real pipeline (spool on
 local disk, mode ALL, default settings) on a topic of its own, submits ~1 KB exchanges (the
@@ -22,20 +20,17 @@ import asyncio
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.environment import REPO, localenv_settings
+from bench.procs import PROXY_CORE, run_pinned, tree_at
+from bench.topics import create_topic, delete_created_topics
 
-from bench.procs import tree_at  # noqa: E402
-from bench.sidecar import create_topic, delete_created_topics  # noqa: E402
-
-CORE = 1  # the process measured; the broker and the rest share core 0
+CORE = PROXY_CORE  # the process measured; the broker and the rest share the other core
 
 
 def cpu_seconds() -> float:
@@ -44,8 +39,8 @@ def cpu_seconds() -> float:
 
 
 async def child(args: argparse.Namespace) -> dict:
-    if args.code:
-        sys.path.insert(0, args.code)
+    """One measurement, in the child process: the pipeline of the `modelserving` it imports
+    (the working tree's, or a revision's when started in that revision's tree)."""
     from prometheus_client import CollectorRegistry
 
     from bench.log_throughput import REQUEST, RESPONSE
@@ -107,41 +102,52 @@ async def child(args: argparse.Namespace) -> dict:
     }
 
 
+def revision_tree(rev: str, into: Path) -> Path:
+    """The package at `rev`, with the working tree's bench beside it: the child started there
+    imports that revision's `modelserving` and this benchmark."""
+    code = tree_at(rev, into)
+    (code / "bench").symlink_to(REPO / "bench", target_is_directory=True)
+    return code
+
+
 def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
-    cmd = ["taskset", "-c", str(CORE), sys.executable, __file__, "--child", "--topic", topic,
+    """The child pinned to CORE, started in the working tree or in a revision's tree (where
+    Python finds that revision's `modelserving` first)."""
+    cmd = [sys.executable, "-m", "bench.compare_log", "--child", "--topic", topic,
            "--bootstrap", bootstrap, "--spool", str(spool), "--records", str(n),
            "--rate", str(rate)]  # fmt: skip
-    if code is not None:
-        cmd += ["--code", str(code)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO)
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=30_000)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.compare_log", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--records", type=int, default=30_000, help="records per measurement")
     parser.add_argument("--rates", default="0,3000", help="submit rates, 0: flat out")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--baseline", help="git revision whose pipeline is measured alongside")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over all rates and versions")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="git revision whose pipeline is measured alongside"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--code", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--spool", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(asyncio.run(child(args))))
         return 0
-    env = json.loads((REPO / ".localenv" / "env.json").read_text())
+    env = localenv_settings()
+    if env is None:
+        raise SystemExit("the local environment's broker is needed: make env-up")
     bootstrap = env["kafka_bootstrap"]
     rates = [int(r) for r in args.rates.split(",")]
-    with tempfile.TemporaryDirectory(prefix="measure-log-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="compare-log-") as tmp:
         versions: list[tuple[Path | None, str]] = [(None, "working tree")]
         if args.baseline:
-            code = tree_at(args.baseline, Path(tmp) / "baseline")
+            code = revision_tree(args.baseline, Path(tmp) / "baseline")
             versions.insert(0, (code, f"@{args.baseline}"))
         results: dict[tuple[str, int], list[dict]] = {}
         try:

@@ -1,0 +1,230 @@
+"""The sidecar's request path before and after a change: the sidecar beside a bare aiohttp proxy,
+and beside itself at another git revision or with other log settings, side by side in one run.
+
+    python -m bench.compare_sidecar [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
+
+One nginx upstream answering a fixed TF Serving predict body (bench/nginx/upstream.conf) on
+core 0 with the load (wrk, and vegeta for latency); each proxy under test in turn on core 1.
+For each configuration: requests/s at saturation, CPU per request and requests/s per core (from
+/proc utime+stime over the run), peak RSS, and with --latency the latency added over the direct
+path at a fixed rate. Configurations are interleaved over --rounds so that drift hits all
+alike; medians are reported, and requests/s per core as a ratio to the bare proxy on uvloop,
+which a shared, noisy machine moves far less than the figures themselves.
+
+--baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
+change is compared with what it replaces in the same run; --candidate REV measures a revision
+instead of the working tree. The log-on configurations produce into the real broker of the
+local environment (.localenv/env.json); without it they are skipped. No cluster is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import load
+from bench.environment import localenv_settings
+from bench.procs import PeakRss, Proc, tree_at
+from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
+from bench.sidecar import SidecarBench
+from bench.stats import rps_per_core
+from bench.tools import Tools, vegeta_binary
+
+LATENCY_RATE = 1000
+DIRECT = "direct (nginx upstream)"
+REFERENCE = "bare aiohttp proxy, uvloop"  # the ratio column's denominator
+
+
+@dataclass
+class Result:
+    rps: float
+    requests: int
+    cpu_share: float
+    cpu_us_per_request: float
+    rps_per_core: float
+    rss_peak_mib: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us_at_rate: float | None = None  # CPU per request at the fixed rate (no batching there)
+
+
+def measure(
+    bench: Bench, upstream_proc: Proc, configuration: Configuration, latency: bool, seconds: int
+) -> Result:
+    """One configuration once: latency at the fixed rate (with --latency), then saturation."""
+    with configuration.start(bench) as (proc, target):
+        measured = proc or upstream_proc
+        p50 = p99 = at_rate = None
+        if latency:
+            # Before the saturation run: the inference log then has no backlog to catch up on.
+            load.vegeta(bench.tools.vegeta, target, bench.workdir, LATENCY_RATE, 1)  # warm-up
+            cpu_before = measured.cpu_seconds()
+            lat = load.vegeta(bench.tools.vegeta, target, bench.workdir, LATENCY_RATE, 3)
+            at_rate = (measured.cpu_seconds() - cpu_before) / lat.requests * 1e6
+            p50, p99 = lat.p50_ms, lat.p99_ms
+        load.wrk(bench.tools.wrk, target, bench.workdir, seconds=1)  # warm-up
+        cpu_before, started = measured.cpu_seconds(), time.monotonic()
+        with PeakRss(measured) as rss:
+            sat = load.wrk(bench.tools.wrk, target, bench.workdir, seconds=seconds)
+        wall = time.monotonic() - started
+        cpu = measured.cpu_seconds() - cpu_before
+        return Result(
+            rps=sat.rps,
+            requests=sat.requests,
+            cpu_share=cpu / wall,
+            cpu_us_per_request=cpu / sat.requests * 1e6,
+            rps_per_core=rps_per_core(sat.rps, cpu, wall) or 0.0,
+            rss_peak_mib=rss.peak_mib,
+            p50_ms=p50,
+            p99_ms=p99,
+            cpu_us_at_rate=at_rate,
+        )
+
+
+def median(values: list[float]) -> float:
+    """One round disturbed by other work on a shared machine does not move the median."""
+    return statistics.median(values)
+
+
+def report(results: dict[str, list[Result]], reference: str, latency: bool) -> str:
+    """The table: medians per configuration, requests/s per core also as a ratio to
+    `reference`, and with `latency` the percentiles added over the direct path."""
+    ref = median([r.rps_per_core for r in results[reference]]) if results.get(reference) else None
+    direct_runs = results.get(DIRECT)
+    head = f"{'configuration':44} {'rps':>7} {'core':>5} {'rps/core':>8} {'µs/req':>7} "
+    head += f"{'x bare':>6} {'RSS MiB':>7}"
+    if latency:
+        head += f" {'+p50 ms':>8} {'+p99 ms':>8} {'µs/req@' + str(LATENCY_RATE):>11}"
+    lines = [head]
+    for name, runs in results.items():
+        if not runs:
+            continue
+        per_core = median([r.rps_per_core for r in runs])
+        line = (
+            f"{name:44} {median([r.rps for r in runs]):7.0f}"
+            f" {median([r.cpu_share for r in runs]):5.2f}"
+            f" {per_core:8.0f} {median([r.cpu_us_per_request for r in runs]):7.1f}"
+            f" {per_core / ref if ref else 0:6.2f} {max(r.rss_peak_mib for r in runs):7.1f}"
+        )
+        if latency and direct_runs and runs[0].p50_ms is not None:
+            p50 = median([r.p50_ms or 0 for r in runs]) - median(
+                [r.p50_ms or 0 for r in direct_runs]
+            )
+            p99 = median([r.p99_ms or 0 for r in runs]) - median(
+                [r.p99_ms or 0 for r in direct_runs]
+            )
+            at_rate = median([r.cpu_us_at_rate or 0 for r in runs])
+            line += f" {p50:+8.3f} {p99:+8.3f} {at_rate:11.0f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def configurations(
+    side: SidecarBench, args: argparse.Namespace, workdir: Path
+) -> list[Configuration]:
+    """What the flags ask for, in the order they are measured in each round."""
+    configs = []
+    if args.latency:
+        configs.append(Configuration(DIRECT, direct))
+    if not args.no_asyncio_bare:
+        configs.append(Configuration("bare aiohttp proxy", aiohttp_proxy()))
+    configs.append(Configuration(REFERENCE, aiohttp_proxy(uvloop=True)))
+    versions: list[tuple[Path | None, str]] = [(None, "")]
+    if args.candidate:
+        versions = [(tree_at(args.candidate, workdir / "candidate"), f" @{args.candidate}")]
+    if args.baseline:
+        versions.insert(0, (tree_at(args.baseline, workdir / "baseline"), f" @{args.baseline}"))
+    for code, label in versions:
+        if not args.no_log_off:
+            configs.append(side.configuration(f"sidecar{label}, apiKey, log off", "apiKey",
+                                              False, code=code))  # fmt: skip
+        if side.bootstrap:
+            configs.append(side.configuration(f"sidecar{label}, apiKey, log on", "apiKey",
+                                              True, code=code))  # fmt: skip
+            for variant in args.log_variant:
+                name, _, settings = variant.partition("=")
+                configs.append(side.configuration(f"sidecar{label} [{name}], apiKey, log on",
+                                                  "apiKey", True, code=code,
+                                                  **json.loads(settings)))  # fmt: skip
+    return configs
+
+
+def progress(message: str) -> None:
+    print(f"[measure] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.compare_sidecar", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--seconds", type=int, default=4, help="wrk seconds per configuration")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all configurations")
+    parser.add_argument(
+        "--latency", action="store_true", help=f"also p50/p99 at {LATENCY_RATE} rps"
+    )
+    parser.add_argument(
+        "--baseline", metavar="REV", help="git revision whose sidecar is measured alongside"
+    )
+    parser.add_argument(
+        "--candidate",
+        metavar="REV",
+        help="git revision to measure instead of the working tree (which others may be changing)",
+    )
+    parser.add_argument("--no-log-off", action="store_true", help="skip the log-off sidecar")
+    parser.add_argument(
+        "--log-variant", action="append", default=[], metavar="LABEL=JSON",
+        help="also a log-on sidecar with these logging settings, e.g. "
+        'flush20=\'{"spoolFlushIntervalSeconds": 0.02}\' (repeatable)',
+    )  # fmt: skip
+    parser.add_argument("--no-asyncio-bare", action="store_true",
+                        help="skip the bare proxy on asyncio's own loop")  # fmt: skip
+    args = parser.parse_args(argv)
+    wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
+    if not wrk or not nginx:
+        raise SystemExit("wrk and nginx are needed: apt-get install -y wrk nginx")
+    vegeta = vegeta_binary()
+    if args.latency and not vegeta.exists():
+        raise SystemExit(f"--latency needs vegeta at {vegeta} (make bench builds it)")
+    # Only nginx, wrk and vegeta of bench's tools are used here: no build of the others.
+    tools = Tools(nginx=nginx, wrk=wrk, vegeta=str(vegeta), kserve_agent="", py_spy=None,
+                  pylib=None)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="compare-sidecar-") as tmp:
+        bench = Bench(tools, Path(tmp))
+        side = SidecarBench.prepare(bench, localenv_settings(), kubernetes=False)
+        if not side.runnable:
+            raise SystemExit(side.why_not)
+        for note in side.notes:
+            progress(note)
+        try:
+            configs = configurations(side, args, Path(tmp))
+            results: dict[str, list[Result]] = {c.name: [] for c in configs}
+            with upstream(bench) as upstream_proc:
+                for round_ in range(args.rounds):
+                    for config in configs:
+                        progress(f"round {round_ + 1}: {config.name}")
+                        try:
+                            results[config.name].append(
+                                measure(bench, upstream_proc, config, args.latency, args.seconds)
+                            )
+                        except Exception as exc:  # one failing (broker down) spares the rest
+                            progress(f"{config.name} failed: {exc}")
+        finally:
+            side.close()
+    loadavg = Path("/proc/loadavg").read_text().split()[0]
+    pressure = Path("/proc/pressure/cpu")
+    waiting = pressure.read_text().split()[2] if pressure.exists() else "?"
+    print(f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
+          f"load avg {loadavg}, CPU pressure {waiting}")  # fmt: skip
+    print(report(results, REFERENCE, args.latency))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
