@@ -16,7 +16,6 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
-from waiting import wait_for_async
 
 from modelserving.inferencelog import LoggedInference, read_inference_log
 from modelserving.sidecar.config import (
@@ -29,6 +28,7 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
+from tests.support.waiting import wait_for_async
 
 MODEL = ModelIdentity(name="mnist", version=2, model_id=17)
 

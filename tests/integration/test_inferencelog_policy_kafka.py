@@ -15,8 +15,6 @@ from pathlib import Path
 import aiohttp
 import prometheus_client
 import pytest_asyncio
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.inferencelog import (
     HEADER_CALLER,
@@ -39,6 +37,8 @@ from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
 from modelserving.sidecar.log_policy import LogPolicy
 from modelserving.sidecar.main import serving
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "policy-test-key-3f9c1e"

@@ -14,8 +14,6 @@ import aiohttp
 import pytest_asyncio
 import yaml
 from kubernetes import client
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
 from modelserving.sidecar.apikey_cli import secret_manifest
@@ -23,6 +21,8 @@ from modelserving.sidecar.apikeys import hash_api_key, new_api_key
 from modelserving.sidecar.app import AUTHENTICATOR, create_app
 from modelserving.sidecar.config import SidecarConfig, parse_config
 from modelserving.sidecar.main import serving
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 SERVING = "hpt"

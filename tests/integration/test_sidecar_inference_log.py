@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest_asyncio
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.inferencelog import HEADER_CALLER, read_inference_log
 from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import parse_config
 from modelserving.sidecar.main import serving
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "log-test-key"

@@ -18,7 +18,6 @@ import pytest_asyncio
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from yarl import URL
 
 from modelserving.sidecar.apikeys import hash_api_key
@@ -27,6 +26,7 @@ from modelserving.sidecar.config import SidecarConfig, parse_config
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.main import serving
 from modelserving.sidecar.paths import canonical_path
+from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 
 MODEL = "half_plus_two"
 KEY = "s3cr3t-key-for-tests"
