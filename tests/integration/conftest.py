@@ -1,18 +1,20 @@
-"""Fixtures of the operator's tests: the CRDs installed in the cluster, and the operator run
-for real over the test's namespace."""
+"""Fixtures of the integration tests: the CRDs installed in the cluster, the operator run for
+real over the test's namespace, and the TF Serving stand-in a sidecar forwards to."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
+import pytest_asyncio
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from tests.support import REPO
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.waiting import wait_for
 
 
@@ -66,3 +68,16 @@ def operator(crds, local_env, namespace, tmp_path, operator_flags) -> Iterator[O
     op.stop()
     if not op.stopped_cleanly():
         print(op.log()[-4000:], file=sys.stderr)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def standin() -> AsyncIterator[tuple[TFServingStandIn, str]]:
+    """TF Serving's stand-in, serving half_plus_two in the test's event loop, and its URL."""
+    async with running_standin(TFServingStandIn()) as (server, url):
+        yield server, url
+
+
+@pytest.fixture
+def upstream(standin: tuple[TFServingStandIn, str]) -> str:
+    """The URL of the stand-in: the sidecar's upstream."""
+    return standin[1]
