@@ -325,15 +325,20 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
     async with open_inference_log(config, registry) as sink, SteadyFlow(sink, 100) as flow:
         sent = flow.sent
         await wait_for_metric(registry, "records_produced_total", 200, "Kafka's acks of the flow")
-        # The broker hangs until the stall is noticed and the producer replaced
+        # The broker hangs until records have waited on it for twice the stall limit
         await asyncio.to_thread(kafka_broker.pause)
         try:
             await wait_for_metric(
-                registry, "producer_restarts_total", 1, "a new producer", 30, reason="stalled"
-            )
+                registry, "oldest_unacked_age_seconds", 2 * config.logging.producer_stall_seconds,
+                "records waiting on the hung broker",
+            )  # fmt: skip
         finally:
             await asyncio.to_thread(kafka_broker.resume)
-        # The flow goes on after the broker answers again until Kafka acknowledges records again
+        # The stalled producer is replaced (the sender sees it once the broker lets go of the
+        # send it was in), and the flow goes on until Kafka acknowledges records again
+        await wait_for_metric(
+            registry, "producer_restarts_total", 1, "a new producer", 60, reason="stalled"
+        )
         acked = metric(registry, "records_produced_total")
         await wait_for_metric(
             registry, "records_produced_total", acked + 1, "Kafka's acks after the hang", 60
