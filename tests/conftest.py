@@ -15,15 +15,15 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scripts import REPO, load_script
-from waiting import wait_for
+
+from tests.support import REPO
+from tests.support.environment import KafkaBroker, LocalEnv, localenv
+from tests.support.waiting import wait_for
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
-localenv = load_script("localenv/localenv.py", "localenv")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,28 +48,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         dest = REPO / "test-logs"
         localenv.collect_logs(dest)
         print(f"\nintegration tests failed: the parts' logs are in {dest}", file=sys.stderr)
-
-
-@dataclass(frozen=True)
-class LocalEnv:
-    """The running environment: what a test needs to reach its parts."""
-
-    kubeconfig: str
-    kafka_bootstrap: str
-    bin_path: str
-
-    def tool_env(self) -> dict[str, str]:
-        """Environment for subprocesses (kubectl, helm) aimed at the local cluster."""
-        return {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "PATH": f"{self.bin_path}{os.pathsep}{os.environ['PATH']}",
-        }
-
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["kubectl", *args], env=self.tool_env(), capture_output=True, text=True, check=check
-        )
 
 
 @pytest.fixture(scope="session")
@@ -144,36 +122,6 @@ def _has_default_sa(core, namespace: str) -> bool:
 def topic() -> str:
     """A topic name of one test's own."""
     return unique_name("topic")
-
-
-class KafkaBroker:
-    """The local broker, for tests that take it down and bring it back (outages)."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-
-    def stop(self) -> None:
-        localenv.kafka_stop()
-
-    def kill(self) -> None:
-        import signal
-
-        localenv.kafka_stop(signal.SIGKILL)
-
-    def start(self) -> None:
-        localenv.kafka_start()
-
-    def pause(self) -> None:
-        """Hang the broker (SIGSTOP): reachable, answering nothing."""
-        import signal
-
-        localenv.kafka_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        import signal
-
-        if localenv.kafka_pid() is not None:
-            localenv.kafka_signal(signal.SIGCONT)
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
-from waiting import wait_for
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "modelserving"
+from tests.support import REPO
+from tests.support.waiting import wait_for
+
+CHART = REPO / "charts" / "modelserving"
 INSTANCE = "app.kubernetes.io/instance"
 CRDS = ("modelservings.modelserving.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_demo_runs_the_whole_system(local_env):

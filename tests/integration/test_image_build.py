@@ -8,12 +8,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.scripts import load_script
+
 BUILD_SCRIPT = REPO / "tools" / "build_image.py"
 RUN_AS = "10001"
 # What would let a running container build or install code.

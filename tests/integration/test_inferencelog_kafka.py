@@ -16,7 +16,6 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
-from waiting import wait_for_async
 
 from modelserving.inferencelog import LoggedInference, read_inference_log
 from modelserving.sidecar.config import (
@@ -29,6 +28,7 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
+from tests.support.waiting import wait_for_async
 
 MODEL = ModelIdentity(name="mnist", version=2, model_id=17)
 
@@ -105,6 +105,22 @@ class SteadyFlow:
 
 def metric(registry, name: str, **labels) -> float:
     return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0.0
+
+
+async def wait_for_metric(
+    registry, name: str, at_least: float, what: str, timeout: float = 30, **labels
+) -> None:
+    """Wait until the pipeline's own count `name` reaches `at_least`."""
+
+    async def reached() -> bool:
+        return metric(registry, name, **labels) >= at_least
+
+    await wait_for_async(reached, timeout, f"{what} ({name} >= {at_least:.0f})", interval=0.05)
+
+
+def unacked(registry) -> float:
+    """Records in the spool that Kafka has not acknowledged yet."""
+    return metric(registry, "records_spooled_total") - metric(registry, "records_produced_total")
 
 
 def assert_record_matches(logged: LoggedInference, ex: Exchange, mode: LoggingMode) -> None:
@@ -202,14 +218,24 @@ async def test_broker_outage_during_steady_flow_loses_nothing(
     )
     async with open_inference_log(config, registry) as sink, SteadyFlow(sink, 1000) as flow:
         sent = flow.sent
-        await asyncio.sleep(1.5)
+        # Given a flow that Kafka acknowledges
+        await wait_for_metric(registry, "records_produced_total", 200, "Kafka's acks of the flow")
+        # When the broker is down until 600 answered exchanges wait in the spool for it
         outage_start = time.monotonic()
         await asyncio.to_thread(kafka_broker.stop)
-        await asyncio.sleep(3.0)
+
+        async def held_600() -> bool:
+            return unacked(registry) >= 600
+
+        await wait_for_async(held_600, 30, "600 records spooled and not acknowledged by Kafka")
         submitted_while_down = len(sent)
+        # And the flow goes on after the broker is back until Kafka acknowledges records again
         await asyncio.to_thread(kafka_broker.start)
         outage = time.monotonic() - outage_start
-        await asyncio.sleep(1.5)
+        acked = metric(registry, "records_produced_total")
+        await wait_for_metric(
+            registry, "records_produced_total", acked + 1, "Kafka's acks after the outage", 60
+        )
         await flow.stop()
         records = await consume_all(topic, bootstrap, len(sent), timeout=120)
     keys = [r.key for r in records]
@@ -298,13 +324,25 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
     )
     async with open_inference_log(config, registry) as sink, SteadyFlow(sink, 100) as flow:
         sent = flow.sent
-        await asyncio.sleep(1.0)
+        await wait_for_metric(registry, "records_produced_total", 200, "Kafka's acks of the flow")
+        # The broker hangs until records have waited on it for twice the stall limit
         await asyncio.to_thread(kafka_broker.pause)
         try:
-            await asyncio.sleep(5.0)
+            await wait_for_metric(
+                registry, "oldest_unacked_age_seconds", 2 * config.logging.producer_stall_seconds,
+                "records waiting on the hung broker",
+            )  # fmt: skip
         finally:
             await asyncio.to_thread(kafka_broker.resume)
-        await asyncio.sleep(1.0)
+        # The stalled producer is replaced (the sender sees it once the broker lets go of the
+        # send it was in), and the flow goes on until Kafka acknowledges records again
+        await wait_for_metric(
+            registry, "producer_restarts_total", 1, "a new producer", 60, reason="stalled"
+        )
+        acked = metric(registry, "records_produced_total")
+        await wait_for_metric(
+            registry, "records_produced_total", acked + 1, "Kafka's acks after the hang", 60
+        )
         await flow.stop()
         records = await consume_all(topic, bootstrap, len(sent), timeout=120)
         stalled = metric(registry, "producer_restarts_total", reason="stalled")

@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import prometheus_client
 from kubernetes import client
-from waiting import wait_for_async
 
 from modelserving.sidecar.config import (
     AuthConfig,
@@ -23,6 +22,7 @@ from modelserving.sidecar.config import (
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
 from modelserving.sidecar.log_status import ANNOTATION
+from tests.support.waiting import wait_for_async
 
 
 async def test_the_sidecar_publishes_an_unreachable_broker_and_its_backlog_on_its_pod(

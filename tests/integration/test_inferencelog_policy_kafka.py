@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import prometheus_client
-import pytest_asyncio
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.inferencelog import (
     HEADER_CALLER,
@@ -39,16 +35,11 @@ from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
 from modelserving.sidecar.log_policy import LogPolicy
 from modelserving.sidecar.main import serving
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "policy-test-key-3f9c1e"
 SECRETS = ("ada@example.com", "123-45-6789")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def standin() -> AsyncIterator[tuple[TFServingStandIn, str]]:
-    async with running_standin(TFServingStandIn()) as (server, url):
-        yield server, url
 
 
 def sidecar(upstream: str, topic: str, bootstrap: str, tmp_path: Path, **logging):
@@ -93,9 +84,8 @@ async def raw_topic_bytes(topic: str, bootstrap: str) -> bytes:
 
 
 async def test_key_and_headers_match_the_answers_request_ids_and_nothing_secret_is_logged(
-    local_env, topic, standin, tmp_path
+    local_env, topic, upstream, tmp_path
 ):
-    _, upstream = standin
     bootstrap = local_env.kafka_bootstrap
     app = sidecar(upstream, topic, bootstrap, tmp_path, mode="ALL", maxPayloadBytes=2048,
                   redact=[{"path": "instances[*].email", "action": "mask"},

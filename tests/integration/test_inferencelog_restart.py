@@ -1,84 +1,50 @@
 """The inference log across process deaths: a process killed with SIGKILL in a broker outage
 loses nothing (the next one replays the spool), and SIGTERM delivers what was queued.
 
-The process under test is this file run as a script: a small driver that opens the real
-pipeline, submits exchanges, says how far it got on stdout, and waits for a signal.
+The process under test is tests/support/inference_log_driver.py: it opens the real pipeline,
+submits exchanges, says how far it got on stdout, and waits for a signal.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-DRIVER = Path(__file__).resolve()
+from tests.support import inference_log_driver
+from tests.support.process_output import ProcessOutput
+from tests.support.waiting import wait_for
+
+DRIVER = Path(inference_log_driver.__file__)
 
 
-async def drive(args: argparse.Namespace) -> None:
-    import prometheus_client
+@dataclass
+class Driver:
+    """A running driver process and its stdout."""
 
-    from modelserving.sidecar.config import parse_config
-    from modelserving.sidecar.exchange import Exchange
-    from modelserving.sidecar.inference_log import open_inference_log
+    proc: subprocess.Popen
+    output: ProcessOutput
 
-    config = parse_config(
-        {
-            "serving": {"name": "mnist", "namespace": "demo"},
-            "model": {"name": "mnist", "version": 1, "modelId": 17},
-            "logging": {
-                "mode": "ALL",
-                "topic": args.topic,
-                "bootstrapServers": args.bootstrap,
-                "spoolDir": args.spool,
-                "producerStallSeconds": 3,
-                "sendTimeoutSeconds": 5,
-            },
-        }
-    )
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    body = json.dumps({"instances": [[0.5] * 300]}).encode()
-    async with open_inference_log(config, prometheus_client.CollectorRegistry()) as sink:
-        print("READY", flush=True)
-        for i in range(args.first, args.first + args.count):
-            now = int(time.time() * 1000)
-            sink.submit(Exchange(f"req-{i:06d}", now, 200, body, b"{}", None, None, None))
-            if args.rate:
-                await asyncio.sleep(1 / args.rate)
-            elif i % 100 == 0:
-                await asyncio.sleep(0)
-            print(f"SUBMITTED {i + 1 - args.first}", flush=True)
-        # What was submitted is on disk within the flush interval: from then on a kill loses none.
-        await asyncio.sleep(config.logging.spool_flush_interval_seconds * 2)
-        print("DONE", flush=True)
-        await stop.wait()
-    print("CLOSED", flush=True)
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        return self.output.wait_line(prefix, timeout)
 
 
-def start_driver(topic: str, bootstrap: str, spool: Path, first: int, count: int, rate: float):
+def start_driver(
+    topic: str, bootstrap: str, spool: Path, first: int, count: int, rate: float
+) -> Driver:
     args = ["--topic", topic, "--bootstrap", bootstrap, "--spool", str(spool)]
     args += ["--first", str(first), "--count", str(count), "--rate", str(rate)]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(DRIVER), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-
-
-def wait_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            return line
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError(f"the driver did not print {prefix} within {timeout} s")
+    return Driver(proc, ProcessOutput(proc.stdout, "the driver"))
 
 
 def delivered_keys(topic: str, bootstrap: str) -> list[str]:
@@ -91,8 +57,6 @@ def delivered_keys(topic: str, bootstrap: str) -> list[str]:
 
 
 def wait_delivered(topic: str, bootstrap: str, expected: set[str], timeout: float) -> list[str]:
-    from waiting import wait_for
-
     keys: list[str] = []
 
     def all_there() -> bool:
@@ -110,23 +74,23 @@ def test_sigkill_in_an_outage_then_restart_replays_the_spool(
     n = 600
     first = start_driver(topic, bootstrap, tmp_path, first=0, count=n, rate=200)
     try:
-        wait_line(first, "SUBMITTED 100", 30)
+        first.wait_line("SUBMITTED 100", 30)
         kafka_broker.stop()
-        wait_line(first, "DONE", 30)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        first.wait_line("DONE", 30)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
     finally:
-        first.kill()
+        first.proc.kill()
         kafka_broker.start()
     assert list(tmp_path.glob("*.seg")), "the killed process left no spool"
     second = start_driver(topic, bootstrap, tmp_path, first=n, count=0, rate=0)
     try:
-        wait_line(second, "DONE", 30)
+        second.wait_line("DONE", 30)
         keys = wait_delivered(topic, bootstrap, {f"req-{i:06d}" for i in range(n)}, timeout=120)
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(30) == 0
     finally:
-        second.kill()
+        second.proc.kill()
     delivered = len(set(keys))
     print(
         f"\nSIGKILL mid-outage: sent {n}, delivered {delivered}, "
@@ -138,26 +102,16 @@ def test_sigkill_in_an_outage_then_restart_replays_the_spool(
 def test_sigterm_delivers_what_was_queued(local_env, topic, tmp_path):
     bootstrap = local_env.kafka_bootstrap
     n = 3000
-    proc = start_driver(topic, bootstrap, tmp_path, first=0, count=n, rate=0)
+    driver = start_driver(topic, bootstrap, tmp_path, first=0, count=n, rate=0)
     try:
-        wait_line(proc, "DONE", 60)
-        proc.send_signal(signal.SIGTERM)
-        wait_line(proc, "CLOSED", 30)
-        assert proc.wait(10) == 0
+        driver.wait_line("DONE", 60)
+        driver.proc.send_signal(signal.SIGTERM)
+        driver.wait_line("CLOSED", 30)
+        assert driver.proc.wait(10) == 0
     finally:
-        proc.kill()
+        driver.proc.kill()
     # Delivered before the process ended: no second process replays anything here.
     keys = delivered_keys(topic, bootstrap)
     assert set(keys) == {f"req-{i:06d}" for i in range(n)}
     ledger = json.loads((tmp_path / "ledger.json").read_text())
     assert ledger["acked"] == n
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="drive the inference log pipeline")
-    for name in ("--topic", "--bootstrap", "--spool"):
-        parser.add_argument(name, required=True)
-    parser.add_argument("--first", type=int, default=0)
-    parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=0)
-    asyncio.run(drive(parser.parse_args()))

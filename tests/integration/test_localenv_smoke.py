@@ -10,7 +10,8 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from waiting import wait_for
+
+from tests.support.waiting import wait_for
 
 
 def test_deployment_gets_ready_pods(kube_client, namespace):

@@ -10,17 +10,11 @@ import json
 import pytest
 import yaml
 from kubernetes import client
-from test_operator_serving import (
-    condition,
-    crds,  # noqa: F401  (a fixture)
-    get_serving,
-    running_operator,
-    serving_manifest,
-)
-from waiting import wait_for
 
 from modelserving import api
 from modelserving.sidecar.log_status import ANNOTATION
+from tests.support.servings import condition, get_serving, serving_manifest
+from tests.support.waiting import wait_for
 
 DEFAULT_FLAGS = [
     "--log-mode", "ERRORS", "--log-success-sample-rate", "0.5",
@@ -30,8 +24,9 @@ DEFAULT_FLAGS = [
 
 
 @pytest.fixture
-def operator(crds, local_env, namespace, tmp_path):  # noqa: F811  (the fixture imported above)
-    yield from running_operator(crds, local_env, namespace, tmp_path, DEFAULT_FLAGS)
+def operator_flags() -> list[str]:
+    """The operator of these tests runs with --log-* defaults of its own."""
+    return DEFAULT_FLAGS
 
 
 def sidecar_logging(core, namespace: str, name: str) -> dict | None:
@@ -43,11 +38,7 @@ def sidecar_logging(core, namespace: str, name: str) -> dict | None:
 
 
 def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_where_it_speaks(
-    operator,
-    crds,  # noqa: F811  (the fixture imported above)
-    kube_client,
-    namespace,
-    topic,
+    operator, crds, kube_client, namespace, topic
 ):
     core = client.CoreV1Api(kube_client)
     kafka = {"kafka": {"topic": topic}}
@@ -74,11 +65,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_wher
 
 
 def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age(
-    operator,
-    crds,  # noqa: F811  (the fixture imported above)
-    kube_client,
-    namespace,
-    topic,
+    operator, crds, kube_client, namespace, topic
 ):
     core = client.CoreV1Api(kube_client)
     crds.create_namespaced_custom_object(

@@ -8,15 +8,10 @@ import re
 import time
 
 from kubernetes import client
-from test_operator_serving import (
-    condition,
-    crds,  # noqa: F401  (a fixture)
-    operator,  # noqa: F401  (a fixture)
-    serving_manifest,
-)
-from waiting import wait_for
 
 from modelserving import api
+from tests.support.servings import condition, serving_manifest
+from tests.support.waiting import wait_for
 
 SERVINGS = 30
 # Every kind the operator or the cluster's controllers write for a serving.
@@ -33,11 +28,7 @@ def caught_up(log: str) -> tuple[int, int] | None:
 
 
 def test_a_restart_over_many_unchanged_servings_writes_nothing(
-    operator,  # noqa: F811  (the fixture imported above)
-    crds,  # noqa: F811
-    kube_client,
-    namespace,
-    local_env,
+    operator, crds, kube_client, namespace, local_env
 ):
     # Given 30 servings, all Ready (logging off: another test's broker outage must not count)
     for i in range(SERVINGS):

@@ -8,155 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from waiting import wait_for
 
 from modelserving import api
-
-REPO = Path(__file__).resolve().parents[2]
-COUNTER_NAMESPACE = "modelserving-system"
-
-
-@pytest.fixture(scope="module")
-def crds(local_env, kube_client):
-    """The CRDs from crds/, installed once and ready to list."""
-    local_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    local_env.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        f"crd/{api.PLURAL}.{api.GROUP}", "crd/kopfpeerings.kopf.dev",
-    )  # fmt: skip
-    objects = client.CustomObjectsApi(kube_client)
-
-    def lists() -> bool:
-        try:
-            objects.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
-            return True
-        except ApiException as exc:  # 429 while the new resource's storage initialises
-            if exc.status in (404, 429, 503):
-                return False
-            raise
-
-    wait_for(lists, timeout=30, what="listing ModelServings")
-    try:
-        client.CoreV1Api(kube_client).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=COUNTER_NAMESPACE))
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    return objects
-
-
-class Operator:
-    """`modelserving operator` as a subprocess watching one namespace."""
-
-    def __init__(self, local_env, namespace: str, log_dir: Path, flags: Sequence[str] = ()) -> None:
-        self.local_env, self.namespace, self.log_dir = local_env, namespace, log_dir
-        self.flags = list(flags)  # added to the command line
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"operator-{self.starts}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        cmd = [
-            sys.executable, "-m", "modelserving.cli", "operator",
-            "--namespace", self.namespace,
-            "--operator-namespace", COUNTER_NAMESPACE,
-            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
-            "--retry-seconds", "2", "--kafka-timeout", "3", *self.flags,
-        ]  # fmt: skip
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                cmd, env=self.local_env.tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-def running_operator(
-    crds, local_env, namespace: str, log_dir: Path, flags: Sequence[str] = ()
-) -> Iterator[Operator]:
-    """An operator for the test's namespace (with kopf's peering object), stopped at the end."""
-    peering = {
-        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-        "metadata": {"name": "modelserving", "namespace": namespace},
-    }  # fmt: skip
-    crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
-    op = Operator(local_env, namespace, log_dir, flags)
-    op.start()
-    yield op
-    op.stop()
-    if op.proc.returncode not in (0, -signal.SIGTERM):
-        print(op.log()[-4000:], file=sys.stderr)
-
-
-@pytest.fixture
-def operator(crds, local_env, namespace, kube_client, tmp_path):
-    yield from running_operator(crds, local_env, namespace, tmp_path)
-
-
-def serving_manifest(name: str, **spec) -> dict:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "mnist", "version": 1, "basePath": "s3://models/mnist"},
-            "auth": {"mode": "apiKey", "apiKeys": {"secretName": f"{name}-keys"}},
-            **spec,
-        },
-    }
-
-
-def get_serving(objects, namespace: str, name: str) -> dict:
-    return objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
-
-
-def condition(serving: dict, kind: str) -> dict:
-    for cond in (serving.get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return cond
-    return {}
-
-
-def is_ready(objects, namespace: str, name: str, generation: int = 1) -> dict | None:
-    serving = get_serving(objects, namespace, name)
-    status = serving.get("status") or {}
-    ready = condition(serving, "Ready").get("status") == "True"
-    return serving if ready and status.get("observedGeneration") == generation else None
-
-
-def read_or_none(read, *args):
-    try:
-        return read(*args)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+from tests.support.servings import (
+    condition,
+    get_serving,
+    is_ready,
+    read_or_none,
+    serving_manifest,
+)
+from tests.support.waiting import wait_for
 
 
 def kafka_topics(bootstrap: str) -> list[str]:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-import pytest_asyncio
 import yaml
 from kubernetes import client
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
 from modelserving.sidecar.apikey_cli import secret_manifest
@@ -23,17 +19,12 @@ from modelserving.sidecar.apikeys import hash_api_key, new_api_key
 from modelserving.sidecar.app import AUTHENTICATOR, create_app
 from modelserving.sidecar.config import SidecarConfig, parse_config
 from modelserving.sidecar.main import serving
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 SERVING = "hpt"
 AUDIENCE = "modelserving-test"
 PREDICT = {"instances": [1.0]}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def standin() -> AsyncIterator[str]:
-    async with running_standin(TFServingStandIn()) as (_, url):
-        yield url
 
 
 def make_config(upstream: str, namespace: str, **auth) -> SidecarConfig:
@@ -109,11 +100,11 @@ def grant_predict(kube_client, namespace: str, service_account: str) -> None:
 
 
 async def test_service_account_is_refused_until_a_role_binding_grants_predict(
-    local_env, kube_client, namespace, standin
+    local_env, kube_client, namespace, upstream
 ):
     token = service_account_token(kube_client, namespace, "caller", AUDIENCE)
     config = make_config(
-        standin, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig,
+        upstream, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig,
         denyCacheSeconds=0.5,
     )  # fmt: skip
     async with sidecar(config) as (_, url):
@@ -130,10 +121,10 @@ async def test_service_account_is_refused_until_a_role_binding_grants_predict(
         await wait_for_async(allowed, timeout=30, what="the RoleBinding to allow predictions")
 
 
-async def test_tokens_that_prove_nothing_are_401(local_env, kube_client, namespace, standin):
+async def test_tokens_that_prove_nothing_are_401(local_env, kube_client, namespace, upstream):
     other_audience = service_account_token(kube_client, namespace, "caller", "someone-else")
     config = make_config(
-        standin, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig
+        upstream, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig
     )
     async with sidecar(config) as (_, url):
         for authorization in (None, "Bearer not-a-token", f"Bearer {other_audience}",
@@ -145,12 +136,12 @@ async def test_tokens_that_prove_nothing_are_401(local_env, kube_client, namespa
 
 
 async def test_concurrent_checks_of_one_token_share_one_review_and_then_the_cache(
-    local_env, kube_client, namespace, standin
+    local_env, kube_client, namespace, upstream
 ):
     grant_predict(kube_client, namespace, "caller")
     token = service_account_token(kube_client, namespace, "caller", AUDIENCE)
     config = make_config(
-        standin, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig
+        upstream, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig
     )
     async with sidecar(config) as (app, url):
         authenticator = app[AUTHENTICATOR]
@@ -172,11 +163,11 @@ def kubeconfig_with_server(kubeconfig: str, server: str, directory: Path) -> Pat
 
 
 async def test_unreachable_api_server_is_503_and_never_cached(
-    local_env, kube_client, namespace, standin, tmp_path
+    local_env, kube_client, namespace, upstream, tmp_path
 ):
     broken = kubeconfig_with_server(local_env.kubeconfig, "https://127.0.0.1:1", tmp_path)
     token = service_account_token(kube_client, namespace, "caller", AUDIENCE)
-    config = make_config(standin, namespace, mode="kubernetes", kubeconfig=str(broken))
+    config = make_config(upstream, namespace, mode="kubernetes", kubeconfig=str(broken))
     async with sidecar(config) as (app, url):
         for attempt in (1, 2):
             status, body, _ = await predict(url, f"Bearer {token}")
@@ -203,7 +194,7 @@ def write_secret_volume(directory: Path, secret: client.V1Secret, generation: in
             (directory / name).symlink_to(f"..data/{name}")
 
 
-async def test_api_keys_from_a_secret_and_its_changes(kube_client, namespace, standin, tmp_path):
+async def test_api_keys_from_a_secret_and_its_changes(kube_client, namespace, upstream, tmp_path):
     core = client.CoreV1Api(kube_client)
     first_key = new_api_key()
     manifest = secret_manifest(SERVING, namespace, "team-a", hash_api_key(first_key))
@@ -212,7 +203,7 @@ async def test_api_keys_from_a_secret_and_its_changes(kube_client, namespace, st
     mount = tmp_path / "apikeys"
     write_secret_volume(mount, core.read_namespaced_secret(name, namespace), 1)
 
-    config = make_config(standin, namespace, mode="apiKey", apiKeysDir=str(mount))
+    config = make_config(upstream, namespace, mode="apiKey", apiKeysDir=str(mount))
     async with sidecar(config) as (_, url):
         assert (await predict(url, f"ApiKey {first_key}"))[:2] == (200, {"predictions": [2.5]})
         status, _, headers = await predict(url, None)

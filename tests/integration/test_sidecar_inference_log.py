@@ -4,38 +4,29 @@ answered request (errors included), keyed by the request id the caller got; refu
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest_asyncio
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
 
 from modelserving.inferencelog import HEADER_CALLER, read_inference_log
 from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import parse_config
 from modelserving.sidecar.main import serving
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "log-test-key"
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def standin() -> AsyncIterator[str]:
-    async with running_standin(TFServingStandIn()) as (_, url):
-        yield url
-
-
 async def test_each_answered_prediction_is_one_record_keyed_by_its_request_id(
-    local_env, topic, standin, tmp_path
+    local_env, topic, upstream, tmp_path
 ):
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
     config = parse_config({
         "serving": {"name": "hpt", "namespace": "demo", "projectId": 80},
         "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "upstream": {"url": standin},
+        "upstream": {"url": upstream},
         "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
         "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
                     "spoolDir": str(tmp_path / "spool")},

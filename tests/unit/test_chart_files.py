@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
 
 from modelserving import api
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelserving"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):")
 # Values that are the operator's (and the sidecar's) defaults too: one source, modelserving.api.

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from scripts import load_script
 
 from modelserving.sidecar.apikeys import hash_api_key
+from tests.support import REPO
+from tests.support.scripts import load_script
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "half_plus_two.yaml"
+EXAMPLE = REPO / "examples" / "half_plus_two.yaml"
+DEMO = REPO / "demo" / "run.py"
 DEMO_KEY = "demo-key-half-plus-two"
 
 
@@ -19,21 +21,7 @@ def test_example_secret_holds_the_demo_keys_hash():
     serving = next(d for d in docs if d["kind"] == "ModelServing")
     assert secret["stringData"] == {"demo": hash_api_key(DEMO_KEY)}
     assert serving["spec"]["auth"]["apiKeys"]["secretName"] == secret["metadata"]["name"]
-    assert (
-        DEMO_KEY in EXAMPLE.read_text()
-        and DEMO_KEY in (EXAMPLE.parents[1] / "demo" / "run.py").read_text()
-    )
-
-
-def _demo_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "demo_run", EXAMPLE.parents[1] / "demo" / "run.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert DEMO_KEY in EXAMPLE.read_text() and DEMO_KEY in DEMO.read_text()
 
 
 def test_demo_maps_each_mount_path_once_even_under_a_mounted_tmp():

@@ -11,7 +11,6 @@ import uuid
 
 import prometheus_client
 import pytest
-from support.reference_records import build_spool_record, shape_exchange
 
 from modelserving.inferencelog import HEADER_PAYLOAD
 from modelserving.sidecar.config import ConfigError, LoggingConfig, LoggingMode, parse_config
@@ -29,6 +28,7 @@ from modelserving.sidecar.log_policy import (
     RedactTarget,
     parse_redact_path,
 )
+from tests.support.reference_records import build_spool_record, shape_exchange
 
 BODY = {
     "signature_name": "serving_default",

@@ -10,7 +10,6 @@ import fastavro
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support.reference_records import build_headers, build_record, build_spool_record
 
 from modelserving.inferencelog import (
     SCHEMA,
@@ -25,6 +24,7 @@ from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.kafka_partitioner import murmur2
 from modelserving.sidecar.log_policy import OversizePolicy, RedactRule
 from modelserving.sidecar.log_records import SpoolRecordMaker
+from tests.support.reference_records import build_headers, build_record, build_spool_record
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
 SEED_SCHEMA_TEXT = """

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import modelserving.operator.render
 import modelserving.sidecar.app
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_the_tree_holds_no_symlink() -> None:

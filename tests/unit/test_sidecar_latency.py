@@ -18,11 +18,12 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from waiting import wait_for_async
 
 from modelserving.sidecar.apikeys import hash_api_key
+from tests.support import tfserving_standin
+from tests.support.waiting import wait_for_async
 
-STANDIN = Path(__file__).resolve().parent.parent / "tfserving_standin.py"
+STANDIN = Path(tfserving_standin.__file__)
 MODEL = "half_plus_two"
 BODY = b'{"signature_name": "serving_default", "instances": [1.0, 2.0, 5.0]}'
 KEY = "latency-key"

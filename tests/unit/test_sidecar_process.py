@@ -11,8 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from tfserving_standin import TFServingStandIn, running_standin
-from waiting import wait_for_async
+
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 

@@ -18,7 +18,6 @@ import pytest_asyncio
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from yarl import URL
 
 from modelserving.sidecar.apikeys import hash_api_key
@@ -27,6 +26,8 @@ from modelserving.sidecar.config import SidecarConfig, parse_config
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.main import serving
 from modelserving.sidecar.paths import canonical_path
+from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "s3cr3t-key-for-tests"
@@ -512,10 +513,11 @@ async def test_keys_are_reloaded_when_the_secret_volume_changes(standin, tmp_pat
         assert await status_with("new-key") == 401
         write_keys(keys, {"new": "new-key"}, generation=2)
         (keys / "old").unlink()  # kubelet removes the link of a key that left the Secret
-        deadline = asyncio.get_running_loop().time() + 10
-        while await status_with("new-key") != 200:
-            assert asyncio.get_running_loop().time() < deadline, "new key never accepted"
-            await asyncio.sleep(0.1)
+
+        async def new_key_accepted() -> bool:
+            return await status_with("new-key") == 200
+
+        await wait_for_async(new_key_accepted, 10, "the new key accepted")
         assert await status_with("old-key") == 401
 
 

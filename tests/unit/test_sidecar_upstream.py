@@ -315,11 +315,15 @@ async def test_answer_larger_than_the_cap_is_502(monkeypatch):
 
 
 async def test_no_answer_in_time_is_504_and_the_late_answer_is_not_taken_for_the_next():
+    late_answer_sent = asyncio.Event()
+
     async def late_then_fast(reader, writer, server):
         await server.read_request(reader)
         if server.connections == 1:
             await asyncio.sleep(0.5)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+            await writer.drain()
+            late_answer_sent.set()
             await asyncio.sleep(1)
             return
         writer.write(OK)
@@ -327,7 +331,7 @@ async def test_no_answer_in_time_is_504_and_the_late_answer_is_not_taken_for_the
 
     async with scripted(late_then_fast) as (server, url), upstream(url, timeout=0.2) as running:
         await expect_error(running, 504, "did not answer in time")
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(late_answer_sent.wait(), 5)
         answer = await running.forward("POST", PATH, BODY)
     assert answer.body == ANSWER
     assert server.connections == 2

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 
 def load_script(relative_path: str, name: str) -> ModuleType:

@@ -1,0 +1,1 @@
+"""Tests against the local environment of real parts (a control plane, Kafka, helm)."""

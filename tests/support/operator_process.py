@@ -1,0 +1,59 @@
+"""`modelserving operator` run for real as a subprocess, watching one test namespace, with its
+log in a file of the test's own."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.support import REPO
+
+# Where the operator keeps its model-id counter (--operator-namespace).
+COUNTER_NAMESPACE = "modelserving-system"
+
+
+class Operator:
+    """`modelserving operator` as a subprocess watching one namespace."""
+
+    def __init__(self, local_env, namespace: str, log_dir: Path, flags: Sequence[str] = ()) -> None:
+        self.local_env, self.namespace, self.log_dir = local_env, namespace, log_dir
+        self.flags = list(flags)  # added to the command line
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        cmd = [
+            sys.executable, "-m", "modelserving.cli", "operator",
+            "--namespace", self.namespace,
+            "--operator-namespace", COUNTER_NAMESPACE,
+            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
+            "--retry-seconds", "2", "--kafka-timeout", "3", *self.flags,
+        ]  # fmt: skip
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=self.local_env.tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stopped_cleanly(self) -> bool:
+        return self.proc is not None and self.proc.returncode in (0, -signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text()

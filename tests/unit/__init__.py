@@ -1,0 +1,1 @@
+"""Tests that need no infrastructure: seconds, no cluster, no Kafka."""
