@@ -310,7 +310,7 @@ def run_demo(keep: bool) -> None:
                        f"--model_name={model}", "--model_base_path=" + serving["spec"]["model"]["basePath"]]  # fmt: skip # noqa: E501
             say("TF Serving: the real tensorflow_model_server")
         else:
-            tfs_cmd = [sys.executable, str(REPO / "tests" / "tfserving_standin.py"),
+            tfs_cmd = [sys.executable, str(REPO / "tests" / "support" / "tfserving_standin.py"),
                        "--port", str(rest_port), "--model", model]  # fmt: skip
             say("TF Serving: the stand-in of tests/ (no registry ships tensorflow_model_server)")
         processes.start("tfserving", tfs_cmd)
