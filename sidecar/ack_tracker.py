@@ -53,8 +53,10 @@ class AckTracker:
         self._runs: collections.deque[SendRun] = collections.deque()
         self._in_flight = 0  # records in self._runs
         self._last_registered = acked_id
-        # Ids Kafka acknowledged out of order before a rewind: not to be sent again.
+        # Ids Kafka acknowledged out of order before a rewind: not to be sent again. Kept until
+        # the acknowledged position passes them, whatever rewinds come between.
         self._skip: set[int] = set()
+        self._skip_high = 0
 
     @property
     def in_flight_records(self) -> int:
@@ -98,10 +100,7 @@ class AckTracker:
         if not self._skip:
             return list(records)
         skip = self._skip
-        kept = [record for i, record in enumerate(records, run.first) if i not in skip]
-        if self.next_send > max(skip):
-            skip.clear()
-        return kept
+        return [record for i, record in enumerate(records, run.first) if i not in skip]
 
     def batch_sent(self, run: SendRun) -> None:
         """One Kafka batch of `run` was handed to the producer."""
@@ -137,10 +136,11 @@ class AckTracker:
         """A new producer: everything after `acked_id` is to be sent again, except what Kafka
         acknowledged out of order; whatever the old producer reports from now on is ignored."""
         self.generation += 1
-        # Kept from an earlier rewind too: those ids may not have come round again yet.
+        # Kept from an earlier rewind too: a run holding them may not have been acknowledged.
         self._skip = {i for i in self._skip if i > self.acked_id} | {
             i for run in self._runs if run.done for i in range(run.first, run.last + 1)
         }
+        self._skip_high = max(self._skip, default=0)
         self._runs.clear()
         self._in_flight = 0
         self._last_registered = self.acked_id
@@ -154,3 +154,5 @@ class AckTracker:
             head = runs.popleft()
             self.acked_id = head.last
             self._in_flight -= head.size
+        if self._skip and self.acked_id >= self._skip_high:
+            self._skip = set()
