@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCALENV := $(PYTHON) localenv/localenv.py
 
-.PHONY: help venv lint format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
+.PHONY: help venv lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -19,9 +19,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtualenv with the project and its test dependencies
 
-lint: venv ## ruff lint and format check
+lint: venv ## ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+# mypy cannot follow pyproject's package-dir, so it reads the package as a wheel lays it out: a
+# tree of links in build/typecheck (operator/ and sidecar/ inside modelserving/).
+TYPECHECK_TREE := build/typecheck
+typecheck: venv ## mypy (strict) on the package
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/modelserving
+	@ln -s $(CURDIR)/modelserving/*.py $(CURDIR)/modelserving/py.typed $(TYPECHECK_TREE)/modelserving/
+	@ln -s $(CURDIR)/operator $(CURDIR)/sidecar $(TYPECHECK_TREE)/modelserving/
+	cd $(TYPECHECK_TREE) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p modelserving
 
 format: venv ## apply ruff's fixes and format
 	$(VENV)/bin/ruff check --fix .

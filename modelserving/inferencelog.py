@@ -193,6 +193,8 @@ def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
         raise InferenceLogDecodeError(f"value is not an inferencelog record: {exc}") from None
     if buf.tell() != len(value):
         raise InferenceLogDecodeError("value has bytes after the inferencelog record")
+    if not isinstance(data, dict):
+        raise InferenceLogDecodeError("value is not an inferencelog record")
     return InferenceLogRecord.from_avro(data)
 
 

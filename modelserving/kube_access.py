@@ -131,7 +131,7 @@ def _from_kubeconfig(path: str) -> ApiServer:
 
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=path, client_configuration=configuration)
+        config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException as exc:
         raise NoApiServer(f"no usable kubeconfig at {path}: {exc}") from None
     refreshes = configuration.refresh_api_key_hook is not None

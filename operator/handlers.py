@@ -83,10 +83,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.batching.worker_limit = None
     # Handlers only mark servings in the work queue; a serving's burst of events is one
     # reconcile, run by one of these workers, at most `worker_limit` at once.
-    for group, version, plural, _ in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
+    for group, version, plural, _kind in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
         # Filter children on the server: the operator never sees unrelated objects.
-        key = (group, version, plural) if group else (version, plural)
-        settings.watching.label_selectors[key] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
+        resource = (group, version, plural) if group else (version, plural)
+        settings.watching.label_selectors[resource] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
     settings.networking.connect_timeout = min(10.0, ours.api_timeout_seconds)
     settings.watching.server_timeout = int(ours.watch_timeout_seconds)  # renew watches regularly
@@ -130,7 +130,9 @@ def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
-async def index_serving(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def index_serving(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body)}
 
 
@@ -149,7 +151,7 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
     index_id = f"children_{plural}"
 
-    async def index_child(body: kopf.Body, **_: Any) -> dict:
+    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         key = _serving_of(body)
         return {key: _slim(body, kind)} if key else {}
 
@@ -163,9 +165,8 @@ def _register_child(group: str, version: str, plural: str, kind: str) -> None:
             return
         _enqueue(memo, key, kwargs, serving_event=False)
 
-    selector = {"group": group, "version": version, "plural": plural, "labels": MANAGED}
-    kopf.index(**selector, id=index_id)(index_child)
-    kopf.on.event(**selector, id=f"{plural}_event")(child_event)
+    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(index_child)
+    kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_event")(child_event)
 
 
 for _resource in CHILD_RESOURCES:
@@ -173,7 +174,7 @@ for _resource in CHILD_RESOURCES:
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
-async def index_pod(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """What LoggingReady needs of a serving's pod: its name and log-status annotation."""
     key = _serving_of(body)
     if key is None:
@@ -191,8 +192,9 @@ async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def serving_event(
-    type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+    type: str, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
 ) -> None:
+    assert namespace is not None  # ModelServings are namespaced
     key = (namespace, name)
     rec: Reconciler = memo.reconciler
     if type == "DELETED":

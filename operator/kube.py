@@ -104,7 +104,9 @@ class KubeClient:
             raise KubeError(response.status, message)
         return json.loads(text) if text else {}
 
-    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+    async def get(
+        self, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
         try:
             return await self.request("GET", object_path(kind, name, namespace))
         except KubeError as exc:
@@ -135,7 +137,13 @@ class KubeClient:
                 raise
 
     async def merge_patch(
-        self, kind: str, name: str, namespace: str | None, patch: Mapping[str, Any], *, status=False
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Mapping[str, Any],
+        *,
+        status: bool = False,
     ) -> dict[str, Any]:
         path = object_path(kind, name, namespace) + ("/status" if status else "")
         return await self.request(

@@ -12,7 +12,7 @@ import datetime
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -51,9 +51,12 @@ class Reconciler:
     retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
     # Children found as the spec wants them: (uid, generation, modelId) and each child's
     # (kind, name, resourceVersion); while both hold, nothing is rendered again.
-    verified: dict[tuple[str, str], tuple[tuple, frozenset]] = field(default_factory=dict)
+    # What the children were last found to match: the render key and the children's versions.
+    verified: dict[tuple[str, str], tuple[tuple[object, ...], frozenset[tuple[object, ...]]]] = (
+        field(default_factory=dict)
+    )
     indexes: Mapping[str, Any] = field(default_factory=dict)  # kopf's, set by the handlers
-    workers: list[asyncio.Task] = field(default_factory=list)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
     reconciled: set[tuple[str, str]] = field(default_factory=set)  # since the start
     writes: int = 0  # since the start: applies, deletes, status and annotation patches
     caught_up: bool = False  # the queue has been empty once since the start
@@ -71,12 +74,14 @@ def covers(live: Any, desired: Any) -> bool:
             and len(live) == len(desired)
             and all(covers(a, b) for a, b in zip(live, desired, strict=True))
         )
-    return live == desired
+    return bool(live == desired)
 
 
-def _ref(serving: Mapping[str, Any]) -> dict[str, Any]:
-    """The serving as kopf's event poster needs it (list items lack kind and apiVersion)."""
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": serving["metadata"]}
+def _ref(serving: Mapping[str, Any]) -> kopf.Body:
+    """The serving as kopf's event poster needs it (list items lack kind and apiVersion); kopf
+    reads only these keys of it, as of any mapping."""
+    ref = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": serving["metadata"]}
+    return cast(kopf.Body, ref)
 
 
 def _now() -> str:
@@ -260,7 +265,7 @@ async def _logging_state(
 def _previous_logging(serving: Mapping[str, Any]) -> dict[str, Any] | None:
     for cond in (serving.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "LoggingReady":
-            return cond
+            return dict(cond)
     return None
 
 

@@ -8,6 +8,7 @@ message naming the flag and the variable.
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -109,10 +110,10 @@ def _positive_float(value: str | float) -> float:
     return number
 
 
-def _choice(kind: type) -> Callable[[str], str]:
+def _choice(kind: type[enum.Enum]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         try:
-            return kind(value.strip()).value
+            return str(kind(value.strip()).value)
         except ValueError:
             raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
 
@@ -133,7 +134,7 @@ def _non_negative_int(value: str | int) -> int:
     return number
 
 
-def _redact(value: str | list) -> tuple[RedactRule, ...]:
+def _redact(value: str | list[Any]) -> tuple[RedactRule, ...]:
     """A JSON list of rules as in spec.logging.redact: [{"path": ..., "action": ...}]."""
     try:
         rules = json.loads(value) if isinstance(value, str) else value

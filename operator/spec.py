@@ -293,19 +293,28 @@ class ServingSpec:
 # --------------------------------------------------------------------------- parsing
 # A key that is absent or null takes the field's default; the CRD has checked the rest.
 # Each table maps a section's keys to the conversion of their values.
+Converters = dict[str, Callable[[Any], Any]]
 
-_SERVER = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple}
-_BATCHING = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
+_SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple}
+_BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
-_SIDECAR = {"timeoutSeconds": float, "maxRequestBytes": int}
-_LOGGING = {"enabled": bool, "mode": str}
-_SAMPLING = {"successRate": float, "errorRate": float}
-_PAYLOADS = {"maxBytes": int, "oversize": str, "nonJson": str}
-_REDACT_RULE = {"action": str, "payload": str}
-_KAFKA = {"topic": str, "bootstrapServers": str, "partitions": int, "replicationFactor": int}
-_SPOOL = {"size": lambda quantity: quantity, "claimName": str}  # the size kept as written
-_INGRESS = {"enabled": bool, "host": str, "className": str, "annotations": dict}
-_AUTOSCALING = {"enabled": bool, "minReplicas": int, "maxReplicas": int,
+_SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}
+_LOGGING: Converters = {"enabled": bool, "mode": str}
+_SAMPLING: Converters = {"successRate": float, "errorRate": float}
+_PAYLOADS: Converters = {"maxBytes": int, "oversize": str, "nonJson": str}
+_REDACT_RULE: Converters = {"action": str, "payload": str}
+_KAFKA: Converters = {
+    "topic": str,
+    "bootstrapServers": str,
+    "partitions": int,
+    "replicationFactor": int,
+}
+_SPOOL: Converters = {
+    "size": lambda quantity: quantity,
+    "claimName": str,
+}  # the size kept as written
+_INGRESS: Converters = {"enabled": bool, "host": str, "className": str, "annotations": dict}
+_AUTOSCALING: Converters = {"enabled": bool, "minReplicas": int, "maxReplicas": int,
                 "targetCPUUtilizationPercentage": int}  # fmt: skip
 
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

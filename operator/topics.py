@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -28,7 +29,7 @@ BATCH = 200  # topics per CreateTopics request
 GATHER_SECONDS = 0.05  # how long the first request of a batch waits for others to join
 
 
-def _future() -> asyncio.Future:
+def _future() -> asyncio.Future[tuple[LoggingState, bool]]:
     return asyncio.get_running_loop().create_future()
 
 
@@ -36,7 +37,7 @@ def _future() -> asyncio.Future:
 class _Pending:
     partitions: int
     replication_factor: int
-    answer: asyncio.Future = field(
+    answer: asyncio.Future[tuple[LoggingState, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -48,7 +49,7 @@ class TopicKeeper:
         self._timeout = timeout
         self._admins: dict[str, AIOKafkaAdminClient] = {}
         self._pending: dict[str, dict[str, _Pending]] = {}
-        self._flushing: dict[str, asyncio.Task] = {}
+        self._flushing: dict[str, asyncio.Task[None]] = {}
 
     async def ensure(
         self, bootstrap_servers: str, topic: str, partitions: int, replication_factor: int
@@ -127,7 +128,9 @@ class TopicKeeper:
         return ready
 
     @staticmethod
-    def _unreachable(batch: dict[str, _Pending], message: str) -> dict:
+    def _unreachable(
+        batch: dict[str, _Pending], message: str
+    ) -> dict[str, tuple[LoggingState, bool]]:
         return {topic: (LoggingState(False, "KafkaUnreachable", message), False) for topic in batch}
 
     async def _drop(self, servers: str) -> None:
@@ -142,6 +145,6 @@ def _topic_ready(topic: str) -> LoggingState:
     return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
 
 
-def _topic_errors(response) -> list[tuple[str, int, str]]:
+def _topic_errors(response: Any) -> list[tuple[str, int, str]]:
     # CreateTopics responses carry (name, error_code[, error_message]) per topic.
     return [(t[0], t[1], t[2] if len(t) > 2 else "") for t in response.topic_errors]

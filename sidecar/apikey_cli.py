@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
 
 import yaml
 
@@ -39,7 +40,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def secret_manifest(
     serving: str, namespace: str, key_name: str, key_hash: str, secret: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The Secret of a serving's API keys, holding one key's hash under its name."""
     return {
         "apiVersion": "v1",

@@ -47,7 +47,7 @@ def _visible_files(directory: Path) -> list[Path]:
     return [directory / name for name in names if not name.startswith(".")]
 
 
-def directory_fingerprint(directory: Path) -> tuple:
+def directory_fingerprint(directory: Path) -> tuple[object, ...]:
     """Changes whenever a key file is added, removed, replaced or rewritten (links followed)."""
     try:
         data_link = os.readlink(directory / "..data")
@@ -90,7 +90,7 @@ class ApiKeyAuthenticator:
         self.directory = directory
         self._challenge = challenge_header
         self._keys: tuple[tuple[str, bytes], ...] = ()
-        self._fingerprint: tuple | None = None
+        self._fingerprint: tuple[object, ...] | None = None
 
     def reload(self) -> bool:
         """Read the keys again if the directory changed (blocking: run it in a thread)."""

@@ -155,7 +155,9 @@ class InferenceLogPipeline:
         self.metrics.accepting.set(1)
         loop = asyncio.get_running_loop()
 
-        def appended(records, first_id, count, error) -> None:  # in the writer thread
+        def appended(  # in the writer thread
+            records: list[SpoolRecord], first_id: int, count: int, error: BaseException | None
+        ) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(self._appended, records, first_id, count, error)
 

@@ -156,7 +156,8 @@ class KubernetesAuthenticator:
                     text = (await resp.text())[:300]
                     log.error("%s refused by the API server: %s %s", kind, resp.status, text)
                     raise AuthUnavailable(f"The credential cannot be checked now ({kind} failed)")
-                return await resp.json()
+                answer: dict[str, Any] = await resp.json()
+                return answer
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("%s could not reach the API server: %r", kind, exc)
             raise AuthUnavailable(
@@ -168,7 +169,8 @@ class KubernetesAuthenticator:
     async def running(
         cls, config: SidecarConfig, api: ApiServer | None = None
     ) -> AsyncIterator[KubernetesAuthenticator]:
-        api = api or await asyncio.to_thread(from_environment, config.auth.kubeconfig)
+        if api is None:
+            api = await asyncio.to_thread(from_environment, config.auth.kubeconfig)
         connector = aiohttp.TCPConnector(ssl=api.ssl_context, limit=32)
         timeout = aiohttp.ClientTimeout(total=API_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

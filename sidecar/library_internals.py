@@ -44,7 +44,7 @@ def record_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]
     """The bytes a record takes in a Kafka batch, as the producer works it out."""
     from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
 
 
 def missing_c_extensions() -> list[str]:

@@ -52,11 +52,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def with_overrides(config: SidecarConfig, host: str | None, port: int | None) -> SidecarConfig:
-    listen = dataclasses.replace(
-        config.listen,
-        **({"host": host} if host else {}),
-        **({"port": port} if port is not None else {}),
-    )
+    listen = config.listen
+    if host:
+        listen = dataclasses.replace(listen, host=host)
+    if port is not None:
+        listen = dataclasses.replace(listen, port=port)
     return dataclasses.replace(config, listen=listen)
 
 

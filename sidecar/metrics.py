@@ -35,7 +35,7 @@ _BUCKETS = (
     60.0,
     float("inf"),
 )
-_LE = tuple(floatToGoString(b) for b in _BUCKETS)
+_LE: tuple[str, ...] = tuple(floatToGoString(b) for b in _BUCKETS)  # type: ignore[no-untyped-call]
 
 _REQUESTS = (
     "modelserving_sidecar_requests",
@@ -69,7 +69,7 @@ class _Histogram:
         self.sum += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
-        total, buckets = 0, []
+        total, buckets = 0, list[tuple[str, float]]()
         for le, count in zip(_LE, self.counts, strict=True):
             total += count
             buckets.append((le, total))

@@ -33,7 +33,7 @@ class BodyTooLarge(SidecarError):
         super().__init__(413, f"Request body is larger than the limit of {limit} bytes")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     """The whole request body, refused with 413 as soon as more than `limit` bytes arrive.
 
     The count is of the bytes after aiohttp undoes a gzip/deflate Content-Encoding (in bounded

@@ -211,7 +211,7 @@ class Spool:
 
     def __init__(
         self,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike[str],
         max_bytes: int,
         segment_bytes: int,
         fsync_interval: float,

@@ -14,7 +14,6 @@ from modelserving.sidecar.spool import Spool, SpoolRecord
 # What a SpoolWriter reports for each batch: the records, the first id given, how many were
 # appended (a prefix: the spool was full for the rest), and the error if the write failed.
 AppendDone = Callable[[list[SpoolRecord], int, int, BaseException | None], None]
-_STOP = object()
 
 
 class SpoolWriter:
@@ -25,7 +24,8 @@ class SpoolWriter:
     def __init__(self, spool: Spool, done: AppendDone) -> None:
         self.spool = spool
         self._done = done
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # Batches to append; None asks the thread to end.
+        self._jobs: queue.SimpleQueue[list[SpoolRecord] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="inference-log-spool", daemon=True)
 
     def start(self) -> None:
@@ -38,7 +38,7 @@ class SpoolWriter:
     def stop(self, timeout: float | None = None) -> None:
         """Append what is queued, fsync, and end the thread (blocks: call it from a thread)."""
         if self._thread.is_alive():
-            self._jobs.put(_STOP)
+            self._jobs.put(None)
             self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -46,17 +46,20 @@ class SpoolWriter:
         while True:
             try:
                 job = jobs.get(timeout=spool.seconds_until_sync())
-            except queue.Empty:
-                job = None
-            if job is _STOP:
+            except queue.Empty:  # no batch came before the fsync fell due
+                self._sync_if_due()
+                continue
+            if job is None:
                 return
-            if job is not None:
-                try:
-                    first_id, count = spool.append(job)
-                except BaseException as exc:  # reported: the pipeline decides what to do
-                    self._done(job, spool.next_id, 0, exc)
-                else:
-                    self._done(job, first_id, count, None)
-            # A disk that fails shows in the next write's report; fsync is tried again then.
-            with contextlib.suppress(OSError):
-                spool.sync_if_due()
+            try:
+                first_id, count = spool.append(job)
+            except BaseException as exc:  # reported: the pipeline decides what to do
+                self._done(job, spool.next_id, 0, exc)
+            else:
+                self._done(job, first_id, count, None)
+            self._sync_if_due()
+
+    def _sync_if_due(self) -> None:
+        # A disk that fails shows in the next write's report; fsync is tried again then.
+        with contextlib.suppress(OSError):
+            self.spool.sync_if_due()

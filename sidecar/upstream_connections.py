@@ -265,7 +265,7 @@ class ConnectionPool:
                 continue
             return conn
         while self._open >= self.max_connections:
-            waiter = self.loop.create_future()
+            waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
