@@ -5,6 +5,7 @@ inference log; `create_app` wires it with the parts it needs, `SidecarRunner` se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,10 +15,12 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from modelserving.sidecar.auth import Authenticator, open_authenticator
-from modelserving.sidecar.config import LoggingMode, SidecarConfig
+from modelserving.sidecar.apikeys import ApiKeyAuthenticator
+from modelserving.sidecar.auth import Authenticator
+from modelserving.sidecar.config import AuthMode, LoggingMode, SidecarConfig
 from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
+from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
 from modelserving.sidecar.library_internals import DirectAppRunner
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
@@ -291,6 +294,34 @@ async def _upstream_step(app: web.Application) -> AsyncIterator[None]:
         app[UPSTREAM] = upstream
         app[READINESS] = ModelReadiness(upstream, app[CONFIG].model.name)
         yield
+
+
+class NoAuthenticator:
+    """auth.mode none: every caller is let in, unnamed."""
+
+    mode = AuthMode.NONE.value
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def open_authenticator(config: SidecarConfig) -> AsyncIterator[Authenticator]:
+    """The serving's authenticator, running (key reloads, API sessions) for the app's lifetime."""
+    mode = config.auth.mode
+    if mode is AuthMode.NONE:
+        log.warning(
+            "auth.mode is none: ModelServing %s/%s answers anyone without a credential",
+            config.serving.namespace,
+            config.serving.name,
+        )
+        yield NoAuthenticator()
+    elif mode is AuthMode.API_KEY:
+        async with ApiKeyAuthenticator.running(config) as authenticator:
+            yield authenticator
+    else:
+        async with KubernetesAuthenticator.running(config) as authenticator:
+            yield authenticator
 
 
 async def _auth_step(app: web.Application) -> AsyncIterator[None]:

@@ -1,18 +1,14 @@
-"""Who may call a serving: the authenticator chosen by `auth.mode` (API keys, Kubernetes tokens or
-none), and the refusals it answers with (401 no or bad credential, 403 not allowed, 503 unsure).
+"""Who may call a serving: what an authenticator is (API keys, Kubernetes tokens, or none: which
+one `auth.mode` chooses is the app's `open_authenticator`), and the refusals it answers with
+(401 no or bad credential, 403 not allowed, 503 unsure).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Protocol
 
-from modelserving.sidecar.config import AuthMode, SidecarConfig
+from modelserving.sidecar.config import SidecarConfig
 from modelserving.sidecar.errors import SidecarError
-
-log = logging.getLogger(__name__)
 
 
 class Unauthenticated(SidecarError):
@@ -57,35 +53,3 @@ def credential(authorization: str | None, scheme: str) -> str | None:
 
 def challenge(scheme: str, config: SidecarConfig) -> str:
     return f'{scheme} realm="{config.serving.namespace}/{config.serving.name}"'
-
-
-class NoAuthenticator:
-    """auth.mode none: every caller is let in, unnamed."""
-
-    mode = AuthMode.NONE.value
-
-    async def authenticate(self, authorization: str | None) -> str | None:
-        return None
-
-
-@asynccontextmanager
-async def open_authenticator(config: SidecarConfig) -> AsyncIterator[Authenticator]:
-    """The serving's authenticator, running (key reloads, API sessions) for the app's lifetime."""
-    mode = config.auth.mode
-    if mode is AuthMode.NONE:
-        log.warning(
-            "auth.mode is none: ModelServing %s/%s answers anyone without a credential",
-            config.serving.namespace,
-            config.serving.name,
-        )
-        yield NoAuthenticator()
-    elif mode is AuthMode.API_KEY:
-        from modelserving.sidecar.apikeys import ApiKeyAuthenticator
-
-        async with ApiKeyAuthenticator.running(config) as authenticator:
-            yield authenticator
-    else:
-        from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
-
-        async with KubernetesAuthenticator.running(config) as authenticator:
-            yield authenticator
