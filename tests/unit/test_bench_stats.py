@@ -239,7 +239,6 @@ def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
     assert "sidecar, apiKey, log on" not in rows
 
 
-@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
 def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path):
     code = procs.tree_at("HEAD", tmp_path / "revision")
     imported = subprocess.run(

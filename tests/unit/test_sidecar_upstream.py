@@ -286,7 +286,7 @@ async def test_answer_that_is_not_http_is_502_and_the_connection_dropped():
         await server.read_request(reader)
         if server.connections == 1:
             writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-            await asyncio.sleep(1)
+            await reader.read()  # held open until the sidecar drops it
             return
         writer.write(OK)
         await answer_each(OK, server, reader, writer)
@@ -324,7 +324,7 @@ async def test_no_answer_in_time_is_504_and_the_late_answer_is_not_taken_for_the
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
             await writer.drain()
             late_answer_sent.set()
-            await asyncio.sleep(1)
+            await reader.read()  # held open until the sidecar drops it
             return
         writer.write(OK)
         await answer_each(OK, server, reader, writer)
@@ -339,9 +339,8 @@ async def test_no_answer_in_time_is_504_and_the_late_answer_is_not_taken_for_the
 
 async def test_waiting_for_a_free_connection_counts_against_the_deadline():
     async def slow(reader, writer, server):
-        while await server.read_request(reader) is not None:
-            await asyncio.sleep(1)
-            writer.write(OK)
+        await server.read_request(reader)
+        await reader.read()  # no answer: held until the sidecar gives up and drops it
 
     one_connection = {"timeout": 0.2, "max_connections": 1}
     async with scripted(slow) as (_, url), upstream(url, **one_connection) as running:
