@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from modelserving.api import GROUP
+from modelserving.kube_access import ApiServer, from_environment
 from modelserving.sidecar.config import LoggingConfig
 from modelserving.sidecar.spool import Spool
 
@@ -111,7 +112,9 @@ def summary_from_pipeline(pipeline: LogHealthSource, kafka_reachable: bool) -> d
 class PodAnnotationWriter:
     """Merge-patches one annotation of one pod through pods/status."""
 
-    def __init__(self, session: aiohttp.ClientSession, api: Any, namespace: str, pod: str):
+    def __init__(
+        self, session: aiohttp.ClientSession, api: ApiServer, namespace: str, pod: str
+    ) -> None:
         self._session, self._api = session, api
         self._url = f"{api.url}/api/v1/namespaces/{namespace}/pods/{pod}/status"
 
@@ -176,8 +179,6 @@ async def publishing_log_status(
     if not (pod and namespace):
         yield None
         return
-    from modelserving.kube_access import from_environment
-
     api = await asyncio.to_thread(from_environment, kubeconfig)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         publisher = LogStatusPublisher(
