@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -203,13 +204,12 @@ class LogPolicy:
         }
 
     @property
-    def leaves_payloads_alone(self) -> bool:
-        """True when `shape` only decodes (no rules, no size limit, non-JSON kept)."""
-        return (
-            not any(self._rules.values())
-            and not self.max_payload_bytes
-            and self.non_json is NonJsonPolicy.KEEP
-        )
+    def untouched_up_to(self) -> float:
+        """The size in bytes up to which `shape` only decodes a payload: the size limit when no
+        rule and no non-JSON policy applies (infinite without a limit), else 0."""
+        if any(self._rules.values()) or self.non_json is not NonJsonPolicy.KEEP:
+            return 0
+        return self.max_payload_bytes or math.inf
 
     # ----------------------------------------------------------------- inline
 

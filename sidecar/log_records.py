@@ -71,7 +71,9 @@ class SpoolRecordMaker:
         count_changes: Callable[[ShapedPayload, ShapedPayload], None] | None = None,
     ) -> None:
         self._policy = policy_of(settings)
-        self._plain = self._policy.leaves_payloads_alone
+        # A payload within this size goes into the record as it came (only made valid UTF-8):
+        # the policy would leave it alone, and most payloads are under the default size limit.
+        self._untouched_up_to = self._policy.untouched_up_to
         self._keep_request = settings.mode is not LoggingMode.PREDICTIONS
         self._keep_response = settings.mode is not LoggingMode.MODEL_INPUTS
         self._encode = InferenceLogEncoder(
@@ -84,9 +86,14 @@ class SpoolRecordMaker:
         self._count_changes = count_changes
 
     def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
-        if self._plain:
-            request = _utf8(exchange.request_body) if self._keep_request else b""
-            response = _utf8(exchange.response_body) if self._keep_response else b""
+        request_body, response_body = exchange.request_body, exchange.response_body
+        keep_request, keep_response = self._keep_request, self._keep_response
+        limit = self._untouched_up_to
+        if (not keep_request or len(request_body) <= limit) and (
+            not keep_response or len(response_body) <= limit
+        ):
+            request = _utf8(request_body) if keep_request else b""
+            response = _utf8(response_body) if keep_response else b""
             return request, response, ""
         policy = self._policy
         shaped_request = (

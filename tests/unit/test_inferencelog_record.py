@@ -196,6 +196,7 @@ def test_the_pipelines_encoder_writes_the_same_bytes_as_fastavro(
         {"mode": LoggingMode.MODEL_INPUTS},
         {"mode": LoggingMode.ERRORS, "confluent_schema_id": 7},
         {"max_payload_bytes": 10, "oversize_payload": OversizePolicy.DIGEST},
+        {"max_payload_bytes": 30, "mode": LoggingMode.PREDICTIONS},  # some under, some over
         {"redact": (RedactRule("instances[*]"),)},
     ],
 )
