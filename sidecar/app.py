@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from modelserving.sidecar.apikeys import ApiKeyAuthenticator
 from modelserving.sidecar.auth import Authenticator
-from modelserving.sidecar.config import AuthMode, LoggingMode, SidecarConfig
+from modelserving.sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
 from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
@@ -85,6 +85,8 @@ class RequestPath:
         self.upstream = app[UPSTREAM]
         self.readiness = app[READINESS]
         self.sink = app[INFERENCE_LOG]
+        # durability spooled: an answer leaves only once its record is in the spool file.
+        self.durable = self.config.logging.durability is LogDurability.SPOOLED
         self.max_request_bytes = self.config.limits.max_request_bytes
         self.handlers: dict[RouteKind, Handler] = {
             RouteKind.INFERENCE: self.infer,
@@ -128,7 +130,10 @@ class RequestPath:
             response = error_response(500, "The sidecar failed on this request")
             response.headers[REQUEST_ID] = call.request_id
         if call.to_log and self.sink is not None:
-            self.log(request, response, call)
+            if self.durable:
+                response = await self.log_durably(request, response, call)
+            else:
+                self.log(request, response, call)
         self.metrics.request_done(call.route.label, response.status, time.perf_counter() - started)
         return response
 
@@ -145,19 +150,18 @@ class RequestPath:
     def log(self, request: web.BaseRequest, response: web.StreamResponse, call: Call) -> None:
         """Hand the exchange to the inference log: a queue append, before the answer is written
         (the answer is final by now; sending it first would cost more than this takes)."""
-        body = response.body if isinstance(response, web.Response) else b""
-        self.sink.submit(  # type: ignore[union-attr]
-            Exchange(
-                request_id=call.request_id,
-                received_ms=call.received_ms,
-                status=response.status,
-                request_body=call.request_body,
-                response_body=body if isinstance(body, bytes) else b"",
-                model_version=call.route.model_version,
-                caller=call.caller,
-                traceparent=request.headers.get("traceparent"),
-            )
-        )
+        self.sink.submit(_exchange(request, response, call))  # type: ignore[union-attr]
+
+    async def log_durably(
+        self, request: web.BaseRequest, response: web.StreamResponse, call: Call
+    ) -> web.StreamResponse:
+        """The answer once its record is in the spool file; a 503 instead when the record cannot
+        be kept (no answer leaves without its record)."""
+        if await self.sink.spooled(_exchange(request, response, call)):  # type: ignore[union-attr]
+            return response
+        failed = error_response(503, "The inference log cannot keep this request; try again later")
+        failed.headers[REQUEST_ID] = call.request_id
+        return failed
 
     async def infer(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         """:predict, :classify, :regress: the body is forwarded as bytes (never parsed) and logged.
@@ -204,6 +208,21 @@ class RequestPath:
         body = generate_latest(self.registry)
         headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
         return web.Response(body=body, headers=headers)
+
+
+def _exchange(request: web.BaseRequest, response: web.StreamResponse, call: Call) -> Exchange:
+    """What the inference log keeps of one answered request."""
+    body = response.body if isinstance(response, web.Response) else b""
+    return Exchange(
+        request_id=call.request_id,
+        received_ms=call.received_ms,
+        status=response.status,
+        request_body=call.request_body,
+        response_body=body if isinstance(body, bytes) else b"",
+        model_version=call.route.model_version,
+        caller=call.caller,
+        traceparent=request.headers.get("traceparent"),
+    )
 
 
 def _passed_on(answer: UpstreamAnswer, call: Call) -> web.Response:

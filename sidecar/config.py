@@ -14,7 +14,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
            allowCacheSeconds: 300, denyCacheSeconds: 30, kubeconfig: ""}
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
               spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
-              spoolFullPolicy: reject, spoolSegmentBytes: 8388608,
+              spoolFullPolicy: reject, durability: buffered, spoolSegmentBytes: 8388608,
               spoolFsyncIntervalSeconds: 1.0, spoolFlushIntervalSeconds: 0.005,
               queueSize: 10000, maxInFlightRecords: 10000,
               lingerMs: 20, compression: gzip, sendTimeoutSeconds: 30,
@@ -34,6 +34,12 @@ cuts each payload to that many bytes (`oversizePayload: truncate`) or replaces i
 and SHA-256 (`digest`); `redact` drops, masks or hashes the values at JSON paths of the request,
 the response or both (see modelserving.sidecar.log_policy for the path grammar); a payload that
 is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`).
+
+When an answer leaves: `durability: buffered` answers at once and writes the record to the
+spool within `spoolFlushIntervalSeconds` (a crash of the sidecar loses at most that interval's
+records); `spooled` answers only once the record is in the spool file (a crash loses no
+answered record; the writes are grouped: every record waiting goes in one write as soon as
+the previous write is done).
 
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
@@ -92,6 +98,18 @@ class LogCompression(enum.StrEnum):
     SNAPPY = "snappy"
 
 
+class LogDurability(enum.StrEnum):
+    """When an answer may leave the sidecar, against its record's safety."""
+
+    # Answered at once; the record is written to the spool within spoolFlushIntervalSeconds,
+    # so a crash of the sidecar loses at most that interval's answered records.
+    BUFFERED = "buffered"
+    # Answered only once the record is written to the spool file: a crash of the sidecar loses
+    # no answered record (a power loss: spoolFsyncIntervalSeconds). A record that cannot be
+    # kept turns the answer into a 503.
+    SPOOLED = "spooled"
+
+
 class SpoolFullPolicy(enum.StrEnum):
     REJECT = "reject"  # refuse new predictions with 503 until the spool drains
     DROP_NEWEST = "dropNewest"  # answer, drop the record, count it
@@ -148,6 +166,7 @@ class LoggingConfig:
     spool_dir: str = "/var/spool/modelserving"
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
+    durability: LogDurability = LogDurability.BUFFERED
     spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
     # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
     spool_fsync_interval_seconds: float = 1.0
@@ -250,6 +269,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "spoolDir": ("spool_dir", str),
                                 "spoolMaxBytes": ("spool_max_bytes", int),
                                 "spoolFullPolicy": ("spool_full_policy", SpoolFullPolicy),
+                                "durability": ("durability", LogDurability),
                                 "spoolSegmentBytes": ("spool_segment_bytes", int),
                                 "spoolFsyncIntervalSeconds": ("spool_fsync_interval_seconds",
                                                               float),

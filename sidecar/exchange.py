@@ -35,3 +35,9 @@ class InferenceLogSink(Protocol):
     def submit(self, exchange: Exchange) -> None:
         """Queue one exchange for the log; never blocks, never raises."""
         ...
+
+    async def spooled(self, exchange: Exchange) -> bool:
+        """Queue one exchange and return once its record is in the spool file (True), or known
+        never to be (False: dropped, and counted); True at once when the sampling leaves the
+        exchange out (no record is owed). Never raises."""
+        ...

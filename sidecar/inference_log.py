@@ -22,7 +22,12 @@ from collections.abc import AsyncIterator
 
 import prometheus_client
 
-from modelserving.sidecar.config import LoggingMode, SidecarConfig, SpoolFullPolicy
+from modelserving.sidecar.config import (
+    LogDurability,
+    LoggingMode,
+    SidecarConfig,
+    SpoolFullPolicy,
+)
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
 from modelserving.sidecar.kafka_logs import summarise_aiokafka_logs
@@ -74,6 +79,12 @@ class InferenceLogPipeline:
         )
         self._spool_full = False  # under reject: records wait for room, predictions get 503
         self._held: list[SpoolRecord] = []  # encoded, waiting for spool room (reject)
+        # Exchanges are numbered in queue order from 1: made (encoded) so far, the first held.
+        self._made_total = 0
+        self._held_first = 0
+        # durability spooled: requests waiting for their record's write, by exchange number.
+        self._durable = self.settings.durability is LogDurability.SPOOLED
+        self._waiting: collections.deque[tuple[int, asyncio.Future[bool]]] = collections.deque()
         self._queued = asyncio.Event()
         self._writer: SpoolWriter | None = None
         self._write_done: asyncio.Future[tuple[int, BaseException | None]] | None = None
@@ -125,6 +136,36 @@ class InferenceLogPipeline:
                 self._queued.set()
         except Exception:  # the request path must never see the log fail
             log.exception("inference log: submit failed")
+
+    async def spooled(self, exchange: Exchange) -> bool:
+        try:
+            outcome = 0 if 200 <= exchange.status < 300 else 1
+            counts = self._counts
+            counts.seen[outcome] += 1
+            if not self.policy.sampled(exchange.request_id, exchange.status):
+                counts.sampled_out[outcome] += 1
+                return True
+            if len(self._queue) >= self._queue_size:
+                self.metrics.dropped.labels("queue_full").inc()
+                return False
+            self._queue.append(exchange)
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiting.append((self._made_total + len(self._queue), waiter))
+            if not self._queued.is_set():
+                self._queued.set()
+        except Exception:  # the request path must never see the log fail
+            log.exception("inference log: submit failed")
+            return False
+        return await waiter
+
+    def _release(self, before: int, kept: bool) -> None:
+        """Resume the requests whose exchanges are numbered below `before`: their records are
+        in the spool file (kept) or dropped."""
+        waiting = self._waiting
+        while waiting and waiting[0][0] < before:
+            waiter = waiting.popleft()[1]
+            if not waiter.done():  # a caller that went away cancels its wait
+                waiter.set_result(kept)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -181,6 +222,7 @@ class InferenceLogPipeline:
                 break
             await asyncio.sleep(0.02)
         lost = len(self._queue) + len(self._held)
+        self._release(self._made_total + len(self._queue) + 1, kept=False)
         if lost:
             self.metrics.dropped.labels("shutdown").inc(lost)
             log.error("inference log: %d records could not be spooled before exit", lost)
@@ -209,25 +251,30 @@ class InferenceLogPipeline:
                 await self._queued.wait()
             # One write per flush interval at most: what arrives meanwhile joins the batch, so
             # a busy sidecar makes few large writes (and Kafka batches), an idle one writes at
-            # once.
+            # once. Under durability spooled, requests wait for the write: it goes as soon as
+            # the previous one is done, with every record that arrived meanwhile.
             wait = self._last_flush + interval - loop.time()
-            if wait > 0:
+            if wait > 0 and not self._durable:
                 await sleep(wait)
             self._writer_busy = True
             try:
                 records = self._held
+                made_before = self._made_total
+                first = self._held_first if records else made_before + 1
                 self._held = []
                 made = 0
                 while queue and len(records) < _WRITE_BATCH:
                     records.append(make(popleft()))
                     made += 1
                     if made % _ENCODE_SLICE == 0:
+                        self._made_total = made_before + made
                         await sleep(0)  # let the request path run between slices
+                self._made_total = made_before + made
                 if made:
                     self.metrics.logged.inc(made)
                 self._last_flush = loop.time()
                 if records:
-                    await self._append(records)
+                    await self._append(records, first)
             finally:
                 self._writer_busy = False
 
@@ -246,11 +293,14 @@ class InferenceLogPipeline:
         if done is not None and not done.done():
             done.set_result((count, error))
 
-    async def _append(self, records: list[SpoolRecord]) -> None:
+    async def _append(self, records: list[SpoolRecord], first: int) -> None:
+        """Write the records of exchanges numbered from `first` on, and see to what did not fit."""
         assert self._writer is not None
         self._write_done = asyncio.get_running_loop().create_future()
         self._writer.append(records)
         count, error = await self._write_done
+        if self._waiting:
+            self._release(first + count, kept=True)
         rest = records[count:]
         if error is not None:
             log.error("inference log: writing to the spool failed: %s", error)
@@ -262,12 +312,13 @@ class InferenceLogPipeline:
             return
         if self.settings.spool_full_policy is SpoolFullPolicy.DROP_NEWEST:
             self.metrics.dropped.labels("spool_full").inc(len(rest))
+            self._release(first + len(records), kept=False)
             return
         if not self._spool_full:
             self._spool_full = True
             self.metrics.accepting.set(0)
             log.error("inference log: the spool is full; refusing predictions until it drains")
-        self._held = rest
+        self._held, self._held_first = rest, first + count
         # Room comes back only with Kafka's acks (or a disk that works again).
         self.sender.acked.clear()
         await wait_event(self.sender.acked, 1.0)

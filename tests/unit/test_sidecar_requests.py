@@ -41,12 +41,21 @@ class RecordingLog:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
         self.full = False
+        self.keeps = True  # what `spooled` answers (durability spooled)
+        self.written: asyncio.Event | None = None  # set: `spooled` waits for it
 
     def accepting(self) -> bool:
         return not self.full
 
     def submit(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
+
+    async def spooled(self, exchange: Exchange) -> bool:
+        if self.written is not None:
+            await self.written.wait()
+        if self.keeps:
+            self.exchanges.append(exchange)
+        return self.keeps
 
     def factory(self):
         @asynccontextmanager
@@ -390,6 +399,36 @@ async def test_full_inference_log_turns_predictions_away_with_503(standin, keys_
     assert status == 503
     assert "inference log" in data["error"]
     assert log.exchanges == []
+
+
+async def test_durable_answers_leave_once_their_record_is_kept(standin, keys_dir, http):
+    log = RecordingLog()
+    log.written = asyncio.Event()
+    config = make_config(standin[1], keys_dir, logging={"durability": "spooled"})
+    async with sidecar(config, log) as url:
+        answer = asyncio.create_task(
+            call(http, "POST", f"{url}/v1/models/{MODEL}:predict", json={"instances": [1.0]},
+                 headers=GOOD)
+        )  # fmt: skip
+        await asyncio.sleep(0.2)
+        assert not answer.done(), "answered before its record was written"
+        log.written.set()
+        status, data, headers = await answer
+    assert (status, data) == (200, {"predictions": [2.5]})
+    assert [e.request_id for e in log.exchanges] == [headers["X-Request-Id"]]
+
+
+async def test_durable_prediction_whose_record_cannot_be_kept_is_a_503(standin, keys_dir, http):
+    log = RecordingLog()
+    log.keeps = False
+    config = make_config(standin[1], keys_dir, logging={"durability": "spooled"})
+    async with sidecar(config, log) as url:
+        status, data, headers = await call(
+            http, "POST", f"{url}/v1/models/{MODEL}:predict", json={"instances": [1]}, headers=GOOD
+        )
+    assert status == 503
+    assert data == {"error": "The inference log cannot keep this request; try again later"}
+    assert headers["X-Request-Id"]
 
 
 # --- request ids, probes and metrics -------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""`durability: spooled`: a request's answer waits until its record is in the spool file. The
+pipeline runs for real on a spool in a temporary folder (no broker: Kafka is not part of the
+promise); the spool's writes are held back to see who waits for them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import prometheus_client
+import pytest
+import pytest_asyncio
+
+from modelserving.sidecar.config import LogDurability, SpoolFullPolicy, parse_config
+from modelserving.sidecar.exchange import Exchange
+from modelserving.sidecar.inference_log import InferenceLogPipeline
+from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
+from modelserving.sidecar.spool import SpoolRecord
+
+
+def exchange(request_id: str) -> Exchange:
+    return Exchange(request_id, 1_700_000_000_000, 200, b'{"instances": [1]}', b"{}", 1, None, None)
+
+
+def pipeline_for(
+    tmp_path, registry: prometheus_client.CollectorRegistry | None = None, **logging
+) -> InferenceLogPipeline:
+    config = parse_config({
+        "serving": {"name": "s", "namespace": "n"},
+        "model": {"name": "m", "version": 1, "modelId": 1},
+        # No broker listens there: the producer keeps retrying, the spool is what is tested.
+        "logging": {"mode": "ALL", "topic": "t", "bootstrapServers": "127.0.0.1:9",
+                    "spoolDir": str(tmp_path / "spool"), "durability": "spooled",
+                    "drainTimeoutSeconds": 0.2, **logging},
+    })  # fmt: skip
+    assert config.logging.durability is LogDurability.SPOOLED
+    registry = registry or prometheus_client.CollectorRegistry()
+    return InferenceLogPipeline(config, InferenceLogMetrics(registry), pod="p")
+
+
+def count(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0
+
+
+class HeldWrites:
+    """The spool's appends wait until released, as a slow disk would make them."""
+
+    def __init__(self, pipeline: InferenceLogPipeline) -> None:
+        self.released = threading.Event()
+        self.started = threading.Event()
+        append = pipeline.spool.append
+
+        def held_append(records: list[SpoolRecord]) -> tuple[int, int]:
+            self.started.set()
+            self.released.wait(10)
+            return append(records)
+
+        pipeline.spool.append = held_append  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def registry() -> prometheus_client.CollectorRegistry:
+    return prometheus_client.CollectorRegistry()
+
+
+@pytest_asyncio.fixture
+async def running(tmp_path, registry) -> AsyncIterator[tuple[InferenceLogPipeline, HeldWrites]]:
+    pipeline = pipeline_for(tmp_path, registry)
+    await pipeline.start()
+    held = HeldWrites(pipeline)
+    try:
+        yield pipeline, held
+    finally:
+        held.released.set()
+        await pipeline.close()
+
+
+async def test_the_answer_waits_for_its_records_write(running) -> None:
+    pipeline, held = running
+    waiting = asyncio.create_task(pipeline.spooled(exchange("req-1")))
+    await asyncio.to_thread(held.started.wait, 5)
+    await asyncio.sleep(0.1)
+    assert not waiting.done(), "released before its record was written"
+
+    held.released.set()
+    assert await asyncio.wait_for(waiting, 5) is True
+    segment = b"".join(p.read_bytes() for p in pipeline.spool.directory.glob("*.seg"))
+    assert b"req-1" in segment
+
+
+async def test_requests_that_arrive_during_a_write_share_the_next_one(running, registry) -> None:
+    pipeline, held = running
+    first = asyncio.create_task(pipeline.spooled(exchange("req-0")))
+    await asyncio.to_thread(held.started.wait, 5)
+    later = [asyncio.create_task(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)]
+    await asyncio.sleep(0.05)
+    assert count(registry, "records_spooled_total") == 0
+    assert not any(task.done() for task in later)
+    held.released.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [True] * 6
+    assert pipeline.spool.next_id == 7  # six records, ids 1 to 6
+
+
+async def test_a_record_that_cannot_be_kept_is_answered_false(tmp_path, registry) -> None:
+    # A spool too small for one record, under dropNewest: the record is dropped, and counted.
+    pipeline = pipeline_for(
+        tmp_path, registry, spoolMaxBytes=1, spoolFullPolicy=SpoolFullPolicy.DROP_NEWEST.value
+    )
+    await pipeline.start()
+    try:
+        assert await asyncio.wait_for(pipeline.spooled(exchange("req-1")), 5) is False
+        assert count(registry, "records_dropped_total", reason="spool_full") == 1
+    finally:
+        await pipeline.close()
+
+
+async def test_an_exchange_the_sampling_leaves_out_is_not_waited_for(tmp_path) -> None:
+    pipeline = pipeline_for(tmp_path, successSampleRate=0)
+    await pipeline.start()
+    try:
+        assert await asyncio.wait_for(pipeline.spooled(exchange("req-1")), 1) is True
+        assert pipeline.spool.next_id == 1  # nothing written
+    finally:
+        await pipeline.close()
