@@ -45,6 +45,7 @@ TFSERVING_IMAGE_TAG = "2.18.0"
 # operator's --log-* settings and of the chart's inferenceLog values (a test holds the chart
 # to them). The sidecar's own defaults agree, for a config file that leaves them out.
 LOG_MODE = "ALL"
+LOG_DURABILITY = "buffered"
 LOG_SUCCESS_SAMPLE_RATE = 1.0
 LOG_ERROR_SAMPLE_RATE = 1.0
 LOG_MAX_PAYLOAD_BYTES = 256 * 1024  # per payload (request, answer); 0 means no limit

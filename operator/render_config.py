@@ -83,6 +83,7 @@ def log_policy(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
     sampling, payloads = logging.sampling, logging.payloads
     return {
         "mode": spec.logging_mode(settings),
+        "durability": _said(logging.durability, settings.log_durability),
         "successSampleRate": float(_said(sampling.success_rate, settings.log_success_sample_rate)),
         "errorSampleRate": float(_said(sampling.error_rate, settings.log_error_sample_rate)),
         "maxPayloadBytes": int(_said(payloads.max_bytes, settings.log_max_payload_bytes)),

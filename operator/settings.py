@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from modelserving import __version__, api
-from modelserving.sidecar.config import ConfigError, LoggingMode, redact_rules
+from modelserving.sidecar.config import ConfigError, LogDurability, LoggingMode, redact_rules
 from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy, RedactRule
 
 DEFAULT_TFSERVING_IMAGE = f"{api.TFSERVING_IMAGE_REPOSITORY}:{api.TFSERVING_IMAGE_TAG}"
@@ -53,6 +53,7 @@ class OperatorSettings:
     liveness_port: int = 0
     # The inference log of servings whose spec.logging leaves these out.
     log_mode: str = api.LOG_MODE
+    log_durability: str = api.LOG_DURABILITY
     log_success_sample_rate: float = api.LOG_SUCCESS_SAMPLE_RATE
     log_error_sample_rate: float = api.LOG_ERROR_SAMPLE_RATE
     log_max_payload_bytes: int = api.LOG_MAX_PAYLOAD_BYTES
@@ -199,6 +200,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
     "log_mode": ("--log-mode", "MODELSERVING_LOG_MODE", _choice(LoggingMode),
         "what servings log when spec.logging.mode is not set: ALL, PREDICTIONS, MODEL_INPUTS, "
         "ERRORS or NONE"),
+    "log_durability": ("--log-durability", "MODELSERVING_LOG_DURABILITY",
+        _choice(LogDurability),
+        "when answers of servings whose spec.logging.durability is not set may leave: buffered "
+        "(at once) or spooled (once the record is in the sidecar's spool)"),
     "log_success_sample_rate": ("--log-success-sample-rate",
         "MODELSERVING_LOG_SUCCESS_SAMPLE_RATE", _rate,
         "share of 2xx answers logged (0 to 1) when spec.logging.sampling.successRate is not set"),

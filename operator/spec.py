@@ -163,6 +163,7 @@ class LoggingSpec:
 
     enabled: bool = True
     mode: str | None = None  # None: --log-mode
+    durability: str | None = None  # None: --log-durability
     sampling: SamplingSpec = SamplingSpec()
     payloads: PayloadsSpec = PayloadsSpec()
     # None: the operator's --log-redact rules; a list (even empty) replaces them as a whole.
@@ -299,7 +300,7 @@ _SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "
 _BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
 _SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}
-_LOGGING: Converters = {"enabled": bool, "mode": str}
+_LOGGING: Converters = {"enabled": bool, "mode": str, "durability": str}
 _SAMPLING: Converters = {"successRate": float, "errorRate": float}
 _PAYLOADS: Converters = {"maxBytes": int, "oversize": str, "nonJson": str}
 _REDACT_RULE: Converters = {"action": str, "payload": str}

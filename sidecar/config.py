@@ -56,7 +56,12 @@ from typing import Any
 
 import yaml
 
-from modelserving.api import LOG_MAX_PAYLOAD_BYTES, SIDECAR_PORT, TFSERVING_REST_PORT
+from modelserving.api import (
+    LOG_DURABILITY,
+    LOG_MAX_PAYLOAD_BYTES,
+    SIDECAR_PORT,
+    TFSERVING_REST_PORT,
+)
 from modelserving.sidecar.log_policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -108,6 +113,9 @@ class LogDurability(enum.StrEnum):
     # no answered record (a power loss: spoolFsyncIntervalSeconds). A record that cannot be
     # kept turns the answer into a 503.
     SPOOLED = "spooled"
+
+
+DEFAULT_DURABILITY = LogDurability(LOG_DURABILITY)
 
 
 class SpoolFullPolicy(enum.StrEnum):
@@ -166,7 +174,7 @@ class LoggingConfig:
     spool_dir: str = "/var/spool/modelserving"
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
-    durability: LogDurability = LogDurability.BUFFERED
+    durability: LogDurability = DEFAULT_DURABILITY
     spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
     # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
     spool_fsync_interval_seconds: float = 1.0

@@ -19,7 +19,7 @@ from modelserving.operator.settings import (
 )
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import LoggingState, logging_from_pods
-from modelserving.sidecar.config import LoggingMode, parse_config
+from modelserving.sidecar.config import LogDurability, LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
     NonJsonPolicy,
     OversizePolicy,
@@ -105,6 +105,18 @@ def test_where_the_spec_speaks_it_wins_field_by_field():
     assert logging.redact == (
         RedactRule("predictions[*]", RedactAction.DROP, RedactTarget.RESPONSE),
     )
+
+
+def test_durability_is_the_specs_else_the_operators_else_buffered():
+    spooled_by_default = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092", log_durability="spooled"
+    )
+
+    assert sidecar_logging(mnist()).durability is LogDurability.BUFFERED
+    assert sidecar_logging(mnist(), spooled_by_default).durability is LogDurability.SPOOLED
+    said = mnist(durability="buffered")
+    assert sidecar_logging(said, spooled_by_default).durability is LogDurability.BUFFERED
+    assert sidecar_logging(mnist(durability="spooled")).durability is LogDurability.SPOOLED
 
 
 def test_an_empty_redact_list_in_the_spec_turns_the_operators_rules_off():
