@@ -137,7 +137,5 @@ def run(args: argparse.Namespace) -> int:
 def duplicates_note(window: DuplicateWindow) -> str:
     """What `--dedupe` tells on stderr at the end: how many copies it dropped."""
     plural = "" if window.dropped == 1 else "s"
-    return (
-        f"--dedupe: {window.dropped} duplicate record{plural} dropped"
-        f" (window of {window.size} records)"
-    )
+    dropped = f"{window.dropped} duplicate record{plural} dropped"
+    return f"--dedupe: {dropped} (window size {window.size})"

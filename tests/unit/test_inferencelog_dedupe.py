@@ -154,5 +154,5 @@ def test_logs_says_how_many_duplicates_it_dropped():
     window.seen(*logged("req-0"))
     window.seen(*logged("req-0"))
     one = duplicates_note(window)
-    assert none == "--dedupe: 0 duplicate records dropped (window of 100 records)"
-    assert one == "--dedupe: 1 duplicate record dropped (window of 100 records)"
+    assert none == "--dedupe: 0 duplicate records dropped (window size 100)"
+    assert one == "--dedupe: 1 duplicate record dropped (window size 100)"
