@@ -58,8 +58,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="print a record only once: drop a record whose key, headers and value repeat one "
         "of the N records seen most recently, as a re-send after a sidecar crash does (N: "
-        f"{DEFAULT_WINDOW} when not given, up to 250 bytes each); a record under the same key "
-        "with another value is printed; how many were dropped goes to stderr at the end. "
+        f"{DEFAULT_WINDOW} when not given, up to 250 bytes each); another record under the same "
+        "key (other headers or value) is printed; how many were dropped goes to stderr at the end. "
         "Give it after TOPIC, or as --dedupe=N",
     )
     parser.add_argument(
