@@ -3,7 +3,8 @@
 Each line holds the record's seven Avro fields under their schema names, then the Kafka key
 (the request id), headers (request-id, traceparent, caller, model-version, pod, and payload when
 a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
-keep only the records asked for.
+keep only the records asked for; `--dedupe` drops the copies a crash re-sent and says on stderr
+how many it dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 
 from modelserving.inferencelog import read_inference_log
+from modelserving.inferencelog_dedupe import DEFAULT_WINDOW, DuplicateWindow
 
 BOOTSTRAP_ENV = "MODELSERVING_KAFKA_BOOTSTRAP"
 
@@ -48,10 +50,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(payload~cut) or is present (payload); may be repeated",
     )
     parser.add_argument(
+        "--dedupe",
+        nargs="?",
+        type=window_size,
+        const=DEFAULT_WINDOW,
+        default=0,
+        metavar="N",
+        help="print a record only once: drop a record whose key, headers and value repeat one "
+        "of the N records seen most recently, as a re-send after a sidecar crash does (N: "
+        f"{DEFAULT_WINDOW} when not given, up to 250 bytes each); another record under the same "
+        "key (other headers or value) is printed; how many were dropped goes to stderr at the end. "
+        "Give it after TOPIC, or as --dedupe=N",
+    )
+    parser.add_argument(
         "--confluent",
         action="store_true",
         help="values carry Confluent's schema-registry prefix (default: plain Avro)",
     )
+
+
+def window_size(text: str) -> int:
+    """`--dedupe N`: a number of records, at least 1."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of records (give TOPIC before --dedupe, or --dedupe=N)"
+        ) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"the window holds at least 1 record, not {size}")
+    return size
 
 
 def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -71,7 +99,7 @@ def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     return where, contains
 
 
-async def _print_records(args: argparse.Namespace) -> None:
+async def _print_records(args: argparse.Namespace, window: DuplicateWindow | None) -> None:
     where, contains = header_filters(args.header)
     async for logged in read_inference_log(
         args.topic,
@@ -83,6 +111,7 @@ async def _print_records(args: argparse.Namespace) -> None:
         where=where,
         contains=contains,
         key=args.key,
+        dedupe=window if window is not None else 0,
     ):
         sys.stdout.write(json.dumps(logged.to_json_dict(), ensure_ascii=False) + "\n")
         if args.follow:
@@ -90,11 +119,23 @@ async def _print_records(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    window = DuplicateWindow(args.dedupe) if args.dedupe else None
     try:
-        asyncio.run(_print_records(args))
+        asyncio.run(_print_records(args, window))
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         # `| head` closed the pipe: stop quietly, as other CLI tools do.
         sys.stderr.close()
+        return 0
+    if window is not None:
+        sys.stdout.flush()
+        print(duplicates_note(window), file=sys.stderr)
     return 0
+
+
+def duplicates_note(window: DuplicateWindow) -> str:
+    """What `--dedupe` tells on stderr at the end: how many copies it dropped."""
+    plural = "" if window.dropped == 1 else "s"
+    dropped = f"{window.dropped} duplicate record{plural} dropped"
+    return f"--dedupe: {dropped} (window size {window.size})"
