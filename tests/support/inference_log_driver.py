@@ -73,10 +73,11 @@ async def drive(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.01)
         print("DONE", flush=True)
-        while sink.waiting_records() and not stop.is_set():
+        while not stop.is_set():
+            if not sink.waiting_records():
+                print("DRAINED", flush=True)
+                break
             await asyncio.sleep(0.01)
-        if not stop.is_set():
-            print("DRAINED", flush=True)
         await stop.wait()
     print("CLOSED", flush=True)
 
