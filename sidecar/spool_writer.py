@@ -28,8 +28,8 @@ _POSITION_DUE = _PositionDue()
 
 class SpoolWriter:
     """The one thread that appends to a spool: a batch of records per wake-up, each reported to
-    `done` (called in this thread), and an fsync when the spool's interval has passed, also
-    while no batch comes."""
+    `done` (called in this thread), an fsync when the spool's interval has passed, also while
+    no batch comes, and the acknowledged position when it moves, reported to `position_done`."""
 
     def __init__(
         self, spool: Spool, done: AppendDone, position_done: PositionDone | None = None
