@@ -5,8 +5,9 @@ written ahead to the disk spool, then produced to Kafka; Kafka's acks free the s
 rates, a hash of the request id: see `log_policy`) and only appends to a bounded deque. A writer
 task redacts and cuts the payloads, encodes what is queued (`log_records`) and appends it to the
 spool through its writer thread (`spool_writer`); the sender (`kafka_sender`) hands the spooled
-records to Kafka in order and tracks the acks (`ack_tracker`); housekeeping writes the
-acknowledged position to the spool's ledger and keeps the gauges. What cannot be kept (spool
+records to Kafka in order and tracks the acks (`ack_tracker`), and has the writer thread write
+the acknowledged position each time it moves; housekeeping writes it to the spool's ledger,
+deleting acknowledged segments, and keeps the gauges. What cannot be kept (spool
 full under `dropNewest`, a record larger than Kafka takes, corruption on disk) is counted in
 `modelserving_inference_log_records_dropped_total`.
 """
@@ -186,6 +187,7 @@ class InferenceLogPipeline:
             self.metrics,
             client_id=f"modelserving-sidecar-{self.pod}",
             tail_limit=max(self.settings.max_in_flight_records, _WRITE_BATCH),
+            write_position=self._write_position,
         )
         if self.spool.recovered_ids:
             log.info(
@@ -202,7 +204,11 @@ class InferenceLogPipeline:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(self._appended, records, first_id, count, error)
 
-        self._writer = SpoolWriter(self.spool, appended)
+        def position_written(acked_id: int) -> None:  # in the writer thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.sender.position_written, acked_id)
+
+        self._writer = SpoolWriter(self.spool, appended, position_written)
         self._writer.start()
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="inference-log-writer"),
@@ -351,6 +357,12 @@ class InferenceLogPipeline:
             self._waiting_since = time.time()
         self.metrics.oldest_unacked_age.set(self.oldest_waiting_age())
         await sender.check_stall()
+
+    def _write_position(self, acked_id: int) -> None:
+        """Acks moved: the writer thread writes the position (the ledger follows on its
+        interval, with the deletion of acknowledged segments)."""
+        if self._writer is not None:
+            self._writer.write_position(acked_id)
 
     def _persist(self, acked: int) -> None:
         self.spool.acknowledge(acked)

@@ -1,7 +1,9 @@
 """The inference log's Kafka side: records read from the spool in order (from memory while the
 writer's recent batches are there, from disk after a restart or when the sender fell behind)
-and handed to an idempotent `acks=all` aiokafka producer, at most `maxInFlightRecords` unacked
-at a time, as few batches as fit, one per partition.
+and handed to an idempotent `acks=all` aiokafka producer, as few batches as fit, one per
+partition. Each time Kafka's acks move, the acknowledged position goes to the spool's position
+file (through `write_position`: the writer thread), and at most `maxInFlightRecords` records are
+sent beyond the position written there, so a SIGKILL sends again at most that many.
 
 A failed or stalled send makes the sender drop its producer, make a new one, and send again from
 the oldest unacknowledged record (the bookkeeping is `AckTracker`'s), so an outage or a wedged
@@ -16,6 +18,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from modelserving.sidecar.ack_tracker import AckTracker, SendRun
@@ -80,13 +83,18 @@ class KafkaSender:
         metrics: InferenceLogMetrics,
         client_id: str,
         tail_limit: int,
+        write_position: Callable[[int], None],
     ) -> None:
-        """`spool` is open; `tail_limit` bounds the records of recent batches kept in memory."""
+        """`spool` is open; `tail_limit` bounds the records of recent batches kept in memory;
+        `write_position` has the acknowledged position written to disk (never blocking), and
+        `position_written` is to be called once it is."""
         self.settings = settings
         self.spool = spool
         self.metrics = metrics
         self.client_id = client_id
         self.tracker = AckTracker(spool.acked_id, spool.next_id)
+        self._write_position = write_position
+        self._position_on_disk = spool.acked_id  # the acknowledged position written to disk
         self.acked = asyncio.Event()  # set whenever acks move (or a rewind is asked for)
         self._spooled = asyncio.Event()
         # Batches appended to the spool, kept so that they need not be read back (bounded: what
@@ -114,6 +122,12 @@ class KafkaSender:
             _, dropped = self._tail.popleft()  # still on disk: read from there if needed
             self._tail_records -= len(dropped)
         self._spooled.set()
+
+    def position_written(self, acked_id: int) -> None:
+        """The acknowledged position on disk is `acked_id`: the window may move on."""
+        if acked_id > self._position_on_disk:
+            self._position_on_disk = acked_id
+            self.acked.set()
 
     async def run(self) -> None:
         """Send for as long as the sidecar runs, replacing the producer when it fails."""
@@ -187,7 +201,9 @@ class KafkaSender:
         tracker = self.tracker
         if tracker.rewind_reason is not None:
             raise _RewindNeeded(tracker.rewind_reason)
-        room = self.settings.max_in_flight_records - tracker.in_flight_records
+        # Counted from the position on disk, not Kafka's: what a SIGKILL would send again.
+        unwritten = tracker.acked_id - self._position_on_disk
+        room = self.settings.max_in_flight_records - tracker.in_flight_records - unwritten
         if room <= 0:
             self.acked.clear()
             await wait_event(self.acked, HOUSEKEEPING_SECONDS)
@@ -313,6 +329,7 @@ class KafkaSender:
 
     def _acks_moved(self) -> None:
         self._last_progress = time.monotonic()
+        self._write_position(self.tracker.acked_id)
         # Acknowledged batches are never sent again: the walk of the tail stays short.
         tail, acked = self._tail, self.tracker.acked_id
         while tail and tail[0][0] + len(tail[0][1]) - 1 <= acked:

@@ -8,20 +8,27 @@ segment files named by their first id (`00000000000000000001.seg`); each record 
     body: id u64 | timestamp_ms u64 | key length u32 | key | header count u16 |
           (name length u16 | name | value length u32 | value)* | value
 
-A small ledger file holds the highest id below which every record is acknowledged; a segment
-is deleted once all its records are. Reading skips corrupt frames (bad magic, length or crc),
-counts them, and finds the next good frame by its magic. A new process writes to a new
-segment, so a torn tail left by a kill is never appended to.
+The acknowledged position (every id up to it is in Kafka) is on disk twice (see spool_ledger):
+a small ledger, replaced on an interval when acknowledged segments are deleted (a segment goes
+once all its records are acknowledged), and a 32-byte position file, written by the writer
+thread each time Kafka's acks move (only the newest position when several come between two
+wake-ups), so that a SIGKILL sends again only the records Kafka had not acknowledged; a new
+process starts from the higher of the two. Neither is fsynced per write: a killed process
+leaves its writes in the page cache, and a position older than the records after power loss
+costs duplicates, never a record (what power loss can take of the records is the fsync
+interval's). Reading skips corrupt frames (bad magic, length or crc), counts them, and finds
+the next good frame by its magic. A new process writes to a new segment, so a torn tail left by
+a kill is never appended to.
 
-`Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends
-and fsyncs go through one `SpoolWriter` thread (see spool_writer: a batch per wake-up, fsync per
-interval, not per write); reads (replays) go to a worker thread; a lock guards the list of segments.
+`Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends,
+fsyncs and position writes go through one `SpoolWriter` thread (see spool_writer: a batch per
+wake-up, fsync per interval, not per write); reads (replays) go to a worker thread; a lock
+guards the list of segments.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 import threading
@@ -29,6 +36,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from modelserving.sidecar.spool_ledger import PositionFile, read_ledger, write_ledger
 
 MAGIC = 0x4D534C31  # "MSL1"
 _FRAME = struct.Struct("<III")  # magic, body length, crc32 of the body
@@ -40,7 +49,6 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 # A frame longer than this is corruption, not a record (Kafka's default message limit is 1 MiB).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
-LEDGER_FILE = "ledger.json"
 _READ_CHUNK = 1024 * 1024
 
 
@@ -227,6 +235,7 @@ class Spool:
         self._fd: int | None = None
         self._last_fsync = time.monotonic()
         self._dirty = False
+        self._position = PositionFile(self.directory)
         self.acked_id = 0  # every id <= this is acknowledged
         self.next_id = 1
         self.recovered_ids = 0  # records found unacked at open: replayed
@@ -236,11 +245,10 @@ class Spool:
     # ----------------------------------------------------------------- opening and closing
 
     def open(self) -> None:
-        """Load the ledger and the segments left by a previous process; start a new segment."""
+        """Load the acknowledged position and the segments left by a previous process; start a
+        new segment."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        ledger = self.directory / LEDGER_FILE
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            self.acked_id = int(json.loads(ledger.read_text())["acked"])
+        self.acked_id = max(read_ledger(self.directory), self._position.open())
         for path in sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}")):
             with contextlib.suppress(ValueError):
                 first_id = int(path.name.removesuffix(SEGMENT_SUFFIX))
@@ -269,6 +277,7 @@ class Spool:
             os.close(self._fd)
             self._fd = None
         self.write_ledger(sync=True)
+        self._position.close()
 
     def _new_segment(self) -> None:
         if self._fd is not None:
@@ -357,15 +366,13 @@ class Spool:
             self.acked_id = acked_id
             self._delete_acked_segments()
 
+    def write_position(self, acked_id: int) -> None:
+        """Every id <= acked_id is in Kafka: say so in the position file (a pwrite of 16 bytes,
+        from the writer thread) for a process started after a kill."""
+        self._position.write(acked_id)
+
     def write_ledger(self, sync: bool = False) -> None:
-        ledger = self.directory / LEDGER_FILE
-        tmp = ledger.with_suffix(".tmp")
-        with open(tmp, "w") as out:
-            json.dump({"acked": self.acked_id}, out)
-            if sync:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(tmp, ledger)
+        write_ledger(self.directory, self.acked_id, sync)
 
     def _delete_acked_segments(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """The inference log across process deaths: a process killed with SIGKILL in a broker outage
-loses nothing (the next one replays the spool), and SIGTERM delivers what was queued.
+loses nothing (the next one replays the spool), one killed under load sends again at most what
+was in flight, and SIGTERM delivers what was queued.
 
 The process under test is tests/support/inference_log_driver.py: it opens the real pipeline,
 submits exchanges, says how far it got on stdout, and waits for a signal.
@@ -34,10 +35,17 @@ class Driver:
 
 
 def start_driver(
-    topic: str, bootstrap: str, spool: Path, first: int, count: int, rate: float
+    topic: str,
+    bootstrap: str,
+    spool: Path,
+    first: int,
+    count: int,
+    rate: float,
+    max_in_flight: int = 0,
 ) -> Driver:
     args = ["--topic", topic, "--bootstrap", bootstrap, "--spool", str(spool)]
     args += ["--first", str(first), "--count", str(count), "--rate", str(rate)]
+    args += ["--max-in-flight", str(max_in_flight)]
     proc = subprocess.Popen(
         [sys.executable, str(DRIVER), *args],
         stdout=subprocess.PIPE,
@@ -97,6 +105,41 @@ def test_sigkill_in_an_outage_then_restart_replays_the_spool(
         f"duplicated {len(keys) - delivered}, lost {n - delivered}"
     )
     assert delivered == n
+
+
+# Small, so that the bound says something at 1,000 requests/s (the default is 10,000).
+MAX_IN_FLIGHT = 100
+
+
+def test_sigkill_under_load_sends_again_at_most_what_was_in_flight(local_env, topic, tmp_path):
+    """Killed with SIGKILL at about 1,000 requests/s with the broker up, then restarted on the
+    same spool: the records Kafka gets twice are at most those that were in flight (sent and not
+    acknowledged) at the kill, which the sender keeps to maxInFlightRecords."""
+    bootstrap = local_env.kafka_bootstrap
+    n = 3000
+    first = start_driver(topic, bootstrap, tmp_path, 0, n, rate=1000, max_in_flight=MAX_IN_FLIGHT)
+    try:
+        first.wait_line("SUBMITTED 1500", 30)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    finally:
+        first.proc.kill()
+    second = start_driver(topic, bootstrap, tmp_path, n, 0, rate=0, max_in_flight=MAX_IN_FLIGHT)
+    try:
+        sent_again = int(second.wait_line("RECOVERED", 30).split()[1])
+        second.wait_line("DRAINED", 60)
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(30) == 0
+    finally:
+        second.proc.kill()
+    keys = delivered_keys(topic, bootstrap)
+    delivered = set(keys)
+    twice = len(keys) - len(delivered)
+    print(
+        f"\nSIGKILL under load: sent twice: {twice} of {len(delivered)} "
+        f"(the bound: {MAX_IN_FLIGHT} in flight); the restart sent again {sent_again}"
+    )
+    assert twice <= MAX_IN_FLIGHT
 
 
 def test_sigterm_delivers_what_was_queued(local_env, topic, tmp_path):

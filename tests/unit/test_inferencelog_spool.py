@@ -1,10 +1,12 @@
 """The disk spool: records come back in order with key and headers, acknowledged segments go,
-a reopened spool replays what was not acked, corruption is skipped and counted, a full spool
-takes only what fits."""
+a reopened spool replays what was not acked (from the last acknowledged position, even after a
+kill), corruption is skipped and counted, a full spool takes only what fits."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +19,8 @@ from modelserving.sidecar.spool import (
     decode_frames,
     encode_frame,
 )
+from modelserving.sidecar.spool_ledger import POSITION_FILE, SLOT_BYTES, write_ledger
+from modelserving.sidecar.spool_writer import SpoolWriter
 
 
 def record(i: int, size: int = 100) -> SpoolRecord:
@@ -83,6 +87,70 @@ def test_acked_segments_are_deleted_and_a_reopen_replays_only_unacked(tmp_path):
     assert got[0].record == record(200)
     again.append([record(999)])
     assert [r.id for r in read_all(again)] == [301]
+
+
+def test_a_killed_process_restarts_from_the_last_acknowledged_position(tmp_path):
+    spool = open_spool(tmp_path)
+    spool.append([record(i) for i in range(300)])
+    spool.acknowledge(50)
+    spool.write_ledger()
+    for acked in (120, 180):  # as the writer thread writes them when acks move
+        spool.write_position(acked)
+    # Like a SIGKILL: no close, and no ledger written since 50.
+    again = open_spool(tmp_path)
+    assert again.acked_id == 180
+    assert again.recovered_ids == 120
+    assert [r.id for r in read_all(again)] == list(range(181, 301))
+
+
+def torn(before: bytes, after: bytes, landed: int) -> bytes:
+    """The file as a write that landed only its first `landed` bytes leaves it."""
+    changed = next(i for i, b in enumerate(after) if i >= len(before) or before[i] != b)
+    start = changed - changed % SLOT_BYTES  # the slot the write went to
+    return after[: start + landed] + before[start + landed :]
+
+
+@given(
+    positions=st.lists(st.integers(1, 2**40), min_size=1, max_size=8, unique=True).map(sorted),
+    landed=st.integers(0, SLOT_BYTES - 1),
+    ledger=st.integers(0, 2**40),
+)
+def test_a_torn_last_position_is_ignored(positions, landed, ledger):
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        spool = open_spool(directory)
+        for acked in positions[:-1]:
+            spool.write_position(acked)
+        before = (directory / POSITION_FILE).read_bytes()
+        spool.write_position(positions[-1])
+        after = (directory / POSITION_FILE).read_bytes()
+        write_ledger(directory, ledger)
+        torn_file = torn(before, after, landed)
+        (directory / POSITION_FILE).write_bytes(torn_file)
+        # The torn slot may by chance hold every byte of the new one: then it counts.
+        complete = torn_file[: len(after)] == after
+        previous = positions[-1] if complete else ([0, *positions])[-2]
+        assert open_spool(directory).acked_id == max(previous, ledger)
+
+
+def test_the_position_file_stays_small(tmp_path):
+    spool = open_spool(tmp_path)
+    for acked in range(1, 10_001):
+        spool.write_position(acked)
+    assert (tmp_path / POSITION_FILE).stat().st_size == 2 * SLOT_BYTES
+    assert open_spool(tmp_path).acked_id == 10_000
+
+
+def test_the_writer_writes_only_the_newest_of_the_positions_that_wait(tmp_path):
+    spool = open_spool(tmp_path)
+    written: list[int] = []
+    writer = SpoolWriter(spool, lambda *report: None, written.append)
+    for acked in (3, 7, 9):  # acks that move before the thread wakes
+        writer.write_position(acked)
+    writer.start()
+    writer.stop(timeout=10)
+    assert written == [9]
+    assert open_spool(tmp_path).acked_id == 9
 
 
 def test_corrupt_records_are_skipped_and_counted(tmp_path):
