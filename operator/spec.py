@@ -129,7 +129,7 @@ class SamplingSpec:
 class PayloadsSpec:
     max_bytes: int | None = None  # None: --log-max-payload-bytes (0 is a limit said: none)
     oversize: str | None = None  # None: --log-oversize-payload
-    non_json: str | None = None  # None: --log-non-json-payload
+    non_json: str | None = None  # None: --log-non-json-payload, else the sidecar's rule
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ answers only) or NONE; `successSampleRate` and `errorSampleRate` (0 to 1) keep t
 cuts each payload to that many bytes (`oversizePayload: truncate`) or replaces it by its length
 and SHA-256 (`digest`); `redact` drops, masks or hashes the values at JSON paths of the request,
 the response or both (see modelserving.sidecar.log_policy for the path grammar); a payload that
-is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`).
+is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`); left out, it
+is left empty where a redaction rule applies to it (redaction fails closed) and kept elsewhere.
 
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
@@ -168,7 +169,8 @@ class LoggingConfig:
     error_sample_rate: float = 1.0  # share of other answers logged
     max_payload_bytes: int = LOG_MAX_PAYLOAD_BYTES  # per payload; 0: no limit
     oversize_payload: OversizePolicy = OversizePolicy.TRUNCATE
-    non_json_payload: NonJsonPolicy = NonJsonPolicy.KEEP
+    # None: drop where a redaction rule applies, keep elsewhere (log_policy.non_json_policy).
+    non_json_payload: NonJsonPolicy | None = None
     redact: tuple[RedactRule, ...] = ()
 
     def policy(self) -> LogPolicy:

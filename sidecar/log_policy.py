@@ -6,6 +6,10 @@ Sampling is a pure function of the request id (a 64-bit BLAKE2b of it against th
 retried request, whichever pod it reaches, is sampled the same way. Payload shaping runs in the
 pipeline's writer task, never on the request path.
 
+Redaction fails closed: a payload the rules apply to but cannot be applied to (it is not JSON)
+is left out of the record unless the settings say `keep` (`non_json_policy`, the one place that
+decides what an unset non-JSON policy means).
+
 Redaction paths: dot-separated object keys, `*` for every key of an object, `[*]` for every
 item of an array, `[N]` for one item, `['odd.key']` for a key with odd characters, optionally
 after a leading `$` (`$.instances[*].email`, `inputs.*.ssn`, `signature_name`).
@@ -47,6 +51,15 @@ class OversizePolicy(enum.StrEnum):
 class NonJsonPolicy(enum.StrEnum):
     KEEP = "keep"  # logged as it came (no redaction is possible)
     DROP = "drop"  # the payload is left empty in the record
+
+
+def non_json_policy(said: NonJsonPolicy | None, rules_apply: bool) -> NonJsonPolicy:
+    """What is done to a payload that is not JSON: what the settings say, else drop it where
+    redaction rules apply to it (they cannot be applied, and what they hide must not leak) and
+    keep it where none does (there is nothing to hide)."""
+    if said is not None:
+        return said
+    return NonJsonPolicy.DROP if rules_apply else NonJsonPolicy.KEEP
 
 
 class Part(enum.StrEnum):
@@ -189,7 +202,7 @@ class LogPolicy:
         error_rate: float = 1.0,
         max_payload_bytes: int = 0,
         oversize: OversizePolicy = OversizePolicy.TRUNCATE,
-        non_json: NonJsonPolicy = NonJsonPolicy.KEEP,
+        non_json: NonJsonPolicy | None = None,  # None: see non_json_policy
         rules: tuple[RedactRule, ...] = (),
     ) -> None:
         success_rate = 0.0 if errors_only else success_rate
@@ -198,16 +211,17 @@ class LogPolicy:
         self._error = _threshold(error_rate)
         self.max_payload_bytes = max_payload_bytes
         self.oversize = oversize
-        self.non_json = non_json
         self._rules = {
             part: tuple((r.steps(), r.action) for r in rules if r.applies_to(part)) for part in Part
         }
+        self.non_json = {part: non_json_policy(non_json, bool(self._rules[part])) for part in Part}
 
     @property
     def untouched_up_to(self) -> float:
         """The size in bytes up to which `shape` only decodes a payload: the size limit when no
-        rule and no non-JSON policy applies (infinite without a limit), else 0."""
-        if any(self._rules.values()) or self.non_json is not NonJsonPolicy.KEEP:
+        rule applies and no payload that is not JSON is dropped (infinite without a limit),
+        else 0."""
+        if any(self._rules.values()) or NonJsonPolicy.DROP in self.non_json.values():
             return 0
         return self.max_payload_bytes or math.inf
 
@@ -228,12 +242,13 @@ class LogPolicy:
         """The payload's text for the record, after redaction, the non-JSON policy and the
         size limit."""
         rules = self._rules[part]
+        drop_non_json = self.non_json[part] is NonJsonPolicy.DROP
         redacted = False
-        if body and (rules or self.non_json is NonJsonPolicy.DROP):
+        if body and (rules or drop_non_json):
             try:
                 document = json.loads(body)
             except ValueError:  # UnicodeDecodeError included
-                if self.non_json is NonJsonPolicy.DROP:
+                if drop_non_json:
                     return ShapedPayload("", dropped=True)
             else:
                 for steps, action in rules:
