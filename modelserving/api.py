@@ -53,3 +53,6 @@ LOG_OVERSIZE_PAYLOAD = "truncate"
 # rule applies to it (redaction fails closed) and kept as it came elsewhere; "keep" or "drop"
 # apply to every serving whose spec does not say (modelserving.sidecar.log_policy decides).
 LOG_NON_JSON_PAYLOAD = ""
+# How often a sidecar forces its spool to disk (fsync), spec.logging.spool.fsyncIntervalSeconds:
+# records written less than this long before a power loss (not a process crash) may be lost.
+SPOOL_FSYNC_INTERVAL_SECONDS = 1.0

@@ -135,6 +135,7 @@ def render_sidecar_config(
             "bootstrapServers": spec.bootstrap_servers(settings),
             "spoolDir": LoggingConfig.spool_dir,
             "spoolMaxBytes": int(spec.logging.spool.size_bytes * SPOOL_SHARE),
+            "spoolFsyncIntervalSeconds": float(spec.logging.spool.fsync_interval_seconds),
             **policy,
         }
     return config

@@ -51,7 +51,12 @@ from typing import Any
 
 import yaml
 
-from modelserving.api import LOG_MAX_PAYLOAD_BYTES, SIDECAR_PORT, TFSERVING_REST_PORT
+from modelserving.api import (
+    LOG_MAX_PAYLOAD_BYTES,
+    SIDECAR_PORT,
+    SPOOL_FSYNC_INTERVAL_SECONDS,
+    TFSERVING_REST_PORT,
+)
 from modelserving.sidecar.log_policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -150,8 +155,9 @@ class LoggingConfig:
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
     spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
-    # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
-    spool_fsync_interval_seconds: float = 1.0
+    # A SIGKILL loses nothing written; records written less than this long before a power loss
+    # may be lost.
+    spool_fsync_interval_seconds: float = SPOOL_FSYNC_INTERVAL_SECONDS
     # An answered request's record is written to the spool within this (so a SIGKILL after it
     # loses nothing); what arrives meanwhile goes in the same write, then the same Kafka batch.
     spool_flush_interval_seconds: float = 0.005
