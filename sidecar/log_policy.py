@@ -6,9 +6,10 @@ Sampling is a pure function of the request id (a 64-bit BLAKE2b of it against th
 retried request, whichever pod it reaches, is sampled the same way. Payload shaping runs in the
 pipeline's writer task, never on the request path.
 
-Redaction fails closed: a payload the rules apply to but cannot be applied to (it is not JSON)
-is left out of the record unless the settings say `keep` (`non_json_policy`, the one place that
-decides what an unset non-JSON policy means).
+Redaction fails closed: a payload the rules apply to but cannot be applied to (it is not JSON,
+or an object in it names a key twice, of which the model server may read the copy the rules did
+not see) is left out of the record unless the settings say `keep` (`non_json_policy`, the one
+place that decides what an unset non-JSON policy means).
 
 Redaction paths: dot-separated object keys, `*` for every key of an object, `[*]` for every
 item of an array, `[N]` for one item, `['odd.key']` for a key with odd characters, optionally
@@ -169,6 +170,15 @@ def redact(document: Any, steps: tuple[Step, ...], action: RedactAction) -> bool
     return changed
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a payload that rules apply to; a key named twice makes the payload one they
+    cannot be applied to (json keeps the last copy, TF Serving's parser reads the first)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("an object names a key twice")
+    return document
+
+
 @dataclass(frozen=True, slots=True)
 class ShapedPayload:
     text: str
@@ -246,8 +256,8 @@ class LogPolicy:
         redacted = False
         if body and (rules or drop_non_json):
             try:
-                document = json.loads(body)
-            except ValueError:  # UnicodeDecodeError included
+                document = json.loads(body, object_pairs_hook=_unique_keys if rules else None)
+            except ValueError:  # UnicodeDecodeError and a key named twice included
                 if drop_non_json:
                     return ShapedPayload("", dropped=True)
             else:

@@ -167,6 +167,20 @@ def test_unset_the_non_json_policy_follows_the_rules_of_each_payload():
     assert json.loads(json_request.text) == {"instances": [{"email": MASK}]}
 
 
+def test_a_json_payload_naming_a_key_twice_is_one_the_rules_cannot_be_applied_to():
+    """TF Serving reads the first `instances` (with the email), Python's json the last: masking
+    what json sees would log the email as it came."""
+    body = b'{"instances": [{"email": "ada@example.com"}], "instances": []}'
+
+    unset = LogPolicy(rules=EMAIL_RULE).shape(body, Part.REQUEST)
+    kept = LogPolicy(rules=EMAIL_RULE, non_json=NonJsonPolicy.KEEP).shape(body, Part.REQUEST)
+    no_rule = LogPolicy(non_json=NonJsonPolicy.DROP).shape(body, Part.REQUEST)
+
+    assert (unset.text, unset.marks()) == ("", ["dropped"])
+    assert (kept.text, kept.marks()) == (body.decode(), [])  # as asked
+    assert (no_rule.text, no_rule.marks()) == (body.decode(), [])  # JSON, nothing to protect
+
+
 def test_a_record_whose_payload_was_dropped_says_so_and_is_counted():
     registry = prometheus_client.CollectorRegistry()
     metrics = InferenceLogMetrics(registry)
