@@ -50,4 +50,10 @@ LOG_SUCCESS_SAMPLE_RATE = 1.0
 LOG_ERROR_SAMPLE_RATE = 1.0
 LOG_MAX_PAYLOAD_BYTES = 256 * 1024  # per payload (request, answer); 0 means no limit
 LOG_OVERSIZE_PAYLOAD = "truncate"
-LOG_NON_JSON_PAYLOAD = "keep"
+# Empty: unset. A payload that is not JSON is then left out of the record where a redaction
+# rule applies to it (redaction fails closed) and kept as it came elsewhere; "keep" or "drop"
+# apply to every serving whose spec does not say (modelserving.sidecar.log_policy decides).
+LOG_NON_JSON_PAYLOAD = ""
+# How often a sidecar forces its spool to disk (fsync), spec.logging.spool.fsyncIntervalSeconds:
+# records written less than this long before a power loss (not a process crash) may be lost.
+SPOOL_FSYNC_INTERVAL_SECONDS = 1.0

@@ -88,7 +88,7 @@ def log_policy(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
         "errorSampleRate": float(_said(sampling.error_rate, settings.log_error_sample_rate)),
         "maxPayloadBytes": int(_said(payloads.max_bytes, settings.log_max_payload_bytes)),
         "oversizePayload": _said(payloads.oversize, settings.log_oversize_payload),
-        "nonJsonPayload": _said(payloads.non_json, settings.log_non_json_payload),
+        **_non_json_said(payloads.non_json, settings.log_non_json_payload),
         "redact": rules,
     }
 
@@ -96,6 +96,13 @@ def log_policy(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
 def _said(spec_value: Any, setting: Any) -> Any:
     """The spec's value when it says one (0 and empty included), else the operator's."""
     return setting if spec_value is None else spec_value
+
+
+def _non_json_said(spec_value: str | None, setting: str) -> dict[str, str]:
+    """`nonJsonPayload` when the spec or the operator's setting says it; when neither does it
+    is left out, and the sidecar decides per payload whether a redaction rule applies."""
+    said = _said(spec_value, setting)
+    return {"nonJsonPayload": said} if said else {}
 
 
 def render_sidecar_config(
@@ -129,6 +136,7 @@ def render_sidecar_config(
             "bootstrapServers": spec.bootstrap_servers(settings),
             "spoolDir": LoggingConfig.spool_dir,
             "spoolMaxBytes": int(spec.logging.spool.size_bytes * SPOOL_SHARE),
+            "spoolFsyncIntervalSeconds": float(spec.logging.spool.fsync_interval_seconds),
             **policy,
         }
     return config

@@ -58,7 +58,7 @@ class OperatorSettings:
     log_error_sample_rate: float = api.LOG_ERROR_SAMPLE_RATE
     log_max_payload_bytes: int = api.LOG_MAX_PAYLOAD_BYTES
     log_oversize_payload: str = api.LOG_OVERSIZE_PAYLOAD
-    log_non_json_payload: str = api.LOG_NON_JSON_PAYLOAD
+    log_non_json_payload: str = api.LOG_NON_JSON_PAYLOAD  # "": unset, the sidecar's rule
     log_redact: tuple[RedactRule, ...] = ()
 
 
@@ -119,6 +119,12 @@ def _choice(kind: type[enum.Enum]) -> Callable[[str], str]:
             raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
 
     return parse
+
+
+def _choice_or_unset(kind: type[enum.Enum]) -> Callable[[str], str]:
+    """A choice of `kind`, or empty for none said."""
+    choice = _choice(kind)
+    return lambda value: choice(value) if value.strip() else ""
 
 
 def _rate(value: str | float) -> float:
@@ -219,8 +225,9 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "truncate or digest a payload over the limit, when spec.logging.payloads.oversize is "
         "not set"),
     "log_non_json_payload": ("--log-non-json-payload", "MODELSERVING_LOG_NON_JSON_PAYLOAD",
-        _choice(NonJsonPolicy),
-        "keep or drop a payload that is not JSON, when spec.logging.payloads.nonJson is not set"),
+        _choice_or_unset(NonJsonPolicy),
+        "keep or drop a payload that is not JSON, when spec.logging.payloads.nonJson is not set; "
+        "empty: drop it where a redaction rule applies to it, keep it elsewhere"),
     "log_redact": ("--log-redact", "MODELSERVING_LOG_REDACT", _redact,
         "redaction rules, a JSON list as in spec.logging.redact, of servings whose spec has "
         "no redact list"),

@@ -129,7 +129,7 @@ class SamplingSpec:
 class PayloadsSpec:
     max_bytes: int | None = None  # None: --log-max-payload-bytes (0 is a limit said: none)
     oversize: str | None = None  # None: --log-oversize-payload
-    non_json: str | None = None  # None: --log-non-json-payload
+    non_json: str | None = None  # None: --log-non-json-payload, else the sidecar's rule
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class KafkaSpec:
 class SpoolSpec:
     size: str | int = "1Gi"  # a quantity, as written
     claim_name: str | None = None  # a PersistentVolumeClaim instead of an emptyDir
+    fsync_interval_seconds: float = api.SPOOL_FSYNC_INTERVAL_SECONDS  # what a power loss can lose
 
     @property
     def size_bytes(self) -> int:
@@ -313,6 +314,7 @@ _KAFKA: Converters = {
 _SPOOL: Converters = {
     "size": lambda quantity: quantity,
     "claimName": str,
+    "fsyncIntervalSeconds": float,
 }  # the size kept as written
 _INGRESS: Converters = {"enabled": bool, "host": str, "className": str, "annotations": dict}
 _AUTOSCALING: Converters = {"enabled": bool, "minReplicas": int, "maxReplicas": int,

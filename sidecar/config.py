@@ -33,7 +33,8 @@ answers only) or NONE; `successSampleRate` and `errorSampleRate` (0 to 1) keep t
 cuts each payload to that many bytes (`oversizePayload: truncate`) or replaces it by its length
 and SHA-256 (`digest`); `redact` drops, masks or hashes the values at JSON paths of the request,
 the response or both (see modelserving.sidecar.log_policy for the path grammar); a payload that
-is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`).
+is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`); left out, it
+is left empty where a redaction rule applies to it (redaction fails closed) and kept elsewhere.
 
 When an answer leaves: `durability: buffered` answers at once and writes the record to the
 spool within `spoolFlushIntervalSeconds` (a crash of the sidecar loses at most that interval's
@@ -60,6 +61,7 @@ from modelserving.api import (
     LOG_DURABILITY,
     LOG_MAX_PAYLOAD_BYTES,
     SIDECAR_PORT,
+    SPOOL_FSYNC_INTERVAL_SECONDS,
     TFSERVING_REST_PORT,
 )
 from modelserving.sidecar.log_policy import (
@@ -176,8 +178,9 @@ class LoggingConfig:
     spool_full_policy: SpoolFullPolicy = SpoolFullPolicy.REJECT
     durability: LogDurability = DEFAULT_DURABILITY
     spool_segment_bytes: int = 8 * 1024 * 1024  # a segment file is deleted once all is acked
-    # A SIGKILL loses nothing written; fsync bounds what a machine crash can lose.
-    spool_fsync_interval_seconds: float = 1.0
+    # A SIGKILL loses nothing written; records written less than this long before a power loss
+    # may be lost.
+    spool_fsync_interval_seconds: float = SPOOL_FSYNC_INTERVAL_SECONDS
     # An answered request's record is written to the spool within this (so a SIGKILL after it
     # loses nothing); what arrives meanwhile goes in the same write, then the same Kafka batch.
     spool_flush_interval_seconds: float = 0.005
@@ -195,7 +198,8 @@ class LoggingConfig:
     error_sample_rate: float = 1.0  # share of other answers logged
     max_payload_bytes: int = LOG_MAX_PAYLOAD_BYTES  # per payload; 0: no limit
     oversize_payload: OversizePolicy = OversizePolicy.TRUNCATE
-    non_json_payload: NonJsonPolicy = NonJsonPolicy.KEEP
+    # None: drop where a redaction rule applies, keep elsewhere (log_policy.non_json_policy).
+    non_json_payload: NonJsonPolicy | None = None
     redact: tuple[RedactRule, ...] = ()
 
     def policy(self) -> LogPolicy:

@@ -69,6 +69,7 @@ class InferenceLogPipeline:
             segment_bytes=self.settings.spool_segment_bytes,
             fsync_interval=self.settings.spool_fsync_interval_seconds,
         )
+        metrics.watch_spool(self.spool)
         self.policy = policy_of(self.settings)
         self._maker = SpoolRecordMaker(config.model, self.settings, self.pod, metrics.count_changes)
         self._counts = metrics.counts

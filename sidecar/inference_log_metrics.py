@@ -1,5 +1,5 @@
-"""The inference log's Prometheus metrics: what was offered, sampled, shaped, spooled, produced
-and dropped, and the gauges of the spool and the producer."""
+"""The inference log's Prometheus metrics: what was offered, sampled, shaped, spooled, fsynced,
+produced and dropped, and the gauges of the spool and the producer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import prometheus_client
 from prometheus_client.core import CounterMetricFamily
 
 from modelserving.sidecar.log_policy import OversizePolicy, ShapedPayload
+from modelserving.sidecar.spool import Spool
 
 _OUTCOMES = ("success", "error")  # 2xx answers, and the others
 
@@ -40,6 +41,23 @@ class _SubmitCounts:
         yield out
 
 
+class _SpoolCounts:
+    """Counters the spool's writer thread keeps as plain ints on the `Spool`, read when /metrics
+    is scraped (zero until a spool is watched)."""
+
+    def __init__(self) -> None:
+        self.spool: Spool | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fsyncs = CounterMetricFamily(
+            "modelserving_inference_log_spool_fsyncs",
+            "fsyncs of the spool's segment files: records written less than the fsync interval "
+            "(spoolFsyncIntervalSeconds) before a power loss may be lost",
+        )
+        fsyncs.add_metric([], self.spool.fsyncs if self.spool is not None else 0)
+        yield fsyncs
+
+
 class InferenceLogMetrics:
     """The pipeline's Prometheus metrics, in the registry the sidecar exposes."""
 
@@ -48,6 +66,8 @@ class InferenceLogMetrics:
         c, g = prometheus_client.Counter, prometheus_client.Gauge
         self.counts = _SubmitCounts()
         registry.register(self.counts)
+        self._spool_counts = _SpoolCounts()
+        registry.register(self._spool_counts)
         self.logged = c(
             f"{prefix}_records_logged",
             "Records made of sampled requests (before the spool and Kafka)",
@@ -128,6 +148,10 @@ class InferenceLogMetrics:
             )
             for part in ("request", "response")
         }
+
+    def watch_spool(self, spool: Spool) -> None:
+        """Expose the counters `spool` keeps (its fsyncs)."""
+        self._spool_counts.spool = spool
 
     def count_changes(self, request: ShapedPayload, response: ShapedPayload) -> None:
         """Count what redaction, the size limit and the non-JSON policy did to one record."""

@@ -6,6 +6,11 @@ Sampling is a pure function of the request id (a 64-bit BLAKE2b of it against th
 retried request, whichever pod it reaches, is sampled the same way. Payload shaping runs in the
 pipeline's writer task, never on the request path.
 
+Redaction fails closed: a payload the rules apply to but cannot be applied to (it is not JSON,
+or an object in it names a key twice, of which the model server may read the copy the rules did
+not see) is left out of the record unless the settings say `keep` (`non_json_policy`, the one
+place that decides what an unset non-JSON policy means).
+
 Redaction paths: dot-separated object keys, `*` for every key of an object, `[*]` for every
 item of an array, `[N]` for one item, `['odd.key']` for a key with odd characters, optionally
 after a leading `$` (`$.instances[*].email`, `inputs.*.ssn`, `signature_name`).
@@ -47,6 +52,15 @@ class OversizePolicy(enum.StrEnum):
 class NonJsonPolicy(enum.StrEnum):
     KEEP = "keep"  # logged as it came (no redaction is possible)
     DROP = "drop"  # the payload is left empty in the record
+
+
+def non_json_policy(said: NonJsonPolicy | None, rules_apply: bool) -> NonJsonPolicy:
+    """What is done to a payload that is not JSON: what the settings say, else drop it where
+    redaction rules apply to it (they cannot be applied, and what they hide must not leak) and
+    keep it where none does (there is nothing to hide)."""
+    if said is not None:
+        return said
+    return NonJsonPolicy.DROP if rules_apply else NonJsonPolicy.KEEP
 
 
 class Part(enum.StrEnum):
@@ -156,6 +170,15 @@ def redact(document: Any, steps: tuple[Step, ...], action: RedactAction) -> bool
     return changed
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a payload that rules apply to; a key named twice makes the payload one they
+    cannot be applied to (json keeps the last copy, TF Serving's parser reads the first)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("an object names a key twice")
+    return document
+
+
 @dataclass(frozen=True, slots=True)
 class ShapedPayload:
     text: str
@@ -189,7 +212,7 @@ class LogPolicy:
         error_rate: float = 1.0,
         max_payload_bytes: int = 0,
         oversize: OversizePolicy = OversizePolicy.TRUNCATE,
-        non_json: NonJsonPolicy = NonJsonPolicy.KEEP,
+        non_json: NonJsonPolicy | None = None,  # None: see non_json_policy
         rules: tuple[RedactRule, ...] = (),
     ) -> None:
         success_rate = 0.0 if errors_only else success_rate
@@ -198,16 +221,17 @@ class LogPolicy:
         self._error = _threshold(error_rate)
         self.max_payload_bytes = max_payload_bytes
         self.oversize = oversize
-        self.non_json = non_json
         self._rules = {
             part: tuple((r.steps(), r.action) for r in rules if r.applies_to(part)) for part in Part
         }
+        self.non_json = {part: non_json_policy(non_json, bool(self._rules[part])) for part in Part}
 
     @property
     def untouched_up_to(self) -> float:
         """The size in bytes up to which `shape` only decodes a payload: the size limit when no
-        rule and no non-JSON policy applies (infinite without a limit), else 0."""
-        if any(self._rules.values()) or self.non_json is not NonJsonPolicy.KEEP:
+        rule applies and no payload that is not JSON is dropped (infinite without a limit),
+        else 0."""
+        if any(self._rules.values()) or NonJsonPolicy.DROP in self.non_json.values():
             return 0
         return self.max_payload_bytes or math.inf
 
@@ -228,12 +252,13 @@ class LogPolicy:
         """The payload's text for the record, after redaction, the non-JSON policy and the
         size limit."""
         rules = self._rules[part]
+        drop_non_json = self.non_json[part] is NonJsonPolicy.DROP
         redacted = False
-        if body and (rules or self.non_json is NonJsonPolicy.DROP):
+        if body and (rules or drop_non_json):
             try:
-                document = json.loads(body)
-            except ValueError:  # UnicodeDecodeError included
-                if self.non_json is NonJsonPolicy.DROP:
+                document = json.loads(body, object_pairs_hook=_unique_keys if rules else None)
+            except ValueError:  # UnicodeDecodeError and a key named twice included
+                if drop_non_json:
                     return ShapedPayload("", dropped=True)
             else:
                 for steps, action in rules:

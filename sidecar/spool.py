@@ -236,6 +236,7 @@ class Spool:
         self._last_fsync = time.monotonic()
         self._dirty = False
         self._position = PositionFile(self.directory)
+        self.fsyncs = 0  # of segment files: records forced to disk (read by the metrics)
         self.acked_id = 0  # every id <= this is acknowledged
         self.next_id = 1
         self.recovered_ids = 0  # records found unacked at open: replayed
@@ -273,7 +274,7 @@ class Spool:
     def close(self) -> None:
         """Sync and close the active segment and write the ledger."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            self._fsync_segment()
             os.close(self._fd)
             self._fd = None
         self.write_ledger(sync=True)
@@ -281,7 +282,7 @@ class Spool:
 
     def _new_segment(self) -> None:
         if self._fd is not None:
-            os.fsync(self._fd)
+            self._fsync_segment()
             os.close(self._fd)
         path = self.directory / f"{self.next_id:020d}{SEGMENT_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -354,9 +355,14 @@ class Spool:
         """fsync the active segment when the fsync interval has passed since the last one."""
         now = time.monotonic()
         if self._dirty and self._fd is not None and now - self._last_fsync >= self.fsync_interval:
-            os.fsync(self._fd)
+            self._fsync_segment()
             self._last_fsync = now
             self._dirty = False
+
+    def _fsync_segment(self) -> None:
+        assert self._fd is not None
+        os.fsync(self._fd)
+        self.fsyncs += 1
 
     # ----------------------------------------------------------------- acknowledging
 

@@ -1,7 +1,8 @@
 """What the inference log keeps, against the real broker: key and headers match the answers'
 X-Request-Id, the caller is named and no credential reaches the topic, mode ERRORS logs only
 errors, sampling by request id holds its rate and its choices, an oversized payload is cut with
-a header saying so, and redacted values never reach the topic."""
+a header saying so, redacted values never reach the topic, and a body the rules cannot be applied
+to (not JSON) is left out unless the spec says `nonJson: keep`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import prometheus_client
 
+from modelserving import api
 from modelserving.inferencelog import (
     HEADER_CALLER,
     HEADER_PAYLOAD,
@@ -21,6 +23,9 @@ from modelserving.inferencelog import (
     LoggedInference,
     read_inference_log,
 )
+from modelserving.operator.render_config import render_sidecar_config
+from modelserving.operator.settings import OperatorSettings
+from modelserving.operator.spec import ServingSpec
 from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import (
@@ -53,6 +58,43 @@ def sidecar(upstream: str, topic: str, bootstrap: str, tmp_path: Path, **logging
         "logging": {"topic": topic, "bootstrapServers": bootstrap,
                     "spoolDir": str(tmp_path / "spool"), **logging},
     }))  # fmt: skip
+
+
+def sidecar_of_spec(upstream: str, topic: str, bootstrap: str, tmp_path: Path, **logging):
+    """The sidecar as the operator configures it for a serving whose spec.logging is `logging`
+    (the operator's settings at their defaults), pointed at this test's upstream, keys, spool."""
+    spec = ServingSpec.from_body({
+        "apiVersion": api.API_VERSION, "kind": api.KIND,
+        "metadata": {"name": "hpt", "namespace": "demo", "uid": "u-1"},
+        "spec": {"model": {"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
+                 "auth": {"mode": "apiKey", "apiKeys": {"secretName": "hpt-keys"}},
+                 "logging": {"kafka": {"topic": topic}, **logging}},
+    })  # fmt: skip
+    config = render_sidecar_config(spec, OperatorSettings(kafka_bootstrap_servers=bootstrap), 17)
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
+    config["upstream"]["url"] = upstream
+    config["auth"]["apiKeysDir"] = str(tmp_path / "keys")
+    config["logging"]["spoolDir"] = str(tmp_path / "spool")
+    return create_app(parse_config(config))
+
+
+def with_stray_character(i: int) -> bytes:
+    """A request TF Serving answers with 400 (JSON, then one character more), carrying an email."""
+    body = {"instances": [{"x": 1.0, "email": f"user{i}@example.com"}]}
+    return json.dumps(body).encode() + b"x"
+
+
+async def send_with_stray_characters(app, count: int) -> list[int]:
+    """`count` such requests; their statuses."""
+    auth = {"Authorization": f"ApiKey {KEY}", "Content-Type": "application/json"}
+    statuses = []
+    async with serving(app) as url, aiohttp.ClientSession() as http:
+        for i in range(count):
+            async with http.post(f"{url}/v1/models/{MODEL}:predict",
+                                 data=with_stray_character(i), headers=auth) as resp:  # fmt: skip
+                statuses.append(resp.status)
+    return statuses
 
 
 async def consumed(topic: str, bootstrap: str, at_least: int) -> list[LoggedInference]:
@@ -136,6 +178,43 @@ async def test_key_and_headers_match_the_answers_request_ids_and_nothing_secret_
     everything = await raw_topic_bytes(topic, bootstrap)
     for secret in (KEY, hash_api_key(KEY), *SECRETS):
         assert secret.encode() not in everything, f"{secret!r} reached the topic"
+
+
+async def test_with_a_rule_and_nonjson_unset_a_body_that_is_not_json_puts_no_email_on_the_topic(
+    local_env, topic, upstream, tmp_path
+):
+    bootstrap = local_env.kafka_bootstrap
+    app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path,
+                          redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
+
+    statuses = await send_with_stray_characters(app, 20)
+
+    assert statuses == [400] * 20  # TF Serving refuses them; the log still has each exchange
+    records = await consumed(topic, bootstrap, 20)
+    assert len(records) == 20
+    for logged in records:
+        assert logged.headers[HEADER_PAYLOAD] == "request=dropped"  # why the payload is empty
+        assert logged.record.inference_request == ""
+        assert logged.record.response_http_code == 400
+        assert "error" in json.loads(logged.record.inference_response)
+    everything = await raw_topic_bytes(topic, bootstrap)
+    assert b"@example.com" not in everything, "an email reached the topic"
+
+
+async def test_with_nonjson_keep_written_in_the_spec_such_a_body_is_logged_as_it_came(
+    local_env, topic, upstream, tmp_path
+):
+    bootstrap = local_env.kafka_bootstrap
+    app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path, payloads={"nonJson": "keep"},
+                          redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
+
+    statuses = await send_with_stray_characters(app, 20)
+
+    assert statuses == [400] * 20
+    records = await consumed(topic, bootstrap, 20)
+    logged_requests = sorted(r.record.inference_request for r in records)
+    assert logged_requests == sorted(with_stray_character(i).decode() for i in range(20))
+    assert all(HEADER_PAYLOAD not in r.headers for r in records)  # nothing was done to them
 
 
 async def test_errors_mode_logs_a_404_a_400_and_an_upstream_timeout_and_nothing_else(

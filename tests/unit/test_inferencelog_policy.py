@@ -28,6 +28,7 @@ from modelserving.sidecar.log_policy import (
     RedactTarget,
     parse_redact_path,
 )
+from modelserving.sidecar.log_records import SpoolRecordMaker
 from tests.support.reference_records import build_spool_record, shape_exchange
 
 BODY = {
@@ -125,13 +126,75 @@ def test_malformed_redaction_paths_are_refused(path):
         parse_redact_path(path)
 
 
-def test_a_payload_that_is_not_json_is_kept_or_dropped_as_configured():
-    rules = (RedactRule("x"),)
-    kept = LogPolicy(rules=rules).shape(b"\x00not json", Part.REQUEST)
-    dropped = LogPolicy(rules=rules, non_json=NonJsonPolicy.DROP).shape(b"{bad", Part.RESPONSE)
+NOT_JSON = b'{"instances": [{"email": "ada@example.com"}]}x'  # JSON and a stray character
+EMAIL_RULE = (RedactRule("instances[*].email"),)
 
-    assert (kept.text, kept.marks()) == ("\x00not json", [])
-    assert (dropped.text, dropped.marks()) == ("", ["dropped"])
+
+@pytest.mark.parametrize(
+    ("rules", "said", "logged"),
+    [
+        # Rules that cannot be applied: unless `keep` is said, nothing of the payload is logged.
+        (EMAIL_RULE, None, "dropped"),
+        (EMAIL_RULE, NonJsonPolicy.DROP, "dropped"),
+        (EMAIL_RULE, NonJsonPolicy.KEEP, "as it came"),
+        # No rule: nothing to protect, so only `drop` said leaves it out.
+        ((), None, "as it came"),
+        ((), NonJsonPolicy.KEEP, "as it came"),
+        ((), NonJsonPolicy.DROP, "dropped"),
+    ],
+)
+def test_a_payload_that_is_not_json_is_dropped_where_rules_apply_unless_keep_is_said(
+    rules, said, logged
+):
+    shaped = LogPolicy(rules=rules, non_json=said).shape(NOT_JSON, Part.REQUEST)
+
+    if logged == "dropped":
+        assert (shaped.text, shaped.marks()) == ("", ["dropped"])
+    else:
+        assert (shaped.text, shaped.marks()) == (NOT_JSON.decode(), [])
+
+
+def test_unset_the_non_json_policy_follows_the_rules_of_each_payload():
+    """A rule for requests only protects nothing in responses: those are kept as they came."""
+    policy = LogPolicy(rules=(RedactRule("instances[*].email", target=RedactTarget.REQUEST),))
+
+    request = policy.shape(NOT_JSON, Part.REQUEST)
+    response = policy.shape(b"<html>bad gateway</html>", Part.RESPONSE)
+    json_request = policy.shape(b'{"instances": [{"email": "ada@example.com"}]}', Part.REQUEST)
+
+    assert (request.text, request.marks()) == ("", ["dropped"])
+    assert (response.text, response.marks()) == ("<html>bad gateway</html>", [])
+    assert json.loads(json_request.text) == {"instances": [{"email": MASK}]}
+
+
+def test_a_json_payload_naming_a_key_twice_is_one_the_rules_cannot_be_applied_to():
+    """TF Serving reads the first `instances` (with the email), Python's json the last: masking
+    what json sees would log the email as it came."""
+    body = b'{"instances": [{"email": "ada@example.com"}], "instances": []}'
+
+    unset = LogPolicy(rules=EMAIL_RULE).shape(body, Part.REQUEST)
+    kept = LogPolicy(rules=EMAIL_RULE, non_json=NonJsonPolicy.KEEP).shape(body, Part.REQUEST)
+    no_rule = LogPolicy(non_json=NonJsonPolicy.DROP).shape(body, Part.REQUEST)
+
+    assert (unset.text, unset.marks()) == ("", ["dropped"])
+    assert (kept.text, kept.marks()) == (body.decode(), [])  # as asked
+    assert (no_rule.text, no_rule.marks()) == (body.decode(), [])  # JSON, nothing to protect
+
+
+def test_a_record_whose_payload_was_dropped_says_so_and_is_counted():
+    registry = prometheus_client.CollectorRegistry()
+    metrics = InferenceLogMetrics(registry)
+    settings = LoggingConfig(mode=LoggingMode.ALL, redact=EMAIL_RULE)
+    maker = SpoolRecordMaker(_model(), settings, "pod-1", metrics.count_changes)
+
+    records = [maker.make(exchange(400, NOT_JSON, b'{"error": "bad JSON"}')) for _ in range(3)]
+
+    for record in records:
+        assert dict(record.headers)[HEADER_PAYLOAD] == b"request=dropped"
+        assert b"ada@example.com" not in record.value
+    dropped = "modelserving_inference_log_payloads_dropped_total"
+    assert registry.get_sample_value(dropped, {"part": "request"}) == 3
+    assert registry.get_sample_value(dropped, {"part": "response"}) == 0
 
 
 def test_an_oversized_payload_is_cut_or_replaced_by_its_length_and_sha256():

@@ -1,16 +1,20 @@
 """The disk spool: records come back in order with key and headers, acknowledged segments go,
 a reopened spool replays what was not acked (from the last acknowledged position, even after a
-kill), corruption is skipped and counted, a full spool takes only what fits."""
+kill), corruption is skipped and counted, a full spool takes only what fits, and its fsyncs are
+counted in the metrics."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 
+import prometheus_client
 from hypothesis import given
 from hypothesis import strategies as st
 
+from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
 from modelserving.sidecar.kafka_logs import RepeatedLogFilter
 from modelserving.sidecar.spool import (
     SEGMENT_SUFFIX,
@@ -21,6 +25,7 @@ from modelserving.sidecar.spool import (
 )
 from modelserving.sidecar.spool_ledger import POSITION_FILE, SLOT_BYTES, write_ledger
 from modelserving.sidecar.spool_writer import SpoolWriter
+from tests.support.waiting import wait_for
 
 
 def record(i: int, size: int = 100) -> SpoolRecord:
@@ -188,6 +193,41 @@ def test_seek_sends_again_from_an_id(tmp_path):
     read_all(spool)
     spool.seek(40)
     assert [r.id for r in read_all(spool)] == list(range(40, 101))
+
+
+def test_records_are_forced_to_disk_once_per_fsync_interval_and_the_fsyncs_are_counted(tmp_path):
+    registry = prometheus_client.CollectorRegistry()
+    metrics = InferenceLogMetrics(registry)
+
+    def fsyncs() -> float | None:
+        return registry.get_sample_value("modelserving_inference_log_spool_fsyncs_total")
+
+    assert fsyncs() == 0  # exposed before the spool opens
+    # A long interval: ten writes, none forced to disk yet (what a power loss could lose).
+    lazy = Spool(tmp_path / "lazy", max_bytes=10**7, segment_bytes=10**6, fsync_interval=3600)
+    lazy.open()
+    metrics.watch_spool(lazy)
+    for i in range(10):
+        lazy.append([record(i)])
+    assert fsyncs() == 0
+    lazy.close()  # a clean stop forces what was written
+    assert fsyncs() == 1
+
+    # A short interval, through the writer thread: synced after the writes, also with no
+    # write coming after them.
+    spool = Spool(tmp_path / "often", max_bytes=10**7, segment_bytes=10**6, fsync_interval=0.05)
+    spool.open()
+    metrics.watch_spool(spool)
+    appended = threading.Event()
+    writer = SpoolWriter(spool, lambda records, first, count, error: appended.set())
+    writer.start()
+    try:
+        writer.append([record(i) for i in range(5)])
+        assert appended.wait(5)
+        wait_for(lambda: fsyncs() == 1, timeout=5, what="the writer thread's fsync counted")
+        assert spool.seconds_until_sync() is None  # all is on disk
+    finally:
+        writer.stop(timeout=5)
 
 
 def test_repeated_aiokafka_lines_are_summarised():

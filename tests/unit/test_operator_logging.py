@@ -23,6 +23,7 @@ from modelserving.sidecar.config import LogDurability, LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
     NonJsonPolicy,
     OversizePolicy,
+    Part,
     RedactAction,
     RedactRule,
     RedactTarget,
@@ -80,7 +81,81 @@ def test_the_builtin_defaults_log_everything_with_a_256_kib_payload_limit():
         262144,
         OversizePolicy.TRUNCATE,
     )
-    assert (logging.non_json_payload, logging.redact) == (NonJsonPolicy.KEEP, ())
+    assert (logging.non_json_payload, logging.redact) == (None, ())
+    kept = logging.policy().shape(b"<not json>", Part.REQUEST)  # no rule: nothing to hide
+    assert (kept.text, kept.marks()) == ("<not json>", [])
+
+
+NOT_JSON = b'{"instances": [{"email": "ada@example.com"}]}x'  # JSON and a stray character
+EMAIL_RULE = [{"path": "instances[*].email"}]
+
+
+@pytest.mark.parametrize(
+    ("redact", "in_spec", "operator_default", "logged"),
+    [
+        # Rules, nothing said anywhere: redaction fails closed.
+        (EMAIL_RULE, None, "", "dropped"),
+        # Rules, the operator's default said: it applies where the spec is silent.
+        (EMAIL_RULE, None, "keep", "as it came"),
+        (EMAIL_RULE, None, "drop", "dropped"),
+        # Rules, the spec said: it wins over whatever the operator says.
+        (EMAIL_RULE, "keep", "", "as it came"),
+        (EMAIL_RULE, "keep", "drop", "as it came"),
+        (EMAIL_RULE, "keep", "keep", "as it came"),
+        (EMAIL_RULE, "drop", "", "dropped"),
+        (EMAIL_RULE, "drop", "keep", "dropped"),
+        (EMAIL_RULE, "drop", "drop", "dropped"),
+        # No rules, nothing said anywhere: nothing to protect, kept.
+        ([], None, "", "as it came"),
+        ([], None, "keep", "as it came"),
+        ([], None, "drop", "dropped"),
+        ([], "keep", "", "as it came"),
+        ([], "keep", "drop", "as it came"),
+        ([], "keep", "keep", "as it came"),
+        ([], "drop", "", "dropped"),
+        ([], "drop", "keep", "dropped"),
+        ([], "drop", "drop", "dropped"),
+    ],
+)
+def test_a_non_json_payload_is_kept_only_where_no_rule_applies_or_keep_is_said(
+    redact, in_spec, operator_default, logged
+):
+    settings = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092", log_non_json_payload=operator_default
+    )
+    payloads = {"nonJson": in_spec} if in_spec else {}
+
+    logging = sidecar_logging(mnist(redact=redact, payloads=payloads), settings)
+    shaped = logging.policy().shape(NOT_JSON, Part.REQUEST)
+
+    if logged == "dropped":
+        assert (shaped.text, shaped.marks()) == ("", ["dropped"])
+    else:
+        assert (shaped.text, shaped.marks()) == (NOT_JSON.decode(), [])
+
+
+def test_the_operators_redaction_rules_make_a_non_json_payload_dropped_too():
+    settings = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092", log_redact=(RedactRule("instances[*].email"),)
+    )
+
+    shaped = sidecar_logging(mnist(), settings).policy().shape(NOT_JSON, Part.REQUEST)
+
+    assert (shaped.text, shaped.marks()) == ("", ["dropped"])
+
+
+def test_the_non_json_setting_is_unset_keep_or_drop_and_a_bad_one_is_named():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    variable = "MODELSERVING_LOG_NON_JSON_PAYLOAD"
+
+    assert settings_from(parser.parse_args([]), {}).log_non_json_payload == ""
+    assert settings_from(parser.parse_args([]), {variable: ""}).log_non_json_payload == ""
+    assert settings_from(parser.parse_args([]), {variable: "keep"}).log_non_json_payload == "keep"
+    chosen = settings_from(parser.parse_args(["--log-non-json-payload", "drop"]), {variable: ""})
+    assert chosen.log_non_json_payload == "drop"
+    with pytest.raises(SettingsError, match=variable):
+        settings_from(parser.parse_args([]), {variable: "hide"})
 
 
 def test_where_the_spec_speaks_it_wins_field_by_field():

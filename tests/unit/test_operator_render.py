@@ -79,6 +79,16 @@ def test_sidecar_config_without_brokers_or_with_logging_off_logs_nothing():
     assert parse_config(no_brokers).logging.mode is LoggingMode.NONE
 
 
+def test_the_spools_fsync_interval_is_the_specs_else_one_second():
+    said = mnist(logging={"spool": {"fsyncIntervalSeconds": 0}})
+
+    default = parse_config(render_sidecar_config(mnist(), SETTINGS, 1)).logging
+    every_write = parse_config(render_sidecar_config(said, SETTINGS, 1)).logging
+
+    assert default.spool_fsync_interval_seconds == api.SPOOL_FSYNC_INTERVAL_SECONDS == 1.0
+    assert every_write.spool_fsync_interval_seconds == 0.0
+
+
 def test_spec_brokers_and_topic_win_over_the_operator_defaults():
     serving = mnist(
         logging={"kafka": {"topic": "t1", "bootstrapServers": "b:1"}, "mode": "PREDICTIONS"}

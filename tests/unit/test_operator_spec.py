@@ -17,7 +17,7 @@ from modelserving import api
 from modelserving.operator.settings import SETTINGS, OperatorSettings
 from modelserving.operator.spec import ServingSpec, SpecError, field_name
 from modelserving.sidecar.config import LoggingConfig, LoggingMode
-from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy
+from modelserving.sidecar.log_policy import OversizePolicy
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "modelserving.io_modelservings.yaml").read_text())
@@ -159,7 +159,8 @@ def test_the_sidecars_log_defaults_are_the_shared_ones():
     )
     assert sidecar.max_payload_bytes == api.LOG_MAX_PAYLOAD_BYTES
     assert sidecar.oversize_payload is OversizePolicy(api.LOG_OVERSIZE_PAYLOAD)
-    assert sidecar.non_json_payload is NonJsonPolicy(api.LOG_NON_JSON_PAYLOAD)
+    # Unset in both: the sidecar drops a non-JSON payload where a redaction rule applies to it.
+    assert (sidecar.non_json_payload, api.LOG_NON_JSON_PAYLOAD) == (None, "")
 
 
 def test_the_crd_names_the_operators_defaults_as_they_are():
