@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from modelserving.api import LOG_COMPRESSION
 from modelserving.sidecar.config import parse_config
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--records", type=int, default=60_000)
     parser.add_argument("--spool", required=True)
-    parser.add_argument("--compression", default="gzip", help="the producer's: gzip or none")
+    parser.add_argument(
+        "--compression", default=LOG_COMPRESSION, help="the producer's: zstd, lz4, gzip or none"
+    )
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args))))
 

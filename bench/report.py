@@ -107,9 +107,10 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, list[float], st
     )
     log_runs = [r for r in parts.get("inference_log", {}).get("runs", []) if "records_per_s" in r]
     add(
-        "inference log records/s, one process (default gzip)",
+        "inference log records/s, one process (default compression)",
         ">= 15,000",
-        [r["records_per_s"] for r in log_runs if r.get("compression") == "gzip"],
+        # Runs before zstd became the default have no "default" mark: gzip was.
+        [r["records_per_s"] for r in log_runs if r.get("default", r.get("compression") == "gzip")],
         lambda v: v >= TARGETS["log_records_per_s"],
     )
     op = parts.get("operator", {})

@@ -16,7 +16,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from modelserving import __version__, api
-from modelserving.sidecar.config import ConfigError, LogDurability, LoggingMode, redact_rules
+from modelserving.sidecar.config import (
+    ConfigError,
+    LogCompression,
+    LogDurability,
+    LoggingMode,
+    redact_rules,
+)
 from modelserving.sidecar.log_policy import NonJsonPolicy, OversizePolicy, RedactRule
 
 DEFAULT_TFSERVING_IMAGE = f"{api.TFSERVING_IMAGE_REPOSITORY}:{api.TFSERVING_IMAGE_TAG}"
@@ -54,6 +60,7 @@ class OperatorSettings:
     # The inference log of servings whose spec.logging leaves these out.
     log_mode: str = api.LOG_MODE
     log_durability: str = api.LOG_DURABILITY
+    log_compression: str = api.LOG_COMPRESSION
     log_success_sample_rate: float = api.LOG_SUCCESS_SAMPLE_RATE
     log_error_sample_rate: float = api.LOG_ERROR_SAMPLE_RATE
     log_max_payload_bytes: int = api.LOG_MAX_PAYLOAD_BYTES
@@ -210,6 +217,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         _choice(LogDurability),
         "when answers of servings whose spec.logging.durability is not set may leave: buffered "
         "(at once) or spooled (once the record is in the sidecar's spool)"),
+    "log_compression": ("--log-compression", "MODELSERVING_LOG_COMPRESSION",
+        _choice(LogCompression),
+        "the sidecars' Kafka producer compression: zstd, lz4, gzip, snappy or none (readers of "
+        "the topics need Kafka 2.1 or later for zstd)"),
     "log_success_sample_rate": ("--log-success-sample-rate",
         "MODELSERVING_LOG_SUCCESS_SAMPLE_RATE", _rate,
         "share of 2xx answers logged (0 to 1) when spec.logging.sampling.successRate is not set"),

@@ -17,15 +17,15 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
               spoolFullPolicy: reject, durability: buffered, spoolSegmentBytes: 8388608,
               spoolFsyncIntervalSeconds: 1.0, spoolFlushIntervalSeconds: 0.005,
               queueSize: 10000, maxInFlightRecords: 10000,
-              lingerMs: 20, compression: gzip, sendTimeoutSeconds: 30,
+              lingerMs: 20, compression: zstd, sendTimeoutSeconds: 30,
               producerStallSeconds: 30, drainTimeoutSeconds: 20, confluentSchemaId: 7,
               successSampleRate: 1.0, errorSampleRate: 1.0, maxPayloadBytes: 262144,
               oversizePayload: truncate, nonJsonPayload: keep,
               redact: [{path: "instances[*].email", action: mask, payload: both}]}
 
 In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
-Avro to Confluent's schema-registry framing; `compression` is none or gzip (lz4, zstd and
-snappy need aiokafka's extras installed).
+Avro to Confluent's schema-registry framing; `compression` is zstd (the default), lz4, gzip,
+snappy or none; a topic's readers need Kafka 2.1 or later for zstd.
 
 What is logged: `mode` ALL, PREDICTIONS, MODEL_INPUTS, ERRORS (request and answer of non-2xx
 answers only) or NONE; `successSampleRate` and `errorSampleRate` (0 to 1) keep that share of
@@ -58,6 +58,7 @@ from typing import Any
 import yaml
 
 from modelserving.api import (
+    LOG_COMPRESSION,
     LOG_DURABILITY,
     LOG_MAX_PAYLOAD_BYTES,
     SIDECAR_PORT,
@@ -118,6 +119,7 @@ class LogDurability(enum.StrEnum):
 
 
 DEFAULT_DURABILITY = LogDurability(LOG_DURABILITY)
+DEFAULT_COMPRESSION = LogCompression(LOG_COMPRESSION)
 
 
 class SpoolFullPolicy(enum.StrEnum):
@@ -189,7 +191,7 @@ class LoggingConfig:
     # Spooled records wait up to this long to go to Kafka together: one send per linger at a
     # steady rate, so the producer's round trip is paid per batch, not per spool write.
     linger_ms: int = 20
-    compression: LogCompression = LogCompression.GZIP
+    compression: LogCompression = DEFAULT_COMPRESSION
     send_timeout_seconds: float = 30.0  # a send not acked by then is retried from the spool
     producer_stall_seconds: float = 30.0  # no ack for this long, broker reachable: new producer
     drain_timeout_seconds: float = 20.0  # SIGTERM: time to deliver what is queued (then spooled)

@@ -23,6 +23,7 @@ SHARED_DEFAULTS = {
     "tfserving.image.tag": api.TFSERVING_IMAGE_TAG,
     "inferenceLog.mode": api.LOG_MODE,
     "inferenceLog.durability": api.LOG_DURABILITY,
+    "inferenceLog.compression": api.LOG_COMPRESSION,
     "inferenceLog.sampling.successRate": api.LOG_SUCCESS_SAMPLE_RATE,
     "inferenceLog.sampling.errorRate": api.LOG_ERROR_SAMPLE_RATE,
     "inferenceLog.payloads.maxBytes": api.LOG_MAX_PAYLOAD_BYTES,

@@ -19,7 +19,7 @@ from modelserving.operator.settings import (
 )
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import LoggingState, logging_from_pods
-from modelserving.sidecar.config import LogDurability, LoggingMode, parse_config
+from modelserving.sidecar.config import LogCompression, LogDurability, LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
     NonJsonPolicy,
     OversizePolicy,
@@ -192,6 +192,12 @@ def test_durability_is_the_specs_else_the_operators_else_buffered():
     said = mnist(durability="buffered")
     assert sidecar_logging(said, spooled_by_default).durability is LogDurability.BUFFERED
     assert sidecar_logging(mnist(durability="spooled")).durability is LogDurability.SPOOLED
+
+
+def test_the_producers_compression_is_the_operators_zstd_by_default():
+    assert sidecar_logging(mnist()).compression is LogCompression.ZSTD
+    gzip = OperatorSettings(kafka_bootstrap_servers="kafka:9092", log_compression="gzip")
+    assert sidecar_logging(mnist(), gzip).compression is LogCompression.GZIP
 
 
 def test_an_empty_redact_list_in_the_spec_turns_the_operators_rules_off():
