@@ -124,41 +124,38 @@ class InferenceLogPipeline:
 
     def submit(self, exchange: Exchange) -> None:
         try:
-            outcome = 0 if 200 <= exchange.status < 300 else 1
-            counts = self._counts
-            counts.seen[outcome] += 1
-            if not self.policy.sampled(exchange.request_id, exchange.status):
-                counts.sampled_out[outcome] += 1
-                return
-            if len(self._queue) >= self._queue_size:
-                self.metrics.dropped.labels("queue_full").inc()
-                return
-            self._queue.append(exchange)
-            if not self._queued.is_set():
-                self._queued.set()
+            self._take(exchange)
         except Exception:  # the request path must never see the log fail
             log.exception("inference log: submit failed")
 
     async def spooled(self, exchange: Exchange) -> bool:
         try:
-            outcome = 0 if 200 <= exchange.status < 300 else 1
-            counts = self._counts
-            counts.seen[outcome] += 1
-            if not self.policy.sampled(exchange.request_id, exchange.status):
-                counts.sampled_out[outcome] += 1
-                return True
-            if len(self._queue) >= self._queue_size:
-                self.metrics.dropped.labels("queue_full").inc()
-                return False
-            self._queue.append(exchange)
+            taken = self._take(exchange)
+            if taken is not True:
+                return taken is None  # sampled out: no record is owed
             waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._waiting.append((self._made_total + len(self._queue), waiter))
-            if not self._queued.is_set():
-                self._queued.set()
         except Exception:  # the request path must never see the log fail
             log.exception("inference log: submit failed")
             return False
         return await waiter
+
+    def _take(self, exchange: Exchange) -> bool | None:
+        """Count the exchange and queue it: True when queued, None when the sampling leaves it
+        out, False when the queue is full (dropped, and counted)."""
+        outcome = 0 if 200 <= exchange.status < 300 else 1
+        counts = self._counts
+        counts.seen[outcome] += 1
+        if not self.policy.sampled(exchange.request_id, exchange.status):
+            counts.sampled_out[outcome] += 1
+            return None
+        if len(self._queue) >= self._queue_size:
+            self.metrics.dropped.labels("queue_full").inc()
+            return False
+        self._queue.append(exchange)
+        if not self._queued.is_set():
+            self._queued.set()
+        return True
 
     def _release(self, before: int, kept: bool) -> None:
         """Resume the requests whose exchanges are numbered below `before`: their records are
