@@ -83,9 +83,16 @@ def sigkill(side: SidecarBench, durability: str) -> dict[str, Any]:
         proc = start()
         answered: dict[str, float] = {}
         stop = threading.Event()
-        sent: list[int] = []
-        loader = threading.Thread(target=lambda: sent.append(asyncio.run(_answered_until(
-            target.url, target.all_headers, target.body, stop, answered))))  # fmt: skip
+        outcome: list[int | BaseException] = []  # requests sent, or what ended the load
+
+        def load_until_stopped() -> None:
+            try:
+                outcome.append(asyncio.run(_answered_until(
+                    target.url, target.all_headers(), target.body, stop, answered)))  # fmt: skip
+            except BaseException as exc:  # reported by the bench's thread below
+                outcome.append(exc)
+
+        loader = threading.Thread(target=load_until_stopped)
         began = time.monotonic()
         loader.start()
         time.sleep(KILL_AFTER_SECONDS)
@@ -93,18 +100,23 @@ def sigkill(side: SidecarBench, durability: str) -> dict[str, Any]:
         killed_at = time.monotonic()
         stop.set()
         loader.join()
+        if not outcome or isinstance(outcome[0], BaseException):
+            raise BenchError(f"the load failed: {outcome[0] if outcome else 'no outcome'!r}")
+        sent = outcome[0]
         answered_before_kill = {k: t for k, t in answered.items() if t <= killed_at}
         proc = start()
         try:
             keys = _settled_keys(bootstrap, topic)
         finally:
             proc.stop(timeout=30)
+    if not answered_before_kill:
+        raise BenchError("no request was answered before the kill")
     on_topic = {k.decode() for k in keys if k is not None}
     lost = [k for k in answered_before_kill if k not in on_topic]
     return {
         "durability": durability,
         "rate_asked": RATE,
-        "rate_reached": round(sent[0] / (killed_at - began)) if sent else 0,
+        "rate_reached": round(sent / (killed_at - began)),
         "answered_before_kill": len(answered_before_kill),
         "records_lost": len(lost),
         "lost_answered_within_ms_of_kill": (
