@@ -1,7 +1,7 @@
 """`make bench`: build what the benchmark needs, run every part, stop what it started, and write
 bench/results.json and docs/benchmarks.md.
 
-    python -m bench.run [--parts request-path,outage,log,operator,profile] [--runs 2]
+    python -m bench.run [--parts request-path,outage,crash,log,operator,profile] [--runs 2]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, log
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.json"
 DOC = REPO / "docs" / "benchmarks.md"
-PARTS = ("request-path", "outage", "log", "operator", "profile")
+PARTS = ("request-path", "outage", "crash", "log", "operator", "profile")
 
 
 def machine() -> dict[str, Any]:
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         steps = {
             "outage": ("outage", lambda: _outages(bench)),
+            "crash": ("crash", lambda: _crash(bench)),
             "log": ("inference_log", lambda: sidecar_bench.inference_log_throughput(bench)),
             "operator": ("operator", lambda: _operator(env, workdir)),
             "profile": ("profile", lambda: sidecar_bench.profile(bench)),
@@ -147,6 +148,14 @@ def _outages(bench: request_path.Bench) -> dict[str, Any]:
         except BenchError as exc:
             out["sidecar"] = {"error": str(exc)[-2000:]}
     return out
+
+
+def _crash(bench: request_path.Bench) -> dict[str, Any]:
+    from bench import sidecar_crash
+
+    if bench.sidecar is None or not bench.sidecar.runnable or not bench.sidecar.bootstrap:
+        return {"notes": ["skipped: the sidecar or the broker is not there"]}
+    return sidecar_crash.run(bench.sidecar)
 
 
 def _operator(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:

@@ -31,10 +31,12 @@ from bench.request_path import (
 from bench.stats import as_dict, records_lost
 from bench.topics import create_topic, delete_created_topics, topic_records, wait_topic
 from modelserving.api import LOG_COMPRESSION
+from modelserving.sidecar.config import LogDurability
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
+DURABLE = "sidecar, apiKey, log on, spooled"
 
 
 def sidecar_importable() -> str | None:
@@ -179,6 +181,21 @@ class SidecarBench:
             create_topic(self.bootstrap or "", topic)
         spool = self.bench.workdir / f"spool-{port}"
         config = self.render_config(port, auth, topic, spool, **logging)
+        proc = self.process(config, port, "sidecar", loop, code)
+        try:
+            yield proc, load.Target(port, headers=self.headers(auth)), topic
+        finally:
+            proc.stop(timeout=30)
+
+    def process(
+        self,
+        config: Path,
+        port: int,
+        name: str,
+        loop: str = "as installed",
+        code: Path | None = None,
+    ) -> Proc:
+        """`modelserving sidecar --config CONFIG` started on the proxy's core, listening."""
         run_sidecar = "from modelserving.cli import main; raise SystemExit(main())"
         env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
         # The sidecar runs on uvloop when it can import it: "asyncio" hides it, "uvloop" adds
@@ -190,11 +207,7 @@ class SidecarBench:
         cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
                "--log-level", "WARNING"]  # fmt: skip
         # Started in the tree, Python finds that revision's `modelserving` first.
-        proc = Proc("sidecar", cmd, PROXY_CORE, self.bench.workdir, env=env, port=port, cwd=code)
-        try:
-            yield proc, load.Target(port, headers=self.headers(auth)), topic
-        finally:
-            proc.stop(timeout=30)
+        return Proc(name, cmd, PROXY_CORE, self.bench.workdir, env=env, port=port, cwd=code)
 
     def configuration(
         self,
@@ -251,6 +264,9 @@ def configurations(bench: Bench) -> list[Configuration]:
     configs = [side.configuration("sidecar, apiKey, log off", "apiKey", False)]
     if side.bootstrap:
         configs.append(side.configuration("sidecar, apiKey, log on", "apiKey", True))
+        configs.append(
+            side.configuration(DURABLE, "apiKey", True, durability=LogDurability.SPOOLED.value)
+        )
     if side.token:
         configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))
         if side.bootstrap:

@@ -63,8 +63,14 @@ def delete_created_topics() -> None:
 def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
     """(records on the topic, distinct keys among them): a replay after an outage may send a
     record twice, which is a duplicate, not a record more."""
+    keys = topic_keys(bootstrap, topic)
+    return len(keys), len(set(keys))
 
-    async def count() -> tuple[int, int]:
+
+def topic_keys(bootstrap: str, topic: str) -> list[bytes | None]:
+    """The key of every record on the topic, in offset order per partition."""
+
+    async def read() -> list[bytes | None]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
@@ -75,24 +81,21 @@ def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
             await consumer.topics()
             found = consumer.partitions_for_topic(topic) or {0}
             parts = [TopicPartition(topic, p) for p in found]
-            ends = await consumer.end_offsets(parts)
-            total = sum(ends.values())
+            total = sum((await consumer.end_offsets(parts)).values())
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
-            keys: set[bytes | None] = set()
-            seen = 0
-            while seen < total:
+            keys: list[bytes | None] = []
+            while len(keys) < total:
                 batch = await consumer.getmany(timeout_ms=2000, max_records=20000)
                 if not batch:
                     break
                 for records in batch.values():
-                    seen += len(records)
-                    keys.update(r.key for r in records)
-            return total, len(keys)
+                    keys += [r.key for r in records]
+            return keys
         finally:
             await consumer.stop()
 
-    return asyncio.run(count())
+    return asyncio.run(read())
 
 
 def wait_topic(bootstrap: str, topic: str, expected: int, timeout: float = 90) -> tuple[int, int]:

@@ -8,6 +8,10 @@ container would be. Then every request answered before the kill is looked for on
   only be ones answered in the moments before the kill (one flush interval and the time to
   encode and write), and how many is printed.
 
+In both, the records Kafka gets twice after the restart are at most those that were in flight
+(sent and not yet acknowledged) at the kill: the acknowledged position reaches the disk with each
+acknowledged batch, so the restart sends again only what Kafka had not acknowledged.
+
 The flush interval is 200 ms here instead of 5, so that the kill surely finds records waiting
 for a write: what `buffered` loses, `spooled` must not.
 """
@@ -36,6 +40,9 @@ FLUSH_INTERVAL_SECONDS = 0.2
 # buffered: an answer this long before the kill has had its record written (the flush
 # interval, the write itself, and room for a busy 2-core machine's scheduling).
 WRITTEN_WITHIN_SECONDS = FLUSH_INTERVAL_SECONDS + 0.25
+# Small, so that the bound on records sent twice says something at this rate (the default is
+# 10,000).
+MAX_IN_FLIGHT = 100
 
 
 def free_port() -> int:
@@ -109,7 +116,8 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
         "auth": {"mode": "none"},
         "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
                     "spoolDir": str(tmp_path / "spool"), "durability": durability,
-                    "spoolFlushIntervalSeconds": FLUSH_INTERVAL_SECONDS},
+                    "spoolFlushIntervalSeconds": FLUSH_INTERVAL_SECONDS,
+                    "maxInFlightRecords": MAX_IN_FLIGHT},
     }))  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict"
     status_url = f"http://127.0.0.1:{port}/v1/models/{MODEL}"
@@ -136,12 +144,12 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
         # Then the topic holds the record of every request answered before the kill (spooled),
         # or misses only ones answered in the moments before it (buffered)
         on_topic: set[str] = set()
+        keys: list[str] = []
 
         async def delivered() -> bool:
-            on_topic.update(
-                [r.key async for r in read_inference_log(topic, local_env.kafka_bootstrap,
-                                                         from_beginning=True)]
-            )  # fmt: skip
+            keys[:] = [r.key async for r in read_inference_log(topic, local_env.kafka_bootstrap,
+                                                               from_beginning=True)]  # fmt: skip
+            on_topic.update(keys)
             missing = set(answered) - on_topic
             late = [k for k in missing if killed_at - answered[k] > WRITTEN_WITHIN_SECONDS]
             return not late if durability == "buffered" else not missing
@@ -150,10 +158,12 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
     finally:
         await sidecar.stop()
     missing = set(answered) - on_topic
+    twice = len(keys) - len(on_topic)
     with capsys.disabled():
         print(
             f"\nSIGKILL at {RATE} rps, durability {durability}: {len(answered)} answered 200 "
-            f"before the kill, {len(missing)} of them not on the topic"
+            f"before the kill, {len(missing)} of them not on the topic, {twice} records on it "
+            f"twice (the bound: {MAX_IN_FLIGHT} in flight)"
             + (
                 f" (answered at most {max(killed_at - answered[k] for k in missing) * 1000:.0f} "
                 "ms before the kill)"
@@ -161,5 +171,6 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
                 else ""
             )
         )
+    assert twice <= MAX_IN_FLIGHT
     if durability == "spooled":
         assert missing == set()

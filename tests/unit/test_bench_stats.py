@@ -186,6 +186,57 @@ def test_targets_are_judged_on_every_run_of_our_configuration():
     assert rows["records lost, broker down 10 s at 1,000 rps"] == ([], "not measured")
 
 
+def _saturation(rps_per_core: int) -> dict:
+    return {"rps_per_core": rps_per_core, "rss_peak_mib": 50.0, "latency": {}}
+
+
+def test_log_cost_and_kserve_ratio_pair_the_passes_of_one_run():
+    results = {
+        "parts": {
+            "request_path": {
+                "results": {
+                    # 1e6/8000 - 1e6/10000 = 25 µs; 1e6/9000 - 1e6/10000 = 11.1 µs
+                    "sidecar, apiKey, log on": [_saturation(8000), _saturation(9000)],
+                    "sidecar, apiKey, log off": [_saturation(10000), _saturation(10000)],
+                    "KServe agent, logger on": [_saturation(8000), {"error": "x"}],
+                }
+            }
+        }
+    }
+    rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(results)}
+    cost, verdict = rows["the log's own CPU per request (log on minus log off), µs"]
+    assert [round(v, 1) for v in cost] == [25.0, 11.1] and verdict == "mixed"
+    # the second pass of KServe's agent failed: only the first pass pairs
+    assert rows["requests/s per core, log on, over KServe's agent with its logger"] == (
+        [1.0],
+        "met",
+    )
+
+
+def test_crash_figures_are_judged_and_shown_for_both_durabilities():
+    crash = {
+        "buffered": {"durability": "buffered", "rate_asked": 1000, "rate_reached": 998,
+                     "answered_before_kill": 2990, "records_lost": 4,
+                     "lost_answered_within_ms_of_kill": 6, "records_resent": 31,
+                     "max_in_flight_records": 10000},
+        "spooled": {"durability": "spooled", "rate_asked": 1000, "rate_reached": 997,
+                    "answered_before_kill": 2985, "records_lost": 0,
+                    "lost_answered_within_ms_of_kill": 0, "records_resent": 12000,
+                    "max_in_flight_records": 10000},
+    }  # fmt: skip
+    rows = {
+        what: (values, verdict)
+        for what, _, values, verdict in report.target_rows({"parts": {"crash": crash}})
+    }
+    lost = "answered requests whose record was lost, sidecar SIGKILL at 1,000 rps, spooled"
+    assert rows[lost] == ([0], "met")
+    # 12,000 sent twice is more than could have been in flight: short
+    assert rows["records sent twice after that SIGKILL (buffered; spooled)"][1] == "**short**"
+    lines = report.crash_lines(crash)
+    assert "| buffered | 998 | 2,990 | **4** | 6 | **31** | 10,000 |" in lines
+    assert "| spooled | 997 | 2,985 | **0** | 0 | **12,000** | 10,000 |" in lines
+
+
 def test_operator_table_sets_its_time_beside_the_cluster_alone():
     part = {
         "1000": {"seconds_to_all_ready": 90.0, "ready": 1000, "deployments_available": 1000},
