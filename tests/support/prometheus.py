@@ -5,6 +5,7 @@ config, storage folder and port of its own, queried over its HTTP API."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -128,7 +129,67 @@ class PrometheusServer:
             raise AssertionError(f"{expr}: {answer.get('errorType')}: {answer.get('error')}")
         return list(answer["data"]["result"])
 
+    async def rules(self) -> list[dict]:
+        """The loaded rules, each with its health and last evaluation."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/api/v1/rules") as resp:
+            answer = json.loads(await resp.text())
+        return [rule for group in answer["data"]["groups"] for rule in group["rules"]]
+
     async def targets_up(self) -> dict[str, bool]:
         """Whether each job's last scrape succeeded."""
         result = await self.query("up")
         return {item["metric"]["job"]: item["value"][1] == "1" for item in result}
+
+
+# Grafana's variables as a dashboard showing "All" sets them; $__rate_interval is at least
+# four scrape intervals in Grafana, 10 s here.
+DASHBOARD_VARIABLES = {"$__rate_interval": "10s", "$namespace": ".*", "$serving": ".*",
+                       "$operator_job": ".*"}  # fmt: skip
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+_SELECTOR = re.compile(
+    r"\b(?P<name>(?:modelserving|process)_[a-zA-Z0-9_:]+)(?P<matchers>\{[^}]*\})?"
+)
+_BY = re.compile(r"\bby\s*\(([^)]*)\)")
+_MATCHER = re.compile(r'(?P<label>\w+)\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"')
+
+
+def dashboard_queries(dashboard: dict) -> dict[str, str]:
+    """Every query of a Grafana dashboard, panels' and variables', as PromQL with the variables
+    filled in; a variable's `label_values(SELECTOR, LABEL)` becomes `count by (LABEL)
+    (SELECTOR)`, what Grafana asks Prometheus for it."""
+
+    def filled(expr: str) -> str:
+        for variable, value in DASHBOARD_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        return expr
+
+    queries = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            queries[f"{panel['title']} / {target['refId']}"] = filled(target["expr"])
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = _LABEL_VALUES.match(variable["query"]["query"])
+            assert match, f"variable {variable['name']}: not label_values(...)"
+            selector = filled(match["selector"])
+            queries[f"${variable['name']}"] = f"count by ({match['label']}) ({selector})"
+    return queries
+
+
+def relaxed_selectors(expr: str, may_be_absent: frozenset[str] = frozenset()) -> list[str]:
+    """The metric selectors of a PromQL expression, each label matcher made into "the label is
+    there" (`{code=~"5.."}` becomes `{code!=""}`), and the labels it groups `by` required too
+    (but those in `may_be_absent`): what must return series for the expression to be about
+    metrics and labels that exist, whatever its thresholds and the values of the labels."""
+    grouped = {
+        label.strip()
+        for by in _BY.findall(expr)
+        for label in by.split(",")
+        if label.strip() and label.strip() not in may_be_absent
+    }
+    selectors = []
+    for match in _SELECTOR.finditer(expr):
+        labels = sorted(set(_MATCHER.findall(match["matchers"] or "")) | grouped)
+        present = ", ".join(f'{label}!=""' for label in labels)
+        selectors.append(f"{match['name']}{{{present}}}" if present else match["name"])
+    return sorted(set(selectors))
