@@ -40,19 +40,20 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist"), 60, "the serving Ready")
     ready = condition(serving, "Ready")
 
-    # Then /metrics shows the serving's Ready condition as its status holds it
-    def shows_ready():
-        samples = scrape(url)
-        found = series(samples, "modelserving_operator_serving_condition", namespace=namespace,
-                       serving="mnist", condition="Ready")  # fmt: skip
-        return samples if found and found[0]["status"] == "True" else None
+    # Then /metrics counts the serving by its Ready condition, as its status holds it
+    ready_now = {"namespace": namespace, "condition": "Ready", "status": "True",
+                 "reason": ready["reason"]}  # fmt: skip
 
-    samples = wait_for(shows_ready, 30, "the Ready condition in /metrics")
-    (ready_series,) = series(samples, "modelserving_operator_serving_condition",
-                             namespace=namespace, serving="mnist", condition="Ready")  # fmt: skip
-    assert ready_series["reason"] == ready["reason"]
-    assert series(samples, "modelserving_operator_serving_condition", serving="mnist",
-                  condition="LoggingReady", status="True", reason="TopicReady")  # fmt: skip
+    def counted():
+        samples = scrape(url)
+        return samples if value(samples, "modelserving_operator_servings", **ready_now) else None
+
+    samples = wait_for(counted, 30, "the Ready serving counted in /metrics")
+    assert value(samples, "modelserving_operator_servings", **ready_now) == 1
+    assert value(samples, "modelserving_operator_servings", namespace=namespace,
+                 condition="Ready") == 1  # fmt: skip
+    assert value(samples, "modelserving_operator_servings", namespace=namespace,
+                 condition="LoggingReady", status="True", reason="TopicReady") == 1  # fmt: skip
 
     # And the reconciles it ran, each of them taken from the queue after a measured wait
     reconciles = value(samples, "modelserving_operator_reconciles_total", outcome="done")

@@ -82,36 +82,37 @@ def test_write_requests_are_counted_by_resource_verb_and_answer_and_reads_are_no
     assert sum(v for (name, _), v in samples.items() if name.endswith("api_writes_total")) == 5
 
 
-def test_each_condition_of_each_serving_is_a_series_and_sums_give_servings_by_state():
-    def serving(name: str, ready: str, reason: str) -> dict:
+def test_servings_are_counted_by_namespace_and_each_conditions_status_and_reason():
+    def serving(namespace: str, ready: str, reason: str) -> dict:
         conditions = [
             {"type": "Ready", "status": ready, "reason": reason},
             {"type": "LoggingReady", "status": "True", "reason": "TopicReady"},
         ]
-        return {"metadata": {"namespace": "ns", "name": name}, "status": {"conditions": conditions}}
+        return {"metadata": {"namespace": namespace}, "status": {"conditions": conditions}}
 
     servings = [
-        serving("a", "True", "Available"),
-        serving("b", "False", "ModelLoadFailed"),
-        serving("c", "False", "ModelLoadFailed"),
-        {"metadata": {"namespace": "ns", "name": "new"}},  # no status yet
+        serving("team-a", "True", "Available"),
+        serving("team-a", "False", "ModelLoadFailed"),
+        serving("team-a", "False", "ModelLoadFailed"),
+        serving("team-b", "False", "ModelLoadFailed"),
+        {"metadata": {"namespace": "team-a", "name": "new"}},  # no status yet
     ]
     metrics = OperatorMetrics()
     metrics.observe(lambda: QueueState(0, 0, 0.0, 0), lambda: servings)
 
     samples = scrape(registry_of(metrics))
 
-    series = {
-        dict(labels)["serving"]: dict(labels)
-        for (name, labels) in samples
-        if name == "modelserving_operator_serving_condition" and ("condition", "Ready") in labels
-    }
-    assert series["a"]["status"] == "True" and series["a"]["reason"] == "Available"
-    assert series["b"] == {"namespace": "ns", "serving": "b", "condition": "Ready",
-                           "status": "False", "reason": "ModelLoadFailed"}  # fmt: skip
-    assert "new" not in series
-    failed = [s for s in series.values() if s["reason"] == "ModelLoadFailed"]
-    assert len(failed) == 2
+    def servings_in(namespace: str, condition: str, status: str, reason: str) -> float:
+        labels = (("condition", condition), ("namespace", namespace), ("reason", reason),
+                  ("status", status))  # fmt: skip
+        return samples.get(("modelserving_operator_servings", labels), 0)
+
+    assert servings_in("team-a", "Ready", "True", "Available") == 1
+    assert servings_in("team-a", "Ready", "False", "ModelLoadFailed") == 2
+    assert servings_in("team-b", "Ready", "False", "ModelLoadFailed") == 1
+    assert servings_in("team-a", "LoggingReady", "True", "TopicReady") == 3
+    total = sum(v for (name, _), v in samples.items() if name == "modelserving_operator_servings")
+    assert total == 8  # the serving without a status has no condition to count
 
 
 async def test_the_queue_reports_what_waits_how_long_and_each_wait_as_it_ends():
