@@ -234,12 +234,14 @@ def install_prometheus() -> None:
         raise EnvError("prometheus and promtool are missing, and no apt-get to install them")
     log("installing Debian's prometheus package (prometheus, promtool)")
     was_running = prometheus_service_running()
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
+    # Wait for a dpkg lock another install holds rather than fail on it.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", "--no-install-recommends", "prometheus"]
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     try:
         run(install, env=env)
     except EnvError:  # a fresh machine's package lists may be missing or stale
-        run(["apt-get", "update"], env=env)
+        run([*apt, "update"], env=env)
         run(install, env=env)
     if not was_running and prometheus_service_running():
         stops = (["systemctl", "disable", "--now", "prometheus"], ["service", "prometheus", "stop"])
