@@ -13,27 +13,30 @@ from typing import Any
 
 from modelserving.operator.metrics import WatchStreams
 
-_COUNTED = "_modelserving_counted"
+# Where the wrapped functions count: the latest operator's (kopf's module is wrapped once per
+# process, and an operator run again in the same process counts in its own metrics).
+_counting_in: list[WatchStreams] = []
 
 
 def count_watch_streams(watches: WatchStreams) -> None:
     """Count every listing and watch request of kopf's watch streams in `watches`, by resource
-    plural. Once per process: a second call changes nothing."""
+    plural, from now on."""
     from kopf._cogs.clients import watching
 
-    if getattr(watching, _COUNTED, False):
+    already = bool(_counting_in)
+    _counting_in[:] = [watches]
+    if already:
         return
     list_and_watch, watch_request = watching.continuous_watch, watching.watch_objs
 
     def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        watches.listed(resource.plural)
+        _counting_in[0].listed(resource.plural)
         return list_and_watch(resource=resource, **kwargs)
 
     def watch_objs(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        watches.watched(resource.plural)
+        _counting_in[0].watched(resource.plural)
         return watch_request(resource=resource, **kwargs)
 
     # kopf's own functions look these up in their module at each call.
     watching.continuous_watch = continuous_watch
     watching.watch_objs = watch_objs
-    setattr(watching, _COUNTED, True)

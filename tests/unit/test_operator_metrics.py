@@ -188,6 +188,12 @@ def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_modul
     assert inspect.isasyncgen(listing) and inspect.isasyncgen(request)
     assert watches.listings == {"modelservings": 1} and watches.requests == {"modelservings": 1}
 
+    again = WatchStreams()  # an operator run again in the same process counts in its own
+    count_watch_streams(again)
+    watching.watch_objs(resource=resource, settings=None, namespace=None,
+                        operator_pause_waiter=None)  # fmt: skip
+    assert again.requests == {"modelservings": 1} and watches.requests == {"modelservings": 1}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
