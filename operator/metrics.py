@@ -6,10 +6,11 @@ families when scraped, on the same loop, so nothing is locked or copied per even
 queue and the servings look like is read from the live objects at scrape time.
 
 What the queue figures measure: the operator's own work queue (`workqueue.py`), from a serving
-being marked by an event to a worker taking it. kopf's per-object event streams in front of the
-handlers are not measured (no public API says what waits in them); an event passes them within
-kopf's batching window (`settings.batching.batch_window`, 0.1 s), the handler only marks the
-serving, so the wait that grows under load is the one measured here.
+being marked by an event to a worker taking it. kopf's per-object event queues in front of the
+handlers are not measured (no public API says what waits in them): with one kopf worker per
+object (no limit is set), an event waits there only while the same object's earlier events run
+their handlers, which only mark the work queue, and at the start until every index is filled.
+The wait that grows under load is the one measured here.
 """
 
 from __future__ import annotations
