@@ -4,7 +4,8 @@
 A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, built from source through the Go module proxy, with KWOK
 making nodes and Pods Ready), a real Kafka broker (KRaft, jars from Maven
-Central) and the real helm and kubectl binaries. Builds are cached outside the
+Central), the real helm and kubectl binaries, and Debian's prometheus and promtool
+(installed with apt-get when missing). Builds are cached outside the
 repo, keyed by version; `up` starts the parts and writes `env.sh`, which a shell
 can source, and `env.json`; `down` stops them. Standard library only, so it
 runs before the project's virtualenv exists.
@@ -212,6 +213,46 @@ def build_kafka() -> None:
     tmp.rename(out)
 
 
+PROMETHEUS_COMMANDS = ("prometheus", "promtool")
+
+
+def prometheus_service_running() -> bool:
+    """Whether a Prometheus started by the system (Debian's service) runs: the tests start their
+    own, with their own config, storage and port."""
+    if shutil.which("pgrep") is None:
+        return False
+    return subprocess.run(["pgrep", "-x", "prometheus"], capture_output=True).returncode == 0
+
+
+def install_prometheus() -> None:
+    """Debian's `prometheus` package (the server and promtool) for the tests that scrape the
+    sidecar and operator and check the chart's alerts. Installing may start the package's
+    service (where an init system runs): it is stopped and disabled, the tests need none."""
+    if all(shutil.which(name) for name in PROMETHEUS_COMMANDS):
+        return
+    if shutil.which("apt-get") is None:
+        raise EnvError("prometheus and promtool are missing, and no apt-get to install them")
+    log("installing Debian's prometheus package (prometheus, promtool)")
+    was_running = prometheus_service_running()
+    # Wait for a dpkg lock another install holds rather than fail on it.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", "--no-install-recommends", "prometheus"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run(install, env=env)
+    except EnvError:  # a fresh machine's package lists may be missing or stale
+        run([*apt, "update"], env=env)
+        run(install, env=env)
+    if not was_running and prometheus_service_running():
+        stops = (["systemctl", "disable", "--now", "prometheus"], ["service", "prometheus", "stop"])
+        for stop in stops:
+            if shutil.which(stop[0]):
+                subprocess.run(stop, capture_output=True)
+    missing = [name for name in PROMETHEUS_COMMANDS if shutil.which(name) is None]
+    if missing:
+        raise EnvError(f"apt-get installed prometheus but {', '.join(missing)} is not on PATH")
+
+
 def check_tools() -> None:
     missing = [tool for tool in ("go", "java", "mvn") if shutil.which(tool) is None]
     if missing:
@@ -227,6 +268,7 @@ def build() -> None:
     started = time.monotonic()
     build_kafka()
     build_etcd()
+    install_prometheus()
     go_install(
         kwok_bin(),
         [

@@ -147,7 +147,7 @@ class InferenceLogEncoder:
             prefix = _CONFLUENT_PREFIX.pack(_CONFLUENT_MAGIC, confluent_schema_id)
         self._prefix = prefix + _avro_long(model_id) + _varint(len(name) << 1) + name
         self._ints: dict[int, bytes] = {}
-        self._last_timestamp = (-1, b"")
+        self._last_timestamp: tuple[int | None, bytes] = (None, b"")  # none encoded yet
 
     def _int(self, n: int) -> bytes:
         encoded = self._ints.get(n)

@@ -14,13 +14,17 @@ import contextlib
 import ctypes
 import gc
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from modelserving import api
+from modelserving.operator.kopf_internals import count_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.modelids import ModelIds
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
@@ -104,7 +108,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings=ours,
         topics=TopicKeeper(ours.kafka_timeout_seconds),
         model_ids=ModelIds(kube, ours.operator_namespace),
+        metrics=OperatorMetrics(kube.writes),
     )
+    if ours.metrics_port:
+        memo.metrics_server = await _serve_metrics(memo.reconciler)
+
+
+async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
+    """The operator's /metrics, read from the work queue and the servings' cache when scraped."""
+
+    def queue() -> QueueState:
+        q = rec.queue
+        return QueueState(q.waiting(), q.active(), q.oldest_wait(), len(rec.retries))
+
+    def servings() -> Iterator[Mapping[str, Any]]:
+        for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values():
+            yield from store
+
+    rec.metrics.observe(queue, servings)
+    rec.queue.on_wait = rec.metrics.waited
+    count_watch_streams(rec.metrics.watches)
+    registry = registry_of(rec.metrics)
+    return await serve_metrics(registry, rec.settings.metrics_port, rec.settings.metrics_path)
 
 
 @kopf.on.cleanup()
@@ -116,6 +141,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         handle.cancel()
     await rec.topics.close()
     await rec.kube.close()
+    if server := getattr(memo, "metrics_server", None):
+        await server.cleanup()
 
 
 def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
@@ -240,13 +267,15 @@ async def _work(memo: kopf.Memo) -> None:
     rec: Reconciler = memo.reconciler
     while True:
         key, serving_event = await rec.queue.get()
+        started, outcome = time.monotonic(), "error"
         try:
-            await _reconcile(memo, key, rec.indexes, from_serving_event=serving_event)
+            outcome = await _reconcile(memo, key, rec.indexes, from_serving_event=serving_event)
         except Exception:  # a bug must not take the worker with it
             log.exception("reconciling %s/%s failed", *key)
             _retry_later(memo, key, rec.settings.retry_seconds)
         finally:
             rec.queue.done(key)
+            rec.metrics.reconciled(outcome, time.monotonic() - started)
         if rec.queue.idle() and rec.reconciled:
             log.info(
                 "caught up: %d servings reconciled, %d writes since the start",
@@ -260,11 +289,12 @@ async def _work(memo: kopf.Memo) -> None:
 
 async def _reconcile(
     memo: kopf.Memo, key: tuple[str, str], indexes: Mapping[str, Any], *, from_serving_event: bool
-) -> None:
+) -> str:
+    """Reconcile one serving; returns the outcome the metrics count (metrics.OUTCOMES)."""
     rec: Reconciler = memo.reconciler
     serving = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
     if serving is None or serving["metadata"].get("deletionTimestamp"):
-        return  # gone or going: the garbage collector removes the children
+        return "gone"  # gone or going: the garbage collector removes the children
     children = [
         child
         for _, _, plural, _ in CHILD_RESOURCES
@@ -280,6 +310,8 @@ async def _reconcile(
         delay = rec.settings.retry_seconds
     if delay:
         _retry_later(memo, key, delay)
+        return "retry"
+    return "done"
 
 
 def _retry_later(memo: kopf.Memo, key: tuple[str, str], delay: float) -> None:

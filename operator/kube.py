@@ -17,6 +17,7 @@ import aiohttp
 
 from modelserving import api
 from modelserving.kube_access import ApiServer, from_environment
+from modelserving.operator.metrics import ApiWrites
 
 FIELD_MANAGER = "modelserving-operator"
 
@@ -59,6 +60,7 @@ class KubeClient:
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.writes = ApiWrites()  # counted for the operator's metrics
 
     @classmethod
     def connect(cls, concurrency: int, timeout: float) -> KubeClient:
@@ -95,7 +97,9 @@ class KubeClient:
                 ) as response:  # fmt: skip
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self.writes.count(method, path, content_type, 0)
                 raise KubeError(0, f"{method} {path}: {exc!r}") from exc
+        self.writes.count(method, path, content_type, response.status)
         if response.status >= 400:
             try:
                 message = json.loads(text).get("message", text)

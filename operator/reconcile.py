@@ -18,6 +18,7 @@ import kopf
 
 from modelserving import api
 from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
 from modelserving.operator.names import MODEL_ID_ANNOTATION
 from modelserving.operator.render import render_children
@@ -60,6 +61,7 @@ class Reconciler:
     reconciled: set[tuple[str, str]] = field(default_factory=set)  # since the start
     writes: int = 0  # since the start: applies, deletes, status and annotation patches
     caught_up: bool = False  # the queue has been empty once since the start
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
 
 def covers(live: Any, desired: Any) -> bool:

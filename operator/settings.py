@@ -67,6 +67,9 @@ class OperatorSettings:
     log_oversize_payload: str = api.LOG_OVERSIZE_PAYLOAD
     log_non_json_payload: str = api.LOG_NON_JSON_PAYLOAD  # "": unset, the sidecar's rule
     log_redact: tuple[RedactRule, ...] = ()
+    # The operator's own Prometheus metrics.
+    metrics_port: int = 0
+    metrics_path: str = "/metrics"
 
 
 def _text(value: str) -> str:
@@ -157,6 +160,13 @@ def _redact(value: str | list[Any]) -> tuple[RedactRule, ...]:
         raise ValueError(f"must be a JSON list of redaction rules: {exc}") from None
 
 
+def _url_path(value: str) -> str:
+    value = value.strip()
+    if not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
+        raise ValueError("must be a URL path starting with /, such as /metrics")
+    return value
+
+
 def _flag(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -242,6 +252,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
     "log_redact": ("--log-redact", "MODELSERVING_LOG_REDACT", _redact,
         "redaction rules, a JSON list as in spec.logging.redact, of servings whose spec has "
         "no redact list"),
+    "metrics_port": ("--metrics-port", "MODELSERVING_METRICS_PORT", _port_or_zero,
+        "serve the operator's Prometheus metrics on http://0.0.0.0:PORT/PATH; 0 for none"),
+    "metrics_path": ("--metrics-path", "MODELSERVING_METRICS_PATH", _url_path,
+        "the URL path of the operator's metrics"),
 }  # fmt: skip
 
 
