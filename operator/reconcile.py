@@ -141,6 +141,7 @@ async def reconcile(
         endpoint=spec.endpoint,
         topic=spec.topic if spec.logging_requested(rec.settings) else None,
         deployment=deployment,
+        traffic=spec.model.traffic,
         conditions=[
             *deployment_conditions(deployment, apply_error),
             logging_condition(logging_state),

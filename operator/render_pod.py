@@ -24,6 +24,8 @@ from modelserving.operator.render_config import (
     BATCHING_CONFIG_KEY,
     MODELS_CONFIG_KEY,
     PVC_MOUNT,
+    ROUTING_DIR,
+    ROUTING_KEY,
     SIDECAR_CONFIG_KEY,
     TFSERVING_CONFIG_DIR,
     config_checksum,
@@ -41,6 +43,8 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
         f"--port={api.TFSERVING_GRPC_PORT}",
         f"--rest_api_port={api.TFSERVING_REST_PORT}",
         f"--model_config_file={TFSERVING_CONFIG_DIR}/{MODELS_CONFIG_KEY}",
+        # Versions added or removed in models.config load and unload without a restart.
+        f"--model_config_file_poll_wait_seconds={api.TFSERVING_CONFIG_POLL_SECONDS}",
     ]
     if server.batching.enabled:
         args += [
@@ -80,6 +84,9 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             "subPath": SIDECAR_CONFIG_KEY,
             "readOnly": True,
         },
+        # A directory, not a subPath: the kubelet updates it in place when the ConfigMap
+        # changes, and the sidecar re-reads it.
+        {"name": "sidecar-routing", "mountPath": ROUTING_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "spool", "mountPath": LoggingConfig.spool_dir},
     ]
@@ -128,6 +135,13 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
         {"name": "sidecar-config", "configMap": {"name": sidecar_configmap_name(spec)}},
+        {
+            "name": "sidecar-routing",
+            "configMap": {
+                "name": sidecar_configmap_name(spec),
+                "items": [{"key": ROUTING_KEY, "path": ROUTING_KEY}],
+            },
+        },
         {"name": "tmp", "emptyDir": {}},
         (
             {"name": "spool", "persistentVolumeClaim": {"claimName": spool.claim_name}}
@@ -180,7 +194,7 @@ def render_deployment(
         "template": {
             "metadata": {
                 "labels": labels(spec),
-                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(configmaps)},
+                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)},
             },
             "spec": pod_spec,
         },
