@@ -96,8 +96,9 @@ def test_a_split_that_cannot_work_is_refused_saying_what_to_fix(crds, namespace)
         shadow={"version": 4, "percent": 100},
         sticky={"by": "header", "header": "x-session-id"},
     ))  # fmt: skip
-    create(crds, namespace, with_model("bycaller", "kubernetes", **{
-        k: v for k, v in CANARY.items() if k not in ("basePath", "name")}, sticky={"by": "caller"}))  # fmt: skip
+    by_caller = with_model("bycaller", "kubernetes", versions=CANARY["versions"])
+    by_caller["spec"]["model"]["sticky"] = {"by": "caller"}
+    create(crds, namespace, by_caller)
     create(crds, namespace, with_model("old", version=7))
 
 
