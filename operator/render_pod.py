@@ -92,15 +92,14 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
     ]
     if spec.auth.mode == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
-    env = []
-    if spec.logging_on(settings):  # the pod the sidecar publishes its log's health on
-        env = [
-            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
-            for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
-        ]
+    # The pod the sidecar publishes its model report and its log's health on.
+    env = [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
+        for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
+    ]
     return {
         "name": api.SIDECAR_CONTAINER,
-        **({"env": env} if env else {}),
+        "env": env,
         "image": settings.sidecar_image,
         "imagePullPolicy": spec.server.image_pull_policy,
         "command": ["modelserving", "sidecar", "--config", api.SIDECAR_CONFIG_FILE],
@@ -163,9 +162,9 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
 def render_deployment(
     spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
 ) -> Manifest:
-    own_account = spec.needs_service_account(settings)
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": own_account,
+        "automountServiceAccountToken": True,
+        "serviceAccountName": service_account_name(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -181,8 +180,6 @@ def render_deployment(
         ],
         "volumes": _volumes(spec),
     }
-    if own_account:
-        pod_spec["serviceAccountName"] = service_account_name(spec)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "revisionHistoryLimit": 3,

@@ -333,10 +333,6 @@ class ServingSpec:
     def logging_on(self, settings: OperatorSettings) -> bool:
         return self.logging_requested(settings) and bool(self.bootstrap_servers(settings))
 
-    def needs_service_account(self, settings: OperatorSettings) -> bool:
-        """The sidecar calls the API: TokenReviews (kubernetes auth), its pod's log status."""
-        return self.auth.mode == "kubernetes" or self.logging_on(settings)
-
 
 # --------------------------------------------------------------------------- parsing
 # A key that is absent or null takes the field's default; the CRD has checked the rest.
