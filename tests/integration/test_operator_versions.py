@@ -4,6 +4,8 @@ updates the ConfigMaps the pods re-read without touching the pods."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from kubernetes import client
@@ -141,3 +143,93 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
     after = apps.read_namespaced_deployment("mnist", namespace)
     assert kube_client.sanitize_for_serialization(after.spec.template) == template
     assert after.metadata.generation == deployment.metadata.generation
+
+
+NOT_FOUND = "Could not find base path s3://models/mnist/4 for servable mnist"
+
+
+def model_events(core, namespace: str) -> list:
+    return [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if (e.involved_object.kind, e.involved_object.name) == (api.KIND, "mnist")
+        and e.reason in ("ModelLoading", "ModelLoadFailed", "AllVersionsAvailable")
+    ]
+
+
+def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
+    operator, crds, kube_client, local_env, namespace
+):
+    # Given a canary serving, Ready (KWOK's pods are ready; no sidecar has reported yet)
+    manifest = with_model("mnist", **CANARY)
+    manifest["spec"]["logging"] = {"enabled": False}
+    create(crds, namespace, manifest)
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    core = client.CoreV1Api(kube_client)
+    selector = f"{api.LABEL_INSTANCE}=mnist"
+    pods = wait_for(
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items, 60, "a pod"
+    )
+    pod = pods[0].metadata.name
+
+    def publish(versions: list[dict]) -> None:
+        """The pod's model report, written through pods/status as the sidecar writes it."""
+        report = {"server": {"reachable": True, "error": ""}, "versions": versions,
+                  "auth": {"ready": True, "error": ""}}  # fmt: skip
+        patch = {"metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}
+        core.patch_namespaced_pod_status(pod, namespace, patch)
+
+    def status() -> dict:
+        return get_serving(crds, namespace, "mnist").get("status") or {}
+
+    def ready() -> dict:
+        return next(c for c in status()["conditions"] if c["type"] == "Ready")
+
+    def version(number: int, state: str, served: int, code: str = "OK", message: str = "") -> dict:
+        return {"version": number, "state": state, "errorCode": code, "errorMessage": message,
+                "served": served}  # fmt: skip
+
+    # When the canary is still loading in the ready pod
+    publish([version(3, "AVAILABLE", 40), version(4, "LOADING", 0)])
+
+    # Then the serving is not Ready, saying so, and status.versions shows each version's state
+    loading = wait_for(lambda: (c := ready())["reason"] == "ModelLoading" and c, 30, "ModelLoading")
+    assert (loading["status"], loading["message"]) == ("False", f"version 4 is LOADING in {pod}")
+    assert [(v["version"], v["weight"], v["role"], v["state"]) for v in status()["versions"]] == [
+        (3, 90, "stable", "AVAILABLE"), (4, 10, "canary", "LOADING")
+    ]  # fmt: skip
+
+    # When TF Serving cannot find the canary's files
+    publish([version(3, "AVAILABLE", 50), version(4, "END", 0, "NOT_FOUND", NOT_FOUND)])
+
+    # Then Ready says ModelLoadFailed with TF Serving's message, and kubectl get shows it
+    failed = wait_for(lambda: (c := ready())["reason"] == "ModelLoadFailed" and c, 30, "failed")
+    assert NOT_FOUND in failed["message"]
+    assert status()["versions"][1]["message"] == NOT_FOUND
+    table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
+    header, row = table[0].split(), table[1].split()
+    assert header[:5] == ["NAME", "MODEL", "TRAFFIC", "READY", "STATUS"]
+    assert row[0] == "mnist" and row[2:4] == ["3:90", "4:10"] and "ModelLoadFailed" in row
+
+    # And the same failure reported again (more requests served) tells no second Event
+    publish([version(3, "AVAILABLE", 60), version(4, "END", 0, "NOT_FOUND", NOT_FOUND)])
+    wait_for(lambda: status()["versions"][0]["servedPercent"] == 100, 30, "the new report read")
+
+    # When the canary loads and serves its share
+    publish([version(3, "AVAILABLE", 900), version(4, "AVAILABLE", 100)])
+
+    # Then the serving is Ready again, with the split really served
+    wait_for(lambda: ready()["reason"] == "Available", 30, "Ready Available again")
+    assert [(v["state"], v["servedPercent"]) for v in status()["versions"]] == [
+        ("AVAILABLE", 90), ("AVAILABLE", 10)
+    ]  # fmt: skip
+    model_ready = next(c for c in status()["conditions"] if c["type"] == "ModelReady")
+    assert model_ready["reason"] == "AllVersionsAvailable"
+
+    # And one Event per change of reason, a warning for the failure
+    told = wait_for(lambda: len(e := model_events(core, namespace)) >= 3 and e, 30, "the Events")
+    assert sorted((e.type, e.reason, e.count or 1) for e in told) == [
+        ("Normal", "AllVersionsAvailable", 1), ("Normal", "ModelLoading", 1),
+        ("Warning", "ModelLoadFailed", 1),
+    ]  # fmt: skip
+    assert NOT_FOUND in next(e.message for e in told if e.reason == "ModelLoadFailed")
