@@ -198,10 +198,11 @@ def _version_entries(model: ModelSpec, reports: list[PodReport]) -> list[dict[st
             "labels": list(labels),
             "role": role,
             "state": worst.state if worst else "",
+        }
+        if total:  # absent, not null, when nothing was served: a merge patch drops nulls
             # Whole percents: a steady split reads the same from one report to the next, so
             # the status is not rewritten for every request.
-            "servedPercent": round(100 * served / total) if total else None,
-        }
+            entry["servedPercent"] = round(100 * served / total)
         if worst and worst.error_message:
             entry["message"] = _cut(worst.error_message)
         entries.append(entry)
