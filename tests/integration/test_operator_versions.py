@@ -12,6 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
+from tests.support import REPO
 from tests.support.servings import get_serving, is_ready, serving_manifest
 from tests.support.tfserving_config import parse_models_config
 from tests.support.waiting import wait_for
@@ -102,6 +103,9 @@ def test_a_split_that_cannot_work_is_refused_saying_what_to_fix(crds, namespace)
     by_caller["spec"]["model"]["sticky"] = {"by": "caller"}
     create(crds, namespace, by_caller)
     create(crds, namespace, with_model("old", version=7))
+    canary = yaml.safe_load((REPO / "examples" / "mnist-canary.yaml").read_text())
+    canary["metadata"]["namespace"] = namespace
+    create(crds, namespace, canary)
 
 
 def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(

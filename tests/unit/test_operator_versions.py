@@ -4,6 +4,8 @@ restart the pods."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from modelserving import api
@@ -11,12 +13,14 @@ from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving.operator.render import render_children
 from modelserving.operator.render_config import (
     render_models_config,
+    render_routing,
     render_sidecar_config,
 )
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from tests.support.tfserving_config import parse_models_config
 
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 CANARY = {
     "versions": [
@@ -158,3 +162,15 @@ def test_what_pods_read_at_start_still_rolls_them():
         }
     )
     assert pod_template(spec)["metadata"] != plain["metadata"]
+
+
+def test_the_canary_example_is_a_split_the_operator_renders():
+    example = yaml.safe_load((REPO / "examples" / "mnist-canary.yaml").read_text())
+    spec = ServingSpec.from_body(example)
+
+    assert spec.model.traffic == "3:90 4:10 shadow 5:10%"
+    assert render_routing(spec)["sticky"] == {"by": "header", "header": "x-session-id"}
+    config = parse_models_config(render_models_config(spec))
+    assert list(config.model_config_list.config[0].model_version_policy.specific.versions) == [
+        3, 4, 5
+    ]  # fmt: skip
