@@ -109,10 +109,16 @@ def test_a_split_that_cannot_work_is_refused_saying_what_to_fix(crds, namespace)
 
 
 def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
-    operator, crds, kube_client, namespace
+    operator, crds, kube_client, local_env, namespace, tmp_path
 ):
+    def kubectl_apply(model: dict) -> None:
+        """kubectl apply --server-side of the serving with this spec.model, as a user does."""
+        path = tmp_path / "mnist.yaml"
+        path.write_text(yaml.safe_dump(with_model("mnist", **model)))
+        local_env.kubectl("apply", "--server-side", "-n", namespace, "-f", str(path))
+
     # Given a serving of version 3 at 90% and version 4 at 10%, Ready
-    create(crds, namespace, with_model("mnist", **CANARY))
+    kubectl_apply(CANARY)
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
     deployment = apps.read_namespaced_deployment("mnist", namespace)
@@ -123,9 +129,7 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
     model = {**CANARY, "versions": [{"version": 3, "weight": 50, "labels": ["stable"]},
                                     {"version": 4, "weight": 50, "labels": ["canary"]}],
              "shadow": {"version": 5, "percent": 10}}  # fmt: skip
-    crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist", {"spec": {"model": model}}
-    )
+    kubectl_apply(model)
 
     # Then TF Serving's config loads 3, 4 and 5 and the sidecar's routing file says 50/50
     def models_config() -> list[int]:
@@ -133,17 +137,27 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
         config = parse_models_config(text).model_config_list.config[0]
         return list(config.model_version_policy.specific.versions)
 
+    def routing() -> dict:
+        text = core.read_namespaced_config_map("mnist-sidecar", namespace).data["routing.yaml"]
+        return yaml.safe_load(text)
+
     wait_for(lambda: models_config() == [3, 4, 5], timeout=30, what="models.config with 3, 4, 5")
-    routing = yaml.safe_load(
-        core.read_namespaced_config_map("mnist-sidecar", namespace).data["routing.yaml"]
-    )
-    assert routing["versions"] == model["versions"]
-    assert routing["shadow"] == {"version": 5, "percent": 10}
+    wait_for(lambda: "shadow" in routing(), timeout=30, what="routing.yaml with the shadow")
+    assert routing()["versions"] == model["versions"]
+    assert routing()["shadow"] == {"version": 5, "percent": 10}
     # And kubectl get shows the new split once the operator has seen generation 2
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="gen 2")
     assert serving["status"]["traffic"] == "3:50 4:50 shadow 5:10%"
 
-    # And the pods were not touched: the same template, the same generation of the Deployment
+    # When the canary wins: version 4 alone, version 3 and the shadow dropped
+    kubectl_apply({**CANARY, "versions": [{"version": 4, "weight": 100, "labels": ["stable"]}]})
+
+    # Then TF Serving's config names version 4 only
+    wait_for(lambda: models_config() == [4], timeout=30, what="models.config with 4 only")
+    serving = wait_for(lambda: is_ready(crds, namespace, "mnist", 3), timeout=60, what="gen 3")
+    assert serving["status"]["traffic"] == "4:100"
+
+    # And the pods were never touched: the same template, the same generation of the Deployment
     after = apps.read_namespaced_deployment("mnist", namespace)
     assert kube_client.sanitize_for_serialization(after.spec.template) == template
     assert after.metadata.generation == deployment.metadata.generation
