@@ -25,8 +25,9 @@ TFSERVING_GRPC_PORT = 8500
 # Where the sidecar reads its settings (the operator mounts the rendered ConfigMap there).
 SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
 # Which version answers (weights, labels, shadow, sticky key): the `routing.yaml` key of the
-# same ConfigMap, mounted as a directory of its own (not a subPath) so that the kubelet
-# replaces the file in place when the ConfigMap changes; the sidecar re-reads it.
+# same ConfigMap. For a serving that lists versions it is mounted as a directory of its own
+# (not a subPath), so that the kubelet replaces the file in place when the ConfigMap changes
+# and the sidecar re-reads it; for one version written the old way, by subPath, read once.
 SIDECAR_ROUTING_FILE = "/etc/modelserving/routing/routing.yaml"
 # TF Serving re-reads its models.config this often (--model_config_file_poll_wait_seconds):
 # the kubelet takes up to about a minute to update a mounted ConfigMap, so polling more

@@ -34,8 +34,9 @@ MODELS_CONFIG_KEY = "models.config"
 BATCHING_CONFIG_KEY = "batching.config"
 PVC_MOUNT = "/mnt/models"
 SPOOL_SHARE = 0.9  # of the spool volume the sidecar may fill; the rest is headroom
-# Files re-read by running pods (TF Serving polls models.config, the sidecar routing.yaml): left
-# out of the pod template's checksum, so a change of versions or weights restarts no pod.
+# Files the pods of a serving that lists versions re-read (TF Serving polls models.config, the
+# sidecar routing.yaml): left out of the pod template's checksum, so a change of versions or
+# weights restarts no pod.
 LIVE_KEYS = frozenset({MODELS_CONFIG_KEY, ROUTING_KEY})
 
 
@@ -209,16 +210,22 @@ def render_sidecar_configmap(
 
 def config_checksum(spec: ServingSpec, configmaps: list[Manifest]) -> str:
     """A digest of what the pods read only when they start: on the pod template, so a change
-    of it rolls the pods. The files pods re-read (LIVE_KEYS) are left out; so is the
-    sidecar's fallback version when the spec lists versions, so that moving traffic between
-    versions restarts nothing. One version written the old way (spec.model.version) still
-    rolls the pods when it changes, as it always has."""
+    of it rolls the pods.
+
+    A serving that lists versions (spec.model.versions) has pods that re-read models.config
+    and routing.yaml (LIVE_KEYS): those are left out, and so is the sidecar's fallback
+    version, so that moving traffic between versions restarts nothing. A serving of one
+    version written the old way (spec.model.version) has pods that read every file once, as
+    it always had: a new version rolls them, and the old pods keep serving the old version
+    until they go, never switching under their callers."""
     data: list[list[Any]] = []
     for cm in configmaps:
-        files: dict[str, Any] = {k: v for k, v in cm["data"].items() if k not in LIVE_KEYS}
-        if spec.model.listed and SIDECAR_CONFIG_KEY in files:
-            sidecar = yaml.load(files[SIDECAR_CONFIG_KEY], Loader=_YAML_LOADER)
-            del sidecar["model"]["version"]
-            files[SIDECAR_CONFIG_KEY] = sidecar
+        files: dict[str, Any] = dict(cm["data"])
+        if spec.model.listed:
+            files = {k: v for k, v in files.items() if k not in LIVE_KEYS}
+            if SIDECAR_CONFIG_KEY in files:
+                sidecar = yaml.load(files[SIDECAR_CONFIG_KEY], Loader=_YAML_LOADER)
+                del sidecar["model"]["version"]
+                files[SIDECAR_CONFIG_KEY] = sidecar
         data.append([cm["metadata"]["name"], files])
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

@@ -43,9 +43,9 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
         f"--port={api.TFSERVING_GRPC_PORT}",
         f"--rest_api_port={api.TFSERVING_REST_PORT}",
         f"--model_config_file={TFSERVING_CONFIG_DIR}/{MODELS_CONFIG_KEY}",
-        # Versions added or removed in models.config load and unload without a restart.
-        f"--model_config_file_poll_wait_seconds={api.TFSERVING_CONFIG_POLL_SECONDS}",
     ]
+    if spec.model.listed:  # versions added or removed load and unload without a restart
+        args.append(f"--model_config_file_poll_wait_seconds={api.TFSERVING_CONFIG_POLL_SECONDS}")
     if server.batching.enabled:
         args += [
             "--enable_batching=true",
@@ -84,9 +84,7 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             "subPath": SIDECAR_CONFIG_KEY,
             "readOnly": True,
         },
-        # A directory, not a subPath: the kubelet updates it in place when the ConfigMap
-        # changes, and the sidecar re-reads it.
-        {"name": "sidecar-routing", "mountPath": ROUTING_DIR, "readOnly": True},
+        _routing_mount(spec),
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "spool", "mountPath": LoggingConfig.spool_dir},
     ]
@@ -120,6 +118,20 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
     }
 
 
+def _routing_mount(spec: ServingSpec) -> dict[str, Any]:
+    """Where the sidecar finds routing.yaml. Listed versions: a directory, which the kubelet
+    updates in place when the ConfigMap changes, and the sidecar re-reads it. One version
+    written the old way: a subPath, read once, as the rest of the pod's files are."""
+    if spec.model.listed:
+        return {"name": "sidecar-routing", "mountPath": ROUTING_DIR, "readOnly": True}
+    return {
+        "name": "sidecar-config",
+        "mountPath": api.SIDECAR_ROUTING_FILE,
+        "subPath": ROUTING_KEY,
+        "readOnly": True,
+    }
+
+
 def _container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -134,13 +146,6 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
         {"name": "sidecar-config", "configMap": {"name": sidecar_configmap_name(spec)}},
-        {
-            "name": "sidecar-routing",
-            "configMap": {
-                "name": sidecar_configmap_name(spec),
-                "items": [{"key": ROUTING_KEY, "path": ROUTING_KEY}],
-            },
-        },
         {"name": "tmp", "emptyDir": {}},
         (
             {"name": "spool", "persistentVolumeClaim": {"claimName": spool.claim_name}}
@@ -151,6 +156,14 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
     if spec.auth.mode == "apiKey":
         secret = spec.auth.api_keys.secret_name
         volumes.append({"name": "apikeys", "secret": {"secretName": secret}})
+    if spec.model.listed:  # routing.yaml alone, in a directory the kubelet keeps up to date
+        items = [{"key": ROUTING_KEY, "path": ROUTING_KEY}]
+        volumes.append(
+            {
+                "name": "sidecar-routing",
+                "configMap": {"name": sidecar_configmap_name(spec), "items": items},
+            }
+        )
     claim = spec.model.claim_name
     if claim is not None:
         volumes.append(

@@ -140,13 +140,21 @@ def test_moving_traffic_between_listed_versions_restarts_no_pod():
         assert routing(serving(**model)) != routing(serving(**CANARY)), model
 
 
-def test_a_new_version_written_the_old_way_still_rolls_the_pods():
-    def checksum(version: int) -> str:
-        return pod_template(serving(version=version))["metadata"]["annotations"][
-            CONFIG_CHECKSUM_ANNOTATION
-        ]
+def test_one_version_written_the_old_way_is_read_once_and_a_change_rolls_the_pods():
+    def checksum(**model) -> str:
+        template = pod_template(serving(**model))
+        return template["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
 
-    assert checksum(1) != checksum(2)
+    # The old pods keep serving the old version until they go: nothing they read changes
+    pod = pod_template(serving(version=1))["spec"]
+    tfs, sidecar = pod["containers"]
+    assert not [arg for arg in tfs["args"] if arg.startswith("--model_config_file_poll")]
+    routing_mount = next(
+        m for m in sidecar["volumeMounts"] if m["mountPath"] == api.SIDECAR_ROUTING_FILE
+    )
+    assert routing_mount["subPath"] == "routing.yaml"
+    assert checksum(version=1) != checksum(version=2)
+    assert checksum(version=1) != checksum(version=1, shadow={"version": 2, "percent": 5})
 
 
 def test_what_pods_read_at_start_still_rolls_them():
