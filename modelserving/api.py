@@ -9,6 +9,10 @@ KIND = "ModelServing"
 PLURAL = "modelservings"
 SINGULAR = "modelserving"
 SHORT_NAME = "msv"
+# The annotation each sidecar writes on its own Pod (through pods/status) with what TF Serving
+# says of the model's versions, whether it answers, and whether the auth config is usable; the
+# operator turns the pods' reports into status.versions and the ModelReady/AuthReady conditions.
+MODEL_REPORT_ANNOTATION = f"{GROUP}/model"
 # RBAC subresource that grants the right to call a serving's :predict paths.
 PREDICT_SUBRESOURCE = "predict"
 
@@ -20,6 +24,15 @@ TFSERVING_REST_PORT = 8501
 TFSERVING_GRPC_PORT = 8500
 # Where the sidecar reads its settings (the operator mounts the rendered ConfigMap there).
 SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
+# Which version answers (weights, labels, shadow, sticky key): the `routing.yaml` key of the
+# same ConfigMap. For a serving that lists versions it is mounted as a directory of its own
+# (not a subPath), so that the kubelet replaces the file in place when the ConfigMap changes
+# and the sidecar re-reads it; for one version written the old way, by subPath, read once.
+SIDECAR_ROUTING_FILE = "/etc/modelserving/routing/routing.yaml"
+# TF Serving re-reads its models.config this often (--model_config_file_poll_wait_seconds):
+# the kubelet takes up to about a minute to update a mounted ConfigMap, so polling more
+# often than this gains little, and each poll is one read of a small file.
+TFSERVING_CONFIG_POLL_SECONDS = 10
 # `modelserving apikey` names a serving's API key Secret `<serving name>` + this suffix unless
 # told otherwise; the serving points at it with spec.auth.apiKeys.secretName.
 APIKEYS_SECRET_SUFFIX = "-apikeys"

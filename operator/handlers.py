@@ -53,7 +53,8 @@ CHILD_RESOURCES = [
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding"),
 ]
 SERVINGS_INDEX = "servings"
-# The serving's pods are watched, not owned: their log-status annotations feed LoggingReady.
+# The serving's pods are watched, not owned: their annotations feed the status (LoggingReady,
+# ModelReady, AuthReady, status.versions).
 PODS_INDEX = "serving_pods"
 INDEXES = (
     SERVINGS_INDEX,
@@ -202,12 +203,22 @@ for _resource in CHILD_RESOURCES:
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
 async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """What LoggingReady needs of a serving's pod: its name and log-status annotation."""
+    """What the status needs of a serving's pod: its name, whether it is Ready, and its
+    sidecar's reports (the log's health, what TF Serving says of the model)."""
     key = _serving_of(body)
     if key is None:
         return {}
     annotations = body["metadata"].get("annotations") or {}
-    return {key: {"name": name, "logStatus": annotations.get(LOG_STATUS_ANNOTATION)}}
+    conditions = (body.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return {
+        key: {
+            "name": name,
+            "ready": ready,
+            "logStatus": annotations.get(LOG_STATUS_ANNOTATION),
+            "modelReport": annotations.get(api.MODEL_REPORT_ANNOTATION),
+        }
+    }
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, id="pods_event")
@@ -232,6 +243,7 @@ async def serving_event(
         rec.queue.forget(key)
         rec.verified.pop(key, None)
         rec.reconciled.discard(key)
+        rec.told_reasons.pop(key, None)
         spec = ServingSpec.from_body(body)
         if spec.auth.mode == "kubernetes":
             await rec.kube.delete("ClusterRoleBinding", cluster_role_binding_name(spec))

@@ -19,6 +19,7 @@ import kopf
 from modelserving import api
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
+from modelserving.operator.model_report import event_for, model_status, ready_with_pods
 from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
 from modelserving.operator.names import MODEL_ID_ANNOTATION
 from modelserving.operator.render import render_children
@@ -26,6 +27,7 @@ from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
     POD_REASONS,
+    Condition,
     LoggingState,
     deployment_conditions,
     logging_condition,
@@ -62,6 +64,9 @@ class Reconciler:
     writes: int = 0  # since the start: applies, deletes, status and annotation patches
     caught_up: bool = False  # the queue has been empty once since the start
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    # The reasons of ModelReady and AuthReady last told in an Event, per serving: the watch
+    # cache may still hold the status before our last write, and an Event goes once per change.
+    told_reasons: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 def covers(live: Any, desired: Any) -> bool:
@@ -131,9 +136,13 @@ async def reconcile(
             rec.verified.pop(key, None)
 
     _post_changes(serving, done, model_id if assigned else None)
+    pods = list(pods)
     logging_state = await _logging_state(rec, serving, spec, from_serving_event)
     if logging_state.ready and spec.logging_on(rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
+    model = model_status(spec.model, pods)
+    ready, *rollout = deployment_conditions(deployment, apply_error)
+    _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])
     old_status = serving.get("status") or {}
     new_status = render_status(
         old_status,
@@ -143,8 +152,13 @@ async def reconcile(
         endpoint=spec.endpoint,
         topic=spec.topic if spec.logging_requested(rec.settings) else None,
         deployment=deployment,
+        traffic=spec.model.traffic,
+        versions=model.versions,
         conditions=[
-            *deployment_conditions(deployment, apply_error),
+            ready_with_pods(ready, model),
+            *rollout,
+            model.model_ready,
+            model.auth_ready,
             logging_condition(logging_state),
         ],
         now=_now(),
@@ -218,6 +232,25 @@ def _post_changes(
             reason="ModelIdAssigned",
             message=f"modelId {new_model_id}",
         )
+
+
+def _post_model_events(
+    rec: Reconciler, serving: Mapping[str, Any], key: tuple[str, str], conditions: list[Condition]
+) -> None:
+    """An Event when what the pods say of the model or the auth config changes reason."""
+    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    for cond in conditions:
+        event = event_for(told.get(cond.type), cond)
+        told[cond.type] = cond.reason
+        if event is not None:
+            kind, reason = event
+            kopf.event(_ref(serving), type=kind, reason=reason, message=cond.message)
+
+
+def _condition_reasons(serving: Mapping[str, Any]) -> dict[str, str]:
+    """The reasons of the serving's conditions as stored (what the last operator wrote)."""
+    conditions = (serving.get("status") or {}).get("conditions") or []
+    return {c["type"]: c.get("reason", "") for c in conditions if c.get("type")}
 
 
 async def _logging_state(

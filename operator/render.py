@@ -35,13 +35,12 @@ def render_children(spec: ServingSpec, settings: OperatorSettings, model_id: int
         render_tfserving_configmap(spec),
         render_sidecar_configmap(spec, settings, model_id),
     ]
-    children: list[Manifest] = [*configmaps]
-    if spec.needs_service_account(settings):
-        children.append(render_service_account(spec))
+    # Every sidecar calls the API: it publishes its model report (and its log's health) on its
+    # pod, and checks tokens with TokenReviews in auth mode kubernetes.
+    children: list[Manifest] = [*configmaps, render_service_account(spec)]
     if spec.auth.mode == "kubernetes":
         children.append(render_cluster_role_binding(spec, settings))
-    if spec.logging_on(settings):
-        children.append(render_log_status_role_binding(spec, settings))
+    children.append(render_log_status_role_binding(spec, settings))
     children += [
         render_deployment(spec, settings, configmaps),
         render_service(spec),

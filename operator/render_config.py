@@ -27,11 +27,17 @@ from modelserving.sidecar.config import AuthConfig, LoggingConfig
 
 # Where the pod finds what these files name; the pod's renderer mounts them there.
 SIDECAR_CONFIG_KEY = PurePosixPath(api.SIDECAR_CONFIG_FILE).name
+ROUTING_KEY = PurePosixPath(api.SIDECAR_ROUTING_FILE).name
+ROUTING_DIR = str(PurePosixPath(api.SIDECAR_ROUTING_FILE).parent)
 TFSERVING_CONFIG_DIR = "/etc/tfserving"
 MODELS_CONFIG_KEY = "models.config"
 BATCHING_CONFIG_KEY = "batching.config"
 PVC_MOUNT = "/mnt/models"
 SPOOL_SHARE = 0.9  # of the spool volume the sidecar may fill; the rest is headroom
+# Files the pods of a serving that lists versions re-read (TF Serving polls models.config, the
+# sidecar routing.yaml): left out of the pod template's checksum, so a change of versions or
+# weights restarts no pod.
+LIVE_KEYS = frozenset({MODELS_CONFIG_KEY, ROUTING_KEY})
 
 
 def tfserving_base_path(spec: ServingSpec) -> str:
@@ -42,7 +48,11 @@ def tfserving_base_path(spec: ServingSpec) -> str:
 
 
 def render_models_config(spec: ServingSpec) -> str:
-    """TF Serving's model_config_file (text protobuf), pinned to the spec's version."""
+    """TF Serving's model_config_file (text protobuf): every weighted version and the shadow.
+
+    Labels stay out (no version_labels): TF Serving refuses a config whose label names a
+    version it has not loaded yet, and the sidecar resolves labels itself."""
+    versions = " ".join(f"versions: {number}" for number in spec.model.loaded_versions)
     return (
         "model_config_list {\n"
         "  config {\n"
@@ -50,11 +60,33 @@ def render_models_config(spec: ServingSpec) -> str:
         f"    base_path: {json.dumps(tfserving_base_path(spec))}\n"
         '    model_platform: "tensorflow"\n'
         "    model_version_policy {\n"
-        f"      specific {{ versions: {spec.model.version} }}\n"
+        f"      specific {{ {versions} }}\n"
         "    }\n"
         "  }\n"
         "}\n"
     )
+
+
+def render_routing(spec: ServingSpec) -> dict[str, Any]:
+    """The sidecar's routing file: which version answers a request (see the sidecar's routing
+    module): the weighted versions with their labels, the shadow, the sticky key."""
+    model = spec.model
+    routing: dict[str, Any] = {
+        "versions": [
+            {"version": v.number, "weight": v.weight, "labels": list(v.labels)}
+            for v in model.versions
+        ]
+    }
+    if model.shadow is not None:
+        shadow = model.shadow
+        routing["shadow"] = {"version": shadow.number, "percent": shadow.percent}
+        if shadow.labels:
+            routing["shadow"]["labels"] = list(shadow.labels)
+    sticky: dict[str, Any] = {"by": model.sticky.by}
+    if model.sticky.by == "header":
+        sticky["header"] = model.sticky.header
+    routing["sticky"] = sticky
+    return routing
 
 
 def render_batching_config(spec: ServingSpec) -> str:
@@ -158,6 +190,7 @@ def render_tfserving_configmap(spec: ServingSpec) -> Manifest:
 # libyaml's dumper when PyYAML has it: the same text, four times faster (a thousand servings
 # rolling out render it thousands of times).
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def render_sidecar_configmap(
@@ -166,15 +199,33 @@ def render_sidecar_configmap(
     text = yaml.dump(
         render_sidecar_config(spec, settings, model_id), Dumper=_YAML_DUMPER, sort_keys=False
     )
+    routing = yaml.dump(render_routing(spec), Dumper=_YAML_DUMPER, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(spec, sidecar_configmap_name(spec)),
-        "data": {SIDECAR_CONFIG_KEY: text},
+        "data": {SIDECAR_CONFIG_KEY: text, ROUTING_KEY: routing},
     }
 
 
-def config_checksum(configmaps: list[Manifest]) -> str:
-    """A digest of the ConfigMaps' data: on the pod template, so a config change rolls out."""
-    data = [[cm["metadata"]["name"], cm["data"]] for cm in configmaps]
+def config_checksum(spec: ServingSpec, configmaps: list[Manifest]) -> str:
+    """A digest of what the pods read only when they start: on the pod template, so a change
+    of it rolls the pods.
+
+    A serving that lists versions (spec.model.versions) has pods that re-read models.config
+    and routing.yaml (LIVE_KEYS): those are left out, and so is the sidecar's fallback
+    version, so that moving traffic between versions restarts nothing. A serving of one
+    version written the old way (spec.model.version) has pods that read every file once, as
+    it always had: a new version rolls them, and the old pods keep serving the old version
+    until they go, never switching under their callers."""
+    data: list[list[Any]] = []
+    for cm in configmaps:
+        files: dict[str, Any] = dict(cm["data"])
+        if spec.model.listed:
+            files = {k: v for k, v in files.items() if k not in LIVE_KEYS}
+            if SIDECAR_CONFIG_KEY in files:
+                sidecar = yaml.load(files[SIDECAR_CONFIG_KEY], Loader=_YAML_LOADER)
+                del sidecar["model"]["version"]
+                files[SIDECAR_CONFIG_KEY] = sidecar
+        data.append([cm["metadata"]["name"], files])
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

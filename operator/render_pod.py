@@ -24,6 +24,8 @@ from modelserving.operator.render_config import (
     BATCHING_CONFIG_KEY,
     MODELS_CONFIG_KEY,
     PVC_MOUNT,
+    ROUTING_DIR,
+    ROUTING_KEY,
     SIDECAR_CONFIG_KEY,
     TFSERVING_CONFIG_DIR,
     config_checksum,
@@ -42,6 +44,8 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
         f"--rest_api_port={api.TFSERVING_REST_PORT}",
         f"--model_config_file={TFSERVING_CONFIG_DIR}/{MODELS_CONFIG_KEY}",
     ]
+    if spec.model.listed:  # versions added or removed load and unload without a restart
+        args.append(f"--model_config_file_poll_wait_seconds={api.TFSERVING_CONFIG_POLL_SECONDS}")
     if server.batching.enabled:
         args += [
             "--enable_batching=true",
@@ -80,20 +84,20 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             "subPath": SIDECAR_CONFIG_KEY,
             "readOnly": True,
         },
+        _routing_mount(spec),
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "spool", "mountPath": LoggingConfig.spool_dir},
     ]
     if spec.auth.mode == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
-    env = []
-    if spec.logging_on(settings):  # the pod the sidecar publishes its log's health on
-        env = [
-            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
-            for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
-        ]
+    # The pod the sidecar publishes its model report and its log's health on.
+    env = [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
+        for name, field in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"))
+    ]
     return {
         "name": api.SIDECAR_CONTAINER,
-        **({"env": env} if env else {}),
+        "env": env,
         "image": settings.sidecar_image,
         "imagePullPolicy": spec.server.image_pull_policy,
         "command": ["modelserving", "sidecar", "--config", api.SIDECAR_CONFIG_FILE],
@@ -111,6 +115,20 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         "resources": spec.sidecar.resources,
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+    }
+
+
+def _routing_mount(spec: ServingSpec) -> dict[str, Any]:
+    """Where the sidecar finds routing.yaml. Listed versions: a directory, which the kubelet
+    updates in place when the ConfigMap changes, and the sidecar re-reads it. One version
+    written the old way: a subPath, read once, as the rest of the pod's files are."""
+    if spec.model.listed:
+        return {"name": "sidecar-routing", "mountPath": ROUTING_DIR, "readOnly": True}
+    return {
+        "name": "sidecar-config",
+        "mountPath": api.SIDECAR_ROUTING_FILE,
+        "subPath": ROUTING_KEY,
+        "readOnly": True,
     }
 
 
@@ -138,6 +156,14 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
     if spec.auth.mode == "apiKey":
         secret = spec.auth.api_keys.secret_name
         volumes.append({"name": "apikeys", "secret": {"secretName": secret}})
+    if spec.model.listed:  # routing.yaml alone, in a directory the kubelet keeps up to date
+        items = [{"key": ROUTING_KEY, "path": ROUTING_KEY}]
+        volumes.append(
+            {
+                "name": "sidecar-routing",
+                "configMap": {"name": sidecar_configmap_name(spec), "items": items},
+            }
+        )
     claim = spec.model.claim_name
     if claim is not None:
         volumes.append(
@@ -149,9 +175,9 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
 def render_deployment(
     spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
 ) -> Manifest:
-    own_account = spec.needs_service_account(settings)
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": own_account,
+        "automountServiceAccountToken": True,
+        "serviceAccountName": service_account_name(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -167,8 +193,6 @@ def render_deployment(
         ],
         "volumes": _volumes(spec),
     }
-    if own_account:
-        pod_spec["serviceAccountName"] = service_account_name(spec)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "revisionHistoryLimit": 3,
@@ -180,7 +204,7 @@ def render_deployment(
         "template": {
             "metadata": {
                 "labels": labels(spec),
-                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(configmaps)},
+                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)},
             },
             "spec": pod_spec,
         },

@@ -1,6 +1,6 @@
 """The sidecar's own ServiceAccount and what it may do: TokenReviews and SubjectAccessReviews
-(auth mode kubernetes), and patching its pod's log status. Pure functions of the spec and
-the operator's settings, which name the ClusterRoles bound."""
+(auth mode kubernetes), and patching its pod's model report and log status. Pure functions of
+the spec and the operator's settings, which name the ClusterRoles bound."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def render_cluster_role_binding(spec: ServingSpec, settings: OperatorSettings) -
 
 
 def render_log_status_role_binding(spec: ServingSpec, settings: OperatorSettings) -> Manifest:
-    """Lets the sidecar patch pods/status (its pod's log-status annotation) in its namespace."""
+    """Lets the sidecar patch pods/status (its pod's model report and log-status annotations)
+    in its namespace."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",

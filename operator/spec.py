@@ -51,25 +51,71 @@ def quantity_bytes(quantity: str | int) -> int:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One version of the model the pods load: a numbered folder under the base path."""
+    """One version of the model the pods load: a numbered folder under the base path, with the
+    percent of requests it answers and its labels."""
 
     number: int
+    weight: int = 100
+    labels: tuple[str, ...] = ()
+
+    @property
+    def role(self) -> str:
+        """The `role` Kafka header of the records it answers: its first label, else stable."""
+        return self.labels[0] if self.labels else "stable"
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """spec.model.shadow: the version that gets a copy of `percent` of the requests."""
+
+    number: int
+    percent: int
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StickySpec:
+    """spec.model.sticky: what keeps a caller on one version (header, caller or none)."""
+
+    by: str = "none"
+    header: str | None = None  # the request header, when by is header
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """spec.model. Today it names one version (spec.model.version); `versions` is a tuple so
-    that a later API version can list several beside it (with weights, labels, a shadow)
-    while a spec naming one version keeps its meaning."""
+    """spec.model: one version (spec.model.version, `listed` False) or several that share the
+    requests by weight (spec.model.versions), an optional shadow and what keeps a caller on
+    one version. One version written the old way is a list of one at weight 100."""
 
     name: str  # in the :predict paths; defaults to the serving's name
     base_path: str
     versions: tuple[ModelVersion, ...]
+    shadow: ShadowSpec | None = None
+    sticky: StickySpec = StickySpec()
+    # spec.model.versions was written: version changes reach running pods without a restart.
+    # False for spec.model.version, whose change rolls the pods as it always has.
+    listed: bool = False
 
     @property
     def version(self) -> int:
-        """The version that answers requests: today the only one."""
-        return self.versions[0].number
+        """The first version with a weight: the sidecar's fallback when it has no routing file."""
+        return next((v.number for v in self.versions if v.weight > 0), self.versions[0].number)
+
+    @property
+    def loaded_versions(self) -> tuple[int, ...]:
+        """Every version TF Serving loads: the weighted ones and the shadow, ascending."""
+        numbers = {v.number for v in self.versions}
+        if self.shadow is not None:
+            numbers.add(self.shadow.number)
+        return tuple(sorted(numbers))
+
+    @property
+    def traffic(self) -> str:
+        """The split for kubectl get: "3:90 4:10 shadow 5:10%"."""
+        text = " ".join(f"{v.number}:{v.weight}" for v in self.versions)
+        if self.shadow is not None:
+            text += f" shadow {self.shadow.number}:{self.shadow.percent}%"
+        return text
 
     @property
     def claim_name(self) -> str | None:
@@ -287,10 +333,6 @@ class ServingSpec:
     def logging_on(self, settings: OperatorSettings) -> bool:
         return self.logging_requested(settings) and bool(self.bootstrap_servers(settings))
 
-    def needs_service_account(self, settings: OperatorSettings) -> bool:
-        """The sidecar calls the API: TokenReviews (kubernetes auth), its pod's log status."""
-        return self.auth.mode == "kubernetes" or self.logging_on(settings)
-
 
 # --------------------------------------------------------------------------- parsing
 # A key that is absent or null takes the field's default; the CRD has checked the rest.
@@ -343,13 +385,33 @@ def _given(raw: Raw, converters: Mapping[str, Callable[[Any], Any]]) -> dict[str
 
 
 def _model(raw: Raw, serving_name: str) -> ModelSpec:
-    for key in ("version", "basePath"):
-        if raw.get(key) is None:
-            raise SpecError(f"spec.model.{key} is required")
+    if raw.get("basePath") is None:
+        raise SpecError("spec.model.basePath is required")
+    listed = bool(raw.get("versions"))
+    if listed:
+        versions = tuple(
+            ModelVersion(int(v["version"]), int(v["weight"]), tuple(v.get("labels") or ()))
+            for v in raw["versions"]
+        )
+    elif raw.get("version") is not None:
+        versions = (ModelVersion(int(raw["version"])),)
+    else:
+        raise SpecError("spec.model.version (or spec.model.versions) is required")
+    shadow = raw.get("shadow")
+    sticky = _section(raw, "sticky")
     return ModelSpec(
         name=raw.get("name") or serving_name,
         base_path=raw["basePath"],
-        versions=(ModelVersion(int(raw["version"])),),
+        versions=versions,
+        shadow=(
+            ShadowSpec(
+                int(shadow["version"]), int(shadow["percent"]), tuple(shadow.get("labels") or ())
+            )
+            if shadow
+            else None
+        ),
+        sticky=StickySpec(**_given(sticky, {"by": str, "header": str})),
+        listed=listed,
     )
 
 

@@ -173,6 +173,8 @@ def render_status(
     deployment: Mapping[str, Any] | None,
     conditions: list[Condition],
     now: str,
+    traffic: str = "",
+    versions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The whole status subresource the operator owns."""
     dep_spec = (deployment or {}).get("spec") or {}
@@ -188,6 +190,8 @@ def render_status(
         "readyReplicas": ready,
         "updatedReplicas": dep_status.get("updatedReplicas", 0),
         "readyText": f"{ready}/{desired}",
+        "traffic": traffic,
+        "versions": versions or [],
         "conditions": merge_conditions(
             list(old_status.get("conditions") or []), conditions, generation, now
         ),

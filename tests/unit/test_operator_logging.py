@@ -239,7 +239,7 @@ def test_logging_settings_come_from_flags_and_environment_and_bad_ones_are_named
             settings_from(parser.parse_args([]), {name: bad})
 
 
-def test_a_serving_that_logs_gets_an_account_allowed_to_publish_on_its_pod():
+def test_every_serving_gets_an_account_allowed_to_publish_on_its_pod():
     children = render_children(mnist(), SETTINGS, 17)
     kinds = {(c["kind"], c["metadata"]["name"]): c for c in children}
 
@@ -251,8 +251,11 @@ def test_a_serving_that_logs_gets_an_account_allowed_to_publish_on_its_pod():
     assert ("ServiceAccount", "mnist-sidecar") in kinds
     sidecar = kinds[("Deployment", "mnist")]["spec"]["template"]["spec"]["containers"][1]
     assert [e["name"] for e in sidecar["env"]] == ["POD_NAME", "POD_NAMESPACE"]
+    # Its model report is published whether or not it logs.
     quiet = render_children(mnist(enabled=False), SETTINGS, 17)
-    assert not [c for c in quiet if c["kind"] in ("RoleBinding", "ServiceAccount")]
+    names = {(c["kind"], c["metadata"]["name"]) for c in quiet}
+    assert ("RoleBinding", "mnist-sidecar-log-status") in names
+    assert ("ServiceAccount", "mnist-sidecar") in names
 
 
 def test_logging_ready_takes_the_worst_pods_state_and_the_oldest_records_age():

@@ -123,11 +123,12 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["apikeys"]["secret"]["secretName"] == "mnist-keys"
     assert volumes["spool"]["emptyDir"]["sizeLimit"] == "1Gi"
-    # The sidecar publishes its log's health on its pod: its own account, with a token.
+    # The sidecar publishes its model report and its log's health on its pod: its own
+    # account, with a token, whether or not it logs.
     assert pod["automountServiceAccountToken"] is True
     assert pod["serviceAccountName"] == "mnist-sidecar"
     quiet = render_deployment(mnist(logging={"enabled": False}), SETTINGS, [])
-    assert quiet["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert quiet["spec"]["template"]["spec"]["serviceAccountName"] == "mnist-sidecar"
 
 
 def test_a_new_version_changes_the_config_and_so_the_pod_template():

@@ -1,0 +1,276 @@
+"""What the serving's pods say of the model: their reports turned into status, pure functions.
+
+Each sidecar writes a report on its own Pod (annotation `modelserving.io/model`, through
+pods/status): whether TF Serving answers, each version's state as TF Serving reports it (with
+its error when a load failed), how many requests each version answered in the last minute,
+and whether the auth configuration is usable. Here the pods' reports become
+`status.versions` (per version: weight asked, the worst pod's state, the share it really
+served) and two conditions, ModelReady and AuthReady, from the worst pod. Ready is held False
+by what stops a ready pod from serving as asked (a version with a weight that is not
+AVAILABLE, TF Serving not answering, an unusable auth configuration); when the Deployment
+already says not Ready, the pods' reason replaces its "Unavailable", since it says why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelserving.operator.spec import ModelSpec
+from modelserving.operator.status import Condition
+
+AVAILABLE = "AVAILABLE"
+# TF Serving's version states, best first; a state outside this list ranks as UNKNOWN.
+_STATE_RANK = {
+    state: rank
+    for rank, state in enumerate(("AVAILABLE", "LOADING", "START", "UNLOADING", "END", "UNKNOWN"))
+}
+_OK_CODES = ("", "OK")
+
+# Reasons, worst first: the first that holds is the one a condition says.
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+SERVER_UNAVAILABLE = "ServerUnavailable"
+AUTH_CONFIG_INVALID = "AuthConfigInvalid"
+MODEL_LOADING = "ModelLoading"
+PROBLEMS = (MODEL_LOAD_FAILED, SERVER_UNAVAILABLE, AUTH_CONFIG_INVALID, MODEL_LOADING)
+# Reasons that warn in an Event; the others are told as Normal ones.
+WARNINGS = (MODEL_LOAD_FAILED, SERVER_UNAVAILABLE, AUTH_CONFIG_INVALID)
+ALL_AVAILABLE = "AllVersionsAvailable"
+AUTH_READY = "AuthConfigReady"
+AWAITING_REPORT = "AwaitingReport"
+# Ready reasons of the Deployment that the pods' word may explain better.
+_EXPLAINABLE = ("Unavailable", "Creating")
+_MESSAGE_LIMIT = 1024  # of TF Serving's error in a condition: a path, a status, not a trace
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """One version as one pod's TF Serving reports it."""
+
+    state: str
+    error_code: str = ""
+    error_message: str = ""
+    served: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.error_code not in _OK_CODES
+
+    @property
+    def rank(self) -> int:
+        """How bad: a failed load is worst, then TF Serving's states from UNKNOWN to AVAILABLE."""
+        if self.failed:
+            return len(_STATE_RANK)
+        return _STATE_RANK.get(self.state, _STATE_RANK["UNKNOWN"])
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """One pod's report, as its sidecar wrote it."""
+
+    pod: str
+    ready: bool  # the pod's Ready condition: it takes requests
+    server_reachable: bool = True
+    server_error: str = ""
+    versions: Mapping[int, VersionReport] = field(default_factory=dict)
+    auth_ready: bool = True
+    auth_error: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What keeps a pod from serving as asked, worded for a condition."""
+
+    reason: str
+    message: str
+
+    @property
+    def rank(self) -> int:
+        return PROBLEMS.index(self.reason)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """The pods' reports, summed up for the serving's status."""
+
+    versions: list[dict[str, Any]]  # status.versions
+    model_ready: Condition
+    auth_ready: Condition
+    # What holds Ready False among the ready pods; what explains a Ready the Deployment
+    # already says is False, among all pods. None: nothing.
+    blocking: Problem | None
+    explaining: Problem | None
+
+
+def parse_reports(pods: Iterable[Mapping[str, Any]]) -> list[PodReport]:
+    """The reports of the pods' index entries ({name, ready, modelReport: JSON or None}); a pod
+    without one (not started, or a sidecar that does not publish it) or with one that is not
+    the contract's JSON is left out."""
+    reports = []
+    for pod in pods:
+        try:
+            raw = json.loads(pod.get("modelReport") or "null")
+            if isinstance(raw, dict):
+                reports.append(_report(str(pod.get("name", "?")), bool(pod.get("ready")), raw))
+        except (ValueError, TypeError, AttributeError, KeyError):
+            continue
+    return reports
+
+
+def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
+    server, auth = raw.get("server") or {}, raw.get("auth") or {}
+    versions = {
+        int(v["version"]): VersionReport(
+            state=str(v.get("state") or "UNKNOWN"),
+            error_code=str(v.get("errorCode") or ""),
+            error_message=str(v.get("errorMessage") or ""),
+            served=int(v.get("served") or 0),
+        )
+        for v in raw.get("versions") or []
+    }
+    return PodReport(
+        pod=pod,
+        ready=ready,
+        server_reachable=bool(server.get("reachable", True)),
+        server_error=str(server.get("error") or ""),
+        versions=versions,
+        auth_ready=bool(auth.get("ready", True)),
+        auth_error=str(auth.get("error") or ""),
+    )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _problems(report: PodReport, versions: Iterable[int]) -> list[Problem]:
+    """Every problem one pod reports for the given versions, worst first."""
+    found = []
+    if not report.server_reachable:
+        why = report.server_error or "no answer"
+        message = f"TF Serving does not answer in {report.pod}: {why}"
+        found.append(Problem(SERVER_UNAVAILABLE, message))
+    if not report.auth_ready:
+        why = report.auth_error or "unusable"
+        found.append(Problem(AUTH_CONFIG_INVALID, f"{report.pod}: {why}"))
+    for number in versions:
+        seen = report.versions.get(number)
+        if seen is None:
+            if report.server_reachable:
+                message = f"{report.pod} has no word of version {number} yet"
+                found.append(Problem(MODEL_LOADING, message))
+        elif seen.failed:
+            found.append(
+                Problem(
+                    MODEL_LOAD_FAILED,
+                    _cut(
+                        f"version {number} could not be loaded in {report.pod}: "
+                        f"{seen.error_code}: {seen.error_message}"
+                    ),
+                )
+            )
+        elif seen.state != AVAILABLE and report.server_reachable:
+            detail = f": {seen.error_message}" if seen.error_message else ""
+            message = f"version {number} is {seen.state} in {report.pod}{detail}"
+            found.append(Problem(MODEL_LOADING, _cut(message)))
+    return sorted(found, key=lambda problem: problem.rank)
+
+
+def _worst(problems: Iterable[Problem]) -> Problem | None:
+    return min(problems, key=lambda problem: problem.rank, default=None)
+
+
+def _version_entries(model: ModelSpec, reports: list[PodReport]) -> list[dict[str, Any]]:
+    total = sum(v.served for r in reports for v in r.versions.values())
+    asked = [(v.number, v.weight, v.labels, v.role) for v in model.versions]
+    if model.shadow is not None:
+        asked.append((model.shadow.number, 0, model.shadow.labels, "shadow"))
+    entries = []
+    for number, weight, labels, role in asked:
+        seen = [r.versions[number] for r in reports if number in r.versions]
+        worst = max(seen, key=lambda v: v.rank, default=None)
+        served = sum(v.served for v in seen)
+        entry: dict[str, Any] = {
+            "version": number,
+            "weight": weight,
+            "labels": list(labels),
+            "role": role,
+            "state": worst.state if worst else "",
+        }
+        if total:  # absent, not null, when nothing was served: a merge patch drops nulls
+            # Whole percents: a steady split reads the same from one report to the next, so
+            # the status is not rewritten for every request.
+            entry["servedPercent"] = round(100 * served / total)
+        if worst and worst.error_message:
+            entry["message"] = _cut(worst.error_message)
+        entries.append(entry)
+    return entries
+
+
+def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelStatus:
+    """The serving's status.versions, ModelReady and AuthReady from its pods' reports, and
+    what, if anything, holds Ready False."""
+    reports = parse_reports(pods)
+    every_version = model.loaded_versions
+    # Versions that take a share of the requests: while one is not AVAILABLE in a ready pod,
+    # that pod does not serve as asked. Weight 0 and the shadow only show in ModelReady.
+    weighted = [v.number for v in model.versions if v.weight > 0]
+    everything = [p for r in reports for p in _problems(r, every_version)]
+    gating = [p for r in reports for p in _problems(r, weighted)]
+    model_problem = _worst(p for p in everything if p.reason != AUTH_CONFIG_INVALID)
+    auth_problem = _worst(p for p in everything if p.reason == AUTH_CONFIG_INVALID)
+    if not reports:
+        waiting = "no pod has reported what TF Serving says of the model yet"
+        model_ready = Condition("ModelReady", False, AWAITING_REPORT, waiting)
+        auth_ready = Condition("AuthReady", False, AWAITING_REPORT, waiting)
+    else:
+        model_ready = (
+            Condition("ModelReady", False, model_problem.reason, model_problem.message)
+            if model_problem
+            else Condition(
+                "ModelReady",
+                True,
+                ALL_AVAILABLE,
+                f"versions {', '.join(map(str, every_version))} are AVAILABLE in every pod",
+            )
+        )
+        auth_ready = (
+            Condition("AuthReady", False, auth_problem.reason, auth_problem.message)
+            if auth_problem
+            else Condition("AuthReady", True, AUTH_READY, "the auth configuration is usable")
+        )
+    ready_pods = {r.pod for r in reports if r.ready}
+    blocking = _worst(p for r in reports if r.pod in ready_pods for p in _problems(r, weighted))
+    return ModelStatus(
+        versions=_version_entries(model, reports),
+        model_ready=model_ready,
+        auth_ready=auth_ready,
+        blocking=blocking,
+        explaining=_worst(gating),
+    )
+
+
+def ready_with_pods(ready: Condition, status: ModelStatus) -> Condition:
+    """The Ready condition with the pods' word: False with the pods' reason while a ready pod
+    cannot serve as asked; when the Deployment already says not Ready, the pods' reason
+    (ModelLoadFailed, ...) in place of its Unavailable, since it says why."""
+    if ready.status and status.blocking is not None:
+        return Condition("Ready", False, status.blocking.reason, status.blocking.message)
+    if not ready.status and ready.reason in _EXPLAINABLE and status.explaining is not None:
+        problem = status.explaining
+        return Condition("Ready", False, problem.reason, f"{ready.message}: {problem.message}")
+    return ready
+
+
+def event_for(previous: str | None, condition: Condition) -> tuple[str, str] | None:
+    """The Event to post (type, reason) when a condition's reason changed; None when it did
+    not, or when it only went from nothing to waiting for the pods' first report."""
+    if condition.reason == previous:
+        return None
+    if previous is None and condition.reason == AWAITING_REPORT:
+        return None
+    if condition.reason == AWAITING_REPORT:
+        return None
+    return ("Warning" if condition.reason in WARNINGS else "Normal", condition.reason)

@@ -1,0 +1,184 @@
+"""The pods' model reports turned into the serving's status: status.versions, ModelReady,
+AuthReady, what holds Ready False, and when an Event is told."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelserving.operator.model_report import event_for, model_status, ready_with_pods
+from modelserving.operator.spec import ModelSpec, ModelVersion, ShadowSpec
+from modelserving.operator.status import Condition
+
+CANARY = ModelSpec(
+    name="mnist",
+    base_path="s3://models/mnist",
+    versions=(ModelVersion(3, 90, ("stable",)), ModelVersion(4, 10, ("canary",))),
+    shadow=ShadowSpec(5, 10),
+    listed=True,
+)
+READY = Condition("Ready", True, "Available", "1 of 1 replicas serve the model")
+UNAVAILABLE = Condition("Ready", False, "Unavailable", "0 of 1 replicas are ready")
+NOT_FOUND = "Could not find base path s3://models/mnist/4 for servable mnist"
+
+
+def version(number: int, state: str = "AVAILABLE", served: int = 0, **error: str) -> dict:
+    return {"version": number, "state": state, "errorCode": error.get("code", "OK"),
+            "errorMessage": error.get("message", ""), "served": served}  # fmt: skip
+
+
+def pod(name: str, *versions: dict, ready: bool = True, **report: Any) -> dict:
+    body = {
+        "server": report.get("server", {"reachable": True, "error": ""}),
+        "versions": list(versions),
+        "auth": report.get("auth", {"ready": True, "error": ""}),
+    }
+    return {"name": name, "ready": ready, "modelReport": json.dumps(body)}
+
+
+def healthy(name: str, served: tuple[int, int, int] = (0, 0, 0)) -> dict:
+    return pod(name, *(version(n, served=s) for n, s in zip((3, 4, 5), served, strict=True)))
+
+
+def test_every_version_available_shows_the_split_really_served():
+    status = model_status(CANARY, [healthy("a", (850, 90, 0)), healthy("b", (50, 10, 0))])
+
+    assert status.versions == [
+        {"version": 3, "weight": 90, "labels": ["stable"], "role": "stable",
+         "state": "AVAILABLE", "servedPercent": 90},
+        {"version": 4, "weight": 10, "labels": ["canary"], "role": "canary",
+         "state": "AVAILABLE", "servedPercent": 10},
+        {"version": 5, "weight": 0, "labels": [], "role": "shadow",
+         "state": "AVAILABLE", "servedPercent": 0},
+    ]  # fmt: skip
+    assert (status.model_ready.status, status.model_ready.reason) == (True, "AllVersionsAvailable")
+    assert (status.auth_ready.status, status.auth_ready.reason) == (True, "AuthConfigReady")
+    assert ready_with_pods(READY, status) == READY
+
+
+def test_before_any_report_nothing_is_claimed_and_ready_is_the_deployments():
+    status = model_status(CANARY, [{"name": "a", "ready": True, "modelReport": None}])
+
+    assert [v["state"] for v in status.versions] == ["", "", ""]
+    assert [v.get("servedPercent") for v in status.versions] == [None, None, None]
+    assert not [v for v in status.versions if "servedPercent" in v]  # a merge patch drops null
+    assert (status.model_ready.status, status.model_ready.reason) == (False, "AwaitingReport")
+    assert status.auth_ready.reason == "AwaitingReport"
+    assert ready_with_pods(READY, status) == READY
+
+
+def test_a_report_that_is_not_the_contracts_json_is_left_out():
+    no_version = '{"versions": [{"state": "AVAILABLE"}]}'
+    broken = [{"name": "a", "ready": True, "modelReport": "{not json"},
+              {"name": "b", "ready": True, "modelReport": no_version}]  # fmt: skip
+    status = model_status(CANARY, [*broken, healthy("c")])
+    assert status.model_ready.reason == "AllVersionsAvailable"
+
+
+def test_a_weighted_version_loading_in_a_ready_pod_holds_ready_false():
+    loading = pod("a", version(3), version(4, "LOADING"), version(5))
+
+    status = model_status(CANARY, [loading])
+
+    assert status.versions[1]["state"] == "LOADING"
+    assert (status.model_ready.reason, status.model_ready.message) == (
+        "ModelLoading", "version 4 is LOADING in a"
+    )  # fmt: skip
+    assert ready_with_pods(READY, status) == Condition(
+        "Ready", False, "ModelLoading", "version 4 is LOADING in a"
+    )
+
+
+def test_a_version_without_traffic_or_the_shadow_loading_does_not_unready_the_serving():
+    model = ModelSpec("mnist", "s3://m", (ModelVersion(3, 100), ModelVersion(4, 0)),
+                      shadow=ShadowSpec(5, 10), listed=True)  # fmt: skip
+    status = model_status(model, [pod("a", version(3), version(4, "LOADING"), version(5, "START"))])
+
+    assert status.model_ready.reason == "ModelLoading"
+    assert ready_with_pods(READY, status) == READY
+
+
+def test_a_failed_load_names_tf_servings_error_and_explains_an_unavailable_deployment():
+    # A new pod (not ready) whose TF Serving cannot find version 4; the old pod is fine.
+    failed = pod("new", version(3), version(4, "END", code="NOT_FOUND", message=NOT_FOUND),
+                 version(5), ready=False)  # fmt: skip
+
+    status = model_status(CANARY, [healthy("old"), failed])
+
+    assert status.versions[1]["state"] == "END"
+    assert status.versions[1]["message"] == NOT_FOUND
+    assert status.model_ready.reason == "ModelLoadFailed"
+    assert status.model_ready.message == (
+        f"version 4 could not be loaded in new: NOT_FOUND: {NOT_FOUND}"
+    )
+    # The old pod serves as asked: a failing new pod alone does not unready the serving ...
+    assert ready_with_pods(READY, status) == READY
+    # ... but when the Deployment says not Ready, the pods say why
+    explained = ready_with_pods(UNAVAILABLE, status)
+    assert (explained.status, explained.reason) == (False, "ModelLoadFailed")
+    assert NOT_FOUND in explained.message and "0 of 1 replicas" in explained.message
+
+
+def test_the_worst_pod_wins_a_versions_state():
+    status = model_status(CANARY, [healthy("a"), pod("b", version(3, "LOADING"), version(4),
+                                                     version(5))])  # fmt: skip
+    assert status.versions[0]["state"] == "LOADING"
+
+
+def test_tf_serving_that_knows_no_version_yet_is_loading_not_failed():
+    # TF Serving's 404 before any version loaded: the sidecar lists the routed versions UNKNOWN
+    message = "Servable not found for request: Latest(mnist)"
+    unknown = [version(n, "UNKNOWN", code="", message=message) for n in (3, 4, 5)]
+
+    status = model_status(CANARY, [pod("a", *unknown)])
+
+    assert status.model_ready.reason == "ModelLoading"
+    assert message in status.model_ready.message
+
+
+def test_tf_serving_not_answering_is_server_unavailable():
+    down = pod("a", server={"reachable": False, "error": "connection refused (127.0.0.1:8501)"})
+
+    status = model_status(CANARY, [down])
+
+    assert status.model_ready.reason == "ServerUnavailable"
+    assert "connection refused" in status.model_ready.message
+    assert ready_with_pods(READY, status).reason == "ServerUnavailable"
+
+
+def test_an_unusable_auth_config_is_auth_config_invalid():
+    bad = healthy("a")
+    report = json.loads(bad["modelReport"])
+    report["auth"] = {"ready": False, "error": "the API-key Secret's files are missing"}
+    bad["modelReport"] = json.dumps(report)
+
+    status = model_status(CANARY, [bad])
+
+    assert status.model_ready.reason == "AllVersionsAvailable"
+    assert (status.auth_ready.status, status.auth_ready.reason) == (False, "AuthConfigInvalid")
+    assert "API-key Secret" in status.auth_ready.message
+    assert ready_with_pods(READY, status).reason == "AuthConfigInvalid"
+
+
+def test_a_failed_load_is_worse_than_a_loading_version():
+    status = model_status(CANARY, [
+        pod("a", version(3), version(4, "LOADING"), version(5)),
+        pod("b", version(3), version(4, "END", code="NOT_FOUND", message=NOT_FOUND), version(5)),
+    ])  # fmt: skip
+    assert status.model_ready.reason == "ModelLoadFailed"
+    assert ready_with_pods(READY, status).reason == "ModelLoadFailed"
+
+
+def test_an_event_is_told_only_when_the_reason_changes():
+    def cond(reason: str) -> Condition:
+        return Condition("ModelReady", reason == "AllVersionsAvailable", reason, "m")
+
+    assert event_for(None, cond("AwaitingReport")) is None
+    assert event_for("AwaitingReport", cond("ModelLoading")) == ("Normal", "ModelLoading")
+    assert event_for("ModelLoading", cond("ModelLoading")) is None
+    assert event_for("ModelLoading", cond("ModelLoadFailed")) == ("Warning", "ModelLoadFailed")
+    assert event_for(None, cond("ServerUnavailable")) == ("Warning", "ServerUnavailable")
+    assert event_for("ModelLoadFailed", cond("AllVersionsAvailable")) == (
+        "Normal", "AllVersionsAvailable"
+    )  # fmt: skip
+    assert event_for("AllVersionsAvailable", cond("AwaitingReport")) is None
