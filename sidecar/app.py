@@ -6,6 +6,7 @@ the router, and the proxy to TF Serving), then the inference log, then the shado
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -17,14 +18,16 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from modelserving.kube_access import NoApiServer, from_environment
 from modelserving.sidecar.apikeys import ApiKeyAuthenticator
-from modelserving.sidecar.auth import Authenticator
+from modelserving.sidecar.auth import READY, Authenticator, AuthHealth, UnusableAuthenticator
 from modelserving.sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
 from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
 from modelserving.sidecar.library_internals import DirectAppRunner
 from modelserving.sidecar.metrics import SidecarMetrics
+from modelserving.sidecar.model_report import publishing_model_report
 from modelserving.sidecar.model_state import ModelStateWatcher
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving.sidecar.proxy import Upstream, UpstreamAnswer, read_body
@@ -374,6 +377,7 @@ def create_app(
     app.cleanup_ctx.append(_upstream_step)
     app.cleanup_ctx.append(_auth_step)
     app.cleanup_ctx.append(_shadow_step)
+    app.cleanup_ctx.append(_model_report_step)
     app.cleanup_ctx.append(_request_path_step)
     return app
 
@@ -414,6 +418,19 @@ async def _upstream_step(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _model_report_step(app: web.Application) -> AsyncIterator[None]:
+    """The pod's model report (in a pod only): TF Serving's view, the served counts, auth."""
+    model_state, router, authenticator = app[MODEL_STATE], app[ROUTER], app[AUTHENTICATOR]
+    async with publishing_model_report(
+        lambda: model_state.state,
+        lambda: router.routing,
+        app[METRICS].served_by_version,
+        authenticator.health,
+        app[CONFIG].auth.kubeconfig,
+    ):
+        yield
+
+
 async def _shadow_step(app: web.Application) -> AsyncIterator[None]:
     async with ShadowSender.running(
         app[UPSTREAM], app[INFERENCE_LOG], app[CONFIG].shadow, app[METRICS]
@@ -429,6 +446,9 @@ class NoAuthenticator:
 
     async def authenticate(self, authorization: str | None) -> str | None:
         return None
+
+    def health(self) -> AuthHealth:
+        return READY
 
 
 @contextlib.asynccontextmanager
@@ -446,7 +466,15 @@ async def open_authenticator(config: SidecarConfig) -> AsyncIterator[Authenticat
         async with ApiKeyAuthenticator.running(config) as authenticator:
             yield authenticator
     else:
-        async with KubernetesAuthenticator.running(config) as authenticator:
+        try:
+            api = await asyncio.to_thread(from_environment, config.auth.kubeconfig)
+        except NoApiServer as exc:
+            # Kept running, answering 503, so that the pod's model report can say why.
+            log.error("auth.mode kubernetes: no token review client can be built: %s", exc)
+            yield UnusableAuthenticator(mode.value, f"no Kubernetes API server to review tokens "
+                                                    f"with: {exc}")  # fmt: skip
+            return
+        async with KubernetesAuthenticator.running(config, api) as authenticator:
             yield authenticator
 
 
