@@ -23,9 +23,9 @@ from yarl import URL
 from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import SidecarConfig, parse_config
-from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.main import serving
 from modelserving.sidecar.paths import canonical_path
+from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
 
@@ -33,36 +33,6 @@ MODEL = "half_plus_two"
 KEY = "s3cr3t-key-for-tests"
 GOOD = {"Authorization": f"ApiKey {KEY}"}
 LIMIT = 64 * 1024
-
-
-class RecordingLog:
-    """An inference log that keeps what it is handed."""
-
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-        self.full = False
-        self.keeps = True  # what `spooled` answers (durability spooled)
-        self.written: asyncio.Event | None = None  # set: `spooled` waits for it
-
-    def accepting(self) -> bool:
-        return not self.full
-
-    def submit(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-    async def spooled(self, exchange: Exchange) -> bool:
-        if self.written is not None:
-            await self.written.wait()
-        if self.keeps:
-            self.exchanges.append(exchange)
-        return self.keeps
-
-    def factory(self):
-        @asynccontextmanager
-        async def open_log(config, registry):
-            yield self
-
-        return open_log
 
 
 def write_keys(directory: Path, keys: dict[str, str], generation: int = 1) -> None:
