@@ -1,5 +1,6 @@
 """The sidecar's request paths: one canonical form of the path, and the table that maps it to a
-route of this pod's model. Pure functions; the app authorizes and forwards the same canonical path.
+route of this pod's model. Pure functions; the app authorizes the same canonical path and
+forwards it (a path that names no version: to the version the router chose for the request).
 """
 
 from __future__ import annotations

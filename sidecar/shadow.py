@@ -1,5 +1,7 @@
-"""The shadow version: a copy of a share of the requests, sent to it once the caller's answer is
-decided, by a few workers of its own, so that it never adds latency or an error for the caller.
+"""The shadow version: a copy of a share of the requests the split serves (a path that names a
+version or a label is not copied; the share is chosen by a hash of the request id), sent to it
+once the caller's answer is decided, by a few workers of its own, so that it never adds latency
+or an error for the caller.
 
 Bounded twice: at most `shadow.maxConcurrency` copies are with TF Serving at once, and at most
 `shadow.queueSize` wait; a copy that finds the queue full, or the shadow version not AVAILABLE,

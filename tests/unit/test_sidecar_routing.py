@@ -9,6 +9,8 @@ import math
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelserving.sidecar.routing import (
     BUCKETS,
@@ -115,6 +117,36 @@ def test_a_version_not_available_lends_its_buckets_and_gets_them_back():
     # None of the weighted versions AVAILABLE: TF Serving's own error is what callers get.
     assert split_buckets(canary, frozenset()) == owners(canary.versions)
     assert split_buckets(canary, frozenset({9})) == owners(canary.versions)
+
+
+@st.composite
+def weights_and_available(draw) -> tuple[Routing, frozenset[int]]:
+    count = draw(st.integers(1, 6))
+    cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=count - 1, max_size=count - 1)))
+    weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
+    available = draw(st.sets(st.integers(1, count + 1)))
+    return routing(*((i + 1, w) for i, w in enumerate(weights))), frozenset(available)
+
+
+@given(weights_and_available())
+def test_lent_buckets_go_only_to_available_versions_in_proportion(case):
+    routed, available = case
+    own = owners(routed.versions)
+    table = split_buckets(routed, available)
+    lenders = {v.version: v.weight for v in routed.versions
+               if v.version in available and v.weight}  # fmt: skip
+    if not lenders:
+        assert table == own
+        return
+    # An available owner keeps its buckets; every bucket is served by an available version.
+    assert all(table[b] == own[b] for b in range(BUCKETS) if own[b] in available)
+    assert set(table) <= set(lenders)
+    # The lent buckets are shared as the lenders' weights are, to within one bucket each.
+    lent = [b for b in range(BUCKETS) if own[b] not in available]
+    total = sum(lenders.values())
+    for version, weight in lenders.items():
+        got = sum(1 for b in lent if table[b] == version)
+        assert abs(got - len(lent) * weight / total) <= 1
 
 
 def test_keys_spread_evenly_over_the_buckets():
