@@ -15,8 +15,10 @@ import aiohttp
 import pytest
 import yaml
 
-from modelserving.sidecar.app import ROUTER, create_app
+from modelserving.sidecar.apikeys import hash_api_key
+from modelserving.sidecar.app import ROUTER, create_app, open_authenticator
 from modelserving.sidecar.config import ConfigError, SidecarConfig, parse_config
+from modelserving.sidecar.errors import SidecarError
 from modelserving.sidecar.main import serving
 from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import (
@@ -128,3 +130,62 @@ async def test_a_bad_routing_file_fails_the_start_and_a_bad_change_is_not_taken(
             await wait_for_async(refused, timeout=10, what="the bad routing file to be refused")
         status, _, headers = await post(url, ":predict")
         assert (status, headers["x-model-version"]) == (200, "3")
+
+
+async def test_sticky_by_caller_keeps_each_api_key_on_one_version(tmp_path):
+    keys = tmp_path / "apikeys"
+    keys.mkdir()
+    callers = {f"team-{i}": f"key-of-team-{i}" for i in range(4)}
+    for name, key in callers.items():
+        (keys / name).write_text(hash_api_key(key))
+    model = StandInModel({v: StandInVersion(slope=0.0, intercept=float(v)) for v in (3, 4)})
+    halves = {"versions": [{"version": 3, "weight": 50}, {"version": 4, "weight": 50}]}
+
+    async def versions_by_caller(sticky: dict) -> dict[str, set[str]]:
+        routing_file = tmp_path / "routing.yaml"
+        routing_file.write_text(yaml.safe_dump({**halves, "sticky": sticky}))
+        async with running_standin(TFServingStandIn({MODEL: model})) as (_, upstream):
+            settings = parse_config({
+                "serving": {"name": MODEL, "namespace": "demo"},
+                "model": {"name": MODEL, "version": 3, "modelId": 5},
+                "upstream": {"url": upstream},
+                "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
+            })  # fmt: skip
+            app = create_app(settings, routing_file=routing_file)
+            async with serving(app) as url, aiohttp.ClientSession() as http:
+
+                async def looked() -> bool:
+                    return app[ROUTER].table.available == {3, 4}
+
+                await wait_for_async(looked, timeout=10, what="the first look at TF Serving")
+                seen: dict[str, set[str]] = {name: set() for name in callers}
+                for name, key in callers.items():
+                    for _ in range(24):  # all 24 on one version by chance: 1 in 8 million
+                        async with http.post(
+                            f"{url}/v1/models/{MODEL}:predict", json={"instances": [0.0]},
+                            headers={"Authorization": f"ApiKey {key}"},
+                        ) as resp:  # fmt: skip
+                            seen[name].add(resp.headers["x-model-version"])
+                return seen
+
+    sticky = await versions_by_caller({"by": "caller"})
+    assert all(len(versions) == 1 for versions in sticky.values()), sticky
+    # Not sticky, the same callers' requests are spread over both versions.
+    spread = await versions_by_caller({"by": "none"})
+    assert all(versions == {"3", "4"} for versions in spread.values()), spread
+
+
+async def test_no_api_server_for_token_reviews_is_a_503_and_an_auth_error_not_a_crash(tmp_path):
+    settings = parse_config({
+        "serving": {"name": MODEL, "namespace": "demo"},
+        "model": {"name": MODEL, "version": 3, "modelId": 5},
+        "auth": {"mode": "kubernetes", "kubeconfig": str(tmp_path / "no-kubeconfig")},
+    })  # fmt: skip
+    async with open_authenticator(settings) as authenticator:
+        health = authenticator.health()
+        with pytest.raises(SidecarError) as refused:
+            await authenticator.authenticate("Bearer some-token")
+    assert not health.ready
+    assert health.error.startswith("no Kubernetes API server to review tokens with: ")
+    assert str(tmp_path / "no-kubeconfig") in health.error
+    assert refused.value.status == 503
