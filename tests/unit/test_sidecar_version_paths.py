@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import ROUTER, create_app, open_authenticator
+from modelserving.sidecar.app import MODEL_STATE, ROUTER, create_app, open_authenticator
 from modelserving.sidecar.config import ConfigError, SidecarConfig, parse_config
 from modelserving.sidecar.errors import SidecarError
 from modelserving.sidecar.main import serving
@@ -189,3 +189,26 @@ async def test_no_api_server_for_token_reviews_is_a_503_and_an_auth_error_not_a_
     assert health.error.startswith("no Kubernetes API server to review tokens with: ")
     assert str(tmp_path / "no-kubeconfig") in health.error
     assert refused.value.status == 503
+
+
+async def test_with_no_weighted_version_available_the_caller_gets_tf_servings_own_error(tmp_path):
+    model = StandInModel({v: StandInVersion(slope=0.0, intercept=float(v)) for v in (3, 4)})
+    model.hold_loading(3)
+    model.fail_load(4)
+    routing_file = tmp_path / "routing.yaml"
+    routing_file.write_text(yaml.safe_dump(
+        {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}
+    ))  # fmt: skip
+    async with running_standin(TFServingStandIn({MODEL: model})) as (_, upstream):
+        app = create_app(config(upstream), routing_file=routing_file)
+        async with serving(app) as url, aiohttp.ClientSession() as http:
+            await app[MODEL_STATE].look()
+            answers = set()
+            for _ in range(30):
+                status, body, _ = await post(url, ":predict")
+                answers.add((status, body["error"]))
+            async with http.get(f"{url}/readyz") as resp:
+                ready = resp.status
+    assert answers <= {(404, f"Servable not found for request: Specific({MODEL}, {v})")
+                       for v in (3, 4)}  # fmt: skip
+    assert ready == 503
