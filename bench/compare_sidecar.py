@@ -2,6 +2,7 @@
 and beside itself at another git revision or with other log settings, side by side in one run.
 
     python -m bench.compare_sidecar [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
+        [--versions]
 
 One nginx upstream answering a fixed TF Serving predict body (bench/nginx/upstream.conf) on
 core 0 with the load (wrk, and vegeta for latency); each proxy under test in turn on core 1.
@@ -33,7 +34,7 @@ from bench import load
 from bench.environment import localenv_settings
 from bench.procs import PeakRss, Proc, tree_at
 from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
-from bench.sidecar import SidecarBench
+from bench.sidecar import ROUTINGS, SidecarBench
 from bench.stats import rps_per_core
 from bench.tools import Tools, vegeta_binary
 
@@ -148,6 +149,10 @@ def configurations(
         if side.bootstrap:
             configs.append(side.configuration(f"sidecar{label}, apiKey, log on", "apiKey",
                                               True, code=code))  # fmt: skip
+            if args.versions and code is None:
+                for variant, routing in ROUTINGS.items():
+                    configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on",
+                                                      "apiKey", True, routing=routing))  # fmt: skip
             for variant in args.log_variant:
                 name, _, settings = variant.partition("=")
                 configs.append(side.configuration(f"sidecar{label} [{name}], apiKey, log on",
@@ -183,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also a log-on sidecar with these logging settings, e.g. "
         'flush20=\'{"spoolFlushIntervalSeconds": 0.02}\' (repeatable)',
     )  # fmt: skip
+    parser.add_argument("--versions", action="store_true",
+                        help="also the sidecar over several model versions: a 90/10 split, and "
+                        "the split with a 10%% shadow (the working tree's sidecar)")  # fmt: skip
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
     args = parser.parse_args(argv)

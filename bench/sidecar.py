@@ -34,6 +34,15 @@ from modelserving.api import LOG_COMPRESSION
 from modelserving.sidecar.config import LogDurability
 
 REPO = Path(__file__).resolve().parent.parent
+# Several model versions (the nginx upstream reports versions 1, 2 and 3 AVAILABLE): the split's
+# cost per request (a hash of the request id, a table lookup) and a 10% shadow's (a second
+# request to the upstream and a second record for one request in ten), beside one version.
+SPLIT = {"versions": [{"version": 1, "weight": 90, "labels": ["stable"]},
+                      {"version": 2, "weight": 10, "labels": ["canary"]}]}  # fmt: skip
+ROUTINGS = {
+    "split 90/10": SPLIT,
+    "split 90/10 + shadow 10%": {**SPLIT, "shadow": {"version": 3, "percent": 10}},
+}
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
 DURABLE = "sidecar, apiKey, log on, spooled"
@@ -141,9 +150,16 @@ class SidecarBench:
     # ------------------------------------------------------------ the sidecar
 
     def render_config(
-        self, port: int, auth: str, topic: str | None, spool: Path, **logging: Any
+        self,
+        port: int,
+        auth: str,
+        topic: str | None,
+        spool: Path,
+        routing: dict[str, Any] | None = None,
+        **logging: Any,
     ) -> Path:
-        """A sidecar config file as the operator would render it (JSON is YAML)."""
+        """A sidecar config file as the operator would render it (JSON is YAML), in a folder of
+        its own with the routing file beside it when `routing` is given (else one version)."""
         config: dict[str, Any] = {
             "serving": {"name": load.MODEL, "namespace": self.namespace or "bench"},
             "model": {"name": load.MODEL, "version": 1, "modelId": 1},
@@ -155,7 +171,11 @@ class SidecarBench:
         if topic:
             config["logging"] = {"mode": "ALL", "topic": topic, "bootstrapServers": self.bootstrap,
                                  "spoolDir": str(spool), **logging}  # fmt: skip
-        path = self.bench.workdir / f"sidecar-{port}.yaml"
+        folder = self.bench.workdir / f"sidecar-{port}"
+        folder.mkdir()
+        if routing is not None:
+            (folder / "routing.yaml").write_text(json.dumps(routing, indent=1))
+        path = folder / "sidecar.yaml"
         path.write_text(json.dumps(config, indent=1))
         return path
 
@@ -171,16 +191,18 @@ class SidecarBench:
         log_on: bool,
         loop: str = "as installed",
         code: Path | None = None,
+        routing: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
         """The sidecar with this auth, its inference log on or off (`logging` adds to the log's
-        settings); `code` is a tree from `tree_at` whose sidecar runs instead of this one."""
+        settings), over several model versions as `routing` says (see ROUTINGS); `code` is a tree
+        from `tree_at` whose sidecar runs instead of this one."""
         port = free_port()
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
         if topic:
             create_topic(self.bootstrap or "", topic)
         spool = self.bench.workdir / f"spool-{port}"
-        config = self.render_config(port, auth, topic, spool, **logging)
+        config = self.render_config(port, auth, topic, spool, routing, **logging)
         proc = self.process(config, port, "sidecar", loop, code)
         try:
             yield proc, load.Target(port, headers=self.headers(auth)), topic
@@ -216,11 +238,12 @@ class SidecarBench:
         log_on: bool,
         loop: str = "as installed",
         code: Path | None = None,
+        routing: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Configuration:
         @contextlib.contextmanager
         def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-            with self.running(auth, log_on, loop, code, **logging) as (proc, target, _topic):
+            with self.running(auth, log_on, loop, code, routing, **logging) as (proc, target, _):
                 yield proc, target
 
         return Configuration(name, start, group="ours")
@@ -272,6 +295,9 @@ def configurations(bench: Bench) -> list[Configuration]:
         if side.bootstrap:
             configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
     if side.bootstrap:
+        for variant, routing in ROUTINGS.items():
+            configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on", "apiKey",
+                                              True, routing=routing))  # fmt: skip
         # The other event loop than the one the project's environment gives, side by side.
         other = "asyncio" if uvloop_available() else "uvloop"
         if other == "asyncio" or bench.tools.pylib:

@@ -51,6 +51,9 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_CALLER = "caller"
 HEADER_MODEL_VERSION = "model-version"
 HEADER_POD = "pod"
+# What the answering version was to the serving: `stable`, `canary` or another label of it, or
+# `shadow` for the copy of a request a shadow version answered (same key as the main record).
+HEADER_ROLE = "role"
 # Present only when a payload was changed: which one and how, e.g. `request=redacted+cut` or
 # `request=redacted,response=digest` (marks: redacted, cut, digest, dropped).
 HEADER_PAYLOAD = "payload"

@@ -1,8 +1,8 @@
 """`modelserving logs TOPIC`: print a serving's inference log records as JSON lines.
 
 Each line holds the record's seven Avro fields under their schema names, then the Kafka key
-(the request id), headers (request-id, traceparent, caller, model-version, pod, and payload when
-a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
+(the request id), headers (request-id, traceparent, caller, model-version, role, pod, and payload
+when a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
 keep only the records asked for; `--dedupe` drops the copies a crash re-sent and says on stderr
 how many it dropped.
 """

@@ -100,7 +100,14 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         "env": env,
         "image": settings.sidecar_image,
         "imagePullPolicy": spec.server.image_pull_policy,
-        "command": ["modelserving", "sidecar", "--config", api.SIDECAR_CONFIG_FILE],
+        "command": [
+            "modelserving",
+            "sidecar",
+            "--config",
+            api.SIDECAR_CONFIG_FILE,
+            "--routing",
+            api.SIDECAR_ROUTING_FILE,
+        ],
         "ports": [{"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from modelserving.sidecar.auth import Unauthenticated, challenge, credential
+from modelserving.sidecar.auth import READY, AuthHealth, Unauthenticated, challenge, credential
 from modelserving.sidecar.config import AuthMode, SidecarConfig
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,12 @@ def directory_fingerprint(directory: Path) -> tuple[object, ...]:
         except OSError:
             continue  # a dangling link while kubelet swaps: the next look sees the new files
         entries.append((path.name, st.st_ino, st.st_mtime_ns, st.st_size))
-    return data_link, tuple(entries)
+    return directory.is_dir(), data_link, tuple(entries)
 
 
-def read_key_hashes(directory: Path) -> dict[str, str]:
-    """Key name -> hash of every well-formed file in the directory; bad ones are logged, skipped."""
+def read_key_hashes(directory: Path, problems: list[str] | None = None) -> dict[str, str]:
+    """Key name -> hash of every well-formed file in the directory; bad ones are logged, skipped
+    and said in `problems` (without their content)."""
     hashes: dict[str, str] = {}
     for path in _visible_files(directory):
         try:
@@ -72,13 +73,31 @@ def read_key_hashes(directory: Path) -> dict[str, str]:
                 continue
             content = path.read_text().strip().lower()
         except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
             log.warning("API key %s cannot be read: %s", path.name, exc)
+            if problems is not None:
+                problems.append(f"API key file {path.name} cannot be read ({reason})")
             continue
         if not _HASH.fullmatch(content):
             log.warning("API key %s is not a hex SHA-256 hash of a key; ignored", path.name)
+            if problems is not None:
+                problems.append(f"API key file {path.name} is not the hex SHA-256 hash of a key")
             continue
         hashes[path.name] = content
     return hashes
+
+
+def keys_health(directory: Path, hashes: dict[str, str], problems: list[str]) -> AuthHealth:
+    """Whether the mounted API-key Secret is usable: there, readable, every file a key's hash."""
+    if not directory.is_dir():
+        return AuthHealth(False, f"auth.apiKeysDir {directory} does not exist: the API-key "
+                                 "Secret is not mounted")  # fmt: skip
+    if problems:
+        return AuthHealth(False, "; ".join(problems))
+    if not hashes:
+        return AuthHealth(False, f"no API key in {directory}: the API-key Secret is missing or "
+                                 "empty, so no caller can be let in")  # fmt: skip
+    return READY
 
 
 class ApiKeyAuthenticator:
@@ -91,14 +110,17 @@ class ApiKeyAuthenticator:
         self._challenge = challenge_header
         self._keys: tuple[tuple[str, bytes], ...] = ()
         self._fingerprint: tuple[object, ...] | None = None
+        self._health = READY
 
     def reload(self) -> bool:
         """Read the keys again if the directory changed (blocking: run it in a thread)."""
         fingerprint = directory_fingerprint(self.directory)
         if fingerprint == self._fingerprint:
             return False
-        hashes = read_key_hashes(self.directory)
+        problems: list[str] = []
+        hashes = read_key_hashes(self.directory, problems)
         self._keys = tuple((name, digest.encode()) for name, digest in hashes.items())
+        self._health = keys_health(self.directory, hashes, problems)
         self._fingerprint = fingerprint
         log.info("API keys loaded from %s: %s", self.directory, ", ".join(hashes) or "none")
         return True
@@ -118,6 +140,9 @@ class ApiKeyAuthenticator:
         if caller is None:
             raise Unauthenticated(self._challenge, "The API key is not valid for this serving")
         return caller
+
+    def health(self) -> AuthHealth:
+        return self._health
 
     async def _watch(self) -> None:
         while True:

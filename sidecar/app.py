@@ -1,33 +1,41 @@
 """The sidecar's aiohttp app: the request path (`RequestPath`), read top to bottom, is canonical
-path and route, then credential, then the route's handler (proxy to TF Serving), then the
-inference log; `create_app` wires it with the parts it needs, `SidecarRunner` serves it.
+path and route, then credential, then the route's handler (the version that answers, chosen by
+the router, and the proxy to TF Serving), then the inference log, then the shadow's copy;
+`create_app` wires it with the parts it needs, `SidecarRunner` serves it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from modelserving.kube_access import NoApiServer, from_environment
 from modelserving.sidecar.apikeys import ApiKeyAuthenticator
-from modelserving.sidecar.auth import Authenticator
+from modelserving.sidecar.auth import READY, Authenticator, AuthHealth, UnusableAuthenticator
 from modelserving.sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
 from modelserving.sidecar.errors import JSON, SidecarError, error_response
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
 from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
 from modelserving.sidecar.library_internals import DirectAppRunner
 from modelserving.sidecar.metrics import SidecarMetrics
+from modelserving.sidecar.model_report import publishing_model_report
+from modelserving.sidecar.model_state import ModelStateWatcher
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving.sidecar.proxy import Upstream, UpstreamAnswer, read_body
-from modelserving.sidecar.readiness import ModelReadiness
 from modelserving.sidecar.request_id import HEADER as REQUEST_ID
 from modelserving.sidecar.request_id import request_id
+from modelserving.sidecar.router import Router
+from modelserving.sidecar.routing import VersionRoute, bucket_of, shadow_point
+from modelserving.sidecar.shadow import ShadowCopy, ShadowSender
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,10 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 ROUTES = web.AppKey("routes", RouteTable)
 UPSTREAM = web.AppKey("upstream", Upstream)
-READINESS = web.AppKey("readiness", ModelReadiness)
+MODEL_STATE = web.AppKey("model_state", ModelStateWatcher)
+ROUTER = web.AppKey("router", Router)
+SHADOW = web.AppKey("shadow", ShadowSender)
+ROUTING_FILE: web.AppKey[Path | None] = web.AppKey("routing_file")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
 REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
@@ -50,12 +61,25 @@ _AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
 _ALIVE = b'{"status": "alive"}'
 _READY = b'{"status": "ready"}'
 _NOT_READY = b'{"error": "The model is not AVAILABLE in TF Serving yet"}'
+MODEL_VERSION = "x-model-version"  # the answer's header: the version that answered
+# Readiness probes come often; TF Serving is asked again when its last look is older than this.
+READY_CACHE_SECONDS = 1.0
 
 
 class Call:
     """One request's state as it goes down the path."""
 
-    __slots__ = ("caller", "received_ms", "request_body", "request_id", "route", "to_log")
+    __slots__ = (
+        "caller",
+        "received_ms",
+        "request_body",
+        "request_id",
+        "route",
+        "served",
+        "shadow",
+        "to_log",
+        "version",
+    )
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -64,6 +88,9 @@ class Call:
         self.caller: str | None = None
         self.request_body = b""
         self.to_log = False
+        self.version: VersionRoute | None = None  # the version the request went to
+        self.served = ""  # the metrics' version label: the version that answered, if one did
+        self.shadow: VersionRoute | None = None  # a copy goes to this version once answered
 
 
 Handler = Callable[[web.BaseRequest, Call], Awaitable[web.StreamResponse]]
@@ -83,7 +110,10 @@ class RequestPath:
         self.routes = app[ROUTES]
         self.authenticator = app[AUTHENTICATOR]
         self.upstream = app[UPSTREAM]
-        self.readiness = app[READINESS]
+        self.model_state = app[MODEL_STATE]
+        self.router = app[ROUTER]
+        self.shadow = app[SHADOW]
+        self.model_name = self.config.model.name
         self.sink = app[INFERENCE_LOG]
         # durability spooled: an answer leaves only once its record is in the spool file.
         self.durable = self.config.logging.durability is LogDurability.SPOOLED
@@ -134,7 +164,11 @@ class RequestPath:
                 response = await self.log_durably(request, response, call)
             else:
                 self.log(request, response, call)
-        self.metrics.request_done(call.route.label, response.status, time.perf_counter() - started)
+        if call.shadow is not None:
+            self.copy_to_shadow(request, call)
+        self.metrics.request_done(
+            call.route.label, response.status, time.perf_counter() - started, call.served
+        )
         return response
 
     async def authenticate(self, request: web.BaseRequest) -> str | None:
@@ -150,14 +184,17 @@ class RequestPath:
     def log(self, request: web.BaseRequest, response: web.StreamResponse, call: Call) -> None:
         """Hand the exchange to the inference log: a queue append, before the answer is written
         (the answer is final by now; sending it first would cost more than this takes)."""
-        self.sink.submit(_exchange(request, response, call))  # type: ignore[union-attr]
+        self.sink.submit(  # type: ignore[union-attr]
+            _exchange(request, response, call, self.router.table.default)
+        )
 
     async def log_durably(
         self, request: web.BaseRequest, response: web.StreamResponse, call: Call
     ) -> web.StreamResponse:
         """The answer once its record is in the spool file; a 503 instead when the record cannot
         be kept (no answer leaves without its record)."""
-        if await self.sink.spooled(_exchange(request, response, call)):  # type: ignore[union-attr]
+        exchange = _exchange(request, response, call, self.router.table.default)
+        if await self.sink.spooled(exchange):  # type: ignore[union-attr]
             return response
         failed = error_response(503, "The inference log cannot keep this request; try again later")
         failed.headers[REQUEST_ID] = call.request_id
@@ -179,20 +216,68 @@ class RequestPath:
             call.to_log = False
             raise SidecarError(503, "The inference log is full; try again later")
         route = call.route
+        call.version = version = self.choose_version(request, call)
         answer = await self.upstream.forward(
             "POST",
-            route.upstream_path,
+            version.paths[route.label] if version is not None else route.upstream_path,
             call.request_body,
             content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
             request_id=call.request_id,
         )
-        self.metrics.upstream_done(route.label, answer.seconds)
+        if version is not None and (version.known or answer.status == 200):
+            call.served = version.header
+        self.metrics.upstream_done(route.label, answer.seconds, call.served)
         return _passed_on(answer, call)
 
-    async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
-        """Model status and metadata: TF Serving's answer as it comes."""
+    def choose_version(self, request: web.BaseRequest, call: Call) -> VersionRoute | None:
+        """The version this request goes to: the one its path names (a label the routing does
+        not know: None, and the path goes to TF Serving as it came), else the split's choice by
+        the sticky key; decides the shadow's copy too."""
+        table = self.router.table
         route = call.route
-        answer = await self.upstream.forward("GET", route.upstream_path, request_id=call.request_id)
+        if route.model_version is not None:
+            return table.version(self.model_name, route.model_version)
+        if route.version_label is not None:
+            return table.by_label.get(route.version_label)
+        shadow = table.shadow
+        if shadow is not None and shadow_point(call.request_id) < table.shadow_percent:
+            if shadow.version in table.available:
+                call.shadow = shadow
+            else:
+                self.shadow.skip()
+        only = table.only
+        if only is not None:
+            return only
+        key = None
+        if table.sticky_header is not None:
+            key = request.headers.get(table.sticky_header)
+        elif table.sticky_caller:
+            key = call.caller
+        return table.buckets[bucket_of(key or call.request_id)]
+
+    def copy_to_shadow(self, request: web.BaseRequest, call: Call) -> None:
+        """The caller's answer is decided: a copy of the request goes to the shadow's queue."""
+        self.shadow.send(ShadowCopy(
+            request_id=call.request_id,
+            received_ms=call.received_ms,
+            verb=call.route.label,
+            body=call.request_body,
+            content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+            caller=call.caller,
+            traceparent=request.headers.get("traceparent"),
+            version=call.shadow,  # type: ignore[arg-type]
+        ))  # fmt: skip
+
+    async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """Model status and metadata: TF Serving's answer as it comes (a label the routing names
+        is asked as its version)."""
+        route = call.route
+        path = route.upstream_path
+        if route.version_label is not None:
+            version = self.router.table.by_label.get(route.version_label)
+            if version is not None:
+                path = version.paths[route.label]
+        answer = await self.upstream.forward("GET", path, request_id=call.request_id)
         self.metrics.upstream_done(route.label, answer.seconds)
         return _passed_on(answer, call)
 
@@ -200,7 +285,9 @@ class RequestPath:
         return _json(200, _ALIVE, call)
 
     async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
-        if await self.readiness.ready():
+        """Ready when TF Serving reports AVAILABLE a version the split may send traffic to."""
+        state = await self.model_state.fresh(READY_CACHE_SECONDS)
+        if state.available & self.router.table.weighted:
             return _json(200, _READY, call)
         return _json(503, _NOT_READY, call)
 
@@ -210,28 +297,33 @@ class RequestPath:
         return web.Response(body=body, headers=headers)
 
 
-def _exchange(request: web.BaseRequest, response: web.StreamResponse, call: Call) -> Exchange:
-    """What the inference log keeps of one answered request."""
+def _exchange(
+    request: web.BaseRequest, response: web.StreamResponse, call: Call, default: VersionRoute
+) -> Exchange:
+    """What the inference log keeps of one answered request: the version it went to, or the
+    first weighted one when it went to none (the sidecar answered it itself)."""
     body = response.body if isinstance(response, web.Response) else b""
+    version = call.version or default
     return Exchange(
         request_id=call.request_id,
         received_ms=call.received_ms,
         status=response.status,
         request_body=call.request_body,
         response_body=body if isinstance(body, bytes) else b"",
-        model_version=call.route.model_version,
+        model_version=version.version,
         caller=call.caller,
         traceparent=request.headers.get("traceparent"),
+        role=version.role,
     )
 
 
 def _passed_on(answer: UpstreamAnswer, call: Call) -> web.Response:
-    """TF Serving's answer as it came: its code, body and content type, with our request id."""
-    return web.Response(
-        status=answer.status,
-        body=answer.body,
-        headers={hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id},
-    )
+    """TF Serving's answer as it came: its code, body and content type, with our request id and
+    the version that answered."""
+    headers = {hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id}
+    if call.served:
+        headers[MODEL_VERSION] = call.served
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
 def _json(status: int, body: bytes, call: Call) -> web.Response:
@@ -267,21 +359,25 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     inference_log: SinkFactory | None = None,
+    routing_file: Path | None = None,
 ) -> web.Application:
     """The sidecar for one serving. `inference_log` replaces the Kafka-backed log (tests); without
-    it the log is opened only when `logging.mode` is not NONE."""
+    it the log is opened only when `logging.mode` is not NONE. `routing_file` is the routing
+    (`routing.yaml`), read at start and whenever it changes; without it, or while it does not
+    exist, every request goes to `model.version`."""
     app = web.Application(client_max_size=config.limits.max_request_bytes)
     app[CONFIG] = config
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[METRICS] = SidecarMetrics(app[REGISTRY])
-    app[ROUTES] = RouteTable(
-        config.model.name, config.model.version, config.serving.namespace, config.serving.project_id
-    )
+    app[ROUTES] = RouteTable(config.model.name, config.serving.namespace, config.serving.project_id)
+    app[ROUTING_FILE] = routing_file
     app.router.add_route("*", "/{path:.*}", _through_router)
     # Opened in this order and closed in the reverse one: the log closes (and drains) last.
     app.cleanup_ctx.append(_inference_log_step(inference_log))
     app.cleanup_ctx.append(_upstream_step)
     app.cleanup_ctx.append(_auth_step)
+    app.cleanup_ctx.append(_shadow_step)
+    app.cleanup_ctx.append(_model_report_step)
     app.cleanup_ctx.append(_request_path_step)
     return app
 
@@ -309,9 +405,37 @@ def _inference_log_step(
 
 
 async def _upstream_step(app: web.Application) -> AsyncIterator[None]:
-    async with Upstream.running(app[CONFIG].upstream) as upstream:
-        app[UPSTREAM] = upstream
-        app[READINESS] = ModelReadiness(upstream, app[CONFIG].model.name)
+    """TF Serving: the connections to it, what it says of the model, and the router that
+    splits over the versions it reports AVAILABLE."""
+    model = app[CONFIG].model
+    async with (
+        Upstream.running(app[CONFIG].upstream) as upstream,
+        Router.running(model.name, model.version, app[ROUTING_FILE]) as router,
+        ModelStateWatcher.running(upstream, model.name) as model_state,
+    ):
+        model_state.on_change(router.model_state_changed)
+        app[UPSTREAM], app[ROUTER], app[MODEL_STATE] = upstream, router, model_state
+        yield
+
+
+async def _model_report_step(app: web.Application) -> AsyncIterator[None]:
+    """The pod's model report (in a pod only): TF Serving's view, the served counts, auth."""
+    model_state, router, authenticator = app[MODEL_STATE], app[ROUTER], app[AUTHENTICATOR]
+    async with publishing_model_report(
+        lambda: model_state.state,
+        lambda: router.routing,
+        app[METRICS].served_by_version,
+        authenticator.health,
+        app[CONFIG].auth.kubeconfig,
+    ):
+        yield
+
+
+async def _shadow_step(app: web.Application) -> AsyncIterator[None]:
+    async with ShadowSender.running(
+        app[UPSTREAM], app[INFERENCE_LOG], app[CONFIG].shadow, app[METRICS]
+    ) as sender:
+        app[SHADOW] = sender
         yield
 
 
@@ -322,6 +446,9 @@ class NoAuthenticator:
 
     async def authenticate(self, authorization: str | None) -> str | None:
         return None
+
+    def health(self) -> AuthHealth:
+        return READY
 
 
 @contextlib.asynccontextmanager
@@ -339,7 +466,15 @@ async def open_authenticator(config: SidecarConfig) -> AsyncIterator[Authenticat
         async with ApiKeyAuthenticator.running(config) as authenticator:
             yield authenticator
     else:
-        async with KubernetesAuthenticator.running(config) as authenticator:
+        try:
+            api = await asyncio.to_thread(from_environment, config.auth.kubeconfig)
+        except NoApiServer as exc:
+            # Kept running, answering 503, so that the pod's model report can say why.
+            log.error("auth.mode kubernetes: no token review client can be built: %s", exc)
+            yield UnusableAuthenticator(mode.value, f"no Kubernetes API server to review tokens "
+                                                    f"with: {exc}")  # fmt: skip
+            return
+        async with KubernetesAuthenticator.running(config, api) as authenticator:
             yield authenticator
 
 

@@ -5,6 +5,7 @@ one `auth.mode` chooses is the app's `open_authenticator`), and the refusals it 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from modelserving.sidecar.config import SidecarConfig
@@ -32,12 +33,42 @@ class AuthUnavailable(SidecarError):
         super().__init__(503, message)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthHealth:
+    """Whether the auth mode's configuration is usable, and if not what is wrong (never a
+    secret value): published in the pod's model report."""
+
+    ready: bool
+    error: str = ""
+
+
+READY = AuthHealth(True)
+
+
 class Authenticator(Protocol):
     mode: str
 
     async def authenticate(self, authorization: str | None) -> str | None:
         """The caller's name (never the credential) from an Authorization header, or raise."""
         ...
+
+    def health(self) -> AuthHealth:
+        """Whether this authenticator can let anyone in as configured."""
+        ...
+
+
+class UnusableAuthenticator:
+    """An auth mode whose configuration cannot be used (no Kubernetes API server to ask): every
+    request gets 503, never a refusal, and `health` says why."""
+
+    def __init__(self, mode: str, error: str) -> None:
+        self.mode, self._error = mode, error
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        raise AuthUnavailable(f"The credential cannot be checked now ({self._error})")
+
+    def health(self) -> AuthHealth:
+        return AuthHealth(False, self._error)
 
 
 def credential(authorization: str | None, scheme: str) -> str | None:

@@ -10,6 +10,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
     upstream: {url: "http://127.0.0.1:8501", timeoutSeconds: 60, connectTimeoutSeconds: 5,
                maxConnections: 256}
     limits: {maxRequestBytes: 10485760}
+    shadow: {maxConcurrency: 8, queueSize: 256, timeoutSeconds: 30}
     auth: {mode: apiKey, apiKeysDir: /etc/modelserving/apikeys, audience: "",
            allowCacheSeconds: 300, denyCacheSeconds: 30, kubeconfig: ""}
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
@@ -41,6 +42,10 @@ spool within `spoolFlushIntervalSeconds` (a crash of the sidecar loses at most t
 records); `spooled` answers only once the record is in the spool file (a crash loses no
 answered record; the writes are grouped: every record waiting goes in one write as soon as
 the previous write is done).
+
+`shadow` bounds the copies of requests sent to a shadow version (the routing file, `routing.yaml`
+beside this file, says which version and what share; see modelserving.sidecar.routing): at most
+`maxConcurrency` with TF Serving at once, `queueSize` waiting, each given `timeoutSeconds`.
 
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
@@ -161,6 +166,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    max_concurrency: int = 8  # copies with TF Serving at once (each holds one connection)
+    queue_size: int = 256  # copies waiting; one more is dropped, and counted
+    timeout_seconds: float = 30.0  # a copy not answered by then is logged as a 504
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     mode: AuthMode = AuthMode.API_KEY
     api_keys_dir: str = "/etc/modelserving/apikeys"
@@ -224,6 +236,7 @@ class SidecarConfig:
     listen: ListenConfig = ListenConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     limits: LimitsConfig = LimitsConfig()
+    shadow: ShadowConfig = ShadowConfig()
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -237,6 +250,12 @@ def _rate(where: str, value: Any) -> float:
 def _non_negative(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: expected an integer of 0 or more, got {value!r}")
+    return value
+
+
+def _positive(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected an integer of 1 or more, got {value!r}")
     return value
 
 
@@ -273,6 +292,9 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                   "connectTimeoutSeconds": ("connect_timeout_seconds", float),
                                   "maxConnections": ("max_connections", int)}),
     "limits": (LimitsConfig, {"maxRequestBytes": ("max_request_bytes", int)}),
+    "shadow": (ShadowConfig, {"maxConcurrency": ("max_concurrency", _positive),
+                              "queueSize": ("queue_size", _positive),
+                              "timeoutSeconds": ("timeout_seconds", float)}),
     "auth": (AuthConfig, {"mode": ("mode", AuthMode), "apiKeysDir": ("api_keys_dir", str),
                           "audience": ("audience", str),
                           "allowCacheSeconds": ("allow_cache_seconds", float),

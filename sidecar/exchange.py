@@ -23,6 +23,9 @@ class Exchange:
     model_version: int | None  # the version that answered, when known
     caller: str | None  # who called: API key name or Kubernetes user name, never the credential
     traceparent: str | None  # the W3C trace context of the request, when present
+    # The record's role (Kafka header `role`): the answering version's first label or `stable`,
+    # `shadow` for a shadow version's copy; None: the role of the config's model.version.
+    role: str | None = None
 
 
 class InferenceLogSink(Protocol):

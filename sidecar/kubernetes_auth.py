@@ -21,6 +21,8 @@ import aiohttp
 from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
 from modelserving.kube_access import ApiServer, from_environment
 from modelserving.sidecar.auth import (
+    READY,
+    AuthHealth,
     AuthUnavailable,
     Forbidden,
     Unauthenticated,
@@ -71,6 +73,9 @@ class KubernetesAuthenticator:
         self._cache: dict[bytes, Decision] = {}
         self._in_flight: dict[bytes, asyncio.Future[Decision]] = {}
         self.api_calls = 0  # reviews sent to the API server, for tests and metrics
+
+    def health(self) -> AuthHealth:
+        return READY  # the review client is built: the API server's answers say the rest
 
     async def authenticate(self, authorization: str | None) -> str | None:
         token = credential(authorization, SCHEME)

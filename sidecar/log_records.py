@@ -18,12 +18,14 @@ from modelserving.inferencelog import (
     HEADER_PAYLOAD,
     HEADER_POD,
     HEADER_REQUEST_ID,
+    HEADER_ROLE,
     HEADER_TRACEPARENT,
     InferenceLogEncoder,
 )
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
+from modelserving.sidecar.routing import STABLE
 from modelserving.sidecar.spool import SpoolRecord, share_header
 
 ABSENT = ShapedPayload("")  # the payload a mode leaves out
@@ -82,6 +84,8 @@ class SpoolRecordMaker:
         self._default_version = model.version
         self._pod = share_header((HEADER_POD, pod.encode()))
         self._versions: dict[int, tuple[str, bytes]] = {}
+        self._roles: dict[str, tuple[str, bytes]] = {}
+        self._default_role = STABLE
         self._callers: dict[str, tuple[str, bytes]] = {}
         self._count_changes = count_changes
 
@@ -132,6 +136,14 @@ class SpoolRecordMaker:
                 self._versions.clear()
             self._versions[version] = version_header
         headers.append(version_header)
+        role = exchange.role or self._default_role
+        role_header = self._roles.get(role)
+        if role_header is None:
+            role_header = share_header((HEADER_ROLE, role.encode()))
+            if len(self._roles) >= self._CACHE_LIMIT:
+                self._roles.clear()
+            self._roles[role] = role_header
+        headers.append(role_header)
         headers.append(self._pod)
         if changes:
             headers.append((HEADER_PAYLOAD, changes.encode()))

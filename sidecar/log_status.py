@@ -1,37 +1,25 @@
 """The inference log's health as the operator sees it: every few seconds the sidecar sums up its
 spool and its broker (a small JSON) and, when that changed, writes it to an annotation of its own
-Pod through the pods/status subresource; the operator, which watches the serving's pods, turns
-the pods' summaries into the serving's LoggingReady condition.
-
-Why pods/status: it is the one place a pod's own observations belong, the operator already
-watches pods, and the right to patch pods/status cannot change a pod's spec (its images), which
-the right to patch pods could. The sidecar finds its pod from POD_NAME and POD_NAMESPACE (the
-Downward API) and its credentials from its ServiceAccount.
+Pod through the pods/status subresource (see pod_status); the operator, which watches the
+serving's pods, turns the pods' summaries into the serving's LoggingReady condition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import aiohttp
-
 from modelserving.api import GROUP
-from modelserving.kube_access import ApiServer, from_environment
 from modelserving.sidecar.config import LoggingConfig
+from modelserving.sidecar.pod_status import CHECK_SECONDS, PodStatusPublisher, publishing
 from modelserving.sidecar.spool import Spool
 
 log = logging.getLogger(__name__)
 
 ANNOTATION = f"{GROUP}/inference-log"
-CHECK_SECONDS = 5.0  # how often the summary is made (one TCP connect to a broker each time)
-REFRESH_SECONDS = 30.0  # a summary whose state did not change is written at most this often
 FILLING_SHARE = 0.5  # a spool fuller than this is "filling"
 FULL_SHARE = 0.95
 
@@ -109,85 +97,19 @@ def summary_from_pipeline(pipeline: LogHealthSource, kafka_reachable: bool) -> d
     )
 
 
-class PodAnnotationWriter:
-    """Merge-patches one annotation of one pod through pods/status."""
-
-    def __init__(
-        self, session: aiohttp.ClientSession, api: ApiServer, namespace: str, pod: str
-    ) -> None:
-        self._session, self._api = session, api
-        self._url = f"{api.url}/api/v1/namespaces/{namespace}/pods/{pod}/status"
-
-    async def write(self, value: str) -> None:
-        headers = {**await self._api.headers(), "Content-Type": "application/merge-patch+json"}
-        patch = {"metadata": {"annotations": {ANNOTATION: value}}}
-        async with self._session.patch(
-            self._url, data=json.dumps(patch), headers=headers, ssl=self._api.ssl_context
-        ) as resp:
-            if resp.status >= 400:
-                raise RuntimeError(f"{resp.status}: {(await resp.text())[:200]}")
-
-
-class LogStatusPublisher:
-    """Writes the pod's summary when its state changes, or its figures at most every
-    REFRESH_SECONDS; failures are logged and retried at the next check, never raised."""
-
-    def __init__(
-        self, pipeline: LogHealthSource, writer: PodAnnotationWriter, check_seconds: float
-    ):
-        self.pipeline, self.writer, self.check_seconds = pipeline, writer, check_seconds
-        self._written: dict[str, Any] | None = None
-        self._written_at = 0.0
-
-    async def publish_once(self) -> bool:
-        """Check and write if due; True when a write was made."""
-        reachable = await broker_reachable(self.pipeline.settings.bootstrap_servers)
-        summary = summary_from_pipeline(self.pipeline, reachable)
-        now = time.monotonic()
-        previous = self._written
-        if previous is not None and (
-            summary == previous
-            or (summary["state"] == previous["state"] and now - self._written_at < REFRESH_SECONDS)
-        ):
-            return False
-        await self.writer.write(json.dumps(summary, separators=(",", ":")))
-        self._written, self._written_at = summary, now
-        return True
-
-    async def run(self) -> None:
-        failing = False
-        while True:
-            try:
-                await self.publish_once()
-                failing = False
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:  # once per run of failures
-                    log.warning("inference log: cannot write the pod's log status: %s", exc)
-                failing = True
-            await asyncio.sleep(self.check_seconds)
-
-
 @contextlib.asynccontextmanager
 async def publishing_log_status(
     pipeline: LogHealthSource, kubeconfig: str = "", check_seconds: float = CHECK_SECONDS
-) -> AsyncIterator[LogStatusPublisher | None]:
-    """Publish while the block runs, when the pod is known (POD_NAME and POD_NAMESPACE set);
-    otherwise (a sidecar run outside a pod) do nothing."""
-    pod, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
-    if not (pod and namespace):
-        yield None
-        return
-    api = await asyncio.to_thread(from_environment, kubeconfig)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        publisher = LogStatusPublisher(
-            pipeline, PodAnnotationWriter(session, api, namespace, pod), check_seconds
-        )
-        task = asyncio.create_task(publisher.run(), name="inference-log-status")
-        try:
-            yield publisher
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+) -> AsyncIterator[PodStatusPublisher | None]:
+    """Publish the log's summary on the pod while the block runs (see pod_status.publishing):
+    written when its state changes, its figures at most every REFRESH_SECONDS."""
+
+    async def make() -> tuple[dict[str, Any], object]:
+        reachable = await broker_reachable(pipeline.settings.bootstrap_servers)
+        summary = summary_from_pipeline(pipeline, reachable)
+        return summary, summary["state"]
+
+    async with publishing(
+        "inference log status", ANNOTATION, make, kubeconfig, check_seconds
+    ) as publisher:
+        yield publisher

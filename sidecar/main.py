@@ -15,14 +15,17 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from aiohttp import web
 
 from modelserving.api import SIDECAR_CONFIG_FILE
 from modelserving.sidecar.app import SidecarRunner, create_app
 from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
+from modelserving.sidecar.router import ROUTING_FILE_NAME
 
 CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
+ROUTING_ENV = "MODELSERVING_SIDECAR_ROUTING"
 PORT_ENV = "MODELSERVING_SIDECAR_PORT"
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) before SIGKILL; requests in
 # flight get most of it, and the inference log's drain the rest.
@@ -34,6 +37,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--config",
         default=os.environ.get(CONFIG_ENV, SIDECAR_CONFIG_FILE),
         help=f"the sidecar's settings file (env {CONFIG_ENV}; default {SIDECAR_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "--routing",
+        default=os.environ.get(ROUTING_ENV),
+        help=f"the routing file, read at start and whenever it changes (env {ROUTING_ENV}; "
+        f"default {ROUTING_FILE_NAME} beside --config; while there is none, every request goes "
+        "to the config's model.version)",
     )
     parser.add_argument(
         "--port",
@@ -80,12 +90,17 @@ def run(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
+    routing = Path(args.routing) if args.routing else Path(args.config).parent / ROUTING_FILE_NAME
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(config, args.shutdown_timeout))
+        try:
+            runner.run(_serve(config, routing, args.shutdown_timeout))
+        except ConfigError as exc:
+            print(f"modelserving sidecar: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
-async def _serve(config: SidecarConfig, shutdown_timeout: float) -> None:
+async def _serve(config: SidecarConfig, routing: Path, shutdown_timeout: float) -> None:
     """Serve until SIGTERM or SIGINT, then stop as the module docstring says."""
     loop = asyncio.get_running_loop()
     logging.getLogger(__name__).info("event loop: %s", type(loop).__module__)
@@ -93,7 +108,8 @@ async def _serve(config: SidecarConfig, shutdown_timeout: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # access_log=None: one line per request costs more than the request; metrics count them.
-    runner = SidecarRunner(create_app(config), access_log=None, shutdown_timeout=shutdown_timeout)
+    app = create_app(config, routing_file=routing)
+    runner = SidecarRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()

@@ -1,5 +1,5 @@
-"""The sidecar's Prometheus metrics, in a registry of each app's own: requests by route and code,
-latency, TF Serving's latency and auth results.
+"""The sidecar's Prometheus metrics, in a registry of each app's own: requests by route, code and
+the model version that answered, latency, TF Serving's latency and auth results.
 
 Counted in plain ints and lists on the event loop (the only thread that counts) and turned into
 metric families when scraped: prometheus_client's labelled children take a lock and walk the
@@ -39,16 +39,28 @@ _LE: tuple[str, ...] = tuple(floatToGoString(b) for b in _BUCKETS)  # type: igno
 
 _REQUESTS = (
     "modelserving_sidecar_requests",
-    "Requests answered by the sidecar, by route and HTTP code.",
+    "Requests answered by the sidecar, by route, HTTP code and the model version that answered "
+    '("" when none did).',
 )
 _LATENCY = (
     "modelserving_sidecar_request_duration_seconds",
-    "Time from the request's arrival to its answer, by route.",
+    "Time from the request's arrival to its answer, by route and version.",
 )
 _UPSTREAM_LATENCY = (
     "modelserving_sidecar_upstream_duration_seconds",
-    "Time TF Serving took to answer a forwarded request, by route.",
+    "Time TF Serving took to answer a forwarded request, by route and version.",
 )
+_SHADOW = (
+    "modelserving_sidecar_shadow_requests",
+    "Copies of requests a shadow version answered, by HTTP code (the sidecar's own code when "
+    "TF Serving did not answer) and version.",
+)
+_SHADOW_DROPPED = (
+    "modelserving_sidecar_shadow_dropped",
+    "Copies of requests not sent to the shadow version, by reason: queue_full, unavailable "
+    "(the shadow version is not AVAILABLE), shutdown.",
+)
+_INFERENCE_ROUTES = frozenset({"predict", "classify", "regress"})
 _AUTH = (
     "modelserving_sidecar_auth_results",
     "Credential checks by result: allowed, unauthenticated, forbidden, error.",
@@ -77,55 +89,84 @@ class _Histogram:
 
 
 class SidecarMetrics:
-    """The request path's counters and histograms; `route` labels come from a fixed set."""
+    """The request path's counters and histograms; `route` labels come from a fixed set, and
+    `version` labels from the versions TF Serving answered with."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._requests: dict[tuple[str, int], int] = {}
-        self._latency: dict[str, _Histogram] = {}
-        self._upstream_latency: dict[str, _Histogram] = {}
+        self._requests: dict[tuple[str, int, str], int] = {}
+        self._latency: dict[tuple[str, str], _Histogram] = {}
+        self._upstream_latency: dict[tuple[str, str], _Histogram] = {}
         self._auth: dict[tuple[str, str], int] = {}
+        self._shadow: dict[tuple[int, str], int] = {}
+        self._shadow_dropped: dict[str, int] = {}
         registry.register(self)
 
-    def request_done(self, route: str, code: int, seconds: float) -> None:
-        key = (route, code)
+    def request_done(self, route: str, code: int, seconds: float, version: str = "") -> None:
+        key = (route, code, version)
         self._requests[key] = self._requests.get(key, 0) + 1
-        histogram = self._latency.get(route)
+        histogram = self._latency.get((route, version))
         if histogram is None:
-            histogram = self._latency[route] = _Histogram()
+            histogram = self._latency[(route, version)] = _Histogram()
         histogram.observe(seconds)
 
-    def upstream_done(self, route: str, seconds: float) -> None:
-        histogram = self._upstream_latency.get(route)
+    def upstream_done(self, route: str, seconds: float, version: str = "") -> None:
+        histogram = self._upstream_latency.get((route, version))
         if histogram is None:
-            histogram = self._upstream_latency[route] = _Histogram()
+            histogram = self._upstream_latency[(route, version)] = _Histogram()
         histogram.observe(seconds)
+
+    def served_by_version(self) -> dict[int, int]:
+        """Inference requests answered so far, by the version that answered (shadow copies are
+        not requests: they are not counted here)."""
+        served: dict[int, int] = {}
+        for (route, _, version), count in list(self._requests.items()):
+            if version and route in _INFERENCE_ROUTES:
+                served[int(version)] = served.get(int(version), 0) + count
+        return served
 
     def auth_result(self, mode: str, result: str) -> None:
         key = (mode, result)
         self._auth[key] = self._auth.get(key, 0) + 1
 
+    def shadow_done(self, code: int, version: str) -> None:
+        key = (code, version)
+        self._shadow[key] = self._shadow.get(key, 0) + 1
+
+    def shadow_dropped(self, reason: str, count: int = 1) -> None:
+        self._shadow_dropped[reason] = self._shadow_dropped.get(reason, 0) + count
+
     # ---------------------------------------------------------------- prometheus_client
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(*_REQUESTS, labels=("route", "code"))
-        yield HistogramMetricFamily(*_LATENCY, labels=("route",))
-        yield HistogramMetricFamily(*_UPSTREAM_LATENCY, labels=("route",))
+        yield CounterMetricFamily(*_REQUESTS, labels=("route", "code", "version"))
+        yield HistogramMetricFamily(*_LATENCY, labels=("route", "version"))
+        yield HistogramMetricFamily(*_UPSTREAM_LATENCY, labels=("route", "version"))
         yield CounterMetricFamily(*_AUTH, labels=("mode", "result"))
+        yield CounterMetricFamily(*_SHADOW, labels=("code", "version"))
+        yield CounterMetricFamily(*_SHADOW_DROPPED, labels=("reason",))
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(*_REQUESTS, labels=("route", "code"))
-        for (route, code), count in list(self._requests.items()):
-            requests.add_metric((route, str(code)), count)
+        requests = CounterMetricFamily(*_REQUESTS, labels=("route", "code", "version"))
+        for (route, code, version), count in list(self._requests.items()):
+            requests.add_metric((route, str(code), version), count)
         yield requests
         for (name, text), histograms in (
             (_LATENCY, self._latency),
             (_UPSTREAM_LATENCY, self._upstream_latency),
         ):
-            family = HistogramMetricFamily(name, text, labels=("route",))
-            for route, histogram in list(histograms.items()):
-                family.add_metric((route,), histogram.cumulative(), histogram.sum)
+            family = HistogramMetricFamily(name, text, labels=("route", "version"))
+            for (route, version), histogram in list(histograms.items()):
+                family.add_metric((route, version), histogram.cumulative(), histogram.sum)
             yield family
         auth = CounterMetricFamily(*_AUTH, labels=("mode", "result"))
         for (mode, result), count in list(self._auth.items()):
             auth.add_metric((mode, result), count)
         yield auth
+        shadow = CounterMetricFamily(*_SHADOW, labels=("code", "version"))
+        for (code, version), count in list(self._shadow.items()):
+            shadow.add_metric((str(code), version), count)
+        yield shadow
+        dropped = CounterMetricFamily(*_SHADOW_DROPPED, labels=("reason",))
+        for reason, count in list(self._shadow_dropped.items()):
+            dropped.add_metric((reason,), count)
+        yield dropped

@@ -1,5 +1,6 @@
 """The sidecar's request paths: one canonical form of the path, and the table that maps it to a
-route of this pod's model. Pure functions; the app authorizes and forwards the same canonical path.
+route of this pod's model. Pure functions; the app authorizes the same canonical path and
+forwards it (a path that names no version: to the version the router chose for the request).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ class Route:
     label: str  # the metrics label: a fixed, small set of names, never the raw path
     methods: frozenset[str]
     public: bool = False  # answered without a credential
-    upstream_path: str = ""  # the TF Serving path to forward to
-    model_version: int | None = None  # the version that answers, when the path or config says
+    upstream_path: str = ""  # the TF Serving path to forward to (the split's: no version)
+    model_version: int | None = None  # the version the path names (/versions/<v>)
+    version_label: str | None = None  # the label the path names (/labels/<l>)
     error: str = ""  # for NOT_FOUND: TF Serving's words
 
 
@@ -100,13 +102,13 @@ _UNKNOWN_PATH = Route(RouteKind.NOT_FOUND, "unmatched", frozenset(), error="Not 
 
 
 class RouteTable:
-    """The routes of one pod's model, precomputed: the usual paths are one dict lookup away."""
+    """The routes of one pod's model, precomputed: the usual paths are one dict lookup away.
 
-    def __init__(
-        self, model_name: str, model_version: int, namespace: str, project_id: int | None
-    ) -> None:
+    A path that names no version is the split's (the router chooses the version); one that names
+    a version or a label bypasses the split."""
+
+    def __init__(self, model_name: str, namespace: str, project_id: int | None) -> None:
         self.model_name = model_name
-        self.model_version = model_version
         self.projects = frozenset(
             {namespace} | ({str(project_id)} if project_id is not None else set())
         )
@@ -114,10 +116,10 @@ class RouteTable:
         exact: dict[str, Route] = {}
         for path, kind in _PUBLIC.items():
             exact[path] = Route(kind, kind.value, _GET, public=True)
-        exact[base] = self._status(base, model_version)
-        exact[f"{base}/metadata"] = self._metadata(f"{base}/metadata", model_version)
+        exact[base] = self._status(base, None)
+        exact[f"{base}/metadata"] = self._metadata(f"{base}/metadata", None)
         for verb in VERBS:
-            route = self._inference(verb, f"{base}:{verb}", model_version)
+            route = self._inference(verb, f"{base}:{verb}", None)
             exact[f"{base}:{verb}"] = route
             for project in self.projects:
                 for infix in ("", "inference/"):
@@ -127,19 +129,21 @@ class RouteTable:
         self._exact = exact
 
     @staticmethod
-    def _status(upstream_path: str, version: int | None) -> Route:
+    def _status(upstream_path: str, version: int | None, label: str | None = None) -> Route:
         return Route(RouteKind.MODEL_STATUS, "status", _GET, upstream_path=upstream_path,
-                     model_version=version)  # fmt: skip
+                     model_version=version, version_label=label)  # fmt: skip
 
     @staticmethod
-    def _metadata(upstream_path: str, version: int | None) -> Route:
+    def _metadata(upstream_path: str, version: int | None, label: str | None = None) -> Route:
         return Route(RouteKind.MODEL_METADATA, "metadata", _GET, upstream_path=upstream_path,
-                     model_version=version)  # fmt: skip
+                     model_version=version, version_label=label)  # fmt: skip
 
     @staticmethod
-    def _inference(verb: str, upstream_path: str, version: int | None) -> Route:
+    def _inference(
+        verb: str, upstream_path: str, version: int | None, label: str | None = None
+    ) -> Route:
         return Route(RouteKind.INFERENCE, verb, _POST, upstream_path=upstream_path,
-                     model_version=version)  # fmt: skip
+                     model_version=version, version_label=label)  # fmt: skip
 
     def lookup_exact(self, path: str) -> Route | None:
         """The route of a path that is already canonical and one of the usual ones."""
@@ -163,13 +167,14 @@ class RouteTable:
         version = int(match["version"]) if match["version"] is not None else None
         if match["name"] != self.model_name:
             return self._not_this_model(match["name"], version)
-        if match["label"] is not None:
-            version = None  # TF Serving maps a label to a version; which one is its business
+        # A label is resolved by the router (the routing file names them); one it does not know
+        # goes to TF Serving as it came.
+        label = match["label"]
         if match["verb"]:
-            return self._inference(match["verb"], path, version)
+            return self._inference(match["verb"], path, version, label)
         if match["metadata"]:
-            return self._metadata(path, version)
-        return self._status(path, version)
+            return self._metadata(path, version, label)
+        return self._status(path, version, label)
 
     @staticmethod
     def _not_this_model(name: str, version: int | None) -> Route:

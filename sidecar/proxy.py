@@ -100,15 +100,16 @@ class Upstream:
         *,
         content_type: str = JSON,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> UpstreamAnswer:
         """Send one request to TF Serving; its status and body come back untouched.
 
         Only Content-Type and X-Request-Id are passed on (never the caller's Authorization).
-        Connection refused: 502; no connection in time: 503; no answer in time: 504; a broken or
-        cut-off answer: 502.
+        `timeout` replaces upstream.timeoutSeconds for this request. Connection refused: 502;
+        no connection in time: 503; no answer in time: 504; a broken or cut-off answer: 502.
         """
         started = time.perf_counter()
-        deadline = self._loop.time() + self._timeout
+        deadline = self._loop.time() + (self._timeout if timeout is None else timeout)
         head = self._head(method, path)
         if request_id is not None:
             head += b"X-Request-Id: " + request_id.encode("ascii") + b"\r\n"

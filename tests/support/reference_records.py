@@ -10,6 +10,7 @@ from modelserving.inferencelog import (
     HEADER_PAYLOAD,
     HEADER_POD,
     HEADER_REQUEST_ID,
+    HEADER_ROLE,
     HEADER_TRACEPARENT,
     InferenceLogRecord,
     encode_record,
@@ -78,6 +79,7 @@ def build_headers(
     if exchange.caller:
         headers.append((HEADER_CALLER, exchange.caller.encode()))
     headers.append((HEADER_MODEL_VERSION, str(model_version).encode()))
+    headers.append((HEADER_ROLE, (exchange.role or "stable").encode()))
     headers.append((HEADER_POD, pod.encode()))
     if shaped is not None and (changes := payload_header(*shaped)):
         headers.append((HEADER_PAYLOAD, changes.encode()))

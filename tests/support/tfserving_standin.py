@@ -1,6 +1,7 @@
 """A stand-in for TensorFlow Serving's REST API, for tests and the demo: no package registry ships
 TF Serving's binary, so this small aiohttp server answers as TF Serving does, per its documented
-REST API (https://www.tensorflow.org/tfx/serving/api_rest).
+REST API (https://www.tensorflow.org/tfx/serving/api_rest) and its source where the docs are
+silent (model_servers/get_model_status_impl.cc, http_rest_api_handler.cc).
 
 It serves TF Serving's example model `half_plus_two` (y = 0.5 * x + 2) by default: model status
 and metadata, versions and labels, :predict in the row ("instances" -> "predictions") and columnar
@@ -8,7 +9,16 @@ and metadata, versions and labels, :predict in the row ("instances" -> "predicti
 `{"error": "..."}` bodies. A delay can be set to stand for a slow model. It is not TF Serving:
 it runs no TensorFlow graph.
 
-    python tests/support/tfserving_standin.py --port 8501 --model half_plus_two
+Several versions of a model, each with its own answer (its own slope and intercept, so a test can
+tell which version answered) and its own delay. A version can be held in LOADING, made to fail
+its load, or made AVAILABLE, and is reported exactly as TF Serving reports it in
+`GET /v1/models/<name>` (`model_version_status[]` with `state` and `status.error_code` /
+`error_message`, newest version first); a predict on a version that is not AVAILABLE gets TF
+Serving's 404 `Servable not found for request: Specific(<name>, <version>)`, an unversioned one
+the newest AVAILABLE version (404 `Latest(<name>)` when there is none), and a status GET of a
+model with no version at all TF Serving's 404 `Could not find any versions of model <name>`.
+
+    python tests/support/tfserving_standin.py --port 8501 --model half_plus_two [--versions 1,2]
 """
 
 from __future__ import annotations
@@ -31,14 +41,25 @@ _PATH = re.compile(
 )
 
 
-@dataclass
-class StandInModel:
-    """A model the stand-in serves: y = slope * x + intercept, in these versions."""
+AVAILABLE = "AVAILABLE"
+LOADING = "LOADING"
+END = "END"
+# What TF Serving reports for a version whose SavedModel cannot be read.
+LOAD_FAILURE = ("NOT_FOUND", "Could not find SavedModel .pb or .pbtxt at supplied export "
+                "directory path: {base}/{version}")  # fmt: skip
 
-    versions: tuple[int, ...] = (1,)
-    labels: dict[str, int] = field(default_factory=dict)
+
+@dataclass
+class StandInVersion:
+    """One version of a model: its answer (y = slope * x + intercept), its delay, and its state
+    and load error as TF Serving reports them."""
+
     slope: float = 0.5
     intercept: float = 2.0
+    delay_seconds: float = 0.0
+    state: str = AVAILABLE  # START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: str = "OK"
+    error_message: str = ""
 
     def apply(self, value):
         if isinstance(value, list):
@@ -52,6 +73,44 @@ class StandInModel:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Bad(f"Expected a number for input x, got {json.dumps(value)}")
         return self.slope * value + self.intercept
+
+
+@dataclass
+class StandInModel:
+    """A model the stand-in serves, in these versions: a tuple of version numbers (each
+    half_plus_two) or a mapping of version number to `StandInVersion`."""
+
+    versions: tuple[int, ...] | dict[int, StandInVersion] = (1,)
+    labels: dict[str, int] = field(default_factory=dict)
+    base_path: str = "/models/half_plus_two"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.versions, dict):
+            self.versions = {v: StandInVersion() for v in self.versions}
+
+    @property
+    def served(self) -> dict[int, StandInVersion]:
+        assert isinstance(self.versions, dict)
+        return self.versions
+
+    def hold_loading(self, version: int) -> None:
+        """The version is being loaded: reported LOADING, not served."""
+        self.served[version].state = LOADING
+
+    def make_available(self, version: int) -> None:
+        self.served[version].state = AVAILABLE
+        self.served[version].error_code, self.served[version].error_message = "OK", ""
+
+    def fail_load(self, version: int, code: str = "", message: str = "") -> None:
+        """The version's load failed: reported END with TF Serving's error, not served."""
+        served = self.served[version]
+        served.state = END
+        served.error_code = code or LOAD_FAILURE[0]
+        served.error_message = message or LOAD_FAILURE[1].format(base=self.base_path,
+                                                                 version=version)  # fmt: skip
+
+    def available(self) -> list[int]:
+        return sorted(v for v, s in self.served.items() if s.state == AVAILABLE)
 
 
 class _Bad(Exception):
@@ -77,6 +136,12 @@ class TFServingStandIn:
         self.seen: list[SeenRequest] = []
         self.record = True
 
+    @property
+    def forwarded(self) -> list[SeenRequest]:
+        """The requests a sidecar forwarded for its callers (they carry X-Request-Id; the
+        sidecar's own model status polls carry none)."""
+        return [seen for seen in self.seen if "X-Request-Id" in seen.headers]
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{path:.*}", self.handle)
@@ -93,35 +158,48 @@ class TFServingStandIn:
         match = _PATH.fullmatch(request.path)
         if match is None:
             return _error(404, f"Malformed request: {request.method} {request.path}")
-        model = self.models.get(match["name"])
+        name = match["name"]
+        model = self.models.get(name)
         if model is None:
-            return _error(404, f"Servable not found for request: Latest({match['name']})")
-        version = max(model.versions)
+            return _error(404, f"Servable not found for request: Latest({name})")
+        versions = model.served
+        status_get = request.method == "GET" and not match["verb"] and not match["metadata"]
+        version: int | None = None
         if match["version"] is not None:
             version = int(match["version"])
-            if version not in model.versions:
-                return _error(
-                    404, f"Servable not found for request: Specific({match['name']}, {version})"
-                )
         elif match["label"] is not None:
             if match["label"] not in model.labels:
                 return _error(404, f"Unrecognized servable version label: {match['label']}")
             version = model.labels[match["label"]]
+        if status_get:
+            if version is not None and version not in versions:
+                return _error(404, f"Could not find version {version} of model {name}")
+            if not versions:
+                return _error(404, f"Could not find any versions of model {name}")
+            return _json(200, _status(model, version))
+        if version is None:
+            available = model.available()
+            if not available:
+                return _error(404, f"Servable not found for request: Latest({name})")
+            version = available[-1]
+        served = versions.get(version)
+        if served is None or served.state != AVAILABLE:
+            return _error(404, f"Servable not found for request: Specific({name}, {version})")
+        if served.delay_seconds:
+            await asyncio.sleep(served.delay_seconds)
         if match["verb"]:
             if request.method != "POST":
                 return _error(405, f"Method {request.method} not allowed for :{match['verb']}")
             try:
-                return _json(200, _infer(model, match["verb"], body))
+                return _json(200, _infer(served, match["verb"], body))
             except _Bad as exc:
                 return _error(400, str(exc))
         if request.method != "GET":
             return _error(405, f"Method {request.method} not allowed")
-        if match["metadata"]:
-            return _json(200, _metadata(match["name"], version))
-        return _json(200, _status(model, match["version"] and version, match["label"] and version))
+        return _json(200, _metadata(name, version))
 
 
-def _infer(model: StandInModel, verb: str, body: bytes) -> dict:
+def _infer(model: StandInVersion, verb: str, body: bytes) -> dict:
     try:
         request = json.loads(body)
     except ValueError as exc:
@@ -153,15 +231,19 @@ def _infer(model: StandInModel, verb: str, body: bytes) -> dict:
     return {"results": [[["", v]] for v in values]}
 
 
-def _status(model: StandInModel, version: int | None, labelled: int | None) -> dict:
-    wanted = version or labelled
-    versions = [wanted] if wanted else sorted(model.versions, reverse=True)
+def _status(model: StandInModel, version: int | None) -> dict:
+    """GetModelStatusResponse as TF Serving's REST prints it: every version newest first (or the
+    one asked for), each with its state and status, primitive fields always printed."""
+    versions = [version] if version is not None else sorted(model.served, reverse=True)
     return {
         "model_version_status": [
             {
                 "version": str(v),
-                "state": "AVAILABLE",
-                "status": {"error_code": "OK", "error_message": ""},
+                "state": model.served[v].state,
+                "status": {
+                    "error_code": model.served[v].error_code,
+                    "error_message": model.served[v].error_message,
+                },
             }
             for v in versions
         ]
@@ -213,9 +295,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--model", action="append", help="a model name to serve (repeatable)")
+    parser.add_argument("--versions", default="1", help="the versions served, e.g. 1,2")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay of every answer")
     args = parser.parse_args()
-    models = {name: StandInModel() for name in (args.model or ["half_plus_two"])}
+    versions = tuple(int(v) for v in args.versions.split(","))
+    models = {name: StandInModel(versions) for name in (args.model or ["half_plus_two"])}
     standin = TFServingStandIn(models, args.delay_ms / 1000)
     standin.record = False
     web.run_app(standin.app(), host=args.host, port=args.port, access_log=None)

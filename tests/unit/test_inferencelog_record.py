@@ -155,7 +155,7 @@ def test_version_that_answered_wins_and_bad_utf8_is_replaced():
     assert record.response_http_code == 404
 
 
-def test_key_and_headers_carry_request_id_trace_caller_version_and_pod():
+def test_key_and_headers_carry_request_id_trace_caller_version_role_and_pod():
     settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092")
     spooled = build_spool_record(exchange(model_version=4), MODEL, settings, pod="mnist-abc")
     assert spooled.key == b"01J0REQ"
@@ -165,10 +165,16 @@ def test_key_and_headers_carry_request_id_trace_caller_version_and_pod():
         "traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         "caller": b"team-a",
         "model-version": b"4",
+        "role": b"stable",
         "pod": b"mnist-abc",
     }
     anonymous = build_headers(exchange(caller=None, traceparent=None), 3, "p")
-    assert [name for name, _ in anonymous] == ["request-id", "model-version", "pod"]
+    assert [name for name, _ in anonymous] == ["request-id", "model-version", "role", "pod"]
+    shadow = build_spool_record(
+        exchange(model_version=5, role="shadow"), MODEL, settings, pod="mnist-abc"
+    )
+    assert (dict(shadow.headers)["role"], dict(shadow.headers)["model-version"]) == (
+        b"shadow", b"5")  # fmt: skip
 
 
 @given(

@@ -28,7 +28,7 @@ from modelserving.kube_access import (
 from modelserving.operator.kube import KubeClient
 from modelserving.sidecar.config import parse_config
 from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
-from modelserving.sidecar.log_status import PodAnnotationWriter
+from modelserving.sidecar.pod_status import PodAnnotationWriter
 
 IN_A_POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 # Any valid CA bundle will do: nothing here connects over TLS.
@@ -244,7 +244,7 @@ async def test_the_sidecars_reviews_send_the_rotated_token(api_server, service_a
 async def test_the_sidecars_log_status_sends_the_rotated_token(api_server, service_account):
     api, clock, seen = api_server
     async with aiohttp.ClientSession() as session:
-        writer = PodAnnotationWriter(session, api, "ns", "serving-pod")
+        writer = PodAnnotationWriter(session, api, "ns", "serving-pod", "modelserving.io/x")
         await writer.write("{}")
         rotate(service_account, clock)
         await writer.write("{}")

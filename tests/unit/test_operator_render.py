@@ -110,8 +110,14 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     assert tfs["image"] == SETTINGS.tfserving_image
     assert "--model_config_file=/etc/tfserving/models.config" in tfs["args"]
     assert sidecar["command"] == [
-        "modelserving", "sidecar", "--config", "/etc/modelserving/sidecar.yaml"
+        "modelserving", "sidecar", "--config", "/etc/modelserving/sidecar.yaml",
+        "--routing", "/etc/modelserving/routing/routing.yaml",
     ]  # fmt: skip
+    # the routing file the sidecar is told to read is where a mount puts it
+    assert any(
+        "/etc/modelserving/routing/routing.yaml".startswith(m["mountPath"])
+        for m in sidecar["volumeMounts"]
+    )
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -56,12 +56,14 @@ def test_canonical_paths_are_fixed_points_without_tricks(raw):
 
 
 def test_route_table_names_this_models_routes():
-    table = RouteTable("mnist", 3, "demo", 80)
+    table = RouteTable("mnist", "demo", 80)
     predict = table.resolve("/hopsworks-api/api/project/80/inference/models/mnist:predict")
     assert (predict.kind, predict.upstream_path, predict.model_version) == (
-        RouteKind.INFERENCE, "/v1/models/mnist:predict", 3)  # fmt: skip
+        RouteKind.INFERENCE, "/v1/models/mnist:predict", None)  # fmt: skip
     versioned = table.resolve("/v1/models/mnist/versions/2:regress")
     assert (versioned.label, versioned.model_version) == ("regress", 2)
+    labelled = table.resolve("/v1/models/mnist/labels/canary:predict")
+    assert (labelled.model_version, labelled.version_label) == (None, "canary")
     assert table.resolve("/v1/models/mnist/labels/canary").kind is RouteKind.MODEL_STATUS
     assert table.resolve("/v1/models/mnist/versions/2/metadata").kind is RouteKind.MODEL_METADATA
     other = table.resolve("/v1/models/fashion:predict")

@@ -72,7 +72,7 @@ async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(tmp_path
                 http.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [4.0]})
             )
             await wait_for_async(
-                lambda: asyncio.sleep(0, bool(standin.seen)), timeout=5, what="the request"
+                lambda: asyncio.sleep(0, bool(standin.forwarded)), timeout=5, what="the request"
             )
             process.send_signal(signal.SIGTERM)
             await wait_for_async(lambda: connect_refused(port), timeout=1, what="no new connection")

@@ -23,9 +23,9 @@ from yarl import URL
 from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.sidecar.app import create_app
 from modelserving.sidecar.config import SidecarConfig, parse_config
-from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.main import serving
 from modelserving.sidecar.paths import canonical_path
+from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
 
@@ -33,36 +33,6 @@ MODEL = "half_plus_two"
 KEY = "s3cr3t-key-for-tests"
 GOOD = {"Authorization": f"ApiKey {KEY}"}
 LIMIT = 64 * 1024
-
-
-class RecordingLog:
-    """An inference log that keeps what it is handed."""
-
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-        self.full = False
-        self.keeps = True  # what `spooled` answers (durability spooled)
-        self.written: asyncio.Event | None = None  # set: `spooled` waits for it
-
-    def accepting(self) -> bool:
-        return not self.full
-
-    def submit(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-    async def spooled(self, exchange: Exchange) -> bool:
-        if self.written is not None:
-            await self.written.wait()
-        if self.keeps:
-            self.exchanges.append(exchange)
-        return self.keeps
-
-    def factory(self):
-        @asynccontextmanager
-        async def open_log(config, registry):
-            yield self
-
-        return open_log
 
 
 def write_keys(directory: Path, keys: dict[str, str], generation: int = 1) -> None:
@@ -162,8 +132,10 @@ async def test_predict_in_row_format_answers_tf_servings_predictions(
     assert data == {"predictions": [2.5, 3.0, 4.5]}
     request_id = headers["X-Request-Id"]
     assert len(request_id) == 36
-    forwarded = standin[0].seen[-1]
-    assert forwarded.path == f"/v1/models/{MODEL}:predict"
+    assert headers["x-model-version"] == "1"
+    forwarded = standin[0].forwarded[-1]
+    # The split chose the one version there is (model.version: no routing file here).
+    assert forwarded.path == f"/v1/models/{MODEL}/versions/1:predict"
     assert "Authorization" not in forwarded.headers
     assert forwarded.headers["X-Request-Id"] == request_id
     logged = next(e for e in inference_log.exchanges if e.request_id == request_id)
@@ -201,8 +173,8 @@ async def test_hopsworks_and_versioned_paths_predict(sidecar_url, http, standin,
         http, "POST", sidecar_url + path, json={"instances": [2.0]}, headers=GOOD
     )
     assert (status, data) == (200, {"predictions": [3.0]})
-    expected = path if path.startswith("/v1/") else f"/v1/models/{MODEL}:predict"
-    assert standin[0].seen[-1].path == expected
+    expected = path if path.startswith("/v1/") else f"/v1/models/{MODEL}/versions/1:predict"
+    assert standin[0].forwarded[-1].path == expected
 
 
 @pytest.mark.parametrize("verb, expected", [("classify", [[["", 3.0]]]), ("regress", [3.0])])
@@ -294,18 +266,18 @@ async def test_malformed_json_gets_tf_servings_400_unchanged(sidecar_url, http, 
     )
     assert status == 400
     assert data["error"].startswith("JSON Parse error")
-    assert standin[0].seen[-1].body == b"{not json"
+    assert standin[0].forwarded[-1].body == b"{not json"
 
 
 async def test_body_over_the_limit_is_413_by_content_length(sidecar_url, http, standin):
-    before = len(standin[0].seen)
+    before = len(standin[0].forwarded)
     body = b'{"instances": [' + b"1.0," * LIMIT + b"1.0]}"
     status, data, _ = await call(
         http, "POST", f"{sidecar_url}/v1/models/{MODEL}:predict", data=body, headers=GOOD
     )
     assert status == 413
     assert "limit" in data["error"]
-    assert len(standin[0].seen) == before
+    assert len(standin[0].forwarded) == before
 
 
 async def test_body_over_the_limit_is_413_when_streamed_without_length(sidecar_url, http):
@@ -345,12 +317,12 @@ async def test_compressed_body_within_the_limit_is_forwarded_plain(sidecar_url, 
         headers={**GOOD, "Content-Encoding": "gzip"},
     )
     assert (status, data) == (200, {"predictions": [5.0]})
-    assert standin[0].seen[-1].body == b'{"instances": [6.0]}'
+    assert standin[0].forwarded[-1].body == b'{"instances": [6.0]}'
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_body_that_does_not_decode_is_400(sidecar_url, standin, encoding):
-    before = len(standin[0].seen)
+    before = len(standin[0].forwarded)
     status, body, _ = await raw_request(
         sidecar_url, "POST", f"/v1/models/{MODEL}:predict",
         {**GOOD, "Content-Encoding": encoding}, b"this is not compressed",
@@ -359,7 +331,7 @@ async def test_body_that_does_not_decode_is_400(sidecar_url, standin, encoding):
         400,
         {"error": "The request body cannot be read (bad encoding)"},
     )
-    assert len(standin[0].seen) == before
+    assert len(standin[0].forwarded) == before
 
 
 async def test_upstream_down_is_502_and_not_ready(keys_dir, http):
@@ -454,9 +426,12 @@ async def test_probes_and_metrics_need_no_credential(sidecar_url, http):
     async with http.get(f"{sidecar_url}/metrics") as resp:
         text = await resp.text()
     assert resp.status == 200
-    assert 'modelserving_sidecar_requests_total{code="200",route="predict"}' in text
+    assert 'modelserving_sidecar_requests_total{code="200",route="predict",version="1"}' in text
+    assert 'modelserving_sidecar_requests_total{code="200",route="readyz",version=""}' in text
     assert 'modelserving_sidecar_auth_results_total{mode="apiKey",result="unauthenticated"}' in text
-    assert 'modelserving_sidecar_upstream_duration_seconds_count{route="predict"}' in text
+    assert (
+        'modelserving_sidecar_upstream_duration_seconds_count{route="predict",version="1"}' in text
+    )
     assert "modelserving_sidecar_request_duration_seconds_bucket" in text
 
 
@@ -521,7 +496,7 @@ async def test_a_plain_aiohttp_runner_serves_the_same_request_path(standin, keys
 async def test_without_a_valid_key_nothing_is_answered_or_forwarded(
     sidecar_url, http, standin, authorization
 ):
-    before = len(standin[0].seen)
+    before = len(standin[0].forwarded)
     headers = {} if authorization is None else {"Authorization": authorization}
     status, data, resp_headers = await call(
         http, "POST", f"{sidecar_url}/v1/models/{MODEL}:predict", json={"instances": [1]},
@@ -530,7 +505,7 @@ async def test_without_a_valid_key_nothing_is_answered_or_forwarded(
     assert status == 401
     assert resp_headers["WWW-Authenticate"] == 'ApiKey realm="demo/hpt"'
     assert "error" in data
-    assert len(standin[0].seen) == before
+    assert len(standin[0].forwarded) == before
 
 
 async def test_unknown_paths_are_not_described_without_a_key(sidecar_url, http):
@@ -619,12 +594,12 @@ TRICKS = [
 
 @pytest.mark.parametrize("target", TRICKS)
 async def test_path_tricks_never_reach_tf_serving_without_a_key(sidecar_url, standin, target):
-    before = len(standin[0].seen)
+    before = len(standin[0].forwarded)
     status, body, _headers = await raw_request(
         sidecar_url, "POST", target, body=b'{"instances": [1]}'
     )
     assert status in (400, 401, 404, 405), (status, body)
-    assert len(standin[0].seen) == before
+    assert len(standin[0].forwarded) == before
     if status != 400 or body.startswith(b"{"):
         assert "error" in json.loads(body)
 
@@ -646,7 +621,7 @@ async def test_equivalent_spellings_are_forwarded_in_canonical_form(sidecar_url,
         sidecar_url, "POST", target, headers=GOOD, body=b'{"instances": [1]}'
     )
     assert (status, json.loads(body)) == (200, {"predictions": [2.5]})
-    assert standin[0].seen[-1].path == f"/v1/models/{MODEL}:predict"
+    assert standin[0].forwarded[-1].path == f"/v1/models/{MODEL}/versions/1:predict"
 
 
 # --- any request at all --------------------------------------------------------------------------
@@ -684,7 +659,7 @@ _PUBLIC = {"/healthz", "/readyz", "/metrics"}
 async def test_any_request_without_a_valid_key_gets_no_5xx_and_no_model(
     sidecar_url, standin, method, target, authorization, request_id, body
 ):
-    before = len(standin[0].seen)
+    before = len(standin[0].forwarded)
     headers = {}
     if authorization is not None:
         headers["Authorization"] = authorization
@@ -692,7 +667,7 @@ async def test_any_request_without_a_valid_key_gets_no_5xx_and_no_model(
         headers["X-Request-Id"] = request_id
     status, payload, got = await raw_request(sidecar_url, method, target, headers, body)
     assert status < 500, (status, payload)
-    assert len(standin[0].seen) == before, "a request without a valid key reached TF Serving"
+    assert len(standin[0].forwarded) == before, "a request without a valid key reached TF Serving"
     if 200 <= status < 300:
         assert canonical_path(target) in _PUBLIC
     if status != 400 or "X-Request-Id" in got:  # aiohttp's own parser errors come before ours
