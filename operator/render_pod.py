@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelserving import api
+from modelserving.operator.kafka_access import sidecar_mounts, sidecar_volumes
 from modelserving.operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
     Manifest,
@@ -85,6 +86,8 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
     ]
     if spec.auth.mode == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
+    if spec.logging_on(settings):
+        mounts += sidecar_mounts(spec.kafka_security(settings))
     env = []
     if spec.logging_on(settings):  # the pod the sidecar publishes its log's health on
         env = [
@@ -123,7 +126,7 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
+def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     spool = spec.logging.spool
     volumes: list[dict[str, Any]] = [
         {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
@@ -138,6 +141,8 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
     if spec.auth.mode == "apiKey":
         secret = spec.auth.api_keys.secret_name
         volumes.append({"name": "apikeys", "secret": {"secretName": secret}})
+    if spec.logging_on(settings):  # the Secrets of the log's Kafka connection, as files
+        volumes += sidecar_volumes(spec.kafka_security(settings))
     claim = spec.model.claim_name
     if claim is not None:
         volumes.append(
@@ -165,7 +170,7 @@ def render_deployment(
             _tfserving_container(spec, settings),
             _sidecar_container(spec, settings),
         ],
-        "volumes": _volumes(spec),
+        "volumes": _volumes(spec, settings),
     }
     if own_account:
         pod_spec["serviceAccountName"] = service_account_name(spec)
