@@ -51,7 +51,11 @@ TLS_FAILED = "KafkaTLSFailed"
 
 class KafkaSecurityError(ValueError):
     """The security settings cannot work together, or a file they name cannot be read; the
-    message says what to change and holds no secret."""
+    message says what to change and holds no secret. `reason`: the LoggingReady reason."""
+
+    def __init__(self, message: str, reason: str = TLS_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class KafkaSecurity:
             return Path(self.password_file).read_text().strip()
         except OSError as exc:
             raise KafkaSecurityError(
-                f"cannot read the SASL password file {self.password_file}: {exc.strerror}"
+                f"cannot read the SASL password file {self.password_file}: {exc.strerror}",
+                AUTHENTICATION_FAILED,
             ) from None
 
     def client_options(self) -> dict[str, Any]:
@@ -221,7 +226,7 @@ def problem_of(exc: BaseException) -> KafkaProblem | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, KafkaSecurityError):
-            return KafkaProblem(TLS_FAILED, str(current))
+            return KafkaProblem(current.reason, str(current))
         if isinstance(current, ssl.SSLCertVerificationError):
             return KafkaProblem(
                 TLS_FAILED,
@@ -256,9 +261,7 @@ async def diagnose(
     try:
         options = security.client_options()
     except KafkaSecurityError as exc:
-        return KafkaProblem(
-            AUTHENTICATION_FAILED if "password" in str(exc) else TLS_FAILED, str(exc)
-        )
+        return KafkaProblem(exc.reason, str(exc))
     host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
     try:
         async with asyncio.timeout(timeout):

@@ -152,7 +152,12 @@ class KafkaSender:
                         self._producer = await self._new_producer()
                     except Exception as exc:
                         await self._refused(exc)
-                        raise
+                        if self.problem is None:
+                            raise
+                        # Refused, and said once: nothing was sent, so nothing to rewind.
+                        failures += 1
+                        await asyncio.sleep(_RETRY_BACKOFF[min(failures, len(_RETRY_BACKOFF)) - 1])
+                        continue
                     self._accepted()
                 await self._send_some()
                 failures = 0
@@ -162,8 +167,7 @@ class KafkaSender:
                 await self._rewind(exc.reason)
                 failures += 1
             except Exception as exc:
-                if self.problem is None:
-                    log.warning("inference log: Kafka producer failed: %s", exc)
+                log.warning("inference log: Kafka producer failed: %s", exc)
                 await self._rewind(type(exc).__name__)
                 failures += 1
             if failures:
@@ -186,8 +190,8 @@ class KafkaSender:
 
     def _accepted(self) -> None:
         if self.problem is not None:
-            log.warning("inference log: Kafka accepts the producer again (%s is over); "
-                        "sending what waits in the spool", self.problem.reason)  # fmt: skip
+            log.info("inference log: Kafka accepts the producer again (%s is over); "
+                     "sending what waits in the spool", self.problem.reason)  # fmt: skip
         self.problem = None
 
     def _credentials_stamp(self) -> tuple[tuple[str, int, int], ...]:
