@@ -216,3 +216,33 @@ def test_a_refusing_broker_is_the_pods_state_and_logging_ready_says_what_to_chec
     assert "Secret my-user (entry password" in hint
     tls = what_to_check("KafkaTLSFailed", serving(**STRIMZI).kafka_security(SETTINGS))
     assert "Secret my-cluster-cluster-ca-cert (entry ca.crt" in tls
+
+
+async def test_a_certificate_not_naming_the_address_or_from_another_ca_is_a_tls_failure(tmp_path):
+    """Against a real TLS server: what a broker's certificate can be wrong in, diagnosed."""
+    import asyncio
+    import ssl
+
+    from tests.support.scripts import load_script
+
+    certs = load_script("localenv/kafka_certs.py", "kafka_certs")
+    ca = certs.make_ca()
+    elsewhere = certs.issue(ca, "kafka", server=True, hosts=("kafka.example",))
+    (tmp_path / "server.pem").write_bytes(elsewhere.key_pem + elsewhere.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.pem")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    bootstrap = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    trusting = KafkaSecurity(SecurityProtocol.SSL, ca_pem=ca.cert_pem.decode())
+    async with server:
+        mismatch = await kafka_security.diagnose(bootstrap, trusting)
+        other_ca = certs.make_ca("another CA").cert_pem.decode()
+        untrusted = await kafka_security.diagnose(bootstrap, replace(trusting, ca_pem=other_ca))
+    assert mismatch is not None and mismatch.reason == "KafkaTLSFailed"
+    assert "certificate is not valid for '127.0.0.1'" in mismatch.message
+    assert untrusted is not None and untrusted.reason == "KafkaTLSFailed"
+    assert "unable to get local issuer certificate" in untrusted.message
