@@ -258,6 +258,8 @@ async def diagnose(
     authentication fails (aiokafka's own clients report only "unable to bootstrap")."""
     from aiokafka.conn import create_conn
 
+    if security.protocol is SecurityProtocol.PLAINTEXT:
+        return None  # no TLS, no credentials: nothing for a broker to refuse
     try:
         options = security.client_options()
     except KafkaSecurityError as exc:
