@@ -102,9 +102,8 @@ class KafkaSecurity:
                 f"a CA or client certificate is given but the protocol is {protocol}: "
                 "use SSL or SASL_SSL"
             )
-        if self.client_certificate and not (
-            self.key_file or self.key_pem or self.cert_file
-        ):  # a certificate file may hold its key (Kafka's PEM key store)
+        # A certificate file may hold its key too (Kafka's PEM key store); PEM in memory may not.
+        if self.cert_pem and not (self.key_pem or self.key_file):
             raise KafkaSecurityError("a client certificate needs its private key: give the key")
         if (self.key_file or self.key_pem) and not self.client_certificate:
             raise KafkaSecurityError("a client key needs its certificate: give the certificate")

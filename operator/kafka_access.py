@@ -13,12 +13,14 @@ the API (never written anywhere, never in a message).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelserving.kafka_security import (
+    AUTHENTICATION_FAILED,
     KafkaSecurity,
     KafkaSecurityError,
     SaslMechanism,
@@ -237,8 +239,6 @@ async def admin_security(
 ) -> tuple[KafkaSecurity, str]:
     """The topic admin's settings, with the Secrets' values read through the API (held in
     memory only), and a digest of those values: a changed Secret makes a new admin client."""
-    import base64
-
     values: dict[str, str] = {}
 
     async def entry(kind: str, name: str, key: str) -> str:
@@ -284,8 +284,6 @@ async def admin_security(
 
 def what_to_check(reason: str, spec: KafkaSecuritySpec) -> str:
     """What a user fixes for a failure of this reason, in the words of the spec."""
-    from modelserving.kafka_security import AUTHENTICATION_FAILED
-
     if reason == AUTHENTICATION_FAILED and spec.sasl is not None:
         return (
             f"check the {spec.sasl.mechanism} user {spec.sasl.user!r} and the password in "

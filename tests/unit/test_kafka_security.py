@@ -246,3 +246,20 @@ async def test_a_certificate_not_naming_the_address_or_from_another_ca_is_a_tls_
     assert "certificate is not valid for '127.0.0.1'" in mismatch.message
     assert untrusted is not None and untrusted.reason == "KafkaTLSFailed"
     assert "unable to get local issuer certificate" in untrusted.message
+
+
+def test_a_ca_from_a_configmap_and_a_client_certificate_are_mounted_by_their_entries():
+    spec = serving(protocol="SSL", ca={"configMapName": "kafka-ca", "key": "bundle.pem"},
+                   clientCertificate={"secretName": "tls-user"})  # fmt: skip
+    pod = render_deployment(spec, SETTINGS, [])["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kafka-ca"]["configMap"] == {
+        "name": "kafka-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}],
+    }  # fmt: skip
+    assert volumes["kafka-client"]["secret"]["items"] == [
+        {"key": "user.crt", "path": "user.crt"}, {"key": "user.key", "path": "user.key"},
+    ]  # fmt: skip
+    logging = render_sidecar_config(spec, SETTINGS, 1)["logging"]["kafkaSecurity"]
+    assert (logging["certFile"], logging["keyFile"]) == (
+        "/etc/modelserving/kafka/client/user.crt", "/etc/modelserving/kafka/client/user.key",
+    )  # fmt: skip
