@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 
 from modelserving import kafka_security
@@ -21,17 +20,9 @@ from modelserving.inferencelog import read_inference_log
 from modelserving.inferencelog_dedupe import DEFAULT_WINDOW, DuplicateWindow
 from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecurityError
 
-BOOTSTRAP_ENV = "MODELSERVING_KAFKA_BOOTSTRAP"
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC", help="the serving's inference log topic")
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get(BOOTSTRAP_ENV),
-        help=f"Kafka bootstrap servers, host:port[,host:port] (default: ${BOOTSTRAP_ENV}, else "
-        "the --command-config file's bootstrap.servers)",
-    )
     parser.add_argument(
         "--from-beginning",
         action="store_true",
@@ -74,19 +65,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
-    """The brokers and security a reader's flags say (flags over the --command-config file);
-    a setting that cannot work exits with what to fix."""
+    """The brokers and security the flags say; a setting that cannot work exits saying why."""
     try:
-        security, file_servers = kafka_security.from_arguments(args)
+        return kafka_security.reader_connection(args)
     except KafkaSecurityError as exc:
         raise SystemExit(f"modelserving logs: {exc}") from None
-    servers = args.bootstrap_servers or file_servers
-    if not servers:
-        raise SystemExit(
-            f"modelserving logs: give --bootstrap-servers, ${BOOTSTRAP_ENV} or a "
-            "--command-config file with bootstrap.servers"
-        )
-    return servers, security
 
 
 def window_size(text: str) -> int:

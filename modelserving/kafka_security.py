@@ -9,7 +9,7 @@ the dataclass's repr, and no message made here holds one.
 
 Readers take the same options as Kafka's own tools: a client properties file (`--command-config`:
 `security.protocol`, `ssl.truststore.*`, `ssl.keystore.*`, `sasl.mechanism`, `sasl.jaas.config`)
-and flags over it (`add_arguments`, `from_arguments`).
+and flags over it (`add_arguments`, `reader_connection`).
 """
 
 from __future__ import annotations
@@ -397,15 +397,23 @@ def from_properties(properties: Mapping[str, str], where: str) -> KafkaSecurity:
 
 # --------------------------------------------------------------------------- readers' flags
 
+BOOTSTRAP_ENV = "MODELSERVING_KAFKA_BOOTSTRAP"
 PASSWORD_ENV = "MODELSERVING_KAFKA_SASL_PASSWORD"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The security flags of every reader of the log (`logs`, `logs export`)."""
+    """The Kafka connection flags of every reader of the log (`logs`, `logs export`): the
+    brokers, and the security a secured Kafka wants; `reader_connection` reads them."""
     group = parser.add_argument_group(
-        "Kafka security",
-        "as a secured Kafka wants it; a client properties file (--command-config, as Kafka's "
-        "own tools take) and flags over it",
+        "Kafka connection",
+        "the brokers, and how to connect to a secured Kafka: a client properties file "
+        "(--command-config, as Kafka's own tools take) and flags over it",
+    )
+    group.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get(BOOTSTRAP_ENV),
+        help=f"Kafka bootstrap servers, host:port[,host:port] (default: "
+        f"${BOOTSTRAP_ENV}, else the --command-config file's bootstrap.servers)",
     )
     group.add_argument("--command-config", metavar="FILE",
         help="Kafka client properties: bootstrap.servers, security.protocol, "
@@ -434,6 +442,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sasl-password-file", metavar="FILE",
                        help=f"a file holding the SASL password (or ${PASSWORD_ENV}); never "
                        "give a password on the command line")  # fmt: skip
+
+
+def reader_connection(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[str, KafkaSecurity]:
+    """The brokers and security a reader's flags say; what cannot work raises
+    KafkaSecurityError saying what to give."""
+    security, file_servers = from_arguments(args, environ)
+    servers = args.bootstrap_servers or file_servers
+    if not servers:
+        raise KafkaSecurityError(
+            f"give --bootstrap-servers, ${BOOTSTRAP_ENV} or a --command-config file with "
+            "bootstrap.servers"
+        )
+    return servers, security
 
 
 def from_arguments(

@@ -131,7 +131,7 @@ def test_a_readers_flags_win_over_its_properties_file(tmp_path):
     parser = argparse.ArgumentParser()
     kafka_security.add_arguments(parser)
     args = parser.parse_args(["--command-config", str(props), "--ssl-ca-file", "/other.crt"])
-    security, servers = kafka_security.from_arguments(args, environ={})
+    servers, security = kafka_security.reader_connection(args, environ={})
     assert (servers, security.protocol, security.ca_file) == ("b:9093", "SSL", "/other.crt")
     args = parser.parse_args(["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN",
                               "--sasl-username", "u"])  # fmt: skip
