@@ -482,3 +482,18 @@ def test_allowed_sasl_plaintext_and_strimzi_defaults_are_accepted(crds, namespac
     stored = get_serving(crds, namespace, "strimzi")["spec"]["logging"]["kafka"]["security"]
     assert stored["ca"]["key"] == "ca.crt"
     assert stored["sasl"]["passwordSecret"]["key"] == "password"
+
+
+def test_a_secret_the_spec_names_but_that_is_missing_says_which(
+    operator, crds, local_env, namespace, topic
+):
+    logging = {"kafka": {"topic": topic, "bootstrapServers": local_env.kafka.sasl_ssl_bootstrap,
+                         "security": MODES["scram-sha-512"].security}}  # fmt: skip
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist", logging=logging)
+    )
+    missing = wait_for(lambda: logging_ready(crds, namespace).get("reason")
+                       == "KafkaCredentialsMissing" and logging_ready(crds, namespace), 60,
+                       "LoggingReady KafkaCredentialsMissing")  # fmt: skip
+    assert missing["status"] == "False"
+    assert f"the Secret {namespace}/{CA_SECRET}" in missing["message"]
