@@ -32,6 +32,8 @@ from modelserving.operator.status import LoggingState
 log = logging.getLogger(__name__)
 
 BATCH = 200  # topics per CreateTopics request
+# An admin client unused this long is closed: credentials rotated away leave none behind.
+IDLE_SECONDS = 600.0
 GATHER_SECONDS = 0.05  # how long the first request of a batch waits for others to join
 
 
@@ -61,6 +63,7 @@ class TopicKeeper:
         self._security: dict[Client, KafkaSecurity] = {}
         self._pending: dict[Client, dict[str, _Pending]] = {}
         self._flushing: dict[Client, asyncio.Task[None]] = {}
+        self._used: dict[Client, float] = {}  # when each admin client was last used
 
     async def ensure(
         self,
@@ -94,6 +97,7 @@ class TopicKeeper:
 
     async def _flush(self, client: Client) -> None:
         await asyncio.sleep(GATHER_SECONDS)
+        await self._close_idle(client)
         servers = client[0]
         while self._pending.get(client):
             batch = dict(list(self._pending[client].items())[:BATCH])
@@ -122,9 +126,18 @@ class TopicKeeper:
                 if not batch[topic].answer.done():
                     batch[topic].answer.set_result(outcome)
 
+    async def _close_idle(self, busy: Client) -> None:
+        now = asyncio.get_running_loop().time()
+        for client, used in list(self._used.items()):
+            if client != busy and now - used > IDLE_SECONDS and not self._pending.get(client):
+                del self._used[client]
+                self._security.pop(client, None)
+                await self._drop(client)
+
     async def _create(
         self, client: Client, batch: dict[str, _Pending]
     ) -> dict[str, tuple[LoggingState, bool]]:
+        self._used[client] = asyncio.get_running_loop().time()
         admin = self._admins.get(client)
         if admin is None:
             admin = AIOKafkaAdminClient(
