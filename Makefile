@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-LOCALENV := $(PYTHON) localenv/localenv.py
+# localenv makes the broker's certificates with `cryptography`, which the virtualenv has.
+LOCALENV := $(PY) localenv/localenv.py
 
 .PHONY: help venv lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
 
@@ -43,13 +44,13 @@ unit: venv ## the unit tests alone (no cluster, no Kafka)
 test: lint ## every test: lint, unit, and integration against the local environment
 	$(PY) -m pytest
 
-env-build: ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka)
+env-build: venv ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka)
 	$(LOCALENV) build
 
-env-up: ## start the local environment; then `source .localenv/env.sh`
+env-up: venv ## start the local environment; then `source .localenv/env.sh`
 	$(LOCALENV) up
 
-env-down: ## stop the local environment
+env-down: venv ## stop the local environment
 	$(LOCALENV) down
 
 demo: venv ## the main job: the whole system on a local cluster, step by step (KEEP=1 leaves it running)

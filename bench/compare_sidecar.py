@@ -12,6 +12,10 @@ path at a fixed rate. Configurations are interleaved over --rounds so that drift
 alike; medians are reported, and requests/s per core as a ratio to the bare proxy on uvloop,
 which a shared, noisy machine moves far less than the figures themselves.
 
+--log-over-sasl-ssl also runs the log-on sidecar producing through the local broker's SASL_SSL
+listener (SCRAM-SHA-512 over TLS, the client files localenv made), beside the PLAINTEXT one:
+what a secured Kafka costs the request path.
+
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
 change is compared with what it replaces in the same run; --candidate REV measures a revision
 instead of the working tree. The log-on configurations produce into the real broker of the
@@ -21,12 +25,14 @@ local environment (.localenv/env.json); without it they are skipped. No cluster 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upst
 from bench.sidecar import ROUTINGS, SidecarBench
 from bench.stats import rps_per_core
 from bench.tools import Tools, vegeta_binary
+from bench.topics import topic_records
 
 LATENCY_RATE = 1000
 DIRECT = "direct (nginx upstream)"
@@ -153,12 +160,43 @@ def configurations(
                 for variant, routing in ROUTINGS.items():
                     configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on",
                                                       "apiKey", True, routing=routing))  # fmt: skip
+            if args.log_over_sasl_ssl:
+                configs.append(over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL",
+                                             code))  # fmt: skip
             for variant in args.log_variant:
                 name, _, settings = variant.partition("=")
                 configs.append(side.configuration(f"sidecar{label} [{name}], apiKey, log on",
                                                   "apiKey", True, code=code,
                                                   **json.loads(settings)))  # fmt: skip
     return configs
+
+
+def over_sasl_ssl(side: SidecarBench, name: str, code: Path | None) -> Configuration:
+    """The log-on sidecar producing over SASL_SSL; a run whose records did not reach the topic
+    (a refused producer spools them and answers as fast) fails rather than counting."""
+
+    @contextlib.contextmanager
+    def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
+        with side.running("apiKey", True, code=code, **sasl_ssl_logging()) as (proc, target,
+                                                                                topic):  # fmt: skip
+            yield proc, target
+        if topic_records(side.bootstrap or "", topic or "")[0] == 0:
+            raise RuntimeError(f"no record reached {topic} over SASL_SSL")
+
+    return Configuration(name, start, group="ours")
+
+
+def sasl_ssl_logging() -> dict[str, object]:
+    """The log's settings for the local broker's SASL_SSL listener (SCRAM-SHA-512)."""
+    kafka = (localenv_settings() or {}).get("kafka")
+    if not kafka:
+        raise SystemExit("--log-over-sasl-ssl needs the local environment up (make env-up)")
+    return {
+        "bootstrapServers": kafka["sasl_ssl_bootstrap"],
+        "kafkaSecurity": {"protocol": "SASL_SSL", "caFile": kafka["ca_file"],
+                          "saslMechanism": "SCRAM-SHA-512", "username": kafka["user"],
+                          "passwordFile": kafka["password_file"]},
+    }  # fmt: skip
 
 
 def progress(message: str) -> None:
@@ -191,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", action="store_true",
                         help="also the sidecar over several model versions: a 90/10 split, and "
                         "the split with a 10%% shadow (the working tree's sidecar)")  # fmt: skip
+    parser.add_argument(
+        "--log-over-sasl-ssl",
+        action="store_true",
+        help="also the log-on sidecar through the broker's SASL_SSL listener",
+    )
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
     args = parser.parse_args(argv)

@@ -7,19 +7,27 @@ making nodes and Pods Ready), a real Kafka broker (KRaft, jars from Maven
 Central), the real helm and kubectl binaries, and Debian's prometheus and promtool
 (installed with apt-get when missing). Builds are cached outside the
 repo, keyed by version; `up` starts the parts and writes `env.sh`, which a shell
-can source, and `env.json`; `down` stops them. Standard library only, so it
-runs before the project's virtualenv exists.
+can source, and `env.json`; `down` stops them.
+
+The broker listens in plain text (what most tests use) and, beside it, as a
+secured Kafka does: TLS, mutual TLS, and SASL over TLS (PLAIN, SCRAM-SHA-256,
+SCRAM-SHA-512), with a CA and certificates made at start (kafka_certs.py) and
+the client files (CA, certificate, key, password, Kafka client properties) in
+the state folder, named by `env.sh`. The standard library and `cryptography`
+only (the project's virtualenv has it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -292,6 +300,22 @@ def build() -> None:
 
 
 @dataclass(frozen=True)
+class KafkaListeners:
+    """The broker's secured listeners and the files a client of each needs."""
+
+    ssl_bootstrap: str  # TLS: the client checks the broker against the CA
+    mtls_bootstrap: str  # mutual TLS: the client shows its certificate too
+    sasl_ssl_bootstrap: str  # SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) over TLS
+    ca_file: str  # the CA of the broker's certificate, PEM
+    client_cert_file: str  # a client certificate the mutual-TLS listener accepts, PEM
+    client_key_file: str  # its key, PKCS#8 PEM
+    ca_key_file: str  # the CA's key: tests issue more certificates with it
+    user: str  # the SASL user of every mechanism
+    password_file: str  # its password, alone in the file
+    client_dir: str  # Kafka client properties per listener (--command-config of Kafka's tools)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where the running environment can be reached; written to env.sh and env.json."""
 
@@ -299,11 +323,26 @@ class Settings:
     kafka_bootstrap: str
     path: str
     state_dir: str
+    kafka: KafkaListeners
 
     def shell(self) -> str:
+        kafka = self.kafka
         return (
             f"export KUBECONFIG={self.kubeconfig}\n"
             f"export MODELSERVING_KAFKA_BOOTSTRAP={self.kafka_bootstrap}\n"
+            "# The broker's secured listeners, and the files their clients need; "
+            f"{kafka.client_dir} holds\n"
+            "# a client properties file per listener and mechanism (modelserving logs "
+            "--command-config FILE).\n"
+            f"export MODELSERVING_KAFKA_SSL_BOOTSTRAP={kafka.ssl_bootstrap}\n"
+            f"export MODELSERVING_KAFKA_MTLS_BOOTSTRAP={kafka.mtls_bootstrap}\n"
+            f"export MODELSERVING_KAFKA_SASL_SSL_BOOTSTRAP={kafka.sasl_ssl_bootstrap}\n"
+            f"export MODELSERVING_KAFKA_CA_FILE={kafka.ca_file}\n"
+            f"export MODELSERVING_KAFKA_CLIENT_CERT_FILE={kafka.client_cert_file}\n"
+            f"export MODELSERVING_KAFKA_CLIENT_KEY_FILE={kafka.client_key_file}\n"
+            f"export MODELSERVING_KAFKA_USER={kafka.user}\n"
+            f"export MODELSERVING_KAFKA_PASSWORD_FILE={kafka.password_file}\n"
+            f"export MODELSERVING_KAFKA_CLIENT_DIR={kafka.client_dir}\n"
             f"export PATH={self.path}:$PATH\n"
         )
 
@@ -404,15 +443,110 @@ def kafka_dir() -> Path:
     return STATE / "kafka"
 
 
-def kafka_ports() -> tuple[int, int]:
-    ports = kafka_dir() / "ports.json"
-    if ports.exists():
-        data = json.loads(ports.read_text())
-        return data["broker"], data["controller"]
-    kafka_dir().mkdir(parents=True, exist_ok=True)
-    broker, controller = free_port(), free_port()
-    ports.write_text(json.dumps({"broker": broker, "controller": controller}))
-    return broker, controller
+KAFKA_PORTS = ("broker", "controller", "ssl", "mtls", "sasl_ssl")
+KAFKA_USER = "modelserving"
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def kafka_ports() -> dict[str, int]:
+    """The broker's ports by listener, kept for the environment's life (a restart reuses them);
+    a state from before a listener existed gets a port for it."""
+    path = kafka_dir() / "ports.json"
+    ports = json.loads(path.read_text()) if path.exists() else {}
+    if any(name not in ports for name in KAFKA_PORTS):
+        kafka_dir().mkdir(parents=True, exist_ok=True)
+        ports = {name: ports.get(name) or free_port() for name in KAFKA_PORTS}
+        path.write_text(json.dumps(ports))
+    return ports
+
+
+def kafka_client_dir() -> Path:
+    return kafka_dir() / "clients"
+
+
+def kafka_listeners() -> KafkaListeners:
+    ports, clients = kafka_ports(), kafka_client_dir()
+    return KafkaListeners(
+        ssl_bootstrap=f"127.0.0.1:{ports['ssl']}",
+        mtls_bootstrap=f"127.0.0.1:{ports['mtls']}",
+        sasl_ssl_bootstrap=f"127.0.0.1:{ports['sasl_ssl']}",
+        ca_file=str(clients / "ca.crt"),
+        client_cert_file=str(clients / "user.crt"),
+        client_key_file=str(clients / "user.key"),
+        ca_key_file=str(kafka_dir() / "tls" / "ca.key"),
+        user=KAFKA_USER,
+        password_file=str(clients / "password"),
+        client_dir=str(clients),
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (keys, passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def kafka_certificates() -> None:
+    """The CA, the broker's key store and the client's certificate, made when missing or near
+    their end (kafka_certs.py), and the SASL password, made once."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import kafka_certs
+    except ImportError as exc:
+        raise EnvError(
+            f"the broker's certificates are made with `cryptography` ({exc}): run localenv with "
+            "the project's virtualenv (`make env-up`, or .venv/bin/python localenv/localenv.py)"
+        ) from None
+    finally:
+        sys.path.remove(str(HERE))
+    listeners, tls = kafka_listeners(), kafka_dir() / "tls"
+    ca_file = Path(listeners.ca_file)
+    if not (kafka_certs.still_valid(ca_file) and kafka_certs.still_valid(tls / "broker.pem")):
+        ca = kafka_certs.make_ca()
+        broker = kafka_certs.issue(ca, "localhost", server=True, hosts=("127.0.0.1", "localhost"))
+        client = kafka_certs.issue(ca, KAFKA_USER, server=False)
+        _write_private(tls / "ca.key", ca.key_pem)
+        _write_private(tls / "broker.pem", broker.key_pem + broker.cert_pem)
+        _write_private(Path(listeners.client_key_file), client.key_pem)
+        _write_private(kafka_client_dir() / "user.pem", client.key_pem + client.cert_pem)
+        Path(listeners.client_cert_file).write_bytes(client.cert_pem)
+        ca_file.write_bytes(ca.cert_pem)
+    password = Path(listeners.password_file)
+    if not password.exists():
+        _write_private(password, secrets.token_urlsafe(18).encode())
+
+
+def kafka_password() -> str:
+    return Path(kafka_listeners().password_file).read_text().strip()
+
+
+def kafka_client_properties() -> None:
+    """Kafka client properties per secured listener and mechanism, as Kafka's own tools take them
+    (--command-config) and `modelserving logs --command-config` does too."""
+    listeners, clients = kafka_listeners(), kafka_client_dir()
+    trust = ["ssl.truststore.type=PEM", f"ssl.truststore.location={listeners.ca_file}"]
+    files = {
+        "ssl.properties": [f"bootstrap.servers={listeners.ssl_bootstrap}",
+                           "security.protocol=SSL", *trust],
+        # Kafka's PEM key store is one file: the key, then the certificate.
+        "mtls.properties": [f"bootstrap.servers={listeners.mtls_bootstrap}",
+                            "security.protocol=SSL", *trust, "ssl.keystore.type=PEM",
+                            f"ssl.keystore.location={clients / 'user.pem'}"],
+    }  # fmt: skip
+    password = kafka_password()
+    for mechanism in SASL_MECHANISMS:
+        module = "plain.PlainLoginModule" if mechanism == "PLAIN" else "scram.ScramLoginModule"
+        files[f"sasl-{mechanism.lower()}.properties"] = [
+            f"bootstrap.servers={listeners.sasl_ssl_bootstrap}",
+            "security.protocol=SASL_SSL", *trust,
+            f"sasl.mechanism={mechanism}",
+            f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
+            f'username="{KAFKA_USER}" password="{password}";',
+        ]  # fmt: skip
+    for name, lines in files.items():
+        _write_private(clients / name, ("\n".join(lines) + "\n").encode())
 
 
 def kafka_pid() -> int | None:
@@ -432,20 +566,44 @@ def java_cmd(*args: str) -> list[str]:
 
 
 def kafka_configure() -> Path:
-    broker, controller = kafka_ports()
+    ports = kafka_ports()
+    broker, controller = ports["broker"], ports["controller"]
     config = kafka_dir() / "server.properties"
     data = kafka_dir() / "data"
+    tls = kafka_dir() / "tls"
+    kafka_certificates()
+    listeners = {
+        "PLAINTEXT": broker, "CONTROLLER": controller,
+        "SSL": ports["ssl"], "MTLS": ports["mtls"], "SASL_SSL": ports["sasl_ssl"],
+    }  # fmt: skip
+    advertised = {name: port for name, port in listeners.items() if name != "CONTROLLER"}
+    password = kafka_password()
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     config.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                f"listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker}",
+                "listeners=" + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items()),
+                "advertised.listeners="
+                + ",".join(f"{n}://127.0.0.1:{p}" for n, p in advertised.items()),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+                "SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL",
                 "inter.broker.listener.name=PLAINTEXT",
+                # Kafka reads PEM itself: the key store is the key and certificate in one file.
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={tls / 'broker.pem'}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={kafka_listeners().ca_file}",
+                "listener.name.mtls.ssl.client.auth=required",
+                "sasl.enabled.mechanisms=" + ",".join(SASL_MECHANISMS),
+                "listener.name.sasl_ssl.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_{KAFKA_USER}="{password}";',
+                f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+                f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
                 f"log.dirs={data}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -459,20 +617,39 @@ def kafka_configure() -> Path:
             ]
         )
     )
+    config.chmod(0o600)  # it holds the PLAIN user's password
+    kafka_client_properties()
+    scram_marker = kafka_dir() / "scram-users"
+    if (data / "meta.properties").exists() and not scram_marker.exists():
+        # SCRAM users are set when the storage is formatted: a broker's data from before they
+        # existed is made again (a test environment's topics only).
+        log("formatting Kafka's storage again, to add the SCRAM users")
+        shutil.rmtree(data)
     if not (data / "meta.properties").exists():
         cluster_id = (
             run(java_cmd("kafka.tools.StorageTool", "random-uuid")).strip().splitlines()[-1]
         )
-        run(java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)))
+        users = [
+            arg
+            for mechanism in SASL_MECHANISMS[1:]
+            for arg in ("--add-scram", f"{mechanism}=[name={KAFKA_USER},password={password}]")
+        ]
+        run(java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+                     *users))  # fmt: skip
+        scram_marker.touch()
     return config
 
 
 def kafka_start() -> str:
     """Start the broker (or keep the running one); return its bootstrap address."""
-    broker, _ = kafka_ports()
+    ports = kafka_ports()
+    broker = ports["broker"]
     bootstrap = f"127.0.0.1:{broker}"
     if kafka_pid() is not None and port_open(broker):
-        return bootstrap
+        if port_open(ports["sasl_ssl"]):
+            return bootstrap
+        log("the running broker has no secured listeners yet: restarting it with them")
+        kafka_stop()
     config = kafka_configure()
     log(f"starting Kafka {KAFKA_VERSION} (KRaft) on {bootstrap}")
     logfile = (kafka_dir() / "kafka.log").open("ab")
@@ -487,7 +664,7 @@ def kafka_start() -> str:
     )  # fmt: skip
     (kafka_dir() / "kafka.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 90
-    while not port_open(broker):
+    while not all(port_open(ports[name]) for name in ("broker", "ssl", "mtls", "sasl_ssl")):
         if proc.poll() is not None:
             raise EnvError(
                 f"Kafka exited with code {proc.returncode}; see {kafka_dir() / 'kafka.log'}"
@@ -537,8 +714,9 @@ def up() -> Settings:
         kafka_bootstrap=bootstrap,
         path=os.pathsep.join(str(d) for d in bin_dirs()),
         state_dir=str(STATE),
+        kafka=kafka_listeners(),
     )
-    settings_file().write_text(json.dumps(settings.__dict__, indent=2))
+    settings_file().write_text(json.dumps(dataclasses.asdict(settings), indent=2))
     (STATE / "env.sh").write_text(settings.shell())
     log(f"up: source {STATE / 'env.sh'} to use it (kubectl, helm, KUBECONFIG, Kafka)")
     return settings

@@ -27,6 +27,7 @@ from typing import Any
 import fastavro
 
 from modelserving.inferencelog_dedupe import DuplicateWindow
+from modelserving.kafka_security import KafkaRefused, KafkaSecurity, diagnose, problem_of
 
 # The seed's schema, field for field: the one source of the record's shape.
 SCHEMA: dict[str, Any] = {
@@ -247,6 +248,7 @@ async def read_inference_log(
     contains: Mapping[str, str] | None = None,
     key: str | None = None,
     dedupe: int | DuplicateWindow = 0,
+    security: KafkaSecurity | None = None,
 ) -> AsyncIterator[LoggedInference]:
     """Decoded records of a topic, in order within each partition.
 
@@ -267,14 +269,28 @@ async def read_inference_log(
     lands in the partition of its first copy, and this reader reads them all. The window holds
     only records the filters keep (a copy is kept or filtered out as its first copy was). Pass a
     `DuplicateWindow` instead of a number to read afterwards how many copies it `dropped`.
+
+    `security` is how to connect to a secured Kafka (modelserving.kafka_security; default
+    PLAINTEXT); a broker that refuses it raises `KafkaRefused`, saying why.
     """
     from aiokafka import AIOKafkaConsumer
 
     window = _duplicate_window(dedupe)
+    security = security or KafkaSecurity()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **security.client_options(),
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except Exception as exc:
+        await consumer.stop()
+        problem = problem_of(exc) or await diagnose(bootstrap_servers, security)
+        if problem is None:
+            raise
+        raise KafkaRefused(problem) from None
     try:
         tps = await _assigned(consumer, topic, wait=follow)
         if not tps:

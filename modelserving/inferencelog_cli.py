@@ -4,7 +4,8 @@ Each line holds the record's seven Avro fields under their schema names, then th
 (the request id), headers (request-id, traceparent, caller, model-version, role, pod, and payload
 when a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
 keep only the records asked for; `--dedupe` drops the copies a crash re-sent and says on stderr
-how many it dropped.
+how many it dropped. A secured Kafka is read with the flags of modelserving.kafka_security
+(`--command-config FILE` as Kafka's own tools take, and flags over it).
 """
 
 from __future__ import annotations
@@ -12,23 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 
+from modelserving import kafka_security
 from modelserving.inferencelog import read_inference_log
 from modelserving.inferencelog_dedupe import DEFAULT_WINDOW, DuplicateWindow
-
-BOOTSTRAP_ENV = "MODELSERVING_KAFKA_BOOTSTRAP"
+from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecurityError
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC", help="the serving's inference log topic")
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get(BOOTSTRAP_ENV),
-        required=BOOTSTRAP_ENV not in os.environ,
-        help=f"Kafka bootstrap servers, host:port[,host:port] (default: ${BOOTSTRAP_ENV})",
-    )
     parser.add_argument(
         "--from-beginning",
         action="store_true",
@@ -67,6 +61,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="values carry Confluent's schema-registry prefix (default: plain Avro)",
     )
+    kafka_security.add_arguments(parser)
+
+
+def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
+    """The brokers and security the flags say; a setting that cannot work exits saying why."""
+    try:
+        return kafka_security.reader_connection(args)
+    except KafkaSecurityError as exc:
+        raise SystemExit(f"modelserving logs: {exc}") from None
 
 
 def window_size(text: str) -> int:
@@ -101,9 +104,10 @@ def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 
 async def _print_records(args: argparse.Namespace, window: DuplicateWindow | None) -> None:
     where, contains = header_filters(args.header)
+    servers, security = connection(args)
     async for logged in read_inference_log(
         args.topic,
-        args.bootstrap_servers,
+        servers,
         from_beginning=args.from_beginning,
         follow=args.follow,
         model=args.model,
@@ -112,6 +116,7 @@ async def _print_records(args: argparse.Namespace, window: DuplicateWindow | Non
         contains=contains,
         key=args.key,
         dedupe=window if window is not None else 0,
+        security=security,
     ):
         sys.stdout.write(json.dumps(logged.to_json_dict(), ensure_ascii=False) + "\n")
         if args.follow:
@@ -124,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_print_records(args, window))
     except KeyboardInterrupt:
         pass
+    except (KafkaRefused, KafkaSecurityError) as exc:
+        print(f"modelserving logs: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `| head` closed the pipe: stop quietly, as other CLI tools do.
         sys.stderr.close()

@@ -24,6 +24,7 @@ FIELD_MANAGER = "modelserving-operator"
 # kind -> (API prefix, plural, namespaced): the kinds the operator reads and writes.
 KINDS: dict[str, tuple[str, str, bool]] = {
     "ConfigMap": ("/api/v1", "configmaps", True),
+    "Secret": ("/api/v1", "secrets", True),
     "Service": ("/api/v1", "services", True),
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),

@@ -11,12 +11,14 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import kopf
 
 from modelserving import api
+from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving.operator.kafka_access import MissingCredentials, admin_security, what_to_check
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.model_report import event_for, model_status, ready_with_pods
@@ -143,6 +145,10 @@ async def reconcile(
     model = model_status(spec.model, pods)
     ready, *rollout = deployment_conditions(deployment, apply_error)
     _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])
+    if logging_state.reason in (AUTHENTICATION_FAILED, TLS_FAILED):  # say what to fix
+        hint = what_to_check(logging_state.reason, spec.kafka_security(rec.settings))
+        if not logging_state.message.endswith(hint):
+            logging_state = replace(logging_state, message=f"{logging_state.message}; {hint}")
     old_status = serving.get("status") or {}
     new_status = render_status(
         old_status,
@@ -167,7 +173,7 @@ async def reconcile(
         patch = {"status": {**new_status, "topic": new_status.get("topic")}}
         await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
         rec.writes += 1
-    if apply_error or (not logging_state.ready and logging_state.reason == "KafkaUnreachable"):
+    if apply_error or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):
         return rec.settings.retry_seconds
     return None
 
@@ -253,6 +259,11 @@ def _condition_reasons(serving: Mapping[str, Any]) -> dict[str, str]:
     return {c["type"]: c.get("reason", "") for c in conditions if c.get("type")}
 
 
+# What the topic check finds that may change without an event of the serving (a broker back, a
+# Secret fixed): checked again after --retry-seconds.
+_CHECKED_AGAIN = ("KafkaUnreachable", AUTHENTICATION_FAILED, TLS_FAILED, "KafkaCredentialsMissing")
+
+
 async def _logging_state(
     rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
 ) -> LoggingState:
@@ -279,9 +290,17 @@ async def _logging_state(
             )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
     kafka = spec.logging.kafka
-    state, created = await rec.topics.ensure(
-        servers, topic, kafka.partitions, kafka.replication_factor
-    )
+    try:
+        security, credentials = await admin_security(
+            rec.kube, spec.namespace, spec.kafka_security(rec.settings)
+        )
+    except (MissingCredentials, KubeError) as exc:
+        words = exc.message if isinstance(exc, KubeError) else str(exc)
+        state, created = LoggingState(False, "KafkaCredentialsMissing", words), False
+    else:
+        state, created = await rec.topics.ensure(
+            servers, topic, kafka.partitions, kafka.replication_factor, security, credentials
+        )
     if state.ready:
         rec.known_topics.add((servers, topic))
     if created:

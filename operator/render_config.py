@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from modelserving import api
+from modelserving.kafka_security import to_mapping
+from modelserving.operator.kafka_access import sidecar_security
 from modelserving.operator.names import (
     Manifest,
     metadata,
@@ -172,6 +174,9 @@ def render_sidecar_config(
             "compression": settings.log_compression,
             **policy,
         }
+        security = to_mapping(sidecar_security(spec.kafka_security(settings)))
+        if security:
+            config["logging"]["kafkaSecurity"] = security
     return config
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelserving import api
+from modelserving.operator.kafka_access import sidecar_mounts, sidecar_volumes
 from modelserving.operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
     Manifest,
@@ -90,6 +91,8 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
     ]
     if spec.auth.mode == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
+    if spec.logging_on(settings):
+        mounts += sidecar_mounts(spec.kafka_security(settings))
     # The pod the sidecar publishes its model report and its log's health on.
     env = [
         {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
@@ -148,7 +151,7 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
+def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     spool = spec.logging.spool
     volumes: list[dict[str, Any]] = [
         {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
@@ -171,6 +174,8 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
                 "configMap": {"name": sidecar_configmap_name(spec), "items": items},
             }
         )
+    if spec.logging_on(settings):  # the Secrets of the log's Kafka connection, as files
+        volumes += sidecar_volumes(spec.kafka_security(settings))
     claim = spec.model.claim_name
     if claim is not None:
         volumes.append(
@@ -198,7 +203,7 @@ def render_deployment(
             _tfserving_container(spec, settings),
             _sidecar_container(spec, settings),
         ],
-        "volumes": _volumes(spec),
+        "volumes": _volumes(spec, settings),
     }
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from modelserving import __version__, api
+from modelserving.operator.kafka_access import PLAINTEXT, KafkaSecuritySpec, parse_security
 from modelserving.sidecar.config import (
     ConfigError,
     LogCompression,
@@ -70,6 +71,9 @@ class OperatorSettings:
     # The operator's own Prometheus metrics.
     metrics_port: int = 0
     metrics_path: str = "/metrics"
+    # How the log's Kafka clients connect, for servings whose spec has no
+    # spec.logging.kafka.security: the same block, as JSON.
+    kafka_security: KafkaSecuritySpec = PLAINTEXT
 
 
 def _text(value: str) -> str:
@@ -167,6 +171,15 @@ def _url_path(value: str) -> str:
     return value
 
 
+def _kafka_security(value: str | Mapping[str, Any]) -> KafkaSecuritySpec:
+    """A JSON object as spec.logging.kafka.security; empty for PLAINTEXT."""
+    try:
+        raw = json.loads(value) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise ValueError(f"must be a JSON object as spec.logging.kafka.security: {exc}") from None
+    return parse_security(raw or {}, "the Kafka security") if raw else PLAINTEXT
+
+
 def _flag(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -256,6 +269,12 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "serve the operator's Prometheus metrics on http://0.0.0.0:PORT/PATH; 0 for none"),
     "metrics_path": ("--metrics-path", "MODELSERVING_METRICS_PATH", _url_path,
         "the URL path of the operator's metrics"),
+    "kafka_security": ("--kafka-security", "MODELSERVING_KAFKA_SECURITY", _kafka_security,
+        "how the inference log's Kafka clients connect (the sidecars' producers, the operator's "
+        "topic admin) for servings whose spec has no spec.logging.kafka.security: the same "
+        'block as JSON, e.g. {"protocol": "SASL_SSL", "ca": {"secretName": "my-cluster-cluster-'
+        'ca-cert"}, "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": '
+        '"my-user"}}}; the Secrets it names are looked up in each serving\'s namespace'),
 }  # fmt: skip
 
 
@@ -266,6 +285,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         if name == "log_redact":
             shown = "[]"
+        elif name == "kafka_security":
+            shown = "{}"
         else:
             shown = ", ".join(default) if isinstance(default, tuple) else default
         full_help = f"{help_text} [env {env}; default {shown!r}]"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelserving import api
+from modelserving.operator.kafka_access import KafkaSecuritySpec, parse_security
 from modelserving.operator.settings import OperatorSettings
 
 # Said in the CRD's descriptions of server.resources and sidecar.resources. One dict each,
@@ -191,6 +192,8 @@ class KafkaSpec:
     bootstrap_servers: str | None = None  # None: --kafka-bootstrap-servers
     partitions: int = 1
     replication_factor: int = 1
+    # spec.logging.kafka.security; None: the operator's --kafka-security
+    security: KafkaSecuritySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,10 @@ class ServingSpec:
     def bootstrap_servers(self, settings: OperatorSettings) -> str:
         return self.logging.kafka.bootstrap_servers or settings.kafka_bootstrap_servers
 
+    def kafka_security(self, settings: OperatorSettings) -> KafkaSecuritySpec:
+        """spec.logging.kafka.security, else the operator's --kafka-security (as a whole)."""
+        return self.logging.kafka.security or settings.kafka_security
+
     def logging_mode(self, settings: OperatorSettings) -> str:
         """spec.logging.mode, else the operator's --log-mode."""
         return self.logging.mode or settings.log_mode
@@ -444,9 +451,14 @@ def _logging(raw: Raw) -> LoggingSpec:
         sampling=SamplingSpec(**_given(_section(raw, "sampling"), _SAMPLING)),
         payloads=PayloadsSpec(**_given(_section(raw, "payloads"), _PAYLOADS)),
         redact=redact,
-        kafka=KafkaSpec(**_given(_section(raw, "kafka"), _KAFKA)),
+        kafka=_kafka(_section(raw, "kafka")),
         spool=SpoolSpec(**_given(_section(raw, "spool"), _SPOOL)),
     )
+
+
+def _kafka(raw: Raw) -> KafkaSpec:
+    security = raw.get("security")
+    return KafkaSpec(**_given(raw, _KAFKA), security=parse_security(security) if security else None)
 
 
 def _auth(raw: Raw) -> AuthSpec:

@@ -99,10 +99,15 @@ def deployment_conditions(
     return [ready_cond, progressing, degraded]
 
 
-# Reasons of LoggingReady that come from the pods' log-status annotations.
-POD_REASONS = ("SpoolFull", "KafkaUnreachable", "SpoolFilling")
+# Reasons of LoggingReady that come from the pods' log-status annotations; a broker refusing
+# the producer's credentials or TLS first: it is the cause, and what the user fixes.
+POD_REASONS = (
+    "KafkaAuthenticationFailed", "KafkaTLSFailed", "SpoolFull", "KafkaUnreachable", "SpoolFilling",
+)  # fmt: skip
 _POD_STATE_ORDER = {reason: i for i, reason in enumerate(POD_REASONS)}  # worst first
 _POD_WORDS = {
+    "KafkaAuthenticationFailed": "Kafka refuses the producer's credentials",
+    "KafkaTLSFailed": "the TLS connection to Kafka fails",
     "SpoolFull": "the spool is full",
     "KafkaUnreachable": "Kafka is unreachable",
     "SpoolFilling": "the spool is filling",
@@ -128,7 +133,9 @@ def logging_from_pods(topic_state: LoggingState, pods: Iterable[Mapping[str, Any
     oldest = max(int(s.get("oldestRecordAgeSeconds") or 0) for _, s in troubled)
     waiting = sum(int(s.get("waitingRecords") or 0) for _, s in troubled)
     details = "; ".join(
-        f"{name}: {_POD_WORDS[s['state']]}, spool {s.get('spoolPercent', 0)}% full"
+        f"{name}: {_POD_WORDS[s['state']]}"
+        + (f" ({s['kafkaError']})" if s.get("kafkaError") else "")
+        + f", spool {s.get('spoolPercent', 0)}% full"
         for name, s in troubled
     )
     message = f"{waiting} records wait in the pods' spools, the oldest for {oldest} s ({details})"

@@ -24,6 +24,11 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
               oversizePayload: truncate, nonJsonPayload: keep,
               redact: [{path: "instances[*].email", action: mask, payload: both}]}
 
+`logging.kafkaSecurity` says how the producer connects to a secured Kafka, with files (the
+operator mounts Secrets there): {protocol: SASL_SSL, caFile: .../ca.crt, certFile, keyFile,
+saslMechanism: SCRAM-SHA-512, username: u, passwordFile: .../password, checkHostname: true}
+(modelserving.kafka_security); absent, PLAINTEXT.
+
 In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
 Avro to Confluent's schema-registry framing; `compression` is zstd (the default), lz4, gzip,
 snappy or none; a topic's readers need Kafka 2.1 or later for zstd.
@@ -56,7 +61,7 @@ A bad setting fails the start with a message that names it (`ConfigError`).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,7 @@ from modelserving.api import (
     SPOOL_FSYNC_INTERVAL_SECONDS,
     TFSERVING_REST_PORT,
 )
+from modelserving.kafka_security import KafkaSecurity, KafkaSecurityError, from_mapping
 from modelserving.sidecar.log_policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -215,6 +221,8 @@ class LoggingConfig:
     # None: drop where a redaction rule applies, keep elsewhere (log_policy.non_json_policy).
     non_json_payload: NonJsonPolicy | None = None
     redact: tuple[RedactRule, ...] = ()
+    # How the producer connects: Secrets mounted as files, read by each new producer.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def policy(self) -> LogPolicy:
         """The sampling and payload rules of these settings, compiled."""
@@ -281,6 +289,16 @@ def redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
     return tuple(rules)
 
 
+def kafka_security(where: str, value: Any) -> KafkaSecurity:
+    """`logging.kafkaSecurity`: modelserving.kafka_security's file form."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    try:
+        return from_mapping(where, value)
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # file key -> (dataclass field, type); the one table of the file's names.
 _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
     "serving": (ServingIdentity, {"name": ("name", str), "namespace": ("namespace", str),
@@ -324,7 +342,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "maxPayloadBytes": ("max_payload_bytes", _non_negative),
                                 "oversizePayload": ("oversize_payload", OversizePolicy),
                                 "nonJsonPayload": ("non_json_payload", NonJsonPolicy),
-                                "redact": ("redact", redact_rules)}),
+                                "redact": ("redact", redact_rules),
+                                "kafkaSecurity": ("kafka_security", kafka_security)}),
 }  # fmt: skip
 _REQUIRED_SECTIONS = ("serving", "model")
 

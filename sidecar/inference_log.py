@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 
 import prometheus_client
 
+from modelserving.kafka_security import KafkaProblem
 from modelserving.sidecar.config import (
     LogDurability,
     LoggingMode,
@@ -121,6 +122,10 @@ class InferenceLogPipeline:
         if self._waiting_since is not None and self.waiting_records():
             return max(0.0, now - self._waiting_since)
         return 0.0
+
+    def kafka_problem(self) -> KafkaProblem | None:
+        """Why Kafka refuses the producer (TLS, authentication), while it does."""
+        return self.sender.problem
 
     def submit(self, exchange: Exchange) -> None:
         try:
@@ -354,6 +359,7 @@ class InferenceLogPipeline:
         elif self._waiting_since is None:
             self._waiting_since = time.time()
         self.metrics.oldest_unacked_age.set(self.oldest_waiting_age())
+        sender.check_credentials()
         await sender.check_stall()
 
     def _write_position(self, acked_id: int) -> None:

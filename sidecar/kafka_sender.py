@@ -8,6 +8,13 @@ sent beyond the position written there, so a SIGKILL sends again at most that ma
 A failed or stalled send makes the sender drop its producer, make a new one, and send again from
 the oldest unacknowledged record (the bookkeeping is `AckTracker`'s), so an outage or a wedged
 producer costs duplicates at worst, never a record.
+
+A secured Kafka's credentials are files (Secrets mounted in the pod), read by each new producer.
+A producer the broker refuses (a wrong password, an untrusted certificate) is diagnosed once per
+change (`problem`, published in the pod's log status) and tried again with a backoff, so a fixed
+Secret is used within seconds; when the files change in place (a rotation), the sender stops
+sending, waits for what is in flight to be acknowledged, and makes a new producer: no record is
+sent twice for it.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from modelserving.kafka_security import KafkaProblem, diagnose, problem_of
 from modelserving.sidecar.ack_tracker import AckTracker, SendRun
 from modelserving.sidecar.config import ConfigError, LogCompression, LoggingConfig
 from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
@@ -107,6 +116,10 @@ class KafkaSender:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
         self._last_progress = time.monotonic()
+        # Why the broker refuses the producer (TLS, authentication); None while it does not.
+        self.problem: KafkaProblem | None = None
+        self._credentials = self._credentials_stamp()  # the files as the producer read them
+        self._renewing = False  # the files changed: a new producer once nothing is in flight
 
     @property
     def acked_id(self) -> int:
@@ -135,7 +148,17 @@ class KafkaSender:
         while True:
             try:
                 if self._producer is None:
-                    self._producer = await self._new_producer()
+                    try:
+                        self._producer = await self._new_producer()
+                    except Exception as exc:
+                        await self._refused(exc)
+                        if self.problem is None:
+                            raise
+                        # Refused, and said once: nothing was sent, so nothing to rewind.
+                        failures += 1
+                        await asyncio.sleep(_RETRY_BACKOFF[min(failures, len(_RETRY_BACKOFF)) - 1])
+                        continue
+                    self._accepted()
                 await self._send_some()
                 failures = 0
             except asyncio.CancelledError:
@@ -153,6 +176,44 @@ class KafkaSender:
     async def stop(self) -> None:
         """Drop the producer; what it had not delivered stays in the spool."""
         await self._drop_producer()
+
+    async def _refused(self, exc: Exception) -> None:
+        """A producer did not start: find whether the broker refuses its TLS or credentials
+        (aiokafka says only that it could not bootstrap), and say so once per change."""
+        problem = problem_of(exc) or await diagnose(
+            self.settings.bootstrap_servers, self.settings.kafka_security
+        )
+        if problem != self.problem and problem is not None:
+            log.error("inference log: Kafka refuses the producer (%s): %s; records wait in "
+                      "the spool", problem.reason, problem.message)  # fmt: skip
+        self.problem = problem
+
+    def _accepted(self) -> None:
+        if self.problem is not None:
+            log.info("inference log: Kafka accepts the producer again (%s is over); "
+                     "sending what waits in the spool", self.problem.reason)  # fmt: skip
+        self.problem = None
+
+    def _credentials_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """The security files' identity now (a Secret's update swaps them: new inode, time)."""
+        stamp = []
+        for name in self.settings.kafka_security.files():
+            try:
+                info = os.stat(name)
+            except OSError:
+                stamp.append((name, 0, 0))
+                continue
+            stamp.append((name, info.st_ino, info.st_mtime_ns))
+        return tuple(stamp)
+
+    def check_credentials(self) -> None:
+        """Called now and then: when the security files changed since the producer read them,
+        renew the producer once nothing is in flight."""
+        stamp = self._credentials_stamp()
+        if stamp != self._credentials and self._producer is not None and not self._renewing:
+            log.info("inference log: the Kafka credentials changed; renewing the producer")
+            self._renewing = True
+            self._spooled.set()
 
     async def check_stall(self) -> None:
         """Replace a producer that has made no progress for `producerStallSeconds` while the
@@ -176,7 +237,9 @@ class KafkaSender:
         from aiokafka import AIOKafkaProducer
 
         settings = self.settings
+        self._credentials = self._credentials_stamp()  # before reading: a change after shows
         producer = AIOKafkaProducer(
+            **settings.kafka_security.client_options(),
             bootstrap_servers=settings.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
@@ -201,6 +264,9 @@ class KafkaSender:
         tracker = self.tracker
         if tracker.rewind_reason is not None:
             raise _RewindNeeded(tracker.rewind_reason)
+        if self._renewing:
+            await self._renew()
+            return
         # Counted from the position on disk, not Kafka's: what a SIGKILL would send again.
         unwritten = tracker.acked_id - self._position_on_disk
         room = self.settings.max_in_flight_records - tracker.in_flight_records - unwritten
@@ -256,6 +322,17 @@ class KafkaSender:
             else:
                 runs.append((spooled.id, [spooled.record]))
         return runs or None
+
+    async def _renew(self) -> None:
+        """A new producer for new credentials, once the old one's sends are acknowledged: with
+        nothing in flight, nothing is sent again."""
+        if self.tracker.in_flight_records:
+            self.acked.clear()
+            await wait_event(self.acked, HOUSEKEEPING_SECONDS)
+            return
+        self._renewing = False
+        self.metrics.producer_restarts.labels("credentials_changed").inc()
+        await self._drop_producer()  # run() makes the next one, with the files as they are now
 
     async def _produce(self, first: int, records: list[SpoolRecord]) -> None:
         """Hand a run of records to the producer as few Kafka batches as fit, one per partition

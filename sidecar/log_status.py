@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from modelserving.api import GROUP
+from modelserving.kafka_security import KafkaProblem
 from modelserving.sidecar.config import LoggingConfig
 from modelserving.sidecar.pod_status import CHECK_SECONDS, PodStatusPublisher, publishing
 from modelserving.sidecar.spool import Spool
@@ -38,11 +39,16 @@ def summarize(
     oldest_age_seconds: float,
     kafka_reachable: bool,
     refusing: bool,
+    problem: KafkaProblem | None = None,
 ) -> dict[str, Any]:
     """The pod's summary: a state and the figures behind it (rounded so that a steady state
-    gives the same summary, and so no write)."""
+    gives the same summary, and so no write). A broker that refuses the producer's TLS or
+    credentials is the state (KafkaAuthenticationFailed, KafkaTLSFailed), with its words: it is
+    the cause of anything else the spool shows, and what the user can fix."""
     share = spool_bytes / spool_max_bytes if spool_max_bytes else 0.0
-    if refusing or share >= FULL_SHARE:
+    if problem is not None:
+        state = problem.reason
+    elif refusing or share >= FULL_SHARE:
         state = SPOOL_FULL
     elif not kafka_reachable:
         state = KAFKA_UNREACHABLE
@@ -50,13 +56,16 @@ def summarize(
         state = SPOOL_FILLING
     else:
         state = FLOWING
-    return {
+    summary = {
         "state": state,
         "spoolPercent": round(share * 100),
         "waitingRecords": waiting_records,
         "oldestRecordAgeSeconds": round(oldest_age_seconds),
         "kafkaReachable": kafka_reachable,
     }
+    if problem is not None:
+        summary["kafkaError"] = problem.message
+    return summary
 
 
 class LogHealthSource(Protocol):
@@ -70,6 +79,8 @@ class LogHealthSource(Protocol):
     def oldest_waiting_age(self) -> float: ...
 
     def accepting(self) -> bool: ...
+
+    def kafka_problem(self) -> KafkaProblem | None: ...
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> bool:
@@ -94,6 +105,7 @@ def summary_from_pipeline(pipeline: LogHealthSource, kafka_reachable: bool) -> d
         oldest_age_seconds=pipeline.oldest_waiting_age(),
         kafka_reachable=kafka_reachable,
         refusing=not pipeline.accepting(),
+        problem=pipeline.kafka_problem(),
     )
 
 

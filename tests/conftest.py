@@ -70,6 +70,7 @@ def local_env() -> Iterator[LocalEnv]:
         kubeconfig=data["kubeconfig"],
         kafka_bootstrap=data["kafka_bootstrap"],
         bin_path=data["path"],
+        kafka=localenv.KafkaListeners(**data["kafka"]),
     )
     if not was_up and os.environ.get("MODELSERVING_KEEP_ENV") != "1":
         localenv.down()

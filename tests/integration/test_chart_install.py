@@ -209,6 +209,10 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
             for verb in ("list", "watch", "create", "patch", "delete")
         ],
         rule("create", "events", "", ns),
+        # The Secrets and CA ConfigMap a serving's spec.logging.kafka.security names, one by one,
+        # for the topic admin's connection to a secured Kafka.
+        rule("get", "secrets", "", ns),
+        rule("get", "configmaps", "", ns),
         rule("list", "pods", "", ns),
         rule("watch", "pods", "", ns),
         rule("list", "customresourcedefinitions", "apiextensions.k8s.io"),
@@ -232,7 +236,8 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
 
 def operator_must_not(ns: str, release_ns: str) -> list[dict]:
     return [
-        rule("get", "secrets", "", ns),
+        rule("list", "secrets", "", ns),
+        rule("watch", "secrets", "", ns),
         rule("list", "secrets", "", release_ns),
         rule("create", "pods", "", ns),
         rule("create", "pods", "", ns, subresource="exec"),

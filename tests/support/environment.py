@@ -20,6 +20,8 @@ class LocalEnv:
     kubeconfig: str
     kafka_bootstrap: str
     bin_path: str
+    # The broker's secured listeners and their client files (localenv's KafkaListeners).
+    kafka: localenv.KafkaListeners
 
     def tool_env(self) -> dict[str, str]:
         """Environment for subprocesses (kubectl, helm) aimed at the local cluster."""

@@ -69,8 +69,13 @@ def model_value(spec: ServingSpec, path: tuple[str, ...]) -> Any:
 
 
 def test_the_spec_models_defaults_are_the_crds():
-    # Every array item present once, so that its fields' defaults show too.
-    spec = ServingSpec.from_body(body(logging={"redact": [{"path": "instances[*].email"}]}))
+    # Every array item and optional object present once, so that its fields' defaults show too.
+    security = {"protocol": "SASL_SSL", "ca": {"secretName": "c"},
+                "clientCertificate": {"secretName": "u"},
+                "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}}}  # fmt: skip
+    spec = ServingSpec.from_body(
+        body(logging={"redact": [{"path": "instances[*].email"}], "kafka": {"security": security}})
+    )
     defaults = list(crd_defaults(SPEC_SCHEMA))
     assert len(defaults) > 20, "the walk found too few of the CRD's defaults"
 
