@@ -244,9 +244,10 @@ class TopicNotFoundError(LookupError):
 
 @dataclass
 class ReadProgress:
-    """How far a read has got, updated by `read_inference_log` as it reads: for a read with an
-    end, `to_read` is the number of offsets between where it starts and where it stops (in all
-    partitions), `read` how many of those it has passed."""
+    """How far a read has got, updated by `read_inference_log` as it reads: `partitions` is set
+    once the read knows where it starts (0 until then, and for a topic without partitions); for
+    a read with an end, `to_read` is the number of offsets between where it starts and where it
+    stops (in all partitions), `read` how many of those it has passed."""
 
     partitions: int = 0
     to_read: int = 0
@@ -262,8 +263,8 @@ async def inference_log_consumer(bootstrap_servers: str) -> AsyncIterator[Any]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
     )
-    await consumer.start()
     try:
+        await consumer.start()
         yield consumer
     finally:
         await consumer.stop()
@@ -331,7 +332,6 @@ async def read_inference_log(
         if topic_must_exist and topic not in await consumer.topics():
             raise TopicNotFoundError(f"topic {topic!r} does not exist on {bootstrap_servers}")
         tps = await _assigned(consumer, topic, wait=follow)
-        progress.partitions = len(tps)
         if not tps:
             return
         ends = await consumer.end_offsets(tps)
@@ -345,6 +345,7 @@ async def read_inference_log(
             ends = await _stops_at_time(consumer, tps, until_ms + allowed_lateness_ms, ends)
         starts = {tp: await consumer.position(tp) for tp in tps}
         progress.to_read = sum(max(ends[tp] - starts[tp], 0) for tp in tps)
+        progress.partitions = len(tps)
         passed = dict.fromkeys(tps, 0)
         remaining = {tp for tp in tps if starts[tp] < ends[tp]}
         while follow or remaining:
@@ -354,7 +355,9 @@ async def read_inference_log(
                     if not follow and message.offset >= ends[tp]:
                         remaining.discard(tp)
                         break
-                    passed[tp] = message.offset + 1 - starts[tp]
+                    now_passed = message.offset + 1 - starts[tp]
+                    progress.read += now_passed - passed[tp]
+                    passed[tp] = now_passed
                     logged = LoggedInference(
                         record=decode_record(message.value, confluent=confluent),
                         key=message.key.decode("utf-8", errors="replace")
@@ -380,9 +383,10 @@ async def read_inference_log(
                 for tp in tps:
                     if tp not in remaining:
                         # Done: what a partition holds past its end is not fetched.
-                        passed[tp] = max(ends[tp] - starts[tp], 0)
                         consumer.pause(tp)
-                progress.read = sum(passed.values())
+                        done = max(ends[tp] - starts[tp], 0)
+                        progress.read += done - passed[tp]
+                        passed[tp] = done
 
 
 async def _seek_to_time(consumer: Any, tps: list[Any], since_ms: int, ends: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import re
 import sys
 import time
@@ -147,6 +148,8 @@ def format_time(ms: int) -> str:
 
 def progress_line(written: int, progress: ReadProgress, elapsed_s: float) -> str:
     """The progress line: records written, how much of the range is read, and the rate."""
+    if not progress.partitions:
+        return f"finding the range on Kafka, {timedelta(seconds=int(elapsed_s))}"
     rate = progress.read / elapsed_s if elapsed_s > 0 else 0.0
     line = f"{written:,} records written, {progress.read:,}"
     if progress.to_read:
@@ -231,6 +234,9 @@ def run(args: argparse.Namespace) -> int:
     if export_format is ExportFormat.PARQUET and importlib.util.find_spec("arro3.io") is None:
         return _fail("Parquet needs the parquet extra: pip install 'modelserving[parquet]'")
     window = DuplicateWindow(args.dedupe) if args.dedupe else None
+    # What goes wrong with Kafka ends the export with one message below; aiokafka's own log
+    # lines about it (a failed connect, each retry) would only repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         asyncio.run(_export(args, export_format, window))
     except KeyboardInterrupt:
@@ -242,8 +248,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
     except Exception as exc:
-        from aiokafka.errors import KafkaError
+        from aiokafka.errors import KafkaConnectionError, KafkaError
 
+        if isinstance(exc, KafkaConnectionError):
+            return _fail(f"cannot reach Kafka at {args.bootstrap_servers}")
         if isinstance(exc, KafkaError):
             return _fail(f"Kafka at {args.bootstrap_servers}: {exc}")
         raise

@@ -5,13 +5,16 @@ One row per record, the columns in the order and under the names of a `logs` JSO
 seven Avro fields (ints as int32, requestTimestamp as a UTC millisecond timestamp, payloads as
 strings), then the Kafka key, headers, topic, partition, offset and the Kafka timestamp.
 Headers are a list of (key, value) structs in the order the record carries them, the shape
-Spark's Kafka source gives them (`filter(headers, h -> h.key = 'caller')[0].value`).
+Spark's Kafka source gives them (`filter(headers, h -> h.key = 'caller')[0].value`); a list
+keeps Kafka's order and a name given twice, which a map would not (and arro3 builds no map
+column from Python values).
 
 Why arro3 and not pyarrow: 34 MB installed against pyarrow's 170 MB (fastparquet with pandas
-and numpy 178 MB, polars 181 MB, duckdb 69 MB), and as fast for this (10,000 records of the
-log in 0.1-0.3 s either way on this project's 2-core machine); imports in 10 ms, not 100-200.
-It has no incremental writer: `write_parquet` pulls the record batches from an iterator, which
-the export feeds from its Kafka read.
+and numpy 178 MB, polars 181 MB, duckdb 69 MB), and as fast for this: 10,000 records of the log
+(30-float requests, five headers) written as zstd Parquet in 0.39 s against pyarrow's 0.32 s
+(best of 7; medians 0.52 and 0.58 s on a busy 2-core machine), the same 3.0 MB file; the
+import takes 3 ms against 83 ms. It has no incremental writer: `write_parquet` pulls the
+record batches from an iterator, which the export feeds from its Kafka read.
 """
 
 from __future__ import annotations

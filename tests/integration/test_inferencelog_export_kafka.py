@@ -277,6 +277,11 @@ async def test_filters_keep_only_what_is_asked(produced, tmp_path):
     assert want  # the filters leave some records, and only those
     assert_exactly(produced, json_rows(output), want)
 
+    deduped = await export(produced, tmp_path / "deduped.jsonl", "--until", str(until), "--dedupe")
+    assert deduped.returncode == 0, deduped.stderr
+    assert deduped.stderr == "--dedupe: 0 duplicate records dropped (window size 100000)\n"
+    assert_exactly(produced, json_rows(tmp_path / "deduped.jsonl"), produced.ids_received(0, until))
+
     other_model = tmp_path / "none.parquet"
     out = await export(produced, other_model, "--until", str(until), "--model", "resnet")
     assert out.returncode == 0, out.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,8 +97,9 @@ def test_progress_line_says_records_share_and_rate():
     assert line == (
         "12,345 records written, 48,000 of 120,000 read (40%), 8,000 records/s, 0:00:06"
     )
-    nothing_yet = progress_line(0, ReadProgress(), 0.0)
-    assert nothing_yet == "0 records written, 0 read, 0 records/s, 0:00:00"
+    assert progress_line(0, ReadProgress(), 1.5) == "finding the range on Kafka, 0:00:01"
+    unbounded = progress_line(0, ReadProgress(partitions=1), 0.0)
+    assert unbounded == "0 records written, 0 read, 0 records/s, 0:00:00"
 
 
 class Terminal(io.StringIO):
@@ -224,3 +227,16 @@ async def test_an_empty_range_gives_an_empty_file_of_each_format(tmp_path):
     assert (tmp_path / "e.jsonl").read_text() == ""
     assert await export_records(records(0), tmp_path / "e.parquet", ExportFormat.PARQUET) == 0
     assert pyarrow.parquet.read_table(tmp_path / "e.parquet").num_rows == 0
+
+
+def test_an_unreachable_kafka_is_one_clear_line_and_no_file(tmp_path):
+    argv = ["logs", "export", "t", "-o", str(tmp_path / "a.parquet")]
+    out = subprocess.run(
+        [sys.executable, "-m", "modelserving.cli", *argv, "--bootstrap-servers", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr == "modelserving logs export: error: cannot reach Kafka at 127.0.0.1:1\n"
+    assert list(tmp_path.iterdir()) == []
