@@ -57,7 +57,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command starts: no traceback for that
+        return 130
     subcommand = getattr(args, "subcommand", None)
     if subcommand is not None:
         module_name = NESTED[args.command, subcommand][0]

@@ -133,8 +133,12 @@ async def _write_parquet(batches: AsyncGenerator[list[LoggedInference]], path: P
 
     loop = asyncio.get_running_loop()
     read_failure: list[BaseException] = []
+    reading: list[asyncio.Task[list[LoggedInference] | None]] = []
 
     async def next_batch() -> list[LoggedInference] | None:
+        task = asyncio.current_task()
+        assert task is not None
+        reading[:] = [task]
         try:
             return await anext(batches)
         except StopAsyncIteration:
@@ -151,8 +155,17 @@ async def _write_parquet(batches: AsyncGenerator[list[LoggedInference]], path: P
                 return
             yield batch
 
+    writer = loop.run_in_executor(None, write_records, pulled(), path)
     try:
-        await asyncio.to_thread(write_records, pulled(), path)
+        await asyncio.shield(writer)
+    except asyncio.CancelledError:
+        # Ctrl-C: stop the read the writer waits for, and let the writer close the file before
+        # it is removed.
+        for task in reading:
+            task.cancel()
+        await asyncio.wait([writer])
+        writer.exception()  # the writer's error is the Ctrl-C's: retrieved, not reported
+        raise
     except Exception:
         # The writer reports a failure of the read as its own; the read's error says more.
         if read_failure:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import InferenceLogPipeline, open_inference_log
-from tests.conftest import unique_name
 from tests.support.waiting import wait_for_async
 
 COUNT = 10_000
@@ -129,7 +129,7 @@ async def produced(local_env, tmp_path_factory) -> AsyncIterator[Produced]:
     """10,000 records through the sidecar's pipeline, received 10 ms apart an hour ago, and 5
     late ones: received inside RANGE, sent after record 6500."""
     bootstrap = local_env.kafka_bootstrap
-    topic = unique_name("export")
+    topic = f"export-{uuid.uuid4().hex[:8]}"
     await create_topic(topic, bootstrap)
     t0 = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
     in_order = [exchange(f"req-{i:05d}", i, t0 + i * STEP_MS) for i in range(COUNT)]
@@ -289,7 +289,7 @@ async def test_filters_keep_only_what_is_asked(produced, tmp_path):
 
 
 async def test_an_unknown_topic_is_a_clear_error_and_leaves_no_file(local_env, tmp_path):
-    missing = Produced(unique_name("missing"), local_env.kafka_bootstrap, 0, "", {})
+    missing = Produced(f"missing-{uuid.uuid4().hex[:8]}", local_env.kafka_bootstrap, 0, "", {})
     out = await export(missing, tmp_path / "x.parquet", "--since", "1h")
     assert out.returncode == 1
     assert out.stderr.strip() == (

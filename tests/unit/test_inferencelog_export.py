@@ -240,3 +240,26 @@ def test_an_unreachable_kafka_is_one_clear_line_and_no_file(tmp_path):
     assert out.returncode == 1
     assert out.stderr == "modelserving logs export: error: cannot reach Kafka at 127.0.0.1:1\n"
     assert list(tmp_path.iterdir()) == []
+
+
+async def endless() -> AsyncIterator[LoggedInference]:
+    i = 0
+    while True:
+        yield logged(i)
+        i += 1
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("export_format", list(ExportFormat))
+async def test_an_export_stopped_midway_leaves_no_file(tmp_path, export_format):
+    """Ctrl-C cancels the export's task: whatever was written so far goes with it."""
+    path = tmp_path / f"out.{export_format.value}"
+    some_written = asyncio.Event()
+    export = asyncio.create_task(
+        export_records(endless(), path, export_format, lambda n: n > 3000 and some_written.set())
+    )
+    await asyncio.wait_for(some_written.wait(), 60)
+    export.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await export
+    assert list(tmp_path.iterdir()) == []
