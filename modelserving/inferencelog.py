@@ -12,6 +12,11 @@ Reading, in Python::
                                            from_beginning=True, model="mnist"):
         print(logged.key, logged.headers, logged.record.response_http_code)
 
+A time range (`since_ms=`, `until_ms=`, by requestTimestamp) is read from where the broker says
+it starts (offsets for times), not from the topic's start; `modelserving logs export` writes
+one to a file (`inferencelog_export`). Every reader gets its consumer from
+`inference_log_consumer`, the one place its connection settings are made.
+
 Delivery is at least once: after a sidecar crash, the records Kafka had not acknowledged are on
 the topic twice. `dedupe=` drops such copies (see `inferencelog_dedupe`).
 """

@@ -11,10 +11,11 @@ column from Python values).
 
 Why arro3 and not pyarrow: 34 MB installed against pyarrow's 170 MB (fastparquet with pandas
 and numpy 178 MB, polars 181 MB, duckdb 69 MB), and as fast for this: 10,000 records of the log
-(30-float requests, five headers) written as zstd Parquet in 0.39 s against pyarrow's 0.32 s
-(best of 7; medians 0.52 and 0.58 s on a busy 2-core machine), the same 3.0 MB file; the
-import takes 3 ms against 83 ms. It has no incremental writer: `write_parquet` pulls the
-record batches from an iterator, which the export feeds from its Kafka read.
+(30-float requests, five headers) written as zstd Parquet in 0.26-0.39 s against pyarrow's
+0.29-0.32 s (best of 7, two runs on a busy 2-core machine; medians 0.29-0.52 s and 0.44-0.58
+s), the same 3.0 MB file; the import takes 3 ms against 83 ms. It has no incremental
+writer: `write_parquet` pulls the record batches from an iterator, which the export feeds from
+its Kafka read.
 """
 
 from __future__ import annotations
