@@ -12,6 +12,7 @@ import asyncio
 import enum
 import os
 import tempfile
+import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,8 +135,13 @@ async def _write_parquet(batches: AsyncGenerator[list[LoggedInference]], path: P
     loop = asyncio.get_running_loop()
     read_failure: list[BaseException] = []
     reading: list[asyncio.Task[list[LoggedInference] | None]] = []
+    # Set (in the loop) when the export is cancelled: a pull the writer asks for after that,
+    # even one already on its way to the loop, ends the writer instead of reading on.
+    stopping = threading.Event()
 
     async def next_batch() -> list[LoggedInference] | None:
+        if stopping.is_set():
+            raise asyncio.CancelledError
         task = asyncio.current_task()
         assert task is not None
         reading[:] = [task]
@@ -161,6 +167,7 @@ async def _write_parquet(batches: AsyncGenerator[list[LoggedInference]], path: P
     except asyncio.CancelledError:
         # Ctrl-C: stop the read the writer waits for, and let the writer close the file before
         # it is removed.
+        stopping.set()
         for task in reading:
             task.cancel()
         await asyncio.wait([writer])
