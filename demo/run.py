@@ -100,10 +100,17 @@ class Cluster:
 
 
 def environment_up() -> dict[str, str]:
-    proc = subprocess.run([sys.executable, str(LOCALENV), "up"], stderr=subprocess.STDOUT,
-                          stdout=subprocess.PIPE, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        raise DemoError(f"the local environment could not start:\n{proc.stdout[-3000:]}")
+    """Start the local environment, showing what it says as it goes: a first run builds its
+    parts for minutes, and says which part and how far along."""
+    proc = subprocess.Popen([sys.executable, str(LOCALENV), "up"], stderr=subprocess.STDOUT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    said: list[str] = []
+    for line in proc.stdout:
+        said.append(line)
+        say(line.rstrip("\n"))
+    if proc.wait() != 0:
+        raise DemoError(f"the local environment could not start:\n{''.join(said)[-3000:]}")
     return json.loads((STATE / "env.json").read_text())
 
 

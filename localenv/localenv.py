@@ -33,8 +33,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -84,6 +86,98 @@ def go_env(gobin: Path | None = None) -> dict[str, str]:
     return env
 
 
+# --------------------------------------------------------------------------- build progress
+
+# The parts a build makes, in the order it makes them, as its progress names them. Kubernetes
+# is five steps (its modules, then each command) because it is most of a cold build's time.
+BUILD_STEPS = (
+    "Kafka",
+    "etcd",
+    "KWOK",
+    "helm",
+    "Kubernetes modules",
+    *KUBE_COMMANDS,
+)
+# How often a step that is still running says so: a cold `go build` of kube-apiserver runs for
+# minutes without printing anything.
+HEARTBEAT_S = 15.0
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `3m12s`, `1h02m05s`: how long a step took or has been running."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+@dataclass
+class BuildProgress:
+    """What a build says while it runs: which step is building and how far along the build is
+    (`building kube-apiserver (6/9)`), a heartbeat with the time so far every `heartbeat_s`
+    while a step runs, and a summary with each step's time (or `cached`) at the end."""
+
+    cached: frozenset[str]
+    say: Callable[[str], None] = log
+    heartbeat_s: float = HEARTBEAT_S
+    clock: Callable[[], float] = time.monotonic
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def to_build(self) -> list[str]:
+        return [name for name in BUILD_STEPS if name not in self.cached]
+
+    def position(self, name: str) -> str:
+        """`(6/9)`: where the step is among those this build makes."""
+        return f"({self.to_build.index(name) + 1}/{len(self.to_build)})"
+
+    def plan(self) -> str:
+        """What the build will do, said before it starts."""
+        building = ", ".join(self.to_build)
+        cached = f"; cached: {', '.join(s for s in BUILD_STEPS if s in self.cached)}"
+        return (
+            f"building {building} into {CACHE}{cached if self.cached else ''} "
+            "(about 8 minutes on 2 cores with empty Go caches; later runs use this cache)"
+        )
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Say the step starts, say every `heartbeat_s` that it still runs, time it."""
+        started = self.clock()
+        self.say(f"building {name} {self.position(name)}")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                elapsed = format_duration(self.clock() - started)
+                self.say(f"building {name} {self.position(name)} ... {elapsed}")
+
+        heart = threading.Thread(target=beat, name=f"heartbeat {name}", daemon=True)
+        heart.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            heart.join()
+        self.times[name] = self.clock() - started
+        self.say(f"built {name} {self.position(name)} in {format_duration(self.times[name])}")
+
+    def summary(self, total_s: float) -> list[str]:
+        """The lines said at the end: the whole build's time, then each step's."""
+        if not self.to_build:
+            return [f"builds ready in {CACHE}: all {len(BUILD_STEPS)} parts cached"]
+        width = max(len(name) for name in BUILD_STEPS)
+        lines = [f"builds ready in {CACHE} in {format_duration(total_s)}:"]
+        for name in BUILD_STEPS:
+            took = "cached" if name in self.cached else format_duration(self.times.get(name, 0))
+            lines.append(f"  {name:<{width}}  {took:>8}")
+        return lines
+
+
 # --------------------------------------------------------------------------- builds
 
 
@@ -120,34 +214,41 @@ def write_wrapper_module(workdir: Path, module: str, requires: str, imports: lis
     )
 
 
-def build_kubernetes() -> None:
-    out = kube_bin()
-    if all((out / name).exists() for name in KUBE_COMMANDS):
+def kubernetes_cached() -> bool:
+    return all((kube_bin() / name).exists() for name in KUBE_COMMANDS)
+
+
+def build_kubernetes(progress: BuildProgress) -> None:
+    if kubernetes_cached():
         return
-    log(f"building Kubernetes {KUBERNETES_VERSION} (about 4 minutes with empty Go caches)")
+    out = kube_bin()
     work = CACHE / f"kubernetes-{KUBERNETES_VERSION}" / "src"
-    write_wrapper_module(
-        work,
-        "modelserving.local/kubernetes",
-        f"k8s.io/kubernetes {KUBERNETES_VERSION}",
-        [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS],
-    )
-    info = json.loads(
-        run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work)
-    )
-    # k8s.io/kubernetes replaces its staging modules with ./staging folders the
-    # module zip lacks; point each at its published twin (v1.x.y -> v0.x.y).
-    staging = re.findall(
-        r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", Path(info["GoMod"]).read_text(), re.M
-    )
-    if not staging:
-        raise EnvError("found no staging replaces in k8s.io/kubernetes' go.mod")
-    published = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
-    with (work / "go.mod").open("a") as f:
-        f.write("\nreplace (\n")
-        f.writelines(f"\t{mod} => {mod} {published}\n" for mod in staging)
-        f.write(")\n")
-    run(["go", "mod", "tidy"], work, go_env())
+    with progress.step("Kubernetes modules"):
+        write_wrapper_module(
+            work,
+            "modelserving.local/kubernetes",
+            f"k8s.io/kubernetes {KUBERNETES_VERSION}",
+            [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS],
+        )
+        info = json.loads(
+            run(
+                ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+                work,
+            )
+        )
+        # k8s.io/kubernetes replaces its staging modules with ./staging folders the
+        # module zip lacks; point each at its published twin (v1.x.y -> v0.x.y).
+        staging = re.findall(
+            r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", Path(info["GoMod"]).read_text(), re.M
+        )
+        if not staging:
+            raise EnvError("found no staging replaces in k8s.io/kubernetes' go.mod")
+        published = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
+        with (work / "go.mod").open("a") as f:
+            f.write("\nreplace (\n")
+            f.writelines(f"\t{mod} => {mod} {published}\n" for mod in staging)
+            f.write(")\n")
+        run(["go", "mod", "tidy"], work, go_env())
     major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
     ldflags = " ".join(
         [
@@ -164,21 +265,30 @@ def build_kubernetes() -> None:
     tmp = out.with_name("bin.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    run(
-        ["go", "build", "-ldflags", ldflags, "-o", str(tmp) + "/"]
-        + [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS],
-        work,
-        go_env(),
-    )
+    # One command a build, so that the progress can say which: the packages they share are
+    # compiled once, by the first, and come from Go's build cache for the others.
+    for name in KUBE_COMMANDS:
+        with progress.step(name):
+            package = f"k8s.io/kubernetes/cmd/{name}"
+            command = ["go", "build", "-ldflags", ldflags, "-o", str(tmp / name), package]
+            run(command, work, go_env())
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
 
-def build_etcd() -> None:
-    out = etcd_bin()
-    if (out / "etcd").exists():
+def etcd_cached() -> bool:
+    return (etcd_bin() / "etcd").exists()
+
+
+def build_etcd(progress: BuildProgress) -> None:
+    if etcd_cached():
         return
-    log(f"building etcd {ETCD_VERSION}")
+    with progress.step("etcd"):
+        _build_etcd()
+
+
+def _build_etcd() -> None:
+    out = etcd_bin()
     work = CACHE / f"etcd-{ETCD_VERSION}" / "src"
     write_wrapper_module(
         work,
@@ -195,19 +305,26 @@ def build_etcd() -> None:
     )
 
 
-def go_install(out: Path, packages: list[str], names: list[str], ldflags: str = "") -> None:
-    if all((out / name).exists() for name in names):
-        return
-    log(f"installing {' '.join(packages)}")
+def go_install(out: Path, packages: list[str], ldflags: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     run(["go", "install", "-ldflags", f"-s -w {ldflags}", *packages], CACHE, go_env(out))
 
 
-def build_kafka() -> None:
+def kafka_cached() -> bool:
     out = kafka_libs()
-    if out.exists() and any(out.glob("kafka_2.13-*.jar")):
+    return out.exists() and any(out.glob("kafka_2.13-*.jar"))
+
+
+def build_kafka(progress: BuildProgress) -> None:
+    if kafka_cached():
         return
-    log(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central")
+    with progress.step("Kafka"):
+        _fetch_kafka()
+
+
+def _fetch_kafka() -> None:
+    """Kafka's jars from Maven Central."""
+    out = kafka_libs()
     tmp = out.with_name("libs.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     run(
@@ -270,30 +387,57 @@ def check_tools() -> None:
         )
 
 
+def kwok_cached() -> bool:
+    return all((kwok_bin() / name).exists() for name in ("kwok", "kwokctl"))
+
+
+def helm_cached() -> bool:
+    return (helm_bin() / "helm").exists()
+
+
+def cached_steps() -> frozenset[str]:
+    """The build steps whose output is in the cache already."""
+    cached = {
+        "Kafka": kafka_cached(),
+        "etcd": etcd_cached(),
+        "KWOK": kwok_cached(),
+        "helm": helm_cached(),
+        "Kubernetes modules": kubernetes_cached(),
+        **dict.fromkeys(KUBE_COMMANDS, kubernetes_cached()),
+    }
+    return frozenset(name for name, done in cached.items() if done)
+
+
 def build() -> None:
     check_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    build_kafka()
-    build_etcd()
+    progress = BuildProgress(cached=cached_steps())
+    if progress.to_build:
+        log(progress.plan())
+    build_kafka(progress)
+    build_etcd(progress)
     install_prometheus()
-    go_install(
-        kwok_bin(),
-        [
-            f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",
-            f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}",
-        ],
-        ["kwok", "kwokctl"],
-    )
-    go_install(
-        helm_bin(),
-        [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
-        ["helm"],
-        # helm prints its version from this variable; unset it says "v3.22".
-        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
-    )
-    build_kubernetes()
-    log(f"builds ready in {CACHE} ({time.monotonic() - started:.0f} s)")
+    if not kwok_cached():
+        with progress.step("KWOK"):
+            go_install(
+                kwok_bin(),
+                [
+                    f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",
+                    f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}",
+                ],
+            )
+    if not helm_cached():
+        with progress.step("helm"):
+            go_install(
+                helm_bin(),
+                [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+                # helm prints its version from this variable; unset it says "v3.22".
+                f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+            )
+    build_kubernetes(progress)
+    for line in progress.summary(time.monotonic() - started):
+        log(line)
 
 
 # --------------------------------------------------------------------------- running

@@ -12,6 +12,11 @@ Reading, in Python::
                                            from_beginning=True, model="mnist"):
         print(logged.key, logged.headers, logged.record.response_http_code)
 
+A time range (`since_ms=`, `until_ms=`, by requestTimestamp) is read from where the broker says
+it starts (offsets for times), not from the topic's start; `modelserving logs export` writes
+one to a file (`inferencelog_export`). Every reader gets its consumer from
+`inference_log_consumer`, the one place its connection settings are made.
+
 Delivery is at least once: after a sidecar crash, the records Kafka had not acknowledged are on
 the topic twice. `dedupe=` drops such copies (see `inferencelog_dedupe`).
 """
@@ -19,8 +24,10 @@ the topic twice. `dedupe=` drops such copies (see `inferencelog_dedupe`).
 from __future__ import annotations
 
 import io
+import json
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,9 +238,59 @@ class LoggedInference:
             "timestamp": self.timestamp_ms,
         }
 
+    def to_json_line(self) -> str:
+        """One line of `modelserving logs` (and of a JSON lines export), without its newline."""
+        return json.dumps(self.to_json_dict(), ensure_ascii=False)
+
 
 def _headers(raw: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     return {name: value.decode("utf-8", errors="replace") for name, value in raw}
+
+
+class TopicNotFoundError(LookupError):
+    """The topic asked for does not exist on the cluster (or the reader may not see it)."""
+
+
+@dataclass
+class ReadProgress:
+    """How far a read has got, updated by `read_inference_log` as it reads: `partitions` is set
+    once the read knows where it starts (0 until then, and for a topic without partitions); for
+    a read with an end, `to_read` is the number of offsets between where it starts and where it
+    stops (in all partitions), `read` how many of those it has passed."""
+
+    partitions: int = 0
+    to_read: int = 0
+    read: int = 0
+
+
+@asynccontextmanager
+async def inference_log_consumer(
+    bootstrap_servers: str, security: KafkaSecurity | None = None
+) -> AsyncIterator[Any]:
+    """The Kafka consumer every reader of the log uses (`logs`, `logs export`): the one place
+    its connection settings are made. No consumer group: nothing is committed. `security` is
+    how to connect to a secured Kafka (default PLAINTEXT); a broker that refuses it raises
+    `KafkaRefused`, saying why."""
+    from aiokafka import AIOKafkaConsumer
+
+    security = security or KafkaSecurity()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **security.client_options(),
+    )
+    try:
+        try:
+            await consumer.start()
+        except Exception as exc:
+            problem = problem_of(exc) or await diagnose(bootstrap_servers, security)
+            if problem is None:
+                raise
+            raise KafkaRefused(problem) from None
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def read_inference_log(
@@ -249,16 +306,35 @@ async def read_inference_log(
     key: str | None = None,
     dedupe: int | DuplicateWindow = 0,
     security: KafkaSecurity | None = None,
+    model_version: int | None = None,
+    status_codes: Container[int] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    allowed_lateness_ms: int = 0,
+    topic_must_exist: bool = False,
+    progress: ReadProgress | None = None,
 ) -> AsyncIterator[LoggedInference]:
     """Decoded records of a topic, in order within each partition.
 
     Reads from the end (only what arrives from now on) unless `from_beginning`; without
     `follow` it stops once it has read up to the end the topic had when it started. `model`
-    keeps only one model's records; `key` only the record(s) of one request id; `where` keeps
+    keeps only one model's records, `model_version` one version's, `status_codes` those whose
+    responseHttpCode is in it; `key` only the record(s) of one request id; `where` keeps
     records whose headers have the given values (for example `{HEADER_CALLER: "team-a"}`),
     `contains` those whose headers hold the given text (`{HEADER_PAYLOAD: "cut"}`; an empty
     text asks only that the header be there). Values that do not decode raise
     `InferenceLogDecodeError`. No consumer group is used: nothing is committed.
+
+    A time range (`since_ms` inclusive, `until_ms` exclusive, by the record's
+    requestTimestamp) is read without reading the topic from its start: the broker says where
+    in each partition the first record at or after `since_ms` is (offsets for times; a Kafka
+    timestamp is never earlier than the requestTimestamp it carries, so none in range lies
+    before). Kafka's order is the order records arrived, not their requestTimestamp: records
+    re-sent after a sidecar crash or held in the spool through a broker outage arrive late.
+    The read goes on past `until_ms` up to the first record stamped `allowed_lateness_ms`
+    after it (or the end the topic had when the read started) and keeps those in range.
+    `topic_must_exist` raises `TopicNotFoundError` for a topic the cluster does not have
+    (asked without creating it), where otherwise such a read yields nothing.
 
     `dedupe` drops the copies an at-least-once pipeline re-sends after a crash: a record with
     the same key, headers and value (byte for byte) as one of the `dedupe` records seen most
@@ -272,35 +348,34 @@ async def read_inference_log(
 
     `security` is how to connect to a secured Kafka (modelserving.kafka_security; default
     PLAINTEXT); a broker that refuses it raises `KafkaRefused`, saying why.
-    """
-    from aiokafka import AIOKafkaConsumer
 
+    `progress`, when given, is kept up to date as the read goes.
+    """
+    if follow and until_ms is not None:
+        raise ValueError("a read that follows the topic has no end: until_ms cannot be given")
     window = _duplicate_window(dedupe)
-    security = security or KafkaSecurity()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        **security.client_options(),
-    )
-    try:
-        await consumer.start()
-    except Exception as exc:
-        await consumer.stop()
-        problem = problem_of(exc) or await diagnose(bootstrap_servers, security)
-        if problem is None:
-            raise
-        raise KafkaRefused(problem) from None
-    try:
+    wanted = _Filters(model, model_version, status_codes, where, contains, key, since_ms, until_ms)
+    progress = progress if progress is not None else ReadProgress()
+    async with inference_log_consumer(bootstrap_servers, security) as consumer:
+        if topic_must_exist and topic not in await consumer.topics():
+            raise TopicNotFoundError(f"topic {topic!r} does not exist on {bootstrap_servers}")
         tps = await _assigned(consumer, topic, wait=follow)
         if not tps:
             return
-        if from_beginning:
+        ends = await consumer.end_offsets(tps)
+        if since_ms is not None:
+            await _seek_to_time(consumer, tps, since_ms, ends)
+        elif from_beginning:
             await consumer.seek_to_beginning(*tps)
         else:
             await consumer.seek_to_end(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        if until_ms is not None:
+            ends = await _stops_at_time(consumer, tps, until_ms + allowed_lateness_ms, ends)
+        starts = {tp: await consumer.position(tp) for tp in tps}
+        progress.to_read = sum(max(ends[tp] - starts[tp], 0) for tp in tps)
+        progress.partitions = len(tps)
+        passed = dict.fromkeys(tps, 0)
+        remaining = {tp for tp in tps if starts[tp] < ends[tp]}
         while follow or remaining:
             batches = await consumer.getmany(*tps, timeout_ms=500, max_records=500)
             for tp, messages in batches.items():
@@ -308,6 +383,9 @@ async def read_inference_log(
                     if not follow and message.offset >= ends[tp]:
                         remaining.discard(tp)
                         break
+                    now_passed = message.offset + 1 - starts[tp]
+                    progress.read += now_passed - passed[tp]
+                    passed[tp] = now_passed
                     logged = LoggedInference(
                         record=decode_record(message.value, confluent=confluent),
                         key=message.key.decode("utf-8", errors="replace")
@@ -319,7 +397,7 @@ async def read_inference_log(
                         offset=message.offset,
                         timestamp_ms=message.timestamp,
                     )
-                    if not _wanted(logged, model, where, contains, key):
+                    if not wanted(logged):
                         continue
                     if window is not None and window.seen(
                         message.key, message.headers or (), message.value
@@ -330,8 +408,29 @@ async def read_inference_log(
                 for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
-    finally:
-        await consumer.stop()
+                for tp in tps:
+                    if tp not in remaining:
+                        # Done: what a partition holds past its end is not fetched.
+                        consumer.pause(tp)
+                        done = max(ends[tp] - starts[tp], 0)
+                        progress.read += done - passed[tp]
+                        passed[tp] = done
+
+
+async def _seek_to_time(consumer: Any, tps: list[Any], since_ms: int, ends: Any) -> None:
+    """Each partition at its first record stamped `since_ms` or later (at its end if none)."""
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+    for tp in tps:
+        consumer.seek(tp, found[tp].offset if found.get(tp) is not None else ends[tp])
+
+
+async def _stops_at_time(consumer: Any, tps: list[Any], stop_ms: int, ends: Any) -> Any:
+    """Where each partition's read stops: its first record stamped `stop_ms` or later, or the
+    end it had when the read started, whichever comes first."""
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, stop_ms))
+    return {
+        tp: min(ends[tp], found[tp].offset) if found.get(tp) is not None else ends[tp] for tp in tps
+    }
 
 
 def _duplicate_window(dedupe: int | DuplicateWindow) -> DuplicateWindow | None:
@@ -355,18 +454,36 @@ async def _assigned(consumer: Any, topic: str, wait: bool) -> list[Any]:
     return sorted(consumer.assignment())
 
 
-def _wanted(
-    logged: LoggedInference,
-    model: str | None,
-    where: Mapping[str, str] | None,
-    contains: Mapping[str, str] | None = None,
-    key: str | None = None,
-) -> bool:
-    if model is not None and logged.record.model_name != model:
-        return False
-    if key is not None and logged.key != key:
-        return False
-    headers = logged.headers
-    if where and not all(headers.get(k) == v for k, v in where.items()):
-        return False
-    return not contains or all(k in headers and v in headers[k] for k, v in contains.items())
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    """Which records a read keeps (None: any)."""
+
+    model: str | None
+    model_version: int | None
+    status_codes: Container[int] | None
+    where: Mapping[str, str] | None
+    contains: Mapping[str, str] | None
+    key: str | None
+    since_ms: int | None
+    until_ms: int | None
+
+    def __call__(self, logged: LoggedInference) -> bool:
+        record = logged.record
+        if self.model is not None and record.model_name != self.model:
+            return False
+        if self.model_version is not None and record.model_version != self.model_version:
+            return False
+        if self.status_codes is not None and record.response_http_code not in self.status_codes:
+            return False
+        if self.since_ms is not None and record.request_timestamp < self.since_ms:
+            return False
+        if self.until_ms is not None and record.request_timestamp >= self.until_ms:
+            return False
+        if self.key is not None and logged.key != self.key:
+            return False
+        headers = logged.headers
+        if self.where and not all(headers.get(k) == v for k, v in self.where.items()):
+            return False
+        return not self.contains or all(
+            k in headers and v in headers[k] for k, v in self.contains.items()
+        )

@@ -2,18 +2,20 @@
 
 Each line holds the record's seven Avro fields under their schema names, then the Kafka key
 (the request id), headers (request-id, traceparent, caller, model-version, role, pod, and payload
-when a payload was redacted or cut), topic, partition, offset and timestamp. `--key` and `--header`
-keep only the records asked for; `--dedupe` drops the copies a crash re-sent and says on stderr
-how many it dropped. A secured Kafka is read with the flags of modelserving.kafka_security
-(`--command-config FILE` as Kafka's own tools take, and flags over it).
+when a payload was redacted or cut), topic, partition, offset and timestamp. `--model`,
+`--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
+`--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
+Kafka is read with the flags of modelserving.kafka_security (`--command-config FILE` as Kafka's
+own tools take, and flags over it). The connection and filter flags are shared with
+`modelserving logs export` (`inferencelog_export_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
+from typing import Any
 
 from modelserving import kafka_security
 from modelserving.inferencelog import read_inference_log
@@ -23,6 +25,11 @@ from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecuri
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC", help="the serving's inference log topic")
+    parser.epilog = (
+        "To write a time range of the log to a file (JSON lines or Parquet), see "
+        "`modelserving logs export --help`."
+    )
+    add_connection_arguments(parser)
     parser.add_argument(
         "--from-beginning",
         action="store_true",
@@ -31,7 +38,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--follow", action="store_true", help="keep waiting for new records (stop with Ctrl-C)"
     )
+    add_filter_arguments(parser)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a reader reaches the topic and decodes its values: `logs` and `logs export` alike."""
+    kafka_security.add_arguments(parser)
+    parser.add_argument(
+        "--confluent",
+        action="store_true",
+        help="values carry Confluent's schema-registry prefix (default: plain Avro)",
+    )
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which records a reader keeps: `logs` and `logs export` alike."""
     parser.add_argument("--model", metavar="NAME", help="only records of this model name")
+    parser.add_argument(
+        "--model-version",
+        type=int,
+        metavar="N",
+        help="only records of this model version (the record's modelVersion)",
+    )
+    parser.add_argument(
+        "--status",
+        action="append",
+        type=status_codes,
+        default=[],
+        metavar="CODE|Nxx",
+        help="only records whose responseHttpCode is CODE (503) or in a class (5xx); "
+        "may be repeated",
+    )
     parser.add_argument(
         "--key", metavar="REQUEST_ID", help="only the record of this request id (X-Request-Id)"
     )
@@ -50,18 +87,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         const=DEFAULT_WINDOW,
         default=0,
         metavar="N",
-        help="print a record only once: drop a record whose key, headers and value repeat one "
+        help="keep a record only once: drop a record whose key, headers and value repeat one "
         "of the N records seen most recently, as a re-send after a sidecar crash does (N: "
         f"{DEFAULT_WINDOW} when not given, up to 250 bytes each); another record under the same "
-        "key (other headers or value) is printed; how many were dropped goes to stderr at the end. "
+        "key (other headers or value) is kept; how many were dropped goes to stderr at the end. "
         "Give it after TOPIC, or as --dedupe=N",
     )
-    parser.add_argument(
-        "--confluent",
-        action="store_true",
-        help="values carry Confluent's schema-registry prefix (default: plain Avro)",
-    )
-    kafka_security.add_arguments(parser)
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `read_inference_log` arguments the shared flags ask for: where the topic is, how
+    its values are framed, and which records to keep."""
+    where, contains = header_filters(args.header)
+    codes = frozenset().union(*args.status) if args.status else None
+    servers, security = connection(args)
+    return {
+        "bootstrap_servers": servers,
+        "security": security,
+        "confluent": args.confluent,
+        "model": args.model,
+        "model_version": args.model_version,
+        "status_codes": codes,
+        "where": where,
+        "contains": contains,
+        "key": args.key,
+    }
 
 
 def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
@@ -70,6 +120,19 @@ def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
         return kafka_security.reader_connection(args)
     except KafkaSecurityError as exc:
         raise SystemExit(f"modelserving logs: {exc}") from None
+
+
+def status_codes(text: str) -> frozenset[int]:
+    """`--status`: one HTTP status code (503), or a class of them (5xx)."""
+    lowered = text.lower()
+    if len(lowered) == 3 and lowered[0] in "12345" and lowered[1:] == "xx":
+        first = int(lowered[0]) * 100
+        return frozenset(range(first, first + 100))
+    if len(text) == 3 and text.isdigit() and 100 <= int(text) <= 599:
+        return frozenset([int(text)])
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an HTTP status code (100-599) nor a class of them (2xx, 4xx, 5xx)"
+    )
 
 
 def window_size(text: str) -> int:
@@ -103,22 +166,14 @@ def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 
 
 async def _print_records(args: argparse.Namespace, window: DuplicateWindow | None) -> None:
-    where, contains = header_filters(args.header)
-    servers, security = connection(args)
     async for logged in read_inference_log(
         args.topic,
-        servers,
+        **reader_options(args),
         from_beginning=args.from_beginning,
         follow=args.follow,
-        model=args.model,
-        confluent=args.confluent,
-        where=where,
-        contains=contains,
-        key=args.key,
         dedupe=window if window is not None else 0,
-        security=security,
     ):
-        sys.stdout.write(json.dumps(logged.to_json_dict(), ensure_ascii=False) + "\n")
+        sys.stdout.write(logged.to_json_line() + "\n")
         if args.follow:
             sys.stdout.flush()
 

@@ -9,6 +9,7 @@ parts' logs are copied to test-logs/. Tests under tests/unit/ need none of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,18 +52,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def local_env() -> Iterator[LocalEnv]:
+def local_env(request: pytest.FixtureRequest) -> Iterator[LocalEnv]:
     was_up = localenv.settings_file().exists()
-    proc = subprocess.run(
-        [sys.executable, str(LOCALENV_SCRIPT), "up"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if proc.returncode != 0:
+    said = _environment_up(request.config)
+    if said is not None:
         pytest.fail(
             "the local environment of real parts could not be provisioned "
-            f"(python3 localenv/localenv.py up):\n{proc.stdout[-4000:]}",
+            f"(python3 localenv/localenv.py up):\n{said[-4000:]}",
             pytrace=False,
         )
     data = json.loads(localenv.settings_file().read_text())
@@ -74,6 +70,28 @@ def local_env() -> Iterator[LocalEnv]:
     )
     if not was_up and os.environ.get("MODELSERVING_KEEP_ENV") != "1":
         localenv.down()
+
+
+def _environment_up(config: pytest.Config) -> str | None:
+    """`localenv.py up`, its lines shown as they come (a first run builds its parts for
+    minutes, saying which and how far along), past pytest's capture; None once it is up, else
+    what it said."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    said: list[str] = []
+    with shown:
+        proc = subprocess.Popen(
+            [sys.executable, str(LOCALENV_SCRIPT), "up"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    return None if proc.wait() == 0 else "".join(said)
 
 
 @pytest.fixture(scope="session")
