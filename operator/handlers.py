@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from modelserving.operator.names import (
     LABEL_SERVING_NAMESPACE,
     cluster_role_binding_name,
 )
+from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Reconciler, reconcile
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
@@ -93,6 +95,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.watching.connect_timeout = min(10.0, ours.api_timeout_seconds)
     settings.persistence.diffbase_storage = _NoDiffBase()
+    # Replicas of one Deployment need priorities that differ (kopf freezes all that share the
+    # highest), and a dead active replica is replaced after its entry's lifetime: see peering.
+    settings.peering.priority = peering_priority(time.time())
+    settings.peering.lifetime = ours.peering_lifetime_seconds
     # The first listing of each kind in pages: a thousand Deployments in one answer is a spike
     # of memory that the process keeps (freed Python memory is rarely given back).
     settings.watching.chunk_size = 100
