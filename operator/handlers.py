@@ -30,6 +30,7 @@ from modelserving.operator.names import (
 )
 from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Reconciler, reconcile
+from modelserving.operator.secret_refs import key_digests, secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.topics import TopicKeeper
@@ -53,9 +54,15 @@ CHILD_RESOURCES = [
 SERVINGS_INDEX = "servings"
 # The serving's pods are watched, not owned: their log-status annotations feed LoggingReady.
 PODS_INDEX = "serving_pods"
+# The Secrets servings' pods read at start (secret_refs): a digest per key, never a value, and
+# which servings read each, so that a Secret's change marks only those.
+SECRETS_INDEX = "secret_digests"
+SECRET_READERS_INDEX = "secret_readers"
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
+    SECRETS_INDEX,
+    SECRET_READERS_INDEX,
     *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
 )
 
@@ -218,6 +225,31 @@ async def serving_event(
     _enqueue(memo, key, kwargs, serving_event=True)
 
 
+def _server_env(serving: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return ((serving.get("spec") or {}).get("server") or {}).get("env") or []
+
+
+@kopf.index("", "v1", "secrets", id=SECRETS_INDEX)
+async def index_secret(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, str]]:
+    return {(namespace, name): key_digests(body)}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SECRET_READERS_INDEX)
+async def index_secret_readers(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    return {(namespace, secret): name for secret in secret_names(_server_env(body))}
+
+
+@kopf.on.event("", "v1", "secrets", id="secrets_event")
+async def secret_event(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    assert namespace is not None  # Secrets are namespaced
+    for serving in kwargs[SECRET_READERS_INDEX].get((namespace, name), []):
+        _enqueue(memo, (namespace, serving), kwargs, serving_event=False)
+
+
 def _enqueue(
     memo: kopf.Memo, key: tuple[str, str], kwargs: Mapping[str, Any], *, serving_event: bool
 ) -> None:
@@ -277,10 +309,15 @@ async def _reconcile(
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
     pods = list(indexes[PODS_INDEX].get(key, []))
+    secrets = {
+        name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
+        for name in secret_names(_server_env(serving))
+    }
     try:
         delay = await reconcile(
-            rec, serving, children, pods=pods, from_serving_event=from_serving_event
-        )
+            rec, serving, children, pods=pods, secrets=secrets,
+            from_serving_event=from_serving_event,
+        )  # fmt: skip
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
         delay = rec.settings.retry_seconds

@@ -2,7 +2,8 @@
 
 Pure functions of the spec and the operator's settings. The pod mounts the two
 ConfigMaps where their files say (render_config), and its template carries their
-checksum so that a config change rolls the pods.
+checksum so that a config change rolls the pods, and the checksum of the Secret values
+its environment reads (secret_refs), so that a change of one of them does too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from modelserving import api
 from modelserving.operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
+    SECRETS_CHECKSUM_ANNOTATION,
     Manifest,
     labels,
     metadata,
@@ -147,7 +149,10 @@ def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
 
 
 def render_deployment(
-    spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
+    spec: ServingSpec,
+    settings: OperatorSettings,
+    configmaps: list[Manifest],
+    secrets_checksum: str | None = None,
 ) -> Manifest:
     own_account = spec.needs_service_account(settings)
     pod_spec: dict[str, Any] = {
@@ -169,6 +174,9 @@ def render_deployment(
     }
     if own_account:
         pod_spec["serviceAccountName"] = service_account_name(spec)
+    annotations = {CONFIG_CHECKSUM_ANNOTATION: config_checksum(configmaps)}
+    if secrets_checksum is not None:
+        annotations[SECRETS_CHECKSUM_ANNOTATION] = secrets_checksum
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "revisionHistoryLimit": 3,
@@ -180,7 +188,7 @@ def render_deployment(
         "template": {
             "metadata": {
                 "labels": labels(spec),
-                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(configmaps)},
+                "annotations": annotations,
             },
             "spec": pod_spec,
         },
