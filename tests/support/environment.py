@@ -35,6 +35,12 @@ class LocalEnv:
         )
 
 
+def restart_kube_apiserver() -> float:
+    """Kill the cluster's kube-apiserver alone (SIGKILL, as in a crash) and start it again;
+    the seconds until it was ready and authorizing requests again."""
+    return float(localenv.kube_apiserver_restart(signal.SIGKILL))
+
+
 class KafkaBroker:
     """The local broker, for tests that take it down and bring it back (outages)."""
 
