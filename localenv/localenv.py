@@ -363,9 +363,10 @@ def cluster_down() -> None:
     cluster_kubeconfig().unlink(missing_ok=True)
 
 
-def kube_apiserver_restart(sig: int = signal.SIGKILL) -> float:
+def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0) -> float:
     """Stop the cluster's kube-apiserver alone (etcd and the controllers keep running), by
-    SIGKILL as in a crash unless told, and start it again with the same command line; return
+    SIGKILL as in a crash unless told, and start it again with the same command line after
+    `down_seconds` (an outage longer than a restart, when asked for); return
     the seconds it was away, until it was ready and authorizing requests again. For tests of
     the operator across an API server restart. (SIGTERM drains: the server goes on answering
     for a minute or more while it shuts down.)"""
@@ -384,6 +385,7 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL) -> float:
         time.sleep(0.05)
     if _running(proc):
         os.kill(int(proc.name), signal.SIGKILL)
+    time.sleep(max(0.0, stopped + down_seconds - time.monotonic()))
     log_file = cluster / "logs" / "kube-apiserver.log"
     proc = _start_detached(command, log_file, pid_file)
     log(f"kube-apiserver stopped and started again ({time.monotonic() - stopped:.1f} s)")

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -82,6 +83,18 @@ class _NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+class RetryForever:
+    """kopf's delays between the tries of an API request: a few quick ones, then one every
+    10 s without end (an iterable without a length is endless to kopf, and each request
+    iterates it anew)."""
+
+    FIRST = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0)
+    THEN = 10.0
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.FIRST, itertools.repeat(self.THEN))
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
@@ -97,6 +110,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         resource = (group, version, plural) if group else (version, plural)
         settings.watching.label_selectors[resource] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
+    # kopf gives up on a request after its retries (54 s in all), and a watch given up on
+    # is never renewed: an API server away longer (a restart of a loaded one) left the
+    # operator deaf until restarted. It retries for as long as the API server is away.
+    settings.networking.error_backoffs = RetryForever()
     settings.networking.connect_timeout = min(10.0, ours.api_timeout_seconds)
     settings.watching.server_timeout = int(ours.watch_timeout_seconds)  # renew watches regularly
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30

@@ -35,10 +35,10 @@ class LocalEnv:
         )
 
 
-def restart_kube_apiserver() -> float:
-    """Kill the cluster's kube-apiserver alone (SIGKILL, as in a crash) and start it again;
-    the seconds until it was ready and authorizing requests again."""
-    return float(localenv.kube_apiserver_restart(signal.SIGKILL))
+def restart_kube_apiserver(down_seconds: float = 0.0) -> float:
+    """Kill the cluster's kube-apiserver alone (SIGKILL, as in a crash) and start it again,
+    after `down_seconds` if asked; the seconds until it was ready and authorizing again."""
+    return float(localenv.kube_apiserver_restart(signal.SIGKILL, down_seconds))
 
 
 class KafkaBroker:
