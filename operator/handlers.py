@@ -242,8 +242,9 @@ async def serving_event(
     _enqueue(memo, key, kwargs, serving_event=True)
 
 
-def _server_env(serving: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return ((serving.get("spec") or {}).get("server") or {}).get("env") or []
+def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
+    server = (serving.get("spec") or {}).get("server") or {}
+    return secret_names(server.get("env") or [], server.get("envFrom") or [])
 
 
 @kopf.index("", "v1", "secrets", id=SECRETS_INDEX)
@@ -257,7 +258,7 @@ async def index_secret(
 async def index_secret_readers(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], str]:
-    return {(namespace, secret): name for secret in secret_names(_server_env(body))}
+    return {(namespace, secret): name for secret in _secrets_read(body)}
 
 
 @kopf.on.event("", "v1", "secrets", id="secrets_event")
@@ -328,7 +329,7 @@ async def _reconcile(
     pods = list(indexes[PODS_INDEX].get(key, []))
     secrets = {
         name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
-        for name in secret_names(_server_env(serving))
+        for name in _secrets_read(serving)
     }
     try:
         delay = await reconcile(

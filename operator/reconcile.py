@@ -211,7 +211,7 @@ def _secrets_checksum(
 ) -> str | None:
     """The pods' digest of the Secret values they read; while one of those Secrets is missing,
     the digest the pods have (new pods could not start: the running ones are kept)."""
-    keys = secret_keys(spec.server.env)
+    keys = secret_keys(spec.server.env, spec.server.env_from)
     if not keys:
         return None
     checksum = secrets_checksum(keys, secrets)

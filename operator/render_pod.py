@@ -71,6 +71,8 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
     }
     if server.env:
         container["env"] = list(server.env)
+    if server.env_from:
+        container["envFrom"] = list(server.env_from)
     return container
 
 

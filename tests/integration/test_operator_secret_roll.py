@@ -1,13 +1,15 @@
-"""A Secret that a serving's TF Serving environment reads (spec.server.env), changed in place,
-rolls the serving's pods; a change the pods would not see (another key of that Secret, the
-API-key Secret, which the sidecar reloads live) rolls nothing. The operator runs as the
-chart's ServiceAccount, with the chart's rights on Secrets."""
+"""A Secret that a serving's TF Serving environment reads (spec.server.env or envFrom),
+changed in place, rolls the serving's pods; a change the pods would not see (another key of
+that Secret, the API-key Secret, which the sidecar reloads live) rolls nothing. The operator
+runs as the chart's ServiceAccount, with the chart's rights on Secrets."""
 
 from __future__ import annotations
 
 import base64
 
+import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from modelserving.operator.names import SECRETS_CHECKSUM_ANNOTATION
@@ -96,3 +98,43 @@ def test_a_secret_the_environment_reads_changed_in_place_rolls_the_pods(
 
     wait_for(rolled, timeout=90, what="the new pods to replace the old", interval=0.5)
     assert is_ready(crds, namespace, "mnist")
+
+
+def test_a_secret_read_whole_by_env_from_rolls_the_pods_and_a_bad_source_is_refused(
+    operator, crds, kube_client, namespace
+):
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="tf-env"), data=encoded(A="1")),
+    )
+
+    # An envFrom source that names neither a Secret nor a ConfigMap is refused, saying so
+    with pytest.raises(ApiException) as refused:
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL,
+            serving_manifest("bad", server={"envFrom": [{"prefix": "X_"}]}),
+        )  # fmt: skip
+    assert "exactly one of secretRef and configMapRef" in refused.value.body
+
+    # Given a serving whose TF Serving takes every key of a Secret as its environment
+    env_from = [{"secretRef": {"name": "tf-env"}, "prefix": "TF_"}]
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"enabled": False}, server={"envFrom": env_from}),
+    )  # fmt: skip
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    before = apps.read_namespaced_deployment("mnist", namespace)
+    assert before.spec.template.spec.containers[0].env_from[0].secret_ref.name == "tf-env"
+
+    # When a key is added to that Secret
+    core.patch_namespaced_secret("tf-env", namespace, {"data": encoded(B="2")})
+
+    # Then the pods roll
+    wait_for(
+        lambda: (
+            apps.read_namespaced_deployment("mnist", namespace).metadata.generation
+            == before.metadata.generation + 1
+        ),
+        timeout=30, what="the Deployment's pod template to change",
+    )  # fmt: skip

@@ -31,7 +31,7 @@ def secret(**values: str) -> dict:
     return {"data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
 
 
-def spec(env: list[dict]) -> ServingSpec:
+def spec(env: list[dict], env_from: list[dict] | None = None) -> ServingSpec:
     return ServingSpec.from_body(
         {
             "apiVersion": api.API_VERSION,
@@ -40,7 +40,7 @@ def spec(env: list[dict]) -> ServingSpec:
             "spec": {
                 "model": {"version": 1, "basePath": "s3://models/mnist"},
                 "auth": {"mode": "none"},
-                "server": {"env": env},
+                "server": {"env": env, **({"envFrom": env_from} if env_from else {})},
             },
         }
     )
@@ -92,3 +92,26 @@ def test_the_digests_keep_no_value():
 def test_the_pod_template_carries_the_checksum_only_where_secrets_are_read():
     assert pod_annotations("abc")[SECRETS_CHECKSUM_ANNOTATION] == "abc"
     assert SECRETS_CHECKSUM_ANNOTATION not in pod_annotations(None, env=[])
+
+
+ENV_FROM = [
+    {"secretRef": {"name": "whole"}, "prefix": "S_"},
+    {"configMapRef": {"name": "settings"}},
+]
+
+
+def test_a_secret_read_whole_by_env_from_counts_every_key():
+    keys = secret_keys([], ENV_FROM)
+    assert keys == (("whole", "*", False),)
+    assert secret_names(ENV, ENV_FROM) == ("s3", "tok", "whole")
+    before = secrets_checksum(keys, {"whole": key_digests(secret(a="1", b="2"))})
+    assert before != secrets_checksum(keys, {"whole": key_digests(secret(a="1", b="3"))})
+    assert before != secrets_checksum(keys, {"whole": key_digests(secret(a="1", b="2", c="4"))})
+    assert secrets_checksum(keys, {}) is None
+
+
+def test_env_from_is_rendered_into_the_tf_serving_container():
+    children = render_children(spec([], ENV_FROM), SETTINGS, 17, "abc")
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    tfserving = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert tfserving["envFrom"] == ENV_FROM
