@@ -374,6 +374,15 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0)
     pid_file = cluster / "pids" / "kube-apiserver.pid"
     proc = Path(f"/proc/{pid_file.read_text().strip()}")
     command = _apiserver_command(proc)
+    manager = Path(
+        f"/proc/{(cluster / 'pids' / 'kube-controller-manager.pid').read_text().strip()}"
+    )
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        if b"--leader-elect=false" not in (manager / "cmdline").read_bytes():
+            raise EnvError(
+                "this cluster's controller-manager would exit while the API server is away "
+                "(it was made before leader election was turned off): `make env-down env-up`"
+            )
     port = int(next(a for a in command["args"] if a.startswith("--secure-port=")).split("=")[1])
     stopped = time.monotonic()
     if _running(proc):
