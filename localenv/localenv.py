@@ -394,7 +394,13 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0)
         time.sleep(0.05)
     if _running(proc):
         os.kill(int(proc.name), signal.SIGKILL)
-    time.sleep(max(0.0, stopped + down_seconds - time.monotonic()))
+    if down_seconds > 0:
+        # Keep the port meanwhile (bound, not listening: callers are refused as by a server that
+        # is down), so that no other cluster on the machine picks it as a free port.
+        with socket.socket() as holder:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("0.0.0.0", port))
+            time.sleep(max(0.0, stopped + down_seconds - time.monotonic()))
     log_file = cluster / "logs" / "kube-apiserver.log"
     proc = _start_detached(command, log_file, pid_file)
     log(f"kube-apiserver stopped and started again ({time.monotonic() - stopped:.1f} s)")
