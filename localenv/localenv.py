@@ -549,6 +549,11 @@ def cluster_up() -> Path:
         # The API server's default Service range is a /24: 254 Services, fewer than the
         # servings a scale test makes (each has a Service).
         "--extra-args", "kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
+        # One controller-manager and one scheduler, that must outlive an API server restart
+        # (kube_apiserver_restart): with leader election they exit once their lease cannot be
+        # renewed for 10 s, and here nothing would start them again.
+        "--extra-args", "kube-controller-manager=leader-elect=false",
+        "--extra-args", "kube-scheduler=leader-elect=false",
         "--kube-apiserver-binary", str(kube_bin() / "kube-apiserver"),
         "--kube-controller-manager-binary", str(kube_bin() / "kube-controller-manager"),
         "--kube-scheduler-binary", str(kube_bin() / "kube-scheduler"),
@@ -581,6 +586,110 @@ def cluster_down() -> None:
         except EnvError as exc:
             log(str(exc))
     cluster_kubeconfig().unlink(missing_ok=True)
+
+
+def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0) -> float:
+    """Stop the cluster's kube-apiserver alone (etcd and the controllers keep running), by
+    SIGKILL as in a crash unless told, and start it again with the same command line after
+    `down_seconds` (an outage longer than a restart, when asked for); return
+    the seconds it was away, until it was ready and authorizing requests again. For tests of
+    the operator across an API server restart. (SIGTERM drains: the server goes on answering
+    for a minute or more while it shuts down.)"""
+    cluster = Path.home() / ".kwok" / "clusters" / CLUSTER_NAME
+    pid_file = cluster / "pids" / "kube-apiserver.pid"
+    proc = Path(f"/proc/{pid_file.read_text().strip()}")
+    command = _apiserver_command(proc)
+    manager = Path(
+        f"/proc/{(cluster / 'pids' / 'kube-controller-manager.pid').read_text().strip()}"
+    )
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        if b"--leader-elect=false" not in (manager / "cmdline").read_bytes():
+            raise EnvError(
+                "this cluster's controller-manager would exit while the API server is away "
+                "(it was made before leader election was turned off): `make env-down env-up`"
+            )
+    port = int(next(a for a in command["args"] if a.startswith("--secure-port=")).split("=")[1])
+    stopped = time.monotonic()
+    if _running(proc):
+        os.kill(int(proc.name), sig)
+    deadline = stopped + 60
+    # Gone, and its port free: a killed server's threads may hold it a moment after its
+    # first thread has ended.
+    while (_running(proc) or port_open(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _running(proc):
+        os.kill(int(proc.name), signal.SIGKILL)
+    if down_seconds > 0:
+        # Keep the port meanwhile (bound, not listening: callers are refused as by a server that
+        # is down), so that no other cluster on the machine picks it as a free port.
+        with socket.socket() as holder:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("0.0.0.0", port))
+            time.sleep(max(0.0, stopped + down_seconds - time.monotonic()))
+    log_file = cluster / "logs" / "kube-apiserver.log"
+    proc = _start_detached(command, log_file, pid_file)
+    log(f"kube-apiserver stopped and started again ({time.monotonic() - stopped:.1f} s)")
+    deadline = time.monotonic() + 120
+    # Ready, and authorizing again: /readyz passes before the RBAC caches are filled, while
+    # every request but an admin's is still refused (the discovery roles are granted to all).
+    probe = ("auth", "can-i", "get", "/version", "--as=probe", "--as-group=system:authenticated")
+    while True:
+        if not _running(proc):  # it could not listen yet: try again
+            proc = _start_detached(command, log_file, pid_file)
+        try:
+            kubectl(cluster_kubeconfig(), "get", "--raw", "/readyz")
+            if kubectl(cluster_kubeconfig(), *probe).strip() == "yes":
+                return time.monotonic() - stopped
+        except EnvError:
+            pass
+        if time.monotonic() > deadline:
+            raise EnvError("the kube-apiserver did not authorize requests 120 s after a restart")
+        time.sleep(0.2)
+
+
+def _apiserver_command(proc: Path) -> dict:
+    """The running kube-apiserver's command line, environment and folder, kept in the state
+    folder so that a server that a restart left down can still be started."""
+    saved = STATE / "kube-apiserver.json"
+    try:
+        command = {
+            "args": [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0")[:-1]],
+            "env": dict(
+                entry.decode().split("=", 1)
+                for entry in (proc / "environ").read_bytes().split(b"\0")
+                if b"=" in entry
+            ),
+            "cwd": os.readlink(proc / "cwd"),
+        }
+    except (FileNotFoundError, ProcessLookupError):
+        if not saved.exists():
+            raise EnvError("the kube-apiserver is not running") from None
+        return dict(json.loads(saved.read_text()))
+    if not command["args"]:  # a zombie's
+        return dict(json.loads(saved.read_text()))
+    saved.write_text(json.dumps(command))
+    return command
+
+
+def _start_detached(command: dict, log_file: Path, pid_file: Path) -> Path:
+    # Through a shell that exits at once: the server is nobody's child but init's, as kwokctl
+    # leaves it, and outlives whoever asked for the restart.
+    pid = run(
+        ["sh", "-c", f'exec "$@" >>"{log_file}" 2>&1 </dev/null & echo $!', "sh", *command["args"]],
+        cwd=Path(command["cwd"]),
+        env=command["env"],
+    ).strip()
+    pid_file.write_text(pid)
+    return Path(f"/proc/{pid}")
+
+
+def _running(proc: Path) -> bool:
+    """Whether the process of /proc/PID runs: a zombie no longer does (in a container whose
+    first process does not reap orphans, it may stay one)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def kafka_dir() -> Path:
@@ -895,6 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the shell settings of the running environment")
     kafka = sub.add_parser("kafka", help="stop or start the broker alone (outage tests)")
     kafka.add_argument("action", choices=["start", "stop", "kill", "pause", "resume"])
+    apiserver = sub.add_parser("apiserver", help="restart the kube-apiserver alone")
+    apiserver.add_argument("action", choices=["restart", "kill-restart"])
     logs = sub.add_parser("logs", help="copy the parts' logs into a folder")
     logs.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
@@ -916,6 +1027,9 @@ def main(argv: list[str] | None = None) -> int:
                 kafka_signal(signal.SIGSTOP if args.action == "pause" else signal.SIGCONT)
             else:
                 kafka_stop(signal.SIGKILL if args.action == "kill" else signal.SIGTERM)
+        elif args.command == "apiserver":
+            sig = signal.SIGKILL if args.action == "kill-restart" else signal.SIGTERM
+            print(f"the kube-apiserver was away {kube_apiserver_restart(sig):.1f} s")
         elif args.command == "logs":
             collect_logs(args.dest)
     except EnvError as exc:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -31,7 +32,9 @@ from modelserving.operator.names import (
     LABEL_SERVING_NAMESPACE,
     cluster_role_binding_name,
 )
+from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Reconciler, reconcile
+from modelserving.operator.secret_refs import key_digests, secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.topics import TopicKeeper
@@ -56,9 +59,15 @@ SERVINGS_INDEX = "servings"
 # The serving's pods are watched, not owned: their annotations feed the status (LoggingReady,
 # ModelReady, AuthReady, status.versions).
 PODS_INDEX = "serving_pods"
+# The Secrets servings' pods read at start (secret_refs): a digest per key, never a value, and
+# which servings read each, so that a Secret's change marks only those.
+SECRETS_INDEX = "secret_digests"
+SECRET_READERS_INDEX = "secret_readers"
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
+    SECRETS_INDEX,
+    SECRET_READERS_INDEX,
     *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
 )
 
@@ -78,6 +87,18 @@ class _NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+class RetryForever:
+    """kopf's delays between the tries of an API request: a few quick ones, then one every
+    10 s without end (an iterable without a length is endless to kopf, and each request
+    iterates it anew)."""
+
+    FIRST = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0)
+    THEN = 10.0
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.FIRST, itertools.repeat(self.THEN))
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
@@ -93,11 +114,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         resource = (group, version, plural) if group else (version, plural)
         settings.watching.label_selectors[resource] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
+    # kopf gives up on a request after its retries (54 s in all), and a watch given up on
+    # is never renewed: an API server away longer (a restart of a loaded one) left the
+    # operator deaf until restarted. It retries for as long as the API server is away.
+    settings.networking.error_backoffs = RetryForever()
     settings.networking.connect_timeout = min(10.0, ours.api_timeout_seconds)
     settings.watching.server_timeout = int(ours.watch_timeout_seconds)  # renew watches regularly
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.watching.connect_timeout = min(10.0, ours.api_timeout_seconds)
     settings.persistence.diffbase_storage = _NoDiffBase()
+    # Replicas of one Deployment need priorities that differ (kopf freezes all that share the
+    # highest), and a dead active replica is replaced after its entry's lifetime: see peering.
+    settings.peering.priority = peering_priority(time.time())
+    settings.peering.lifetime = ours.peering_lifetime_seconds
     # The first listing of each kind in pages: a thousand Deployments in one answer is a spike
     # of memory that the process keeps (freed Python memory is rarely given back).
     settings.watching.chunk_size = 100
@@ -251,6 +280,32 @@ async def serving_event(
     _enqueue(memo, key, kwargs, serving_event=True)
 
 
+def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
+    server = (serving.get("spec") or {}).get("server") or {}
+    return secret_names(server.get("env") or [], server.get("envFrom") or [])
+
+
+@kopf.index("", "v1", "secrets", id=SECRETS_INDEX)
+async def index_secret(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, str]]:
+    return {(namespace, name): key_digests(body)}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SECRET_READERS_INDEX)
+async def index_secret_readers(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    return {(namespace, secret): name for secret in _secrets_read(body)}
+
+
+@kopf.on.event("", "v1", "secrets", id="secrets_event")
+async def secret_event(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    assert namespace is not None  # Secrets are namespaced
+    for serving in kwargs[SECRET_READERS_INDEX].get((namespace, name), []):
+        _enqueue(memo, (namespace, serving), kwargs, serving_event=False)
+
+
 def _enqueue(
     memo: kopf.Memo, key: tuple[str, str], kwargs: Mapping[str, Any], *, serving_event: bool
 ) -> None:
@@ -313,10 +368,15 @@ async def _reconcile(
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
     pods = list(indexes[PODS_INDEX].get(key, []))
+    secrets = {
+        name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
+        for name in _secrets_read(serving)
+    }
     try:
         delay = await reconcile(
-            rec, serving, children, pods=pods, from_serving_event=from_serving_event
-        )
+            rec, serving, children, pods=pods, secrets=secrets,
+            from_serving_event=from_serving_event,
+        )  # fmt: skip
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
         delay = rec.settings.retry_seconds

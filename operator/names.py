@@ -15,6 +15,8 @@ Manifest = dict[str, Any]  # a child, as the API server takes it
 
 MODEL_ID_ANNOTATION = f"{api.GROUP}/model-id"
 CONFIG_CHECKSUM_ANNOTATION = f"{api.GROUP}/config-checksum"
+# The digest of the Secret values the pods read at start (secret_refs).
+SECRETS_CHECKSUM_ANNOTATION = f"{api.GROUP}/secrets-checksum"
 # Cluster-scoped children (the auth ClusterRoleBinding) cannot carry an ownerReference
 # to a namespaced serving, so they name their serving in these labels instead.
 LABEL_SERVING_NAMESPACE = f"{api.GROUP}/serving-namespace"

@@ -23,8 +23,9 @@ from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.model_report import event_for, model_status, ready_with_pods
 from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
-from modelserving.operator.names import MODEL_ID_ANNOTATION
+from modelserving.operator.names import MODEL_ID_ANNOTATION, SECRETS_CHECKSUM_ANNOTATION
 from modelserving.operator.render import render_children
+from modelserving.operator.secret_refs import KeyDigests, secret_keys, secrets_checksum
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
@@ -103,9 +104,11 @@ async def reconcile(
     children: Iterable[Mapping[str, Any]],
     *,
     pods: Iterable[Mapping[str, Any]] = (),
+    secrets: Mapping[str, KeyDigests | None] | None = None,
     from_serving_event: bool,
 ) -> float | None:
     """Apply what differs and write the status; returns seconds until a retry is due, if any.
+    `secrets` holds the digests of the Secrets the serving's pods read (None: missing).
 
     The work queue runs one reconcile of a serving at a time."""
     spec = ServingSpec.from_body(serving)
@@ -125,12 +128,15 @@ async def reconcile(
     children = list(children)
     live = {(c["kind"], c["metadata"]["name"]): c for c in children}
     deployment, apply_error = live.get(("Deployment", key[1])), None
-    render_key = (serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id)
+    checksum = _secrets_checksum(spec, secrets or {}, deployment)
+    render_key = (
+        serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
+    )  # fmt: skip
     seen = frozenset((*k, c["metadata"].get("resourceVersion")) for k, c in live.items())
     done: dict[str, list[str]] = {}
     if rec.verified.get(key) != (render_key, seen):
         deployment, apply_error, done = await _apply_children(
-            rec, serving, spec, model_id, live, deployment
+            rec, serving, spec, model_id, checksum, live, deployment
         )
         if apply_error is None and not any(done.values()):
             rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
@@ -183,6 +189,7 @@ async def _apply_children(
     serving: Mapping[str, Any],
     spec: ServingSpec,
     model_id: int,
+    secrets_checksum: str | None,
     live: dict[tuple[str, str], Mapping[str, Any]],
     deployment: Mapping[str, Any] | None,
 ) -> tuple[Mapping[str, Any] | None, str | None, dict[str, list[str]]]:
@@ -192,7 +199,7 @@ async def _apply_children(
     live = dict(live)
     apply_error = None
     done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
-    for manifest in render_children(spec, rec.settings, model_id):
+    for manifest in render_children(spec, rec.settings, model_id, secrets_checksum):
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
         if current is not None and covers(current, manifest):
             continue
@@ -217,6 +224,23 @@ async def _apply_children(
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
     return deployment, apply_error, done
+
+
+def _secrets_checksum(
+    spec: ServingSpec,
+    secrets: Mapping[str, KeyDigests | None],
+    deployment: Mapping[str, Any] | None,
+) -> str | None:
+    """The pods' digest of the Secret values they read; while one of those Secrets is missing,
+    the digest the pods have (new pods could not start: the running ones are kept)."""
+    keys = secret_keys(spec.server.env, spec.server.env_from)
+    if not keys:
+        return None
+    checksum = secrets_checksum(keys, secrets)
+    if checksum is None and deployment is not None:
+        template = deployment["spec"]["template"]["metadata"]
+        checksum = (template.get("annotations") or {}).get(SECRETS_CHECKSUM_ANNOTATION)
+    return checksum
 
 
 def _post_changes(

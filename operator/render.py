@@ -29,8 +29,14 @@ from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 
 
-def render_children(spec: ServingSpec, settings: OperatorSettings, model_id: int) -> list[Manifest]:
-    """Every child the serving needs, in the order to apply them (configs before pods)."""
+def render_children(
+    spec: ServingSpec,
+    settings: OperatorSettings,
+    model_id: int,
+    secrets_checksum: str | None = None,
+) -> list[Manifest]:
+    """Every child the serving needs, in the order to apply them (configs before pods);
+    `secrets_checksum` is the digest of the Secret values its pods read (secret_refs)."""
     configmaps = [
         render_tfserving_configmap(spec),
         render_sidecar_configmap(spec, settings, model_id),
@@ -42,7 +48,7 @@ def render_children(spec: ServingSpec, settings: OperatorSettings, model_id: int
         children.append(render_cluster_role_binding(spec, settings))
     children.append(render_log_status_role_binding(spec, settings))
     children += [
-        render_deployment(spec, settings, configmaps),
+        render_deployment(spec, settings, configmaps, secrets_checksum),
         render_service(spec),
         render_network_policy(spec),
     ]

@@ -2,7 +2,8 @@
 
 Pure functions of the spec and the operator's settings. The pod mounts the two
 ConfigMaps where their files say (render_config), and its template carries their
-checksum so that a config change rolls the pods.
+checksum so that a config change rolls the pods, and the checksum of the Secret values
+its environment reads (secret_refs), so that a change of one of them does too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from modelserving import api
 from modelserving.operator.kafka_access import sidecar_mounts, sidecar_volumes
 from modelserving.operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
+    SECRETS_CHECKSUM_ANNOTATION,
     Manifest,
     labels,
     metadata,
@@ -74,6 +76,8 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
     }
     if server.env:
         container["env"] = list(server.env)
+    if server.env_from:
+        container["envFrom"] = list(server.env_from)
     return container
 
 
@@ -185,7 +189,10 @@ def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, An
 
 
 def render_deployment(
-    spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
+    spec: ServingSpec,
+    settings: OperatorSettings,
+    configmaps: list[Manifest],
+    secrets_checksum: str | None = None,
 ) -> Manifest:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": True,
@@ -205,6 +212,9 @@ def render_deployment(
         ],
         "volumes": _volumes(spec, settings),
     }
+    annotations = {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)}
+    if secrets_checksum is not None:
+        annotations[SECRETS_CHECKSUM_ANNOTATION] = secrets_checksum
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "revisionHistoryLimit": 3,
@@ -216,7 +226,7 @@ def render_deployment(
         "template": {
             "metadata": {
                 "labels": labels(spec),
-                "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)},
+                "annotations": annotations,
             },
             "spec": pod_spec,
         },

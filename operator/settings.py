@@ -17,6 +17,7 @@ from typing import Any
 
 from modelserving import __version__, api
 from modelserving.operator.kafka_access import PLAINTEXT, KafkaSecuritySpec, parse_security
+from modelserving.operator.peering import MIN_LIFETIME_SECONDS
 from modelserving.sidecar.config import (
     ConfigError,
     LogCompression,
@@ -50,6 +51,9 @@ class OperatorSettings:
     sidecar_log_status_cluster_role: str = "modelserving-sidecar-log-status"
     peering: str = "modelserving"
     standalone: bool = False
+    # Seconds a replica's peering entry lasts unrenewed: the standby takes over this long
+    # (at most) after the active replica dies without leaving (SIGKILL, a lost node).
+    peering_lifetime_seconds: int = 15
     log_level: str = "INFO"
     worker_limit: int = 20
     api_concurrency: int = 10
@@ -180,6 +184,13 @@ def _kafka_security(value: str | Mapping[str, Any]) -> KafkaSecuritySpec:
     return parse_security(raw or {}, "the Kafka security") if raw else PLAINTEXT
 
 
+def _peering_lifetime(value: str | int) -> int:
+    seconds = int(value)
+    if seconds < MIN_LIFETIME_SECONDS:
+        raise ValueError(f"must be at least {MIN_LIFETIME_SECONDS} (seconds)")
+    return seconds
+
+
 def _flag(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -217,6 +228,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "the kopf peering name that keeps one operator replica active at a time"),
     "standalone": ("--standalone", "MODELSERVING_STANDALONE", _flag,
         "run without peering (one replica only)"),
+    "peering_lifetime_seconds": ("--peering-lifetime", "MODELSERVING_PEERING_LIFETIME",
+        _peering_lifetime,
+        "seconds a replica's peering entry lasts unrenewed: how long a standby replica waits "
+        "before taking over from an active one that died without leaving"),
     "log_level": ("--log-level", "MODELSERVING_LOG_LEVEL", _log_level,
         "DEBUG, INFO, WARNING or ERROR"),
     "worker_limit": ("--worker-limit", "MODELSERVING_WORKER_LIMIT", _positive_int,

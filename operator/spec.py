@@ -153,6 +153,7 @@ class ServerSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_TFSERVING_RESOURCES)
     args: tuple[str, ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
+    env_from: tuple[Mapping[str, Any], ...] = ()
     batching: BatchingSpec = BatchingSpec()
 
 
@@ -346,7 +347,8 @@ class ServingSpec:
 # Each table maps a section's keys to the conversion of their values.
 Converters = dict[str, Callable[[Any], Any]]
 
-_SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple}
+_SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple,
+                       "envFrom": tuple}  # fmt: skip
 _BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
 _SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -13,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from tests.support import REPO
+from tests.support.chart_account import operator_kubeconfig as operator_kubeconfig_for
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.waiting import wait_for
@@ -55,19 +57,28 @@ def operator_flags() -> Sequence[str]:
 
 
 @pytest.fixture
-def operator(crds, local_env, namespace, tmp_path, operator_flags) -> Iterator[Operator]:
-    """An operator for the test's namespace (with kopf's peering object), stopped at the end."""
-    peering = {
-        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-        "metadata": {"name": "modelserving", "namespace": namespace},
-    }  # fmt: skip
-    crds.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
-    op = Operator(local_env, namespace, tmp_path, operator_flags)
+def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
+    """A kubeconfig of the chart's own ServiceAccount, with the chart's RBAC and peering object
+    for the test's namespace applied: operators run with the rights the chart grants, never
+    as cluster admin."""
+    return operator_kubeconfig_for(
+        local_env, COUNTER_NAMESPACE, namespace, tmp_path / "operator.kubeconfig"
+    )
+
+
+@pytest.fixture
+def operator(
+    local_env, namespace, tmp_path, operator_flags, operator_kubeconfig
+) -> Iterator[Operator]:
+    """An operator for the test's namespace, as the chart's ServiceAccount, stopped at the end."""
+    op = Operator(local_env, namespace, tmp_path, operator_flags, kubeconfig=operator_kubeconfig)
     op.start()
     yield op
     op.stop()
     if not op.stopped_cleanly():
         print(op.log()[-4000:], file=sys.stderr)
+    # A refusal fails the test even where its assertions did not depend on the refused call.
+    assert op.refusals() == [], "the chart's ServiceAccount lacks a right the operator used"
 
 
 @pytest_asyncio.fixture(loop_scope="session")

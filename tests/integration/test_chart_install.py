@@ -215,6 +215,8 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
         rule("get", "configmaps", "", ns),
         rule("list", "pods", "", ns),
         rule("watch", "pods", "", ns),
+        rule("list", "secrets", "", ns),
+        rule("watch", "secrets", "", ns),
         rule("list", "customresourcedefinitions", "apiextensions.k8s.io"),
         rule("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
         *[
@@ -236,8 +238,9 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
 
 def operator_must_not(ns: str, release_ns: str) -> list[dict]:
     return [
-        rule("list", "secrets", "", ns),
-        rule("watch", "secrets", "", ns),
+        rule("create", "secrets", "", ns),
+        rule("patch", "secrets", "", ns),
+        rule("delete", "secrets", "", release_ns),
         rule("list", "secrets", "", release_ns),
         rule("create", "pods", "", ns),
         rule("create", "pods", "", ns, subresource="exec"),
@@ -309,6 +312,7 @@ def test_watched_namespaces_bound_the_operator_to_them(local_env, kube_client, n
             rule("list", "modelservings", "modelserving.io", "default"),
             rule("patch", "deployments", "apps", "default"),
             rule("create", "events", "", "default"),
+            rule("list", "secrets", "", "default"),
             rule("patch", "clusterkopfpeerings", "kopf.dev"),
         ]
         wait_for(lambda: access_review(kube_client, user, allowed[0]), 10, "the RoleBinding")

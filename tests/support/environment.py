@@ -37,6 +37,12 @@ class LocalEnv:
         )
 
 
+def restart_kube_apiserver(down_seconds: float = 0.0) -> float:
+    """Kill the cluster's kube-apiserver alone (SIGKILL, as in a crash) and start it again,
+    after `down_seconds` if asked; the seconds until it was ready and authorizing again."""
+    return float(localenv.kube_apiserver_restart(signal.SIGKILL, down_seconds))
+
+
 class KafkaBroker:
     """The local broker, for tests that take it down and bring it back (outages)."""
 

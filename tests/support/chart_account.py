@@ -1,0 +1,78 @@
+"""The operator's identity as the chart makes it: the chart's RBAC objects, ServiceAccount and
+peering object rendered by the real helm and applied to the test cluster, and a kubeconfig
+that carries a token of that ServiceAccount (TokenRequest), so that an operator run with it
+has exactly the rights the chart grants, and a right the chart lacks fails the test."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.support import REPO
+
+CHART = REPO / "charts" / "modelserving"
+# A release named as the chart: its full name is `modelserving`, so the ClusterRoles it binds
+# to servings' accounts carry the operator's default names (--sidecar-auth-cluster-role ...).
+RELEASE = "modelserving"
+# The chart's templates that make the operator's identity and rights (not its Deployment: the
+# operator runs as a local process).
+TEMPLATES = (
+    "templates/serviceaccount.yaml",
+    "templates/rbac.yaml",
+    "templates/sidecar-auth-clusterrole.yaml",
+    "templates/sidecar-log-status-clusterrole.yaml",
+    "templates/peering.yaml",
+)
+TOKEN_DURATION = "6h"  # longer than any test session
+
+
+def render_operator_account(local_env, release_namespace: str, watched: str) -> str:
+    """The chart's RBAC, ServiceAccount and peering objects for an operator watching one
+    namespace, as `helm template` renders them."""
+    shown = [arg for template in TEMPLATES for arg in ("--show-only", template)]
+    return _run(
+        local_env,
+        "helm", "template", RELEASE, str(CHART), "--namespace", release_namespace,
+        "--set", f"watchNamespaces={{{watched}}}", *shown,
+    )  # fmt: skip
+
+
+def operator_kubeconfig(local_env, release_namespace: str, watched: str, dest: Path) -> Path:
+    """Apply the chart's objects for an operator watching `watched` and write a kubeconfig at
+    `dest` that reaches the cluster as the chart's ServiceAccount."""
+    manifests = render_operator_account(local_env, release_namespace, watched)
+    _run(local_env, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-",
+         stdin=manifests)  # fmt: skip
+    account = next(
+        doc["metadata"]["name"]
+        for doc in yaml.safe_load_all(manifests)
+        if doc and doc["kind"] == "ServiceAccount"
+    )
+    token = _run(
+        local_env, "kubectl", "create", "token", account, "-n", release_namespace,
+        f"--duration={TOKEN_DURATION}",
+    ).strip()  # fmt: skip
+    admin = yaml.safe_load(Path(local_env.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    user = f"system:serviceaccount:{release_namespace}:{account}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user}}],
+        "current-context": user,
+    }
+    dest.write_text(yaml.safe_dump(config))
+    dest.chmod(0o600)
+    return dest
+
+
+def _run(local_env, *cmd: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        cmd, input=stdin, env=local_env.tool_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"{' '.join(cmd[:3])}:\n{proc.stderr}"
+    return proc.stdout
