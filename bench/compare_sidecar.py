@@ -25,14 +25,12 @@ local environment (.localenv/env.json); without it they are skipped. No cluster 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +38,9 @@ from bench import load
 from bench.environment import localenv_settings
 from bench.procs import PeakRss, Proc, tree_at
 from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
-from bench.sidecar import ROUTINGS, SidecarBench
+from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl
 from bench.stats import rps_per_core
 from bench.tools import Tools, vegeta_binary
-from bench.topics import topic_records
 
 LATENCY_RATE = 1000
 DIRECT = "direct (nginx upstream)"
@@ -169,34 +166,6 @@ def configurations(
                                                   "apiKey", True, code=code,
                                                   **json.loads(settings)))  # fmt: skip
     return configs
-
-
-def over_sasl_ssl(side: SidecarBench, name: str, code: Path | None) -> Configuration:
-    """The log-on sidecar producing over SASL_SSL; a run whose records did not reach the topic
-    (a refused producer spools them and answers as fast) fails rather than counting."""
-
-    @contextlib.contextmanager
-    def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-        with side.running("apiKey", True, code=code, **sasl_ssl_logging()) as (proc, target,
-                                                                                topic):  # fmt: skip
-            yield proc, target
-        if topic_records(side.bootstrap or "", topic or "")[0] == 0:
-            raise RuntimeError(f"no record reached {topic} over SASL_SSL")
-
-    return Configuration(name, start, group="ours")
-
-
-def sasl_ssl_logging() -> dict[str, object]:
-    """The log's settings for the local broker's SASL_SSL listener (SCRAM-SHA-512)."""
-    kafka = (localenv_settings() or {}).get("kafka")
-    if not kafka:
-        raise SystemExit("--log-over-sasl-ssl needs the local environment up (make env-up)")
-    return {
-        "bootstrapServers": kafka["sasl_ssl_bootstrap"],
-        "kafkaSecurity": {"protocol": "SASL_SSL", "caFile": kafka["ca_file"],
-                          "saslMechanism": "SCRAM-SHA-512", "username": kafka["user"],
-                          "passwordFile": kafka["password_file"]},
-    }  # fmt: skip
 
 
 def progress(message: str) -> None:

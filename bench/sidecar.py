@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.environment import localenv_kafka
+from bench.environment import localenv_kafka, localenv_settings
 from bench.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
 from bench.request_path import (
     OUTAGE_SECONDS,
@@ -46,6 +46,7 @@ ROUTINGS = {
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
 DURABLE = "sidecar, apiKey, log on, spooled"
+SASL_SSL = "sidecar, apiKey, log on over SASL_SSL"
 
 
 def sidecar_importable() -> str | None:
@@ -304,6 +305,34 @@ def configurations(bench: Bench) -> list[Configuration]:
             name = f"sidecar, apiKey, log on, {other} loop"
             configs.append(side.configuration(name, "apiKey", True, loop=other))
     return configs
+
+
+def over_sasl_ssl(side: SidecarBench, name: str, code: Path | None) -> Configuration:
+    """The log-on sidecar producing over SASL_SSL; a run whose records did not reach the topic
+    (a refused producer spools them and answers as fast) fails rather than counting."""
+
+    @contextlib.contextmanager
+    def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
+        with side.running("apiKey", True, code=code, **sasl_ssl_logging()) as (proc, target,
+                                                                                topic):  # fmt: skip
+            yield proc, target
+        if topic_records(side.bootstrap or "", topic or "")[0] == 0:
+            raise RuntimeError(f"no record reached {topic} over SASL_SSL")
+
+    return Configuration(name, start, group="ours")
+
+
+def sasl_ssl_logging() -> dict[str, object]:
+    """The log's settings for the local broker's SASL_SSL listener (SCRAM-SHA-512)."""
+    kafka = (localenv_settings() or {}).get("kafka")
+    if not kafka:
+        raise BenchError("the log over SASL_SSL needs the local environment up (make env-up)")
+    return {
+        "bootstrapServers": kafka["sasl_ssl_bootstrap"],
+        "kafkaSecurity": {"protocol": "SASL_SSL", "caFile": kafka["ca_file"],
+                          "saslMechanism": "SCRAM-SHA-512", "username": kafka["user"],
+                          "passwordFile": kafka["password_file"]},
+    }  # fmt: skip
 
 
 def uvloop_available() -> bool:
