@@ -43,6 +43,15 @@ ROUTINGS = {
     "split 90/10": SPLIT,
     "split 90/10 + shadow 10%": {**SPLIT, "shadow": {"version": 3, "percent": 10}},
 }
+# The one-version sidecar the variants are set beside, and each variant's configuration name.
+ONE_VERSION = "sidecar, apiKey, log on"
+
+
+def versions_configuration(variant: str) -> str:
+    """The name of the log-on sidecar over ROUTINGS[variant] (in make bench and bench-sidecar)."""
+    return f"sidecar [{variant}], apiKey, log on"
+
+
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
 DURABLE = "sidecar, apiKey, log on, spooled"
@@ -286,7 +295,7 @@ def configurations(bench: Bench) -> list[Configuration]:
         return []
     configs = [side.configuration("sidecar, apiKey, log off", "apiKey", False)]
     if side.bootstrap:
-        configs.append(side.configuration("sidecar, apiKey, log on", "apiKey", True))
+        configs.append(side.configuration(ONE_VERSION, "apiKey", True))
         configs.append(
             side.configuration(DURABLE, "apiKey", True, durability=LogDurability.SPOOLED.value)
         )
@@ -296,8 +305,8 @@ def configurations(bench: Bench) -> list[Configuration]:
             configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
     if side.bootstrap:
         for variant, routing in ROUTINGS.items():
-            configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on", "apiKey",
-                                              True, routing=routing))  # fmt: skip
+            configs.append(side.configuration(versions_configuration(variant), "apiKey", True,
+                                              routing=routing))  # fmt: skip
         # The other event loop than the one the project's environment gives, side by side.
         other = "asyncio" if uvloop_available() else "uvloop"
         if other == "asyncio" or bench.tools.pylib:
