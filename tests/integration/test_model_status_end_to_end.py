@@ -108,7 +108,8 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
     install_sidecar_cluster_role(local_env)
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
 
-    # Given a canary serving (version 3 at 90%, version 4 at 10%) and its pod, made by KWOK
+    # Given a canary serving (version 3 at 90%, version 4 at 10%, version 5 shadowing 10% of the
+    # requests) and its pod, made by KWOK
     manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
     manifest["spec"]["model"] = {
         "name": MODEL,
@@ -117,6 +118,7 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             {"version": 3, "weight": 90, "labels": ["stable"]},
             {"version": 4, "weight": 10, "labels": ["canary"]},
         ],
+        "shadow": {"version": 5, "percent": 10},
     }
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
     selector = f"{api.LABEL_INSTANCE}={SERVING}"
@@ -201,9 +203,11 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
                     ) as resp:
                         assert resp.status == 200, await resp.text()
                         answered[resp.headers["x-model-version"]] += 1
-            # Then status.versions shows the share each really served (within the minute)
+            # Then status.versions shows the share each really served (within the minute), of
+            # the callers' answers: the shadow's copies are not counted
+            assert set(answered) == {"3", "4"}
             expected = {3: round(100 * answered["3"] / REQUESTS),
-                        4: round(100 * answered["4"] / REQUESTS)}  # fmt: skip
+                        4: round(100 * answered["4"] / REQUESTS), 5: 0}  # fmt: skip
 
             def served() -> dict[int, int] | None:
                 shares = {v["version"]: v.get("servedPercent") for v in status()["versions"]}
@@ -213,7 +217,11 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             assert 5 <= expected[4] <= 15, answered  # 90/10 within a binomial bound
             states = {v["version"]: (v["weight"], v["role"], v["state"])
                       for v in status()["versions"]}  # fmt: skip
-            assert states == {3: (90, "stable", "AVAILABLE"), 4: (10, "canary", "AVAILABLE")}
+            assert states == {3: (90, "stable", "AVAILABLE"), 4: (10, "canary", "AVAILABLE"),
+                              5: (0, "shadow", "AVAILABLE")}  # fmt: skip
+            # And the shadow did get its copies, as TF Serving saw them
+            copies = [r for r in standin.forwarded if "/versions/5:" in r.path]
+            assert 0 < len(copies) < REQUESTS / 4, len(copies)
 
     # And each change of what the pods say was told once, as one Event: the auth configuration
     # usable at the first report, then the model's four states, and nothing more
