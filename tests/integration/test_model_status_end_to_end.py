@@ -133,10 +133,9 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
     routing = yaml.safe_load((routing_folder / Path(routing_file).name).read_text())
     tf_config = core.read_namespaced_config_map(f"{SERVING}-tfserving", namespace)
     model = standin_of(tf_config.data["models.config"])
-    # TF Serving cannot find the canary's files
-    model.fail_load(4)
-    tf_serving_error = model.served[4].error_message
-    assert BASE_PATH in tf_serving_error
+    # TF Serving finds no version of the model under its base path (yet)
+    loadable = dict(model.served)
+    model.served.clear()
 
     # The sidecar runs as the pod would run it: its pod's name, its ServiceAccount's token
     account = deployment.spec.template.spec.service_account_name
@@ -164,19 +163,31 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         async with running_sidecar(
             tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
         ) as running:
-            # Then the serving is not Ready: ModelLoadFailed with TF Serving's own message
-            failed = await until(lambda: ready_because("ModelLoadFailed"), 60, "ModelLoadFailed")
+            # Then the serving is not Ready: ModelLoadFailed with TF Serving's own 404
+            nothing = await until(lambda: ready_because("ModelLoadFailed"), 60, "ModelLoadFailed")
+            assert f"Could not find any versions of model {MODEL}" in nothing["message"]
+
+            # When version 3's files are found, and the canary's are not a SavedModel
+            model.served.update(loadable)
+            model.fail_load(4)
+            tf_serving_error = model.served[4].error_message
+            assert BASE_PATH in tf_serving_error
+
+            # Then the serving is still not Ready: ModelLoadFailed with TF Serving's message
+            failed = await until(
+                lambda: (c := ready_because("ModelLoadFailed")) and tf_serving_error in c["message"]
+                and c, 60, "ModelLoadFailed of version 4",
+            )  # fmt: skip
             assert failed["status"] == "False"
-            assert tf_serving_error in failed["message"]
             canary = next(v for v in status()["versions"] if v["version"] == 4)
             assert (canary["state"], canary["message"]) == ("END", tf_serving_error)
             # And kubectl get says why in its Status column
             table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
             column = table[0].index("STATUS")  # columns by offset: TRAFFIC holds spaces
             assert table[1][column:].split()[0] == "ModelLoadFailed", table
-            # And one Warning Event tells it, with TF Serving's message
+            # And one Warning Event told it, when the reason first became ModelLoadFailed
             (told,) = await until(lambda: events("ModelLoadFailed"), 30, "the Event")
-            assert told.type == "Warning" and tf_serving_error in told.message
+            assert told.type == "Warning" and f"versions of model {MODEL}" in told.message
 
             # When TF Serving loads the canary again, and is still at it
             model.hold_loading(4)
