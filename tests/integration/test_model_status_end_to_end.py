@@ -189,10 +189,22 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             (told,) = await until(lambda: events("ModelLoadFailed"), 30, "the Event")
             assert told.type == "Warning" and f"versions of model {MODEL}" in told.message
 
-            # When TF Serving loads the canary again, and is still at it
+            # When the canary's files are taken away: TF Serving no longer lists version 4
+            canary_version = model.served.pop(4)
+            missing = await until(lambda: ready_because("ModelLoading"), 60, "ModelLoading")
+            assert missing["message"] == (
+                f"TF Serving in {pod.metadata.name} reports no version 4: it loads it once "
+                f"{BASE_PATH}/4 holds a SavedModel"
+            )
+
+            # When they are back and TF Serving is loading them
+            model.served[4] = canary_version
             model.hold_loading(4)
-            loading = await until(lambda: ready_because("ModelLoading"), 60, "ModelLoading")
-            assert "version 4 is LOADING" in loading["message"]
+            loading = await until(
+                lambda: (c := ready_because("ModelLoading")) and "is LOADING" in c["message"]
+                and c, 60, "ModelLoading of version 4",
+            )  # fmt: skip
+            assert loading["message"] == f"version 4 is LOADING in {pod.metadata.name}"
 
             # When TF Serving goes away
             await tf_serving.aclose()
