@@ -38,7 +38,7 @@ from bench import load
 from bench.environment import localenv_settings
 from bench.procs import PeakRss, Proc, tree_at
 from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
-from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl
+from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
 from bench.stats import rps_per_core
 from bench.tools import Tools, vegeta_binary
 
@@ -103,7 +103,7 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
     `reference`, and with `latency` the percentiles added over the direct path."""
     ref = median([r.rps_per_core for r in results[reference]]) if results.get(reference) else None
     direct_runs = results.get(DIRECT)
-    head = f"{'configuration':44} {'rps':>7} {'core':>5} {'rps/core':>8} {'µs/req':>7} "
+    head = f"{'configuration':52} {'rps':>7} {'core':>5} {'rps/core':>8} {'µs/req':>7} "
     head += f"{'x bare':>6} {'RSS MiB':>7}"
     if latency:
         head += f" {'+p50 ms':>8} {'+p99 ms':>8} {'µs/req@' + str(LATENCY_RATE):>11}"
@@ -113,7 +113,7 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
             continue
         per_core = median([r.rps_per_core for r in runs])
         line = (
-            f"{name:44} {median([r.rps for r in runs]):7.0f}"
+            f"{name:52} {median([r.rps for r in runs]):7.0f}"
             f" {median([r.cpu_share for r in runs]):5.2f}"
             f" {per_core:8.0f} {median([r.cpu_us_per_request for r in runs]):7.1f}"
             f" {per_core / ref if ref else 0:6.2f} {max(r.rss_peak_mib for r in runs):7.1f}"
@@ -155,7 +155,7 @@ def configurations(
                                               True, code=code))  # fmt: skip
             if args.versions and code is None:
                 for variant, routing in ROUTINGS.items():
-                    configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on",
+                    configs.append(side.configuration(versions_configuration(variant),
                                                       "apiKey", True, routing=routing))  # fmt: skip
             if args.log_over_sasl_ssl:
                 configs.append(over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL",

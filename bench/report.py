@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from bench.sidecar import ONE_VERSION, ROUTINGS, versions_configuration
 from bench.stats import mean
 
 # DESIGN.md's targets for our sidecar (auth on, log on) and the references measured there.
@@ -55,7 +56,7 @@ def _both(runs: list[dict[str, Any]], get: Any, digits: int = 2) -> str:
     return " / ".join(values) if values else "-"
 
 
-OURS = "sidecar, apiKey, log on"
+OURS = ONE_VERSION
 OURS_LOG_OFF = "sidecar, apiKey, log off"
 OURS_DURABLE = "sidecar, apiKey, log on, spooled"
 KSERVE_LOGGER = "KServe agent, logger on"
@@ -258,6 +259,64 @@ def request_path_tables(part: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_us_per_request(run: dict[str, Any]) -> float:
+    """CPU µs per request at saturation: the inverse of requests/s per core."""
+    return 1e6 / run["rps_per_core"]
+
+
+def _over(runs: list[dict[str, Any]], base: list[dict[str, Any]], get: Any, digits: int) -> str:
+    """get(run) - get(the one-version run of the same pass), for each pass, `+x / +y`."""
+    values = []
+    for run, one in zip(runs, base, strict=False):
+        try:
+            values.append(f"{get(run) - get(one):+,.{digits}f}")
+        except (KeyError, TypeError, ZeroDivisionError):
+            values.append("failed" if "error" in run or "error" in one else "-")
+    return " / ".join(values) if values else "-"
+
+
+def versions_lines(part: dict[str, Any]) -> list[str]:
+    """What several model versions cost per request beside one version, pass by pass: CPU at
+    saturation and at 1,000 rps, and the added p99 at 1,000 rps. Empty when the variants were
+    not measured (no broker: the log-on sidecar did not run)."""
+    results = part["results"]
+    names = [versions_configuration(v) for v in ROUTINGS if versions_configuration(v) in results]
+    base = results.get(ONE_VERSION)
+    if not names or not base:
+        return []
+    lines = [
+        "### Several model versions: the cost of the split and of a 10% shadow",
+        "",
+        f"Beside the one-version sidecar ({ONE_VERSION}), in the same passes: the sidecar over "
+        "versions 1 and 2 at 90/10 (a hash of the request id, a table lookup), then the same "
+        "split with version 3 as a 10% shadow (a second upstream request and a second record "
+        "for one request in ten, after the caller's answer). CPU per request is the sidecar's "
+        "CPU time over the requests, at saturation (wrk) and at 1,000 rps (vegeta); "
+        "over one version is the difference in the same pass.",
+        "",
+        "| configuration | CPU µs/request, saturated | over one version | CPU µs/request at "
+        "1,000 rps | over one version | added p99 at 1,000 rps, ms | over one version |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def at_rate(run: dict[str, Any]) -> float:
+        return float(run["cpu_us_at_rate"]["1000"])
+
+    def p99(run: dict[str, Any]) -> float:
+        return float(run["added_ms"]["1000"]["p99"])
+
+    for name in [ONE_VERSION, *names]:
+        runs = results[name]
+        same = name == ONE_VERSION
+        lines.append(
+            f"| {name} | {_both(runs, _cpu_us_per_request, 1)} "
+            f"| {'' if same else _over(runs, base, _cpu_us_per_request, 1)} "
+            f"| {_both(runs, at_rate, 1)} | {'' if same else _over(runs, base, at_rate, 1)} "
+            f"| {_both(runs, p99, 3)} | {'' if same else _over(runs, base, p99, 3)} |"
+        )
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -312,6 +371,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "request_path" in parts:
         lines += ["## 1. Request path", "", f"![latency percentiles]({SVG_NAME})", ""]
         lines += [*request_path_tables(parts["request_path"]), ""]
+        versions = versions_lines(parts["request_path"])
+        if versions:
+            lines += [*versions, ""]
     if "outage" in parts:
         lines += ["## 2. Log destination down for 10 s at 1,000 rps", ""]
         lines += [*outage_lines(parts["outage"]), ""]

@@ -188,9 +188,15 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
             "rss_peak_mib": round(rss.peak_mib, 1),
             "latency": {},
         }
+        result["cpu_us_at_rate"] = {}
         for rate in RATES:
+            cpu_before = measured.cpu_seconds()
             lat = load.vegeta(bench.tools.vegeta, target, bench.workdir, rate, VEGETA_SECONDS)
             result["latency"][str(rate)] = as_dict(lat)
+            # At a fixed rate, not saturated: what a request costs where no batching helps.
+            if lat.requests:
+                cpu_us = (measured.cpu_seconds() - cpu_before) / lat.requests * 1e6
+                result["cpu_us_at_rate"][str(rate)] = round(cpu_us, 1)
         result["rss_after_mib"] = round(measured.rss_mib(), 1)
     return result
 

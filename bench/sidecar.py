@@ -43,6 +43,15 @@ ROUTINGS = {
     "split 90/10": SPLIT,
     "split 90/10 + shadow 10%": {**SPLIT, "shadow": {"version": 3, "percent": 10}},
 }
+# The one-version sidecar the variants are set beside, and each variant's configuration name.
+ONE_VERSION = "sidecar, apiKey, log on"
+
+
+def versions_configuration(variant: str) -> str:
+    """The name of the log-on sidecar over ROUTINGS[variant] (in make bench and bench-sidecar)."""
+    return f"sidecar [{variant}], apiKey, log on"
+
+
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
 DURABLE = "sidecar, apiKey, log on, spooled"
@@ -287,7 +296,7 @@ def configurations(bench: Bench) -> list[Configuration]:
         return []
     configs = [side.configuration("sidecar, apiKey, log off", "apiKey", False)]
     if side.bootstrap:
-        configs.append(side.configuration("sidecar, apiKey, log on", "apiKey", True))
+        configs.append(side.configuration(ONE_VERSION, "apiKey", True))
         configs.append(
             side.configuration(DURABLE, "apiKey", True, durability=LogDurability.SPOOLED.value)
         )
@@ -295,10 +304,12 @@ def configurations(bench: Bench) -> list[Configuration]:
         configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))
         if side.bootstrap:
             configs.append(side.configuration("sidecar, kubernetes, log on", "kubernetes", True))
+    if side.bootstrap and (localenv_settings() or {}).get("kafka", {}).get("sasl_ssl_bootstrap"):
+        configs.append(over_sasl_ssl(side, SASL_SSL, None))
     if side.bootstrap:
         for variant, routing in ROUTINGS.items():
-            configs.append(side.configuration(f"sidecar [{variant}], apiKey, log on", "apiKey",
-                                              True, routing=routing))  # fmt: skip
+            configs.append(side.configuration(versions_configuration(variant), "apiKey", True,
+                                              routing=routing))  # fmt: skip
         # The other event loop than the one the project's environment gives, side by side.
         other = "asyncio" if uvloop_available() else "uvloop"
         if other == "asyncio" or bench.tools.pylib:

@@ -22,6 +22,7 @@ from modelserving.operator.spec import ModelSpec
 from modelserving.operator.status import Condition
 
 AVAILABLE = "AVAILABLE"
+UNKNOWN = "UNKNOWN"  # the sidecar's word for a version TF Serving does not report
 # TF Serving's version states, best first; a state outside this list ranks as UNKNOWN.
 _STATE_RANK = {
     state: rank
@@ -145,7 +146,7 @@ def _cut(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
-def _problems(report: PodReport, versions: Iterable[int]) -> list[Problem]:
+def _problems(report: PodReport, versions: Iterable[int], base_path: str) -> list[Problem]:
     """Every problem one pod reports for the given versions, worst first."""
     found = []
     if not report.server_reachable:
@@ -171,6 +172,14 @@ def _problems(report: PodReport, versions: Iterable[int]) -> list[Problem]:
                     ),
                 )
             )
+        elif seen.state == UNKNOWN and not seen.error_message and report.server_reachable:
+            # TF Serving lists the versions it found files of: one it does not list is not
+            # under the base path (yet); it is loaded once it is, as TF Serving keeps looking.
+            message = (
+                f"TF Serving in {report.pod} reports no version {number}: it loads it once "
+                f"{base_path.rstrip('/')}/{number} holds a SavedModel"
+            )
+            found.append(Problem(MODEL_LOADING, _cut(message)))
         elif seen.state != AVAILABLE and report.server_reachable:
             detail = f": {seen.error_message}" if seen.error_message else ""
             message = f"version {number} is {seen.state} in {report.pod}{detail}"
@@ -217,8 +226,8 @@ def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelSt
     # Versions that take a share of the requests: while one is not AVAILABLE in a ready pod,
     # that pod does not serve as asked. Weight 0 and the shadow only show in ModelReady.
     weighted = [v.number for v in model.versions if v.weight > 0]
-    everything = [p for r in reports for p in _problems(r, every_version)]
-    gating = [p for r in reports for p in _problems(r, weighted)]
+    everything = [p for r in reports for p in _problems(r, every_version, model.base_path)]
+    gating = [p for r in reports for p in _problems(r, weighted, model.base_path)]
     model_problem = _worst(p for p in everything if p.reason != AUTH_CONFIG_INVALID)
     auth_problem = _worst(p for p in everything if p.reason == AUTH_CONFIG_INVALID)
     if not reports:
@@ -242,7 +251,9 @@ def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelSt
             else Condition("AuthReady", True, AUTH_READY, "the auth configuration is usable")
         )
     ready_pods = {r.pod for r in reports if r.ready}
-    blocking = _worst(p for r in reports if r.pod in ready_pods for p in _problems(r, weighted))
+    blocking = _worst(
+        p for r in reports if r.pod in ready_pods for p in _problems(r, weighted, model.base_path)
+    )
     return ModelStatus(
         versions=_version_entries(model, reports),
         model_ready=model_ready,

@@ -28,7 +28,7 @@ from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
 from modelserving.sidecar.library_internals import DirectAppRunner
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.model_report import publishing_model_report
-from modelserving.sidecar.model_state import ModelStateWatcher
+from modelserving.sidecar.model_state import WATCHED_AGE_SECONDS, ModelStateWatcher
 from modelserving.sidecar.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving.sidecar.proxy import Upstream, UpstreamAnswer, read_body
 from modelserving.sidecar.request_id import HEADER as REQUEST_ID
@@ -422,7 +422,7 @@ async def _model_report_step(app: web.Application) -> AsyncIterator[None]:
     """The pod's model report (in a pod only): TF Serving's view, the served counts, auth."""
     model_state, router, authenticator = app[MODEL_STATE], app[ROUTER], app[AUTHENTICATOR]
     async with publishing_model_report(
-        lambda: model_state.state,
+        lambda: model_state.fresh(WATCHED_AGE_SECONDS),
         lambda: router.routing,
         app[METRICS].served_by_version,
         authenticator.health,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from modelserving.api import MODEL_REPORT_ANNOTATION
@@ -98,7 +98,7 @@ class ServedWindow:
 
 @contextlib.asynccontextmanager
 async def publishing_model_report(
-    model_state: Callable[[], ModelState],
+    model_state: Callable[[], Awaitable[ModelState]],
     routing: Callable[[], Routing],
     served_totals: Callable[[], Mapping[int, int]],
     auth: Callable[[], AuthHealth],
@@ -106,11 +106,16 @@ async def publishing_model_report(
     check_seconds: float = CHECK_SECONDS,
 ) -> AsyncIterator[PodStatusPublisher | None]:
     """Publish the report on the pod while the block runs: written when it changed, and when
-    only the served counts did, at most every REFRESH_SECONDS."""
+    only the served counts did, at most every REFRESH_SECONDS.
+
+    `model_state` gives TF Serving's answer, awaited: the first report waits for the first look
+    at TF Serving rather than say it unreachable because it was not asked yet (the operator
+    would tell ServerUnavailable, a Warning, for every pod that starts)."""
     window = ServedWindow()
 
     async def make() -> tuple[dict[str, Any], object]:
-        report = model_report(model_state(), routing(), window.served(served_totals()), auth())
+        state = await model_state()
+        report = model_report(state, routing(), window.served(served_totals()), auth())
         return report, significant(report)
 
     async with publishing("model report", ANNOTATION, make, kubeconfig, check_seconds) as pub:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0  # how often TF Serving is asked (one small GET on a kept-alive connection)
 ANSWER_TIMEOUT_SECONDS = 5.0  # a status GET not answered by then: TF Serving counts as unreachable
+# The oldest the latest look gets while the watcher runs: a reader that accepts this age asks
+# TF Serving itself only before the first look is made (it then waits for that look).
+WATCHED_AGE_SECONDS = POLL_SECONDS + ANSWER_TIMEOUT_SECONDS
 
 AVAILABLE = "AVAILABLE"
 UNKNOWN = "UNKNOWN"  # a version TF Serving does not report (not in TF Serving's own states)

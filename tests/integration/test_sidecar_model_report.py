@@ -5,6 +5,7 @@ Serving going away."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -106,3 +107,36 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
             gone = await reported(lambda r: not r["server"]["reachable"])
             assert gone["server"]["error"] == "TF Serving is not reachable (connection refused)"
             assert {v["state"] for v in gone["versions"]} == {"UNKNOWN"}
+
+
+async def test_the_first_report_waits_for_tf_servings_first_answer(
+    local_env, kube_client, namespace, tmp_path
+):
+    """A TF Serving slow to answer its first status request is not reported unreachable: the
+    operator would tell ServerUnavailable (a Warning Event, Ready False) for a pod that is fine."""
+    core = client.CoreV1Api(kube_client)
+    core.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name=POD),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+    ))  # fmt: skip
+    seen: list[dict] = []
+
+    async def report() -> dict | None:
+        pod = await asyncio.to_thread(core.read_namespaced_pod, POD, namespace)
+        current = json.loads((pod.metadata.annotations or {}).get(ANNOTATION) or "null")
+        if current and current not in seen:
+            seen.append(current)
+        return current if current and current["versions"][0]["state"] == "AVAILABLE" else None
+
+    config = {
+        "serving": {"name": MODEL, "namespace": namespace},
+        "model": {"name": MODEL, "version": 3, "modelId": 21},
+        "auth": {"mode": "none", "kubeconfig": local_env.kubeconfig},
+    }
+    # Every answer takes a second, the first status answer too.
+    slow = TFServingStandIn({MODEL: StandInModel((3,))}, delay_seconds=1.0)
+    async with running_standin(slow) as (_, upstream):
+        config["upstream"] = {"url": upstream}
+        async with running_sidecar(tmp_path, config, None, POD_NAME=POD, POD_NAMESPACE=namespace):
+            await wait_for_async(report, 40, "the report of version 3 AVAILABLE", interval=0.2)
+    assert [r["server"] for r in seen] == [{"reachable": True, "error": ""}], seen

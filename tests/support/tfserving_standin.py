@@ -94,8 +94,10 @@ class StandInModel:
         return self.versions
 
     def hold_loading(self, version: int) -> None:
-        """The version is being loaded: reported LOADING, not served."""
+        """The version is being loaded (again, after a failed load too): reported LOADING with
+        status OK, as TF Serving reports a load in progress, not served."""
         self.served[version].state = LOADING
+        self.served[version].error_code, self.served[version].error_message = "OK", ""
 
     def make_available(self, version: int) -> None:
         self.served[version].state = AVAILABLE

@@ -297,3 +297,52 @@ def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path)
         cwd=code, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert Path(imported).is_relative_to(code)
+
+
+def _pass(rps_per_core: int, cpu_us_at_1000: float, added_p99: float) -> dict:
+    return {
+        "rps_per_core": rps_per_core,
+        "cpu_us_at_rate": {"200": 300.0, "1000": cpu_us_at_1000},
+        "added_ms": {"1000": {"p50": 0.1, "p90": 0.2, "p99": added_p99}},
+    }
+
+
+def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_by_pass():
+    sidecar = _load("sidecar")
+    split, shadow = (sidecar.versions_configuration(v) for v in sidecar.ROUTINGS)
+    part = {
+        "results": {
+            # 1e6/10000 = 100 µs saturated; 1e6/8000 = 125; 1e6/5000 = 200
+            sidecar.ONE_VERSION: [_pass(10000, 110.0, 0.5), _pass(10000, 120.0, 0.6)],
+            split: [_pass(8000, 115.5, 0.55), {"error": "x"}],
+            shadow: [_pass(5000, 150.0, 0.9), _pass(8000, 130.0, 0.7)],
+        }
+    }
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.versions_lines(part)}
+
+    def cells(name: str) -> list[str]:
+        return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
+
+    assert cells(sidecar.ONE_VERSION) == [
+        "100.0 / 100.0", "", "110.0 / 120.0", "", "0.500 / 0.600", ""
+    ]  # fmt: skip
+    assert cells(split) == [
+        "125.0 / failed", "+25.0 / failed", "115.5 / failed", "+5.5 / failed",
+        "0.550 / failed", "+0.050 / failed",
+    ]  # fmt: skip
+    assert cells(shadow) == [
+        "200.0 / 125.0", "+100.0 / +25.0", "150.0 / 130.0", "+40.0 / +10.0",
+        "0.900 / 0.700", "+0.400 / +0.100",
+    ]  # fmt: skip
+
+
+def test_versions_section_is_left_out_when_the_variants_did_not_run():
+    sidecar = _load("sidecar")
+    assert report.versions_lines({"results": {sidecar.ONE_VERSION: [_pass(1, 1.0, 1.0)]}}) == []
+    results = _results()
+    assert "Several model versions" not in report.render_markdown(results)
+    split = sidecar.versions_configuration(next(iter(sidecar.ROUTINGS)))
+    part = results["parts"]["request_path"]
+    part["configurations"].append(split)
+    part["results"][split] = [_pass(8000, 1.0, 1.0) | part["results"]["direct"][0]]
+    assert "### Several model versions" in report.render_markdown(results)

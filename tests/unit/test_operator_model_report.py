@@ -136,6 +136,32 @@ def test_tf_serving_that_knows_no_version_yet_is_loading_not_failed():
     assert message in status.model_ready.message
 
 
+def test_tf_serving_that_finds_no_version_of_the_model_is_a_failed_load():
+    # What the sidecar reports of TF Serving's 404 for the model (no version under its base path):
+    # each routed version UNKNOWN with the code of that 404, NOT_FOUND, and its message
+    message = "Could not find any versions of model mnist"
+    unknown = [version(n, "UNKNOWN", code="NOT_FOUND", message=message) for n in (3, 4, 5)]
+
+    status = model_status(CANARY, [pod("a", *unknown)])
+
+    assert status.model_ready.reason == "ModelLoadFailed"
+    assert ready_with_pods(READY, status).reason == "ModelLoadFailed"
+    assert f"version 3 could not be loaded in a: NOT_FOUND: {message}" in status.blocking.message
+
+
+def test_a_version_tf_serving_does_not_report_says_where_its_files_are_looked_for():
+    # TF Serving lists versions 3 and 5; the sidecar adds the routed version 4 as UNKNOWN
+    status = model_status(CANARY, [pod("a", version(3), version(4, "UNKNOWN", code=""),
+                                       version(5))])  # fmt: skip
+
+    assert status.model_ready.reason == "ModelLoading"
+    assert status.model_ready.message == (
+        "TF Serving in a reports no version 4: it loads it once s3://models/mnist/4 holds a "
+        "SavedModel"
+    )
+    assert ready_with_pods(READY, status).reason == "ModelLoading"
+
+
 def test_tf_serving_not_answering_is_server_unavailable():
     down = pod("a", server={"reachable": False, "error": "connection refused (127.0.0.1:8501)"})
 
