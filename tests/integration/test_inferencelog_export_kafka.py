@@ -33,6 +33,7 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import InferenceLogPipeline, open_inference_log
+from modelserving.sidecar.routing import STABLE
 from tests.support.waiting import wait_for_async
 
 COUNT = 10_000
@@ -61,7 +62,8 @@ class Produced:
         """The JSON line fields the record of this request must have (topic placement aside)."""
         ex = self.exchanges[request_id]
         version = ex.model_version if ex.model_version is not None else MODEL.version
-        headers = {"request-id": request_id, "model-version": str(version), "pod": self.pod}
+        headers = {"request-id": request_id, "model-version": str(version), "pod": self.pod,
+                   "role": ex.role or STABLE}  # fmt: skip
         if ex.caller is not None:
             headers["caller"] = ex.caller
         if ex.traceparent is not None:
