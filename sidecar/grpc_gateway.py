@@ -120,6 +120,11 @@ def message_options(settings: GrpcConfig) -> list[tuple[str, int]]:
     ]
 
 
+# gRPC binds with SO_REUSEPORT unless told not to: a second process on the port would share its
+# callers silently instead of failing to start.
+_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
 class _Refused(Exception):
     """A call the sidecar answers itself with this status."""
 
@@ -295,7 +300,7 @@ async def serving_grpc(
     async with grpc.aio.insecure_channel(settings.upstream, options=options) as channel:
         gateway = GrpcGateway(config, app[AUTHENTICATOR], app[ROUTER], app[INFERENCE_LOG],
                               app[METRICS], channel)  # fmt: skip
-        server = grpc.aio.server(handlers=gateway.handlers(), options=options)
+        server = grpc.aio.server(handlers=gateway.handlers(), options=options + _SERVER_OPTIONS)
         port = server.add_insecure_port(f"{host}:{settings.port}")
         await server.start()
         log.info("gRPC: TF Serving's API on %s:%s, forwarded to %s", host, port,

@@ -71,7 +71,10 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     models = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
     assert "versions: 1" in models
     policy = client.NetworkingV1Api(kube_client).read_namespaced_network_policy("mnist", namespace)
-    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [api.SIDECAR_PORT]
+    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [
+        api.SIDECAR_PORT,
+        api.SIDECAR_GRPC_PORT,
+    ]
 
     # And the topic exists in the real broker
     assert topic in kafka_topics(local_env.kafka_bootstrap)

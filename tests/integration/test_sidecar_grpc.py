@@ -295,3 +295,55 @@ async def test_a_version_label_and_the_split_choose_the_version_over_grpc(tmp_pa
 
 async def _answers(answered_by: Any, version: int) -> bool:
     return (await answered_by())[0] == version
+
+
+async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
+    local_env, topic, tmp_path
+):
+    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
+               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    models = {MODEL: StandInModel({1: StandInVersion(delay_seconds=30)})}
+
+    def with_id(request_id: str) -> tuple[tuple[str, str], ...]:
+        return (*GOOD, ("x-request-id", request_id))
+
+    async with (
+        grpc_sidecar(tmp_path, models=models, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+    ):
+        stub = PredictionServiceStub(channel)
+        servicer = setup.servicer
+
+        async def cancelled(n: int) -> bool:
+            return servicer.cancelled == ["Predict"] * n
+
+        async def arrived(n: int) -> bool:
+            return len(servicer.seen) == n
+
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await stub.Predict(predict_request([1.0]), metadata=with_id("late"), timeout=1)
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # TF Serving's call ends with it, not left to run its 30 s.
+        await wait_for_async(lambda: cancelled(1), timeout=10, what="the call to be cancelled")
+        # A call the caller cancels is cancelled at TF Serving too, and has no record: nobody
+        # got an answer.
+        call = stub.Predict(predict_request([2.0]), metadata=with_id("given-up"))
+        await wait_for_async(lambda: arrived(2), timeout=10, what="the call at the stand-in")
+        call.cancel()
+        await wait_for_async(lambda: cancelled(2), timeout=10, what="the call to be cancelled")
+        models[MODEL].served[1].delay_seconds = 0
+        answer = await stub.Predict(predict_request([3.0]), metadata=with_id("answered"),
+                                    timeout=10)  # fmt: skip
+    assert answer.outputs["y"].float_val[0] == 3.5
+    logged: dict[str, Any] = {}
+
+    async def answered_logged() -> bool:
+        async for r in read_inference_log(topic, local_env.kafka_bootstrap, from_beginning=True):
+            logged[r.key] = r
+        return "answered" in logged
+
+    await wait_for_async(answered_logged, timeout=60, what="the answered call's record")
+    assert logged["answered"].record.response_http_code == 200
+    assert "given-up" not in logged
+    # The late call: a 504 when the sidecar's own deadline for TF Serving fired first.
+    assert "late" not in logged or logged["late"].record.response_http_code == 504

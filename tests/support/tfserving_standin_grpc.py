@@ -56,6 +56,7 @@ class StandInServicer:
     def __init__(self, standin: TFServingStandIn) -> None:
         self.standin = standin
         self.seen: list[SeenCall] = []
+        self.cancelled: list[str] = []  # the methods of calls cancelled while being answered
 
     def _seen(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         if self.standin.record:
@@ -111,6 +112,9 @@ class StandInServicer:
             if self.standin.delay_seconds:
                 await asyncio.sleep(self.standin.delay_seconds)
             return await answer(request)
+        except asyncio.CancelledError:
+            self.cancelled.append(method)
+            raise
         except _Abort as exc:
             await context.abort(exc.code, exc.message)
 

@@ -156,9 +156,12 @@ def test_service_and_network_policy_expose_only_the_sidecar():
     children = by_kind(render_children(mnist(), SETTINGS, 17))
     service = children["Service"][0]
     policy = children["NetworkPolicy"][0]
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    assert [p["port"] for p in service["spec"]["ports"]] == [8080]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": api.SIDECAR_PORT}]}]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8080, 8500]
+    assert policy["spec"]["ingress"] == [{"ports": [
+        {"protocol": "TCP", "port": api.SIDECAR_PORT},
+        {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
+    ]}]  # fmt: skip
     assert mnist().endpoint == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
 
 
