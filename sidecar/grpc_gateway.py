@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
-from modelserving.sidecar.app import AUTHENTICATOR, CONFIG, INFERENCE_LOG, METRICS, ROUTER
+from modelserving.sidecar.app import (
+    AUTHENTICATOR,
+    CONFIG,
+    INFERENCE_LOG,
+    METRICS,
+    ROUTER,
+    SHADOW,
+)
 from modelserving.sidecar.auth import Authenticator
 from modelserving.sidecar.config import GrpcConfig, LogDurability, SidecarConfig
 from modelserving.sidecar.errors import SidecarError, error_body
@@ -40,7 +47,8 @@ from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_mode
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.request_id import request_id
 from modelserving.sidecar.router import Router
-from modelserving.sidecar.routing import VersionRoute, bucket_of
+from modelserving.sidecar.routing import VersionRoute, bucket_of, shadow_point
+from modelserving.sidecar.shadow import ShadowCopy, ShadowSender
 from modelserving.tfserving.serving_apis_pb2 import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -144,6 +152,7 @@ class GrpcGateway:
         sink: InferenceLogSink | None,
         metrics: SidecarMetrics,
         channel: grpc.aio.Channel,
+        shadow: ShadowSender,
     ) -> None:
         self.model_name = config.model.name
         self.timeout = config.upstream.timeout_seconds
@@ -156,6 +165,8 @@ class GrpcGateway:
         self.upstream: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
             m.path: channel.unary_unary(m.path) for m in METHODS
         }
+        self.shadow = shadow
+        shadow.grpc_send = self.send_shadow
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
@@ -184,7 +195,7 @@ class GrpcGateway:
         served = ""
         try:
             caller = await self.authenticate(metadata.get(AUTHORIZATION))
-            version, forwarded = self.route(request, metadata, caller, rid)
+            version, forwarded, shadow = self.route(method, request, metadata, caller, rid)
             if method.logged and self.sink is not None and not self.sink.accepting():
                 raise _Refused(grpc.StatusCode.UNAVAILABLE,
                                "The inference log is full; try again later")  # fmt: skip
@@ -231,6 +242,18 @@ class GrpcGateway:
                     ("The inference log cannot keep this request; try again later"),
                 )
                 status = 503
+        if shadow is not None:
+            self.shadow.send(ShadowCopy(
+                request_id=rid,
+                received_ms=received_ms,
+                verb=method.verb,
+                body=shadow[1],
+                content_type="application/grpc",
+                caller=caller,
+                traceparent=metadata.get("traceparent"),
+                version=shadow[0],
+                grpc_method=method.name,
+            ))  # fmt: skip
         self.metrics.request_done(method.label, status, time.perf_counter() - started, served)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, details)
@@ -247,11 +270,31 @@ class GrpcGateway:
         self.metrics.auth_result(authenticator.mode, "allowed")
         return caller
 
+    async def send_shadow(self, copy: ShadowCopy, timeout: float) -> tuple[int, bytes]:
+        """A call's copy to the shadow version (`shadow` sends it): its HTTP code and answer
+        (TF Serving's error body when it failed)."""
+        send = self.upstream[f"/{PREDICTION_SERVICE}/{copy.grpc_method}"]
+        passed_on = [(REQUEST_ID, copy.request_id)]
+        if copy.traceparent:
+            passed_on.append(("traceparent", copy.traceparent))
+        try:
+            answer = await send(copy.body, timeout=timeout, metadata=passed_on)
+        except grpc.aio.AioRpcError as exc:
+            return HTTP_STATUS.get(exc.code(), 500), error_body(exc.details() or "")
+        return 200, answer
+
     def route(
-        self, request: bytes, metadata: dict[str, str], caller: str | None, rid: str
-    ) -> tuple[VersionRoute | None, bytes]:
+        self,
+        method: Method,
+        request: bytes,
+        metadata: dict[str, str],
+        caller: str | None,
+        rid: str,
+    ) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
         """The version the call goes to (None: a label the routing does not know, left to TF
-        Serving) and the request to forward: the version put in its model spec."""
+        Serving), the request to forward (the version put in its model spec), and the shadow's
+        version and copy when this call is copied to it (a call that names a version or label
+        is not, as over REST)."""
         try:
             spec, span = read_model_spec(request)
         except WireError as exc:
@@ -263,12 +306,21 @@ class GrpcGateway:
         table = self.router.table
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
-            return table.version(self.model_name, spec.version.value), request
+            return table.version(self.model_name, spec.version.value), request, None
+        shadow = None
         if choice == "version_label":
             version = table.by_label.get(spec.version_label)
             if version is None:
-                return None, request
-        elif table.only is not None:
+                return None, request, None
+            return version, _naming(request, span, spec, version.version), None
+        if method.logged and table.shadow and shadow_point(rid) < table.shadow_percent:
+            if table.shadow.version in table.available:
+                copy = ModelSpec()
+                copy.CopyFrom(spec)
+                shadow = table.shadow, _naming(request, span, copy, table.shadow.version)
+            else:
+                self.shadow.skip()
+        if table.only is not None:
             version = table.only
         else:
             key = None
@@ -277,7 +329,7 @@ class GrpcGateway:
             elif table.sticky_caller:
                 key = caller
             version = table.buckets[bucket_of(key or rid)]
-        return version, _naming(request, span, spec, version.version)
+        return version, _naming(request, span, spec, version.version), shadow
 
 
 def _naming(request: bytes, span: tuple[int, int], spec: ModelSpec, version: int) -> bytes:
@@ -299,7 +351,7 @@ async def serving_grpc(
     options = message_options(settings)
     async with grpc.aio.insecure_channel(settings.upstream, options=options) as channel:
         gateway = GrpcGateway(config, app[AUTHENTICATOR], app[ROUTER], app[INFERENCE_LOG],
-                              app[METRICS], channel)  # fmt: skip
+                              app[METRICS], channel, app[SHADOW])  # fmt: skip
         server = grpc.aio.server(handlers=gateway.handlers(), options=options + _SERVER_OPTIONS)
         port = server.add_insecure_port(f"{host}:{settings.port}")
         await server.start()

@@ -65,7 +65,7 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     pod = apps.read_namespaced_deployment("mnist", namespace).spec.template.spec
     assert [c.name for c in pod.containers] == [api.TFSERVING_CONTAINER, api.SIDECAR_CONTAINER]
     service = core.read_namespaced_service("mnist", namespace)
-    assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http")]
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http"), (8500, "grpc")]
     sidecar_yaml = core.read_namespaced_config_map("mnist-sidecar", namespace).data["sidecar.yaml"]
     assert f"modelId: {status['modelId']}" in sidecar_yaml and topic in sidecar_yaml
     models = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]

@@ -43,8 +43,10 @@ MODEL = "half_plus_two"
 KEY = "grpc-test-key"
 LIMIT = 8 * 1024 * 1024  # grpc.maxMessageBytes of these tests' sidecar
 # A client as TF Serving's users write one, with its own message size limit raised.
-CLIENT_OPTIONS = [("grpc.max_send_message_length", 64 << 20),
-                  ("grpc.max_receive_message_length", 64 << 20)]  # fmt: skip
+CLIENT_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
 GOOD = (("authorization", f"ApiKey {KEY}"),)
 
 
@@ -95,15 +97,20 @@ def floats(values: list[float], packed: bool = False) -> tensor_pb2.TensorProto:
 
 
 def predict_request(values: list[float], packed: bool = False, **spec: Any) -> Any:
-    return apis.PredictRequest(model_spec=apis.ModelSpec(name=MODEL, **spec),
-                               inputs={"x": floats(values, packed)})  # fmt: skip
+    return apis.PredictRequest(
+        model_spec=apis.ModelSpec(name=MODEL, **spec), inputs={"x": floats(values, packed)}
+    )
 
 
 def examples(*xs: float) -> apis.Input:
-    return apis.Input(example_list=apis.ExampleList(examples=[
-        Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[x]))}))
-        for x in xs
-    ]))  # fmt: skip
+    return apis.Input(
+        example_list=apis.ExampleList(
+            examples=[
+                Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[x]))}))
+                for x in xs
+            ]
+        )
+    )
 
 
 async def records(topic: str, bootstrap: str, expected: int) -> list[Any]:
@@ -123,22 +130,34 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
     calls = [
         ("Predict", predict_request([1.0, 2.0, 5.0])),
         ("Predict", predict_request([1.0, 2.0], packed=True, signature_name="serving_default")),
-        ("Classify", apis.ClassificationRequest(model_spec=apis.ModelSpec(name=MODEL),
-                                                input=examples(1.0, 3.0))),
-        ("Regress", apis.RegressionRequest(model_spec=apis.ModelSpec(name=MODEL),
-                                           input=examples(4.0))),
-        ("GetModelMetadata", apis.GetModelMetadataRequest(
-            model_spec=apis.ModelSpec(name=MODEL), metadata_field=["signature_def"])),
+        (
+            "Classify",
+            apis.ClassificationRequest(
+                model_spec=apis.ModelSpec(name=MODEL), input=examples(1.0, 3.0)
+            ),
+        ),
+        (
+            "Regress",
+            apis.RegressionRequest(model_spec=apis.ModelSpec(name=MODEL), input=examples(4.0)),
+        ),
+        (
+            "GetModelMetadata",
+            apis.GetModelMetadataRequest(
+                model_spec=apis.ModelSpec(name=MODEL), metadata_field=["signature_def"]
+            ),
+        ),
         ("GetModelStatus", apis.GetModelStatusRequest(model_spec=apis.ModelSpec(name=MODEL))),
-    ]  # fmt: skip
+    ]
     async with (
         grpc_sidecar(tmp_path) as setup,
         grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as through,
         grpc.aio.insecure_channel(setup.direct, options=CLIENT_OPTIONS) as direct,
     ):
         for name, request in calls:
-            stubs = [ModelServiceStub(c) if name == "GetModelStatus" else PredictionServiceStub(c)
-                     for c in (through, direct)]  # fmt: skip
+            stubs = [
+                ModelServiceStub(c) if name == "GetModelStatus" else PredictionServiceStub(c)
+                for c in (through, direct)
+            ]
             call = getattr(stubs[0], name)(request, metadata=GOOD, timeout=5)
             answer = await call
             expected = await getattr(stubs[1], name)(request, timeout=10)
@@ -172,8 +191,12 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
 async def test_no_credential_or_a_wrong_key_gets_the_rest_codes_meaning_and_nothing_is_forwarded_or_logged(  # noqa: E501
     local_env, topic, tmp_path
 ):
-    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
     request = predict_request([1.0])
     async with (
         grpc_sidecar(tmp_path, logging=logging) as setup,
@@ -182,8 +205,11 @@ async def test_no_credential_or_a_wrong_key_gets_the_rest_codes_meaning_and_noth
     ):
         stub = PredictionServiceStub(channel)
         codes = []
-        for metadata in ((), (("authorization", "ApiKey not-the-key"),),
-                         (("authorization", "Basic dXNlcjpwYXNz"),)):  # fmt: skip
+        for metadata in (
+            (),
+            (("authorization", "ApiKey not-the-key"),),
+            (("authorization", "Basic dXNlcjpwYXNz"),),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Predict(request, metadata=metadata, timeout=10)
             codes.append(refused.value.code())
@@ -194,8 +220,11 @@ async def test_no_credential_or_a_wrong_key_gets_the_rest_codes_meaning_and_noth
             ) as resp:
                 assert resp.status == 401
         with pytest.raises(grpc.aio.AioRpcError) as other_model:
-            await stub.Predict(apis.PredictRequest(model_spec=apis.ModelSpec(name="other")),
-                               metadata=GOOD, timeout=10)  # fmt: skip
+            await stub.Predict(
+                apis.PredictRequest(model_spec=apis.ModelSpec(name="other")),
+                metadata=GOOD,
+                timeout=10,
+            )
         assert setup.servicer.seen == []
         answer = await stub.Predict(request, metadata=GOOD, timeout=10)
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3
@@ -214,8 +243,7 @@ async def test_a_6_mb_request_passes_and_one_over_the_limit_is_resource_exhauste
         grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
     ):
         stub = PredictionServiceStub(channel)
-        answer = await stub.Predict(predict_request(six_mb, packed=True), metadata=GOOD,
-                                    timeout=60)  # fmt: skip
+        answer = await stub.Predict(predict_request(six_mb, packed=True), metadata=GOOD, timeout=60)
         assert len(answer.outputs["y"].float_val) == len(six_mb)
         assert answer.outputs["y"].float_val[999] == 0.5 * 999 + 2
         seen_before = len(setup.servicer.seen)
@@ -228,8 +256,12 @@ async def test_a_6_mb_request_passes_and_one_over_the_limit_is_resource_exhauste
 async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_with_the_same_input(
     local_env, topic, tmp_path
 ):
-    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
     async with (
         grpc_sidecar(tmp_path, logging=logging) as setup,
         grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
@@ -250,10 +282,17 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
     logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
     over_grpc, over_rest = logged[grpc_id], logged[rest_id]
     assert (over_grpc.headers[HEADER_PROTOCOL], over_rest.headers[HEADER_PROTOCOL]) == (
-        "grpc", "rest"
-    )  # fmt: skip
-    fields = ("model_id", "model_name", "model_version", "response_http_code",
-              "inference_request", "inference_response")  # fmt: skip
+        "grpc",
+        "rest",
+    )
+    fields = (
+        "model_id",
+        "model_name",
+        "model_version",
+        "response_http_code",
+        "inference_request",
+        "inference_response",
+    )
     assert {f: getattr(over_grpc.record, f) for f in fields} == {
         f: getattr(over_rest.record, f) for f in fields
     }
@@ -265,10 +304,20 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
 
 
 async def test_a_version_label_and_the_split_choose_the_version_over_grpc(tmp_path):
-    models = {MODEL: StandInModel({1: StandInVersion(slope=0.0, intercept=1.0),
-                                   2: StandInVersion(slope=0.0, intercept=2.0)})}  # fmt: skip
-    routing = {"versions": [{"version": 1, "weight": 100, "labels": ["stable"]},
-                            {"version": 2, "weight": 0, "labels": ["canary"]}]}  # fmt: skip
+    models = {
+        MODEL: StandInModel(
+            {
+                1: StandInVersion(slope=0.0, intercept=1.0),
+                2: StandInVersion(slope=0.0, intercept=2.0),
+            }
+        )
+    }
+    routing = {
+        "versions": [
+            {"version": 1, "weight": 100, "labels": ["stable"]},
+            {"version": 2, "weight": 0, "labels": ["canary"]},
+        ]
+    }
     async with (
         grpc_sidecar(tmp_path, models=models, routing=routing) as setup,
         grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
@@ -282,8 +331,9 @@ async def test_a_version_label_and_the_split_choose_the_version_over_grpc(tmp_pa
             return answer.model_spec.version.value, answer.outputs["y"].float_val[0], header
 
         # The sidecar knows both versions AVAILABLE once it has asked TF Serving.
-        await wait_for_async(lambda: _answers(answered_by, 1), timeout=30,
-                             what="the stable version to answer")  # fmt: skip
+        await wait_for_async(
+            lambda: _answers(answered_by, 1), timeout=30, what="the stable version to answer"
+        )
         assert await answered_by(version_label="canary") == (2, 2.0, "2")
         assert await answered_by(version_label="stable") == (1, 1.0, "1")
         assert await answered_by() == (1, 1.0, "1")
@@ -300,8 +350,12 @@ async def _answers(answered_by: Any, version: int) -> bool:
 async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
     local_env, topic, tmp_path
 ):
-    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
     models = {MODEL: StandInModel({1: StandInVersion(delay_seconds=30)})}
 
     def with_id(request_id: str) -> tuple[tuple[str, str], ...]:
@@ -332,8 +386,9 @@ async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
         call.cancel()
         await wait_for_async(lambda: cancelled(2), timeout=10, what="the call to be cancelled")
         models[MODEL].served[1].delay_seconds = 0
-        answer = await stub.Predict(predict_request([3.0]), metadata=with_id("answered"),
-                                    timeout=10)  # fmt: skip
+        answer = await stub.Predict(
+            predict_request([3.0]), metadata=with_id("answered"), timeout=10
+        )
     assert answer.outputs["y"].float_val[0] == 3.5
     logged: dict[str, Any] = {}
 
@@ -347,3 +402,67 @@ async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
     assert "given-up" not in logged
     # The late call: a 504 when the sidecar's own deadline for TF Serving fired first.
     assert "late" not in logged or logged["late"].record.response_http_code == 504
+
+
+async def test_the_shadow_gets_a_copy_of_a_grpc_predict_logged_as_its_own_record(
+    local_env, topic, tmp_path
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    models = {
+        MODEL: StandInModel(
+            {
+                1: StandInVersion(slope=0.0, intercept=1.0),
+                2: StandInVersion(slope=0.0, intercept=2.0),
+            }
+        )
+    }
+    routing = {
+        "versions": [{"version": 1, "weight": 100}],
+        "shadow": {"version": 2, "percent": 100},
+    }
+    async with (
+        grpc_sidecar(tmp_path, models=models, routing=routing, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+    ):
+        stub = PredictionServiceStub(channel)
+
+        async def shadowed() -> bool:  # once the sidecar has seen version 2 AVAILABLE
+            metadata = (*GOOD, ("x-request-id", f"call-{len(setup.servicer.seen)}"))
+            await stub.Predict(predict_request([0.0]), metadata=metadata, timeout=10)
+            return any(
+                apis.PredictRequest.FromString(s.request).model_spec.version.value == 2
+                for s in setup.servicer.seen
+            )
+
+        await wait_for_async(shadowed, timeout=30, what="a copy at the shadow version")
+        copied = next(
+            s
+            for s in setup.servicer.seen
+            if apis.PredictRequest.FromString(s.request).model_spec.version.value == 2
+        )
+        key = copied.metadata["x-request-id"]
+        logged: list[Any] = []
+
+        async def both_logged() -> bool:
+            logged[:] = [
+                r
+                async for r in read_inference_log(
+                    topic, local_env.kafka_bootstrap, from_beginning=True
+                )
+                if r.key == key
+            ]
+            return len(logged) == 2
+
+        await wait_for_async(both_logged, timeout=60, what="the call's two records")
+    by_role = {r.headers["role"]: r for r in logged}
+    assert by_role["stable"].record.model_version == 1
+    assert by_role["stable"].record.inference_response == '{"outputs": [1.0]}'
+    assert by_role["shadow"].record.model_version == 2
+    assert by_role["shadow"].record.inference_response == '{"outputs": [2.0]}'
+    assert by_role["shadow"].record.inference_request == by_role["stable"].record.inference_request
+    assert {r.headers[HEADER_PROTOCOL] for r in logged} == {"grpc"}
