@@ -466,3 +466,50 @@ async def test_the_shadow_gets_a_copy_of_a_grpc_predict_logged_as_its_own_record
     assert by_role["shadow"].record.inference_response == '{"outputs": [2.0]}'
     assert by_role["shadow"].record.inference_request == by_role["stable"].record.inference_request
     assert {r.headers[HEADER_PROTOCOL] for r in logged} == {"grpc"}
+
+
+async def test_the_split_and_its_sticky_key_choose_the_same_version_over_grpc_as_over_rest(
+    tmp_path,
+):
+    models = {
+        MODEL: StandInModel(
+            {
+                1: StandInVersion(slope=0.0, intercept=1.0),
+                2: StandInVersion(slope=0.0, intercept=2.0),
+            }
+        )
+    }
+    routing = {
+        "versions": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
+        "sticky": {"by": "header", "header": "X-Session-Id"},
+    }
+    sessions = [f"session-{i}" for i in range(60)]
+    async with (
+        grpc_sidecar(tmp_path, models=models, routing=routing) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        stub = PredictionServiceStub(channel)
+
+        async def over_grpc(session: str) -> int:
+            metadata = (*GOOD, ("x-session-id", session))
+            answer = await stub.Predict(predict_request([0.0]), metadata=metadata, timeout=10)
+            return int(answer.outputs["y"].float_val[0])
+
+        async def over_rest(session: str) -> int:
+            headers = {"Authorization": f"ApiKey {KEY}", "X-Session-Id": session}
+            async with http.post(
+                f"{setup.sidecar.url}/v1/models/{MODEL}:predict",
+                json={"instances": [0.0]},
+                headers=headers,
+            ) as resp:
+                return int((await resp.json())["predictions"][0])
+
+        async def both_available() -> bool:  # the split lends no bucket once both are
+            return {await over_grpc(s) for s in sessions} == {1, 2}
+
+        await wait_for_async(both_available, timeout=30, what="both versions in the split")
+        by_grpc = {s: await over_grpc(s) for s in sessions}
+        by_rest = {s: await over_rest(s) for s in sessions}
+    assert by_grpc == by_rest
+    assert set(by_grpc.values()) == {1, 2}
