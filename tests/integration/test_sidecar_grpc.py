@@ -29,6 +29,7 @@ from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
 from modelserving.tfserving.serving_apis_pb2_grpc import ModelServiceStub, PredictionServiceStub
+from tests.integration.test_sidecar_auth import SERVING, grant_predict, service_account_token
 from tests.support.sidecar_process import SidecarProcess, free_port, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -65,15 +66,17 @@ async def grpc_sidecar(
     models: dict[str, StandInModel] | None = None,
     routing: dict[str, Any] | None = None,
     logging: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    namespace: str = "demo",
 ) -> AsyncIterator[Setup]:
     (tmp_path / "keys").mkdir(exist_ok=True)
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
     standin = TFServingStandIn(models)
     port = free_port()
     config = {
-        "serving": {"name": "hpt", "namespace": "demo"},
+        "serving": {"name": SERVING, "namespace": namespace},
         "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+        "auth": auth or {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
         "logging": logging or {"mode": "NONE"},
     }
     async with (
@@ -513,3 +516,44 @@ async def test_the_split_and_its_sticky_key_choose_the_same_version_over_grpc_as
         by_rest = {s: await over_rest(s) for s in sessions}
     assert by_grpc == by_rest
     assert set(by_grpc.values()) == {1, 2}
+
+
+async def test_a_token_without_the_rbac_right_is_permission_denied_until_a_role_binding_grants_it(
+    local_env, kube_client, namespace, tmp_path
+):
+    audience = "modelserving-grpc-test"
+    token = service_account_token(kube_client, namespace, "grpc-caller", audience)
+    auth = {
+        "mode": "kubernetes",
+        "audience": audience,
+        "kubeconfig": local_env.kubeconfig,
+        "denyCacheSeconds": 0.5,
+    }
+    bearer = (("authorization", f"Bearer {token}"),)
+    async with (
+        grpc_sidecar(tmp_path, auth=auth, namespace=namespace) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+    ):
+        stub = PredictionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Predict(predict_request([1.0]), metadata=bearer, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"system:serviceaccount:{namespace}:grpc-caller" in refused.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.Predict(
+                predict_request([1.0]), metadata=(("authorization", "Bearer x"),), timeout=10
+            )
+        assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert setup.servicer.seen == []
+
+        grant_predict(kube_client, namespace, "grpc-caller")
+
+        async def allowed() -> bool:
+            try:
+                answer = await stub.Predict(predict_request([1.0]), metadata=bearer, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                return False
+            return list(answer.outputs["y"].float_val) == [2.5]
+
+        await wait_for_async(allowed, timeout=30, what="the RoleBinding to allow the caller")
