@@ -189,6 +189,8 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
     # rounds a deadline up to its wire format's precision: 0.2 s is the slack allowed).
     assert all(seen.timeout is not None and seen.timeout <= 5.2 for seen in forwarded)
     assert unbounded.timeout is not None and 5.2 < unbounded.timeout <= 10.2
+    # All of it on the sidecar's uvloop event loop, as in a pod.
+    assert "event loop: uvloop" in (tmp_path / "sidecar.log").read_text()
 
 
 async def test_no_credential_or_a_wrong_key_gets_the_rest_codes_meaning_and_nothing_is_forwarded_or_logged(  # noqa: E501
@@ -256,14 +258,17 @@ async def test_a_6_mb_request_passes_and_one_over_the_limit_is_resource_exhauste
         assert len(setup.servicer.seen) == seen_before
 
 
+# spooled: the answer leaves once its record is in the spool file, over gRPC as over REST.
+@pytest.mark.parametrize("durability", ["buffered", "spooled"])
 async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_with_the_same_input(
-    local_env, topic, tmp_path
+    local_env, topic, tmp_path, durability
 ):
     logging = {
         "mode": "ALL",
         "topic": topic,
         "bootstrapServers": local_env.kafka_bootstrap,
         "spoolDir": str(tmp_path / "spool"),
+        "durability": durability,
     }
     async with (
         grpc_sidecar(tmp_path, logging=logging) as setup,

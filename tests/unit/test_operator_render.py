@@ -65,6 +65,8 @@ def test_sidecar_config_is_what_the_sidecar_parses():
     assert (config.model.name, config.model.version, config.model.model_id) == ("mnist", 1, 17)
     assert config.listen.port == api.SIDECAR_PORT
     assert config.upstream.url == f"http://127.0.0.1:{api.TFSERVING_REST_PORT}"
+    # TF Serving's gRPC API on the sidecar's 8500, TF Serving's own gRPC port moved aside.
+    assert (config.grpc.port, config.grpc.upstream) == (8500, "127.0.0.1:8510")
     assert config.auth.mode is AuthMode.API_KEY
     assert config.logging.mode is LoggingMode.ALL
     assert config.logging.topic == "demo.mnist.inference"

@@ -10,6 +10,7 @@ from google.protobuf import wrappers_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from modelserving.sidecar.config import ConfigError, parse_config
 from modelserving.sidecar.grpc_gateway import HTTP_STATUS, METHODS, REFUSALS
 from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_model_spec
 from modelserving.tfserving import serving_apis_pb2 as apis
@@ -96,3 +97,19 @@ def test_the_methods_served_are_tf_servings_by_their_full_names() -> None:
         "/tensorflow.serving.PredictionService/Classify",
         "/tensorflow.serving.PredictionService/Regress",
     ]
+
+
+def test_the_grpc_port_and_its_message_limit_are_settings_with_defaults_for_a_pod() -> None:
+    base = {
+        "serving": {"name": "s", "namespace": "n"},
+        "model": {"name": "m", "version": 1, "modelId": 1},
+    }
+    default = parse_config(base).grpc
+    assert (default.port, default.upstream) == (8500, "127.0.0.1:8510")
+    assert default.max_message_bytes == 64 * 1024 * 1024  # well above gRPC's 4 MiB
+    off = parse_config({**base, "grpc": {"port": 0, "maxMessageBytes": 1024}}).grpc
+    assert (off.port, off.max_message_bytes) == (0, 1024)
+    with pytest.raises(ConfigError, match=r"grpc.maxMessageBytes: expected an integer of 1"):
+        parse_config({**base, "grpc": {"maxMessageBytes": 0}})
+    with pytest.raises(ConfigError, match=r"grpc: unknown key\(s\) maxRequestBytes"):
+        parse_config({**base, "grpc": {"maxRequestBytes": 1}})
