@@ -215,6 +215,9 @@ class GrpcGateway:
             code, details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as exc:
             answer, code, details = b"", exc.code(), exc.details() or ""
+        except Exception:  # answered and logged as a failure of the sidecar's, as over REST
+            log.exception("the sidecar failed on %s", method.path)
+            answer, code, details = b"", grpc.StatusCode.INTERNAL, "The sidecar failed on this call"
         if version is not None and (version.known or code is grpc.StatusCode.OK):
             served = version.header
         self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
