@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # localenv makes the broker's certificates with `cryptography`, which the virtualenv has.
 LOCALENV := $(PY) localenv/localenv.py
 
-.PHONY: help venv lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
+.PHONY: help venv protos lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtualenv with the project and its test dependencies
 
+protos: venv ## regenerate modelserving/tfserving's modules from its .proto files (committed; a unit test compares)
+	$(PY) tools/generate_protos.py
+
 lint: venv ## ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -31,7 +34,7 @@ TYPECHECK_TREE := build/typecheck
 typecheck: venv ## mypy (strict) on the package
 	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/modelserving
 	@ln -s $(CURDIR)/modelserving/*.py $(CURDIR)/modelserving/py.typed $(TYPECHECK_TREE)/modelserving/
-	@ln -s $(CURDIR)/operator $(CURDIR)/sidecar $(TYPECHECK_TREE)/modelserving/
+	@ln -s $(CURDIR)/operator $(CURDIR)/sidecar $(CURDIR)/modelserving/tfserving $(TYPECHECK_TREE)/modelserving/
 	cd $(TYPECHECK_TREE) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p modelserving
 
 format: venv ## apply ruff's fixes and format

@@ -174,6 +174,7 @@ class SidecarBench:
             "serving": {"name": load.MODEL, "namespace": self.namespace or "bench"},
             "model": {"name": load.MODEL, "version": 1, "modelId": 1},
             "listen": {"host": "127.0.0.1", "port": port},
+            "grpc": {"port": 0},  # no gRPC port
             "upstream": {"url": f"http://127.0.0.1:{self.bench.upstream_port}"},
             "auth": {"mode": auth, "apiKeysDir": str(self.keys_dir)},
             "logging": {"mode": "NONE"},

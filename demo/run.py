@@ -258,7 +258,7 @@ def run_demo(keep: bool) -> None:
     settings = environment_up()
     cluster = Cluster(settings)
     say(f"kube-apiserver up; Kafka at {cluster.bootstrap}")
-    for port in (8080, 8501):
+    for port in (8080, 8500, 8501):
         if not port_free(port):
             raise DemoError(
                 f"port {port} is in use: is a demo running? stop it with `make demo-down`"
@@ -311,10 +311,12 @@ def run_demo(keep: bool) -> None:
         local_config.write_text(localize(local_config.read_text(), mounts))
         rendered = yaml.safe_load(local_config.read_text())
         rest_port = next(p["containerPort"] for p in tfserving["ports"] if p["name"] == "tfs-rest")
+        grpc_port = next(p["containerPort"] for p in tfserving["ports"] if p["name"] == "tfs-grpc")
         model = rendered["model"]["name"]
         if shutil.which("tensorflow_model_server"):
-            tfs_cmd = ["tensorflow_model_server", f"--rest_api_port={rest_port}",
-                       f"--model_name={model}", "--model_base_path=" + serving["spec"]["model"]["basePath"]]  # fmt: skip # noqa: E501
+            # --port: TF Serving's gRPC port, out of the way of the sidecar's (8500).
+            tfs_cmd = ["tensorflow_model_server", f"--port={grpc_port}",
+                       f"--rest_api_port={rest_port}", f"--model_name={model}", "--model_base_path=" + serving["spec"]["model"]["basePath"]]  # fmt: skip # noqa: E501
             say("TF Serving: the real tensorflow_model_server")
         else:
             tfs_cmd = [sys.executable, str(REPO / "tests" / "support" / "tfserving_standin.py"),

@@ -21,7 +21,10 @@ SIDECAR_CONTAINER = "sidecar"
 SIDECAR_PORT = 8080
 TFSERVING_CONTAINER = "tfserving"
 TFSERVING_REST_PORT = 8501
-TFSERVING_GRPC_PORT = 8500
+# The sidecar serves TF Serving's gRPC API on TF Serving's own gRPC port number (what clients
+# written for TF Serving dial), and TF Serving's gRPC port moves out of its way.
+SIDECAR_GRPC_PORT = 8500
+TFSERVING_GRPC_PORT = 8510
 # Where the sidecar reads its settings (the operator mounts the rendered ConfigMap there).
 SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
 # Which version answers (weights, labels, shadow, sticky key): the `routing.yaml` key of the

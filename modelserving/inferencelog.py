@@ -65,6 +65,11 @@ HEADER_ROLE = "role"
 # Present only when a payload was changed: which one and how, e.g. `request=redacted+cut` or
 # `request=redacted,response=digest` (marks: redacted, cut, digest, dropped).
 HEADER_PAYLOAD = "payload"
+# The protocol the call came in by: `rest` (TF Serving's REST API and the Hopsworks paths) or
+# `grpc` (TF Serving's gRPC API; the payloads are written as the REST JSON of the same tensors).
+HEADER_PROTOCOL = "protocol"
+PROTOCOL_REST = "rest"
+PROTOCOL_GRPC = "grpc"
 
 _CONFLUENT_MAGIC = 0
 _CONFLUENT_PREFIX = struct.Struct(">bI")

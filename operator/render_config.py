@@ -153,6 +153,10 @@ def render_sidecar_config(
             "timeoutSeconds": float(spec.sidecar.timeout_seconds),
         },
         "limits": {"maxRequestBytes": spec.sidecar.max_request_bytes},
+        "grpc": {
+            "port": api.SIDECAR_GRPC_PORT,
+            "upstream": f"127.0.0.1:{api.TFSERVING_GRPC_PORT}",
+        },
         "auth": {"mode": mode},
         "logging": {"mode": "NONE"},
     }

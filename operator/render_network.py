@@ -19,13 +19,24 @@ def render_service(spec: ServingSpec) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(spec),
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+                # TF Serving's gRPC API through the sidecar, on TF Serving's own port number.
+                {
+                    "name": "grpc",
+                    "port": api.SIDECAR_GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 
 
 def render_network_policy(spec: ServingSpec) -> Manifest:
-    """Only the sidecar's port is open to other pods; TF Serving answers inside the pod only."""
+    """Only the sidecar's ports (REST, gRPC) are open to other pods; TF Serving answers inside
+    the pod only."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -33,7 +44,14 @@ def render_network_policy(spec: ServingSpec) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(spec)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": api.SIDECAR_PORT}]}],
+            "ingress": [
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": api.SIDECAR_PORT},
+                        {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
+                    ]
+                }
+            ],
         },
     }
 

@@ -115,7 +115,10 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             "--routing",
             api.SIDECAR_ROUTING_FILE,
         ],
-        "ports": [{"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": api.SIDECAR_GRPC_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,

@@ -71,8 +71,10 @@ from modelserving.api import (
     LOG_COMPRESSION,
     LOG_DURABILITY,
     LOG_MAX_PAYLOAD_BYTES,
+    SIDECAR_GRPC_PORT,
     SIDECAR_PORT,
     SPOOL_FSYNC_INTERVAL_SECONDS,
+    TFSERVING_GRPC_PORT,
     TFSERVING_REST_PORT,
 )
 from modelserving.kafka_security import KafkaSecurity, KafkaSecurityError, from_mapping
@@ -167,6 +169,18 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class GrpcConfig:
+    """TF Serving's gRPC API on the sidecar (`grpc_gateway`)."""
+
+    port: int = SIDECAR_GRPC_PORT  # on listen.host; 0: no gRPC port
+    upstream: str = f"127.0.0.1:{TFSERVING_GRPC_PORT}"  # TF Serving's gRPC port
+    # The largest message taken from a caller and passed between the sidecar and TF Serving,
+    # either way: gRPC's own default of 4 MiB is too small for many models' tensors. A larger
+    # request gets RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_request_bytes: int = 10 * 1024 * 1024
 
@@ -244,6 +258,7 @@ class SidecarConfig:
     listen: ListenConfig = ListenConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     limits: LimitsConfig = LimitsConfig()
+    grpc: GrpcConfig = GrpcConfig()
     shadow: ShadowConfig = ShadowConfig()
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -310,6 +325,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                   "connectTimeoutSeconds": ("connect_timeout_seconds", float),
                                   "maxConnections": ("max_connections", int)}),
     "limits": (LimitsConfig, {"maxRequestBytes": ("max_request_bytes", int)}),
+    "grpc": (GrpcConfig, {"port": ("port", _non_negative), "upstream": ("upstream", str),
+                          "maxMessageBytes": ("max_message_bytes", _positive)}),
     "shadow": (ShadowConfig, {"maxConcurrency": ("max_concurrency", _positive),
                               "queueSize": ("queue_size", _positive),
                               "timeoutSeconds": ("timeout_seconds", float)}),

@@ -13,7 +13,8 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One request to a :predict/:classify/:regress path and the answer the caller got."""
+    """One request to a :predict/:classify/:regress path (or its gRPC method) and the answer the
+    caller got."""
 
     request_id: str
     received_ms: int  # ms since the epoch when the request arrived (the Avro requestTimestamp)
@@ -26,6 +27,10 @@ class Exchange:
     # The record's role (Kafka header `role`): the answering version's first label or `stable`,
     # `shadow` for a shadow version's copy; None: the role of the config's model.version.
     role: str | None = None
+    # A call to TF Serving's gRPC API: its method (Predict, Classify, Regress), and the payloads
+    # are its protobuf messages (the answer's is TF Serving's error body when it failed); the
+    # log writes them as TF Serving's REST JSON (`grpc_json`). None: a REST request.
+    grpc_method: str | None = None
 
 
 class InferenceLogSink(Protocol):

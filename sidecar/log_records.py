@@ -17,18 +17,24 @@ from modelserving.inferencelog import (
     HEADER_MODEL_VERSION,
     HEADER_PAYLOAD,
     HEADER_POD,
+    HEADER_PROTOCOL,
     HEADER_REQUEST_ID,
     HEADER_ROLE,
     HEADER_TRACEPARENT,
+    PROTOCOL_GRPC,
+    PROTOCOL_REST,
     InferenceLogEncoder,
 )
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
+from modelserving.sidecar.grpc_json import rest_json
 from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
 from modelserving.sidecar.routing import STABLE
 from modelserving.sidecar.spool import SpoolRecord, share_header
 
 ABSENT = ShapedPayload("")  # the payload a mode leaves out
+_REST = share_header((HEADER_PROTOCOL, PROTOCOL_REST.encode()))
+_GRPC = share_header((HEADER_PROTOCOL, PROTOCOL_GRPC.encode()))
 
 
 @functools.cache
@@ -91,6 +97,14 @@ class SpoolRecordMaker:
 
     def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
         request_body, response_body = exchange.request_body, exchange.response_body
+        if exchange.grpc_method is not None:  # protobuf: as the REST JSON of the same tensors
+            request_body, response_body = rest_json(
+                exchange.grpc_method,
+                request_body,
+                response_body,
+                200 <= exchange.status < 300,
+                self._policy.max_payload_bytes,
+            )
         keep_request, keep_response = self._keep_request, self._keep_response
         limit = self._untouched_up_to
         if (not keep_request or len(request_body) <= limit) and (
@@ -100,12 +114,8 @@ class SpoolRecordMaker:
             response = _utf8(response_body) if keep_response else b""
             return request, response, ""
         policy = self._policy
-        shaped_request = (
-            policy.shape(exchange.request_body, Part.REQUEST) if self._keep_request else ABSENT
-        )
-        shaped_response = (
-            policy.shape(exchange.response_body, Part.RESPONSE) if self._keep_response else ABSENT
-        )
+        shaped_request = policy.shape(request_body, Part.REQUEST) if keep_request else ABSENT
+        shaped_response = policy.shape(response_body, Part.RESPONSE) if keep_response else ABSENT
         changes = payload_header(shaped_request, shaped_response)
         if changes and self._count_changes is not None:
             self._count_changes(shaped_request, shaped_response)
@@ -145,6 +155,7 @@ class SpoolRecordMaker:
             self._roles[role] = role_header
         headers.append(role_header)
         headers.append(self._pod)
+        headers.append(_REST if exchange.grpc_method is None else _GRPC)
         if changes:
             headers.append((HEADER_PAYLOAD, changes.encode()))
         received = exchange.received_ms

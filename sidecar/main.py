@@ -22,6 +22,7 @@ from aiohttp import web
 from modelserving.api import SIDECAR_CONFIG_FILE
 from modelserving.sidecar.app import SidecarRunner, create_app
 from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
+from modelserving.sidecar.grpc_gateway import serving_grpc
 from modelserving.sidecar.router import ROUTING_FILE_NAME
 
 CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
@@ -80,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"modelserving sidecar: {exc}", file=sys.stderr)
         return 2
     logging.getLogger(__name__).info(
-        "sidecar of ModelServing %s/%s (model %s) on %s:%s, TF Serving at %s, auth %s",
-        config.serving.namespace, config.serving.name, config.model.name,
-        config.listen.host, config.listen.port, config.upstream.url, config.auth.mode.value,
+        "sidecar of ModelServing %s/%s (model %s) on %s:%s (gRPC %s), TF Serving at %s, auth %s",
+        config.serving.namespace, config.serving.name, config.model.name, config.listen.host,
+        config.listen.port, config.grpc.port or "off", config.upstream.url, config.auth.mode.value,
     )  # fmt: skip
     try:
         import uvloop  # a faster event loop when installed; asyncio's own otherwise
@@ -113,7 +114,10 @@ async def _serve(config: SidecarConfig, routing: Path, shutdown_timeout: float) 
     await runner.setup()
     try:
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
-        await stop.wait()
+        # Stopped before the app: calls in flight finish, and their records reach the log
+        # before it drains.
+        async with serving_grpc(app, config.listen.host, shutdown_timeout):
+            await stop.wait()
     finally:
         await runner.cleanup()
 

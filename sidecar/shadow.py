@@ -3,12 +3,13 @@ version or a label is not copied; the share is chosen by a hash of the request i
 once the caller's answer is decided, by a few workers of its own, so that it never adds latency
 or an error for the caller.
 
-Bounded twice: at most `shadow.maxConcurrency` copies are with TF Serving at once, and at most
-`shadow.queueSize` wait; a copy that finds the queue full, or the shadow version not AVAILABLE,
-is dropped and counted (`modelserving_sidecar_shadow_dropped_total`). Each answer (TF Serving's,
-or the sidecar's own error when TF Serving did not answer) goes to the inference log as a record
-of its own: the same key (the request id) as the main record, the shadow's modelVersion, and
-role `shadow`.
+Calls over REST and gRPC share the queue and the workers; each copy goes to TF Serving by the
+protocol its call came in by. Bounded twice: at most `shadow.maxConcurrency` copies are with TF
+Serving at once, and at most `shadow.queueSize` wait; a copy that finds the queue full, or the
+shadow version not AVAILABLE, is dropped and counted (`modelserving_sidecar_shadow_dropped_total`).
+Each answer (TF Serving's, or the sidecar's own error when TF Serving did not answer) goes to the
+inference log as a record of its own: the same key (the request id) as the main record, the
+shadow's modelVersion, and role `shadow`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from modelserving.sidecar.config import ShadowConfig
@@ -41,6 +42,12 @@ class ShadowCopy:
     caller: str | None
     traceparent: str | None
     version: VersionRoute
+    # A gRPC call's copy: its method (the body is its request, naming the shadow's version).
+    grpc_method: str | None = None
+
+
+# Sends a gRPC call's copy to TF Serving within a timeout: its (HTTP code, answer).
+GrpcSend = Callable[["ShadowCopy", float], Awaitable[tuple[int, bytes]]]
 
 
 class ShadowSender:
@@ -59,6 +66,7 @@ class ShadowSender:
         self._metrics = metrics
         self._queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
+        self.grpc_send: GrpcSend | None = None  # set by the gRPC port, when there is one
 
     def send(self, copy: ShadowCopy) -> None:
         """Queue a copy; never blocks, never raises (a full queue drops it, counted)."""
@@ -83,6 +91,10 @@ class ShadowSender:
 
     async def _send(self, copy: ShadowCopy) -> None:
         version = copy.version
+        if copy.grpc_method is not None and self.grpc_send is not None:
+            status, body = await self.grpc_send(copy, self._settings.timeout_seconds)
+            self._record(copy, status, body)
+            return
         try:
             answer = await self._upstream.forward(
                 "POST",
@@ -96,6 +108,10 @@ class ShadowSender:
             status, body = exc.status, error_body(exc.message)
         else:
             status, body = answer.status, answer.body
+        self._record(copy, status, body)
+
+    def _record(self, copy: ShadowCopy, status: int, body: bytes) -> None:
+        version = copy.version
         self._metrics.shadow_done(status, version.header)
         if self._sink is not None:
             self._sink.submit(Exchange(
@@ -108,6 +124,7 @@ class ShadowSender:
                 caller=copy.caller,
                 traceparent=copy.traceparent,
                 role=SHADOW,
+                grpc_method=copy.grpc_method,
             ))  # fmt: skip
 
     @classmethod

@@ -112,6 +112,7 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
         "serving": {"name": "hpt", "namespace": "demo"},
         "model": {"name": MODEL, "version": 1, "modelId": 17},
         "listen": {"host": "127.0.0.1", "port": port},
+        "grpc": {"port": 0},  # no gRPC port
         "upstream": {"url": upstream},
         "auth": {"mode": "none"},
         "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,

@@ -228,6 +228,7 @@ def start_serving(
     config = yaml.safe_load(pod.config_text())
     port = _free_port()
     config["listen"] = {"host": "127.0.0.1", "port": port}
+    config["grpc"] = {"port": 0}  # no gRPC port: TF Serving's 8500 is not this test's
     config["upstream"]["url"] = tfserving
     config["auth"]["kubeconfig"] = local_env.kubeconfig
     config_file = tmp_path / "sidecar.yaml"

@@ -65,13 +65,16 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     pod = apps.read_namespaced_deployment("mnist", namespace).spec.template.spec
     assert [c.name for c in pod.containers] == [api.TFSERVING_CONTAINER, api.SIDECAR_CONTAINER]
     service = core.read_namespaced_service("mnist", namespace)
-    assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http")]
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http"), (8500, "grpc")]
     sidecar_yaml = core.read_namespaced_config_map("mnist-sidecar", namespace).data["sidecar.yaml"]
     assert f"modelId: {status['modelId']}" in sidecar_yaml and topic in sidecar_yaml
     models = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
     assert "versions: 1" in models
     policy = client.NetworkingV1Api(kube_client).read_namespaced_network_policy("mnist", namespace)
-    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [api.SIDECAR_PORT]
+    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [
+        api.SIDECAR_PORT,
+        api.SIDECAR_GRPC_PORT,
+    ]
 
     # And the topic exists in the real broker
     assert topic in kafka_topics(local_env.kafka_bootstrap)

@@ -9,6 +9,7 @@ from modelserving.inferencelog import (
     HEADER_MODEL_VERSION,
     HEADER_PAYLOAD,
     HEADER_POD,
+    HEADER_PROTOCOL,
     HEADER_REQUEST_ID,
     HEADER_ROLE,
     HEADER_TRACEPARENT,
@@ -81,6 +82,7 @@ def build_headers(
     headers.append((HEADER_MODEL_VERSION, str(model_version).encode()))
     headers.append((HEADER_ROLE, (exchange.role or "stable").encode()))
     headers.append((HEADER_POD, pod.encode()))
+    headers.append((HEADER_PROTOCOL, b"grpc" if exchange.grpc_method else b"rest"))
     if shaped is not None and (changes := payload_header(*shaped)):
         headers.append((HEADER_PAYLOAD, changes.encode()))
     return tuple(headers)

@@ -75,7 +75,8 @@ async def running_sidecar(
     """`modelserving sidecar --config <dir>/sidecar.yaml` (routing.yaml beside it, as the
     operator mounts them), serving once /healthz answers; SIGTERM at the end."""
     port = free_port()
-    config = {**config, "listen": {"host": "127.0.0.1", "port": port}}
+    # No gRPC port unless the test asks for one: TF Serving's 8500 is not the test's to take.
+    config = {"grpc": {"port": 0}, **config, "listen": {"host": "127.0.0.1", "port": port}}
     config_dir = directory / "config"
     files = {"sidecar.yaml": json.dumps(config)}
     if routing is not None:

@@ -155,7 +155,7 @@ def test_version_that_answered_wins_and_bad_utf8_is_replaced():
     assert record.response_http_code == 404
 
 
-def test_key_and_headers_carry_request_id_trace_caller_version_role_and_pod():
+def test_key_and_headers_carry_request_id_trace_caller_version_role_pod_and_protocol():
     settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092")
     spooled = build_spool_record(exchange(model_version=4), MODEL, settings, pod="mnist-abc")
     assert spooled.key == b"01J0REQ"
@@ -167,9 +167,16 @@ def test_key_and_headers_carry_request_id_trace_caller_version_role_and_pod():
         "model-version": b"4",
         "role": b"stable",
         "pod": b"mnist-abc",
+        "protocol": b"rest",
     }
     anonymous = build_headers(exchange(caller=None, traceparent=None), 3, "p")
-    assert [name for name, _ in anonymous] == ["request-id", "model-version", "role", "pod"]
+    assert [name for name, _ in anonymous] == [
+        "request-id",
+        "model-version",
+        "role",
+        "pod",
+        "protocol",
+    ]
     shadow = build_spool_record(
         exchange(model_version=5, role="shadow"), MODEL, settings, pod="mnist-abc"
     )

@@ -65,6 +65,8 @@ def test_sidecar_config_is_what_the_sidecar_parses():
     assert (config.model.name, config.model.version, config.model.model_id) == ("mnist", 1, 17)
     assert config.listen.port == api.SIDECAR_PORT
     assert config.upstream.url == f"http://127.0.0.1:{api.TFSERVING_REST_PORT}"
+    # TF Serving's gRPC API on the sidecar's 8500, TF Serving's own gRPC port moved aside.
+    assert (config.grpc.port, config.grpc.upstream) == (8500, "127.0.0.1:8510")
     assert config.auth.mode is AuthMode.API_KEY
     assert config.logging.mode is LoggingMode.ALL
     assert config.logging.topic == "demo.mnist.inference"
@@ -156,9 +158,12 @@ def test_service_and_network_policy_expose_only_the_sidecar():
     children = by_kind(render_children(mnist(), SETTINGS, 17))
     service = children["Service"][0]
     policy = children["NetworkPolicy"][0]
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    assert [p["port"] for p in service["spec"]["ports"]] == [8080]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": api.SIDECAR_PORT}]}]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8080, 8500]
+    assert policy["spec"]["ingress"] == [{"ports": [
+        {"protocol": "TCP", "port": api.SIDECAR_PORT},
+        {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
+    ]}]  # fmt: skip
     assert mnist().endpoint == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
 
 

@@ -76,6 +76,7 @@ async def test_added_latency_at_a_fixed_rate(tmp_path, capsys):
         "serving": {"name": "hpt", "namespace": "demo"},
         "model": {"name": MODEL, "version": 1, "modelId": 1},
         "listen": {"host": "127.0.0.1", "port": sidecar_port},
+        "grpc": {"port": 0},  # no gRPC port
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
         "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
     }))  # fmt: skip

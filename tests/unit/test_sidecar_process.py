@@ -31,6 +31,7 @@ def write_config(path: Path, upstream: str) -> Path:
                 "serving": {"name": "hpt", "namespace": "demo"},
                 "model": {"name": MODEL, "version": 1, "modelId": 1},
                 "listen": {"host": "127.0.0.1", "port": 1},  # the --port flag wins
+                "grpc": {"port": 0},  # no gRPC port
                 "upstream": {"url": upstream},
                 "auth": {"mode": "none"},
             }

@@ -1,0 +1,218 @@
+"""TF Serving's REST JSON of a gRPC call's messages, for the inference log: a gRPC Predict is
+logged as the REST :predict with the same tensors would be, so that one topic serves both
+protocols and the records of the two compare equal. Run by the log's writer, never on the
+request path.
+
+- Predict: the request as the columnar form, `{"signature_name": ..., "inputs": {name: value}}`
+  (signature_name only when the call named one); the answer as TF Serving's REST answers it,
+  `{"outputs": value}` for one output, `{"outputs": {name: value}}` for several.
+- Classify and Regress: `{"signature_name": ..., "context": {...}, "examples": [{...}]}`, a
+  feature of one value written as that value; answers `{"results": [[[label, score], ...]]}` and
+  `{"results": [value, ...]}`.
+
+A tensor's values come from its typed field or, packed, from `tensor_content` by its dtype
+(little-endian, as TF Serving's clients pack it), shaped by `tensor_shape`; a value given once
+for a larger shape fills it, as TensorFlow does. float32 values are written in their shortest
+form (0.1, not 0.10000000149011612), as TF Serving's REST API writes them; strings as text when
+they are UTF-8, else as `{"b64": ...}`, TF Serving's form for binary strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import types_pb2
+from modelserving.tfserving.example_pb2 import Example, Feature
+from modelserving.tfserving.tensor_pb2 import TensorProto
+
+
+class NotATensor(ValueError):
+    """A message or tensor the log cannot write as JSON."""
+
+
+def _float32(value: float) -> float:
+    """The shortest decimal that is the same float32."""
+    if not math.isfinite(value):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(6, 10):
+        shorter = float(f"{value:.{digits}g}")
+        if struct.pack("<f", shorter) == packed:
+            return shorter
+    return value
+
+
+def _half(bits: int) -> float:
+    return float(struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0])
+
+
+def _bfloat16(bits: int) -> float:
+    return _float32(struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0])
+
+
+def _text(value: bytes) -> Any:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode()}
+
+
+# dtype -> (struct code of one packed value, the typed field, what makes a JSON value of one)
+_Maker = Callable[[Any], Any]
+_DTYPES: dict[int, tuple[str, str, _Maker]] = {
+    types_pb2.DT_FLOAT: ("f", "float_val", _float32),
+    types_pb2.DT_DOUBLE: ("d", "double_val", float),
+    types_pb2.DT_INT32: ("i", "int_val", int),
+    types_pb2.DT_UINT8: ("B", "int_val", int),
+    types_pb2.DT_INT16: ("h", "int_val", int),
+    types_pb2.DT_INT8: ("b", "int_val", int),
+    types_pb2.DT_UINT16: ("H", "int_val", int),
+    types_pb2.DT_INT64: ("q", "int64_val", int),
+    types_pb2.DT_UINT32: ("I", "uint32_val", int),
+    types_pb2.DT_UINT64: ("Q", "uint64_val", int),
+    types_pb2.DT_BOOL: ("?", "bool_val", bool),
+    types_pb2.DT_HALF: ("H", "half_val", _half),
+    types_pb2.DT_BFLOAT16: ("H", "half_val", _bfloat16),
+    types_pb2.DT_STRING: ("", "string_val", _text),
+}
+
+
+def tensor_value(tensor: TensorProto) -> Any:
+    """The tensor as TF Serving's REST JSON writes it: nested lists by its shape."""
+    dtype = tensor.dtype
+    if dtype not in _DTYPES:
+        raise NotATensor(f"dtype {types_pb2.DataType.Name(dtype)} is not written as JSON")
+    code, field, make = _DTYPES[dtype]
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise NotATensor(f"a tensor's shape must be known, got {shape}")
+    size = math.prod(shape)
+    raw: Iterable[Any]
+    if tensor.tensor_content and code:
+        width = struct.calcsize(code)
+        if len(tensor.tensor_content) != size * width:
+            raise NotATensor(f"tensor_content holds {len(tensor.tensor_content)} bytes, not "
+                             f"{size} values of {width}")  # fmt: skip
+        raw = struct.unpack(f"<{size}{code}", tensor.tensor_content)
+    else:
+        raw = getattr(tensor, field)
+    values = [make(v) for v in raw]
+    if len(values) < size:
+        if not values:
+            raise NotATensor(f"a tensor of shape {shape} holds no values")
+        values += [values[-1]] * (size - len(values))  # TensorFlow fills with the last value
+    elif len(values) > size:
+        raise NotATensor(f"a tensor of shape {shape} holds {len(values)} values")
+    return _nest(values, shape)
+
+
+def _nest(values: list[Any], shape: list[int]) -> Any:
+    if not shape:
+        return values[0]
+    if len(shape) == 1:
+        return values
+    step = math.prod(shape[1:])
+    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _feature(feature: Feature) -> Any:
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        return []
+    if kind == "float_list":
+        values = [_float32(v) for v in feature.float_list.value]
+    elif kind == "int64_list":
+        values = list(feature.int64_list.value)
+    else:
+        values = [_text(v) for v in feature.bytes_list.value]
+    return values[0] if len(values) == 1 else values
+
+
+def _example(example: Example) -> dict[str, Any]:
+    return {name: _feature(f) for name, f in sorted(example.features.feature.items())}
+
+
+def _signature(spec: apis.ModelSpec) -> dict[str, str]:
+    return {"signature_name": spec.signature_name} if spec.signature_name else {}
+
+
+def _predict_request(body: bytes) -> dict[str, Any]:
+    request = apis.PredictRequest.FromString(body)
+    inputs = {name: tensor_value(t) for name, t in sorted(request.inputs.items())}
+    return {**_signature(request.model_spec), "inputs": inputs}
+
+
+def _predict_response(body: bytes) -> dict[str, Any]:
+    outputs = apis.PredictResponse.FromString(body).outputs
+    if len(outputs) == 1:
+        return {"outputs": tensor_value(next(iter(outputs.values())))}
+    return {"outputs": {name: tensor_value(t) for name, t in sorted(outputs.items())}}
+
+
+def _examples_request(body: bytes, message: type[Any]) -> dict[str, Any]:
+    request = message.FromString(body)
+    kind = request.input.WhichOneof("kind")
+    out: dict[str, Any] = _signature(request.model_spec)
+    if kind == "example_list_with_context":
+        out["context"] = _example(request.input.example_list_with_context.context)
+    examples = getattr(request.input, kind).examples if kind else []
+    out["examples"] = [_example(e) for e in examples]
+    return out
+
+
+def _classify_response(body: bytes) -> dict[str, Any]:
+    result = apis.ClassificationResponse.FromString(body).result
+    return {"results": [[[c.label, _float32(c.score)] for c in each.classes]
+                        for each in result.classifications]}  # fmt: skip
+
+
+def _regress_response(body: bytes) -> dict[str, Any]:
+    result = apis.RegressionResponse.FromString(body).result
+    return {"results": [_float32(r.value) for r in result.regressions]}
+
+
+_CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {
+    "Predict": (_predict_request, _predict_response),
+    "Classify": (lambda b: _examples_request(b, apis.ClassificationRequest), _classify_response),
+    "Regress": (lambda b: _examples_request(b, apis.RegressionRequest), _regress_response),
+}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=False).encode()
+
+
+def rest_json(
+    method: str, request: bytes, response: bytes, ok: bool, max_bytes: int = 0
+) -> tuple[bytes, bytes]:
+    """The REST JSON of a call's request and answer (an answer that is not OK is TF Serving's
+    error body already, kept). What cannot be written as JSON is written as TF Serving's error
+    body saying why, with the message's bytes in base64 (`{"error": ..., "b64": ...}`).
+
+    A message over `max_bytes` (logging.maxPayloadBytes; 0: no limit) is not decoded: its JSON
+    would be larger still and cut by the log anyway, and decoding megabytes of tensors would
+    hold the event loop for seconds. Its record says so, with the message's size."""
+    to_request, to_response = _CONVERTERS[method]
+    return (
+        _converted(to_request, request, max_bytes),
+        _converted(to_response, response, max_bytes) if ok else response,
+    )
+
+
+def _converted(convert: Callable[[bytes], Any], body: bytes, max_bytes: int) -> bytes:
+    if max_bytes and len(body) > max_bytes:
+        why = f"a gRPC message of {len(body)} bytes, over the log's maxPayloadBytes of {max_bytes}"
+        return _json({"error": f"{why}, is not written as JSON"})
+    try:
+        return _json(convert(body))
+    except (DecodeError, NotATensor, ValueError, struct.error) as exc:
+        return _json({"error": f"not written as JSON: {exc}",
+                      "b64": base64.b64encode(body).decode()})  # fmt: skip

@@ -1,0 +1,148 @@
+"""The inference log's REST JSON of gRPC messages: tensors by dtype and shape, from their typed
+fields or packed in tensor_content, float32 in its shortest form, strings as text or b64; the
+forms TF Serving's REST API reads and writes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from modelserving.sidecar.grpc_json import rest_json, tensor_value
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving.tfserving.example_pb2 import (
+    BytesList,
+    Example,
+    Feature,
+    Features,
+    FloatList,
+    Int64List,
+)
+
+
+def tensor(dtype: int, shape: list[int], **values: object) -> tensor_pb2.TensorProto:
+    dims = [tensor_pb2.TensorShapeProto.Dim(size=s) for s in shape]
+    return tensor_pb2.TensorProto(
+        dtype=dtype, tensor_shape=tensor_pb2.TensorShapeProto(dim=dims), **values
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "code", "values"),
+    [
+        (types_pb2.DT_FLOAT, "f", [0.1, -2.5, 3.0, 1e-7, 16777216.0, 0.3]),
+        (types_pb2.DT_DOUBLE, "d", [0.1, -2.5, 3.0, 1e-300, 2.0**60, 0.3]),
+        (types_pb2.DT_INT32, "i", [0, -1, 2**31 - 1, -(2**31), 7, 8]),
+        (types_pb2.DT_INT64, "q", [0, -1, 2**63 - 1, -(2**63), 7, 8]),
+        (types_pb2.DT_UINT8, "B", [0, 1, 255, 3, 4, 5]),
+        (types_pb2.DT_BOOL, "?", [True, False, True, True, False, False]),
+    ],
+)
+def test_packed_and_typed_tensors_are_the_same_nested_lists(
+    dtype: int, code: str, values: list[object]
+) -> None:
+    field = {
+        types_pb2.DT_FLOAT: "float_val",
+        types_pb2.DT_DOUBLE: "double_val",
+        types_pb2.DT_INT64: "int64_val",
+        types_pb2.DT_BOOL: "bool_val",
+    }.get(dtype, "int_val")
+    nested = [values[0:3], values[3:6]]
+    packed = tensor(dtype, [2, 3], tensor_content=struct.pack(f"<6{code}", *values))
+    typed = tensor(dtype, [2, 3], **{field: values})
+    assert tensor_value(packed) == tensor_value(typed) == nested
+    assert json.dumps(tensor_value(packed)) == json.dumps(nested)
+
+
+def test_scalars_strings_fills_and_halves() -> None:
+    assert tensor_value(tensor(types_pb2.DT_FLOAT, [], float_val=[2.5])) == 2.5
+    # One value for a larger shape fills it, as TensorFlow does.
+    assert tensor_value(tensor(types_pb2.DT_INT32, [2, 2], int_val=[7])) == [[7, 7], [7, 7]]
+    strings = tensor(types_pb2.DT_STRING, [2], string_val=[b"hello", b"\xff\x00"])
+    assert tensor_value(strings) == ["hello", {"b64": "/wA="}]
+    half = struct.unpack("<H", struct.pack("<e", 1.5))[0]
+    assert tensor_value(tensor(types_pb2.DT_HALF, [1], half_val=[half])) == [1.5]
+
+
+def test_a_predict_is_logged_as_the_rest_columnar_form() -> None:
+    request = apis.PredictRequest(
+        model_spec=apis.ModelSpec(name="m", signature_name="sig"),
+        inputs={
+            "x": tensor(types_pb2.DT_FLOAT, [2], tensor_content=struct.pack("<2f", 1, 0.1)),
+            "k": tensor(types_pb2.DT_STRING, [1], string_val=[b"a"]),
+        },
+    )
+    one = apis.PredictResponse(outputs={"y": tensor(types_pb2.DT_FLOAT, [2], float_val=[2.5, 3])})
+    logged_request, logged_answer = rest_json(
+        "Predict", request.SerializeToString(), one.SerializeToString(), ok=True
+    )
+    assert json.loads(logged_request) == {
+        "signature_name": "sig",
+        "inputs": {"k": ["a"], "x": [1.0, 0.1]},
+    }
+    assert logged_answer == b'{"outputs": [2.5, 3.0]}'
+    two = apis.PredictResponse(
+        outputs={
+            "a": tensor(types_pb2.DT_INT64, [], int64_val=[1]),
+            "b": tensor(types_pb2.DT_INT64, [], int64_val=[2]),
+        }
+    )
+    _, answer = rest_json("Predict", b"", two.SerializeToString(), ok=True)
+    assert json.loads(answer) == {"outputs": {"a": 1, "b": 2}}
+
+
+def test_classify_and_regress_are_logged_as_the_rest_examples_form() -> None:
+    example = Example(
+        features=Features(
+            feature={
+                "x": Feature(float_list=FloatList(value=[1.5])),
+                "ids": Feature(int64_list=Int64List(value=[1, 2])),
+                "s": Feature(bytes_list=BytesList(value=[b"t"])),
+            }
+        )
+    )
+    context = Example(features=Features(feature={"c": Feature(float_list=FloatList(value=[1]))}))
+    request = apis.RegressionRequest(
+        model_spec=apis.ModelSpec(name="m"),
+        input=apis.Input(
+            example_list_with_context=apis.ExampleListWithContext(
+                examples=[example], context=context
+            )
+        ),
+    )
+    answer = apis.RegressionResponse(
+        result=apis.RegressionResult(regressions=[apis.Regression(value=0.1)])
+    )
+    logged_request, logged_answer = rest_json(
+        "Regress", request.SerializeToString(), answer.SerializeToString(), ok=True
+    )
+    assert json.loads(logged_request) == {
+        "context": {"c": 1.0},
+        "examples": [{"ids": [1, 2], "s": "t", "x": 1.5}],
+    }
+    assert json.loads(logged_answer) == {"results": [0.1]}
+    classified = apis.ClassificationResponse(
+        result=apis.ClassificationResult(
+            classifications=[apis.Classifications(classes=[apis.Class(label="cat", score=0.25)])]
+        )
+    )
+    _, logged = rest_json("Classify", b"", classified.SerializeToString(), ok=True)
+    assert json.loads(logged) == {"results": [[["cat", 0.25]]]}
+
+
+def test_errors_bad_messages_and_oversize_messages_are_said_so() -> None:
+    error = b'{"error": "Servable not found for request: Latest(m)"}'
+    assert rest_json("Predict", b"", error, ok=False)[1] == error
+    bad, _ = rest_json("Predict", b"\x0a\x05", b"", ok=False)
+    assert json.loads(bad)["error"].startswith("not written as JSON")
+    assert json.loads(bad)["b64"] == "CgU="
+    wrong = tensor(types_pb2.DT_FLOAT, [3], tensor_content=b"\x00" * 8)
+    request = apis.PredictRequest(inputs={"x": wrong}).SerializeToString()
+    assert (
+        "tensor_content holds 8 bytes"
+        in json.loads(rest_json("Predict", request, b"", ok=False)[0])["error"]
+    )
+    big, _ = rest_json("Predict", b"\x00" * 2000, b"", ok=False, max_bytes=1000)
+    assert "2000 bytes, over the log's maxPayloadBytes of 1000" in json.loads(big)["error"]

@@ -1,0 +1,115 @@
+"""What the sidecar reads of a gRPC request on its hot path: the model spec found by a walk of
+the wire format's top level, the tensors skipped unread; the request with the chosen version in
+its place, every other byte as it came."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import wrappers_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelserving.sidecar.config import ConfigError, parse_config
+from modelserving.sidecar.grpc_gateway import HTTP_STATUS, METHODS, REFUSALS
+from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_model_spec
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import tensor_pb2, types_pb2
+
+
+def predict(values: list[float], **spec: object) -> apis.PredictRequest:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+    return apis.PredictRequest(
+        model_spec=apis.ModelSpec(**spec), inputs={"x": tensor}, output_filter=["y"]
+    )
+
+
+@given(
+    values=st.lists(st.floats(width=32, allow_nan=False), max_size=50),
+    label=st.sampled_from(["", "canary"]),
+    signature=st.sampled_from(["", "serving_default"]),
+    version=st.integers(min_value=0, max_value=2**40),
+)
+def test_the_chosen_version_replaces_the_spec_and_nothing_else_changes(
+    values: list[float], label: str, signature: str, version: int
+) -> None:
+    spec: dict[str, object] = {"name": "m", "signature_name": signature}
+    if label:
+        spec["version_label"] = label
+    request = predict(values, **spec)
+    data = request.SerializeToString()
+    read, span = read_model_spec(data)
+    assert read == request.model_spec
+    read.version.value = version
+    forwarded = apis.PredictRequest.FromString(with_model_spec(data, span, read))
+    expected = apis.PredictRequest()
+    expected.CopyFrom(request)
+    expected.model_spec.version.value = version  # and no label: one of the two
+    assert forwarded == expected
+    assert forwarded.model_spec.WhichOneof("version_choice") == "version"
+
+
+def test_a_spec_after_the_tensors_is_found_and_a_request_without_one_gets_one() -> None:
+    request = predict([1.0], name="m", version=wrappers_pb2.Int64Value(value=3))
+    tensors = apis.PredictRequest(inputs=request.inputs).SerializeToString()
+    spec = apis.PredictRequest(model_spec=request.model_spec).SerializeToString()
+    read, _ = read_model_spec(tensors + spec)  # fields out of number order are valid protobuf
+    assert read == request.model_spec
+    empty, span = read_model_spec(tensors)
+    assert empty == apis.ModelSpec()
+    named = apis.ModelSpec(name="m", version=wrappers_pb2.Int64Value(value=1))
+    assert apis.PredictRequest.FromString(with_model_spec(tensors, span, named)).model_spec == named
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x0a\x05\x0a\x01m", "past the end"),  # a spec of 5 bytes with 3 there
+        (b"\x12\x80", "varint"),  # a length cut short
+        (b"\x0b", "wire type 3"),  # a group start: not proto3
+        (
+            b"\x0a\x03\x0a\x01m\x0a\x03\x0a\x01n",
+            "twice",
+        ),  # a second spec would merge into the first
+    ],
+)
+def test_what_is_not_a_request_is_refused_with_why(data: bytes, why: str) -> None:
+    with pytest.raises(WireError, match=why):
+        read_model_spec(data)
+
+
+def test_every_grpc_status_has_an_http_code_and_the_refusals_mean_what_401_and_403_mean() -> None:
+    assert set(HTTP_STATUS) == set(grpc.StatusCode)
+    assert REFUSALS[401] is grpc.StatusCode.UNAUTHENTICATED
+    assert REFUSALS[403] is grpc.StatusCode.PERMISSION_DENIED
+    assert HTTP_STATUS[grpc.StatusCode.UNAUTHENTICATED] == 401
+    assert HTTP_STATUS[grpc.StatusCode.PERMISSION_DENIED] == 403
+    assert HTTP_STATUS[grpc.StatusCode.NOT_FOUND] == 404
+    assert HTTP_STATUS[grpc.StatusCode.INVALID_ARGUMENT] == 400
+
+
+def test_the_methods_served_are_tf_servings_by_their_full_names() -> None:
+    services = {s.full_name: s for s in apis.DESCRIPTOR.services_by_name.values()}
+    for method in METHODS:
+        assert method.name in services[method.service].methods_by_name
+    assert [m.path for m in METHODS if m.logged] == [
+        "/tensorflow.serving.PredictionService/Predict",
+        "/tensorflow.serving.PredictionService/Classify",
+        "/tensorflow.serving.PredictionService/Regress",
+    ]
+
+
+def test_the_grpc_port_and_its_message_limit_are_settings_with_defaults_for_a_pod() -> None:
+    base = {
+        "serving": {"name": "s", "namespace": "n"},
+        "model": {"name": "m", "version": 1, "modelId": 1},
+    }
+    default = parse_config(base).grpc
+    assert (default.port, default.upstream) == (8500, "127.0.0.1:8510")
+    assert default.max_message_bytes == 64 * 1024 * 1024  # well above gRPC's 4 MiB
+    off = parse_config({**base, "grpc": {"port": 0, "maxMessageBytes": 1024}}).grpc
+    assert (off.port, off.max_message_bytes) == (0, 1024)
+    with pytest.raises(ConfigError, match=r"grpc.maxMessageBytes: expected an integer of 1"):
+        parse_config({**base, "grpc": {"maxMessageBytes": 0}})
+    with pytest.raises(ConfigError, match=r"grpc: unknown key\(s\) maxRequestBytes"):
+        parse_config({**base, "grpc": {"maxRequestBytes": 1}})
