@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from modelserving.inferencelog import ReadProgress, read_inference_log
+from modelserving.inferencelog import PROTOCOL_REST, ReadProgress, read_inference_log
 from modelserving.sidecar.config import (
     LoggingConfig,
     LoggingMode,
@@ -63,7 +63,7 @@ class Produced:
         ex = self.exchanges[request_id]
         version = ex.model_version if ex.model_version is not None else MODEL.version
         headers = {"request-id": request_id, "model-version": str(version), "pod": self.pod,
-                   "role": ex.role or STABLE}  # fmt: skip
+                   "role": ex.role or STABLE, "protocol": PROTOCOL_REST}  # fmt: skip
         if ex.caller is not None:
             headers["caller"] = ex.caller
         if ex.traceparent is not None:
