@@ -241,7 +241,6 @@ def operator_must_not(ns: str, release_ns: str) -> list[dict]:
         rule("create", "secrets", "", ns),
         rule("patch", "secrets", "", ns),
         rule("delete", "secrets", "", release_ns),
-        rule("list", "secrets", "", release_ns),
         rule("create", "pods", "", ns),
         rule("create", "pods", "", ns, subresource="exec"),
         rule("delete", "namespaces"),
