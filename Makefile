@@ -71,7 +71,7 @@ chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the p
 	version=$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') && \
 	sed -i "s/^appVersion: .*/appVersion: \"$$version\"/" charts/modelserving/Chart.yaml
 
-bench: venv ## benchmarks side by side (about 15 min; the environment must be up): docs/benchmarks.md
+bench: venv ## benchmarks side by side (about 20 min; the environment must be up): docs/benchmarks.md
 	$(PY) -m bench.run
 
 # Before/after comparisons for a change, each run side by side with what it is compared to:

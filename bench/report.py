@@ -509,8 +509,9 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "The cluster alone: the same children (Deployment, Service, two ConfigMaps and a "
-        "NetworkPolicy per serving, rendered by the operator's code) applied by "
+        "The cluster alone: the same children (every object the operator renders for a "
+        "serving, rendered by its code: Deployment, Service, ConfigMaps, NetworkPolicy, the "
+        "sidecar's ServiceAccount and RoleBinding) applied by "
         "kubectl processes side by side with no operator running, timed until every "
         "Deployment has its Pod available. No operator can be faster than that on the same "
         "machine; the ratio is the operator's time over it, measured in the same run.",
