@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from modelserving.inferencelog import (
     InferenceLogDecodeError,
@@ -195,13 +195,16 @@ class ProgressDisplay:
 
 
 async def _export(
-    args: argparse.Namespace, export_format: ExportFormat, window: DuplicateWindow | None
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    export_format: ExportFormat,
+    window: DuplicateWindow | None,
 ) -> int:
     progress = ReadProgress()
     display = ProgressDisplay(sys.stderr, progress)
     records = read_inference_log(
         args.topic,
-        **reader_options(args),
+        **options,
         from_beginning=True,
         since_ms=args.since,
         until_ms=args.until,
@@ -235,11 +238,14 @@ def run(args: argparse.Namespace) -> int:
     if export_format is ExportFormat.PARQUET and importlib.util.find_spec("arro3.io") is None:
         return _fail("Parquet needs the parquet extra: pip install 'modelserving[parquet]'")
     window = DuplicateWindow(args.dedupe) if args.dedupe else None
+    # The brokers and security the flags say (--bootstrap-servers, or --command-config's);
+    # what cannot work exits here, saying why.
+    options = reader_options(args)
     # What goes wrong with Kafka ends the export with one message below; aiokafka's own log
     # lines about it (a failed connect, each retry) would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        asyncio.run(_export(args, export_format, window))
+        asyncio.run(_export(args, options, export_format, window))
     except KeyboardInterrupt:
         return _fail("interrupted: nothing written", code=130)
     except TopicNotFoundError as exc:
@@ -254,9 +260,9 @@ def run(args: argparse.Namespace) -> int:
         from aiokafka.errors import KafkaConnectionError, KafkaError
 
         if isinstance(exc, KafkaConnectionError):
-            return _fail(f"cannot reach Kafka at {args.bootstrap_servers}")
+            return _fail(f"cannot reach Kafka at {options['bootstrap_servers']}")
         if isinstance(exc, KafkaError):
-            return _fail(f"Kafka at {args.bootstrap_servers}: {exc}")
+            return _fail(f"Kafka at {options['bootstrap_servers']}: {exc}")
         raise
     if window is not None:
         print(duplicates_note(window), file=sys.stderr)
