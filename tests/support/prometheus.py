@@ -176,16 +176,13 @@ def dashboard_queries(dashboard: dict) -> dict[str, str]:
     return queries
 
 
-def relaxed_selectors(expr: str, may_be_absent: frozenset[str] = frozenset()) -> list[str]:
+def relaxed_selectors(expr: str) -> list[str]:
     """The metric selectors of a PromQL expression, each label matcher made into "the label is
-    there" (`{code=~"5.."}` becomes `{code!=""}`), and the labels it groups `by` required too
-    (but those in `may_be_absent`): what must return series for the expression to be about
-    metrics and labels that exist, whatever its thresholds and the values of the labels."""
+    there" (`{code=~"5.."}` becomes `{code!=""}`), and the labels it groups `by` required too:
+    what must return series for the expression to be about metrics and labels that exist,
+    whatever its thresholds and the values of the labels."""
     grouped = {
-        label.strip()
-        for by in _BY.findall(expr)
-        for label in by.split(",")
-        if label.strip() and label.strip() not in may_be_absent
+        label.strip() for by in _BY.findall(expr) for label in by.split(",") if label.strip()
     }
     selectors = []
     for match in _SELECTOR.finditer(expr):
