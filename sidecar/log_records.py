@@ -27,7 +27,6 @@ from modelserving.inferencelog import (
 )
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.grpc_json import rest_json
 from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
 from modelserving.sidecar.routing import STABLE
 from modelserving.sidecar.spool import SpoolRecord, share_header
@@ -98,6 +97,10 @@ class SpoolRecordMaker:
     def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
         request_body, response_body = exchange.request_body, exchange.response_body
         if exchange.grpc_method is not None:  # protobuf: as the REST JSON of the same tensors
+            # Imported by the first gRPC record: a sidecar without a gRPC port never loads
+            # protobuf and TF Serving's messages.
+            from modelserving.sidecar.grpc_json import rest_json
+
             request_body, response_body = rest_json(
                 exchange.grpc_method,
                 request_body,
