@@ -25,6 +25,9 @@ TFSERVING_REST_PORT = 8501
 # written for TF Serving dial), and TF Serving's gRPC port moves out of its way.
 SIDECAR_GRPC_PORT = 8500
 TFSERVING_GRPC_PORT = 8510
+# The largest gRPC message the sidecar takes or passes on, either way, unless the serving says
+# another (spec.sidecar.grpc.maxMessageBytes): gRPC's own 4 MiB is too small for many models.
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Where the sidecar reads its settings (the operator mounts the rendered ConfigMap there).
 SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
 # Which version answers (weights, labels, shadow, sticky key): the `routing.yaml` key of the

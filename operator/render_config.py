@@ -154,8 +154,9 @@ def render_sidecar_config(
         },
         "limits": {"maxRequestBytes": spec.sidecar.max_request_bytes},
         "grpc": {
-            "port": api.SIDECAR_GRPC_PORT,
+            "port": api.SIDECAR_GRPC_PORT if spec.sidecar.grpc.enabled else 0,
             "upstream": f"127.0.0.1:{api.TFSERVING_GRPC_PORT}",
+            "maxMessageBytes": spec.sidecar.grpc.max_message_bytes,
         },
         "auth": {"mode": mode},
         "logging": {"mode": "NONE"},

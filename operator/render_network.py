@@ -11,32 +11,32 @@ from modelserving.operator.spec import ServingSpec
 
 
 def render_service(spec: ServingSpec) -> Manifest:
-    port = spec.service.port
+    ports: list[dict[str, Any]] = [
+        {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+    ]
+    if spec.sidecar.grpc.enabled:
+        # TF Serving's gRPC API through the sidecar, on TF Serving's own port number.
+        ports.append({
+            "name": "grpc",
+            "port": api.SIDECAR_GRPC_PORT,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        })  # fmt: skip
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(spec, spec.name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(spec),
-            "ports": [
-                {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
-                # TF Serving's gRPC API through the sidecar, on TF Serving's own port number.
-                {
-                    "name": "grpc",
-                    "port": api.SIDECAR_GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
-                },
-            ],
-        },
+        "spec": {"type": "ClusterIP", "selector": selector_labels(spec), "ports": ports},
     }
 
 
 def render_network_policy(spec: ServingSpec) -> Manifest:
-    """Only the sidecar's ports (REST, gRPC) are open to other pods; TF Serving answers inside
-    the pod only."""
+    """Only the sidecar's ports (REST, and gRPC when it serves it) are open to other pods; TF
+    Serving answers inside the pod only."""
+    ports = [{"protocol": "TCP", "port": api.SIDECAR_PORT}]
+    if spec.sidecar.grpc.enabled:
+        ports.append({"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -44,14 +44,7 @@ def render_network_policy(spec: ServingSpec) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(spec)},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "ports": [
-                        {"protocol": "TCP", "port": api.SIDECAR_PORT},
-                        {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
-                    ]
-                }
-            ],
+            "ingress": [{"ports": ports}],
         },
     }
 

@@ -115,10 +115,7 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             "--routing",
             api.SIDECAR_ROUTING_FILE,
         ],
-        "ports": [
-            {"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": api.SIDECAR_GRPC_PORT, "protocol": "TCP"},
-        ],
+        "ports": _sidecar_ports(spec),
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
@@ -133,6 +130,13 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         "securityContext": _container_security(),
         "volumeMounts": mounts,
     }
+
+
+def _sidecar_ports(spec: ServingSpec) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": api.SIDECAR_PORT, "protocol": "TCP"}]
+    if spec.sidecar.grpc.enabled:
+        ports.append({"name": "grpc", "containerPort": api.SIDECAR_GRPC_PORT, "protocol": "TCP"})
+    return ports
 
 
 def _routing_mount(spec: ServingSpec) -> dict[str, Any]:

@@ -158,10 +158,19 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class SidecarGrpcSpec:
+    """spec.sidecar.grpc: TF Serving's gRPC API on the sidecar, or none (enabled false)."""
+
+    enabled: bool = True
+    max_message_bytes: int = api.GRPC_MAX_MESSAGE_BYTES  # either way; not max_request_bytes
+
+
+@dataclass(frozen=True)
 class SidecarSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_SIDECAR_RESOURCES)
     timeout_seconds: float = 60.0
     max_request_bytes: int = 10 * 1024 * 1024
+    grpc: SidecarGrpcSpec = SidecarGrpcSpec()
 
 
 # --------------------------------------------------------------------------- the inference log
@@ -352,6 +361,7 @@ _SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "
 _BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
 _SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}
+_SIDECAR_GRPC: Converters = {"enabled": bool, "maxMessageBytes": int}
 _LOGGING: Converters = {"enabled": bool, "mode": str, "durability": str}
 _SAMPLING: Converters = {"successRate": float, "errorRate": float}
 _PAYLOADS: Converters = {"maxBytes": int, "oversize": str, "nonJson": str}
@@ -438,7 +448,8 @@ def _sidecar(raw: Raw) -> SidecarSpec:
     fields = _given(raw, _SIDECAR)
     if raw.get("resources"):
         fields["resources"] = raw["resources"]
-    return SidecarSpec(**fields)
+    grpc = SidecarGrpcSpec(**_given(_section(raw, "grpc"), _SIDECAR_GRPC))
+    return SidecarSpec(**fields, grpc=grpc)
 
 
 def _logging(raw: Raw) -> LoggingSpec:

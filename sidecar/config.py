@@ -68,6 +68,7 @@ from typing import Any
 import yaml
 
 from modelserving.api import (
+    GRPC_MAX_MESSAGE_BYTES,
     LOG_COMPRESSION,
     LOG_DURABILITY,
     LOG_MAX_PAYLOAD_BYTES,
@@ -177,7 +178,7 @@ class GrpcConfig:
     # The largest message taken from a caller and passed between the sidecar and TF Serving,
     # either way: gRPC's own default of 4 MiB is too small for many models' tensors. A larger
     # request gets RESOURCE_EXHAUSTED.
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
