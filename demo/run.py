@@ -319,10 +319,12 @@ def run_demo(keep: bool) -> None:
                        f"--rest_api_port={rest_port}", f"--model_name={model}", "--model_base_path=" + serving["spec"]["model"]["basePath"]]  # fmt: skip # noqa: E501
             say("TF Serving: the real tensorflow_model_server")
         else:
-            tfs_cmd = [sys.executable, str(REPO / "tests" / "support" / "tfserving_standin.py"),
-                       "--port", str(rest_port), "--model", model]  # fmt: skip
+            # Its REST and gRPC APIs, on TF Serving's ports in the pod.
+            tfs_cmd = [sys.executable, "-m", "tests.support.tfserving_standin_grpc",
+                       "--port", str(rest_port), "--grpc-port", str(grpc_port),
+                       "--model", model]  # fmt: skip
             say("TF Serving: the stand-in of tests/ (no registry ships tensorflow_model_server)")
-        processes.start("tfserving", tfs_cmd)
+        processes.start("tfserving", tfs_cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
         command = [sys.executable, "-m", "modelserving.cli", *sidecar["command"][1:]]
         command[command.index("--config") + 1] = str(local_config)
         say(f"sidecar: {' '.join(sidecar['command'])}  (mounts under {DEMO_DIR / 'pod'})")
@@ -352,6 +354,11 @@ def run_demo(keep: bool) -> None:
         if status != 200:
             raise DemoError(f"the prediction failed with {status}; see {sidecar_log}")
         request_id = headers["X-Request-Id"]
+        grpc_address = f"127.0.0.1:{rendered['grpc']['port']}"
+        outputs, grpc_id = grpc_predict(grpc_address, model, SEED_REQUEST["instances"])
+        say(f"the same over gRPC ({grpc_address}, PredictionService/Predict, x = "
+            f"{SEED_REQUEST['instances']}):")  # fmt: skip
+        say(f"answer:   OK y = {outputs}  (x-request-id {grpc_id})")
 
         step(7, "The same request without a credential")
         status, headers, answer = http("POST", url, body, {"Content-Type": "application/json"})
@@ -397,6 +404,34 @@ def run_demo(keep: bool) -> None:
             cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
             if not was_up:
                 subprocess.run([sys.executable, str(LOCALENV), "down"], check=False)
+
+
+def grpc_predict(address: str, model: str, x: list[float]) -> tuple[list[float], str]:
+    """README's gRPC example, with this project's copy of TF Serving's messages in place of
+    TensorFlow's: the outputs y and the call's request id."""
+    import grpc
+
+    from modelserving.tfserving import serving_apis_pb2, types_pb2
+    from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
+
+    request = serving_apis_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = request.inputs["x"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add().size = len(x)
+    tensor.float_val.extend(x)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            # wait_for_ready: the sidecar opens its gRPC port just after the REST one.
+            answer, call = PredictionServiceStub(channel).Predict.with_call(
+                request, metadata=[("authorization", f"ApiKey {DEMO_KEY}")], timeout=30,
+                wait_for_ready=True,
+            )  # fmt: skip
+        except grpc.RpcError as exc:
+            raise DemoError(f"the gRPC Predict failed: {exc.code().name} {exc.details()}; "
+                            f"see {DEMO_DIR / 'sidecar.log'}") from None  # fmt: skip
+    request_id = dict(call.initial_metadata())["x-request-id"]
+    return list(answer.outputs["y"].float_val), request_id
 
 
 def down() -> None:

@@ -33,6 +33,8 @@ def test_demo_runs_the_whole_system(local_env):
     )
     # The seed's request got half_plus_two's answer; without a key, a 401 in TF Serving's words.
     assert 'answer:   200 {"predictions": [2.5, 3.0, 4.5]}' in out
+    # And the same over gRPC, through the sidecar's gRPC port to the stand-in's.
+    assert "answer:   OK y = [2.5, 3.0, 4.5]" in out
     assert re.search(r'answer:   401 \{"error": ".*"\}\s+\(WWW-Authenticate: ApiKey', out)
     # The decoded Avro record is the request's and its answer's.
     record = json.loads(out[out.index("{\n") : out.index("\n}\n") + 2])

@@ -292,19 +292,29 @@ async def running_standin(
         await runner.cleanup()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="A stand-in for TF Serving's REST API.")
+def standin_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of a stand-in process (this one, and the gRPC one beside it)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--model", action="append", help="a model name to serve (repeatable)")
     parser.add_argument("--versions", default="1", help="the versions served, e.g. 1,2")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay of every answer")
-    args = parser.parse_args()
+    return parser
+
+
+def standin_of(args: argparse.Namespace) -> TFServingStandIn:
+    """The stand-in a process's command line asks for; it keeps no requests (it runs long)."""
     versions = tuple(int(v) for v in args.versions.split(","))
     models = {name: StandInModel(versions) for name in (args.model or ["half_plus_two"])}
     standin = TFServingStandIn(models, args.delay_ms / 1000)
     standin.record = False
-    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None)
+    return standin
+
+
+def main() -> None:
+    args = standin_arguments("A stand-in for TF Serving's REST API.").parse_args()
+    web.run_app(standin_of(args).app(), host=args.host, port=args.port, access_log=None)
 
 
 if __name__ == "__main__":

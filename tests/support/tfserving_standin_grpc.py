@@ -5,6 +5,10 @@ the same models, versions, labels and states as the REST stand-in (the same `TFS
 NOT_FOUND `Servable not found for request: Specific(<name>, <version>)` for a version that is not
 AVAILABLE, INVALID_ARGUMENT for a request the model cannot take, and no message size limit (TF
 Serving sets its gRPC server's to the largest int).
+
+As a process (the demo's TF Serving), both APIs of one stand-in, on TF Serving's two ports:
+
+    python -m tests.support.tfserving_standin_grpc --port 8501 --grpc-port 8510 [--model NAME]
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from tests.support.tfserving_standin import (
     StandInModel,
     StandInVersion,
     TFServingStandIn,
+    running_standin,
+    standin_arguments,
+    standin_of,
 )
 
 _STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
@@ -289,3 +296,19 @@ async def running_grpc_standin(
         yield servicer, f"{host}:{bound}"
     finally:
         await server.stop(1)
+
+
+async def _serve_both(standin: TFServingStandIn, host: str, port: int, grpc_port: int) -> None:
+    async with running_standin(standin, host, port), running_grpc_standin(standin, host, grpc_port):
+        await asyncio.Event().wait()  # until the process is stopped
+
+
+def main() -> None:
+    parser = standin_arguments("A stand-in for TF Serving's REST and gRPC APIs.")
+    parser.add_argument("--grpc-port", type=int, default=8500, help="TF Serving's --port")
+    args = parser.parse_args()
+    asyncio.run(_serve_both(standin_of(args), args.host, args.port, args.grpc_port))
+
+
+if __name__ == "__main__":
+    main()
