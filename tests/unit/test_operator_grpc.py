@@ -107,3 +107,27 @@ def test_the_rest_body_limit_and_the_grpc_message_limit_are_separate() -> None:
     config, _ = sidecar_configs(maxRequestBytes=2 * MiB, grpc={"maxMessageBytes": 32 * MiB})
 
     assert (config.limits.max_request_bytes, config.grpc.max_message_bytes) == (2 * MiB, 32 * MiB)
+
+
+def sidecar_memory_limit(rendered: dict[str, dict[str, Any]]) -> str:
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == api.SIDECAR_CONTAINER)
+    return str(sidecar["resources"]["limits"]["memory"])
+
+
+def test_the_default_memory_limit_holds_one_call_of_the_largest_message() -> None:
+    # 256Mi for the sidecar itself, plus five times the largest message (a call is held
+    # about five times over); with gRPC off, only the 256Mi.
+    assert sidecar_memory_limit(children()) == "576Mi"
+    assert sidecar_memory_limit(children(grpc={"maxMessageBytes": 16 * MiB})) == "336Mi"
+    assert sidecar_memory_limit(children(grpc={"enabled": False})) == "256Mi"
+
+
+def test_resources_set_by_hand_are_left_as_they_are() -> None:
+    resources = {"requests": {"memory": "64Mi"}, "limits": {"memory": "300Mi"}}
+
+    rendered = children(resources=resources, grpc={"maxMessageBytes": 128 * MiB})
+
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == api.SIDECAR_CONTAINER)
+    assert sidecar["resources"] == resources
