@@ -134,15 +134,16 @@ def direct_grpc(grpc: GrpcBench) -> Iterator[Started]:
     yield Started(None, load.GrpcTarget(grpc.upstream_port, grpc.request))
 
 
-def sidecar_grpc(side: SidecarBench) -> Callable[[GrpcBench], Any]:
-    """The sidecar of REST's ONE_VERSION, log on, called over its gRPC port; REST's upstream
-    (nginx) stays its model-status source, as TF Serving's REST port is in a pod."""
+def sidecar_grpc(side: SidecarBench, log_on: bool = True) -> Callable[[GrpcBench], Any]:
+    """The sidecar of REST's ONE_VERSION (log on) or of its log-off one, called over its gRPC
+    port; REST's upstream (nginx) stays its model-status source, as TF Serving's REST port is
+    in a pod."""
 
     @contextlib.contextmanager
     def start(grpc: GrpcBench) -> Iterator[Started]:
         port = free_port()
         settings = {"port": port, "upstream": f"127.0.0.1:{grpc.upstream_port}"}
-        with side.running("apiKey", True, grpc=settings) as (proc, _, topic):
+        with side.running("apiKey", log_on, grpc=settings) as (proc, _, topic):
             proc.wait_port(port)
             metadata = {"authorization": f"ApiKey {API_KEY}"}
             yield Started(proc, load.GrpcTarget(port, grpc.request, metadata), topic)
@@ -213,11 +214,12 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
     rest = [Configuration(REST_DIRECT, direct), side.configuration(REST_SIDECAR, "apiKey", True)]
     grpc_configs = [GrpcConfiguration(GRPC_DIRECT, direct_grpc),
                     GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side))]  # fmt: skip
-    names = [c.name for c in rest] + [c.name for c in grpc_configs]
+    every: list[Configuration | GrpcConfiguration] = [*rest, *grpc_configs]
+    names = [c.name for c in every]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with upstream(bench), grpc_upstream(bench) as grpc:
         for run in range(1, runs + 1):
-            for one in [*rest, *grpc_configs]:
+            for one in every:
                 log(f"gRPC path, run {run}: {one.name}")
                 try:
                     if isinstance(one, Configuration):

@@ -290,6 +290,26 @@ def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
     assert "sidecar, apiKey, log on" not in rows
 
 
+def test_sidecar_comparison_adds_grpc_latency_over_the_direct_grpc_call():
+    def timed(p50: float, p99: float) -> object:
+        return compare_sidecar.Result(rps=1000.0, requests=4000, cpu_share=1.0,
+                                      cpu_us_per_request=100.0, rps_per_core=1000.0,
+                                      rss_peak_mib=40.0, p50_ms=p50, p99_ms=p99,
+                                      cpu_us_at_rate=100.0)  # fmt: skip
+
+    results = {
+        compare_sidecar.DIRECT: [timed(0.2, 1.0)],
+        compare_sidecar.REFERENCE: [timed(0.5, 2.0)],
+        compare_sidecar.DIRECT_GRPC: [timed(0.3, 0.5)],
+        compare_sidecar.GRPC_LOG_OFF: [timed(1.3, 3.5)],
+    }
+    table = compare_sidecar.report(results, compare_sidecar.REFERENCE, True, compare_sidecar.BASES)
+    rows = {line[:52].strip(): line[52:].split() for line in table.splitlines()[1:]}
+    assert rows[compare_sidecar.REFERENCE][6:8] == ["+0.300", "+1.000"]
+    assert rows[compare_sidecar.DIRECT_GRPC][6:8] == ["+0.000", "+0.000"]
+    assert rows[compare_sidecar.GRPC_LOG_OFF][6:8] == ["+1.000", "+3.000"]
+
+
 def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path):
     code = procs.tree_at("HEAD", tmp_path / "revision")
     imported = subprocess.run(
