@@ -487,15 +487,16 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
     def cells(name: str) -> list[str]:
         return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
 
-    assert cells(grpc_path.REST_DIRECT) == ["REST", "20,000 / 20,000", "0.300 / 0.900 ; "
-                                            "0.400 / 1.000", "", "", ""]  # fmt: skip
+    assert cells(grpc_path.REST_DIRECT) == [
+        "REST", "20,000 / 20,000", "1,000 / 1,000", "0.300 / 0.900 ; 0.400 / 1.000", "", "", "",
+    ]  # fmt: skip
     assert cells(grpc_path.REST_SIDECAR) == [
-        "REST", "8,000 / 6,000", "0.500 / 1.500 ; 0.600 / 1.400", "0.200 / 0.600 ; 0.200 / "
-        "0.400", "0.200 / 0.600 ; 0.200 / 0.400", "",
+        "REST", "8,000 / 6,000", "1,000 / 1,000", "0.500 / 1.500 ; 0.600 / 1.400",
+        "0.200 / 0.600 ; 0.200 / 0.400", "0.200 / 0.600 ; 0.200 / 0.400", "",
     ]  # fmt: skip
     assert cells(grpc_path.GRPC_SIDECAR) == [
-        "gRPC", "4,000 / failed", "0.700 / 2.500 ; failed", "0.500 / 2.000 ; failed",
-        "0.500 / 2.000 ; failed", "31,000 / 31,000 ; failed",
+        "gRPC", "4,000 / failed", "1,000 / failed", "0.700 / 2.500 ; failed",
+        "0.500 / 2.000 ; failed", "0.500 / 2.000 ; failed", "31,000 / 31,000 ; failed",
     ]  # fmt: skip
     assert "over the sidecar over REST: 0.50 (pass by pass)" in "\n".join(report.grpc_lines(part))
     results_doc = _results()
