@@ -17,8 +17,9 @@ listener (SCRAM-SHA-512 over TLS, the client files localenv made), beside the PL
 what a secured Kafka costs the request path.
 
 --grpc also runs the working tree's sidecar called over its gRPC port (log off, and log on with
-the broker) with ghz, beside a direct gRPC call (with --latency) to the gRPC upstream of
-bench/grpc_upstream on core 0: its added latency is over that direct gRPC call. ghz and the
+the broker) with ghz, beside a bare grpc.aio proxy (bench/grpc_aio_proxy) and a direct gRPC call
+(with --latency) to the gRPC upstream of bench/grpc_upstream on core 0: their added latency is
+over that direct gRPC call. ghz and the
 upstream are built into the benchmark's cache when missing (a minute, once).
 
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
@@ -42,7 +43,14 @@ from pathlib import Path
 
 from bench import grpc_path, load, tools
 from bench.environment import localenv_settings
-from bench.grpc_path import GrpcBench, GrpcConfiguration, direct_grpc, grpc_upstream, sidecar_grpc
+from bench.grpc_path import (
+    GrpcBench,
+    GrpcConfiguration,
+    bare_grpc_proxy,
+    direct_grpc,
+    grpc_upstream,
+    sidecar_grpc,
+)
 from bench.procs import PeakRss, Proc, tree_at
 from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
 from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
@@ -54,7 +62,8 @@ DIRECT = "direct (nginx upstream)"
 DIRECT_GRPC = "direct gRPC (gRPC upstream)"
 GRPC_LOG_OFF = "sidecar over gRPC, apiKey, log off"
 # Where each configuration's added latency is taken over: the direct call of its protocol.
-BASES = {name: DIRECT_GRPC for name in (DIRECT_GRPC, GRPC_LOG_OFF, grpc_path.GRPC_SIDECAR)}
+BASES = {name: DIRECT_GRPC for name in (DIRECT_GRPC, grpc_path.GRPC_BARE, GRPC_LOG_OFF,
+                                        grpc_path.GRPC_SIDECAR)}  # fmt: skip
 REFERENCE = "bare aiohttp proxy, uvloop"  # the ratio column's denominator
 
 
@@ -190,6 +199,7 @@ def grpc_configurations(side: SidecarBench, args: argparse.Namespace) -> list[Gr
     if not args.grpc:
         return []
     configs = [GrpcConfiguration(DIRECT_GRPC, direct_grpc)] if args.latency else []
+    configs.append(GrpcConfiguration(grpc_path.GRPC_BARE, bare_grpc_proxy))
     if not args.no_log_off:
         configs.append(GrpcConfiguration(GRPC_LOG_OFF, sidecar_grpc(side, log_on=False)))
     if side.bootstrap:
@@ -270,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also the log-on sidecar through the broker's SASL_SSL listener",
     )
     parser.add_argument("--grpc", action="store_true",
-                        help="also the sidecar called over gRPC (ghz), beside a direct gRPC call "
-                        "with --latency")  # fmt: skip
+                        help="also the sidecar called over gRPC (ghz), beside a bare grpc.aio "
+                        "proxy and, with --latency, a direct gRPC call")  # fmt: skip
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
     args = parser.parse_args(argv)

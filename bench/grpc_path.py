@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.procs import LOAD_CORE, BenchError, PeakRss, Proc, free_port, log
+from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port, log
 from bench.request_path import (
     RATES,
     VEGETA_SECONDS,
@@ -40,12 +41,17 @@ from bench.topics import wait_topic
 from modelserving.inferencelog import HEADER_PROTOCOL, PROTOCOL_GRPC
 from modelserving.tfserving import serving_apis_pb2, tensor_pb2, types_pb2
 
+REPO = Path(__file__).resolve().parent.parent
 REST_DIRECT = "direct"  # the names request_path and the REST tables give these two
 REST_SIDECAR = ONE_VERSION
 GRPC_DIRECT = "direct gRPC"
+GRPC_BARE = "bare grpc.aio proxy"
 GRPC_SIDECAR = "sidecar over gRPC, apiKey, log on"
 # (protocol, its direct call, its sidecar): each sidecar's latency is added over its own direct.
 PROTOCOLS = (("REST", REST_DIRECT, REST_SIDECAR), ("gRPC", GRPC_DIRECT, GRPC_SIDECAR))
+# What the gRPC sidecar is measured beside besides its direct call: the floor of its stack, whose
+# latency is added over the direct gRPC call too.
+FLOORS = {GRPC_BARE: GRPC_DIRECT}
 # What the upstreams answer: nginx's fixed predict body (bench/nginx/upstream.conf) and its
 # model status, versions 3, 2 and 1 AVAILABLE.
 PREDICTIONS = [[2.5], [3.0]]
@@ -134,6 +140,19 @@ def direct_grpc(grpc: GrpcBench) -> Iterator[Started]:
     yield Started(None, load.GrpcTarget(grpc.upstream_port, grpc.request))
 
 
+@contextlib.contextmanager
+def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
+    """bench/grpc_aio_proxy on the proxy's core: grpc.aio forwarding bytes, nothing else."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.grpc_aio_proxy", "--port", str(port),
+           "--upstream", f"127.0.0.1:{grpc.upstream_port}"]  # fmt: skip
+    proc = Proc("grpc-aio-proxy", cmd, PROXY_CORE, grpc.bench.workdir, port=port, cwd=REPO)
+    try:
+        yield Started(proc, load.GrpcTarget(port, grpc.request))
+    finally:
+        proc.stop()
+
+
 def sidecar_grpc(side: SidecarBench, log_on: bool = True) -> Callable[[GrpcBench], Any]:
     """The sidecar of REST's ONE_VERSION (log on) or of its log-off one, called over its gRPC
     port; REST's upstream (nginx) stays its model-status source, as TF Serving's REST port is
@@ -213,6 +232,7 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
         return {"notes": ["skipped: the sidecar or the Kafka broker is not available"]}
     rest = [Configuration(REST_DIRECT, direct), side.configuration(REST_SIDECAR, "apiKey", True)]
     grpc_configs = [GrpcConfiguration(GRPC_DIRECT, direct_grpc),
+                    GrpcConfiguration(GRPC_BARE, bare_grpc_proxy),
                     GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side))]  # fmt: skip
     every: list[Configuration | GrpcConfiguration] = [*rest, *grpc_configs]
     names = [c.name for c in every]
@@ -242,9 +262,10 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
 
 
 def add_over_direct(results: dict[str, list[dict[str, Any]]]) -> None:
-    """Each sidecar's `added_ms`: its percentiles minus its own protocol's direct call's, pass
-    by pass."""
-    for _, base_name, name in PROTOCOLS:
+    """Each sidecar's (and the bare proxy's) `added_ms`: its percentiles minus its own
+    protocol's direct call's, pass by pass."""
+    pairs = [(base, name) for _, base, name in PROTOCOLS] + [(b, n) for n, b in FLOORS.items()]
+    for base_name, name in pairs:
         for i, result in enumerate(results.get(name, [])):
             bases = results.get(base_name, [])
             base = bases[i] if i < len(bases) else None

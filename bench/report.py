@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from bench.grpc_path import FLOORS as GRPC_FLOORS
 from bench.grpc_path import GRPC_SIDECAR, REST_SIDECAR
 from bench.grpc_path import PROTOCOLS as GRPC_PROTOCOLS
 from bench.sidecar import ONE_VERSION, ROUTINGS, versions_configuration
@@ -330,7 +331,9 @@ def grpc_lines(part: dict[str, Any]) -> list[str]:
         "TF Serving's `PredictionService/Predict` through our sidecar's gRPC port (API-key "
         "auth, inference log on into the real broker: the sidecar of REST's \"sidecar, apiKey, "
         "log on\") and straight to a gRPC upstream that answers at once, beside REST's direct "
-        "call and the same sidecar over REST, all four in each pass. The gRPC upstream is "
+        "call and the same sidecar over REST, and a bare grpc.aio proxy (`bench/grpc_aio_proxy`: "
+        "bytes forwarded, no auth, no log; the floor of the sidecar's gRPC stack, as the bare "
+        "aiohttp proxy is of REST's), all in each pass. The gRPC upstream is "
         "`bench/grpc_upstream` (grpc-go, requests read as bytes, a fixed PredictResponse of "
         "the REST upstream's predictions) on the load core; the request is REST's request as a "
         "PredictRequest (the same tensor). gRPC load: ghz, 64 calls at once over one "
@@ -356,8 +359,11 @@ def grpc_lines(part: dict[str, Any]) -> list[str]:
     def records(r: dict[str, Any]) -> str:
         return f"{r['records']['on_topic']:,} / {r['records']['calls_answered']:,}"
 
-    rows = [(row, protocol, base if row == sidecar else None)
-            for protocol, base, sidecar in GRPC_PROTOCOLS for row in (base, sidecar)]  # fmt: skip
+    rows: list[tuple[str, str, str | None]] = []  # (configuration, protocol, its direct call)
+    for protocol, base, sidecar in GRPC_PROTOCOLS:
+        rows.append((base, protocol, None))
+        rows += [(floor, protocol, base) for floor, of in GRPC_FLOORS.items() if of == base]
+        rows.append((sidecar, protocol, base))
     for name, protocol, base in rows:
         runs = results.get(name)
         if runs is None:
@@ -368,7 +374,7 @@ def grpc_lines(part: dict[str, Any]) -> list[str]:
             _cells(runs, pair(measured)),
             _cells(runs, added("200")) if base else "",
             _cells(runs, added("1000")) if base else "",
-            _cells(runs, records) if base and protocol == "gRPC" else "",
+            _cells(runs, records) if name == GRPC_SIDECAR else "",
         ]
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     ratios = _per_pass_in(results, GRPC_SIDECAR, REST_SIDECAR,

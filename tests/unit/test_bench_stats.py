@@ -477,6 +477,7 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
         grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
         grpc_path.REST_SIDECAR: [_grpc_pass(8000, 0.5, 1.5), _grpc_pass(6000, 0.6, 1.4)],
         grpc_path.GRPC_DIRECT: [_grpc_pass(30000, 0.2, 0.5), _grpc_pass(30000, 0.2, 0.5)],
+        grpc_path.GRPC_BARE: [_grpc_pass(5000, 0.4, 1.0), _grpc_pass(5000, 0.4, 1.5)],
         grpc_path.GRPC_SIDECAR: [_grpc_pass(4000, 0.7, 2.5), {"error": "ghz got 50% OK"}],
     }
     results[grpc_path.GRPC_SIDECAR][0]["records"] = {"on_topic": 31000, "calls_answered": 31000}
@@ -494,6 +495,13 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
         "REST", "8,000 / 6,000", "1,000 / 1,000", "0.500 / 1.500 ; 0.600 / 1.400",
         "0.200 / 0.600 ; 0.200 / 0.400", "0.200 / 0.600 ; 0.200 / 0.400", "",
     ]  # fmt: skip
+    assert cells(grpc_path.GRPC_BARE) == [
+        "gRPC", "5,000 / 5,000", "1,000 / 1,000", "0.400 / 1.000 ; 0.400 / 1.500",
+        "0.200 / 0.500 ; 0.200 / 1.000", "0.200 / 0.500 ; 0.200 / 1.000", "",
+    ]  # fmt: skip
+    order = [name for name in rows if name in results]
+    assert order == [grpc_path.REST_DIRECT, grpc_path.REST_SIDECAR, grpc_path.GRPC_DIRECT,
+                     grpc_path.GRPC_BARE, grpc_path.GRPC_SIDECAR]  # fmt: skip
     assert cells(grpc_path.GRPC_SIDECAR) == [
         "gRPC", "4,000 / failed", "1,000 / failed", "0.700 / 2.500 ; failed",
         "0.500 / 2.000 ; failed", "0.500 / 2.000 ; failed", "31,000 / 31,000 ; failed",
