@@ -1,8 +1,9 @@
 """The gRPC path: TF Serving's PredictionService/Predict through our sidecar (API-key auth,
 inference log on into the real broker: REST's "sidecar, apiKey, log on" with its gRPC port)
 beside a direct call to a gRPC upstream that answers at once (bench/grpc_upstream, on the load
-core), and beside the REST path's direct call and log-on sidecar measured in the same passes, so
-that both protocols are set side by side under the same machine state.
+core) and a bare grpc.aio proxy (bench/grpc_aio_proxy, the floor of the sidecar's gRPC stack),
+and beside the REST path's direct call and log-on sidecar measured in the same passes, so that
+both protocols are set side by side under the same machine state.
 
 ghz does over gRPC what wrk and vegeta do over REST: calls/s at saturation (requests per core
 from the sidecar's CPU time, as REST's) and latency at the same fixed rates, added latency being
@@ -49,8 +50,8 @@ GRPC_BARE = "bare grpc.aio proxy"
 GRPC_SIDECAR = "sidecar over gRPC, apiKey, log on"
 # (protocol, its direct call, its sidecar): each sidecar's latency is added over its own direct.
 PROTOCOLS = (("REST", REST_DIRECT, REST_SIDECAR), ("gRPC", GRPC_DIRECT, GRPC_SIDECAR))
-# What the gRPC sidecar is measured beside besides its direct call: the floor of its stack, whose
-# latency is added over the direct gRPC call too.
+# The floor of the gRPC sidecar's stack, measured beside it; its latency is added over the
+# direct gRPC call too.
 FLOORS = {GRPC_BARE: GRPC_DIRECT}
 # What the upstreams answer: nginx's fixed predict body (bench/nginx/upstream.conf) and its
 # model status, versions 3, 2 and 1 AVAILABLE.
@@ -122,7 +123,7 @@ def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
 
 @dataclass(frozen=True)
 class GrpcConfiguration:
-    """One thing put in front of the gRPC upstream; `records` is told where its log went."""
+    """One thing put in front of the gRPC upstream (or nothing): how to start it."""
 
     name: str
     start: Callable[[GrpcBench], contextlib.AbstractContextManager[Started]]
@@ -130,6 +131,8 @@ class GrpcConfiguration:
 
 @dataclass(frozen=True)
 class Started:
+    """A started configuration: its process, where calls go, and its log's topic if any."""
+
     proc: Proc | None  # None: the direct call, whose upstream is measured
     target: load.GrpcTarget
     topic: str | None = None
