@@ -2,7 +2,7 @@
 and beside itself at another git revision or with other log settings, side by side in one run.
 
     python -m bench.compare_sidecar [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
-        [--versions]
+        [--versions] [--grpc]
 
 One nginx upstream answering a fixed TF Serving predict body (bench/nginx/upstream.conf) on
 core 0 with the load (wrk, and vegeta for latency); each proxy under test in turn on core 1.
@@ -16,6 +16,12 @@ which a shared, noisy machine moves far less than the figures themselves.
 listener (SCRAM-SHA-512 over TLS, the client files localenv made), beside the PLAINTEXT one:
 what a secured Kafka costs the request path.
 
+--grpc also runs the working tree's sidecar called over its gRPC port (log off, and log on with
+the broker) with ghz, beside a bare grpc.aio proxy (bench/grpc_aio_proxy) and a direct gRPC call
+(with --latency) to the gRPC upstream of bench/grpc_upstream on core 0: their added latency is
+over that direct gRPC call. ghz and the
+upstream are built into the benchmark's cache when missing (a minute, once).
+
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
 change is compared with what it replaces in the same run; --candidate REV measures a revision
 instead of the working tree. The log-on configurations produce into the real broker of the
@@ -25,6 +31,7 @@ local environment (.localenv/env.json); without it they are skipped. No cluster 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -34,16 +41,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load
+from bench import grpc_path, load, tools
 from bench.environment import localenv_settings
+from bench.grpc_path import (
+    GrpcBench,
+    GrpcConfiguration,
+    bare_grpc_proxy,
+    direct_grpc,
+    grpc_upstream,
+    sidecar_grpc,
+)
 from bench.procs import PeakRss, Proc, tree_at
 from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
 from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
-from bench.stats import rps_per_core
+from bench.stats import LatencyResult, rps_per_core
 from bench.tools import Tools, vegeta_binary
 
 LATENCY_RATE = 1000
 DIRECT = "direct (nginx upstream)"
+DIRECT_GRPC = "direct gRPC (gRPC upstream)"
+GRPC_LOG_OFF = "sidecar over gRPC, apiKey, log off"
+# Where each configuration's added latency is taken over: the direct call of its protocol.
+BASES = {name: DIRECT_GRPC for name in (DIRECT_GRPC, grpc_path.GRPC_BARE, GRPC_LOG_OFF,
+                                        grpc_path.GRPC_SIDECAR)}  # fmt: skip
 REFERENCE = "bare aiohttp proxy, uvloop"  # the ratio column's denominator
 
 
@@ -93,16 +113,58 @@ def measure(
         )
 
 
+def measure_grpc(
+    grpc: GrpcBench, configuration: GrpcConfiguration, latency: bool, seconds: int
+) -> Result:
+    """`measure` over gRPC: ghz at the fixed rate (with --latency), then saturated."""
+    bench = grpc.bench
+    with configuration.start(grpc) as started:
+        measured = started.proc or grpc.upstream
+
+        def ghz(seconds: float, rate: int | None = None) -> LatencyResult:
+            return load.ghz(bench.tools.ghz, started.target, bench.workdir, seconds, rate)
+
+        p50 = p99 = at_rate = None
+        if latency:
+            ghz(1, LATENCY_RATE)  # warm-up
+            cpu_before = measured.cpu_seconds()
+            lat = ghz(3, LATENCY_RATE)
+            at_rate = (measured.cpu_seconds() - cpu_before) / lat.requests * 1e6
+            p50, p99 = lat.p50_ms, lat.p99_ms
+        ghz(1)  # warm-up
+        cpu_before, began = measured.cpu_seconds(), time.monotonic()
+        with PeakRss(measured) as rss:
+            sat = ghz(seconds)
+        wall = time.monotonic() - began
+        cpu = measured.cpu_seconds() - cpu_before
+        return Result(
+            rps=sat.rate,
+            requests=sat.requests,
+            cpu_share=cpu / wall,
+            cpu_us_per_request=cpu / sat.requests * 1e6,
+            rps_per_core=rps_per_core(sat.rate, cpu, wall) or 0.0,
+            rss_peak_mib=rss.peak_mib,
+            p50_ms=p50,
+            p99_ms=p99,
+            cpu_us_at_rate=at_rate,
+        )
+
+
 def median(values: list[float]) -> float:
     """One round disturbed by other work on a shared machine does not move the median."""
     return statistics.median(values)
 
 
-def report(results: dict[str, list[Result]], reference: str, latency: bool) -> str:
+def report(
+    results: dict[str, list[Result]],
+    reference: str,
+    latency: bool,
+    bases: dict[str, str] | None = None,
+) -> str:
     """The table: medians per configuration, requests/s per core also as a ratio to
-    `reference`, and with `latency` the percentiles added over the direct path."""
+    `reference`, and with `latency` the percentiles added over the direct path (over
+    `bases[name]` where a configuration has its own, as gRPC's over the direct gRPC call)."""
     ref = median([r.rps_per_core for r in results[reference]]) if results.get(reference) else None
-    direct_runs = results.get(DIRECT)
     head = f"{'configuration':52} {'rps':>7} {'core':>5} {'rps/core':>8} {'µs/req':>7} "
     head += f"{'x bare':>6} {'RSS MiB':>7}"
     if latency:
@@ -118,6 +180,7 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
             f" {per_core:8.0f} {median([r.cpu_us_per_request for r in runs]):7.1f}"
             f" {per_core / ref if ref else 0:6.2f} {max(r.rss_peak_mib for r in runs):7.1f}"
         )
+        direct_runs = results.get((bases or {}).get(name, DIRECT))
         if latency and direct_runs and runs[0].p50_ms is not None:
             p50 = median([r.p50_ms or 0 for r in runs]) - median(
                 [r.p50_ms or 0 for r in direct_runs]
@@ -129,6 +192,19 @@ def report(results: dict[str, list[Result]], reference: str, latency: bool) -> s
             line += f" {p50:+8.3f} {p99:+8.3f} {at_rate:11.0f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def grpc_configurations(side: SidecarBench, args: argparse.Namespace) -> list[GrpcConfiguration]:
+    """With --grpc: the direct gRPC call (with --latency) and the sidecar over gRPC."""
+    if not args.grpc:
+        return []
+    configs = [GrpcConfiguration(DIRECT_GRPC, direct_grpc)] if args.latency else []
+    configs.append(GrpcConfiguration(grpc_path.GRPC_BARE, bare_grpc_proxy))
+    if not args.no_log_off:
+        configs.append(GrpcConfiguration(GRPC_LOG_OFF, sidecar_grpc(side, log_on=False)))
+    if side.bootstrap:
+        configs.append(GrpcConfiguration(grpc_path.GRPC_SIDECAR, sidecar_grpc(side)))
+    return configs
 
 
 def configurations(
@@ -203,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the log-on sidecar through the broker's SASL_SSL listener",
     )
+    parser.add_argument("--grpc", action="store_true",
+                        help="also the sidecar called over gRPC (ghz), beside a bare grpc.aio "
+                        "proxy and, with --latency, a direct gRPC call")  # fmt: skip
     parser.add_argument("--no-asyncio-bare", action="store_true",
                         help="skip the bare proxy on asyncio's own loop")  # fmt: skip
     args = parser.parse_args(argv)
@@ -212,27 +291,38 @@ def main(argv: list[str] | None = None) -> int:
     vegeta = vegeta_binary()
     if args.latency and not vegeta.exists():
         raise SystemExit(f"--latency needs vegeta at {vegeta} (make bench builds it)")
-    # Only nginx, wrk and vegeta of bench's tools are used here: no build of the others.
-    tools = Tools(nginx=nginx, wrk=wrk, vegeta=str(vegeta), kserve_agent="", py_spy=None,
-                  pylib=None)  # fmt: skip
+    # Only nginx, wrk and vegeta of bench's tools are used here, and with --grpc ghz and the
+    # gRPC upstream (built into the cache when missing): no build of the others.
+    ghz, grpc_server = (tools.ensure_ghz(), tools.ensure_grpc_upstream()) if args.grpc else ("", "")
+    built = Tools(nginx=nginx, wrk=wrk, vegeta=str(vegeta), kserve_agent="", py_spy=None,
+                  pylib=None, ghz=ghz, grpc_upstream=grpc_server)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="compare-sidecar-") as tmp:
-        bench = Bench(tools, Path(tmp))
+        bench = Bench(built, Path(tmp))
         side = SidecarBench.prepare(bench, localenv_settings(), kubernetes=False)
         if not side.runnable:
             raise SystemExit(side.why_not)
         for note in side.notes:
             progress(note)
         try:
-            configs = configurations(side, args, Path(tmp))
+            configs: list[Configuration | GrpcConfiguration] = [
+                *configurations(side, args, Path(tmp)), *grpc_configurations(side, args)
+            ]  # fmt: skip
             results: dict[str, list[Result]] = {c.name: [] for c in configs}
-            with upstream(bench) as upstream_proc:
+            with contextlib.ExitStack() as running:
+                upstream_proc = running.enter_context(upstream(bench))
+                grpc = running.enter_context(grpc_upstream(bench)) if args.grpc else None
                 for round_ in range(args.rounds):
                     for config in configs:
                         progress(f"round {round_ + 1}: {config.name}")
                         try:
-                            results[config.name].append(
-                                measure(bench, upstream_proc, config, args.latency, args.seconds)
-                            )
+                            if isinstance(config, GrpcConfiguration):
+                                assert grpc is not None  # started with --grpc, its only source
+                                result = measure_grpc(grpc, config, args.latency, args.seconds)
+                            else:
+                                result = measure(
+                                    bench, upstream_proc, config, args.latency, args.seconds
+                                )
+                            results[config.name].append(result)
                         except Exception as exc:  # one failing (broker down) spares the rest
                             progress(f"{config.name} failed: {exc}")
         finally:
@@ -242,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     waiting = pressure.read_text().split()[2] if pressure.exists() else "?"
     print(f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
           f"load avg {loadavg}, CPU pressure {waiting}")  # fmt: skip
-    print(report(results, REFERENCE, args.latency))
+    print(report(results, REFERENCE, args.latency, BASES))
     return 0
 
 

@@ -1,18 +1,22 @@
 """The load generators, on their own core: wrk for requests/s at saturation, vegeta for latency
-at a constant rate. Every run is bounded in time and goes to 127.0.0.1 only."""
+at a constant rate, and ghz for both over gRPC. Every run is bounded in time and goes to
+127.0.0.1 only."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import LOAD_CORE, BenchError, run_pinned
-from bench.stats import LatencyResult, WrkResult, parse_vegeta, parse_wrk
+from bench.stats import LatencyResult, WrkResult, parse_ghz, parse_vegeta, parse_wrk
 
+REPO = Path(__file__).resolve().parent.parent
 # The request every configuration answers: a TF Serving predict call with a small body.
 PREDICT_BODY = '{"instances": [[1.0], [2.0]]}'
 MODEL = "bench"
+GHZ_CONCURRENCY = 64  # calls at once, as wrk's 64 connections
 
 
 @dataclass(frozen=True)
@@ -80,4 +84,52 @@ def vegeta(
     result = parse_vegeta(json.loads(report))
     if check and result.success < 0.999:
         raise BenchError(f"vegeta got {result.success:.1%} 2xx answers from {target.url}")
+    return result
+
+
+@dataclass(frozen=True)
+class GrpcTarget:
+    """Where gRPC load goes: a port serving TF Serving's PredictionService, the metadata sent
+    with every call, and the file holding the serialized request."""
+
+    port: int
+    request: Path
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    proto: Path = REPO / "modelserving" / "tfserving" / "serving_apis.proto"
+    call: str = "tensorflow.serving.PredictionService/Predict"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def ghz(
+    ghz_bin: str,
+    target: GrpcTarget,
+    workdir: Path,
+    seconds: float,
+    rate: int | None = None,
+    concurrency: int = GHZ_CONCURRENCY,
+    check: bool = True,
+) -> LatencyResult:
+    """`concurrency` calls at once over one connection (one channel, as a gRPC client holds),
+    as fast as answered, or at `rate` calls/s, for `seconds`; one core for ghz (--cpus 1).
+
+    Calls still running at the end are waited for (--duration-stop wait), so every call counted
+    was answered or failed, none cut off by ghz itself."""
+    report = workdir / "ghz-report.json"
+    cmd = [ghz_bin, "--insecure", f"--proto={target.proto}", f"--import-paths={REPO}",
+           f"--call={target.call}", f"--binary-file={target.request}",
+           "--disable-template-functions", "--disable-template-data", "--cpus=1",
+           f"--concurrency={concurrency}", "--connections=1", f"--duration={seconds}s",
+           "--duration-stop=wait", "--timeout=10s", "--format=json",
+           f"--output={report}"]  # fmt: skip
+    if target.metadata:
+        cmd.append(f"--metadata={json.dumps(dict(target.metadata))}")
+    if rate:
+        cmd.append(f"--rps={rate}")
+    run_pinned([*cmd, target.address], LOAD_CORE, timeout=seconds + 60)
+    result = parse_ghz(json.loads(report.read_text()))
+    if check and result.success < 0.999:
+        raise BenchError(f"ghz got {result.success:.1%} OK answers from {target.address}")
     return result

@@ -9,6 +9,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from bench.grpc_path import FLOORS as GRPC_FLOORS
+from bench.grpc_path import GRPC_SIDECAR, REST_SIDECAR
+from bench.grpc_path import PROTOCOLS as GRPC_PROTOCOLS
 from bench.sidecar import ONE_VERSION, ROUTINGS, versions_configuration
 from bench.stats import mean
 
@@ -317,6 +320,89 @@ def versions_lines(part: dict[str, Any]) -> list[str]:
     return lines
 
 
+def grpc_lines(part: dict[str, Any]) -> list[str]:
+    """The gRPC path beside REST, both measured in the same passes: requests per core at
+    saturation, latency at 1,000 rps, and what each sidecar adds over its own protocol's direct
+    call at 200 and 1,000 rps; for the gRPC sidecar, its records counted on the topic."""
+    if "results" not in part:
+        return generic_lines(part)
+    results = part["results"]
+    lines = [
+        "TF Serving's `PredictionService/Predict` through our sidecar's gRPC port (API-key "
+        "auth, inference log on into the real broker: the sidecar of REST's \"sidecar, apiKey, "
+        "log on\") and straight to a gRPC upstream that answers at once, beside REST's direct "
+        "call and the same sidecar over REST, and a bare grpc.aio proxy (`bench/grpc_aio_proxy`: "
+        "bytes forwarded, no auth, no log; the floor of the sidecar's gRPC stack, as the bare "
+        "aiohttp proxy is of REST's), all in each pass. The gRPC upstream is "
+        "`bench/grpc_upstream` (grpc-go, requests read as bytes, a fixed PredictResponse of "
+        "the REST upstream's predictions) on the load core; the request is REST's request as a "
+        "PredictRequest (the same tensor). gRPC load: ghz, 64 calls at once over one "
+        "connection, with our `.proto` files; saturated 5 s after a 1 s warm-up, then 5 s at "
+        "200 and at 1,000 calls/s. Added latency is over the direct call of the same protocol "
+        "in the same pass.",
+        "",
+        "| configuration | protocol | requests/s per core (saturated) | rate reached at 1,000 "
+        "rps | p50 / p99 at 1,000 rps, ms | added p50 / p99 at 200 rps, ms | added p50 / p99 "
+        "at 1,000 rps, ms | records on the topic / calls answered |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def pair(get: Any) -> Any:
+        return lambda r: f"{get(r, 'p50'):.3f} / {get(r, 'p99'):.3f}"
+
+    def measured(r: dict[str, Any], p: str) -> float:
+        return float(r["latency"]["1000"][f"{p}_ms"])
+
+    def added(rate: str) -> Any:
+        return pair(lambda r, p: float(r["added_ms"][rate][p]))
+
+    def records(r: dict[str, Any]) -> str:
+        return f"{r['records']['on_topic']:,} / {r['records']['calls_answered']:,}"
+
+    rows: list[tuple[str, str, str | None]] = []  # (configuration, protocol, its direct call)
+    for protocol, base, sidecar in GRPC_PROTOCOLS:
+        rows.append((base, protocol, None))
+        rows += [(floor, protocol, base) for floor, of in GRPC_FLOORS.items() if of == base]
+        rows.append((sidecar, protocol, base))
+    for name, protocol, base in rows:
+        runs = results.get(name)
+        if runs is None:
+            continue
+        cells = [
+            _both(runs, lambda r: r["rps_per_core"], 0),
+            _both(runs, lambda r: round(r["latency"]["1000"]["rate"]), 0),
+            _cells(runs, pair(measured)),
+            _cells(runs, added("200")) if base else "",
+            _cells(runs, added("1000")) if base else "",
+            _cells(runs, records) if name == GRPC_SIDECAR else "",
+        ]
+        lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
+    ratios = _per_pass_in(results, GRPC_SIDECAR, REST_SIDECAR,
+                          lambda g, r: g["rps_per_core"] / r["rps_per_core"])  # fmt: skip
+    if ratios:
+        shown = " / ".join(f"{v:.2f}" for v in ratios)
+        lines += ["", f"Requests per core, the sidecar over gRPC over the sidecar over REST: "
+                      f"{shown} (pass by pass)."]  # fmt: skip
+    return lines
+
+
+def _cells(runs: list[dict[str, Any]], show: Any) -> str:
+    """show(run) of each run, `run 1 ; run 2` (a cell that already holds a pair)."""
+    values = []
+    for run in runs:
+        try:
+            values.append(show(run))
+        except (KeyError, TypeError):
+            values.append("failed" if "error" in run else "-")
+    return " ; ".join(values) if values else "-"
+
+
+def _per_pass_in(results: dict[str, Any], a: str, b: str, combine: Any) -> list[float]:
+    """combine(pass of a, pass of b) for each pass where both were measured."""
+    return [combine(x, y) for x, y in zip(results.get(a, []), results.get(b, []), strict=False)
+            if x.get("rps_per_core") and y.get("rps_per_core")]  # fmt: skip
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -374,6 +460,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         versions = versions_lines(parts["request_path"])
         if versions:
             lines += [*versions, ""]
+    if "grpc" in parts:
+        lines += ["## gRPC", "", *grpc_lines(parts["grpc"]), ""]
     if "outage" in parts:
         lines += ["## 2. Log destination down for 10 s at 1,000 rps", ""]
         lines += [*outage_lines(parts["outage"]), ""]

@@ -181,7 +181,7 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
         wall = time.monotonic() - started
         cpu = measured.cpu_seconds() - cpu_before
         result: dict[str, Any] = {
-            "loadavg_1m": _loadavg(),
+            "loadavg_1m": loadavg(),
             "saturation": as_dict(sat),
             "cpu_share": round(cpu / wall, 3),
             "rps_per_core": round(rps_per_core(sat.rps, cpu, wall) or 0),
@@ -201,7 +201,7 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
     return result
 
 
-def _loadavg() -> float:
+def loadavg() -> float:
     """The machine's 1-minute load average: other work on a shared machine shows here."""
     return float(Path("/proc/loadavg").read_text().split()[0])
 

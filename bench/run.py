@@ -1,7 +1,7 @@
 """`make bench`: build what the benchmark needs, run every part, stop what it started, and write
 bench/results.json and docs/benchmarks.md.
 
-    python -m bench.run [--parts request-path,outage,crash,log,operator,profile] [--runs 2]
+    python -m bench.run [--parts request-path,grpc,outage,crash,log,operator,profile] [--runs 2]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, log
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.json"
 DOC = REPO / "docs" / "benchmarks.md"
-PARTS = ("request-path", "outage", "crash", "log", "operator", "profile")
+PARTS = ("request-path", "grpc", "outage", "crash", "log", "operator", "profile")
 
 
 def machine() -> dict[str, Any]:
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench, configs, args.runs
             )
         steps = {
+            "grpc": ("grpc", lambda: _grpc(bench, args.runs)),
             "outage": ("outage", lambda: _outages(bench)),
             "crash": ("crash", lambda: _crash(bench)),
             "log": ("inference_log", lambda: sidecar_bench.inference_log_throughput(bench)),
@@ -148,6 +149,12 @@ def _outages(bench: request_path.Bench) -> dict[str, Any]:
         except BenchError as exc:
             out["sidecar"] = {"error": str(exc)[-2000:]}
     return out
+
+
+def _grpc(bench: request_path.Bench, runs: int) -> dict[str, Any]:
+    from bench import grpc_path
+
+    return grpc_path.run_grpc(bench, runs)
 
 
 def _crash(bench: request_path.Bench) -> dict[str, Any]:

@@ -166,15 +166,17 @@ class SidecarBench:
         topic: str | None,
         spool: Path,
         routing: dict[str, Any] | None = None,
+        grpc: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Path:
         """A sidecar config file as the operator would render it (JSON is YAML), in a folder of
-        its own with the routing file beside it when `routing` is given (else one version)."""
+        its own with the routing file beside it when `routing` is given (else one version), and
+        a gRPC port as `grpc` says (else none)."""
         config: dict[str, Any] = {
             "serving": {"name": load.MODEL, "namespace": self.namespace or "bench"},
             "model": {"name": load.MODEL, "version": 1, "modelId": 1},
             "listen": {"host": "127.0.0.1", "port": port},
-            "grpc": {"port": 0},  # no gRPC port
+            "grpc": grpc or {"port": 0},  # no gRPC port unless asked for
             "upstream": {"url": f"http://127.0.0.1:{self.bench.upstream_port}"},
             "auth": {"mode": auth, "apiKeysDir": str(self.keys_dir)},
             "logging": {"mode": "NONE"},
@@ -203,17 +205,19 @@ class SidecarBench:
         loop: str = "as installed",
         code: Path | None = None,
         routing: dict[str, Any] | None = None,
+        grpc: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
         """The sidecar with this auth, its inference log on or off (`logging` adds to the log's
-        settings), over several model versions as `routing` says (see ROUTINGS); `code` is a tree
-        from `tree_at` whose sidecar runs instead of this one."""
+        settings), over several model versions as `routing` says (see ROUTINGS), with the gRPC
+        settings `grpc` (else no gRPC port); `code` is a tree from `tree_at` whose sidecar runs
+        instead of this one."""
         port = free_port()
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
         if topic:
             create_topic(self.bootstrap or "", topic)
         spool = self.bench.workdir / f"spool-{port}"
-        config = self.render_config(port, auth, topic, spool, routing, **logging)
+        config = self.render_config(port, auth, topic, spool, routing, grpc, **logging)
         proc = self.process(config, port, "sidecar", loop, code)
         try:
             yield proc, load.Target(port, headers=self.headers(auth)), topic

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic: reading wrk and vegeta output, percentiles, per-core rates and
+"""The benchmark's arithmetic: reading wrk, vegeta and ghz output, percentiles, per-core rates and
 latency added over the direct path. Pure functions, unit-tested without any tool running."""
 
 from __future__ import annotations
@@ -82,6 +82,32 @@ def parse_vegeta(report: Mapping[str, Any]) -> LatencyResult:
         p90_ms=lat["90th"] / 1e6,
         p99_ms=lat["99th"] / 1e6,
         max_ms=lat["max"] / 1e6,
+    )
+
+
+# gRPC codes a call gets from its own channel when no answer came (the call was never answered):
+# ghz's "answered" leaves them out, as vegeta's leaves out HTTP's code 0.
+_GRPC_UNANSWERED = frozenset({"Unavailable", "Canceled", "DeadlineExceeded"})
+
+
+def parse_ghz(report: Mapping[str, Any]) -> LatencyResult:
+    """ghz's JSON report (`-O json`): latencies in nanoseconds, percentiles of the OK calls;
+    `rate` is the calls/s reached, `success` the share of calls answered OK."""
+    codes: Mapping[str, int] = report.get("statusCodeDistribution") or {}
+    count = int(report["count"])
+    ok = int(codes.get("OK", 0))
+    at = {int(d["percentage"]): d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
+    if ok and not all(p in at for p in PERCENTILES):
+        raise ValueError(f"ghz's report lacks a percentile of {PERCENTILES}: {sorted(at)}")
+    return LatencyResult(
+        rate=float(report["rps"]),
+        requests=count,
+        answered=count - sum(n for code, n in codes.items() if code in _GRPC_UNANSWERED),
+        success=ok / count if count else 0.0,
+        p50_ms=at.get(50, 0.0),
+        p90_ms=at.get(90, 0.0),
+        p99_ms=at.get(99, 0.0),
+        max_ms=report["slowest"] / 1e6 if ok else 0.0,
     )
 
 

@@ -1,11 +1,13 @@
 """What the benchmark runs, installed or built by the benchmark itself and cached outside the
-repo, keyed by version: nginx and wrk from Debian, vegeta and KServe's agent from the Go
-module proxy, the profiler and uvloop from PyPI into a folder of the benchmark's own (added to
-PYTHONPATH only where a configuration asks for it, so the project's virtualenv stays as its
-pyproject.toml makes it)."""
+repo, keyed by version: nginx and wrk from Debian; vegeta, ghz (gRPC load) and KServe's agent
+from the Go module proxy; the gRPC upstream of bench/grpc_upstream (keyed by its source); the
+profiler and uvloop from PyPI into a folder of the benchmark's own (added to PYTHONPATH only
+where a configuration asks for it, so the project's virtualenv stays as its pyproject.toml
+makes it)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +21,8 @@ from bench.procs import BenchError, log
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.13.0"
 KSERVE_VERSION = "v0.17.0"
+GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz"
+GHZ_VERSION = "v0.121.0"
 PY_SPY_VERSION = "0.4.3"
 UVLOOP_VERSION = "0.23.0"
 CACHE = Path(os.environ.get("MODELSERVING_CACHE", Path.home() / ".cache" / "modelserving"))
@@ -34,6 +38,8 @@ class Tools:
     kserve_agent: str
     py_spy: str | None
     pylib: str | None  # uvloop for the configurations that compare event loops
+    ghz: str = ""  # gRPC load generator ("": not built, the gRPC part is skipped)
+    grpc_upstream: str = ""  # bench/grpc_upstream built
 
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -74,6 +80,42 @@ def ensure_vegeta() -> str:
             CACHE,
             {**GO_ENV, "GOFLAGS": "", "GOBIN": str(out)},
         )
+    return str(binary)
+
+
+def ensure_ghz() -> str:
+    """ghz, the gRPC load generator: reads our .proto files itself, saturates or holds a rate,
+    and reports latency percentiles as JSON."""
+    binary = CACHE / f"ghz-{GHZ_VERSION}" / "bin" / "ghz"
+    if not binary.exists():
+        log(f"installing ghz {GHZ_VERSION} from the Go module proxy")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        _run(
+            ["go", "install", "-ldflags", "-s -w", f"{GHZ_MODULE}@{GHZ_VERSION}"],
+            CACHE,
+            {**GO_ENV, "GOFLAGS": "", "GOBIN": str(binary.parent)},
+        )
+    return str(binary)
+
+
+def ensure_grpc_upstream() -> str:
+    """bench/grpc_upstream built, cached by a hash of its source (go.mod pins grpc-go)."""
+    source = HERE / "grpc_upstream"
+    files = sorted(p for p in source.iterdir() if p.suffix in (".go", ".mod", ".sum"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files))
+    root = CACHE / f"grpc-upstream-{digest.hexdigest()[:12]}"
+    binary = root / "bin" / "grpc-upstream"
+    if binary.exists():
+        return str(binary)
+    log("building the gRPC upstream (bench/grpc_upstream)")
+    work = root / "src"
+    work.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy(path, work / path.name)
+    tmp = binary.with_name("grpc-upstream.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    _run(["go", "build", "-ldflags", "-s -w", "-o", str(tmp), "."], work, GO_ENV)
+    tmp.rename(binary)
     return str(binary)
 
 
@@ -131,6 +173,8 @@ def ensure_all() -> Tools:
         kserve_agent=ensure_kserve_agent(),
         py_spy=py_spy,
         pylib=pylib,
+        ghz=ensure_ghz(),
+        grpc_upstream=ensure_grpc_upstream(),
     )
 
 
@@ -149,7 +193,17 @@ def versions(tools: Tools) -> dict[str, str]:
         "wrk": first_line([tools.wrk, "-v"]).split(" [")[0],
         "vegeta": VEGETA_VERSION,
         "kserve agent": KSERVE_VERSION,
+        "ghz": GHZ_VERSION,
+        "grpc-go (gRPC upstream)": _grpc_go_version(),
         "go": first_line(["go", "version"]).removeprefix("go version "),
         "python": sys.version.split()[0],
         "aiohttp": aiohttp.__version__,
     }
+
+
+def _grpc_go_version() -> str:
+    """The grpc-go version bench/grpc_upstream's go.mod pins."""
+    found = re.search(
+        r"google\.golang\.org/grpc (v\S+)", (HERE / "grpc_upstream" / "go.mod").read_text()
+    )
+    return found.group(1) if found else "?"

@@ -60,15 +60,19 @@ def delete_created_topics() -> None:
     CREATED_TOPICS.clear()
 
 
-def topic_records(bootstrap: str, topic: str) -> tuple[int, int]:
-    """(records on the topic, distinct keys among them): a replay after an outage may send a
-    record twice, which is a duplicate, not a record more."""
-    keys = topic_keys(bootstrap, topic)
+Header = tuple[str, bytes]  # a Kafka record header: (name, value)
+
+
+def topic_records(bootstrap: str, topic: str, header: Header | None = None) -> tuple[int, int]:
+    """(records on the topic, distinct keys among them), only those with `header` if given: a
+    replay after an outage may send a record twice, which is a duplicate, not a record more."""
+    keys = topic_keys(bootstrap, topic, header)
     return len(keys), len(set(keys))
 
 
-def topic_keys(bootstrap: str, topic: str) -> list[bytes | None]:
-    """The key of every record on the topic, in offset order per partition."""
+def topic_keys(bootstrap: str, topic: str, header: Header | None = None) -> list[bytes | None]:
+    """The key of every record on the topic (with `header` if given), in offset order per
+    partition."""
 
     async def read() -> list[bytes | None]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -85,12 +89,14 @@ def topic_keys(bootstrap: str, topic: str) -> list[bytes | None]:
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             keys: list[bytes | None] = []
-            while len(keys) < total:
+            read = 0
+            while read < total:
                 batch = await consumer.getmany(timeout_ms=2000, max_records=20000)
                 if not batch:
                     break
                 for records in batch.values():
-                    keys += [r.key for r in records]
+                    read += len(records)
+                    keys += [r.key for r in records if header is None or header in r.headers]
             return keys
         finally:
             await consumer.stop()
@@ -98,11 +104,14 @@ def topic_keys(bootstrap: str, topic: str) -> list[bytes | None]:
     return asyncio.run(read())
 
 
-def wait_topic(bootstrap: str, topic: str, expected: int, timeout: float = 90) -> tuple[int, int]:
-    """Poll the topic until it holds `expected` distinct records or stops growing."""
+def wait_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 90, header: Header | None = None
+) -> tuple[int, int]:
+    """Poll the topic until it holds `expected` distinct records (with `header` if given) or
+    stops growing."""
     deadline, last, still = time.monotonic() + timeout, (-1, -1), 0
     while time.monotonic() < deadline:
-        now = topic_records(bootstrap, topic)
+        now = topic_records(bootstrap, topic, header)
         if now[1] >= expected:
             return now
         still = still + 1 if now == last else 0

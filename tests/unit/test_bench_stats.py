@@ -290,6 +290,26 @@ def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
     assert "sidecar, apiKey, log on" not in rows
 
 
+def test_sidecar_comparison_adds_grpc_latency_over_the_direct_grpc_call():
+    def timed(p50: float, p99: float) -> object:
+        return compare_sidecar.Result(rps=1000.0, requests=4000, cpu_share=1.0,
+                                      cpu_us_per_request=100.0, rps_per_core=1000.0,
+                                      rss_peak_mib=40.0, p50_ms=p50, p99_ms=p99,
+                                      cpu_us_at_rate=100.0)  # fmt: skip
+
+    results = {
+        compare_sidecar.DIRECT: [timed(0.2, 1.0)],
+        compare_sidecar.REFERENCE: [timed(0.5, 2.0)],
+        compare_sidecar.DIRECT_GRPC: [timed(0.3, 0.5)],
+        compare_sidecar.GRPC_LOG_OFF: [timed(1.3, 3.5)],
+    }
+    table = compare_sidecar.report(results, compare_sidecar.REFERENCE, True, compare_sidecar.BASES)
+    rows = {line[:52].strip(): line[52:].split() for line in table.splitlines()[1:]}
+    assert rows[compare_sidecar.REFERENCE][6:8] == ["+0.300", "+1.000"]
+    assert rows[compare_sidecar.DIRECT_GRPC][6:8] == ["+0.000", "+0.000"]
+    assert rows[compare_sidecar.GRPC_LOG_OFF][6:8] == ["+1.000", "+3.000"]
+
+
 def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path):
     code = procs.tree_at("HEAD", tmp_path / "revision")
     imported = subprocess.run(
@@ -346,3 +366,154 @@ def test_versions_section_is_left_out_when_the_variants_did_not_run():
     part["configurations"].append(split)
     part["results"][split] = [_pass(8000, 1.0, 1.0) | part["results"]["direct"][0]]
     assert "### Several model versions" in report.render_markdown(results)
+
+
+# ------------------------------------------------------------------ the gRPC path
+
+GHZ_REPORT = {
+    "count": 5000,
+    "rps": 999.8,
+    "slowest": 12_000_000,
+    "statusCodeDistribution": {"OK": 4990, "Unavailable": 6, "PermissionDenied": 4},
+    "latencyDistribution": [
+        {"percentage": p, "latency": ns}
+        for p, ns in ((10, 200_000), (50, 600_000), (90, 1_100_000), (99, 3_000_000))
+    ],
+}
+
+
+def test_ghz_latencies_are_milliseconds_and_calls_without_an_answer_are_not_answers():
+    result = stats.parse_ghz(GHZ_REPORT)
+    assert (result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms) == (0.6, 1.1, 3.0, 12.0)
+    assert result.rate == 999.8 and result.requests == 5000
+    assert result.success == 0.998
+    assert result.answered == 4994  # PermissionDenied is an answer; Unavailable from the channel
+
+
+def test_ghz_report_without_a_percentile_is_refused():
+    report_ = {**GHZ_REPORT, "latencyDistribution": GHZ_REPORT["latencyDistribution"][:2]}
+    with pytest.raises(ValueError, match="percentile"):
+        stats.parse_ghz(report_)
+
+
+def test_ghz_report_of_no_ok_call_has_no_latency_and_no_success():
+    result = stats.parse_ghz({"count": 3, "rps": 1.0, "slowest": 0, "latencyDistribution": None,
+                              "statusCodeDistribution": {"Unauthenticated": 3}})  # fmt: skip
+    assert (result.success, result.answered, result.p99_ms) == (0.0, 3, 0.0)
+
+
+def _upstream_conf_answers() -> tuple[dict, dict]:
+    """The REST upstream's fixed predict body and model status, read from its nginx config."""
+    import json
+    import re
+
+    conf = (REPO / "bench" / "nginx" / "upstream.conf").read_text()
+    bodies = [json.loads(b) for b in re.findall(r"return 200 '(.+)';", conf)]
+    status = next(b for b in bodies if "model_version_status" in b)
+    return next(b for b in bodies if "predictions" in b), status
+
+
+def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
+    import json
+
+    from modelserving.sidecar.grpc_json import tensor_value
+    from modelserving.tfserving import serving_apis_pb2 as apis
+
+    grpc_path = _load("grpc_path")
+    load = _load("load")
+    request = apis.PredictRequest.FromString(grpc_path.predict_request())
+    assert request.model_spec.name == load.MODEL
+    assert {name: tensor_value(t) for name, t in request.inputs.items()} == json.loads(
+        load.PREDICT_BODY
+    )
+    predictions, status = _upstream_conf_answers()
+    response = apis.PredictResponse.FromString(grpc_path.predict_response())
+    assert {name: tensor_value(t) for name, t in response.outputs.items()} == predictions
+    statuses = apis.GetModelStatusResponse.FromString(grpc_path.model_status())
+    assert [(v.version, apis.ModelVersionStatus.State.Name(v.state))
+            for v in statuses.model_version_status] == [
+        (int(v["version"]), v["state"]) for v in status["model_version_status"]
+    ]  # fmt: skip
+
+
+def _grpc_pass(rps_per_core: int, p50: float, p99: float) -> dict:
+    return {
+        "rps_per_core": rps_per_core,
+        "latency": {
+            r: {
+                "rate": float(r),
+                "requests": 5 * int(r),
+                "answered": 5 * int(r),
+                "success": 1.0,
+                "p50_ms": p50,
+                "p90_ms": p50,
+                "p99_ms": p99,
+                "max_ms": 2 * p99,
+            }
+            for r in ("200", "1000")
+        },
+    }
+
+
+def test_each_sidecar_adds_over_its_own_protocols_direct_call_pass_by_pass():
+    grpc_path = _load("grpc_path")
+    results = {
+        grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
+        grpc_path.REST_SIDECAR: [_grpc_pass(7000, 0.5, 1.5), _grpc_pass(7000, 0.6, 1.4)],
+        grpc_path.GRPC_DIRECT: [_grpc_pass(30000, 0.2, 0.5), {"error": "x"}],
+        grpc_path.GRPC_SIDECAR: [_grpc_pass(3000, 0.7, 2.5), _grpc_pass(3000, 0.7, 2.5)],
+    }
+    grpc_path.add_over_direct(results)
+    rest, grpc = results[grpc_path.REST_SIDECAR], results[grpc_path.GRPC_SIDECAR]
+    assert [r["added_ms"]["1000"]["p99"] for r in rest] == [0.6, 0.4]
+    assert grpc[0]["added_ms"]["200"] == {"p50": 0.5, "p90": 0.5, "p99": 2.0}
+    assert "added_ms" not in grpc[1]  # its direct call failed in that pass
+    assert "added_ms" not in results[grpc_path.GRPC_DIRECT][0]
+
+
+def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
+    grpc_path = _load("grpc_path")
+    results = {
+        grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
+        grpc_path.REST_SIDECAR: [_grpc_pass(8000, 0.5, 1.5), _grpc_pass(6000, 0.6, 1.4)],
+        grpc_path.GRPC_DIRECT: [_grpc_pass(30000, 0.2, 0.5), _grpc_pass(30000, 0.2, 0.5)],
+        grpc_path.GRPC_BARE: [_grpc_pass(5000, 0.4, 1.0), _grpc_pass(5000, 0.4, 1.5)],
+        grpc_path.GRPC_SIDECAR: [_grpc_pass(4000, 0.7, 2.5), {"error": "ghz got 50% OK"}],
+    }
+    results[grpc_path.GRPC_SIDECAR][0]["records"] = {"on_topic": 31000, "calls_answered": 31000}
+    grpc_path.add_over_direct(results)
+    part = {"configurations": list(results), "results": results}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.grpc_lines(part)}
+
+    def cells(name: str) -> list[str]:
+        return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
+
+    assert cells(grpc_path.REST_DIRECT) == [
+        "REST", "20,000 / 20,000", "1,000 / 1,000", "0.300 / 0.900 ; 0.400 / 1.000", "", "", "",
+    ]  # fmt: skip
+    assert cells(grpc_path.REST_SIDECAR) == [
+        "REST", "8,000 / 6,000", "1,000 / 1,000", "0.500 / 1.500 ; 0.600 / 1.400",
+        "0.200 / 0.600 ; 0.200 / 0.400", "0.200 / 0.600 ; 0.200 / 0.400", "",
+    ]  # fmt: skip
+    assert cells(grpc_path.GRPC_BARE) == [
+        "gRPC", "5,000 / 5,000", "1,000 / 1,000", "0.400 / 1.000 ; 0.400 / 1.500",
+        "0.200 / 0.500 ; 0.200 / 1.000", "0.200 / 0.500 ; 0.200 / 1.000", "",
+    ]  # fmt: skip
+    order = [name for name in rows if name in results]
+    assert order == [grpc_path.REST_DIRECT, grpc_path.REST_SIDECAR, grpc_path.GRPC_DIRECT,
+                     grpc_path.GRPC_BARE, grpc_path.GRPC_SIDECAR]  # fmt: skip
+    assert cells(grpc_path.GRPC_SIDECAR) == [
+        "gRPC", "4,000 / failed", "1,000 / failed", "0.700 / 2.500 ; failed",
+        "0.500 / 2.000 ; failed", "0.500 / 2.000 ; failed", "31,000 / 31,000 ; failed",
+    ]  # fmt: skip
+    assert "over the sidecar over REST: 0.50 (pass by pass)" in "\n".join(report.grpc_lines(part))
+    results_doc = _results()
+    results_doc["parts"]["grpc"] = part
+    text = report.render_markdown(results_doc)
+    assert "## gRPC" in text and "| sidecar over gRPC, apiKey, log on | gRPC |" in text
+
+
+def test_grpc_section_says_why_it_was_skipped():
+    results_doc = _results()
+    results_doc["parts"]["grpc"] = {"notes": ["skipped: ghz or the gRPC upstream was not built"]}
+    assert "## gRPC\n\n- skipped: ghz" in report.render_markdown(results_doc)

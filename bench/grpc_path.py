@@ -1,0 +1,282 @@
+"""The gRPC path: TF Serving's PredictionService/Predict through our sidecar (API-key auth,
+inference log on into the real broker: REST's "sidecar, apiKey, log on" with its gRPC port)
+beside a direct call to a gRPC upstream that answers at once (bench/grpc_upstream, on the load
+core) and a bare grpc.aio proxy (bench/grpc_aio_proxy, the floor of the sidecar's gRPC stack),
+and beside the REST path's direct call and log-on sidecar measured in the same passes, so that
+both protocols are set side by side under the same machine state.
+
+ghz does over gRPC what wrk and vegeta do over REST: calls/s at saturation (requests per core
+from the sidecar's CPU time, as REST's) and latency at the same fixed rates, added latency being
+a percentile minus the direct gRPC call's in the same pass. The request is REST's request as a
+PredictRequest (the same tensor); every call the sidecar answered must land on the topic as a
+record of protocol grpc, and they are counted there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port, log
+from bench.request_path import (
+    RATES,
+    VEGETA_SECONDS,
+    WRK_SECONDS,
+    Bench,
+    Configuration,
+    direct,
+    loadavg,
+    measure,
+    upstream,
+)
+from bench.sidecar import API_KEY, ONE_VERSION, SidecarBench
+from bench.stats import LatencyResult, added_latency, as_dict, records_lost, rps_per_core
+from bench.topics import wait_topic
+from modelserving.inferencelog import HEADER_PROTOCOL, PROTOCOL_GRPC
+from modelserving.tfserving import serving_apis_pb2, tensor_pb2, types_pb2
+
+REPO = Path(__file__).resolve().parent.parent
+REST_DIRECT = "direct"  # the names request_path and the REST tables give these two
+REST_SIDECAR = ONE_VERSION
+GRPC_DIRECT = "direct gRPC"
+GRPC_BARE = "bare grpc.aio proxy"
+GRPC_SIDECAR = "sidecar over gRPC, apiKey, log on"
+# (protocol, its direct call, its sidecar): each sidecar's latency is added over its own direct.
+PROTOCOLS = (("REST", REST_DIRECT, REST_SIDECAR), ("gRPC", GRPC_DIRECT, GRPC_SIDECAR))
+# The floor of the gRPC sidecar's stack, measured beside it; its latency is added over the
+# direct gRPC call too.
+FLOORS = {GRPC_BARE: GRPC_DIRECT}
+# What the upstreams answer: nginx's fixed predict body (bench/nginx/upstream.conf) and its
+# model status, versions 3, 2 and 1 AVAILABLE.
+PREDICTIONS = [[2.5], [3.0]]
+VERSIONS = (3, 2, 1)
+
+
+def float_tensor(rows: list[list[float]]) -> tensor_pb2.TensorProto:
+    """A DT_FLOAT tensor of the rows (as TF Serving's REST `instances` of equal length)."""
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    tensor.float_val.extend(v for row in rows for v in row)
+    for size in (len(rows), len(rows[0]) if rows else 0):
+        tensor.tensor_shape.dim.add(size=size)
+    return tensor
+
+
+def predict_request() -> bytes:
+    """REST's request (load.PREDICT_BODY) as a PredictRequest: the same tensor."""
+    request = serving_apis_pb2.PredictRequest()
+    request.model_spec.name = load.MODEL
+    request.inputs["instances"].CopyFrom(float_tensor(json.loads(load.PREDICT_BODY)["instances"]))
+    return request.SerializeToString()
+
+
+def predict_response() -> bytes:
+    response = serving_apis_pb2.PredictResponse()
+    response.model_spec.name = load.MODEL
+    response.model_spec.version.value = 1
+    response.outputs["predictions"].CopyFrom(float_tensor(PREDICTIONS))
+    return response.SerializeToString()
+
+
+def model_status() -> bytes:
+    status = serving_apis_pb2.GetModelStatusResponse()
+    for version in VERSIONS:
+        status.model_version_status.add(
+            version=version, state=serving_apis_pb2.ModelVersionStatus.AVAILABLE
+        )
+    return status.SerializeToString()
+
+
+@dataclass
+class GrpcBench:
+    """What the gRPC configurations share: the running gRPC upstream and the request file."""
+
+    bench: Bench
+    upstream: Proc
+    upstream_port: int
+    request: Path
+
+
+@contextlib.contextmanager
+def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
+    """bench/grpc_upstream on the load core, answering Predict and GetModelStatus."""
+    folder = bench.workdir / "grpc-upstream"
+    folder.mkdir(exist_ok=True)
+    files = {"request": predict_request(), "predict": predict_response(), "status": model_status()}
+    for name, data in files.items():
+        (folder / f"{name}.bin").write_bytes(data)
+    port = free_port()
+    cmd = [bench.tools.grpc_upstream, f"-port={port}", f"-predict={folder / 'predict.bin'}",
+           f"-status={folder / 'status.bin'}"]  # fmt: skip
+    proc = Proc("grpc-upstream", cmd, LOAD_CORE, bench.workdir, port=port)
+    try:
+        yield GrpcBench(bench, proc, port, folder / "request.bin")
+    finally:
+        proc.stop()
+
+
+@dataclass(frozen=True)
+class GrpcConfiguration:
+    """One thing put in front of the gRPC upstream (or nothing): how to start it."""
+
+    name: str
+    start: Callable[[GrpcBench], contextlib.AbstractContextManager[Started]]
+
+
+@dataclass(frozen=True)
+class Started:
+    """A started configuration: its process, where calls go, and its log's topic if any."""
+
+    proc: Proc | None  # None: the direct call, whose upstream is measured
+    target: load.GrpcTarget
+    topic: str | None = None
+
+
+@contextlib.contextmanager
+def direct_grpc(grpc: GrpcBench) -> Iterator[Started]:
+    yield Started(None, load.GrpcTarget(grpc.upstream_port, grpc.request))
+
+
+@contextlib.contextmanager
+def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
+    """bench/grpc_aio_proxy on the proxy's core: grpc.aio forwarding bytes, nothing else."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.grpc_aio_proxy", "--port", str(port),
+           "--upstream", f"127.0.0.1:{grpc.upstream_port}"]  # fmt: skip
+    proc = Proc("grpc-aio-proxy", cmd, PROXY_CORE, grpc.bench.workdir, port=port, cwd=REPO)
+    try:
+        yield Started(proc, load.GrpcTarget(port, grpc.request))
+    finally:
+        proc.stop()
+
+
+def sidecar_grpc(side: SidecarBench, log_on: bool = True) -> Callable[[GrpcBench], Any]:
+    """The sidecar of REST's ONE_VERSION (log on) or of its log-off one, called over its gRPC
+    port; REST's upstream (nginx) stays its model-status source, as TF Serving's REST port is
+    in a pod."""
+
+    @contextlib.contextmanager
+    def start(grpc: GrpcBench) -> Iterator[Started]:
+        port = free_port()
+        settings = {"port": port, "upstream": f"127.0.0.1:{grpc.upstream_port}"}
+        with side.running("apiKey", log_on, grpc=settings) as (proc, _, topic):
+            proc.wait_port(port)
+            metadata = {"authorization": f"ApiKey {API_KEY}"}
+            yield Started(proc, load.GrpcTarget(port, grpc.request, metadata), topic)
+
+    return start
+
+
+def measure_grpc(grpc: GrpcBench, config: GrpcConfiguration) -> dict[str, Any]:
+    """One pass over one gRPC configuration, as request_path.measure over REST: saturation,
+    then the fixed rates; then the log's records of the calls answered, counted on the topic."""
+    bench, ok_calls = grpc.bench, 0
+
+    def run(seconds: float, rate: int | None = None) -> LatencyResult:
+        nonlocal ok_calls
+        result = load.ghz(bench.tools.ghz, started.target, bench.workdir, seconds, rate)
+        ok_calls += round(result.requests * result.success)
+        return result
+
+    with config.start(grpc) as started:
+        run(1)  # warm-up
+        measured = started.proc or grpc.upstream
+        cpu_before, began = measured.cpu_seconds(), time.monotonic()
+        with PeakRss(measured) as rss:
+            sat = run(WRK_SECONDS)
+        wall = time.monotonic() - began
+        cpu = measured.cpu_seconds() - cpu_before
+        result: dict[str, Any] = {
+            "loadavg_1m": loadavg(),
+            "saturation": {"rps": sat.rate, **as_dict(sat)},
+            "cpu_share": round(cpu / wall, 3),
+            "rps_per_core": round(rps_per_core(sat.rate, cpu, wall) or 0),
+            "rss_peak_mib": round(rss.peak_mib, 1),
+            "latency": {},
+            "cpu_us_at_rate": {},
+        }
+        for rate in RATES:
+            cpu_before = measured.cpu_seconds()
+            lat = run(VEGETA_SECONDS, rate)
+            result["latency"][str(rate)] = as_dict(lat)
+            if lat.requests:
+                cpu_us = (measured.cpu_seconds() - cpu_before) / lat.requests * 1e6
+                result["cpu_us_at_rate"][str(rate)] = round(cpu_us, 1)
+        result["rss_after_mib"] = round(measured.rss_mib(), 1)
+    if started.topic is not None:  # the sidecar has stopped: what it answered is on the topic
+        result["records"] = count_records(bench, started.topic, ok_calls)
+    return result
+
+
+def count_records(bench: Bench, topic: str, answered: int) -> dict[str, int]:
+    """The records of protocol grpc on the topic against the calls answered OK; none at all
+    fails the configuration (a log that writes nothing would look cheapest)."""
+    bootstrap = bench.sidecar.bootstrap if bench.sidecar else None
+    header = (HEADER_PROTOCOL, PROTOCOL_GRPC.encode())
+    total, distinct = wait_topic(bootstrap or "", topic, answered, timeout=60, header=header)
+    if distinct == 0:
+        raise BenchError(f"no gRPC record reached {topic} of {answered:,} calls answered")
+    return {"calls_answered": answered, "on_topic": distinct, "duplicates": total - distinct,
+            "lost": records_lost(answered, distinct)}  # fmt: skip
+
+
+def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
+    """REST's direct call and log-on sidecar, then gRPC's, `runs` passes over the four."""
+    side: SidecarBench | None = bench.sidecar
+    if not bench.tools.ghz or not bench.tools.grpc_upstream:
+        return {"notes": ["skipped: ghz or the gRPC upstream was not built"]}
+    if side is None or not side.runnable or not side.bootstrap:
+        return {"notes": ["skipped: the sidecar or the Kafka broker is not available"]}
+    rest = [Configuration(REST_DIRECT, direct), side.configuration(REST_SIDECAR, "apiKey", True)]
+    grpc_configs = [GrpcConfiguration(GRPC_DIRECT, direct_grpc),
+                    GrpcConfiguration(GRPC_BARE, bare_grpc_proxy),
+                    GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side))]  # fmt: skip
+    every: list[Configuration | GrpcConfiguration] = [*rest, *grpc_configs]
+    names = [c.name for c in every]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with upstream(bench), grpc_upstream(bench) as grpc:
+        for run in range(1, runs + 1):
+            for one in every:
+                log(f"gRPC path, run {run}: {one.name}")
+                try:
+                    if isinstance(one, Configuration):
+                        results[one.name].append(measure(bench, one))
+                    else:
+                        results[one.name].append(measure_grpc(grpc, one))
+                except Exception as exc:  # one configuration failing must not end the others
+                    log(f"{one.name} failed: {exc}")
+                    results[one.name].append({"error": str(exc)[-2000:]})
+    add_over_direct(results)
+    return {
+        "notes": [
+            f"ghz {load.GHZ_CONCURRENCY} calls at once over one connection (one channel) for "
+            f"gRPC, wrk and vegeta for REST; {WRK_SECONDS} s saturated after a 1 s warm-up, "
+            f"{VEGETA_SECONDS} s at each of {', '.join(f'{r:,}' for r in RATES)} calls/s"
+        ],
+        "configurations": names,
+        "results": results,
+    }
+
+
+def add_over_direct(results: dict[str, list[dict[str, Any]]]) -> None:
+    """Each sidecar's (and the bare proxy's) `added_ms`: its percentiles minus its own
+    protocol's direct call's, pass by pass."""
+    pairs = [(base, name) for _, base, name in PROTOCOLS] + [(b, n) for n, b in FLOORS.items()]
+    for base_name, name in pairs:
+        for i, result in enumerate(results.get(name, [])):
+            bases = results.get(base_name, [])
+            base = bases[i] if i < len(bases) else None
+            if "error" in result or not base or "error" in base:
+                continue
+            result["added_ms"] = {
+                rate: added_latency(
+                    LatencyResult(**result["latency"][rate]), LatencyResult(**base["latency"][rate])
+                )
+                for rate in result["latency"]
+            }
