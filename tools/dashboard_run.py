@@ -321,7 +321,8 @@ async def phases(
 
     async def at(share: float, what: str) -> None:
         await asyncio.sleep(max(0.0, began + share * seconds - time.monotonic()))
-        say(f"{time.monotonic() - began:5.0f} s: {what}")
+        clock = time.strftime("%H:%M:%S", time.gmtime())
+        say(f"{time.monotonic() - began:5.0f} s ({clock} UTC): {what}")
 
     canary = model.served[2]
     await at(SLOW, f"the canary slows to {SLOW_CANARY} s (upstream timeout {UPSTREAM_TIMEOUT} s)")

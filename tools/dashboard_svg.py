@@ -204,6 +204,9 @@ def _time_labels(span: TimeRange, left: float, width: float, bottom: float) -> l
     t = math.ceil(span.start / step) * step
     while t <= span.end:
         x = left + (t - span.start) / seconds * width
+        if not left + 20 < x < left + width - 20:  # a label at an edge runs into the axis's
+            t += step
+            continue
         when = datetime.datetime.fromtimestamp(t, datetime.UTC)
         label = when.strftime("%H:%M:%S" if step < 60 else "%H:%M")
         marks.append(_text(x, bottom + 14, label, 10, MUTED, text_anchor="middle"))
