@@ -67,7 +67,7 @@ image: venv ## build the container image with buildah (no Docker engine); IMAGE_
 
 # A few minutes of varied traffic through the real parts, then the dashboard drawn from what
 # Prometheus scraped (tools/dashboard_run.py); ARGS passes flags on, e.g. ARGS="--seconds 120".
-dashboard-picture: venv ## the chart's Grafana dashboard drawn from a short real run (about 6 min): charts/modelserving/docs/dashboard.png
+dashboard-picture: venv ## the chart's Grafana dashboard drawn from a short real run (about 5 min): charts/modelserving/docs/dashboard.png
 	$(PY) tools/dashboard_run.py $(ARGS)
 
 chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the project's version

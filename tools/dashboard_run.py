@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 if __package__ in (None, ""):  # run as a script: the repository's root holds tools/ and tests/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,10 +46,10 @@ from kubernetes import client, config
 from modelserving import api
 from modelserving.sidecar.apikeys import hash_api_key
 from tests.support.chart_account import operator_kubeconfig
-from tests.support.environment import LocalEnv, localenv
+from tests.support.environment import KafkaBroker, LocalEnv, localenv
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
 from tests.support.prometheus import PrometheusServer, Target
-from tests.support.sidecar_process import running_sidecar
+from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
     StandInVersion,
@@ -64,6 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "charts" / "modelserving" / "docs" / "dashboard"
 NAMESPACE, SERVING, MODEL, KEY = "payments", "fraud", "fraud", "dashboard-run-key"
 SCRAPE_SECONDS = 1.0  # tests.support.prometheus's scrape interval
+OPERATOR_JOB = "modelserving-operator"
 UPSTREAM_TIMEOUT = 1.0  # the sidecar's; the slow canary takes longer
 SLOW_CANARY = 1.5
 # Each version's own time in TF Serving (the stand-in's delay), so the latency panels differ.
@@ -150,10 +150,11 @@ class Cluster:
         return self.env.kubectl("create", "namespace", name, check=False).returncode == 0
 
     def serving(self) -> dict[str, Any]:
-        return dict(
+        return cast(
+            dict[str, Any],
             self.objects.get_namespaced_custom_object(
                 api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, SERVING
-            )
+            ),
         )
 
     def ready(self) -> dict[str, Any] | None:
@@ -207,115 +208,124 @@ async def traffic(base: str, rate: float, until: float, codes: Counter[int]) -> 
             await asyncio.wait(pending, timeout=UPSTREAM_TIMEOUT + 10)
 
 
+async def start_operator(env: LocalEnv, cluster: Cluster, workdir: Path) -> tuple[Operator, int]:
+    """The CRDs, a fresh namespace, and the operator watching it as the chart's ServiceAccount
+    with its metrics on a port of its own; the operator and that port."""
+    await asyncio.to_thread(cluster.install_crds)
+    env.kubectl("create", "namespace", COUNTER_NAMESPACE, check=False)
+    await wait_until(
+        lambda: cluster.fresh_namespace(NAMESPACE), 120, f"namespace {NAMESPACE} of a run to go"
+    )
+    kubeconfig = await asyncio.to_thread(
+        operator_kubeconfig, env, COUNTER_NAMESPACE, NAMESPACE, workdir / "operator.kubeconfig"
+    )
+    port = localenv.free_port()
+    flags = ["--metrics-port", str(port)]
+    operator = Operator(env, NAMESPACE, workdir, flags, kubeconfig=kubeconfig)
+    operator.start()
+    say(f"operator watching {NAMESPACE}, as the chart's ServiceAccount (log: {workdir})")
+    return operator, port
+
+
+def sidecar_config(
+    env: LocalEnv, serving: dict[str, Any], upstream: str, workdir: Path
+) -> dict[str, Any]:
+    """The sidecar's settings as the operator would render them for this serving, with folders
+    of the run's own; its API key is KEY."""
+    keys = workdir / "keys"
+    keys.mkdir()
+    (keys / "team-a").write_text(hash_api_key(KEY))
+    return {
+        "serving": {"name": SERVING, "namespace": NAMESPACE},
+        "model": {"name": MODEL, "version": 1, "modelId": serving["status"].get("modelId", 1)},
+        "upstream": {"url": upstream, "timeoutSeconds": UPSTREAM_TIMEOUT},
+        "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
+        "logging": {
+            "mode": "ALL",
+            "topic": serving["spec"]["logging"]["kafka"]["topic"],
+            "bootstrapServers": env.kafka_bootstrap,
+            "spoolDir": str(workdir / "spool"),
+        },
+    }
+
+
+def start_prometheus(
+    workdir: Path, sidecar: SidecarProcess, operator_port: int
+) -> PrometheusServer:
+    """Prometheus scraping the sidecar with the labels the chart's ServiceMonitor gives a
+    serving's pod, and the operator."""
+    (workdir / "prometheus").mkdir()
+    pod = {"namespace": NAMESPACE, "serving": SERVING, "pod": f"{SERVING}-7d9f8-x2kq"}
+    prometheus = PrometheusServer(
+        workdir / "prometheus",
+        localenv.free_port(),
+        [
+            Target("modelserving-sidecar", sidecar.url.removeprefix("http://"), labels=pod),
+            Target(OPERATOR_JOB, f"127.0.0.1:{operator_port}"),
+        ],
+    )
+    prometheus.start()
+    return prometheus
+
+
 async def run(seconds: float, rate: float, out: Path, workdir: Path) -> None:
     env, was_up = await asyncio.to_thread(environment_up)
     cluster = Cluster(env)
-    operator: Operator | None = None
-    prometheus: PrometheusServer | None = None
-    try:
-        await asyncio.to_thread(cluster.install_crds)
-        for name in (COUNTER_NAMESPACE,):
-            env.kubectl("create", "namespace", name, check=False)
-        await wait_until(
-            lambda: cluster.fresh_namespace(NAMESPACE),
-            120,
-            f"namespace {NAMESPACE} of an earlier run to go",
-        )
-        kubeconfig = await asyncio.to_thread(
-            operator_kubeconfig, env, COUNTER_NAMESPACE, NAMESPACE, workdir / "operator.kubeconfig"
-        )
-        metrics_port = localenv.free_port()
-        operator = Operator(
-            env, NAMESPACE, workdir, ["--metrics-port", str(metrics_port)], kubeconfig=kubeconfig
-        )
-        operator.start()
-        say(f"operator watching {NAMESPACE}, as the chart's ServiceAccount (log: {workdir})")
-        topic = f"{SERVING}-inference"
+    broker = KafkaBroker(env.kafka_bootstrap)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(lambda: None if was_up else localenv.down())
+        stack.callback(cluster.api.close)
+        stack.callback(env.kubectl, "delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        stack.callback(broker.resume)  # should the run end while the broker hangs
+        operator, operator_port = await start_operator(env, cluster, workdir)
+        stack.callback(operator.stop)
         cluster.objects.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, serving_manifest(topic)
+            api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, serving_manifest(f"{SERVING}-inference")
         )
         serving = await wait_until(cluster.ready, 120, f"serving {SERVING} Ready")
         say(f"serving {NAMESPACE}/{SERVING} Ready, modelId {serving['status'].get('modelId')}")
 
-        keys = workdir / "keys"
-        keys.mkdir()
-        (keys / "team-a").write_text(hash_api_key(KEY))
-        sidecar_config = {
-            "serving": {"name": SERVING, "namespace": NAMESPACE},
-            "model": {"name": MODEL, "version": 1, "modelId": serving["status"].get("modelId", 1)},
-            "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
-            "logging": {
-                "mode": "ALL",
-                "topic": topic,
-                "bootstrapServers": env.kafka_bootstrap,
-                "spoolDir": str(workdir / "spool"),
-            },
-        }
         model = StandInModel({v: StandInVersion(delay_seconds=d) for v, d in DELAYS.items()})
-        async with running_standin(TFServingStandIn({MODEL: model})) as (standin, upstream):
-            standin.record = False
-            sidecar_config["upstream"] = {"url": upstream, "timeoutSeconds": UPSTREAM_TIMEOUT}
-            async with running_sidecar(
-                workdir / "sidecar", sidecar_config, cluster.routing()
-            ) as sidecar:
-                (workdir / "prometheus").mkdir()
-                prometheus = PrometheusServer(
-                    workdir / "prometheus",
-                    localenv.free_port(),
-                    [
-                        Target(
-                            "modelserving-sidecar",
-                            sidecar.url.removeprefix("http://"),
-                            labels={
-                                "namespace": NAMESPACE,
-                                "serving": SERVING,
-                                "pod": f"{SERVING}-7d9f8-x2kq",
-                            },
-                        ),
-                        Target("modelserving-operator", f"127.0.0.1:{metrics_port}"),
-                    ],
-                )
-                await asyncio.to_thread(prometheus.start)
-                say(f"Prometheus on {prometheus.url}; traffic for {seconds:.0f} s at {rate} rps")
-                start = time.time()
-                codes: Counter[int] = Counter()
-                began = time.monotonic()
-                sending = asyncio.create_task(traffic(sidecar.url, rate, began + seconds, codes))
-                await phases(cluster, model, sidecar, began, seconds)
-                await sending
-                say(f"answers by code: {dict(sorted(codes.items()))}")
-                await asyncio.sleep(3 * SCRAPE_SECONDS)
-                span = TimeRange(start, time.time())
-                note = (
-                    f"Rendered by tools/dashboard_picture.py (make dashboard-picture) from a "
-                    f"real run: the operator, the sidecar and its inference log on Kafka, "
-                    f"scraped by Prometheus every {SCRAPE_SECONDS:g} s; "
-                    f"TF Serving is the project's stand-in."
-                )
-                chosen = {
-                    "namespace": NAMESPACE,
-                    "serving": SERVING,
-                    "operator_job": "modelserving-operator",
-                }
-                svg, png = await asyncio.to_thread(
-                    make_picture, prometheus.url, span, chosen, out, note, SCRAPE_SECONDS
-                )
-                say(f"wrote {svg} and {png} ({png.stat().st_size // 1024} KiB)")
-    finally:
-        with contextlib.suppress(Exception):
-            localenv.kafka_signal(signal.SIGCONT)
-        if prometheus is not None:
-            await asyncio.to_thread(prometheus.stop)
-        if operator is not None:
-            operator.stop()
-        env.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
-        cluster.api.close()
-        if not was_up:
-            await asyncio.to_thread(localenv.down)
+        standin, upstream = await stack.enter_async_context(
+            running_standin(TFServingStandIn({MODEL: model}))
+        )
+        standin.record = False
+        config = sidecar_config(env, serving, upstream, workdir)
+        sidecar = await stack.enter_async_context(
+            running_sidecar(workdir / "sidecar", config, cluster.routing())
+        )
+        prometheus = await asyncio.to_thread(start_prometheus, workdir, sidecar, operator_port)
+        stack.callback(prometheus.stop)
+
+        say(f"Prometheus on {prometheus.url}; traffic for {seconds:.0f} s at {rate} rps")
+        start, began = time.time(), time.monotonic()
+        codes: Counter[int] = Counter()
+        sending = asyncio.create_task(traffic(sidecar.url, rate, began + seconds, codes))
+        await phases(cluster, broker, model, sidecar, began, seconds)
+        await sending
+        say(f"answers by code: {dict(sorted(codes.items()))}")
+        await asyncio.sleep(3 * SCRAPE_SECONDS)  # the last answers scraped
+
+        note = (
+            "Rendered by tools/dashboard_picture.py (make dashboard-picture) from a real run: "
+            "the operator, the sidecar and its inference log on Kafka, scraped by Prometheus "
+            f"every {SCRAPE_SECONDS:g} s; TF Serving is the project's stand-in."
+        )
+        chosen = {"namespace": NAMESPACE, "serving": SERVING, "operator_job": OPERATOR_JOB}
+        span = TimeRange(start, time.time())
+        svg, png = await asyncio.to_thread(
+            make_picture, prometheus.url, span, chosen, out, note, SCRAPE_SECONDS
+        )
+        say(f"wrote {svg} and {png} ({png.stat().st_size // 1024} KiB)")
 
 
 async def phases(
-    cluster: Cluster, model: StandInModel, sidecar: Any, began: float, seconds: float
+    cluster: Cluster,
+    broker: KafkaBroker,
+    model: StandInModel,
+    sidecar: SidecarProcess,
+    began: float,
+    seconds: float,
 ) -> None:
     """Change what the system meets at the phases' times (see the module's docstring)."""
 
@@ -356,9 +366,9 @@ async def phases(
     )
     sidecar.set_routing(rendered)  # as the kubelet updates a mounted ConfigMap
     await at(HANG, "the Kafka broker hangs (SIGSTOP)")
-    localenv.kafka_signal(signal.SIGSTOP)
+    broker.pause()
     await at(RELEASE, "the Kafka broker resumes")
-    localenv.kafka_signal(signal.SIGCONT)
+    broker.resume()
 
 
 def main() -> None:
