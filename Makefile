@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # localenv makes the broker's certificates with `cryptography`, which the virtualenv has.
 LOCALENV := $(PY) localenv/localenv.py
 
-.PHONY: help venv protos lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync
+.PHONY: help venv protos lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync dashboard-picture
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -64,6 +64,11 @@ demo-down: venv ## stop a demo left running with KEEP=1, and the local environme
 
 image: venv ## build the container image with buildah (no Docker engine); IMAGE_ARCHIVE=FILE also saves it as an OCI archive
 	$(PY) tools/build_image.py $(if $(IMAGE_ARCHIVE),--oci-archive $(IMAGE_ARCHIVE))
+
+# A few minutes of varied traffic through the real parts, then the dashboard drawn from what
+# Prometheus scraped (tools/dashboard_run.py); ARGS passes flags on, e.g. ARGS="--seconds 120".
+dashboard-picture: venv ## the chart's Grafana dashboard drawn from a short real run (about 5 min): charts/modelserving/docs/dashboard.png
+	$(PY) tools/dashboard_run.py $(ARGS)
 
 chart-sync: ## copy crds/ into the chart and set the chart's appVersion to the project's version
 	rm -f charts/modelserving/crds/*.yaml

@@ -139,3 +139,27 @@ def test_the_readme_shows_each_values_default_as_values_yaml_has_it():
         for key in path.split("."):
             value = value[key]
         assert shown == json.dumps(value), f"README shows {path} = {shown}, values.yaml {value!r}"
+
+
+# ---- the monitoring section of the README: every alert with its runbook, the dashboard shown --
+
+MAX_PICTURE_BYTES = 300 * 1024  # the picture is in the repository and in every clone
+
+
+def test_the_readme_lists_every_alert_with_a_runbook():
+    rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+?) \|$", (CHART / "README.md").read_text(), re.M)
+    runbooks = {alert: runbook for alert, _, runbook in rows if alert in alerts}
+    assert set(runbooks) == alerts, f"alerts missing from the README: {alerts - set(runbooks)}"
+    assert all(len(runbook.split()) >= 10 for runbook in runbooks.values())
+
+
+def test_the_readme_shows_the_dashboard_and_names_every_panel():
+    readme = (CHART / "README.md").read_text()
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    listed = set(re.findall(r"^\| [\w ]+ \| (.+?) \| .+ \|$", readme, re.M))
+    panels = {panel["title"] for panel in dashboard["panels"] if panel["type"] != "row"}
+    assert panels <= listed, f"panels missing from the README: {panels - listed}"
+    (picture,) = re.findall(r"\]\((docs/[\w.-]+\.png)\)", readme)
+    assert 0 < (CHART / picture).stat().st_size < MAX_PICTURE_BYTES
