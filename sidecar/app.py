@@ -89,7 +89,7 @@ class Call:
         self.request_body = b""
         self.to_log = False
         self.version: VersionRoute | None = None  # the version the request went to
-        self.served = ""  # the metrics' version label: the version that answered, if one did
+        self.served = ""  # the metrics' version label: the version that answered or failed to
         self.shadow: VersionRoute | None = None  # a copy goes to this version once answered
 
 
@@ -217,13 +217,21 @@ class RequestPath:
             raise SidecarError(503, "The inference log is full; try again later")
         route = call.route
         call.version = version = self.choose_version(request, call)
-        answer = await self.upstream.forward(
-            "POST",
-            version.paths[route.label] if version is not None else route.upstream_path,
-            call.request_body,
-            content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
-            request_id=call.request_id,
-        )
+        try:
+            answer = await self.upstream.forward(
+                "POST",
+                version.paths[route.label] if version is not None else route.upstream_path,
+                call.request_body,
+                content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+                request_id=call.request_id,
+            )
+        except SidecarError:
+            # TF Serving did not answer (a timeout, a refused connection): the 504 or 502 is
+            # counted under the version it was sent to, as over gRPC, so that a canary that
+            # times out shows in its own series and its own alert.
+            if version is not None and version.known:
+                call.served = version.header
+            raise
         if version is not None and (version.known or answer.status == 200):
             call.served = version.header
         self.metrics.upstream_done(route.label, answer.seconds, call.served)

@@ -39,8 +39,8 @@ _LE: tuple[str, ...] = tuple(floatToGoString(b) for b in _BUCKETS)  # type: igno
 
 _REQUESTS = (
     "modelserving_sidecar_requests",
-    "Requests answered by the sidecar, by route, HTTP code and the model version that answered "
-    '("" when none did).',
+    "Requests answered by the sidecar, by route, HTTP code and the model version that answered, "
+    'or that the request was sent to when TF Serving did not answer ("" when none was).',
 )
 _LATENCY = (
     "modelserving_sidecar_request_duration_seconds",

@@ -358,7 +358,12 @@ async def test_slow_upstream_is_504(keys_dir, http):
                 http, "POST", f"{url}/v1/models/{MODEL}:predict", json={"instances": [1]},
                 headers=GOOD,
             )  # fmt: skip
+            async with http.get(f"{url}/metrics") as resp:
+                metrics = await resp.text()
     assert (status, data) == (504, {"error": "TF Serving did not answer in time"})
+    # Counted under the version the request was sent to, so a slow version shows in its own
+    # series (and in the error-rate alert, which groups by version).
+    assert 'modelserving_sidecar_requests_total{code="504",route="predict",version="1"}' in metrics
 
 
 async def test_full_inference_log_turns_predictions_away_with_503(standin, keys_dir, http):
@@ -422,7 +427,9 @@ async def test_probes_and_metrics_need_no_credential(sidecar_url, http):
     assert (await call(http, "GET", f"{sidecar_url}/healthz"))[0] == 200
     status, data, _ = await call(http, "GET", f"{sidecar_url}/readyz")
     assert (status, data) == (200, {"status": "ready"})
-    await call(http, "POST", f"{sidecar_url}/v1/models/{MODEL}:predict", json={"instances": [1]})
+    predict = f"{sidecar_url}/v1/models/{MODEL}:predict"
+    await call(http, "POST", predict, json={"instances": [1]}, headers=GOOD)
+    await call(http, "POST", predict, json={"instances": [1]})  # no key
     async with http.get(f"{sidecar_url}/metrics") as resp:
         text = await resp.text()
     assert resp.status == 200
