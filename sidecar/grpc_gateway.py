@@ -36,6 +36,8 @@ from modelserving.sidecar.app import (
     CONFIG,
     INFERENCE_LOG,
     METRICS,
+    MODEL_STATE,
+    READY_CACHE_SECONDS,
     ROUTER,
     SHADOW,
 )
@@ -43,6 +45,7 @@ from modelserving.sidecar.auth import Authenticator
 from modelserving.sidecar.config import GrpcConfig, LogDurability, SidecarConfig
 from modelserving.sidecar.errors import SidecarError, error_body
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
+from modelserving.sidecar.grpc_health import HealthService
 from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_model_spec
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.request_id import request_id
@@ -355,7 +358,10 @@ async def serving_grpc(
     async with grpc.aio.insecure_channel(settings.upstream, options=options) as channel:
         gateway = GrpcGateway(config, app[AUTHENTICATOR], app[ROUTER], app[INFERENCE_LOG],
                               app[METRICS], channel, app[SHADOW])  # fmt: skip
-        server = grpc.aio.server(handlers=gateway.handlers(), options=options + _SERVER_OPTIONS)
+        health = HealthService(("", PREDICTION_SERVICE), app[MODEL_STATE], app[ROUTER],
+                               app[METRICS], READY_CACHE_SECONDS)  # fmt: skip
+        server = grpc.aio.server(handlers=[*gateway.handlers(), health.handlers()],
+                                 options=options + _SERVER_OPTIONS)  # fmt: skip
         port = server.add_insecure_port(f"{host}:{settings.port}")
         await server.start()
         log.info("gRPC: TF Serving's API on %s:%s, forwarded to %s", host, port,
@@ -363,4 +369,5 @@ async def serving_grpc(
         try:
             yield port
         finally:
+            health.shut_down()
             await server.stop(shutdown_seconds)

@@ -2,10 +2,12 @@
 client written as users write one, the TF Serving stand-in's gRPC API behind it and the
 inference log on the real broker: the stand-in's answers byte for byte, the same refusals as
 REST with nothing forwarded or logged, the message size limit, a record equal to the REST
-call's, and a version label resolved by the sidecar."""
+call's, a version label resolved by the sidecar, and gRPC's standard health check."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelserving.inferencelog import (
     HEADER_CALLER,
@@ -562,3 +565,74 @@ async def test_a_token_without_the_rbac_right_is_permission_denied_until_a_role_
             return list(answer.outputs["y"].float_val) == [2.5]
 
         await wait_for_async(allowed, timeout=30, what="the RoleBinding to allow the caller")
+
+
+HEALTHY = health_pb2.HealthCheckResponse.SERVING
+UNHEALTHY = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_the_health_check_says_serving_once_tf_serving_has_the_model_available_and_watch_streams_it(  # noqa: E501
+    local_env, topic, tmp_path
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    models = {MODEL: StandInModel({1: StandInVersion(state="LOADING")})}
+    async with (
+        grpc_sidecar(tmp_path, models=models, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def check(service: str) -> Any:
+            # No credential: a probe has none, as /readyz needs none.
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            return answer.status
+
+        async def readyz() -> int:
+            async with http.get(f"{setup.sidecar.url}/readyz") as resp:
+                return resp.status
+
+        assert await check("") == UNHEALTHY
+        assert await check("tensorflow.serving.PredictionService") == UNHEALTHY
+        assert await readyz() == 503
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await check("tensorflow.serving.SessionService")
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == UNHEALTHY
+        models[MODEL].served[1].state = "AVAILABLE"
+        # The change comes on the stream as soon as the sidecar's next look at TF Serving sees it.
+        assert (await asyncio.wait_for(watch.read(), 30)).status == HEALTHY
+        assert await check("") == HEALTHY
+        assert await check("tensorflow.serving.PredictionService") == HEALTHY
+        assert await readyz() == 200
+        models[MODEL].served[1].state = "UNLOADING"
+        assert (await asyncio.wait_for(watch.read(), 30)).status == UNHEALTHY
+        assert await check("") == UNHEALTHY
+        models[MODEL].served[1].state = "AVAILABLE"
+        assert (await asyncio.wait_for(watch.read(), 30)).status == HEALTHY
+
+        # A service the sidecar does not serve: SERVICE_UNKNOWN on a stream kept open.
+        other = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert (await other.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert not other.done()
+        other.cancel()
+
+        answer = await PredictionServiceStub(channel).Predict(
+            predict_request([1.0]), metadata=GOOD, timeout=10
+        )
+        assert list(answer.outputs["y"].float_val) == [2.5]
+        # SIGTERM: watchers are told NOT_SERVING before the port closes, so they go elsewhere.
+        setup.sidecar.process.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(watch.read(), 30)).status == UNHEALTHY
+        await asyncio.wait_for(setup.sidecar.process.wait(), 30)
+    # Health checks were neither forwarded nor logged: the one record is the Predict's.
+    assert [s.method for s in setup.servicer.seen] == ["Predict"]
+    logged = await records(topic, local_env.kafka_bootstrap, 1)
+    assert len(logged) == 1 and logged[0].headers[HEADER_PROTOCOL] == "grpc"
