@@ -9,6 +9,11 @@ request path.
 - Classify and Regress: `{"signature_name": ..., "context": {...}, "examples": [{...}]}`, a
   feature of one value written as that value; answers `{"results": [[[label, score], ...]]}` and
   `{"results": [value, ...]}`.
+- MultiInference, which TF Serving's REST API does not have: the Classify/Regress request with
+  the tasks in front, `{"tasks": [{"signature_name": ..., "method_name":
+  "tensorflow/serving/classify"}, ...], "context": {...}, "examples": [...]}`; the answer
+  `{"results": [{"signature_name": ..., "method_name": ..., "results": ...}, ...]}`, one per
+  task in its order, each `results` as the task's own :classify or :regress answer writes it.
 
 A tensor's values come from its typed field or, packed, from `tensor_content` by its dtype
 (little-endian, as TF Serving's clients pack it), shaped by `tensor_shape`; a value given once
@@ -157,32 +162,68 @@ def _predict_response(body: bytes) -> dict[str, Any]:
     return {"outputs": {name: tensor_value(t) for name, t in sorted(outputs.items())}}
 
 
-def _examples_request(body: bytes, message: type[Any]) -> dict[str, Any]:
-    request = message.FromString(body)
-    kind = request.input.WhichOneof("kind")
-    out: dict[str, Any] = _signature(request.model_spec)
+def _input(given: apis.Input) -> dict[str, Any]:
+    kind = given.WhichOneof("kind")
+    out: dict[str, Any] = {}
     if kind == "example_list_with_context":
-        out["context"] = _example(request.input.example_list_with_context.context)
-    examples = getattr(request.input, kind).examples if kind else []
+        out["context"] = _example(given.example_list_with_context.context)
+    examples = getattr(given, kind).examples if kind else []
     out["examples"] = [_example(e) for e in examples]
     return out
 
 
+def _examples_request(body: bytes, message: type[Any]) -> dict[str, Any]:
+    request = message.FromString(body)
+    return {**_signature(request.model_spec), **_input(request.input)}
+
+
+def _classifications(result: apis.ClassificationResult) -> list[Any]:
+    return [[[c.label, _float32(c.score)] for c in each.classes]
+            for each in result.classifications]  # fmt: skip
+
+
+def _regressions(result: apis.RegressionResult) -> list[Any]:
+    return [_float32(r.value) for r in result.regressions]
+
+
 def _classify_response(body: bytes) -> dict[str, Any]:
-    result = apis.ClassificationResponse.FromString(body).result
-    return {"results": [[[c.label, _float32(c.score)] for c in each.classes]
-                        for each in result.classifications]}  # fmt: skip
+    return {"results": _classifications(apis.ClassificationResponse.FromString(body).result)}
 
 
 def _regress_response(body: bytes) -> dict[str, Any]:
-    result = apis.RegressionResponse.FromString(body).result
-    return {"results": [_float32(r.value) for r in result.regressions]}
+    return {"results": _regressions(apis.RegressionResponse.FromString(body).result)}
+
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _multi_request(body: bytes) -> dict[str, Any]:
+    request = apis.MultiInferenceRequest.FromString(body)
+    tasks = [{**_signature(t.model_spec), "method_name": t.method_name} for t in request.tasks]
+    return {"tasks": tasks, **_input(request.input)}
+
+
+def _multi_response(body: bytes) -> dict[str, Any]:
+    results = []
+    for result in apis.MultiInferenceResponse.FromString(body).results:
+        entry: dict[str, Any] = _signature(result.model_spec)
+        kind = result.WhichOneof("result")
+        if kind == "classification_result":
+            entry["method_name"] = CLASSIFY_METHOD
+            entry["results"] = _classifications(result.classification_result)
+        elif kind == "regression_result":
+            entry["method_name"] = REGRESS_METHOD
+            entry["results"] = _regressions(result.regression_result)
+        results.append(entry)
+    return {"results": results}
 
 
 _CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {
     "Predict": (_predict_request, _predict_response),
     "Classify": (lambda b: _examples_request(b, apis.ClassificationRequest), _classify_response),
     "Regress": (lambda b: _examples_request(b, apis.RegressionRequest), _regress_response),
+    "MultiInference": (_multi_request, _multi_response),
 }
 
 

@@ -7,6 +7,7 @@ call's, a version label resolved by the sidecar, and gRPC's standard health chec
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import struct
 from collections.abc import AsyncIterator
@@ -119,6 +120,22 @@ def examples(*xs: float) -> apis.Input:
     )
 
 
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+def multi_inference(given: apis.Input, *specs: dict[str, Any]) -> apis.MultiInferenceRequest:
+    """A classify task, then regress tasks (each with its own signature), on one input."""
+    tasks = [
+        apis.InferenceTask(
+            model_spec=apis.ModelSpec(signature_name=f"task_{i}" if i else "", **spec),
+            method_name=CLASSIFY if i == 0 else REGRESS,
+        )
+        for i, spec in enumerate(specs)
+    ]
+    return apis.MultiInferenceRequest(tasks=tasks, input=given)
+
+
 async def records(topic: str, bootstrap: str, expected: int) -> list[Any]:
     found: list[Any] = []
 
@@ -153,6 +170,7 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
             ),
         ),
         ("GetModelStatus", apis.GetModelStatusRequest(model_spec=apis.ModelSpec(name=MODEL))),
+        ("MultiInference", multi_inference(examples(1.0, 3.0), {"name": MODEL}, {"name": MODEL})),
     ]
     async with (
         grpc_sidecar(tmp_path) as setup,
@@ -636,3 +654,107 @@ async def test_the_health_check_says_serving_once_tf_serving_has_the_model_avail
     assert [s.method for s in setup.servicer.seen] == ["Predict"]
     logged = await records(topic, local_env.kafka_bootstrap, 1)
     assert len(logged) == 1 and logged[0].headers[HEADER_PROTOCOL] == "grpc"
+
+
+async def test_a_multi_inference_goes_to_the_version_its_tasks_name_is_refused_when_they_disagree_and_is_logged_once(  # noqa: E501
+    local_env, topic, tmp_path
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    models = {
+        MODEL: StandInModel(
+            {
+                1: StandInVersion(slope=0.0, intercept=1.0),
+                2: StandInVersion(slope=1.0, intercept=0.5),
+            }
+        )
+    }
+    routing = {
+        "versions": [
+            {"version": 1, "weight": 100, "labels": ["stable"]},
+            {"version": 2, "weight": 0, "labels": ["canary"]},
+        ]
+    }
+    given = examples(1.0, 3.0)
+    async with (
+        grpc_sidecar(tmp_path, models=models, routing=routing, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        grpc.aio.insecure_channel(setup.direct, options=CLIENT_OPTIONS) as direct,
+    ):
+        stub = PredictionServiceStub(channel)
+
+        async def canary_answers() -> bool:  # once the sidecar has seen version 2 AVAILABLE
+            request = multi_inference(given, {"name": MODEL, "version_label": "canary"})
+            answer = await stub.MultiInference(request, metadata=GOOD, timeout=10)
+            return answer.results[0].model_spec.version.value == 2
+
+        await wait_for_async(canary_answers, timeout=30, what="the canary label to be known")
+        seen_before = len(setup.servicer.seen)
+        # The label on one task takes every task to the canary; TF Serving is asked by number.
+        request = multi_inference(
+            given, {"name": MODEL, "version_label": "canary"}, {"name": MODEL}
+        )
+        call = stub.MultiInference(
+            request, metadata=(*GOOD, ("x-request-id", "multi-1")), timeout=10
+        )
+        answer = await call
+        assert dict(await call.initial_metadata())["x-model-version"] == "2"
+        assert [r.model_spec.version.value for r in answer.results] == [2, 2]
+        assert [
+            c.classes[0].score for c in answer.results[0].classification_result.classifications
+        ] == [1.5, 3.5]
+        assert [r.value for r in answer.results[1].regression_result.regressions] == [1.5, 3.5]
+        sent = apis.MultiInferenceRequest.FromString(setup.servicer.seen[-1].request)
+        assert [t.model_spec.version.value for t in sent.tasks] == [2, 2]
+        assert sent.input == given
+
+        # Tasks that disagree: TF Serving's own refusal for two models, the sidecar's for two
+        # versions (TF Serving would run the first task's and ignore the second's).
+        two_models = multi_inference(given, {"name": MODEL}, {"name": "other"})
+        with pytest.raises(grpc.aio.AioRpcError) as through_error:
+            await stub.MultiInference(two_models, metadata=GOOD, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as direct_error:
+            await PredictionServiceStub(direct).MultiInference(two_models, timeout=10)
+        assert through_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert through_error.value.details() == direct_error.value.details()
+        two_versions = multi_inference(
+            given,
+            {"name": MODEL, "version_label": "canary"},
+            {"name": MODEL, "version": wrappers_pb2.Int64Value(value=1)},
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as disagreeing:
+            await stub.MultiInference(two_versions, metadata=GOOD, timeout=10)
+        assert disagreeing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "label canary and version 1" in disagreeing.value.details()
+        # Neither refusal reached TF Serving (the direct call is the one the stand-in saw).
+        assert [s.method for s in setup.servicer.seen[seen_before:]] == ["MultiInference"] * 2
+        with pytest.raises(grpc.aio.AioRpcError) as no_credential:
+            await stub.MultiInference(request, timeout=10)
+        assert no_credential.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
+    record = logged["multi-1"]
+    assert record.headers[HEADER_PROTOCOL] == "grpc"
+    assert record.record.model_version == 2
+    assert record.record.response_http_code == 200
+    assert json.loads(record.record.inference_request) == {
+        "tasks": [
+            {"method_name": CLASSIFY},
+            {"signature_name": "task_1", "method_name": REGRESS},
+        ],
+        "examples": [{"x": 1.0}, {"x": 3.0}],
+    }
+    assert json.loads(record.record.inference_response) == {
+        "results": [
+            {
+                "signature_name": "serving_default",
+                "method_name": CLASSIFY,
+                "results": [[["", 1.5]], [["", 3.5]]],
+            },
+            {"signature_name": "task_1", "method_name": REGRESS, "results": [1.5, 3.5]},
+        ]
+    }

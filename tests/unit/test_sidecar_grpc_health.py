@@ -30,7 +30,7 @@ def test_every_status_is_written_as_the_response_clients_read() -> None:
 
 
 def test_the_service_name_is_grpcs_own() -> None:
-    assert HEALTH_SERVICE == health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    assert health_pb2.DESCRIPTOR.services_by_name["Health"].full_name == HEALTH_SERVICE
 
 
 @pytest.mark.parametrize("data", [b"\x0a\x05ab", b"\x08\x01", b"\x0a\x02\xff\xfe"])

@@ -132,6 +132,67 @@ def test_classify_and_regress_are_logged_as_the_rest_examples_form() -> None:
     assert json.loads(logged) == {"results": [[["cat", 0.25]]]}
 
 
+def test_a_multi_inference_is_logged_as_its_tasks_and_the_examples_form() -> None:
+    x = Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[2.0]))}))
+    request = apis.MultiInferenceRequest(
+        tasks=[
+            apis.InferenceTask(
+                model_spec=apis.ModelSpec(name="m", signature_name="classify_x"),
+                method_name="tensorflow/serving/classify",
+            ),
+            apis.InferenceTask(
+                model_spec=apis.ModelSpec(name="m"), method_name="tensorflow/serving/regress"
+            ),
+        ],
+        input=apis.Input(example_list=apis.ExampleList(examples=[x, x])),
+    )
+    classified = apis.ClassificationResult(
+        classifications=[apis.Classifications(classes=[apis.Class(label="", score=0.1)])] * 2
+    )
+    answer = apis.MultiInferenceResponse(
+        results=[
+            apis.InferenceResult(
+                model_spec=apis.ModelSpec(name="m", signature_name="classify_x"),
+                classification_result=classified,
+            ),
+            apis.InferenceResult(
+                model_spec=apis.ModelSpec(name="m", signature_name="serving_default"),
+                regression_result=apis.RegressionResult(
+                    regressions=[apis.Regression(value=3.0)] * 2
+                ),
+            ),
+        ]
+    )
+    logged_request, logged_answer = rest_json(
+        "MultiInference", request.SerializeToString(), answer.SerializeToString(), ok=True
+    )
+    assert json.loads(logged_request) == {
+        "tasks": [
+            {"signature_name": "classify_x", "method_name": "tensorflow/serving/classify"},
+            {"method_name": "tensorflow/serving/regress"},
+        ],
+        "examples": [{"x": 2.0}, {"x": 2.0}],
+    }
+    # Each task's results as its own :classify or :regress answer writes them.
+    _, classify_alone = rest_json(
+        "Classify", b"", apis.ClassificationResponse(result=classified).SerializeToString(), True
+    )
+    assert json.loads(logged_answer) == {
+        "results": [
+            {
+                "signature_name": "classify_x",
+                "method_name": "tensorflow/serving/classify",
+                **json.loads(classify_alone),
+            },
+            {
+                "signature_name": "serving_default",
+                "method_name": "tensorflow/serving/regress",
+                "results": [3.0, 3.0],
+            },
+        ]
+    }
+
+
 def test_errors_bad_messages_and_oversize_messages_are_said_so() -> None:
     error = b'{"error": "Servable not found for request: Latest(m)"}'
     assert rest_json("Predict", b"", error, ok=False)[1] == error
