@@ -332,6 +332,52 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
     }
 
 
+# An input over the log's maxPayloadBytes: cut, or replaced by its digest, the same way whichever
+# protocol it came by (the gRPC message's REST JSON is written only as far as the cut needs).
+@pytest.mark.parametrize("oversize", ["truncate", "digest"])
+async def test_an_oversize_grpc_predict_is_recorded_as_the_rest_call_with_the_same_input(
+    local_env, topic, tmp_path, oversize
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+        "maxPayloadBytes": 20_000,
+        "oversizePayload": oversize,
+    }
+    values = [i * 0.25 for i in range(30_000)]  # 120 kB packed, 220 kB as JSON
+    async with (
+        grpc_sidecar(tmp_path, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        call = PredictionServiceStub(channel).Predict(
+            predict_request(values, packed=True), metadata=GOOD, timeout=30
+        )
+        await call
+        grpc_id = dict(await call.initial_metadata())["x-request-id"]
+        async with http.post(
+            f"{setup.sidecar.url}/v1/models/{MODEL}:predict",
+            json={"inputs": {"x": values}},
+            headers={"Authorization": f"ApiKey {KEY}"},
+        ) as resp:
+            assert resp.status == 200
+            rest_id = resp.headers["X-Request-Id"]
+    logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
+    over_grpc, over_rest = logged[grpc_id], logged[rest_id]
+    assert over_grpc.record.inference_request == over_rest.record.inference_request
+    assert over_grpc.record.inference_response == over_rest.record.inference_response
+    mark = "cut" if oversize == "truncate" else "digest"
+    assert over_grpc.headers["payload"] == f"request={mark},response={mark}"
+    assert over_rest.headers["payload"] == over_grpc.headers["payload"]
+    if oversize == "truncate":
+        assert len(over_grpc.record.inference_request) == 20_000
+        assert over_grpc.record.inference_request.startswith('{"inputs": {"x": [0.0, 0.25, 0.5, ')
+    else:
+        assert set(json.loads(over_grpc.record.inference_request)) == {"bytes", "sha256"}
+
+
 async def test_a_version_label_and_the_split_choose_the_version_over_grpc(tmp_path):
     models = {
         MODEL: StandInModel(
