@@ -113,8 +113,9 @@ class HealthService:
     async def watch(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
-        """The status now, then each change, until the caller goes (a service this server does
-        not know: SERVICE_UNKNOWN, the call kept open, as the protocol says)."""
+        """The status now, then each change, until the caller goes or the sidecar stops (a
+        service this server does not know: SERVICE_UNKNOWN, the call kept open, as the protocol
+        says)."""
         service = await _service_of(request, context)
         sent = None
         while True:
@@ -123,6 +124,8 @@ class HealthService:
             if status is not sent:
                 yield status.encoded()
                 sent = status
+            if self._shutting_down:
+                return  # told; an open stream would hold the server's stop for its whole grace
             await changed.wait()
 
 

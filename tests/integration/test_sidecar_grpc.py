@@ -692,9 +692,12 @@ async def test_the_health_check_says_serving_once_tf_serving_has_the_model_avail
             predict_request([1.0]), metadata=GOOD, timeout=10
         )
         assert list(answer.outputs["y"].float_val) == [2.5]
-        # SIGTERM: watchers are told NOT_SERVING before the port closes, so they go elsewhere.
+        # SIGTERM: watchers are told NOT_SERVING before the port closes, so they go elsewhere,
+        # and their streams end rather than hold the sidecar's stop for its grace period.
         setup.sidecar.process.send_signal(signal.SIGTERM)
         assert (await asyncio.wait_for(watch.read(), 30)).status == UNHEALTHY
+        assert await asyncio.wait_for(watch.read(), 30) is grpc.aio.EOF
+        assert await watch.code() == grpc.StatusCode.OK
         await asyncio.wait_for(setup.sidecar.process.wait(), 30)
     # Health checks were neither forwarded nor logged: the one record is the Predict's.
     assert [s.method for s in setup.servicer.seen] == ["Predict"]
