@@ -30,7 +30,7 @@ from modelserving.sidecar.grpc_wire import (
 )
 from modelserving.sidecar.model_state import AVAILABLE, ModelState, ModelStatus, VersionStatus
 from modelserving.sidecar.router import Router
-from modelserving.sidecar.routing import Routing, VersionRoute, WeightedVersion
+from modelserving.sidecar.routing import Routing, ShadowVersion, VersionRoute, WeightedVersion
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
@@ -170,19 +170,34 @@ def test_every_task_is_sent_naming_the_version_chosen_and_the_input_is_untouched
     assert rewritten.input == original.input
 
 
-def route(data: bytes) -> tuple[VersionRoute | None, bytes]:
-    """The version a MultiInference goes to and what is sent, by a serving of versions 1 (100%,
-    stable) and 2 (canary), both AVAILABLE."""
+def routed(
+    data: bytes, shadow: ShadowVersion | None = None
+) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
+    """Where a MultiInference goes, what is sent, and the shadow's copy, by a serving of
+    versions 1 (100%, stable) and 2 (canary) and the shadow given, all AVAILABLE."""
     router = Router("m", Routing((WeightedVersion(1, 100, ("stable",)),
-                                  WeightedVersion(2, 0, ("canary",)))))  # fmt: skip
-    both = ModelStatus((VersionStatus(1, AVAILABLE), VersionStatus(2, AVAILABLE)))
-    router.model_state_changed(ModelState.of(both, 1.0))
+                                  WeightedVersion(2, 0, ("canary",))), shadow))  # fmt: skip
+    every = ModelStatus(tuple(VersionStatus(v, AVAILABLE) for v in (1, 2, 3)))
+    router.model_state_changed(ModelState.of(every, 1.0))
     # Only what route() reads: no channel to TF Serving, no event loop.
     gateway = GrpcGateway.__new__(GrpcGateway)
     gateway.model_name, gateway.router = "m", router
     method = next(m for m in METHODS if m.name == "MultiInference")
-    version, forwarded, _ = gateway.route(method, data, {}, None, "rid")
+    return gateway.route(method, data, {}, None, "rid")
+
+
+def route(data: bytes) -> tuple[VersionRoute | None, bytes]:
+    version, forwarded, _ = routed(data)
     return version, forwarded
+
+
+def test_the_shadow_gets_a_multi_inference_with_every_task_naming_the_shadow() -> None:
+    version, forwarded, shadow = routed(multi({"name": "m"}, {"name": "m"}), ShadowVersion(3, 100))
+    assert version is not None and version.version == 1 and sent_versions(forwarded) == [1, 1]
+    assert shadow is not None and shadow[0].version == 3 and sent_versions(shadow[1]) == [3, 3]
+    # A call that names its version is not copied, as over REST.
+    _, _, shadow = routed(multi({"name": "m", "version_label": "stable"}), ShadowVersion(3, 100))
+    assert shadow is None
 
 
 def sent_versions(forwarded: bytes) -> list[int]:
