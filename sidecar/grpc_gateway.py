@@ -21,11 +21,11 @@ name the same one (TF Serving would run the first's and ignore the others'), and
 sent naming the version chosen.
 
 Logged, as over REST: every authorized Predict, Classify, Regress and MultiInference once
-answered, with the
-HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST API uses for the same
-errors); not logged: refused credentials, a model other than the serving's, GetModelMetadata and
-GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC before it is read), and a
-call the caller cancelled (no answer was given).
+answered, with the HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST
+API uses for the same errors); not logged: refused credentials, a model other than the
+serving's, a request the sidecar cannot parse or a MultiInference whose tasks disagree,
+GetModelMetadata and GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC before
+it is read), and a call the caller cancelled (no answer was given).
 """
 
 from __future__ import annotations
