@@ -294,8 +294,8 @@ class RequestPath:
 
     async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         """Ready when TF Serving reports AVAILABLE a version the split may send traffic to."""
-        state = await self.model_state.fresh(READY_CACHE_SECONDS)
-        if state.available & self.router.table.weighted:
+        await self.model_state.fresh(READY_CACHE_SECONDS)  # the table follows each new look
+        if self.router.table.ready:
             return _json(200, _READY, call)
         return _json(503, _NOT_READY, call)
 

@@ -1,6 +1,7 @@
 """TF Serving's gRPC API on the sidecar: `tensorflow.serving.PredictionService` (Predict,
-Classify, Regress, GetModelMetadata) and `ModelService.GetModelStatus`, served by grpc.aio on
-the aiohttp app's event loop, with the app's authenticator, router and inference log.
+Classify, Regress, MultiInference, GetModelMetadata) and `ModelService.GetModelStatus`, served
+by grpc.aio on the aiohttp app's event loop, with the app's authenticator, router and inference
+log; and gRPC's health check (`grpc_health`).
 
 Each call is read top to bottom as the REST request path: credential (`authorization` metadata,
 `ApiKey <key>` or `Bearer <token>`), then the model spec (the only part of the request decoded,
@@ -13,16 +14,24 @@ What the caller gets is TF Serving's answer as its bytes, or its status as it ca
 own refusals are TF Serving's codes for the same causes (`REFUSALS`). Initial metadata carries
 `x-request-id` and, once a version answered, `x-model-version`.
 
-Logged, as over REST: every authorized Predict, Classify and Regress once answered, with the
-HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST API uses for the same
-errors); not logged: refused credentials, a model other than the serving's, GetModelMetadata and
-GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC before it is read), and a
-call the caller cancelled (no answer was given).
+MultiInference runs several tasks (classify, regress) on one input, each task with a model spec:
+TF Serving finds the version by the first task's and refuses tasks that name different models;
+the sidecar asks the same of them, and more: the tasks that name a version or a label must all
+name the same one (TF Serving would run the first's and ignore the others'), and every task is
+sent naming the version chosen.
+
+Logged, as over REST: every authorized Predict, Classify, Regress and MultiInference once
+answered, with the HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST
+API uses for the same errors); not logged: refused credentials, a model other than the
+serving's, a request the sidecar cannot parse or a MultiInference whose tasks disagree,
+GetModelMetadata and GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC before
+it is read), and a call the caller cancelled (no answer was given).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +45,8 @@ from modelserving.sidecar.app import (
     CONFIG,
     INFERENCE_LOG,
     METRICS,
+    MODEL_STATE,
+    READY_CACHE_SECONDS,
     ROUTER,
     SHADOW,
 )
@@ -43,13 +54,20 @@ from modelserving.sidecar.auth import Authenticator
 from modelserving.sidecar.config import GrpcConfig, LogDurability, SidecarConfig
 from modelserving.sidecar.errors import SidecarError, error_body
 from modelserving.sidecar.exchange import Exchange, InferenceLogSink
-from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_model_spec
+from modelserving.sidecar.grpc_health import HealthService
+from modelserving.sidecar.grpc_wire import (
+    WireError,
+    read_model_spec,
+    read_tasks,
+    with_model_spec,
+    with_tasks,
+)
 from modelserving.sidecar.metrics import SidecarMetrics
 from modelserving.sidecar.request_id import request_id
 from modelserving.sidecar.router import Router
 from modelserving.sidecar.routing import VersionRoute, bucket_of, shadow_point
 from modelserving.sidecar.shadow import ShadowCopy, ShadowSender
-from modelserving.tfserving.serving_apis_pb2 import ModelSpec
+from modelserving.tfserving.serving_apis_pb2 import InferenceTask, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +113,7 @@ class Method:
 
     service: str
     name: str
-    verb: str  # predict, classify, regress (logged); metadata, status
+    verb: str  # predict, classify, regress, multi_inference (logged); metadata, status
     logged: bool
 
     @property
@@ -114,6 +132,7 @@ METHODS = (
     Method(PREDICTION_SERVICE, "Predict", "predict", True),
     Method(PREDICTION_SERVICE, "Classify", "classify", True),
     Method(PREDICTION_SERVICE, "Regress", "regress", True),
+    Method(PREDICTION_SERVICE, "MultiInference", "multi_inference", True),
     Method(PREDICTION_SERVICE, "GetModelMetadata", "metadata", False),
     Method(MODEL_SERVICE, "GetModelStatus", "status", False),
 )
@@ -298,8 +317,15 @@ class GrpcGateway:
         Serving), the request to forward (the version put in its model spec), and the shadow's
         version and copy when this call is copied to it (a call that names a version or label
         is not, as over REST)."""
+        naming: Callable[[int], bytes]  # the request naming this version
         try:
-            spec, span = read_model_spec(request)
+            if method.verb == "multi_inference":
+                tasks, spans = read_tasks(request)
+                spec = _tasks_spec(tasks, self.model_name)
+                naming = functools.partial(_naming_tasks, request, spans, tasks)
+            else:
+                spec, span = read_model_spec(request)
+                naming = functools.partial(_naming, request, span, spec)
         except WireError as exc:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request: "
                            f"{exc}") from None  # fmt: skip
@@ -309,18 +335,19 @@ class GrpcGateway:
         table = self.router.table
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
-            return table.version(self.model_name, spec.version.value), request, None
+            named = table.version(self.model_name, spec.version.value)
+            # A MultiInference's other tasks are sent naming it too.
+            forwarded = naming(named.version) if method.verb == "multi_inference" else request
+            return named, forwarded, None
         shadow = None
         if choice == "version_label":
             version = table.by_label.get(spec.version_label)
             if version is None:
                 return None, request, None
-            return version, _naming(request, span, spec, version.version), None
+            return version, naming(version.version), None
         if method.logged and table.shadow and shadow_point(rid) < table.shadow_percent:
             if table.shadow.version in table.available:
-                copy = ModelSpec()
-                copy.CopyFrom(spec)
-                shadow = table.shadow, _naming(request, span, copy, table.shadow.version)
+                shadow = table.shadow, naming(table.shadow.version)
             else:
                 self.shadow.skip()
         if table.only is not None:
@@ -332,12 +359,56 @@ class GrpcGateway:
             elif table.sticky_caller:
                 key = caller
             version = table.buckets[bucket_of(key or rid)]
-        return version, _naming(request, span, spec, version.version), shadow
+        return version, naming(version.version), shadow
 
 
 def _naming(request: bytes, span: tuple[int, int], spec: ModelSpec, version: int) -> bytes:
     spec.version.value = version  # clears version_label: one of the two
     return with_model_spec(request, span, spec)
+
+
+def _naming_tasks(
+    request: bytes, spans: list[tuple[int, int]], tasks: list[InferenceTask], version: int
+) -> bytes:
+    for task in tasks:
+        task.model_spec.version.value = version
+    return with_tasks(request, spans, tasks)
+
+
+def _tasks_spec(tasks: list[InferenceTask], model_name: str) -> ModelSpec:
+    """The model spec a MultiInference call is routed by: the first task's, with the version or
+    label its tasks name; _Refused when they name different models (TF Serving's error) or
+    different versions or labels."""
+    if not tasks:
+        return ModelSpec()  # no model named: NOT_FOUND, as TF Serving answers
+    first = tasks[0].model_spec
+    if first.name != model_name:
+        return first  # NOT_FOUND: TF Serving looks the first task's model up before the rest
+    named: ModelSpec | None = None
+    for task in tasks:
+        spec = task.model_spec
+        if not spec.name:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Found ModelSpec with an empty model name.")  # fmt: skip
+        if spec.name != first.name:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "All ModelSpecs in a "
+                           "MultiInferenceRequest must access the same model name.")  # fmt: skip
+        choice = spec.WhichOneof("version_choice")
+        if choice is None:
+            continue
+        if named is None:
+            named = spec
+        elif _asked(named) != _asked(spec):
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "All ModelSpecs in a "
+                           "MultiInferenceRequest must access the same model version: "
+                           f"{_asked(named)} and {_asked(spec)} were asked")  # fmt: skip
+    return first if named is None else named
+
+
+def _asked(spec: ModelSpec) -> str:
+    if spec.WhichOneof("version_choice") == "version":
+        return f"version {spec.version.value}"
+    return f"label {spec.version_label}"
 
 
 @contextlib.asynccontextmanager
@@ -355,7 +426,10 @@ async def serving_grpc(
     async with grpc.aio.insecure_channel(settings.upstream, options=options) as channel:
         gateway = GrpcGateway(config, app[AUTHENTICATOR], app[ROUTER], app[INFERENCE_LOG],
                               app[METRICS], channel, app[SHADOW])  # fmt: skip
-        server = grpc.aio.server(handlers=gateway.handlers(), options=options + _SERVER_OPTIONS)
+        health = HealthService(("", PREDICTION_SERVICE), app[MODEL_STATE], app[ROUTER],
+                               app[METRICS], READY_CACHE_SECONDS)  # fmt: skip
+        server = grpc.aio.server(handlers=[*gateway.handlers(), health.handlers()],
+                                 options=options + _SERVER_OPTIONS)  # fmt: skip
         port = server.add_insecure_port(f"{host}:{settings.port}")
         await server.start()
         log.info("gRPC: TF Serving's API on %s:%s, forwarded to %s", host, port,
@@ -363,4 +437,5 @@ async def serving_grpc(
         try:
             yield port
         finally:
+            health.shut_down()
             await server.stop(shutdown_seconds)

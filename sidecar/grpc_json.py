@@ -9,6 +9,11 @@ request path.
 - Classify and Regress: `{"signature_name": ..., "context": {...}, "examples": [{...}]}`, a
   feature of one value written as that value; answers `{"results": [[[label, score], ...]]}` and
   `{"results": [value, ...]}`.
+- MultiInference, which TF Serving's REST API does not have: the Classify/Regress request with
+  the tasks in front, `{"tasks": [{"signature_name": ..., "method_name":
+  "tensorflow/serving/classify"}, ...], "context": {...}, "examples": [...]}`; the answer
+  `{"results": [{"signature_name": ..., "method_name": ..., "results": ...}, ...]}`, one per
+  task in its order, each `results` as the task's own :classify or :regress answer writes it.
 
 A tensor's values come from its typed field or, packed, from `tensor_content` by its dtype
 (little-endian, as TF Serving's clients pack it), shaped by `tensor_shape`; a value given once
@@ -23,7 +28,7 @@ import base64
 import json
 import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -85,33 +90,87 @@ _DTYPES: dict[int, tuple[str, str, _Maker]] = {
 }
 
 
+_BATCH = 1024  # values converted and written at a time
+
+
+class _Tensor:
+    """A tensor to write as TF Serving's REST JSON writes it, nested lists by its shape; checked
+    at once, its values converted only as the writer reaches them."""
+
+    __slots__ = ("code", "content", "count", "field", "make", "shape", "size", "width")
+
+    def __init__(self, tensor: TensorProto) -> None:
+        dtype = tensor.dtype
+        if dtype not in _DTYPES:
+            raise NotATensor(f"dtype {types_pb2.DataType.Name(dtype)} is not written as JSON")
+        code, field, self.make = _DTYPES[dtype]
+        self.shape = [d.size for d in tensor.tensor_shape.dim]
+        if any(size < 0 for size in self.shape):
+            raise NotATensor(f"a tensor's shape must be known, got {self.shape}")
+        self.size = size = math.prod(self.shape)
+        self.content, self.code, self.width = b"", code, 0
+        if tensor.tensor_content and code:
+            self.content, self.width = tensor.tensor_content, struct.calcsize(code)
+            if len(self.content) != size * self.width:
+                raise NotATensor(f"tensor_content holds {len(self.content)} bytes, not "
+                                 f"{size} values of {self.width}")  # fmt: skip
+            self.count = size
+        else:
+            self.field = getattr(tensor, field)
+            self.count = len(self.field)
+        if self.count < size and not self.count:
+            raise NotATensor(f"a tensor of shape {self.shape} holds no values")
+        if self.count > size:
+            raise NotATensor(f"a tensor of shape {self.shape} holds {self.count} values")
+
+    def values(self, start: int, end: int) -> list[Any]:
+        """The JSON values of the flat positions start..end; a value given once for a larger
+        shape fills it (TensorFlow fills with the last value)."""
+        given = min(end, self.count)
+        raw: Iterable[Any] = ()
+        if given > start:
+            if self.content:
+                raw = struct.unpack_from(f"<{given - start}{self.code}", self.content,
+                                         start * self.width)  # fmt: skip
+            else:
+                raw = self.field[start:given]
+        make = self.make
+        out = [make(v) for v in raw]
+        if end > given:  # only typed fields fill: packed content holds every value
+            out += [make(self.field[self.count - 1])] * (end - max(given, start))
+        return out
+
+    def value(self) -> Any:
+        return _nest(self.values(0, self.size), self.shape)
+
+    def chunks(self) -> Iterator[str]:
+        if not self.shape:
+            yield _dumps(self.values(0, 1)[0])
+        else:
+            yield from self._block(0, self.shape)
+
+    def _block(self, start: int, shape: list[int]) -> Iterator[str]:
+        if len(shape) == 1:
+            if not shape[0]:
+                yield "[]"
+                return
+            for at in range(0, shape[0], _BATCH):
+                batch = self.values(start + at, start + min(shape[0], at + _BATCH))
+                yield ("[" if not at else ", ") + _dumps(batch)[1:-1]
+            yield "]"
+            return
+        step = math.prod(shape[1:])
+        yield "["
+        for i in range(shape[0]):
+            if i:
+                yield ", "
+            yield from self._block(start + i * step, shape[1:])
+        yield "]"
+
+
 def tensor_value(tensor: TensorProto) -> Any:
     """The tensor as TF Serving's REST JSON writes it: nested lists by its shape."""
-    dtype = tensor.dtype
-    if dtype not in _DTYPES:
-        raise NotATensor(f"dtype {types_pb2.DataType.Name(dtype)} is not written as JSON")
-    code, field, make = _DTYPES[dtype]
-    shape = [d.size for d in tensor.tensor_shape.dim]
-    if any(size < 0 for size in shape):
-        raise NotATensor(f"a tensor's shape must be known, got {shape}")
-    size = math.prod(shape)
-    raw: Iterable[Any]
-    if tensor.tensor_content and code:
-        width = struct.calcsize(code)
-        if len(tensor.tensor_content) != size * width:
-            raise NotATensor(f"tensor_content holds {len(tensor.tensor_content)} bytes, not "
-                             f"{size} values of {width}")  # fmt: skip
-        raw = struct.unpack(f"<{size}{code}", tensor.tensor_content)
-    else:
-        raw = getattr(tensor, field)
-    values = [make(v) for v in raw]
-    if len(values) < size:
-        if not values:
-            raise NotATensor(f"a tensor of shape {shape} holds no values")
-        values += [values[-1]] * (size - len(values))  # TensorFlow fills with the last value
-    elif len(values) > size:
-        raise NotATensor(f"a tensor of shape {shape} holds {len(values)} values")
-    return _nest(values, shape)
+    return _Tensor(tensor).value()
 
 
 def _nest(values: list[Any], shape: list[int]) -> Any:
@@ -121,6 +180,55 @@ def _nest(values: list[Any], shape: list[int]) -> Any:
         return values
     step = math.prod(shape[1:])
     return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+class _Items:
+    """A list to write whose items (examples, results) are converted as the writer reaches
+    them."""
+
+    __slots__ = ("convert", "items")
+
+    def __init__(self, items: Sequence[Any], convert: Callable[[Any], Any]) -> None:
+        self.items, self.convert = items, convert
+
+    def chunks(self) -> Iterator[str]:
+        if not self.items:
+            yield "[]"
+            return
+        convert = self.convert
+        for at in range(0, len(self.items), _BATCH):
+            batch = [convert(item) for item in self.items[at : at + _BATCH]]
+            yield ("[" if not at else ", ") + _dumps(batch)[1:-1]
+        yield "]"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
+def _chunks(value: Any) -> Iterator[str]:
+    """The JSON text of a document holding `_Tensor`s and `_Items`, piece by piece, as
+    json.dumps writes the same values (its separators, ASCII only)."""
+    if isinstance(value, _Tensor | _Items):
+        yield from value.chunks()
+    elif isinstance(value, dict):
+        if not value:
+            yield "{}"
+            return
+        for i, (key, item) in enumerate(value.items()):
+            yield ("{" if not i else ", ") + _dumps(key) + ": "
+            yield from _chunks(item)
+        yield "}"
+    elif isinstance(value, list):
+        if not value:
+            yield "[]"
+            return
+        for i, item in enumerate(value):
+            yield "[" if not i else ", "
+            yield from _chunks(item)
+        yield "]"
+    else:
+        yield _dumps(value)
 
 
 def _feature(feature: Feature) -> Any:
@@ -146,43 +254,82 @@ def _signature(spec: apis.ModelSpec) -> dict[str, str]:
 
 def _predict_request(body: bytes) -> dict[str, Any]:
     request = apis.PredictRequest.FromString(body)
-    inputs = {name: tensor_value(t) for name, t in sorted(request.inputs.items())}
+    inputs = {name: _Tensor(t) for name, t in sorted(request.inputs.items())}
     return {**_signature(request.model_spec), "inputs": inputs}
 
 
 def _predict_response(body: bytes) -> dict[str, Any]:
     outputs = apis.PredictResponse.FromString(body).outputs
     if len(outputs) == 1:
-        return {"outputs": tensor_value(next(iter(outputs.values())))}
-    return {"outputs": {name: tensor_value(t) for name, t in sorted(outputs.items())}}
+        return {"outputs": _Tensor(next(iter(outputs.values())))}
+    return {"outputs": {name: _Tensor(t) for name, t in sorted(outputs.items())}}
+
+
+def _input(given: apis.Input) -> dict[str, Any]:
+    kind = given.WhichOneof("kind")
+    out: dict[str, Any] = {}
+    if kind == "example_list_with_context":
+        out["context"] = _example(given.example_list_with_context.context)
+    examples = getattr(given, kind).examples if kind else []
+    out["examples"] = _Items(examples, _example)
+    return out
 
 
 def _examples_request(body: bytes, message: type[Any]) -> dict[str, Any]:
     request = message.FromString(body)
-    kind = request.input.WhichOneof("kind")
-    out: dict[str, Any] = _signature(request.model_spec)
-    if kind == "example_list_with_context":
-        out["context"] = _example(request.input.example_list_with_context.context)
-    examples = getattr(request.input, kind).examples if kind else []
-    out["examples"] = [_example(e) for e in examples]
-    return out
+    return {**_signature(request.model_spec), **_input(request.input)}
+
+
+def _classes(each: apis.Classifications) -> list[Any]:
+    return [[c.label, _float32(c.score)] for c in each.classes]
+
+
+def _classifications(result: apis.ClassificationResult) -> _Items:
+    return _Items(result.classifications, _classes)
+
+
+def _regressions(result: apis.RegressionResult) -> _Items:
+    return _Items(result.regressions, lambda r: _float32(r.value))
 
 
 def _classify_response(body: bytes) -> dict[str, Any]:
-    result = apis.ClassificationResponse.FromString(body).result
-    return {"results": [[[c.label, _float32(c.score)] for c in each.classes]
-                        for each in result.classifications]}  # fmt: skip
+    return {"results": _classifications(apis.ClassificationResponse.FromString(body).result)}
 
 
 def _regress_response(body: bytes) -> dict[str, Any]:
-    result = apis.RegressionResponse.FromString(body).result
-    return {"results": [_float32(r.value) for r in result.regressions]}
+    return {"results": _regressions(apis.RegressionResponse.FromString(body).result)}
+
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _multi_request(body: bytes) -> dict[str, Any]:
+    request = apis.MultiInferenceRequest.FromString(body)
+    tasks = [{**_signature(t.model_spec), "method_name": t.method_name} for t in request.tasks]
+    return {"tasks": tasks, **_input(request.input)}
+
+
+def _multi_response(body: bytes) -> dict[str, Any]:
+    results = []
+    for result in apis.MultiInferenceResponse.FromString(body).results:
+        entry: dict[str, Any] = _signature(result.model_spec)
+        kind = result.WhichOneof("result")
+        if kind == "classification_result":
+            entry["method_name"] = CLASSIFY_METHOD
+            entry["results"] = _classifications(result.classification_result)
+        elif kind == "regression_result":
+            entry["method_name"] = REGRESS_METHOD
+            entry["results"] = _regressions(result.regression_result)
+        results.append(entry)
+    return {"results": results}
 
 
 _CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {
     "Predict": (_predict_request, _predict_response),
     "Classify": (lambda b: _examples_request(b, apis.ClassificationRequest), _classify_response),
     "Regress": (lambda b: _examples_request(b, apis.RegressionRequest), _regress_response),
+    "MultiInference": (_multi_request, _multi_response),
 }
 
 
@@ -190,29 +337,39 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, allow_nan=False).encode()
 
 
-def rest_json(
-    method: str, request: bytes, response: bytes, ok: bool, max_bytes: int = 0
-) -> tuple[bytes, bytes]:
-    """The REST JSON of a call's request and answer (an answer that is not OK is TF Serving's
-    error body already, kept). What cannot be written as JSON is written as TF Serving's error
-    body saying why, with the message's bytes in base64 (`{"error": ..., "b64": ...}`).
-
-    A message over `max_bytes` (logging.maxPayloadBytes; 0: no limit) is not decoded: its JSON
-    would be larger still and cut by the log anyway, and decoding megabytes of tensors would
-    hold the event loop for seconds. Its record says so, with the message's size."""
-    to_request, to_response = _CONVERTERS[method]
-    return (
-        _converted(to_request, request, max_bytes),
-        _converted(to_response, response, max_bytes) if ok else response,
-    )
+def request_json(method: str, body: bytes, up_to: int = 0) -> bytes:
+    """The REST JSON of a call's request; only its first `up_to` bytes and a little more when
+    `up_to` is set (0: all of it). What cannot be written as JSON is written as TF Serving's
+    error body saying why, with the message's bytes in base64 (`{"error": ..., "b64": ...}`)."""
+    return _converted(_CONVERTERS[method][0], body, up_to)
 
 
-def _converted(convert: Callable[[bytes], Any], body: bytes, max_bytes: int) -> bytes:
-    if max_bytes and len(body) > max_bytes:
-        why = f"a gRPC message of {len(body)} bytes, over the log's maxPayloadBytes of {max_bytes}"
-        return _json({"error": f"{why}, is not written as JSON"})
+def response_json(method: str, body: bytes, ok: bool, up_to: int = 0) -> bytes:
+    """The REST JSON of a call's answer, as `request_json`; an answer that is not OK is TF
+    Serving's error body already, kept."""
+    return _converted(_CONVERTERS[method][1], body, up_to) if ok else body
+
+
+def rest_json(method: str, request: bytes, response: bytes, ok: bool) -> tuple[bytes, bytes]:
+    """The REST JSON of a call's request and answer, whole."""
+    return request_json(method, request), response_json(method, response, ok)
+
+
+def _converted(convert: Callable[[bytes], Any], body: bytes, up_to: int) -> bytes:
+    """`up_to`: the log keeps only this many bytes of the JSON (maxPayloadBytes, cut): the text
+    is written until it is longer, never further, so that a message of any size costs what
+    one of that size does, and the log's cut of it is the cut of the whole text."""
     try:
-        return _json(convert(body))
+        document = convert(body)
+        if not up_to:
+            return "".join(_chunks(document)).encode()
+        written, size = [], 0
+        for chunk in _chunks(document):
+            written.append(chunk)
+            size += len(chunk)  # ASCII: as many bytes as characters
+            if size > up_to:
+                break
+        return "".join(written).encode()
     except (DecodeError, NotATensor, ValueError, struct.error) as exc:
         return _json({"error": f"not written as JSON: {exc}",
                       "b64": base64.b64encode(body).decode()})  # fmt: skip

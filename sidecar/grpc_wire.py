@@ -1,15 +1,18 @@
 """The little the sidecar reads of a gRPC request on the hot path: the model spec (field 1 of
-every request TF Serving's PredictionService and ModelService take), found by walking the
-protobuf wire format up to it, so that the tensors after it are never decoded; and the request
-with a model spec of the sidecar's choosing (the version the split or a label chose) in its
-place. Pure: no I/O.
+every request TF Serving's PredictionService and ModelService take, but MultiInference's, whose
+field 1 is its tasks, each with a model spec), found by walking the protobuf wire format up to
+it, so that the tensors after it are never decoded; and the request with a model spec of the
+sidecar's choosing (the version the split or a label chose) in its place. Also the one string of
+a gRPC health check. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from google.protobuf.message import DecodeError
 
-from modelserving.tfserving.serving_apis_pb2 import ModelSpec
+from modelserving.tfserving.serving_apis_pb2 import InferenceTask, ModelSpec
 
 _MODEL_SPEC_TAG = 1 << 3 | 2  # field 1, length-delimited
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -99,3 +102,79 @@ def with_model_spec(data: bytes, span: tuple[int, int], spec: ModelSpec) -> byte
     if not end:
         return field + data
     return b"".join((data[:start], field, data[end:]))
+
+
+def top_level_fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start of its tag, start of its value, end) of each top-level field, in
+    the order written; a length-delimited value starts after its length. Values are skipped
+    unread."""
+    at = 0
+    size = len(data)
+    while at < size:
+        start = at
+        tag, at = _varint(data, at)
+        kind = tag & 7
+        value_at = at
+        if kind == _VARINT:
+            _, at = _varint(data, at)
+        elif kind == _I64:
+            at += 8
+        elif kind == _LEN:
+            length, value_at = _varint(data, at)
+            at = value_at + length
+        elif kind == _I32:
+            at += 4
+        else:
+            raise WireError(f"wire type {kind} is not one proto3 messages use")
+        if at > size:
+            raise WireError("a field runs past the end of the message")
+        yield tag >> 3, start, value_at, at
+
+
+def read_tasks(data: bytes) -> tuple[list[InferenceTask], list[tuple[int, int]]]:
+    """A MultiInferenceRequest's tasks (field 1: each a model spec and a method name, a few
+    bytes) and the span of each task's field; the input (field 2) is skipped unread."""
+    tasks, spans = [], []
+    for number, start, value_at, end in top_level_fields(data):
+        if number != 1:
+            continue
+        if data[start] != _MODEL_SPEC_TAG:
+            raise WireError("the request's tasks are not a repeated message")
+        task = InferenceTask()
+        try:
+            task.ParseFromString(data[value_at:end])
+        except DecodeError as exc:
+            raise WireError(f"a task is not an InferenceTask: {exc}") from None
+        tasks.append(task)
+        spans.append((start, end))
+    return tasks, spans
+
+
+def with_tasks(data: bytes, spans: list[tuple[int, int]], tasks: list[InferenceTask]) -> bytes:
+    """The request with `tasks` in place of the tasks at `spans`: the tasks first, then every
+    other field as it came (one copy of the request's bytes, the input not decoded)."""
+    parts: list[bytes] = []
+    for task in tasks:
+        encoded = task.SerializeToString()
+        parts += (bytes([_MODEL_SPEC_TAG]), _encode_varint(len(encoded)), encoded)
+    at = 0
+    for start, end in spans:
+        parts.append(data[at:start])
+        at = end
+    parts.append(data[at:])
+    return b"".join(parts)
+
+
+def string_field(data: bytes, number: int) -> str:
+    """The UTF-8 string in field `number` of a message ("" when it has none; the last one when
+    written twice, as protobuf reads it)."""
+    found = ""
+    for field, start, value_at, end in top_level_fields(data):
+        if field == number:
+            if data[start] & 7 != _LEN:
+                raise WireError(f"field {number} is not a string")
+            try:
+                found = data[value_at:end].decode()
+            except UnicodeDecodeError:
+                raise WireError(f"field {number} is not UTF-8") from None
+    return found

@@ -252,7 +252,7 @@ class InferenceLogPipeline:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.settings.spool_flush_interval_seconds
-        make, queue = self._maker.make, self._queue
+        make, costly, queue = self._maker.make, self._maker.costly, self._queue
         popleft, sleep = queue.popleft, asyncio.sleep
         while True:
             if not queue and not self._held:
@@ -273,7 +273,11 @@ class InferenceLogPipeline:
                 self._held = []
                 made = 0
                 while queue and len(records) < _WRITE_BATCH:
-                    records.append(make(popleft()))
+                    exchange = popleft()
+                    if costly(exchange):  # a large gRPC message's JSON: off the event loop
+                        records.append(await asyncio.to_thread(make, exchange))
+                    else:
+                        records.append(make(exchange))
                     made += 1
                     if made % _ENCODE_SLICE == 0:
                         self._made_total = made_before + made

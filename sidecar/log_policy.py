@@ -235,6 +235,18 @@ class LogPolicy:
             return 0
         return self.max_payload_bytes or math.inf
 
+    def cut_at(self, part: Part) -> int:
+        """How much of a payload's text the record can hold when nothing but the size limit
+        applies to it (oversize truncate, no redaction rule, no non-JSON drop): the limit;
+        else 0, the whole text is needed (its digest, its redaction)."""
+        if (
+            self.oversize is OversizePolicy.TRUNCATE
+            and not self._rules[part]
+            and self.non_json[part] is not NonJsonPolicy.DROP
+        ):
+            return self.max_payload_bytes
+        return 0
+
     # ----------------------------------------------------------------- inline
 
     def sampled(self, request_id: str, status: int) -> bool:

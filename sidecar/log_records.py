@@ -32,6 +32,9 @@ from modelserving.sidecar.routing import STABLE
 from modelserving.sidecar.spool import SpoolRecord, share_header
 
 ABSENT = ShapedPayload("")  # the payload a mode leaves out
+# gRPC messages written as JSON up to this size have their record made on the event loop (a few
+# milliseconds at most); larger ones in a thread.
+_INLINE_GRPC_BYTES = 64 * 1024
 _REST = share_header((HEADER_PROTOCOL, PROTOCOL_REST.encode()))
 _GRPC = share_header((HEADER_PROTOCOL, PROTOCOL_GRPC.encode()))
 
@@ -93,22 +96,41 @@ class SpoolRecordMaker:
         self._default_role = STABLE
         self._callers: dict[str, tuple[str, bytes]] = {}
         self._count_changes = count_changes
+        self._cut_at = {part: self._policy.cut_at(part) for part in Part}
+
+    def costly(self, exchange: Exchange) -> bool:
+        """Whether the record of this exchange is to be made in a thread, off the event loop:
+        a gRPC call whose messages' JSON is written beyond a few milliseconds' worth (a tensor
+        of megabytes takes seconds: the request path must keep running meanwhile)."""
+        if exchange.grpc_method is None:
+            return False
+        written = 0
+        for keep, body, part in (
+            (self._keep_request, exchange.request_body, Part.REQUEST),
+            (self._keep_response, exchange.response_body, Part.RESPONSE),
+        ):
+            if keep:
+                cut_at = self._cut_at[part]
+                written += min(len(body), cut_at) if cut_at else len(body)
+        return written > _INLINE_GRPC_BYTES
 
     def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
         request_body, response_body = exchange.request_body, exchange.response_body
-        if exchange.grpc_method is not None:  # protobuf: as the REST JSON of the same tensors
-            # Imported by the first gRPC record: a sidecar without a gRPC port never loads
-            # protobuf and TF Serving's messages.
-            from modelserving.sidecar.grpc_json import rest_json
-
-            request_body, response_body = rest_json(
-                exchange.grpc_method,
-                request_body,
-                response_body,
-                200 <= exchange.status < 300,
-                self._policy.max_payload_bytes,
-            )
         keep_request, keep_response = self._keep_request, self._keep_response
+        if (method := exchange.grpc_method) is not None:
+            # Protobuf: as the REST JSON of the same tensors, and no more of it than the record
+            # can hold, so that the policy cuts it as it cuts the REST call's. Imported by the
+            # first gRPC record: a sidecar without a gRPC port never loads protobuf and TF
+            # Serving's messages.
+            from modelserving.sidecar.grpc_json import request_json, response_json
+
+            ok = 200 <= exchange.status < 300
+            if keep_request:
+                request_body = request_json(method, request_body, self._cut_at[Part.REQUEST])
+            if keep_response:
+                response_body = response_json(
+                    method, response_body, ok, self._cut_at[Part.RESPONSE]
+                )
         limit = self._untouched_up_to
         if (not keep_request or len(request_body) <= limit) and (
             not keep_response or len(response_body) <= limit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import yaml
@@ -57,13 +57,20 @@ class Router:
         self._available: frozenset[int] = frozenset()
         self._text: bytes | None = None
         self.table = SplitTable.build(model_name, routing, self._available)
+        self._listeners: list[Callable[[SplitTable], None]] = []
+
+    def on_change(self, listener: Callable[[SplitTable], None]) -> None:
+        """Call `listener` on the loop with each new table (a routing or AVAILABLE set changed)."""
+        self._listeners.append(listener)
 
     @property
     def routing(self) -> Routing:
         return self._routing
 
     def _rebuild(self) -> None:
-        self.table = SplitTable.build(self.model_name, self._routing, self._available)
+        self.table = table = SplitTable.build(self.model_name, self._routing, self._available)
+        for listener in self._listeners:
+            listener(table)
 
     def model_state_changed(self, state: ModelState) -> None:
         if state.available != self._available:

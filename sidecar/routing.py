@@ -287,6 +287,12 @@ class SplitTable:
             sticky_caller=routing.sticky_by is StickyBy.CALLER,
         )
 
+    @property
+    def ready(self) -> bool:
+        """Whether TF Serving reports AVAILABLE a version the split may send traffic to: what
+        /readyz and the gRPC health check answer."""
+        return not self.available.isdisjoint(self.weighted)
+
     def version(self, model_name: str, version: int) -> VersionRoute:
         """The route of an explicit version path: the routing's, or one made for the request."""
         route = self.by_version.get(version)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class PredictionServiceStub:
-    """prediction_service.proto (MultiInference is not served by the sidecar).
+    """prediction_service.proto
     """
 
     def __init__(self, channel):
@@ -50,6 +50,11 @@ class PredictionServiceStub:
                 request_serializer=modelserving_dot_tfserving_dot_serving__apis__pb2.PredictRequest.SerializeToString,
                 response_deserializer=modelserving_dot_tfserving_dot_serving__apis__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.MultiInference = channel.unary_unary(
+                '/tensorflow.serving.PredictionService/MultiInference',
+                request_serializer=modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceRequest.SerializeToString,
+                response_deserializer=modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceResponse.FromString,
+                _registered_method=True)
         self.GetModelMetadata = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/GetModelMetadata',
                 request_serializer=modelserving_dot_tfserving_dot_serving__apis__pb2.GetModelMetadataRequest.SerializeToString,
@@ -58,7 +63,7 @@ class PredictionServiceStub:
 
 
 class PredictionServiceServicer:
-    """prediction_service.proto (MultiInference is not served by the sidecar).
+    """prediction_service.proto
     """
 
     def Classify(self, request, context):
@@ -74,6 +79,12 @@ class PredictionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MultiInference(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +114,11 @@ def add_PredictionServiceServicer_to_server(servicer, server):
                     request_deserializer=modelserving_dot_tfserving_dot_serving__apis__pb2.PredictRequest.FromString,
                     response_serializer=modelserving_dot_tfserving_dot_serving__apis__pb2.PredictResponse.SerializeToString,
             ),
+            'MultiInference': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiInference,
+                    request_deserializer=modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceRequest.FromString,
+                    response_serializer=modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceResponse.SerializeToString,
+            ),
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
                     request_deserializer=modelserving_dot_tfserving_dot_serving__apis__pb2.GetModelMetadataRequest.FromString,
@@ -117,7 +133,7 @@ def add_PredictionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PredictionService:
-    """prediction_service.proto (MultiInference is not served by the sidecar).
+    """prediction_service.proto
     """
 
     @staticmethod
@@ -191,6 +207,33 @@ class PredictionService:
             '/tensorflow.serving.PredictionService/Predict',
             modelserving_dot_tfserving_dot_serving__apis__pb2.PredictRequest.SerializeToString,
             modelserving_dot_tfserving_dot_serving__apis__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiInference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorflow.serving.PredictionService/MultiInference',
+            modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceRequest.SerializeToString,
+            modelserving_dot_tfserving_dot_serving__apis__pb2.MultiInferenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

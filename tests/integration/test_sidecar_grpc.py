@@ -2,10 +2,13 @@
 client written as users write one, the TF Serving stand-in's gRPC API behind it and the
 inference log on the real broker: the stand-in's answers byte for byte, the same refusals as
 REST with nothing forwarded or logged, the message size limit, a record equal to the REST
-call's, and a version label resolved by the sidecar."""
+call's, a version label resolved by the sidecar, and gRPC's standard health check."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +20,7 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelserving.inferencelog import (
     HEADER_CALLER,
@@ -116,6 +120,22 @@ def examples(*xs: float) -> apis.Input:
     )
 
 
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+def multi_inference(given: apis.Input, *specs: dict[str, Any]) -> apis.MultiInferenceRequest:
+    """A classify task, then regress tasks (each with its own signature), on one input."""
+    tasks = [
+        apis.InferenceTask(
+            model_spec=apis.ModelSpec(signature_name=f"task_{i}" if i else "", **spec),
+            method_name=CLASSIFY if i == 0 else REGRESS,
+        )
+        for i, spec in enumerate(specs)
+    ]
+    return apis.MultiInferenceRequest(tasks=tasks, input=given)
+
+
 async def records(topic: str, bootstrap: str, expected: int) -> list[Any]:
     found: list[Any] = []
 
@@ -150,6 +170,7 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
             ),
         ),
         ("GetModelStatus", apis.GetModelStatusRequest(model_spec=apis.ModelSpec(name=MODEL))),
+        ("MultiInference", multi_inference(examples(1.0, 3.0), {"name": MODEL}, {"name": MODEL})),
     ]
     async with (
         grpc_sidecar(tmp_path) as setup,
@@ -309,6 +330,52 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
     assert {h: over_grpc.headers[h] for h in same_headers} == {
         h: over_rest.headers[h] for h in same_headers
     }
+
+
+# An input over the log's maxPayloadBytes: cut, or replaced by its digest, the same way whichever
+# protocol it came by (the gRPC message's REST JSON is written only as far as the cut needs).
+@pytest.mark.parametrize("oversize", ["truncate", "digest"])
+async def test_an_oversize_grpc_predict_is_recorded_as_the_rest_call_with_the_same_input(
+    local_env, topic, tmp_path, oversize
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+        "maxPayloadBytes": 20_000,
+        "oversizePayload": oversize,
+    }
+    values = [i * 0.25 for i in range(30_000)]  # 120 kB packed, 220 kB as JSON
+    async with (
+        grpc_sidecar(tmp_path, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        call = PredictionServiceStub(channel).Predict(
+            predict_request(values, packed=True), metadata=GOOD, timeout=30
+        )
+        await call
+        grpc_id = dict(await call.initial_metadata())["x-request-id"]
+        async with http.post(
+            f"{setup.sidecar.url}/v1/models/{MODEL}:predict",
+            json={"inputs": {"x": values}},
+            headers={"Authorization": f"ApiKey {KEY}"},
+        ) as resp:
+            assert resp.status == 200
+            rest_id = resp.headers["X-Request-Id"]
+    logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
+    over_grpc, over_rest = logged[grpc_id], logged[rest_id]
+    assert over_grpc.record.inference_request == over_rest.record.inference_request
+    assert over_grpc.record.inference_response == over_rest.record.inference_response
+    mark = "cut" if oversize == "truncate" else "digest"
+    assert over_grpc.headers["payload"] == f"request={mark},response={mark}"
+    assert over_rest.headers["payload"] == over_grpc.headers["payload"]
+    if oversize == "truncate":
+        assert len(over_grpc.record.inference_request) == 20_000
+        assert over_grpc.record.inference_request.startswith('{"inputs": {"x": [0.0, 0.25, 0.5, ')
+    else:
+        assert set(json.loads(over_grpc.record.inference_request)) == {"bytes", "sha256"}
 
 
 async def test_a_version_label_and_the_split_choose_the_version_over_grpc(tmp_path):
@@ -562,3 +629,181 @@ async def test_a_token_without_the_rbac_right_is_permission_denied_until_a_role_
             return list(answer.outputs["y"].float_val) == [2.5]
 
         await wait_for_async(allowed, timeout=30, what="the RoleBinding to allow the caller")
+
+
+HEALTHY = health_pb2.HealthCheckResponse.SERVING
+UNHEALTHY = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_the_health_check_says_serving_once_tf_serving_has_the_model_available_and_watch_streams_it(  # noqa: E501
+    local_env, topic, tmp_path
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    models = {MODEL: StandInModel({1: StandInVersion(state="LOADING")})}
+    async with (
+        grpc_sidecar(tmp_path, models=models, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def check(service: str) -> Any:
+            # No credential: a probe has none, as /readyz needs none.
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            return answer.status
+
+        async def readyz() -> int:
+            async with http.get(f"{setup.sidecar.url}/readyz") as resp:
+                return resp.status
+
+        assert await check("") == UNHEALTHY
+        assert await check("tensorflow.serving.PredictionService") == UNHEALTHY
+        assert await readyz() == 503
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await check("tensorflow.serving.SessionService")
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == UNHEALTHY
+        models[MODEL].served[1].state = "AVAILABLE"
+        # The change comes on the stream as soon as the sidecar's next look at TF Serving sees it.
+        assert (await asyncio.wait_for(watch.read(), 30)).status == HEALTHY
+        assert await check("") == HEALTHY
+        assert await check("tensorflow.serving.PredictionService") == HEALTHY
+        assert await readyz() == 200
+        models[MODEL].served[1].state = "UNLOADING"
+        assert (await asyncio.wait_for(watch.read(), 30)).status == UNHEALTHY
+        assert await check("") == UNHEALTHY
+        models[MODEL].served[1].state = "AVAILABLE"
+        assert (await asyncio.wait_for(watch.read(), 30)).status == HEALTHY
+
+        # A service the sidecar does not serve: SERVICE_UNKNOWN on a stream kept open.
+        other = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert (await other.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert not other.done()
+        other.cancel()
+
+        answer = await PredictionServiceStub(channel).Predict(
+            predict_request([1.0]), metadata=GOOD, timeout=10
+        )
+        assert list(answer.outputs["y"].float_val) == [2.5]
+        # SIGTERM: watchers are told NOT_SERVING before the port closes, so they go elsewhere,
+        # and their streams end rather than hold the sidecar's stop for its grace period.
+        setup.sidecar.process.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(watch.read(), 30)).status == UNHEALTHY
+        assert await asyncio.wait_for(watch.read(), 30) is grpc.aio.EOF
+        assert await watch.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(setup.sidecar.process.wait(), 30)
+    # Health checks were neither forwarded nor logged: the one record is the Predict's.
+    assert [s.method for s in setup.servicer.seen] == ["Predict"]
+    logged = await records(topic, local_env.kafka_bootstrap, 1)
+    assert len(logged) == 1 and logged[0].headers[HEADER_PROTOCOL] == "grpc"
+
+
+async def test_a_multi_inference_goes_to_the_version_its_tasks_name_is_refused_when_they_disagree_and_is_logged_once(  # noqa: E501
+    local_env, topic, tmp_path
+):
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    models = {
+        MODEL: StandInModel(
+            {
+                1: StandInVersion(slope=0.0, intercept=1.0),
+                2: StandInVersion(slope=1.0, intercept=0.5),
+            }
+        )
+    }
+    routing = {
+        "versions": [
+            {"version": 1, "weight": 100, "labels": ["stable"]},
+            {"version": 2, "weight": 0, "labels": ["canary"]},
+        ]
+    }
+    given = examples(1.0, 3.0)
+    async with (
+        grpc_sidecar(tmp_path, models=models, routing=routing, logging=logging) as setup,
+        grpc.aio.insecure_channel(setup.grpc_address, options=CLIENT_OPTIONS) as channel,
+        grpc.aio.insecure_channel(setup.direct, options=CLIENT_OPTIONS) as direct,
+    ):
+        stub = PredictionServiceStub(channel)
+
+        async def canary_answers() -> bool:  # once the sidecar has seen version 2 AVAILABLE
+            request = multi_inference(given, {"name": MODEL, "version_label": "canary"})
+            answer = await stub.MultiInference(request, metadata=GOOD, timeout=10)
+            return answer.results[0].model_spec.version.value == 2
+
+        await wait_for_async(canary_answers, timeout=30, what="the canary label to be known")
+        seen_before = len(setup.servicer.seen)
+        # The label on one task takes every task to the canary; TF Serving is asked by number.
+        request = multi_inference(
+            given, {"name": MODEL, "version_label": "canary"}, {"name": MODEL}
+        )
+        call = stub.MultiInference(
+            request, metadata=(*GOOD, ("x-request-id", "multi-1")), timeout=10
+        )
+        answer = await call
+        assert dict(await call.initial_metadata())["x-model-version"] == "2"
+        assert [r.model_spec.version.value for r in answer.results] == [2, 2]
+        assert [
+            c.classes[0].score for c in answer.results[0].classification_result.classifications
+        ] == [1.5, 3.5]
+        assert [r.value for r in answer.results[1].regression_result.regressions] == [1.5, 3.5]
+        sent = apis.MultiInferenceRequest.FromString(setup.servicer.seen[-1].request)
+        assert [t.model_spec.version.value for t in sent.tasks] == [2, 2]
+        assert sent.input == given
+
+        # Tasks that disagree: TF Serving's own refusal for two models, the sidecar's for two
+        # versions (TF Serving would run the first task's and ignore the second's).
+        two_models = multi_inference(given, {"name": MODEL}, {"name": "other"})
+        with pytest.raises(grpc.aio.AioRpcError) as through_error:
+            await stub.MultiInference(two_models, metadata=GOOD, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as direct_error:
+            await PredictionServiceStub(direct).MultiInference(two_models, timeout=10)
+        assert through_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert through_error.value.details() == direct_error.value.details()
+        two_versions = multi_inference(
+            given,
+            {"name": MODEL, "version_label": "canary"},
+            {"name": MODEL, "version": wrappers_pb2.Int64Value(value=1)},
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as disagreeing:
+            await stub.MultiInference(two_versions, metadata=GOOD, timeout=10)
+        assert disagreeing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "label canary and version 1" in disagreeing.value.details()
+        # Neither refusal reached TF Serving (the direct call is the one the stand-in saw).
+        assert [s.method for s in setup.servicer.seen[seen_before:]] == ["MultiInference"] * 2
+        with pytest.raises(grpc.aio.AioRpcError) as no_credential:
+            await stub.MultiInference(request, timeout=10)
+        assert no_credential.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
+    record = logged["multi-1"]
+    assert record.headers[HEADER_PROTOCOL] == "grpc"
+    assert record.record.model_version == 2
+    assert record.record.response_http_code == 200
+    assert json.loads(record.record.inference_request) == {
+        "tasks": [
+            {"method_name": CLASSIFY},
+            {"signature_name": "task_1", "method_name": REGRESS},
+        ],
+        "examples": [{"x": 1.0}, {"x": 3.0}],
+    }
+    assert json.loads(record.record.inference_response) == {
+        "results": [
+            {
+                "signature_name": "serving_default",
+                "method_name": CLASSIFY,
+                "results": [[["", 1.5]], [["", 3.5]]],
+            },
+            {"signature_name": "task_1", "method_name": REGRESS, "results": [1.5, 3.5]},
+        ]
+    }

@@ -1,10 +1,12 @@
 """The TF Serving stand-in's gRPC API: `tensorflow.serving.PredictionService` (Predict,
-Classify, Regress, GetModelMetadata) and `ModelService.GetModelStatus`, from the project's own
-definitions of TF Serving's messages (modelserving.tfserving), answering as TF Serving does for
-the same models, versions, labels and states as the REST stand-in (the same `TFServingStandIn`):
-NOT_FOUND `Servable not found for request: Specific(<name>, <version>)` for a version that is not
-AVAILABLE, INVALID_ARGUMENT for a request the model cannot take, and no message size limit (TF
-Serving sets its gRPC server's to the largest int).
+Classify, Regress, MultiInference, GetModelMetadata) and `ModelService.GetModelStatus`, from the
+project's own definitions of TF Serving's messages (modelserving.tfserving), answering as TF
+Serving does for the same models, versions, labels and states as the REST stand-in (the same
+`TFServingStandIn`): NOT_FOUND `Servable not found for request: Specific(<name>, <version>)`
+for a version that is not AVAILABLE, INVALID_ARGUMENT for a request the model cannot take, and
+no message size limit (TF Serving sets its gRPC server's to the largest int). MultiInference as
+TF Serving runs it: the first task's model spec finds the version, every task must name the same
+model and a signature of its own, and each gets a classify or regress result of the one input.
 
 As a process (the demo's TF Serving), both APIs of one stand-in, on TF Serving's two ports:
 
@@ -41,6 +43,8 @@ from tests.support.tfserving_standin import (
 
 _STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 _CODES = {"OK": 0, "NOT_FOUND": 5, "INVALID_ARGUMENT": 3, "UNKNOWN": 2}
+_CLASSIFY = "tensorflow/serving/classify"
+_REGRESS = "tensorflow/serving/regress"
 
 
 @dataclass
@@ -209,6 +213,65 @@ class StandInServicer:
             )
 
         return await self._answer("Regress", request, context, answer)
+
+    async def MultiInference(self, request: apis.MultiInferenceRequest, context: Any) -> Any:
+        async def answer(request: apis.MultiInferenceRequest) -> apis.MultiInferenceResponse:
+            tasks = request.tasks
+            name, version, served = self._version(
+                tasks[0].model_spec if tasks else apis.ModelSpec()
+            )
+            await self._slow(served)
+            signatures: set[str] = set()
+            for task in tasks:
+                if not task.model_spec.name:
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "Found ModelSpec with an empty model name.",
+                    )
+                if task.model_spec.name != name:
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "All ModelSpecs in a MultiInferenceRequest must access the same "
+                        "model name.",
+                    )
+                signature = task.model_spec.signature_name or "serving_default"
+                if signature in signatures:
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Duplicate evaluation of signature: {signature}",
+                    )
+                signatures.add(signature)
+                if task.method_name not in (_CLASSIFY, _REGRESS):
+                    raise _Abort(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"Unsupported signature method_name: {task.method_name}",
+                    )
+            xs = self._examples(request)
+            results = []
+            for task in tasks:
+                spec = self._spec(name, version, task.model_spec.signature_name)
+                if task.method_name == _CLASSIFY:
+                    classified = apis.ClassificationResult(
+                        classifications=[
+                            apis.Classifications(
+                                classes=[apis.Class(label="", score=served.apply(x))]
+                            )
+                            for x in xs
+                        ]
+                    )
+                    results.append(
+                        apis.InferenceResult(model_spec=spec, classification_result=classified)
+                    )
+                else:
+                    regressed = apis.RegressionResult(
+                        regressions=[apis.Regression(value=served.apply(x)) for x in xs]
+                    )
+                    results.append(
+                        apis.InferenceResult(model_spec=spec, regression_result=regressed)
+                    )
+            return apis.MultiInferenceResponse(results=results)
+
+        return await self._answer("MultiInference", request, context, answer)
 
     async def GetModelMetadata(self, request: apis.GetModelMetadataRequest, context: Any) -> Any:
         async def answer(request: apis.GetModelMetadataRequest) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import fastavro
 import pytest
@@ -24,6 +25,8 @@ from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.kafka_partitioner import murmur2
 from modelserving.sidecar.log_policy import OversizePolicy, RedactRule
 from modelserving.sidecar.log_records import SpoolRecordMaker
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import tensor_pb2, types_pb2
 from tests.support.reference_records import build_headers, build_record, build_spool_record
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
@@ -241,3 +244,47 @@ def test_keys_go_to_the_partition_kafkas_default_partitioner_picks(key):
     from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
     assert murmur2(key) == aiokafka_murmur2(key)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"oversize_payload": OversizePolicy.TRUNCATE},
+        {"oversize_payload": OversizePolicy.DIGEST},
+        {"redact": (RedactRule("inputs.y"),)},  # the whole text is redacted, then cut
+    ],
+    ids=["truncate", "digest", "redacted"],
+)
+def test_an_oversize_grpc_call_is_recorded_as_the_rest_call_with_the_same_input(policy):
+    values = [i * 0.25 for i in range(3000)]
+    shape = tensor_pb2.TensorShapeProto(dim=[tensor_pb2.TensorShapeProto.Dim(size=len(values))])
+    packed = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=shape,
+        tensor_content=b"".join(struct.pack("<f", v) for v in values),
+    )
+    request = apis.PredictRequest(
+        model_spec=apis.ModelSpec(name="mnist"), inputs={"x": packed, "y": packed}
+    )
+    answer = apis.PredictResponse(outputs={"z": packed})
+    settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092",
+                             max_payload_bytes=5000, **policy)  # fmt: skip
+    maker = SpoolRecordMaker(MODEL, settings, "mnist-abc")
+    over_grpc = maker.make(exchange(
+        request_body=request.SerializeToString(),
+        response_body=answer.SerializeToString(),
+        grpc_method="Predict",
+    ))  # fmt: skip
+    # The REST call's bodies as a client's json.dumps writes them.
+    over_rest = maker.make(exchange(
+        request_body=json.dumps({"inputs": {"x": values, "y": values}}).encode(),
+        response_body=json.dumps({"outputs": values}).encode(),
+    ))  # fmt: skip
+    assert len(request.SerializeToString()) > 5000  # over the limit as protobuf too
+    assert decode_record(over_grpc.value) == decode_record(over_rest.value)
+    headers = dict(over_grpc.headers)
+    assert {k: v for k, v in over_rest.headers if k != "protocol"} == {
+        k: v for k, v in headers.items() if k != "protocol"
+    }
+    assert headers["payload"] in (b"request=cut,response=cut", b"request=digest,response=digest",
+                                  b"request=redacted+cut,response=cut")  # fmt: skip

@@ -5,11 +5,14 @@ forms TF Serving's REST API reads and writes."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from modelserving.sidecar.grpc_json import rest_json, tensor_value
+from modelserving.sidecar.grpc_json import request_json, rest_json, tensor_value
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import (
@@ -132,6 +135,67 @@ def test_classify_and_regress_are_logged_as_the_rest_examples_form() -> None:
     assert json.loads(logged) == {"results": [[["cat", 0.25]]]}
 
 
+def test_a_multi_inference_is_logged_as_its_tasks_and_the_examples_form() -> None:
+    x = Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[2.0]))}))
+    request = apis.MultiInferenceRequest(
+        tasks=[
+            apis.InferenceTask(
+                model_spec=apis.ModelSpec(name="m", signature_name="classify_x"),
+                method_name="tensorflow/serving/classify",
+            ),
+            apis.InferenceTask(
+                model_spec=apis.ModelSpec(name="m"), method_name="tensorflow/serving/regress"
+            ),
+        ],
+        input=apis.Input(example_list=apis.ExampleList(examples=[x, x])),
+    )
+    classified = apis.ClassificationResult(
+        classifications=[apis.Classifications(classes=[apis.Class(label="", score=0.1)])] * 2
+    )
+    answer = apis.MultiInferenceResponse(
+        results=[
+            apis.InferenceResult(
+                model_spec=apis.ModelSpec(name="m", signature_name="classify_x"),
+                classification_result=classified,
+            ),
+            apis.InferenceResult(
+                model_spec=apis.ModelSpec(name="m", signature_name="serving_default"),
+                regression_result=apis.RegressionResult(
+                    regressions=[apis.Regression(value=3.0)] * 2
+                ),
+            ),
+        ]
+    )
+    logged_request, logged_answer = rest_json(
+        "MultiInference", request.SerializeToString(), answer.SerializeToString(), ok=True
+    )
+    assert json.loads(logged_request) == {
+        "tasks": [
+            {"signature_name": "classify_x", "method_name": "tensorflow/serving/classify"},
+            {"method_name": "tensorflow/serving/regress"},
+        ],
+        "examples": [{"x": 2.0}, {"x": 2.0}],
+    }
+    # Each task's results as its own :classify or :regress answer writes them.
+    _, classify_alone = rest_json(
+        "Classify", b"", apis.ClassificationResponse(result=classified).SerializeToString(), True
+    )
+    assert json.loads(logged_answer) == {
+        "results": [
+            {
+                "signature_name": "classify_x",
+                "method_name": "tensorflow/serving/classify",
+                **json.loads(classify_alone),
+            },
+            {
+                "signature_name": "serving_default",
+                "method_name": "tensorflow/serving/regress",
+                "results": [3.0, 3.0],
+            },
+        ]
+    }
+
+
 def test_errors_bad_messages_and_oversize_messages_are_said_so() -> None:
     error = b'{"error": "Servable not found for request: Latest(m)"}'
     assert rest_json("Predict", b"", error, ok=False)[1] == error
@@ -144,5 +208,44 @@ def test_errors_bad_messages_and_oversize_messages_are_said_so() -> None:
         "tensor_content holds 8 bytes"
         in json.loads(rest_json("Predict", request, b"", ok=False)[0])["error"]
     )
-    big, _ = rest_json("Predict", b"\x00" * 2000, b"", ok=False, max_bytes=1000)
-    assert "2000 bytes, over the log's maxPayloadBytes of 1000" in json.loads(big)["error"]
+
+
+@given(
+    shape=st.lists(st.integers(min_value=0, max_value=10), min_size=0, max_size=3),
+    packed=st.booleans(),
+    up_to=st.integers(min_value=1, max_value=3000),
+    data=st.data(),
+)
+def test_a_message_is_written_as_jsons_text_of_it_and_only_as_far_as_the_log_keeps(
+    shape: list[int], packed: bool, up_to: int, data: st.DataObject
+) -> None:
+    size = math.prod(shape)
+    # Typed values may be fewer than the shape holds (the last fills it); packed ones may not.
+    fewest = size if packed else min(1, size)
+    floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
+    values = data.draw(st.lists(floats, min_size=fewest, max_size=size))
+    content = {"tensor_content": struct.pack(f"<{size}f", *values)} if packed and size else {}
+    x = tensor(types_pb2.DT_FLOAT, shape, **(content or {"float_val": values}))
+    request = apis.PredictRequest(
+        model_spec=apis.ModelSpec(signature_name="s"), inputs={"x": x, "y": x}
+    ).SerializeToString()
+    whole = request_json("Predict", request)
+    # What json.dumps writes of the same values: the text of the REST call with this input.
+    assert (
+        whole
+        == json.dumps(
+            {"signature_name": "s", "inputs": {"x": tensor_value(x), "y": tensor_value(x)}}
+        ).encode()
+    )
+    cut = request_json("Predict", request, up_to)
+    assert whole.startswith(cut)
+    assert cut == whole or len(cut) > up_to
+
+
+def test_an_oversize_message_costs_what_the_log_keeps_of_it() -> None:
+    big = tensor(types_pb2.DT_FLOAT, [2_000_000], tensor_content=b"\x00\x00\x80\x3f" * 2_000_000)
+    request = apis.PredictRequest(inputs={"x": big}).SerializeToString()
+    cut = request_json("Predict", request, 1000)
+    assert cut.startswith(b'{"inputs": {"x": [1.0, 1.0, ')
+    # One batch of values past the cut at most, of the 2 million.
+    assert 1000 < len(cut) < 1000 + 1024 * len(b"1.0, ") + 100

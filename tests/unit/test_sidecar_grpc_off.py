@@ -21,7 +21,7 @@ from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 # Only these modules serve gRPC; the rest of the sidecar must load without grpc or protobuf.
-GRPC_MODULES = {"grpc_gateway", "grpc_json", "grpc_wire"}
+GRPC_MODULES = {"grpc_gateway", "grpc_health", "grpc_json", "grpc_wire"}
 # grpc's C core and protobuf's, as the process maps them.
 GRPC_LIBRARY = "/grpc/_cython/cygrpc"
 PROTOBUF_LIBRARY = "/google/_upb/"

@@ -1,6 +1,7 @@
 """What the sidecar reads of a gRPC request on its hot path: the model spec found by a walk of
 the wire format's top level, the tensors skipped unread; the request with the chosen version in
-its place, every other byte as it came."""
+its place, every other byte as it came; a MultiInference's tasks, all naming the version chosen
+or refused when they disagree."""
 
 from __future__ import annotations
 
@@ -11,10 +12,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelserving.sidecar.config import ConfigError, parse_config
-from modelserving.sidecar.grpc_gateway import HTTP_STATUS, METHODS, REFUSALS
-from modelserving.sidecar.grpc_wire import WireError, read_model_spec, with_model_spec
+from modelserving.sidecar.grpc_gateway import (
+    HTTP_STATUS,
+    METHODS,
+    REFUSALS,
+    GrpcGateway,
+    _Refused,
+)
+from modelserving.sidecar.grpc_json import CLASSIFY_METHOD as CLASSIFY
+from modelserving.sidecar.grpc_json import REGRESS_METHOD as REGRESS
+from modelserving.sidecar.grpc_wire import (
+    WireError,
+    read_model_spec,
+    read_tasks,
+    with_model_spec,
+    with_tasks,
+)
+from modelserving.sidecar.model_state import AVAILABLE, ModelState, ModelStatus, VersionStatus
+from modelserving.sidecar.router import Router
+from modelserving.sidecar.routing import Routing, ShadowVersion, VersionRoute, WeightedVersion
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
 
 
 def predict(values: list[float], **spec: object) -> apis.PredictRequest:
@@ -96,6 +115,7 @@ def test_the_methods_served_are_tf_servings_by_their_full_names() -> None:
         "/tensorflow.serving.PredictionService/Predict",
         "/tensorflow.serving.PredictionService/Classify",
         "/tensorflow.serving.PredictionService/Regress",
+        "/tensorflow.serving.PredictionService/MultiInference",
     ]
 
 
@@ -113,3 +133,106 @@ def test_the_grpc_port_and_its_message_limit_are_settings_with_defaults_for_a_po
         parse_config({**base, "grpc": {"maxMessageBytes": 0}})
     with pytest.raises(ConfigError, match=r"grpc: unknown key\(s\) maxRequestBytes"):
         parse_config({**base, "grpc": {"maxRequestBytes": 1}})
+
+
+def multi(*specs: dict[str, object], xs: tuple[float, ...] = (1.0,)) -> bytes:
+    examples = apis.ExampleList(examples=[
+        Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[x]))}))
+        for x in xs
+    ])  # fmt: skip
+    tasks = [
+        apis.InferenceTask(model_spec=apis.ModelSpec(**spec), method_name=method)
+        for spec, method in zip(specs, [CLASSIFY, REGRESS] * len(specs), strict=False)
+    ]
+    request = apis.MultiInferenceRequest(tasks=tasks, input=apis.Input(example_list=examples))
+    return request.SerializeToString()
+
+
+@given(
+    xs=st.lists(st.floats(width=32, allow_nan=False), max_size=20),
+    labels=st.lists(st.sampled_from(["", "canary"]), min_size=1, max_size=4),
+    version=st.integers(min_value=0, max_value=2**40),
+)
+def test_every_task_is_sent_naming_the_version_chosen_and_the_input_is_untouched(
+    xs: list[float], labels: list[str], version: int
+) -> None:
+    data = multi(*({"name": "m", "version_label": label} if label else {"name": "m"}
+                   for label in labels), xs=tuple(xs))  # fmt: skip
+    tasks, spans = read_tasks(data)
+    assert [t.model_spec.version_label for t in tasks] == labels
+    for task in tasks:
+        task.model_spec.version.value = version
+    rewritten = apis.MultiInferenceRequest.FromString(with_tasks(data, spans, tasks))
+    original = apis.MultiInferenceRequest.FromString(data)
+    assert [t.model_spec.version.value for t in rewritten.tasks] == [version] * len(labels)
+    assert not any(t.model_spec.version_label for t in rewritten.tasks)
+    assert [t.method_name for t in rewritten.tasks] == [t.method_name for t in original.tasks]
+    assert rewritten.input == original.input
+
+
+def routed(
+    data: bytes, shadow: ShadowVersion | None = None
+) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
+    """Where a MultiInference goes, what is sent, and the shadow's copy, by a serving of
+    versions 1 (100%, stable) and 2 (canary) and the shadow given, all AVAILABLE."""
+    router = Router("m", Routing((WeightedVersion(1, 100, ("stable",)),
+                                  WeightedVersion(2, 0, ("canary",))), shadow))  # fmt: skip
+    every = ModelStatus(tuple(VersionStatus(v, AVAILABLE) for v in (1, 2, 3)))
+    router.model_state_changed(ModelState.of(every, 1.0))
+    # Only what route() reads: no channel to TF Serving, no event loop.
+    gateway = GrpcGateway.__new__(GrpcGateway)
+    gateway.model_name, gateway.router = "m", router
+    method = next(m for m in METHODS if m.name == "MultiInference")
+    return gateway.route(method, data, {}, None, "rid")
+
+
+def route(data: bytes) -> tuple[VersionRoute | None, bytes]:
+    version, forwarded, _ = routed(data)
+    return version, forwarded
+
+
+def test_the_shadow_gets_a_multi_inference_with_every_task_naming_the_shadow() -> None:
+    version, forwarded, shadow = routed(multi({"name": "m"}, {"name": "m"}), ShadowVersion(3, 100))
+    assert version is not None and version.version == 1 and sent_versions(forwarded) == [1, 1]
+    assert shadow is not None and shadow[0].version == 3 and sent_versions(shadow[1]) == [3, 3]
+    # A call that names its version is not copied, as over REST.
+    _, _, shadow = routed(multi({"name": "m", "version_label": "stable"}), ShadowVersion(3, 100))
+    assert shadow is None
+
+
+def sent_versions(forwarded: bytes) -> list[int]:
+    return [
+        t.model_spec.version.value for t in apis.MultiInferenceRequest.FromString(forwarded).tasks
+    ]
+
+
+def test_a_multi_inference_goes_to_the_version_or_label_its_tasks_name_else_the_split() -> None:
+    version, forwarded = route(multi({"name": "m", "version_label": "canary"}, {"name": "m"}))
+    assert version is not None and version.version == 2 and sent_versions(forwarded) == [2, 2]
+    one = wrappers_pb2.Int64Value(value=1)
+    version, forwarded = route(multi({"name": "m"}, {"name": "m", "version": one}))
+    assert version is not None and version.version == 1 and sent_versions(forwarded) == [1, 1]
+    version, forwarded = route(multi({"name": "m"}, {"name": "m"}))
+    assert version is not None and version.version == 1 and sent_versions(forwarded) == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("specs", "code", "message"),
+    [
+        ([{"name": "other"}, {"name": "m"}], grpc.StatusCode.NOT_FOUND, r"Latest\(other\)"),
+        ([], grpc.StatusCode.NOT_FOUND, r"Latest\(\)"),
+        ([{"name": "m"}, {"name": "other"}], grpc.StatusCode.INVALID_ARGUMENT, "same model name"),
+        ([{"name": "m"}, {}], grpc.StatusCode.INVALID_ARGUMENT, "empty model name"),
+        (
+            [{"name": "m", "version_label": "canary"}, {"name": "m", "version_label": "stable"}],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "same model version: label canary and label stable",
+        ),
+    ],
+)
+def test_tasks_that_disagree_are_refused_as_tf_serving_refuses_them(
+    specs: list[dict[str, object]], code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(_Refused, match=message) as refused:
+        route(multi(*specs))
+    assert refused.value.code is code
