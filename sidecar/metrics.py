@@ -60,7 +60,12 @@ _SHADOW_DROPPED = (
     "Copies of requests not sent to the shadow version, by reason: queue_full, unavailable "
     "(the shadow version is not AVAILABLE), shutdown.",
 )
-_INFERENCE_ROUTES = frozenset({"predict", "classify", "regress"})
+# REST's and gRPC's (the gateway's labels are grpc_ and its verb): the served shares in the
+# serving's status count both protocols.
+_INFERENCE_ROUTES = frozenset({
+    "predict", "classify", "regress",
+    "grpc_predict", "grpc_classify", "grpc_regress", "grpc_multi_inference",
+})  # fmt: skip
 _AUTH = (
     "modelserving_sidecar_auth_results",
     "Credential checks by result: allowed, unauthenticated, forbidden, error.",
