@@ -9,6 +9,11 @@ served) and two conditions, ModelReady and AuthReady, from the worst pod. Ready 
 by what stops a ready pod from serving as asked (a version with a weight that is not
 AVAILABLE, TF Serving not answering, an unusable auth configuration); when the Deployment
 already says not Ready, the pods' reason replaces its "Unavailable", since it says why.
+
+A TF Serving that has not answered yet since its pod started (the report's server state
+`starting`: it opens its ports only once it has loaded the model) is ModelLoading, told by a
+Normal Event; ServerUnavailable, a Warning, is for one that stopped answering or never answered
+within the serving's startup allowance (`down`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class PodReport:
     pod: str
     ready: bool  # the pod's Ready condition: it takes requests
     server_reachable: bool = True
+    server_starting: bool = False  # not answered yet since the pod started, within the allowance
     server_error: str = ""
     versions: Mapping[int, VersionReport] = field(default_factory=dict)
     auth_ready: bool = True
@@ -131,10 +137,14 @@ def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
         )
         for v in raw.get("versions") or []
     }
+    # A sidecar that knows no state (older than the state) says only reachable: down when not.
+    state = server.get("state")
+    reachable = state == "up" if state else bool(server.get("reachable", True))
     return PodReport(
         pod=pod,
         ready=ready,
-        server_reachable=bool(server.get("reachable", True)),
+        server_reachable=reachable,
+        server_starting=state == "starting",
         server_error=str(server.get("error") or ""),
         versions=versions,
         auth_ready=bool(auth.get("ready", True)),
@@ -149,10 +159,17 @@ def _cut(text: str) -> str:
 def _problems(report: PodReport, versions: Iterable[int], base_path: str) -> list[Problem]:
     """Every problem one pod reports for the given versions, worst first."""
     found = []
-    if not report.server_reachable:
+    if report.server_starting:
+        why = report.server_error or "no answer yet"
+        message = (
+            f"TF Serving is starting and loading the model in {report.pod} (it opens its "
+            f"ports once the model is loaded; until then: {why})"
+        )
+        found.append(Problem(MODEL_LOADING, _cut(message)))
+    elif not report.server_reachable:
         why = report.server_error or "no answer"
         message = f"TF Serving does not answer in {report.pod}: {why}"
-        found.append(Problem(SERVER_UNAVAILABLE, message))
+        found.append(Problem(SERVER_UNAVAILABLE, _cut(message)))
     if not report.auth_ready:
         why = report.auth_error or "unusable"
         found.append(Problem(AUTH_CONFIG_INVALID, f"{report.pod}: {why}"))
