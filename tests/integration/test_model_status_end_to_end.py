@@ -219,10 +219,12 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             assert failed["status"] == "False"
             canary = next(v for v in status()["versions"] if v["version"] == 4)
             assert (canary["state"], canary["message"]) == ("END", tf_serving_error)
-            # And kubectl get says why in its Status column
+            # And kubectl get says it is not Ready, why in its Status column, though its one
+            # replica is ready (the stable version serves)
             table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
-            column = table[0].index("STATUS")  # columns by offset: TRAFFIC holds spaces
-            assert table[1][column:].split()[0] == "ModelLoadFailed", table
+            column = table[0].index("READY")  # columns by offset: TRAFFIC holds spaces
+            assert table[0][column:].split()[:3] == ["READY", "STATUS", "REPLICAS"], table
+            assert table[1][column:].split()[:3] == ["False", "ModelLoadFailed", "1/1"], table
             # And one Warning Event told it, when the reason first became ModelLoadFailed
             (told,) = await until(lambda: events("ModelLoadFailed"), 30, "the Event")
             assert told.type == "Warning" and f"versions of model {MODEL}" in told.message
