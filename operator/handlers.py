@@ -285,7 +285,6 @@ def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
     return secret_names(server.get("env") or [], server.get("envFrom") or [])
 
 
-@kopf.index("", "v1", "secrets", id=SECRETS_INDEX)
 async def index_secret(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, str]]:
@@ -299,11 +298,18 @@ async def index_secret_readers(
     return {(namespace, secret): name for secret in _secrets_read(body)}
 
 
-@kopf.on.event("", "v1", "secrets", id="secrets_event")
 async def secret_event(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     assert namespace is not None  # Secrets are namespaced
     for serving in kwargs[SECRET_READERS_INDEX].get((namespace, name), []):
         _enqueue(memo, (namespace, serving), kwargs, serving_event=False)
+
+
+def watch_secrets(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Watch the Secrets of the watched namespaces (the Secret roll): registered only for an
+    operator that may read them (--read-secrets), since kopf would retry a refused watch
+    for ever."""
+    kopf.index("", "v1", "secrets", id=SECRETS_INDEX, registry=registry)(index_secret)
+    kopf.on.event("", "v1", "secrets", id="secrets_event", registry=registry)(secret_event)
 
 
 def _enqueue(
@@ -312,7 +318,8 @@ def _enqueue(
     rec: Reconciler = memo.reconciler
     # kopf's indexes are live objects, the same on every call: the workers read them. (The
     # Reconciler, not the memo: kopf gives each object a copy of the memo.)
-    rec.indexes = {name: kwargs[name] for name in INDEXES}
+    # (The Secrets' index is there only when Secrets are watched: empty otherwise.)
+    rec.indexes = {name: kwargs.get(name, {}) for name in INDEXES}
     if not rec.workers:
         # Started from a handler, not at startup: kopf.event() needs the event poster that
         # kopf sets in its handlers' context, and tasks inherit the context they start in.
@@ -368,10 +375,14 @@ async def _reconcile(
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
     pods = list(indexes[PODS_INDEX].get(key, []))
-    secrets = {
-        name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
-        for name in _secrets_read(serving)
-    }
+    secrets = (
+        {
+            name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
+            for name in _secrets_read(serving)
+        }
+        if rec.settings.read_secrets
+        else None
+    )
     try:
         delay = await reconcile(
             rec, serving, children, pods=pods, secrets=secrets,

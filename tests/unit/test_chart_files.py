@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from modelserving import api
+from modelserving.operator.settings import OperatorSettings
 from tests.support import REPO
 
 CHART = REPO / "charts" / "modelserving"
@@ -139,3 +140,8 @@ def test_the_readme_shows_each_values_default_as_values_yaml_has_it():
         for key in path.split("."):
             value = value[key]
         assert shown == json.dumps(value), f"README shows {path} = {shown}, values.yaml {value!r}"
+
+
+def test_the_chart_lets_the_operator_read_secrets_as_the_operator_does_by_default():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["rbac"]["readSecrets"] is OperatorSettings().read_secrets is True
