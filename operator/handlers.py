@@ -26,6 +26,7 @@ from modelserving import api
 from modelserving.operator.kopf_internals import count_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
+from modelserving.operator.model_report import tfserving_exited
 from modelserving.operator.modelids import ModelIds
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
@@ -232,8 +233,9 @@ for _resource in CHILD_RESOURCES:
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
 async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """What the status needs of a serving's pod: its name, whether it is Ready, and its
-    sidecar's reports (the log's health, what TF Serving says of the model)."""
+    """What the status needs of a serving's pod: its name, whether it is Ready, its
+    sidecar's reports (the log's health, what TF Serving says of the model), and how its TF
+    Serving container last ended if the kubelet restarted it."""
     key = _serving_of(body)
     if key is None:
         return {}
@@ -246,6 +248,7 @@ async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str
             "ready": ready,
             "logStatus": annotations.get(LOG_STATUS_ANNOTATION),
             "modelReport": annotations.get(api.MODEL_REPORT_ANNOTATION),
+            "tfservingExited": tfserving_exited(body.get("status")),
         }
     }
 

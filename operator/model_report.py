@@ -13,16 +13,20 @@ already says not Ready, the pods' reason replaces its "Unavailable", since it sa
 A TF Serving that has not answered yet since its pod started (the report's server state
 `starting`: it opens its ports only once it has loaded the model) is ModelLoading, told by a
 Normal Event; ServerUnavailable, a Warning, is for one that stopped answering or never answered
-within the serving's startup allowance (`down`).
+within the serving's startup allowance (`down`), or whose container exited before it ever
+answered (the pod's container status says so: a model too big for the memory limit is
+OOMKilled while it loads, again and again, long before the allowance passes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserving import api
 from modelserving.operator.spec import ModelSpec
 from modelserving.operator.status import Condition
 
@@ -80,6 +84,7 @@ class PodReport:
     ready: bool  # the pod's Ready condition: it takes requests
     server_reachable: bool = True
     server_starting: bool = False  # not answered yet since the pod started, within the allowance
+    server_exited: str = ""  # how TF Serving's container last ended, when it was restarted
     server_error: str = ""
     versions: Mapping[int, VersionReport] = field(default_factory=dict)
     auth_ready: bool = True
@@ -120,7 +125,11 @@ def parse_reports(pods: Iterable[Mapping[str, Any]]) -> list[PodReport]:
         try:
             raw = json.loads(pod.get("modelReport") or "null")
             if isinstance(raw, dict):
-                reports.append(_report(str(pod.get("name", "?")), bool(pod.get("ready")), raw))
+                report = _report(str(pod.get("name", "?")), bool(pod.get("ready")), raw)
+                exited = pod.get("tfservingExited")
+                if exited:
+                    report = dataclasses.replace(report, server_exited=str(exited))
+                reports.append(report)
         except (ValueError, TypeError, AttributeError, KeyError):
             continue
     return reports
@@ -152,6 +161,17 @@ def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
     )
 
 
+def tfserving_exited(pod_status: Mapping[str, Any] | None) -> str:
+    """How the pod's TF Serving container last ended, when the kubelet has restarted it
+    ("OOMKilled, exit code 137"); empty when it never ended."""
+    for container in (pod_status or {}).get("containerStatuses") or []:
+        if container.get("name") != api.TFSERVING_CONTAINER or not container.get("restartCount"):
+            continue
+        ended = (container.get("lastState") or {}).get("terminated") or {}
+        return f"{ended.get('reason') or 'Error'}, exit code {ended.get('exitCode', '?')}"
+    return ""
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
@@ -159,7 +179,13 @@ def _cut(text: str) -> str:
 def _problems(report: PodReport, versions: Iterable[int], base_path: str) -> list[Problem]:
     """Every problem one pod reports for the given versions, worst first."""
     found = []
-    if report.server_starting:
+    if report.server_starting and report.server_exited:
+        message = (
+            f"TF Serving in {report.pod} exited before it answered once ({report.server_exited}): "
+            f"kubectl logs {report.pod} -c {api.TFSERVING_CONTAINER} --previous says why"
+        )
+        found.append(Problem(SERVER_UNAVAILABLE, _cut(message)))
+    elif report.server_starting:
         why = report.server_error or "no answer yet"
         message = (
             f"TF Serving is starting and loading the model in {report.pod} (it opens its "

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelserving.operator.model_report import event_for, model_status, ready_with_pods
+from modelserving.operator.model_report import (
+    event_for,
+    model_status,
+    ready_with_pods,
+    tfserving_exited,
+)
 from modelserving.operator.spec import ModelSpec, ModelVersion, ShadowSpec
 from modelserving.operator.status import Condition
 
@@ -204,6 +209,29 @@ def test_a_tf_serving_down_after_starting_is_server_unavailable_told_by_a_warnin
     assert (ready.reason, status.model_ready.reason) == ("ServerUnavailable", "ServerUnavailable")
     assert "TF Serving does not answer in a" in ready.message
     assert event_for("ModelLoading", ready) == ("Warning", "ServerUnavailable")
+
+
+def test_a_tf_serving_that_exits_while_starting_is_server_unavailable_at_once():
+    # The kubelet restarts a TF Serving killed while it loads a model too big for its limit
+    status = {"containerStatuses": [
+        {"name": "sidecar", "restartCount": 0},
+        {"name": "tfserving", "restartCount": 2,
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+    ]}  # fmt: skip
+    exited = tfserving_exited(status)
+    assert exited == "OOMKilled, exit code 137"
+    assert tfserving_exited({"containerStatuses": [{"name": "tfserving", "restartCount": 0}]}) == ""
+    starting = pod("a", ready=False, server={"reachable": False, "state": "starting",
+                                             "error": "TF Serving is not reachable"})  # fmt: skip
+
+    status_now = model_status(CANARY, [{**starting, "tfservingExited": exited}])
+
+    ready = ready_with_pods(UNAVAILABLE, status_now)
+    assert (ready.reason, status_now.model_ready.message) == ("ServerUnavailable", (
+        "TF Serving in a exited before it answered once (OOMKilled, exit code 137): "
+        "kubectl logs a -c tfserving --previous says why"
+    ))  # fmt: skip
+    assert model_status(CANARY, [starting]).model_ready.reason == "ModelLoading"
 
 
 def test_a_report_without_a_server_state_is_read_by_reachable_alone():
