@@ -5,8 +5,8 @@ POD_NAMESPACE, a token of the serving's own ServiceAccount, so the rendered RBAC
 write), the TF Serving stand-in behind it loads the versions of the rendered models.config; and
 what a user sees of the serving (its conditions, `kubectl get`, its Events, status.versions)
 follows what TF Serving says: a TF Serving still starting (its ports closed until its first load,
-as real TF Serving's are) is loading, one that stopped answering or never answered within the
-serving's startup allowance is unavailable."""
+as real TF Serving's are) is loading; one that stopped answering, never answered within the
+serving's startup allowance, or was killed while it loaded is unavailable."""
 
 from __future__ import annotations
 
@@ -341,6 +341,59 @@ async def test_a_tf_serving_that_does_not_answer_within_the_startup_allowance_is
             "says what holds it)"
         )
         # And a Warning Event told it
+        (told,) = await until(
+            lambda: serving_events(core, namespace, "ServerUnavailable"), 30, "the Event"
+        )
+        assert told.type == "Warning"
+
+
+async def test_a_tf_serving_killed_while_it_loads_is_unavailable_before_the_allowance(
+    operator, crds, kube_client, local_env, namespace, tmp_path
+):
+    install_sidecar_cluster_role(local_env)
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+
+    # Given a serving with the default startup allowance, whose TF Serving is loading the model
+    manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
+    manifest["spec"]["model"] = {"name": MODEL, "basePath": BASE_PATH,
+                                 "versions": [{"version": 3, "weight": 100}]}  # fmt: skip
+    crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
+                                                          tmp_path)  # fmt: skip
+    port = free_port()
+    config["upstream"]["url"] = f"http://127.0.0.1:{port}"
+    standin = TFServingStandIn({MODEL: standin_of(tf_config)}, starting=True)
+    async with (
+        running_standin(standin, port=port),
+        running_sidecar(
+            tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
+        ),
+    ):
+        await until(lambda: ready_condition_because(crds, namespace, "ModelLoading"), 60,
+                    "ModelLoading while TF Serving starts")  # fmt: skip
+
+        # When the kubelet finds its TF Serving killed for memory, and restarts it (as the
+        # kubelet writes it on the pod's status)
+        statuses = [
+            {"name": "tfserving", "image": "tensorflow/serving", "imageID": "", "ready": False,
+             "restartCount": 1, "state": {"running": {}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+            {"name": "sidecar", "image": "modelserving", "imageID": "", "ready": False,
+             "restartCount": 0, "state": {"running": {}}},
+        ]  # fmt: skip
+        core.patch_namespaced_pod_status(
+            pod.metadata.name, namespace, {"status": {"containerStatuses": statuses}}
+        )
+
+        # Then the serving says TF Serving is unavailable at once, and how it ended
+        down = await until(
+            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"), 60,
+            "ServerUnavailable",
+        )  # fmt: skip
+        assert down["message"].endswith(
+            f"TF Serving in {pod.metadata.name} exited before it answered once (OOMKilled, "
+            f"exit code 137): kubectl logs {pod.metadata.name} -c tfserving --previous says why"
+        ), down
         (told,) = await until(
             lambda: serving_events(core, namespace, "ServerUnavailable"), 30, "the Event"
         )
