@@ -20,8 +20,7 @@ model with no version at all TF Serving's 404 `Could not find any versions of mo
 
 Real TF Serving opens its REST and gRPC ports only once it has loaded its models (its ServerCore
 loads them before the servers start): until then a connection is refused. A stand-in made
-`starting` does the same: its port is taken but refuses connections until `finish_starting()`
-(on the command line, `--load-seconds`).
+`starting` does the same: its port is taken but refuses connections until `finish_starting()`.
 
     python tests/support/tfserving_standin.py --port 8501 --model half_plus_two [--versions 1,2]
 """
@@ -34,7 +33,6 @@ import contextlib
 import json
 import re
 import socket
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -350,16 +348,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="a model name to serve (repeatable)")
     parser.add_argument("--versions", default="1", help="the versions served, e.g. 1,2")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay of every answer")
-    parser.add_argument(
-        "--load-seconds", type=float, default=0.0,
-        help="keep the port closed this long after start, as TF Serving's until its first load",
-    )  # fmt: skip
     args = parser.parse_args()
     versions = tuple(int(v) for v in args.versions.split(","))
     models = {name: StandInModel(versions) for name in (args.model or ["half_plus_two"])}
     standin = TFServingStandIn(models, args.delay_ms / 1000)
     standin.record = False
-    time.sleep(args.load_seconds)  # loading the models: nothing listens yet
     web.run_app(standin.app(), host=args.host, port=args.port, access_log=None)
 
 
