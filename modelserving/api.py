@@ -39,6 +39,12 @@ SIDECAR_ROUTING_FILE = "/etc/modelserving/routing/routing.yaml"
 # the kubelet takes up to about a minute to update a mounted ConfigMap, so polling more
 # often than this gains little, and each poll is one read of a small file.
 TFSERVING_CONFIG_POLL_SECONDS = 10
+# How long a new pod's TF Serving may go without answering before it counts as down
+# (spec.server.startupAllowanceSeconds, the sidecar's upstream.startupAllowanceSeconds): TF
+# Serving opens its ports only once it has loaded the model, which for a model of gigabytes
+# read from object storage takes minutes. Until then the serving says ModelLoading (starting),
+# not ServerUnavailable.
+TFSERVING_STARTUP_ALLOWANCE_SECONDS = 600
 # `modelserving apikey` names a serving's API key Secret `<serving name>` + this suffix unless
 # told otherwise; the serving points at it with spec.auth.apiKeys.secretName.
 APIKEYS_SECRET_SUFFIX = "-apikeys"

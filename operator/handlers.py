@@ -26,6 +26,7 @@ from modelserving import api
 from modelserving.operator.kopf_internals import count_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
+from modelserving.operator.model_report import tfserving_exited
 from modelserving.operator.modelids import ModelIds
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
@@ -232,8 +233,9 @@ for _resource in CHILD_RESOURCES:
 
 @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
 async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """What the status needs of a serving's pod: its name, whether it is Ready, and its
-    sidecar's reports (the log's health, what TF Serving says of the model)."""
+    """What the status needs of a serving's pod: its name, whether it is Ready, its
+    sidecar's reports (the log's health, what TF Serving says of the model), and how its TF
+    Serving container last ended if the kubelet restarted it."""
     key = _serving_of(body)
     if key is None:
         return {}
@@ -246,6 +248,7 @@ async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str
             "ready": ready,
             "logStatus": annotations.get(LOG_STATUS_ANNOTATION),
             "modelReport": annotations.get(api.MODEL_REPORT_ANNOTATION),
+            "tfservingExited": tfserving_exited(body.get("status")),
         }
     }
 
@@ -285,7 +288,6 @@ def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
     return secret_names(server.get("env") or [], server.get("envFrom") or [])
 
 
-@kopf.index("", "v1", "secrets", id=SECRETS_INDEX)
 async def index_secret(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, str]]:
@@ -299,11 +301,18 @@ async def index_secret_readers(
     return {(namespace, secret): name for secret in _secrets_read(body)}
 
 
-@kopf.on.event("", "v1", "secrets", id="secrets_event")
 async def secret_event(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     assert namespace is not None  # Secrets are namespaced
     for serving in kwargs[SECRET_READERS_INDEX].get((namespace, name), []):
         _enqueue(memo, (namespace, serving), kwargs, serving_event=False)
+
+
+def watch_secrets(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Watch the Secrets of the watched namespaces (the Secret roll): registered only for an
+    operator that may read them (--read-secrets), since kopf would retry a refused watch
+    for ever."""
+    kopf.index("", "v1", "secrets", id=SECRETS_INDEX, registry=registry)(index_secret)
+    kopf.on.event("", "v1", "secrets", id="secrets_event", registry=registry)(secret_event)
 
 
 def _enqueue(
@@ -312,7 +321,8 @@ def _enqueue(
     rec: Reconciler = memo.reconciler
     # kopf's indexes are live objects, the same on every call: the workers read them. (The
     # Reconciler, not the memo: kopf gives each object a copy of the memo.)
-    rec.indexes = {name: kwargs[name] for name in INDEXES}
+    # (The Secrets' index is there only when Secrets are watched: empty otherwise.)
+    rec.indexes = {name: kwargs.get(name, {}) for name in INDEXES}
     if not rec.workers:
         # Started from a handler, not at startup: kopf.event() needs the event poster that
         # kopf sets in its handlers' context, and tasks inherit the context they start in.
@@ -368,10 +378,14 @@ async def _reconcile(
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
     pods = list(indexes[PODS_INDEX].get(key, []))
-    secrets = {
-        name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
-        for name in _secrets_read(serving)
-    }
+    secrets = (
+        {
+            name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
+            for name in _secrets_read(serving)
+        }
+        if rec.settings.read_secrets
+        else None
+    )
     try:
         delay = await reconcile(
             rec, serving, children, pods=pods, secrets=secrets,

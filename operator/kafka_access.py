@@ -230,6 +230,18 @@ class SecretReader(Protocol):
     ) -> dict[str, Any] | None: ...
 
 
+def admin_secrets(spec: KafkaSecuritySpec) -> tuple[str, ...]:
+    """The Secrets the topic admin reads its credentials from (a CA in a ConfigMap is not one)."""
+    names = set()
+    if spec.ca is not None and spec.ca.secret_name:
+        names.add(spec.ca.secret_name)
+    if spec.client_certificate is not None:
+        names.add(spec.client_certificate.secret_name)
+    if spec.sasl is not None:
+        names.add(spec.sasl.password_secret.name)
+    return tuple(sorted(names))
+
+
 class MissingCredentials(Exception):
     """A Secret or ConfigMap the spec names, or an entry of it, is not there."""
 

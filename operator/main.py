@@ -33,7 +33,16 @@ def run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from modelserving.operator import handlers  # noqa: F401  (registers the handlers)
+    from modelserving.operator import handlers  # (registers the handlers)
+
+    if settings.read_secrets:
+        handlers.watch_secrets()
+    else:
+        logging.getLogger("modelserving.operator").warning(
+            "Secrets are not read (--read-secrets false): a Secret that spec.server.env or "
+            "envFrom reads, changed in place, does not roll the pods (kubectl rollout restart "
+            "does), and the topic admin cannot use Kafka credentials held in Secrets"
+        )
 
     liveness = (
         f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

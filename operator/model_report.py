@@ -9,15 +9,24 @@ served) and two conditions, ModelReady and AuthReady, from the worst pod. Ready 
 by what stops a ready pod from serving as asked (a version with a weight that is not
 AVAILABLE, TF Serving not answering, an unusable auth configuration); when the Deployment
 already says not Ready, the pods' reason replaces its "Unavailable", since it says why.
+
+A TF Serving that has not answered yet since its pod started (the report's server state
+`starting`: it opens its ports only once it has loaded the model) is ModelLoading, told by a
+Normal Event; ServerUnavailable, a Warning, is for one that stopped answering or never answered
+within the serving's startup allowance (`down`), or whose container exited before it ever
+answered (the pod's container status says so: a model too big for the memory limit is
+OOMKilled while it loads, again and again, long before the allowance passes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserving import api
 from modelserving.operator.spec import ModelSpec
 from modelserving.operator.status import Condition
 
@@ -74,6 +83,8 @@ class PodReport:
     pod: str
     ready: bool  # the pod's Ready condition: it takes requests
     server_reachable: bool = True
+    server_starting: bool = False  # not answered yet since the pod started, within the allowance
+    server_exited: str = ""  # how TF Serving's container last ended, when it was restarted
     server_error: str = ""
     versions: Mapping[int, VersionReport] = field(default_factory=dict)
     auth_ready: bool = True
@@ -114,7 +125,11 @@ def parse_reports(pods: Iterable[Mapping[str, Any]]) -> list[PodReport]:
         try:
             raw = json.loads(pod.get("modelReport") or "null")
             if isinstance(raw, dict):
-                reports.append(_report(str(pod.get("name", "?")), bool(pod.get("ready")), raw))
+                report = _report(str(pod.get("name", "?")), bool(pod.get("ready")), raw)
+                exited = pod.get("tfservingExited")
+                if exited:
+                    report = dataclasses.replace(report, server_exited=str(exited))
+                reports.append(report)
         except (ValueError, TypeError, AttributeError, KeyError):
             continue
     return reports
@@ -131,15 +146,30 @@ def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
         )
         for v in raw.get("versions") or []
     }
+    # A sidecar that knows no state (older than the state) says only reachable: down when not.
+    state = server.get("state")
+    reachable = state == "up" if state else bool(server.get("reachable", True))
     return PodReport(
         pod=pod,
         ready=ready,
-        server_reachable=bool(server.get("reachable", True)),
+        server_reachable=reachable,
+        server_starting=state == "starting",
         server_error=str(server.get("error") or ""),
         versions=versions,
         auth_ready=bool(auth.get("ready", True)),
         auth_error=str(auth.get("error") or ""),
     )
+
+
+def tfserving_exited(pod_status: Mapping[str, Any] | None) -> str:
+    """How the pod's TF Serving container last ended, when the kubelet has restarted it
+    ("OOMKilled, exit code 137"); empty when it never ended."""
+    for container in (pod_status or {}).get("containerStatuses") or []:
+        if container.get("name") != api.TFSERVING_CONTAINER or not container.get("restartCount"):
+            continue
+        ended = (container.get("lastState") or {}).get("terminated") or {}
+        return f"{ended.get('reason') or 'Error'}, exit code {ended.get('exitCode', '?')}"
+    return ""
 
 
 def _cut(text: str) -> str:
@@ -149,10 +179,23 @@ def _cut(text: str) -> str:
 def _problems(report: PodReport, versions: Iterable[int], base_path: str) -> list[Problem]:
     """Every problem one pod reports for the given versions, worst first."""
     found = []
-    if not report.server_reachable:
+    if report.server_starting and report.server_exited:
+        message = (
+            f"TF Serving in {report.pod} exited before it answered once ({report.server_exited}): "
+            f"kubectl logs {report.pod} -c {api.TFSERVING_CONTAINER} --previous says why"
+        )
+        found.append(Problem(SERVER_UNAVAILABLE, _cut(message)))
+    elif report.server_starting:
+        why = report.server_error or "no answer yet"
+        message = (
+            f"TF Serving is starting and loading the model in {report.pod} (it opens its "
+            f"ports once the model is loaded; until then: {why})"
+        )
+        found.append(Problem(MODEL_LOADING, _cut(message)))
+    elif not report.server_reachable:
         why = report.server_error or "no answer"
         message = f"TF Serving does not answer in {report.pod}: {why}"
-        found.append(Problem(SERVER_UNAVAILABLE, message))
+        found.append(Problem(SERVER_UNAVAILABLE, _cut(message)))
     if not report.auth_ready:
         why = report.auth_error or "unusable"
         found.append(Problem(AUTH_CONFIG_INVALID, f"{report.pod}: {why}"))

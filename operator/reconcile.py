@@ -18,7 +18,13 @@ import kopf
 
 from modelserving import api
 from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
-from modelserving.operator.kafka_access import MissingCredentials, admin_security, what_to_check
+from modelserving.operator.kafka_access import (
+    FIELD,
+    MissingCredentials,
+    admin_secrets,
+    admin_security,
+    what_to_check,
+)
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.model_report import event_for, model_status, ready_with_pods
@@ -128,7 +134,10 @@ async def reconcile(
     children = list(children)
     live = {(c["kind"], c["metadata"]["name"]): c for c in children}
     deployment, apply_error = live.get(("Deployment", key[1])), None
-    checksum = _secrets_checksum(spec, secrets or {}, deployment)
+    # An operator that may not read Secrets rolls no pods for them (and carries no digest).
+    checksum = (
+        _secrets_checksum(spec, secrets or {}, deployment) if rec.settings.read_secrets else None
+    )
     render_key = (
         serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
     )  # fmt: skip
@@ -283,6 +292,13 @@ def _condition_reasons(serving: Mapping[str, Any]) -> dict[str, str]:
     return {c["type"]: c.get("reason", "") for c in conditions if c.get("type")}
 
 
+def _secrets_named(names: tuple[str, ...]) -> str:
+    return ("Secret " if len(names) == 1 else "Secrets ") + ", ".join(names)
+
+
+# LoggingReady of a serving whose topic the operator cannot check: its admin's credentials are
+# in Secrets, and it may not read Secrets.
+TOPIC_UNCHECKED = "TopicUnchecked"
 # What the topic check finds that may change without an event of the serving (a broker back, a
 # Secret fixed): checked again after --retry-seconds.
 _CHECKED_AGAIN = ("KafkaUnreachable", AUTHENTICATION_FAILED, TLS_FAILED, "KafkaCredentialsMissing")
@@ -314,10 +330,19 @@ async def _logging_state(
             )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
     kafka = spec.logging.kafka
+    security_spec = spec.kafka_security(rec.settings)
+    unread = admin_secrets(security_spec)
+    if unread and not rec.settings.read_secrets:
+        # Said once, not retried: nothing changes until the operator may read them. The
+        # sidecars read the Secrets as mounted files, and their trouble shows here instead.
+        return LoggingState(True, TOPIC_UNCHECKED, (
+            f"the topic {topic} is not checked or created: the operator may not read Secrets "
+            f"(--read-secrets false, the chart's rbac.readSecrets), and the topic admin's "
+            f"credentials are in {_secrets_named(unread)} ({FIELD}); create the topic "
+            "yourself. The sidecars use the Secrets as mounted: a failure of theirs shows here"
+        ))  # fmt: skip
     try:
-        security, credentials = await admin_security(
-            rec.kube, spec.namespace, spec.kafka_security(rec.settings)
-        )
+        security, credentials = await admin_security(rec.kube, spec.namespace, security_spec)
     except (MissingCredentials, KubeError) as exc:
         words = exc.message if isinstance(exc, KubeError) else str(exc)
         state, created = LoggingState(False, "KafkaCredentialsMissing", words), False

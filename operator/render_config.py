@@ -151,6 +151,7 @@ def render_sidecar_config(
         "upstream": {
             "url": f"http://127.0.0.1:{api.TFSERVING_REST_PORT}",
             "timeoutSeconds": float(spec.sidecar.timeout_seconds),
+            "startupAllowanceSeconds": float(spec.server.startup_allowance_seconds),
         },
         "limits": {"maxRequestBytes": spec.sidecar.max_request_bytes},
         "grpc": {

@@ -78,6 +78,9 @@ class OperatorSettings:
     # How the log's Kafka clients connect, for servings whose spec has no
     # spec.logging.kafka.security: the same block, as JSON.
     kafka_security: KafkaSecuritySpec = PLAINTEXT
+    # Read Secrets (the chart's rbac.readSecrets): the Secret roll and the topic admin's
+    # Secret-held Kafka credentials. Off, the operator neither watches nor gets a Secret.
+    read_secrets: bool = True
 
 
 def _text(value: str) -> str:
@@ -290,6 +293,11 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         'block as JSON, e.g. {"protocol": "SASL_SSL", "ca": {"secretName": "my-cluster-cluster-'
         'ca-cert"}, "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": '
         '"my-user"}}}; the Secrets it names are looked up in each serving\'s namespace'),
+    "read_secrets": ("--read-secrets", "MODELSERVING_READ_SECRETS", _flag,
+        "read Secrets in the watched namespaces: false for an operator that may not (the "
+        "chart's rbac.readSecrets); then a Secret that spec.server.env or envFrom reads, "
+        "changed in place, does not roll the pods, and the topic admin cannot use Kafka "
+        "credentials held in Secrets (LoggingReady says so; the sidecars still use them)"),
 }  # fmt: skip
 
 

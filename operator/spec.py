@@ -161,6 +161,9 @@ class ServerSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     env_from: tuple[Mapping[str, Any], ...] = ()
     batching: BatchingSpec = BatchingSpec()
+    # TF Serving opens its ports once it has loaded the model: until this has passed without
+    # an answer since the pod started, not answering is ModelLoading, after it ServerUnavailable.
+    startup_allowance_seconds: int = api.TFSERVING_STARTUP_ALLOWANCE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -377,7 +380,7 @@ class ServingSpec:
 Converters = dict[str, Callable[[Any], Any]]
 
 _SERVER: Converters = {"replicas": int, "imagePullPolicy": str, "args": tuple, "env": tuple,
-                       "envFrom": tuple}  # fmt: skip
+                       "envFrom": tuple, "startupAllowanceSeconds": int}  # fmt: skip
 _BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicros": int,
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
 _SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}

@@ -415,11 +415,15 @@ def _inference_log_step(
 async def _upstream_step(app: web.Application) -> AsyncIterator[None]:
     """TF Serving: the connections to it, what it says of the model, and the router that
     splits over the versions it reports AVAILABLE."""
-    model = app[CONFIG].model
+    model, upstream_config = app[CONFIG].model, app[CONFIG].upstream
     async with (
-        Upstream.running(app[CONFIG].upstream) as upstream,
+        Upstream.running(upstream_config) as upstream,
         Router.running(model.name, model.version, app[ROUTING_FILE]) as router,
-        ModelStateWatcher.running(upstream, model.name) as model_state,
+        ModelStateWatcher.running(
+            upstream,
+            model.name,
+            startup_allowance_seconds=upstream_config.startup_allowance_seconds,
+        ) as model_state,
     ):
         model_state.on_change(router.model_state_changed)
         app[UPSTREAM], app[ROUTER], app[MODEL_STATE] = upstream, router, model_state

@@ -8,7 +8,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
     model: {name: mnist, version: 1, modelId: 17}
     listen: {host: 0.0.0.0, port: 8080}
     upstream: {url: "http://127.0.0.1:8501", timeoutSeconds: 60, connectTimeoutSeconds: 5,
-               maxConnections: 256}
+               maxConnections: 256, startupAllowanceSeconds: 600}
     limits: {maxRequestBytes: 10485760}
     shadow: {maxConcurrency: 8, queueSize: 256, timeoutSeconds: 30}
     auth: {mode: apiKey, apiKeysDir: /etc/modelserving/apikeys, audience: "",
@@ -48,6 +48,10 @@ records); `spooled` answers only once the record is in the spool file (a crash l
 answered record; the writes are grouped: every record waiting goes in one write as soon as
 the previous write is done).
 
+`upstream.startupAllowanceSeconds` is how long TF Serving may go without answering once after
+the sidecar starts before the pod's model report says it is down rather than starting (it opens
+its ports only once it has loaded the model; see modelserving.sidecar.model_state).
+
 `shadow` bounds the copies of requests sent to a shadow version (the routing file, `routing.yaml`
 beside this file, says which version and what share; see modelserving.sidecar.routing): at most
 `maxConcurrency` with TF Serving at once, `queueSize` waiting, each given `timeoutSeconds`.
@@ -77,6 +81,7 @@ from modelserving.api import (
     SPOOL_FSYNC_INTERVAL_SECONDS,
     TFSERVING_GRPC_PORT,
     TFSERVING_REST_PORT,
+    TFSERVING_STARTUP_ALLOWANCE_SECONDS,
 )
 from modelserving.kafka_security import KafkaSecurity, KafkaSecurityError, from_mapping
 from modelserving.sidecar.log_policy import (
@@ -167,6 +172,8 @@ class UpstreamConfig:
     timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 5.0
     max_connections: int = 256
+    # Not answering once since the start within this is starting (loading), after it down.
+    startup_allowance_seconds: float = float(TFSERVING_STARTUP_ALLOWANCE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -324,7 +331,9 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
     "listen": (ListenConfig, {"host": ("host", str), "port": ("port", int)}),
     "upstream": (UpstreamConfig, {"url": ("url", str), "timeoutSeconds": ("timeout_seconds", float),
                                   "connectTimeoutSeconds": ("connect_timeout_seconds", float),
-                                  "maxConnections": ("max_connections", int)}),
+                                  "maxConnections": ("max_connections", int),
+                                  "startupAllowanceSeconds": ("startup_allowance_seconds",
+                                                              float)}),
     "limits": (LimitsConfig, {"maxRequestBytes": ("max_request_bytes", int)}),
     "grpc": (GrpcConfig, {"port": ("port", _non_negative), "upstream": ("upstream", str),
                           "maxMessageBytes": ("max_message_bytes", _positive)}),

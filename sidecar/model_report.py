@@ -3,16 +3,19 @@ state and load error), how many requests each version answered here in the last 
 whether the auth configuration is usable, published on the sidecar's own Pod (annotation
 `modelserving.io/model`, see pod_status) for the operator to turn into the serving's status:
 
-    {"server": {"reachable": true, "error": ""},
+    {"server": {"reachable": true, "state": "up", "error": ""},
      "versions": [{"version": 3, "state": "AVAILABLE", "errorCode": "OK", "errorMessage": "",
                    "served": 1234}],
      "auth": {"ready": true, "error": ""}}
 
-`versions` lists every version TF Serving reports and every version the routing names that it
-does not (state UNKNOWN); when TF Serving answers the status request with an error (no version
-of the model loaded yet or ever), the routed versions carry that error. The report is a pure
-function of its parts (`model_report`); `ServedWindow` turns running totals into the last
-minute's counts.
+`server.state` is up, starting (TF Serving has not answered once since the pod started, within
+its startup allowance: it loads the model before it opens its ports) or down (it stopped
+answering, or never answered within the allowance); `reachable` is state up, for readers that
+know no state. `versions` lists every version TF Serving reports and every version the routing
+names that it does not (state UNKNOWN); when TF Serving answers the status request with an
+error (no version of the model loaded yet or ever), the routed versions carry that error. The
+report is a pure function of its parts (`model_report`); `ServedWindow` turns running totals
+into the last minute's counts.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def model_report(
                                  "errorCode": status.error_code,
                                  "errorMessage": status.error}  # fmt: skip
     return {
-        "server": {"reachable": state.reachable, "error": state.error},
+        "server": {"reachable": state.reachable, "state": str(state.server), "error": state.error},
         "versions": [{**versions[v], "served": served.get(v, 0)} for v in sorted(versions)],
         "auth": {"ready": auth.ready, "error": auth.error},
     }

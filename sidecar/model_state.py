@@ -4,13 +4,22 @@ immutable snapshot (`ModelState`): whether TF Serving answered at all (and why n
 version's state and TF Serving's error code and message. The split reads which versions are
 AVAILABLE from it, readiness too, and the pod's model report all of it.
 
-Parsing TF Serving's answer is a pure function (`parse_model_status`); the watcher is the edge.
+TF Serving opens its REST and gRPC ports only once it has loaded its models (its ServerCore
+loads them before the servers start), so every new pod's TF Serving refuses connections for a
+while, longer the bigger the model. Not answering is therefore told two ways (`ServerState`):
+`starting` while TF Serving has not answered once since the sidecar started and the startup
+allowance (upstream.startupAllowanceSeconds) has not passed, `down` once it answered and
+stopped, or the allowance passed without an answer.
+
+Parsing TF Serving's answer and telling starting from down are pure functions
+(`parse_model_status`, `server_state`); the watcher is the edge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import time
@@ -18,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from modelserving.api import TFSERVING_STARTUP_ALLOWANCE_SECONDS
 from modelserving.sidecar.errors import SidecarError
 from modelserving.sidecar.proxy import Upstream
 
@@ -42,6 +52,26 @@ _CODES_OF_HTTP = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_F
                   504: "DEADLINE_EXCEEDED"}  # fmt: skip
 
 
+class ServerState(enum.StrEnum):
+    """Whether TF Serving answers, as the pod's model report says it."""
+
+    UP = "up"  # it answered the latest look (an error answer too: it is serving)
+    STARTING = "starting"  # not answered once since the sidecar started, within the allowance
+    DOWN = "down"  # answered before and stopped, or not once within the startup allowance
+
+
+def server_state(
+    answered_now: bool, answered_before: bool, waited_seconds: float, allowance_seconds: float
+) -> ServerState:
+    """Starting, up or down, from the latest look, whether TF Serving ever answered this
+    sidecar, and how long ago the sidecar started."""
+    if answered_now:
+        return ServerState.UP
+    if not answered_before and waited_seconds <= allowance_seconds:
+        return ServerState.STARTING
+    return ServerState.DOWN
+
+
 @dataclass(frozen=True, slots=True)
 class VersionStatus:
     """One version as TF Serving reports it (`model_version_status[]`)."""
@@ -64,26 +94,33 @@ class ModelStatus:
 
 @dataclass(frozen=True, slots=True)
 class ModelState:
-    """One look at TF Serving: reachable or not (and why), and what it said of the model."""
+    """One look at TF Serving: up, starting or down (and why not up), and what it said of the
+    model."""
 
-    reachable: bool
+    server: ServerState
     error: str  # why TF Serving is not reachable, in words a user can act on
     status: ModelStatus
     checked_at: float  # time.monotonic() of the look; 0 before the first
     available: frozenset[int]  # the versions in state AVAILABLE
 
+    @property
+    def reachable(self) -> bool:
+        return self.server is ServerState.UP
+
     @classmethod
     def of(cls, status: ModelStatus, checked_at: float) -> ModelState:
         available = frozenset(v.version for v in status.versions if v.state == AVAILABLE)
-        return cls(True, "", status, checked_at, available)
+        return cls(ServerState.UP, "", status, checked_at, available)
 
     @classmethod
-    def unreachable(cls, error: str, checked_at: float) -> ModelState:
-        return cls(False, error, ModelStatus(), checked_at, frozenset())
+    def unreachable(
+        cls, error: str, checked_at: float, server: ServerState = ServerState.DOWN
+    ) -> ModelState:
+        return cls(server, error, ModelStatus(), checked_at, frozenset())
 
 
-NOT_YET_ASKED = ModelState(False, "TF Serving has not been asked yet", ModelStatus(), 0.0,
-                           frozenset())  # fmt: skip
+NOT_YET_ASKED = ModelState(ServerState.STARTING, "TF Serving has not been asked yet",
+                           ModelStatus(), 0.0, frozenset())  # fmt: skip
 
 
 def parse_model_status(http_status: int, body: bytes) -> ModelStatus:
@@ -128,12 +165,25 @@ def parse_model_status(http_status: int, body: bytes) -> ModelStatus:
 class ModelStateWatcher:
     """Keeps `state`, the latest look at TF Serving, fresh: polled every POLL_SECONDS, and at
     once when `refresh` is awaited. Listeners are called on the loop when a look changes which
-    versions are AVAILABLE."""
+    versions are AVAILABLE.
 
-    def __init__(self, upstream: Upstream, model_name: str, poll_seconds: float = POLL_SECONDS):
+    The startup allowance counts from the watcher's start, which is the sidecar's: the two
+    containers of a pod start together, and a sidecar restarted beside a TF Serving that
+    runs finds it answering at once."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        model_name: str,
+        poll_seconds: float = POLL_SECONDS,
+        startup_allowance_seconds: float = TFSERVING_STARTUP_ALLOWANCE_SECONDS,
+    ):
         self._upstream = upstream
         self._path = f"/v1/models/{model_name}"
         self._poll_seconds = poll_seconds
+        self._allowance = startup_allowance_seconds
+        self._started = time.monotonic()
+        self._answered = False  # TF Serving answered once since the sidecar started
         self.state = NOT_YET_ASKED
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[ModelState], None]] = []
@@ -152,12 +202,22 @@ class ModelStateWatcher:
                     "GET", self._path, timeout=ANSWER_TIMEOUT_SECONDS
                 )
             except SidecarError as exc:
-                state = ModelState.unreachable(exc.message, time.monotonic())
+                now = time.monotonic()
+                server = server_state(False, self._answered, now - self._started, self._allowance)
+                error = exc.message
+                if server is ServerState.DOWN and not self._answered:
+                    error += (
+                        f"; it has not answered once in the {self._allowance:g} s startup "
+                        "allowance since the pod started (TF Serving opens its ports once it "
+                        "has loaded the model: its log says what holds it)"
+                    )
+                state = ModelState.unreachable(error, now, server)
             else:
+                self._answered = True
                 state = ModelState.of(parse_model_status(answer.status, answer.body),
                                       time.monotonic())  # fmt: skip
             previous, self.state = self.state, state
-        if state.available != previous.available or state.reachable != previous.reachable:
+        if state.available != previous.available or state.server != previous.server:
             for listener in self._listeners:
                 listener(state)
         return state
@@ -181,9 +241,13 @@ class ModelStateWatcher:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(
-        cls, upstream: Upstream, model_name: str, poll_seconds: float = POLL_SECONDS
+        cls,
+        upstream: Upstream,
+        model_name: str,
+        poll_seconds: float = POLL_SECONDS,
+        startup_allowance_seconds: float = TFSERVING_STARTUP_ALLOWANCE_SECONDS,
     ) -> AsyncIterator[ModelStateWatcher]:
-        watcher = cls(upstream, model_name, poll_seconds)
+        watcher = cls(upstream, model_name, poll_seconds, startup_allowance_seconds)
         task = asyncio.create_task(watcher.run(), name="model-state")
         try:
             yield watcher

@@ -82,6 +82,36 @@ def test_rendered_chart_is_accepted_by_the_api_server(local_env, namespace, valu
     assert "deployment.apps/dry-modelserving serverside-applied (server dry run)" in proc.stdout
 
 
+def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_told_so(local_env):
+    def render(*values: str) -> list[dict]:
+        sets = [arg for value in values for arg in ("--set", value)]
+        out = helm(local_env, "template", "ms", str(CHART), *sets).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
+    def secrets_verbs(docs: list[dict]) -> set[str]:
+        return {verb for doc in docs if doc["kind"] in ("ClusterRole", "Role")
+                for r in doc.get("rules") or [] if "secrets" in r.get("resources", [])
+                for verb in r["verbs"]}  # fmt: skip
+
+    def read_secrets_setting(docs: list[dict]) -> str:
+        (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "MODELSERVING_READ_SECRETS")
+
+    default = render()
+    assert secrets_verbs(default) == {"get", "list", "watch"}
+    assert read_secrets_setting(default) == "true"
+    forbidden = render("rbac.readSecrets=false")
+    assert secrets_verbs(forbidden) == set()
+    assert read_secrets_setting(forbidden) == "false"
+    # The CA's ConfigMap stays readable: the topic admin can still use a CA held there
+    cluster_role = next(d for d in forbidden if d["kind"] == "ClusterRole"
+                        and d["metadata"]["name"] == "ms-modelserving")  # fmt: skip
+    assert {"resources": ["configmaps"], "verbs": ["get"], "apiGroups": [""]} in (
+        cluster_role["rules"]
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [

@@ -24,10 +24,10 @@ def test_demo_runs_the_whole_system(local_env):
     # Every step ran, in order.
     steps = re.findall(r"^\[(\d)/9\]", out, re.M)
     assert steps == [str(n) for n in range(1, 10)]
-    # kubectl get modelservings shows the serving Ready, all its traffic on version 1, and its
-    # endpoint.
+    # kubectl get modelservings shows the serving Ready, all its traffic on version 1, its one
+    # replica ready, and its endpoint.
     assert re.search(
-        r"half-plus-two\s+half_plus_two\s+1:100\s+1/1\s+Available\s+"
+        r"half-plus-two\s+half_plus_two\s+1:100\s+True\s+Available\s+1/1\s+"
         r"http://half-plus-two\.demo\.svc:8080/v1/models/half_plus_two:predict",
         out,
     )

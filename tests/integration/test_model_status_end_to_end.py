@@ -4,7 +4,9 @@ container would (the operator's rendered sidecar.yaml and routing.yaml, the pod'
 POD_NAMESPACE, a token of the serving's own ServiceAccount, so the rendered RBAC is what lets it
 write), the TF Serving stand-in behind it loads the versions of the rendered models.config; and
 what a user sees of the serving (its conditions, `kubectl get`, its Events, status.versions)
-follows what TF Serving says."""
+follows what TF Serving says: a TF Serving still starting (its ports closed until its first load,
+as real TF Serving's are) is loading; one that stopped answering, never answered within the
+serving's startup allowance, or was killed while it loaded is unavailable."""
 
 from __future__ import annotations
 
@@ -90,6 +92,44 @@ async def until(check: Callable[[], T], timeout: float, what: str) -> T:
     return await wait_for_async(lambda: asyncio.to_thread(check), timeout, what, interval=0.3)
 
 
+def the_servings_sidecar(
+    local_env, core, apps, namespace: str, tmp_path: Path
+) -> tuple[client.V1Pod, dict, dict, str]:
+    """The serving's pod (made by KWOK) and what its sidecar container would run with: the
+    rendered sidecar.yaml (with a kubeconfig of the serving's own ServiceAccount) and
+    routing.yaml, and the rendered models.config of its TF Serving."""
+    selector = f"{api.LABEL_INSTANCE}={SERVING}"
+    (pod,) = wait_for(lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+                      60, "the serving's pod")  # fmt: skip
+    deployment = apps.read_namespaced_deployment(SERVING, namespace)
+    sidecar_pod = SidecarPod(core, namespace, deployment, tmp_path / "pod")
+    sidecar = next(c for c in deployment.spec.template.spec.containers if c.name == "sidecar")
+    routing_file = sidecar.command[sidecar.command.index("--routing") + 1]
+    routing_folder = sidecar_pod.folders[str(Path(routing_file).parent)]
+    config = yaml.safe_load(sidecar_pod.config_text())
+    routing = yaml.safe_load((routing_folder / Path(routing_file).name).read_text())
+    tf_config = core.read_namespaced_config_map(f"{SERVING}-tfserving", namespace)
+    # The sidecar runs as the pod would run it: its pod's name, its ServiceAccount's token
+    account = deployment.spec.template.spec.service_account_name
+    config["auth"]["kubeconfig"] = service_account_kubeconfig(
+        local_env, core, namespace, account, tmp_path / "kubeconfig"
+    )
+    return pod, config, routing, tf_config.data["models.config"]
+
+
+def ready_condition_because(crds, namespace: str, reason: str) -> dict | None:
+    """The serving's Ready condition when its reason is `reason`, else None."""
+    ready = condition(get_serving(crds, namespace, SERVING), "Ready")
+    return ready if ready.get("reason") == reason else None
+
+
+def serving_events(core, namespace: str, reason: str) -> list:
+    """The Events of the serving with this reason."""
+    return [e for e in core.list_namespaced_event(namespace).items
+            if (e.involved_object.kind, e.involved_object.name) == (api.KIND, SERVING)
+            and e.reason == reason]  # fmt: skip
+
+
 def standin_of(models_config: str) -> StandInModel:
     """TF Serving as the rendered models.config has it load the model: each version listed,
     each answering with its own number, under the config's base path."""
@@ -121,27 +161,12 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         "shadow": {"version": 5, "percent": 10},
     }
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
-    selector = f"{api.LABEL_INSTANCE}={SERVING}"
-    (pod,) = wait_for(lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
-                      60, "the serving's pod")  # fmt: skip
-    deployment = apps.read_namespaced_deployment(SERVING, namespace)
-    sidecar_pod = SidecarPod(core, namespace, deployment, tmp_path / "pod")
-    sidecar = next(c for c in deployment.spec.template.spec.containers if c.name == "sidecar")
-    routing_file = sidecar.command[sidecar.command.index("--routing") + 1]
-    routing_folder = sidecar_pod.folders[str(Path(routing_file).parent)]
-    config = yaml.safe_load(sidecar_pod.config_text())
-    routing = yaml.safe_load((routing_folder / Path(routing_file).name).read_text())
-    tf_config = core.read_namespaced_config_map(f"{SERVING}-tfserving", namespace)
-    model = standin_of(tf_config.data["models.config"])
+    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
+                                                          tmp_path)  # fmt: skip
+    model = standin_of(tf_config)
     # TF Serving finds no version of the model under its base path (yet)
     loadable = dict(model.served)
     model.served.clear()
-
-    # The sidecar runs as the pod would run it: its pod's name, its ServiceAccount's token
-    account = deployment.spec.template.spec.service_account_name
-    config["auth"]["kubeconfig"] = service_account_kubeconfig(
-        local_env, core, namespace, account, tmp_path / "kubeconfig"
-    )
     port = free_port()
     config["upstream"] = {**config.get("upstream", {}), "url": f"http://127.0.0.1:{port}"}
 
@@ -149,20 +174,33 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         return get_serving(crds, namespace, SERVING).get("status") or {}
 
     def ready_because(reason: str) -> dict | None:
-        ready = condition(get_serving(crds, namespace, SERVING), "Ready")
-        return ready if ready.get("reason") == reason else None
+        return ready_condition_because(crds, namespace, reason)
 
     def events(reason: str) -> list:
-        return [e for e in core.list_namespaced_event(namespace).items
-                if (e.involved_object.kind, e.involved_object.name) == (api.KIND, SERVING)
-                and e.reason == reason]  # fmt: skip
+        return serving_events(core, namespace, reason)
 
     async with contextlib.AsyncExitStack() as tf_serving:
-        standin = TFServingStandIn({MODEL: model})
+        # TF Serving starts: as real TF Serving, it opens its ports only once its first load
+        # is done
+        standin = TFServingStandIn({MODEL: model}, starting=True)
         await tf_serving.enter_async_context(running_standin(standin, port=port))
         async with running_sidecar(
             tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
         ) as running:
+            # Then the serving is loading, not down: ModelLoading, told by a Normal Event
+            starting = await until(lambda: ready_because("ModelLoading"), 60, "ModelLoading")
+            assert (starting["status"], starting["message"]) == ("False", (
+                f"TF Serving is starting and loading the model in {pod.metadata.name} (it "
+                "opens its ports once the model is loaded; until then: TF Serving is not "
+                "reachable (connection refused))"
+            ))  # fmt: skip
+            (told,) = await until(lambda: events("ModelLoading"), 30, "the Event")
+            assert told.type == "Normal" and "is starting and loading" in told.message
+            assert not events("ServerUnavailable")
+
+            # When TF Serving's first load is done, and it found no version of the model
+            await standin.finish_starting()
+
             # Then the serving is not Ready: ModelLoadFailed with TF Serving's own 404
             nothing = await until(lambda: ready_because("ModelLoadFailed"), 60, "ModelLoadFailed")
             assert f"Could not find any versions of model {MODEL}" in nothing["message"]
@@ -181,10 +219,12 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             assert failed["status"] == "False"
             canary = next(v for v in status()["versions"] if v["version"] == 4)
             assert (canary["state"], canary["message"]) == ("END", tf_serving_error)
-            # And kubectl get says why in its Status column
+            # And kubectl get says it is not Ready, why in its Status column, though its one
+            # replica is ready (the stable version serves)
             table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
-            column = table[0].index("STATUS")  # columns by offset: TRAFFIC holds spaces
-            assert table[1][column:].split()[0] == "ModelLoadFailed", table
+            column = table[0].index("READY")  # columns by offset: TRAFFIC holds spaces
+            assert table[0][column:].split()[:3] == ["READY", "STATUS", "REPLICAS"], table
+            assert table[1][column:].split()[:3] == ["False", "ModelLoadFailed", "1/1"], table
             # And one Warning Event told it, when the reason first became ModelLoadFailed
             (told,) = await until(lambda: events("ModelLoadFailed"), 30, "the Event")
             assert told.type == "Warning" and f"versions of model {MODEL}" in told.message
@@ -248,14 +288,113 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             copies = [r for r in standin.forwarded if "/versions/5:" in r.path]
             assert 0 < len(copies) < REQUESTS / 4, len(copies)
 
-    # And each change of what the pods say was told once, as one Event: the auth configuration
-    # usable at the first report, then the model's four states, and nothing more
-    told = [(e.type, e.reason, e.count or 1)
-            for e in core.list_namespaced_event(namespace).items
-            if (e.involved_object.kind, e.involved_object.name) == (api.KIND, SERVING)
-            and e.reason in MODEL_REASONS]  # fmt: skip
-    assert sorted(told, key=lambda e: MODEL_REASONS.index(e[1])) == [
-        ("Warning", "ModelLoadFailed", 1), ("Normal", "ModelLoading", 1),
-        ("Warning", "ServerUnavailable", 1), ("Normal", "AllVersionsAvailable", 1),
-        ("Normal", "AuthConfigReady", 1),
-    ]  # fmt: skip
+    # And each change of what the pods say was told once: the auth configuration usable at the
+    # first report, then the model's states (loading while TF Serving started, and again while
+    # the canary's files were missing), TF Serving down only once it had answered, and nothing
+    # more
+    told: Counter[tuple[str, str]] = Counter()
+    for reason in MODEL_REASONS:
+        for e in serving_events(core, namespace, reason):
+            told[e.type, e.reason] += e.count or 1
+    assert told == {
+        ("Normal", "ModelLoading"): 2, ("Warning", "ModelLoadFailed"): 1,
+        ("Warning", "ServerUnavailable"): 1, ("Normal", "AllVersionsAvailable"): 1,
+        ("Normal", "AuthConfigReady"): 1,
+    }  # fmt: skip
+
+
+async def test_a_tf_serving_that_does_not_answer_within_the_startup_allowance_is_unavailable(
+    operator, crds, kube_client, local_env, namespace, tmp_path
+):
+    install_sidecar_cluster_role(local_env)
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+
+    # Given a serving that allows its TF Serving 5 s to load the model
+    manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
+    manifest["spec"]["model"] = {"name": MODEL, "basePath": BASE_PATH,
+                                 "versions": [{"version": 3, "weight": 100}]}  # fmt: skip
+    manifest["spec"]["server"] = {"startupAllowanceSeconds": 5}
+    crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
+                                                          tmp_path)  # fmt: skip
+    assert config["upstream"]["startupAllowanceSeconds"] == 5
+    port = free_port()
+    config["upstream"]["url"] = f"http://127.0.0.1:{port}"
+
+    # When its TF Serving never finishes its first load (its ports stay closed)
+    standin = TFServingStandIn({MODEL: standin_of(tf_config)}, starting=True)
+    async with (
+        running_standin(standin, port=port),
+        running_sidecar(
+            tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
+        ),
+    ):
+        # Then, the allowance passed, the serving says TF Serving is unavailable, and why
+        down = await until(
+            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"), 60,
+            "ServerUnavailable",
+        )  # fmt: skip
+        assert down["message"] == (
+            f"TF Serving does not answer in {pod.metadata.name}: TF Serving is not reachable "
+            "(connection refused); it has not answered once in the 5 s startup allowance since "
+            "the pod started (TF Serving opens its ports once it has loaded the model: its log "
+            "says what holds it)"
+        )
+        # And a Warning Event told it
+        (told,) = await until(
+            lambda: serving_events(core, namespace, "ServerUnavailable"), 30, "the Event"
+        )
+        assert told.type == "Warning"
+
+
+async def test_a_tf_serving_killed_while_it_loads_is_unavailable_before_the_allowance(
+    operator, crds, kube_client, local_env, namespace, tmp_path
+):
+    install_sidecar_cluster_role(local_env)
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+
+    # Given a serving with the default startup allowance, whose TF Serving is loading the model
+    manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
+    manifest["spec"]["model"] = {"name": MODEL, "basePath": BASE_PATH,
+                                 "versions": [{"version": 3, "weight": 100}]}  # fmt: skip
+    crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
+                                                          tmp_path)  # fmt: skip
+    port = free_port()
+    config["upstream"]["url"] = f"http://127.0.0.1:{port}"
+    standin = TFServingStandIn({MODEL: standin_of(tf_config)}, starting=True)
+    async with (
+        running_standin(standin, port=port),
+        running_sidecar(
+            tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
+        ),
+    ):
+        await until(lambda: ready_condition_because(crds, namespace, "ModelLoading"), 60,
+                    "ModelLoading while TF Serving starts")  # fmt: skip
+
+        # When the kubelet finds its TF Serving killed for memory, and restarts it (as the
+        # kubelet writes it on the pod's status)
+        statuses = [
+            {"name": "tfserving", "image": "tensorflow/serving", "imageID": "", "ready": False,
+             "restartCount": 1, "state": {"running": {}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+            {"name": "sidecar", "image": "modelserving", "imageID": "", "ready": False,
+             "restartCount": 0, "state": {"running": {}}},
+        ]  # fmt: skip
+        core.patch_namespaced_pod_status(
+            pod.metadata.name, namespace, {"status": {"containerStatuses": statuses}}
+        )
+
+        # Then the serving says TF Serving is unavailable at once, and how it ended
+        down = await until(
+            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"), 60,
+            "ServerUnavailable",
+        )  # fmt: skip
+        assert down["message"].endswith(
+            f"TF Serving in {pod.metadata.name} exited before it answered once (OOMKilled, "
+            f"exit code 137): kubectl logs {pod.metadata.name} -c tfserving --previous says why"
+        ), down
+        (told,) = await until(
+            lambda: serving_events(core, namespace, "ServerUnavailable"), 30, "the Event"
+        )
+        assert told.type == "Warning"

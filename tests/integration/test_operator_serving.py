@@ -58,6 +58,11 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     assert status["endpoint"] == f"http://mnist.{namespace}.svc:8080/v1/models/mnist:predict"
     assert isinstance(status["modelId"], int)
     assert status["readyText"] == "1/1"
+    # And kubectl get shows it Ready (the condition) with its one replica ready
+    table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
+    columns = dict(zip(table[0].split(), table[1].split(), strict=True))
+    shown = (columns["READY"], columns["STATUS"], columns["REPLICAS"])
+    assert shown == ("True", "Available", "1/1"), table
     assert condition(serving, "LoggingReady")["reason"] == "TopicReady"
 
     # And its children exist with the right content

@@ -226,8 +226,9 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
     assert status()["versions"][1]["message"] == NOT_FOUND
     table = local_env.kubectl("get", "modelservings", "-n", namespace).stdout.split("\n")
     header, row = table[0].split(), table[1].split()
-    assert header[:5] == ["NAME", "MODEL", "TRAFFIC", "READY", "STATUS"]
-    assert row[0] == "mnist" and row[2:4] == ["3:90", "4:10"] and "ModelLoadFailed" in row
+    assert header[:6] == ["NAME", "MODEL", "TRAFFIC", "READY", "STATUS", "REPLICAS"]
+    # READY is the Ready condition, False, while every replica is ready (KWOK's pod is)
+    assert row[0] == "mnist" and row[2:7] == ["3:90", "4:10", "False", "ModelLoadFailed", "1/1"]
 
     # And the same failure reported again (more requests served) tells no second Event
     publish([version(3, "AVAILABLE", 60), version(4, "END", 0, "NOT_FOUND", NOT_FOUND)])

@@ -73,7 +73,7 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
         ) as sidecar:
             # The canary failed to load, the shadow is not in TF Serving, the Secret is absent.
             first = await reported(lambda r: 4 in versions_of(r) and 3 in versions_of(r))
-            assert first["server"] == {"reachable": True, "error": ""}
+            assert first["server"] == {"reachable": True, "state": "up", "error": ""}
             assert versions_of(first) == {3: ("AVAILABLE", "OK", 0), 4: ("END", "NOT_FOUND", 0),
                                           5: ("UNKNOWN", "", 0)}  # fmt: skip
             failed = next(v for v in first["versions"] if v["version"] == 4)
@@ -106,6 +106,7 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
             await tf_serving.aclose()
             gone = await reported(lambda r: not r["server"]["reachable"])
             assert gone["server"]["error"] == "TF Serving is not reachable (connection refused)"
+            assert gone["server"]["state"] == "down"  # it had answered: not starting
             assert {v["state"] for v in gone["versions"]} == {"UNKNOWN"}
 
 
@@ -139,4 +140,4 @@ async def test_the_first_report_waits_for_tf_servings_first_answer(
         config["upstream"] = {"url": upstream}
         async with running_sidecar(tmp_path, config, None, POD_NAME=POD, POD_NAMESPACE=namespace):
             await wait_for_async(report, 40, "the report of version 3 AVAILABLE", interval=0.2)
-    assert [r["server"] for r in seen] == [{"reachable": True, "error": ""}], seen
+    assert [r["server"] for r in seen] == [{"reachable": True, "state": "up", "error": ""}], seen

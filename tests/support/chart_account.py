@@ -6,6 +6,7 @@ has exactly the rights the chart grants, and a right the chart lacks fails the t
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -28,21 +29,26 @@ TEMPLATES = (
 TOKEN_DURATION = "6h"  # longer than any test session
 
 
-def render_operator_account(local_env, release_namespace: str, watched: str) -> str:
+def render_operator_account(
+    local_env, release_namespace: str, watched: str, values: Sequence[str] = ()
+) -> str:
     """The chart's RBAC, ServiceAccount and peering objects for an operator watching one
-    namespace, as `helm template` renders them."""
+    namespace, as `helm template` renders them (with `values`, each KEY=VALUE, set)."""
     shown = [arg for template in TEMPLATES for arg in ("--show-only", template)]
+    sets = [arg for value in values for arg in ("--set", value)]
     return _run(
         local_env,
         "helm", "template", RELEASE, str(CHART), "--namespace", release_namespace,
-        "--set", f"watchNamespaces={{{watched}}}", *shown,
+        "--set", f"watchNamespaces={{{watched}}}", *sets, *shown,
     )  # fmt: skip
 
 
-def operator_kubeconfig(local_env, release_namespace: str, watched: str, dest: Path) -> Path:
+def operator_kubeconfig(
+    local_env, release_namespace: str, watched: str, dest: Path, values: Sequence[str] = ()
+) -> Path:
     """Apply the chart's objects for an operator watching `watched` and write a kubeconfig at
     `dest` that reaches the cluster as the chart's ServiceAccount."""
-    manifests = render_operator_account(local_env, release_namespace, watched)
+    manifests = render_operator_account(local_env, release_namespace, watched, values)
     _run(local_env, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-",
          stdin=manifests)  # fmt: skip
     account = next(

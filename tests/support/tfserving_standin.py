@@ -18,6 +18,10 @@ Serving's 404 `Servable not found for request: Specific(<name>, <version>)`, an 
 the newest AVAILABLE version (404 `Latest(<name>)` when there is none), and a status GET of a
 model with no version at all TF Serving's 404 `Could not find any versions of model <name>`.
 
+Real TF Serving opens its REST and gRPC ports only once it has loaded its models (its ServerCore
+loads them before the servers start): until then a connection is refused. A stand-in made
+`starting` does the same: its port is taken but refuses connections until `finish_starting()`.
+
     python tests/support/tfserving_standin.py --port 8501 --model half_plus_two [--versions 1,2]
 """
 
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -128,15 +134,38 @@ class SeenRequest:
 
 
 class TFServingStandIn:
-    """The server's state: its models, its delay, and the requests it saw (for tests)."""
+    """The server's state: its models, its delay, and the requests it saw (for tests).
+
+    `starting`: its port refuses connections until `finish_starting()`, as TF Serving's until
+    its first load is done."""
 
     def __init__(
-        self, models: dict[str, StandInModel] | None = None, delay_seconds: float = 0.0
+        self,
+        models: dict[str, StandInModel] | None = None,
+        delay_seconds: float = 0.0,
+        starting: bool = False,
     ) -> None:
         self.models = models if models is not None else {"half_plus_two": StandInModel()}
         self.delay_seconds = delay_seconds
         self.seen: list[SeenRequest] = []
         self.record = True
+        self._started = asyncio.Event()
+        self._listening = asyncio.Event()  # set by running_standin
+        if not starting:
+            self._started.set()
+
+    @property
+    def starting(self) -> bool:
+        return not self._started.is_set()
+
+    async def started(self) -> None:
+        """Returns once the stand-in has been told to finish starting."""
+        await self._started.wait()
+
+    async def finish_starting(self) -> None:
+        """The first load is done: the port opens; returns once it listens."""
+        self._started.set()
+        await self._listening.wait()
 
     @property
     def forwarded(self) -> list[SeenRequest]:
@@ -280,16 +309,36 @@ def _error(status: int, message: str) -> web.Response:
 async def running_standin(
     standin: TFServingStandIn | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[tuple[TFServingStandIn, str]]:
-    """The stand-in served in this event loop; yields it and its base URL."""
+    """The stand-in served in this event loop; yields it and its base URL. A starting stand-in
+    holds its port bound but not listening (a connection is refused, as by a TF Serving that is
+    loading its models) until it finishes starting."""
     standin = standin or TFServingStandIn()
     runner = web.AppRunner(standin.app(), access_log=None, shutdown_timeout=1)
     await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    opening: asyncio.Task[None] | None = None
     try:
-        await web.TCPSite(runner, host, port).start()
-        bound = runner.addresses[0]
+        sock.bind((host, port))
+        bound = sock.getsockname()
+
+        async def open_when_started() -> None:
+            await standin.started()
+            await web.SockSite(runner, sock).start()  # listens from here on
+            standin._listening.set()
+
+        opening = asyncio.create_task(open_when_started(), name="tfserving-standin-start")
+        if not standin.starting:
+            await opening
         yield standin, f"http://{bound[0]}:{bound[1]}"
     finally:
+        standin._listening.clear()
+        if opening is not None and not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
         await runner.cleanup()
+        sock.close()
 
 
 def standin_arguments(description: str) -> argparse.ArgumentParser:

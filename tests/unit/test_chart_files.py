@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from modelserving import api
+from modelserving.operator.settings import OperatorSettings
 from tests.support import REPO
 
 CHART = REPO / "charts" / "modelserving"
@@ -128,6 +129,11 @@ def test_values_shared_with_the_operator_are_its_defaults(path):
     for key in path.split("."):
         value = value[key]
     assert value == SHARED_DEFAULTS[path], f"values.yaml {path} is not modelserving.api's default"
+
+
+def test_the_chart_lets_the_operator_read_secrets_as_the_operator_does_by_default():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["rbac"]["readSecrets"] is OperatorSettings().read_secrets is True
 
 
 def test_the_readme_shows_each_values_default_as_values_yaml_has_it():

@@ -21,7 +21,7 @@ from modelserving.kafka_security import (
     parse_properties,
     to_mapping,
 )
-from modelserving.operator.kafka_access import parse_security, what_to_check
+from modelserving.operator.kafka_access import admin_secrets, parse_security, what_to_check
 from modelserving.operator.render_config import render_sidecar_config
 from modelserving.operator.render_pod import render_deployment
 from modelserving.operator.settings import OperatorSettings, SettingsError, settings_from
@@ -263,3 +263,21 @@ def test_a_ca_from_a_configmap_and_a_client_certificate_are_mounted_by_their_ent
     assert (logging["certFile"], logging["keyFile"]) == (
         "/etc/modelserving/kafka/client/user.crt", "/etc/modelserving/kafka/client/user.key",
     )  # fmt: skip
+
+
+def test_the_secrets_the_topic_admin_reads_are_the_ones_holding_credentials():
+    assert admin_secrets(parse_security(STRIMZI)) == ("my-cluster-cluster-ca-cert", "my-user")
+    ca_in_configmap = {"protocol": "SSL", "ca": {"configMapName": "kafka-ca"}}
+    assert admin_secrets(parse_security(ca_in_configmap)) == ()
+    assert admin_secrets(parse_security({"protocol": "PLAINTEXT"})) == ()
+
+
+def test_an_operator_may_be_told_not_to_read_secrets():
+    parser = argparse.ArgumentParser()
+    operator_parser(parser)
+    assert settings_from(parser.parse_args([]), {}).read_secrets is True
+    assert settings_from(parser.parse_args(["--read-secrets", "false"]), {}).read_secrets is False
+    chart = settings_from(parser.parse_args([]), {"MODELSERVING_READ_SECRETS": "false"})
+    assert chart.read_secrets is False
+    with pytest.raises(SettingsError, match="MODELSERVING_READ_SECRETS"):
+        settings_from(parser.parse_args([]), {"MODELSERVING_READ_SECRETS": "maybe"})

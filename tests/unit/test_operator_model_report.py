@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelserving.operator.model_report import event_for, model_status, ready_with_pods
+from modelserving.operator.model_report import (
+    event_for,
+    model_status,
+    ready_with_pods,
+    tfserving_exited,
+)
 from modelserving.operator.spec import ModelSpec, ModelVersion, ShadowSpec
 from modelserving.operator.status import Condition
 
@@ -170,6 +175,70 @@ def test_tf_serving_not_answering_is_server_unavailable():
     assert status.model_ready.reason == "ServerUnavailable"
     assert "connection refused" in status.model_ready.message
     assert ready_with_pods(READY, status).reason == "ServerUnavailable"
+
+
+def test_a_starting_tf_serving_is_model_loading_told_by_a_normal_event():
+    # A new pod: TF Serving loads the model before it opens its ports, and has not answered yet
+    refused = "TF Serving is not reachable (connection refused)"
+    starting = pod("a", version(3, "UNKNOWN", code=""), version(4, "UNKNOWN", code=""),
+                   version(5, "UNKNOWN", code=""), ready=False,
+                   server={"reachable": False, "state": "starting", "error": refused})  # fmt: skip
+
+    status = model_status(CANARY, [starting])
+
+    assert (status.model_ready.reason, status.model_ready.message) == (
+        "ModelLoading",
+        "TF Serving is starting and loading the model in a (it opens its ports once the model "
+        "is loaded; until then: TF Serving is not reachable (connection refused))",
+    )
+    ready = ready_with_pods(UNAVAILABLE, status)
+    assert (ready.status, ready.reason) == (False, "ModelLoading")
+    assert event_for("Unavailable", ready) == ("Normal", "ModelLoading")
+
+
+def test_a_tf_serving_down_after_starting_is_server_unavailable_told_by_a_warning():
+    # It answered and stopped, or the startup allowance passed without an answer
+    down = pod("a", ready=False, server={"reachable": False, "state": "down",
+                                         "error": "TF Serving is not reachable"})  # fmt: skip
+    starting = pod("b", ready=False, server={"reachable": False, "state": "starting",
+                                             "error": "TF Serving is not reachable"})  # fmt: skip
+
+    status = model_status(CANARY, [starting, down])
+
+    ready = ready_with_pods(UNAVAILABLE, status)
+    assert (ready.reason, status.model_ready.reason) == ("ServerUnavailable", "ServerUnavailable")
+    assert "TF Serving does not answer in a" in ready.message
+    assert event_for("ModelLoading", ready) == ("Warning", "ServerUnavailable")
+
+
+def test_a_tf_serving_that_exits_while_starting_is_server_unavailable_at_once():
+    # The kubelet restarts a TF Serving killed while it loads a model too big for its limit
+    status = {"containerStatuses": [
+        {"name": "sidecar", "restartCount": 0},
+        {"name": "tfserving", "restartCount": 2,
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+    ]}  # fmt: skip
+    exited = tfserving_exited(status)
+    assert exited == "OOMKilled, exit code 137"
+    assert tfserving_exited({"containerStatuses": [{"name": "tfserving", "restartCount": 0}]}) == ""
+    starting = pod("a", ready=False, server={"reachable": False, "state": "starting",
+                                             "error": "TF Serving is not reachable"})  # fmt: skip
+
+    status_now = model_status(CANARY, [{**starting, "tfservingExited": exited}])
+
+    ready = ready_with_pods(UNAVAILABLE, status_now)
+    assert (ready.reason, status_now.model_ready.message) == ("ServerUnavailable", (
+        "TF Serving in a exited before it answered once (OOMKilled, exit code 137): "
+        "kubectl logs a -c tfserving --previous says why"
+    ))  # fmt: skip
+    assert model_status(CANARY, [starting]).model_ready.reason == "ModelLoading"
+
+
+def test_a_report_without_a_server_state_is_read_by_reachable_alone():
+    # A sidecar older than the state: not reachable is down, as it always was
+    old = pod("a", server={"reachable": False, "error": "TF Serving is not reachable"})
+    assert model_status(CANARY, [old]).model_ready.reason == "ServerUnavailable"
+    assert model_status(CANARY, [healthy("b")]).model_ready.reason == "AllVersionsAvailable"
 
 
 def test_an_unusable_auth_config_is_auth_config_invalid():

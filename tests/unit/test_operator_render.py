@@ -23,7 +23,7 @@ from modelserving.operator.settings import (
 )
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import deployment_conditions, merge_conditions
-from modelserving.sidecar.config import AuthMode, LoggingMode, parse_config
+from modelserving.sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 
@@ -89,6 +89,18 @@ def test_the_spools_fsync_interval_is_the_specs_else_one_second():
 
     assert default.spool_fsync_interval_seconds == api.SPOOL_FSYNC_INTERVAL_SECONDS == 1.0
     assert every_write.spool_fsync_interval_seconds == 0.0
+
+
+def test_the_startup_allowance_is_the_specs_else_ten_minutes_for_the_sidecar_too():
+    said = mnist(server={"startupAllowanceSeconds": 1800})
+
+    default = parse_config(render_sidecar_config(mnist(), SETTINGS, 1)).upstream
+    slow_model = parse_config(render_sidecar_config(said, SETTINGS, 1)).upstream
+
+    assert default.startup_allowance_seconds == api.TFSERVING_STARTUP_ALLOWANCE_SECONDS == 600
+    # a sidecar config that leaves it out (a sidecar run by hand) has the same default
+    assert UpstreamConfig().startup_allowance_seconds == api.TFSERVING_STARTUP_ALLOWANCE_SECONDS
+    assert slow_model.startup_allowance_seconds == 1800.0
 
 
 def test_spec_brokers_and_topic_win_over_the_operator_defaults():

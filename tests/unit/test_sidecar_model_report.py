@@ -9,7 +9,7 @@ from pathlib import Path
 from modelserving.sidecar.apikeys import ApiKeyAuthenticator, hash_api_key
 from modelserving.sidecar.auth import READY, AuthHealth
 from modelserving.sidecar.model_report import ServedWindow, model_report, significant
-from modelserving.sidecar.model_state import ModelState, ModelStatus, VersionStatus
+from modelserving.sidecar.model_state import ModelState, ModelStatus, ServerState, VersionStatus
 from modelserving.sidecar.routing import Routing, ShadowVersion, WeightedVersion
 
 ROUTING = Routing(
@@ -24,7 +24,7 @@ def test_tf_servings_versions_and_the_routed_ones_it_does_not_report():
     status = ModelStatus((failed, VersionStatus(3, "AVAILABLE")))
     report = model_report(ModelState.of(status, 1.0), ROUTING, {3: 1234, 9: 2}, READY)
     assert report == {
-        "server": {"reachable": True, "error": ""},
+        "server": {"reachable": True, "state": "up", "error": ""},
         "versions": [
             {"version": 3, "state": "AVAILABLE", "errorCode": "OK", "errorMessage": "",
              "served": 1234},
@@ -39,7 +39,7 @@ def test_tf_servings_versions_and_the_routed_ones_it_does_not_report():
 def test_a_model_with_no_version_gives_each_routed_version_tf_servings_error():
     status = ModelStatus(error="Could not find any versions of model fraud", error_code="NOT_FOUND")
     report = model_report(ModelState.of(status, 1.0), ROUTING, {}, READY)
-    assert report["server"] == {"reachable": True, "error": ""}
+    assert report["server"] == {"reachable": True, "state": "up", "error": ""}
     assert {(v["version"], v["state"], v["errorCode"], v["errorMessage"])
             for v in report["versions"]} == {
         (n, "UNKNOWN", "NOT_FOUND", "Could not find any versions of model fraud") for n in (3, 4, 5)
@@ -50,11 +50,21 @@ def test_tf_serving_unreachable_says_why_and_knows_no_version():
     state = ModelState.unreachable("TF Serving is not reachable (connection refused)", 1.0)
     report = model_report(state, Routing.one_version(1), {}, AuthHealth(False, "no key"))
     assert report == {
-        "server": {"reachable": False, "error": "TF Serving is not reachable (connection refused)"},
+        "server": {"reachable": False, "state": "down",
+                   "error": "TF Serving is not reachable (connection refused)"},
         "versions": [{"version": 1, "state": "UNKNOWN", "errorCode": "", "errorMessage": "",
                       "served": 0}],
         "auth": {"ready": False, "error": "no key"},
     }  # fmt: skip
+
+
+def test_a_starting_tf_serving_is_reported_starting_and_going_down_is_written_at_once():
+    refused = "TF Serving is not reachable (connection refused)"
+    starting = model_report(ModelState.unreachable(refused, 1.0, ServerState.STARTING),
+                            Routing.one_version(1), {}, READY)  # fmt: skip
+    down = model_report(ModelState.unreachable(refused, 9.0), Routing.one_version(1), {}, READY)
+    assert starting["server"] == {"reachable": False, "state": "starting", "error": refused}
+    assert significant(starting) != significant(down)
 
 
 def test_served_counts_change_what_is_written_only_with_the_refresh():

@@ -4,6 +4,7 @@ stand-in) loads, fails and goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 
@@ -13,8 +14,10 @@ from modelserving.sidecar.config import UpstreamConfig
 from modelserving.sidecar.model_state import (
     ModelStateWatcher,
     ModelStatus,
+    ServerState,
     VersionStatus,
     parse_model_status,
+    server_state,
 )
 from modelserving.sidecar.proxy import Upstream
 from tests.support.tfserving_standin import (
@@ -118,3 +121,51 @@ async def test_the_watcher_says_why_tf_serving_is_unreachable():
     assert not state.reachable
     assert state.error == "TF Serving is not reachable (connection refused)"
     assert state.available == frozenset()
+
+
+def test_not_answering_is_starting_until_the_first_answer_or_the_allowance():
+    # No answer yet since the start: starting within the allowance, down after it
+    assert server_state(False, False, 599.0, 600) is ServerState.STARTING
+    assert server_state(False, False, 601.0, 600) is ServerState.DOWN
+    # Answered once, then stopped: down at once, allowance or not
+    assert server_state(False, True, 5.0, 600) is ServerState.DOWN
+    assert server_state(True, False, 5.0, 600) is ServerState.UP
+
+
+async def test_the_watcher_tells_a_starting_tf_serving_from_one_that_went_away():
+    # TF Serving loads the model before it opens its port: connections are refused meanwhile
+    standin = TFServingStandIn({MODEL: StandInModel((3,))}, starting=True)
+    async with contextlib.AsyncExitStack() as tf_serving:
+        _, url = await tf_serving.enter_async_context(running_standin(standin))
+        async with Upstream.running(UpstreamConfig(url=url)) as upstream:
+            watcher = ModelStateWatcher(upstream, MODEL, poll_seconds=60)
+            changes = []
+            watcher.on_change(changes.append)
+            state = await watcher.look()
+            assert (state.server, state.reachable) == (ServerState.STARTING, False)
+            assert state.error == "TF Serving is not reachable (connection refused)"
+            await standin.finish_starting()
+            state = await watcher.look()
+            assert (state.server, state.available) == (ServerState.UP, {3})
+            # It answered once: not answering now is down, long before the allowance
+            await tf_serving.aclose()
+            state = await watcher.look()
+            assert state.server is ServerState.DOWN
+            assert state.error == "TF Serving is not reachable (connection refused)"
+    assert [c.server for c in changes] == [ServerState.UP, ServerState.DOWN]
+
+
+async def test_a_tf_serving_that_never_answers_in_the_allowance_is_down_and_says_so():
+    standin = TFServingStandIn({MODEL: StandInModel((3,))}, starting=True)
+    async with (
+        running_standin(standin) as (_, url),
+        Upstream.running(UpstreamConfig(url=url)) as upstream,
+    ):
+        watcher = ModelStateWatcher(upstream, MODEL, startup_allowance_seconds=0)
+        state = await watcher.look()
+    assert state.server is ServerState.DOWN
+    assert state.error == (
+        "TF Serving is not reachable (connection refused); it has not answered once in the 0 s "
+        "startup allowance since the pod started (TF Serving opens its ports once it has loaded "
+        "the model: its log says what holds it)"
+    )
