@@ -40,10 +40,15 @@ class NotATensor(ValueError):
 
 def _float32(value: float) -> float:
     """The shortest decimal that is the same float32."""
+    shorter = float(f"{value:.6g}")
+    if shorter == value:  # six digits or fewer (1.0, 2.5, inf): the value as it is, no packing
+        return value
     if not math.isfinite(value):
         return value
     packed = struct.pack("<f", value)
-    for digits in range(6, 10):
+    if struct.pack("<f", shorter) == packed:
+        return shorter
+    for digits in range(7, 10):
         shorter = float(f"{value:.{digits}g}")
         if struct.pack("<f", shorter) == packed:
             return shorter
@@ -65,46 +70,50 @@ def _text(value: bytes) -> Any:
         return {"b64": base64.b64encode(value).decode()}
 
 
-# dtype -> (struct code of one packed value, the typed field, what makes a JSON value of one)
+# dtype -> (struct code of one packed value, the typed field, what makes a JSON value of one;
+# None where the values read are their JSON values already: ints, bools, doubles)
 _Maker = Callable[[Any], Any]
-_DTYPES: dict[int, tuple[str, str, _Maker]] = {
+_DTYPES: dict[int, tuple[str, str, _Maker | None]] = {
     types_pb2.DT_FLOAT: ("f", "float_val", _float32),
-    types_pb2.DT_DOUBLE: ("d", "double_val", float),
-    types_pb2.DT_INT32: ("i", "int_val", int),
-    types_pb2.DT_UINT8: ("B", "int_val", int),
-    types_pb2.DT_INT16: ("h", "int_val", int),
-    types_pb2.DT_INT8: ("b", "int_val", int),
-    types_pb2.DT_UINT16: ("H", "int_val", int),
-    types_pb2.DT_INT64: ("q", "int64_val", int),
-    types_pb2.DT_UINT32: ("I", "uint32_val", int),
-    types_pb2.DT_UINT64: ("Q", "uint64_val", int),
-    types_pb2.DT_BOOL: ("?", "bool_val", bool),
+    types_pb2.DT_DOUBLE: ("d", "double_val", None),
+    types_pb2.DT_INT32: ("i", "int_val", None),
+    types_pb2.DT_UINT8: ("B", "int_val", None),
+    types_pb2.DT_INT16: ("h", "int_val", None),
+    types_pb2.DT_INT8: ("b", "int_val", None),
+    types_pb2.DT_UINT16: ("H", "int_val", None),
+    types_pb2.DT_INT64: ("q", "int64_val", None),
+    types_pb2.DT_UINT32: ("I", "uint32_val", None),
+    types_pb2.DT_UINT64: ("Q", "uint64_val", None),
+    types_pb2.DT_BOOL: ("?", "bool_val", None),
     types_pb2.DT_HALF: ("H", "half_val", _half),
     types_pb2.DT_BFLOAT16: ("H", "half_val", _bfloat16),
     types_pb2.DT_STRING: ("", "string_val", _text),
 }
+_WIDTHS = {code: struct.calcsize(code) for code, _, _ in _DTYPES.values() if code}
 
 
 def tensor_value(tensor: TensorProto) -> Any:
     """The tensor as TF Serving's REST JSON writes it: nested lists by its shape."""
     dtype = tensor.dtype
-    if dtype not in _DTYPES:
+    kind = _DTYPES.get(dtype)
+    if kind is None:
         raise NotATensor(f"dtype {types_pb2.DataType.Name(dtype)} is not written as JSON")
-    code, field, make = _DTYPES[dtype]
+    code, field, make = kind
     shape = [d.size for d in tensor.tensor_shape.dim]
-    if any(size < 0 for size in shape):
-        raise NotATensor(f"a tensor's shape must be known, got {shape}")
     size = math.prod(shape)
+    if shape and min(shape) < 0:
+        raise NotATensor(f"a tensor's shape must be known, got {shape}")
     raw: Iterable[Any]
-    if tensor.tensor_content and code:
-        width = struct.calcsize(code)
-        if len(tensor.tensor_content) != size * width:
-            raise NotATensor(f"tensor_content holds {len(tensor.tensor_content)} bytes, not "
+    content = tensor.tensor_content
+    if content and code:
+        width = _WIDTHS[code]
+        if len(content) != size * width:
+            raise NotATensor(f"tensor_content holds {len(content)} bytes, not "
                              f"{size} values of {width}")  # fmt: skip
-        raw = struct.unpack(f"<{size}{code}", tensor.tensor_content)
+        raw = struct.unpack(f"<{size}{code}", content)  # every value in one call
     else:
         raw = getattr(tensor, field)
-    values = [make(v) for v in raw]
+    values = list(raw) if make is None else list(map(make, raw))
     if len(values) < size:
         if not values:
             raise NotATensor(f"a tensor of shape {shape} holds no values")
@@ -115,12 +124,14 @@ def tensor_value(tensor: TensorProto) -> Any:
 
 
 def _nest(values: list[Any], shape: list[int]) -> Any:
+    """The flat values as nested lists of `shape`: grouped by the innermost dimension first,
+    one list comprehension per dimension."""
     if not shape:
         return values[0]
-    if len(shape) == 1:
-        return values
-    step = math.prod(shape[1:])
-    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+    for depth in range(len(shape) - 1, 0, -1):
+        size, groups = shape[depth], math.prod(shape[:depth])
+        values = [values[i * size : (i + 1) * size] for i in range(groups)]
+    return values
 
 
 def _feature(feature: Feature) -> Any:
@@ -146,15 +157,19 @@ def _signature(spec: apis.ModelSpec) -> dict[str, str]:
 
 def _predict_request(body: bytes) -> dict[str, Any]:
     request = apis.PredictRequest.FromString(body)
-    inputs = {name: tensor_value(t) for name, t in sorted(request.inputs.items())}
-    return {**_signature(request.model_spec), "inputs": inputs}
+    inputs = request.inputs
+    values = {name: tensor_value(inputs[name]) for name in sorted(inputs)}
+    if request.model_spec.signature_name:
+        return {"signature_name": request.model_spec.signature_name, "inputs": values}
+    return {"inputs": values}
 
 
 def _predict_response(body: bytes) -> dict[str, Any]:
     outputs = apis.PredictResponse.FromString(body).outputs
     if len(outputs) == 1:
-        return {"outputs": tensor_value(next(iter(outputs.values())))}
-    return {"outputs": {name: tensor_value(t) for name, t in sorted(outputs.items())}}
+        for tensor in outputs.values():
+            return {"outputs": tensor_value(tensor)}
+    return {"outputs": {name: tensor_value(outputs[name]) for name in sorted(outputs)}}
 
 
 def _examples_request(body: bytes, message: type[Any]) -> dict[str, Any]:
@@ -186,8 +201,12 @@ _CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = 
 }
 
 
+# json.dumps(value, allow_nan=False) would make an encoder per call.
+_ENCODE = json.JSONEncoder(allow_nan=False).encode
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, allow_nan=False).encode()
+    return _ENCODE(value).encode()
 
 
 def rest_json(
