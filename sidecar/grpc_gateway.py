@@ -207,20 +207,11 @@ class GrpcGateway:
         timeout = self.timeout if remaining is None else min(remaining, self.timeout)
         passed_on = [(REQUEST_ID, rid)]
         passed_on += [(key, metadata[key]) for key in _PASSED_ON if key in metadata]
-        # A version the routing names is x-model-version whatever TF Serving answers: its
-        # metadata goes out while the call is forwarded, not after (one batch of gRPC's fewer
-        # on the path, and the two overlap).
-        early = version.header if version is not None and version.known else None
         upstream_started = time.perf_counter()
         try:
-            call = self.upstream[method.path](forwarded, timeout=timeout, metadata=passed_on)
-            if early is not None:
-                try:
-                    await context.send_initial_metadata(((REQUEST_ID, rid), (MODEL_VERSION, early)))
-                except BaseException:  # the caller left: the forwarded call goes too
-                    call.cancel()
-                    raise
-            answer: bytes = await call
+            answer: bytes = await self.upstream[method.path](
+                forwarded, timeout=timeout, metadata=passed_on
+            )
             code, details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as exc:
             answer, code, details = b"", exc.code(), exc.details() or ""
@@ -231,9 +222,8 @@ class GrpcGateway:
             served = version.header
         self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
         status = HTTP_STATUS.get(code, 500)
-        if early is None:
-            answered = [(REQUEST_ID, rid)] + ([(MODEL_VERSION, served)] if served else [])
-            await context.send_initial_metadata(answered)
+        answered = [(REQUEST_ID, rid)] + ([(MODEL_VERSION, served)] if served else [])
+        await context.send_initial_metadata(answered)
         if method.logged and self.sink is not None:
             exchange = Exchange(
                 request_id=rid,
