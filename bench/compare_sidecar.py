@@ -23,9 +23,10 @@ over that direct gRPC call. ghz and the
 upstream are built into the benchmark's cache when missing (a minute, once).
 
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
-change is compared with what it replaces in the same run; --candidate REV measures a revision
-instead of the working tree. The log-on configurations produce into the real broker of the
-local environment (.localenv/env.json); without it they are skipped. No cluster is needed.
+change is compared with what it replaces in the same run (over gRPC too, with --grpc);
+--candidate REV measures a revision instead of the working tree. The log-on configurations
+produce into the real broker of the local environment (.localenv/env.json); without it they are
+skipped. No cluster is needed.
 """
 
 from __future__ import annotations
@@ -194,21 +195,43 @@ def report(
     return "\n".join(lines)
 
 
-def grpc_configurations(side: SidecarBench, args: argparse.Namespace) -> list[GrpcConfiguration]:
-    """With --grpc: the direct gRPC call (with --latency) and the sidecar over gRPC."""
+def revisions(args: argparse.Namespace, workdir: Path) -> list[tuple[Path | None, str]]:
+    """The sidecars measured: (its tree, None for the working tree; its label), --baseline's
+    first."""
+    versions: list[tuple[Path | None, str]] = [(None, "")]
+    if args.candidate:
+        versions = [(tree_at(args.candidate, workdir / "candidate"), f" @{args.candidate}")]
+    if args.baseline:
+        versions.insert(0, (tree_at(args.baseline, workdir / "baseline"), f" @{args.baseline}"))
+    return versions
+
+
+def grpc_configurations(
+    side: SidecarBench, args: argparse.Namespace, versions: list[tuple[Path | None, str]]
+) -> list[GrpcConfiguration]:
+    """With --grpc: the direct gRPC call (with --latency), the bare grpc.aio proxy and the
+    sidecar over gRPC, of each revision measured."""
     if not args.grpc:
         return []
     configs = [GrpcConfiguration(DIRECT_GRPC, direct_grpc)] if args.latency else []
     configs.append(GrpcConfiguration(grpc_path.GRPC_BARE, bare_grpc_proxy))
-    if not args.no_log_off:
-        configs.append(GrpcConfiguration(GRPC_LOG_OFF, sidecar_grpc(side, log_on=False)))
-    if side.bootstrap:
-        configs.append(GrpcConfiguration(grpc_path.GRPC_SIDECAR, sidecar_grpc(side)))
+    for code, label in versions:
+        if not args.no_log_off:
+            configs.append(GrpcConfiguration(grpc_name(GRPC_LOG_OFF, label),
+                                              sidecar_grpc(side, False, code)))  # fmt: skip
+        if side.bootstrap:
+            configs.append(GrpcConfiguration(grpc_name(grpc_path.GRPC_SIDECAR, label),
+                                              sidecar_grpc(side, True, code)))  # fmt: skip
     return configs
 
 
+def grpc_name(name: str, label: str) -> str:
+    """A gRPC sidecar's name with its revision's label: "sidecar @REV over gRPC, ..."."""
+    return name.replace("sidecar", f"sidecar{label}", 1)
+
+
 def configurations(
-    side: SidecarBench, args: argparse.Namespace, workdir: Path
+    side: SidecarBench, args: argparse.Namespace, versions: list[tuple[Path | None, str]]
 ) -> list[Configuration]:
     """What the flags ask for, in the order they are measured in each round."""
     configs = []
@@ -217,11 +240,6 @@ def configurations(
     if not args.no_asyncio_bare:
         configs.append(Configuration("bare aiohttp proxy", aiohttp_proxy()))
     configs.append(Configuration(REFERENCE, aiohttp_proxy(uvloop=True)))
-    versions: list[tuple[Path | None, str]] = [(None, "")]
-    if args.candidate:
-        versions = [(tree_at(args.candidate, workdir / "candidate"), f" @{args.candidate}")]
-    if args.baseline:
-        versions.insert(0, (tree_at(args.baseline, workdir / "baseline"), f" @{args.baseline}"))
     for code, label in versions:
         if not args.no_log_off:
             configs.append(side.configuration(f"sidecar{label}, apiKey, log off", "apiKey",
@@ -304,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         for note in side.notes:
             progress(note)
         try:
+            versions = revisions(args, Path(tmp))
             configs: list[Configuration | GrpcConfiguration] = [
-                *configurations(side, args, Path(tmp)), *grpc_configurations(side, args)
+                *configurations(side, args, versions), *grpc_configurations(side, args, versions)
             ]  # fmt: skip
             results: dict[str, list[Result]] = {c.name: [] for c in configs}
             with contextlib.ExitStack() as running:
@@ -332,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     waiting = pressure.read_text().split()[2] if pressure.exists() else "?"
     print(f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
           f"load avg {loadavg}, CPU pressure {waiting}")  # fmt: skip
-    print(report(results, REFERENCE, args.latency, BASES))
+    # Every gRPC configuration's latency is added over the direct gRPC call, revisions' too.
+    bases = {c.name: DIRECT_GRPC for c in configs if isinstance(c, GrpcConfiguration)}
+    print(report(results, REFERENCE, args.latency, {**BASES, **bases}))
     return 0
 
 

@@ -156,16 +156,18 @@ def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
         proc.stop()
 
 
-def sidecar_grpc(side: SidecarBench, log_on: bool = True) -> Callable[[GrpcBench], Any]:
+def sidecar_grpc(
+    side: SidecarBench, log_on: bool = True, code: Path | None = None
+) -> Callable[[GrpcBench], Any]:
     """The sidecar of REST's ONE_VERSION (log on) or of its log-off one, called over its gRPC
     port; REST's upstream (nginx) stays its model-status source, as TF Serving's REST port is
-    in a pod."""
+    in a pod. `code`: a tree from `tree_at` whose sidecar runs instead of this one."""
 
     @contextlib.contextmanager
     def start(grpc: GrpcBench) -> Iterator[Started]:
         port = free_port()
         settings = {"port": port, "upstream": f"127.0.0.1:{grpc.upstream_port}"}
-        with side.running("apiKey", log_on, grpc=settings) as (proc, _, topic):
+        with side.running("apiKey", log_on, code=code, grpc=settings) as (proc, _, topic):
             proc.wait_port(port)
             metadata = {"authorization": f"ApiKey {API_KEY}"}
             yield Started(proc, load.GrpcTarget(port, grpc.request, metadata), topic)

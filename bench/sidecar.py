@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -184,8 +185,8 @@ class SidecarBench:
         if topic:
             config["logging"] = {"mode": "ALL", "topic": topic, "bootstrapServers": self.bootstrap,
                                  "spoolDir": str(spool), **logging}  # fmt: skip
-        folder = self.bench.workdir / f"sidecar-{port}"
-        folder.mkdir()
+        # A folder of each start's own: a port free again is given to a later sidecar too.
+        folder = Path(tempfile.mkdtemp(prefix=f"sidecar-{port}-", dir=self.bench.workdir))
         if routing is not None:
             (folder / "routing.yaml").write_text(json.dumps(routing, indent=1))
         path = folder / "sidecar.yaml"
@@ -216,7 +217,7 @@ class SidecarBench:
         topic = f"bench-{uuid.uuid4().hex[:10]}" if log_on else None
         if topic:
             create_topic(self.bootstrap or "", topic)
-        spool = self.bench.workdir / f"spool-{port}"
+        spool = self.bench.workdir / f"spool-{port}-{uuid.uuid4().hex[:8]}"  # none replayed
         config = self.render_config(port, auth, topic, spool, routing, grpc, **logging)
         proc = self.process(config, port, "sidecar", loop, code)
         try:

@@ -242,6 +242,9 @@ class GrpcGateway:
         self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
         status = HTTP_STATUS.get(code, 500)
         answered = [(REQUEST_ID, rid)] + ([(MODEL_VERSION, served)] if served else [])
+        # A gRPC batch of its own (grpc.aio cannot send initial metadata with the answer): 25 to
+        # 110 µs of CPU a call in the benchmark, the largest single part of what the sidecar
+        # adds over a bare grpc.aio proxy (its own Python is about 9 µs).
         await context.send_initial_metadata(answered)
         if method.logged and self.sink is not None:
             exchange = Exchange(

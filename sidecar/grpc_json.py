@@ -202,8 +202,8 @@ class _Items:
         yield "]"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False)
+# json.dumps(value, allow_nan=False) would make an encoder per call.
+_dumps = json.JSONEncoder(allow_nan=False).encode
 
 
 def _chunks(value: Any) -> Iterator[str]:
@@ -334,7 +334,7 @@ _CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = 
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, allow_nan=False).encode()
+    return _dumps(value).encode()
 
 
 def request_json(method: str, body: bytes, up_to: int = 0) -> bytes:
