@@ -82,7 +82,7 @@ def test_rendered_rules_pass_promtools_check_and_unit_tests(local_env, tmp_path)
         ["promtool", "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 9 rules found" in check.stdout
+    assert "SUCCESS: 10 rules found" in check.stdout
     tested = subprocess.run(["promtool", "test", "rules", str(tmp_path / PROMTOOL_TESTS.name)],
                             capture_output=True, text=True)  # fmt: skip
     assert tested.returncode == 0, tested.stdout + tested.stderr
