@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,9 +44,9 @@ SIZES = tuple(int(n) for n in os.environ.get("BENCH_OPERATOR_SIZES", "100,1000")
 # gives no ratio at all.
 READY_TIMEOUT = 300.0
 SETTLE_SECONDS = 15.0
-# Requests the applier keeps in flight (both sides): past about this many the API server of the
-# local cluster answers no faster, it only queues them.
-FLOOR_CONCURRENCY = 16
+# Requests the applier keeps in flight (both sides): as many as the operator's own default
+# (--api-concurrency), so the floor never has less room at the API server than the operator.
+FLOOR_CONCURRENCY = 32
 WATCHED_KINDS = (
     "modelservings,deployments,services,configmaps,serviceaccounts,rolebindings,networkpolicies"
 )
@@ -262,7 +263,7 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
                 round(time.monotonic() - started, 1) if ready >= n else None
             )
         if spy is not None:
-            spy.terminate()
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
         result["operator"] = metrics.summary(n)
         result["events_per_serving"] = round(event_count(cluster, namespace) / n, 2)

@@ -33,7 +33,7 @@ from modelserving.operator.names import (
     cluster_role_binding_name,
 )
 from modelserving.operator.peering import peering_priority
-from modelserving.operator.reconcile import Reconciler, reconcile
+from modelserving.operator.reconcile import Again, Reconciler, reconcile
 from modelserving.operator.secret_refs import key_digests, secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
@@ -167,7 +167,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     rec: Reconciler = memo.reconciler
     for task in rec.workers:
         task.cancel()
-    for handle in rec.retries.values():
+    for handle in [*rec.retries.values(), *rec.waits.values()]:
         handle.cancel()
     await rec.topics.close()
     await rec.kube.close()
@@ -267,12 +267,7 @@ async def serving_event(
     if type == "DELETED":
         # Namespaced children go with the serving (ownerReferences); the cluster-scoped
         # binding cannot be owned by it, so it goes here.
-        if handle := rec.retries.pop(key, None):
-            handle.cancel()
-        rec.queue.forget(key)
-        rec.verified.pop(key, None)
-        rec.reconciled.discard(key)
-        rec.told_reasons.pop(key, None)
+        rec.forget(key)
         spec = ServingSpec.from_body(body)
         if spec.auth.mode == "kubernetes":
             await rec.kube.delete("ClusterRoleBinding", cluster_role_binding_name(spec))
@@ -373,29 +368,45 @@ async def _reconcile(
         for name in _secrets_read(serving)
     }
     try:
-        delay = await reconcile(
+        again = await reconcile(
             rec, serving, children, pods=pods, secrets=secrets,
             from_serving_event=from_serving_event,
         )  # fmt: skip
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
-        delay = rec.settings.retry_seconds
-    if delay:
-        _retry_later(memo, key, delay)
+        again = Again(rec.settings.retry_seconds, failed=True)
+    if again is None:
+        return "done"
+    if again.failed:
+        _retry_later(memo, key, again.seconds)
         return "retry"
+    _mark_later(rec, rec.waits, key, again.seconds)
     return "done"
 
 
 def _retry_later(memo: kopf.Memo, key: tuple[str, str], delay: float) -> None:
     rec: Reconciler = memo.reconciler
-    if key in rec.retries:
-        return
+    _mark_later(rec, rec.retries, key, delay)
+
+
+def _mark_later(
+    rec: Reconciler,
+    timers: dict[tuple[str, str], asyncio.TimerHandle],
+    key: tuple[str, str],
+    delay: float,
+) -> None:
+    """Mark the serving again in `delay` seconds, unless `timers` holds a sooner mark of it."""
+    loop = asyncio.get_running_loop()
+    if (pending := timers.get(key)) is not None:
+        if pending.when() <= loop.time() + delay:
+            return
+        pending.cancel()
 
     def again() -> None:
-        rec.retries.pop(key, None)
+        timers.pop(key, None)
         rec.queue.add(key, serving_event=True)
 
-    rec.retries[key] = asyncio.get_running_loop().call_later(delay, again)
+    timers[key] = loop.call_later(delay, again)
 
 
 async def _delete_orphan_binding(

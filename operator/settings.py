@@ -56,7 +56,7 @@ class OperatorSettings:
     peering_lifetime_seconds: int = 15
     log_level: str = "INFO"
     worker_limit: int = 20
-    api_concurrency: int = 10
+    api_concurrency: int = 32
     api_timeout_seconds: float = 30.0
     watch_timeout_seconds: float = 300.0
     kafka_timeout_seconds: float = 10.0
