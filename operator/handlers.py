@@ -26,7 +26,7 @@ from modelserving import api
 from modelserving.operator.kopf_internals import count_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
-from modelserving.operator.modelids import ModelIds
+from modelserving.operator.modelids import ModelIds, recorded_model_id
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
@@ -133,15 +133,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Only the events we post on purpose, not every log line of a handler.
     settings.posting.level = logging.WARNING
     kube = KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds)
-    memo.reconciler = Reconciler(
+    memo.reconciler = rec = Reconciler(
         kube=kube,
         settings=ours,
         topics=TopicKeeper(ours.kafka_timeout_seconds),
-        model_ids=ModelIds(kube, ours.operator_namespace),
+        model_ids=ModelIds(kube, ours.operator_namespace, lambda: _servings_without_id(rec)),
         metrics=OperatorMetrics(kube.writes),
     )
     if ours.metrics_port:
         memo.metrics_server = await _serve_metrics(memo.reconciler)
+
+
+def _servings_without_id(rec: Reconciler) -> int:
+    """Servings the watch cache holds that have no modelId yet (each will take one)."""
+    return sum(
+        recorded_model_id(serving) is None
+        for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values()
+        for serving in store
+    )
 
 
 async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
