@@ -23,7 +23,8 @@ import kopf
 from aiohttp import web
 
 from modelserving import api
-from modelserving.operator.kopf_internals import count_watch_streams
+from modelserving.operator.cached import CachedChild
+from modelserving.operator.kopf_internals import wrap_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.modelids import ModelIds, recorded_model_id
@@ -140,6 +141,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         model_ids=ModelIds(kube, ours.operator_namespace, lambda: _servings_without_id(rec)),
         metrics=OperatorMetrics(kube.writes),
     )
+    wrap_watch_streams(rec.metrics.watches)
     if ours.metrics_port:
         memo.metrics_server = await _serve_metrics(memo.reconciler)
 
@@ -166,7 +168,6 @@ async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
 
     rec.metrics.observe(queue, servings)
     rec.queue.on_wait = rec.metrics.waited
-    count_watch_streams(rec.metrics.watches)
     registry = registry_of(rec.metrics)
     return await serve_metrics(registry, rec.settings.metrics_port, rec.settings.metrics_path)
 
@@ -184,14 +185,13 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await server.cleanup()
 
 
-def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
-    """What the caches keep of an object: all but managedFields, its largest part, which
-    nothing here reads. (The index functions are coroutines: kopf runs plain functions in a
-    thread pool, a hop per event that costs more than the function.)"""
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the servings' cache keeps of a serving: all but managedFields, its largest part,
+    which nothing here reads; children are kept as cached.CachedChild. (The index functions
+    are coroutines: kopf runs plain functions in a thread pool, a hop per event that costs
+    more than the function.)"""
     slim = dict(body)
     slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    if kind:
-        slim["kind"] = kind
     return slim
 
 
@@ -217,9 +217,9 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
     index_id = f"children_{plural}"
 
-    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CachedChild]:
         key = _serving_of(body)
-        return {key: _slim(body, kind)} if key else {}
+        return {key: CachedChild.of(body, kind)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         key = _serving_of(body)

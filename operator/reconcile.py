@@ -19,6 +19,7 @@ import kopf
 
 from modelserving import api
 from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving.operator.cached import CachedChild
 from modelserving.operator.kafka_access import MissingCredentials, admin_security, what_to_check
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
@@ -133,7 +134,7 @@ def _now() -> str:
 async def reconcile(
     rec: Reconciler,
     serving: Mapping[str, Any],
-    children: Iterable[Mapping[str, Any]],
+    children: Iterable[CachedChild],
     *,
     pods: Iterable[Mapping[str, Any]] = (),
     secrets: Mapping[str, KeyDigests | None] | None = None,
@@ -157,16 +158,22 @@ async def reconcile(
         rec.writes += 1
         assigned = True
 
-    children = list(children)
-    live = {(c["kind"], c["metadata"]["name"]): c for c in children}
-    deployment, apply_error = live.get(("Deployment", key[1])), None
+    cached = {(c.kind, c.name): c for c in children}
+    deployment: Mapping[str, Any] | None = None
+    if cached_deployment := cached.get(("Deployment", key[1])):
+        deployment = cached_deployment.parsed()
+    apply_error = None
     checksum = _secrets_checksum(spec, secrets or {}, deployment)
     render_key = (
         serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
     )  # fmt: skip
-    seen = frozenset((*k, c["metadata"].get("resourceVersion")) for k, c in live.items())
+    seen = frozenset((*k, c.resource_version) for k, c in cached.items())
     done: dict[str, list[str]] = {}
     if rec.verified.get(key) != (render_key, seen):
+        live = {
+            k: deployment if k[0] == "Deployment" and deployment else c.parsed()
+            for k, c in cached.items()
+        }
         deployment, apply_error, done = await _apply_children(
             rec, serving, spec, model_id, checksum, live, deployment
         )
