@@ -50,7 +50,7 @@ FLOOR_CONCURRENCY = 32
 WATCHED_KINDS = (
     "modelservings,deployments,services,configmaps,serviceaccounts,rolebindings,networkpolicies"
 )
-SCRAPE_SECONDS = 2.0
+SCRAPE_SECONDS = 5.0  # as often as a keen Prometheus; each scrape costs the operator CPU
 
 
 class Cluster:

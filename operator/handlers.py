@@ -23,7 +23,7 @@ import kopf
 from aiohttp import web
 
 from modelserving import api
-from modelserving.operator.cached import CachedChild
+from modelserving.operator.cached import CachedObject
 from modelserving.operator.kopf_internals import wrap_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
@@ -148,11 +148,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 def _servings_without_id(rec: Reconciler) -> int:
     """Servings the watch cache holds that have no modelId yet (each will take one)."""
-    return sum(
-        recorded_model_id(serving) is None
-        for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values()
-        for serving in store
-    )
+    return sum(recorded_model_id(serving) is None for serving in _cached_servings(rec))
 
 
 async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
@@ -162,11 +158,7 @@ async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
         q = rec.queue
         return QueueState(q.waiting(), q.active(), q.oldest_wait(), len(rec.retries))
 
-    def servings() -> Iterator[Mapping[str, Any]]:
-        for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values():
-            yield from store
-
-    rec.metrics.observe(queue, servings)
+    rec.metrics.observe(queue, lambda: _cached_servings(rec))
     rec.queue.on_wait = rec.metrics.waited
     registry = registry_of(rec.metrics)
     return await serve_metrics(registry, rec.settings.metrics_port, rec.settings.metrics_path)
@@ -185,21 +177,20 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await server.cleanup()
 
 
-def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the servings' cache keeps of a serving: all but managedFields, its largest part,
-    which nothing here reads; children are kept as cached.CachedChild. (The index functions
-    are coroutines: kopf runs plain functions in a thread pool, a hop per event that costs
-    more than the function.)"""
-    slim = dict(body)
-    slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    return slim
-
-
+# The index functions are coroutines: kopf runs plain functions in a thread pool, a hop per event
+# that costs more than the function.
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
 async def index_serving(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], dict[str, Any]]:
-    return {(namespace, name): _slim(body)}
+) -> dict[tuple[str | None, str], CachedObject]:
+    return {(namespace, name): CachedObject.of(body, api.KIND)}
+
+
+def _cached_servings(rec: Reconciler) -> Iterator[dict[str, Any]]:
+    """Every serving the cache holds, parsed."""
+    for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values():
+        for cached in store:
+            yield cached.parsed()
 
 
 def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -217,9 +208,9 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
     index_id = f"children_{plural}"
 
-    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CachedChild]:
+    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CachedObject]:
         key = _serving_of(body)
-        return {key: CachedChild.of(body, kind)} if key else {}
+        return {key: CachedObject.of(body, kind)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         key = _serving_of(body)
@@ -363,7 +354,8 @@ async def _reconcile(
 ) -> str:
     """Reconcile one serving; returns the outcome the metrics count (metrics.OUTCOMES)."""
     rec: Reconciler = memo.reconciler
-    serving = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
+    cached = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
+    serving = cached.parsed() if cached is not None else None
     if serving is None or serving["metadata"].get("deletionTimestamp"):
         return "gone"  # gone or going: the garbage collector removes the children
     children = [

@@ -19,7 +19,7 @@ import kopf
 
 from modelserving import api
 from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
-from modelserving.operator.cached import CachedChild
+from modelserving.operator.cached import CachedObject
 from modelserving.operator.kafka_access import MissingCredentials, admin_security, what_to_check
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
@@ -134,7 +134,7 @@ def _now() -> str:
 async def reconcile(
     rec: Reconciler,
     serving: Mapping[str, Any],
-    children: Iterable[CachedChild],
+    children: Iterable[CachedObject],
     *,
     pods: Iterable[Mapping[str, Any]] = (),
     secrets: Mapping[str, KeyDigests | None] | None = None,
