@@ -262,6 +262,9 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
             result["seconds_to_all_ready"] = (
                 round(time.monotonic() - started, 1) if ready >= n else None
             )
+            # CPU the operator used meanwhile: near the wall time, it waited on itself; far
+            # below, on the API server.
+            result["operator_cpu_seconds"] = round(operator.cpu_seconds(), 1)
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
