@@ -55,11 +55,10 @@ class OperatorSettings:
     # (at most) after the active replica dies without leaving (SIGKILL, a lost node).
     peering_lifetime_seconds: int = 15
     log_level: str = "INFO"
-    # Reconciles mostly wait on the API server: many run at once, their requests capped by
-    # api_concurrency. At 1,000 servings applied at once, 20 reconciles at a time left the
-    # work queue 1,000 deep while the operator wrote at a third of the rate the API server
-    # took creates from the benchmark's applier.
-    worker_limit: int = 64
+    # At 1,000 servings, 64 reconciles at a time were no faster than 20 (their requests wait
+    # on api_concurrency and the API server, not on the workers) and held more memory at a
+    # start: 20 it stays.
+    worker_limit: int = 20
     api_concurrency: int = 32
     api_timeout_seconds: float = 30.0
     watch_timeout_seconds: float = 300.0
