@@ -23,18 +23,19 @@ import kopf
 from aiohttp import web
 
 from modelserving import api
-from modelserving.operator.kopf_internals import count_watch_streams
+from modelserving.operator.cached import CachedObject
+from modelserving.operator.kopf_internals import wrap_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.model_report import tfserving_exited
-from modelserving.operator.modelids import ModelIds
+from modelserving.operator.modelids import ModelIds, recorded_model_id
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
     cluster_role_binding_name,
 )
 from modelserving.operator.peering import peering_priority
-from modelserving.operator.reconcile import Reconciler, reconcile
+from modelserving.operator.reconcile import Again, Reconciler, reconcile
 from modelserving.operator.secret_refs import key_digests, secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
@@ -134,15 +135,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Only the events we post on purpose, not every log line of a handler.
     settings.posting.level = logging.WARNING
     kube = KubeClient.connect(ours.api_concurrency, ours.api_timeout_seconds)
-    memo.reconciler = Reconciler(
+    memo.reconciler = rec = Reconciler(
         kube=kube,
         settings=ours,
         topics=TopicKeeper(ours.kafka_timeout_seconds),
-        model_ids=ModelIds(kube, ours.operator_namespace),
+        model_ids=ModelIds(kube, ours.operator_namespace, lambda: _servings_without_id(rec)),
         metrics=OperatorMetrics(kube.writes),
     )
+    wrap_watch_streams(rec.metrics.watches)
     if ours.metrics_port:
         memo.metrics_server = await _serve_metrics(memo.reconciler)
+
+
+def _servings_without_id(rec: Reconciler) -> int:
+    """Servings the watch cache holds that have no modelId yet (each will take one)."""
+    return sum(recorded_model_id(serving) is None for serving in _cached_servings(rec))
 
 
 async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
@@ -152,13 +159,8 @@ async def _serve_metrics(rec: Reconciler) -> web.AppRunner:
         q = rec.queue
         return QueueState(q.waiting(), q.active(), q.oldest_wait(), len(rec.retries))
 
-    def servings() -> Iterator[Mapping[str, Any]]:
-        for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values():
-            yield from store
-
-    rec.metrics.observe(queue, servings)
+    rec.metrics.observe(queue, lambda: _cached_servings(rec))
     rec.queue.on_wait = rec.metrics.waited
-    count_watch_streams(rec.metrics.watches)
     registry = registry_of(rec.metrics)
     return await serve_metrics(registry, rec.settings.metrics_port, rec.settings.metrics_path)
 
@@ -168,7 +170,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     rec: Reconciler = memo.reconciler
     for task in rec.workers:
         task.cancel()
-    for handle in rec.retries.values():
+    for handle in [*rec.retries.values(), *rec.waits.values()]:
         handle.cancel()
     await rec.topics.close()
     await rec.kube.close()
@@ -176,22 +178,20 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await server.cleanup()
 
 
-def _slim(body: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
-    """What the caches keep of an object: all but managedFields, its largest part, which
-    nothing here reads. (The index functions are coroutines: kopf runs plain functions in a
-    thread pool, a hop per event that costs more than the function.)"""
-    slim = dict(body)
-    slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    if kind:
-        slim["kind"] = kind
-    return slim
-
-
+# The index functions are coroutines: kopf runs plain functions in a thread pool, a hop per event
+# that costs more than the function.
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SERVINGS_INDEX)
 async def index_serving(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], dict[str, Any]]:
-    return {(namespace, name): _slim(body)}
+) -> dict[tuple[str | None, str], CachedObject]:
+    return {(namespace, name): CachedObject.of(body, api.KIND)}
+
+
+def _cached_servings(rec: Reconciler) -> Iterator[dict[str, Any]]:
+    """Every serving the cache holds, parsed."""
+    for store in (rec.indexes.get(SERVINGS_INDEX) or {}).values():
+        for cached in store:
+            yield cached.parsed()
 
 
 def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -209,9 +209,9 @@ def _serving_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
     index_id = f"children_{plural}"
 
-    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CachedObject]:
         key = _serving_of(body)
-        return {key: _slim(body, kind)} if key else {}
+        return {key: CachedObject.of(body, kind)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         key = _serving_of(body)
@@ -270,12 +270,7 @@ async def serving_event(
     if type == "DELETED":
         # Namespaced children go with the serving (ownerReferences); the cluster-scoped
         # binding cannot be owned by it, so it goes here.
-        if handle := rec.retries.pop(key, None):
-            handle.cancel()
-        rec.queue.forget(key)
-        rec.verified.pop(key, None)
-        rec.reconciled.discard(key)
-        rec.told_reasons.pop(key, None)
+        rec.forget(key)
         spec = ServingSpec.from_body(body)
         if spec.auth.mode == "kubernetes":
             await rec.kube.delete("ClusterRoleBinding", cluster_role_binding_name(spec))
@@ -369,7 +364,8 @@ async def _reconcile(
 ) -> str:
     """Reconcile one serving; returns the outcome the metrics count (metrics.OUTCOMES)."""
     rec: Reconciler = memo.reconciler
-    serving = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
+    cached = next(iter(indexes[SERVINGS_INDEX].get(key, [])), None)
+    serving = cached.parsed() if cached is not None else None
     if serving is None or serving["metadata"].get("deletionTimestamp"):
         return "gone"  # gone or going: the garbage collector removes the children
     children = [
@@ -387,29 +383,45 @@ async def _reconcile(
         else None
     )
     try:
-        delay = await reconcile(
+        again = await reconcile(
             rec, serving, children, pods=pods, secrets=secrets,
             from_serving_event=from_serving_event,
         )  # fmt: skip
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
-        delay = rec.settings.retry_seconds
-    if delay:
-        _retry_later(memo, key, delay)
+        again = Again(rec.settings.retry_seconds, failed=True)
+    if again is None:
+        return "done"
+    if again.failed:
+        _retry_later(memo, key, again.seconds)
         return "retry"
+    _mark_later(rec, rec.waits, key, again.seconds)
     return "done"
 
 
 def _retry_later(memo: kopf.Memo, key: tuple[str, str], delay: float) -> None:
     rec: Reconciler = memo.reconciler
-    if key in rec.retries:
-        return
+    _mark_later(rec, rec.retries, key, delay)
+
+
+def _mark_later(
+    rec: Reconciler,
+    timers: dict[tuple[str, str], asyncio.TimerHandle],
+    key: tuple[str, str],
+    delay: float,
+) -> None:
+    """Mark the serving again in `delay` seconds, unless `timers` holds a sooner mark of it."""
+    loop = asyncio.get_running_loop()
+    if (pending := timers.get(key)) is not None:
+        if pending.when() <= loop.time() + delay:
+            return
+        pending.cancel()
 
     def again() -> None:
-        rec.retries.pop(key, None)
+        timers.pop(key, None)
         rec.queue.add(key, serving_event=True)
 
-    rec.retries[key] = asyncio.get_running_loop().call_later(delay, again)
+    timers[key] = loop.call_later(delay, again)
 
 
 async def _delete_orphan_binding(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from modelserving import api
@@ -64,12 +64,17 @@ async def take_ids(kube: KubeClient, namespace: str, count: int = 1) -> int:
 
 class ModelIds:
     """Hands out ids to the servings that need one, from blocks taken of the counter: the
-    servings waiting at the same moment (a thousand applied at once) share one counter write,
-    instead of each racing the others for it. Ids of a block not handed out when the operator
-    stops are never used: ids stay unique, with gaps."""
+    servings that need one at the same moment (a thousand applied at once) share one counter
+    write, instead of each racing the others for it. `pending` says how many servings are known
+    to need an id (those the watch cache holds without one): a block covers them, not only the
+    few whose reconciles wait for an id right now. Ids of a block not handed out when the
+    operator stops are never used: ids stay unique, with gaps."""
 
-    def __init__(self, kube: KubeClient, namespace: str) -> None:
+    def __init__(
+        self, kube: KubeClient, namespace: str, pending: Callable[[], int] = lambda: 0
+    ) -> None:
         self._kube, self._namespace = kube, namespace
+        self._pending = pending
         self._lock = asyncio.Lock()
         self._free: collections.deque[int] = collections.deque()
         self._waiting = 0
@@ -79,7 +84,7 @@ class ModelIds:
         try:
             async with self._lock:
                 if not self._free:
-                    count = min(self._waiting, MAX_BLOCK)
+                    count = min(max(self._waiting, self._pending()), MAX_BLOCK)
                     first = await take_ids(self._kube, self._namespace, count)
                     self._free.extend(range(first, first + count))
                 return self._free.popleft()

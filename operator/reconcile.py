@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -18,6 +19,7 @@ import kopf
 
 from modelserving import api
 from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving.operator.cached import CachedObject
 from modelserving.operator.kafka_access import (
     FIELD,
     MissingCredentials,
@@ -41,6 +43,7 @@ from modelserving.operator.status import (
     deployment_conditions,
     logging_condition,
     logging_from_pods,
+    progress_only,
     render_status,
     status_changed,
 )
@@ -48,6 +51,12 @@ from modelserving.operator.topics import TopicKeeper
 from modelserving.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+
+# A status write that only tells a rollout's progress (replica counts, messages) waits until
+# this long after the serving's last status write, and goes with what has changed by then:
+# a thousand servings rolling out at once would otherwise write each status four or five
+# times on the way to Ready, each write an API request the others wait behind.
+PROGRESS_WRITE_SECONDS = 5.0
 
 
 @dataclass
@@ -61,6 +70,8 @@ class Reconciler:
     queue: WorkQueue = field(default_factory=WorkQueue)
     known_topics: set[tuple[str, str]] = field(default_factory=set)
     retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
+    # Servings whose status write waits (PROGRESS_WRITE_SECONDS): when each is marked again.
+    waits: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
     # Children found as the spec wants them: (uid, generation, modelId) and each child's
     # (kind, name, resourceVersion); while both hold, nothing is rendered again.
     # What the children were last found to match: the render key and the children's versions.
@@ -76,6 +87,28 @@ class Reconciler:
     # The reasons of ModelReady and AuthReady last told in an Event, per serving: the watch
     # cache may still hold the status before our last write, and an Event goes once per change.
     told_reasons: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    # When each serving's status was last written (monotonic seconds), for PROGRESS_WRITE_SECONDS.
+    status_written: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """The serving is gone: drop what is kept of it between reconciles."""
+        for timers in (self.retries, self.waits):
+            if handle := timers.pop(key, None):
+                handle.cancel()
+        self.queue.forget(key)
+        self.verified.pop(key, None)
+        self.reconciled.discard(key)
+        self.told_reasons.pop(key, None)
+        self.status_written.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Again:
+    """When to reconcile a serving again: after a step that failed (an API error, Kafka not
+    reached), or to write a status that waited (PROGRESS_WRITE_SECONDS), which is no failure."""
+
+    seconds: float
+    failed: bool
 
 
 def covers(live: Any, desired: Any) -> bool:
@@ -107,13 +140,13 @@ def _now() -> str:
 async def reconcile(
     rec: Reconciler,
     serving: Mapping[str, Any],
-    children: Iterable[Mapping[str, Any]],
+    children: Iterable[CachedObject],
     *,
     pods: Iterable[Mapping[str, Any]] = (),
     secrets: Mapping[str, KeyDigests | None] | None = None,
     from_serving_event: bool,
-) -> float | None:
-    """Apply what differs and write the status; returns seconds until a retry is due, if any.
+) -> Again | None:
+    """Apply what differs and write the status; returns when to reconcile again, if ever.
     `secrets` holds the digests of the Secrets the serving's pods read (None: missing).
 
     The work queue runs one reconcile of a serving at a time."""
@@ -131,9 +164,11 @@ async def reconcile(
         rec.writes += 1
         assigned = True
 
-    children = list(children)
-    live = {(c["kind"], c["metadata"]["name"]): c for c in children}
-    deployment, apply_error = live.get(("Deployment", key[1])), None
+    cached = {(c.kind, c.name): c for c in children}
+    deployment: Mapping[str, Any] | None = None
+    if cached_deployment := cached.get(("Deployment", key[1])):
+        deployment = cached_deployment.parsed()
+    apply_error = None
     # An operator that may not read Secrets rolls no pods for them (and carries no digest).
     checksum = (
         _secrets_checksum(spec, secrets or {}, deployment) if rec.settings.read_secrets else None
@@ -141,9 +176,13 @@ async def reconcile(
     render_key = (
         serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
     )  # fmt: skip
-    seen = frozenset((*k, c["metadata"].get("resourceVersion")) for k, c in live.items())
+    seen = frozenset((*k, c.resource_version) for k, c in cached.items())
     done: dict[str, list[str]] = {}
     if rec.verified.get(key) != (render_key, seen):
+        live = {
+            k: deployment if k[0] == "Deployment" and deployment else c.parsed()
+            for k, c in cached.items()
+        }
         deployment, apply_error, done = await _apply_children(
             rec, serving, spec, model_id, checksum, live, deployment
         )
@@ -184,13 +223,34 @@ async def reconcile(
         ],
         now=_now(),
     )
+    wait = None
     if status_changed(old_status, new_status):
-        patch = {"status": {**new_status, "topic": new_status.get("topic")}}
-        await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
-        rec.writes += 1
+        wait = _progress_wait(rec, key, old_status, new_status)
+        if wait is None:
+            patch = {"status": {**new_status, "topic": new_status.get("topic")}}
+            await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
+            rec.writes += 1
+            rec.status_written[key] = time.monotonic()
     if apply_error or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):
-        return rec.settings.retry_seconds
-    return None
+        retry = rec.settings.retry_seconds
+        return Again(retry if wait is None else min(wait, retry), failed=True)
+    return None if wait is None else Again(wait, failed=False)
+
+
+def _progress_wait(
+    rec: Reconciler, key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]
+) -> float | None:
+    """Seconds the status write should wait (PROGRESS_WRITE_SECONDS), or None to write now."""
+    written = rec.status_written.get(key)
+    if written is None or not progress_only(old, new):
+        return None
+    wait = written + PROGRESS_WRITE_SECONDS - time.monotonic()
+    return wait if wait > 0 else None
+
+
+# Children whose pods need the others first (their ConfigMaps, their ServiceAccount): applied
+# once the others are in place. Each wave goes out at once, as concurrent requests.
+_LAST_WAVE = ("Deployment", "HorizontalPodAutoscaler")
 
 
 async def _apply_children(
@@ -206,33 +266,49 @@ async def _apply_children(
     Returns the Deployment as it now is, the first error, and what was created, updated and
     deleted."""
     live = dict(live)
-    apply_error = None
-    done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
+    stale: list[tuple[Mapping[str, Any], bool]] = []  # (manifest, exists)
     for manifest in render_children(spec, rec.settings, model_id, secrets_checksum):
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
-        if current is not None and covers(current, manifest):
-            continue
-        what = f"{manifest['kind']} {manifest['metadata']['name']}"
-        try:
-            applied = await rec.kube.apply(manifest)
-        except KubeError as exc:
-            apply_error = apply_error or f"applying {what}: {exc}"
+        if current is None or not covers(current, manifest):
+            stale.append((manifest, current is not None))
+    waves = [
+        [(m, exists) for m, exists in stale if m["kind"] not in _LAST_WAVE],
+        [(m, exists) for m, exists in stale if m["kind"] in _LAST_WAVE],
+    ]
+    results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | KubeError]] = []
+    for wave in waves:
+        answers = await asyncio.gather(*(_apply(rec.kube, manifest) for manifest, _ in wave))
+        results += [(m, exists, a) for (m, exists), a in zip(wave, answers, strict=True)]
+    apply_error = None
+    done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
+    for child, exists, answer in results:
+        what = f"{child['kind']} {child['metadata']['name']}"
+        if isinstance(answer, KubeError):
+            apply_error = apply_error or f"applying {what}: {answer}"
             kopf.event(
                 _ref(serving),
                 type="Warning",
                 reason="ApplyFailed",
-                message=f"applying {what}: {exc}",
+                message=f"applying {what}: {answer}",
             )
             continue
         rec.writes += 1
-        done["Created" if current is None else "Updated"].append(what)
-        if manifest["kind"] == "Deployment":
-            deployment = applied
+        done["Updated" if exists else "Created"].append(what)
+        if child["kind"] == "Deployment":
+            deployment = answer
     for kind, name in live:  # children the spec no longer asks for
         await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else spec.namespace)
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
     return deployment, apply_error, done
+
+
+async def _apply(kube: KubeClient, manifest: Mapping[str, Any]) -> dict[str, Any] | KubeError:
+    """The applied object, or the API server's refusal (other errors propagate)."""
+    try:
+        return await kube.apply(manifest)
+    except KubeError as exc:
+        return exc
 
 
 def _secrets_checksum(

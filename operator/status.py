@@ -213,3 +213,27 @@ def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(old.get(key) != value for key, value in new.items()) or (
         "topic" in old and "topic" not in new
     )
+
+
+# The fields that follow a rollout's progress, pod by pod; what the rest of the status says
+# does not move with them.
+_PROGRESS_FIELDS = ("replicas", "readyReplicas", "updatedReplicas", "readyText", "conditions")
+
+
+def _condition_states(status: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+        for c in status.get("conditions") or []
+    ]
+
+
+def progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether `new` differs from `old` only in how far a rollout has got: counts of replicas
+    and the conditions' messages, with every condition's status and reason as they were. Such
+    a write can wait a little and be folded into the next (a Deployment's status moves three
+    or four times on the way to Ready); one that flips a condition cannot."""
+    if _condition_states(old) != _condition_states(new):
+        return False
+    return not any(
+        old.get(key) != value for key, value in new.items() if key not in _PROGRESS_FIELDS
+    ) and not ("topic" in old and "topic" not in new)

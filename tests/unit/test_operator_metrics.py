@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from modelserving import api
-from modelserving.operator.kopf_internals import count_watch_streams
+from modelserving.operator.kopf_internals import without_managed_fields, wrap_watch_streams
 from modelserving.operator.kube import object_path
 from modelserving.operator.metrics import (
     ApiWrites,
@@ -179,7 +179,7 @@ def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_modul
     assert "resource" in inspect.signature(watching.watch_objs).parameters
 
     watches = WatchStreams()
-    count_watch_streams(watches)
+    wrap_watch_streams(watches)
     resource = SimpleNamespace(plural="modelservings")
     listing = watching.continuous_watch(resource=resource, settings=None, namespace=None,
                                         operator_pause_waiter=None)  # fmt: skip
@@ -189,10 +189,30 @@ def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_modul
     assert watches.listings == {"modelservings": 1} and watches.requests == {"modelservings": 1}
 
     again = WatchStreams()  # an operator run again in the same process counts in its own
-    count_watch_streams(again)
+    wrap_watch_streams(again)
     watching.watch_objs(resource=resource, settings=None, namespace=None,
                         operator_pause_waiter=None)  # fmt: skip
     assert again.requests == {"modelservings": 1} and watches.requests == {"modelservings": 1}
+
+
+async def test_watched_objects_reach_kopf_without_their_managed_fields():
+    closed = []
+
+    async def stream():
+        try:
+            yield {"type": None, "object": {"metadata": {"name": "a", "managedFields": [{}]}}}
+            yield "bookmark"  # kopf's own markers pass as they are
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
+            yield {"type": "ADDED", "object": {"metadata": {"name": "b"}}}
+        finally:
+            closed.append(True)
+
+    events = without_managed_fields(stream())
+    assert await anext(events) == {"type": None, "object": {"metadata": {"name": "a"}}}
+    assert await anext(events) == "bookmark"
+    assert (await anext(events))["type"] == "ERROR"
+    await events.aclose()  # kopf stops reading (a pause, a shutdown): the stream is closed too
+    assert closed == [True]
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from modelserving.operator.settings import (
     settings_from,
 )
 from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import deployment_conditions, merge_conditions
+from modelserving.operator.status import deployment_conditions, merge_conditions, progress_only
 from modelserving.sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
@@ -264,3 +264,24 @@ def test_status_from_the_deployment_keeps_transition_times_when_nothing_flips():
     flipped = merge_conditions(first, deployment_conditions(deployment), 2, "2026-01-03T00:00:00Z")
     assert flipped[0]["status"] == "False"
     assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+
+
+def _rollout_status(updated: int, ready: int, generation: int = 1) -> dict:
+    deployment = {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": generation, "replicas": 2, "readyReplicas": ready,
+                   "availableReplicas": ready, "updatedReplicas": updated},
+    }  # fmt: skip
+    conditions = merge_conditions([], deployment_conditions(deployment), generation, "t")
+    return {"modelId": 7, "replicas": 2, "readyReplicas": ready, "updatedReplicas": updated,
+            "readyText": f"{ready}/2", "conditions": conditions}  # fmt: skip
+
+
+def test_a_status_that_only_tells_a_rollouts_progress_may_wait_one_that_flips_may_not():
+    started = _rollout_status(updated=0, ready=0)
+    assert progress_only(started, _rollout_status(updated=2, ready=1))  # counts and messages
+    assert not progress_only(started, _rollout_status(updated=2, ready=2))  # Ready flips
+    assert not progress_only(started, _rollout_status(updated=0, ready=0, generation=2))
+    assert not progress_only(started, {**started, "modelId": 8})
+    assert not progress_only({}, started)  # the first status of a serving
