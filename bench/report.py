@@ -595,12 +595,14 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
             f"/ {r.get('operator_rss_after_restart_mib')} "
             f"| {r.get('restart_objects_written')} | {r.get('restart_events_added')} |"
         )
+    appliers = {part[k].get("applier") for k in part if k.startswith("floor_")} - {None}
+    applier = f" ({', '.join(sorted(appliers))})" if appliers else ""
     lines += [
         "",
         "The cluster alone: the same children (every object the operator renders for a "
         "serving, rendered by its code: Deployment, Service, ConfigMaps, NetworkPolicy, the "
-        "sidecar's ServiceAccount and RoleBinding) applied by "
-        "kubectl processes side by side with no operator running, timed until every "
+        f"sidecar's ServiceAccount and RoleBinding) created by the benchmark's applier{applier}, "
+        "as the servings of the operator's side are, with no operator running, timed until every "
         "Deployment has its Pod available. No operator can be faster than that on the same "
         "machine; the ratio is the operator's time over it, measured in the same run.",
     ]
