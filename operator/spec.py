@@ -17,6 +17,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.operator.kafka_access import KafkaSecuritySpec, parse_security
+from modelserving.operator.quantities import quantity_bytes
 from modelserving.operator.settings import OperatorSettings
 
 # Said in the CRD's descriptions of server.resources and sidecar.resources. One dict each,
@@ -32,25 +33,12 @@ DEFAULT_SIDECAR_RESOURCES = {
 # 576Mi with the default 64 MiB. A limit reserves nothing; only the request is scheduled.
 GRPC_CALL_MEMORY_FACTOR = 5
 PVC_SCHEME = "pvc://"
-_QUANTITY_SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1,
-}  # fmt: skip
 
 Raw = Mapping[str, Any]
 
 
 class SpecError(ValueError):
     """The spec lacks a field the CRD requires; the message names it."""
-
-
-def quantity_bytes(quantity: str | int) -> int:
-    """Bytes of a Kubernetes quantity such as 1Gi or 500M."""
-    text = str(quantity).strip()
-    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
-        if suffix and text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix])
-    return int(float(text))
 
 
 # --------------------------------------------------------------------------- the model

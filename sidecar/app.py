@@ -226,9 +226,7 @@ class RequestPath:
                 request_id=call.request_id,
             )
         except SidecarError:
-            # TF Serving did not answer (a timeout, a refused connection): the 504 or 502 is
-            # counted under the version it was sent to, as over gRPC, so that a canary that
-            # times out shows in its own series and its own alert.
+            # No answer (504, 502): counted under the version sent to, as over gRPC.
             if version is not None and version.known:
                 call.served = version.header
             raise
