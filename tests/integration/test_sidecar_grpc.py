@@ -93,6 +93,16 @@ async def grpc_sidecar(
             yield Setup(sidecar, f"127.0.0.1:{port}", direct, standin, servicer)
 
 
+def log_all(local_env: Any, topic: str, tmp_path: Path) -> dict[str, Any]:
+    """The sidecar's log settings of these tests: every call, into the test's topic."""
+    return {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+
+
 def floats(values: list[float], packed: bool = False) -> tensor_pb2.TensorProto:
     shape = tensor_pb2.TensorShapeProto(dim=[tensor_pb2.TensorShapeProto.Dim(size=len(values))])
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape)
@@ -217,12 +227,7 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
 async def test_no_credential_or_a_wrong_key_gets_the_rest_codes_meaning_and_nothing_is_forwarded_or_logged(  # noqa: E501
     local_env, topic, tmp_path
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
+    logging = log_all(local_env, topic, tmp_path)
     request = predict_request([1.0])
     async with (
         grpc_sidecar(tmp_path, logging=logging) as setup,
@@ -284,11 +289,7 @@ async def test_a_6_mb_request_passes_and_one_over_the_limit_is_resource_exhauste
 async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_with_the_same_input(
     local_env, topic, tmp_path, durability
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
+    logging = log_all(local_env, topic, tmp_path) | {
         "durability": durability,
     }
     async with (
@@ -338,11 +339,7 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
 async def test_an_oversize_grpc_predict_is_recorded_as_the_rest_call_with_the_same_input(
     local_env, topic, tmp_path, oversize
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
+    logging = log_all(local_env, topic, tmp_path) | {
         "maxPayloadBytes": 20_000,
         "oversizePayload": oversize,
     }
@@ -425,12 +422,7 @@ async def _answers(answered_by: Any, version: int) -> bool:
 async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
     local_env, topic, tmp_path
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
+    logging = log_all(local_env, topic, tmp_path)
     models = {MODEL: StandInModel({1: StandInVersion(delay_seconds=30)})}
 
     def with_id(request_id: str) -> tuple[tuple[str, str], ...]:
@@ -482,12 +474,7 @@ async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
 async def test_the_shadow_gets_a_copy_of_a_grpc_predict_logged_as_its_own_record(
     local_env, topic, tmp_path
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
+    logging = log_all(local_env, topic, tmp_path)
     models = {
         MODEL: StandInModel(
             {
@@ -638,12 +625,7 @@ UNHEALTHY = health_pb2.HealthCheckResponse.NOT_SERVING
 async def test_the_health_check_says_serving_once_tf_serving_has_the_model_available_and_watch_streams_it(  # noqa: E501
     local_env, topic, tmp_path
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
+    logging = log_all(local_env, topic, tmp_path)
     models = {MODEL: StandInModel({1: StandInVersion(state="LOADING")})}
     async with (
         grpc_sidecar(tmp_path, models=models, logging=logging) as setup,
@@ -708,12 +690,7 @@ async def test_the_health_check_says_serving_once_tf_serving_has_the_model_avail
 async def test_a_multi_inference_goes_to_the_version_its_tasks_name_is_refused_when_they_disagree_and_is_logged_once(  # noqa: E501
     local_env, topic, tmp_path
 ):
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
+    logging = log_all(local_env, topic, tmp_path)
     models = {
         MODEL: StandInModel(
             {
