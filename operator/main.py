@@ -34,6 +34,14 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from modelserving.operator import handlers  # (registers the handlers)
+    from modelserving.operator.kopf_internals import (
+        handle_events_while_indexing,
+        wake_toggle_waiters_on_change_only,
+    )
+
+    # A start over thousands of objects: see kopf_internals.
+    handle_events_while_indexing()
+    wake_toggle_waiters_on_change_only()
 
     if settings.read_secrets:
         handlers.watch_secrets()

@@ -4,18 +4,14 @@ servings' conditions and kopf's watch streams, read back as Prometheus scrapes t
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
-from types import SimpleNamespace
 
 import aiohttp
-from kopf._cogs.clients import watching
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from modelserving import api
-from modelserving.operator.kopf_internals import without_managed_fields, wrap_watch_streams
 from modelserving.operator.kube import object_path
 from modelserving.operator.metrics import (
     ApiWrites,
@@ -168,51 +164,6 @@ def test_watch_restarts_are_the_listings_after_the_first():
     assert samples[(restarts, (("resource", "pods"),))] == 0
     requests = "modelserving_operator_watch_requests_total"
     assert samples[(requests, (("resource", "deployments"),))] == 5
-
-
-def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_module_names():
-    # If kopf renames these or stops looking them up in its module at each call, the operator's
-    # watch metrics go silent: this fails first.
-    assert "continuous_watch(" in inspect.getsource(watching.infinite_watch)
-    assert "watch_objs(" in inspect.getsource(watching.continuous_watch)
-    assert "resource" in inspect.signature(watching.continuous_watch).parameters
-    assert "resource" in inspect.signature(watching.watch_objs).parameters
-
-    watches = WatchStreams()
-    wrap_watch_streams(watches)
-    resource = SimpleNamespace(plural="modelservings")
-    listing = watching.continuous_watch(resource=resource, settings=None, namespace=None,
-                                        operator_pause_waiter=None)  # fmt: skip
-    request = watching.watch_objs(resource=resource, settings=None, namespace=None,
-                                  operator_pause_waiter=None)  # fmt: skip
-    assert inspect.isasyncgen(listing) and inspect.isasyncgen(request)
-    assert watches.listings == {"modelservings": 1} and watches.requests == {"modelservings": 1}
-
-    again = WatchStreams()  # an operator run again in the same process counts in its own
-    wrap_watch_streams(again)
-    watching.watch_objs(resource=resource, settings=None, namespace=None,
-                        operator_pause_waiter=None)  # fmt: skip
-    assert again.requests == {"modelservings": 1} and watches.requests == {"modelservings": 1}
-
-
-async def test_watched_objects_reach_kopf_without_their_managed_fields():
-    closed = []
-
-    async def stream():
-        try:
-            yield {"type": None, "object": {"metadata": {"name": "a", "managedFields": [{}]}}}
-            yield "bookmark"  # kopf's own markers pass as they are
-            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
-            yield {"type": "ADDED", "object": {"metadata": {"name": "b"}}}
-        finally:
-            closed.append(True)
-
-    events = without_managed_fields(stream())
-    assert await anext(events) == {"type": None, "object": {"metadata": {"name": "a"}}}
-    assert await anext(events) == "bookmark"
-    assert (await anext(events))["type"] == "ERROR"
-    await events.aclose()  # kopf stops reading (a pause, a shutdown): the stream is closed too
-    assert closed == [True]
 
 
 def _free_port() -> int:
