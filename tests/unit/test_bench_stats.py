@@ -250,7 +250,7 @@ def test_operator_table_sets_its_time_beside_the_cluster_alone():
     assert report.floor_ratio(part["100"], part["floor_100"]) is None
 
 
-def test_operator_memory_is_judged_while_applying_and_after_a_restart():
+def test_operator_memory_is_judged_while_applying_and_at_and_after_a_restart():
     results = {
         "parts": {
             "operator": {
@@ -258,16 +258,25 @@ def test_operator_memory_is_judged_while_applying_and_after_a_restart():
                     "servings": 1000,
                     "seconds_to_all_ready": 50.0,
                     "operator_rss_peak_mib": 150.0,
-                    "operator_rss_after_restart_mib": 260.0,
+                    "operator_rss_restart_peak_mib": 260.0,
+                    "operator_rss_after_restart_mib": 140.0,
                 }
             }
         }
     }
     rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(results)}
-    assert rows["operator RSS with 1,000 servings (applying; after a restart), MiB"] == (
-        [150.0, 260.0],
-        "mixed",
-    )
+    what = "operator RSS with 1,000 servings (applying; at a restart, peak and after), MiB"
+    assert rows[what] == ([150.0, 260.0, 140.0], "mixed")
+
+
+def test_the_restart_row_says_how_long_until_every_serving_was_reconciled():
+    part = {
+        "1000": {"servings": 1000, "restart_seconds_to_reconcile_all": 9.5},
+        "100": {"servings": 100, "restart_seconds_to_reconcile_all": None},
+    }
+    rows = {line.split(" | ")[0]: line for line in report.operator_lines(part) if "|" in line}
+    assert "| 9.5 |" in rows["| 1,000"]
+    assert "| not all |" in rows["| 100"]
 
 
 def _round(rps_per_core: float) -> object:
