@@ -364,6 +364,78 @@ def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
         delete_namespace(cluster, namespace)
 
 
+def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
+    """The writes any operator must make, with no operator: each serving created (the user's
+    POST, as on the operator's side), its children as the operator renders them, owned by it
+    (the garbage collector's work included), and one status write; timed until every
+    Deployment has its Pod available. The status is written right after the children, not once
+    the Pod is ready: the same write, earlier. The operator's time over this is what it costs
+    beyond what a perfect operator writes."""
+    from modelserving import api
+    from modelserving.kube_access import from_environment
+    from modelserving.operator import render
+    from modelserving.operator.kube import KubeClient, KubeError, object_path
+    from modelserving.operator.settings import OperatorSettings
+    from modelserving.operator.spec import ServingSpec
+
+    namespace = f"bench-floor-writes-{n}-{uuid.uuid4().hex[:5]}"
+    settings = OperatorSettings()
+
+    async def create() -> int:
+        kube = KubeClient(from_environment(cluster.env["kubeconfig"]), FLOOR_CONCURRENCY, 120)
+        pending, writes = list(range(n))[::-1], 0
+
+        async def post(manifest: Mapping[str, Any]) -> dict[str, Any]:
+            nonlocal writes
+            writes += 1
+            path = object_path(manifest["kind"], None, namespace)
+            return await kube.request("POST", path, body=manifest)
+
+        async def one_by_one() -> None:
+            nonlocal writes
+            while pending:
+                i = pending.pop()
+                try:
+                    created = await post(serving(f"s{i:04d}", namespace))
+                    spec = ServingSpec.from_body(created)
+                    await asyncio.gather(
+                        *(post(child) for child in render.render_children(spec, settings, i + 1))
+                    )
+                    status = {"status": {"modelId": i + 1, "observedGeneration": 1, "conditions": [
+                        {"type": "Ready", "status": "True", "reason": "Available",
+                         "message": "the Deployment has 1 of 1 pods available",
+                         "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    ]}}  # fmt: skip
+                    writes += 1
+                    await kube.merge_patch(api.KIND, spec.name, namespace, status, status=True)
+                except KubeError as exc:
+                    raise BenchError(f"serving s{i:04d} and its children: {exc}") from exc
+
+        try:
+            await asyncio.gather(*(one_by_one() for _ in range(FLOOR_CONCURRENCY)))
+        finally:
+            await kube.close()
+        return writes
+
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        started = time.monotonic()
+        writes = asyncio.run(create())
+        applied = time.monotonic() - started
+        available = count_until(lambda: available_deployments(cluster, namespace), n, started)
+        return {
+            "writes": writes,
+            "applier": f"one request per write, {FLOOR_CONCURRENCY} servings at once",
+            "seconds_to_apply": round(applied, 1),
+            "deployments_available": available,
+            "seconds_to_all_available": (
+                round(time.monotonic() - started, 1) if available >= n else None
+            ),
+        }
+    finally:
+        delete_namespace(cluster, namespace)
+
+
 def create_all(cluster: Cluster, objects: Iterable[Mapping[str, Any]]) -> None:
     """Create every object (each a POST, as `kubectl create` sends), FLOOR_CONCURRENCY at once:
     as fast as the API server takes them. Both sides of the comparison go through here."""
@@ -426,6 +498,11 @@ def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
                 out[f"floor_{n}"] = cluster_floor(cluster, n, workdir)
             except (BenchError, subprocess.SubprocessError) as exc:
                 out[f"floor_{n}"] = {"error": str(exc)[-1000:]}
+            log(f"operator: the cluster with the writes any operator makes for {n} servings")
+            try:
+                out[f"floor_writes_{n}"] = cluster_floor_with_servings(cluster, n, workdir)
+            except (BenchError, subprocess.SubprocessError) as exc:
+                out[f"floor_writes_{n}"] = {"error": str(exc)[-1000:]}
     finally:
         try:
             cluster.kubectl("delete", "node", node, "--wait=false")

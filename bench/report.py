@@ -603,7 +603,9 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
             f"| {r.get('restart_objects_written')} | {r.get('restart_events_added')} |"
         )
     appliers = {part[k].get("applier") for k in part if k.startswith("floor_")} - {None}
+    appliers -= {part[k].get("applier") for k in part if k.startswith("floor_writes_")}
     applier = f" ({', '.join(sorted(appliers))})" if appliers else ""
+    lines += _least_writes_lines(part, sizes)
     lines += [
         "",
         "The cluster alone: the same children (every object the operator renders for a "
@@ -614,6 +616,41 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
         "machine; the ratio is the operator's time over it, measured in the same run.",
     ]
     return lines
+
+
+def _least_writes_lines(part: dict[str, Any], sizes: list[str]) -> list[str]:
+    """The second floor: the cluster with the writes any operator makes (floor_writes_N)."""
+    measured = [n for n in sizes if f"floor_writes_{n}" in part and "error" not in part[n]]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "| servings | all Ready after (s) | the cluster with the servings and the writes any "
+        "operator makes: all available after (s) | writes there, per serving | ratio "
+        "| the operator's API writes per serving (+ its Events) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in measured:
+        r, floor = part[n], part[f"floor_writes_{n}"]
+        per_serving = floor["writes"] / int(n) if "writes" in floor else None
+        ours = (r.get("operator") or {}).get("api_writes_per_serving")
+        lines.append(
+            f"| {int(n):,} | {_ready_after(r)} | {_floor_after(floor)} | {_fmt(per_serving)} "
+            f"| {_fmt(floor_ratio(r, floor))} | {_fmt(ours)} + {r.get('events_per_serving', '-')} "
+            "|"
+        )
+    applier = part[f"floor_writes_{measured[0]}"].get("applier", "")
+    return [
+        *lines,
+        "",
+        "The writes any operator makes, with no operator running: each serving created (the "
+        "user's request, as on the operator's side), its children as the operator renders them "
+        "(owned by it: the garbage collector's work counts), and one status write, by the "
+        f"benchmark's applier ({applier}); timed until every Deployment has its Pod available. "
+        "The ratio is what the operator costs beyond what it must write, measured in the same "
+        "run. Events counted are every Event in the namespace per serving (the cluster's own "
+        "included).",
+    ]
 
 
 def _restart_after(r: dict[str, Any]) -> str:

@@ -526,3 +526,27 @@ def test_grpc_section_says_why_it_was_skipped():
     results_doc = _results()
     results_doc["parts"]["grpc"] = {"notes": ["skipped: ghz or the gRPC upstream was not built"]}
     assert "## gRPC\n\n- skipped: ghz" in report.render_markdown(results_doc)
+
+
+def test_the_operator_is_also_compared_with_the_writes_any_operator_makes():
+    part = {
+        "1000": {
+            "servings": 1000,
+            "seconds_to_all_ready": 90.0,
+            "operator": {"api_writes_per_serving": 10.01},
+            "events_per_serving": 4.0,
+        },
+        "floor_1000": {"seconds_to_all_available": 60.0, "applier": "one POST per object"},
+        "floor_writes_1000": {
+            "writes": 9000,
+            "seconds_to_all_available": 75.0,
+            "applier": "one request per write",
+        },
+    }
+    lines = report.operator_lines(part)
+    rows = [line for line in lines if line.startswith("| 1,000")]
+    assert "| 1.50 |" in rows[0]  # over the cluster alone
+    assert rows[1] == "| 1,000 | 90.0 | 75.0 | 9.00 | 1.20 | 10.01 + 4.0 |"
+    # Each floor's text names its own applier
+    assert any("applier (one POST per object)" in line for line in lines)
+    assert any("(one request per write)" in line for line in lines)
