@@ -1,7 +1,8 @@
 """The operator at the sizes you name, in detail, as a user of it would see it: N ModelServings
 applied at once in a scratch namespace, the time until the Deployments are available and the
 servings Ready (with the progress every 2 s), the operator's peak memory, then a restart over
-them and what it writes (objects whose resourceVersion moved, by kind; Events added, by reason).
+them: how long until it has reconciled each (its own metrics say), and what it writes (objects
+whose resourceVersion moved, by kind; Events added, by reason).
 
     python -m bench.operator_sizes 100 1000 [--logging] [--settle 15] [--operator-arg FLAG]
 
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.environment import REPO, localenv_settings
-from bench.operator_scale import Cluster, fake_node
+from bench.operator_scale import Cluster, MetricsScraper, fake_node, reconciles
 from bench.operator_scale import serving as bench_serving
-from bench.procs import Proc
+from bench.procs import Proc, free_port
 from bench.stats import parse_status_kib
 from bench.topics import delete_topics
 
@@ -54,12 +55,18 @@ def memory_mib(pid: int, field: str = "VmRSS") -> float:
 
 
 def start_operator(
-    env: dict[str, Any], namespace: str, args: argparse.Namespace, logdir: Path, nth: int
+    env: dict[str, Any],
+    namespace: str,
+    args: argparse.Namespace,
+    logdir: Path,
+    nth: int,
+    metrics_port: int,
 ) -> Proc:
     """The operator watching `namespace` alone; its output in logdir/operator-NTH.log."""
     cmd = [sys.executable, "-m", "modelserving.cli", "operator", "--standalone",
            "--namespace", namespace, "--operator-namespace", namespace,
-           "--log-level", "WARNING", *args.operator_arg]  # fmt: skip
+           "--log-level", "WARNING", "--metrics-port", str(metrics_port),
+           *args.operator_arg]  # fmt: skip
     if args.logging:
         cmd += ["--kafka-bootstrap-servers", env["kafka_bootstrap"]]
     return Proc(f"operator-{nth}", cmd, None, logdir, env={"KUBECONFIG": env["kubeconfig"]},
@@ -93,8 +100,8 @@ def one_size(
 ) -> dict:
     namespace = f"measure-op-{n}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", namespace, timeout=KUBECTL_TIMEOUT)
-    starts = 1
-    op = start_operator(env, namespace, args, logdir, starts)
+    starts, metrics_port = 1, free_port()
+    op = start_operator(env, namespace, args, logdir, starts, metrics_port)
     result: dict = {"servings": n, "logging": args.logging}
     try:
         time.sleep(3)
@@ -141,8 +148,14 @@ def one_size(
         time.sleep(2)
         before, events_before = versions(cluster, namespace), events(cluster, namespace)
         starts += 1
-        op = start_operator(env, namespace, args, logdir, starts)
-        time.sleep(args.settle)
+        op = start_operator(env, namespace, args, logdir, starts, metrics_port)
+        restarted, metrics = time.monotonic(), MetricsScraper(metrics_port)
+        while reconciles(metrics) < n and time.monotonic() - restarted < args.deadline:
+            time.sleep(1)
+        result["restart_seconds_to_reconcile_all"] = (
+            round(time.monotonic() - restarted, 1) if reconciles(metrics) >= n else None
+        )
+        time.sleep(max(0.0, args.settle - (time.monotonic() - restarted)))
         after, events_after = versions(cluster, namespace), events(cluster, namespace)
         moved = sorted(k for k, v in after.items() if before.get(k) != v)
         result["restart_objects_written"] = len(moved)
@@ -168,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("sizes", nargs="+", type=int, help="numbers of servings, one run each")
     parser.add_argument("--logging", action="store_true", help="servings log to the broker")
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds after the restart")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds after the restart, at least (once all are reconciled)")  # fmt: skip
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for Ready")
     parser.add_argument("--py-spy", help="record the operator's stacks to this file")
     parser.add_argument(
