@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("sizes", nargs="+", type=int, help="numbers of servings, one run each")
     parser.add_argument("--logging", action="store_true", help="servings log to the broker")
-    parser.add_argument("--settle", type=float, default=15.0,
-                        help="seconds after the restart, at least (once all are reconciled)")  # fmt: skip
+    parser.add_argument(
+        "--settle", type=float, default=15.0, help="seconds after the restart, at least"
+    )
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for Ready")
     parser.add_argument("--py-spy", help="record the operator's stacks to this file")
     parser.add_argument(
