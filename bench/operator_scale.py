@@ -345,15 +345,25 @@ def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
         for manifest in render.render_children(ServingSpec.from_body(s), OperatorSettings(), i + 1):
             manifest["metadata"].pop("ownerReferences", None)  # no serving owns them here
             children.append(manifest)
+    return {
+        "objects": len(children),
+        "applier": f"one POST per object, {FLOOR_CONCURRENCY} at once",
+        **timed_floor(cluster, namespace, n, lambda: create_all(cluster, children)),
+    }
+
+
+def timed_floor(
+    cluster: Cluster, namespace: str, n: int, apply: Callable[[], object]
+) -> dict[str, Any]:
+    """A floor's run in `namespace` (created here, deleted at the end): `apply`, then the time
+    until every one of the n Deployments has its Pod available."""
     cluster.kubectl("create", "namespace", namespace)
     try:
         started = time.monotonic()
-        create_all(cluster, children)
+        apply()
         applied = time.monotonic() - started
         available = count_until(lambda: available_deployments(cluster, namespace), n, started)
         return {
-            "objects": len(children),
-            "applier": f"one POST per object, {FLOOR_CONCURRENCY} at once",
             "seconds_to_apply": round(applied, 1),
             "deployments_available": available,
             "seconds_to_all_available": (
@@ -381,18 +391,18 @@ def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict
     namespace = f"bench-floor-writes-{n}-{uuid.uuid4().hex[:5]}"
     settings = OperatorSettings()
 
-    async def create() -> int:
+    writes = 0
+
+    async def create() -> None:
+        nonlocal writes
         kube = KubeClient(from_environment(cluster.env["kubeconfig"]), FLOOR_CONCURRENCY, 120)
-        pending, writes = list(range(n))[::-1], 0
+        pending = list(range(n))[::-1]
 
         async def post(manifest: Mapping[str, Any]) -> dict[str, Any]:
-            nonlocal writes
-            writes += 1
             path = object_path(manifest["kind"], None, namespace)
             return await kube.request("POST", path, body=manifest)
 
         async def one_by_one() -> None:
-            nonlocal writes
             while pending:
                 i = pending.pop()
                 try:
@@ -406,7 +416,6 @@ def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict
                          "message": "the Deployment has 1 of 1 pods available",
                          "lastTransitionTime": "2026-01-01T00:00:00Z"},
                     ]}}  # fmt: skip
-                    writes += 1
                     await kube.merge_patch(api.KIND, spec.name, namespace, status, status=True)
                 except KubeError as exc:
                     raise BenchError(f"serving s{i:04d} and its children: {exc}") from exc
@@ -415,25 +424,14 @@ def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict
             await asyncio.gather(*(one_by_one() for _ in range(FLOOR_CONCURRENCY)))
         finally:
             await kube.close()
-        return writes
+            writes = sum(kube.writes.counts.values())  # the client counts every write it sent
 
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        started = time.monotonic()
-        writes = asyncio.run(create())
-        applied = time.monotonic() - started
-        available = count_until(lambda: available_deployments(cluster, namespace), n, started)
-        return {
-            "writes": writes,
-            "applier": f"one request per write, {FLOOR_CONCURRENCY} servings at once",
-            "seconds_to_apply": round(applied, 1),
-            "deployments_available": available,
-            "seconds_to_all_available": (
-                round(time.monotonic() - started, 1) if available >= n else None
-            ),
-        }
-    finally:
-        delete_namespace(cluster, namespace)
+    timed = timed_floor(cluster, namespace, n, lambda: asyncio.run(create()))
+    return {
+        "writes": writes,
+        "applier": f"one request per write, {FLOOR_CONCURRENCY} servings at once",
+        **timed,
+    }
 
 
 def create_all(cluster: Cluster, objects: Iterable[Mapping[str, Any]]) -> None:
