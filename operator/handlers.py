@@ -105,9 +105,10 @@ class RetryForever:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
     # kopf's defaults can overload an API server with many resources: set them on purpose.
-    # kopf's own worker limit would deadlock with indexes (workers parked until every index
-    # is filled hold every slot), so its per-object workers stay unlimited (coroutines are
-    # cheap) and the limit applies to concurrent reconciles instead (Reconciler.slots).
+    # kopf's own worker limit would deadlock with indexes in kopf as it ships (workers parked
+    # until every index is filled hold every slot; see kopf_internals), so its per-object
+    # workers stay unlimited (coroutines are cheap) and the limit applies to concurrent
+    # reconciles instead (--worker-limit, the Reconciler's workers).
     settings.batching.worker_limit = None
     # Handlers only mark servings in the work queue; a serving's burst of events is one
     # reconcile, run by one of these workers, at most `worker_limit` at once.
