@@ -6,7 +6,9 @@ operator restart over them: how long until it has reconciled each once, and the 
 all, and at its restart. Then, in the same run, the cluster alone
 with the same objects (the children the operator renders, created without it): the floor the
 operator's time is compared with, since on a small machine the control plane's own work
-dominates.
+dominates. Each side also gives the control plane's CPU seconds meanwhile (kube-apiserver,
+etcd, controllers, KWOK): what the run cost the cluster, a figure the machine's noise moves
+far less than the wall time.
 
 Both sides are created by the same applier, as fast as the API server takes them: one POST per
 object, FLOOR_CONCURRENCY at once (kubectl sends one request at a time per process, and its
@@ -38,7 +40,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port, log
+from bench.procs import (
+    LOAD_CORE,
+    PROXY_CORE,
+    BenchError,
+    ControlPlaneCpu,
+    PeakRss,
+    Proc,
+    free_port,
+    log,
+)
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_OPERATOR_SIZES", "100,1000").split(","))
 # Long enough for the cluster alone to finish at 1,000 on a busy machine: a floor cut short
@@ -253,7 +264,11 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
         servings = [serving(f"s{i:04d}", namespace) for i in range(n)]
         spy = py_spy(operator, n)
         started = time.monotonic()
-        with PeakRss(operator, interval=0.5) as rss, MetricsScraper(metrics_port) as metrics:
+        with (
+            PeakRss(operator, interval=0.5) as rss,
+            MetricsScraper(metrics_port) as metrics,
+            ControlPlaneCpu(cluster.env["cluster_dir"]) as control_plane,
+        ):
             create_all(cluster, servings)
             applied = time.monotonic() - started
             ready = count_until(lambda: ready_count(cluster, namespace), n, started)
@@ -266,6 +281,7 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
             # CPU the operator used meanwhile: near the wall time, it waited on itself; far
             # below, on the API server.
             result["operator_cpu_seconds"] = round(operator.cpu_seconds(), 1)
+        result["control_plane_cpu_seconds"] = control_plane.seconds
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
@@ -356,19 +372,22 @@ def timed_floor(
     cluster: Cluster, namespace: str, n: int, apply: Callable[[], object]
 ) -> dict[str, Any]:
     """A floor's run in `namespace` (created here, deleted at the end): `apply`, then the time
-    until every one of the n Deployments has its Pod available."""
+    until every one of the n Deployments has its Pod available, and the control plane's CPU
+    meanwhile."""
     cluster.kubectl("create", "namespace", namespace)
     try:
         started = time.monotonic()
-        apply()
-        applied = time.monotonic() - started
-        available = count_until(lambda: available_deployments(cluster, namespace), n, started)
+        with ControlPlaneCpu(cluster.env["cluster_dir"]) as control_plane:
+            apply()
+            applied = time.monotonic() - started
+            available = count_until(lambda: available_deployments(cluster, namespace), n, started)
         return {
             "seconds_to_apply": round(applied, 1),
             "deployments_available": available,
             "seconds_to_all_available": (
                 round(time.monotonic() - started, 1) if available >= n else None
             ),
+            "control_plane_cpu_seconds": control_plane.seconds,
         }
     finally:
         delete_namespace(cluster, namespace)

@@ -124,6 +124,36 @@ class Proc:
                 self.popen.wait(5)
 
 
+def control_plane_cpu(cluster_dir: str) -> dict[str, float]:
+    """CPU seconds each process of the local cluster (kube-apiserver, etcd, the controller
+    manager, the scheduler, KWOK) has used so far, found by kwokctl's pid files."""
+    used = {}
+    for pid_file in sorted(Path(cluster_dir, "pids").glob("*.pid")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
+            used[pid_file.stem] = parse_proc_stat_cpu(stat, CLOCK_TICKS)
+    return used
+
+
+class ControlPlaneCpu:
+    """The cluster's CPU seconds used between entering and leaving: `seconds`, per process
+    and in all ("total"). On a small machine the control plane is what a run waits on, and its
+    CPU, unlike the wall time, hardly moves with what else the machine does."""
+
+    def __init__(self, cluster_dir: str) -> None:
+        self.cluster_dir = cluster_dir
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> ControlPlaneCpu:
+        self._before = control_plane_cpu(self.cluster_dir)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = control_plane_cpu(self.cluster_dir)
+        used = {k: v - self._before[k] for k, v in after.items() if k in self._before}
+        self.seconds = {k: round(v, 1) for k, v in {**used, "total": sum(used.values())}.items()}
+
+
 class PeakRss:
     """Samples a process tree's resident memory in a thread; `peak_mib` once stopped."""
 

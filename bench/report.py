@@ -606,6 +606,7 @@ def operator_lines(part: dict[str, Any]) -> list[str]:
     appliers -= {part[k].get("applier") for k in part if k.startswith("floor_writes_")}
     applier = f" ({', '.join(sorted(appliers))})" if appliers else ""
     lines += _least_writes_lines(part, sizes)
+    lines += _control_plane_lines(part, sizes)
     lines += [
         "",
         "The cluster alone: the same children (every object the operator renders for a "
@@ -653,6 +654,45 @@ def _least_writes_lines(part: dict[str, Any], sizes: list[str]) -> list[str]:
     ]
 
 
+def _control_plane_lines(part: dict[str, Any], sizes: list[str]) -> list[str]:
+    """The control plane's CPU seconds in each run of a size: what it cost the cluster."""
+
+    def total(run: dict[str, Any]) -> float | None:
+        value = (run.get("control_plane_cpu_seconds") or {}).get("total")
+        return float(value) if value is not None else None
+
+    measured = [n for n in sizes if total(part[n]) is not None]
+    if not measured:
+        return []  # a run from before the figure
+    lines = [
+        "",
+        "| servings | control plane CPU (s): with the operator | the cluster alone | ratio "
+        "| the cluster with the writes any operator makes | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in measured:
+        ours = total(part[n])
+        alone = total(part.get(f"floor_{n}", {}))
+        writes = total(part.get(f"floor_writes_{n}", {}))
+        lines.append(
+            f"| {int(n):,} | {_fmt(ours, 1)} | {_fmt(alone, 1)} | {_fmt(_ratio(ours, alone))} "
+            f"| {_fmt(writes, 1)} | {_fmt(_ratio(ours, writes))} |"
+        )
+    return [
+        *lines,
+        "",
+        "The CPU seconds the cluster's own processes (kube-apiserver, etcd, the controller "
+        "manager, the scheduler, KWOK) used in each run, from the first request until all were "
+        "Ready or available; the operator's own CPU is not in it. On this machine the control "
+        "plane is what every side waits on, so these ratios say what the operator costs the "
+        "cluster, with far less of the machine's noise than the times.",
+    ]
+
+
+def _ratio(ours: float | None, floor: float | None) -> float | None:
+    return round(ours / floor, 2) if ours and floor else None
+
+
 def _restart_after(r: dict[str, Any]) -> str:
     if "restart_seconds_to_reconcile_all" not in r:
         return "-"  # a run from before the figure
@@ -662,8 +702,7 @@ def _restart_after(r: dict[str, Any]) -> str:
 
 def floor_ratio(operator: dict[str, Any], floor: dict[str, Any]) -> float | None:
     """The operator's time to all Ready over the cluster's own time for the same objects."""
-    ours, alone = operator.get("seconds_to_all_ready"), floor.get("seconds_to_all_available")
-    return round(ours / alone, 2) if ours and alone else None
+    return _ratio(operator.get("seconds_to_all_ready"), floor.get("seconds_to_all_available"))
 
 
 def _floor_after(floor: dict[str, Any]) -> str:

@@ -55,6 +55,8 @@ STATE = Path(os.environ.get("MODELSERVING_LOCALENV", REPO / ".localenv"))
 # One cluster per state folder, so that two checkouts (a developer's and CI's
 # clean clone) never take over each other's cluster.
 CLUSTER_NAME = "modelserving-" + hashlib.sha256(str(STATE).encode()).hexdigest()[:8]
+# Where kwokctl keeps that cluster: its components' binaries, logs and pid files.
+CLUSTER_DIR = Path.home() / ".kwok" / "clusters" / CLUSTER_NAME
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -467,6 +469,7 @@ class Settings:
     kafka_bootstrap: str
     path: str
     state_dir: str
+    cluster_dir: str  # kwokctl's folder of the cluster: pids/<component>.pid, logs/
     kafka: KafkaListeners
 
     def shell(self) -> str:
@@ -595,7 +598,7 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0)
     the seconds it was away, until it was ready and authorizing requests again. For tests of
     the operator across an API server restart. (SIGTERM drains: the server goes on answering
     for a minute or more while it shuts down.)"""
-    cluster = Path.home() / ".kwok" / "clusters" / CLUSTER_NAME
+    cluster = CLUSTER_DIR
     pid_file = cluster / "pids" / "kube-apiserver.pid"
     proc = Path(f"/proc/{pid_file.read_text().strip()}")
     command = _apiserver_command(proc)
@@ -967,6 +970,7 @@ def up() -> Settings:
         kafka_bootstrap=bootstrap,
         path=os.pathsep.join(str(d) for d in bin_dirs()),
         state_dir=str(STATE),
+        cluster_dir=str(CLUSTER_DIR),
         kafka=kafka_listeners(),
     )
     settings_file().write_text(json.dumps(dataclasses.asdict(settings), indent=2))
@@ -987,7 +991,7 @@ def down() -> None:
 def collect_logs(dest: Path) -> None:
     """Copy every part's logs into dest (for a failed test run)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cluster_logs = Path.home() / ".kwok" / "clusters" / CLUSTER_NAME / "logs"
+    cluster_logs = CLUSTER_DIR / "logs"
     if cluster_logs.exists():
         shutil.copytree(cluster_logs, dest / "cluster", dirs_exist_ok=True)
     kafka_log = kafka_dir() / "kafka.log"
