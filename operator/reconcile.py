@@ -281,7 +281,7 @@ async def _apply_children(
     ]
     results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | KubeError]] = []
     for wave in waves:
-        answers = await asyncio.gather(*(_apply(rec.kube, manifest) for manifest, _ in wave))
+        answers = await asyncio.gather(*(_apply(rec.kube, m, exists) for m, exists in wave))
         results += [(m, exists, a) for (m, exists), a in zip(wave, answers, strict=True)]
     apply_error = None
     done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
@@ -307,9 +307,18 @@ async def _apply_children(
     return deployment, apply_error, done
 
 
-async def _apply(kube: KubeClient, manifest: Mapping[str, Any]) -> dict[str, Any] | KubeError:
-    """The applied object, or the API server's refusal (other errors propagate)."""
+async def _apply(
+    kube: KubeClient, manifest: Mapping[str, Any], exists: bool
+) -> dict[str, Any] | KubeError:
+    """The object created (the cache has not seen it) or applied, or the API server's
+    refusal (other errors propagate)."""
     try:
+        if not exists:
+            try:
+                return await kube.create(manifest)
+            except KubeError as exc:
+                if exc.status != 409:  # there after all, newer than the cache: applied
+                    raise
         return await kube.apply(manifest)
     except KubeError as exc:
         return exc

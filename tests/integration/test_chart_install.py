@@ -236,7 +236,7 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
                 ("ingresses", "networking.k8s.io"),
                 ("horizontalpodautoscalers", "autoscaling"),
             ]
-            for verb in ("list", "watch", "create", "patch", "delete")
+            for verb in ("get", "list", "watch", "create", "patch", "delete")
         ],
         rule("create", "events", "", ns),
         # The Secrets and CA ConfigMap a serving's spec.logging.kafka.security names, one by one,
@@ -251,7 +251,7 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
         rule("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
         *[
             rule(verb, "clusterrolebindings", "rbac.authorization.k8s.io")
-            for verb in ("list", "watch", "create", "patch", "delete")
+            for verb in ("get", "list", "watch", "create", "patch", "delete")
         ],
         rule("bind", "clusterroles", "rbac.authorization.k8s.io", name=sidecar_auth),
         rule(

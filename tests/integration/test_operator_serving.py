@@ -131,6 +131,43 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
     wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
 
 
+def test_what_the_spec_no_longer_asks_for_leaves_the_children(
+    operator, crds, kube_client, namespace
+):
+    # Children are created, not applied (cheaper for the API server); an apply omitting a field
+    # the create set would leave it, unless the operator takes the created fields as applied.
+    env = [{"name": "EXTRA_FLAG", "value": "1"}, {"name": "KEPT", "value": "2"}]
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", server={"env": env}),
+    )  # fmt: skip
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    apps = client.AppsV1Api(kube_client)
+
+    def env_names() -> set[str]:
+        pod = apps.read_namespaced_deployment("mnist", namespace).spec.template.spec
+        return {e.name for c in pod.containers for e in c.env or []}
+
+    assert {"EXTRA_FLAG", "KEPT"} <= env_names()
+
+    # When the user drops one variable
+    crds.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        {"spec": {"server": {"env": env[1:]}}},
+    )  # fmt: skip
+
+    # Then the Deployment's pods lose it, and keep the other
+    wait_for(lambda: "EXTRA_FLAG" not in env_names(), timeout=30, what="EXTRA_FLAG gone")
+    assert "KEPT" in env_names()
+    wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
+    managers = [
+        (m.manager, m.operation)
+        for m in apps.read_namespaced_deployment("mnist", namespace).metadata.managed_fields
+        if m.manager == "modelserving-operator"
+    ]
+    assert managers == [("modelserving-operator", "Apply")]
+
+
 def test_children_deleted_or_edited_by_hand_are_restored(operator, crds, kube_client, namespace):
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
