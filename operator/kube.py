@@ -20,6 +20,7 @@ from modelserving.kube_access import ApiServer, from_environment
 from modelserving.operator.metrics import ApiWrites
 
 FIELD_MANAGER = "modelserving-operator"
+OWN_ATTEMPTS = 3  # reads and tries of taking over created fields (see KubeClient.apply)
 
 # kind -> (API prefix, plural, namespaced): the kinds the operator reads and writes.
 KINDS: dict[str, tuple[str, str, bool]] = {
@@ -152,33 +153,31 @@ class KubeClient:
         only for an object created so and not applied since; nothing when it does not exist."""
         meta = manifest["metadata"]
         path = object_path(manifest["kind"], meta["name"], meta.get("namespace"))
-        try:
-            live = await self.request("GET", path)
-        except KubeError as exc:
-            if exc.status == 404:
+        for attempt in range(OWN_ATTEMPTS):
+            live = await self.get(manifest["kind"], meta["name"], meta.get("namespace"))
+            entries = (live or {}).get("metadata", {}).get("managedFields") or []
+            ours = [(i, e) for i, e in enumerate(entries) if e.get("manager") == FIELD_MANAGER]
+            created = [i for i, e in ours if e.get("operation") == "Update"]
+            if not created or any(e.get("operation") == "Apply" for _, e in ours):
                 return
-            raise
-        entries = live["metadata"].get("managedFields") or []
-        ours = [(i, e) for i, e in enumerate(entries) if e.get("manager") == FIELD_MANAGER]
-        if any(e.get("operation") == "Apply" for _, e in ours):
-            return
-        created = [
-            i for i, e in ours if e.get("operation") == "Update" and not e.get("subresource")
-        ]
-        if not created:
-            return
-        # The test: the entry is still where it was read (nothing changed meanwhile).
-        rv = live["metadata"]["resourceVersion"]
-        operation = f"/metadata/managedFields/{created[0]}/operation"
-        await self.request(
-            "PATCH",
-            path,
-            body=[
-                {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                {"op": "replace", "path": operation, "value": "Apply"},
-            ],
-            content_type="application/json-patch+json",
-        )
+            # The tests: the entry is still ours and still where it was read. The API server
+            # sorts the entries by time, so another manager's write may move it (then, again).
+            entry = f"/metadata/managedFields/{created[0]}"
+            try:
+                await self.request(
+                    "PATCH",
+                    path,
+                    body=[
+                        {"op": "test", "path": f"{entry}/manager", "value": FIELD_MANAGER},
+                        {"op": "test", "path": f"{entry}/operation", "value": "Update"},
+                        {"op": "replace", "path": f"{entry}/operation", "value": "Apply"},
+                    ],
+                    content_type="application/json-patch+json",
+                )
+                return
+            except KubeError as exc:  # 422: a test failed
+                if exc.status != 422 or attempt == OWN_ATTEMPTS - 1:
+                    raise
 
     async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
         try:
