@@ -1,4 +1,4 @@
-"""The operator's own calls to the Kubernetes API: read, server-side apply, delete, status.
+"""The operator's own calls to the Kubernetes API: read, create, server-side apply, delete, status.
 
 A small asyncio client on aiohttp with the credentials of the pod's ServiceAccount
 or the kubeconfig (found by `modelserving.kube_access`), a cap on concurrent
