@@ -63,10 +63,10 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
     assert value(samples, "modelserving_operator_queue_wait_seconds_count") >= reconciles
     assert value(samples, "modelserving_operator_queue_depth") >= 0
 
-    # And its writes by resource: the children applied, the status patched, the id assigned
+    # And its writes by resource: the children created, the status patched, the id assigned
     writes = "modelserving_operator_api_writes_total"
     for resource in ("deployments", "services", "configmaps", "serviceaccounts"):
-        assert value(samples, writes, resource=resource, verb="apply") >= 1, resource
+        assert value(samples, writes, resource=resource, verb="create") >= 1, resource
     assert value(samples, writes, resource=api.PLURAL, verb="patch-status") >= 1
     assert value(samples, writes, resource=api.PLURAL, verb="patch") >= 1  # the modelId
     assert not [s for s in series(samples, writes) if not s["code"].startswith("2")]
