@@ -102,7 +102,7 @@ class Proc:
         total = 0.0
         for pid in self.tree():
             with contextlib.suppress(OSError, IndexError):
-                total += parse_proc_stat_cpu(Path(f"/proc/{pid}/stat").read_text(), CLOCK_TICKS)
+                total += process_cpu_seconds(pid)
         return total
 
     def rss_mib(self) -> float:
@@ -130,9 +130,13 @@ def control_plane_cpu(cluster_dir: str) -> dict[str, float]:
     used = {}
     for pid_file in sorted(Path(cluster_dir, "pids").glob("*.pid")):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
-            used[pid_file.stem] = parse_proc_stat_cpu(stat, CLOCK_TICKS)
+            used[pid_file.stem] = process_cpu_seconds(int(pid_file.read_text()))
     return used
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds one process has used so far (OSError once it is gone)."""
+    return parse_proc_stat_cpu(Path(f"/proc/{pid}/stat").read_text(), CLOCK_TICKS)
 
 
 class ControlPlaneCpu:
