@@ -47,6 +47,18 @@ class KubeError(RuntimeError):
         self.message = message
 
 
+def request_failure(exc: BaseException) -> str:
+    """What went wrong with a request, in words that may go to Events, status and logs: the
+    error's class, with its status and message. Never `repr` of an aiohttp error: a
+    ClientResponseError's request_info holds the request's headers, the bearer token among
+    them (the `str` of the others names at most the host, the URL and the OS's words)."""
+    name, words = type(exc).__name__, str(exc)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        name += f" (status {exc.status})" if exc.status else ""
+        words = exc.message
+    return f"{name}: {words}" if words else name
+
+
 def object_path(kind: str, name: str | None = None, namespace: str | None = None) -> str:
     prefix, plural, namespaced = KINDS[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced else f"{prefix}/{plural}"
@@ -100,7 +112,7 @@ class KubeClient:
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.writes.count(method, path, content_type, 0)
-                raise KubeError(0, f"{method} {path}: {exc!r}") from exc
+                raise KubeError(0, f"{method} {path}: {request_failure(exc)}") from None
         self.writes.count(method, path, content_type, response.status)
         if response.status >= 400:
             try:
