@@ -156,15 +156,19 @@ class KubernetesAuthenticator:
         body = {"apiVersion": group_version, "kind": kind, "spec": spec}
         headers = await self._api.headers()
         try:
-            async with self._session.post(self._api.url + path, json=body, headers=headers) as resp:
+            # Never redirected: the API server does not redirect reviews, and a redirect followed
+            # would carry our token and the caller's (in the body) to wherever it points.
+            async with self._session.post(
+                self._api.url + path, json=body, headers=headers, allow_redirects=False
+            ) as resp:
                 if resp.status not in (200, 201):
-                    text = (await resp.text())[:300]
+                    text = _without_secrets((await resp.text())[:300], spec, headers)
                     log.error("%s refused by the API server: %s %s", kind, resp.status, text)
                     raise AuthUnavailable(f"The credential cannot be checked now ({kind} failed)")
                 answer: dict[str, Any] = await resp.json()
                 return answer
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("%s could not reach the API server: %r", kind, exc)
+            log.warning("%s could not reach the API server: POST %s: %s", kind, path, _failure(exc))
             raise AuthUnavailable(
                 "The credential cannot be checked now (Kubernetes API unreachable)"
             ) from None
@@ -183,3 +187,22 @@ class KubernetesAuthenticator:
                 "Kubernetes auth: reviews go to %s (audience %r)", api.url, config.auth.audience
             )
             yield cls(session, api, config)
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong with a review's request, for the log: the error's class and, for an
+    answer, its status. Never the error's text or repr: aiohttp's response errors carry the
+    request's headers (our bearer token) and its history."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__} (status {exc.status})"
+    return type(exc).__name__
+
+
+def _without_secrets(text: str, spec: dict[str, Any], headers: dict[str, str]) -> str:
+    """An API server's answer, for the log, with the tokens of the request blanked out in case
+    it echoes them (a TokenReview's answer holds its spec)."""
+    secrets = [spec.get("token"), headers.get("Authorization", "").partition(" ")[2]]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
