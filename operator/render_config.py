@@ -139,6 +139,14 @@ def _non_json_said(spec_value: str | None, setting: str) -> dict[str, str]:
     return {"nonJsonPayload": said} if said else {}
 
 
+def sampling_secret(spec: ServingSpec) -> str:
+    """The serving's sampling key for its sidecars: one for all its pods (a retried request is
+    sampled the same way on each), from its uid, which the API server draws at random: one who
+    only calls the serving cannot work it out (one who may read its objects could, as they may
+    read this ConfigMap)."""
+    return hashlib.sha256(f"modelserving sampling key\0{spec.uid}".encode()).hexdigest()
+
+
 def render_sidecar_config(
     spec: ServingSpec, settings: OperatorSettings, model_id: int
 ) -> dict[str, Any]:
@@ -180,6 +188,8 @@ def render_sidecar_config(
             "compression": settings.log_compression,
             **policy,
         }
+        if spec.uid:
+            config["logging"]["sampleKey"] = sampling_secret(spec)
         security = to_mapping(sidecar_security(spec.kafka_security(settings)))
         if security:
             config["logging"]["kafkaSecurity"] = security

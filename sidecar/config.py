@@ -56,6 +56,11 @@ its ports only once it has loaded the model; see modelserving.sidecar.model_stat
 beside this file, says which version and what share; see modelserving.sidecar.routing): at most
 `maxConcurrency` with TF Serving at once, `queueSize` waiting, each given `timeoutSeconds`.
 
+`logging.sampleKey` is the serving's secret for sampling (the operator renders one per serving,
+the same for all its pods): the request id is hashed with it, so a caller cannot choose ids that
+are never logged. Left out, each sidecar draws its own at start (its pods then sample a retried
+request each their own way).
+
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
 
@@ -65,6 +70,7 @@ A bad setting fails the start with a message that names it (`ConfigError`).
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +249,8 @@ class LoggingConfig:
     # None: drop where a redaction rule applies, keep elsewhere (log_policy.non_json_policy).
     non_json_payload: NonJsonPolicy | None = None
     redact: tuple[RedactRule, ...] = ()
+    # The key of the request id's hash for sampling; never in a repr, as callers must not know it.
+    sample_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     # How the producer connects: Secrets mounted as files, read by each new producer.
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -256,6 +264,7 @@ class LoggingConfig:
             oversize=self.oversize_payload,
             non_json=self.non_json_payload,
             rules=self.redact,
+            sample_key=self.sample_key.encode(),
         )
 
 
@@ -370,6 +379,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
                                 "oversizePayload": ("oversize_payload", OversizePolicy),
                                 "nonJsonPayload": ("non_json_payload", NonJsonPolicy),
                                 "redact": ("redact", redact_rules),
+                                "sampleKey": ("sample_key", str),
                                 "kafkaSecurity": ("kafka_security", kafka_security)}),
 }  # fmt: skip
 _REQUIRED_SECTIONS = ("serving", "model")

@@ -2,9 +2,11 @@
 sampling rates, decided inline from the request id) and what is done to its payloads before the
 record is encoded (redaction at JSON paths, a non-JSON policy, a size limit).
 
-Sampling is a pure function of the request id (a 64-bit BLAKE2b of it against the rate), so a
-retried request, whichever pod it reaches, is sampled the same way. Payload shaping runs in the
-pipeline's writer task, never on the request path.
+Sampling is a pure function of the request id and the serving's sampling key (a 64-bit BLAKE2b
+of the id keyed with it, against the rate), so a retried request, whichever pod it reaches, is
+sampled the same way, and a caller, who does not know the key, cannot choose request ids that
+are never logged. Payload shaping runs in the pipeline's writer task, never on the request
+path.
 
 Redaction fails closed: a payload the rules apply to but cannot be applied to (it is not JSON,
 or an object in it names a key twice, of which the model server may read the copy the rules did
@@ -22,6 +24,7 @@ import enum
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -214,8 +217,10 @@ class LogPolicy:
         oversize: OversizePolicy = OversizePolicy.TRUNCATE,
         non_json: NonJsonPolicy | None = None,  # None: see non_json_policy
         rules: tuple[RedactRule, ...] = (),
+        sample_key: bytes | None = None,  # None: one of its own (no other policy agrees)
     ) -> None:
         success_rate = 0.0 if errors_only else success_rate
+        self._sample_key = sampling_key(os.urandom(32) if sample_key is None else sample_key)
         # None: always; 0: never; else the threshold the request id's hash must be under.
         self._success = _threshold(success_rate)
         self._error = _threshold(error_rate)
@@ -256,7 +261,7 @@ class LogPolicy:
             return True
         if threshold == 0:
             return False
-        return sample_point(request_id) < threshold
+        return sample_point(request_id, self._sample_key) < threshold
 
     # ----------------------------------------------------------------- in the pipeline
 
@@ -289,9 +294,15 @@ class LogPolicy:
         return ShapedPayload(body.decode("utf-8", errors="replace"), redacted)
 
 
-def sample_point(request_id: str) -> int:
-    """Where a request id falls in [0, 2**64): the same on every pod and every run."""
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+def sampling_key(secret: bytes) -> bytes:
+    """The BLAKE2b key of a serving's sampling secret (of any length; a key has at most 64)."""
+    return hashlib.blake2b(secret, digest_size=32, person=b"ms-sampling").digest()
+
+
+def sample_point(request_id: str, key: bytes) -> int:
+    """Where a request id falls in [0, 2**64) under a sampling key (`sampling_key`): the same on
+    every pod and every run that has the key, unpredictable without it."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big")
 
 

@@ -38,7 +38,6 @@ from modelserving.sidecar.config import (
 )
 from modelserving.sidecar.exchange import Exchange
 from modelserving.sidecar.inference_log import open_inference_log
-from modelserving.sidecar.log_policy import LogPolicy
 from modelserving.sidecar.main import serving
 from tests.support.waiting import wait_for_async
 
@@ -282,7 +281,7 @@ async def test_a_10_percent_rate_over_5000_requests_logs_8_to_12_percent_the_sam
             for request_id in ids:
                 sink.submit(exchange(request_id, attempt))
 
-    expected = {i for i in ids if LogPolicy(success_rate=0.1).sampled(i, 200)}
+    expected = {i for i in ids if config.logging.policy().sampled(i, 200)}
     assert 400 <= len(expected) <= 600  # 8 % to 12 % of 5,000
     records = await consumed(topic, bootstrap, 2 * len(expected))
     logged = [r.key for r in records]

@@ -54,11 +54,12 @@ def exchange(status: int = 200, request: bytes | None = None, response: bytes = 
 
 
 def test_a_request_id_is_always_sampled_the_same_way_and_the_rate_holds():
-    policy = LogPolicy(success_rate=0.1, error_rate=0.5)
+    policy = LogPolicy(success_rate=0.1, error_rate=0.5, sample_key=b"the serving's key")
     ids = [str(uuid.uuid4()) for _ in range(20_000)]
 
     first = [policy.sampled(i, 200) for i in ids]
-    again = [LogPolicy(success_rate=0.1).sampled(i, 200) for i in ids]
+    another_pod = LogPolicy(success_rate=0.1, sample_key=b"the serving's key")
+    again = [another_pod.sampled(i, 200) for i in ids]
     errors = [policy.sampled(i, 503) for i in ids]
 
     assert first == again
@@ -66,6 +67,29 @@ def test_a_request_id_is_always_sampled_the_same_way_and_the_rate_holds():
     assert 0.48 < sum(errors) / len(ids) < 0.52
     # A lower rate keeps a subset of what a higher one keeps: raising it only adds records.
     assert all(policy.sampled(i, 503) for i, kept in zip(ids, first, strict=True) if kept)
+
+
+def test_which_ids_are_sampled_depends_on_the_servings_key_that_callers_do_not_know():
+    ids = [f"chosen-{n}" for n in range(20_000)]  # ids a caller might pick
+
+    def kept(key: bytes) -> list[bool]:
+        return [LogPolicy(success_rate=0.1, sample_key=key).sampled(i, 200) for i in ids]
+
+    mine, same, other = kept(b"serving one"), kept(b"serving one"), kept(b"serving two")
+    assert mine == same
+    assert mine != other
+    # Under each key about a tenth kept, and the two tenths are nearly independent: an id
+    # known to be dropped under one key is no more likely dropped under another.
+    assert 0.09 < sum(mine) / len(ids) < 0.11 and 0.09 < sum(other) / len(ids) < 0.11
+    both = sum(a and b for a, b in zip(mine, other, strict=True))
+    assert both / len(ids) < 0.02  # 0.01 when independent
+    # A sidecar given no key draws its own: it agrees with no other.
+    assert LoggingConfig().sample_key != LoggingConfig().sample_key
+    config = LoggingConfig()
+    assert [config.policy().sampled(i, 200) for i in ids[:2000]] == [
+        config.policy().sampled(i, 200) for i in ids[:2000]
+    ]
+    assert config.sample_key not in repr(config)
 
 
 def test_errors_mode_keeps_only_answers_that_are_not_2xx():

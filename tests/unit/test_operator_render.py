@@ -112,6 +112,18 @@ def test_spec_brokers_and_topic_win_over_the_operator_defaults():
     assert config.logging.mode is LoggingMode.PREDICTIONS
 
 
+def test_a_servings_pods_share_its_sampling_key_and_other_servings_have_others():
+    def key(uid: str) -> str:
+        body = mnist_body()
+        body["metadata"]["uid"] = uid
+        rendered = render_sidecar_configmap(ServingSpec.from_body(body), SETTINGS, 1)
+        return parse_config(yaml.safe_load(rendered["data"]["sidecar.yaml"])).logging.sample_key
+
+    assert key("u-1") == key("u-1")  # every render, so every pod and every rollout
+    assert key("u-1") != key("u-2")
+    assert "u-1" not in key("u-1")
+
+
 def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     children = by_kind(render_children(mnist(), SETTINGS, 17))
     deployment = children["Deployment"][0]
