@@ -211,6 +211,7 @@ class AuthConfig:
     mode: AuthMode = AuthMode.API_KEY
     api_keys_dir: str = "/etc/modelserving/apikeys"
     audience: str = ""
+    # A token allowed is not asked about again for this long, nor past its expiry (a JWT's exp).
     allow_cache_seconds: float = 300.0
     deny_cache_seconds: float = 30.0
     kubeconfig: str = ""

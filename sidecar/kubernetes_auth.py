@@ -1,18 +1,22 @@
 """Kubernetes bearer tokens: TokenReview (with the pinned audience) then SubjectAccessReview for
 `create` on `modelservings/predict` of this serving, through async calls to the API server.
 
-Decisions are cached by a hash of the token (allow and deny for their own times), errors never
-are, and concurrent checks of one token share one pair of API calls.
+Decisions are cached by a hash of the token (allow and deny for their own times, an allow never
+past the token's expiry), errors never are, and concurrent checks of one token share one pair of
+API calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +58,15 @@ class KubernetesAuthenticator:
     mode = AuthMode.KUBERNETES.value
 
     def __init__(
-        self, session: aiohttp.ClientSession, api: ApiServer, config: SidecarConfig
+        self,
+        session: aiohttp.ClientSession,
+        api: ApiServer,
+        config: SidecarConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._clock = clock
         self._api = api
         self._challenge = challenge(SCHEME, config)
         self._audience = config.auth.audience
@@ -85,7 +95,7 @@ class KubernetesAuthenticator:
             )
         key = hashlib.sha256(token.encode("utf-8", "backslashreplace")).digest()
         decision = self._cache.get(key)
-        if decision is None or decision.expires <= time.monotonic():
+        if decision is None or decision.expires <= self._clock():
             decision = await self._shared_review(key, token)
         if not decision.authenticated:
             raise Unauthenticated(self._challenge, "The token is not valid for this serving")
@@ -136,14 +146,21 @@ class KubernetesAuthenticator:
             },
         )
         allowed = bool((access.get("status") or {}).get("allowed"))
-        seconds = self._allow_seconds if allowed else self._deny_seconds
+        if allowed:
+            # TokenReview does not say when the token expires; a JWT's payload does. Read
+            # unverified, it can only shorten the time (the API server has just verified it).
+            expiry = token_expiry(token)
+            left = self._allow_seconds if expiry is None else expiry - time.time()
+            seconds = max(0.0, min(self._allow_seconds, left))
+        else:
+            seconds = self._deny_seconds
         return self._remember(key, Decision(True, allowed, username, seconds))
 
     def _remember(self, key: bytes, decision: Decision) -> Decision:
         decision = Decision(decision.authenticated, decision.allowed, decision.caller,
-                            time.monotonic() + decision.expires)  # fmt: skip
+                            self._clock() + decision.expires)  # fmt: skip
         if len(self._cache) >= MAX_CACHED_DECISIONS:
-            now = time.monotonic()
+            now = self._clock()
             for stale in [k for k, d in self._cache.items() if d.expires <= now]:
                 del self._cache[stale]
             while len(self._cache) >= MAX_CACHED_DECISIONS:
@@ -187,6 +204,22 @@ class KubernetesAuthenticator:
                 "Kubernetes auth: reviews go to %s (audience %r)", api.url, config.auth.audience
             )
             yield cls(session, api, config)
+
+
+def token_expiry(token: str) -> float | None:
+    """When a token that is a JWT expires (its payload's `exp`, in seconds since the epoch),
+    unverified; None when it is not a JWT or says no expiry."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):  # UnicodeDecodeError included
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp)
 
 
 def _failure(exc: BaseException) -> str:

@@ -1,11 +1,16 @@
 """Kubernetes tokens at the sidecar (modelserving.sidecar.kubernetes_auth) against a stand-in API
-server: a review that fails says so without any token in the log or the answer."""
+server: a review that fails says so without any token in the log or the answer, and an allowed
+token is not let in on the cached decision once it has expired."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -77,3 +82,83 @@ async def test_a_failed_review_leaves_no_token_in_the_log_or_the_answer(api_serv
         assert OUR_TOKEN not in text and CALLERS_TOKEN not in text
     assert "TokenReview" in caplog.text  # the log still says which call failed
     assert asked == ["/apis/authentication.k8s.io/v1/tokenreviews"]  # a redirect is not followed
+
+
+# An allowed token is let in without asking again for allowCacheSeconds, never past its expiry.
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def jwt(payload: object) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+async def allowing(request: web.Request) -> web.StreamResponse:
+    if request.path.endswith("/tokenreviews"):
+        user = {"username": "system:serviceaccount:ns:caller"}
+        return web.json_response({"status": {"authenticated": True, "user": user}}, status=201)
+    return web.json_response({"status": {"allowed": True}}, status=201)
+
+
+@pytest_asyncio.fixture
+async def allowing_api() -> AsyncIterator[tuple[KubernetesAuthenticator, Clock]]:
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", allowing)
+    clock = Clock()
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        url = str(server.make_url("")).rstrip("/")
+        api = ApiServer(url, False, BearerToken(lambda: OUR_TOKEN, None))
+        yield KubernetesAuthenticator(session, api, CONFIG, clock=clock), clock
+
+
+async def reviews_after(
+    authenticator: KubernetesAuthenticator, clock: Clock, token: str, seconds: float
+) -> int:
+    """The reviews sent for a token let in once, then again `seconds` later."""
+    before = authenticator.api_calls
+    assert await authenticator.authenticate(f"Bearer {token}") == "system:serviceaccount:ns:caller"
+    clock.now += seconds
+    await authenticator.authenticate(f"Bearer {token}")
+    return authenticator.api_calls - before
+
+
+def expiring_in(seconds: float) -> Callable[[], str]:
+    return lambda: jwt({"sub": "caller", "exp": time.time() + seconds})
+
+
+@pytest.mark.parametrize(
+    ("token", "cached_for"),
+    [
+        (expiring_in(60), 60),  # expires before the cache time
+        (expiring_in(3600), 300),  # after it: the cache time
+        (lambda: jwt({"sub": "caller"}), 300),  # a JWT that does not expire
+        (lambda: jwt({"exp": "soon"}), 300),  # nor one whose exp is not a time
+        (lambda: "a.b%.c", 300),  # nor a token that looks like a JWT and is not
+        (lambda: "an-opaque-token", 300),  # a token that is not a JWT: the configured time
+    ],
+    ids=["jwt-60s", "jwt-1h", "jwt-no-exp", "jwt-bad-exp", "jwt-like", "opaque"],
+)
+async def test_an_allowed_token_is_cached_for_the_allow_time_and_never_past_its_expiry(
+    allowing_api, token, cached_for
+):
+    authenticator, clock = allowing_api
+    assert CONFIG.auth.allow_cache_seconds == 300
+    assert await reviews_after(authenticator, clock, token(), cached_for - 2) == 1
+    assert await reviews_after(authenticator, clock, token() + "x", cached_for + 1) == 2
+
+
+async def test_a_token_allowed_as_it_expires_is_not_cached(allowing_api):
+    authenticator, clock = allowing_api
+    token = jwt({"sub": "caller", "exp": time.time() - 1})  # the API server's clock is behind
+    assert await reviews_after(authenticator, clock, token, 0) == 2
