@@ -33,6 +33,7 @@ from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
     cluster_role_binding_name,
+    owned_by,
 )
 from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Again, Reconciler, reconcile
@@ -274,11 +275,14 @@ async def serving_event(
     rec: Reconciler = memo.reconciler
     if type == "DELETED":
         # Namespaced children go with the serving (ownerReferences); the cluster-scoped
-        # binding cannot be owned by it, so it goes here.
+        # binding cannot be owned by it, so it goes here, if it is the serving's.
         rec.forget(key)
         spec = ServingSpec.from_body(body)
         if spec.auth.mode == "kubernetes":
-            await rec.kube.delete("ClusterRoleBinding", cluster_role_binding_name(spec))
+            name = cluster_role_binding_name(spec)
+            binding = await rec.kube.get("ClusterRoleBinding", name)
+            if binding is not None and owned_by(binding, spec):
+                await rec.kube.delete("ClusterRoleBinding", name)
         return
     _enqueue(memo, key, kwargs, serving_event=True)
 

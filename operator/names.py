@@ -6,6 +6,7 @@ the same labels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from modelserving import api
@@ -56,6 +57,20 @@ def metadata(spec: ServingSpec, name: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def owned_by(child: Mapping[str, Any], spec: ServingSpec) -> bool:
+    """Whether an object found under a child's name is the serving's own: a namespaced one
+    names the serving's uid among its ownerReferences; a cluster-scoped one (which cannot)
+    names the serving in its labels. Anything else is someone else's, never written."""
+    meta = child.get("metadata") or {}
+    if not meta.get("namespace"):
+        found = meta.get("labels") or {}
+        return (
+            found.get(LABEL_SERVING_NAMESPACE) == spec.namespace
+            and found.get(LABEL_SERVING_NAME) == spec.name
+        )
+    return any(ref.get("uid") == spec.uid for ref in meta.get("ownerReferences") or [])
 
 
 def tfserving_configmap_name(spec: ServingSpec) -> str:

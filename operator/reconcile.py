@@ -31,13 +31,20 @@ from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.model_report import event_for, model_status, ready_with_pods
 from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
-from modelserving.operator.names import MODEL_ID_ANNOTATION, SECRETS_CHECKSUM_ANNOTATION
+from modelserving.operator.names import (
+    MODEL_ID_ANNOTATION,
+    SECRETS_CHECKSUM_ANNOTATION,
+    owned_by,
+)
 from modelserving.operator.render import render_children
 from modelserving.operator.secret_refs import KeyDigests, secret_keys, secrets_checksum
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
+    APPLY_FAILED,
+    CONFLICT,
     POD_REASONS,
+    ApplyFailure,
     Condition,
     LoggingState,
     deployment_conditions,
@@ -168,7 +175,9 @@ async def reconcile(
     deployment: Mapping[str, Any] | None = None
     if cached_deployment := cached.get(("Deployment", key[1])):
         deployment = cached_deployment.parsed()
-    apply_error = None
+        if not owned_by(deployment, spec):  # someone else's, of the serving's name (Conflict)
+            deployment = None
+    failure = None
     # An operator that may not read Secrets rolls no pods for them (and carries no digest).
     checksum = (
         _secrets_checksum(spec, secrets or {}, deployment) if rec.settings.read_secrets else None
@@ -183,10 +192,10 @@ async def reconcile(
             k: deployment if k[0] == "Deployment" and deployment else c.parsed()
             for k, c in cached.items()
         }
-        deployment, apply_error, done = await _apply_children(
+        deployment, failure, done = await _apply_children(
             rec, serving, spec, model_id, checksum, live, deployment
         )
-        if apply_error is None and not any(done.values()):
+        if failure is None and not any(done.values()):
             rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
         else:
             rec.verified.pop(key, None)
@@ -197,7 +206,8 @@ async def reconcile(
     if logging_state.ready and spec.logging_on(rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
     model = model_status(spec.model, pods)
-    ready, *rollout = deployment_conditions(deployment, apply_error)
+    ready, *rollout = deployment_conditions(deployment, failure)
+    _post_conflict(rec, serving, key, failure)
     _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])
     if logging_state.reason in (AUTHENTICATION_FAILED, TLS_FAILED):  # say what to fix
         hint = what_to_check(logging_state.reason, spec.kafka_security(rec.settings))
@@ -231,7 +241,7 @@ async def reconcile(
             await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
             rec.writes += 1
             rec.status_written[key] = time.monotonic()
-    if apply_error or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):
+    if failure or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):
         retry = rec.settings.retry_seconds
         return Again(retry if wait is None else min(wait, retry), failed=True)
     return None if wait is None else Again(wait, failed=False)
@@ -253,8 +263,12 @@ def _progress_wait(
 # Each wave goes out at once, as concurrent requests. The Service, NetworkPolicy and
 # RoleBindings go with the Deployment, not before it: a Service's create waits on its
 # ClusterIP's allocation (a second's wait with a thousand servings at once), and nothing of
-# the pods' start needs them.
-_FIRST_WAVE = ("ServiceAccount", "ConfigMap")
+# the pods' start needs them. The autoscaler names the Deployment it scales: it goes last.
+_WAVES = (("ServiceAccount", "ConfigMap"), None, ("HorizontalPodAutoscaler",))  # None: the rest
+
+
+def _wave_of(kind: str) -> int:
+    return next((i for i, kinds in enumerate(_WAVES) if kinds and kind in kinds), 1)
 
 
 async def _apply_children(
@@ -265,34 +279,46 @@ async def _apply_children(
     secrets_checksum: str | None,
     live: dict[tuple[str, str], Mapping[str, Any]],
     deployment: Mapping[str, Any] | None,
-) -> tuple[Mapping[str, Any] | None, str | None, dict[str, list[str]]]:
+) -> tuple[Mapping[str, Any] | None, ApplyFailure | None, dict[str, list[str]]]:
     """Apply the children that differ from the spec's and delete those it no longer asks for.
-    Returns the Deployment as it now is, the first error, and what was created, updated and
-    deleted."""
+    Returns the Deployment as it now is, the first failure, and what was created, updated and
+    deleted.
+
+    An object that holds a child's name and is not the serving's (names.owned_by) is never
+    written, nor deleted: it is someone else's, and its owner's. Found in the cache, nothing
+    is written; found when its create is refused, no later wave goes out, since those would
+    use it (pods running as another's ServiceAccount, reading another's ConfigMap; an
+    autoscaler scaling another's Deployment)."""
     live = dict(live)
     stale: list[tuple[Mapping[str, Any], bool]] = []  # (manifest, exists)
+    taken: list[Mapping[str, Any]] = []
     for manifest in render_children(spec, rec.settings, model_id, secrets_checksum):
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
-        if current is None or not covers(current, manifest):
+        if current is not None and not owned_by(current, spec):
+            taken.append(manifest)
+        elif current is None or not covers(current, manifest):
             stale.append((manifest, current is not None))
-    waves = [
-        [(m, exists) for m, exists in stale if m["kind"] in _FIRST_WAVE],
-        [(m, exists) for m, exists in stale if m["kind"] not in _FIRST_WAVE],
-    ]
     results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | KubeError]] = []
-    for wave in waves:
-        answers = await asyncio.gather(*(_apply(rec.kube, m, exists) for m, exists in wave))
-        results += [(m, exists, a) for (m, exists), a in zip(wave, answers, strict=True)]
-    apply_error = None
+    for index in range(len(_WAVES)):
+        wave = [(m, exists) for m, exists in stale if _wave_of(m["kind"]) == index]
+        if taken or not wave:
+            continue
+        answers = await asyncio.gather(*(_apply(rec.kube, spec, m, e) for m, e in wave))
+        for (m, exists), answer in zip(wave, answers, strict=True):
+            if answer is None:
+                taken.append(m)
+            else:
+                results.append((m, exists, answer))
+    failure = _taken_failure(spec, taken) if taken else None
     done: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
     for child, exists, answer in results:
         what = f"{child['kind']} {child['metadata']['name']}"
         if isinstance(answer, KubeError):
-            apply_error = apply_error or f"applying {what}: {answer}"
+            failure = failure or ApplyFailure(APPLY_FAILED, f"applying {what}: {answer}")
             kopf.event(
                 _ref(serving),
                 type="Warning",
-                reason="ApplyFailed",
+                reason=APPLY_FAILED,
                 message=f"applying {what}: {answer}",
             )
             continue
@@ -300,25 +326,47 @@ async def _apply_children(
         done["Updated" if exists else "Created"].append(what)
         if child["kind"] == "Deployment":
             deployment = answer
-    for kind, name in live:  # children the spec no longer asks for
+    for (kind, name), current in live.items():  # children the spec no longer asks for
+        if not owned_by(current, spec):
+            continue
         await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else spec.namespace)
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
-    return deployment, apply_error, done
+    return deployment, failure, done
+
+
+def _taken_failure(spec: ServingSpec, taken: list[Mapping[str, Any]]) -> ApplyFailure:
+    """The Conflict the status tells of children's names held by objects not the serving's."""
+    whats = [f"{m['kind']} {m['metadata']['name']}" for m in taken]
+    one = len(whats) == 1
+    return ApplyFailure(
+        CONFLICT,
+        f"{', '.join(whats)} already {'exists' if one else 'exist'} and "
+        f"{'is' if one else 'are'} not this serving's (no ownerReference to ModelServing "
+        f"{spec.name}): the operator leaves {'it' if one else 'them'} as "
+        f"{'it is' if one else 'they are'} and writes nothing that would use "
+        f"{'it' if one else 'them'}. Delete or rename {'it' if one else 'them'}, or give the "
+        "serving another name",
+    )
 
 
 async def _apply(
-    kube: KubeClient, manifest: Mapping[str, Any], exists: bool
-) -> dict[str, Any] | KubeError:
+    kube: KubeClient, spec: ServingSpec, manifest: Mapping[str, Any], exists: bool
+) -> dict[str, Any] | KubeError | None:
     """The object created (the cache has not seen it) or applied, or the API server's
-    refusal (other errors propagate)."""
+    refusal (other errors propagate); None when an object not the serving's holds its name."""
     try:
         if not exists:
             try:
                 return await kube.create(manifest)
             except KubeError as exc:
-                if exc.status != 409:  # there after all, newer than the cache: applied
+                if exc.status != 409:
                     raise
+            # There after all: the serving's, newer than the cache (applied), or another's.
+            meta = manifest["metadata"]
+            found = await kube.get(manifest["kind"], meta["name"], meta.get("namespace"))
+            if found is not None and not owned_by(found, spec):
+                return None
         return await kube.apply(manifest)
     except KubeError as exc:
         return exc
@@ -360,6 +408,21 @@ def _post_changes(
             reason="ModelIdAssigned",
             message=f"modelId {new_model_id}",
         )
+
+
+def _post_conflict(
+    rec: Reconciler, serving: Mapping[str, Any], key: tuple[str, str], failure: ApplyFailure | None
+) -> None:
+    """A Warning when a Conflict is first told (or names other objects); retries stay quiet."""
+    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    if CONFLICT not in told:  # what the status says (the last operator's word)
+        conditions = (serving.get("status") or {}).get("conditions") or []
+        ready: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+        told[CONFLICT] = ready.get("message", "") if ready.get("reason") == CONFLICT else ""
+    message = failure.message if failure and failure.reason == CONFLICT else ""
+    if message and told[CONFLICT] != message:
+        kopf.event(_ref(serving), type="Warning", reason=CONFLICT, message=message)
+    told[CONFLICT] = message
 
 
 def _post_model_events(

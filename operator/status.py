@@ -30,15 +30,31 @@ class LoggingState:
     message: str
 
 
+# ApplyFailure's reasons: the API server refused a child's write; a child's name is taken.
+APPLY_FAILED = "ApplyFailed"
+CONFLICT = "Conflict"
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """Why the children are not as the spec wants them: the API server refused a write
+    (APPLY_FAILED), or an object that is not the serving's holds a child's name (CONFLICT)."""
+
+    reason: str
+    message: str
+
+
 def deployment_conditions(
-    deployment: Mapping[str, Any] | None, apply_error: str | None = None
+    deployment: Mapping[str, Any] | None, not_applied: ApplyFailure | None = None
 ) -> list[Condition]:
-    """Ready, Progressing and Degraded from the Deployment (None: not there yet)."""
-    if apply_error:
+    """Ready, Progressing and Degraded from the Deployment (None: not there yet), or from why
+    the children could not be applied."""
+    if not_applied:
+        reason, message = not_applied.reason, not_applied.message
         return [
-            Condition("Ready", False, "ApplyFailed", apply_error),
-            Condition("Progressing", False, "ApplyFailed", apply_error),
-            Condition("Degraded", True, "ApplyFailed", apply_error),
+            Condition("Ready", False, reason, message),
+            Condition("Progressing", False, reason, message),
+            Condition("Degraded", True, reason, message),
         ]
     if deployment is None:
         message = "the serving's Deployment does not exist yet"

@@ -350,3 +350,102 @@ def test_kubernetes_auth_binds_the_pods_service_account(operator, crds, kube_cli
         timeout=30,
         what="the ClusterRoleBinding removed",
     )
+
+
+def hand_made_service_account(namespace: str) -> dict:
+    """A ServiceAccount a team made by hand, named as a serving `victim`'s sidecar's would be."""
+    return {"metadata": {"name": "victim-sidecar", "namespace": namespace}}
+
+
+def hand_made_deployment(namespace: str) -> dict:
+    """A Deployment a team made by hand, named `victim` and even labelled as the operator
+    labels a serving's children (so that the operator's watch cache holds it)."""
+    labels = {
+        api.LABEL_NAME: "modelserving",
+        api.LABEL_INSTANCE: "victim",
+        api.LABEL_MANAGED_BY: api.MANAGED_BY,
+    }
+    pod = {"containers": [{"name": "web", "image": "nginx:1"}]}
+    return {
+        "metadata": {"name": "victim", "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "victim-web"}},
+            "template": {"metadata": {"labels": {"app": "victim-web"}}, "spec": pod},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("ServiceAccount", "victim-sidecar"), ("Deployment", "victim")]
+)
+def test_a_serving_leaves_an_object_of_its_childs_name_that_is_not_its_own(
+    operator, crds, kube_client, namespace, kind, name
+):
+    apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
+    read = {
+        "ServiceAccount": lambda: core.read_namespaced_service_account(name, namespace),
+        "Deployment": lambda: apps.read_namespaced_deployment(name, namespace),
+    }[kind]
+    # Given an object a team made by hand, named as a child of a serving `victim` would be
+    if kind == "ServiceAccount":
+        core.create_namespaced_service_account(namespace, hand_made_service_account(namespace))
+    else:
+        apps.create_namespaced_deployment(namespace, hand_made_deployment(namespace))
+    before = read()
+
+    # When a ModelServing named `victim` is created
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("victim")
+    )
+
+    # Then its status says Conflict, naming the object and what to do
+    def conflict() -> dict | None:
+        ready = condition(get_serving(crds, namespace, "victim"), "Ready")
+        return ready if ready.get("reason") == "Conflict" else None
+
+    ready = wait_for(conflict, timeout=30, what="the serving's Conflict")
+    assert ready["status"] == "False"
+    assert ready["message"].startswith(f"{kind} {name} already exists and is not this serving's")
+    assert "Delete or rename it, or give the serving another name" in ready["message"]
+    # And an Event says it too
+    events = core.list_namespaced_event(namespace).items
+    told = [e.message for e in events if e.reason == "Conflict"]
+    assert told == [ready["message"]]
+    # And the object is as it was: no ownerReference, the same spec
+    after = read()
+    assert not after.metadata.owner_references
+    assert after.metadata.labels == before.metadata.labels
+    if kind == "Deployment":
+        assert after.metadata.generation == before.metadata.generation
+        assert after.spec.template == before.spec.template
+    else:
+        assert after.metadata.resource_version == before.metadata.resource_version
+    # And no pods of the serving run as, or next to, another's object
+    if kind == "ServiceAccount":
+        assert read_or_none(apps.read_namespaced_deployment, "victim", namespace) is None
+
+    # When the serving is deleted, and the garbage collector has removed what it owned
+    uid = get_serving(crds, namespace, "victim")["metadata"]["uid"]
+    crds.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "victim")
+
+    def owned_left() -> list[str]:
+        owned = [
+            *core.list_namespaced_config_map(namespace).items,
+            *core.list_namespaced_service_account(namespace).items,
+            *apps.list_namespaced_deployment(namespace).items,
+        ]
+        return [
+            o.metadata.name
+            for o in owned
+            if any(ref.uid == uid for ref in o.metadata.owner_references or [])
+        ]
+
+    wait_for(
+        lambda: read_or_none(get_serving, crds, namespace, "victim") is None and not owned_left(),
+        timeout=60,
+        what="the serving and what it owned gone",
+    )
+
+    # Then the object made by hand is still there
+    assert read().metadata.uid == before.metadata.uid

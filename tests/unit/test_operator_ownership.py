@@ -1,0 +1,139 @@
+"""A serving writes only objects that are its own: one that holds a child's name and names
+another owner, or none, is left as it is, and the serving's status says Conflict, naming it.
+(The story on a real cluster: tests/integration/test_operator_serving.py.)"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, cast
+
+import pytest
+
+from modelserving.operator import reconcile
+from modelserving.operator.kube import KubeClient, KubeError
+from modelserving.operator.names import owned_by
+from modelserving.operator.reconcile import Reconciler, _apply_children
+from modelserving.operator.render import render_children
+from modelserving.operator.spec import ServingSpec
+from modelserving.operator.status import CONFLICT
+from tests.unit.test_operator_render import SETTINGS, mnist, mnist_body
+
+Key = tuple[str, str]
+
+
+class ApiServer:
+    """What the operator's client reaches: objects by (kind, name), and the writes made."""
+
+    def __init__(self, objects: dict[Key, dict[str, Any]]) -> None:
+        self.objects = objects
+        self.writes: list[tuple[str, Key]] = []
+
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.objects:
+            raise KubeError(409, f"{key[0]} {key[1]} already exists")
+        self.writes.append(("create", key))
+        self.objects[key] = copy.deepcopy(manifest)
+        return self.objects[key]
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        return self.objects.get((kind, name))
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        self.writes.append(("apply", key))
+        self.objects[key] = copy.deepcopy(manifest)
+        return self.objects[key]
+
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        self.writes.append(("delete", (kind, name)))
+        self.objects.pop((kind, name), None)
+
+
+@pytest.fixture(autouse=True)
+def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    posted: list[dict[str, Any]] = []
+    monkeypatch.setattr(reconcile.kopf, "event", lambda _ref, **event: posted.append(event))
+    return posted
+
+
+def someone_elses(kind: str, name: str, **metadata: Any) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "namespace": "demo", **metadata}}
+
+
+async def apply_children(
+    server: ApiServer, live: dict[Key, dict[str, Any]], spec: ServingSpec | None = None
+) -> Any:
+    spec = spec or mnist()
+    rec = Reconciler(
+        kube=cast(KubeClient, server),
+        settings=SETTINGS,
+        topics=cast(Any, None),
+        model_ids=cast(Any, None),
+    )
+    body = mnist_body()
+    return await _apply_children(rec, body, spec, 7, None, cast(Any, live), None)
+
+
+async def test_a_service_account_of_the_servings_name_made_by_hand_is_left_as_it_is():
+    # Given a ServiceAccount named as the serving's sidecar's, made by hand (no labels, so the
+    # operator's cache does not hold it)
+    theirs = someone_elses("ServiceAccount", "mnist-sidecar", uid="not-the-serving")
+    server = ApiServer({("ServiceAccount", "mnist-sidecar"): theirs})
+    before = copy.deepcopy(theirs)
+
+    # When the serving's children are applied
+    deployment, failure, _ = await apply_children(server, live={})
+
+    # Then the ServiceAccount is not written, and no pods are made to run as it
+    assert server.objects[("ServiceAccount", "mnist-sidecar")] == before
+    assert ("ServiceAccount", "mnist-sidecar") not in [key for _, key in server.writes]
+    assert deployment is None and ("Deployment", "mnist") not in server.objects
+    assert {kind for _, (kind, _) in server.writes} == {"ConfigMap"}  # the first wave's rest
+    # And the failure is a Conflict that names it and says what to do
+    assert failure.reason == CONFLICT
+    assert failure.message.startswith("ServiceAccount mnist-sidecar already exists and is not")
+    assert "Delete or rename it, or give the serving another name" in failure.message
+
+
+async def test_an_object_with_the_servings_labels_not_owned_is_neither_written_nor_deleted():
+    # Given, in the operator's cache (it carries the serving's labels), a Deployment and an
+    # Ingress the serving does not own; the spec asks for the Deployment, not for an Ingress
+    labels = next(m for m in render_children(mnist(), SETTINGS, 7) if m["kind"] == "Deployment")[
+        "metadata"
+    ]["labels"]
+    deployment = someone_elses("Deployment", "mnist", labels=labels, spec={"replicas": 5})
+    ingress = someone_elses("Ingress", "mnist", labels=labels)
+    objects = {("Deployment", "mnist"): deployment, ("Ingress", "mnist"): ingress}
+    server = ApiServer(copy.deepcopy(objects))
+
+    # When the serving's children are applied
+    _, failure, _ = await apply_children(server, live=copy.deepcopy(objects))
+
+    # Then nothing is written: neither is touched, nor anything that would use them
+    assert server.writes == []
+    assert server.objects == objects
+    assert failure.reason == CONFLICT and failure.message.startswith("Deployment mnist already")
+
+
+async def test_the_servings_own_child_the_cache_has_not_seen_yet_is_applied():
+    # Given the serving's own ServiceAccount, made by an earlier reconcile, not yet in the cache
+    ours = next(m for m in render_children(mnist(), SETTINGS, 7) if m["kind"] == "ServiceAccount")
+    server = ApiServer({("ServiceAccount", "mnist-sidecar"): copy.deepcopy(ours)})
+
+    _, failure, _ = await apply_children(server, live={})
+
+    assert failure is None
+    assert ("apply", ("ServiceAccount", "mnist-sidecar")) in server.writes
+    assert ("create", ("Deployment", "mnist")) in server.writes
+
+
+def test_a_cluster_scoped_child_is_the_servings_when_its_labels_name_the_serving():
+    spec = mnist(auth={"mode": "kubernetes"})
+    binding = next(
+        m for m in render_children(spec, SETTINGS, 7) if m["kind"] == "ClusterRoleBinding"
+    )
+    assert owned_by(binding, spec)
+    assert not owned_by({"metadata": {"name": binding["metadata"]["name"]}}, spec)
+    assert not owned_by(binding, ServingSpec.from_body({**mnist_body(), "metadata": {
+        "name": "mnist", "namespace": "other", "uid": "u-2"}}))  # fmt: skip
