@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelserving import api
+from modelserving.kube_access import SERVICE_ACCOUNT_DIR
 from modelserving.operator.kafka_access import sidecar_mounts, sidecar_volumes
 from modelserving.operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
@@ -38,6 +39,13 @@ from modelserving.operator.spec import ServingSpec
 from modelserving.sidecar.config import AuthConfig, LoggingConfig
 
 RUN_AS_USER = 10001
+# The sidecar's credentials to the API server, in the sidecar alone: what the kubelet would
+# mount in every container when the pod automounts its ServiceAccount's token (the token,
+# the cluster's CA, the namespace), where in-cluster clients look for them.
+API_ACCESS_VOLUME = "kube-api-access"
+# The token's life, as the kubelet's own automount asks for it (the kubelet renews the file at
+# 80% of it, and the sidecar reads it again every minute: kube_access).
+TOKEN_EXPIRATION_SECONDS = 3607
 
 
 def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[str, Any]:
@@ -92,6 +100,7 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         _routing_mount(spec),
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "spool", "mountPath": LoggingConfig.spool_dir},
+        {"name": API_ACCESS_VOLUME, "mountPath": str(SERVICE_ACCOUNT_DIR), "readOnly": True},
     ]
     if spec.auth.mode == "apiKey":
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
@@ -162,6 +171,34 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+def _api_access_volume() -> dict[str, Any]:
+    """The files of an automounted ServiceAccount token, as a volume the sidecar alone mounts."""
+    namespace = {
+        "path": "namespace",
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+    }
+    return {
+        "name": API_ACCESS_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "path": "token",
+                        "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                    }
+                },
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {"downwardAPI": {"items": [namespace]}},
+            ]
+        },
+    }
+
+
 def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     spool = spec.logging.spool
     volumes: list[dict[str, Any]] = [
@@ -173,6 +210,7 @@ def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, An
             if spool.claim_name
             else {"name": "spool", "emptyDir": {"sizeLimit": str(spool.size)}}
         ),
+        _api_access_volume(),
     ]
     if spec.auth.mode == "apiKey":
         secret = spec.auth.api_keys.secret_name
@@ -202,7 +240,9 @@ def render_deployment(
     secrets_checksum: str | None = None,
 ) -> Manifest:
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": True,
+        # Not in every container: TF Serving (and whatever model code it runs) gets no token of
+        # the sidecar's account; the sidecar mounts one (API_ACCESS_VOLUME).
+        "automountServiceAccountToken": False,
         "serviceAccountName": service_account_name(spec),
         "securityContext": {
             "runAsNonRoot": True,

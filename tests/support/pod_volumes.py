@@ -63,7 +63,8 @@ class SidecarPod:
                 local.write_bytes(_data(core, namespace, volume)[mount["subPath"]])
             elif "secret" in volume or "configMap" in volume:
                 project(core, namespace, volume, local)
-            else:
+            else:  # an emptyDir; or the API-access volume, left empty: here the sidecar
+                # reaches the API server through the kubeconfig (kube_access)
                 local.mkdir(parents=True, exist_ok=True)
             self.folders[mount["mountPath"]] = local
 

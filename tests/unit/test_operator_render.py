@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from modelserving import api
+from modelserving.kube_access import SERVICE_ACCOUNT_DIR
 from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving.operator.reconcile import covers
 from modelserving.operator.render import render_children
@@ -156,11 +157,44 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     assert volumes["apikeys"]["secret"]["secretName"] == "mnist-keys"
     assert volumes["spool"]["emptyDir"]["sizeLimit"] == "1Gi"
     # The sidecar publishes its model report and its log's health on its pod: its own
-    # account, with a token, whether or not it logs.
-    assert pod["automountServiceAccountToken"] is True
+    # account, whether or not it logs.
     assert pod["serviceAccountName"] == "mnist-sidecar"
     quiet = render_deployment(mnist(logging={"enabled": False}), SETTINGS, [])
     assert quiet["spec"]["template"]["spec"]["serviceAccountName"] == "mnist-sidecar"
+
+
+@pytest.mark.parametrize("auth", [{"mode": "kubernetes"}, {"mode": "none"}])
+def test_the_accounts_token_is_the_sidecars_alone(auth):
+    pod = render_deployment(mnist(auth=auth), SETTINGS, [])["spec"]["template"]["spec"]
+    tfs, sidecar = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def token_mounts(container: dict) -> list[dict]:
+        return [
+            m
+            for m in container.get("volumeMounts", [])
+            if "serviceaccount" in m["mountPath"]
+            or "serviceAccountToken" in str(volumes[m["name"]])
+        ]
+
+    # The pod does not put the token in every container ...
+    assert pod["automountServiceAccountToken"] is False
+    # ... TF Serving has none ...
+    assert token_mounts(tfs) == []
+    # ... and the sidecar has what the kubelet's automount gives, where in-cluster clients look
+    [mount] = token_mounts(sidecar)
+    assert mount == {
+        "name": "kube-api-access",
+        "mountPath": str(SERVICE_ACCOUNT_DIR),
+        "readOnly": True,
+    }
+    sources = volumes[mount["name"]]["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert sources[1]["configMap"] == {
+        "name": "kube-root-ca.crt",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 def test_a_new_version_changes_the_config_and_so_the_pod_template():
@@ -228,7 +262,7 @@ def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
     ]
     pod = children["Deployment"][0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "mnist-sidecar"
-    assert pod["automountServiceAccountToken"] is True
+    assert "kube-api-access" in {m["name"] for m in pod["containers"][1]["volumeMounts"]}
     config = parse_config(render_sidecar_config(serving, SETTINGS, 17))
     assert (config.auth.mode, config.auth.audience) == (AuthMode.KUBERNETES, "msv")
 
