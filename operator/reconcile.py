@@ -36,6 +36,7 @@ from modelserving.operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
 )
+from modelserving.operator.policy import INGRESS_REFUSED, refused_degraded
 from modelserving.operator.render import render_children
 from modelserving.operator.secret_refs import KeyDigests, secret_keys, secrets_checksum
 from modelserving.operator.settings import OperatorSettings
@@ -208,6 +209,9 @@ async def reconcile(
     model = model_status(spec.model, pods)
     ready, *rollout = deployment_conditions(deployment, failure)
     _post_conflict(rec, serving, key, failure)
+    if ingress_refused := spec.ingress_refusal(rec.settings):
+        rollout = refused_degraded(rollout, ingress_refused)
+        _post_refusal(serving, "Degraded", INGRESS_REFUSED, ingress_refused)
     _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])
     if logging_state.reason in (AUTHENTICATION_FAILED, TLS_FAILED):  # say what to fix
         hint = what_to_check(logging_state.reason, spec.kafka_security(rec.settings))
@@ -526,3 +530,15 @@ def _previous_logging(serving: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _previous_logging_reason(serving: Mapping[str, Any]) -> str | None:
     return (_previous_logging(serving) or {}).get("reason")
+
+
+def _post_refusal(serving: Mapping[str, Any], condition: str, reason: str, message: str) -> None:
+    """A Warning Event when the operator starts refusing a part of the spec (policy), or
+    refuses it for another reason: the condition says it meanwhile, and an Event goes once."""
+    said = [
+        (c.get("reason"), c.get("message"))
+        for c in (serving.get("status") or {}).get("conditions") or []
+        if c.get("type") == condition
+    ]
+    if said != [(reason, message)]:
+        kopf.event(_ref(serving), type="Warning", reason=reason, message=message)

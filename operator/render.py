@@ -52,7 +52,9 @@ def render_children(
         render_service(spec),
         render_network_policy(spec),
     ]
-    if spec.ingress.enabled:
+    # An Ingress with an annotation the operator refuses is not made at all (one made before
+    # goes): without the annotation it could be more open than its author meant.
+    if spec.ingress.enabled and spec.ingress_refusal(settings) is None:
         children.append(render_ingress(spec))
     if spec.autoscaling.enabled:
         children.append(render_hpa(spec))

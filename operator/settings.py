@@ -34,6 +34,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _BOOTSTRAP = re.compile(r"^[^,:\s]+:[0-9]+(,[^,:\s]+:[0-9]+)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ANNOTATION_GLOB = re.compile(r"^!?[A-Za-z0-9*?][-A-Za-z0-9_.*?/]*$")
+DEFAULT_INGRESS_ALLOWED_ANNOTATIONS = (
+    "nginx.ingress.kubernetes.io/*",
+    "cert-manager.io/*",
+    "!*-snippet",
+)
 
 
 class SettingsError(ValueError):
@@ -65,6 +71,9 @@ class OperatorSettings:
     watch_timeout_seconds: float = 300.0
     kafka_timeout_seconds: float = 10.0
     retry_seconds: float = 30.0
+    # How often the Secrets that servings' pods read are read again, by name (secret_checks):
+    # a Secret's change rolls the pods this long after it at most.
+    secret_check_seconds: float = 60.0
     liveness_port: int = 0
     # The inference log of servings whose spec.logging leaves these out.
     log_mode: str = api.LOG_MODE
@@ -82,9 +91,13 @@ class OperatorSettings:
     # How the log's Kafka clients connect, for servings whose spec has no
     # spec.logging.kafka.security: the same block, as JSON.
     kafka_security: KafkaSecuritySpec = PLAINTEXT
-    # Read Secrets (the chart's rbac.readSecrets): the Secret roll and the topic admin's
-    # Secret-held Kafka credentials. Off, the operator neither watches nor gets a Secret.
+    # Read Secrets by name (the chart's rbac.readSecrets): the Secret roll and the topic admin's
+    # Secret-held Kafka credentials. Off, the operator reads no Secret. It never lists them.
     read_secrets: bool = True
+    # Which spec.ingress.annotations a serving may set: globs of keys, a "!" glob refusing what
+    # it matches (refusals win). ingress-nginx's *-snippet annotations put nginx configuration
+    # of their author's into the controller that serves every namespace's Ingresses.
+    ingress_allowed_annotations: tuple[str, ...] = DEFAULT_INGRESS_ALLOWED_ANNOTATIONS
 
 
 def _text(value: str) -> str:
@@ -107,6 +120,15 @@ def _namespaces(value: str | list[str]) -> tuple[str, ...]:
         if not _DNS_LABEL.match(name):
             raise ValueError(f"{name!r} is not a namespace name")
     return names
+
+
+def _annotation_globs(value: str | list[str]) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else re.split(r"[,\s]+", value)
+    globs = tuple(dict.fromkeys(g.strip() for g in items if g.strip()))
+    for glob in globs:
+        if not _ANNOTATION_GLOB.match(glob):
+            raise ValueError(f"{glob!r} is not an annotation key glob (such as cert-manager.io/*)")
+    return globs
 
 
 def _log_level(value: str) -> str:
@@ -253,6 +275,11 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "seconds to wait for Kafka when checking or creating a topic"),
     "retry_seconds": ("--retry-seconds", "MODELSERVING_RETRY_SECONDS", _positive_float,
         "seconds before a failed step (Kafka unreachable, API error) is tried again"),
+    "secret_check_seconds": ("--secret-check-seconds", "MODELSERVING_SECRET_CHECK_SECONDS",
+        _positive_float,
+        "seconds between reads of the Secrets that servings' spec.server.env and envFrom read "
+        "(by name, with --read-secrets): a Secret changed in place rolls the pods that read it "
+        "this long after the change at most"),
     "liveness_port": ("--liveness-port", "MODELSERVING_LIVENESS_PORT", _port_or_zero,
         "serve the liveness probe on http://0.0.0.0:PORT/healthz; 0 for none"),
     "log_mode": ("--log-mode", "MODELSERVING_LOG_MODE", _choice(LoggingMode),
@@ -298,10 +325,17 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         'ca-cert"}, "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": '
         '"my-user"}}}; the Secrets it names are looked up in each serving\'s namespace'),
     "read_secrets": ("--read-secrets", "MODELSERVING_READ_SECRETS", _flag,
-        "read Secrets in the watched namespaces: false for an operator that may not (the "
-        "chart's rbac.readSecrets); then a Secret that spec.server.env or envFrom reads, "
-        "changed in place, does not roll the pods, and the topic admin cannot use Kafka "
+        "read, by name, the Secrets servings name in the watched namespaces (never listed): "
+        "false for an operator that may not (the chart's rbac.readSecrets); then a Secret that "
+        "spec.server.env or envFrom reads, changed in place, does not roll the pods, and the "
+        "topic admin cannot use Kafka "
         "credentials held in Secrets (LoggingReady says so; the sidecars still use them)"),
+    "ingress_allowed_annotations": ("--ingress-allowed-annotations",
+        "MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS", _annotation_globs,
+        "the spec.ingress.annotations a serving may set: comma-separated globs of annotation "
+        "keys; a glob starting with ! refuses the keys it matches, whatever else allows them; "
+        "empty allows none. A serving with another annotation gets no Ingress (Degraded says "
+        "why)"),
 }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.operator.kafka_access import KafkaSecuritySpec, parse_security
+from modelserving.operator.policy import ingress_refusal
 from modelserving.operator.quantities import quantity_bytes
 from modelserving.operator.settings import OperatorSettings
 
@@ -357,6 +358,13 @@ class ServingSpec:
         """The spec (or the operator's default mode) asks for an inference log; it may still
         lack brokers to send it to."""
         return self.logging.enabled and self.logging_mode(settings) != "NONE"
+
+    def ingress_refusal(self, settings: OperatorSettings) -> str | None:
+        """Why the Ingress asked for is not made (an annotation the operator's
+        --ingress-allowed-annotations refuses), or None."""
+        if not self.ingress.enabled:
+            return None
+        return ingress_refusal(self.ingress.annotations, settings.ingress_allowed_annotations)
 
     def logging_on(self, settings: OperatorSettings) -> bool:
         return self.logging_requested(settings) and bool(self.bootstrap_servers(settings))

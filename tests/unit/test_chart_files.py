@@ -136,6 +136,12 @@ def test_the_chart_lets_the_operator_read_secrets_as_the_operator_does_by_defaul
     assert values["rbac"]["readSecrets"] is OperatorSettings().read_secrets is True
 
 
+def test_the_chart_allows_the_ingress_annotations_the_operator_allows_by_default():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    allowed = values["servingPolicy"]["ingressAllowedAnnotations"]
+    assert tuple(allowed) == OperatorSettings().ingress_allowed_annotations
+
+
 def test_the_readme_shows_each_values_default_as_values_yaml_has_it():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     rows = re.findall(r"^\| `([^`]+)` \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M)

@@ -1,0 +1,54 @@
+"""What the operator's settings let a serving ask for beyond itself: pure checks, no I/O.
+
+A serving's author writes its spec; the team that runs the operator decides what the spec may
+reach outside the serving: the Ingress controller's configuration, which serves every
+namespace (spec.ingress.annotations, --ingress-allowed-annotations). A refusal is a sentence
+that names what is refused and the setting, and the chart's value, that would allow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+
+from modelserving.operator.status import Condition
+
+# Degraded's reason while the spec's Ingress is refused.
+INGRESS_REFUSED = "IngressRefused"
+
+
+def annotation_allowed(key: str, globs: Iterable[str]) -> bool:
+    """Whether `key` matches a glob of `globs` and no "!" glob: a refusal wins, wherever it
+    stands in the list."""
+    globs = tuple(globs)
+    allowed = any(fnmatchcase(key, glob) for glob in globs if not glob.startswith("!"))
+    return allowed and not any(fnmatchcase(key, glob[1:]) for glob in globs if glob[:1] == "!")
+
+
+def ingress_refusal(annotations: Mapping[str, str], globs: Iterable[str]) -> str | None:
+    """Why the Ingress of a spec with these annotations is not made, or None when it may be."""
+    globs = tuple(globs)
+    refused = sorted(key for key in annotations if not annotation_allowed(key, globs))
+    if not refused:
+        return None
+    keys = ", ".join(refused)
+    allowed = ", ".join(globs) or "none"
+    return (
+        f"the Ingress is not made: spec.ingress.annotations {keys} "
+        f"{'is' if len(refused) == 1 else 'are'} not allowed by the operator's "
+        f"--ingress-allowed-annotations (the chart's servingPolicy.ingressAllowedAnnotations), "
+        f"which allows {allowed}; remove {'it' if len(refused) == 1 else 'them'} from the spec, "
+        "or ask the operator's admins to allow it"
+    )
+
+
+def refused_degraded(conditions: list[Condition], message: str) -> list[Condition]:
+    """Degraded says the Ingress is refused, unless it already tells a fault (a refused write,
+    a stuck rollout): that one is the more urgent, and the refusal is still told by its
+    Event."""
+    return [
+        Condition("Degraded", True, INGRESS_REFUSED, message)
+        if c.type == "Degraded" and not c.status
+        else c
+        for c in conditions
+    ]

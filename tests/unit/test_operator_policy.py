@@ -1,0 +1,156 @@
+"""What the operator's settings let a serving ask for beyond itself: its Ingress's annotations."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from modelserving import api
+from modelserving.operator.policy import INGRESS_REFUSED, annotation_allowed, refused_degraded
+from modelserving.operator.render import render_children
+from modelserving.operator.settings import (
+    DEFAULT_INGRESS_ALLOWED_ANNOTATIONS,
+    OperatorSettings,
+    SettingsError,
+    configure_parser,
+    settings_from,
+)
+from modelserving.operator.spec import ServingSpec
+from modelserving.operator.status import Condition, deployment_conditions
+
+SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
+
+
+def serving(**spec) -> ServingSpec:
+    return ServingSpec.from_body({
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"model": {"version": 1, "basePath": "s3://models/mnist"}, **spec},
+    })  # fmt: skip
+
+
+def with_ingress(annotations: dict[str, str]) -> ServingSpec:
+    return serving(ingress={"enabled": True, "host": "m.example.com", "annotations": annotations})
+
+
+def ingresses(spec: ServingSpec, settings: OperatorSettings = SETTINGS) -> list[dict]:
+    return [c for c in render_children(spec, settings, 17) if c["kind"] == "Ingress"]
+
+
+def settings(**environ: str) -> OperatorSettings:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return settings_from(parser.parse_args([]), environ)
+
+
+# ---- Ingress annotations -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "nginx.ingress.kubernetes.io/proxy-body-size",
+        "nginx.ingress.kubernetes.io/rewrite-target",
+        "nginx.ingress.kubernetes.io/auth-url",
+        "cert-manager.io/cluster-issuer",
+    ],
+)
+def test_by_default_the_common_controller_and_certificate_annotations_reach_the_ingress(key):
+    [ingress] = ingresses(with_ingress({key: "x"}))
+
+    assert ingress["metadata"]["annotations"] == {key: "x"}
+    assert with_ingress({key: "x"}).ingress_refusal(SETTINGS) is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "nginx.ingress.kubernetes.io/configuration-snippet",
+        "nginx.ingress.kubernetes.io/server-snippet",
+        "nginx.ingress.kubernetes.io/auth-snippet",
+        "nginx.ingress.kubernetes.io/stream-snippet",
+        "nginx.ingress.kubernetes.io/modsecurity-snippet",
+        "haproxy.org/backend-config-snippet",
+        "alb.ingress.kubernetes.io/group.name",
+    ],
+)
+def test_by_default_a_snippet_or_another_controllers_annotation_gets_no_ingress(key):
+    spec = with_ingress({"cert-manager.io/cluster-issuer": "letsencrypt", key: "deny all;"})
+
+    # Not the Ingress without the annotation: that one could be more open than its author meant.
+    assert ingresses(spec) == []
+    refusal = spec.ingress_refusal(SETTINGS)
+    assert refusal is not None
+    assert key in refusal and "cert-manager.io/cluster-issuer" not in refusal
+    assert "--ingress-allowed-annotations" in refusal
+    assert "servingPolicy.ingressAllowedAnnotations" in refusal
+
+
+def test_a_refusal_names_every_refused_annotation_once():
+    spec = with_ingress({
+        "nginx.ingress.kubernetes.io/server-snippet": "a",
+        "nginx.ingress.kubernetes.io/configuration-snippet": "b",
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+    })  # fmt: skip
+
+    refusal = spec.ingress_refusal(SETTINGS) or ""
+
+    assert "annotations nginx.ingress.kubernetes.io/configuration-snippet, " in refusal
+    assert "nginx.ingress.kubernetes.io/server-snippet are not allowed" in refusal
+    assert "ssl-redirect" not in refusal
+
+
+def test_a_serving_without_an_ingress_is_never_refused():
+    spec = serving(ingress={"enabled": False, "annotations": {"x/server-snippet": "a"}})
+
+    assert spec.ingress_refusal(SETTINGS) is None
+
+
+def test_the_platform_team_may_allow_more_or_less():
+    snippet = with_ingress({"nginx.ingress.kubernetes.io/configuration-snippet": "a"})
+    anything = settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="*")
+    nothing = settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="")
+    traefik = settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="traefik.ingress.kubernetes.io/*")
+
+    assert len(ingresses(snippet, anything)) == 1
+    assert ingresses(with_ingress({"cert-manager.io/issuer": "a"}), nothing) == []
+    assert "which allows none" in (with_ingress({"a/b": "c"}).ingress_refusal(nothing) or "")
+    assert len(ingresses(with_ingress({"traefik.ingress.kubernetes.io/a": "b"}), traefik)) == 1
+    assert len(ingresses(with_ingress({}), nothing)) == 1  # no annotation: nothing to refuse
+
+
+def test_degraded_says_the_ingress_is_refused_unless_it_tells_a_fault_already():
+    available = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+                   "availableReplicas": 1, "updatedReplicas": 1},
+    }  # fmt: skip
+    refusal = with_ingress({"a.io/server-snippet": "x"}).ingress_refusal(SETTINGS) or ""
+
+    ready, progressing, degraded = refused_degraded(deployment_conditions(available), refusal)
+    stuck = [Condition("Degraded", True, "ProgressDeadlineExceeded", "the rollout is stuck")]
+
+    assert ready.status and not progressing.status  # the serving answers in the cluster
+    assert (degraded.status, degraded.reason, degraded.message) == (True, INGRESS_REFUSED, refusal)
+    assert refused_degraded(stuck, refusal) == stuck
+
+
+def test_a_refusing_glob_wins_wherever_it_stands():
+    globs = ("!*-snippet", "nginx.ingress.kubernetes.io/*")
+
+    assert annotation_allowed("nginx.ingress.kubernetes.io/ssl-redirect", globs)
+    assert not annotation_allowed("nginx.ingress.kubernetes.io/server-snippet", globs)
+    assert not annotation_allowed("nginx.ingress.kubernetes.io/server-snippet", globs[::-1])
+    assert not annotation_allowed("cert-manager.io/issuer", globs)
+
+
+def test_the_allowed_annotations_setting_is_a_list_of_globs_and_a_bad_one_is_named():
+    assert OperatorSettings().ingress_allowed_annotations == DEFAULT_INGRESS_ALLOWED_ANNOTATIONS
+    parsed = settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="a.io/*, !*-snippet,a.io/*")
+    assert parsed.ingress_allowed_annotations == ("a.io/*", "!*-snippet")
+
+    with pytest.raises(SettingsError, match=r"--ingress-allowed-annotations.*'a\.io/\{x\}'"):
+        settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="a.io/*,a.io/{x}")
