@@ -4,11 +4,12 @@ by grpc.aio on the aiohttp app's event loop, with the app's authenticator, route
 log; and gRPC's health check (`grpc_health`).
 
 Each call is read top to bottom as the REST request path: credential (`authorization` metadata,
-`ApiKey <key>` or `Bearer <token>`), then the model spec (the only part of the request decoded,
-see `grpc_wire`), then the version (the path's choice over REST: a version named, a label the
-routing knows, else the split), then TF Serving's gRPC port, the request forwarded as bytes with
-the chosen version in its model spec, the caller's deadline (capped at upstream.timeoutSeconds)
-passed on, and a cancelled call cancelling the forwarded one; then the inference log.
+`ApiKey <key>` or `Bearer <token>`), then the request message, read only once the credential is
+good, then the model spec (the only part of the request decoded, see `grpc_wire`), then the
+version (the path's choice over REST: a version named, a label the routing knows, else the
+split), then TF Serving's gRPC port, the request forwarded as bytes with the chosen version in
+its model spec, the caller's deadline (capped at upstream.timeoutSeconds) passed on, and a
+cancelled call cancelling the forwarded one; then the inference log.
 
 What the caller gets is TF Serving's answer as its bytes, or its status as it came; the sidecar's
 own refusals are TF Serving's codes for the same causes (`REFUSALS`). Initial metadata carries
@@ -24,7 +25,7 @@ Logged, as over REST: every authorized Predict, Classify, Regress and MultiInfer
 answered, with the HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST
 API uses for the same errors); not logged: refused credentials, a model other than the
 serving's, a request the sidecar cannot parse or a MultiInference whose tasks disagree,
-GetModelMetadata and GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC before
+GetModelMetadata and GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC as
 it is read), and a call the caller cancelled (no answer was given).
 """
 
@@ -34,7 +35,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -190,21 +191,27 @@ class GrpcGateway:
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
         for method in METHODS:
+            # Client-streaming (the same on the wire as unary for one message): grpc.aio reads a
+            # unary call's message before calling its handler, so a caller without a credential
+            # could make the sidecar take in up to grpc.maxMessageBytes; a client-streaming
+            # call's message is read when the handler asks, after the credential.
             by_service.setdefault(method.service, {})[method.name] = (
-                grpc.unary_unary_rpc_method_handler(self._handler(method))
+                grpc.stream_unary_rpc_method_handler(self._handler(method))
             )
         return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
 
     def _handler(
         self, method: Method
-    ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]:
-        async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await self.handle(method, request, context)
+    ) -> Callable[[AsyncIterable[bytes], grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]:
+        async def handle(
+            _: AsyncIterable[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> bytes:
+            return await self.handle(method, context)
 
         return handle
 
     async def handle(
-        self, method: Method, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        self, method: Method, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         started = time.perf_counter()
         received_ms = time.time_ns() // 1_000_000
@@ -214,6 +221,7 @@ class GrpcGateway:
         served = ""
         try:
             caller = await self.authenticate(metadata.get(AUTHORIZATION))
+            request = await _received(context)
             version, forwarded, shadow = self.route(method, request, metadata, caller, rid)
             if method.logged and self.sink is not None and not self.sink.accepting():
                 raise _Refused(grpc.StatusCode.UNAVAILABLE,
@@ -363,6 +371,18 @@ class GrpcGateway:
                 key = caller
             version = table.buckets[bucket_of(key or rid)]
         return version, naming(version.version), shadow
+
+
+async def _received(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    """The call's request message, read now. None comes when the call is over already (gRPC
+    refused a message over grpc.maxMessageBytes, and the caller has its RESOURCE_EXHAUSTED; or
+    the caller cancelled), or when the caller closed its side sending none, which a unary
+    client never does."""
+    message: object = await context.read()  # bytes, or grpc.aio.EOF (left out of grpc's types)
+    if not isinstance(message, bytes):
+        # Aborted, so the call ends here; a caller refused or gone has its status already.
+        await context.abort(grpc.StatusCode.INTERNAL, "The call carried no request message")
+    return message
 
 
 def _naming(request: bytes, span: tuple[int, int], spec: ModelSpec, version: int) -> bytes:
