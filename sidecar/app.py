@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -288,7 +289,13 @@ class RequestPath:
         return _passed_on(answer, call)
 
     async def healthz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
-        return _json(200, _ALIVE, call)
+        """Alive unless the inference log stopped working for good: then 503 with why, so that
+        the kubelet restarts the sidecar (its spool keeps what was written)."""
+        failure = self.sink.failure() if self.sink is not None else None
+        if failure is None:
+            return _json(200, _ALIVE, call)
+        body = json.dumps({"error": f"The inference log stopped: {failure}"}).encode()
+        return _json(503, body, call)
 
     async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         """Ready when TF Serving reports AVAILABLE a version the split may send traffic to."""

@@ -44,6 +44,10 @@ class InferenceLogSink(Protocol):
         """Queue one exchange for the log; never blocks, never raises."""
         ...
 
+    def failure(self) -> str | None:
+        """Why the log stopped working for good (the sidecar must be restarted), or None."""
+        ...
+
     async def spooled(self, exchange: Exchange) -> bool:
         """Queue one exchange and return once its record is in the spool file (True), or known
         never to be (False: dropped, and counted); True at once when the sampling leaves the

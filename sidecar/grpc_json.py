@@ -20,6 +20,10 @@ A tensor's values come from its typed field or, packed, from `tensor_content` by
 for a larger shape fills it, as TensorFlow does. float32 values are written in their shortest
 form (0.1, not 0.10000000149011612), as TF Serving's REST API writes them; strings as text when
 they are UTF-8, else as `{"b64": ...}`, TF Serving's form for binary strings.
+
+A message that cannot be written (not the method's message, a tensor whose values do not match
+its shape, a dtype JSON has no form for, more dimensions than TF Serving's 254) raises
+`NotATensor` with the reason; the log's record maker decides what the record holds instead.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ from modelserving.tfserving.tensor_pb2 import TensorProto
 
 
 class NotATensor(ValueError):
-    """A message or tensor the log cannot write as JSON."""
+    """A message or tensor the log cannot write as JSON; the message says why, never quoting
+    the payload."""
+
+
+# TensorFlow's TensorShape takes at most 254 dimensions, and so does TF Serving: a deeper shape
+# is no model's input, and writing it would nest the JSON (and the writer's recursion) as deep.
+MAX_TENSOR_RANK = 254
 
 
 def _float32(value: float) -> float:
@@ -104,7 +114,12 @@ class _Tensor:
         if dtype not in _DTYPES:
             raise NotATensor(f"dtype {types_pb2.DataType.Name(dtype)} is not written as JSON")
         code, field, self.make = _DTYPES[dtype]
-        self.shape = [d.size for d in tensor.tensor_shape.dim]
+        dims = tensor.tensor_shape.dim
+        if len(dims) > MAX_TENSOR_RANK:
+            raise NotATensor(
+                f"a tensor of {len(dims)} dimensions; TF Serving takes at most {MAX_TENSOR_RANK}"
+            )
+        self.shape = [d.size for d in dims]
         if any(size < 0 for size in self.shape):
             raise NotATensor(f"a tensor's shape must be known, got {self.shape}")
         self.size = size = math.prod(self.shape)
@@ -339,8 +354,7 @@ def _json(value: Any) -> bytes:
 
 def request_json(method: str, body: bytes, up_to: int = 0) -> bytes:
     """The REST JSON of a call's request; only its first `up_to` bytes and a little more when
-    `up_to` is set (0: all of it). What cannot be written as JSON is written as TF Serving's
-    error body saying why, with the message's bytes in base64 (`{"error": ..., "b64": ...}`)."""
+    `up_to` is set (0: all of it). Raises `NotATensor` for what cannot be written as JSON."""
     return _converted(_CONVERTERS[method][0], body, up_to)
 
 
@@ -370,6 +384,11 @@ def _converted(convert: Callable[[bytes], Any], body: bytes, up_to: int) -> byte
             if size > up_to:
                 break
         return "".join(written).encode()
-    except (DecodeError, NotATensor, ValueError, struct.error) as exc:
-        return _json({"error": f"not written as JSON: {exc}",
-                      "b64": base64.b64encode(body).decode()})  # fmt: skip
+    except NotATensor:
+        raise
+    except DecodeError as exc:  # protobuf's message names the field, never its bytes
+        raise NotATensor(f"not the method's protobuf message: {exc}") from None
+    except (ValueError, struct.error, OverflowError) as exc:
+        # A float JSON cannot write (NaN in a typed field, say), content that does not unpack:
+        # the messages of json and struct name the kind of value, not the payload's bytes.
+        raise NotATensor(f"not written as JSON: {exc}") from None

@@ -10,6 +10,12 @@ the acknowledged position each time it moves; housekeeping writes it to the spoo
 deleting acknowledged segments, and keeps the gauges. What cannot be kept (spool
 full under `dropNewest`, a record larger than Kafka takes, corruption on disk) is counted in
 `modelserving_inference_log_records_dropped_total`.
+
+No exchange can stop the pipeline: the record maker never raises for what a payload holds (one
+it cannot make is logged as unencodable, see `log_records`), and the writer makes a record of
+each exchange under its own `try`. Should a task of the pipeline end all the same, `failure()`
+says why: `/healthz` then fails so that the kubelet restarts the sidecar (the spool keeps what
+was written), and requests waiting for their record are answered 503 rather than left to hang.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class InferenceLogPipeline:
         self._persisted_id = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._waiting_since: float | None = None  # wall time records began to wait unsent
+        self._failure: str | None = None  # why a task of the pipeline ended before close()
+        self._closing = False
 
     @property
     def sender(self) -> KafkaSender:
@@ -106,7 +114,13 @@ class InferenceLogPipeline:
     # ----------------------------------------------------------------- the sink
 
     def accepting(self) -> bool:
+        if self._failure is not None:  # until the restart: the policy says what a full log does
+            return self.settings.spool_full_policy is not SpoolFullPolicy.REJECT
         return not self._spool_full and len(self._queue) < self._accept_limit
+
+    def failure(self) -> str | None:
+        """Why the pipeline stopped working (a task of it ended), or None while it works."""
+        return self._failure
 
     def waiting_records(self) -> int:
         """Records in the spool that Kafka has not acknowledged yet."""
@@ -154,6 +168,9 @@ class InferenceLogPipeline:
         if not self.policy.sampled(exchange.request_id, exchange.status):
             counts.sampled_out[outcome] += 1
             return None
+        if self._failure is not None:  # nothing would ever write it
+            self.metrics.dropped.labels("failed").inc()
+            return False
         if len(self._queue) >= self._queue_size:
             self.metrics.dropped.labels("queue_full").inc()
             return False
@@ -218,12 +235,40 @@ class InferenceLogPipeline:
             asyncio.create_task(self._sender.run(), name="inference-log-sender"),
             asyncio.create_task(self._housekeeping_loop(), name="inference-log-housekeeping"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A task of the pipeline ended: at close() as it should, else the pipeline is broken
+        for good (each task is a loop that handles its own errors) and the sidecar must be
+        restarted: `/healthz` fails from now on, and why is said once."""
+        if self._closing or self._failure is not None:
+            return
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            self._failure = f"{task.get_name()} stopped"
+        else:
+            self._failure = f"{task.get_name()} failed: {type(error).__name__}: {error}"
+        log.critical(
+            "inference log: %s; /healthz fails from now on so that the sidecar is restarted "
+            "(the spool keeps every record it was given)",
+            self._failure,
+            exc_info=error,
+        )
+        self.metrics.accepting.set(0)
+        # Nothing will write what is queued: requests waiting for their record get a 503.
+        self._release(self._made_total + len(self._queue) + 1, kept=False)
 
     async def close(self) -> None:
         """Spool what is queued, give Kafka until the drain timeout, keep the rest on disk."""
+        self._closing = True
         sender = self.sender
         deadline = time.monotonic() + self.settings.drain_timeout_seconds
-        while (self._queue or self._writer_busy or self._held) and time.monotonic() < deadline:
+        while (
+            (self._queue or self._writer_busy or self._held)
+            and self._failure is None
+            and time.monotonic() < deadline
+        ):
             self._queued.set()
             await asyncio.sleep(0.01)
         while sender.acked_id < self.spool.next_id - 1 and time.monotonic() < deadline:
@@ -274,10 +319,14 @@ class InferenceLogPipeline:
                 made = 0
                 while queue and len(records) < _WRITE_BATCH:
                     exchange = popleft()
-                    if costly(exchange):  # a large gRPC message's JSON: off the event loop
-                        records.append(await asyncio.to_thread(make, exchange))
-                    else:
-                        records.append(make(exchange))
+                    try:
+                        if costly(exchange):  # a large gRPC message's JSON: off the event loop
+                            records.append(await asyncio.to_thread(make, exchange))
+                        else:
+                            records.append(make(exchange))
+                    except Exception:  # a fault of ours: the record keeps its fields alone
+                        log.exception("inference log: making a record failed")
+                        records.append(self._maker.bare(exchange))
                     made += 1
                     if made % _ENCODE_SLICE == 0:
                         self._made_total = made_before + made

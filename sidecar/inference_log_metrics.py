@@ -91,6 +91,14 @@ class InferenceLogMetrics:
             ["part"],
             registry=registry,
         )
+        self.payloads_unencodable = c(
+            f"{prefix}_payloads_unencodable",
+            "Payloads the log could not make into the record's text (a gRPC message it cannot "
+            "write as JSON, JSON nested too deeply to parse, a fault of the log's), by part: the "
+            "record holds a marker with the reason instead",
+            ["part"],
+            registry=registry,
+        )
         self.spooled = c(
             f"{prefix}_records_spooled", "Records written to the disk spool", registry=registry
         )
@@ -137,7 +145,7 @@ class InferenceLogMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
-        for reason in ("spool_full", "queue_full", "too_large", "corrupt", "shutdown"):
+        for reason in ("spool_full", "queue_full", "too_large", "corrupt", "shutdown", "failed"):
             self.dropped.labels(reason)
         self._part_counters = {
             part: (
@@ -145,6 +153,7 @@ class InferenceLogMetrics:
                 self.payloads_cut.labels(part, "truncate"),
                 self.payloads_cut.labels(part, "digest"),
                 self.payloads_dropped.labels(part),
+                self.payloads_unencodable.labels(part),
             )
             for part in ("request", "response")
         }
@@ -156,9 +165,9 @@ class InferenceLogMetrics:
     def count_changes(self, request: ShapedPayload, response: ShapedPayload) -> None:
         """Count what redaction, the size limit and the non-JSON policy did to one record."""
         for part, shaped in (("request", request), ("response", response)):
-            if not (shaped.redacted or shaped.cut or shaped.dropped):
+            if not (shaped.redacted or shaped.cut or shaped.dropped or shaped.unencodable):
                 continue
-            redacted, truncated, digested, dropped = self._part_counters[part]
+            redacted, truncated, digested, dropped, unencodable = self._part_counters[part]
             if shaped.redacted:
                 redacted.inc()
             if shaped.cut is OversizePolicy.TRUNCATE:
@@ -167,3 +176,5 @@ class InferenceLogMetrics:
                 digested.inc()
             if shaped.dropped:
                 dropped.inc()
+            if shaped.unencodable is not None:
+                unencodable.inc()

@@ -20,6 +20,7 @@ after a leading `$` (`$.instances[*].email`, `inputs.*.ssn`, `signature_name`).
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
@@ -145,7 +146,8 @@ def _replacement(value: Any, action: RedactAction) -> Any:
     if action is RedactAction.MASK:
         return MASK
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return HASH_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+    # surrogatepass: a lone surrogate the payload sent as \uXXXX hashes too (UTF-8 otherwise).
+    return HASH_PREFIX + hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
 
 
 def redact(document: Any, steps: tuple[Step, ...], action: RedactAction) -> bool:
@@ -188,10 +190,15 @@ class ShapedPayload:
     redacted: bool = False
     cut: OversizePolicy | None = None
     dropped: bool = False
+    # Why the payload could not be made into the record's text (the text is then
+    # `unencodable(reason)`): None when it could.
+    unencodable: str | None = None
 
     def marks(self) -> list[str]:
         """What was done, for the record's `payload` header (empty when nothing)."""
         marks = []
+        if self.unencodable is not None:
+            marks.append("unencodable")
         if self.dropped:
             marks.append("dropped")
         if self.redacted:
@@ -277,12 +284,18 @@ class LogPolicy:
             except ValueError:  # UnicodeDecodeError and a key named twice included
                 if drop_non_json:
                     return ShapedPayload("", dropped=True)
+            except RecursionError:  # past Python's ~1,000 levels; no tensor nests past 254
+                if drop_non_json:
+                    return unencodable("JSON nested too deeply to parse")
             else:
                 for steps, action in rules:
                     redacted = redact(document, steps, action) or redacted
                 if redacted:
                     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-                    body = text.encode()
+                    try:
+                        body = text.encode()
+                    except UnicodeEncodeError:  # a lone surrogate the payload sent as \uXXXX
+                        body = json.dumps(document, separators=(",", ":")).encode()
         limit = self.max_payload_bytes
         if limit and len(body) > limit:
             if self.oversize is OversizePolicy.DIGEST:
@@ -292,6 +305,18 @@ class LogPolicy:
             text = body[:limit].decode("utf-8", errors="ignore")
             return ShapedPayload(text, redacted, OversizePolicy.TRUNCATE)
         return ShapedPayload(body.decode("utf-8", errors="replace"), redacted)
+
+
+def unencodable(reason: str, message: bytes | None = None) -> ShapedPayload:
+    """What a record holds in place of a payload the log cannot make into its text (a gRPC
+    message it cannot write as JSON, JSON nested past what can be parsed, a fault of ours): a
+    marker object with the reason, so a reader of the Avro value alone sees why the payload is
+    missing, and the message's bytes in base64 when given (where no rule or `drop` policy
+    forbids keeping what could not be read). The reason never quotes the payload."""
+    marker: dict[str, str] = {"unencodable": reason}
+    if message is not None:
+        marker["b64"] = base64.b64encode(message).decode()
+    return ShapedPayload(json.dumps(marker, ensure_ascii=False), unencodable=reason)
 
 
 def sampling_key(secret: bytes) -> bytes:

@@ -8,8 +8,10 @@ The payloads are kept, redacted and cut as the logging mode and the policy say (
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from modelserving.inferencelog import (
@@ -27,14 +29,23 @@ from modelserving.inferencelog import (
 )
 from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
+from modelserving.sidecar.log_policy import (
+    LogPolicy,
+    NonJsonPolicy,
+    Part,
+    ShapedPayload,
+    unencodable,
+)
 from modelserving.sidecar.routing import STABLE
 from modelserving.sidecar.spool import SpoolRecord, share_header
+
+log = logging.getLogger(__name__)
 
 ABSENT = ShapedPayload("")  # the payload a mode leaves out
 # gRPC messages written as JSON up to this size have their record made on the event loop (a few
 # milliseconds at most); larger ones in a thread.
 _INLINE_GRPC_BYTES = 64 * 1024
+_WARN_EVERY_SECONDS = 60.0  # a payload that cannot be made is said in the log at most this often
 _REST = share_header((HEADER_PROTOCOL, PROTOCOL_REST.encode()))
 _GRPC = share_header((HEADER_PROTOCOL, PROTOCOL_GRPC.encode()))
 
@@ -97,6 +108,7 @@ class SpoolRecordMaker:
         self._callers: dict[str, tuple[str, bytes]] = {}
         self._count_changes = count_changes
         self._cut_at = {part: self._policy.cut_at(part) for part in Part}
+        self._warned_at = -_WARN_EVERY_SECONDS
 
     def costly(self, exchange: Exchange) -> bool:
         """Whether the record of this exchange is to be made in a thread, off the event loop:
@@ -114,52 +126,116 @@ class SpoolRecordMaker:
                 written += min(len(body), cut_at) if cut_at else len(body)
         return written > _INLINE_GRPC_BYTES
 
-    def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
-        request_body, response_body = exchange.request_body, exchange.response_body
-        keep_request, keep_response = self._keep_request, self._keep_response
-        if (method := exchange.grpc_method) is not None:
-            # Protobuf: as the REST JSON of the same tensors, and no more of it than the record
-            # can hold, so that the policy cuts it as it cuts the REST call's. Imported by the
-            # first gRPC record: a sidecar without a gRPC port never loads protobuf and TF
-            # Serving's messages.
-            from modelserving.sidecar.grpc_json import request_json, response_json
+    def _body(self, exchange: Exchange, part: Part) -> bytes | ShapedPayload:
+        """The payload as the record's JSON text would have it before the policy: a REST body
+        as it came, a gRPC message as the REST JSON of the same tensors (no more of it than
+        the record can hold, so that the policy cuts it as it cuts the REST call's), or what
+        the record holds instead of a message the log cannot write as JSON."""
+        body = exchange.request_body if part is Part.REQUEST else exchange.response_body
+        if (method := exchange.grpc_method) is None:
+            return body
+        # Imported by the first gRPC record: a sidecar without a gRPC port never loads protobuf
+        # and TF Serving's messages.
+        from modelserving.sidecar.grpc_json import NotATensor, request_json, response_json
 
+        try:
+            if part is Part.REQUEST:
+                return request_json(method, body, self._cut_at[part])
             ok = 200 <= exchange.status < 300
-            if keep_request:
-                request_body = request_json(method, request_body, self._cut_at[Part.REQUEST])
-            if keep_response:
-                response_body = response_json(
-                    method, response_body, ok, self._cut_at[Part.RESPONSE]
-                )
+            return response_json(method, body, ok, self._cut_at[part])
+        except NotATensor as exc:
+            # Where redaction rules or the non-JSON policy `drop` apply, the reason alone: what
+            # the rules would hide must not reach the topic as raw protobuf.
+            if self._policy.non_json[part] is NonJsonPolicy.DROP:
+                return unencodable(str(exc))
+            return unencodable(str(exc), body)
+
+    def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
+        keep_request, keep_response = self._keep_request, self._keep_response
+        request_body = self._body(exchange, Part.REQUEST) if keep_request else b""
+        response_body = self._body(exchange, Part.RESPONSE) if keep_response else b""
         limit = self._untouched_up_to
-        if (not keep_request or len(request_body) <= limit) and (
-            not keep_response or len(response_body) <= limit
+        if (
+            isinstance(request_body, bytes)
+            and isinstance(response_body, bytes)
+            and len(request_body) <= limit
+            and len(response_body) <= limit
         ):
-            request = _utf8(request_body) if keep_request else b""
-            response = _utf8(response_body) if keep_response else b""
-            return request, response, ""
-        policy = self._policy
-        shaped_request = policy.shape(request_body, Part.REQUEST) if keep_request else ABSENT
-        shaped_response = policy.shape(response_body, Part.RESPONSE) if keep_response else ABSENT
-        changes = payload_header(shaped_request, shaped_response)
+            return _utf8(request_body), _utf8(response_body), ""
+        request = self._shaped(request_body, Part.REQUEST) if keep_request else ABSENT
+        response = self._shaped(response_body, Part.RESPONSE) if keep_response else ABSENT
+        return self._changed(request, response)
+
+    def _shaped(self, body: bytes | ShapedPayload, part: Part) -> ShapedPayload:
+        return body if isinstance(body, ShapedPayload) else self._policy.shape(body, part)
+
+    def _changed(self, request: ShapedPayload, response: ShapedPayload) -> tuple[bytes, bytes, str]:
+        changes = payload_header(request, response)
         if changes and self._count_changes is not None:
-            self._count_changes(shaped_request, shaped_response)
-        return shaped_request.text.encode(), shaped_response.text.encode(), changes
+            self._count_changes(request, response)
+        return request.text.encode(), response.text.encode(), changes
+
+    def _payloads_one_by_one(
+        self, exchange: Exchange, error: Exception
+    ) -> tuple[bytes, bytes, str]:
+        """After making the payloads raised (a fault of ours, or input no parser takes): each
+        payload on its own, the one that still fails replaced by the unencodable marker with
+        the error's kind (never its message, which may quote the payload)."""
+        shaped = []
+        for keep, part in (
+            (self._keep_request, Part.REQUEST),
+            (self._keep_response, Part.RESPONSE),
+        ):
+            payload = ABSENT
+            if keep:
+                try:
+                    payload = self._shaped(self._body(exchange, part), part)
+                except Exception as exc:
+                    payload = unencodable(f"the log could not make it: {type(exc).__name__}")
+            shaped.append(payload)
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_SECONDS:  # a caller may send many such
+            self._warned_at = now
+            log.warning(
+                "inference log: a record's payloads could not be made (%s); the record keeps its "
+                "fields with the payload marked unencodable (counted in "
+                "modelserving_inference_log_payloads_unencodable_total)",
+                type(error).__name__,
+            )
+        return self._changed(shaped[0], shaped[1])
 
     def make(self, exchange: Exchange) -> SpoolRecord:
-        """The spool record of one exchange."""
-        request, response, changes = self._payloads(exchange)
+        """The spool record of one exchange; never raises for what its payloads hold (see
+        `_payloads_one_by_one`)."""
+        try:
+            payloads = self._payloads(exchange)
+        except Exception as exc:
+            payloads = self._payloads_one_by_one(exchange, exc)
+        return self._record(exchange, *payloads)
+
+    def bare(self, exchange: Exchange) -> SpoolRecord:
+        """The record of an exchange whose record could not be made at all (a fault of ours):
+        its fields, and each payload the mode keeps marked unencodable."""
+        marked = unencodable("the log could not make this record")
+        request = marked if self._keep_request else ABSENT
+        response = marked if self._keep_response else ABSENT
+        return self._record(exchange, *self._changed(request, response))
+
+    def _record(
+        self, exchange: Exchange, request: bytes, response: bytes, changes: str
+    ) -> SpoolRecord:
         version = exchange.model_version
         if version is None:
             version = self._default_version
         request_id = exchange.request_id.encode()
         headers: list[tuple[str, bytes]] = [(HEADER_REQUEST_ID, request_id)]
         if exchange.traceparent:
-            headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode()))
+            # Header values come as the caller sent them (bytes that are not UTF-8 included).
+            headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode(errors="replace")))
         if caller := exchange.caller:
             header = self._callers.get(caller)
             if header is None:
-                header = share_header((HEADER_CALLER, caller.encode()))
+                header = share_header((HEADER_CALLER, caller.encode(errors="replace")))
                 if len(self._callers) >= self._CACHE_LIMIT:
                     self._callers.clear()
                 self._callers[caller] = header

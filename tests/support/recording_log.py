@@ -14,11 +14,15 @@ class RecordingLog:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
         self.full = False
+        self.failed: str | None = None  # what `failure` answers
         self.keeps = True  # what `spooled` answers (durability spooled)
         self.written: asyncio.Event | None = None  # set: `spooled` waits for it
 
     def accepting(self) -> bool:
         return not self.full
+
+    def failure(self) -> str | None:
+        return self.failed
 
     def submit(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)

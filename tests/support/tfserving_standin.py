@@ -235,6 +235,8 @@ def _infer(model: StandInVersion, verb: str, body: bytes) -> dict:
         request = json.loads(body)
     except ValueError as exc:
         raise _Bad(f"JSON Parse error: {exc}") from None
+    except RecursionError:  # TF Serving's parser refuses such depth as a parse error too
+        raise _Bad("JSON Parse error: The document is nested too deeply") from None
     if not isinstance(request, dict):
         raise _Bad("JSON Value: not an object Is not an object")
     if verb == "predict":

@@ -153,6 +153,8 @@ class StandInServicer:
                     "set {x}.",
                 )
             x = request.inputs["x"]
+            if len(x.tensor_shape.dim) > 254:  # TensorShape's limit: Tensor::FromProto fails
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
             values = [served.slope * v + served.intercept for v in _floats(x)]
             y = tensor_pb2.TensorProto(
                 dtype=types_pb2.DT_FLOAT, tensor_shape=x.tensor_shape, float_val=values

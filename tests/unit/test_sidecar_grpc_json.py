@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.grpc_json import request_json, rest_json, tensor_value
+from modelserving.sidecar.grpc_json import NotATensor, request_json, rest_json, tensor_value
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import (
@@ -196,18 +196,29 @@ def test_a_multi_inference_is_logged_as_its_tasks_and_the_examples_form() -> Non
     }
 
 
-def test_errors_bad_messages_and_oversize_messages_are_said_so() -> None:
+def test_errors_are_kept_and_messages_that_cannot_be_written_say_why() -> None:
     error = b'{"error": "Servable not found for request: Latest(m)"}'
     assert rest_json("Predict", b"", error, ok=False)[1] == error
-    bad, _ = rest_json("Predict", b"\x0a\x05", b"", ok=False)
-    assert json.loads(bad)["error"].startswith("not written as JSON")
-    assert json.loads(bad)["b64"] == "CgU="
+    with pytest.raises(NotATensor, match="not the method's protobuf message"):
+        request_json("Predict", b"\x0a\x05")
     wrong = tensor(types_pb2.DT_FLOAT, [3], tensor_content=b"\x00" * 8)
     request = apis.PredictRequest(inputs={"x": wrong}).SerializeToString()
-    assert (
-        "tensor_content holds 8 bytes"
-        in json.loads(rest_json("Predict", request, b"", ok=False)[0])["error"]
-    )
+    with pytest.raises(NotATensor, match="tensor_content holds 8 bytes"):
+        request_json("Predict", request)
+
+
+def test_a_tensor_of_more_dimensions_than_tf_serving_takes_is_refused_not_recursed() -> None:
+    deep = tensor(types_pb2.DT_FLOAT, [1] * 1200, float_val=[1.0])
+    request = apis.PredictRequest(inputs={"x": deep}).SerializeToString()
+    with pytest.raises(NotATensor, match="1200 dimensions; TF Serving takes at most 254"):
+        request_json("Predict", request)
+    deepest = tensor(types_pb2.DT_FLOAT, [1] * 254, float_val=[1.0])
+    written = json.loads(request_json("Predict", apis.PredictRequest(inputs={"x": deepest})
+                                      .SerializeToString()))  # fmt: skip
+    value = written["inputs"]["x"]
+    for _ in range(253):
+        (value,) = value
+    assert value == [1.0]
 
 
 @given(
