@@ -16,7 +16,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -37,7 +37,8 @@ from modelserving.operator.names import (
 )
 from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Again, Reconciler, reconcile
-from modelserving.operator.secret_refs import key_digests, secret_names
+from modelserving.operator.secret_checks import Readers, check_secrets_forever
+from modelserving.operator.secret_refs import secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.topics import TopicKeeper
@@ -62,14 +63,12 @@ SERVINGS_INDEX = "servings"
 # The serving's pods are watched, not owned: their annotations feed the status (LoggingReady,
 # ModelReady, AuthReady, status.versions).
 PODS_INDEX = "serving_pods"
-# The Secrets servings' pods read at start (secret_refs): a digest per key, never a value, and
-# which servings read each, so that a Secret's change marks only those.
-SECRETS_INDEX = "secret_digests"
+# Which servings' pods read each Secret at start (secret_refs), so that a Secret's change
+# (secret_checks reads them by name; they are not watched) marks only those.
 SECRET_READERS_INDEX = "secret_readers"
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
-    SECRETS_INDEX,
     SECRET_READERS_INDEX,
     *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
 )
@@ -292,12 +291,6 @@ def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
     return secret_names(server.get("env") or [], server.get("envFrom") or [])
 
 
-async def index_secret(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], dict[str, str]]:
-    return {(namespace, name): key_digests(body)}
-
-
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SECRET_READERS_INDEX)
 async def index_secret_readers(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
@@ -305,18 +298,9 @@ async def index_secret_readers(
     return {(namespace, secret): name for secret in _secrets_read(body)}
 
 
-async def secret_event(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    assert namespace is not None  # Secrets are namespaced
-    for serving in kwargs[SECRET_READERS_INDEX].get((namespace, name), []):
-        _enqueue(memo, (namespace, serving), kwargs, serving_event=False)
-
-
-def watch_secrets(registry: kopf.OperatorRegistry | None = None) -> None:
-    """Watch the Secrets of the watched namespaces (the Secret roll): registered only for an
-    operator that may read them (--read-secrets), since kopf would retry a refused watch
-    for ever."""
-    kopf.index("", "v1", "secrets", id=SECRETS_INDEX, registry=registry)(index_secret)
-    kopf.on.event("", "v1", "secrets", id="secrets_event", registry=registry)(secret_event)
+def _secret_readers(rec: Reconciler) -> Callable[[], Readers]:
+    """Which servings read each Secret, as the servings' index says when called."""
+    return lambda: rec.indexes.get(SECRET_READERS_INDEX) or {}
 
 
 def _enqueue(
@@ -325,12 +309,14 @@ def _enqueue(
     rec: Reconciler = memo.reconciler
     # kopf's indexes are live objects, the same on every call: the workers read them. (The
     # Reconciler, not the memo: kopf gives each object a copy of the memo.)
-    # (The Secrets' index is there only when Secrets are watched: empty otherwise.)
     rec.indexes = {name: kwargs.get(name, {}) for name in INDEXES}
     if not rec.workers:
         # Started from a handler, not at startup: kopf.event() needs the event poster that
         # kopf sets in its handlers' context, and tasks inherit the context they start in.
         rec.workers = [asyncio.create_task(_work(memo)) for _ in range(rec.settings.worker_limit)]
+        if rec.settings.read_secrets:  # the Secret roll (secret_checks)
+            readers = _secret_readers(rec)
+            rec.workers.append(asyncio.create_task(check_secrets_forever(rec, readers)))
     rec.queue.add(key, serving_event=serving_event)
 
 
@@ -385,19 +371,10 @@ async def _reconcile(
         for child in indexes[f"children_{plural}"].get(key, [])
     ]
     pods = list(indexes[PODS_INDEX].get(key, []))
-    secrets = (
-        {
-            name: next(iter(indexes[SECRETS_INDEX].get((key[0], name), [])), None)
-            for name in _secrets_read(serving)
-        }
-        if rec.settings.read_secrets
-        else None
-    )
     try:
         again = await reconcile(
-            rec, serving, children, pods=pods, secrets=secrets,
-            from_serving_event=from_serving_event,
-        )  # fmt: skip
+            rec, serving, children, pods=pods, from_serving_event=from_serving_event
+        )
     except KubeError as exc:
         log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
         again = Again(rec.settings.retry_seconds, failed=True)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from modelserving.operator import handlers  # (registers the handlers)
+    from modelserving.operator import handlers  # noqa: F401 (registers the handlers)
     from modelserving.operator.kopf_internals import (
         handle_events_while_indexing,
         wake_toggle_waiters_on_change_only,
@@ -43,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     handle_events_while_indexing()
     wake_toggle_waiters_on_change_only()
 
-    if settings.read_secrets:
-        handlers.watch_secrets()
-    else:
+    if not settings.read_secrets:
         logging.getLogger("modelserving.operator").warning(
             "Secrets are not read (--read-secrets false): a Secret that spec.server.env or "
             "envFrom reads, changed in place, does not roll the pods (kubectl rollout restart "

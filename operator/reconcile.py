@@ -38,7 +38,13 @@ from modelserving.operator.names import (
 )
 from modelserving.operator.policy import INGRESS_REFUSED, refused_degraded
 from modelserving.operator.render import render_children
-from modelserving.operator.secret_refs import KeyDigests, secret_keys, secrets_checksum
+from modelserving.operator.secret_refs import (
+    SecretRead,
+    secret_keys,
+    secret_names,
+    values_digest,
+    versions_checksum,
+)
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
@@ -97,6 +103,11 @@ class Reconciler:
     told_reasons: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # When each serving's status was last written (monotonic seconds), for PROGRESS_WRITE_SECONDS.
     status_written: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Per serving whose pods read Secrets: the digest its pod template carries of them, and a
+    # digest of the values read (secret_refs; memory only). Per Secret read: its version when
+    # last read, which secret_checks compares.
+    secrets_read: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    secret_versions: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def forget(self, key: tuple[str, str]) -> None:
         """The serving is gone: drop what is kept of it between reconciles."""
@@ -108,6 +119,7 @@ class Reconciler:
         self.reconciled.discard(key)
         self.told_reasons.pop(key, None)
         self.status_written.pop(key, None)
+        self.secrets_read.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -151,11 +163,9 @@ async def reconcile(
     children: Iterable[CachedObject],
     *,
     pods: Iterable[Mapping[str, Any]] = (),
-    secrets: Mapping[str, KeyDigests | None] | None = None,
     from_serving_event: bool,
 ) -> Again | None:
     """Apply what differs and write the status; returns when to reconcile again, if ever.
-    `secrets` holds the digests of the Secrets the serving's pods read (None: missing).
 
     The work queue runs one reconcile of a serving at a time."""
     spec = ServingSpec.from_body(serving)
@@ -180,9 +190,7 @@ async def reconcile(
             deployment = None
     failure = None
     # An operator that may not read Secrets rolls no pods for them (and carries no digest).
-    checksum = (
-        _secrets_checksum(spec, secrets or {}, deployment) if rec.settings.read_secrets else None
-    )
+    checksum = await _secrets_checksum(rec, spec, deployment) if rec.settings.read_secrets else None
     render_key = (
         serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
     )  # fmt: skip
@@ -376,20 +384,34 @@ async def _apply(
         return exc
 
 
-def _secrets_checksum(
-    spec: ServingSpec,
-    secrets: Mapping[str, KeyDigests | None],
-    deployment: Mapping[str, Any] | None,
+async def _secrets_checksum(
+    rec: Reconciler, spec: ServingSpec, deployment: Mapping[str, Any] | None
 ) -> str | None:
-    """The pods' digest of the Secret values they read; while one of those Secrets is missing,
-    the digest the pods have (new pods could not start: the running ones are kept)."""
+    """The pod template's digest of the Secrets the pods read (secret_refs), each read by name
+    now: the digest the template carries while the values the pods read are those it was made
+    for, else one of the Secrets' versions now. While one of them is missing, the digest the
+    pods have (new pods could not start: the running ones are kept)."""
+    key = (spec.namespace, spec.name)
     keys = secret_keys(spec.server.env, spec.server.env_from)
     if not keys:
+        rec.secrets_read.pop(key, None)
         return None
-    checksum = secrets_checksum(keys, secrets)
-    if checksum is None and deployment is not None:
-        template = deployment["spec"]["template"]["metadata"]
-        checksum = (template.get("annotations") or {}).get(SECRETS_CHECKSUM_ANNOTATION)
+    names = secret_names(spec.server.env, spec.server.env_from)
+    found = await asyncio.gather(*(rec.kube.get("Secret", n, spec.namespace) for n in names))
+    read = {n: SecretRead.of(s) if s else None for n, s in zip(names, found, strict=True)}
+    for name, secret in read.items():
+        rec.secret_versions[(spec.namespace, name)] = secret.version if secret else None
+    values = values_digest(keys, read)
+    if values is None:
+        template = (deployment or {}).get("spec", {}).get("template", {}).get("metadata", {})
+        carried: str | None = (template.get("annotations") or {}).get(SECRETS_CHECKSUM_ANNOTATION)
+        return carried
+    known = rec.secrets_read.get(key)
+    if known is not None and known[1] == values:
+        return known[0]
+    checksum = versions_checksum(keys, read)
+    if checksum is not None:
+        rec.secrets_read[key] = (checksum, values)
     return checksum
 
 

@@ -4,9 +4,14 @@ pod template carries, so that a Secret changed in place rolls the pods.
 TF Serving reads its environment (spec.server.env's `valueFrom.secretKeyRef`, and every
 key of spec.server.envFrom's `secretRef`) once, at start: a changed value reaches it only
 through new pods. (The API-key Secret is another matter: it is mounted, and the sidecar
-reloads it live.) The operator keeps of each Secret only a digest per key, never a value;
-the pod template's digest covers exactly the keys the pods read, so a change to another key
-of a Secret that env reads rolls nothing.
+reloads it live.)
+
+The pod template's digest covers what identifies each Secret's version, its uid and
+resourceVersion (an edit changes the latter, a Secret deleted and made again both), never
+its values: anyone who may read the Deployment reads the digest, and an unsalted digest of a
+short value gives the value to whoever tries the likely ones. The operator keeps in memory, never
+writes, a digest of the values the pods read, so that an edit of another key of those Secrets
+rolls nothing (reconcile keeps the template's digest while the values read are the same).
 """
 
 from __future__ import annotations
@@ -15,11 +20,8 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
-
-# A Secret's keys and their values' digests, as the operator keeps it.
-KeyDigests = Mapping[str, str]
-
 
 # The key of a (Secret, key, optional) read that stands for every key of the Secret (envFrom).
 EVERY_KEY = "*"
@@ -48,6 +50,20 @@ def secret_names(
     return tuple(sorted({name for name, _, _ in secret_keys(env, env_from)}))
 
 
+@dataclass(frozen=True)
+class SecretRead:
+    """A Secret as the operator read it: its version (uid and resourceVersion), and a digest of
+    each of its values, kept in memory only."""
+
+    version: str
+    digests: Mapping[str, str]
+
+    @classmethod
+    def of(cls, secret: Mapping[str, Any]) -> SecretRead:
+        meta = secret.get("metadata") or {}
+        return cls(f"{meta.get('uid')}/{meta.get('resourceVersion')}", key_digests(secret))
+
+
 def key_digests(secret: Mapping[str, Any]) -> dict[str, str]:
     """A digest of each value of a Secret (as the API returns it: `data`, base64)."""
     return {
@@ -56,18 +72,34 @@ def key_digests(secret: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def secrets_checksum(
-    keys: Iterable[tuple[str, str, bool]], secrets: Mapping[str, KeyDigests | None]
+def values_digest(
+    keys: Iterable[tuple[str, str, bool]], secrets: Mapping[str, SecretRead | None]
 ) -> str | None:
-    """The pod template's digest of the values the pods read; None while a Secret they need
-    is missing (new pods could not start without it: the pods are left as they are)."""
+    """A digest of the values the pods read, for the operator's memory alone (never written);
+    None while a Secret they need is missing."""
     read: list[list[object]] = []
     for name, key, optional in keys:
-        digests = secrets.get(name)
-        if digests is None and not optional:
+        found = secrets.get(name)
+        if found is None and not optional:
             return None
+        digests = found.digests if found else {}
         if key == EVERY_KEY:
-            read.append([name, key, sorted((digests or {}).items())])
+            read.append([name, key, sorted(digests.items())])
         else:
-            read.append([name, key, (digests or {}).get(key)])  # an optional one may be absent
+            read.append([name, key, digests.get(key)])  # an optional one may be absent
     return hashlib.sha256(json.dumps(read).encode()).hexdigest()[:32]
+
+
+def versions_checksum(
+    keys: Iterable[tuple[str, str, bool]], secrets: Mapping[str, SecretRead | None]
+) -> str | None:
+    """The pod template's digest: the versions of the Secrets the pods read, none of their
+    values; None while a Secret they need is missing (new pods could not start without it:
+    the pods are left as they are)."""
+    versions: dict[str, str | None] = {}
+    for name, _, optional in keys:
+        found = secrets.get(name)
+        if found is None and not optional:
+            return None
+        versions[name] = found.version if found else None
+    return hashlib.sha256(json.dumps(sorted(versions.items())).encode()).hexdigest()[:32]

@@ -71,6 +71,9 @@ class OperatorSettings:
     watch_timeout_seconds: float = 300.0
     kafka_timeout_seconds: float = 10.0
     retry_seconds: float = 30.0
+    # How often the Secrets that servings' pods read are read again, by name (secret_checks):
+    # a Secret's change rolls the pods this long after it at most.
+    secret_check_seconds: float = 60.0
     liveness_port: int = 0
     # The inference log of servings whose spec.logging leaves these out.
     log_mode: str = api.LOG_MODE
@@ -88,8 +91,8 @@ class OperatorSettings:
     # How the log's Kafka clients connect, for servings whose spec has no
     # spec.logging.kafka.security: the same block, as JSON.
     kafka_security: KafkaSecuritySpec = PLAINTEXT
-    # Read Secrets (the chart's rbac.readSecrets): the Secret roll and the topic admin's
-    # Secret-held Kafka credentials. Off, the operator neither watches nor gets a Secret.
+    # Read Secrets by name (the chart's rbac.readSecrets): the Secret roll and the topic admin's
+    # Secret-held Kafka credentials. Off, the operator reads no Secret. It never lists them.
     read_secrets: bool = True
     # Which spec.ingress.annotations a serving may set: globs of keys, a "!" glob refusing what
     # it matches (refusals win). ingress-nginx's *-snippet annotations put nginx configuration
@@ -272,6 +275,11 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "seconds to wait for Kafka when checking or creating a topic"),
     "retry_seconds": ("--retry-seconds", "MODELSERVING_RETRY_SECONDS", _positive_float,
         "seconds before a failed step (Kafka unreachable, API error) is tried again"),
+    "secret_check_seconds": ("--secret-check-seconds", "MODELSERVING_SECRET_CHECK_SECONDS",
+        _positive_float,
+        "seconds between reads of the Secrets that servings' spec.server.env and envFrom read "
+        "(by name, with --read-secrets): a Secret changed in place rolls the pods that read it "
+        "this long after the change at most"),
     "liveness_port": ("--liveness-port", "MODELSERVING_LIVENESS_PORT", _port_or_zero,
         "serve the liveness probe on http://0.0.0.0:PORT/healthz; 0 for none"),
     "log_mode": ("--log-mode", "MODELSERVING_LOG_MODE", _choice(LoggingMode),
@@ -317,10 +325,11 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         'ca-cert"}, "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": '
         '"my-user"}}}; the Secrets it names are looked up in each serving\'s namespace'),
     "read_secrets": ("--read-secrets", "MODELSERVING_READ_SECRETS", _flag,
-        "read Secrets in the watched namespaces: false for an operator that may not (the "
-        "chart's rbac.readSecrets); then a Secret that spec.server.env or envFrom reads, "
-        "changed in place, does not roll the pods, and the topic admin cannot use Kafka "
-        "credentials held in Secrets (LoggingReady says so; the sidecars still use them)"),
+        "read, by name, the Secrets servings name in the watched namespaces (never listed): "
+        "false for an operator that may not (the chart's rbac.readSecrets); then a Secret that "
+        "spec.server.env or envFrom reads, changed in place, does not roll the pods, and the "
+        "topic admin cannot use Kafka credentials held in Secrets (LoggingReady says so; the "
+        "sidecars still use them)"),
     "ingress_allowed_annotations": ("--ingress-allowed-annotations",
         "MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS", _annotation_globs,
         "the spec.ingress.annotations a serving may set: comma-separated globs of annotation "

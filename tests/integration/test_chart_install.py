@@ -99,7 +99,7 @@ def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_tol
         return next(e["value"] for e in env if e["name"] == "MODELSERVING_READ_SECRETS")
 
     default = render()
-    assert secrets_verbs(default) == {"get", "list", "watch"}
+    assert secrets_verbs(default) == {"get"}  # by name: never listed nor watched
     assert read_secrets_setting(default) == "true"
     forbidden = render("rbac.readSecrets=false")
     assert secrets_verbs(forbidden) == set()
@@ -240,13 +240,11 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
         ],
         rule("create", "events", "", ns),
         # The Secrets and CA ConfigMap a serving's spec.logging.kafka.security names, one by one,
-        # for the topic admin's connection to a secured Kafka.
+        # for the topic admin's connection to a secured Kafka; the Secrets its pods read, by name.
         rule("get", "secrets", "", ns),
         rule("get", "configmaps", "", ns),
         rule("list", "pods", "", ns),
         rule("watch", "pods", "", ns),
-        rule("list", "secrets", "", ns),
-        rule("watch", "secrets", "", ns),
         rule("list", "customresourcedefinitions", "apiextensions.k8s.io"),
         rule("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
         *[
@@ -268,6 +266,9 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
 
 def operator_must_not(ns: str, release_ns: str) -> list[dict]:
     return [
+        # Secrets are read by name: a stolen token cannot list or watch them all.
+        rule("list", "secrets", "", ns),
+        rule("watch", "secrets", "", ns),
         rule("create", "secrets", "", ns),
         rule("patch", "secrets", "", ns),
         rule("delete", "secrets", "", release_ns),

@@ -1,7 +1,8 @@
 """A Secret that a serving's TF Serving environment reads (spec.server.env or envFrom),
 changed in place, rolls the serving's pods; a change the pods would not see (another key of
 that Secret, the API-key Secret, which the sidecar reloads live) rolls nothing. The operator
-runs as the chart's ServiceAccount, with the chart's rights on Secrets."""
+runs as the chart's ServiceAccount, with the chart's rights on Secrets (get, by name: it reads
+them again every --secret-check-seconds, here 2)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from modelserving import api
 from modelserving.operator.names import SECRETS_CHECKSUM_ANNOTATION
 from tests.support.servings import is_ready, serving_manifest
 from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def operator_flags() -> list[str]:
+    return ["--secret-check-seconds", "2"]
 
 
 def encoded(**values: str) -> dict[str, str]:
@@ -59,14 +65,12 @@ def test_a_secret_the_environment_reads_changed_in_place_rolls_the_pods(
     old_pods = {p.metadata.name for p in core.list_namespaced_pod(namespace).items}
 
     # When a key the pods do not read and the API-key Secret change, and the operator has
-    # handled both changes and has nothing left to do
-    handled, idle = log_count("Handler 'secrets_event' succeeded"), log_count("caught up")
+    # seen the change of the Secret the pods read and has nothing left to do
+    seen = f"Secret {namespace}/s3 changed"
+    handled, idle = log_count(seen), log_count("caught up")
     change("s3", region="us-east-1")
     change("mnist-keys", keys="two")
-    wait_for(
-        lambda: log_count("Handler 'secrets_event' succeeded") >= handled + 2,
-        timeout=30, what="the operator to see both Secret changes",
-    )  # fmt: skip
+    wait_for(lambda: log_count(seen) > handled, timeout=30, what="the operator to see the change")
     wait_for(lambda: log_count("caught up") > idle, timeout=30, what="the operator idle")
 
     # Then nothing rolled
