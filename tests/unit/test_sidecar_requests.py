@@ -408,6 +408,19 @@ async def test_durable_prediction_whose_record_cannot_be_kept_is_a_503(standin, 
     assert headers["X-Request-Id"]
 
 
+async def test_a_log_that_stopped_makes_the_sidecar_not_alive_and_says_why(keys_dir, http):
+    log = RecordingLog()
+    async with sidecar(make_config(f"http://127.0.0.1:{free_port()}", keys_dir), log) as url:
+        assert (await call(http, "GET", f"{url}/healthz"))[0] == 200
+        log.failed = "inference-log-writer failed: RecursionError: maximum recursion depth"
+        status, data, _ = await call(http, "GET", f"{url}/healthz")
+    assert (status, data) == (
+        503,
+        {"error": "The inference log stopped: inference-log-writer failed: RecursionError: "
+                  "maximum recursion depth"},
+    )  # fmt: skip
+
+
 # --- request ids, probes and metrics -------------------------------------------------------------
 
 
