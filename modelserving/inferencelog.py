@@ -63,7 +63,7 @@ HEADER_POD = "pod"
 # `shadow` for the copy of a request a shadow version answered (same key as the main record).
 HEADER_ROLE = "role"
 # Present only when a payload was changed: which one and how, e.g. `request=redacted+cut` or
-# `request=redacted,response=digest` (marks: redacted, cut, digest, dropped).
+# `request=redacted,response=digest` (marks: redacted, cut, digest, dropped, unencodable).
 HEADER_PAYLOAD = "payload"
 # The protocol the call came in by: `rest` (TF Serving's REST API and the Hopsworks paths) or
 # `grpc` (TF Serving's gRPC API; the payloads are written as the REST JSON of the same tensors).
