@@ -408,10 +408,13 @@ def test_a_serving_leaves_an_object_of_its_childs_name_that_is_not_its_own(
     assert ready["status"] == "False"
     assert ready["message"].startswith(f"{kind} {name} already exists and is not this serving's")
     assert "Delete or rename it, or give the serving another name" in ready["message"]
-    # And an Event says it too
-    events = core.list_namespaced_event(namespace).items
-    told = [e.message for e in events if e.reason == "Conflict"]
-    assert told == [ready["message"]]
+
+    # And an Event says it too, once
+    def told() -> list[str]:
+        events = core.list_namespaced_event(namespace).items
+        return [e.message for e in events if e.reason == "Conflict"]
+
+    assert wait_for(told, timeout=10, what="the Conflict Event") == [ready["message"]]
     # And the object is as it was: no ownerReference, the same spec
     after = read()
     assert not after.metadata.owner_references
