@@ -8,7 +8,7 @@ named `HEADER_*` below; the Avro value stays the seed's seven fields.
 
 Reading, in Python::
 
-    async for logged in read_inference_log("mnist-inference", "kafka:9092",
+    async for logged in read_inference_log("demo.mnist-inference", "kafka:9092",
                                            from_beginning=True, model="mnist"):
         print(logged.key, logged.headers, logged.record.response_http_code)
 

@@ -36,7 +36,7 @@ from modelserving.operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
 )
-from modelserving.operator.policy import INGRESS_REFUSED, refused_degraded
+from modelserving.operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
 from modelserving.operator.render import render_children
 from modelserving.operator.secret_refs import (
     SecretRead,
@@ -487,6 +487,9 @@ async def _logging_state(
 ) -> LoggingState:
     if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
+    if refused := spec.topic_refusal(rec.settings):  # never checked nor created
+        _post_refusal(serving, "LoggingReady", TOPIC_REFUSED, refused)
+        return LoggingState(False, TOPIC_REFUSED, refused)
     servers = spec.bootstrap_servers(rec.settings)
     if not servers:
         return LoggingState(

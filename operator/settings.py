@@ -98,6 +98,9 @@ class OperatorSettings:
     # it matches (refusals win). ingress-nginx's *-snippet annotations put nginx configuration
     # of their author's into the controller that serves every namespace's Ingresses.
     ingress_allowed_annotations: tuple[str, ...] = DEFAULT_INGRESS_ALLOWED_ANNOTATIONS
+    # Let spec.logging.kafka.topic name any topic; off, a named topic starts with the serving's
+    # namespace and a dot, so no serving writes to (or has the operator create) another's.
+    any_kafka_topic: bool = False
 
 
 def _text(value: str) -> str:
@@ -336,6 +339,11 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "keys; a glob starting with ! refuses the keys it matches, whatever else allows them; "
         "empty allows none. A serving with another annotation gets no Ingress (Degraded says "
         "why)"),
+    "any_kafka_topic": ("--any-kafka-topic", "MODELSERVING_ANY_KAFKA_TOPIC", _flag,
+        "let spec.logging.kafka.topic name any topic; false: a topic a spec names must start "
+        "with the serving's namespace and a dot (NAMESPACE.), so that no serving writes to, or "
+        "has the operator create, another namespace's topic (LoggingReady says TopicRefused, "
+        "and nothing is logged); the default topic, NAMESPACE.NAME.inference, always does"),
 }  # fmt: skip
 
 

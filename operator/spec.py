@@ -17,7 +17,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.operator.kafka_access import KafkaSecuritySpec, parse_security
-from modelserving.operator.policy import ingress_refusal
+from modelserving.operator.policy import ingress_refusal, topic_refusal
 from modelserving.operator.quantities import quantity_bytes
 from modelserving.operator.settings import OperatorSettings
 
@@ -210,7 +210,7 @@ class RedactRuleSpec:
 
 @dataclass(frozen=True)
 class KafkaSpec:
-    topic: str | None = None  # None: NAMESPACE.NAME.inference
+    topic: str | None = None  # None: NAMESPACE.NAME.inference; else NAMESPACE.* (policy)
     bootstrap_servers: str | None = None  # None: --kafka-bootstrap-servers
     partitions: int = 1
     replication_factor: int = 1
@@ -366,8 +366,18 @@ class ServingSpec:
             return None
         return ingress_refusal(self.ingress.annotations, settings.ingress_allowed_annotations)
 
+    def topic_refusal(self, settings: OperatorSettings) -> str | None:
+        """Why the topic the spec names is not logged to (not of the serving's namespace, and
+        the operator's --any-kafka-topic is off), or None."""
+        return topic_refusal(self.namespace, self.logging.kafka.topic, settings.any_kafka_topic)
+
     def logging_on(self, settings: OperatorSettings) -> bool:
-        return self.logging_requested(settings) and bool(self.bootstrap_servers(settings))
+        """The sidecars log: asked for, with brokers, to a topic the operator allows."""
+        return (
+            self.logging_requested(settings)
+            and bool(self.bootstrap_servers(settings))
+            and self.topic_refusal(settings) is None
+        )
 
 
 # --------------------------------------------------------------------------- parsing

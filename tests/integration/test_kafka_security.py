@@ -208,6 +208,7 @@ def start_serving(
     """A ModelServing logging over `mode`'s listener, and its sidecar run here from what the
     operator rendered, once the operator has made the Deployment."""
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    topic = f"{namespace}.{topic}"  # a serving's topic starts with its namespace
     logging = {"kafka": {"topic": topic, "security": mode.security,
                          "bootstrapServers": getattr(local_env.kafka, mode.listener)}}  # fmt: skip
     manifest = serving_manifest("mnist", logging=logging)
@@ -294,7 +295,7 @@ def test_a_prediction_is_logged_over_each_secured_listener_and_read_back(
 
     sent = [serving.predict(float(i)) for i in range(3)]
     assert [status for status, _ in sent] == [200, 200, 200]
-    keys = logged_keys(local_env, topic, MODES[mode].properties, 3)
+    keys = logged_keys(local_env, serving.topic, MODES[mode].properties, 3)
     assert sorted(keys) == sorted(request_id for _, request_id in sent)
 
 
@@ -377,7 +378,7 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
     serving.pod.sync(volume)
     wait_for(lambda: logging_ready(crds, namespace).get("status") == "True", 60,
              "LoggingReady True once the Secret is fixed")  # fmt: skip
-    keys = logged_keys(local_env, topic, mode.properties, 5)
+    keys = logged_keys(local_env, serving.topic, mode.properties, 5)
     assert sorted(keys) == sorted(request_id for _, request_id in sent), "every record, once"
     assert serving.metric("records_produced") == 5
 
@@ -424,7 +425,7 @@ def test_a_client_certificate_renewed_in_place_is_used_with_no_record_lost_or_re
         loader.join()
 
     assert all(status == 200 for status, _ in sent)
-    keys = logged_keys(local_env, topic, "mtls.properties", len(sent))
+    keys = logged_keys(local_env, serving.topic, "mtls.properties", len(sent))
     assert len(keys) == len(sent), "no record sent twice"
     assert sorted(keys) == sorted(request_id for _, request_id in sent), "no record lost"
     metrics = http("GET", f"{serving.url}/metrics")[2].decode()
@@ -488,7 +489,8 @@ def test_allowed_sasl_plaintext_and_strimzi_defaults_are_accepted(crds, namespac
 def test_a_secret_the_spec_names_but_that_is_missing_says_which(
     operator, crds, local_env, namespace, topic
 ):
-    logging = {"kafka": {"topic": topic, "bootstrapServers": local_env.kafka.sasl_ssl_bootstrap,
+    logging = {"kafka": {"topic": f"{namespace}.{topic}",
+                         "bootstrapServers": local_env.kafka.sasl_ssl_bootstrap,
                          "security": MODES["scram-sha-512"].security}}  # fmt: skip
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist", logging=logging)

@@ -41,7 +41,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_wher
     operator, crds, kube_client, namespace, topic
 ):
     core = client.CoreV1Api(kube_client)
-    kafka = {"kafka": {"topic": topic}}
+    kafka = {"kafka": {"topic": f"{namespace}.{topic}"}}
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("silent", logging=kafka)
     )
@@ -70,7 +70,7 @@ def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age
     core = client.CoreV1Api(kube_client)
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL,
-        serving_manifest("mnist", logging={"kafka": {"topic": topic}}),
+        serving_manifest("mnist", logging={"kafka": {"topic": f"{namespace}.{topic}"}}),
     )  # fmt: skip
 
     def logging_ready() -> dict:

@@ -35,7 +35,7 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
     # When a serving is created and becomes Ready
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL,
-        serving_manifest("mnist", logging={"kafka": {"topic": topic}}),
+        serving_manifest("mnist", logging={"kafka": {"topic": f"{namespace}.{topic}"}}),
     )  # fmt: skip
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist"), 60, "the serving Ready")
     ready = condition(serving, "Ready")

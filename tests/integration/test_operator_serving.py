@@ -43,6 +43,7 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     operator, crds, kube_client, namespace, local_env, topic
 ):
     # Given a ModelServing with the inference log on a topic of its own
+    topic = f"{namespace}.{topic}"  # a serving's topic starts with its namespace
     started = time.monotonic()
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL,
@@ -95,6 +96,36 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     assert "Deployment mnist" in created[0] and "Service mnist" in created[0]
     assert created[0].endswith(f"; modelId {status['modelId']}")
     assert not [e for e in events if e.reason == "ModelIdAssigned"]
+
+
+def test_a_topic_of_another_namespace_is_refused_never_created_and_nothing_is_logged(
+    operator, crds, kube_client, namespace, local_env, topic
+):
+    # Given a serving that names a topic of another namespace's
+    theirs = f"x{namespace}.{topic}"
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"kafka": {"topic": theirs}}),
+    )  # fmt: skip
+
+    # Then LoggingReady says the topic is refused and what to name instead
+    def logging_ready() -> dict:
+        return condition(get_serving(crds, namespace, "mnist"), "LoggingReady")
+
+    said = wait_for(lambda: logging_ready().get("reason") == "TopicRefused" and logging_ready(),
+                    60, "LoggingReady TopicRefused")  # fmt: skip
+    assert said["status"] == "False"
+    assert theirs in said["message"] and f"({namespace}.)" in said["message"]
+    # And the sidecars log nothing, anywhere
+    core = client.CoreV1Api(kube_client)
+    sidecar = wait_for(lambda: read_or_none(core.read_namespaced_config_map, "mnist-sidecar",
+                                            namespace), 60, "the sidecar's config")  # fmt: skip
+    assert theirs not in sidecar.data["sidecar.yaml"]
+    # And the operator did not create the topic, and told it once in a Warning Event
+    assert theirs not in kafka_topics(local_env.kafka_bootstrap)
+    events = [e for e in core.list_namespaced_event(namespace).items
+              if e.involved_object.name == "mnist" and e.reason == "TopicRefused"]  # fmt: skip
+    assert [(e.type, e.count or 1) for e in events] == [("Warning", 1)]
 
 
 def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):

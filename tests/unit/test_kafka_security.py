@@ -143,7 +143,7 @@ def test_a_readers_flags_win_over_its_properties_file(tmp_path):
 
 
 def serving(**security) -> ServingSpec:
-    kafka = {"topic": "t", "security": security} if security else {"topic": "t"}
+    kafka = {"topic": "demo.t", "security": security} if security else {"topic": "demo.t"}
     return ServingSpec.from_body({
         "metadata": {"name": "mnist", "namespace": "demo", "uid": "u"},
         "spec": {"model": {"version": 1, "basePath": "s3://m"}, "auth": {"mode": "none"},

@@ -1,14 +1,24 @@
-"""What the operator's settings let a serving ask for beyond itself: its Ingress's annotations."""
+"""What the operator's settings let a serving ask for beyond itself: its Ingress's annotations
+and its Kafka topic."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+from typing import Any
 
 import pytest
 
 from modelserving import api
-from modelserving.operator.policy import INGRESS_REFUSED, annotation_allowed, refused_degraded
+from modelserving.operator import reconcile
+from modelserving.operator.policy import (
+    INGRESS_REFUSED,
+    TOPIC_REFUSED,
+    annotation_allowed,
+    refused_degraded,
+)
 from modelserving.operator.render import render_children
+from modelserving.operator.render_config import render_sidecar_config
 from modelserving.operator.settings import (
     DEFAULT_INGRESS_ALLOWED_ANNOTATIONS,
     OperatorSettings,
@@ -18,6 +28,7 @@ from modelserving.operator.settings import (
 )
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import Condition, deployment_conditions
+from modelserving.sidecar.config import LoggingMode, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 
@@ -154,3 +165,94 @@ def test_the_allowed_annotations_setting_is_a_list_of_globs_and_a_bad_one_is_nam
 
     with pytest.raises(SettingsError, match=r"--ingress-allowed-annotations.*'a\.io/\{x\}'"):
         settings(MODELSERVING_INGRESS_ALLOWED_ANNOTATIONS="a.io/*,a.io/{x}")
+
+
+# ---- the Kafka topic -----------------------------------------------------------------------
+
+
+def logging_to(topic: str | None) -> ServingSpec:
+    return serving(logging={"kafka": {"topic": topic}} if topic else {})
+
+
+def logged_topic(spec: ServingSpec, settings: OperatorSettings = SETTINGS) -> str | None:
+    """The topic the sidecars write to, as they parse their config; None: they log nothing."""
+    config = parse_config(render_sidecar_config(spec, settings, 17))
+    return config.logging.topic if config.logging.mode is not LoggingMode.NONE else None
+
+
+def test_the_default_topic_is_of_the_servings_namespace_and_always_logged_to():
+    assert logging_to(None).topic == "team-a.mnist.inference"
+    assert logged_topic(logging_to(None)) == "team-a.mnist.inference"
+    assert logging_to(None).topic_refusal(SETTINGS) is None
+
+
+@pytest.mark.parametrize("topic", ["team-a.fraud", "team-a.mnist.inference", "team-a.x_y-z"])
+def test_a_topic_that_starts_with_the_namespace_and_a_dot_is_logged_to(topic):
+    assert logging_to(topic).topic_refusal(SETTINGS) is None
+    assert logged_topic(logging_to(topic)) == topic
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "team-b.mnist.inference",  # another namespace's serving's default topic
+        "mnist-inference",
+        "team-ab.mnist",  # another namespace whose name starts like this one's
+        "team-a",
+        "team-a_mnist",  # Kafka mixes . and _ up in metric names, never in topic names
+    ],
+)
+def test_a_topic_of_another_namespace_or_of_none_is_refused_and_nothing_is_logged(topic):
+    spec = logging_to(topic)
+
+    refusal = spec.topic_refusal(SETTINGS) or ""
+
+    assert not spec.logging_on(SETTINGS)
+    assert logged_topic(spec) is None
+    assert f"spec.logging.kafka.topic {topic} does not start with" in refusal
+    assert "(team-a.)" in refusal and "team-a.NAME.inference" in refusal
+    assert "--any-kafka-topic" in refusal and "servingPolicy.anyKafkaTopic" in refusal
+
+
+def test_the_platform_team_may_allow_any_topic():
+    anything = settings(MODELSERVING_ANY_KAFKA_TOPIC="true", MODELSERVING_KAFKA_BOOTSTRAP="k:9092")
+
+    assert OperatorSettings().any_kafka_topic is False
+    assert logging_to("team-b.shared").topic_refusal(anything) is None
+    assert logged_topic(logging_to("team-b.shared"), anything) == "team-b.shared"
+
+
+class RecordedEvents:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []
+
+    def __call__(self, body: Any, *, type: str, reason: str, message: str) -> None:
+        self.posted.append((type, reason, message))
+
+
+class NoKafka:
+    """A topic keeper that must not be asked: a refused topic is never checked or created."""
+
+    async def ensure(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"the topic keeper was asked for {args}")
+
+
+def test_a_refused_topic_is_never_checked_or_created_and_said_once(monkeypatch):
+    events = RecordedEvents()
+    monkeypatch.setattr(reconcile.kopf, "event", events)
+    rec = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
+    body = {"metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
+            "spec": {"model": {"version": 1, "basePath": "s3://m"},
+                     "logging": {"kafka": {"topic": "team-b.mnist.inference"}}}}  # fmt: skip
+    spec = ServingSpec.from_body(body)
+
+    state = asyncio.run(reconcile._logging_state(rec, body, spec, True))
+    said = {"type": "LoggingReady", "status": "False", "reason": state.reason,
+            "message": state.message}  # fmt: skip
+    again = asyncio.run(reconcile._logging_state(rec, {**body, "status": {"conditions": [said]}},
+                                                 spec, True))  # fmt: skip
+
+    assert (state.ready, state.reason) == (False, TOPIC_REFUSED)
+    assert state.message == spec.topic_refusal(SETTINGS)
+    assert again == state
+    assert events.posted == [("Warning", TOPIC_REFUSED, state.message)]  # once, not per reconcile

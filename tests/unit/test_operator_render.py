@@ -106,10 +106,10 @@ def test_the_startup_allowance_is_the_specs_else_ten_minutes_for_the_sidecar_too
 
 def test_spec_brokers_and_topic_win_over_the_operator_defaults():
     serving = mnist(
-        logging={"kafka": {"topic": "t1", "bootstrapServers": "b:1"}, "mode": "PREDICTIONS"}
+        logging={"kafka": {"topic": "demo.t1", "bootstrapServers": "b:1"}, "mode": "PREDICTIONS"}
     )
     config = parse_config(render_sidecar_config(serving, SETTINGS, 1))
-    assert (config.logging.topic, config.logging.bootstrap_servers) == ("t1", "b:1")
+    assert (config.logging.topic, config.logging.bootstrap_servers) == ("demo.t1", "b:1")
     assert config.logging.mode is LoggingMode.PREDICTIONS
 
 
