@@ -68,9 +68,40 @@ def echoing_the_review(request: web.Request) -> web.StreamResponse:
     )
 
 
-@pytest.mark.parametrize("answer", [redirect_to_itself, not_json, echoing_the_review])
-async def test_a_failed_review_leaves_no_token_in_the_log_or_the_answer(api_server, caplog, answer):
-    answers, asked, authenticator = api_server
+TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
+ACCESS_REVIEW = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+def authenticated_then(answer: Answer) -> Answer:
+    """The TokenReview says the token is good; the SubjectAccessReview gets `answer`."""
+
+    def answering(request: web.Request) -> web.StreamResponse:
+        if request.path == TOKEN_REVIEW:
+            user = {"username": "system:serviceaccount:ns:caller"}
+            return web.json_response({"status": {"authenticated": True, "user": user}})
+        return answer(request)
+
+    return answering
+
+
+@pytest.mark.parametrize(
+    ("answer", "failed", "asked"),
+    [
+        (redirect_to_itself, "TokenReview", [TOKEN_REVIEW]),  # a redirect is not followed
+        (
+            authenticated_then(redirect_to_itself),
+            "SubjectAccessReview",
+            [TOKEN_REVIEW, ACCESS_REVIEW],
+        ),
+        (not_json, "TokenReview", [TOKEN_REVIEW]),
+        (echoing_the_review, "TokenReview", [TOKEN_REVIEW]),
+    ],
+    ids=["redirect-loop", "access-review-redirect-loop", "not-json", "echoing-the-tokens"],
+)
+async def test_a_failed_review_leaves_no_token_in_the_log_or_the_answer(
+    api_server, caplog, answer, failed, asked
+):
+    answers, seen, authenticator = api_server
     answers[0] = answer
     caplog.set_level(logging.DEBUG)
     with pytest.raises(AuthUnavailable) as refused:
@@ -80,8 +111,8 @@ async def test_a_failed_review_leaves_no_token_in_the_log_or_the_answer(api_serv
     said += [r.getMessage() for r in caplog.records]
     for text in said:
         assert OUR_TOKEN not in text and CALLERS_TOKEN not in text
-    assert "TokenReview" in caplog.text  # the log still says which call failed
-    assert asked == ["/apis/authentication.k8s.io/v1/tokenreviews"]  # a redirect is not followed
+    assert failed in caplog.text  # the log still says which call failed
+    assert seen == asked
 
 
 # An allowed token is let in without asking again for allowCacheSeconds, never past its expiry.
