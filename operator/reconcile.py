@@ -219,7 +219,9 @@ async def reconcile(
     _post_conflict(rec, serving, key, failure)
     if ingress_refused := spec.ingress_refusal(rec.settings):
         rollout = refused_degraded(rollout, ingress_refused)
-        _post_refusal(serving, "Degraded", INGRESS_REFUSED, ingress_refused)
+    _tell_refusal(rec, serving, key, "Degraded", INGRESS_REFUSED, ingress_refused)
+    topic_refused = logging_state.message if logging_state.reason == TOPIC_REFUSED else None
+    _tell_refusal(rec, serving, key, "LoggingReady", TOPIC_REFUSED, topic_refused)
     _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])
     if logging_state.reason in (AUTHENTICATION_FAILED, TLS_FAILED):  # say what to fix
         hint = what_to_check(logging_state.reason, spec.kafka_security(rec.settings))
@@ -488,7 +490,6 @@ async def _logging_state(
     if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
     if refused := spec.topic_refusal(rec.settings):  # never checked nor created
-        _post_refusal(serving, "LoggingReady", TOPIC_REFUSED, refused)
         return LoggingState(False, TOPIC_REFUSED, refused)
     servers = spec.bootstrap_servers(rec.settings)
     if not servers:
@@ -557,13 +558,23 @@ def _previous_logging_reason(serving: Mapping[str, Any]) -> str | None:
     return (_previous_logging(serving) or {}).get("reason")
 
 
-def _post_refusal(serving: Mapping[str, Any], condition: str, reason: str, message: str) -> None:
+def _tell_refusal(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    key: tuple[str, str],
+    condition: str,
+    reason: str,
+    refused: str | None,
+) -> None:
     """A Warning Event when the operator starts refusing a part of the spec (policy), or
-    refuses it for another reason: the condition says it meanwhile, and an Event goes once."""
-    said = [
-        (c.get("reason"), c.get("message"))
-        for c in (serving.get("status") or {}).get("conditions") or []
-        if c.get("type") == condition
-    ]
-    if said != [(reason, message)]:
-        kopf.event(_ref(serving), type="Warning", reason=reason, message=message)
+    refuses it for another reason; once, though the watch cache may still show the status
+    before our last write. `refused`: why, or None while nothing is refused."""
+    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    if reason not in told:  # first look since the start: what the stored status says
+        stored = (serving.get("status") or {}).get("conditions") or []
+        said = [c.get("message", "") for c in stored if (c.get("type"), c.get("reason")) == (
+            condition, reason)]  # fmt: skip
+        told[reason] = said[0] if said else ""
+    if refused and told[reason] != refused:
+        kopf.event(_ref(serving), type="Warning", reason=reason, message=refused)
+    told[reason] = refused or ""

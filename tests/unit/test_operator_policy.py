@@ -237,9 +237,7 @@ class NoKafka:
         raise AssertionError(f"the topic keeper was asked for {args}")
 
 
-def test_a_refused_topic_is_never_checked_or_created_and_said_once(monkeypatch):
-    events = RecordedEvents()
-    monkeypatch.setattr(reconcile.kopf, "event", events)
+def test_a_refused_topic_is_never_checked_or_created():
     rec = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
     body = {"metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
             "spec": {"model": {"version": 1, "basePath": "s3://m"},
@@ -247,12 +245,29 @@ def test_a_refused_topic_is_never_checked_or_created_and_said_once(monkeypatch):
     spec = ServingSpec.from_body(body)
 
     state = asyncio.run(reconcile._logging_state(rec, body, spec, True))
-    said = {"type": "LoggingReady", "status": "False", "reason": state.reason,
-            "message": state.message}  # fmt: skip
-    again = asyncio.run(reconcile._logging_state(rec, {**body, "status": {"conditions": [said]}},
-                                                 spec, True))  # fmt: skip
 
     assert (state.ready, state.reason) == (False, TOPIC_REFUSED)
     assert state.message == spec.topic_refusal(SETTINGS)
-    assert again == state
-    assert events.posted == [("Warning", TOPIC_REFUSED, state.message)]  # once, not per reconcile
+
+
+def test_a_refusal_is_told_once_per_change_though_the_cache_lags(monkeypatch):
+    events = RecordedEvents()
+    monkeypatch.setattr(reconcile.kopf, "event", events)
+    rec = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
+    key = ("team-a", "mnist")
+    stale = {"metadata": {"name": "mnist", "namespace": "team-a"}}  # no status written yet
+
+    def tell(refused: str | None, serving: dict = stale, on: reconcile.Reconciler = rec) -> None:
+        reconcile._tell_refusal(on, serving, key, "LoggingReady", TOPIC_REFUSED, refused)
+
+    tell("refused: a")
+    tell("refused: a")  # the cache still shows the serving before our status write
+    tell(None)  # fixed
+    tell("refused: b")  # refused again, for another reason
+    said = {"type": "LoggingReady", "status": "False", "reason": TOPIC_REFUSED,
+            "message": "refused: b"}  # fmt: skip
+    restarted = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
+    tell("refused: b", {**stale, "status": {"conditions": [said]}}, restarted)
+
+    assert events.posted == [("Warning", TOPIC_REFUSED, "refused: a"),
+                             ("Warning", TOPIC_REFUSED, "refused: b")]  # fmt: skip
