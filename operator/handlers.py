@@ -28,7 +28,7 @@ from modelserving.operator.kopf_internals import all_indexed, wrap_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.model_report import tfserving_exited
-from modelserving.operator.modelids import ModelIds, recorded_model_id
+from modelserving.operator.modelids import ModelIds
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
@@ -154,7 +154,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 def _servings_without_id(rec: Reconciler) -> int:
     """Servings the watch cache holds that have no modelId yet (each will take one)."""
-    return sum(recorded_model_id(serving) is None for serving in _cached_servings(rec))
+    return sum(rec.model_ids.recorded(serving) is None for serving in _cached_servings(rec))
 
 
 async def _serve_metrics(rec: Reconciler) -> web.AppRunner:

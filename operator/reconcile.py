@@ -30,9 +30,8 @@ from modelserving.operator.kafka_access import (
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
 from modelserving.operator.model_report import event_for, model_status, ready_with_pods
-from modelserving.operator.modelids import ModelIds, assign_model_id, recorded_model_id
+from modelserving.operator.modelids import ModelIds, annotated, assign_model_id
 from modelserving.operator.names import (
-    MODEL_ID_ANNOTATION,
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
 )
@@ -171,11 +170,10 @@ async def reconcile(
     spec = ServingSpec.from_body(serving)
     key = (spec.namespace, spec.name)
     rec.reconciled.add(key)
-    model_id, assigned = recorded_model_id(serving), False
-    if model_id is None or (
-        from_serving_event
-        and MODEL_ID_ANNOTATION not in (serving["metadata"].get("annotations") or {})
-    ):
+    # Only an id the operator issued to this serving counts, never its annotation alone (a
+    # copied manifest's, or a hand-written one): see modelids.
+    model_id, assigned = rec.model_ids.recorded(serving), False
+    if model_id is None or (from_serving_event and not annotated(serving, model_id)):
         if not from_serving_event:
             return None  # only the serving's own events take ids
         model_id = await assign_model_id(rec.kube, rec.model_ids, serving)

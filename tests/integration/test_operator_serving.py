@@ -280,6 +280,46 @@ def test_model_ids_are_distinct(operator, crds, namespace):
         assert annotation == str(serving["status"]["modelId"])
 
 
+def test_a_copied_or_hand_written_model_id_gets_an_id_of_its_own(operator, crds, namespace):
+    # Given a serving with its modelId
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("a")
+    )
+    first = wait_for(lambda: is_ready(crds, namespace, "a"), timeout=60, what="a Ready")
+    key = f"{api.GROUP}/model-id"
+
+    # When its manifest is copied with the annotation, and another names the id by hand
+    for name in ("copy", "chooser"):
+        manifest = serving_manifest(name)
+        manifest["metadata"]["annotations"] = {key: first["metadata"]["annotations"][key]}
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, manifest
+        )
+
+    # Then each gets an id of its own, which its annotation now says, and a keeps its id
+    others = [
+        wait_for(lambda n=n: is_ready(crds, namespace, n), timeout=60, what=f"{n} Ready")
+        for n in ("copy", "chooser")
+    ]
+    ids = [first["status"]["modelId"], *(s["status"]["modelId"] for s in others)]
+    assert len(set(ids)) == 3, ids
+    for serving in others:
+        assert serving["metadata"]["annotations"][key] == str(serving["status"]["modelId"])
+    assert get_serving(crds, namespace, "a")["status"]["modelId"] == ids[0]
+
+    # And an edit of the annotation does not change the serving's id: the operator writes it back
+    crds.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "copy",
+        {"metadata": {"annotations": {key: str(ids[0])}}},
+    )  # fmt: skip
+    written_back = wait_for(
+        lambda: (s := get_serving(crds, namespace, "copy"))["metadata"]["annotations"][key]
+        == str(ids[1]) and s,
+        timeout=30, what="the annotation written back",
+    )  # fmt: skip
+    assert written_back["status"]["modelId"] == ids[1]
+
+
 def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_client, namespace):
     # Logging off: Kafka outages made by other tests must not count as a change here
     crds.create_namespaced_custom_object(
