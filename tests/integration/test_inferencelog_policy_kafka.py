@@ -183,6 +183,7 @@ async def test_with_a_rule_and_nonjson_unset_a_body_that_is_not_json_puts_no_ema
     local_env, topic, upstream, tmp_path
 ):
     bootstrap = local_env.kafka_bootstrap
+    topic = f"demo.{topic}"  # a topic the spec names starts with the serving's namespace
     app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path,
                           redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
 
@@ -204,6 +205,7 @@ async def test_with_nonjson_keep_written_in_the_spec_such_a_body_is_logged_as_it
     local_env, topic, upstream, tmp_path
 ):
     bootstrap = local_env.kafka_bootstrap
+    topic = f"demo.{topic}"  # a topic the spec names starts with the serving's namespace
     app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path, payloads={"nonJson": "keep"},
                           redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
 
