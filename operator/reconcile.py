@@ -300,7 +300,13 @@ async def _apply_children(
     written, nor deleted: it is someone else's, and its owner's. Found in the cache, nothing
     is written; found when its create is refused, no later wave goes out, since those would
     use it (pods running as another's ServiceAccount, reading another's ConfigMap; an
-    autoscaler scaling another's Deployment)."""
+    autoscaler scaling another's Deployment).
+
+    A write the API server refuses or does not answer (a 429, a timeout, an admission
+    webhook's or policy's denial) stops the waves too: a Deployment written after its
+    ConfigMap's write failed would roll its pods onto the files they had before, under a new
+    template. The failure goes to the status (ApplyFailed, naming the write) and the serving
+    is reconciled again after --retry-seconds, which writes the rest once it goes through."""
     live = dict(live)
     stale: list[tuple[Mapping[str, Any], bool]] = []  # (manifest, exists)
     taken: list[Mapping[str, Any]] = []
@@ -315,6 +321,8 @@ async def _apply_children(
         wave = [(m, exists) for m, exists in stale if _wave_of(m["kind"]) == index]
         if taken or not wave:
             continue
+        if any(isinstance(answer, KubeError) for _, _, answer in results):
+            break  # the later waves use what failed: see the docstring
         answers = await asyncio.gather(*(_apply(rec.kube, spec, m, e) for m, e in wave))
         for (m, exists), answer in zip(wave, answers, strict=True):
             if answer is None:
