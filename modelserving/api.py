@@ -35,6 +35,20 @@ SIDECAR_CONFIG_FILE = "/etc/modelserving/sidecar.yaml"
 # (not a subPath), so that the kubelet replaces the file in place when the ConfigMap changes
 # and the sidecar re-reads it; for one version written the old way, by subPath, read once.
 SIDECAR_ROUTING_FILE = "/etc/modelserving/routing/routing.yaml"
+# A serving pod's shutdown, phase by phase, within its terminationGracePeriodSeconds. On SIGTERM
+# the sidecar fails readiness and keeps serving while the endpoints stop routing to the pod
+# (the delay), then stops listening and gives requests in flight their time (REST and gRPC
+# at once), then drains the inference log to Kafka; what Kafka has not acknowledged by then
+# stays in the spool, whose ledger is written before exit. TF Serving's container gets its
+# SIGTERM (after a preStop sleep) only once the sidecar forwards nothing more.
+SHUTDOWN_DELAY_SECONDS = 5
+SHUTDOWN_REQUESTS_SECONDS = 20
+LOG_DRAIN_SECONDS = 20
+TFSERVING_STOP_AFTER_SECONDS = SHUTDOWN_DELAY_SECONDS + SHUTDOWN_REQUESTS_SECONDS
+# The phases, and 15 s to write the spool's ledger and exit before the kubelet's SIGKILL.
+TERMINATION_GRACE_SECONDS = (
+    SHUTDOWN_DELAY_SECONDS + SHUTDOWN_REQUESTS_SECONDS + LOG_DRAIN_SECONDS + 15
+)
 # TF Serving re-reads its models.config this often (--model_config_file_poll_wait_seconds):
 # the kubelet takes up to about a minute to update a mounted ConfigMap, so polling more
 # often than this gains little, and each poll is one read of a small file.

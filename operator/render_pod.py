@@ -81,6 +81,10 @@ def _tfserving_container(spec: ServingSpec, settings: OperatorSettings) -> dict[
         "resources": server.resources,
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+        # TF Serving's SIGTERM waits until the sidecar forwards nothing more (its delay, then
+        # its requests in flight): the kubelet signals both containers at once otherwise, and
+        # TF Serving would stop under requests the sidecar still takes (modelserving.api).
+        "lifecycle": {"preStop": {"sleep": {"seconds": api.TFSERVING_STOP_AFTER_SECONDS}}},
     }
     if server.env:
         container["env"] = list(server.env)
@@ -123,6 +127,7 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
             api.SIDECAR_CONFIG_FILE,
             "--routing",
             api.SIDECAR_ROUTING_FILE,
+            f"--shutdown-delay={api.SHUTDOWN_DELAY_SECONDS}",
         ],
         "ports": _sidecar_ports(spec),
         "readinessProbe": {
@@ -251,8 +256,8 @@ def render_deployment(
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # Long enough for the sidecar to drain the inference log on SIGTERM.
-        "terminationGracePeriodSeconds": 60,
+        # The sidecar's shutdown phases, then time to save the spool's ledger (modelserving.api).
+        "terminationGracePeriodSeconds": api.TERMINATION_GRACE_SECONDS,
         "containers": [
             _tfserving_container(spec, settings),
             _sidecar_container(spec, settings),

@@ -53,6 +53,8 @@ MODEL_STATE = web.AppKey("model_state", ModelStateWatcher)
 ROUTER = web.AppKey("router", Router)
 SHADOW = web.AppKey("shadow", ShadowSender)
 ROUTING_FILE: web.AppKey[Path | None] = web.AppKey("routing_file")
+# Set on SIGTERM: readiness fails (REST's /readyz, gRPC's health) while requests are still served.
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
 REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
@@ -62,6 +64,7 @@ _AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
 _ALIVE = b'{"status": "alive"}'
 _READY = b'{"status": "ready"}'
 _NOT_READY = b'{"error": "The model is not AVAILABLE in TF Serving yet"}'
+_STOPPING = b'{"error": "The sidecar is shutting down"}'
 MODEL_VERSION = "x-model-version"  # the answer's header: the version that answered
 # Readiness probes come often; TF Serving is asked again when its last look is older than this.
 READY_CACHE_SECONDS = 1.0
@@ -116,6 +119,7 @@ class RequestPath:
         self.shadow = app[SHADOW]
         self.model_name = self.config.model.name
         self.sink = app[INFERENCE_LOG]
+        self.shutting_down = app[SHUTTING_DOWN]
         # durability spooled: an answer leaves only once its record is in the spool file.
         self.durable = self.config.logging.durability is LogDurability.SPOOLED
         self.max_request_bytes = self.config.limits.max_request_bytes
@@ -298,7 +302,10 @@ class RequestPath:
         return _json(503, body, call)
 
     async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
-        """Ready when TF Serving reports AVAILABLE a version the split may send traffic to."""
+        """Ready when TF Serving reports AVAILABLE a version the split may send traffic to, and
+        the sidecar is not shutting down."""
+        if self.shutting_down.is_set():
+            return _json(503, _STOPPING, call)
         await self.model_state.fresh(READY_CACHE_SECONDS)  # the table follows each new look
         if self.router.table.ready:
             return _json(200, _READY, call)
@@ -384,6 +391,7 @@ def create_app(
     app[METRICS] = SidecarMetrics(app[REGISTRY])
     app[ROUTES] = RouteTable(config.model.name, config.serving.namespace, config.serving.project_id)
     app[ROUTING_FILE] = routing_file
+    app[SHUTTING_DOWN] = asyncio.Event()
     app.router.add_route("*", "/{path:.*}", _through_router)
     # Opened in this order and closed in the reverse one: the log closes (and drains) last.
     app.cleanup_ctx.append(_inference_log_step(inference_log))

@@ -80,6 +80,7 @@ import yaml
 from modelserving.api import (
     GRPC_MAX_MESSAGE_BYTES,
     LOG_COMPRESSION,
+    LOG_DRAIN_SECONDS,
     LOG_DURABILITY,
     LOG_MAX_PAYLOAD_BYTES,
     SIDECAR_GRPC_PORT,
@@ -241,7 +242,8 @@ class LoggingConfig:
     compression: LogCompression = DEFAULT_COMPRESSION
     send_timeout_seconds: float = 30.0  # a send not acked by then is retried from the spool
     producer_stall_seconds: float = 30.0  # no ack for this long, broker reachable: new producer
-    drain_timeout_seconds: float = 20.0  # SIGTERM: time to deliver what is queued (then spooled)
+    # SIGTERM: time to deliver what is queued (then spooled)
+    drain_timeout_seconds: float = LOG_DRAIN_SECONDS
     confluent_schema_id: int | None = None  # Confluent framing instead of plain Avro when set
     success_sample_rate: float = 1.0  # share of 2xx answers logged, by a hash of the request id
     error_sample_rate: float = 1.0  # share of other answers logged

@@ -31,6 +31,7 @@ it is read), and a call the caller cancelled (no answer was given).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -50,6 +51,7 @@ from modelserving.sidecar.app import (
     READY_CACHE_SECONDS,
     ROUTER,
     SHADOW,
+    SHUTTING_DOWN,
 )
 from modelserving.sidecar.auth import Authenticator
 from modelserving.sidecar.config import GrpcConfig, LogDurability, SidecarConfig
@@ -457,8 +459,16 @@ async def serving_grpc(
         await server.start()
         log.info("gRPC: TF Serving's API on %s:%s, forwarded to %s", host, port,
                  settings.upstream)  # fmt: skip
+        # NOT_SERVING from the moment the sidecar begins to shut down (calls are still served).
+        shutting_down = asyncio.create_task(_shut_down_on(app[SHUTTING_DOWN], health))
         try:
             yield port
         finally:
+            shutting_down.cancel()
             health.shut_down()
             await server.stop(shutdown_seconds)
+
+
+async def _shut_down_on(event: asyncio.Event, health: HealthService) -> None:
+    await event.wait()
+    health.shut_down()

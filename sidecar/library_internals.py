@@ -3,7 +3,8 @@ does the job; `tests/unit/test_library_internals.py` fails loudly when a library
 
 - aiohttp: `AppRunner._make_server` and `Server._make_request`, to serve an app's one handler
   directly (no router, no middleware, no `web.Request` per request) while keeping the app's
-  startup and cleanup contexts.
+  startup and cleanup contexts; `BaseRunner._shutdown_timeout`, to stop listening (REST) at
+  the same time as gRPC, before the cleanup contexts close the log.
 - aiokafka: the producer's message accumulator, to fail the batches of a producer that is being
   replaced (`stop()` waits for them, which with the broker down never ends); the C record
   builder's module name and its size estimate.
@@ -12,6 +13,7 @@ does the job; `tests/unit/test_library_internals.py` fails loudly when a library
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -27,6 +29,18 @@ class DirectAppRunner(web.AppRunner):
     def __init__(self, app: web.Application, handler_key: web.AppKey[Any], **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._handler_key = handler_key
+
+    async def stop_listening(self) -> None:
+        """The first half of `cleanup()`: no new connections, and requests in flight get the
+        shutdown timeout; the app's cleanup contexts are left to `cleanup()`, which then finds
+        nothing more to wait for."""
+        for site in list(self.sites):
+            await site.stop()
+        server = self.server
+        if server is not None:
+            await asyncio.sleep(0)  # requests that arrived before the sites stopped start
+            server.pre_shutdown()
+            await server.shutdown(self._shutdown_timeout)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -1,13 +1,18 @@
 """`modelserving sidecar`: run a serving pod's sidecar from the config file the operator renders.
 
-SIGTERM stops accepting connections, lets requests in flight finish, then closes the inference
-log (which drains it) before the process exits.
+SIGTERM, in phases that fit the pod's grace period (`modelserving.api`): readiness fails at once
+(REST's /readyz and gRPC's health check) while requests are still served for `--shutdown-delay`
+seconds, the time the endpoints take to stop routing to the pod; then both ports stop
+accepting connections together and requests in flight get `--shutdown-timeout` seconds to
+finish; then the inference log is closed (it drains, and keeps in the spool what Kafka has
+not acknowledged). A second SIGTERM or SIGINT ends the delay at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,17 +24,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from modelserving.api import SIDECAR_CONFIG_FILE
-from modelserving.sidecar.app import SidecarRunner, create_app
+from modelserving.api import (
+    SHUTDOWN_DELAY_SECONDS,
+    SHUTDOWN_REQUESTS_SECONDS,
+    SIDECAR_CONFIG_FILE,
+)
+from modelserving.sidecar.app import SHUTTING_DOWN, SidecarRunner, create_app
 from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
 from modelserving.sidecar.router import ROUTING_FILE_NAME
 
 CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
 ROUTING_ENV = "MODELSERVING_SIDECAR_ROUTING"
 PORT_ENV = "MODELSERVING_SIDECAR_PORT"
-# Kubernetes waits terminationGracePeriodSeconds (30 s by default) before SIGKILL; requests in
-# flight get most of it, and the inference log's drain the rest.
-DEFAULT_SHUTDOWN_SECONDS = 20.0
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +59,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", help="listen on this address instead of the file's listen.host")
     parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds the sidecar keeps serving after SIGTERM, not ready, while the endpoints "
+        "stop routing to it (default %(default)s; the operator sets "
+        f"{SHUTDOWN_DELAY_SECONDS} in a serving's pods)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
-        default=DEFAULT_SHUTDOWN_SECONDS,
-        help="seconds requests in flight get to finish after SIGTERM (default %(default)s)",
+        default=float(SHUTDOWN_REQUESTS_SECONDS),
+        help="seconds requests in flight get to finish once the sidecar stops listening "
+        "(default %(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
@@ -93,17 +108,20 @@ def run(args: argparse.Namespace) -> int:
     routing = Path(args.routing) if args.routing else Path(args.config).parent / ROUTING_FILE_NAME
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve(config, routing, args.shutdown_timeout))
+            runner.run(_serve(config, routing, args.shutdown_delay, args.shutdown_timeout))
         except ConfigError as exc:
             print(f"modelserving sidecar: {exc}", file=sys.stderr)
             return 2
     return 0
 
 
-async def _serve(config: SidecarConfig, routing: Path, shutdown_timeout: float) -> None:
+async def _serve(
+    config: SidecarConfig, routing: Path, shutdown_delay: float, shutdown_timeout: float
+) -> None:
     """Serve until SIGTERM or SIGINT, then stop as the module docstring says."""
     loop = asyncio.get_running_loop()
-    logging.getLogger(__name__).info("event loop: %s", type(loop).__module__)
+    log = logging.getLogger(__name__)
+    log.info("event loop: %s", type(loop).__module__)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -113,10 +131,19 @@ async def _serve(config: SidecarConfig, routing: Path, shutdown_timeout: float) 
     await runner.setup()
     try:
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
-        # Stopped before the app: calls in flight finish, and their records reach the log
-        # before it drains.
+        # Both ports stop before the app's cleanup: calls in flight finish, and their records
+        # reach the log before it drains.
         async with grpc_port(app, config, shutdown_timeout):
             await stop.wait()
+            app[SHUTTING_DOWN].set()
+            if shutdown_delay > 0:
+                log.info("shutting down: not ready, still serving for %s s", shutdown_delay)
+                stop.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), shutdown_delay)
+            log.info("shutting down: requests in flight get %s s", shutdown_timeout)
+            rest_stopped = asyncio.create_task(runner.stop_listening())
+        await rest_stopped  # gRPC's server stopped meanwhile, as the block ended
     finally:
         await runner.cleanup()
 

@@ -53,6 +53,45 @@ async def test_a_direct_runner_serves_plain_requests_with_the_apps_startup_and_c
     assert seen == [web.BaseRequest, "cleaned up"]
 
 
+async def test_stop_listening_lets_a_request_in_flight_finish_and_leaves_cleanup_for_later() -> (
+    None
+):
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        started.set()
+        await asyncio.sleep(0.3)
+        return web.Response(text="finished")
+
+    async def context(app: web.Application):
+        app[HANDLER] = handler
+        yield
+        seen.append("cleaned up")
+
+    app = web.Application()
+    app.cleanup_ctx.append(context)
+    runner = DirectAppRunner(app, HANDLER, shutdown_timeout=5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/"))
+        await started.wait()
+        await runner.stop_listening()
+        answer = await in_flight
+        assert (answer.status, await answer.text()) == (200, "finished")
+        assert seen == []  # the app's cleanup contexts (the log's drain) are still to come
+        try:
+            await session.get(f"http://127.0.0.1:{port}/")
+        except aiohttp.ClientConnectionError:
+            pass
+        else:
+            raise AssertionError("a new connection was taken after stop_listening")
+    await runner.cleanup()
+    assert seen == ["cleaned up"]
+
+
 async def test_failing_a_producers_batches_lets_its_stop_return() -> None:
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", request_timeout_ms=60_000)
     batch = producer.create_batch()

@@ -25,6 +25,7 @@ from modelserving.operator.settings import (
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import deployment_conditions, merge_conditions, progress_only
 from modelserving.sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
+from modelserving.sidecar.main import configure_parser as configure_sidecar_parser
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 
@@ -125,6 +126,22 @@ def test_a_servings_pods_share_its_sampling_key_and_other_servings_have_others()
     assert "u-1" not in key("u-1")
 
 
+def test_the_pods_shutdown_phases_fit_in_its_grace_period():
+    pod = by_kind(render_children(mnist(), SETTINGS, 17))["Deployment"][0]["spec"]["template"]
+    tfs, sidecar = pod["spec"]["containers"]
+    parser = argparse.ArgumentParser()
+    configure_sidecar_parser(parser)
+    args = parser.parse_args(sidecar["command"][2:])  # as the sidecar reads its command line
+    drain = parse_config(render_sidecar_config(mnist(), SETTINGS, 17)).logging.drain_timeout_seconds
+    # Not ready, still serving, while the endpoints stop routing here; then requests in flight.
+    serving = args.shutdown_delay + args.shutdown_timeout
+    assert args.shutdown_delay >= 5
+    # TF Serving is signalled only once the sidecar forwards nothing more...
+    assert tfs["lifecycle"]["preStop"]["sleep"]["seconds"] >= serving
+    # ...and the log's drain ends with time left to write the spool's ledger before SIGKILL.
+    assert serving + drain + 10 <= pod["spec"]["terminationGracePeriodSeconds"]
+
+
 def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     children = by_kind(render_children(mnist(), SETTINGS, 17))
     deployment = children["Deployment"][0]
@@ -138,7 +155,7 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     assert "--model_config_file=/etc/tfserving/models.config" in tfs["args"]
     assert sidecar["command"] == [
         "modelserving", "sidecar", "--config", "/etc/modelserving/sidecar.yaml",
-        "--routing", "/etc/modelserving/routing/routing.yaml",
+        "--routing", "/etc/modelserving/routing/routing.yaml", "--shutdown-delay=5",
     ]  # fmt: skip
     # the routing file the sidecar is told to read is where a mount puts it
     assert any(

@@ -88,6 +88,57 @@ async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(tmp_path
                 await process.wait()
 
 
+async def test_sigterm_with_a_delay_fails_readiness_first_and_keeps_serving(tmp_path):
+    # In a pod the operator gives the sidecar a delay: endpoints stop routing to a terminating
+    # pod within seconds, and a request routed meanwhile must still be answered.
+    delay = 3.0
+    async with (
+        running_standin(TFServingStandIn()) as (_, upstream),
+        aiohttp.ClientSession() as http,
+    ):
+        port = free_port()
+        config = write_config(tmp_path / "sidecar.yaml", upstream)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+            "--port", str(port), "--shutdown-delay", str(delay), stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            async def status(method: str, path: str) -> int | None:
+                try:
+                    async with http.request(method, f"{url}{path}", json={"instances": [4.0]}) as r:
+                        await r.read()
+                        return r.status
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            async def ready() -> bool:
+                return await status("GET", "/readyz") == 200
+
+            await wait_for_async(ready, timeout=20, what="the sidecar process to be ready")
+            process.send_signal(signal.SIGTERM)
+
+            async def not_ready() -> bool:
+                return await status("GET", "/readyz") == 503
+
+            await wait_for_async(not_ready, timeout=2, what="readiness to fail", interval=0.05)
+            failing_since = asyncio.get_running_loop().time()
+            answers = []
+            while asyncio.get_running_loop().time() - failing_since < 1.0:  # well within delay
+                answers.append(await status("POST", f"/v1/models/{MODEL}:predict"))
+            assert answers and set(answers) == {200}, answers
+            await wait_for_async(lambda: connect_refused(port), timeout=delay + 5,
+                                 what="no new connection once the delay is over")  # fmt: skip
+            assert await asyncio.wait_for(process.wait(), 10) == 0
+            said = await process.stderr.read()  # type: ignore[union-attr]
+            assert b"shutting down: not ready, still serving for 3.0 s" in said
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
 async def test_a_bad_config_fails_the_start_naming_the_setting(tmp_path):
     config = tmp_path / "sidecar.yaml"
     config.write_text("serving: {name: hpt, namespace: demo}\nmodel: {name: m, version: one}\n")
