@@ -28,7 +28,7 @@ from modelserving.operator.kopf_internals import all_indexed, wrap_watch_streams
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.model_report import tfserving_exited
-from modelserving.operator.modelids import ModelIds
+from modelserving.operator.modelids import ModelIds, model_id_claim
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
@@ -66,10 +66,14 @@ PODS_INDEX = "serving_pods"
 # Which servings' pods read each Secret at start (secret_refs), so that a Secret's change
 # (secret_checks reads them by name; they are not watched) marks only those.
 SECRET_READERS_INDEX = "secret_readers"
+# The servings whose status holds each modelId: ids above them are the fresh ones, and an id
+# two hold is kept by the first made (modelids).
+MODEL_IDS_INDEX = "model_ids"
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
     SECRET_READERS_INDEX,
+    MODEL_IDS_INDEX,
     *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
 )
 
@@ -144,7 +148,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         kube=kube,
         settings=ours,
         topics=TopicKeeper(ours.kafka_timeout_seconds),
-        model_ids=ModelIds(kube, ours.operator_namespace, lambda: _servings_without_id(rec)),
+        model_ids=ModelIds(
+            kube,
+            ours.operator_namespace,
+            lambda: _servings_without_id(rec),
+            holders=lambda model_id: rec.indexes.get(MODEL_IDS_INDEX, {}).get(model_id, ()),
+            in_use=lambda: rec.indexes.get(MODEL_IDS_INDEX, {}).keys(),
+            remark=lambda key: rec.queue.add(key, serving_event=True),
+        ),
         metrics=OperatorMetrics(kube.writes),
     )
     wrap_watch_streams(rec.metrics.watches)
@@ -190,6 +201,11 @@ async def index_serving(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], CachedObject]:
     return {(namespace, name): CachedObject.of(body, api.KIND)}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=MODEL_IDS_INDEX)
+async def index_model_id(body: kopf.Body, **_: Any) -> dict[int, dict[str, str]]:
+    return model_id_claim(body)
 
 
 def _cached_servings(rec: Reconciler) -> Iterator[dict[str, Any]]:

@@ -34,6 +34,12 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    # The ModelServing CRD, whose annotation is the modelId counter (modelids).
+    "CustomResourceDefinition": (
+        "/apis/apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        False,
+    ),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL, True),
 }
 

@@ -246,7 +246,8 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "watch this namespace (repeatable; the variable takes a comma-separated list); "
         "none watches all namespaces"),
     "operator_namespace": ("--operator-namespace", "MODELSERVING_OPERATOR_NAMESPACE", _text,
-        "the namespace of the operator's own state (the modelId counter ConfigMap); "
+        "where an older operator kept the modelId counter (a ConfigMap, read once to carry "
+        "it over to the CRD's); "
         "defaults to POD_NAMESPACE, else modelserving-system"),
     "sidecar_auth_cluster_role": ("--sidecar-auth-cluster-role",
         "MODELSERVING_SIDECAR_AUTH_CLUSTER_ROLE", _text,

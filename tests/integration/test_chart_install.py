@@ -218,6 +218,7 @@ def rule(verb: str, resource: str, group: str = "", namespace: str | None = None
 
 def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
     """What the operator does (operator/kube.py, handlers.py, modelids.py and kopf)."""
+    crd = "modelservings.modelserving.io"  # whose annotation is the modelId counter
     return [
         rule("list", "modelservings", "modelserving.io", ns),
         rule("watch", "modelservings", "modelserving.io", ns),
@@ -258,9 +259,9 @@ def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
             "rbac.authorization.k8s.io",
             name=sidecar_auth.removesuffix("-auth") + "-log-status",
         ),
-        rule("create", "configmaps", "", release_ns),
         rule("get", "configmaps", "", release_ns, name="modelserving-model-ids"),
-        rule("update", "configmaps", "", release_ns, name="modelserving-model-ids"),
+        rule("get", "customresourcedefinitions", "apiextensions.k8s.io", name=crd),
+        rule("patch", "customresourcedefinitions", "apiextensions.k8s.io", name=crd),
     ]
 
 
@@ -286,6 +287,19 @@ def operator_must_not(ns: str, release_ns: str) -> list[dict]:
         rule("patch", "pods", "", ns, subresource="status"),
         rule("create", "tokenreviews", "authentication.k8s.io"),
         rule("patch", "customresourcedefinitions", "apiextensions.k8s.io"),
+        rule(
+            "patch",
+            "customresourcedefinitions",
+            "apiextensions.k8s.io",
+            name="kopfpeerings.kopf.dev",
+        ),
+        rule(
+            "delete",
+            "customresourcedefinitions",
+            "apiextensions.k8s.io",
+            name="modelservings.modelserving.io",
+        ),
+        rule("update", "configmaps", "", release_ns, name="modelserving-model-ids"),
         rule("impersonate", "serviceaccounts", "", ns),
         rule("patch", "nodes"),
     ]

@@ -11,12 +11,17 @@ from typing import Any
 from modelserving import api
 from modelserving.operator.kube import KubeError
 from modelserving.operator.modelids import (
-    COUNTER_CONFIGMAP,
-    COUNTER_KEY,
+    COUNTER_ANNOTATION,
+    CRD_NAME,
+    LEGACY_COUNTER_CONFIGMAP,
+    LEGACY_COUNTER_KEY,
     ModelIds,
     annotated,
     assign_model_id,
-    issued_model_id,
+    first_id,
+    keeps_model_id,
+    model_id_claim,
+    status_model_id,
 )
 from modelserving.operator.names import MODEL_ID_ANNOTATION
 
@@ -24,16 +29,27 @@ NAMESPACE = "modelserving-system"
 
 
 class FakeApi:
-    """The counter ConfigMap and the servings, with the resourceVersion checks the API server
+    """The CRD with its counter annotation (none: `next_id` None), an older operator's counter
+    ConfigMap (`legacy_next`), and the servings, with the resourceVersion checks the API server
     makes; counts the writes."""
 
-    def __init__(self, next_id: int = 1) -> None:
-        self.counter: dict[str, Any] = {
-            "metadata": {"name": COUNTER_CONFIGMAP, "resourceVersion": "1"},
-            "data": {COUNTER_KEY: str(next_id)},
+    def __init__(self, next_id: int | None = 1, legacy_next: int | None = None) -> None:
+        annotations = {} if next_id is None else {COUNTER_ANNOTATION: str(next_id)}
+        self.crd: dict[str, Any] = {
+            "metadata": {"name": CRD_NAME, "resourceVersion": "1", "annotations": annotations}
         }
+        self.legacy = None
+        if legacy_next is not None:
+            self.legacy = {
+                "metadata": {"name": LEGACY_COUNTER_CONFIGMAP},
+                "data": {LEGACY_COUNTER_KEY: str(legacy_next)},
+            }
         self.servings: dict[str, dict[str, Any]] = {}
         self.writes: list[str] = []
+
+    @property
+    def next_id(self) -> int:
+        return int(self.crd["metadata"]["annotations"][COUNTER_ANNOTATION])
 
     def add(self, serving: dict[str, Any]) -> dict[str, Any]:
         serving["metadata"].setdefault("resourceVersion", "1")
@@ -41,21 +57,25 @@ class FakeApi:
         return copy.deepcopy(serving)
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
-        found = self.counter if kind == "ConfigMap" else self.servings.get(name)
-        return copy.deepcopy(found)
-
-    async def request(self, method: str, path: str, *, body: Any = None) -> dict[str, Any]:
-        assert method == "PUT" and COUNTER_CONFIGMAP in path
-        if body["metadata"]["resourceVersion"] != self.counter["metadata"]["resourceVersion"]:
-            raise KubeError(409, "the counter changed")
-        self.counter = body
-        self.counter["metadata"]["resourceVersion"] += "+"
-        self.writes.append("counter")
-        return body
+        if kind == "CustomResourceDefinition":
+            assert name == CRD_NAME
+            return copy.deepcopy(self.crd)
+        if kind == "ConfigMap":
+            assert name == LEGACY_COUNTER_CONFIGMAP and namespace == NAMESPACE
+            return copy.deepcopy(self.legacy)
+        return copy.deepcopy(self.servings.get(name))
 
     async def merge_patch(
         self, kind: str, name: str, namespace: str | None, patch: Mapping[str, Any]
     ) -> dict[str, Any]:
+        if kind == "CustomResourceDefinition":
+            assert name == CRD_NAME and namespace is None
+            if patch["metadata"]["resourceVersion"] != self.crd["metadata"]["resourceVersion"]:
+                raise KubeError(409, "the CRD changed")
+            self.crd["metadata"]["annotations"].update(patch["metadata"]["annotations"])
+            self.crd["metadata"]["resourceVersion"] += "+"
+            self.writes.append("counter")
+            return copy.deepcopy(self.crd)
         assert kind == api.KIND
         serving = self.servings[name]
         if patch["metadata"]["resourceVersion"] != serving["metadata"]["resourceVersion"]:
@@ -154,7 +174,6 @@ def test_the_id_just_issued_holds_while_the_cache_shows_the_annotation_before_th
 
     # once the status holds it, the status is the record
     ids.recorded({**annotated_only, "status": {"modelId": 7}})
-    assert issued_model_id(annotated_only, {}) is None
     assert ids.recorded(annotated_only) is None  # the process's own record is let go
 
 
@@ -179,6 +198,95 @@ def test_an_operator_restarted_before_the_status_was_written_issues_another_id()
 
 
 def test_a_status_id_that_is_not_a_number_is_not_an_id():
-    assert issued_model_id(serving("a", "uid-a", status_id=None), {}) is None
-    assert issued_model_id({**serving("a", "uid-a"), "status": {"modelId": True}}, {}) is None
-    assert issued_model_id(serving("a", "uid-a", annotation="9"), {"uid-a": 4}) == 4
+    assert status_model_id(serving("a", "uid-a", status_id=None)) is None
+    assert status_model_id({**serving("a", "uid-a"), "status": {"modelId": True}}) is None
+    assert status_model_id(serving("a", "uid-a", annotation="9")) is None
+    assert model_id_claim(serving("a", "uid-a", annotation="9")) == {}
+
+
+# The counter is one per cluster (the CRD's annotation), and never below an id in use
+
+
+def test_a_lost_counter_starts_above_every_id_in_use():
+    # The counter's annotation is gone (the CRD replaced), the servings keep their ids
+    fake = FakeApi(next_id=None)
+    ids = ModelIds(fake, NAMESPACE, in_use=lambda: [1, 9, 4])  # type: ignore[arg-type]
+
+    assert assign(fake, ids, fake.add(serving("new", "uid-new"))) == 10
+    assert fake.next_id == 11
+
+
+def test_a_counter_restored_from_before_its_ids_is_raised_past_them():
+    fake = FakeApi(next_id=3)
+    ids = ModelIds(fake, NAMESPACE, in_use=lambda: [1, 2, 3, 4, 5])  # type: ignore[arg-type]
+
+    assert assign(fake, ids, fake.add(serving("new", "uid-new"))) == 6
+
+
+def test_the_counter_an_older_operator_kept_in_its_namespace_is_carried_over():
+    # Ids up to 40 were issued, some to servings since deleted whose records stay in Kafka
+    fake = FakeApi(next_id=None, legacy_next=41)
+    ids = ModelIds(fake, NAMESPACE, in_use=lambda: [3])  # type: ignore[arg-type]
+
+    assert assign(fake, ids, fake.add(serving("new", "uid-new"))) == 41
+    assert fake.next_id == 42  # the CRD's from now on: the ConfigMap is never written
+
+
+def test_first_id():
+    assert first_id(None, []) == 1
+    assert first_id(5, []) == 5
+    assert first_id(5, [2, 7]) == 8
+    assert first_id(None, [2]) == 3
+
+
+# Two servings whose status holds one id: the one made first keeps it
+
+
+def claims(*bodies: dict[str, Any]) -> dict[int, list[dict[str, str]]]:
+    index: dict[int, list[dict[str, str]]] = {}
+    for body in bodies:
+        for model_id, claim in model_id_claim(body).items():
+            index.setdefault(model_id, []).append(claim)
+    return index
+
+
+def made(body: dict[str, Any], when: str) -> dict[str, Any]:
+    body["metadata"]["creationTimestamp"] = when
+    return body
+
+
+def test_of_two_servings_holding_one_id_the_one_made_first_keeps_it():
+    original = made(serving("a", "uid-a", annotation="3", status_id=3), "2026-01-01T00:00:00Z")
+    # restored from a backup with its status, in another namespace: made anew, today
+    restored = made(serving("b", "uid-b", annotation="3", status_id=3), "2026-12-07T10:00:00Z")
+    restored["metadata"]["namespace"] = "team-b"
+    index = claims(original, restored)
+    fake = FakeApi(next_id=20)
+    remarked: list[tuple[str, str]] = []
+    ids = ModelIds(
+        fake,  # type: ignore[arg-type]
+        NAMESPACE,
+        holders=lambda model_id: index.get(model_id, []),
+        in_use=index.keys,
+        remark=remarked.append,
+    )
+
+    # a's reconcile keeps 3 and marks b, whose reconcile then takes a fresh id
+    assert ids.recorded(original) == 3 and remarked == [("team-b", "b")]
+    assert ids.recorded(restored) is None
+    fake.add(restored)
+    assert assign(fake, ids, restored) == 20 and annotation_of(fake, "b") == "20"
+
+    # until b's status says 20, its id is the one just issued, not another fresh one
+    assert ids.recorded(restored) == 20
+    assert ids.recorded({**restored, "status": {"modelId": 20}}) == 20
+    assert fake.writes == ["counter", "annotate b"]
+
+
+def test_the_same_moment_of_creation_is_decided_by_uid():
+    first = made(serving("a", "uid-1", status_id=3), "2026-12-07T10:00:00Z")
+    second = made(serving("b", "uid-2", status_id=3), "2026-12-07T10:00:00Z")
+
+    assert keeps_model_id(first, claims(second)[3])
+    assert not keeps_model_id(second, claims(first)[3])
+    assert keeps_model_id(second, [])

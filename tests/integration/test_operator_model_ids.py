@@ -1,0 +1,81 @@
+"""A serving's modelId is its own in the cluster, through what can happen to the counter and to
+the servings: the counter lost, a serving restored with another's id in its status."""
+
+from __future__ import annotations
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelserving import api
+from modelserving.operator.modelids import COUNTER_ANNOTATION, CRD_NAME, LEGACY_COUNTER_CONFIGMAP
+from tests.support.operator_process import COUNTER_NAMESPACE
+from tests.support.servings import get_serving, is_ready, serving_manifest
+from tests.support.waiting import wait_for
+
+OFF = {"enabled": False}  # no topic: these stories are about ids alone
+
+
+def create(crds, namespace: str, name: str) -> None:
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(name, logging=OFF)
+    )
+
+
+def ready(crds, namespace: str, name: str) -> dict:
+    return wait_for(lambda: is_ready(crds, namespace, name), timeout=60, what=f"{name} Ready")
+
+
+def test_a_lost_counter_restarts_above_every_id_in_use(operator, crds, kube_client, namespace):
+    # Given servings with their ids
+    for name in ("a", "b"):
+        create(crds, namespace, name)
+    in_use = [ready(crds, namespace, name)["status"]["modelId"] for name in ("a", "b")]
+
+    # When the counter is lost (the CRD replaced; an older operator's ConfigMap gone with its
+    # namespace) and the operator restarts
+    operator.stop()
+    extensions = client.ApiextensionsV1Api(kube_client)
+    extensions.patch_custom_resource_definition(
+        CRD_NAME, {"metadata": {"annotations": {COUNTER_ANNOTATION: None}}}
+    )
+    try:
+        client.CoreV1Api(kube_client).delete_namespaced_config_map(
+            LEGACY_COUNTER_CONFIGMAP, COUNTER_NAMESPACE
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    operator.start()
+    create(crds, namespace, "new")
+
+    # Then the new serving's id is above every id in use, and theirs are as they were
+    new = ready(crds, namespace, "new")["status"]["modelId"]
+    assert new > max(in_use), (new, in_use)
+    assert [get_serving(crds, namespace, n)["status"]["modelId"] for n in ("a", "b")] == in_use
+    annotations = extensions.read_custom_resource_definition(CRD_NAME).metadata.annotations
+    assert int(annotations[COUNTER_ANNOTATION]) > new  # the counter is back, past it
+
+
+def test_of_two_servings_with_one_id_the_one_made_later_gets_a_fresh_id(operator, crds, namespace):
+    # Given a serving with its id, and a second one made later
+    create(crds, namespace, "original")
+    original = ready(crds, namespace, "original")["status"]["modelId"]
+    create(crds, namespace, "restored")
+    own = ready(crds, namespace, "restored")["status"]["modelId"]
+
+    # When the second's status comes back from a backup holding the first's id
+    crds.patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "restored",
+        {"status": {"modelId": original}},
+    )  # fmt: skip
+
+    # Then the one made later gets a fresh id, in its status and its annotation, and the first
+    # keeps its own
+    def fresh() -> dict | None:
+        restored = get_serving(crds, namespace, "restored")
+        return restored if restored["status"]["modelId"] not in (original, own) else None
+
+    restored = wait_for(fresh, timeout=30, what="the restored serving's fresh id")
+    key = f"{api.GROUP}/model-id"
+    assert restored["metadata"]["annotations"][key] == str(restored["status"]["modelId"])
+    assert get_serving(crds, namespace, "original")["status"]["modelId"] == original
