@@ -73,12 +73,19 @@ def owned_by(child: Mapping[str, Any], spec: ServingSpec) -> bool:
     return any(ref.get("uid") == spec.uid for ref in meta.get("ownerReferences") or [])
 
 
-def tfserving_configmap_name(spec: ServingSpec) -> str:
-    return f"{spec.name}-tfserving"
+def tfserving_configmap_name(spec: ServingSpec, digest: str) -> str:
+    """TF Serving's files as read at start: named by their content (render_config)."""
+    return f"{spec.name}-tfserving-{digest}"
 
 
-def sidecar_configmap_name(spec: ServingSpec) -> str:
-    return f"{spec.name}-sidecar"
+def sidecar_configmap_name(spec: ServingSpec, digest: str) -> str:
+    """The sidecar's settings as read at start: named by their content (render_config)."""
+    return f"{spec.name}-sidecar-{digest}"
+
+
+def versions_configmap_name(spec: ServingSpec) -> str:
+    """The files that move traffic between listed versions, changed in place (render_config)."""
+    return f"{spec.name}-versions"
 
 
 def service_account_name(spec: ServingSpec) -> str:

@@ -34,6 +34,7 @@ from modelserving.operator.modelids import ModelIds, annotated, assign_model_id
 from modelserving.operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
+    selector_labels,
 )
 from modelserving.operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
 from modelserving.operator.render import render_children
@@ -314,7 +315,8 @@ async def _apply_children(
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
         if current is not None and not owned_by(current, spec):
             taken.append(manifest)
-        elif current is None or not covers(current, manifest):
+        elif current is None or not (current.get("immutable") or covers(current, manifest)):
+            # An immutable one (render_config's content-named) holds what its name says.
             stale.append((manifest, current is not None))
     results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | KubeError]] = []
     for index in range(len(_WAVES)):
@@ -346,13 +348,52 @@ async def _apply_children(
         done["Updated" if exists else "Created"].append(what)
         if child["kind"] == "Deployment":
             deployment = answer
-    for (kind, name), current in live.items():  # children the spec no longer asks for
-        if not owned_by(current, spec):
-            continue
+    unwanted = {k: c for k, c in live.items() if owned_by(c, spec)}  # no longer asked for
+    old_configmaps = [k for k in unwanted if k[0] == "ConfigMap"]
+    if old_configmaps:  # kept while a pod may still mount one: see _configmaps_in_use
+        in_use = None if failure else await _configmaps_in_use(rec.kube, spec, deployment)
+        for k in old_configmaps:
+            if in_use is None or k[1] in in_use:
+                del unwanted[k]
+    for kind, name in unwanted:
         await rec.kube.delete(kind, name, None if kind == "ClusterRoleBinding" else spec.namespace)
         rec.writes += 1
         done["Deleted"].append(f"{kind} {name}")
     return deployment, failure, done
+
+
+async def _configmaps_in_use(
+    kube: KubeClient, spec: ServingSpec, deployment: Mapping[str, Any] | None
+) -> set[str] | None:
+    """The ConfigMaps a pod of the serving may mount: those the pod template of its Deployment
+    and of every ReplicaSet of the serving's labels name (None: unknown, as the list failed).
+
+    The pods of a roll's old ReplicaSet read the content-named ConfigMaps they started with
+    (render_config), so one goes only once no ReplicaSet names it. That keeps the ones of the
+    ReplicaSets the Deployment keeps for its history (revisionHistoryLimit: three, each a
+    ConfigMap or two), so a rollback finds its files; the deployment controller deletes older
+    ReplicaSets, and a later reconcile (the Deployment's next change, or a restart) their
+    ConfigMaps. Listed only when the serving has ConfigMaps it no longer asks for."""
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(spec).items())
+    try:
+        found = await kube.request(
+            "GET",
+            f"/apis/apps/v1/namespaces/{spec.namespace}/replicasets",
+            params={"labelSelector": selector},
+        )
+    except KubeError as exc:
+        log.warning("ConfigMaps of %s/%s kept: listing its ReplicaSets: %s",
+                    spec.namespace, spec.name, exc.message)  # fmt: skip
+        return None
+    templates = [rs.get("spec", {}).get("template", {}) for rs in found.get("items") or []]
+    if deployment is not None:
+        templates.append(deployment.get("spec", {}).get("template", {}))
+    names: set[str] = set()
+    for template in templates:
+        for volume in template.get("spec", {}).get("volumes") or []:
+            sources = (volume.get("projected") or {}).get("sources") or [volume]
+            names.update(s["configMap"]["name"] for s in sources if "configMap" in s)
+    return names
 
 
 def _taken_failure(spec: ServingSpec, taken: list[Mapping[str, Any]]) -> ApplyFailure:

@@ -10,10 +10,7 @@ NetworkPolicy, Ingress) and render_rbac (the sidecar's account and bindings).
 from __future__ import annotations
 
 from modelserving.operator.names import Manifest
-from modelserving.operator.render_config import (
-    render_sidecar_configmap,
-    render_tfserving_configmap,
-)
+from modelserving.operator.render_config import render_configmaps
 from modelserving.operator.render_network import (
     render_ingress,
     render_network_policy,
@@ -37,10 +34,7 @@ def render_children(
 ) -> list[Manifest]:
     """Every child the serving needs, in the order to apply them (configs before pods);
     `secrets_checksum` is the digest of the Secret values its pods read (secret_refs)."""
-    configmaps = [
-        render_tfserving_configmap(spec),
-        render_sidecar_configmap(spec, settings, model_id),
-    ]
+    configmaps = render_configmaps(spec, settings, model_id)
     # Every sidecar calls the API: it publishes its model report (and its log's health) on its
     # pod, and checks tokens with TokenReviews in auth mode kubernetes.
     children: list[Manifest] = [*configmaps, render_service_account(spec)]

@@ -1,14 +1,17 @@
-"""The serving's two ConfigMaps: TF Serving's model and batching files, and the sidecar's settings.
+"""The serving's ConfigMaps: TF Serving's model and batching files, and the sidecar's settings.
 
 Pure functions of the spec and the operator's settings. The sidecar's file is in the
 format of modelserving.sidecar.config (its tests parse what these return), and where
-the spec's logging is silent the operator's settings fill in, field by field.
+the spec's logging is silent the operator's settings fill in, field by field. What pods
+read at start is in ConfigMaps named by their content and immutable (`_content_named`);
+what a serving that lists versions moves traffic with is in one changed in place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -22,6 +25,7 @@ from modelserving.operator.names import (
     metadata,
     sidecar_configmap_name,
     tfserving_configmap_name,
+    versions_configmap_name,
 )
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
@@ -37,8 +41,9 @@ BATCHING_CONFIG_KEY = "batching.config"
 PVC_MOUNT = "/mnt/models"
 SPOOL_SHARE = 0.9  # of the spool volume the sidecar may fill; the rest is headroom
 # Files the pods of a serving that lists versions re-read (TF Serving polls models.config, the
-# sidecar routing.yaml): left out of the pod template's checksum, so a change of versions or
-# weights restarts no pod.
+# sidecar routing.yaml): in the versions ConfigMap, changed in place, and left out of the
+# content names and the pod template's checksum, so a change of versions or weights restarts
+# no pod.
 LIVE_KEYS = frozenset({MODELS_CONFIG_KEY, ROUTING_KEY})
 
 
@@ -197,15 +202,12 @@ def render_sidecar_config(
 
 
 def render_tfserving_configmap(spec: ServingSpec) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(spec, tfserving_configmap_name(spec)),
-        "data": {
-            MODELS_CONFIG_KEY: render_models_config(spec),
-            BATCHING_CONFIG_KEY: render_batching_config(spec),
-        },
-    }
+    """TF Serving's files as its pods read them at start: batching.config, and models.config
+    unless the serving lists versions (then in the versions ConfigMap, changed in place)."""
+    data = {BATCHING_CONFIG_KEY: render_batching_config(spec)}
+    if not spec.model.listed:
+        data = {MODELS_CONFIG_KEY: render_models_config(spec), **data}
+    return _content_named(spec, tfserving_configmap_name, data)
 
 
 # libyaml's dumper when PyYAML has it: the same text, four times faster (a thousand servings
@@ -217,21 +219,91 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def render_sidecar_configmap(
     spec: ServingSpec, settings: OperatorSettings, model_id: int
 ) -> Manifest:
+    """The sidecar's settings as its pods read them at start, and its routing file unless the
+    serving lists versions (then in the versions ConfigMap, changed in place)."""
     text = yaml.dump(
         render_sidecar_config(spec, settings, model_id), Dumper=_YAML_DUMPER, sort_keys=False
     )
-    routing = yaml.dump(render_routing(spec), Dumper=_YAML_DUMPER, sort_keys=False)
+    data = {SIDECAR_CONFIG_KEY: text}
+    if not spec.model.listed:
+        data[ROUTING_KEY] = _routing_text(spec)
+    return _content_named(spec, sidecar_configmap_name, data)
+
+
+def render_versions_configmap(spec: ServingSpec) -> Manifest:
+    """A serving that lists versions: the files its pods re-read (LIVE_KEYS), so that moving
+    traffic between versions restarts nothing. Changed in place, shared by every pod."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(spec, sidecar_configmap_name(spec)),
-        "data": {SIDECAR_CONFIG_KEY: text, ROUTING_KEY: routing},
+        "metadata": metadata(spec, versions_configmap_name(spec)),
+        "data": {MODELS_CONFIG_KEY: render_models_config(spec), ROUTING_KEY: _routing_text(spec)},
     }
+
+
+def render_configmaps(
+    spec: ServingSpec, settings: OperatorSettings, model_id: int
+) -> list[Manifest]:
+    """Every ConfigMap of the serving: TF Serving's and the sidecar's, and the versions' when
+    it lists versions."""
+    configmaps = [
+        render_tfserving_configmap(spec),
+        render_sidecar_configmap(spec, settings, model_id),
+    ]
+    if spec.model.listed:
+        configmaps.append(render_versions_configmap(spec))
+    return configmaps
+
+
+def _routing_text(spec: ServingSpec) -> str:
+    return str(yaml.dump(render_routing(spec), Dumper=_YAML_DUMPER, sort_keys=False))
+
+
+# The hex digits of a content-named ConfigMap's digest, as many as Kustomize's
+# configMapGenerator puts in a name: a clash within one serving's few names is out of reach.
+CONTENT_DIGEST_LENGTH = 10
+
+
+def _content_named(
+    spec: ServingSpec, name: Callable[[ServingSpec, str], str], data: dict[str, str]
+) -> Manifest:
+    """A ConfigMap named by its content and immutable, as Kustomize's configMapGenerator makes
+    them: a change of the files is a new ConfigMap, and the pod template names it, so each
+    ReplicaSet's pods keep reading the files they started with (a TF Serving restarted in an
+    old pod mid-roll reads the old models.config, as its sidecar still routes), and a
+    Deployment is never written before the files it names exist. The reconciler deletes one
+    no ReplicaSet of the serving names any more."""
+    files = json.dumps(_read_once(spec, data), sort_keys=True)
+    digest = hashlib.sha256(files.encode()).hexdigest()[:CONTENT_DIGEST_LENGTH]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, name(spec, digest)),
+        "immutable": True,
+        "data": data,
+    }
+
+
+def _read_once(spec: ServingSpec, files: dict[str, str]) -> dict[str, Any]:
+    """The files as their pods' behaviour depends on them. A serving that lists versions
+    routes by its routing file, re-read in place: the sidecar's fallback version
+    (`model.version`, the first weighted one) is left out, so that moving traffic between
+    versions makes no new ConfigMap and rolls nothing. Its pods keep the fallback of the
+    ConfigMap as first made, which only a missing routing file would use."""
+    kept: dict[str, Any] = {
+        k: v for k, v in files.items() if k not in LIVE_KEYS or not spec.model.listed
+    }
+    if spec.model.listed and SIDECAR_CONFIG_KEY in kept:
+        sidecar = yaml.load(kept[SIDECAR_CONFIG_KEY], Loader=_YAML_LOADER)
+        del sidecar["model"]["version"]
+        kept[SIDECAR_CONFIG_KEY] = sidecar
+    return kept
 
 
 def config_checksum(spec: ServingSpec, configmaps: list[Manifest]) -> str:
     """A digest of what the pods read only when they start: on the pod template, so a change
-    of it rolls the pods.
+    of it rolls the pods (the content-named ConfigMaps' names, which the template names, say
+    the same; the digest stays so that templates written before them keep their meaning).
 
     A serving that lists versions (spec.model.versions) has pods that re-read models.config
     and routing.yaml (LIVE_KEYS): those are left out, and so is the sidecar's fallback
@@ -239,14 +311,5 @@ def config_checksum(spec: ServingSpec, configmaps: list[Manifest]) -> str:
     version written the old way (spec.model.version) has pods that read every file once, as
     it always had: a new version rolls them, and the old pods keep serving the old version
     until they go, never switching under their callers."""
-    data: list[list[Any]] = []
-    for cm in configmaps:
-        files: dict[str, Any] = dict(cm["data"])
-        if spec.model.listed:
-            files = {k: v for k, v in files.items() if k not in LIVE_KEYS}
-            if SIDECAR_CONFIG_KEY in files:
-                sidecar = yaml.load(files[SIDECAR_CONFIG_KEY], Loader=_YAML_LOADER)
-                del sidecar["model"]["version"]
-                files[SIDECAR_CONFIG_KEY] = sidecar
-        data.append([cm["metadata"]["name"], files])
+    data = [[cm["metadata"]["name"], _read_once(spec, dict(cm["data"]))] for cm in configmaps]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,9 +1,10 @@
 """The serving's pods: the Deployment of TF Serving and the sidecar, and the autoscaler.
 
-Pure functions of the spec and the operator's settings. The pod mounts the two
-ConfigMaps where their files say (render_config), and its template carries their
-checksum so that a config change rolls the pods, and the checksum of the Secret values
-its environment reads (secret_refs), so that a change of one of them does too.
+Pure functions of the spec and the operator's settings. The pod mounts the ConfigMaps
+where their files say (render_config): those read at start are named by their content,
+so a config change names new ones and rolls the pods; its template also carries their
+checksum, and the checksum of the Secret values its environment reads (secret_refs), so
+that a change of one of them does too.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from modelserving.operator.names import (
     metadata,
     selector_labels,
     service_account_name,
-    sidecar_configmap_name,
-    tfserving_configmap_name,
 )
 from modelserving.operator.render_config import (
     BATCHING_CONFIG_KEY,
@@ -204,11 +203,32 @@ def _api_access_volume() -> dict[str, Any]:
     }
 
 
-def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+def _holding(configmaps: list[Manifest], key: str) -> str:
+    """The name of the ConfigMap that holds a file (render_config names them by content)."""
+    return str(next(cm["metadata"]["name"] for cm in configmaps if key in cm["data"]))
+
+
+def _tfserving_config_volume(spec: ServingSpec, configmaps: list[Manifest]) -> dict[str, Any]:
+    """TF Serving's files in one directory. A serving that lists versions: batching.config from
+    the content-named ConfigMap, models.config from the versions one, which the kubelet keeps
+    up to date and TF Serving polls; otherwise both as they were when the pod started."""
+    read_once = _holding(configmaps, BATCHING_CONFIG_KEY)
+    if not spec.model.listed:
+        return {"name": "tfserving-config", "configMap": {"name": read_once}}
+    sources = [
+        {"configMap": {"name": _holding(configmaps, key), "items": [{"key": key, "path": key}]}}
+        for key in (BATCHING_CONFIG_KEY, MODELS_CONFIG_KEY)
+    ]
+    return {"name": "tfserving-config", "projected": {"sources": sources}}
+
+
+def _volumes(
+    spec: ServingSpec, settings: OperatorSettings, configmaps: list[Manifest]
+) -> list[dict[str, Any]]:
     spool = spec.logging.spool
     volumes: list[dict[str, Any]] = [
-        {"name": "tfserving-config", "configMap": {"name": tfserving_configmap_name(spec)}},
-        {"name": "sidecar-config", "configMap": {"name": sidecar_configmap_name(spec)}},
+        _tfserving_config_volume(spec, configmaps),
+        {"name": "sidecar-config", "configMap": {"name": _holding(configmaps, SIDECAR_CONFIG_KEY)}},
         {"name": "tmp", "emptyDir": {}},
         (
             {"name": "spool", "persistentVolumeClaim": {"claimName": spool.claim_name}}
@@ -225,7 +245,7 @@ def _volumes(spec: ServingSpec, settings: OperatorSettings) -> list[dict[str, An
         volumes.append(
             {
                 "name": "sidecar-routing",
-                "configMap": {"name": sidecar_configmap_name(spec), "items": items},
+                "configMap": {"name": _holding(configmaps, ROUTING_KEY), "items": items},
             }
         )
     if spec.logging_on(settings):  # the Secrets of the log's Kafka connection, as files
@@ -262,7 +282,7 @@ def render_deployment(
             _tfserving_container(spec, settings),
             _sidecar_container(spec, settings),
         ],
-        "volumes": _volumes(spec, settings),
+        "volumes": _volumes(spec, settings, configmaps),
     }
     annotations = {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)}
     if secrets_checksum is not None:

@@ -25,7 +25,7 @@ from kubernetes import client
 from modelserving import api
 from tests.support.chart import named, render
 from tests.support.pod_volumes import SidecarPod
-from tests.support.servings import condition, get_serving, serving_manifest
+from tests.support.servings import condition, config_file, get_serving, serving_manifest
 from tests.support.sidecar_process import free_port, running_sidecar
 from tests.support.tfserving_config import parse_models_config
 from tests.support.tfserving_standin import (
@@ -108,13 +108,13 @@ def the_servings_sidecar(
     routing_folder = sidecar_pod.folders[str(Path(routing_file).parent)]
     config = yaml.safe_load(sidecar_pod.config_text())
     routing = yaml.safe_load((routing_folder / Path(routing_file).name).read_text())
-    tf_config = core.read_namespaced_config_map(f"{SERVING}-tfserving", namespace)
+    models_config = config_file(core, apps, namespace, SERVING, "models.config")
     # The sidecar runs as the pod would run it: its pod's name, its ServiceAccount's token
     account = deployment.spec.template.spec.service_account_name
     config["auth"]["kubeconfig"] = service_account_kubeconfig(
         local_env, core, namespace, account, tmp_path / "kubeconfig"
     )
-    return pod, config, routing, tf_config.data["models.config"]
+    return pod, config, routing, models_config
 
 
 def ready_condition_because(crds, namespace: str, reason: str) -> dict | None:

@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
-from tests.support.servings import get_serving, is_ready, serving_manifest
+from tests.support.servings import config_file, get_serving, is_ready, serving_manifest
 from tests.support.waiting import wait_for
 
 MiB = 1024 * 1024
@@ -58,9 +58,7 @@ def grpc_ports(kube_client: client.ApiClient, namespace: str, name: str) -> dict
     pod = apps.read_namespaced_deployment(name, namespace).spec.template.spec
     sidecar = next(c for c in pod.containers if c.name == api.SIDECAR_CONTAINER)
     policy = networking.read_namespaced_network_policy(name, namespace)
-    config = yaml.safe_load(
-        core.read_namespaced_config_map(f"{name}-sidecar", namespace).data["sidecar.yaml"]
-    )
+    config = yaml.safe_load(config_file(core, apps, namespace, name, "sidecar.yaml"))
     return {
         "service": [
             (p.name, p.port) for p in core.read_namespaced_service(name, namespace).spec.ports

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from modelserving import api
 from modelserving.sidecar.log_status import ANNOTATION
-from tests.support.servings import condition, get_serving, serving_manifest
+from tests.support.servings import condition, config_file, get_serving, serving_manifest
 from tests.support.waiting import wait_for
 
 DEFAULT_FLAGS = [
@@ -30,11 +30,8 @@ def operator_flags() -> list[str]:
 
 
 def sidecar_logging(core, namespace: str, name: str) -> dict | None:
-    try:
-        cm = core.read_namespaced_config_map(f"{name}-sidecar", namespace)
-    except client.exceptions.ApiException:
-        return None
-    return yaml.safe_load(cm.data["sidecar.yaml"])["logging"]
+    text = config_file(core, client.AppsV1Api(core.api_client), namespace, name, "sidecar.yaml")
+    return None if text is None else yaml.safe_load(text)["logging"]
 
 
 def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_where_it_speaks(

@@ -17,6 +17,8 @@ from kubernetes.client.exceptions import ApiException
 from modelserving import api
 from tests.support.servings import (
     condition,
+    config_file,
+    configmaps_of,
     get_serving,
     is_ready,
     read_or_none,
@@ -72,9 +74,9 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     assert [c.name for c in pod.containers] == [api.TFSERVING_CONTAINER, api.SIDECAR_CONTAINER]
     service = core.read_namespaced_service("mnist", namespace)
     assert [(p.port, p.target_port) for p in service.spec.ports] == [(8080, "http"), (8500, "grpc")]
-    sidecar_yaml = core.read_namespaced_config_map("mnist-sidecar", namespace).data["sidecar.yaml"]
+    sidecar_yaml = config_file(core, apps, namespace, "mnist", "sidecar.yaml")
     assert f"modelId: {status['modelId']}" in sidecar_yaml and topic in sidecar_yaml
-    models = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
+    models = config_file(core, apps, namespace, "mnist", "models.config")
     assert "versions: 1" in models
     policy = client.NetworkingV1Api(kube_client).read_namespaced_network_policy("mnist", namespace)
     assert [p.port for rule in policy.spec.ingress for p in rule.ports] == [
@@ -117,10 +119,10 @@ def test_a_topic_of_another_namespace_is_refused_never_created_and_nothing_is_lo
     assert said["status"] == "False"
     assert theirs in said["message"] and f"({namespace}.)" in said["message"]
     # And the sidecars log nothing, anywhere
-    core = client.CoreV1Api(kube_client)
-    sidecar = wait_for(lambda: read_or_none(core.read_namespaced_config_map, "mnist-sidecar",
-                                            namespace), 60, "the sidecar's config")  # fmt: skip
-    assert theirs not in sidecar.data["sidecar.yaml"]
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    sidecar = wait_for(lambda: config_file(core, apps, namespace, "mnist", "sidecar.yaml"),
+                       60, "the sidecar's config")  # fmt: skip
+    assert theirs not in sidecar
     # And the operator did not create the topic, and told it once in a Warning Event
     assert theirs not in kafka_topics(local_env.kafka_bootstrap)
     events = [e for e in core.list_namespaced_event(namespace).items
@@ -135,6 +137,13 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
     before = apps.read_namespaced_deployment("mnist", namespace).spec.template.metadata.annotations
+    old_template = apps.read_namespaced_deployment("mnist", namespace).spec.template
+    old_configmaps = {
+        name: core.read_namespaced_config_map(name, namespace).data
+        for name in configmaps_of(old_template)
+        if name.startswith("mnist-")
+    }
+    assert len(old_configmaps) == 2
 
     # When the user edits the version (kubectl edit)
     crds.patch_namespaced_custom_object(
@@ -145,8 +154,7 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
     # Then TF Serving's config names version 2, the pods roll, and the serving is Ready again
     wait_for(
         lambda: (
-            "versions: 2"
-            in core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
+            "versions: 2" in (config_file(core, apps, namespace, "mnist", "models.config") or "")
         ),
         timeout=30,
         what="models.config at version 2",
@@ -160,6 +168,22 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
         what="the pod template to change (a rollout)",
     )
     wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
+    # And the old ReplicaSet's pods still read the files they started with: its template names
+    # the old ConfigMaps, which are there with their content unchanged (an old pod whose TF
+    # Serving restarts mid-roll loads version 1 still, as its sidecar routes)
+    selector = f"{api.LABEL_INSTANCE}=mnist"
+    replica_sets = apps.list_namespaced_replica_set(namespace, label_selector=selector).items
+    (old_rs,) = [
+        rs for rs in replica_sets if set(old_configmaps) <= set(configmaps_of(rs.spec.template))
+    ]
+    assert old_rs.spec.template.metadata.annotations == before
+    for name, data in old_configmaps.items():
+        assert core.read_namespaced_config_map(name, namespace).data == data
+    assert "versions: 1" in "".join(d.get("models.config", "") for d in old_configmaps.values())
+    old_pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    for pod in old_pods:
+        if pod.metadata.owner_references[0].name == old_rs.metadata.name:
+            assert set(old_configmaps) <= set(configmaps_of(pod))
 
 
 def test_what_the_spec_no_longer_asks_for_leaves_the_children(
@@ -204,11 +228,17 @@ def test_children_deleted_or_edited_by_hand_are_restored(operator, crds, kube_cl
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
     )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
-    core = client.CoreV1Api(kube_client)
-    original = core.read_namespaced_config_map("mnist-sidecar", namespace).data
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    template = apps.read_namespaced_deployment("mnist", namespace).spec.template
+    (sidecar_cm,) = [n for n in configmaps_of(template) if n.startswith("mnist-sidecar-")]
+    original = core.read_namespaced_config_map(sidecar_cm, namespace).data
 
+    # The pods' ConfigMaps are immutable: an edit is refused by the API server itself
+    with pytest.raises(ApiException) as refused:
+        core.patch_namespaced_config_map(sidecar_cm, namespace, {"data": {"sidecar.yaml": "x"}})
+    assert refused.value.status == 422
     core.delete_namespaced_service("mnist", namespace)
-    core.patch_namespaced_config_map("mnist-sidecar", namespace, {"data": {"sidecar.yaml": "x"}})
+    core.delete_namespaced_config_map(sidecar_cm, namespace)
 
     wait_for(
         lambda: read_or_none(core.read_namespaced_service, "mnist", namespace),
@@ -216,7 +246,10 @@ def test_children_deleted_or_edited_by_hand_are_restored(operator, crds, kube_cl
         what="the Service back",
     )
     wait_for(
-        lambda: core.read_namespaced_config_map("mnist-sidecar", namespace).data == original,
+        lambda: (
+            (cm := read_or_none(core.read_namespaced_config_map, sidecar_cm, namespace))
+            and cm.data == original
+        ),
         timeout=30,
         what="the sidecar ConfigMap restored",
     )
@@ -236,8 +269,9 @@ def test_deleting_a_serving_removes_its_children(operator, crds, kube_client, na
             [
                 read_or_none(apps.read_namespaced_deployment, "mnist", namespace),
                 read_or_none(core.read_namespaced_service, "mnist", namespace),
-                read_or_none(core.read_namespaced_config_map, "mnist-sidecar", namespace),
-                read_or_none(core.read_namespaced_config_map, "mnist-tfserving", namespace),
+                *core.list_namespaced_config_map(
+                    namespace, label_selector=f"{api.LABEL_INSTANCE}=mnist"
+                ).items,
             ]
         )
 
@@ -340,8 +374,10 @@ def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_c
             "service": rv(core.read_namespaced_service("mnist", namespace)),
             "policy": rv(net.read_namespaced_network_policy("mnist", namespace)),
             **{
-                cm: rv(core.read_namespaced_config_map(cm, namespace))
-                for cm in ("mnist-sidecar", "mnist-tfserving")
+                cm.metadata.name: rv(cm)
+                for cm in core.list_namespaced_config_map(
+                    namespace, label_selector=f"{api.LABEL_INSTANCE}=mnist"
+                ).items
             },
         }  # fmt: skip
 

@@ -133,12 +133,12 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
 
     # Then TF Serving's config loads 3, 4 and 5 and the sidecar's routing file says 50/50
     def models_config() -> list[int]:
-        text = core.read_namespaced_config_map("mnist-tfserving", namespace).data["models.config"]
+        text = core.read_namespaced_config_map("mnist-versions", namespace).data["models.config"]
         config = parse_models_config(text).model_config_list.config[0]
         return list(config.model_version_policy.specific.versions)
 
     def routing() -> dict:
-        text = core.read_namespaced_config_map("mnist-sidecar", namespace).data["routing.yaml"]
+        text = core.read_namespaced_config_map("mnist-versions", namespace).data["routing.yaml"]
         return yaml.safe_load(text)
 
     wait_for(lambda: models_config() == [3, 4, 5], timeout=30, what="models.config with 3, 4, 5")

@@ -22,7 +22,7 @@ from modelserving.kafka_security import (
     to_mapping,
 )
 from modelserving.operator.kafka_access import admin_secrets, parse_security, what_to_check
-from modelserving.operator.render_config import render_sidecar_config
+from modelserving.operator.render_config import render_configmaps, render_sidecar_config
 from modelserving.operator.render_pod import render_deployment
 from modelserving.operator.settings import OperatorSettings, SettingsError, settings_from
 from modelserving.operator.settings import configure_parser as operator_parser
@@ -167,7 +167,9 @@ def test_a_strimzi_user_is_mounted_and_named_to_the_sidecar_without_renaming():
         "saslMechanism": "SCRAM-SHA-512", "username": "my-user",
         "passwordFile": "/etc/modelserving/kafka/sasl/password",
     }  # fmt: skip
-    pod = render_deployment(spec, SETTINGS, [])["spec"]["template"]["spec"]
+    pod = render_deployment(spec, SETTINGS, render_configmaps(spec, SETTINGS, 1))["spec"][
+        "template"
+    ]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["kafka-ca"]["secret"]["secretName"] == "my-cluster-cluster-ca-cert"
     assert volumes["kafka-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
@@ -251,7 +253,9 @@ async def test_a_certificate_not_naming_the_address_or_from_another_ca_is_a_tls_
 def test_a_ca_from_a_configmap_and_a_client_certificate_are_mounted_by_their_entries():
     spec = serving(protocol="SSL", ca={"configMapName": "kafka-ca", "key": "bundle.pem"},
                    clientCertificate={"secretName": "tls-user"})  # fmt: skip
-    pod = render_deployment(spec, SETTINGS, [])["spec"]["template"]["spec"]
+    pod = render_deployment(spec, SETTINGS, render_configmaps(spec, SETTINGS, 1))["spec"][
+        "template"
+    ]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["kafka-ca"]["configMap"] == {
         "name": "kafka-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}],

@@ -13,7 +13,11 @@ from modelserving.kube_access import SERVICE_ACCOUNT_DIR
 from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving.operator.reconcile import covers
 from modelserving.operator.render import render_children
-from modelserving.operator.render_config import render_sidecar_config, render_sidecar_configmap
+from modelserving.operator.render_config import (
+    render_configmaps,
+    render_sidecar_config,
+    render_sidecar_configmap,
+)
 from modelserving.operator.render_network import render_service
 from modelserving.operator.render_pod import render_deployment
 from modelserving.operator.settings import (
@@ -176,13 +180,17 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     # The sidecar publishes its model report and its log's health on its pod: its own
     # account, whether or not it logs.
     assert pod["serviceAccountName"] == "mnist-sidecar"
-    quiet = render_deployment(mnist(logging={"enabled": False}), SETTINGS, [])
+    off = mnist(logging={"enabled": False})
+    quiet = render_deployment(off, SETTINGS, render_configmaps(off, SETTINGS, 1))
     assert quiet["spec"]["template"]["spec"]["serviceAccountName"] == "mnist-sidecar"
 
 
 @pytest.mark.parametrize("auth", [{"mode": "kubernetes"}, {"mode": "none"}])
 def test_the_accounts_token_is_the_sidecars_alone(auth):
-    pod = render_deployment(mnist(auth=auth), SETTINGS, [])["spec"]["template"]["spec"]
+    keyed = mnist(auth=auth)
+    pod = render_deployment(keyed, SETTINGS, render_configmaps(keyed, SETTINGS, 1))["spec"][
+        "template"
+    ]["spec"]
     tfs, sidecar = pod["containers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
 
@@ -348,3 +356,41 @@ def test_a_status_that_only_tells_a_rollouts_progress_may_wait_one_that_flips_ma
     assert not progress_only(started, _rollout_status(updated=0, ready=0, generation=2))
     assert not progress_only(started, {**started, "modelId": 8})
     assert not progress_only({}, started)  # the first status of a serving
+
+
+def configmaps_of(spec: ServingSpec) -> dict[str, dict]:
+    return {cm["metadata"]["name"]: cm for cm in render_configmaps(spec, SETTINGS, 17)}
+
+
+def test_configmaps_pods_read_at_start_are_named_by_their_content_and_immutable():
+    # The same content: the same names, whatever renders it when
+    first, again = configmaps_of(mnist()), configmaps_of(mnist())
+    assert first == again
+    assert sorted(first) == sorted(again) and len(first) == 2
+    for name, cm in first.items():
+        assert cm["immutable"] is True
+        assert name.startswith(("mnist-tfserving-", "mnist-sidecar-"))
+        assert cm["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    # Another version: both files change, and so do both names (the sidecar's routes to it)
+    other = configmaps_of(mnist(model={"version": 2, "basePath": "s3://models/mnist"}))
+    assert not set(other) & set(first)
+    # Another batching setting: TF Serving's alone
+    batched = configmaps_of(mnist(server={"batching": {"enabled": True, "maxBatchSize": 8}}))
+    assert len(set(batched) & set(first)) == 1
+    (new,) = set(batched) - set(first)
+    assert new.startswith("mnist-tfserving-")
+
+
+def test_the_pod_template_names_the_configmaps_it_reads():
+    spec = mnist()
+    children = render_children(spec, SETTINGS, 17)
+    names = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    mounted = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert names <= mounted
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert volumes["tfserving-config"].startswith("mnist-tfserving-")
+    assert volumes["sidecar-config"].startswith("mnist-sidecar-")
+    # and the sidecar's file there is one the sidecar's own parser takes
+    text = configmaps_of(spec)[volumes["sidecar-config"]]["data"]["sidecar.yaml"]
+    assert parse_config(yaml.safe_load(text)).model.version == 1

@@ -48,7 +48,13 @@ def children(spec: ServingSpec) -> dict[tuple[str, str], dict]:
 
 
 def routing(spec: ServingSpec) -> dict:
-    return yaml.safe_load(children(spec)[("ConfigMap", "mnist-sidecar")]["data"]["routing.yaml"])
+    """The routing file, from the ConfigMap the pods mount it from."""
+    (text,) = [
+        c["data"]["routing.yaml"]
+        for (kind, _), c in children(spec).items()
+        if kind == "ConfigMap" and "routing.yaml" in c["data"]
+    ]
+    return yaml.safe_load(text)
 
 
 def pod_template(spec: ServingSpec) -> dict:
@@ -119,11 +125,20 @@ def test_tf_serving_polls_its_config_and_the_sidecar_mounts_the_routing_file_liv
     assert "subPath" not in routing_mount
     assert f"{routing_mount['mountPath']}/routing.yaml" == api.SIDECAR_ROUTING_FILE
     volume = next(v for v in pod["volumes"] if v["name"] == "sidecar-routing")
+    # From the ConfigMap changed in place: every pod follows the weights as they move
     assert volume["configMap"] == {
-        "name": "mnist-sidecar", "items": [{"key": "routing.yaml", "path": "routing.yaml"}]
+        "name": "mnist-versions", "items": [{"key": "routing.yaml", "path": "routing.yaml"}]
     }  # fmt: skip
     tfs_config = next(m for m in tfs["volumeMounts"] if m["name"] == "tfserving-config")
     assert "subPath" not in tfs_config
+    # TF Serving's directory: models.config changed in place, batching.config as at start
+    tfs_volume = next(v for v in pod["volumes"] if v["name"] == "tfserving-config")
+    sources = {s["configMap"]["items"][0]["key"]: s["configMap"]["name"]
+               for s in tfs_volume["projected"]["sources"]}  # fmt: skip
+    assert sources["models.config"] == "mnist-versions"
+    assert sources["batching.config"].startswith("mnist-tfserving-")
+    versions = children(serving(**CANARY))[("ConfigMap", "mnist-versions")]
+    assert "immutable" not in versions and "models.config" in versions["data"]
 
 
 def test_moving_traffic_between_listed_versions_restarts_no_pod():

@@ -9,9 +9,10 @@ import copy
 from typing import Any
 
 from modelserving.operator.kube import KubeError
+from modelserving.operator.render import render_children
 from modelserving.operator.status import APPLY_FAILED
 from tests.unit.test_operator_ownership import ApiServer, apply_children, events  # noqa: F401
-from tests.unit.test_operator_render import mnist
+from tests.unit.test_operator_render import SETTINGS, mnist
 
 
 class RefusingApiServer(ApiServer):
@@ -83,3 +84,79 @@ async def test_a_refused_service_write_leaves_the_deployment_written_and_no_auto
     assert "Deployment" in kinds and "HorizontalPodAutoscaler" not in kinds
     assert deployment is not None
     assert failure is not None and failure.message.startswith("applying Service mnist")
+
+
+class ApiServerWithReplicaSets(ApiServer):
+    """An API server that lists the serving's ReplicaSets, each a pod template."""
+
+    def __init__(self, objects: dict[Any, dict[str, Any]], templates: list[dict]) -> None:
+        super().__init__(objects)
+        self.templates = templates
+        self.lists = 0
+
+    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/apis/apps/v1/namespaces/demo/replicasets")
+        self.lists += 1
+        return {"items": [{"spec": {"template": t}} for t in self.templates]}
+
+
+def rendered(spec: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["kind"], c["metadata"]["name"]): c for c in render_children(spec, SETTINGS, 7)}
+
+
+async def test_an_old_configmap_stays_while_a_replicaset_names_it_and_goes_after():
+    # Given a serving at version 1, all its children written, and its spec now at version 2
+    old = rendered(mnist())
+    old_configmaps = {k for k in old if k[0] == "ConfigMap"}
+    old_template = old[("Deployment", "mnist")]["spec"]["template"]
+    server = ApiServerWithReplicaSets(copy.deepcopy(old), [old_template])
+    new_spec = mnist(model={"version": 2, "basePath": "s3://models/mnist"})
+
+    # When the new spec is written while the old ReplicaSet still has its pods
+    deployment, failure, done = await apply_children(server, copy.deepcopy(old), new_spec)
+
+    # Then the new ConfigMaps are made, the Deployment names them, and the old ones stay
+    assert failure is None and done["Deleted"] == []
+    assert old_configmaps <= set(server.objects)
+    new_configmaps = {k for k in rendered(new_spec) if k[0] == "ConfigMap"}
+    assert new_configmaps.isdisjoint(old_configmaps) and new_configmaps <= set(server.objects)
+    assert all(server.objects[k] == old[k] for k in old_configmaps)  # as they were
+    assert all(("create", k) in server.writes for k in new_configmaps)
+
+    # When no ReplicaSet names them any more (the deployment controller deleted the old one)
+    server.templates = [deployment["spec"]["template"]]
+    live = copy.deepcopy(server.objects)
+    _, failure, done = await apply_children(server, live, new_spec)
+
+    # Then they go, and nothing else is written
+    assert failure is None
+    assert sorted(done["Deleted"]) == sorted(f"ConfigMap {n}" for _, n in old_configmaps)
+    assert old_configmaps.isdisjoint(server.objects)
+
+
+async def test_no_old_configmap_goes_when_a_write_failed_or_replicasets_cannot_be_listed():
+    old = rendered(mnist())
+    new_spec = mnist(model={"version": 2, "basePath": "s3://models/mnist"})
+
+    # A refused Deployment write: the old pods are all there is
+    server = RefusingApiServer(copy.deepcopy(old), "Deployment", KubeError(403, "denied"))
+    _, failure, done = await apply_children(server, copy.deepcopy(old), new_spec)
+    assert failure is not None and done["Deleted"] == []
+
+    # ReplicaSets not listed: kept too
+    class Unlisted(ApiServerWithReplicaSets):
+        async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+            raise KubeError(403, "replicasets is forbidden")
+
+    server = Unlisted(copy.deepcopy(old), [])
+    _, failure, done = await apply_children(server, copy.deepcopy(old), new_spec)
+    assert failure is None and done["Deleted"] == []
+
+
+async def test_a_serving_without_old_configmaps_lists_no_replicasets():
+    server = ApiServerWithReplicaSets({}, [])
+    await apply_children(server, live={})
+    live = copy.deepcopy(server.objects)
+    server.writes.clear()
+    _, failure, _ = await apply_children(server, live)
+    assert failure is None and server.writes == [] and server.lists == 0
