@@ -24,7 +24,12 @@ from aiohttp import web
 
 from modelserving import api
 from modelserving.operator.cached import CachedObject
-from modelserving.operator.kopf_internals import all_indexed, wrap_watch_streams
+from modelserving.operator.kopf_internals import (
+    WatchedObjects,
+    all_indexed,
+    cache_current,
+    wrap_watch_streams,
+)
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics, QueueState, registry_of, serve_metrics
 from modelserving.operator.model_report import tfserving_exited
@@ -69,6 +74,7 @@ SECRET_READERS_INDEX = "secret_readers"
 # The servings whose status holds each modelId: ids above them are the fresh ones, and an id
 # two hold is kept by the first made (modelids).
 MODEL_IDS_INDEX = "model_ids"
+WATCHED_PLURALS = (api.PLURAL, "pods", *(plural for _, _, plural, _ in CHILD_RESOURCES))
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
@@ -158,7 +164,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         ),
         metrics=OperatorMetrics(kube.writes),
     )
-    wrap_watch_streams(rec.metrics.watches)
+    # What a stream's fresh listing no longer returns is told DELETED (kopf tells nothing of
+    # it); the serving's DELETED handler reads its spec (its binding's name).
+    watched = WatchedObjects(WATCHED_PLURALS, with_spec=(api.PLURAL,))
+    wrap_watch_streams(rec.metrics.watches, watched)
     if ours.metrics_port:
         memo.metrics_server = await _serve_metrics(memo.reconciler)
 
@@ -298,6 +307,8 @@ async def serving_event(
             binding = await rec.kube.get("ClusterRoleBinding", name)
             if binding is not None and owned_by(binding, spec):
                 await rec.kube.delete("ClusterRoleBinding", name)
+        if key in kwargs[SERVINGS_INDEX]:  # one of its name made anew (its listing came first)
+            _enqueue(memo, key, kwargs, serving_event=True)
         return
     _enqueue(memo, key, kwargs, serving_event=True)
 
@@ -347,11 +358,13 @@ def release_startup_memory() -> None:
 
 async def _work(memo: kopf.Memo) -> None:
     """One worker: reconcile the servings the queue hands out, one at a time, once the indexes
-    hold every object listed at the start."""
+    hold every object listed at the start; none while a watch stream lists anew (see
+    cache_current)."""
     rec: Reconciler = memo.reconciler
     await all_indexed()
     while True:
         key, serving_event = await rec.queue.get()
+        await cache_current()  # the serving taken waits too, then reads the caches as they are
         started, outcome = time.monotonic(), "error"
         try:
             outcome = await _reconcile(memo, key, rec.indexes, from_serving_event=serving_event)

@@ -20,15 +20,24 @@
   the process after). The operator's handlers only mark servings in the work queue, and the
   work (the reconciles that read the indexes) waits instead: each object's handlers run as soon
   as it is indexed, and `all_indexed()` is what waits for the rest.
+- `continuous_watch`'s `Bookmark.LISTED`, the marker it yields once a listing is over, and
+  kopf's handling of a DELETED event (the object's indexes discarded by its namespace, name and
+  uid, its event handlers told): `WatchedObjects` tells kopf DELETED for each object a fresh
+  listing no longer returns, which kopf itself never does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import json
+import logging
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from typing import Any
 
 from modelserving.operator.metrics import WatchStreams
+
+log = logging.getLogger(__name__)
 
 _QUIET = "_modelserving_wakes_on_change_only"
 _OURS = "_modelserving_no_wait_for_indexes"
@@ -36,25 +45,155 @@ _OURS = "_modelserving_no_wait_for_indexes"
 # the first event kopf processes; empty before.
 _indexing: list[Any] = []
 
-# Where the wrapped functions count: the latest operator's (kopf's module is wrapped once per
-# process, and an operator run again in the same process counts in its own metrics).
+# Where the wrapped functions count, and whose watched objects they keep: the latest
+# operator's (kopf's module is wrapped once per process, and an operator run again in the same
+# process counts in its own metrics and keeps its own objects).
 _counting_in: list[WatchStreams] = []
+_watched: list[WatchedObjects] = []
+
+StreamKey = tuple[str, str, str, str | None]  # a resource's group, version, plural; a namespace
+# What a DELETED told for an object gone unseen keeps of its last body: what kopf needs to
+# find it (its indexes, its task) and the handlers read (the labels naming its serving).
+_IDENTITY = ("name", "namespace", "uid", "resourceVersion", "labels")
 
 
-def wrap_watch_streams(watches: WatchStreams) -> None:
+class WatchedObjects:
+    """What kopf's watch streams of the operator's resources have told it of the objects still
+    there, per stream (a resource in a namespace), and whether each stream's latest listing is
+    complete.
+
+    kopf restarts a stream from a fresh listing when the API server no longer knows its place
+    (410 Gone, as after a restart of the API server or a long outage), when a listing failed,
+    and when peering paused the operator, and yields the objects listed; but it tells no
+    DELETED for an object deleted meanwhile, and the indexes drop an entry only on DELETED: a
+    Service deleted by hand, an evicted pod, a serving deleted while the stream was away would
+    stay in the cache for good, and every reconcile would trust them. So once a listing is
+    over, each object the stream had told and the listing did not return is told DELETED, as
+    client-go's informers do, with the last body seen of it cut to its identity and labels (the
+    spec too, for `with_spec`'s resources, whose DELETED handlers read it): kopf discards its
+    indexes and runs its event handlers, which mark its serving.
+
+    A stream from its start (or its restart) until its listing is over is unlisted, and the
+    reconciles wait (`cache_current`): the indexes may hold what is gone until then.
+    """
+
+    def __init__(self, plurals: Collection[str], with_spec: Collection[str] = ()) -> None:
+        self.plurals, self.with_spec = frozenset(plurals), frozenset(with_spec)
+        self._objects: dict[StreamKey, dict[str, str]] = {}  # uid -> the kept body, as JSON
+        self._unlisted: set[StreamKey] = set()
+        self._all_listed = asyncio.Event()
+        self._all_listed.set()
+        self.waiting = False  # the reconciles wait (told in the log once per wait)
+
+    def tracks(self, plural: str) -> bool:
+        return plural in self.plurals
+
+    def unlisted(self) -> list[StreamKey]:
+        """The streams whose listing is not over, sorted."""
+        return sorted(self._unlisted, key=repr)
+
+    async def all_listed(self) -> None:
+        await self._all_listed.wait()
+
+    def _restarting(self, key: StreamKey) -> None:
+        self._unlisted.add(key)
+        self._all_listed.clear()
+
+    def _listed(self, key: StreamKey) -> None:
+        self._unlisted.discard(key)
+        if not self._unlisted:
+            self._all_listed.set()
+
+    def _stopped(self, key: StreamKey) -> None:
+        """kopf stopped the stream for good (its namespace or resource is gone, or kopf ends):
+        nothing waits on it, and what it told is forgotten."""
+        self._objects.pop(key, None)
+        self._listed(key)
+
+    def _saw(self, known: dict[str, str], event: Mapping[str, Any], with_spec: bool) -> str | None:
+        """Keep what the event tells of its object; its uid, if it is an object's event."""
+        body = event["object"]
+        metadata = body.get("metadata") or {}
+        uid: str | None = metadata.get("uid")
+        if uid is None or event.get("type") not in (None, "ADDED", "MODIFIED", "DELETED"):
+            return None  # a BOOKMARK (a resourceVersion alone)
+        if event["type"] == "DELETED":
+            known.pop(uid, None)
+            return uid
+        kept: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind") if k in body}
+        kept["metadata"] = {k: metadata[k] for k in _IDENTITY if k in metadata}
+        if with_spec and "spec" in body:
+            kept["spec"] = body["spec"]
+        known[uid] = json.dumps(kept, separators=(",", ":"))
+        return uid
+
+    def stream(
+        self, resource: Any, namespace: str | None, events: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """kopf's stream of `resource` in `namespace`, with a DELETED told, once each listing is
+        over, for every object it told before that the listing did not return."""
+        key: StreamKey = (resource.group, resource.version, resource.plural, namespace)
+        self._restarting(key)  # at once: kopf iterates it right away, the workers may not wait
+        return self._stream(key, events, resource.plural in self.with_spec)
+
+    async def _stream(
+        self, key: StreamKey, events: AsyncIterator[Any], with_spec: bool
+    ) -> AsyncIterator[Any]:
+        from kopf._cogs.clients.watching import Bookmark
+
+        known = self._objects.setdefault(key, {})
+        listing: set[str] | None = set()  # the uids listed so far; None once the listing is over
+        restarts = True
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    if event is Bookmark.LISTED and listing is not None:
+                        gone = [known.pop(uid) for uid in known.keys() - listing]
+                        listing = None
+                        if gone:
+                            log.info(
+                                "%s%s: %d gone while the watch was away, told deleted",
+                                key[2], f" in {key[3]}" if key[3] else "", len(gone),
+                            )  # fmt: skip
+                        for text in gone:
+                            yield {"type": "DELETED", "object": json.loads(text)}
+                        self._listed(key)
+                    elif isinstance(event, dict) and isinstance(event.get("object"), dict):
+                        uid = self._saw(known, event, with_spec)
+                        if listing is not None and uid is not None and event["type"] is None:
+                            listing.add(uid)
+                    yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            restarts = False  # kopf stops the stream for good
+            raise
+        finally:
+            if restarts:  # unlisted until it has listed anew
+                self._restarting(key)
+            else:
+                self._stopped(key)
+
+
+def wrap_watch_streams(watches: WatchStreams, watched: WatchedObjects | None = None) -> None:
     """Count every listing and watch request of kopf's watch streams in `watches`, by resource
-    plural, and drop managedFields from what they yield, from now on."""
+    plural, drop managedFields from what they yield, and have `watched` tell what a listing no
+    longer returns (`WatchedObjects`), from now on."""
     from kopf._cogs.clients import watching
 
     already = bool(_counting_in)
     _counting_in[:] = [watches]
+    _watched[:] = [watched] if watched is not None else []
     if already:
         return
     list_and_watch, watch_request = watching.continuous_watch, watching.watch_objs
 
-    def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def continuous_watch(*, resource: Any, namespace: Any, **kwargs: Any) -> AsyncIterator[Any]:
         _counting_in[0].listed(resource.plural)
-        return without_managed_fields(list_and_watch(resource=resource, **kwargs))
+        events = without_managed_fields(
+            list_and_watch(resource=resource, namespace=namespace, **kwargs)
+        )
+        if _watched and _watched[0].tracks(resource.plural):
+            return _watched[0].stream(resource, namespace, events)
+        return events
 
     def watch_objs(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
         _counting_in[0].watched(resource.plural)
@@ -146,3 +285,27 @@ async def all_indexed() -> None:
     """Return once every object kopf listed at the start is indexed (at once after that)."""
     if _indexing:
         await _indexing[0].wait_for(True)
+
+
+def cache_current_now() -> str | None:
+    """None if the watch caches are current; else why not (a stream listing)."""
+    if _watched and (unlisted := _watched[0].unlisted()):
+        return "listing " + ", ".join(key[2] for key in unlisted)
+    return None
+
+
+async def cache_current() -> None:
+    """Return once the operator may act on its watch caches: every watch stream of the
+    operator's resources has listed since it last restarted. Told in the log once per wait,
+    not once per worker."""
+    told = False
+    while (why := cache_current_now()) is not None:
+        watched = _watched[0] if _watched else None
+        if watched is not None and not watched.waiting:
+            watched.waiting = told = True
+            log.info("reconciles wait: %s", why)
+        if watched is not None:
+            await watched.all_listed()
+    if told and _watched:
+        _watched[0].waiting = False
+        log.info("reconciles go on: the watch caches are current")

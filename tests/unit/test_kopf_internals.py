@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from types import SimpleNamespace
+import logging
 
+import kopf
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.clients import watching
+from kopf._cogs.structs import bodies, ephemera, references
+from kopf._core.engines import indexing
 from kopf._core.reactor import processing, running
 
 from modelserving.operator import kopf_internals
 from modelserving.operator.kopf_internals import (
+    WatchedObjects,
     all_indexed,
+    cache_current,
+    cache_current_now,
     handle_events_while_indexing,
     wake_toggle_waiters_on_change_only,
     without_managed_fields,
     wrap_watch_streams,
 )
 from modelserving.operator.metrics import WatchStreams
+
+SERVINGS = references.Resource("modelserving.io", "v1", "modelservings", namespaced=True)
+SERVICES = references.Resource("", "v1", "services", namespaced=True)
 
 
 def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_module_names():
@@ -32,7 +41,7 @@ def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_modul
 
     watches = WatchStreams()
     wrap_watch_streams(watches)
-    resource = SimpleNamespace(plural="modelservings")
+    resource = SERVINGS
     listing = watching.continuous_watch(resource=resource, settings=None, namespace=None,
                                         operator_pause_waiter=None)  # fmt: skip
     request = watching.watch_objs(resource=resource, settings=None, namespace=None,
@@ -162,3 +171,171 @@ async def test_each_objects_handlers_run_once_it_is_indexed_and_the_work_waits_f
 async def test_all_indexed_does_not_wait_before_kopf_has_processed_anything(monkeypatch):
     monkeypatch.setattr(kopf_internals, "_indexing", [])
     await asyncio.wait_for(all_indexed(), 1)
+
+
+def _object(name, uid, **extra):
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": "1",
+                     "labels": {"app.kubernetes.io/instance": "s"}, "annotations": {"a": "b"}},
+        **extra,
+    }  # fmt: skip
+
+
+def _listing_then(objects, *watched):
+    """kopf's continuous_watch as it yields: the listing, its marker, then watch events; then it
+    returns (410 Gone, a pause)."""
+
+    async def stream():
+        for obj in objects:
+            yield {"type": None, "object": obj}
+        yield watching.Bookmark.LISTED
+        for event in watched:
+            yield event
+
+    return stream()
+
+
+async def _drain(events):
+    return [event async for event in events]
+
+
+def test_kopf_still_lists_then_marks_the_listing_over_and_tells_deleted_by_namespace_name_uid():
+    # WatchedObjects counts on these: the marker after a listing, the listed objects' type
+    # None, and a DELETED that discards the object's index entries by its identity alone.
+    source = inspect.getsource(watching)  # the module's: its continuous_watch may be wrapped
+    assert "yield {'type': None, 'object': obj}" in source
+    assert source.index("fetch_objs(") < source.index("yield Bookmark.LISTED")
+    assert "raw_type == 'DELETED'" in inspect.getsource(processing.process_resource_event)
+    assert "indexers.discard(body=body)" in inspect.getsource(indexing.index_resource)
+    body = bodies.Body({"metadata": {"name": "a", "namespace": "ns", "uid": "u1"}})
+    assert indexing.OperatorIndexers().make_key(body) == ("ns", "a", "u1")
+
+
+async def test_an_object_a_fresh_listing_no_longer_returns_is_told_deleted_after_it():
+    watched = WatchedObjects(["services"])
+    a, b = _object("a", "u-a", spec={"big": 1}), _object("b", "u-b", status={"s": 1})
+    first = await _drain(watched.stream(SERVICES, "ns", _listing_then(
+        [a, b], {"type": "MODIFIED", "object": {**b, "metadata": {**b["metadata"],
+                                                                   "resourceVersion": "2"}}},
+        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "3"}}},
+    )))  # fmt: skip
+    assert [e if e is watching.Bookmark.LISTED else e["type"] for e in first] == [
+        None,
+        None,
+        watching.Bookmark.LISTED,
+        "MODIFIED",
+        "BOOKMARK",
+    ]  # nothing was told before: nothing added
+
+    # The stream restarts (410 Gone): b was deleted meanwhile, and c made
+    c = _object("c", "u-c")
+    again = await _drain(watched.stream(SERVICES, "ns", _listing_then([a, c])))
+    assert [e if e is watching.Bookmark.LISTED else e["type"] for e in again] == [
+        None,
+        None,
+        "DELETED",
+        watching.Bookmark.LISTED,
+    ]
+    told = again[2]["object"]
+    assert told == {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "b", "namespace": "ns", "uid": "u-b", "resourceVersion": "2",
+                     "labels": {"app.kubernetes.io/instance": "s"}},
+    }  # fmt: skip  # its identity and labels as last seen: no status, annotations, spec
+
+    # Once told, or deleted while watched, an object is not told again
+    c_gone = {"type": "DELETED", "object": c}
+    await _drain(watched.stream(SERVICES, "ns", _listing_then([a, c], c_gone)))
+    third = await _drain(watched.stream(SERVICES, "ns", _listing_then([a])))
+    assert [e["type"] for e in third if isinstance(e, dict)] == [None]
+    # ... and another namespace's stream is its own
+    other = await _drain(watched.stream(SERVICES, "other", _listing_then([])))
+    assert other == [watching.Bookmark.LISTED]
+
+
+async def test_the_spec_is_kept_for_the_resources_whose_deleted_handlers_read_it():
+    watched = WatchedObjects(["modelservings"], with_spec=["modelservings"])
+    serving = {**_object("s", "u-s", spec={"auth": {"mode": "kubernetes"}}), "status": {"x": 1}}
+    await _drain(watched.stream(SERVINGS, "ns", _listing_then([serving])))
+    again = await _drain(watched.stream(SERVINGS, "ns", _listing_then([])))
+    assert again[0]["type"] == "DELETED"
+    assert again[0]["object"]["spec"] == {"auth": {"mode": "kubernetes"}}
+    assert "status" not in again[0]["object"]
+
+
+async def test_a_told_deleted_object_leaves_kopfs_real_index():
+    # kopf's own indexing, fed what the stream yields: the entry of the object gone is dropped.
+    registry = kopf.OperatorRegistry()
+
+    @kopf.index("", "v1", "services", registry=registry, id="by_serving")
+    async def by_serving(body, **_):
+        return {body["metadata"]["labels"]["app.kubernetes.io/instance"]: body["metadata"]["name"]}
+
+    indexers = indexing.OperatorIndexers()
+    indexers.ensure(registry._indexing.get_all_handlers())
+
+    async def index(event):
+        await indexing.index_resource(
+            indexers=indexers, registry=registry, settings=kopf.OperatorSettings(),
+            resource=SERVICES, raw_event=event, memory=indexing.IndexingMemory(),
+            logger=logging.getLogger("test"), memo=ephemera.Memo(),
+            body=bodies.Body(event["object"]),
+        )  # fmt: skip
+
+    watched = WatchedObjects(["services"])
+    a, b = _object("a", "u-a"), _object("b", "u-b")
+    for stream in ([a, b], [a]):
+        for event in await _drain(watched.stream(SERVICES, "ns", _listing_then(stream))):
+            if isinstance(event, dict):
+                await index(event)
+        if stream == [a, b]:
+            assert sorted(indexers.indices["by_serving"]["s"]) == ["a", "b"]
+    assert list(indexers.indices["by_serving"]["s"]) == ["a"]
+
+
+async def test_the_work_waits_while_a_stream_lists_anew(monkeypatch):
+    watched = WatchedObjects(["services"])
+    monkeypatch.setattr(kopf_internals, "_watched", [watched])
+    await asyncio.wait_for(cache_current(), 1)  # nothing watched yet: current
+
+    gate = asyncio.Event()
+
+    async def listing_held():
+        yield {"type": None, "object": _object("a", "u-a")}
+        await gate.wait()
+        yield watching.Bookmark.LISTED
+
+    stream = watched.stream(SERVICES, "ns", listing_held())
+    assert cache_current_now() == "listing services"  # from the call on, before it is read
+    work = asyncio.create_task(cache_current())
+    await anext(stream)
+    await asyncio.sleep(0.01)
+    assert not work.done()
+    gate.set()
+    assert await anext(stream) is watching.Bookmark.LISTED
+    await asyncio.wait_for(work, 1)
+
+    # The stream ends (410 Gone): unlisted until it has listed again
+    await _drain(stream)
+    assert cache_current_now() == "listing services"
+    work = asyncio.create_task(cache_current())
+    relisted = watched.stream(SERVICES, "ns", _listing_then([], {"type": "ADDED", "object": {}}))
+    assert (await anext(relisted))["type"] == "DELETED"  # a, gone meanwhile
+    assert not work.done()
+    assert await anext(relisted) is watching.Bookmark.LISTED  # and watching on
+    await asyncio.wait_for(work, 1)
+
+
+async def test_a_stream_kopf_stops_for_good_holds_no_work(monkeypatch):
+    watched = WatchedObjects(["services"])
+    monkeypatch.setattr(kopf_internals, "_watched", [watched])
+
+    async def hangs():
+        yield {"type": None, "object": _object("a", "u-a")}
+        await asyncio.Event().wait()
+
+    stream = watched.stream(SERVICES, "gone-namespace", hangs())
+    await anext(stream)
+    await stream.aclose()  # its namespace deleted: kopf stops the watcher mid-listing
+    await asyncio.wait_for(cache_current(), 1)
