@@ -38,7 +38,7 @@ from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
     cluster_role_binding_name,
-    owned_by,
+    made_for,
 )
 from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Again, Reconciler, reconcile
@@ -305,8 +305,13 @@ async def serving_event(
         if spec.auth.mode == "kubernetes":
             name = cluster_role_binding_name(spec)
             binding = await rec.kube.get("ClusterRoleBinding", name)
-            if binding is not None and owned_by(binding, spec):
-                await rec.kube.delete("ClusterRoleBinding", name)
+            if binding is not None and made_for(binding, spec):  # not a new one's of its name
+                rv = binding["metadata"]["resourceVersion"]
+                try:  # as read: one of its name made anew may have taken it over since
+                    await rec.kube.delete("ClusterRoleBinding", name, resource_version=rv)
+                except KubeError as exc:
+                    if exc.status != 409:
+                        raise
         if key in kwargs[SERVINGS_INDEX]:  # one of its name made anew (its listing came first)
             _enqueue(memo, key, kwargs, serving_event=True)
         return

@@ -197,16 +197,42 @@ class KubeClient:
                 if exc.status != 422 or attempt == OWN_ATTEMPTS - 1:
                     raise
 
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+    async def delete(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+    ) -> None:
+        """Delete the object, gone already or not; with `resource_version`, only as it was
+        then (the API server's precondition: 409 if it has changed since)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request(
-                "DELETE",
-                object_path(kind, name, namespace),
-                body={"propagationPolicy": "Background"},
-            )
+            await self.request("DELETE", object_path(kind, name, namespace), body=body)
         except KubeError as exc:
             if exc.status != 404:
                 raise
+
+    async def write_status(
+        self, kind: str, name: str, namespace: str, uid: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Write the whole status of the object of this uid, never of another made anew under
+        its name: a JSON patch whose `test` of metadata.uid the API server checks before it
+        writes (422 otherwise). A merge patch's metadata.uid is no such check on the status
+        subresource: the API server writes whichever object holds the name, keeping its uid."""
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status", "value": dict(status)},
+        ]
+        return await self.request(
+            "PATCH",
+            object_path(kind, name, namespace) + "/status",
+            body=patch,
+            content_type="application/json-patch+json",
+        )
 
     async def merge_patch(
         self,

@@ -22,6 +22,9 @@ SECRETS_CHECKSUM_ANNOTATION = f"{api.GROUP}/secrets-checksum"
 # to a namespaced serving, so they name their serving in these labels instead.
 LABEL_SERVING_NAMESPACE = f"{api.GROUP}/serving-namespace"
 LABEL_SERVING_NAME = f"{api.GROUP}/serving-name"
+# ... and the uid of the serving they were made for, so that the deletion of a serving does
+# not take the binding of one made anew under its name.
+LABEL_SERVING_UID = f"{api.GROUP}/serving-uid"
 
 APP_NAME = "modelserving"
 COMPONENT = "serving"
@@ -71,6 +74,14 @@ def owned_by(child: Mapping[str, Any], spec: ServingSpec) -> bool:
             and found.get(LABEL_SERVING_NAME) == spec.name
         )
     return any(ref.get("uid") == spec.uid for ref in meta.get("ownerReferences") or [])
+
+
+def made_for(child: Mapping[str, Any], spec: ServingSpec) -> bool:
+    """Whether a cluster-scoped child is this very serving's (owned_by), not one made for
+    another of its name, deleted before it or made after it: its uid label says this serving's
+    uid (or nothing, made before the label was)."""
+    uid = ((child.get("metadata") or {}).get("labels") or {}).get(LABEL_SERVING_UID)
+    return owned_by(child, spec) and uid in (None, spec.uid)
 
 
 def tfserving_configmap_name(spec: ServingSpec, digest: str) -> str:

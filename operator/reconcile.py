@@ -250,8 +250,9 @@ async def reconcile(
     if status_changed(old_status, new_status):
         wait = _progress_wait(rec, key, old_status, new_status)
         if wait is None:
-            patch = {"status": {**new_status, "topic": new_status.get("topic")}}
-            await rec.kube.merge_patch(api.KIND, key[1], key[0], patch, status=True)
+            # Only this serving's: not one deleted and made anew under its name meanwhile.
+            uid = serving["metadata"]["uid"]
+            await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
             rec.writes += 1
             rec.status_written[key] = time.monotonic()
     if failure or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):

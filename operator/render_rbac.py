@@ -9,6 +9,7 @@ from typing import Any
 from modelserving.operator.names import (
     LABEL_SERVING_NAME,
     LABEL_SERVING_NAMESPACE,
+    LABEL_SERVING_UID,
     Manifest,
     cluster_role_binding_name,
     labels,
@@ -49,6 +50,7 @@ def render_cluster_role_binding(spec: ServingSpec, settings: OperatorSettings) -
                 **labels(spec),
                 LABEL_SERVING_NAMESPACE: spec.namespace,
                 LABEL_SERVING_NAME: spec.name,
+                LABEL_SERVING_UID: spec.uid,
             },
         },
         "roleRef": {

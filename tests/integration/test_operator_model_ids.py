@@ -1,15 +1,19 @@
 """A serving's modelId is its own in the cluster, through what can happen to the counter and to
-the servings: the counter lost, a serving restored with another's id in its status."""
+the servings: the counter lost, a serving restored with another's id in its status, a serving
+deleted and made anew under its name."""
 
 from __future__ import annotations
+
+import time
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from modelserving.operator.modelids import COUNTER_ANNOTATION, CRD_NAME, LEGACY_COUNTER_CONFIGMAP
+from modelserving.operator.names import LABEL_SERVING_UID as SERVING_UID
 from tests.support.operator_process import COUNTER_NAMESPACE
-from tests.support.servings import get_serving, is_ready, serving_manifest
+from tests.support.servings import get_serving, is_ready, read_or_none, serving_manifest
 from tests.support.waiting import wait_for
 
 OFF = {"enabled": False}  # no topic: these stories are about ids alone
@@ -79,3 +83,44 @@ def test_of_two_servings_with_one_id_the_one_made_later_gets_a_fresh_id(operator
     key = f"{api.GROUP}/model-id"
     assert restored["metadata"]["annotations"][key] == str(restored["status"]["modelId"])
     assert get_serving(crds, namespace, "original")["status"]["modelId"] == original
+
+
+def test_a_serving_made_anew_under_its_name_gets_its_own_id_status_and_binding(
+    operator, crds, kube_client, namespace
+):
+    # Given a serving with auth kubernetes (its ClusterRoleBinding is cluster-scoped: the
+    # operator deletes it itself when the serving goes)
+    manifest = serving_manifest("mnist", logging=OFF, auth={"mode": "kubernetes"})
+    crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+    old = ready(crds, namespace, "mnist")
+
+    # When it is deleted and made anew at once
+    crds.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist")
+    crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+
+    # Then the new one is Ready with an id and a status of its own
+    def new_ready() -> dict | None:
+        serving = is_ready(crds, namespace, "mnist")
+        return serving if serving and serving["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    new = wait_for(new_ready, timeout=60, what="the new mnist Ready")
+    assert new["status"]["modelId"] != old["status"]["modelId"]
+    key = f"{api.GROUP}/model-id"
+    assert new["metadata"]["annotations"][key] == str(new["status"]["modelId"])
+
+    # And its binding is its own, and stays: the old one's deletion does not take it
+    rbac = client.RbacAuthorizationV1Api(kube_client)
+    name = f"modelserving:{namespace}:mnist"
+
+    def binding_of_new() -> client.V1ClusterRoleBinding | None:
+        binding = read_or_none(rbac.read_cluster_role_binding, name)
+        labels = (binding.metadata.labels or {}) if binding else {}
+        return binding if labels.get(SERVING_UID) == new["metadata"]["uid"] else None
+
+    binding = wait_for(binding_of_new, timeout=30, what="the new mnist's binding")
+    settled = time.monotonic() + 5  # a window for the old one's DELETED handler, long done
+    while time.monotonic() < settled:
+        now = read_or_none(rbac.read_cluster_role_binding, name)
+        assert now is not None and now.metadata.uid == binding.metadata.uid, "binding deleted"
+        time.sleep(0.5)
+    assert get_serving(crds, namespace, "mnist")["status"]["modelId"] == new["status"]["modelId"]
