@@ -363,8 +363,8 @@ def release_startup_memory() -> None:
 
 async def _work(memo: kopf.Memo) -> None:
     """One worker: reconcile the servings the queue hands out, one at a time, once the indexes
-    hold every object listed at the start; none while a watch stream lists anew (see
-    cache_current)."""
+    hold every object listed at the start; none while kopf pauses the operator (a standby of
+    peering) or a watch stream lists anew (see cache_current)."""
     rec: Reconciler = memo.reconciler
     await all_indexed()
     while True:

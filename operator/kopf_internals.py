@@ -19,7 +19,9 @@
   whole body and a task, until the last is: ten thousand at once (about 150 MiB more, kept by
   the process after). The operator's handlers only mark servings in the work queue, and the
   work (the reconciles that read the indexes) waits instead: each object's handlers run as soon
-  as it is indexed, and `all_indexed()` is what waits for the rest.
+  as it is indexed, and `all_indexed()` is what waits for the rest. kopf passes it its pause
+  toggles too (`operator_paused`, on while peering makes another replica the active one), which
+  `cache_current()` waits on.
 - `continuous_watch`'s `Bookmark.LISTED`, the marker it yields once a listing is over, and
   kopf's handling of a DELETED event (the object's indexes discarded by its namespace, name and
   uid, its event handlers told): `WatchedObjects` tells kopf DELETED for each object a fresh
@@ -44,6 +46,10 @@ _OURS = "_modelserving_no_wait_for_indexes"
 # kopf's set of toggles that is on once every object listed at the start is indexed, taken from
 # the first event kopf processes; empty before.
 _indexing: list[Any] = []
+
+# kopf's set of pause toggles (on while peering makes another replica the active one), taken
+# from the first event kopf processes; empty before (kopf processes nothing while paused).
+_pausing: list[Any] = []
 
 # Where the wrapped functions count, and whose watched objects they keep: the latest
 # operator's (kopf's module is wrapped once per process, and an operator run again in the same
@@ -267,6 +273,8 @@ def handle_events_while_indexing() -> None:
     async def process_resource_event(
         *, operator_indexed: Any = None, resource_indexed: Any = None, **kwargs: Any
     ) -> Any:
+        if kwargs.get("operator_paused") is not None:
+            _pausing[:] = [kwargs["operator_paused"]]
         if operator_indexed is None:
             return await original(**kwargs)
         _indexing[:] = [operator_indexed]
@@ -288,23 +296,27 @@ async def all_indexed() -> None:
 
 
 def cache_current_now() -> str | None:
-    """None if the watch caches are current; else why not (a stream listing)."""
+    """None if the watch caches are current; else why not (kopf's pause, a stream listing)."""
+    if _pausing and _pausing[0].is_on():
+        return "paused (peering: another replica is active)"
     if _watched and (unlisted := _watched[0].unlisted()):
         return "listing " + ", ".join(key[2] for key in unlisted)
     return None
 
 
 async def cache_current() -> None:
-    """Return once the operator may act on its watch caches: every watch stream of the
-    operator's resources has listed since it last restarted. Told in the log once per wait,
-    not once per worker."""
+    """Return once the operator may act on its watch caches: kopf's pause is off (peering keeps
+    a standby paused, and its caches frozen) and every watch stream of the operator's resources
+    has listed since it last restarted. Told in the log once per wait, not once per worker."""
     told = False
     while (why := cache_current_now()) is not None:
         watched = _watched[0] if _watched else None
         if watched is not None and not watched.waiting:
             watched.waiting = told = True
             log.info("reconciles wait: %s", why)
-        if watched is not None:
+        if _pausing and _pausing[0].is_on():
+            await _pausing[0].wait_for(False)
+        elif watched is not None:
             await watched.all_listed()
     if told and _watched:
         _watched[0].waiting = False

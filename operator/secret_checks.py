@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+from modelserving.operator.kopf_internals import cache_current
 from modelserving.operator.kube import KubeError
 from modelserving.operator.reconcile import Reconciler
 from modelserving.operator.secret_refs import SecretRead
@@ -30,6 +31,7 @@ async def check_secrets_forever(rec: Reconciler, readers: Callable[[], Readers])
     """Every --secret-check-seconds, `check_secrets`; a failed round is told and the next tried."""
     while True:
         await asyncio.sleep(rec.settings.secret_check_seconds)
+        await cache_current()  # a paused standby reads nothing
         try:
             await check_secrets(rec, readers())
         except Exception:  # the next round may fare better; the checks must not end

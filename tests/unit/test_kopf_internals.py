@@ -294,9 +294,12 @@ async def test_a_told_deleted_object_leaves_kopfs_real_index():
     assert list(indexers.indices["by_serving"]["s"]) == ["a"]
 
 
-async def test_the_work_waits_while_a_stream_lists_anew(monkeypatch):
+async def test_the_work_waits_while_a_stream_lists_anew_and_while_kopf_pauses(monkeypatch):
     watched = WatchedObjects(["services"])
+    paused = aiotoggles.ToggleSet(any)
+    peering = await paused.make_toggle(False, name="peering")
     monkeypatch.setattr(kopf_internals, "_watched", [watched])
+    monkeypatch.setattr(kopf_internals, "_pausing", [paused])
     await asyncio.wait_for(cache_current(), 1)  # nothing watched yet: current
 
     gate = asyncio.Event()
@@ -316,10 +319,16 @@ async def test_the_work_waits_while_a_stream_lists_anew(monkeypatch):
     assert await anext(stream) is watching.Bookmark.LISTED
     await asyncio.wait_for(work, 1)
 
-    # The stream ends (410 Gone): unlisted until it has listed again
+    # Peering pauses the operator: kopf's stream ends (unlisted until it lists again) and the
+    # work waits for both the pause to end and the listing
+    await peering.turn_to(True)
     await _drain(stream)
-    assert cache_current_now() == "listing services"
+    assert cache_current_now() == "paused (peering: another replica is active)"
     work = asyncio.create_task(cache_current())
+    await asyncio.sleep(0.01)
+    await peering.turn_to(False)
+    await asyncio.sleep(0.01)
+    assert not work.done() and cache_current_now() == "listing services"
     relisted = watched.stream(SERVICES, "ns", _listing_then([], {"type": "ADDED", "object": {}}))
     assert (await anext(relisted))["type"] == "DELETED"  # a, gone meanwhile
     assert not work.done()
@@ -330,6 +339,7 @@ async def test_the_work_waits_while_a_stream_lists_anew(monkeypatch):
 async def test_a_stream_kopf_stops_for_good_holds_no_work(monkeypatch):
     watched = WatchedObjects(["services"])
     monkeypatch.setattr(kopf_internals, "_watched", [watched])
+    monkeypatch.setattr(kopf_internals, "_pausing", [])
 
     async def hangs():
         yield {"type": None, "object": _object("a", "u-a")}
@@ -339,3 +349,9 @@ async def test_a_stream_kopf_stops_for_good_holds_no_work(monkeypatch):
     await anext(stream)
     await stream.aclose()  # its namespace deleted: kopf stops the watcher mid-listing
     await asyncio.wait_for(cache_current(), 1)
+
+
+def test_kopf_still_passes_its_pause_toggles_to_the_event_processing():
+    params = inspect.signature(processing.process_resource_event).parameters
+    assert "operator_paused" in params
+    assert "operator_paused=operator_paused" in inspect.getsource(running.spawn_tasks)
