@@ -20,6 +20,12 @@ interval's). Reading skips corrupt frames (bad magic, length or crc), counts the
 the next good frame by its magic. A new process writes to a new segment, so a torn tail left by
 a kill is never appended to.
 
+One process writes a spool: `open` takes an exclusive lock (flock) on `spool.lock` and holds it
+until `close` (the kernel drops it when the process dies, SIGKILL included). A second process
+on the same directory (two pods on one claim) gets `SpoolInUseError` naming the holder, never a
+share of the segments and the ledger. On NFS the lock is a POSIX lock on the server (Linux's
+client maps flock to it), so it holds across nodes too.
+
 `Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends,
 fsyncs and position writes go through one `SpoolWriter` thread (see spool_writer: a batch per
 wake-up, fsync per interval, not per write); reads (replays) go to a worker thread; a lock
@@ -29,7 +35,9 @@ guards the list of segments.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import socket
 import struct
 import threading
 import time
@@ -49,6 +57,7 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 # A frame longer than this is corruption, not a record (Kafka's default message limit is 1 MiB).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
+LOCK_FILE = "spool.lock"
 _READ_CHUNK = 1024 * 1024
 
 
@@ -72,6 +81,10 @@ class SpooledRecord:
 
 class SpoolCorruptError(ValueError):
     """A frame's bytes do not make a record."""
+
+
+class SpoolInUseError(RuntimeError):
+    """Another process holds the spool's lock: it is that process's to write."""
 
 
 _NAME_CHUNKS: dict[str, bytes] = {}  # header name -> its length and UTF-8 bytes (a few names)
@@ -233,6 +246,7 @@ class Spool:
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._last_fsync = time.monotonic()
         self._dirty = False
         self._position = PositionFile(self.directory)
@@ -249,6 +263,7 @@ class Spool:
         """Load the acknowledged position and the segments left by a previous process; start a
         new segment."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         self.acked_id = max(read_ledger(self.directory), self._position.open())
         for path in sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}")):
             with contextlib.suppress(ValueError):
@@ -279,6 +294,30 @@ class Spool:
             self._fd = None
         self.write_ledger(sync=True)
         self._position.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # and with it the lock
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        """Hold the spool's lock, or raise SpoolInUseError naming who holds it."""
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SpoolInUseError(
+                f"the spool {self.directory} is in use by {holder}: one sidecar writes a spool "
+                "at a time (a claimed spool serves one pod: spec.server.replicas 1); this one can "
+                "start once that one has exited"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _new_segment(self) -> None:
         if self._fd is not None:

@@ -1,24 +1,30 @@
 """The disk spool: records come back in order with key and headers, acknowledged segments go,
 a reopened spool replays what was not acked (from the last acknowledged position, even after a
-kill), corruption is skipped and counted, a full spool takes only what fits, and its fsyncs are
-counted in the metrics."""
+kill), corruption is skipped and counted, a full spool takes only what fits, its fsyncs are
+counted in the metrics, and one process at a time writes a spool."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import prometheus_client
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
 from modelserving.sidecar.kafka_logs import RepeatedLogFilter
 from modelserving.sidecar.spool import (
+    LOCK_FILE,
     SEGMENT_SUFFIX,
     Spool,
+    SpoolInUseError,
     SpoolRecord,
     decode_frames,
     encode_frame,
@@ -41,6 +47,14 @@ def open_spool(path, max_bytes=10_000_000, segment_bytes=4096) -> Spool:
     spool = Spool(path, max_bytes=max_bytes, segment_bytes=segment_bytes, fsync_interval=0.0)
     spool.open()
     return spool
+
+
+def as_if_killed(spool: Spool) -> None:
+    """What the kernel does for a process that dies: its files close, the spool's lock with
+    them (nothing else of the spool is closed or written)."""
+    assert spool._lock_fd is not None
+    os.close(spool._lock_fd)
+    spool._lock_fd = None
 
 
 def read_all(spool: Spool) -> list:
@@ -85,6 +99,7 @@ def test_acked_segments_are_deleted_and_a_reopen_replays_only_unacked(tmp_path):
     spool.write_ledger()
     assert spool.size_bytes < before
     # Like a SIGKILL: no close, the next process opens the same directory.
+    as_if_killed(spool)
     again = open_spool(tmp_path)
     assert again.recovered_ids == 100
     got = read_all(again)
@@ -102,6 +117,7 @@ def test_a_killed_process_restarts_from_the_last_acknowledged_position(tmp_path)
     for acked in (120, 180):  # as the writer thread writes them when acks move
         spool.write_position(acked)
     # Like a SIGKILL: no close, and no ledger written since 50.
+    as_if_killed(spool)
     again = open_spool(tmp_path)
     assert again.acked_id == 180
     assert again.recovered_ids == 120
@@ -135,6 +151,7 @@ def test_a_torn_last_position_is_ignored(positions, landed, ledger):
         # The torn slot may by chance hold every byte of the new one: then it counts.
         complete = torn_file[: len(after)] == after
         previous = positions[-1] if complete else ([0, *positions])[-2]
+        as_if_killed(spool)
         assert open_spool(directory).acked_id == max(previous, ledger)
 
 
@@ -143,6 +160,7 @@ def test_the_position_file_stays_small(tmp_path):
     for acked in range(1, 10_001):
         spool.write_position(acked)
     assert (tmp_path / POSITION_FILE).stat().st_size == 2 * SLOT_BYTES
+    as_if_killed(spool)
     assert open_spool(tmp_path).acked_id == 10_000
 
 
@@ -155,6 +173,7 @@ def test_the_writer_writes_only_the_newest_of_the_positions_that_wait(tmp_path):
     writer.start()
     writer.stop(timeout=10)
     assert written == [9]
+    as_if_killed(spool)
     assert open_spool(tmp_path).acked_id == 9
 
 
@@ -240,3 +259,45 @@ def test_repeated_aiokafka_lines_are_summarised():
     log_filter.window = 0
     assert log_filter.filter(line)
     assert "100 more like this" in line.getMessage()
+
+
+HOLDER = """
+import sys, time
+from modelserving.sidecar.spool import Spool, SpoolRecord
+spool = Spool(sys.argv[1], max_bytes=10**7, segment_bytes=4096, fsync_interval=0.0)
+spool.open()
+spool.append([SpoolRecord(b"k", (), b"v%d" % i, 0) for i in range(10)])
+print("READY", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_process_on_a_spool_is_refused_naming_the_holder_until_it_dies(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "READY"
+        with pytest.raises(SpoolInUseError, match=f"in use by pid {holder.pid} on "):
+            open_spool(tmp_path)
+        # Refused before it read or wrote anything: the holder's segment is all there is.
+        assert len(list(tmp_path.glob(f"*{SEGMENT_SUFFIX}"))) == 1
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait(10)
+    finally:
+        holder.kill()
+    again = open_spool(tmp_path)
+    assert again.recovered_ids == 10
+    assert [r.record.value for r in read_all(again)] == [b"v%d" % i for i in range(10)]
+
+
+def test_a_closed_spool_is_free_for_the_next_process(tmp_path):
+    first = open_spool(tmp_path)
+    first.append([record(i) for i in range(5)])
+    with pytest.raises(SpoolInUseError):
+        open_spool(tmp_path)  # another open file of this process counts as another holder
+    first.close()
+    second = open_spool(tmp_path)
+    assert [r.record for r in read_all(second)] == [record(i) for i in range(5)]
+    assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
