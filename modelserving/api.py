@@ -43,12 +43,20 @@ SIDECAR_ROUTING_FILE = "/etc/modelserving/routing/routing.yaml"
 # SIGTERM (after a preStop sleep) only once the sidecar forwards nothing more.
 SHUTDOWN_DELAY_SECONDS = 5
 SHUTDOWN_REQUESTS_SECONDS = 20
+# The log's drain unless the serving says another (spec.logging.drainTimeoutSeconds, up to
+# LOG_DRAIN_SECONDS_MAX): how long a stopping pod waits for Kafka to take what is spooled.
 LOG_DRAIN_SECONDS = 20
+LOG_DRAIN_SECONDS_MAX = 3600
 TFSERVING_STOP_AFTER_SECONDS = SHUTDOWN_DELAY_SECONDS + SHUTDOWN_REQUESTS_SECONDS
-# The phases, and 15 s to write the spool's ledger and exit before the kubelet's SIGKILL.
-TERMINATION_GRACE_SECONDS = (
-    SHUTDOWN_DELAY_SECONDS + SHUTDOWN_REQUESTS_SECONDS + LOG_DRAIN_SECONDS + 15
-)
+# After the drain: time to write the spool's ledger and exit before the kubelet's SIGKILL.
+SPOOL_CLOSE_SECONDS = 15
+
+
+def termination_grace_seconds(drain_seconds: int = LOG_DRAIN_SECONDS) -> int:
+    """A serving pod's terminationGracePeriodSeconds: its phases and the spool's close."""
+    return SHUTDOWN_DELAY_SECONDS + SHUTDOWN_REQUESTS_SECONDS + drain_seconds + SPOOL_CLOSE_SECONDS
+
+
 # TF Serving re-reads its models.config this often (--model_config_file_poll_wait_seconds):
 # the kubelet takes up to about a minute to update a mounted ConfigMap, so polling more
 # often than this gains little, and each poll is one read of a small file.

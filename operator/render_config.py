@@ -190,6 +190,7 @@ def render_sidecar_config(
             "spoolDir": LoggingConfig.spool_dir,
             "spoolMaxBytes": int(spec.logging.spool.size_bytes * SPOOL_SHARE),
             "spoolFsyncIntervalSeconds": float(spec.logging.spool.fsync_interval_seconds),
+            "drainTimeoutSeconds": float(spec.logging.drain_timeout_seconds),
             "compression": settings.log_compression,
             **policy,
         }

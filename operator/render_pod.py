@@ -276,8 +276,11 @@ def render_deployment(
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # The sidecar's shutdown phases, then time to save the spool's ledger (modelserving.api).
-        "terminationGracePeriodSeconds": api.TERMINATION_GRACE_SECONDS,
+        # The sidecar's shutdown phases, its log's drain as the serving sets it, then time to
+        # save the spool's ledger (modelserving.api).
+        "terminationGracePeriodSeconds": api.termination_grace_seconds(
+            spec.logging.drain_timeout_seconds
+        ),
         "containers": [
             _tfserving_container(spec, settings),
             _sidecar_container(spec, settings),
@@ -290,11 +293,7 @@ def render_deployment(
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "revisionHistoryLimit": 3,
-        # Never fewer pods than asked during a rollout: a new version must not cost availability.
-        "strategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-        },
+        "strategy": _strategy(spec),
         "template": {
             "metadata": {
                 "labels": labels(spec),
@@ -311,6 +310,17 @@ def render_deployment(
         "metadata": metadata(spec, spec.name),
         "spec": deployment_spec,
     }
+
+
+def _strategy(spec: ServingSpec) -> dict[str, Any]:
+    """Never fewer pods than asked during a rollout: a new version must not cost availability.
+    A spool on a claim is the one exception: one pod at a time (the CRD allows it one replica),
+    the old one drained and gone before the new one opens the spool. A surge pod would find the
+    claim held (ReadWriteOnce on another node: the roll stalls) or share the spool with the
+    pod still draining it (the spool's lock makes it wait its turn by failing until then)."""
+    if spec.logging.spool.claim_name:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
 def render_hpa(spec: ServingSpec) -> Manifest:

@@ -242,6 +242,9 @@ class LoggingSpec:
     redact: tuple[RedactRuleSpec, ...] | None = None
     kafka: KafkaSpec = KafkaSpec()
     spool: SpoolSpec = SpoolSpec()
+    # How long a stopping pod waits for Kafka to take what its spool holds; the pod's grace
+    # period grows with it (modelserving.api.termination_grace_seconds).
+    drain_timeout_seconds: int = api.LOG_DRAIN_SECONDS
 
 
 # --------------------------------------------------------------------------- access
@@ -391,7 +394,8 @@ _BATCHING: Converters = {"enabled": bool, "maxBatchSize": int, "batchTimeoutMicr
              "numBatchThreads": int, "maxEnqueuedBatches": int}  # fmt: skip
 _SIDECAR: Converters = {"timeoutSeconds": float, "maxRequestBytes": int}
 _SIDECAR_GRPC: Converters = {"enabled": bool, "maxMessageBytes": int}
-_LOGGING: Converters = {"enabled": bool, "mode": str, "durability": str}
+_LOGGING: Converters = {"enabled": bool, "mode": str, "durability": str,
+                        "drainTimeoutSeconds": int}  # fmt: skip
 _SAMPLING: Converters = {"successRate": float, "errorRate": float}
 _PAYLOADS: Converters = {"maxBytes": int, "oversize": str, "nonJson": str}
 _REDACT_RULE: Converters = {"action": str, "payload": str}

@@ -130,13 +130,16 @@ def test_a_servings_pods_share_its_sampling_key_and_other_servings_have_others()
     assert "u-1" not in key("u-1")
 
 
-def test_the_pods_shutdown_phases_fit_in_its_grace_period():
-    pod = by_kind(render_children(mnist(), SETTINGS, 17))["Deployment"][0]["spec"]["template"]
+@pytest.mark.parametrize("asked", [None, 1, 600, 3600])
+def test_the_pods_shutdown_phases_fit_in_its_grace_period(asked):
+    spec = mnist(logging={"drainTimeoutSeconds": asked} if asked else {})
+    pod = by_kind(render_children(spec, SETTINGS, 17))["Deployment"][0]["spec"]["template"]
     tfs, sidecar = pod["spec"]["containers"]
     parser = argparse.ArgumentParser()
     configure_sidecar_parser(parser)
     args = parser.parse_args(sidecar["command"][2:])  # as the sidecar reads its command line
-    drain = parse_config(render_sidecar_config(mnist(), SETTINGS, 17)).logging.drain_timeout_seconds
+    drain = parse_config(render_sidecar_config(spec, SETTINGS, 17)).logging.drain_timeout_seconds
+    assert drain == (asked or 20)  # the drain the serving sets is the sidecar's; else 20 s
     # Not ready, still serving, while the endpoints stop routing here; then requests in flight.
     serving = args.shutdown_delay + args.shutdown_timeout
     assert args.shutdown_delay >= 5
@@ -144,6 +147,25 @@ def test_the_pods_shutdown_phases_fit_in_its_grace_period():
     assert tfs["lifecycle"]["preStop"]["sleep"]["seconds"] >= serving
     # ...and the log's drain ends with time left to write the spool's ledger before SIGKILL.
     assert serving + drain + 10 <= pod["spec"]["terminationGracePeriodSeconds"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] == drain + 40  # as the CRD says
+
+
+def test_a_claimed_spool_rolls_its_one_pod_by_recreate_and_an_emptydir_by_surge():
+    claimed = mnist(logging={"spool": {"claimName": "mnist-spool"}})
+    deployment = render_deployment(claimed, SETTINGS, render_configmaps(claimed, SETTINGS, 17))
+    # The old pod drains and goes before the new one opens the spool: never two writers.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["spool"]["persistentVolumeClaim"] == {"claimName": "mnist-spool"}
+
+    plain = mnist()
+    deployment = render_deployment(plain, SETTINGS, render_configmaps(plain, SETTINGS, 17))
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["spool"]
 
 
 def test_deployment_runs_tfserving_and_the_sidecar_hardened():
