@@ -46,6 +46,7 @@ from modelserving.operator.secret_checks import Readers, check_secrets_forever
 from modelserving.operator.secret_refs import secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
+from modelserving.operator.topic_checks import check_topics_forever
 from modelserving.operator.topics import TopicKeeper
 from modelserving.sidecar.log_status import ANNOTATION as LOG_STATUS_ANNOTATION
 
@@ -349,6 +350,7 @@ def _enqueue(
         if rec.settings.read_secrets:  # the Secret roll (secret_checks)
             readers = _secret_readers(rec)
             rec.workers.append(asyncio.create_task(check_secrets_forever(rec, readers)))
+        rec.workers.append(asyncio.create_task(check_topics_forever(rec)))  # topic_checks
     rec.queue.add(key, serving_event=serving_event)
 
 

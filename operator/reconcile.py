@@ -61,7 +61,16 @@ from modelserving.operator.status import (
     render_status,
     status_changed,
 )
-from modelserving.operator.topics import TopicKeeper
+from modelserving.operator.topics import (
+    TOPIC_CREATION_FAILED,
+    TOPIC_MISMATCH,
+    TOPIC_READY,
+    KnownTopic,
+    TopicKeeper,
+    TopicOutcome,
+    TopicSettings,
+    topic_state,
+)
 from modelserving.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -82,7 +91,10 @@ class Reconciler:
     topics: TopicKeeper
     model_ids: ModelIds
     queue: WorkQueue = field(default_factory=WorkQueue)
-    known_topics: set[tuple[str, str]] = field(default_factory=set)
+    # The topics found, per (brokers, topic), as last created, described or checked again
+    # (topic_checks); and the (brokers, topic) each serving logs to, once found.
+    known_topics: dict[tuple[str, str], KnownTopic] = field(default_factory=dict)
+    topic_users: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
     # Servings whose status write waits (PROGRESS_WRITE_SECONDS): when each is marked again.
     waits: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
@@ -120,6 +132,7 @@ class Reconciler:
         self.told_reasons.pop(key, None)
         self.status_written.pop(key, None)
         self.secrets_read.pop(key, None)
+        self.topic_users.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,8 @@ async def reconcile(
     _post_changes(serving, done, model_id if assigned else None)
     pods = list(pods)
     logging_state = await _logging_state(rec, serving, spec, from_serving_event)
+    mismatch = logging_state.message if logging_state.reason == TOPIC_MISMATCH else None
+    _tell_refusal(rec, serving, key, "LoggingReady", TOPIC_MISMATCH, mismatch)
     if logging_state.ready and spec.logging_on(rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
     model = model_status(spec.model, pods)
@@ -528,13 +543,19 @@ def _secrets_named(names: tuple[str, ...]) -> str:
 # in Secrets, and it may not read Secrets.
 TOPIC_UNCHECKED = "TopicUnchecked"
 # What the topic check finds that may change without an event of the serving (a broker back, a
-# Secret fixed): checked again after --retry-seconds.
-_CHECKED_AGAIN = ("KafkaUnreachable", AUTHENTICATION_FAILED, TLS_FAILED, "KafkaCredentialsMissing")
+# Secret fixed, a create refused for a while: a timeout, an authorization granted later):
+# checked again after --retry-seconds.
+_CHECKED_AGAIN = (
+    "KafkaUnreachable", AUTHENTICATION_FAILED, TLS_FAILED, "KafkaCredentialsMissing",
+    TOPIC_CREATION_FAILED,
+)  # fmt: skip
 
 
 async def _logging_state(
     rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
 ) -> LoggingState:
+    key = (spec.namespace, spec.name)
+    rec.topic_users.pop(key, None)  # until the topic is found again
     if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
     if refused := spec.topic_refusal(rec.settings):  # never checked nor created
@@ -547,19 +568,20 @@ async def _logging_state(
             "neither spec.logging.kafka.bootstrapServers nor the operator's "
             "--kafka-bootstrap-servers names the brokers",
         )
-    topic = spec.topic
-    if (servers, topic) in rec.known_topics:
-        return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
+    topic, kafka = spec.topic, spec.logging.kafka
+    asked = TopicSettings(kafka.partitions, kafka.replication_factor)
+    if known := rec.known_topics.get((servers, topic)):
+        rec.topic_users[key] = (servers, topic)
+        return topic_state(topic, known.found, asked)
     if not check_kafka:  # children's events keep what the last check found
         previous = _previous_logging(serving)
         if previous and previous["reason"] in POD_REASONS:  # the pods' word, not the topic's
-            return LoggingState(True, "TopicReady", f"records go to the topic {topic}")
+            return LoggingState(True, TOPIC_READY, f"records go to the topic {topic}")
         if previous:
             return LoggingState(
                 previous["status"] == "True", previous["reason"], previous["message"]
             )
         return LoggingState(False, "Checking", "the topic has not been checked yet")
-    kafka = spec.logging.kafka
     security_spec = spec.kafka_security(rec.settings)
     unread = admin_secrets(security_spec)
     if unread and not rec.settings.read_secrets:
@@ -575,14 +597,16 @@ async def _logging_state(
         security, credentials = await admin_security(rec.kube, spec.namespace, security_spec)
     except (MissingCredentials, KubeError) as exc:
         words = exc.message if isinstance(exc, KubeError) else str(exc)
-        state, created = LoggingState(False, "KafkaCredentialsMissing", words), False
+        outcome = TopicOutcome(LoggingState(False, "KafkaCredentialsMissing", words))
     else:
-        state, created = await rec.topics.ensure(
+        outcome = await rec.topics.ensure(
             servers, topic, kafka.partitions, kafka.replication_factor, security, credentials
         )
-    if state.ready:
-        rec.known_topics.add((servers, topic))
-    if created:
+    state = outcome.state
+    if outcome.found is not None:
+        rec.known_topics[(servers, topic)] = KnownTopic(outcome.found, credentials)
+        rec.topic_users[key] = (servers, topic)
+    if outcome.created:
         kopf.event(
             _ref(serving),
             type="Normal",

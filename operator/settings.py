@@ -74,6 +74,10 @@ class OperatorSettings:
     # How often the Secrets that servings' pods read are read again, by name (secret_checks):
     # a Secret's change rolls the pods this long after it at most.
     secret_check_seconds: float = 60.0
+    # How often the topics in use are described again (topic_checks): one deleted by hand is
+    # made again this long after at most, unless a sidecar's producer has a broker with
+    # auto-create make it first (then LoggingReady says TopicMismatch if its settings differ).
+    topic_check_seconds: float = 30.0
     liveness_port: int = 0
     # The inference log of servings whose spec.logging leaves these out.
     log_mode: str = api.LOG_MODE
@@ -284,6 +288,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "seconds between reads of the Secrets that servings' spec.server.env and envFrom read "
         "(by name, with --read-secrets): a Secret changed in place rolls the pods that read it "
         "this long after the change at most"),
+    "topic_check_seconds": ("--topic-check-seconds", "MODELSERVING_TOPIC_CHECK_SECONDS",
+        _positive_float,
+        "seconds between looks at the inference log's topics in use (one Kafka Metadata request "
+        "per set of brokers): a topic deleted by hand is made again this long after at most"),
     "liveness_port": ("--liveness-port", "MODELSERVING_LIVENESS_PORT", _port_or_zero,
         "serve the liveness probe on http://0.0.0.0:PORT/healthz; 0 for none"),
     "log_mode": ("--log-mode", "MODELSERVING_LOG_MODE", _choice(LoggingMode),
