@@ -134,12 +134,17 @@ async def given_a_sidecar_answering_while_kafka_is_down(
     config = tmp_path / "first.yaml"
     port = sidecar_config(config, upstream, topic, bootstrap, spool, drain)
     process = await start_sidecar(config, log)
-    await answering(port, process)
-    # One record on the topic first: the topic is there and the producer has met the broker.
-    first = await predict(port, 1)
-    await wait_on_topic(topic, bootstrap, set(first), 60)
-    await asyncio.to_thread(kafka_broker.stop)
-    keys = first + await predict(port, ANSWERED)
+    try:
+        await answering(port, process)
+        # One record on the topic first: the topic is there and the producer has met the broker.
+        first = await predict(port, 1)
+        await wait_on_topic(topic, bootstrap, set(first), 60)
+        await asyncio.to_thread(kafka_broker.stop)
+        keys = first + await predict(port, ANSWERED)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
     return process, keys, spool, log
 
 
@@ -151,6 +156,7 @@ async def test_kafka_back_within_the_drain_gets_every_answered_record_before_the
     process, keys, spool, log = await given_a_sidecar_answering_while_kafka_is_down(
         tmp_path, upstream, topic, bootstrap, kafka_broker, drain
     )
+    second: asyncio.subprocess.Process | None = None
     try:
         # When the pod is told to stop, Kafka still down
         process.send_signal(signal.SIGTERM)
@@ -169,8 +175,10 @@ async def test_kafka_back_within_the_drain_gets_every_answered_record_before_the
         assert await asyncio.wait_for(process.wait(), drain) == 0
         exited = time.monotonic() - stopped
     finally:
-        if process.returncode is None:
-            process.kill()
+        for started in (process, second):
+            if started is not None and started.returncode is None:
+                started.kill()
+                await started.wait()
         await asyncio.to_thread(kafka_broker.start)
     # Then every answered request's record is on the topic and none is left in the spool
     found = await wait_on_topic(topic, bootstrap, set(keys), 30)
