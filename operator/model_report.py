@@ -6,9 +6,11 @@ its error when a load failed), how many requests each version answered in the la
 and whether the auth configuration is usable. Here the pods' reports become
 `status.versions` (per version: weight asked, the worst pod's state, the share it really
 served) and two conditions, ModelReady and AuthReady, from the worst pod. Ready is held False
-by what stops a ready pod from serving as asked (a version with a weight that is not
-AVAILABLE, TF Serving not answering, an unusable auth configuration); when the Deployment
-already says not Ready, the pods' reason replaces its "Unavailable", since it says why.
+by what stops a ready pod from serving as asked (a version with a weight that its routing
+names and that is not AVAILABLE, TF Serving not answering, an unusable auth configuration);
+when the Deployment already says not Ready, the pods' reason replaces its "Unavailable", since
+it says why. A pod that lists none of the spec's versions is an old pod of a roll: it serves
+the old version until it goes, and is judged by that.
 
 A TF Serving that has not answered yet since its pod started (the report's server state
 `starting`: it opens its ports only once it has loaded the model) is ModelLoading, told by a
@@ -261,6 +263,21 @@ def _version_entries(model: ModelSpec, reports: list[PodReport]) -> list[dict[st
     return entries
 
 
+def _judged_versions(
+    report: PodReport, asked: Iterable[int], spec_versions: Iterable[int]
+) -> list[int]:
+    """The versions of `asked` one pod is judged by. A pod that lists none of the spec's
+    versions is of an earlier spec (an old pod of a roll, which serves the old version until
+    it goes): it is judged by the versions it serves, those it lists AVAILABLE, or else by
+    all it lists. Another pod is judged by `asked`: for Ready, the weighted versions its
+    routing names (the sidecar lists each), as one whose routing file the kubelet has not
+    updated yet serves the split it has."""
+    if not any(number in report.versions for number in spec_versions):
+        serving = [n for n, v in sorted(report.versions.items()) if v.state == AVAILABLE]
+        return serving or sorted(report.versions)
+    return list(asked)
+
+
 def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelStatus:
     """The serving's status.versions, ModelReady and AuthReady from its pods' reports, and
     what, if anything, holds Ready False."""
@@ -269,8 +286,15 @@ def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelSt
     # Versions that take a share of the requests: while one is not AVAILABLE in a ready pod,
     # that pod does not serve as asked. Weight 0 and the shadow only show in ModelReady.
     weighted = [v.number for v in model.versions if v.weight > 0]
-    everything = [p for r in reports for p in _problems(r, every_version, model.base_path)]
-    gating = [p for r in reports for p in _problems(r, weighted, model.base_path)]
+
+    def problems(report: PodReport, asked: list[int]) -> list[Problem]:
+        return _problems(report, _judged_versions(report, asked, every_version), model.base_path)
+
+    def routed(report: PodReport) -> list[int]:
+        return [number for number in weighted if number in report.versions]
+
+    everything = [p for r in reports for p in problems(r, list(every_version))]
+    gating = [p for r in reports for p in problems(r, routed(r))]
     model_problem = _worst(p for p in everything if p.reason != AUTH_CONFIG_INVALID)
     auth_problem = _worst(p for p in everything if p.reason == AUTH_CONFIG_INVALID)
     if not reports:
@@ -293,10 +317,7 @@ def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelSt
             if auth_problem
             else Condition("AuthReady", True, AUTH_READY, "the auth configuration is usable")
         )
-    ready_pods = {r.pod for r in reports if r.ready}
-    blocking = _worst(
-        p for r in reports if r.pod in ready_pods for p in _problems(r, weighted, model.base_path)
-    )
+    blocking = _worst(p for r in reports if r.ready for p in problems(r, routed(r)))
     return ModelStatus(
         versions=_version_entries(model, reports),
         model_ready=model_ready,

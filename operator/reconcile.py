@@ -229,7 +229,9 @@ async def reconcile(
     if logging_state.ready and spec.logging_on(rec.settings):
         logging_state = logging_from_pods(logging_state, pods)
     model = model_status(spec.model, pods)
-    ready, *rollout = deployment_conditions(deployment, failure)
+    numbers = spec.model.loaded_versions
+    rolling_to = f"version{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+    ready, *rollout = deployment_conditions(deployment, failure, rolling_to)
     _post_conflict(rec, serving, key, failure)
     if ingress_refused := spec.ingress_refusal(rec.settings):
         rollout = refused_degraded(rollout, ingress_refused)

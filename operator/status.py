@@ -45,10 +45,18 @@ class ApplyFailure:
 
 
 def deployment_conditions(
-    deployment: Mapping[str, Any] | None, not_applied: ApplyFailure | None = None
+    deployment: Mapping[str, Any] | None,
+    not_applied: ApplyFailure | None = None,
+    rolling_to: str = "",
 ) -> list[Condition]:
-    """Ready, Progressing and Degraded from the Deployment (None: not there yet), or from why
-    the children could not be applied."""
+    """Ready, Progressing and Degraded from the Deployment (None: not there yet) and from why
+    the children could not be applied, if they could not. `rolling_to` names what a roll
+    brings ("version 4"), for Progressing.
+
+    Ready says whether the pods serve: a roll keeps it, as the old pods serve until new ones
+    are available (maxUnavailable 0), and so does a change the Deployment's controller has not
+    taken up yet (its status.observedGeneration behind its generation): its counts are the
+    pods that serve now."""
     if not_applied:
         reason, message = not_applied.reason, not_applied.message
         return [
@@ -74,6 +82,7 @@ def deployment_conditions(
     stuck = deployment_conds.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
     failure = deployment_conds.get("ReplicaFailure", {})
     rolled_out = seen and updated >= desired and total == updated and available >= desired
+    to = f" to {rolling_to}" if rolling_to else ""
 
     if desired == 0:
         ready_cond = Condition("Ready", False, "ScaledToZero", "the serving has 0 replicas")
@@ -81,7 +90,7 @@ def deployment_conditions(
         ready_cond = Condition(
             "Ready", True, "Available", f"{available} of {desired} replicas serve the model"
         )
-    elif available >= desired and seen:
+    elif available >= desired:
         ready_cond = Condition(
             "Ready", True, "RollingOut", f"{available} replicas serve; a rollout is in progress"
         )
@@ -94,9 +103,16 @@ def deployment_conditions(
         progressing = Condition(
             "Progressing", False, "RolloutComplete", "every replica runs the current spec"
         )
+    elif not seen:
+        progressing = Condition(
+            "Progressing",
+            True,
+            "RollingOut",
+            f"the Deployment's controller has not taken up its change{to} yet",
+        )
     else:
         progressing = Condition(
-            "Progressing", True, "RollingOut", f"{updated} of {desired} replicas updated"
+            "Progressing", True, "RollingOut", f"{updated} of {desired} replicas updated{to}"
         )
 
     if stuck:

@@ -5,6 +5,7 @@ updates the ConfigMaps the pods re-read without touching the pods."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import yaml
@@ -13,7 +14,14 @@ from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from tests.support import REPO
-from tests.support.servings import get_serving, is_ready, serving_manifest
+from tests.support.ready_watch import ReadyWatch
+from tests.support.servings import (
+    condition,
+    configmaps_of,
+    get_serving,
+    is_ready,
+    serving_manifest,
+)
 from tests.support.tfserving_config import parse_models_config
 from tests.support.waiting import wait_for
 
@@ -252,3 +260,105 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
         ("Warning", "ModelLoadFailed", 1),
     ]  # fmt: skip
     assert NOT_FOUND in next(e.message for e in told if e.reason == "ModelLoadFailed")
+
+
+def served_versions(core, namespace: str, pod) -> list[int]:
+    """The versions a pod's TF Serving loads: its models.config, in the ConfigMap it mounts."""
+    for name in configmaps_of(pod):
+        data = core.read_namespaced_config_map(name, namespace).data or {}
+        if "models.config" in data:
+            config = parse_models_config(data["models.config"]).model_config_list.config[0]
+            return list(config.model_version_policy.specific.versions)
+    return []
+
+
+class ModelReports:
+    """Each pod's model report, written through pods/status as its sidecar would write it once
+    its TF Serving has loaded the versions of its own models.config (KWOK runs no container):
+    every 0.2 s, a pod that has none gets one."""
+
+    def __init__(self, core, namespace: str) -> None:
+        self.core, self.namespace = core, namespace
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        selector = f"{api.LABEL_INSTANCE}=mnist"
+        while not self.stop.is_set():
+            for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+                annotations = pod.metadata.annotations or {}
+                if pod.metadata.deletion_timestamp or api.MODEL_REPORT_ANNOTATION in annotations:
+                    continue
+                versions = served_versions(self.core, self.namespace, pod)
+                report = {"server": {"reachable": True, "state": "up", "error": ""},
+                          "versions": [{"version": v, "state": "AVAILABLE", "errorCode": "OK",
+                                        "errorMessage": "", "served": 10} for v in versions],
+                          "auth": {"ready": True, "error": ""}}  # fmt: skip
+                patch = {"metadata": {"annotations": {
+                    api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}  # fmt: skip
+                try:
+                    self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, patch)
+                except ApiException as exc:
+                    if exc.status != 404:  # a pod gone meanwhile has no report to write
+                        raise
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> ModelReports:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def test_a_roll_to_another_version_keeps_the_serving_ready_as_the_old_pods_serve(
+    operator, crds, kube_client, namespace
+):
+    # Given a serving of version 3 on two pods, each of whose sidecars reports version 3
+    manifest = with_model("mnist", version=3)
+    manifest["spec"]["server"] = {"replicas": 2}
+    manifest["spec"]["logging"] = {"enabled": False}
+    create(crds, namespace, manifest)
+    core = client.CoreV1Api(kube_client)
+
+    def status() -> dict:
+        return get_serving(crds, namespace, "mnist").get("status") or {}
+
+    def said(kind: str) -> dict:
+        return condition(get_serving(crds, namespace, "mnist"), kind)
+
+    with ModelReports(core, namespace):
+        wait_for(lambda: said("ModelReady").get("status") == "True", 60, "ModelReady")
+        wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+
+        # When the user moves it to version 4, which rolls the pods (Ready read every 0.2 s)
+        progress: set[str] = set()
+        with ReadyWatch(crds, namespace, "mnist") as watch:
+            crds.patch_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+                {"spec": {"model": {"version": 4}}},
+            )  # fmt: skip
+
+            # Then Progressing says a roll to version 4 goes on ...
+            def rolled() -> bool:
+                progressing = said("Progressing")
+                if progressing.get("status") == "True":
+                    progress.add(progressing.get("message", ""))
+                versions = status().get("versions") or []
+                return bool(
+                    is_ready(crds, namespace, "mnist", 2)
+                    and progressing.get("reason") == "RolloutComplete"
+                    and [(v["version"], v["state"]) for v in versions] == [(4, "AVAILABLE")]
+                    and said("ModelReady").get("status") == "True"
+                )
+
+            wait_for(rolled, timeout=120, what="the roll to version 4 done", interval=0.2)
+            pods = core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_INSTANCE}=mnist")
+            live = [p for p in pods.items if not p.metadata.deletion_timestamp]
+            assert [served_versions(core, namespace, p) for p in live] == [[4], [4]]
+
+        # ... and Ready never went False while the old pods served version 3
+        assert watch.reads >= 3
+        assert watch.seen == [], f"Ready was not True during the roll: {watch.seen}"
+        assert any("version 4" in message for message in progress), progress

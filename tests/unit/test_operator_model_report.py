@@ -277,3 +277,43 @@ def test_an_event_is_told_only_when_the_reason_changes():
         "Normal", "AllVersionsAvailable"
     )  # fmt: skip
     assert event_for("AllVersionsAvailable", cond("AwaitingReport")) is None
+
+
+ONE_VERSION_4 = ModelSpec("mnist", "s3://models/mnist", (ModelVersion(4, 100),))
+
+
+def test_old_pods_of_a_roll_serve_the_old_version_and_keep_the_serving_ready():
+    # A roll from version 3 to 4: the old pods list version 3 alone, the new one version 4
+    old, new = pod("old-a", version(3, served=40)), pod("new-a", version(4, served=10))
+
+    rolling = model_status(ONE_VERSION_4, [old, pod("old-b", version(3)), new])
+
+    assert rolling.blocking is None and rolling.explaining is None
+    assert ready_with_pods(READY, rolling) == READY
+    assert (rolling.model_ready.status, rolling.model_ready.reason) == (
+        True,
+        "AllVersionsAvailable",
+    )
+    # Before the new pod reports, the old ones alone: still serving
+    assert ready_with_pods(READY, model_status(ONE_VERSION_4, [old])) == READY
+    # An old pod whose TF Serving stopped answering does not serve
+    down = pod("old-b", server={"state": "down", "reachable": False, "error": "refused"})
+    assert ready_with_pods(READY, model_status(ONE_VERSION_4, [old, down])).reason == (
+        "ServerUnavailable"
+    )
+    # The new version failing in a ready new pod still holds Ready False
+    failed = pod("new-a", version(4, "END", code="NOT_FOUND", message=NOT_FOUND))
+    assert ready_with_pods(READY, model_status(ONE_VERSION_4, [old, failed])).reason == (
+        "ModelLoadFailed"
+    )
+
+
+def test_a_pod_whose_routing_file_is_not_updated_yet_serves_the_split_it_has():
+    # Version 4 comes in at 10%; the kubelet has not updated the pod's routing file yet
+    status = model_status(CANARY, [pod("a", version(3, served=100))])
+
+    assert ready_with_pods(READY, status) == READY
+    # ModelReady says the pod has no word of the new version yet
+    assert (status.model_ready.reason, status.model_ready.message) == (
+        "ModelLoading", "a has no word of version 4 yet"
+    )  # fmt: skip

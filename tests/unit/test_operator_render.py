@@ -416,3 +416,29 @@ def test_the_pod_template_names_the_configmaps_it_reads():
     # and the sidecar's file there is one the sidecar's own parser takes
     text = configmaps_of(spec)[volumes["sidecar-config"]]["data"]["sidecar.yaml"]
     assert parse_config(yaml.safe_load(text)).model.version == 1
+
+
+def _deployment(generation: int, observed: int, available: int, updated: int) -> dict:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": observed, "replicas": 2, "readyReplicas": available,
+                   "availableReplicas": available, "updatedReplicas": updated},
+    }  # fmt: skip
+
+
+def test_a_change_the_deployment_controller_has_not_seen_yet_keeps_the_serving_ready():
+    # The Deployment was just written: its status still counts the pods that serve
+    ready, progressing, degraded = deployment_conditions(
+        _deployment(generation=3, observed=2, available=2, updated=2), rolling_to="version 4"
+    )
+    assert (ready.status, ready.reason) == (True, "RollingOut")
+    assert (progressing.status, progressing.reason) == (True, "RollingOut")
+    assert "version 4" in progressing.message
+    assert not degraded.status
+    # A roll under way, the old pods serving: Ready, and Progressing names what it brings
+    ready, progressing, _ = deployment_conditions(
+        _deployment(generation=3, observed=3, available=2, updated=1), rolling_to="version 4"
+    )
+    assert (ready.status, progressing.status) == (True, True)
+    assert progressing.message == "1 of 2 replicas updated to version 4"
