@@ -56,8 +56,10 @@ def deployment_conditions(
     Ready says whether the pods serve: a roll keeps it, as the old pods serve until new ones
     are available (maxUnavailable 0), and so does a change the Deployment's controller has not
     taken up yet (its status.observedGeneration behind its generation): its counts are the
-    pods that serve now."""
-    if not_applied:
+    pods that serve now. A refused write (ApplyFailed: a 429, a timeout, an admission denial)
+    leaves the pods serving as they did: it is told in Progressing and Degraded, and Ready is
+    the pods'. A Conflict holds Ready False: the serving's names are another's."""
+    if not_applied and (deployment is None or not_applied.reason != APPLY_FAILED):
         reason, message = not_applied.reason, not_applied.message
         return [
             Condition("Ready", False, reason, message),
@@ -115,6 +117,13 @@ def deployment_conditions(
             "Progressing", True, "RollingOut", f"{updated} of {desired} replicas updated{to}"
         )
 
+    if not_applied:
+        reason, message = not_applied.reason, not_applied.message
+        return [
+            ready_cond,
+            Condition("Progressing", False, reason, message),
+            Condition("Degraded", True, reason, message),
+        ]
     if stuck:
         degraded = Condition(
             "Degraded",

@@ -1,7 +1,7 @@
 """A serving's ConfigMap write refused by the cluster (here a ValidatingAdmissionPolicy, as a
 webhook or a quota would) while its Deployment's would be allowed: the pods do not roll onto
-files that were never written; the status says which write failed; once the cluster allows
-it, the roll goes through."""
+files that were never written; Degraded says which write failed while Ready stays True, as the
+old pods serve; once the cluster allows it, the roll goes through."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
+from tests.support.ready_watch import ReadyWatch
 from tests.support.servings import (
     condition,
     config_file,
@@ -107,35 +108,46 @@ def test_a_refused_configmap_write_holds_the_roll_until_the_cluster_allows_it(
     try:
         wait_for(lambda: refused(core, namespace), timeout=30, what="the policy in force")
 
-        # When the user moves the serving to version 2
-        crds.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
-            {"spec": {"model": {"version": 2}}},
-        )  # fmt: skip
+        with ReadyWatch(crds, namespace, "mnist") as watch:
+            # When the user moves the serving to version 2
+            crds.patch_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+                {"spec": {"model": {"version": 2}}},
+            )  # fmt: skip
 
-        # Then the status says which write failed, and why
-        def ready() -> dict:
-            return condition(get_serving(crds, namespace, "mnist"), "Ready")
+            # Then Degraded says which write failed, and why
+            def degraded() -> dict:
+                return condition(get_serving(crds, namespace, "mnist"), "Degraded")
 
-        said = wait_for(
-            lambda: ready().get("reason") == "ApplyFailed" and ready(), 60, "Ready ApplyFailed"
-        )
-        assert said["status"] == "False"
-        assert said["message"].startswith("applying ConfigMap mnist-"), said["message"]
-        assert "frozen" in said["message"]
-        degraded = condition(get_serving(crds, namespace, "mnist"), "Degraded")
-        assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
-        # And the pods do not roll: the template is as it was, naming the old files
-        now = apps.read_namespaced_deployment("mnist", namespace)
-        assert kube_client.sanitize_for_serialization(now.spec.template) == template
-        assert "versions: 1" in config_file(core, apps, namespace, "mnist", "models.config")
+            said = wait_for(
+                lambda: degraded().get("reason") == "ApplyFailed" and degraded(),
+                60,
+                "Degraded ApplyFailed",
+            )
+            assert said["status"] == "True"
+            assert said["message"].startswith("applying ConfigMap mnist-"), said["message"]
+            assert "frozen" in said["message"]
+            progressing = condition(get_serving(crds, namespace, "mnist"), "Progressing")
+            assert (progressing["status"], progressing["reason"]) == ("False", "ApplyFailed")
+            # And the pods do not roll: the template is as it was, naming the old files
+            now = apps.read_namespaced_deployment("mnist", namespace)
+            assert kube_client.sanitize_for_serialization(now.spec.template) == template
+            assert "versions: 1" in config_file(core, apps, namespace, "mnist", "models.config")
+            # And through a few retries (every 2 s), the pods of version 1 still serve
+            wait_for(lambda: watch.reads >= 25, timeout=30, what="Ready read for 5 s")
+        assert watch.seen == [], f"Ready was not True while the old pods served: {watch.seen}"
     finally:
         # When the cluster allows the writes again
         admission.delete_validating_admission_policy_binding(binding)
         admission.delete_validating_admission_policy(policy)
 
     # Then the roll goes through (the operator retries on its own), onto the new files
-    wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=90, what="Ready at gen 2")
+    def rolled() -> bool:
+        serving = is_ready(crds, namespace, "mnist", 2)
+        return bool(serving) and condition(serving, "Progressing")["reason"] == "RolloutComplete"
+
+    wait_for(rolled, timeout=90, what="the roll to generation 2 complete")
+    assert condition(get_serving(crds, namespace, "mnist"), "Degraded")["status"] == "False"
     now = apps.read_namespaced_deployment("mnist", namespace).spec.template
     assert set(configmaps_of(now)).isdisjoint(
         n for n in configmaps_of(template) if n.startswith("mnist-")

@@ -27,7 +27,15 @@ from modelserving.operator.settings import (
     settings_from,
 )
 from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import deployment_conditions, merge_conditions, progress_only
+from modelserving.operator.status import (
+    APPLY_FAILED,
+    CONFLICT,
+    ApplyFailure,
+    Condition,
+    deployment_conditions,
+    merge_conditions,
+    progress_only,
+)
 from modelserving.sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
 from modelserving.sidecar.main import configure_parser as configure_sidecar_parser
 
@@ -442,3 +450,26 @@ def test_a_change_the_deployment_controller_has_not_seen_yet_keeps_the_serving_r
     )
     assert (ready.status, progressing.status) == (True, True)
     assert progressing.message == "1 of 2 replicas updated to version 4"
+
+
+def test_a_refused_write_is_degraded_and_leaves_ready_to_the_pods_that_serve():
+    refused = ApplyFailure(APPLY_FAILED, "applying Ingress mnist: 429 Too Many Requests")
+    serving = _deployment(generation=2, observed=2, available=2, updated=2)
+
+    ready, progressing, degraded = deployment_conditions(serving, refused)
+
+    assert (ready.status, ready.reason) == (True, "Available")
+    assert (progressing.status, progressing.reason) == (False, APPLY_FAILED)
+    assert (degraded.status, degraded.reason, degraded.message) == (
+        True, APPLY_FAILED, refused.message
+    )  # fmt: skip
+    # With no pods serving, Ready is False for what serves, not for the write
+    down = _deployment(generation=2, observed=2, available=0, updated=2)
+    assert deployment_conditions(down, refused)[0].reason == "Unavailable"
+    # Before the Deployment exists nothing serves: Ready says why
+    assert deployment_conditions(None, refused)[0] == Condition(
+        "Ready", False, APPLY_FAILED, refused.message
+    )
+    # A Conflict (a child's name is another's) holds Ready False
+    taken = ApplyFailure(CONFLICT, "Service mnist already exists")
+    assert deployment_conditions(serving, taken)[0].reason == CONFLICT
