@@ -1,5 +1,6 @@
 """The inference log's topics under churn, on the real broker: a topic deleted by hand is made
-again with the serving's partitions, a create that fails while the broker is away is tried
+again with the serving's partitions (and one the broker's auto-create made first, with its own
+defaults, is told as a mismatch), a create that fails while the broker is away is tried
 again until it is back (LoggingReady says why meanwhile), and of two servings naming one topic
 with different partition counts, the second is told the mismatch, not that it made the topic."""
 
@@ -90,6 +91,53 @@ def test_a_topic_deleted_by_hand_is_made_again_with_the_servings_partitions(
     made = wait_for(lambda: topic_settings(bootstrap, topic), 30, "the topic made again")
     assert made == TopicSettings(3, 1)
     assert logging_ready(crds, namespace, "mnist")["reason"] == "TopicReady"
+
+
+def auto_create(bootstrap: str, topic: str) -> TopicSettings | int:
+    """Ask of the topic as a producer does, letting the broker create it with its defaults."""
+
+    async def ask() -> TopicSettings | int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            request = MetadataRequest([topic], allow_auto_topic_creation=True)
+            return described((await admin._send_request(request)).to_object()["topics"])[topic]
+        finally:
+            await admin.close()
+
+    return asyncio.run(ask())
+
+
+# A check every 10 s: the broker's auto-create comes first, as a sidecar's producer could.
+@pytest.mark.parametrize("operator_flags", [["--topic-check-seconds", "10"]])
+def test_a_topic_a_broker_made_again_with_its_defaults_is_told_as_a_mismatch(
+    operator, crds, namespace, local_env, topic
+):
+    # Given a serving whose topic the operator made with 3 partitions
+    topic, bootstrap = f"{namespace}.{topic}", local_env.kafka_bootstrap
+    create_serving(crds, namespace, "mnist", topic, partitions=3)
+    wait_for(
+        lambda: logging_ready(crds, namespace, "mnist").get("reason") == "TopicReady",
+        60, "LoggingReady TopicReady",
+    )  # fmt: skip
+
+    # When someone deletes it and a producer's request makes it again with the broker's 1
+    delete_topic(bootstrap, topic)
+    wait_for(lambda: topic_settings(bootstrap, topic) is None, 10, "the topic gone", 0.05)
+    made = wait_for(
+        lambda: isinstance(found := auto_create(bootstrap, topic), TopicSettings) and found,
+        10, "the topic made by the broker", 0.05,
+    )  # fmt: skip
+    assert made == TopicSettings(1, 1)
+
+    # Then LoggingReady says the topic is not what the spec asks, with both numbers
+    told = wait_for(
+        lambda: (c := logging_ready(crds, namespace, "mnist")).get("reason") == "TopicMismatch"
+        and c,
+        30, "LoggingReady TopicMismatch",
+    )  # fmt: skip
+    assert "has 1 partition and replication factor 1" in told["message"], told
+    assert "the spec asks 3 partitions" in told["message"], told
 
 
 def test_a_create_that_fails_while_the_broker_is_away_is_tried_again_until_it_is_back(
