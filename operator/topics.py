@@ -153,6 +153,9 @@ class TopicKeeper:
         self._pending: dict[Client, dict[str, list[_Ask]]] = {}
         self._flushing: dict[Client, asyncio.Task[None]] = {}
         self._used: dict[Client, float] = {}  # when each admin client was last used
+        # One start of a client at a time: a create and a check again (topic_checks) may both
+        # find none, and the client started second would be left open.
+        self._starting: dict[Client, asyncio.Lock] = {}
 
     async def ensure(
         self,
@@ -247,24 +250,26 @@ class TopicKeeper:
             if client != busy and now - used > IDLE_SECONDS and not self._pending.get(client):
                 del self._used[client]
                 self._security.pop(client, None)
+                self._starting.pop(client, None)
                 await self._drop(client)
 
     async def _admin(self, client: Client) -> AIOKafkaAdminClient:
         self._used[client] = asyncio.get_running_loop().time()
-        admin = self._admins.get(client)
-        if admin is None:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=client[0],
-                request_timeout_ms=5000,
-                **self._security[client].client_options(),
-            )
-            try:
-                await admin.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await admin.close()
-                raise
-            self._admins[client] = admin
+        async with self._starting.setdefault(client, asyncio.Lock()):
+            admin = self._admins.get(client)
+            if admin is None:
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=client[0],
+                    request_timeout_ms=5000,
+                    **self._security[client].client_options(),
+                )
+                try:
+                    await admin.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await admin.close()
+                    raise
+                self._admins[client] = admin
         return admin
 
     async def _create(

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from modelserving.operator import reconcile
+from modelserving.operator import reconcile, topics
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.topic_checks import check_topics
 from modelserving.operator.topics import (
@@ -190,3 +190,23 @@ async def test_kafka_away_changes_nothing_and_an_unused_topic_is_no_longer_check
     assert keeper.asked == [("kafka:9092", "", ["used"])]
     assert set(rec.known_topics) == {("kafka:9092", "used")}
     assert marked(rec) == set()
+
+
+async def test_a_create_and_a_check_that_both_find_no_client_start_one(monkeypatch):
+    started: list[object] = []
+
+    class SlowAdmin:
+        def __init__(self, **options: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            await asyncio.sleep(0.01)
+            started.append(self)
+
+    monkeypatch.setattr(topics, "AIOKafkaAdminClient", SlowAdmin)
+    keeper = TopicKeeper(timeout=5.0)
+    keeper._security[("kafka:9092", "")] = topics.KafkaSecurity()
+    first, second = await asyncio.gather(
+        keeper._admin(("kafka:9092", "")), keeper._admin(("kafka:9092", ""))
+    )
+    assert first is second and len(started) == 1
