@@ -32,6 +32,7 @@ from modelserving.api import (
 from modelserving.sidecar.app import SHUTTING_DOWN, SidecarRunner, create_app
 from modelserving.sidecar.config import ConfigError, SidecarConfig, load_config
 from modelserving.sidecar.router import ROUTING_FILE_NAME
+from modelserving.sidecar.spool import SpoolInUseError
 
 CONFIG_ENV = "MODELSERVING_SIDECAR_CONFIG"
 ROUTING_ENV = "MODELSERVING_SIDECAR_ROUTING"
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"modelserving sidecar: {exc}", file=sys.stderr)
             return 2
+        except SpoolInUseError as exc:  # another sidecar writes this spool: the kubelet retries
+            print(f"modelserving sidecar: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -149,3 +149,43 @@ async def test_a_bad_config_fails_the_start_naming_the_setting(tmp_path):
     _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"model.version" in err
+
+
+async def test_a_spool_another_sidecar_writes_fails_the_start_in_one_line(tmp_path):
+    # Two pods on one claim: the second sidecar says whose spool it is and exits (the
+    # kubelet's back-off retries it), with no traceback to read through.
+    spool = tmp_path / "spool"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import sys, time\n"
+        "from modelserving.sidecar.spool import Spool\n"
+        f"Spool({str(spool)!r}, max_bytes=1 << 20, segment_bytes=1 << 16,\n"
+        "      fsync_interval=1).open()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert await asyncio.wait_for(holder.stdout.readline(), 20) == b"held\n"  # type: ignore[union-attr]
+        config = tmp_path / "sidecar.yaml"
+        config.write_text(yaml.safe_dump({
+            "serving": {"name": "hpt", "namespace": "demo"},
+            "model": {"name": MODEL, "version": 1, "modelId": 1},
+            "listen": {"host": "127.0.0.1", "port": free_port()},
+            "grpc": {"port": 0},
+            "upstream": {"url": "http://127.0.0.1:9"},
+            "auth": {"mode": "none"},
+            "logging": {"mode": "ALL", "topic": "t", "bootstrapServers": "127.0.0.1:9",
+                        "spoolDir": str(spool)},
+        }))  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 1
+        assert f"is in use by pid {holder.pid} on ".encode() in err
+        assert b"Traceback" not in err
+    finally:
+        holder.kill()
+        await holder.wait()
