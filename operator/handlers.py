@@ -24,6 +24,8 @@ from aiohttp import web
 
 from modelserving import api
 from modelserving.operator.cached import CachedObject
+from modelserving.operator.env_source_checks import Readers, check_sources_forever
+from modelserving.operator.env_sources import Source, env_sources
 from modelserving.operator.kopf_internals import (
     WatchedObjects,
     all_indexed,
@@ -42,8 +44,6 @@ from modelserving.operator.names import (
 )
 from modelserving.operator.peering import peering_priority
 from modelserving.operator.reconcile import Again, Reconciler, reconcile
-from modelserving.operator.secret_checks import Readers, check_secrets_forever
-from modelserving.operator.secret_refs import secret_names
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.topic_checks import check_topics_forever
@@ -69,9 +69,9 @@ SERVINGS_INDEX = "servings"
 # The serving's pods are watched, not owned: their annotations feed the status (LoggingReady,
 # ModelReady, AuthReady, status.versions).
 PODS_INDEX = "serving_pods"
-# Which servings' pods read each Secret at start (secret_refs), so that a Secret's change
-# (secret_checks reads them by name; they are not watched) marks only those.
-SECRET_READERS_INDEX = "secret_readers"
+# Which servings' pods read each Secret and ConfigMap at start (env_sources), so that a change
+# of one (env_source_checks reads them by name; they are not watched) marks only those.
+SOURCE_READERS_INDEX = "source_readers"
 # The servings whose status holds each modelId: ids above them are the fresh ones, and an id
 # two hold is kept by the first made (modelids).
 MODEL_IDS_INDEX = "model_ids"
@@ -79,7 +79,7 @@ WATCHED_PLURALS = (api.PLURAL, "pods", *(plural for _, _, plural, _ in CHILD_RES
 INDEXES = (
     SERVINGS_INDEX,
     PODS_INDEX,
-    SECRET_READERS_INDEX,
+    SOURCE_READERS_INDEX,
     MODEL_IDS_INDEX,
     *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
 )
@@ -319,21 +319,21 @@ async def serving_event(
     _enqueue(memo, key, kwargs, serving_event=True)
 
 
-def _secrets_read(serving: Mapping[str, Any]) -> tuple[str, ...]:
+def _sources_read(serving: Mapping[str, Any]) -> tuple[Source, ...]:
     server = (serving.get("spec") or {}).get("server") or {}
-    return secret_names(server.get("env") or [], server.get("envFrom") or [])
+    return env_sources(server.get("env") or [], server.get("envFrom") or [])
 
 
-@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SECRET_READERS_INDEX)
-async def index_secret_readers(
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=SOURCE_READERS_INDEX)
+async def index_source_readers(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], str]:
-    return {(namespace, secret): name for secret in _secrets_read(body)}
+) -> dict[tuple[str | None, str, str], str]:
+    return {(namespace, kind, source): name for kind, source in _sources_read(body)}
 
 
-def _secret_readers(rec: Reconciler) -> Callable[[], Readers]:
-    """Which servings read each Secret, as the servings' index says when called."""
-    return lambda: rec.indexes.get(SECRET_READERS_INDEX) or {}
+def _source_readers(rec: Reconciler) -> Callable[[], Readers]:
+    """Which servings read each Secret and ConfigMap, as the servings' index says when called."""
+    return lambda: rec.indexes.get(SOURCE_READERS_INDEX) or {}
 
 
 def _enqueue(
@@ -347,9 +347,9 @@ def _enqueue(
         # Started from a handler, not at startup: kopf.event() needs the event poster that
         # kopf sets in its handlers' context, and tasks inherit the context they start in.
         rec.workers = [asyncio.create_task(_work(memo)) for _ in range(rec.settings.worker_limit)]
-        if rec.settings.read_secrets:  # the Secret roll (secret_checks)
-            readers = _secret_readers(rec)
-            rec.workers.append(asyncio.create_task(check_secrets_forever(rec, readers)))
+        # The roll for Secrets (if it may read them) and ConfigMaps read at start.
+        readers = _source_readers(rec)
+        rec.workers.append(asyncio.create_task(check_sources_forever(rec, readers)))
         rec.workers.append(asyncio.create_task(check_topics_forever(rec)))  # topic_checks
     rec.queue.add(key, serving_event=serving_event)
 

@@ -16,7 +16,8 @@ Manifest = dict[str, Any]  # a child, as the API server takes it
 
 MODEL_ID_ANNOTATION = f"{api.GROUP}/model-id"
 CONFIG_CHECKSUM_ANNOTATION = f"{api.GROUP}/config-checksum"
-# The digest of the Secret values the pods read at start (secret_refs).
+# The digest of the Secrets and ConfigMaps the pods read at start (env_sources). Its name
+# predates ConfigMaps; renaming it would roll every serving's pods at an upgrade.
 SECRETS_CHECKSUM_ANNOTATION = f"{api.GROUP}/secrets-checksum"
 # Cluster-scoped children (the auth ClusterRoleBinding) cannot carry an ownerReference
 # to a namespaced serving, so they name their serving in these labels instead.

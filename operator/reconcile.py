@@ -20,6 +20,14 @@ import kopf
 from modelserving import api
 from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
 from modelserving.operator.cached import CachedObject
+from modelserving.operator.env_sources import (
+    SourceRead,
+    env_reads,
+    env_sources,
+    kinds_read,
+    values_digest,
+    versions_checksum,
+)
 from modelserving.operator.kafka_access import (
     FIELD,
     MissingCredentials,
@@ -38,13 +46,6 @@ from modelserving.operator.names import (
 )
 from modelserving.operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
 from modelserving.operator.render import render_children
-from modelserving.operator.secret_refs import (
-    SecretRead,
-    secret_keys,
-    secret_names,
-    values_digest,
-    versions_checksum,
-)
 from modelserving.operator.settings import OperatorSettings
 from modelserving.operator.spec import ServingSpec
 from modelserving.operator.status import (
@@ -115,11 +116,11 @@ class Reconciler:
     told_reasons: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # When each serving's status was last written (monotonic seconds), for PROGRESS_WRITE_SECONDS.
     status_written: dict[tuple[str, str], float] = field(default_factory=dict)
-    # Per serving whose pods read Secrets: the digest its pod template carries of them, and a
-    # digest of the values read (secret_refs; memory only). Per Secret read: its version when
-    # last read, which secret_checks compares.
-    secrets_read: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    secret_versions: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # Per serving whose pods read Secrets or ConfigMaps at start: the digest its pod template
+    # carries of them, and a digest of the values read (env_sources; memory only). Per
+    # (namespace, kind, name) read: its version when last read, which env_source_checks compares.
+    sources_read: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    source_versions: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
 
     def forget(self, key: tuple[str, str]) -> None:
         """The serving is gone: drop what is kept of it between reconciles."""
@@ -131,7 +132,7 @@ class Reconciler:
         self.reconciled.discard(key)
         self.told_reasons.pop(key, None)
         self.status_written.pop(key, None)
-        self.secrets_read.pop(key, None)
+        self.sources_read.pop(key, None)
         self.topic_users.pop(key, None)
 
 
@@ -201,8 +202,8 @@ async def reconcile(
         if not owned_by(deployment, spec):  # someone else's, of the serving's name (Conflict)
             deployment = None
     failure = None
-    # An operator that may not read Secrets rolls no pods for them (and carries no digest).
-    checksum = await _secrets_checksum(rec, spec, deployment) if rec.settings.read_secrets else None
+    # An operator that may not read Secrets rolls no pods for them (ConfigMaps alone count).
+    checksum = await _sources_checksum(rec, spec, deployment)
     render_key = (
         serving["metadata"]["uid"], serving["metadata"].get("generation"), model_id, checksum
     )  # fmt: skip
@@ -451,34 +452,39 @@ async def _apply(
         return exc
 
 
-async def _secrets_checksum(
+async def _sources_checksum(
     rec: Reconciler, spec: ServingSpec, deployment: Mapping[str, Any] | None
 ) -> str | None:
-    """The pod template's digest of the Secrets the pods read (secret_refs), each read by name
-    now: the digest the template carries while the values the pods read are those it was made
-    for, else one of the Secrets' versions now. While one of them is missing, the digest the
-    pods have (new pods could not start: the running ones are kept)."""
+    """The pod template's digest of the Secrets and ConfigMaps the pods read at start
+    (env_sources; Secrets only if the operator may read them), each read by name now: the digest
+    the template carries while the values the pods read are those it was made for, else one of
+    the sources' versions now. While one of them is missing, the digest the pods have (new pods
+    could not start: the running ones are kept)."""
     key = (spec.namespace, spec.name)
-    keys = secret_keys(spec.server.env, spec.server.env_from)
+    kinds = kinds_read(rec.settings.read_secrets)
+    keys = env_reads(spec.server.env, spec.server.env_from, kinds)
     if not keys:
-        rec.secrets_read.pop(key, None)
+        rec.sources_read.pop(key, None)
         return None
-    names = secret_names(spec.server.env, spec.server.env_from)
-    found = await asyncio.gather(*(rec.kube.get("Secret", n, spec.namespace) for n in names))
-    read = {n: SecretRead.of(s) if s else None for n, s in zip(names, found, strict=True)}
-    for name, secret in read.items():
-        rec.secret_versions[(spec.namespace, name)] = secret.version if secret else None
+    sources = env_sources(spec.server.env, spec.server.env_from, kinds)
+    found = await asyncio.gather(*(rec.kube.get(k, n, spec.namespace) for k, n in sources))
+    read = {
+        (kind, name): SourceRead.of(kind, body) if body else None
+        for (kind, name), body in zip(sources, found, strict=True)
+    }
+    for (kind, name), source in read.items():
+        rec.source_versions[(spec.namespace, kind, name)] = source.version if source else None
     values = values_digest(keys, read)
     if values is None:
         template = (deployment or {}).get("spec", {}).get("template", {}).get("metadata", {})
         carried: str | None = (template.get("annotations") or {}).get(SECRETS_CHECKSUM_ANNOTATION)
         return carried
-    known = rec.secrets_read.get(key)
+    known = rec.sources_read.get(key)
     if known is not None and known[1] == values:
         return known[0]
     checksum = versions_checksum(keys, read)
     if checksum is not None:
-        rec.secrets_read[key] = (checksum, values)
+        rec.sources_read[key] = (checksum, values)
     return checksum
 
 

@@ -33,7 +33,8 @@ def render_children(
     secrets_checksum: str | None = None,
 ) -> list[Manifest]:
     """Every child the serving needs, in the order to apply them (configs before pods);
-    `secrets_checksum` is the digest of the Secret values its pods read (secret_refs)."""
+    `secrets_checksum` is the digest of the Secrets and ConfigMaps its pods read at start
+    (env_sources)."""
     configmaps = render_configmaps(spec, settings, model_id)
     # Every sidecar calls the API: it publishes its model report (and its log's health) on its
     # pod, and checks tokens with TokenReviews in auth mode kubernetes.

@@ -3,8 +3,8 @@
 Pure functions of the spec and the operator's settings. The pod mounts the ConfigMaps
 where their files say (render_config): those read at start are named by their content,
 so a config change names new ones and rolls the pods; its template also carries their
-checksum, and the checksum of the Secret values its environment reads (secret_refs), so
-that a change of one of them does too.
+checksum, and the checksum of the Secrets and ConfigMaps its environment reads
+(env_sources), so that a change of one of them does too.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class OperatorSettings:
     watch_timeout_seconds: float = 300.0
     kafka_timeout_seconds: float = 10.0
     retry_seconds: float = 30.0
-    # How often the Secrets that servings' pods read are read again, by name (secret_checks):
-    # a Secret's change rolls the pods this long after it at most.
+    # How often the Secrets and ConfigMaps that servings' pods read at start are read again, by
+    # name (env_source_checks): a change of one rolls the pods this long after it at most.
     secret_check_seconds: float = 60.0
     # How often the topics in use are described again (topic_checks): one deleted by hand is
     # made again this long after at most, unless a sidecar's producer has a broker with
@@ -285,9 +285,9 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "seconds before a failed step (Kafka unreachable, API error) is tried again"),
     "secret_check_seconds": ("--secret-check-seconds", "MODELSERVING_SECRET_CHECK_SECONDS",
         _positive_float,
-        "seconds between reads of the Secrets that servings' spec.server.env and envFrom read "
-        "(by name, with --read-secrets): a Secret changed in place rolls the pods that read it "
-        "this long after the change at most"),
+        "seconds between reads of the Secrets (with --read-secrets) and ConfigMaps that "
+        "servings' spec.server.env and envFrom read, by name: one changed in place rolls the "
+        "pods that read it this long after the change at most"),
     "topic_check_seconds": ("--topic-check-seconds", "MODELSERVING_TOPIC_CHECK_SECONDS",
         _positive_float,
         "seconds between looks at the inference log's topics in use (one Kafka Metadata request "

@@ -1,8 +1,8 @@
-"""A Secret that a serving's TF Serving environment reads (spec.server.env or envFrom),
-changed in place, rolls the serving's pods; a change the pods would not see (another key of
-that Secret, the API-key Secret, which the sidecar reloads live) rolls nothing. The operator
-runs as the chart's ServiceAccount, with the chart's rights on Secrets (get, by name: it reads
-them again every --secret-check-seconds, here 2)."""
+"""A Secret or ConfigMap that a serving's TF Serving environment reads (spec.server.env or
+envFrom), changed in place, rolls the serving's pods; a change the pods would not see (another
+key of that Secret or ConfigMap, the API-key Secret, which the sidecar reloads live) rolls
+nothing. The operator runs as the chart's ServiceAccount, with the chart's rights on Secrets
+and ConfigMaps (get, by name: it reads them again every --secret-check-seconds, here 2)."""
 
 from __future__ import annotations
 
@@ -142,3 +142,75 @@ def test_a_secret_read_whole_by_env_from_rolls_the_pods_and_a_bad_source_is_refu
         ),
         timeout=30, what="the Deployment's pod template to change",
     )  # fmt: skip
+
+
+def test_a_config_map_the_environment_reads_changed_in_place_rolls_the_pods(
+    operator, crds, kube_client, namespace
+):
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+
+    def config_map(name: str, **values: str) -> None:
+        core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=values)
+        )
+
+    def change(name: str, **values: str) -> None:
+        core.patch_namespaced_config_map(name, namespace, {"data": values})
+
+    def deployment() -> client.V1Deployment:
+        return apps.read_namespaced_deployment("mnist", namespace)
+
+    def log_count(text: str) -> int:
+        return operator.log().count(text)
+
+    # Given a serving whose TF Serving takes one key of a ConfigMap and every key of another
+    config_map("tuning", mode="fast", unread="1")
+    config_map("tf-env", A="1")
+    env = [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "mode"}}}]
+    env_from = [{"configMapRef": {"name": "tf-env"}, "prefix": "TF_"}]
+    server = {"env": env, "envFrom": env_from}
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        serving_manifest("mnist", logging={"enabled": False}, server=server),
+    )  # fmt: skip
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    before = deployment()
+    assert SECRETS_CHECKSUM_ANNOTATION in before.spec.template.metadata.annotations
+    old_pods = {p.metadata.name for p in core.list_namespaced_pod(namespace).items}
+
+    # When a key the pods do not read changes, and the operator has seen it and is idle
+    seen = f"ConfigMap {namespace}/tuning changed"
+    handled, idle = log_count(seen), log_count("caught up")
+    change("tuning", unread="2")
+    wait_for(lambda: log_count(seen) > handled, timeout=30, what="the operator to see the change")
+    wait_for(lambda: log_count("caught up") > idle, timeout=30, what="the operator idle")
+
+    # Then nothing rolled
+    assert deployment().metadata.generation == before.metadata.generation
+
+    # When a key is added to the ConfigMap that envFrom reads whole
+    change("tf-env", B="2")
+
+    # Then the pod template changes once, new pods replace the old, and the serving is Ready
+    wait_for(
+        lambda: deployment().metadata.generation > before.metadata.generation,
+        timeout=30, what="the Deployment's pod template to change",
+    )  # fmt: skip
+    after = deployment()
+    assert after.metadata.generation == before.metadata.generation + 1
+    checksums = [
+        d.spec.template.metadata.annotations[SECRETS_CHECKSUM_ANNOTATION] for d in (before, after)
+    ]
+    assert checksums[0] != checksums[1]
+
+    def rolled() -> bool:
+        d = deployment()
+        pods = {p.metadata.name for p in core.list_namespaced_pod(namespace).items}
+        return (
+            d.status.updated_replicas == d.status.ready_replicas == d.spec.replicas
+            and (d.status.observed_generation or 0) >= after.metadata.generation
+            and not pods & old_pods
+        )
+
+    wait_for(rolled, timeout=90, what="the new pods to replace the old", interval=0.5)
+    assert is_ready(crds, namespace, "mnist")
