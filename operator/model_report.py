@@ -12,6 +12,13 @@ when the Deployment already says not Ready, the pods' reason replaces its "Unava
 it says why. A pod that lists none of the spec's versions is an old pod of a roll: it serves
 the old version until it goes, and is judged by that.
 
+A serving that lists versions moves its weights in a file the kubelet brings to the pods within
+about a minute, and each sidecar reports the weights it applies: while a ready pod applies
+another split than the spec's, Progressing is True with SplitPending, saying how many apply the
+new one and what the others still apply (status.traffic and versions[].weight say what is
+asked). A report without weights (a sidecar older than them) says nothing of the split: its pod
+is counted as not knowing, never as behind, so it cannot hold SplitPending forever.
+
 A TF Serving that has not answered yet since its pod started (the report's server state
 `starting`: it opens its ports only once it has loaded the model) is ModelLoading, told by a
 Normal Event; ServerUnavailable, a Warning, is for one that stopped answering or never answered
@@ -30,7 +37,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.operator.spec import ModelSpec
-from modelserving.operator.status import Condition
+from modelserving.operator.status import ROLLOUT_COMPLETE, Condition
 
 AVAILABLE = "AVAILABLE"
 UNKNOWN = "UNKNOWN"  # the sidecar's word for a version TF Serving does not report
@@ -52,6 +59,7 @@ WARNINGS = (MODEL_LOAD_FAILED, SERVER_UNAVAILABLE, AUTH_CONFIG_INVALID)
 ALL_AVAILABLE = "AllVersionsAvailable"
 AUTH_READY = "AuthConfigReady"
 AWAITING_REPORT = "AwaitingReport"
+SPLIT_PENDING = "SplitPending"  # Progressing's, while a ready pod applies other weights
 # Ready reasons of the Deployment that the pods' word may explain better.
 _EXPLAINABLE = ("Unavailable", "Creating")
 _MESSAGE_LIMIT = 1024  # of TF Serving's error in a condition: a path, a status, not a trace
@@ -91,6 +99,8 @@ class PodReport:
     versions: Mapping[int, VersionReport] = field(default_factory=dict)
     auth_ready: bool = True
     auth_error: str = ""
+    # The weight of each version in the routing its sidecar applies; None: it does not say.
+    weights: Mapping[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,8 @@ class ModelStatus:
     # already says is False, among all pods. None: nothing.
     blocking: Problem | None
     explaining: Problem | None
+    # While a ready pod applies another split than the spec's: how far the new one has got.
+    split_pending: str = ""
 
 
 def parse_reports(pods: Iterable[Mapping[str, Any]]) -> list[PodReport]:
@@ -151,6 +163,7 @@ def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
     # A sidecar that knows no state (older than the state) says only reachable: down when not.
     state = server.get("state")
     reachable = state == "up" if state else bool(server.get("reachable", True))
+    weights = raw.get("weights")
     return PodReport(
         pod=pod,
         ready=ready,
@@ -160,6 +173,7 @@ def _report(pod: str, ready: bool, raw: Mapping[str, Any]) -> PodReport:
         versions=versions,
         auth_ready=bool(auth.get("ready", True)),
         auth_error=str(auth.get("error") or ""),
+        weights={int(n): int(w) for n, w in weights.items()} if isinstance(weights, dict) else None,
     )
 
 
@@ -278,6 +292,41 @@ def _judged_versions(
     return list(asked)
 
 
+def _split_text(weights: Iterable[tuple[int, int]]) -> str:
+    return " ".join(f"{number}:{weight}" for number, weight in weights)
+
+
+def _share(weights: Mapping[int, int]) -> dict[int, int]:
+    """The split a routing makes: a version of weight 0 gets nothing, listed or not."""
+    return {number: weight for number, weight in weights.items() if weight > 0}
+
+
+def split_pending(model: ModelSpec, reports: Iterable[PodReport]) -> str:
+    """How far the spec's weights have reached the ready pods, while one of them applies
+    another split; empty once all that say apply it. Only a serving that lists versions moves
+    weights in place: one of a single version rolls its pods for a new one (RollingOut)."""
+    if not model.listed:
+        return ""
+    asked = [(v.number, v.weight) for v in model.versions]
+    split = _share(dict(asked))
+    ready = [r for r in reports if r.ready]
+    behind = [r for r in ready if r.weights is not None and _share(r.weights) != split]
+    if not behind:
+        return ""
+    knowing = sum(1 for r in ready if r.weights is not None)
+    older = sorted({_split_text(sorted(r.weights.items())) for r in behind if r.weights})
+    message = (
+        f"{knowing - len(behind)} of {knowing} ready pods apply the new weights "
+        f"{_split_text(asked)}; {len(behind)} still {'applies' if len(behind) == 1 else 'apply'} "
+        f"{' or '.join(older)} (the kubelet brings the routing file to the pods within about "
+        "a minute)"
+    )
+    if silent := len(ready) - knowing:
+        message += f"; {silent} {'does' if silent == 1 else 'do'} not report the weights it applies"
+        message += " (a sidecar older than that report)"
+    return message
+
+
 def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelStatus:
     """The serving's status.versions, ModelReady and AuthReady from its pods' reports, and
     what, if anything, holds Ready False."""
@@ -324,6 +373,7 @@ def model_status(model: ModelSpec, pods: Iterable[Mapping[str, Any]]) -> ModelSt
         auth_ready=auth_ready,
         blocking=blocking,
         explaining=_worst(gating),
+        split_pending=split_pending(model, reports),
     )
 
 
@@ -337,6 +387,15 @@ def ready_with_pods(ready: Condition, status: ModelStatus) -> Condition:
         problem = status.explaining
         return Condition("Ready", False, problem.reason, f"{ready.message}: {problem.message}")
     return ready
+
+
+def progressing_with_pods(progressing: Condition, status: ModelStatus) -> Condition:
+    """The Progressing condition with the pods' word: a rollout that is complete still
+    progresses (SplitPending) while a ready pod applies other weights than the spec's. A
+    rollout in progress or a refused write says more, and is kept."""
+    if progressing.reason == ROLLOUT_COMPLETE and status.split_pending:
+        return Condition("Progressing", True, SPLIT_PENDING, status.split_pending)
+    return progressing
 
 
 def event_for(previous: str | None, condition: Condition) -> tuple[str, str] | None:

@@ -37,7 +37,12 @@ from modelserving.operator.kafka_access import (
 )
 from modelserving.operator.kube import KubeClient, KubeError
 from modelserving.operator.metrics import OperatorMetrics
-from modelserving.operator.model_report import event_for, model_status, ready_with_pods
+from modelserving.operator.model_report import (
+    event_for,
+    model_status,
+    progressing_with_pods,
+    ready_with_pods,
+)
 from modelserving.operator.modelids import ModelIds, annotated, assign_model_id
 from modelserving.operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
@@ -232,7 +237,8 @@ async def reconcile(
     model = model_status(spec.model, pods)
     numbers = spec.model.loaded_versions
     rolling_to = f"version{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
-    ready, *rollout = deployment_conditions(deployment, failure, rolling_to)
+    ready, progressing, *rollout = deployment_conditions(deployment, failure, rolling_to)
+    rollout = [progressing_with_pods(progressing, model), *rollout]
     _post_conflict(rec, serving, key, failure)
     if ingress_refused := spec.ingress_refusal(rec.settings):
         rollout = refused_degraded(rollout, ingress_refused)

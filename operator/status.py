@@ -33,6 +33,8 @@ class LoggingState:
 # ApplyFailure's reasons: the API server refused a child's write; a child's name is taken.
 APPLY_FAILED = "ApplyFailed"
 CONFLICT = "Conflict"
+# Progressing's reason once every replica runs the current spec.
+ROLLOUT_COMPLETE = "RolloutComplete"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def deployment_conditions(
 
     if rolled_out:
         progressing = Condition(
-            "Progressing", False, "RolloutComplete", "every replica runs the current spec"
+            "Progressing", False, ROLLOUT_COMPLETE, "every replica runs the current spec"
         )
     elif not seen:
         progressing = Condition(

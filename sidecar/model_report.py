@@ -1,19 +1,25 @@
 """The pod's model report: what TF Serving says of the model (whether it answers, each version's
 state and load error), how many requests each version answered here in the last minute, and
-whether the auth configuration is usable, published on the sidecar's own Pod (annotation
-`modelserving.io/model`, see pod_status) for the operator to turn into the serving's status:
+whether the auth configuration is usable, and the weights of the routing file this sidecar has
+loaded, published on the sidecar's own Pod (annotation `modelserving.io/model`, see pod_status)
+for the operator to turn into the serving's status:
 
     {"server": {"reachable": true, "state": "up", "error": ""},
      "versions": [{"version": 3, "state": "AVAILABLE", "errorCode": "OK", "errorMessage": "",
                    "served": 1234}],
-     "auth": {"ready": true, "error": ""}}
+     "auth": {"ready": true, "error": ""},
+     "weights": {"3": 90, "4": 10}}
 
 `server.state` is up, starting (TF Serving has not answered once since the pod started, within
 its startup allowance: it loads the model before it opens its ports) or down (it stopped
 answering, or never answered within the allowance); `reachable` is state up, for readers that
 know no state. `versions` lists every version TF Serving reports and every version the routing
 names that it does not (state UNKNOWN); when TF Serving answers the status request with an
-error (no version of the model loaded yet or ever), the routed versions carry that error. The
+error (no version of the model loaded yet or ever), the routed versions carry that error.
+`weights` is each weighted version of the routing in use with its weight (JSON keys are
+strings): the kubelet brings a changed routing file to the pods within about a minute, and until
+then the operator tells the split as pending (Progressing SplitPending). The shadow's percent
+and the sticky key are not in it: the report stays small, written on every pod. The
 report is a pure function of its parts (`model_report`); `ServedWindow` turns running totals
 into the last minute's counts.
 """
@@ -66,7 +72,13 @@ def model_report(
         "server": {"reachable": state.reachable, "state": str(state.server), "error": state.error},
         "versions": [{**versions[v], "served": served.get(v, 0)} for v in sorted(versions)],
         "auth": {"ready": auth.ready, "error": auth.error},
+        "weights": applied_weights(routing),
     }
+
+
+def applied_weights(routing: Routing) -> dict[str, int]:
+    """The weight of each weighted version of the routing, keyed by its number as text."""
+    return {str(v.version): v.weight for v in routing.versions}
 
 
 def significant(report: dict[str, Any]) -> object:
@@ -75,6 +87,7 @@ def significant(report: dict[str, Any]) -> object:
         report["server"],
         [{k: v for k, v in version.items() if k != "served"} for version in report["versions"]],
         report["auth"],
+        report["weights"],
     )
 
 

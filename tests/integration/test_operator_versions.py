@@ -362,3 +362,76 @@ def test_a_roll_to_another_version_keeps_the_serving_ready_as_the_old_pods_serve
         assert watch.reads >= 3
         assert watch.seen == [], f"Ready was not True during the roll: {watch.seen}"
         assert any("version 4" in message for message in progress), progress
+
+
+def test_a_weight_change_is_split_pending_until_every_pods_sidecar_applies_it(
+    operator, crds, kube_client, namespace
+):
+    # Given a serving of version 3 at 100% with version 4 warm at 0%, on two pods whose
+    # sidecars apply that split
+    start = [{"version": 3, "weight": 100, "labels": ["stable"]},
+             {"version": 4, "weight": 0, "labels": ["canary"]}]  # fmt: skip
+    manifest = with_model("mnist", versions=start)
+    manifest["spec"]["server"] = {"replicas": 2}
+    manifest["spec"]["logging"] = {"enabled": False}
+    create(crds, namespace, manifest)
+    core = client.CoreV1Api(kube_client)
+    selector = f"{api.LABEL_INSTANCE}=mnist"
+    pods = wait_for(
+        lambda: (
+            len(p := core.list_namespaced_pod(namespace, label_selector=selector).items) == 2 and p
+        ),
+        60,
+        "two pods",
+    )
+    first, second = sorted(p.metadata.name for p in pods)
+
+    def publish(pod: str, weights: dict[int, int]) -> None:
+        """The pod's model report as its sidecar writes it, with the weights it applies."""
+        report = {"server": {"reachable": True, "state": "up", "error": ""},
+                  "versions": [{"version": v, "state": "AVAILABLE", "errorCode": "OK",
+                                "errorMessage": "", "served": 10} for v in (3, 4)],
+                  "auth": {"ready": True, "error": ""},
+                  "weights": {str(v): w for v, w in weights.items()}}  # fmt: skip
+        patch = {"metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}
+        core.patch_namespaced_pod_status(pod, namespace, patch)
+
+    def progressing() -> dict:
+        return condition(get_serving(crds, namespace, "mnist"), "Progressing")
+
+    publish(first, {3: 100, 4: 0})
+    publish(second, {3: 100, 4: 0})
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    wait_for(lambda: progressing().get("reason") == "RolloutComplete", 60, "RolloutComplete")
+
+    # When the user gives version 4 10%, and the kubelet has not brought the routing file yet
+    crds.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        {"spec": {"model": {"versions": [{**start[0], "weight": 90}, {**start[1], "weight": 10}]}}},
+    )  # fmt: skip
+
+    # Then status asks for 90/10 and Progressing says no pod applies it yet
+    pending = wait_for(lambda: (c := progressing())["reason"] == "SplitPending" and c, 60, "pend")
+    assert pending["status"] == "True"
+    assert pending["message"].startswith(
+        "0 of 2 ready pods apply the new weights 3:90 4:10; 2 still apply 3:100 4:0"
+    ), pending["message"]
+    serving = get_serving(crds, namespace, "mnist")
+    assert serving["status"]["traffic"] == "3:90 4:10"
+    assert [v["weight"] for v in serving["status"]["versions"]] == [90, 10]
+    assert is_ready(crds, namespace, "mnist", 2)  # the pods serve meanwhile
+
+    # When one pod's sidecar has read the new file
+    publish(first, {3: 90, 4: 10})
+
+    # Then Progressing counts it
+    wait_for(
+        lambda: progressing()["message"].startswith("1 of 2 ready pods apply the new weights"),
+        60,
+        "one pod of two counted",
+    )
+
+    # When the other has too, Progressing is settled again
+    publish(second, {3: 90, 4: 10})
+    settled = wait_for(lambda: (c := progressing())["reason"] == "RolloutComplete" and c, 60, "ok")
+    assert settled["status"] == "False"

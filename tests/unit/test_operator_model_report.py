@@ -9,6 +9,7 @@ from typing import Any
 from modelserving.operator.model_report import (
     event_for,
     model_status,
+    progressing_with_pods,
     ready_with_pods,
     tfserving_exited,
 )
@@ -38,6 +39,8 @@ def pod(name: str, *versions: dict, ready: bool = True, **report: Any) -> dict:
         "versions": list(versions),
         "auth": report.get("auth", {"ready": True, "error": ""}),
     }
+    if "weights" in report:  # a sidecar older than the weights does not say them
+        body["weights"] = {str(number): weight for number, weight in report["weights"].items()}
     return {"name": name, "ready": ready, "modelReport": json.dumps(body)}
 
 
@@ -317,3 +320,67 @@ def test_a_pod_whose_routing_file_is_not_updated_yet_serves_the_split_it_has():
     assert (status.model_ready.reason, status.model_ready.message) == (
         "ModelLoading", "a has no word of version 4 yet"
     )  # fmt: skip
+
+
+SETTLED = Condition("Progressing", False, "RolloutComplete", "every replica runs the current spec")
+
+
+def applying(name: str, weights: dict[int, int], ready: bool = True) -> dict:
+    return pod(name, version(3), version(4), version(5), ready=ready, weights=weights)
+
+
+def test_a_weight_change_the_ready_pods_do_not_all_apply_yet_is_split_pending():
+    # 100/0 -> 90/10: the kubelet has brought the new routing file to one pod of three
+    pods = [applying("a", {3: 90, 4: 10}), applying("b", {3: 100, 4: 0}),
+            applying("c", {3: 100, 4: 0}), applying("d", {3: 100, 4: 0}, ready=False)]  # fmt: skip
+
+    status = model_status(CANARY, pods)
+
+    assert progressing_with_pods(SETTLED, status) == Condition(
+        "Progressing",
+        True,
+        "SplitPending",
+        "1 of 3 ready pods apply the new weights 3:90 4:10; 2 still apply 3:100 4:0 (the "
+        "kubelet brings the routing file to the pods within about a minute)",
+    )
+    # What is asked stays in versions[].weight; the pods serve, Ready is untouched
+    assert [v["weight"] for v in status.versions] == [90, 10, 0]
+    assert ready_with_pods(READY, status) == READY
+    # A rollout in progress, or a refused write, says more and is kept
+    rolling = Condition("Progressing", True, "RollingOut", "1 of 3 replicas updated")
+    assert progressing_with_pods(rolling, status) == rolling
+    refused = Condition("Progressing", False, "ApplyFailed", "the API server refused")
+    assert progressing_with_pods(refused, status) == refused
+
+
+def test_once_every_ready_pod_applies_the_weights_progressing_is_settled_again():
+    pods = [applying(name, {3: 90, 4: 10}) for name in "abc"]
+    pods.append(applying("d", {3: 100, 4: 0}, ready=False))  # takes no request
+
+    assert progressing_with_pods(SETTLED, model_status(CANARY, pods)) == SETTLED
+    # A version of weight 0, listed or not, gets nothing: the same split
+    only_3 = ModelSpec(name="mnist", base_path="s3://models/mnist", listed=True,
+                       versions=(ModelVersion(3, 100), ModelVersion(4, 0)))  # fmt: skip
+    status = model_status(only_3, [applying("a", {3: 100}), applying("b", {4: 0, 3: 100})])
+    assert progressing_with_pods(SETTLED, status) == SETTLED
+
+
+def test_a_pod_whose_sidecar_does_not_report_weights_is_unknown_never_behind():
+    older = pod("old", version(3), version(4), version(5))  # an older sidecar: no weights
+
+    alone = model_status(CANARY, [older, older])
+    assert progressing_with_pods(SETTLED, alone) == SETTLED
+    current = model_status(CANARY, [older, applying("a", {3: 90, 4: 10})])
+    assert progressing_with_pods(SETTLED, current) == SETTLED
+    behind = model_status(CANARY, [older, applying("a", {3: 100, 4: 0})])
+    assert progressing_with_pods(SETTLED, behind).message == (
+        "0 of 1 ready pods apply the new weights 3:90 4:10; 1 still applies 3:100 4:0 (the "
+        "kubelet brings the routing file to the pods within about a minute); 1 does not report "
+        "the weights it applies (a sidecar older than that report)"
+    )
+
+
+def test_a_serving_of_one_version_rolls_its_pods_and_has_no_split_pending():
+    # Its pods read the routing once: a new version is a roll, told as RollingOut
+    status = model_status(ONE_VERSION_4, [applying("old", {3: 100})])
+    assert progressing_with_pods(SETTLED, status) == SETTLED

@@ -4,6 +4,7 @@ last minute, and the auth configuration's health (API-key files missing, unreada
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from modelserving.sidecar.apikeys import ApiKeyAuthenticator, hash_api_key
@@ -33,6 +34,7 @@ def test_tf_servings_versions_and_the_routed_ones_it_does_not_report():
             {"version": 5, "state": "UNKNOWN", "errorCode": "", "errorMessage": "", "served": 0},
         ],
         "auth": {"ready": True, "error": ""},
+        "weights": {"3": 90, "4": 10},
     }  # fmt: skip
 
 
@@ -55,6 +57,7 @@ def test_tf_serving_unreachable_says_why_and_knows_no_version():
         "versions": [{"version": 1, "state": "UNKNOWN", "errorCode": "", "errorMessage": "",
                       "served": 0}],
         "auth": {"ready": False, "error": "no key"},
+        "weights": {"1": 100},
     }  # fmt: skip
 
 
@@ -65,6 +68,18 @@ def test_a_starting_tf_serving_is_reported_starting_and_going_down_is_written_at
     down = model_report(ModelState.unreachable(refused, 9.0), Routing.one_version(1), {}, READY)
     assert starting["server"] == {"reachable": False, "state": "starting", "error": refused}
     assert significant(starting) != significant(down)
+
+
+def test_the_weights_of_the_routing_in_use_are_reported_and_their_change_written_at_once():
+    status = ModelStatus((VersionStatus(3, "AVAILABLE"), VersionStatus(4, "AVAILABLE")))
+    before = Routing((WeightedVersion(3, 100, ("stable",)), WeightedVersion(4, 0, ("canary",))))
+    old = model_report(ModelState.of(status, 1.0), before, {3: 7}, READY)
+    new = model_report(ModelState.of(status, 1.0), ROUTING, {3: 7}, READY)
+    assert old["weights"] == {"3": 100, "4": 0}
+    assert new["weights"] == {"3": 90, "4": 10}  # the shadow's percent is not a weight
+    assert significant(old) != significant(new)
+    # Small: it is written on every pod, every change.
+    assert len(json.dumps(new["weights"], separators=(",", ":"))) < 20
 
 
 def test_served_counts_change_what_is_written_only_with_the_refresh():
