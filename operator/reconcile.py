@@ -101,6 +101,10 @@ class Reconciler:
     # (topic_checks); and the (brokers, topic) each serving logs to, once found.
     known_topics: dict[tuple[str, str], KnownTopic] = field(default_factory=dict)
     topic_users: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # Per serving: the operator's own failure to reach its Kafka (_OPERATOR_UNSEEN), as its
+    # last topic check told it. Events that do not check Kafka again (a pod's) keep it, so
+    # LoggingReady is judged alike whatever reconciles the serving (logging_from_pods).
+    kafka_unseen: dict[tuple[str, str], LoggingState] = field(default_factory=dict)
     retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
     # Servings whose status write waits (PROGRESS_WRITE_SECONDS): when each is marked again.
     waits: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
@@ -139,6 +143,7 @@ class Reconciler:
         self.status_written.pop(key, None)
         self.sources_read.pop(key, None)
         self.topic_users.pop(key, None)
+        self.kafka_unseen.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,7 @@ async def reconcile(
     logging_state = await _logging_state(rec, serving, spec, from_serving_event)
     mismatch = logging_state.message if logging_state.reason == TOPIC_MISMATCH else None
     _tell_refusal(rec, serving, key, "LoggingReady", TOPIC_MISMATCH, mismatch)
-    if logging_state.ready and spec.logging_on(rec.settings):
-        logging_state = logging_from_pods(logging_state, pods)
+    logging_state = _logging_with_pods(rec, spec, logging_state, pods)
     model = model_status(spec.model, pods)
     numbers = spec.model.loaded_versions
     rolling_to = f"version{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
@@ -279,7 +283,8 @@ async def reconcile(
             await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
             rec.writes += 1
             rec.status_written[key] = time.monotonic()
-    if failure or (not logging_state.ready and logging_state.reason in _CHECKED_AGAIN):
+    checked_again = not logging_state.ready and logging_state.reason in _CHECKED_AGAIN
+    if failure or checked_again or key in rec.kafka_unseen:  # the operator's Kafka, again
         retry = rec.settings.retry_seconds
         return Again(retry if wait is None else min(wait, retry), failed=True)
     return None if wait is None else Again(wait, failed=False)
@@ -563,6 +568,14 @@ _CHECKED_AGAIN = (
     "KafkaUnreachable", AUTHENTICATION_FAILED, TLS_FAILED, "KafkaCredentialsMissing",
     TOPIC_CREATION_FAILED,
 )  # fmt: skip
+# What the topic check says when the operator's own connection to Kafka fails, though the pods'
+# producers (another network path, their own mounts) may deliver.
+_OPERATOR_UNSEEN = (
+    "KafkaUnreachable",
+    AUTHENTICATION_FAILED,
+    TLS_FAILED,
+    "KafkaCredentialsMissing",
+)
 
 
 async def _logging_state(
@@ -570,6 +583,7 @@ async def _logging_state(
 ) -> LoggingState:
     key = (spec.namespace, spec.name)
     rec.topic_users.pop(key, None)  # until the topic is found again
+    unseen = rec.kafka_unseen.pop(key, None)  # until the operator fails to reach Kafka again
     if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
     if refused := spec.topic_refusal(rec.settings):  # never checked nor created
@@ -588,6 +602,9 @@ async def _logging_state(
         rec.topic_users[key] = (servers, topic)
         return topic_state(topic, known.found, asked)
     if not check_kafka:  # children's events keep what the last check found
+        if unseen is not None:  # the operator's own failure, not the pods' word
+            rec.kafka_unseen[key] = unseen
+            return unseen
         previous = _previous_logging(serving)
         if previous and previous["reason"] in POD_REASONS:  # the pods' word, not the topic's
             return LoggingState(True, TOPIC_READY, f"records go to the topic {topic}")
@@ -627,9 +644,26 @@ async def _logging_state(
             reason="TopicCreated",
             message=f"Created Kafka topic {topic}",
         )
-    elif not state.ready and _previous_logging_reason(serving) != state.reason:
-        # Once per change, not once per retry: the condition keeps saying it meanwhile.
+    elif not state.ready and state.reason not in (
+        _previous_logging_reason(serving),
+        unseen.reason if unseen else None,
+    ):
+        # Once per change, not once per retry: the condition keeps saying it meanwhile (or
+        # says that the pods deliver, while the operator's failure stays the same).
         kopf.event(_ref(serving), type="Warning", reason=state.reason, message=state.message)
+    if state.reason in _OPERATOR_UNSEEN:
+        rec.kafka_unseen[key] = state
+    return state
+
+
+def _logging_with_pods(
+    rec: Reconciler, spec: ServingSpec, state: LoggingState, pods: Iterable[Mapping[str, Any]]
+) -> LoggingState:
+    """LoggingReady with the pods' word (logging_from_pods): of a topic found, or of one the
+    operator could not check because it cannot reach Kafka itself, where the pods may."""
+    unseen = (spec.namespace, spec.name) in rec.kafka_unseen
+    if (state.ready or unseen) and spec.logging_on(rec.settings):
+        return logging_from_pods(state, pods, operator_unseen=unseen)
     return state
 
 

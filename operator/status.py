@@ -157,19 +157,44 @@ _POD_WORDS = {
 }
 
 
-def logging_from_pods(topic_state: LoggingState, pods: Iterable[Mapping[str, Any]]) -> LoggingState:
+# LoggingReady's reason while the operator's own connection to Kafka fails (its topic check
+# says why) but the pods report that their producers reach the brokers.
+OPERATOR_KAFKA_UNREACHABLE = "OperatorKafkaUnreachable"
+_FLOWING = "Flowing"  # the sidecar's summary state of a log that delivers (sidecar/log_status)
+
+
+def logging_from_pods(
+    topic_state: LoggingState,
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    operator_unseen: bool = False,
+) -> LoggingState:
     """LoggingReady from the topic check and the pods' log-status summaries (index entries of
     {name, logStatus: JSON or None}): the worst pod's state wins, with the age of the oldest
-    record any pod still holds."""
-    troubled = []
+    record any pod still holds.
+
+    `operator_unseen`: the topic check failed because the operator itself could not reach
+    Kafka (topic_state says why: unreachable, its TLS or credentials). The pods' producers
+    connect from elsewhere (another NetworkPolicy, their own mounts), so while pods report that
+    they deliver (Flowing, Kafka reachable) and none is in trouble, records do reach the topic:
+    LoggingReady is True, saying what the operator cannot do. Whatever event reconciles the
+    serving, the answer is the same: it no longer flips between the operator's view and the
+    pods'."""
+    troubled, delivering = [], []
     for pod in pods:
         try:
             summary = json.loads(pod.get("logStatus") or "null")
         except ValueError:
             continue
-        if isinstance(summary, dict) and summary.get("state") in _POD_STATE_ORDER:
+        if not isinstance(summary, dict):
+            continue
+        if summary.get("state") in _POD_STATE_ORDER:
             troubled.append((pod.get("name", "?"), summary))
+        elif summary.get("state") == _FLOWING and summary.get("kafkaReachable") is True:
+            delivering.append(summary)
     if not troubled:
+        if operator_unseen and delivering:
+            return _delivering_unseen(topic_state, delivering)
         return topic_state
     troubled.sort(key=lambda item: _POD_STATE_ORDER[item[1]["state"]])
     reason = troubled[0][1]["state"]
@@ -183,6 +208,17 @@ def logging_from_pods(topic_state: LoggingState, pods: Iterable[Mapping[str, Any
     )
     message = f"{waiting} records wait in the pods' spools, the oldest for {oldest} s ({details})"
     return LoggingState(False, reason, message)
+
+
+def _delivering_unseen(topic_state: LoggingState, delivering: list[dict[str, Any]]) -> LoggingState:
+    waiting = sum(int(s.get("waitingRecords") or 0) for s in delivering)
+    pods = f"{len(delivering)} pod{'s' if len(delivering) != 1 else ''}"
+    return LoggingState(True, OPERATOR_KAFKA_UNREACHABLE, (
+        f"the pods deliver: {pods} report their producers reach the brokers ({waiting} records "
+        f"waiting), but the operator cannot reach them itself, so it neither checks nor creates "
+        f"the topic (its NetworkPolicy, its network or its credentials?): {topic_state.reason}: "
+        f"{topic_state.message}"
+    ))  # fmt: skip
 
 
 def logging_condition(state: LoggingState) -> Condition:

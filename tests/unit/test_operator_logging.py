@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import pytest
 import yaml
 
+from modelserving.operator import reconcile
 from modelserving.operator.render import render_children
 from modelserving.operator.render_config import render_sidecar_configmap
 from modelserving.operator.settings import (
@@ -18,7 +20,8 @@ from modelserving.operator.settings import (
     settings_from,
 )
 from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import LoggingState, logging_from_pods
+from modelserving.operator.status import OPERATOR_KAFKA_UNREACHABLE, LoggingState, logging_from_pods
+from modelserving.operator.topics import TopicOutcome
 from modelserving.sidecar.config import LogCompression, LogDurability, LoggingMode, parse_config
 from modelserving.sidecar.log_policy import (
     NonJsonPolicy,
@@ -280,3 +283,86 @@ def test_logging_ready_takes_the_worst_pods_state_and_the_oldest_records_age():
     filling = summarize(spool_bytes=60, spool_max_bytes=100, waiting_records=1,
                         oldest_age_seconds=1, kafka_reachable=True, refusing=False)  # fmt: skip
     assert filling["state"] == "SpoolFilling"
+
+
+FLOWING = summarize(spool_bytes=0, spool_max_bytes=100, waiting_records=3,
+                    oldest_age_seconds=0, kafka_reachable=True, refusing=False)  # fmt: skip
+UNREACHABLE = summarize(spool_bytes=10, spool_max_bytes=100, waiting_records=50,
+                        oldest_age_seconds=42.4, kafka_reachable=False, refusing=False)  # fmt: skip
+OPERATOR_CUT_OFF = LoggingState(False, "KafkaUnreachable", "cannot reach the brokers at k:9092")
+
+
+def pods_reporting(*summaries: dict) -> list[dict]:
+    return [{"name": f"p{i}", "logStatus": json.dumps(s)} for i, s in enumerate(summaries)]
+
+
+def test_logging_ready_follows_the_pods_that_deliver_when_the_operator_cannot_reach_kafka():
+    # The pods deliver: True, saying that the operator cannot reach the brokers, and why
+    state = logging_from_pods(
+        OPERATOR_CUT_OFF, pods_reporting(FLOWING, FLOWING), operator_unseen=True
+    )
+    assert (state.ready, state.reason) == (True, OPERATOR_KAFKA_UNREACHABLE)
+    assert state.message.startswith("the pods deliver: 2 pods report their producers reach")
+    assert "6 records waiting" in state.message
+    assert "operator cannot reach them" in state.message and "NetworkPolicy" in state.message
+    assert state.message.endswith("KafkaUnreachable: cannot reach the brokers at k:9092")
+    # No pod reports yet, or none that reaches Kafka: the operator's word stands
+    assert logging_from_pods(OPERATOR_CUT_OFF, [], operator_unseen=True) == OPERATOR_CUT_OFF
+    no_word = [{"name": "p", "logStatus": None}]
+    assert logging_from_pods(OPERATOR_CUT_OFF, no_word, operator_unseen=True) == OPERATOR_CUT_OFF
+    # A pod in trouble: the pods' word, False, as when the topic was checked
+    state = logging_from_pods(
+        OPERATOR_CUT_OFF, pods_reporting(FLOWING, UNREACHABLE), operator_unseen=True
+    )
+    assert (state.ready, state.reason) == (False, "KafkaUnreachable")
+    assert "p1: Kafka is unreachable" in state.message
+    # A topic the operator checked: flowing pods leave it as it is
+    topic = LoggingState(True, "TopicReady", "records go to the topic t")
+    assert logging_from_pods(topic, pods_reporting(FLOWING)) == topic
+
+
+class CutOffKafka:
+    """The operator's topic keeper where its own connection to Kafka fails."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def ensure(self, *args: Any, **kwargs: Any) -> TopicOutcome:
+        self.asked += 1
+        return TopicOutcome(OPERATOR_CUT_OFF)
+
+
+async def test_logging_ready_does_not_flip_as_pod_events_and_retries_alternate(monkeypatch):
+    """The operator cannot reach Kafka and the pods deliver: a reconcile that checks Kafka (the
+    serving's event, a retry) and one that does not (a pod's event) say the same."""
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        reconcile.kopf,
+        "event",
+        lambda _ref, *, type, reason, message: events.append((type, reason)),
+    )
+    topics = CutOffKafka()
+    settings = OperatorSettings(kafka_bootstrap_servers="k:9092")
+    rec = reconcile.Reconciler(kube=None, settings=settings, topics=topics, model_ids=None)
+    body = {"metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1"},
+            "spec": {"model": {"version": 1, "basePath": "s3://m"}}}  # fmt: skip
+    spec = ServingSpec.from_body(body)
+    delivering = pods_reporting(FLOWING)
+
+    said = []
+    for check_kafka in (True, False, True, False, False, True):
+        state = await reconcile._logging_state(rec, body, spec, check_kafka)
+        state = reconcile._logging_with_pods(rec, spec, state, delivering)
+        said.append((state.ready, state.reason))
+        body["status"] = {"conditions": [{"type": "LoggingReady", "reason": state.reason,
+                          "status": str(state.ready), "message": state.message}]}  # fmt: skip
+
+    assert set(said) == {(True, OPERATOR_KAFKA_UNREACHABLE)} and topics.asked == 3
+    assert events == [("Warning", "KafkaUnreachable")]  # told once, not at every retry
+    # Retried while the operator cannot reach Kafka, as any failure to: it may be fixed
+    assert ("demo", "mnist") in rec.kafka_unseen
+    # The pods in trouble after all: False, with their word, also on a pod's event
+    state = await reconcile._logging_state(rec, body, spec, False)
+    state = reconcile._logging_with_pods(rec, spec, state, pods_reporting(UNREACHABLE))
+    assert (state.ready, state.reason) == (False, "KafkaUnreachable")
+    assert "records wait in the pods' spools" in state.message
