@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -284,6 +285,12 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
                       for v in status()["versions"]}  # fmt: skip
             assert states == {3: (90, "stable", "AVAILABLE"), 4: (10, "canary", "AVAILABLE"),
                               5: (0, "shadow", "AVAILABLE")}  # fmt: skip
+            # And the sidecar reports the weights it applies, the spec's: no split is pending
+            reported = core.read_namespaced_pod(pod.metadata.name, namespace).metadata
+            weights = json.loads(reported.annotations[api.MODEL_REPORT_ANNOTATION])["weights"]
+            assert weights == {"3": 90, "4": 10}
+            progressing = condition(get_serving(crds, namespace, SERVING), "Progressing")
+            assert progressing["reason"] == "RolloutComplete", progressing
             # And the shadow did get its copies, as TF Serving saw them
             copies = [r for r in standin.forwarded if "/versions/5:" in r.path]
             assert 0 < len(copies) < REQUESTS / 4, len(copies)
