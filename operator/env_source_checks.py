@@ -48,6 +48,7 @@ async def check_sources(rec: Reconciler, readers: Readers) -> None:
         source: tuple(servings) for source, servings in readers.items() if source[1] in kinds
     }
     sources = sorted(readers)
+    known_before = set(rec.source_versions)
     found = await asyncio.gather(
         *(rec.kube.get(kind, name, namespace) for namespace, kind, name in sources),
         return_exceptions=True,
@@ -69,5 +70,7 @@ async def check_sources(rec: Reconciler, readers: Readers) -> None:
             )  # fmt: skip
             for serving in servings:
                 rec.queue.add((namespace, serving), serving_event=False)
-    for gone in rec.source_versions.keys() - set(sources):  # read by no serving now
+    # Forgotten: what no serving reads now. Not a version a reconcile read during this round's
+    # gets, for a serving newer than `readers`: the next round compares with it.
+    for gone in (known_before & rec.source_versions.keys()) - set(sources):
         del rec.source_versions[gone]

@@ -335,3 +335,28 @@ async def test_a_source_whose_version_moved_marks_the_servings_that_read_it():
     # A source no serving reads any more is forgotten
     await check_sources(rec, {("demo", SECRET, "s3"): ["mnist"]})
     assert set(rec.source_versions) == {("demo", SECRET, "s3")}
+
+
+async def test_a_version_a_reconcile_reads_during_a_round_is_compared_with_in_the_next():
+    # A serving made while a round's gets are out: its reconcile reads the ConfigMap's version,
+    # the round (whose readers are older than the serving) must not forget it, or an edit made
+    # before the next round would become that round's first look and never be seen.
+    server = Sources(other=secret(version="7"))
+    server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(version="1")
+    rec = reconciler(server)
+    get = server.get
+
+    async def get_while_a_reconcile_reads(kind: str, name: str, namespace: str | None = None):
+        rec.source_versions[("demo", CONFIG_MAP, "tuning")] = "uid-c/1"  # the new serving's
+        return await get(kind, name, namespace)
+
+    server.get = get_while_a_reconcile_reads  # type: ignore[method-assign]
+    await check_sources(rec, {("demo", SECRET, "other"): ["iris"]})
+    server.get = get  # type: ignore[method-assign]
+
+    server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(version="2")
+    await check_sources(
+        rec, {("demo", SECRET, "other"): ["iris"], ("demo", CONFIG_MAP, "tuning"): ["mnist"]}
+    )
+    marked = {(await rec.queue.get())[0] for _ in range(rec.queue.waiting())}
+    assert marked == {("demo", "mnist")}
