@@ -23,6 +23,10 @@ PEERING = "modelserving"  # the chart's peering object for a release named model
 RECONCILES = "modelserving_operator_reconciles_total"
 
 
+PAUSED = "Pausing operations in favour of"  # kopf's peering, in the replica's log
+RESUMED = "Resuming operations after the pause"
+
+
 def test_a_paused_replica_reconciles_nothing_while_the_other_works(
     crds, kube_client, namespace, local_env, tmp_path, operator_kubeconfig
 ):
@@ -70,8 +74,12 @@ def test_a_paused_replica_reconciles_nothing_while_the_other_works(
         finally:
             # ... and comes back: it started first, so it is the active one again
             os.kill(a.proc.pid, signal.SIGCONT)
-        wait_for(lambda: "Pausing operations in favour of" in b.log(), timeout=60,
-                 what="b paused by kopf")  # fmt: skip
+
+        def paused_now() -> bool:  # kopf's last word on b is a pause
+            said = b.log()
+            return said.rfind(PAUSED) > said.rfind(RESUMED)
+
+        wait_for(paused_now, timeout=60, what="b paused by kopf")
 
         # Then the paused replica reconciles nothing while the active one goes on retrying
         def a_reconciled(more: int):
@@ -79,9 +87,14 @@ def test_a_paused_replica_reconciles_nothing_while_the_other_works(
             return lambda: reconciles(a) >= since + more
 
         wait_for(a_reconciled(2), timeout=30, what="a reconciling again")
-        paused_at = reconciles(b)
+        wait_for(paused_now, timeout=60, what="b paused by kopf")
+        paused_at, said_before = reconciles(b), len(b.log())
         wait_for(a_reconciled(3), timeout=30, what="a reconciling three times more")
-        assert reconciles(b) == paused_at, "the paused replica reconciled from its frozen cache"
+        said = b.log()[said_before:]
+        # Unless kopf's peering resumed b meanwhile (a's keepalive seen late on a loaded
+        # machine: CI saw it once), when b works as a resumed replica, which the end checks.
+        if RESUMED not in said:
+            assert reconciles(b) == paused_at, "the paused replica reconciled from its frozen cache"
         assert "reconciles wait: paused (peering: another replica is active)" in b.log()
 
         # When the active replica leaves, the paused one resumes: it lists anew, then reconciles
