@@ -152,18 +152,26 @@ class SpoolRecordMaker:
 
     def _payloads(self, exchange: Exchange) -> tuple[bytes, bytes, str]:
         keep_request, keep_response = self._keep_request, self._keep_response
-        request_body = self._body(exchange, Part.REQUEST) if keep_request else b""
-        response_body = self._body(exchange, Part.RESPONSE) if keep_response else b""
         limit = self._untouched_up_to
-        if (
-            isinstance(request_body, bytes)
-            and isinstance(response_body, bytes)
-            and len(request_body) <= limit
-            and len(response_body) <= limit
-        ):
-            return _utf8(request_body), _utf8(response_body), ""
-        request = self._shaped(request_body, Part.REQUEST) if keep_request else ABSENT
-        response = self._shaped(response_body, Part.RESPONSE) if keep_response else ABSENT
+        if exchange.grpc_method is None:  # REST, the common case: its bodies as they came
+            request_body = exchange.request_body if keep_request else b""
+            response_body = exchange.response_body if keep_response else b""
+            if len(request_body) <= limit and len(response_body) <= limit:
+                return _utf8(request_body), _utf8(response_body), ""
+            request_made: bytes | ShapedPayload = request_body
+            response_made: bytes | ShapedPayload = response_body
+        else:
+            request_made = self._body(exchange, Part.REQUEST) if keep_request else b""
+            response_made = self._body(exchange, Part.RESPONSE) if keep_response else b""
+            if (
+                isinstance(request_made, bytes)
+                and isinstance(response_made, bytes)
+                and len(request_made) <= limit
+                and len(response_made) <= limit
+            ):
+                return _utf8(request_made), _utf8(response_made), ""
+        request = self._shaped(request_made, Part.REQUEST) if keep_request else ABSENT
+        response = self._shaped(response_made, Part.RESPONSE) if keep_response else ABSENT
         return self._changed(request, response)
 
     def _shaped(self, body: bytes | ShapedPayload, part: Part) -> ShapedPayload:
@@ -208,10 +216,10 @@ class SpoolRecordMaker:
         """The spool record of one exchange; never raises for what its payloads hold (see
         `_payloads_one_by_one`)."""
         try:
-            payloads = self._payloads(exchange)
+            request, response, changes = self._payloads(exchange)
         except Exception as exc:
-            payloads = self._payloads_one_by_one(exchange, exc)
-        return self._record(exchange, *payloads)
+            request, response, changes = self._payloads_one_by_one(exchange, exc)
+        return self._record(exchange, request, response, changes)
 
     def bare(self, exchange: Exchange) -> SpoolRecord:
         """The record of an exchange whose record could not be made at all (a fault of ours):
