@@ -240,10 +240,10 @@ class KubeClient:
         name: str,
         namespace: str | None,
         patch: Mapping[str, Any],
-        *,
-        status: bool = False,
     ) -> dict[str, Any]:
-        path = object_path(kind, name, namespace) + ("/status" if status else "")
         return await self.request(
-            "PATCH", path, body=patch, content_type="application/merge-patch+json"
+            "PATCH",
+            object_path(kind, name, namespace),
+            body=patch,
+            content_type="application/merge-patch+json",
         )

@@ -22,12 +22,8 @@ from modelserving.sidecar.library_internals import (
 HANDLER: web.AppKey[object] = web.AppKey("handler")
 
 
-async def test_a_direct_runner_serves_plain_requests_with_the_apps_startup_and_cleanup() -> None:
-    seen: list[object] = []
-
-    async def handler(request: web.BaseRequest) -> web.Response:
-        seen.append(type(request))
-        return web.Response(text="direct")
+async def started_runner(handler, seen: list, **kwargs) -> tuple[DirectAppRunner, int]:
+    """A DirectAppRunner serving `handler` on a free port, its cleanup noted in `seen`."""
 
     async def context(app: web.Application):
         app[HANDLER] = handler
@@ -36,11 +32,20 @@ async def test_a_direct_runner_serves_plain_requests_with_the_apps_startup_and_c
 
     app = web.Application()
     app.cleanup_ctx.append(context)
-    runner = DirectAppRunner(app, HANDLER)
+    runner = DirectAppRunner(app, HANDLER, **kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_a_direct_runner_serves_plain_requests_with_the_apps_startup_and_cleanup() -> None:
+    seen: list[object] = []
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        seen.append(type(request))
+        return web.Response(text="direct")
+
+    runner, port = await started_runner(handler, seen)
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -64,17 +69,7 @@ async def test_stop_listening_lets_a_request_in_flight_finish_and_leaves_cleanup
         await asyncio.sleep(0.3)
         return web.Response(text="finished")
 
-    async def context(app: web.Application):
-        app[HANDLER] = handler
-        yield
-        seen.append("cleaned up")
-
-    app = web.Application()
-    app.cleanup_ctx.append(context)
-    runner = DirectAppRunner(app, HANDLER, shutdown_timeout=5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    runner, port = await started_runner(handler, seen, shutdown_timeout=5)
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/"))
         await started.wait()
