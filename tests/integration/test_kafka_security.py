@@ -354,6 +354,8 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
 
     summary = wait_for(lambda: pod_summary().get("state") == reason and pod_summary(), 60,
                        f"the sidecar's log status {reason}")  # fmt: skip
+    # Spooled within the flush interval after the answers left (buffered): waited for, not raced.
+    wait_for(lambda: serving.metric("records_spooled") == 5, 10, "the five records spooled")
     assert (serving.metric("records_spooled"), serving.metric("records_produced")) == (5, 0)
 
     # No secret in any output: the logs, the Events, the status.
