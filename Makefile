@@ -28,14 +28,8 @@ lint: venv ## ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 
-# mypy cannot follow pyproject's package-dir, so it reads the package as a wheel lays it out: a
-# tree of links in build/typecheck (operator/ and sidecar/ inside modelserving/).
-TYPECHECK_TREE := build/typecheck
-typecheck: venv ## mypy (strict) on the package
-	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/modelserving
-	@ln -s $(CURDIR)/modelserving/*.py $(CURDIR)/modelserving/py.typed $(TYPECHECK_TREE)/modelserving/
-	@ln -s $(CURDIR)/operator $(CURDIR)/sidecar $(CURDIR)/modelserving/tfserving $(TYPECHECK_TREE)/modelserving/
-	cd $(TYPECHECK_TREE) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p modelserving
+typecheck: venv ## mypy (strict) on the packages of the source roots (pyproject's tool.mypy)
+	$(VENV)/bin/mypy
 
 format: venv ## apply ruff's fixes and format
 	$(VENV)/bin/ruff check --fix .

@@ -22,9 +22,11 @@ async def forward(request: web.Request) -> web.Response:
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     async with request.app[SESSION].request(
-        request.method, request.app[UPSTREAM_URL] + request.rel_url.raw_path_qs,
-        data=body, headers=headers,
-    ) as upstream:  # fmt: skip
+        request.method,
+        request.app[UPSTREAM_URL] + request.rel_url.raw_path_qs,
+        data=body,
+        headers=headers,
+    ) as upstream:
         payload = await upstream.read()
         out = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
         return web.Response(body=payload, status=upstream.status, headers=out)
@@ -56,9 +58,13 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
-        create_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None,
-        print=None, backlog=4096,
-    )  # fmt: skip
+        create_app(args.upstream),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

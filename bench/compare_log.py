@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import json
 import resource
 import statistics
@@ -43,17 +45,31 @@ async def child(args: argparse.Namespace) -> dict:
     (the working tree's, or a revision's when started in that revision's tree)."""
     from prometheus_client import CollectorRegistry
 
-    from bench.log_throughput import REQUEST, RESPONSE
-    from modelserving.sidecar.config import parse_config
-    from modelserving.sidecar.exchange import Exchange
-    from modelserving.sidecar.inference_log import open_inference_log
+    from bench.payloads import REQUEST, RESPONSE
 
-    config = parse_config({
-        "serving": {"name": "bench", "namespace": "bench"},
-        "model": {"name": "bench", "version": 1, "modelId": 1},
-        "logging": {"mode": "ALL", "topic": args.topic, "bootstrapServers": args.bootstrap,
-                    "spoolDir": args.spool},
-    })  # fmt: skip
+    if importlib.util.find_spec("modelserving.sidecar") is None:
+        from modelserving_sidecar.config import parse_config
+        from modelserving_sidecar.log.exchange import Exchange
+        from modelserving_sidecar.log.pipeline import open_inference_log
+    else:  # a revision from before the source roots (procs.tree_at)
+        parse_config = importlib.import_module("modelserving.sidecar.config").parse_config
+        Exchange = importlib.import_module("modelserving.sidecar.exchange").Exchange
+        open_inference_log = importlib.import_module(
+            "modelserving.sidecar.inference_log"
+        ).open_inference_log
+
+    config = parse_config(
+        {
+            "serving": {"name": "bench", "namespace": "bench"},
+            "model": {"name": "bench", "version": 1, "modelId": 1},
+            "logging": {
+                "mode": "ALL",
+                "topic": args.topic,
+                "bootstrapServers": args.bootstrap,
+                "spoolDir": args.spool,
+            },
+        }
+    )
     n = args.records
     now = time.time_ns() // 1_000_000
     exchanges = [
@@ -113,9 +129,22 @@ def revision_tree(rev: str, into: Path) -> Path:
 def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
     """The child pinned to CORE, started in the working tree or in a revision's tree (where
     Python finds that revision's `modelserving` first)."""
-    cmd = [sys.executable, "-m", "bench.compare_log", "--child", "--topic", topic,
-           "--bootstrap", bootstrap, "--spool", str(spool), "--records", str(n),
-           "--rate", str(rate)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.compare_log",
+        "--child",
+        "--topic",
+        topic,
+        "--bootstrap",
+        bootstrap,
+        "--spool",
+        str(spool),
+        "--records",
+        str(n),
+        "--rate",
+        str(rate),
+    ]
     out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -157,19 +186,25 @@ def main(argv: list[str] | None = None) -> int:
                         topic = f"measure-log-{uuid.uuid4().hex[:10]}"
                         create_topic(bootstrap, topic)
                         spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
-                        print(f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
-                              file=sys.stderr)  # fmt: skip
+                        print(
+                            f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
+                            file=sys.stderr,
+                        )
                         r = run_child(code, bootstrap, topic, spool, args.records, rate)
                         results.setdefault((label, rate), []).append(r)
         finally:
             delete_created_topics()
-    print(f"{args.records} records of ~1 KB, {args.rounds} round(s), medians; process on core "
-          f"{CORE}; load avg {Path('/proc/loadavg').read_text().split()[0]}")  # fmt: skip
+    print(
+        f"{args.records} records of ~1 KB, {args.rounds} round(s), medians; process on core "
+        f"{CORE}; load avg {Path('/proc/loadavg').read_text().split()[0]}"
+    )
     print(f"{'version':24} {'rate':>6} {'records/s':>10} {'CPU µs/rec':>10} {'core':>5}")
     for (label, rate), runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{label:24} {rate or 'max':>6} {med['records_per_s']:10.0f} "
-              f"{med['cpu_us_per_record']:10.1f} {med['cpu_share']:5.2f}")  # fmt: skip
+        print(
+            f"{label:24} {rate or 'max':>6} {med['records_per_s']:10.0f} "
+            f"{med['cpu_us_per_record']:10.1f} {med['cpu_share']:5.2f}"
+        )
     return 0
 
 

@@ -63,8 +63,10 @@ DIRECT = "direct (nginx upstream)"
 DIRECT_GRPC = "direct gRPC (gRPC upstream)"
 GRPC_LOG_OFF = "sidecar over gRPC, apiKey, log off"
 # Where each configuration's added latency is taken over: the direct call of its protocol.
-BASES = {name: DIRECT_GRPC for name in (DIRECT_GRPC, grpc_path.GRPC_BARE, GRPC_LOG_OFF,
-                                        grpc_path.GRPC_SIDECAR)}  # fmt: skip
+BASES = {
+    name: DIRECT_GRPC
+    for name in (DIRECT_GRPC, grpc_path.GRPC_BARE, GRPC_LOG_OFF, grpc_path.GRPC_SIDECAR)
+}
 REFERENCE = "bare aiohttp proxy, uvloop"  # the ratio column's denominator
 
 
@@ -217,11 +219,15 @@ def grpc_configurations(
     configs.append(GrpcConfiguration(grpc_path.GRPC_BARE, bare_grpc_proxy))
     for code, label in versions:
         if not args.no_log_off:
-            configs.append(GrpcConfiguration(grpc_name(GRPC_LOG_OFF, label),
-                                              sidecar_grpc(side, False, code)))  # fmt: skip
+            configs.append(
+                GrpcConfiguration(grpc_name(GRPC_LOG_OFF, label), sidecar_grpc(side, False, code))
+            )
         if side.bootstrap:
-            configs.append(GrpcConfiguration(grpc_name(grpc_path.GRPC_SIDECAR, label),
-                                              sidecar_grpc(side, True, code)))  # fmt: skip
+            configs.append(
+                GrpcConfiguration(
+                    grpc_name(grpc_path.GRPC_SIDECAR, label), sidecar_grpc(side, True, code)
+                )
+            )
     return configs
 
 
@@ -242,23 +248,35 @@ def configurations(
     configs.append(Configuration(REFERENCE, aiohttp_proxy(uvloop=True)))
     for code, label in versions:
         if not args.no_log_off:
-            configs.append(side.configuration(f"sidecar{label}, apiKey, log off", "apiKey",
-                                              False, code=code))  # fmt: skip
+            configs.append(
+                side.configuration(f"sidecar{label}, apiKey, log off", "apiKey", False, code=code)
+            )
         if side.bootstrap:
-            configs.append(side.configuration(f"sidecar{label}, apiKey, log on", "apiKey",
-                                              True, code=code))  # fmt: skip
+            configs.append(
+                side.configuration(f"sidecar{label}, apiKey, log on", "apiKey", True, code=code)
+            )
             if args.versions and code is None:
                 for variant, routing in ROUTINGS.items():
-                    configs.append(side.configuration(versions_configuration(variant),
-                                                      "apiKey", True, routing=routing))  # fmt: skip
+                    configs.append(
+                        side.configuration(
+                            versions_configuration(variant), "apiKey", True, routing=routing
+                        )
+                    )
             if args.log_over_sasl_ssl:
-                configs.append(over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL",
-                                             code))  # fmt: skip
+                configs.append(
+                    over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL", code)
+                )
             for variant in args.log_variant:
                 name, _, settings = variant.partition("=")
-                configs.append(side.configuration(f"sidecar{label} [{name}], apiKey, log on",
-                                                  "apiKey", True, code=code,
-                                                  **json.loads(settings)))  # fmt: skip
+                configs.append(
+                    side.configuration(
+                        f"sidecar{label} [{name}], apiKey, log on",
+                        "apiKey",
+                        True,
+                        code=code,
+                        **json.loads(settings),
+                    )
+                )
     return configs
 
 
@@ -285,23 +303,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-log-off", action="store_true", help="skip the log-off sidecar")
     parser.add_argument(
-        "--log-variant", action="append", default=[], metavar="LABEL=JSON",
+        "--log-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
         help="also a log-on sidecar with these logging settings, e.g. "
-        'flush20=\'{"spoolFlushIntervalSeconds": 0.02}\' (repeatable)',
-    )  # fmt: skip
-    parser.add_argument("--versions", action="store_true",
-                        help="also the sidecar over several model versions: a 90/10 split, and "
-                        "the split with a 10%% shadow (the working tree's sidecar)")  # fmt: skip
+        "flush20='{\"spoolFlushIntervalSeconds\": 0.02}' (repeatable)",
+    )
+    parser.add_argument(
+        "--versions",
+        action="store_true",
+        help="also the sidecar over several model versions: a 90/10 split, and "
+        "the split with a 10%% shadow (the working tree's sidecar)",
+    )
     parser.add_argument(
         "--log-over-sasl-ssl",
         action="store_true",
         help="also the log-on sidecar through the broker's SASL_SSL listener",
     )
-    parser.add_argument("--grpc", action="store_true",
-                        help="also the sidecar called over gRPC (ghz), beside a bare grpc.aio "
-                        "proxy and, with --latency, a direct gRPC call")  # fmt: skip
-    parser.add_argument("--no-asyncio-bare", action="store_true",
-                        help="skip the bare proxy on asyncio's own loop")  # fmt: skip
+    parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="also the sidecar called over gRPC (ghz), beside a bare grpc.aio "
+        "proxy and, with --latency, a direct gRPC call",
+    )
+    parser.add_argument(
+        "--no-asyncio-bare", action="store_true", help="skip the bare proxy on asyncio's own loop"
+    )
     args = parser.parse_args(argv)
     wrk, nginx = shutil.which("wrk"), shutil.which("nginx")
     if not wrk or not nginx:
@@ -312,8 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     # Only nginx, wrk and vegeta of bench's tools are used here, and with --grpc ghz and the
     # gRPC upstream (built into the cache when missing): no build of the others.
     ghz, grpc_server = (tools.ensure_ghz(), tools.ensure_grpc_upstream()) if args.grpc else ("", "")
-    built = Tools(nginx=nginx, wrk=wrk, vegeta=str(vegeta), kserve_agent="", py_spy=None,
-                  pylib=None, ghz=ghz, grpc_upstream=grpc_server)  # fmt: skip
+    built = Tools(
+        nginx=nginx,
+        wrk=wrk,
+        vegeta=str(vegeta),
+        kserve_agent="",
+        py_spy=None,
+        pylib=None,
+        ghz=ghz,
+        grpc_upstream=grpc_server,
+    )
     with tempfile.TemporaryDirectory(prefix="compare-sidecar-") as tmp:
         bench = Bench(built, Path(tmp))
         side = SidecarBench.prepare(bench, localenv_settings(), kubernetes=False)
@@ -324,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             versions = revisions(args, Path(tmp))
             configs: list[Configuration | GrpcConfiguration] = [
-                *configurations(side, args, versions), *grpc_configurations(side, args, versions)
-            ]  # fmt: skip
+                *configurations(side, args, versions),
+                *grpc_configurations(side, args, versions),
+            ]
             results: dict[str, list[Result]] = {c.name: [] for c in configs}
             with contextlib.ExitStack() as running:
                 upstream_proc = running.enter_context(upstream(bench))
@@ -349,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     loadavg = Path("/proc/loadavg").read_text().split()[0]
     pressure = Path("/proc/pressure/cpu")
     waiting = pressure.read_text().split()[2] if pressure.exists() else "?"
-    print(f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
-          f"load avg {loadavg}, CPU pressure {waiting}")  # fmt: skip
+    print(
+        f"wrk {args.seconds} s x {args.rounds} round(s) (medians), 64 connections; "
+        f"load avg {loadavg}, CPU pressure {waiting}"
+    )
     # Every gRPC configuration's latency is added over the direct gRPC call, revisions' too.
     bases = {c.name: DIRECT_GRPC for c in configs if isinstance(c, GrpcConfiguration)}
     print(report(results, REFERENCE, args.latency, {**BASES, **bases}))

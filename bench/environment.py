@@ -34,8 +34,10 @@ def localenv_kafka(action: str, tries: int = 4) -> None:
         log(f"Kafka broker: {action}" + (f" (try {attempt})" if attempt > 1 else ""))
         proc = subprocess.run(
             [sys.executable, str(REPO / "localenv" / "localenv.py"), "kafka", action],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if proc.returncode == 0:
             return
         log(f"Kafka broker {action} failed: {proc.stderr.strip()[-500:]}")

@@ -39,7 +39,7 @@ from bench.request_path import (
 from bench.sidecar import API_KEY, ONE_VERSION, SidecarBench
 from bench.stats import LatencyResult, added_latency, as_dict, records_lost, rps_per_core
 from bench.topics import wait_topic
-from modelserving.inferencelog import HEADER_PROTOCOL, PROTOCOL_GRPC
+from modelserving.inferencelog.reader import HEADER_PROTOCOL, PROTOCOL_GRPC
 from modelserving.tfserving import serving_apis_pb2, tensor_pb2, types_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,8 +112,12 @@ def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
     for name, data in files.items():
         (folder / f"{name}.bin").write_bytes(data)
     port = free_port()
-    cmd = [bench.tools.grpc_upstream, f"-port={port}", f"-predict={folder / 'predict.bin'}",
-           f"-status={folder / 'status.bin'}"]  # fmt: skip
+    cmd = [
+        bench.tools.grpc_upstream,
+        f"-port={port}",
+        f"-predict={folder / 'predict.bin'}",
+        f"-status={folder / 'status.bin'}",
+    ]
     proc = Proc("grpc-upstream", cmd, LOAD_CORE, bench.workdir, port=port)
     try:
         yield GrpcBench(bench, proc, port, folder / "request.bin")
@@ -147,8 +151,15 @@ def direct_grpc(grpc: GrpcBench) -> Iterator[Started]:
 def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
     """bench/grpc_aio_proxy on the proxy's core: grpc.aio forwarding bytes, nothing else."""
     port = free_port()
-    cmd = [sys.executable, "-m", "bench.grpc_aio_proxy", "--port", str(port),
-           "--upstream", f"127.0.0.1:{grpc.upstream_port}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.grpc_aio_proxy",
+        "--port",
+        str(port),
+        "--upstream",
+        f"127.0.0.1:{grpc.upstream_port}",
+    ]
     proc = Proc("grpc-aio-proxy", cmd, PROXY_CORE, grpc.bench.workdir, port=port, cwd=REPO)
     try:
         yield Started(proc, load.GrpcTarget(port, grpc.request))
@@ -224,8 +235,12 @@ def count_records(bench: Bench, topic: str, answered: int) -> dict[str, int]:
     total, distinct = wait_topic(bootstrap or "", topic, answered, timeout=60, header=header)
     if distinct == 0:
         raise BenchError(f"no gRPC record reached {topic} of {answered:,} calls answered")
-    return {"calls_answered": answered, "on_topic": distinct, "duplicates": total - distinct,
-            "lost": records_lost(answered, distinct)}  # fmt: skip
+    return {
+        "calls_answered": answered,
+        "on_topic": distinct,
+        "duplicates": total - distinct,
+        "lost": records_lost(answered, distinct),
+    }
 
 
 def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
@@ -236,9 +251,11 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
     if side is None or not side.runnable or not side.bootstrap:
         return {"notes": ["skipped: the sidecar or the Kafka broker is not available"]}
     rest = [Configuration(REST_DIRECT, direct), side.configuration(REST_SIDECAR, "apiKey", True)]
-    grpc_configs = [GrpcConfiguration(GRPC_DIRECT, direct_grpc),
-                    GrpcConfiguration(GRPC_BARE, bare_grpc_proxy),
-                    GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side))]  # fmt: skip
+    grpc_configs = [
+        GrpcConfiguration(GRPC_DIRECT, direct_grpc),
+        GrpcConfiguration(GRPC_BARE, bare_grpc_proxy),
+        GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side)),
+    ]
     every: list[Configuration | GrpcConfiguration] = [*rest, *grpc_configs]
     names = [c.name for c in every]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}

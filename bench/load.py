@@ -52,10 +52,20 @@ def wrk(
     ]
     script.write_text("\n".join(lines) + "\n")
     out = run_pinned(
-        [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(script), target.url],
-        LOAD_CORE, timeout=seconds + 30,
-    )  # fmt: skip
+        [
+            wrk_bin,
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            target.url,
+        ],
+        LOAD_CORE,
+        timeout=seconds + 30,
+    )
     result = parse_wrk(out)
     if result.non_2xx or result.socket_errors:
         raise BenchError(
@@ -76,10 +86,18 @@ def vegeta(
     targets.write_text(f"POST {target.url}\n{head}\n@{body}\n\n")
     results = workdir / "vegeta-results.bin"
     run_pinned(
-        [vegeta_bin, "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-timeout=10s",
-         f"-targets={targets}", f"-output={results}"],
-        LOAD_CORE, timeout=seconds + 60,
-    )  # fmt: skip
+        [
+            vegeta_bin,
+            "attack",
+            f"-rate={rate}/s",
+            f"-duration={seconds}s",
+            "-timeout=10s",
+            f"-targets={targets}",
+            f"-output={results}",
+        ],
+        LOAD_CORE,
+        timeout=seconds + 60,
+    )
     report = run_pinned([vegeta_bin, "report", "-type=json", str(results)], LOAD_CORE, 60)
     result = parse_vegeta(json.loads(report))
     if check and result.success < 0.999:
@@ -118,12 +136,24 @@ def ghz(
     Calls still running at the end are waited for (--duration-stop wait), so every call counted
     was answered or failed, none cut off by ghz itself."""
     report = workdir / "ghz-report.json"
-    cmd = [ghz_bin, "--insecure", f"--proto={target.proto}", f"--import-paths={REPO}",
-           f"--call={target.call}", f"--binary-file={target.request}",
-           "--disable-template-functions", "--disable-template-data", "--cpus=1",
-           f"--concurrency={concurrency}", "--connections=1", f"--duration={seconds}s",
-           "--duration-stop=wait", "--timeout=10s", "--format=json",
-           f"--output={report}"]  # fmt: skip
+    cmd = [
+        ghz_bin,
+        "--insecure",
+        f"--proto={target.proto}",
+        f"--import-paths={REPO}",
+        f"--call={target.call}",
+        f"--binary-file={target.request}",
+        "--disable-template-functions",
+        "--disable-template-data",
+        "--cpus=1",
+        f"--concurrency={concurrency}",
+        "--connections=1",
+        f"--duration={seconds}s",
+        "--duration-stop=wait",
+        "--timeout=10s",
+        "--format=json",
+        f"--output={report}",
+    ]
     if target.metadata:
         cmd.append(f"--metadata={json.dumps(dict(target.metadata))}")
     if rate:

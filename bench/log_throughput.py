@@ -17,15 +17,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from bench.payloads import REQUEST, RESPONSE
 from modelserving.api import LOG_COMPRESSION
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import open_inference_log
-from modelserving.sidecar.log_records import SpoolRecordMaker
-
-# A ~1 KB record: a request of 64 floats and its predictions, as TF Serving JSON.
-REQUEST = json.dumps({"instances": [[round(i * 0.137, 4) for i in range(64)]]}).encode()
-RESPONSE = json.dumps({"predictions": [[round(i * 0.291, 4) for i in range(48)]]}).encode()
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import open_inference_log
+from modelserving_sidecar.log.records import SpoolRecordMaker
 
 
 def exchange(i: int) -> Exchange:
@@ -53,12 +50,19 @@ def per_record_us(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    config = parse_config({
-        "serving": {"name": "bench", "namespace": "bench"},
-        "model": {"name": "bench", "version": 1, "modelId": 1},
-        "logging": {"mode": "ALL", "topic": args.topic, "bootstrapServers": args.bootstrap,
-                    "spoolDir": args.spool, "compression": args.compression},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "serving": {"name": "bench", "namespace": "bench"},
+            "model": {"name": "bench", "version": 1, "modelId": 1},
+            "logging": {
+                "mode": "ALL",
+                "topic": args.topic,
+                "bootstrapServers": args.bootstrap,
+                "spoolDir": args.spool,
+                "compression": args.compression,
+            },
+        }
+    )
     sample = exchange(0)
     maker = SpoolRecordMaker(config.model, config.logging, "bench")
     record = maker.make(sample)

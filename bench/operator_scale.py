@@ -73,9 +73,12 @@ class Cluster:
     def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
         proc = subprocess.run(
             ["kubectl", "--kubeconfig", self.env["kubeconfig"], *args],
-            input=stdin, capture_output=True, text=True, timeout=timeout,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, "PATH": self.path},
-        )  # fmt: skip
+        )
         if proc.returncode != 0:
             raise BenchError(f"kubectl {' '.join(args[:3])}: {proc.stderr.strip()[-500:]}")
         return proc.stdout
@@ -114,10 +117,12 @@ def fake_node(name: str, pods: int) -> dict[str, Any]:
 def ready_count(cluster: Cluster, namespace: str) -> int:
     items = json.loads(cluster.kubectl("get", "modelservings", "-n", namespace, "-o", "json"))
     return sum(
-        any(c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (i.get("status") or {}).get("conditions", []))
+        any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (i.get("status") or {}).get("conditions", [])
+        )
         for i in items["items"]
-    )  # fmt: skip
+    )
 
 
 def available_deployments(cluster: Cluster, namespace: str) -> int:
@@ -140,12 +145,25 @@ def event_count(cluster: Cluster, namespace: str) -> int:
 
 
 def start_operator(env: dict[str, Any], namespace: str, workdir: Path, metrics_port: int) -> Proc:
-    cmd = [sys.executable, "-m", "modelserving.cli", "operator", "--standalone",
-           "--namespace", namespace, "--operator-namespace", namespace,
-           "--log-level", "WARNING", "--metrics-port", str(metrics_port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelserving.cli",
+        "operator",
+        "--standalone",
+        "--namespace",
+        namespace,
+        "--operator-namespace",
+        namespace,
+        "--log-level",
+        "WARNING",
+        "--metrics-port",
+        str(metrics_port),
+    ]
     # The operator gets the proxy core: the API server and KWOK work on both.
-    return Proc(f"operator-{namespace}", cmd, PROXY_CORE, workdir,
-                env={"KUBECONFIG": env["kubeconfig"]})  # fmt: skip
+    return Proc(
+        f"operator-{namespace}", cmd, PROXY_CORE, workdir, env={"KUBECONFIG": env["kubeconfig"]}
+    )
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -193,9 +211,10 @@ class MetricsScraper:
 
     def value(self, name: str, **match: str) -> float:
         return sum(
-            v for labels, v in self.last.get(name, [])
+            v
+            for labels, v in self.last.get(name, [])
             if all(labels.get(k) == want for k, want in match.items())
-        )  # fmt: skip
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(SCRAPE_SECONDS):
@@ -247,10 +266,22 @@ def py_spy(operator: Proc, n: int) -> subprocess.Popen[bytes] | None:
         log("py-spy is not there: no profile of the operator")
         return None
     return subprocess.Popen(
-        [binary, "record", "--pid", str(operator.pid), "--format", "raw", "--rate", "50",
-         "--output", f"{prefix}-{n}.txt", "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            binary,
+            "record",
+            "--pid",
+            str(operator.pid),
+            "--format",
+            "raw",
+            "--rate",
+            "50",
+            "--output",
+            f"{prefix}-{n}.txt",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> dict[str, Any]:
@@ -349,9 +380,9 @@ def cluster_floor(cluster: Cluster, n: int, workdir: Path) -> dict[str, Any]:
     servings (rendered by its own code), created by the same applier as the servings, and the
     time until every Deployment has its Pod available. What no operator can beat on this
     machine; the operator's time is compared with it."""
-    from modelserving.operator import render
-    from modelserving.operator.settings import OperatorSettings
-    from modelserving.operator.spec import ServingSpec
+    from modelserving_operator.render import manifests as render
+    from modelserving_operator.settings import OperatorSettings
+    from modelserving_operator.spec import ServingSpec
 
     namespace = f"bench-floor-{n}-{uuid.uuid4().hex[:5]}"
     children = []
@@ -402,10 +433,10 @@ def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict
     beyond what a perfect operator writes."""
     from modelserving import api
     from modelserving.kube_access import from_environment
-    from modelserving.operator import render
-    from modelserving.operator.kube import KubeClient, KubeError, object_path
-    from modelserving.operator.settings import OperatorSettings
-    from modelserving.operator.spec import ServingSpec
+    from modelserving_operator.kube import KubeClient, KubeError, object_path
+    from modelserving_operator.render import manifests as render
+    from modelserving_operator.settings import OperatorSettings
+    from modelserving_operator.spec import ServingSpec
 
     namespace = f"bench-floor-writes-{n}-{uuid.uuid4().hex[:5]}"
     settings = OperatorSettings()
@@ -430,11 +461,21 @@ def cluster_floor_with_servings(cluster: Cluster, n: int, workdir: Path) -> dict
                     await asyncio.gather(
                         *(post(child) for child in render.render_children(spec, settings, i + 1))
                     )
-                    status = {"status": {"modelId": i + 1, "observedGeneration": 1, "conditions": [
-                        {"type": "Ready", "status": "True", "reason": "Available",
-                         "message": "the Deployment has 1 of 1 pods available",
-                         "lastTransitionTime": "2026-01-01T00:00:00Z"},
-                    ]}}  # fmt: skip
+                    status = {
+                        "status": {
+                            "modelId": i + 1,
+                            "observedGeneration": 1,
+                            "conditions": [
+                                {
+                                    "type": "Ready",
+                                    "status": "True",
+                                    "reason": "Available",
+                                    "message": "the Deployment has 1 of 1 pods available",
+                                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                },
+                            ],
+                        }
+                    }
                     await kube.merge_patch(api.KIND, spec.name, namespace, status, status=True)
                 except KubeError as exc:
                     raise BenchError(f"serving s{i:04d} and its children: {exc}") from exc
@@ -457,7 +498,7 @@ def create_all(cluster: Cluster, objects: Iterable[Mapping[str, Any]]) -> None:
     """Create every object (each a POST, as `kubectl create` sends), FLOOR_CONCURRENCY at once:
     as fast as the API server takes them. Both sides of the comparison go through here."""
     from modelserving.kube_access import from_environment
-    from modelserving.operator.kube import KubeClient, KubeError, object_path
+    from modelserving_operator.kube import KubeClient, KubeError, object_path
 
     async def create() -> None:
         kube = KubeClient(from_environment(cluster.env["kubeconfig"]), FLOOR_CONCURRENCY, 120)
@@ -483,7 +524,7 @@ def create_all(cluster: Cluster, objects: Iterable[Mapping[str, Any]]) -> None:
 
 def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
     try:
-        import modelserving.operator.handlers  # noqa: F401
+        import modelserving_operator.handlers  # noqa: F401
     except ImportError as exc:
         return {"notes": [f"not run: the operator cannot be imported ({exc})"]}
     if not env or not Path(env.get("kubeconfig", "")).exists():

@@ -63,14 +63,27 @@ def start_operator(
     metrics_port: int,
 ) -> Proc:
     """The operator watching `namespace` alone; its output in logdir/operator-NTH.log."""
-    cmd = [sys.executable, "-m", "modelserving.cli", "operator", "--standalone",
-           "--namespace", namespace, "--operator-namespace", namespace,
-           "--log-level", "WARNING", "--metrics-port", str(metrics_port),
-           *args.operator_arg]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelserving.cli",
+        "operator",
+        "--standalone",
+        "--namespace",
+        namespace,
+        "--operator-namespace",
+        namespace,
+        "--log-level",
+        "WARNING",
+        "--metrics-port",
+        str(metrics_port),
+        *args.operator_arg,
+    ]
     if args.logging:
         cmd += ["--kafka-bootstrap-servers", env["kafka_bootstrap"]]
-    return Proc(f"operator-{nth}", cmd, None, logdir, env={"KUBECONFIG": env["kubeconfig"]},
-                cwd=REPO)  # fmt: skip
+    return Proc(
+        f"operator-{nth}", cmd, None, logdir, env={"KUBECONFIG": env["kubeconfig"]}, cwd=REPO
+    )
 
 
 def ready(item: dict) -> bool:
@@ -105,18 +118,32 @@ def one_size(
     result: dict = {"servings": n, "logging": args.logging}
     try:
         time.sleep(3)
-        listing = {"apiVersion": "v1", "kind": "List",
-                   "items": [serving(f"s{i:04d}", namespace) for i in range(n)]}  # fmt: skip
+        listing = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [serving(f"s{i:04d}", namespace) for i in range(n)],
+        }
         spy = None
         if args.py_spy:  # collapsed stacks of the operator while the servings come up
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                 str(op.pid), "--format", "raw", "--output", args.py_spy, "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(op.pid),
+                    "--format",
+                    "raw",
+                    "--output",
+                    args.py_spy,
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         started = time.monotonic()
-        cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(listing),
-                        timeout=KUBECTL_TIMEOUT)  # fmt: skip
+        cluster.kubectl(
+            "apply", "--server-side", "-f", "-", stdin=json.dumps(listing), timeout=KUBECTL_TIMEOUT
+        )
         result["seconds_to_apply"] = round(time.monotonic() - started, 1)
         first_all = {}
         while time.monotonic() - started < args.deadline:
@@ -167,11 +194,11 @@ def one_size(
         result["rss_after_restart_mib"] = round(memory_mib(op.pid), 1)
     finally:
         op.stop(timeout=30)
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false",
-                        timeout=KUBECTL_TIMEOUT)  # fmt: skip
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", timeout=KUBECTL_TIMEOUT)
         if args.logging:
-            delete_topics(env["kafka_bootstrap"],
-                          [f"{namespace}.s{i:04d}.inference" for i in range(n)])  # fmt: skip
+            delete_topics(
+                env["kafka_bootstrap"], [f"{namespace}.s{i:04d}.inference" for i in range(n)]
+            )
     return result
 
 
@@ -187,20 +214,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for Ready")
     parser.add_argument("--py-spy", help="record the operator's stacks to this file")
     parser.add_argument(
-        "--operator-arg", action="append", default=[], metavar="FLAG",
+        "--operator-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
         help="passed on to `modelserving operator` (repeatable)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     env = localenv_settings()
     if env is None:
         raise SystemExit("the local environment is needed: make env-up")
     cluster = Cluster(env)
     crd = REPO / "crds" / "modelserving.io_modelservings.yaml"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd),
-                    timeout=KUBECTL_TIMEOUT)  # fmt: skip
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(crd), timeout=KUBECTL_TIMEOUT
+    )
     node = f"measure-node-{uuid.uuid4().hex[:5]}"
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(fake_node(node, max(args.sizes) + 100)),
-                    timeout=KUBECTL_TIMEOUT)  # fmt: skip
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps(fake_node(node, max(args.sizes) + 100)),
+        timeout=KUBECTL_TIMEOUT,
+    )
     logdir = Path(tempfile.mkdtemp(prefix="measure-operator-"))
     print(f"operator logs in {logdir}", flush=True)
     try:

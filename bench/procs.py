@@ -198,21 +198,28 @@ def run_pinned(cmd: Sequence[str], core: int, timeout: float, **kwargs: object) 
 
 
 def tree_at(rev: str, into: Path) -> Path:
-    """The `modelserving` package as it was at git revision `rev`, unpacked into `into` and laid
-    out as installed (sidecar/ and operator/ inside modelserving/), so that a process started
-    in `into` imports that revision's code, not the working tree's: the comparisons measure
-    it beside the working tree."""
+    """The packages as they were at git revision `rev`, unpacked into `into` side by side as
+    installed (`modelserving`, `modelserving_sidecar`, `modelserving_operator`), so that a
+    process started in `into` imports that revision's code, not the working tree's: the
+    comparisons measure it beside the working tree. Revisions from before the source roots
+    (sidecar/ and operator/ imported as `modelserving.sidecar` and `modelserving.operator`)
+    get those folders moved inside `modelserving/`, as their wheel laid them out."""
     repo = Path(__file__).resolve().parent.parent
     archive = subprocess.run(
         ["git", "-C", str(repo), "archive", rev, "modelserving", "sidecar", "operator"],
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
+        check=True,
+        capture_output=True,
+    ).stdout
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     for part in ("sidecar", "operator"):
+        package = into / part / f"modelserving_{part}"
+        if package.is_dir():
+            package.rename(into / package.name)
+            (into / part).rmdir()
+            continue
         inside = into / "modelserving" / part
-        # Older revisions hold a symlink there; newer ones map the folder by package-dir, and
-        # without the move the editable install would lend the working tree's copy instead.
+        # Older still: a symlink there, which the archive holds.
         if not inside.is_symlink() and not inside.exists():
             (into / part).rename(inside)
     return into

@@ -73,8 +73,11 @@ def _runs(parts: dict[str, Any], name: str) -> list[dict[str, Any] | None]:
 
 def _per_pass(parts: dict[str, Any], a: str, b: str, combine: Any) -> list[float]:
     """combine(pass of a, pass of b) for each pass where both were measured."""
-    return [combine(x, y) for x, y in zip(_runs(parts, a), _runs(parts, b), strict=False)
-            if x is not None and y is not None]  # fmt: skip
+    return [
+        combine(x, y)
+        for x, y in zip(_runs(parts, a), _runs(parts, b), strict=False)
+        if x is not None and y is not None
+    ]
 
 
 def log_cpu_us_per_request(on: dict[str, Any], off: dict[str, Any]) -> float:
@@ -208,7 +211,7 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, list[float], st
         writes,
         lambda v: v == 0,
     )
-    return rows  # fmt: skip
+    return rows
 
 
 def target_lines(results: dict[str, Any]) -> list[str]:
@@ -381,12 +384,16 @@ def grpc_lines(part: dict[str, Any]) -> list[str]:
             _cells(runs, records) if name == GRPC_SIDECAR else "",
         ]
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
-    ratios = _per_pass_in(results, GRPC_SIDECAR, REST_SIDECAR,
-                          lambda g, r: g["rps_per_core"] / r["rps_per_core"])  # fmt: skip
+    ratios = _per_pass_in(
+        results, GRPC_SIDECAR, REST_SIDECAR, lambda g, r: g["rps_per_core"] / r["rps_per_core"]
+    )
     if ratios:
         shown = " / ".join(f"{v:.2f}" for v in ratios)
-        lines += ["", f"Requests per core, the sidecar over gRPC over the sidecar over REST: "
-                      f"{shown} (pass by pass)."]  # fmt: skip
+        lines += [
+            "",
+            f"Requests per core, the sidecar over gRPC over the sidecar over REST: "
+            f"{shown} (pass by pass).",
+        ]
     return lines
 
 
@@ -403,8 +410,11 @@ def _cells(runs: list[dict[str, Any]], show: Any) -> str:
 
 def _per_pass_in(results: dict[str, Any], a: str, b: str, combine: Any) -> list[float]:
     """combine(pass of a, pass of b) for each pass where both were measured."""
-    return [combine(x, y) for x, y in zip(results.get(a, []), results.get(b, []), strict=False)
-            if x.get("rps_per_core") and y.get("rps_per_core")]  # fmt: skip
+    return [
+        combine(x, y)
+        for x, y in zip(results.get(a, []), results.get(b, []), strict=False)
+        if x.get("rps_per_core") and y.get("rps_per_core")
+    ]
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -75,8 +75,9 @@ def direct(bench: Bench) -> Iterator[tuple[Proc | None, load.Target]]:
 @contextlib.contextmanager
 def nginx_proxy(bench: Bench) -> Iterator[tuple[Proc | None, load.Target]]:
     port = free_port()
-    proc = bench.nginx("nginx-proxy", "proxy.conf", PROXY_CORE, port=port,
-                       upstream_port=bench.upstream_port)  # fmt: skip
+    proc = bench.nginx(
+        "nginx-proxy", "proxy.conf", PROXY_CORE, port=port, upstream_port=bench.upstream_port
+    )
     try:
         yield proc, load.Target(port)
     finally:
@@ -87,8 +88,15 @@ def aiohttp_proxy(uvloop: bool = False) -> Callable[..., Any]:
     @contextlib.contextmanager
     def start(bench: Bench) -> Iterator[tuple[Proc | None, load.Target]]:
         port = free_port()
-        cmd = [sys.executable, "-m", "bench.aiohttp_proxy", "--port", str(port),
-               "--upstream", f"http://127.0.0.1:{bench.upstream_port}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.aiohttp_proxy",
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{bench.upstream_port}",
+        ]
         env = {}
         if uvloop:
             cmd.append("--uvloop")
@@ -111,11 +119,24 @@ def with_pylib(bench: Bench) -> str:
 @contextlib.contextmanager
 def kserve_agent(bench: Bench, sink_port: int | None = None) -> Iterator[tuple[Proc, load.Target]]:
     port = free_port()
-    cmd = [bench.tools.kserve_agent, "--port", str(port),
-           "--component-port", str(bench.upstream_port)]  # fmt: skip
+    cmd = [
+        bench.tools.kserve_agent,
+        "--port",
+        str(port),
+        "--component-port",
+        str(bench.upstream_port),
+    ]
     if sink_port is not None:
-        cmd += ["--log-url", f"http://127.0.0.1:{sink_port}/", "--log-mode", "all",
-                "--inference-service", load.MODEL, "--namespace", "bench"]  # fmt: skip
+        cmd += [
+            "--log-url",
+            f"http://127.0.0.1:{sink_port}/",
+            "--log-mode",
+            "all",
+            "--inference-service",
+            load.MODEL,
+            "--namespace",
+            "bench",
+        ]
     # The agent insists on this variable; empty means "always ready" (no probe of its own).
     env = {"SERVING_READINESS_PROBE": "", "SERVING_LOGGING_LEVEL": "warn"}
     proc = Proc("kserve-agent", cmd, PROXY_CORE, bench.workdir, env=env, port=port)
@@ -248,8 +269,11 @@ def run_request_path(
                 rate: added_latency(_lat(result, rate), _lat(base, rate))
                 for rate in result["latency"]
             }
-    return {"configurations": [c.name for c in configurations],
-            "groups": {c.name: c.group for c in configurations}, "results": results}  # fmt: skip
+    return {
+        "configurations": [c.name for c in configurations],
+        "groups": {c.name: c.group for c in configurations},
+        "results": results,
+    }
 
 
 def _lat(result: dict[str, Any], rate: str) -> Any:
@@ -278,8 +302,14 @@ def run_vegeta_background(bench: Bench, target: load.Target, outage: Outage) -> 
 
     def attack() -> None:
         try:
-            box["result"] = load.vegeta(bench.tools.vegeta, target, bench.workdir / "outage",
-                                        outage.rate, outage.seconds, check=False)  # fmt: skip
+            box["result"] = load.vegeta(
+                bench.tools.vegeta,
+                target,
+                bench.workdir / "outage",
+                outage.rate,
+                outage.seconds,
+                check=False,
+            )
         except BaseException as exc:
             box["error"] = exc
 

@@ -172,8 +172,9 @@ def _operator(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
 
 
 def _git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
     # A snapshot of the tree (no .git) names its commit in BENCH_COMMIT.
     return proc.stdout.strip() or os.environ.get("BENCH_COMMIT", "unknown")
 

@@ -32,14 +32,18 @@ from bench.request_path import (
 from bench.stats import as_dict, records_lost
 from bench.topics import create_topic, delete_created_topics, topic_records, wait_topic
 from modelserving.api import LOG_COMPRESSION
-from modelserving.sidecar.config import LogDurability
+from modelserving_sidecar.config import LogDurability
 
 REPO = Path(__file__).resolve().parent.parent
 # Several model versions (the nginx upstream reports versions 1, 2 and 3 AVAILABLE): the split's
 # cost per request (a hash of the request id, a table lookup) and a 10% shadow's (a second
 # request to the upstream and a second record for one request in ten), beside one version.
-SPLIT = {"versions": [{"version": 1, "weight": 90, "labels": ["stable"]},
-                      {"version": 2, "weight": 10, "labels": ["canary"]}]}  # fmt: skip
+SPLIT = {
+    "versions": [
+        {"version": 1, "weight": 90, "labels": ["stable"]},
+        {"version": 2, "weight": 10, "labels": ["canary"]},
+    ]
+}
 ROUTINGS = {
     "split 90/10": SPLIT,
     "split 90/10 + shadow 10%": {**SPLIT, "shadow": {"version": 3, "percent": 10}},
@@ -62,7 +66,7 @@ SASL_SSL = "sidecar, apiKey, log on over SASL_SSL"
 def sidecar_importable() -> str | None:
     """None when `modelserving sidecar` can run here, else why not."""
     try:
-        import modelserving.sidecar.main  # noqa: F401
+        import modelserving_sidecar.main  # noqa: F401
     except ImportError as exc:
         return f"the sidecar cannot be imported yet: {exc}"
     return None
@@ -96,7 +100,7 @@ class SidecarBench:
         if not self.runnable:
             log(f"sidecar configurations skipped: {self.why_not}")
             return self
-        from modelserving.sidecar.apikeys import hash_api_key
+        from modelserving_sidecar.auth.api_keys import hash_api_key
 
         self.keys_dir = bench.workdir / "apikeys"
         self.keys_dir.mkdir()
@@ -117,9 +121,12 @@ class SidecarBench:
         env = self.env or {}
         proc = subprocess.run(
             ["kubectl", "--kubeconfig", env["kubeconfig"], *args],
-            input=stdin, capture_output=True, text=True, timeout=60,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "PATH": f"{env['path']}:{os.environ['PATH']}"},
-        )  # fmt: skip
+        )
         if proc.returncode != 0:
             raise BenchError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
@@ -133,20 +140,38 @@ class SidecarBench:
             "kind": "List",
             "items": [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}},
-                {"apiVersion": "v1", "kind": "ServiceAccount",
-                 "metadata": {"name": "caller", "namespace": self.namespace}},
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                 "metadata": {"name": "predict", "namespace": self.namespace},
-                 "rules": [{"apiGroups": ["modelserving.io"],
-                            "resources": ["modelservings/predict"], "verbs": ["create"]}]},
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                 "metadata": {"name": "predict", "namespace": self.namespace},
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                             "name": "predict"},
-                 "subjects": [{"kind": "ServiceAccount", "name": "caller",
-                               "namespace": self.namespace}]},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "caller", "namespace": self.namespace},
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "Role",
+                    "metadata": {"name": "predict", "namespace": self.namespace},
+                    "rules": [
+                        {
+                            "apiGroups": ["modelserving.io"],
+                            "resources": ["modelservings/predict"],
+                            "verbs": ["create"],
+                        }
+                    ],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": "predict", "namespace": self.namespace},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "predict",
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "caller", "namespace": self.namespace}
+                    ],
+                },
             ],
-        }  # fmt: skip
+        }
         self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
         self.token = self.kubectl(
             "create", "token", "caller", "-n", self.namespace, "--duration", "1h"
@@ -183,8 +208,13 @@ class SidecarBench:
             "logging": {"mode": "NONE"},
         }
         if topic:
-            config["logging"] = {"mode": "ALL", "topic": topic, "bootstrapServers": self.bootstrap,
-                                 "spoolDir": str(spool), **logging}  # fmt: skip
+            config["logging"] = {
+                "mode": "ALL",
+                "topic": topic,
+                "bootstrapServers": self.bootstrap,
+                "spoolDir": str(spool),
+                **logging,
+            }
         # A folder of each start's own: a port free again is given to a later sidecar too.
         folder = Path(tempfile.mkdtemp(prefix=f"sidecar-{port}-", dir=self.bench.workdir))
         if routing is not None:
@@ -242,8 +272,16 @@ class SidecarBench:
             run_sidecar = "import sys; sys.modules['uvloop'] = None; " + run_sidecar
         elif loop == "uvloop":
             env["PYTHONPATH"] = with_pylib(self.bench)
-        cmd = [sys.executable, "-c", run_sidecar, "sidecar", "--config", str(config),
-               "--log-level", "WARNING"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-c",
+            run_sidecar,
+            "sidecar",
+            "--config",
+            str(config),
+            "--log-level",
+            "WARNING",
+        ]
         # Started in the tree, Python finds that revision's `modelserving` first.
         return Proc(name, cmd, PROXY_CORE, self.bench.workdir, env=env, port=port, cwd=code)
 
@@ -314,8 +352,9 @@ def configurations(bench: Bench) -> list[Configuration]:
         configs.append(over_sasl_ssl(side, SASL_SSL, None))
     if side.bootstrap:
         for variant, routing in ROUTINGS.items():
-            configs.append(side.configuration(versions_configuration(variant), "apiKey", True,
-                                              routing=routing))  # fmt: skip
+            configs.append(
+                side.configuration(versions_configuration(variant), "apiKey", True, routing=routing)
+            )
         # The other event loop than the one the project's environment gives, side by side.
         other = "asyncio" if uvloop_available() else "uvloop"
         if other == "asyncio" or bench.tools.pylib:
@@ -330,8 +369,7 @@ def over_sasl_ssl(side: SidecarBench, name: str, code: Path | None) -> Configura
 
     @contextlib.contextmanager
     def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-        with side.running("apiKey", True, code=code, **sasl_ssl_logging()) as (proc, target,
-                                                                                topic):  # fmt: skip
+        with side.running("apiKey", True, code=code, **sasl_ssl_logging()) as (proc, target, topic):
             yield proc, target
         if topic_records(side.bootstrap or "", topic or "")[0] == 0:
             raise RuntimeError(f"no record reached {topic} over SASL_SSL")
@@ -346,10 +384,14 @@ def sasl_ssl_logging() -> dict[str, object]:
         raise BenchError("the log over SASL_SSL needs the local environment up (make env-up)")
     return {
         "bootstrapServers": kafka["sasl_ssl_bootstrap"],
-        "kafkaSecurity": {"protocol": "SASL_SSL", "caFile": kafka["ca_file"],
-                          "saslMechanism": "SCRAM-SHA-512", "username": kafka["user"],
-                          "passwordFile": kafka["password_file"]},
-    }  # fmt: skip
+        "kafkaSecurity": {
+            "protocol": "SASL_SSL",
+            "caFile": kafka["ca_file"],
+            "saslMechanism": "SCRAM-SHA-512",
+            "username": kafka["user"],
+            "passwordFile": kafka["password_file"],
+        },
+    }
 
 
 def uvloop_available() -> bool:
@@ -375,11 +417,25 @@ def inference_log_throughput(bench: Bench, records: int = 60_000) -> dict[str, A
         try:
             create_topic(side.bootstrap, topic)
             out = run_pinned(
-                [sys.executable, "-m", "bench.log_throughput", "--bootstrap", side.bootstrap,
-                 "--topic", topic, "--records", str(records), "--compression", compression,
-                 "--spool", str(bench.workdir / f"logspool-{compression}")],
-                PROXY_CORE, timeout=300, cwd=REPO,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.log_throughput",
+                    "--bootstrap",
+                    side.bootstrap,
+                    "--topic",
+                    topic,
+                    "--records",
+                    str(records),
+                    "--compression",
+                    compression,
+                    "--spool",
+                    str(bench.workdir / f"logspool-{compression}"),
+                ],
+                PROXY_CORE,
+                timeout=300,
+                cwd=REPO,
+            )
             result = json.loads(out.strip().splitlines()[-1])
             total, distinct = topic_records(side.bootstrap, topic)
             result.update(records_on_topic=total, distinct_records_on_topic=distinct)
@@ -411,10 +467,26 @@ def profile(bench: Bench, seconds: int = 10) -> dict[str, Any]:
     with upstream(bench), side.running("apiKey", bool(side.bootstrap)) as (proc, target, _):
         load.wrk(bench.tools.wrk, target, bench.workdir, seconds=1)
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(_python_pid(proc)), "--duration", str(seconds),
-             "--rate", "250", "--gil", "--format", "raw", "--output", str(raw), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(_python_pid(proc)),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "250",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         load.wrk(bench.tools.wrk, target, bench.workdir, seconds=seconds + 1)
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:

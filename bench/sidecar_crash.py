@@ -30,7 +30,7 @@ from bench.procs import BenchError, Proc, free_port, log
 from bench.request_path import upstream
 from bench.sidecar import SidecarBench
 from bench.topics import create_topic, topic_keys
-from modelserving.sidecar.config import LoggingConfig
+from modelserving_sidecar.config import LoggingConfig
 
 RATE = 1000  # requests per second while the sidecar is killed
 KILL_AFTER_SECONDS = 3.0
@@ -39,8 +39,9 @@ SETTLE_TIMEOUT_SECONDS = 90.0
 DURABILITIES = ("buffered", "spooled")
 
 
-async def _answered_until(url: str, headers: dict[str, str], body: str, stop: threading.Event,
-                          answered: dict[str, float]) -> int:  # fmt: skip
+async def _answered_until(
+    url: str, headers: dict[str, str], body: str, stop: threading.Event, answered: dict[str, float]
+) -> int:
     """Predictions at RATE until `stop` is set; the request ids answered 200 (with when) go in
     `answered`. Returns how many requests were sent."""
     async with aiohttp.ClientSession(headers=headers) as http:
@@ -87,8 +88,13 @@ def sigkill(side: SidecarBench, durability: str) -> dict[str, Any]:
 
         def load_until_stopped() -> None:
             try:
-                outcome.append(asyncio.run(_answered_until(
-                    target.url, target.all_headers(), target.body, stop, answered)))  # fmt: skip
+                outcome.append(
+                    asyncio.run(
+                        _answered_until(
+                            target.url, target.all_headers(), target.body, stop, answered
+                        )
+                    )
+                )
             except BaseException as exc:  # reported by the bench's thread below
                 outcome.append(exc)
 

@@ -130,8 +130,11 @@ def ensure_kserve_agent() -> str:
     work.mkdir(parents=True, exist_ok=True)
     for name in ("go.mod", "tools.go"):
         shutil.copy(HERE / "kserve_agent" / name, work / name)
-    info = _run(["go", "mod", "download", "-json", f"github.com/kserve/kserve@{KSERVE_VERSION}"],
-                work, GO_ENV)  # fmt: skip
+    info = _run(
+        ["go", "mod", "download", "-json", f"github.com/kserve/kserve@{KSERVE_VERSION}"],
+        work,
+        GO_ENV,
+    )
     gomod = Path(re.search(r'"GoMod":\s*"([^"]+)"', info).group(1)).read_text()  # type: ignore[union-attr]
     replaces = re.findall(r"^replace\s+(\S+\s+=>\s+\S+\s+\S+)\s*$", gomod, re.M)
     with (work / "go.mod").open("a") as f:
@@ -139,8 +142,11 @@ def ensure_kserve_agent() -> str:
     _run(["go", "mod", "tidy"], work, GO_ENV)
     tmp = binary.with_name("agent.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-ldflags", "-s -w", "-o", str(tmp), "github.com/kserve/kserve/cmd/agent"],
-         work, GO_ENV)  # fmt: skip
+    _run(
+        ["go", "build", "-ldflags", "-s -w", "-o", str(tmp), "github.com/kserve/kserve/cmd/agent"],
+        work,
+        GO_ENV,
+    )
     tmp.rename(binary)
     return str(binary)
 
@@ -153,8 +159,19 @@ def ensure_python_extras() -> tuple[str | None, str | None]:
     if not (target / ".complete").exists():
         log(f"installing py-spy {PY_SPY_VERSION} and uvloop {UVLOOP_VERSION} into {target}")
         try:
-            _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
-                  f"py-spy=={PY_SPY_VERSION}", f"uvloop=={UVLOOP_VERSION}"])  # fmt: skip
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--target",
+                    str(target),
+                    f"py-spy=={PY_SPY_VERSION}",
+                    f"uvloop=={UVLOOP_VERSION}",
+                ]
+            )
             (target / ".complete").touch()
         except BenchError as exc:
             log(f"py-spy and uvloop could not be installed, their parts are skipped: {exc}")

@@ -77,9 +77,13 @@ def topic_keys(bootstrap: str, topic: str, header: Header | None = None) -> list
     async def read() -> list[bytes | None]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_bytes=50 * 1024 * 1024)  # fmt: skip
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=50 * 1024 * 1024,
+        )
         await consumer.start()
         try:
             await consumer.topics()

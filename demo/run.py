@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from modelserving.api import LABEL_INSTANCE
-from modelserving.inferencelog import HEADER_REQUEST_ID, read_inference_log
+from modelserving.inferencelog.reader import HEADER_REQUEST_ID, read_inference_log
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALENV = REPO / "localenv" / "localenv.py"
@@ -102,8 +102,12 @@ class Cluster:
 def environment_up() -> dict[str, str]:
     """Start the local environment, showing what it says as it goes: a first run builds its
     parts for minutes, and says which part and how far along."""
-    proc = subprocess.Popen([sys.executable, str(LOCALENV), "up"], stderr=subprocess.STDOUT,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(LOCALENV), "up"],
+        stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     said: list[str] = []
     for line in proc.stdout:
@@ -135,9 +139,13 @@ class Processes:
         log = DEMO_DIR / f"{name}.log"
         handle = log.open("wb")
         proc = subprocess.Popen(
-            cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cmd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.pids[name] = proc.pid
         self.pidfile.write_text(json.dumps(self.pids))
         return log
@@ -269,26 +277,45 @@ def run_demo(keep: bool) -> None:
     try:
         step(2, "Install the CRDs and start the operator")
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modelservings.modelserving.io")  # fmt: skip
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelservings.modelserving.io",
+        )
         # Right after a CRD is established its list can still answer 429 for a moment.
         wait(lambda: cluster.ok("get", "modelservings", "-A"), 30, "the ModelServing API")
         if cluster.get("namespace", OPERATOR_NAMESPACE) is None:
             cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
         operator_log = processes.start(
             "operator",
-            [sys.executable, "-m", "modelserving.cli", "operator", "--standalone",
-             "--namespace", NAMESPACE, "--operator-namespace", OPERATOR_NAMESPACE,
-             "--kafka-bootstrap-servers", cluster.bootstrap],
+            [
+                sys.executable,
+                "-m",
+                "modelserving.cli",
+                "operator",
+                "--standalone",
+                "--namespace",
+                NAMESPACE,
+                "--operator-namespace",
+                OPERATOR_NAMESPACE,
+                "--kafka-bootstrap-servers",
+                cluster.bootstrap,
+            ],
             env=cluster.env,
-        )  # fmt: skip
+        )
         say(f"modelserving operator watching namespace {NAMESPACE} (log: {operator_log})")
 
         step(3, f"Apply {EXAMPLE.relative_to(REPO)}: a Secret with the demo key, a ModelServing")
         # A namespace left by an earlier demo may still be terminating.
-        wait(lambda: cluster.get("namespace", NAMESPACE) is None or not cluster.get(
-            "namespace", NAMESPACE)["metadata"].get("deletionTimestamp"), 120,
-             f"namespace {NAMESPACE} of an earlier demo to go")  # fmt: skip
+        wait(
+            lambda: (
+                cluster.get("namespace", NAMESPACE) is None
+                or not cluster.get("namespace", NAMESPACE)["metadata"].get("deletionTimestamp")
+            ),
+            120,
+            f"namespace {NAMESPACE} of an earlier demo to go",
+        )
         print(cluster.kubectl("apply", "-f", str(EXAMPLE)), end="")
 
         step(4, "Wait until the serving is Ready")
@@ -315,14 +342,27 @@ def run_demo(keep: bool) -> None:
         model = rendered["model"]["name"]
         if shutil.which("tensorflow_model_server"):
             # --port: TF Serving's gRPC port, out of the way of the sidecar's (8500).
-            tfs_cmd = ["tensorflow_model_server", f"--port={grpc_port}",
-                       f"--rest_api_port={rest_port}", f"--model_name={model}", "--model_base_path=" + serving["spec"]["model"]["basePath"]]  # fmt: skip # noqa: E501
+            tfs_cmd = [
+                "tensorflow_model_server",
+                f"--port={grpc_port}",
+                f"--rest_api_port={rest_port}",
+                f"--model_name={model}",
+                "--model_base_path=" + serving["spec"]["model"]["basePath"],
+            ]
             say("TF Serving: the real tensorflow_model_server")
         else:
             # Its REST and gRPC APIs, on TF Serving's ports in the pod.
-            tfs_cmd = [sys.executable, "-m", "tests.support.tfserving_standin_grpc",
-                       "--port", str(rest_port), "--grpc-port", str(grpc_port),
-                       "--model", model]  # fmt: skip
+            tfs_cmd = [
+                sys.executable,
+                "-m",
+                "tests.support.tfserving_standin_grpc",
+                "--port",
+                str(rest_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--model",
+                model,
+            ]
             say("TF Serving: the stand-in of tests/ (no registry ships tensorflow_model_server)")
         processes.start("tfserving", tfs_cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
         command = [sys.executable, "-m", "modelserving.cli", *sidecar["command"][1:]]
@@ -356,8 +396,10 @@ def run_demo(keep: bool) -> None:
         request_id = headers["X-Request-Id"]
         grpc_address = f"127.0.0.1:{rendered['grpc']['port']}"
         outputs, grpc_id = grpc_predict(grpc_address, model, SEED_REQUEST["instances"])
-        say(f"the same over gRPC ({grpc_address}, PredictionService/Predict, x = "
-            f"{SEED_REQUEST['instances']}):")  # fmt: skip
+        say(
+            f"the same over gRPC ({grpc_address}, PredictionService/Predict, x = "
+            f"{SEED_REQUEST['instances']}):"
+        )
         say(f"answer:   OK y = {outputs}  (x-request-id {grpc_id})")
 
         step(7, "The same request without a credential")
@@ -424,12 +466,16 @@ def grpc_predict(address: str, model: str, x: list[float]) -> tuple[list[float],
         try:
             # wait_for_ready: the sidecar opens its gRPC port just after the REST one.
             answer, call = PredictionServiceStub(channel).Predict.with_call(
-                request, metadata=[("authorization", f"ApiKey {DEMO_KEY}")], timeout=30,
+                request,
+                metadata=[("authorization", f"ApiKey {DEMO_KEY}")],
+                timeout=30,
                 wait_for_ready=True,
-            )  # fmt: skip
+            )
         except grpc.RpcError as exc:
-            raise DemoError(f"the gRPC Predict failed: {exc.code().name} {exc.details()}; "
-                            f"see {DEMO_DIR / 'sidecar.log'}") from None  # fmt: skip
+            raise DemoError(
+                f"the gRPC Predict failed: {exc.code().name} {exc.details()}; "
+                f"see {DEMO_DIR / 'sidecar.log'}"
+            ) from None
     request_id = dict(call.initial_metadata())["x-request-id"]
     return list(answer.outputs["y"].float_val), request_id
 

@@ -331,12 +331,19 @@ def _fetch_kafka() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     run(
         [
-            "mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
-            f"-Dkafka.version={KAFKA_VERSION}", f"-Dlog4j.version={LOG4J_VERSION}",
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(HERE / "kafka" / "pom.xml"),
+            f"-Dkafka.version={KAFKA_VERSION}",
+            f"-Dlog4j.version={LOG4J_VERSION}",
             f"-Dslf4j.version={SLF4J_VERSION}",
-            "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
         ]
-    )  # fmt: skip
+    )
     tmp.rename(out)
 
 
@@ -544,26 +551,40 @@ def cluster_up() -> Path:
         kwokctl("delete", "cluster", "--name", CLUSTER_NAME)
     log(f"starting the control plane (Kubernetes {KUBERNETES_VERSION}, KWOK {KWOK_VERSION})")
     kwokctl(
-        "create", "cluster", "--name", CLUSTER_NAME, "--runtime", "binary",
+        "create",
+        "cluster",
+        "--name",
+        CLUSTER_NAME,
+        "--runtime",
+        "binary",
         "--kube-authorization",
         # The components' default client limits (20 requests/s for the controller-manager)
         # make a thousand Deployments take minutes to become available, whatever the operator does.
         "--disable-qps-limits",
         # The API server's default Service range is a /24: 254 Services, fewer than the
         # servings a scale test makes (each has a Service).
-        "--extra-args", "kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
+        "--extra-args",
+        "kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
         # One controller-manager and one scheduler, that must outlive an API server restart
         # (kube_apiserver_restart): with leader election they exit once their lease cannot be
         # renewed for 10 s, and here nothing would start them again.
-        "--extra-args", "kube-controller-manager=leader-elect=false",
-        "--extra-args", "kube-scheduler=leader-elect=false",
-        "--kube-apiserver-binary", str(kube_bin() / "kube-apiserver"),
-        "--kube-controller-manager-binary", str(kube_bin() / "kube-controller-manager"),
-        "--kube-scheduler-binary", str(kube_bin() / "kube-scheduler"),
-        "--etcd-binary", str(etcd_bin() / "etcd"),
-        "--kwok-controller-binary", str(kwok_bin() / "kwok"),
-        "--wait", "3m",
-    )  # fmt: skip
+        "--extra-args",
+        "kube-controller-manager=leader-elect=false",
+        "--extra-args",
+        "kube-scheduler=leader-elect=false",
+        "--kube-apiserver-binary",
+        str(kube_bin() / "kube-apiserver"),
+        "--kube-controller-manager-binary",
+        str(kube_bin() / "kube-controller-manager"),
+        "--kube-scheduler-binary",
+        str(kube_bin() / "kube-scheduler"),
+        "--etcd-binary",
+        str(etcd_bin() / "etcd"),
+        "--kwok-controller-binary",
+        str(kwok_bin() / "kwok"),
+        "--wait",
+        "3m",
+    )
     kwokctl("scale", "node", "--name", CLUSTER_NAME, "--replicas", str(NODE_COUNT))
     STATE.mkdir(parents=True, exist_ok=True)
     kubeconfig.write_text(kwokctl("get", "kubeconfig", "--name", CLUSTER_NAME))
@@ -784,23 +805,31 @@ def kafka_client_properties() -> None:
     listeners, clients = kafka_listeners(), kafka_client_dir()
     trust = ["ssl.truststore.type=PEM", f"ssl.truststore.location={listeners.ca_file}"]
     files = {
-        "ssl.properties": [f"bootstrap.servers={listeners.ssl_bootstrap}",
-                           "security.protocol=SSL", *trust],
+        "ssl.properties": [
+            f"bootstrap.servers={listeners.ssl_bootstrap}",
+            "security.protocol=SSL",
+            *trust,
+        ],
         # Kafka's PEM key store is one file: the key, then the certificate.
-        "mtls.properties": [f"bootstrap.servers={listeners.mtls_bootstrap}",
-                            "security.protocol=SSL", *trust, "ssl.keystore.type=PEM",
-                            f"ssl.keystore.location={clients / 'user.pem'}"],
-    }  # fmt: skip
+        "mtls.properties": [
+            f"bootstrap.servers={listeners.mtls_bootstrap}",
+            "security.protocol=SSL",
+            *trust,
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={clients / 'user.pem'}",
+        ],
+    }
     password = kafka_password()
     for mechanism in SASL_MECHANISMS:
         module = "plain.PlainLoginModule" if mechanism == "PLAIN" else "scram.ScramLoginModule"
         files[f"sasl-{mechanism.lower()}.properties"] = [
             f"bootstrap.servers={listeners.sasl_ssl_bootstrap}",
-            "security.protocol=SASL_SSL", *trust,
+            "security.protocol=SASL_SSL",
+            *trust,
             f"sasl.mechanism={mechanism}",
             f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
             f'username="{KAFKA_USER}" password="{password}";',
-        ]  # fmt: skip
+        ]
     for name, lines in files.items():
         _write_private(clients / name, ("\n".join(lines) + "\n").encode())
 
@@ -829,9 +858,12 @@ def kafka_configure() -> Path:
     tls = kafka_dir() / "tls"
     kafka_certificates()
     listeners = {
-        "PLAINTEXT": broker, "CONTROLLER": controller,
-        "SSL": ports["ssl"], "MTLS": ports["mtls"], "SASL_SSL": ports["sasl_ssl"],
-    }  # fmt: skip
+        "PLAINTEXT": broker,
+        "CONTROLLER": controller,
+        "SSL": ports["ssl"],
+        "MTLS": ports["mtls"],
+        "SASL_SSL": ports["sasl_ssl"],
+    }
     advertised = {name: port for name, port in listeners.items() if name != "CONTROLLER"}
     password = kafka_password()
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
@@ -890,8 +922,11 @@ def kafka_configure() -> Path:
             for mechanism in SASL_MECHANISMS[1:]
             for arg in ("--add-scram", f"{mechanism}=[name={KAFKA_USER},password={password}]")
         ]
-        run(java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
-                     *users))  # fmt: skip
+        run(
+            java_cmd(
+                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *users
+            )
+        )
         scram_marker.touch()
     return config
 
@@ -911,13 +946,20 @@ def kafka_start() -> str:
     logfile = (kafka_dir() / "kafka.log").open("ab")
     proc = subprocess.Popen(
         [
-            "java", "-Xms256m", "-Xmx512m",
+            "java",
+            "-Xms256m",
+            "-Xmx512m",
             f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
-            "-cp", f"{kafka_libs()}/*", "kafka.Kafka", str(config),
+            "-cp",
+            f"{kafka_libs()}/*",
+            "kafka.Kafka",
+            str(config),
         ],
-        stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     (kafka_dir() / "kafka.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 90
     while not all(port_open(ports[name]) for name in ("broker", "ssl", "mtls", "sasl_ssl")):

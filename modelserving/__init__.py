@@ -2,11 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from modelserving._checkout import map_checkout_folders
-
 try:
     __version__ = version("modelserving")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
-
-map_checkout_folders()

@@ -101,7 +101,7 @@ LOG_MAX_PAYLOAD_BYTES = 256 * 1024  # per payload (request, answer); 0 means no 
 LOG_OVERSIZE_PAYLOAD = "truncate"
 # Empty: unset. A payload that is not JSON is then left out of the record where a redaction
 # rule applies to it (redaction fails closed) and kept as it came elsewhere; "keep" or "drop"
-# apply to every serving whose spec does not say (modelserving.sidecar.log_policy decides).
+# apply to every serving whose spec does not say (modelserving_sidecar.log.policy decides).
 LOG_NON_JSON_PAYLOAD = ""
 # How often a sidecar forces its spool to disk (fsync), spec.logging.spool.fsyncIntervalSeconds:
 # records written less than this long before a power loss (not a process crash) may be lost.

@@ -15,17 +15,20 @@ from modelserving import __version__
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "operator": ("modelserving.operator.main", "run the operator that reconciles ModelServings"),
-    "sidecar": ("modelserving.sidecar.main", "run the sidecar of a serving pod"),
-    "apikey": ("modelserving.sidecar.apikey_cli", "make an API key and the Secret with its hash"),
-    "logs": ("modelserving.inferencelog_cli", "read a serving's inference log from Kafka"),
+    "operator": ("modelserving_operator.main", "run the operator that reconciles ModelServings"),
+    "sidecar": ("modelserving_sidecar.main", "run the sidecar of a serving pod"),
+    "apikey": (
+        "modelserving_sidecar.auth.apikey_cli",
+        "make an API key and the Secret with its hash",
+    ),
+    "logs": ("modelserving.inferencelog.cli", "read a serving's inference log from Kafka"),
 }
 # A subcommand's own subcommands: (name, word) -> (module, one-line help). The word is one only
 # right after the name (`modelserving logs export TOPIC`), so that `logs TOPIC` still reads a
 # topic of any name (`modelserving logs --from-beginning export` reads one named export).
 NESTED: dict[tuple[str, str], tuple[str, str]] = {
     ("logs", "export"): (
-        "modelserving.inferencelog_export_cli",
+        "modelserving.inferencelog.export_cli",
         "write a time range of the inference log to a file (JSON lines or Parquet)",
     ),
 }

@@ -266,8 +266,9 @@ async def diagnose(
     host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
     try:
         async with asyncio.timeout(timeout):
-            conn = await create_conn(host, int(port), request_timeout_ms=int(timeout * 1000),
-                                     **options)  # fmt: skip
+            conn = await create_conn(
+                host, int(port), request_timeout_ms=int(timeout * 1000), **options
+            )
         conn.close()
     except Exception as exc:
         return problem_of(exc)
@@ -278,10 +279,16 @@ async def diagnose(
 
 # key of the sidecar config's logging.kafkaSecurity -> field; values are strings but the two flags
 _FILE_KEYS = {
-    "protocol": "protocol", "caFile": "ca_file", "certFile": "cert_file", "keyFile": "key_file",
-    "saslMechanism": "sasl_mechanism", "username": "username", "passwordFile": "password_file",
-    "checkHostname": "check_hostname", "allowSaslPlaintext": "allow_sasl_plaintext",
-}  # fmt: skip
+    "protocol": "protocol",
+    "caFile": "ca_file",
+    "certFile": "cert_file",
+    "keyFile": "key_file",
+    "saslMechanism": "sasl_mechanism",
+    "username": "username",
+    "passwordFile": "password_file",
+    "checkHostname": "check_hostname",
+    "allowSaslPlaintext": "allow_sasl_plaintext",
+}
 
 
 def from_mapping(where: str, raw: Mapping[str, Any]) -> KafkaSecurity:
@@ -415,15 +422,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Kafka bootstrap servers, host:port[,host:port] (default: "
         f"${BOOTSTRAP_ENV}, else the --command-config file's bootstrap.servers)",
     )
-    group.add_argument("--command-config", metavar="FILE",
+    group.add_argument(
+        "--command-config",
+        metavar="FILE",
         help="Kafka client properties: bootstrap.servers, security.protocol, "
         "ssl.truststore.location (type PEM), ssl.keystore.location (PEM: key and certificate), "
-        "sasl.mechanism, sasl.jaas.config")  # fmt: skip
-    group.add_argument("--security-protocol", choices=[p.value for p in SecurityProtocol],
-                       help="PLAINTEXT (default), SSL or SASL_SSL")  # fmt: skip
-    group.add_argument("--ssl-ca-file", metavar="FILE",
-                       help="the CA of the broker's certificate, PEM (Strimzi: ca.crt of the "
-                       "cluster CA Secret); default: the system's trusted CAs")  # fmt: skip
+        "sasl.mechanism, sasl.jaas.config",
+    )
+    group.add_argument(
+        "--security-protocol",
+        choices=[p.value for p in SecurityProtocol],
+        help="PLAINTEXT (default), SSL or SASL_SSL",
+    )
+    group.add_argument(
+        "--ssl-ca-file",
+        metavar="FILE",
+        help="the CA of the broker's certificate, PEM (Strimzi: ca.crt of the "
+        "cluster CA Secret); default: the system's trusted CAs",
+    )
     group.add_argument(
         "--ssl-cert-file",
         metavar="FILE",
@@ -439,9 +455,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--sasl-mechanism", choices=[m.value for m in SaslMechanism])
     group.add_argument("--sasl-username", metavar="NAME")
-    group.add_argument("--sasl-password-file", metavar="FILE",
-                       help=f"a file holding the SASL password (or ${PASSWORD_ENV}); never "
-                       "give a password on the command line")  # fmt: skip
+    group.add_argument(
+        "--sasl-password-file",
+        metavar="FILE",
+        help=f"a file holding the SASL password (or ${PASSWORD_ENV}); never "
+        "give a password on the command line",
+    )
 
 
 def reader_connection(
@@ -477,9 +496,13 @@ def from_arguments(
     flags: dict[str, Any] = {}
     if args.security_protocol:
         flags["protocol"] = SecurityProtocol(args.security_protocol)
-    for flag, name in (("ssl_ca_file", "ca_file"), ("ssl_cert_file", "cert_file"),
-                       ("ssl_key_file", "key_file"), ("sasl_username", "username"),
-                       ("sasl_password_file", "password_file")):  # fmt: skip
+    for flag, name in (
+        ("ssl_ca_file", "ca_file"),
+        ("ssl_cert_file", "cert_file"),
+        ("ssl_key_file", "key_file"),
+        ("sasl_username", "username"),
+        ("sasl_password_file", "password_file"),
+    ):
         if getattr(args, flag):
             flags[name] = getattr(args, flag)
     if args.sasl_mechanism:

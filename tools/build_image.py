@@ -48,7 +48,7 @@ BASE_ENV = (
     "LANG=C.UTF-8",
 )
 TOOLS = {"buildah": "buildah", "podman": "podman", "mmdebstrap": "mmdebstrap"}
-# What the source tree of the wheel is made of (pyproject.toml's package-dir).
+# What the source tree of the wheel is made of (pyproject.toml's tool.hatch.build).
 SOURCE_PATHS = ("pyproject.toml", "README.md", "modelserving", "operator", "sidecar")
 
 
@@ -164,8 +164,7 @@ def dependency_wheels() -> Path:
 def project_wheel(dest: Path) -> None:
     """The project's own wheel, from a clean copy of the working tree.
 
-    A copy, because setuptools reuses a build/ folder in the source tree, which
-    can hold files since deleted.
+    A copy, so that nothing but these paths (no build/ folder, no cache) can reach it.
     """
     with tempfile.TemporaryDirectory(prefix="modelserving-src-") as tmp:
         src = Path(tmp)

@@ -44,7 +44,7 @@ import yaml
 from kubernetes import client, config
 
 from modelserving import api
-from modelserving.sidecar.apikeys import hash_api_key
+from modelserving_sidecar.auth.api_keys import hash_api_key
 from tests.support.chart_account import operator_kubeconfig
 from tests.support.environment import KafkaBroker, LocalEnv, localenv
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator

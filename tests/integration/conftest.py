@@ -25,9 +25,12 @@ def crds(local_env, kube_client):
     """The CRDs from crds/, installed once and ready to list."""
     local_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     local_env.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        f"crd/{api.PLURAL}.{api.GROUP}", "crd/kopfpeerings.kopf.dev",
-    )  # fmt: skip
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        f"crd/{api.PLURAL}.{api.GROUP}",
+        "crd/kopfpeerings.kopf.dev",
+    )
     objects = client.CustomObjectsApi(kube_client)
 
     def lists() -> bool:

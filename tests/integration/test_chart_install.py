@@ -39,8 +39,18 @@ def release(local_env, namespace) -> Iterator[str]:
 
 def install(local_env, release: str, namespace: str, *values: str) -> None:
     sets = [arg for value in values for arg in ("--set", value)]
-    helm(local_env, "install", release, str(CHART), "-n", namespace, *sets,
-         "--wait", "--timeout", "120s")  # fmt: skip
+    helm(
+        local_env,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        *sets,
+        "--wait",
+        "--timeout",
+        "120s",
+    )
 
 
 def crd_established(kube_client, name: str) -> bool:
@@ -65,9 +75,14 @@ def test_chart_lints_strictly(local_env):
 def test_rendered_chart_is_accepted_by_the_api_server(local_env, namespace, values):
     # The CRDs are real (peering objects need them); the rest is a server-side dry run.
     applied = local_env.kubectl(
-        "apply", "--server-side", "--force-conflicts", "--field-manager=chart-test",
-        "-f", str(CHART / "crds"), check=False,
-    )  # fmt: skip
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=chart-test",
+        "-f",
+        str(CHART / "crds"),
+        check=False,
+    )
     assert applied.returncode == 0, applied.stderr
     sets = [arg for v in values for arg in ("--set", v.replace("NS", namespace))]
     rendered = helm(local_env, "template", "dry", str(CHART), "-n", namespace, *sets).stdout
@@ -89,9 +104,14 @@ def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_tol
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
     def secrets_verbs(docs: list[dict]) -> set[str]:
-        return {verb for doc in docs if doc["kind"] in ("ClusterRole", "Role")
-                for r in doc.get("rules") or [] if "secrets" in r.get("resources", [])
-                for verb in r["verbs"]}  # fmt: skip
+        return {
+            verb
+            for doc in docs
+            if doc["kind"] in ("ClusterRole", "Role")
+            for r in doc.get("rules") or []
+            if "secrets" in r.get("resources", [])
+            for verb in r["verbs"]
+        }
 
     def read_secrets_setting(docs: list[dict]) -> str:
         (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
@@ -105,8 +125,11 @@ def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_tol
     assert secrets_verbs(forbidden) == set()
     assert read_secrets_setting(forbidden) == "false"
     # The CA's ConfigMap stays readable: the topic admin can still use a CA held there
-    cluster_role = next(d for d in forbidden if d["kind"] == "ClusterRole"
-                        and d["metadata"]["name"] == "ms-modelserving")  # fmt: skip
+    cluster_role = next(
+        d
+        for d in forbidden
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "ms-modelserving"
+    )
     assert {"resources": ["configmaps"], "verbs": ["get"], "apiGroups": [""]} in (
         cluster_role["rules"]
     )
@@ -126,8 +149,9 @@ def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_tol
     ],
 )
 def test_bad_values_are_refused_naming_the_value(local_env, namespace, release, value, named):
-    proc = helm(local_env, "install", release, str(CHART), "-n", namespace, "--set", value,
-                check=False)  # fmt: skip
+    proc = helm(
+        local_env, "install", release, str(CHART), "-n", namespace, "--set", value, check=False
+    )
     assert proc.returncode != 0, f"{value} was accepted"
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert named in proc.stderr, proc.stderr
@@ -159,8 +183,20 @@ def test_install_upgrade_uninstall(local_env, kube_client, namespace, release):
 
     # When the log level changes
     before = deployment.metadata.generation
-    helm(local_env, "upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
-         "--set", "logLevel=DEBUG", "--wait", "--timeout", "120s")  # fmt: skip
+    helm(
+        local_env,
+        "upgrade",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set",
+        "logLevel=DEBUG",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
 
     # Then the Deployment rolls: a new generation, all replicas updated and ready with it
     def rolled() -> bool:
@@ -217,7 +253,8 @@ def rule(verb: str, resource: str, group: str = "", namespace: str | None = None
 
 
 def operator_needs(ns: str, release_ns: str, sidecar_auth: str) -> list[dict]:
-    """What the operator does (operator/kube.py, handlers.py, modelids.py and kopf)."""
+    """What the operator does (operator/modelserving_operator/kube.py, handlers.py, modelids.py
+    and kopf)."""
     crd = "modelservings.modelserving.io"  # whose annotation is the modelId counter
     return [
         rule("list", "modelservings", "modelserving.io", ns),

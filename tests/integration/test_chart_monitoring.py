@@ -32,10 +32,11 @@ def test_dashboard_rules_and_monitors_are_rendered_only_when_turned_on(local_env
 
     # When each is turned on, with labels of the user's
     objects = render(
-        local_env, *MONITORING_ON,
+        local_env,
+        *MONITORING_ON,
         "metrics.prometheusRule.labels.release=kube-prometheus",
         "metrics.dashboard.namespace=grafana",
-    )  # fmt: skip
+    )
 
     # Then the dashboard is in a ConfigMap Grafana's sidecar loads, as its file has it
     dashboard = named(objects, "ConfigMap", "ms-modelserving-dashboard")
@@ -51,8 +52,10 @@ def test_dashboard_rules_and_monitors_are_rendered_only_when_turned_on(local_env
     # And the sidecars and the operator are scraped, the sidecars with their serving's name
     monitors = {m["metadata"]["name"]: m["spec"] for m in of_kind(objects, "ServiceMonitor")}
     sidecars = monitors["ms-modelserving-servings"]["endpoints"][0]
-    assert {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
-            "targetLabel": "serving"} in sidecars["relabelings"]  # fmt: skip
+    assert {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+        "targetLabel": "serving",
+    } in sidecars["relabelings"]
     operator = monitors["ms-modelserving-operator"]["endpoints"][0]
     assert (operator["port"], operator["path"]) == ("metrics", "/metrics")
     assert operator["honorLabels"] is True
@@ -83,8 +86,11 @@ def test_rendered_rules_pass_promtools_check_and_unit_tests(local_env, tmp_path)
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 10 rules found" in check.stdout
-    tested = subprocess.run(["promtool", "test", "rules", str(tmp_path / PROMTOOL_TESTS.name)],
-                            capture_output=True, text=True)  # fmt: skip
+    tested = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / PROMTOOL_TESTS.name)],
+        capture_output=True,
+        text=True,
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
@@ -92,8 +98,11 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook():
     groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
     alerts = [rule["alert"] for group in groups for rule in group["rules"]]
     tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
-    cases = [(case["alertname"], bool(case["exp_alerts"]))
-             for test in tests for case in test["alert_rule_test"]]  # fmt: skip
+    cases = [
+        (case["alertname"], bool(case["exp_alerts"]))
+        for test in tests
+        for case in test["alert_rule_test"]
+    ]
     readme = (CHART / "README.md").read_text()
     for alert in alerts:
         assert (alert, True) in cases, f"no promtool test where {alert} fires"

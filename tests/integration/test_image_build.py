@@ -92,7 +92,7 @@ def test_the_project_is_importable_without_writing_to_the_root_filesystem(contai
         container,
         "python",
         "-c",
-        "import os, modelserving.operator.main, modelserving.sidecar.main, modelserving;"
+        "import os, modelserving_operator.main, modelserving_sidecar.main, modelserving;"
         "print(os.access(os.path.dirname(modelserving.__file__), os.W_OK))",
         user=RUN_AS,
     )

@@ -14,7 +14,7 @@ from collections import Counter
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from modelserving.inferencelog import (
+from modelserving.inferencelog.reader import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
     HEADER_POD,

@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 import yaml
 
-from modelserving.inferencelog import read_inference_log
+from modelserving.inferencelog.reader import read_inference_log
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -60,9 +60,15 @@ class Sidecar:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(self.config),
-            "--log-level", "WARNING",
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(self.config),
+            "--log-level",
+            "WARNING",
+        )
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -108,18 +114,27 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
 ):
     port = free_port()
     config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump({
-        "serving": {"name": "hpt", "namespace": "demo"},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "listen": {"host": "127.0.0.1", "port": port},
-        "grpc": {"port": 0},  # no gRPC port
-        "upstream": {"url": upstream},
-        "auth": {"mode": "none"},
-        "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-                    "spoolDir": str(tmp_path / "spool"), "durability": durability,
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "serving": {"name": "hpt", "namespace": "demo"},
+                "model": {"name": MODEL, "version": 1, "modelId": 17},
+                "listen": {"host": "127.0.0.1", "port": port},
+                "grpc": {"port": 0},  # no gRPC port
+                "upstream": {"url": upstream},
+                "auth": {"mode": "none"},
+                "logging": {
+                    "mode": "ALL",
+                    "topic": topic,
+                    "bootstrapServers": local_env.kafka_bootstrap,
+                    "spoolDir": str(tmp_path / "spool"),
+                    "durability": durability,
                     "spoolFlushIntervalSeconds": FLUSH_INTERVAL_SECONDS,
-                    "maxInFlightRecords": MAX_IN_FLIGHT},
-    }))  # fmt: skip
+                    "maxInFlightRecords": MAX_IN_FLIGHT,
+                },
+            }
+        )
+    )
     url = f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict"
     status_url = f"http://127.0.0.1:{port}/v1/models/{MODEL}"
     sidecar = Sidecar(config)
@@ -148,8 +163,12 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
         keys: list[str] = []
 
         async def delivered() -> bool:
-            keys[:] = [r.key async for r in read_inference_log(topic, local_env.kafka_bootstrap,
-                                                               from_beginning=True)]  # fmt: skip
+            keys[:] = [
+                r.key
+                async for r in read_inference_log(
+                    topic, local_env.kafka_bootstrap, from_beginning=True
+                )
+            ]
             on_topic.update(keys)
             missing = set(answered) - on_topic
             late = [k for k in missing if killed_at - answered[k] > WRITTEN_WITHIN_SECONDS]

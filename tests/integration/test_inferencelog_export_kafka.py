@@ -23,17 +23,17 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from modelserving.inferencelog import PROTOCOL_REST, ReadProgress, read_inference_log
-from modelserving.sidecar.config import (
+from modelserving.inferencelog.reader import PROTOCOL_REST, ReadProgress, read_inference_log
+from modelserving_sidecar.config import (
     LoggingConfig,
     LoggingMode,
     ModelIdentity,
     ServingIdentity,
     SidecarConfig,
 )
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import InferenceLogPipeline, open_inference_log
-from modelserving.sidecar.routing import STABLE
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import InferenceLogPipeline, open_inference_log
+from modelserving_sidecar.routing.split import STABLE
 from tests.support.waiting import wait_for_async
 
 COUNT = 10_000
@@ -62,8 +62,13 @@ class Produced:
         """The JSON line fields the record of this request must have (topic placement aside)."""
         ex = self.exchanges[request_id]
         version = ex.model_version if ex.model_version is not None else MODEL.version
-        headers = {"request-id": request_id, "model-version": str(version), "pod": self.pod,
-                   "role": ex.role or STABLE, "protocol": PROTOCOL_REST}  # fmt: skip
+        headers = {
+            "request-id": request_id,
+            "model-version": str(version),
+            "pod": self.pod,
+            "role": ex.role or STABLE,
+            "protocol": PROTOCOL_REST,
+        }
         if ex.caller is not None:
             headers["caller"] = ex.caller
         if ex.traceparent is not None:
@@ -265,9 +270,19 @@ async def test_filters_keep_only_what_is_asked(produced, tmp_path):
     output = tmp_path / "filtered.jsonl"
     until = produced.at(2000)
     out = await export(
-        produced, output, "--until", str(until), "--model", "mnist", "--model-version", "3",
-        "--status", "4xx", "--header", "caller=team-2",
-    )  # fmt: skip
+        produced,
+        output,
+        "--until",
+        str(until),
+        "--model",
+        "mnist",
+        "--model-version",
+        "3",
+        "--status",
+        "4xx",
+        "--header",
+        "caller=team-2",
+    )
     assert out.returncode == 0, out.stderr
     want = {
         rid

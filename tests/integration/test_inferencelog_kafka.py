@@ -17,8 +17,8 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-from modelserving.inferencelog import LoggedInference, read_inference_log
-from modelserving.sidecar.config import (
+from modelserving.inferencelog.reader import LoggedInference, read_inference_log
+from modelserving_sidecar.config import (
     LoggingConfig,
     LoggingMode,
     ModelIdentity,
@@ -26,8 +26,8 @@ from modelserving.sidecar.config import (
     SidecarConfig,
     SpoolFullPolicy,
 )
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import open_inference_log
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import open_inference_log
 from tests.support.waiting import wait_for_async
 
 MODEL = ModelIdentity(name="mnist", version=2, model_id=17)
@@ -329,9 +329,11 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
         await asyncio.to_thread(kafka_broker.pause)
         try:
             await wait_for_metric(
-                registry, "oldest_unacked_age_seconds", 2 * config.logging.producer_stall_seconds,
+                registry,
+                "oldest_unacked_age_seconds",
+                2 * config.logging.producer_stall_seconds,
                 "records waiting on the hung broker",
-            )  # fmt: skip
+            )
         finally:
             await asyncio.to_thread(kafka_broker.resume)
         # The stalled producer is replaced (the sender sees it once the broker lets go of the

@@ -11,7 +11,7 @@ from dataclasses import replace
 import prometheus_client
 from kubernetes import client
 
-from modelserving.sidecar.config import (
+from modelserving_sidecar.config import (
     AuthConfig,
     LoggingConfig,
     LoggingMode,
@@ -19,9 +19,9 @@ from modelserving.sidecar.config import (
     ServingIdentity,
     SidecarConfig,
 )
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import open_inference_log
-from modelserving.sidecar.log_status import ANNOTATION
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import open_inference_log
+from modelserving_sidecar.log.status import ANNOTATION
 from tests.support.waiting import wait_for_async
 
 

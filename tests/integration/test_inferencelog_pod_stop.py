@@ -29,8 +29,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
-from modelserving.inferencelog import read_inference_log
-from modelserving.sidecar.spool import SEGMENT_SUFFIX
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving_sidecar.log.spool.segments import SEGMENT_SUFFIX
 from tests.support.servings import get_serving, serving_manifest
 from tests.support.sidecar_process import free_port
 from tests.support.waiting import wait_for_async
@@ -45,26 +45,43 @@ def sidecar_config(
 ) -> int:
     """The sidecar's config file as the operator renders it (the drain included); its port."""
     port = free_port()
-    path.write_text(yaml.safe_dump({
-        "serving": {"name": "hpt", "namespace": "demo"},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "listen": {"host": "127.0.0.1", "port": port},
-        "grpc": {"port": 0},
-        "upstream": {"url": upstream},
-        "auth": {"mode": "none"},
-        "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": bootstrap,
-                    "spoolDir": str(spool), "drainTimeoutSeconds": drain,
-                    "producerStallSeconds": 3, "sendTimeoutSeconds": 5},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "serving": {"name": "hpt", "namespace": "demo"},
+                "model": {"name": MODEL, "version": 1, "modelId": 17},
+                "listen": {"host": "127.0.0.1", "port": port},
+                "grpc": {"port": 0},
+                "upstream": {"url": upstream},
+                "auth": {"mode": "none"},
+                "logging": {
+                    "mode": "ALL",
+                    "topic": topic,
+                    "bootstrapServers": bootstrap,
+                    "spoolDir": str(spool),
+                    "drainTimeoutSeconds": drain,
+                    "producerStallSeconds": 3,
+                    "sendTimeoutSeconds": 5,
+                },
+            }
+        )
+    )
     return port
 
 
 async def start_sidecar(config: Path, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
-            "--log-level", "INFO", stderr=stderr,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
+            "--log-level",
+            "INFO",
+            stderr=stderr,
+        )
 
 
 async def answering(port: int, process: asyncio.subprocess.Process) -> None:
@@ -117,7 +134,7 @@ def left_in_spool(log: Path) -> int:
 
 def unacknowledged(spool: Path) -> int:
     """Records in the spool's segments past its acknowledged position."""
-    from modelserving.sidecar.spool import Spool
+    from modelserving_sidecar.log.spool.segments import Spool
 
     opened = Spool(spool, max_bytes=10**9, segment_bytes=10**6, fsync_interval=1.0)
     opened.open()

@@ -13,10 +13,10 @@ import aiohttp
 import grpc
 import pytest
 
-from modelserving.inferencelog import HEADER_PAYLOAD, read_inference_log
-from modelserving.sidecar.grpc_gateway import HTTP_STATUS
+from modelserving.inferencelog.reader import HEADER_PAYLOAD, read_inference_log
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
+from modelserving_sidecar.grpc.gateway import HTTP_STATUS
 from tests.integration.test_sidecar_grpc import (
     CLIENT_OPTIONS,
     GOOD,

@@ -16,19 +16,19 @@ import aiohttp
 import prometheus_client
 
 from modelserving import api
-from modelserving.inferencelog import (
+from modelserving.inferencelog.reader import (
     HEADER_CALLER,
     HEADER_PAYLOAD,
     HEADER_REQUEST_ID,
     LoggedInference,
     read_inference_log,
 )
-from modelserving.operator.render_config import render_sidecar_config
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.spec import ServingSpec
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import create_app
-from modelserving.sidecar.config import (
+from modelserving_operator.render.config_maps import render_sidecar_config
+from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.spec import ServingSpec
+from modelserving_sidecar.app import create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import (
     LoggingConfig,
     LoggingMode,
     ModelIdentity,
@@ -36,9 +36,9 @@ from modelserving.sidecar.config import (
     SidecarConfig,
     parse_config,
 )
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import open_inference_log
-from modelserving.sidecar.main import serving
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import open_inference_log
+from modelserving_sidecar.main import serving
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -49,26 +49,39 @@ SECRETS = ("ada@example.com", "123-45-6789")
 def sidecar(upstream: str, topic: str, bootstrap: str, tmp_path: Path, **logging):
     (tmp_path / "keys").mkdir(exist_ok=True)
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
-    return create_app(parse_config({
-        "serving": {"name": "hpt", "namespace": "demo"},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "upstream": {"url": upstream, "timeoutSeconds": 0.5},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
-        "logging": {"topic": topic, "bootstrapServers": bootstrap,
-                    "spoolDir": str(tmp_path / "spool"), **logging},
-    }))  # fmt: skip
+    return create_app(
+        parse_config(
+            {
+                "serving": {"name": "hpt", "namespace": "demo"},
+                "model": {"name": MODEL, "version": 1, "modelId": 17},
+                "upstream": {"url": upstream, "timeoutSeconds": 0.5},
+                "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+                "logging": {
+                    "topic": topic,
+                    "bootstrapServers": bootstrap,
+                    "spoolDir": str(tmp_path / "spool"),
+                    **logging,
+                },
+            }
+        )
+    )
 
 
 def sidecar_of_spec(upstream: str, topic: str, bootstrap: str, tmp_path: Path, **logging):
     """The sidecar as the operator configures it for a serving whose spec.logging is `logging`
     (the operator's settings at their defaults), pointed at this test's upstream, keys, spool."""
-    spec = ServingSpec.from_body({
-        "apiVersion": api.API_VERSION, "kind": api.KIND,
-        "metadata": {"name": "hpt", "namespace": "demo", "uid": "u-1"},
-        "spec": {"model": {"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
-                 "auth": {"mode": "apiKey", "apiKeys": {"secretName": "hpt-keys"}},
-                 "logging": {"kafka": {"topic": topic}, **logging}},
-    })  # fmt: skip
+    spec = ServingSpec.from_body(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": "hpt", "namespace": "demo", "uid": "u-1"},
+            "spec": {
+                "model": {"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
+                "auth": {"mode": "apiKey", "apiKeys": {"secretName": "hpt-keys"}},
+                "logging": {"kafka": {"topic": topic}, **logging},
+            },
+        }
+    )
     config = render_sidecar_config(spec, OperatorSettings(kafka_bootstrap_servers=bootstrap), 17)
     (tmp_path / "keys").mkdir(exist_ok=True)
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
@@ -90,8 +103,9 @@ async def send_with_stray_characters(app, count: int) -> list[int]:
     statuses = []
     async with serving(app) as url, aiohttp.ClientSession() as http:
         for i in range(count):
-            async with http.post(f"{url}/v1/models/{MODEL}:predict",
-                                 data=with_stray_character(i), headers=auth) as resp:  # fmt: skip
+            async with http.post(
+                f"{url}/v1/models/{MODEL}:predict", data=with_stray_character(i), headers=auth
+            ) as resp:
                 statuses.append(resp.status)
     return statuses
 
@@ -128,12 +142,23 @@ async def test_key_and_headers_match_the_answers_request_ids_and_nothing_secret_
     local_env, topic, upstream, tmp_path
 ):
     bootstrap = local_env.kafka_bootstrap
-    app = sidecar(upstream, topic, bootstrap, tmp_path, mode="ALL", maxPayloadBytes=2048,
-                  redact=[{"path": "instances[*].email", "action": "mask"},
-                          {"path": "instances[*].ssn", "action": "hash"},
-                          {"path": "signature_name", "action": "drop"}])  # fmt: skip
-    personal = {"signature_name": "serving_default",
-                "instances": [{"x": 1.0, "email": SECRETS[0], "ssn": SECRETS[1]}]}  # fmt: skip
+    app = sidecar(
+        upstream,
+        topic,
+        bootstrap,
+        tmp_path,
+        mode="ALL",
+        maxPayloadBytes=2048,
+        redact=[
+            {"path": "instances[*].email", "action": "mask"},
+            {"path": "instances[*].ssn", "action": "hash"},
+            {"path": "signature_name", "action": "drop"},
+        ],
+    )
+    personal = {
+        "signature_name": "serving_default",
+        "instances": [{"x": 1.0, "email": SECRETS[0], "ssn": SECRETS[1]}],
+    }
     bodies = {
         "given-id-1": json.dumps({"instances": [1.0, 2.0]}).encode(),
         None: json.dumps({"instances": [3.0]}).encode(),  # the sidecar makes the id
@@ -145,8 +170,9 @@ async def test_key_and_headers_match_the_answers_request_ids_and_nothing_secret_
     async with serving(app) as url, aiohttp.ClientSession() as http:
         for given, body in bodies.items():
             headers = {**auth, **({"X-Request-Id": given} if given else {})}
-            async with http.post(f"{url}/v1/models/{MODEL}:predict", data=body,
-                                 headers=headers) as resp:  # fmt: skip
+            async with http.post(
+                f"{url}/v1/models/{MODEL}:predict", data=body, headers=headers
+            ) as resp:
                 answers[resp.headers["X-Request-Id"]] = (resp.status, body)
                 if given:
                     assert resp.headers["X-Request-Id"] == given
@@ -184,8 +210,13 @@ async def test_with_a_rule_and_nonjson_unset_a_body_that_is_not_json_puts_no_ema
 ):
     bootstrap = local_env.kafka_bootstrap
     topic = f"demo.{topic}"  # a topic the spec names starts with the serving's namespace
-    app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path,
-                          redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
+    app = sidecar_of_spec(
+        upstream,
+        topic,
+        bootstrap,
+        tmp_path,
+        redact=[{"path": "instances[*].email", "action": "mask"}],
+    )
 
     statuses = await send_with_stray_characters(app, 20)
 
@@ -206,8 +237,14 @@ async def test_with_nonjson_keep_written_in_the_spec_such_a_body_is_logged_as_it
 ):
     bootstrap = local_env.kafka_bootstrap
     topic = f"demo.{topic}"  # a topic the spec names starts with the serving's namespace
-    app = sidecar_of_spec(upstream, topic, bootstrap, tmp_path, payloads={"nonJson": "keep"},
-                          redact=[{"path": "instances[*].email", "action": "mask"}])  # fmt: skip
+    app = sidecar_of_spec(
+        upstream,
+        topic,
+        bootstrap,
+        tmp_path,
+        payloads={"nonJson": "keep"},
+        redact=[{"path": "instances[*].email", "action": "mask"}],
+    )
 
     statuses = await send_with_stray_characters(app, 20)
 
@@ -272,11 +309,15 @@ async def test_a_10_percent_rate_over_5000_requests_logs_8_to_12_percent_the_sam
 
     def exchange(request_id: str, attempt: int) -> Exchange:
         return Exchange(
-            request_id=request_id, received_ms=int(time.time() * 1000),
-            status=(200, 200, 200, 503)[hash(request_id) % 4], request_body=b'{"instances":[1]}',
-            response_body=f'{{"predictions":[{attempt}]}}'.encode(), model_version=1,
-            caller="team-a", traceparent=None,
-        )  # fmt: skip
+            request_id=request_id,
+            received_ms=int(time.time() * 1000),
+            status=(200, 200, 200, 503)[hash(request_id) % 4],
+            request_body=b'{"instances":[1]}',
+            response_body=f'{{"predictions":[{attempt}]}}'.encode(),
+            model_version=1,
+            caller="team-a",
+            traceparent=None,
+        )
 
     async with open_inference_log(config, registry) as sink:
         for attempt in (1, 2):  # every request sent twice, as a client retrying would

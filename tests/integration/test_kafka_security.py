@@ -31,8 +31,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.log_status import ANNOTATION
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.log.status import ANNOTATION
 from tests.support import REPO
 from tests.support.environment import LocalEnv
 from tests.support.pod_volumes import SidecarPod
@@ -97,22 +97,40 @@ def _secret(core, namespace: str, name: str, data: dict[str, bytes]) -> None:
 def strimzi_secrets(core, namespace: str, local_env: LocalEnv, *, ca: bytes, password: str):
     """The Secrets a Strimzi cluster and its KafkaUsers have, entry for entry."""
     kafka = local_env.kafka
-    _secret(core, namespace, CA_SECRET, {
-        "ca.crt": ca, "ca.p12": b"\x30\x82 PKCS#12 stand-in", "ca.password": b"p12-password",
-    })  # fmt: skip
-    _secret(core, namespace, TLS_USER, {
-        "ca.crt": Path(kafka.ca_file).read_bytes(),
-        "user.crt": Path(kafka.client_cert_file).read_bytes(),
-        "user.key": Path(kafka.client_key_file).read_bytes(),
-        "user.p12": b"\x30\x82 PKCS#12 stand-in", "user.password": b"p12-password",
-    })  # fmt: skip
-    _secret(core, namespace, SCRAM_USER, {
-        "password": password.encode(),
-        "sasl.jaas.config": (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{SCRAM_USER}" password="{password}";'
-        ).encode(),
-    })  # fmt: skip
+    _secret(
+        core,
+        namespace,
+        CA_SECRET,
+        {
+            "ca.crt": ca,
+            "ca.p12": b"\x30\x82 PKCS#12 stand-in",
+            "ca.password": b"p12-password",
+        },
+    )
+    _secret(
+        core,
+        namespace,
+        TLS_USER,
+        {
+            "ca.crt": Path(kafka.ca_file).read_bytes(),
+            "user.crt": Path(kafka.client_cert_file).read_bytes(),
+            "user.key": Path(kafka.client_key_file).read_bytes(),
+            "user.p12": b"\x30\x82 PKCS#12 stand-in",
+            "user.password": b"p12-password",
+        },
+    )
+    _secret(
+        core,
+        namespace,
+        SCRAM_USER,
+        {
+            "password": password.encode(),
+            "sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{SCRAM_USER}" password="{password}";'
+            ).encode(),
+        },
+    )
     _secret(core, namespace, "mnist-keys", {"team-a": hash_api_key(KEY).encode()})
 
 
@@ -131,8 +149,9 @@ class Process:
     def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]):
         self.name, self.log_path = name, log
         with log.open("w") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         cwd=REPO)  # fmt: skip
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -170,8 +189,14 @@ def processes() -> Iterator[list[Process]]:
 def tfserving(tmp_path, processes) -> str:
     """TF Serving's stand-in serving the manifest's model, as a process of its own."""
     port = _free_port()
-    command = [sys.executable, str(REPO / "tests" / "support" / "tfserving_standin.py"),
-               "--port", str(port), "--model", "mnist"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "tests" / "support" / "tfserving_standin.py"),
+        "--port",
+        str(port),
+        "--model",
+        "mnist",
+    ]
     processes.append(Process("tfserving", command, tmp_path / "tfserving.log", dict(os.environ)))
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: http("GET", f"{url}/v1/models/mnist")[0] == 200, 30, "the stand-in")
@@ -189,10 +214,11 @@ class Serving:
 
     def predict(self, value: float) -> tuple[int, str]:
         status, headers, _ = http(
-            "POST", f"{self.url}/v1/models/mnist:predict",
+            "POST",
+            f"{self.url}/v1/models/mnist:predict",
             json.dumps({"instances": [value]}).encode(),
             {"Authorization": f"ApiKey {KEY}", "Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         return status, headers.get("X-Request-Id", "")
 
     def metric(self, name: str) -> float:
@@ -209,8 +235,13 @@ def start_serving(
     operator rendered, once the operator has made the Deployment."""
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
     topic = f"{namespace}.{topic}"  # a serving's topic starts with its namespace
-    logging = {"kafka": {"topic": topic, "security": mode.security,
-                         "bootstrapServers": getattr(local_env.kafka, mode.listener)}}  # fmt: skip
+    logging = {
+        "kafka": {
+            "topic": topic,
+            "security": mode.security,
+            "bootstrapServers": getattr(local_env.kafka, mode.listener),
+        }
+    }
     manifest = serving_manifest("mnist", logging=logging)
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
 
@@ -250,8 +281,16 @@ def start_serving(
 
 def read_log(local_env: LocalEnv, topic: str, properties: str) -> list[dict]:
     """`modelserving logs` from the beginning, through the listener of a properties file."""
-    command = [sys.executable, "-m", "modelserving.cli", "logs", topic, "--from-beginning",
-               "--command-config", str(Path(local_env.kafka.client_dir) / properties)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "modelserving.cli",
+        "logs",
+        topic,
+        "--from-beginning",
+        "--command-config",
+        str(Path(local_env.kafka.client_dir) / properties),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MODELSERVING_KAFKA_BOOTSTRAP"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -282,13 +321,25 @@ def test_a_prediction_is_logged_over_each_secured_listener_and_read_back(
     mode, operator, crds, kube_client, local_env, namespace, topic, tmp_path, tfserving, processes
 ):
     core = client.CoreV1Api(kube_client)
-    strimzi_secrets(core, namespace, local_env, ca=Path(local_env.kafka.ca_file).read_bytes(),
-                    password=Path(local_env.kafka.password_file).read_text().strip())  # fmt: skip
-    serving = start_serving(crds, kube_client, local_env, namespace, topic, tmp_path, tfserving,
-                            processes, MODES[mode])  # fmt: skip
+    strimzi_secrets(
+        core,
+        namespace,
+        local_env,
+        ca=Path(local_env.kafka.ca_file).read_bytes(),
+        password=Path(local_env.kafka.password_file).read_text().strip(),
+    )
+    serving = start_serving(
+        crds, kube_client, local_env, namespace, topic, tmp_path, tfserving, processes, MODES[mode]
+    )
 
-    ready = wait_for(lambda: logging_ready(crds, namespace).get("status") == "True"
-                     and logging_ready(crds, namespace), 60, "LoggingReady True")  # fmt: skip
+    ready = wait_for(
+        lambda: (
+            logging_ready(crds, namespace).get("status") == "True"
+            and logging_ready(crds, namespace)
+        ),
+        60,
+        "LoggingReady True",
+    )
     assert ready["reason"] == "TopicReady", ready
     events = core.list_namespaced_event(namespace).items
     assert any(e.reason == "TopicCreated" for e in events), "the operator created the topic"
@@ -328,11 +379,16 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
     wrong_password = "wrong-" + right_password[::-1]
     untrusted_ca = kafka_certs.make_ca("an unrelated CA").cert_pem
     wrong = failure == "wrong-password"
-    strimzi_secrets(core, namespace, local_env,
-                    ca=right_ca if wrong else untrusted_ca,
-                    password=wrong_password if wrong else right_password)  # fmt: skip
-    serving = start_serving(crds, kube_client, local_env, namespace, topic, tmp_path, tfserving,
-                            processes, mode)  # fmt: skip
+    strimzi_secrets(
+        core,
+        namespace,
+        local_env,
+        ca=right_ca if wrong else untrusted_ca,
+        password=wrong_password if wrong else right_password,
+    )
+    serving = start_serving(
+        crds, kube_client, local_env, namespace, topic, tmp_path, tfserving, processes, mode
+    )
 
     refused = wait_for(
         lambda: (
@@ -352,17 +408,24 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
         pod = core.read_namespaced_pod(serving.pod_name, namespace)
         return json.loads((pod.metadata.annotations or {}).get(ANNOTATION) or "{}")
 
-    summary = wait_for(lambda: pod_summary().get("state") == reason and pod_summary(), 60,
-                       f"the sidecar's log status {reason}")  # fmt: skip
+    summary = wait_for(
+        lambda: pod_summary().get("state") == reason and pod_summary(),
+        60,
+        f"the sidecar's log status {reason}",
+    )
     # Spooled within the flush interval after the answers left (buffered): waited for, not raced.
     wait_for(lambda: serving.metric("records_spooled") == 5, 10, "the five records spooled")
     assert (serving.metric("records_spooled"), serving.metric("records_produced")) == (5, 0)
 
     # No secret in any output: the logs, the Events, the status.
-    secrets = [right_password, wrong_password,
-               Path(local_env.kafka.client_key_file).read_text().splitlines()[1]]  # fmt: skip
-    events = json.dumps([e.to_dict() for e in core.list_namespaced_event(namespace).items],
-                        default=str)  # fmt: skip
+    secrets = [
+        right_password,
+        wrong_password,
+        Path(local_env.kafka.client_key_file).read_text().splitlines()[1],
+    ]
+    events = json.dumps(
+        [e.to_dict() for e in core.list_namespaced_event(namespace).items], default=str
+    )
     outputs = {
         "operator log": operator.log(),
         "sidecar log": serving.sidecar.output(),
@@ -378,8 +441,11 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
     # The fix, in place: the Secret as it should be; the kubelet's sync brings it to the pod.
     strimzi_secrets(core, namespace, local_env, ca=right_ca, password=right_password)
     serving.pod.sync(volume)
-    wait_for(lambda: logging_ready(crds, namespace).get("status") == "True", 60,
-             "LoggingReady True once the Secret is fixed")  # fmt: skip
+    wait_for(
+        lambda: logging_ready(crds, namespace).get("status") == "True",
+        60,
+        "LoggingReady True once the Secret is fixed",
+    )
     keys = logged_keys(local_env, serving.topic, mode.properties, 5)
     assert sorted(keys) == sorted(request_id for _, request_id in sent), "every record, once"
     assert serving.metric("records_produced") == 5
@@ -390,10 +456,24 @@ def test_a_client_certificate_renewed_in_place_is_used_with_no_record_lost_or_re
 ):
     core = client.CoreV1Api(kube_client)
     kafka = local_env.kafka
-    strimzi_secrets(core, namespace, local_env, ca=Path(kafka.ca_file).read_bytes(),
-                    password=Path(kafka.password_file).read_text().strip())  # fmt: skip
-    serving = start_serving(crds, kube_client, local_env, namespace, topic, tmp_path, tfserving,
-                            processes, MODES["mutual-tls"])  # fmt: skip
+    strimzi_secrets(
+        core,
+        namespace,
+        local_env,
+        ca=Path(kafka.ca_file).read_bytes(),
+        password=Path(kafka.password_file).read_text().strip(),
+    )
+    serving = start_serving(
+        crds,
+        kube_client,
+        local_env,
+        namespace,
+        topic,
+        tmp_path,
+        tfserving,
+        processes,
+        MODES["mutual-tls"],
+    )
     wait_for(lambda: logging_ready(crds, namespace).get("status") == "True", 60, "LoggingReady")
 
     sent: list[tuple[int, str]] = []
@@ -410,16 +490,20 @@ def test_a_client_certificate_renewed_in_place_is_used_with_no_record_lost_or_re
     loader.start()
     try:
         wait_for(lambda: len(sent) >= 20, 30, "predictions before the renewal")
-        ca = kafka_certs.Issued(Path(kafka.ca_file).read_bytes(),
-                                Path(kafka.ca_key_file).read_bytes())  # fmt: skip
+        ca = kafka_certs.Issued(
+            Path(kafka.ca_file).read_bytes(), Path(kafka.ca_key_file).read_bytes()
+        )
         renewed = kafka_certs.issue(ca, "modelserving", server=False)
         secret = core.read_namespaced_secret(TLS_USER, namespace)
         secret.data["user.crt"] = base64.b64encode(renewed.cert_pem).decode()
         secret.data["user.key"] = base64.b64encode(renewed.key_pem).decode()
         core.replace_namespaced_secret(TLS_USER, namespace, secret)
         serving.pod.sync("kafka-client")
-        wait_for(lambda: "renewing the producer" in serving.sidecar.output(), 30,
-                 "the sidecar to renew its producer")  # fmt: skip
+        wait_for(
+            lambda: "renewing the producer" in serving.sidecar.output(),
+            30,
+            "the sidecar to renew its producer",
+        )
         before = len(sent)
         wait_for(lambda: len(sent) >= before + 20, 30, "predictions after the renewal")
     finally:
@@ -467,22 +551,36 @@ def test_the_api_server_refuses_security_that_cannot_work_saying_what_to_fix(cas
     security, words = REFUSED[case]
     manifest = serving_manifest("bad", logging={"kafka": {"security": security}})
     with pytest.raises(ApiException) as refused:
-        crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL,
-                                             manifest)  # fmt: skip
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, manifest
+        )
     assert refused.value.status == 422
     assert words in json.loads(refused.value.body)["message"]
 
 
 def test_allowed_sasl_plaintext_and_strimzi_defaults_are_accepted(crds, namespace):
     for name, security in (
-        ("plaintext-allowed", {"protocol": "SASL_PLAINTEXT", "allowSaslPlaintext": True,
-                               "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}}}),
-        ("strimzi", {"protocol": "SASL_SSL", "ca": {"secretName": CA_SECRET},
-                     "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": "u"}}}),
-    ):  # fmt: skip
+        (
+            "plaintext-allowed",
+            {
+                "protocol": "SASL_PLAINTEXT",
+                "allowSaslPlaintext": True,
+                "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}},
+            },
+        ),
+        (
+            "strimzi",
+            {
+                "protocol": "SASL_SSL",
+                "ca": {"secretName": CA_SECRET},
+                "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": "u"}},
+            },
+        ),
+    ):
         manifest = serving_manifest(name, logging={"kafka": {"security": security}})
-        crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL,
-                                             manifest)  # fmt: skip
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, manifest
+        )
     stored = get_serving(crds, namespace, "strimzi")["spec"]["logging"]["kafka"]["security"]
     assert stored["ca"]["key"] == "ca.crt"
     assert stored["sasl"]["passwordSecret"]["key"] == "password"
@@ -491,14 +589,23 @@ def test_allowed_sasl_plaintext_and_strimzi_defaults_are_accepted(crds, namespac
 def test_a_secret_the_spec_names_but_that_is_missing_says_which(
     operator, crds, local_env, namespace, topic
 ):
-    logging = {"kafka": {"topic": f"{namespace}.{topic}",
-                         "bootstrapServers": local_env.kafka.sasl_ssl_bootstrap,
-                         "security": MODES["scram-sha-512"].security}}  # fmt: skip
+    logging = {
+        "kafka": {
+            "topic": f"{namespace}.{topic}",
+            "bootstrapServers": local_env.kafka.sasl_ssl_bootstrap,
+            "security": MODES["scram-sha-512"].security,
+        }
+    }
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist", logging=logging)
     )
-    missing = wait_for(lambda: logging_ready(crds, namespace).get("reason")
-                       == "KafkaCredentialsMissing" and logging_ready(crds, namespace), 60,
-                       "LoggingReady KafkaCredentialsMissing")  # fmt: skip
+    missing = wait_for(
+        lambda: (
+            logging_ready(crds, namespace).get("reason") == "KafkaCredentialsMissing"
+            and logging_ready(crds, namespace)
+        ),
+        60,
+        "LoggingReady KafkaCredentialsMissing",
+    )
     assert missing["status"] == "False"
     assert f"the Secret {namespace}/{CA_SECRET}" in missing["message"]

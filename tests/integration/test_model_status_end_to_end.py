@@ -57,14 +57,18 @@ MODEL_REASONS = (
 def install_sidecar_cluster_role(local_env) -> None:
     """The ClusterRole the operator binds to each serving's ServiceAccount (pods/status: patch),
     as the chart installs it under the name the operator binds by default."""
-    role = named(render(local_env, release="modelserving"), "ClusterRole",
-                 "modelserving-sidecar-log-status")  # fmt: skip
+    role = named(
+        render(local_env, release="modelserving"), "ClusterRole", "modelserving-sidecar-log-status"
+    )
     assert role is not None, "the chart renders the sidecar-log-status ClusterRole"
     subprocess.run(
         ["kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-"],
-        input=yaml.safe_dump(role), env=local_env.tool_env(), check=True, capture_output=True,
+        input=yaml.safe_dump(role),
+        env=local_env.tool_env(),
+        check=True,
+        capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
 
 
 def service_account_kubeconfig(local_env, core, namespace: str, account: str, path: Path) -> str:
@@ -77,12 +81,13 @@ def service_account_kubeconfig(local_env, core, namespace: str, account: str, pa
     admin = yaml.safe_load(Path(local_env.kubeconfig).read_text())
     cluster = admin["clusters"][0]
     kubeconfig = {
-        "apiVersion": "v1", "kind": "Config",
+        "apiVersion": "v1",
+        "kind": "Config",
         "clusters": [cluster],
         "users": [{"name": account, "user": {"token": token}}],
         "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account}}],
         "current-context": account,
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(kubeconfig))
     return str(path)
 
@@ -100,8 +105,11 @@ def the_servings_sidecar(
     rendered sidecar.yaml (with a kubeconfig of the serving's own ServiceAccount) and
     routing.yaml, and the rendered models.config of its TF Serving."""
     selector = f"{api.LABEL_INSTANCE}={SERVING}"
-    (pod,) = wait_for(lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
-                      60, "the serving's pod")  # fmt: skip
+    (pod,) = wait_for(
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+        60,
+        "the serving's pod",
+    )
     deployment = apps.read_namespaced_deployment(SERVING, namespace)
     sidecar_pod = SidecarPod(core, namespace, deployment, tmp_path / "pod")
     sidecar = next(c for c in deployment.spec.template.spec.containers if c.name == "sidecar")
@@ -126,9 +134,12 @@ def ready_condition_because(crds, namespace: str, reason: str) -> dict | None:
 
 def serving_events(core, namespace: str, reason: str) -> list:
     """The Events of the serving with this reason."""
-    return [e for e in core.list_namespaced_event(namespace).items
-            if (e.involved_object.kind, e.involved_object.name) == (api.KIND, SERVING)
-            and e.reason == reason]  # fmt: skip
+    return [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if (e.involved_object.kind, e.involved_object.name) == (api.KIND, SERVING)
+        and e.reason == reason
+    ]
 
 
 def standin_of(models_config: str) -> StandInModel:
@@ -162,8 +173,9 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         "shadow": {"version": 5, "percent": 10},
     }
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
-    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
-                                                          tmp_path)  # fmt: skip
+    pod, config, routing, tf_config = the_servings_sidecar(
+        local_env, core, apps, namespace, tmp_path
+    )
     model = standin_of(tf_config)
     # TF Serving finds no version of the model under its base path (yet)
     loadable = dict(model.served)
@@ -190,11 +202,14 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         ) as running:
             # Then the serving is loading, not down: ModelLoading, told by a Normal Event
             starting = await until(lambda: ready_because("ModelLoading"), 60, "ModelLoading")
-            assert (starting["status"], starting["message"]) == ("False", (
-                f"TF Serving is starting and loading the model in {pod.metadata.name} (it "
-                "opens its ports once the model is loaded; until then: TF Serving is not "
-                "reachable (connection refused))"
-            ))  # fmt: skip
+            assert (starting["status"], starting["message"]) == (
+                "False",
+                (
+                    f"TF Serving is starting and loading the model in {pod.metadata.name} (it "
+                    "opens its ports once the model is loaded; until then: TF Serving is not "
+                    "reachable (connection refused))"
+                ),
+            )
             (told,) = await until(lambda: events("ModelLoading"), 30, "the Event")
             assert told.type == "Normal" and "is starting and loading" in told.message
             assert not events("ServerUnavailable")
@@ -214,9 +229,14 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
 
             # Then the serving is still not Ready: ModelLoadFailed with TF Serving's message
             failed = await until(
-                lambda: (c := ready_because("ModelLoadFailed")) and tf_serving_error in c["message"]
-                and c, 60, "ModelLoadFailed of version 4",
-            )  # fmt: skip
+                lambda: (
+                    (c := ready_because("ModelLoadFailed"))
+                    and tf_serving_error in c["message"]
+                    and c
+                ),
+                60,
+                "ModelLoadFailed of version 4",
+            )
             assert failed["status"] == "False"
             canary = next(v for v in status()["versions"] if v["version"] == 4)
             assert (canary["state"], canary["message"]) == ("END", tf_serving_error)
@@ -242,9 +262,10 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             model.served[4] = canary_version
             model.hold_loading(4)
             loading = await until(
-                lambda: (c := ready_because("ModelLoading")) and "is LOADING" in c["message"]
-                and c, 60, "ModelLoading of version 4",
-            )  # fmt: skip
+                lambda: (c := ready_because("ModelLoading")) and "is LOADING" in c["message"] and c,
+                60,
+                "ModelLoading of version 4",
+            )
             assert loading["message"] == f"version 4 is LOADING in {pod.metadata.name}"
 
             # When TF Serving goes away
@@ -270,8 +291,11 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             # Then status.versions shows the share each really served (within the minute), of
             # the callers' answers: the shadow's copies are not counted
             assert set(answered) == {"3", "4"}
-            expected = {3: round(100 * answered["3"] / REQUESTS),
-                        4: round(100 * answered["4"] / REQUESTS), 5: 0}  # fmt: skip
+            expected = {
+                3: round(100 * answered["3"] / REQUESTS),
+                4: round(100 * answered["4"] / REQUESTS),
+                5: 0,
+            }
 
             def served() -> dict[int, int] | None:
                 shares = {v["version"]: v.get("servedPercent") for v in status()["versions"]}
@@ -281,10 +305,14 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
             # a busy machine room.
             await until(served, 90, f"status.versions to show {expected} served")
             assert 5 <= expected[4] <= 15, answered  # 90/10 within a binomial bound
-            states = {v["version"]: (v["weight"], v["role"], v["state"])
-                      for v in status()["versions"]}  # fmt: skip
-            assert states == {3: (90, "stable", "AVAILABLE"), 4: (10, "canary", "AVAILABLE"),
-                              5: (0, "shadow", "AVAILABLE")}  # fmt: skip
+            states = {
+                v["version"]: (v["weight"], v["role"], v["state"]) for v in status()["versions"]
+            }
+            assert states == {
+                3: (90, "stable", "AVAILABLE"),
+                4: (10, "canary", "AVAILABLE"),
+                5: (0, "shadow", "AVAILABLE"),
+            }
             # And the sidecar reports the weights it applies, the spec's: no split is pending
             reported = core.read_namespaced_pod(pod.metadata.name, namespace).metadata
             weights = json.loads(reported.annotations[api.MODEL_REPORT_ANNOTATION])["weights"]
@@ -304,10 +332,12 @@ async def test_what_tf_serving_says_through_the_real_sidecar_is_the_servings_sta
         for e in serving_events(core, namespace, reason):
             told[e.type, e.reason] += e.count or 1
     assert told == {
-        ("Normal", "ModelLoading"): 2, ("Warning", "ModelLoadFailed"): 1,
-        ("Warning", "ServerUnavailable"): 1, ("Normal", "AllVersionsAvailable"): 1,
+        ("Normal", "ModelLoading"): 2,
+        ("Warning", "ModelLoadFailed"): 1,
+        ("Warning", "ServerUnavailable"): 1,
+        ("Normal", "AllVersionsAvailable"): 1,
         ("Normal", "AuthConfigReady"): 1,
-    }  # fmt: skip
+    }
 
 
 async def test_a_tf_serving_that_does_not_answer_within_the_startup_allowance_is_unavailable(
@@ -318,12 +348,16 @@ async def test_a_tf_serving_that_does_not_answer_within_the_startup_allowance_is
 
     # Given a serving that allows its TF Serving 5 s to load the model
     manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
-    manifest["spec"]["model"] = {"name": MODEL, "basePath": BASE_PATH,
-                                 "versions": [{"version": 3, "weight": 100}]}  # fmt: skip
+    manifest["spec"]["model"] = {
+        "name": MODEL,
+        "basePath": BASE_PATH,
+        "versions": [{"version": 3, "weight": 100}],
+    }
     manifest["spec"]["server"] = {"startupAllowanceSeconds": 5}
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
-    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
-                                                          tmp_path)  # fmt: skip
+    pod, config, routing, tf_config = the_servings_sidecar(
+        local_env, core, apps, namespace, tmp_path
+    )
     assert config["upstream"]["startupAllowanceSeconds"] == 5
     port = free_port()
     config["upstream"]["url"] = f"http://127.0.0.1:{port}"
@@ -338,9 +372,10 @@ async def test_a_tf_serving_that_does_not_answer_within_the_startup_allowance_is
     ):
         # Then, the allowance passed, the serving says TF Serving is unavailable, and why
         down = await until(
-            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"), 60,
+            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"),
+            60,
             "ServerUnavailable",
-        )  # fmt: skip
+        )
         assert down["message"] == (
             f"TF Serving does not answer in {pod.metadata.name}: TF Serving is not reachable "
             "(connection refused); it has not answered once in the 5 s startup allowance since "
@@ -362,11 +397,15 @@ async def test_a_tf_serving_killed_while_it_loads_is_unavailable_before_the_allo
 
     # Given a serving with the default startup allowance, whose TF Serving is loading the model
     manifest = serving_manifest(SERVING, auth={"mode": "none"}, logging={"enabled": False})
-    manifest["spec"]["model"] = {"name": MODEL, "basePath": BASE_PATH,
-                                 "versions": [{"version": 3, "weight": 100}]}  # fmt: skip
+    manifest["spec"]["model"] = {
+        "name": MODEL,
+        "basePath": BASE_PATH,
+        "versions": [{"version": 3, "weight": 100}],
+    }
     crds.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
-    pod, config, routing, tf_config = the_servings_sidecar(local_env, core, apps, namespace,
-                                                          tmp_path)  # fmt: skip
+    pod, config, routing, tf_config = the_servings_sidecar(
+        local_env, core, apps, namespace, tmp_path
+    )
     port = free_port()
     config["upstream"]["url"] = f"http://127.0.0.1:{port}"
     standin = TFServingStandIn({MODEL: standin_of(tf_config)}, starting=True)
@@ -376,27 +415,43 @@ async def test_a_tf_serving_killed_while_it_loads_is_unavailable_before_the_allo
             tmp_path, config, routing, POD_NAME=pod.metadata.name, POD_NAMESPACE=namespace
         ),
     ):
-        await until(lambda: ready_condition_because(crds, namespace, "ModelLoading"), 60,
-                    "ModelLoading while TF Serving starts")  # fmt: skip
+        await until(
+            lambda: ready_condition_because(crds, namespace, "ModelLoading"),
+            60,
+            "ModelLoading while TF Serving starts",
+        )
 
         # When the kubelet finds its TF Serving killed for memory, and restarts it (as the
         # kubelet writes it on the pod's status)
         statuses = [
-            {"name": "tfserving", "image": "tensorflow/serving", "imageID": "", "ready": False,
-             "restartCount": 1, "state": {"running": {}},
-             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
-            {"name": "sidecar", "image": "modelserving", "imageID": "", "ready": False,
-             "restartCount": 0, "state": {"running": {}}},
-        ]  # fmt: skip
+            {
+                "name": "tfserving",
+                "image": "tensorflow/serving",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 1,
+                "state": {"running": {}},
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+            },
+            {
+                "name": "sidecar",
+                "image": "modelserving",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"running": {}},
+            },
+        ]
         core.patch_namespaced_pod_status(
             pod.metadata.name, namespace, {"status": {"containerStatuses": statuses}}
         )
 
         # Then the serving says TF Serving is unavailable at once, and how it ended
         down = await until(
-            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"), 60,
+            lambda: ready_condition_because(crds, namespace, "ServerUnavailable"),
+            60,
             "ServerUnavailable",
-        )  # fmt: skip
+        )
         assert down["message"].endswith(
             f"TF Serving in {pod.metadata.name} exited before it answered once (OOMKilled, "
             f"exit code 137): kubectl logs {pod.metadata.name} -c tfserving --previous says why"

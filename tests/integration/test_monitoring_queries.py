@@ -24,10 +24,10 @@ import pytest
 import yaml
 
 from modelserving import api
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import create_app
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.main import serving
+from modelserving_sidecar.app import create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.main import serving
 from tests.support.chart import rendered_dashboard, write_rules
 from tests.support.environment import localenv
 from tests.support.prometheus import (
@@ -59,22 +59,31 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
 ):
     # Given a serving made by the real operator, so that it reports the serving's conditions
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest(SERVING, logging={"kafka": {"topic": topic}}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, SERVING), 60, "the serving Ready")
 
     # And a real sidecar with its inference log on the real broker
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
-    config = parse_config({
-        "serving": {"name": SERVING, "namespace": namespace, "projectId": 80},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "upstream": {"url": upstream},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
-        "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-                    "spoolDir": str(tmp_path / "spool")},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "serving": {"name": SERVING, "namespace": namespace, "projectId": 80},
+            "model": {"name": MODEL, "version": 1, "modelId": 17},
+            "upstream": {"url": upstream},
+            "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+            "logging": {
+                "mode": "ALL",
+                "topic": topic,
+                "bootstrapServers": local_env.kafka_bootstrap,
+                "spoolDir": str(tmp_path / "spool"),
+            },
+        }
+    )
     dashboard = rendered_dashboard(local_env)
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
@@ -89,14 +98,18 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
         # And a real Prometheus scraping both every second, with the chart's rules loaded
         (tmp_path / "prometheus").mkdir()
         prometheus = PrometheusServer(
-            tmp_path / "prometheus", localenv.free_port(),
+            tmp_path / "prometheus",
+            localenv.free_port(),
             [
-                Target("modelserving-sidecar", url.removeprefix("http://"),
-                       labels={"namespace": namespace, "serving": SERVING, "pod": f"{SERVING}-0"}),
+                Target(
+                    "modelserving-sidecar",
+                    url.removeprefix("http://"),
+                    labels={"namespace": namespace, "serving": SERVING, "pod": f"{SERVING}-0"},
+                ),
                 Target("modelserving-operator", f"127.0.0.1:{metrics_port}"),
             ],
             rule_files=[rules],
-        )  # fmt: skip
+        )
         await asyncio.to_thread(prometheus.start)
         try:
             # When requests flow: answered, refused for a bad body, refused for no credential

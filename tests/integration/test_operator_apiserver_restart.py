@@ -42,9 +42,12 @@ def test_servings_reconciled_across_an_api_server_restart_end_ready_without_dupl
     started = time.monotonic()
     for i in range(SERVINGS):
         crds.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
             serving_manifest(f"s{i:03d}", logging={"enabled": False}),
-        )  # fmt: skip
+        )
     wait_for(lambda: deployments() >= 10, timeout=120, what="10 Deployments", interval=0.2)
 
     # When the API server is killed and started again
@@ -67,9 +70,15 @@ def test_servings_reconciled_across_an_api_server_restart_end_ready_without_dupl
 
     # ... each with one set of children and a modelId of its own
     listed = local_env.kubectl(
-        "get", "deployments,replicasets,services,configmaps,networkpolicies",
-        "-n", namespace, "-l", f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}", "-o", "json",
-    )  # fmt: skip
+        "get",
+        "deployments,replicasets,services,configmaps,networkpolicies",
+        "-n",
+        namespace,
+        "-l",
+        f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}",
+        "-o",
+        "json",
+    )
     counts = collections.Counter(
         (item["kind"], item["metadata"]["labels"][api.LABEL_INSTANCE])
         for item in json.loads(listed.stdout)["items"]

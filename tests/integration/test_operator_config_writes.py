@@ -111,9 +111,13 @@ def test_a_refused_configmap_write_holds_the_roll_until_the_cluster_allows_it(
         with ReadyWatch(crds, namespace, "mnist") as watch:
             # When the user moves the serving to version 2
             crds.patch_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                "mnist",
                 {"spec": {"model": {"version": 2}}},
-            )  # fmt: skip
+            )
 
             # Then Degraded says which write failed, and why
             def degraded() -> dict:

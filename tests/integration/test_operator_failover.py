@@ -13,7 +13,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from modelserving import api
-from modelserving.operator.settings import OperatorSettings
+from modelserving_operator.settings import OperatorSettings
 from tests.support.operator_process import Operator
 from tests.support.servings import serving_manifest
 from tests.support.waiting import wait_for
@@ -82,25 +82,37 @@ def test_the_standby_takes_over_from_a_killed_active_replica_and_loses_no_change
     names = [f"s{i}" for i in range(SERVINGS)]
     for name in names:
         crds.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
             serving_manifest(name, logging={"enabled": False}),
-        )  # fmt: skip
+        )
     wait_for(
         lambda: all(g == o for g, o in generations().values()) and len(generations()) == SERVINGS,
-        timeout=90, what="every serving reconciled", interval=0.5,
-    )  # fmt: skip
+        timeout=90,
+        what="every serving reconciled",
+        interval=0.5,
+    )
     standby.start()
     waits: list[list[float]] = []
     try:
         for attempt in range(TRIES):
-            wait_for(lambda op=standby: identity(op) in peers(), timeout=60,
-                     what="the standby in the peering")  # fmt: skip
+            wait_for(
+                lambda op=standby: identity(op) in peers(),
+                timeout=60,
+                what="the standby in the peering",
+            )
             # ... a change made while both run is reconciled, by the active replica alone (kopf
             # freezes both when they share a priority)
             crds.patch_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, names[0],
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                names[0],
                 {"spec": {"server": {"replicas": 5}}},
-            )  # fmt: skip
+            )
             reconcile_waits(generations, {names[0]: generations()[names[0]]}, time.monotonic())
             assert not reconciled_anything(standby.log()), "the standby reconciled a serving"
 
@@ -110,9 +122,13 @@ def test_the_standby_takes_over_from_a_killed_active_replica_and_loses_no_change
             replicas = attempt + 2
             for name in names:
                 crds.patch_namespaced_custom_object(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.PLURAL,
+                    name,
                     {"spec": {"server": {"replicas": replicas}}},
-                )  # fmt: skip
+                )
             wanted = generations()
 
             # Then the standby reconciles each change; how long each serving waited
@@ -127,8 +143,11 @@ def test_the_standby_takes_over_from_a_killed_active_replica_and_loses_no_change
             deployments = apps.list_namespaced_deployment(namespace).items
             assert sorted(d.metadata.name for d in deployments) == sorted(names)
             assert {d.spec.replicas for d in deployments} == {replicas}
-            wait_for(lambda op=active: reconciled_anything(op.log()), timeout=30,
-                     what="the new active replica's caught-up line")  # fmt: skip
+            wait_for(
+                lambda op=active: reconciled_anything(op.log()),
+                timeout=30,
+                what="the new active replica's caught-up line",
+            )
             # ... and the killed replica, started again, is the new standby
             standby.start()
     finally:

@@ -30,9 +30,12 @@ def test_a_message_limit_out_of_bounds_is_refused_saying_what_to_fix(crds, names
     for limit, message in refusals.items():
         with pytest.raises(ApiException) as refused:
             crds.create_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
                 grpc_serving("bad", maxMessageBytes=limit),
-            )  # fmt: skip
+            )
         assert refused.value.status == 422, limit
         assert message in " ".join(refused.value.body.split()), refused.value.body
 
@@ -91,9 +94,13 @@ def test_grpc_off_leaves_no_grpc_port_and_an_edit_turns_it_on_and_off(
 
     # When the user turns it on with a limit of their own (kubectl edit)
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "mnist",
         {"spec": {"sidecar": {"grpc": {"enabled": True, "maxMessageBytes": 16 * MiB}}}},
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist", 2), timeout=60, what="Ready at gen 2")
 
     # Then the gRPC port is on the Service, the sidecar and the NetworkPolicy, with that limit
@@ -110,9 +117,13 @@ def test_grpc_off_leaves_no_grpc_port_and_an_edit_turns_it_on_and_off(
 
     # And turned off again, the port goes from all of them (not left behind by the apply)
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "mnist",
         {"spec": {"sidecar": {"grpc": {"enabled": False}}}},
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist", 3), timeout=60, what="Ready at gen 3")
     ports = grpc_ports(kube_client, namespace, "mnist")
     assert {k: v for k, v in ports.items() if k != "config"} == off

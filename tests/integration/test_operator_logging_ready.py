@@ -12,15 +12,20 @@ import yaml
 from kubernetes import client
 
 from modelserving import api
-from modelserving.sidecar.log_status import ANNOTATION
+from modelserving_sidecar.log.status import ANNOTATION
 from tests.support.servings import condition, config_file, get_serving, serving_manifest
 from tests.support.waiting import wait_for
 
 DEFAULT_FLAGS = [
-    "--log-mode", "ERRORS", "--log-success-sample-rate", "0.5",
-    "--log-max-payload-bytes", "4096",
-    "--log-redact", '[{"path": "instances[*].email", "action": "hash"}]',
-]  # fmt: skip
+    "--log-mode",
+    "ERRORS",
+    "--log-success-sample-rate",
+    "0.5",
+    "--log-max-payload-bytes",
+    "4096",
+    "--log-redact",
+    '[{"path": "instances[*].email", "action": "hash"}]',
+]
 
 
 @pytest.fixture
@@ -42,8 +47,13 @@ def test_operator_defaults_apply_where_the_spec_is_silent_and_the_spec_wins_wher
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("silent", logging=kafka)
     )
-    speaks = {**kafka, "mode": "ALL", "sampling": {"successRate": 0.1}, "redact": [],
-              "payloads": {"oversize": "digest"}}  # fmt: skip
+    speaks = {
+        **kafka,
+        "mode": "ALL",
+        "sampling": {"successRate": 0.1},
+        "redact": [],
+        "payloads": {"oversize": "digest"},
+    }
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("speaks", logging=speaks)
     )
@@ -66,9 +76,12 @@ def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age
 ):
     core = client.CoreV1Api(kube_client)
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"kafka": {"topic": f"{namespace}.{topic}"}}),
-    )  # fmt: skip
+    )
 
     def logging_ready() -> dict:
         return condition(get_serving(crds, namespace, "mnist"), "LoggingReady")
@@ -89,8 +102,15 @@ def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age
         patch = {"metadata": {"annotations": {ANNOTATION: json.dumps(summary)}}}
         core.patch_namespaced_pod_status(pod, namespace, patch)
 
-    publish({"state": "KafkaUnreachable", "spoolPercent": 3, "waitingRecords": 1200,
-             "oldestRecordAgeSeconds": 42, "kafkaReachable": False})  # fmt: skip
+    publish(
+        {
+            "state": "KafkaUnreachable",
+            "spoolPercent": 3,
+            "waitingRecords": 1200,
+            "oldestRecordAgeSeconds": 42,
+            "kafkaReachable": False,
+        }
+    )
     down = wait_for(
         lambda: (c := logging_ready()).get("status") == "False" and c, 30, "LoggingReady False"
     )
@@ -98,6 +118,13 @@ def test_a_pods_log_status_makes_logging_ready_false_with_the_oldest_records_age
     assert "1200 records" in down["message"] and "42 s" in down["message"]
     assert pod in down["message"]
 
-    publish({"state": "Flowing", "spoolPercent": 0, "waitingRecords": 0,
-             "oldestRecordAgeSeconds": 0, "kafkaReachable": True})  # fmt: skip
+    publish(
+        {
+            "state": "Flowing",
+            "spoolPercent": 0,
+            "waitingRecords": 0,
+            "oldestRecordAgeSeconds": 0,
+            "kafkaReachable": True,
+        }
+    )
     wait_for(lambda: logging_ready().get("status") == "True", 30, "LoggingReady True again")

@@ -19,8 +19,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from kubernetes import client
 
 from modelserving import api
-from modelserving.operator.status import OPERATOR_KAFKA_UNREACHABLE
-from modelserving.sidecar.config import (
+from modelserving_operator.status.conditions import OPERATOR_KAFKA_UNREACHABLE
+from modelserving_sidecar.config import (
     AuthConfig,
     LoggingConfig,
     LoggingMode,
@@ -28,9 +28,9 @@ from modelserving.sidecar.config import (
     ServingIdentity,
     SidecarConfig,
 )
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import open_inference_log
-from modelserving.sidecar.log_status import ANNOTATION
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import open_inference_log
+from modelserving_sidecar.log.status import ANNOTATION
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for, wait_for_async
 
@@ -63,23 +63,30 @@ async def test_logging_ready_follows_the_pods_that_deliver_when_the_operator_can
 
     # Given a serving that logs to a topic the operator cannot reach: it says so
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"kafka": {"topic": topic}}),
-    )  # fmt: skip
+    )
 
     def logging_ready() -> dict:
         return condition(get_serving(crds, namespace, "mnist"), "LoggingReady")
 
     down = await asyncio.to_thread(
-        wait_for, lambda: (c := logging_ready()).get("reason") == "KafkaUnreachable" and c,
-        60, "LoggingReady KafkaUnreachable from the operator's own check",
-    )  # fmt: skip
+        wait_for,
+        lambda: (c := logging_ready()).get("reason") == "KafkaUnreachable" and c,
+        60,
+        "LoggingReady KafkaUnreachable from the operator's own check",
+    )
     assert down["status"] == "False"
     selector = f"{api.LABEL_INSTANCE}=mnist"
     pods = await asyncio.to_thread(
-        wait_for, lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
-        60, "the serving's pod",
-    )  # fmt: skip
+        wait_for,
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+        60,
+        "the serving's pod",
+    )
     pod = pods[0].metadata.name
 
     # When the pod's sidecar log reaches the real broker, delivers records and says so on its pod
@@ -126,8 +133,9 @@ async def test_logging_ready_follows_the_pods_that_deliver_when_the_operator_can
         assert NOWHERE in ready["message"]  # where the operator looked
         assert await wait_for_async(
             lambda: asyncio.to_thread(lambda: (published() or {}).get("waitingRecords") == 0),
-            30, "the records acknowledged",
-        )  # fmt: skip
+            30,
+            "the records acknowledged",
+        )
 
         # And it stays so while the operator retries (every second) and the pod reports
         deadline = time.monotonic() + 8

@@ -34,15 +34,22 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
 
     # When a serving is created and becomes Ready
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"kafka": {"topic": f"{namespace}.{topic}"}}),
-    )  # fmt: skip
+    )
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist"), 60, "the serving Ready")
     ready = condition(serving, "Ready")
 
     # Then /metrics counts the serving by its Ready condition, as its status holds it
-    ready_now = {"namespace": namespace, "condition": "Ready", "status": "True",
-                 "reason": ready["reason"]}  # fmt: skip
+    ready_now = {
+        "namespace": namespace,
+        "condition": "Ready",
+        "status": "True",
+        "reason": ready["reason"],
+    }
 
     def counted():
         samples = scrape(url)
@@ -50,10 +57,21 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
 
     samples = wait_for(counted, 30, "the Ready serving counted in /metrics")
     assert value(samples, "modelserving_operator_servings", **ready_now) == 1
-    assert value(samples, "modelserving_operator_servings", namespace=namespace,
-                 condition="Ready") == 1  # fmt: skip
-    assert value(samples, "modelserving_operator_servings", namespace=namespace,
-                 condition="LoggingReady", status="True", reason="TopicReady") == 1  # fmt: skip
+    assert (
+        value(samples, "modelserving_operator_servings", namespace=namespace, condition="Ready")
+        == 1
+    )
+    assert (
+        value(
+            samples,
+            "modelserving_operator_servings",
+            namespace=namespace,
+            condition="LoggingReady",
+            status="True",
+            reason="TopicReady",
+        )
+        == 1
+    )
 
     # And the reconciles it ran, each of them taken from the queue after a measured wait
     reconciles = value(samples, "modelserving_operator_reconciles_total", outcome="done")

@@ -10,8 +10,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
-from modelserving.operator.modelids import COUNTER_ANNOTATION, CRD_NAME, LEGACY_COUNTER_CONFIGMAP
-from modelserving.operator.names import LABEL_SERVING_UID as SERVING_UID
+from modelserving_operator.modelids import COUNTER_ANNOTATION, CRD_NAME, LEGACY_COUNTER_CONFIGMAP
+from modelserving_operator.names import LABEL_SERVING_UID as SERVING_UID
 from tests.support.operator_process import COUNTER_NAMESPACE
 from tests.support.servings import get_serving, is_ready, read_or_none, serving_manifest
 from tests.support.waiting import wait_for
@@ -69,9 +69,13 @@ def test_of_two_servings_with_one_id_the_one_made_later_gets_a_fresh_id(operator
 
     # When the second's status comes back from a backup holding the first's id
     crds.patch_namespaced_custom_object_status(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "restored",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "restored",
         {"status": {"modelId": original}},
-    )  # fmt: skip
+    )
 
     # Then the one made later gets a fresh id, in its status and its annotation, and the first
     # keeps its own

@@ -33,9 +33,12 @@ def test_a_restart_over_many_unchanged_servings_writes_nothing(
     # Given 30 servings, all Ready (logging off: another test's broker outage must not count)
     for i in range(SERVINGS):
         crds.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
             serving_manifest(f"s{i:02d}", logging={"enabled": False}),
-        )  # fmt: skip
+        )
 
     def ready() -> int:
         items = crds.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)

@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
-from modelserving.operator.names import SECRETS_CHECKSUM_ANNOTATION
+from modelserving_operator.names import SECRETS_CHECKSUM_ANNOTATION
 from tests.support.servings import is_ready, serving_manifest
 from tests.support.waiting import wait_for
 
@@ -56,9 +56,12 @@ def test_a_secret_the_environment_reads_changed_in_place_rolls_the_pods(
     secret("mnist-keys", keys="one")
     env = [from_secret("AWS_ACCESS_KEY_ID", "s3", "id"), from_secret("AWS_SECRET", "s3", "key")]
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"enabled": False}, server={"env": env}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     before = deployment()
     assert SECRETS_CHECKSUM_ANNOTATION in before.spec.template.metadata.annotations
@@ -82,8 +85,9 @@ def test_a_secret_the_environment_reads_changed_in_place_rolls_the_pods(
     # Then the pod template changes once, new pods replace the old, and the serving is Ready
     wait_for(
         lambda: deployment().metadata.generation > before.metadata.generation,
-        timeout=30, what="the Deployment's pod template to change",
-    )  # fmt: skip
+        timeout=30,
+        what="the Deployment's pod template to change",
+    )
     after = deployment()
     assert after.metadata.generation == before.metadata.generation + 1
     checksums = [
@@ -116,17 +120,23 @@ def test_a_secret_read_whole_by_env_from_rolls_the_pods_and_a_bad_source_is_refu
     # An envFrom source that names neither a Secret nor a ConfigMap is refused, saying so
     with pytest.raises(ApiException) as refused:
         crds.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
             serving_manifest("bad", server={"envFrom": [{"prefix": "X_"}]}),
-        )  # fmt: skip
+        )
     assert "exactly one of secretRef and configMapRef" in refused.value.body
 
     # Given a serving whose TF Serving takes every key of a Secret as its environment
     env_from = [{"secretRef": {"name": "tf-env"}, "prefix": "TF_"}]
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"enabled": False}, server={"envFrom": env_from}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     before = apps.read_namespaced_deployment("mnist", namespace)
     assert before.spec.template.spec.containers[0].env_from[0].secret_ref.name == "tf-env"
@@ -140,8 +150,9 @@ def test_a_secret_read_whole_by_env_from_rolls_the_pods_and_a_bad_source_is_refu
             apps.read_namespaced_deployment("mnist", namespace).metadata.generation
             == before.metadata.generation + 1
         ),
-        timeout=30, what="the Deployment's pod template to change",
-    )  # fmt: skip
+        timeout=30,
+        what="the Deployment's pod template to change",
+    )
 
 
 def test_a_config_map_the_environment_reads_changed_in_place_rolls_the_pods(
@@ -170,9 +181,12 @@ def test_a_config_map_the_environment_reads_changed_in_place_rolls_the_pods(
     env_from = [{"configMapRef": {"name": "tf-env"}, "prefix": "TF_"}]
     server = {"env": env, "envFrom": env_from}
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"enabled": False}, server=server),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     before = deployment()
     assert SECRETS_CHECKSUM_ANNOTATION in before.spec.template.metadata.annotations
@@ -194,8 +208,9 @@ def test_a_config_map_the_environment_reads_changed_in_place_rolls_the_pods(
     # Then the pod template changes once, new pods replace the old, and the serving is Ready
     wait_for(
         lambda: deployment().metadata.generation > before.metadata.generation,
-        timeout=30, what="the Deployment's pod template to change",
-    )  # fmt: skip
+        timeout=30,
+        what="the Deployment's pod template to change",
+    )
     after = deployment()
     assert after.metadata.generation == before.metadata.generation + 1
     checksums = [

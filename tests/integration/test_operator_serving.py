@@ -48,9 +48,12 @@ def test_a_serving_becomes_ready_with_its_children_and_topic(
     topic = f"{namespace}.{topic}"  # a serving's topic starts with its namespace
     started = time.monotonic()
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"kafka": {"topic": topic, "partitions": 2}}),
-    )  # fmt: skip
+    )
 
     # Then it becomes Ready once KWOK makes the pods ready, with its endpoint in status
     serving = wait_for(
@@ -106,27 +109,39 @@ def test_a_topic_of_another_namespace_is_refused_never_created_and_nothing_is_lo
     # Given a serving that names a topic of another namespace's
     theirs = f"x{namespace}.{topic}"
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"kafka": {"topic": theirs}}),
-    )  # fmt: skip
+    )
 
     # Then LoggingReady says the topic is refused and what to name instead
     def logging_ready() -> dict:
         return condition(get_serving(crds, namespace, "mnist"), "LoggingReady")
 
-    said = wait_for(lambda: logging_ready().get("reason") == "TopicRefused" and logging_ready(),
-                    60, "LoggingReady TopicRefused")  # fmt: skip
+    said = wait_for(
+        lambda: logging_ready().get("reason") == "TopicRefused" and logging_ready(),
+        60,
+        "LoggingReady TopicRefused",
+    )
     assert said["status"] == "False"
     assert theirs in said["message"] and f"({namespace}.)" in said["message"]
     # And the sidecars log nothing, anywhere
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
-    sidecar = wait_for(lambda: config_file(core, apps, namespace, "mnist", "sidecar.yaml"),
-                       60, "the sidecar's config")  # fmt: skip
+    sidecar = wait_for(
+        lambda: config_file(core, apps, namespace, "mnist", "sidecar.yaml"),
+        60,
+        "the sidecar's config",
+    )
     assert theirs not in sidecar
     # And the operator did not create the topic, and told it once in a Warning Event
     assert theirs not in kafka_topics(local_env.kafka_bootstrap)
-    events = [e for e in core.list_namespaced_event(namespace).items
-              if e.involved_object.name == "mnist" and e.reason == "TopicRefused"]  # fmt: skip
+    events = [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if e.involved_object.name == "mnist" and e.reason == "TopicRefused"
+    ]
     assert [(e.type, e.count or 1) for e in events] == [("Warning", 1)]
 
 
@@ -147,9 +162,13 @@ def test_a_new_version_rolls_out(operator, crds, kube_client, namespace):
 
     # When the user edits the version (kubectl edit)
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "mnist",
         {"spec": {"model": {"version": 2}}},
-    )  # fmt: skip
+    )
 
     # Then TF Serving's config names version 2, the pods roll, and the serving is Ready again
     wait_for(
@@ -193,9 +212,12 @@ def test_what_the_spec_no_longer_asks_for_leaves_the_children(
     # the create set would leave it, unless the operator takes the created fields as applied.
     env = [{"name": "EXTRA_FLAG", "value": "1"}, {"name": "KEPT", "value": "2"}]
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", server={"env": env}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     apps = client.AppsV1Api(kube_client)
 
@@ -207,9 +229,13 @@ def test_what_the_spec_no_longer_asks_for_leaves_the_children(
 
     # When the user drops one variable
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "mnist",
         {"spec": {"server": {"env": env[1:]}}},
-    )  # fmt: skip
+    )
 
     # Then the Deployment's pods lose it, and keep the other
     wait_for(lambda: "EXTRA_FLAG" not in env_names(), timeout=30, what="EXTRA_FLAG gone")
@@ -343,23 +369,34 @@ def test_a_copied_or_hand_written_model_id_gets_an_id_of_its_own(operator, crds,
 
     # And an edit of the annotation does not change the serving's id: the operator writes it back
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "copy",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "copy",
         {"metadata": {"annotations": {key: str(ids[0])}}},
-    )  # fmt: skip
+    )
     written_back = wait_for(
-        lambda: (s := get_serving(crds, namespace, "copy"))["metadata"]["annotations"][key]
-        == str(ids[1]) and s,
-        timeout=30, what="the annotation written back",
-    )  # fmt: skip
+        lambda: (
+            (s := get_serving(crds, namespace, "copy"))["metadata"]["annotations"][key]
+            == str(ids[1])
+            and s
+        ),
+        timeout=30,
+        what="the annotation written back",
+    )
     assert written_back["status"]["modelId"] == ids[1]
 
 
 def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_client, namespace):
     # Logging off: Kafka outages made by other tests must not count as a change here
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"enabled": False}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     apps, core = client.AppsV1Api(kube_client), client.CoreV1Api(kube_client)
     net = client.NetworkingV1Api(kube_client)
@@ -379,7 +416,7 @@ def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_c
                     namespace, label_selector=f"{api.LABEL_INSTANCE}=mnist"
                 ).items
             },
-        }  # fmt: skip
+        }
 
     # Settled: two reads a moment apart agree
     before = wait_for(
@@ -438,9 +475,12 @@ def test_invalid_specs_are_refused_naming_the_field(crds, namespace):
 
 def test_kubernetes_auth_binds_the_pods_service_account(operator, crds, kube_client, namespace):
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", auth={"mode": "kubernetes"}),
-    )  # fmt: skip
+    )
     wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
     rbac, apps = client.RbacAuthorizationV1Api(kube_client), client.AppsV1Api(kube_client)
     binding_name = f"modelserving:{namespace}:mnist"

@@ -11,7 +11,7 @@ import signal
 from kubernetes import client
 
 from modelserving import api
-from modelserving.operator.settings import OperatorSettings
+from modelserving_operator.settings import OperatorSettings
 from tests.support.environment import localenv
 from tests.support.operator_process import Operator
 from tests.support.prometheus import scrape, value
@@ -32,10 +32,16 @@ def test_a_paused_replica_reconciles_nothing_while_the_other_works(
 ):
     ports = {name: localenv.free_port() for name in ("a", "b")}
     a, b = (
-        Operator(local_env, namespace, tmp_path, ["--metrics-port", str(ports[name])],
-                 kubeconfig=operator_kubeconfig, name=name)
+        Operator(
+            local_env,
+            namespace,
+            tmp_path,
+            ["--metrics-port", str(ports[name])],
+            kubeconfig=operator_kubeconfig,
+            name=name,
+        )
         for name in ("a", "b")
-    )  # fmt: skip
+    )
 
     def reconciles(op: Operator) -> float:
         return value(scrape(f"http://127.0.0.1:{ports[op.name]}/metrics"), RECONCILES)
@@ -53,14 +59,19 @@ def test_a_paused_replica_reconciles_nothing_while_the_other_works(
     )
     a.start()
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("victim", logging={"enabled": False}),
-    )  # fmt: skip
+    )
     wait_for(
-        lambda: condition(get_serving(crds, namespace, "victim"), "Ready").get("reason")
-        == "Conflict",
-        timeout=60, what="the serving's Conflict",
-    )  # fmt: skip
+        lambda: (
+            condition(get_serving(crds, namespace, "victim"), "Ready").get("reason") == "Conflict"
+        ),
+        timeout=60,
+        what="the serving's Conflict",
+    )
     b.start()
     try:
         wait_for(lambda: f"b-{b.starts}" in peers(), timeout=60, what="b in the peering")

@@ -14,7 +14,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from kubernetes import client
 
 from modelserving import api
-from modelserving.operator.topics import TopicSettings, described
+from modelserving_operator.kafka.topics import TopicSettings, described
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for
 
@@ -79,8 +79,9 @@ def test_a_topic_deleted_by_hand_is_made_again_with_the_servings_partitions(
     create_serving(crds, namespace, "mnist", topic, partitions=3)
     wait_for(
         lambda: logging_ready(crds, namespace, "mnist").get("reason") == "TopicReady",
-        60, "LoggingReady TopicReady",
-    )  # fmt: skip
+        60,
+        "LoggingReady TopicReady",
+    )
     assert topic_settings(bootstrap, topic) == TopicSettings(3, 1)
 
     # When someone deletes the topic
@@ -118,24 +119,29 @@ def test_a_topic_a_broker_made_again_with_its_defaults_is_told_as_a_mismatch(
     create_serving(crds, namespace, "mnist", topic, partitions=3)
     wait_for(
         lambda: logging_ready(crds, namespace, "mnist").get("reason") == "TopicReady",
-        60, "LoggingReady TopicReady",
-    )  # fmt: skip
+        60,
+        "LoggingReady TopicReady",
+    )
 
     # When someone deletes it and a producer's request makes it again with the broker's 1
     delete_topic(bootstrap, topic)
     wait_for(lambda: topic_settings(bootstrap, topic) is None, 10, "the topic gone", 0.05)
     made = wait_for(
         lambda: isinstance(found := auto_create(bootstrap, topic), TopicSettings) and found,
-        10, "the topic made by the broker", 0.05,
-    )  # fmt: skip
+        10,
+        "the topic made by the broker",
+        0.05,
+    )
     assert made == TopicSettings(1, 1)
 
     # Then LoggingReady says the topic is not what the spec asks, with both numbers
     told = wait_for(
-        lambda: (c := logging_ready(crds, namespace, "mnist")).get("reason") == "TopicMismatch"
-        and c,
-        30, "LoggingReady TopicMismatch",
-    )  # fmt: skip
+        lambda: (
+            (c := logging_ready(crds, namespace, "mnist")).get("reason") == "TopicMismatch" and c
+        ),
+        30,
+        "LoggingReady TopicMismatch",
+    )
     assert "has 1 partition and replication factor 1" in told["message"], told
     assert "the spec asks 3 partitions" in told["message"], told
 
@@ -151,10 +157,14 @@ def test_a_create_that_fails_while_the_broker_is_away_is_tried_again_until_it_is
 
         # Then LoggingReady is False and says why
         down = wait_for(
-            lambda: (c := logging_ready(crds, namespace, "mnist")).get("status") == "False"
-            and c.get("reason") not in ("Checking", None) and c,
-            60, "LoggingReady False with a reason",
-        )  # fmt: skip
+            lambda: (
+                (c := logging_ready(crds, namespace, "mnist")).get("status") == "False"
+                and c.get("reason") not in ("Checking", None)
+                and c
+            ),
+            60,
+            "LoggingReady False with a reason",
+        )
         assert down["reason"] == "KafkaUnreachable", down
         assert local_env.kafka_bootstrap in down["message"]
     finally:
@@ -163,8 +173,9 @@ def test_a_create_that_fails_while_the_broker_is_away_is_tried_again_until_it_is
     # When the broker is back, the operator tries again unasked and makes the topic
     up = wait_for(
         lambda: (c := logging_ready(crds, namespace, "mnist")).get("status") == "True" and c,
-        90, "LoggingReady True once the broker is back",
-    )  # fmt: skip
+        90,
+        "LoggingReady True once the broker is back",
+    )
     assert up["reason"] == "TopicReady"
     assert topic_settings(local_env.kafka_bootstrap, topic) == TopicSettings(2, 1)
 
@@ -177,25 +188,29 @@ def test_two_servings_naming_one_topic_with_other_partitions_the_second_is_told_
     create_serving(crds, namespace, "first", topic, partitions=2)
     wait_for(
         lambda: logging_ready(crds, namespace, "first").get("reason") == "TopicReady",
-        60, "first's LoggingReady TopicReady",
-    )  # fmt: skip
+        60,
+        "first's LoggingReady TopicReady",
+    )
 
     # When a second serving names the same topic with 4 partitions
     create_serving(crds, namespace, "second", topic, partitions=4)
 
     # Then the second's LoggingReady says the mismatch, with both numbers
     second = wait_for(
-        lambda: (c := logging_ready(crds, namespace, "second")).get("reason") == "TopicMismatch"
-        and c,
-        60, "second's LoggingReady TopicMismatch",
-    )  # fmt: skip
+        lambda: (
+            (c := logging_ready(crds, namespace, "second")).get("reason") == "TopicMismatch" and c
+        ),
+        60,
+        "second's LoggingReady TopicMismatch",
+    )
     assert "has 2 partitions and replication factor 1" in second["message"], second
     assert "the spec asks 4 partitions and replication factor 1" in second["message"], second
     # And a Warning Event tells it; only the first was told it made the topic
     wait_for(
         lambda: events_of(kube_client, namespace, "TopicMismatch") == ["second"],
-        30, "the second's TopicMismatch Event",
-    )  # fmt: skip
+        30,
+        "the second's TopicMismatch Event",
+    )
     assert events_of(kube_client, namespace, "TopicCreated") == ["first"]
     assert logging_ready(crds, namespace, "first")["reason"] == "TopicReady"
     assert topic_settings(local_env.kafka_bootstrap, topic) == TopicSettings(2, 1)

@@ -100,13 +100,20 @@ def test_a_split_that_cannot_work_is_refused_saying_what_to_fix(crds, namespace)
     assert "spec.model.sticky.by caller needs callers to authenticate" in refused.value.body
 
     # What is right is taken: A/B/N, a shadow, sticky by header or by the caller
-    create(crds, namespace, with_model(
-        "abn",
-        versions=[{"version": 1, "weight": 34}, {"version": 2, "weight": 33},
-                  {"version": 3, "weight": 33}],
-        shadow={"version": 4, "percent": 100},
-        sticky={"by": "header", "header": "x-session-id"},
-    ))  # fmt: skip
+    create(
+        crds,
+        namespace,
+        with_model(
+            "abn",
+            versions=[
+                {"version": 1, "weight": 34},
+                {"version": 2, "weight": 33},
+                {"version": 3, "weight": 33},
+            ],
+            shadow={"version": 4, "percent": 100},
+            sticky={"by": "header", "header": "x-session-id"},
+        ),
+    )
     by_caller = with_model("bycaller", "kubernetes", versions=CANARY["versions"])
     by_caller["spec"]["model"]["sticky"] = {"by": "caller"}
     create(crds, namespace, by_caller)
@@ -134,9 +141,14 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
     assert get_serving(crds, namespace, "mnist")["status"]["traffic"] == "3:90 4:10"
 
     # When the user adds a shadow and moves the split to 50/50 (kubectl apply)
-    model = {**CANARY, "versions": [{"version": 3, "weight": 50, "labels": ["stable"]},
-                                    {"version": 4, "weight": 50, "labels": ["canary"]}],
-             "shadow": {"version": 5, "percent": 10}}  # fmt: skip
+    model = {
+        **CANARY,
+        "versions": [
+            {"version": 3, "weight": 50, "labels": ["stable"]},
+            {"version": 4, "weight": 50, "labels": ["canary"]},
+        ],
+        "shadow": {"version": 5, "percent": 10},
+    }
     kubectl_apply(model)
 
     # Then TF Serving's config loads 3, 4 and 5 and the sidecar's routing file says 50/50
@@ -200,8 +212,11 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
 
     def publish(versions: list[dict]) -> None:
         """The pod's model report, written through pods/status as the sidecar writes it."""
-        report = {"server": {"reachable": True, "error": ""}, "versions": versions,
-                  "auth": {"ready": True, "error": ""}}  # fmt: skip
+        report = {
+            "server": {"reachable": True, "error": ""},
+            "versions": versions,
+            "auth": {"ready": True, "error": ""},
+        }
         patch = {"metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}
         core.patch_namespaced_pod_status(pod, namespace, patch)
 
@@ -212,8 +227,13 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
         return next(c for c in status()["conditions"] if c["type"] == "Ready")
 
     def version(number: int, state: str, served: int, code: str = "OK", message: str = "") -> dict:
-        return {"version": number, "state": state, "errorCode": code, "errorMessage": message,
-                "served": served}  # fmt: skip
+        return {
+            "version": number,
+            "state": state,
+            "errorCode": code,
+            "errorMessage": message,
+            "served": served,
+        }
 
     # When the canary is still loading in the ready pod
     publish([version(3, "AVAILABLE", 40), version(4, "LOADING", 0)])
@@ -222,8 +242,9 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
     loading = wait_for(lambda: (c := ready())["reason"] == "ModelLoading" and c, 30, "ModelLoading")
     assert (loading["status"], loading["message"]) == ("False", f"version 4 is LOADING in {pod}")
     assert [(v["version"], v["weight"], v["role"], v["state"]) for v in status()["versions"]] == [
-        (3, 90, "stable", "AVAILABLE"), (4, 10, "canary", "LOADING")
-    ]  # fmt: skip
+        (3, 90, "stable", "AVAILABLE"),
+        (4, 10, "canary", "LOADING"),
+    ]
 
     # When TF Serving cannot find the canary's files
     publish([version(3, "AVAILABLE", 50), version(4, "END", 0, "NOT_FOUND", NOT_FOUND)])
@@ -248,17 +269,19 @@ def test_the_pods_model_reports_say_what_is_wrong_in_status_and_events(
     # Then the serving is Ready again, with the split really served
     wait_for(lambda: ready()["reason"] == "Available", 30, "Ready Available again")
     assert [(v["state"], v["servedPercent"]) for v in status()["versions"]] == [
-        ("AVAILABLE", 90), ("AVAILABLE", 10)
-    ]  # fmt: skip
+        ("AVAILABLE", 90),
+        ("AVAILABLE", 10),
+    ]
     model_ready = next(c for c in status()["conditions"] if c["type"] == "ModelReady")
     assert model_ready["reason"] == "AllVersionsAvailable"
 
     # And one Event per change of reason, a warning for the failure
     told = wait_for(lambda: len(e := model_events(core, namespace)) >= 3 and e, 30, "the Events")
     assert sorted((e.type, e.reason, e.count or 1) for e in told) == [
-        ("Normal", "AllVersionsAvailable", 1), ("Normal", "ModelLoading", 1),
+        ("Normal", "AllVersionsAvailable", 1),
+        ("Normal", "ModelLoading", 1),
         ("Warning", "ModelLoadFailed", 1),
-    ]  # fmt: skip
+    ]
     assert NOT_FOUND in next(e.message for e in told if e.reason == "ModelLoadFailed")
 
 
@@ -290,12 +313,23 @@ class ModelReports:
                 if pod.metadata.deletion_timestamp or api.MODEL_REPORT_ANNOTATION in annotations:
                     continue
                 versions = served_versions(self.core, self.namespace, pod)
-                report = {"server": {"reachable": True, "state": "up", "error": ""},
-                          "versions": [{"version": v, "state": "AVAILABLE", "errorCode": "OK",
-                                        "errorMessage": "", "served": 10} for v in versions],
-                          "auth": {"ready": True, "error": ""}}  # fmt: skip
-                patch = {"metadata": {"annotations": {
-                    api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}  # fmt: skip
+                report = {
+                    "server": {"reachable": True, "state": "up", "error": ""},
+                    "versions": [
+                        {
+                            "version": v,
+                            "state": "AVAILABLE",
+                            "errorCode": "OK",
+                            "errorMessage": "",
+                            "served": 10,
+                        }
+                        for v in versions
+                    ],
+                    "auth": {"ready": True, "error": ""},
+                }
+                patch = {
+                    "metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}
+                }
                 try:
                     self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, patch)
                 except ApiException as exc:
@@ -336,9 +370,13 @@ def test_a_roll_to_another_version_keeps_the_serving_ready_as_the_old_pods_serve
         progress: set[str] = set()
         with ReadyWatch(crds, namespace, "mnist") as watch:
             crds.patch_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                "mnist",
                 {"spec": {"model": {"version": 4}}},
-            )  # fmt: skip
+            )
 
             # Then Progressing says a roll to version 4 goes on ...
             def rolled() -> bool:
@@ -369,8 +407,10 @@ def test_a_weight_change_is_split_pending_until_every_pods_sidecar_applies_it(
 ):
     # Given a serving of version 3 at 100% with version 4 warm at 0%, on two pods whose
     # sidecars apply that split
-    start = [{"version": 3, "weight": 100, "labels": ["stable"]},
-             {"version": 4, "weight": 0, "labels": ["canary"]}]  # fmt: skip
+    start = [
+        {"version": 3, "weight": 100, "labels": ["stable"]},
+        {"version": 4, "weight": 0, "labels": ["canary"]},
+    ]
     manifest = with_model("mnist", versions=start)
     manifest["spec"]["server"] = {"replicas": 2}
     manifest["spec"]["logging"] = {"enabled": False}
@@ -388,11 +428,21 @@ def test_a_weight_change_is_split_pending_until_every_pods_sidecar_applies_it(
 
     def publish(pod: str, weights: dict[int, int]) -> None:
         """The pod's model report as its sidecar writes it, with the weights it applies."""
-        report = {"server": {"reachable": True, "state": "up", "error": ""},
-                  "versions": [{"version": v, "state": "AVAILABLE", "errorCode": "OK",
-                                "errorMessage": "", "served": 10} for v in (3, 4)],
-                  "auth": {"ready": True, "error": ""},
-                  "weights": {str(v): w for v, w in weights.items()}}  # fmt: skip
+        report = {
+            "server": {"reachable": True, "state": "up", "error": ""},
+            "versions": [
+                {
+                    "version": v,
+                    "state": "AVAILABLE",
+                    "errorCode": "OK",
+                    "errorMessage": "",
+                    "served": 10,
+                }
+                for v in (3, 4)
+            ],
+            "auth": {"ready": True, "error": ""},
+            "weights": {str(v): w for v, w in weights.items()},
+        }
         patch = {"metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}
         core.patch_namespaced_pod_status(pod, namespace, patch)
 
@@ -406,9 +456,13 @@ def test_a_weight_change_is_split_pending_until_every_pods_sidecar_applies_it(
 
     # When the user gives version 4 10%, and the kubelet has not brought the routing file yet
     crds.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist",
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        "mnist",
         {"spec": {"model": {"versions": [{**start[0], "weight": 90}, {**start[1], "weight": 10}]}}},
-    )  # fmt: skip
+    )
 
     # Then status asks for 90/10 and Progressing says no pod applies it yet
     pending = wait_for(lambda: (c := progressing())["reason"] == "SplitPending" and c, 60, "pend")

@@ -42,18 +42,31 @@ def test_a_service_and_a_pod_deleted_while_the_watch_was_away_are_not_kept_in_th
 
     # Given a Ready serving whose pod reported its model AVAILABLE
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
         serving_manifest("mnist", logging={"enabled": False}),
-    )  # fmt: skip
+    )
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist"), 60, "the serving Ready")
     selector = f"{api.LABEL_INSTANCE}=mnist"
     pods = wait_for(
         lambda: core.list_namespaced_pod(namespace, label_selector=selector).items, 60, "a pod"
     )
     reporting = pods[0].metadata.name
-    report = {"server": {"reachable": True, "error": ""}, "auth": {"ready": True, "error": ""},
-              "versions": [{"version": 1, "state": "AVAILABLE", "errorCode": "OK",
-                            "errorMessage": "", "served": 10}]}  # fmt: skip
+    report = {
+        "server": {"reachable": True, "error": ""},
+        "auth": {"ready": True, "error": ""},
+        "versions": [
+            {
+                "version": 1,
+                "state": "AVAILABLE",
+                "errorCode": "OK",
+                "errorMessage": "",
+                "served": 10,
+            }
+        ],
+    }
     reported = {"metadata": {"annotations": {api.MODEL_REPORT_ANNOTATION: json.dumps(report)}}}
     core.patch_namespaced_pod_status(reporting, namespace, reported)  # as the sidecar writes it
     wait_for(lambda: model_ready().get("status") == "True", 30, "ModelReady from the report")
@@ -69,13 +82,20 @@ def test_a_service_and_a_pod_deleted_while_the_watch_was_away_are_not_kept_in_th
         restart_kube_apiserver(0)
         operator.excuse_refusals(killed, time.time())
         local_env.kubectl("delete", "service", "mnist", "-n", namespace)
-        local_env.kubectl("delete", "pod", reporting, "-n", namespace, "--grace-period=0",
-                          "--force")  # fmt: skip
+        local_env.kubectl(
+            "delete", "pod", reporting, "-n", namespace, "--grace-period=0", "--force"
+        )
         wait_for(
-            lambda: {p.metadata.name for p in core.list_namespaced_pod(
-                namespace, label_selector=selector).items} - {reporting},
-            60, "the ReplicaSet's new pod",
-        )  # fmt: skip
+            lambda: (
+                {
+                    p.metadata.name
+                    for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+                }
+                - {reporting}
+            ),
+            60,
+            "the ReplicaSet's new pod",
+        )
     finally:
         os.kill(operator.proc.pid, signal.SIGCONT)
 

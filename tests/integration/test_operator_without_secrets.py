@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from modelserving import api
-from modelserving.operator.names import SECRETS_CHECKSUM_ANNOTATION
+from modelserving_operator.names import SECRETS_CHECKSUM_ANNOTATION
 from tests.support.chart_account import operator_kubeconfig as operator_kubeconfig_for
 from tests.support.operator_process import COUNTER_NAMESPACE
 from tests.support.servings import condition, get_serving, is_ready, serving_manifest
@@ -36,9 +36,12 @@ def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
     """The chart's ServiceAccount with the rights the chart grants when rbac.readSecrets is
     false: none on Secrets."""
     return operator_kubeconfig_for(
-        local_env, COUNTER_NAMESPACE, namespace, tmp_path / "operator.kubeconfig",
+        local_env,
+        COUNTER_NAMESPACE,
+        namespace,
+        tmp_path / "operator.kubeconfig",
         values=["rbac.readSecrets=false"],
-    )  # fmt: skip
+    )
 
 
 def test_an_operator_that_may_not_read_secrets_serves_and_says_what_it_did_not_do(
@@ -46,13 +49,23 @@ def test_an_operator_that_may_not_read_secrets_serves_and_says_what_it_did_not_d
 ):
     # Given a serving whose TF Serving reads S3 credentials from a Secret, and whose inference
     # log connects to Kafka with a Strimzi user's credentials
-    env = [{"name": "AWS_SECRET_ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}}]  # fmt: skip
+    env = [
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}},
+        }
+    ]
     crds.create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL,
-        serving_manifest("mnist", server={"env": env},
-                         logging={"kafka": {"topic": f"{namespace}.mnist", "security": SECURITY}}),
-    )  # fmt: skip
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        serving_manifest(
+            "mnist",
+            server={"env": env},
+            logging={"kafka": {"topic": f"{namespace}.mnist", "security": SECURITY}},
+        ),
+    )
 
     # Then it becomes Ready
     serving = wait_for(lambda: is_ready(crds, namespace, "mnist"), 60, "the serving Ready")

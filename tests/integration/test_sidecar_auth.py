@@ -14,11 +14,11 @@ import yaml
 from kubernetes import client
 
 from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
-from modelserving.sidecar.apikey_cli import secret_manifest
-from modelserving.sidecar.apikeys import hash_api_key, new_api_key
-from modelserving.sidecar.app import AUTHENTICATOR, create_app
-from modelserving.sidecar.config import SidecarConfig, parse_config
-from modelserving.sidecar.main import serving
+from modelserving_sidecar.app import AUTHENTICATOR, create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key, new_api_key
+from modelserving_sidecar.auth.apikey_cli import secret_manifest
+from modelserving_sidecar.config import SidecarConfig, parse_config
+from modelserving_sidecar.main import serving
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -104,9 +104,13 @@ async def test_service_account_is_refused_until_a_role_binding_grants_predict(
 ):
     token = service_account_token(kube_client, namespace, "caller", AUDIENCE)
     config = make_config(
-        upstream, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig,
+        upstream,
+        namespace,
+        mode="kubernetes",
+        audience=AUDIENCE,
+        kubeconfig=local_env.kubeconfig,
         denyCacheSeconds=0.5,
-    )  # fmt: skip
+    )
     async with sidecar(config) as (_, url):
         status, body, _ = await predict(url, f"Bearer {token}")
         assert status == 403
@@ -127,8 +131,12 @@ async def test_tokens_that_prove_nothing_are_401(local_env, kube_client, namespa
         upstream, namespace, mode="kubernetes", audience=AUDIENCE, kubeconfig=local_env.kubeconfig
     )
     async with sidecar(config) as (_, url):
-        for authorization in (None, "Bearer not-a-token", f"Bearer {other_audience}",
-                              f"ApiKey {other_audience}"):  # fmt: skip
+        for authorization in (
+            None,
+            "Bearer not-a-token",
+            f"Bearer {other_audience}",
+            f"ApiKey {other_audience}",
+        ):
             status, body, headers = await predict(url, authorization)
             assert status == 401, authorization
             assert headers["WWW-Authenticate"] == f'Bearer realm="{namespace}/{SERVING}"'

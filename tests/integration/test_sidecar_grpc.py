@@ -22,17 +22,17 @@ import pytest
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelserving.inferencelog import (
+from modelserving.inferencelog.reader import (
     HEADER_CALLER,
     HEADER_PROTOCOL,
     HEADER_REQUEST_ID,
     read_inference_log,
 )
-from modelserving.sidecar.apikeys import hash_api_key
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
 from modelserving.tfserving.serving_apis_pb2_grpc import ModelServiceStub, PredictionServiceStub
+from modelserving_sidecar.auth.api_keys import hash_api_key
 from tests.integration.test_sidecar_auth import SERVING, grant_predict, service_account_token
 from tests.support.sidecar_process import SidecarProcess, free_port, running_sidecar
 from tests.support.tfserving_standin import (

@@ -7,11 +7,11 @@ import json
 
 import aiohttp
 
-from modelserving.inferencelog import HEADER_CALLER, read_inference_log
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import create_app
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.main import serving
+from modelserving.inferencelog.reader import HEADER_CALLER, read_inference_log
+from modelserving_sidecar.app import create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.main import serving
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -23,14 +23,20 @@ async def test_each_answered_prediction_is_one_record_keyed_by_its_request_id(
 ):
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
-    config = parse_config({
-        "serving": {"name": "hpt", "namespace": "demo", "projectId": 80},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "upstream": {"url": upstream},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
-        "logging": {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-                    "spoolDir": str(tmp_path / "spool")},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "serving": {"name": "hpt", "namespace": "demo", "projectId": 80},
+            "model": {"name": MODEL, "version": 1, "modelId": 17},
+            "upstream": {"url": upstream},
+            "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+            "logging": {
+                "mode": "ALL",
+                "topic": topic,
+                "bootstrapServers": local_env.kafka_bootstrap,
+                "spoolDir": str(tmp_path / "spool"),
+            },
+        }
+    )
     good = {"Authorization": f"ApiKey {KEY}", "Content-Type": "application/json"}
     sent = {}
     async with serving(create_app(config)) as url, aiohttp.ClientSession() as http:
@@ -47,8 +53,10 @@ async def test_each_answered_prediction_is_one_record_keyed_by_its_request_id(
     records = []
 
     async def logged():
-        records[:] = [r async for r in read_inference_log(topic, local_env.kafka_bootstrap,
-                                                          from_beginning=True)]  # fmt: skip
+        records[:] = [
+            r
+            async for r in read_inference_log(topic, local_env.kafka_bootstrap, from_beginning=True)
+        ]
         return len(records) >= 2
 
     await wait_for_async(logged, timeout=60, what="the records in Kafka", interval=0.5)

@@ -12,8 +12,8 @@ import json
 import aiohttp
 from kubernetes import client
 
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.model_report import ANNOTATION
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.model.report import ANNOTATION
 from tests.support.sidecar_process import running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -32,10 +32,13 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
     local_env, kube_client, namespace, tmp_path
 ):
     core = client.CoreV1Api(kube_client)
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name=POD),
-        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
-    ))  # fmt: skip
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name=POD),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+        ),
+    )
 
     def report() -> dict | None:
         annotations = core.read_namespaced_pod(POD, namespace).metadata.annotations or {}
@@ -49,8 +52,9 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
         return await wait_for_async(matches, 40, "the model report on the pod", interval=0.5)
 
     def versions_of(current: dict) -> dict[int, tuple]:
-        return {v["version"]: (v["state"], v["errorCode"], v["served"])
-                for v in current["versions"]}  # fmt: skip
+        return {
+            v["version"]: (v["state"], v["errorCode"], v["served"]) for v in current["versions"]
+        }
 
     model = StandInModel({v: StandInVersion(slope=0.0, intercept=float(v)) for v in (3, 4)})
     model.fail_load(4)
@@ -60,9 +64,13 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
         "model": {"name": MODEL, "version": 3, "modelId": 21},
         "auth": {"mode": "apiKey", "apiKeysDir": str(keys), "kubeconfig": local_env.kubeconfig},
     }
-    routing = {"versions": [{"version": 3, "weight": 90, "labels": ["stable"]},
-                            {"version": 4, "weight": 10, "labels": ["canary"]}],
-               "shadow": {"version": 5, "percent": 10}}  # fmt: skip
+    routing = {
+        "versions": [
+            {"version": 3, "weight": 90, "labels": ["stable"]},
+            {"version": 4, "weight": 10, "labels": ["canary"]},
+        ],
+        "shadow": {"version": 5, "percent": 10},
+    }
     async with contextlib.AsyncExitStack() as tf_serving:
         _, upstream = await tf_serving.enter_async_context(
             running_standin(TFServingStandIn({MODEL: model}))
@@ -74,8 +82,11 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
             # The canary failed to load, the shadow is not in TF Serving, the Secret is absent.
             first = await reported(lambda r: 4 in versions_of(r) and 3 in versions_of(r))
             assert first["server"] == {"reachable": True, "state": "up", "error": ""}
-            assert versions_of(first) == {3: ("AVAILABLE", "OK", 0), 4: ("END", "NOT_FOUND", 0),
-                                          5: ("UNKNOWN", "", 0)}  # fmt: skip
+            assert versions_of(first) == {
+                3: ("AVAILABLE", "OK", 0),
+                4: ("END", "NOT_FOUND", 0),
+                5: ("UNKNOWN", "", 0),
+            }
             failed = next(v for v in first["versions"] if v["version"] == 4)
             assert failed["errorMessage"] == (
                 "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
@@ -99,8 +110,11 @@ async def test_the_sidecar_reports_tf_servings_versions_served_counts_and_auth_o
             # The canary loads: a change written at once, with the last minute's counts.
             model.make_available(4)
             loaded = await reported(lambda r: versions_of(r)[4][0] == "AVAILABLE")
-            assert versions_of(loaded) == {3: ("AVAILABLE", "OK", 20), 4: ("AVAILABLE", "OK", 0),
-                                           5: ("UNKNOWN", "", 0)}  # fmt: skip
+            assert versions_of(loaded) == {
+                3: ("AVAILABLE", "OK", 20),
+                4: ("AVAILABLE", "OK", 0),
+                5: ("UNKNOWN", "", 0),
+            }
 
             # TF Serving goes away.
             await tf_serving.aclose()
@@ -116,10 +130,13 @@ async def test_the_first_report_waits_for_tf_servings_first_answer(
     """A TF Serving slow to answer its first status request is not reported unreachable: the
     operator would tell ServerUnavailable (a Warning Event, Ready False) for a pod that is fine."""
     core = client.CoreV1Api(kube_client)
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name=POD),
-        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
-    ))  # fmt: skip
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name=POD),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+        ),
+    )
     seen: list[dict] = []
 
     async def report() -> dict | None:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from modelserving.inferencelog import HEADER_MODEL_VERSION, HEADER_ROLE, read_inference_log
+from modelserving.inferencelog.reader import HEADER_MODEL_VERSION, HEADER_ROLE, read_inference_log
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -50,8 +50,13 @@ def sidecar_config(upstream: str, **sections) -> dict:
 
 
 def split(*weights: tuple[int, int, str], **rest) -> dict:
-    return {"versions": [{"version": v, "weight": w, "labels": [label] if label else []}
-                         for v, w, label in weights], **rest}  # fmt: skip
+    return {
+        "versions": [
+            {"version": v, "weight": w, "labels": [label] if label else []}
+            for v, w, label in weights
+        ],
+        **rest,
+    }
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -94,8 +99,12 @@ async def records_of(topic: str, bootstrap: str, expected: int) -> list:
 async def test_a_90_10_split_lands_within_a_binomial_bound_and_each_record_says_its_version(
     local_env, topic, tmp_path, http
 ):
-    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
     routing = split((3, 90, "stable"), (4, 10, "canary"))
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 4)})) as (_, upstream),
@@ -142,9 +151,10 @@ async def test_sticky_keys_stay_on_one_version_and_a_weight_change_moves_only_th
 
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 4)})) as (_, upstream),
-        running_sidecar(tmp_path, sidecar_config(upstream),
-                        split((3, 90, ""), (4, 10, ""), sticky=sticky)) as sidecar,
-    ):  # fmt: skip
+        running_sidecar(
+            tmp_path, sidecar_config(upstream), split((3, 90, ""), (4, 10, ""), sticky=sticky)
+        ) as sidecar,
+    ):
         seen = await versions_of_sessions(sidecar, times=3)
         assert all(len(v) == 1 for v in seen.values()), "a session reached two versions"
         before = {s: v.pop() for s, v in seen.items()}
@@ -191,9 +201,10 @@ async def test_a_loading_version_gets_no_traffic_and_its_share_once_available(tm
     model.hold_loading(4)
     async with (
         running_standin(TFServingStandIn({MODEL: model})) as (_, upstream),
-        running_sidecar(tmp_path, sidecar_config(upstream),
-                        split((3, 90, ""), (4, 10, "canary"))) as sidecar,
-    ):  # fmt: skip
+        running_sidecar(
+            tmp_path, sidecar_config(upstream), split((3, 90, ""), (4, 10, "canary"))
+        ) as sidecar,
+    ):
         answers = await predict_many(http, sidecar, 500)
         assert {(status, made_by) for status, made_by, _ in answers} == {(200, 3)}
 
@@ -223,8 +234,12 @@ async def predict_path(http, sidecar: SidecarProcess, tail: str) -> tuple[int, i
 async def test_with_a_full_shadow_each_request_is_two_records_under_one_key(
     local_env, topic, tmp_path, http
 ):
-    logging = {"mode": "ALL", "topic": topic, "bootstrapServers": local_env.kafka_bootstrap,
-               "spoolDir": str(tmp_path / "spool")}  # fmt: skip
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
     routing = split((3, 100, ""), shadow={"version": 5, "percent": 100})
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 5)})) as (_, upstream),
@@ -239,10 +254,14 @@ async def test_with_a_full_shadow_each_request_is_two_records_under_one_key(
         by_key.setdefault(logged.key, []).append(logged)
     assert set(by_key) == {headers["X-Request-Id"] for _, _, headers in answers}
     for pair in by_key.values():
-        seen = {(r.headers[HEADER_ROLE], r.record.model_version, r.record.inference_response)
-                for r in pair}  # fmt: skip
-        assert seen == {("stable", 3, '{"predictions": [3.0]}'),
-                        ("shadow", 5, '{"predictions": [5.0]}')}  # fmt: skip
+        seen = {
+            (r.headers[HEADER_ROLE], r.record.model_version, r.record.inference_response)
+            for r in pair
+        }
+        assert seen == {
+            ("stable", 3, '{"predictions": [3.0]}'),
+            ("shadow", 5, '{"predictions": [5.0]}'),
+        }
         assert len({r.record.inference_request for r in pair}) == 1
 
 

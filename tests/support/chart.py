@@ -29,8 +29,10 @@ def render(local_env, *values: str, release: str = "ms") -> list[dict[str, Any]]
     sets = [arg for value in values for arg in ("--set", value)]
     proc = subprocess.run(
         ["helm", "template", release, str(CHART), "-n", "monitoring-test", *sets],
-        env=local_env.tool_env(), capture_output=True, text=True,
-    )  # fmt: skip
+        env=local_env.tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 

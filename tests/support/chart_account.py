@@ -38,9 +38,17 @@ def render_operator_account(
     sets = [arg for value in values for arg in ("--set", value)]
     return _run(
         local_env,
-        "helm", "template", RELEASE, str(CHART), "--namespace", release_namespace,
-        "--set", f"watchNamespaces={{{watched}}}", *sets, *shown,
-    )  # fmt: skip
+        "helm",
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        release_namespace,
+        "--set",
+        f"watchNamespaces={{{watched}}}",
+        *sets,
+        *shown,
+    )
 
 
 def operator_kubeconfig(
@@ -49,17 +57,31 @@ def operator_kubeconfig(
     """Apply the chart's objects for an operator watching `watched` and write a kubeconfig at
     `dest` that reaches the cluster as the chart's ServiceAccount."""
     manifests = render_operator_account(local_env, release_namespace, watched, values)
-    _run(local_env, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-",
-         stdin=manifests)  # fmt: skip
+    _run(
+        local_env,
+        "kubectl",
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=manifests,
+    )
     account = next(
         doc["metadata"]["name"]
         for doc in yaml.safe_load_all(manifests)
         if doc and doc["kind"] == "ServiceAccount"
     )
     token = _run(
-        local_env, "kubectl", "create", "token", account, "-n", release_namespace,
+        local_env,
+        "kubectl",
+        "create",
+        "token",
+        account,
+        "-n",
+        release_namespace,
         f"--duration={TOKEN_DURATION}",
-    ).strip()  # fmt: skip
+    ).strip()
     admin = yaml.safe_load(Path(local_env.kubeconfig).read_text())
     cluster = admin["clusters"][0]
     user = f"system:serviceaccount:{release_namespace}:{account}"

@@ -22,9 +22,9 @@ import time
 
 import prometheus_client
 
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import InferenceLogPipeline, open_inference_log
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.pipeline import InferenceLogPipeline, open_inference_log
 
 SPOOLED = "modelserving_inference_log_records_spooled_total"
 

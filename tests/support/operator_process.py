@@ -45,12 +45,22 @@ class Operator:
     def start(self) -> None:
         self.starts += 1
         cmd = [
-            sys.executable, "-m", "modelserving.cli", "operator",
-            "--namespace", self.namespace,
-            "--operator-namespace", COUNTER_NAMESPACE,
-            "--kafka-bootstrap-servers", self.local_env.kafka_bootstrap,
-            "--retry-seconds", "2", "--kafka-timeout", "3", *self.flags,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "operator",
+            "--namespace",
+            self.namespace,
+            "--operator-namespace",
+            COUNTER_NAMESPACE,
+            "--kafka-bootstrap-servers",
+            self.local_env.kafka_bootstrap,
+            "--retry-seconds",
+            "2",
+            "--kafka-timeout",
+            "3",
+            *self.flags,
+        ]
         env = {**self.local_env.tool_env(), "POD_ID": f"{self.name}-{self.starts}"}
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)

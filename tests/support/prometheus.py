@@ -92,13 +92,15 @@ class PrometheusServer:
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
                 [
-                    "prometheus", f"--config.file={self.config_path}",
+                    "prometheus",
+                    f"--config.file={self.config_path}",
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--storage.tsdb.retention.time=1h",
                 ],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -143,8 +145,12 @@ class PrometheusServer:
 
 # Grafana's variables as a dashboard showing "All" sets them; $__rate_interval is at least
 # four scrape intervals in Grafana, 10 s here.
-DASHBOARD_VARIABLES = {"$__rate_interval": "10s", "$namespace": ".*", "$serving": ".*",
-                       "$operator_job": ".*"}  # fmt: skip
+DASHBOARD_VARIABLES = {
+    "$__rate_interval": "10s",
+    "$namespace": ".*",
+    "$serving": ".*",
+    "$operator_job": ".*",
+}
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 _SELECTOR = re.compile(
     r"\b(?P<name>(?:modelserving|process)_[a-zA-Z0-9_:]+)(?P<matchers>\{[^}]*\})?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-from modelserving.sidecar.exchange import Exchange
+from modelserving_sidecar.log.exchange import Exchange
 
 
 class RecordingLog:

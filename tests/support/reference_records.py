@@ -4,7 +4,7 @@ give the same bytes both ways."""
 
 from __future__ import annotations
 
-from modelserving.inferencelog import (
+from modelserving.inferencelog.reader import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
     HEADER_PAYLOAD,
@@ -16,11 +16,11 @@ from modelserving.inferencelog import (
     InferenceLogRecord,
     encode_record,
 )
-from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.log_policy import LogPolicy, Part, ShapedPayload
-from modelserving.sidecar.log_records import ABSENT, payload_header, policy_of
-from modelserving.sidecar.spool import SpoolRecord
+from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.policy import LogPolicy, Part, ShapedPayload
+from modelserving_sidecar.log.records import ABSENT, payload_header, policy_of
+from modelserving_sidecar.log.spool.segments import SpoolRecord
 
 _PLAIN = LogPolicy()  # no rules, no limit: payloads as they came
 

@@ -57,8 +57,11 @@ def configmaps_of(template) -> list[str]:
     for volume in volumes or []:
         volume = volume.to_dict() if hasattr(volume, "to_dict") else volume
         sources = (volume.get("projected") or {}).get("sources") or [volume]
-        names += [s["config_map" if "config_map" in s else "configMap"]["name"]
-                  for s in sources if s.get("config_map") or s.get("configMap")]  # fmt: skip
+        names += [
+            s["config_map" if "config_map" in s else "configMap"]["name"]
+            for s in sources
+            if s.get("config_map") or s.get("configMap")
+        ]
     return names
 
 

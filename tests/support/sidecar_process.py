@@ -56,8 +56,10 @@ class SidecarProcess:
 
     def set_routing(self, routing: dict[str, Any]) -> None:
         """Replace routing.yaml as the kubelet does when the ConfigMap changes."""
-        write_configmap(self.config_dir, {"sidecar.yaml": json.dumps(self.config),
-                                          "routing.yaml": yaml.safe_dump(routing)})  # fmt: skip
+        write_configmap(
+            self.config_dir,
+            {"sidecar.yaml": json.dumps(self.config), "routing.yaml": yaml.safe_dump(routing)},
+        )
 
     async def metric(self, http: aiohttp.ClientSession, sample: str) -> float:
         """One sample of its /metrics, e.g. `name{label="x"}`; 0 when absent."""
@@ -85,10 +87,17 @@ async def running_sidecar(
     log_fd = os.open(directory / "sidecar.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar",
-            "--config", str(config_dir / "sidecar.yaml"), "--log-level", "INFO",
-            env={**os.environ, **env}, stderr=log_fd,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config_dir / "sidecar.yaml"),
+            "--log-level",
+            "INFO",
+            env={**os.environ, **env},
+            stderr=log_fd,
+        )
     finally:
         os.close(log_fd)
     url = f"http://127.0.0.1:{port}"

@@ -51,8 +51,11 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     _field(specific, "versions", 1, _F.TYPE_INT64, repeated=True)
     policy.oneof_decl.add(name="policy_choice")
     prefix = "FileSystemStoragePathSourceConfig.ServableVersionPolicy"
-    for name, number, kind in (("latest", 100, "Latest"), ("all", 101, "All"),
-                               ("specific", 102, "Specific")):  # fmt: skip
+    for name, number, kind in (
+        ("latest", 100, "Latest"),
+        ("all", 101, "All"),
+        ("specific", 102, "Specific"),
+    ):
         _field(policy, name, number, _F.TYPE_MESSAGE, type_name=f"{prefix}.{kind}", oneof=0)
 
     config = file.message_type.add(name="ModelConfig")

@@ -51,8 +51,10 @@ AVAILABLE = "AVAILABLE"
 LOADING = "LOADING"
 END = "END"
 # What TF Serving reports for a version whose SavedModel cannot be read.
-LOAD_FAILURE = ("NOT_FOUND", "Could not find SavedModel .pb or .pbtxt at supplied export "
-                "directory path: {base}/{version}")  # fmt: skip
+LOAD_FAILURE = (
+    "NOT_FOUND",
+    "Could not find SavedModel .pb or .pbtxt at supplied export directory path: {base}/{version}",
+)
 
 
 @dataclass
@@ -114,8 +116,9 @@ class StandInModel:
         served = self.served[version]
         served.state = END
         served.error_code = code or LOAD_FAILURE[0]
-        served.error_message = message or LOAD_FAILURE[1].format(base=self.base_path,
-                                                                 version=version)  # fmt: skip
+        served.error_message = message or LOAD_FAILURE[1].format(
+            base=self.base_path, version=version
+        )
 
     def available(self) -> list[int]:
         return sorted(v for v, s in self.served.items() if s.state == AVAILABLE)

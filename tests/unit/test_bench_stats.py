@@ -217,15 +217,27 @@ def test_log_cost_and_kserve_ratio_pair_the_passes_of_one_run():
 
 def test_crash_figures_are_judged_and_shown_for_both_durabilities():
     crash = {
-        "buffered": {"durability": "buffered", "rate_asked": 1000, "rate_reached": 998,
-                     "answered_before_kill": 2990, "records_lost": 4,
-                     "lost_answered_within_ms_of_kill": 6, "records_resent": 31,
-                     "max_in_flight_records": 10000},
-        "spooled": {"durability": "spooled", "rate_asked": 1000, "rate_reached": 997,
-                    "answered_before_kill": 2985, "records_lost": 0,
-                    "lost_answered_within_ms_of_kill": 0, "records_resent": 12000,
-                    "max_in_flight_records": 10000},
-    }  # fmt: skip
+        "buffered": {
+            "durability": "buffered",
+            "rate_asked": 1000,
+            "rate_reached": 998,
+            "answered_before_kill": 2990,
+            "records_lost": 4,
+            "lost_answered_within_ms_of_kill": 6,
+            "records_resent": 31,
+            "max_in_flight_records": 10000,
+        },
+        "spooled": {
+            "durability": "spooled",
+            "rate_asked": 1000,
+            "rate_reached": 997,
+            "answered_before_kill": 2985,
+            "records_lost": 0,
+            "lost_answered_within_ms_of_kill": 0,
+            "records_resent": 12000,
+            "max_in_flight_records": 10000,
+        },
+    }
     rows = {
         what: (values, verdict)
         for what, _, values, verdict in report.target_rows({"parts": {"crash": crash}})
@@ -282,9 +294,14 @@ def test_the_restart_row_says_how_long_until_every_serving_was_reconciled():
 
 
 def _round(rps_per_core: float) -> object:
-    return compare_sidecar.Result(rps=1000.0, requests=4000, cpu_share=1.0,
-                                  cpu_us_per_request=100.0, rps_per_core=rps_per_core,
-                                  rss_peak_mib=40.0)  # fmt: skip
+    return compare_sidecar.Result(
+        rps=1000.0,
+        requests=4000,
+        cpu_share=1.0,
+        cpu_us_per_request=100.0,
+        rps_per_core=rps_per_core,
+        rss_peak_mib=40.0,
+    )
 
 
 def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
@@ -303,10 +320,17 @@ def test_sidecar_comparison_gives_medians_as_ratios_to_the_bare_proxy():
 
 def test_sidecar_comparison_adds_grpc_latency_over_the_direct_grpc_call():
     def timed(p50: float, p99: float) -> object:
-        return compare_sidecar.Result(rps=1000.0, requests=4000, cpu_share=1.0,
-                                      cpu_us_per_request=100.0, rps_per_core=1000.0,
-                                      rss_peak_mib=40.0, p50_ms=p50, p99_ms=p99,
-                                      cpu_us_at_rate=100.0)  # fmt: skip
+        return compare_sidecar.Result(
+            rps=1000.0,
+            requests=4000,
+            cpu_share=1.0,
+            cpu_us_per_request=100.0,
+            rps_per_core=1000.0,
+            rss_peak_mib=40.0,
+            p50_ms=p50,
+            p99_ms=p99,
+            cpu_us_at_rate=100.0,
+        )
 
     results = {
         compare_sidecar.DIRECT: [timed(0.2, 1.0)],
@@ -324,9 +348,12 @@ def test_sidecar_comparison_adds_grpc_latency_over_the_direct_grpc_call():
 def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path):
     code = procs.tree_at("HEAD", tmp_path / "revision")
     imported = subprocess.run(
-        [sys.executable, "-c", "import modelserving.sidecar.app as m; print(m.__file__)"],
-        cwd=code, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        [sys.executable, "-c", "import modelserving_sidecar.app as m; print(m.__file__)"],
+        cwd=code,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(imported).is_relative_to(code)
 
 
@@ -355,16 +382,29 @@ def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_
         return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
 
     assert cells(sidecar.ONE_VERSION) == [
-        "100.0 / 100.0", "", "110.0 / 120.0", "", "0.500 / 0.600", ""
-    ]  # fmt: skip
+        "100.0 / 100.0",
+        "",
+        "110.0 / 120.0",
+        "",
+        "0.500 / 0.600",
+        "",
+    ]
     assert cells(split) == [
-        "125.0 / failed", "+25.0 / failed", "115.5 / failed", "+5.5 / failed",
-        "0.550 / failed", "+0.050 / failed",
-    ]  # fmt: skip
+        "125.0 / failed",
+        "+25.0 / failed",
+        "115.5 / failed",
+        "+5.5 / failed",
+        "0.550 / failed",
+        "+0.050 / failed",
+    ]
     assert cells(shadow) == [
-        "200.0 / 125.0", "+100.0 / +25.0", "150.0 / 130.0", "+40.0 / +10.0",
-        "0.900 / 0.700", "+0.400 / +0.100",
-    ]  # fmt: skip
+        "200.0 / 125.0",
+        "+100.0 / +25.0",
+        "150.0 / 130.0",
+        "+40.0 / +10.0",
+        "0.900 / 0.700",
+        "+0.400 / +0.100",
+    ]
 
 
 def test_versions_section_is_left_out_when_the_variants_did_not_run():
@@ -408,8 +448,15 @@ def test_ghz_report_without_a_percentile_is_refused():
 
 
 def test_ghz_report_of_no_ok_call_has_no_latency_and_no_success():
-    result = stats.parse_ghz({"count": 3, "rps": 1.0, "slowest": 0, "latencyDistribution": None,
-                              "statusCodeDistribution": {"Unauthenticated": 3}})  # fmt: skip
+    result = stats.parse_ghz(
+        {
+            "count": 3,
+            "rps": 1.0,
+            "slowest": 0,
+            "latencyDistribution": None,
+            "statusCodeDistribution": {"Unauthenticated": 3},
+        }
+    )
     assert (result.success, result.answered, result.p99_ms) == (0.0, 3, 0.0)
 
 
@@ -427,8 +474,8 @@ def _upstream_conf_answers() -> tuple[dict, dict]:
 def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
     import json
 
-    from modelserving.sidecar.grpc_json import tensor_value
     from modelserving.tfserving import serving_apis_pb2 as apis
+    from modelserving_sidecar.grpc.tensor_json import tensor_value
 
     grpc_path = _load("grpc_path")
     load = _load("load")
@@ -441,10 +488,10 @@ def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
     response = apis.PredictResponse.FromString(grpc_path.predict_response())
     assert {name: tensor_value(t) for name, t in response.outputs.items()} == predictions
     statuses = apis.GetModelStatusResponse.FromString(grpc_path.model_status())
-    assert [(v.version, apis.ModelVersionStatus.State.Name(v.state))
-            for v in statuses.model_version_status] == [
-        (int(v["version"]), v["state"]) for v in status["model_version_status"]
-    ]  # fmt: skip
+    assert [
+        (v.version, apis.ModelVersionStatus.State.Name(v.state))
+        for v in statuses.model_version_status
+    ] == [(int(v["version"]), v["state"]) for v in status["model_version_status"]]
 
 
 def _grpc_pass(rps_per_core: int, p50: float, p99: float) -> dict:
@@ -500,23 +547,49 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
         return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
 
     assert cells(grpc_path.REST_DIRECT) == [
-        "REST", "20,000 / 20,000", "1,000 / 1,000", "0.300 / 0.900 ; 0.400 / 1.000", "", "", "",
-    ]  # fmt: skip
+        "REST",
+        "20,000 / 20,000",
+        "1,000 / 1,000",
+        "0.300 / 0.900 ; 0.400 / 1.000",
+        "",
+        "",
+        "",
+    ]
     assert cells(grpc_path.REST_SIDECAR) == [
-        "REST", "8,000 / 6,000", "1,000 / 1,000", "0.500 / 1.500 ; 0.600 / 1.400",
-        "0.200 / 0.600 ; 0.200 / 0.400", "0.200 / 0.600 ; 0.200 / 0.400", "",
-    ]  # fmt: skip
+        "REST",
+        "8,000 / 6,000",
+        "1,000 / 1,000",
+        "0.500 / 1.500 ; 0.600 / 1.400",
+        "0.200 / 0.600 ; 0.200 / 0.400",
+        "0.200 / 0.600 ; 0.200 / 0.400",
+        "",
+    ]
     assert cells(grpc_path.GRPC_BARE) == [
-        "gRPC", "5,000 / 5,000", "1,000 / 1,000", "0.400 / 1.000 ; 0.400 / 1.500",
-        "0.200 / 0.500 ; 0.200 / 1.000", "0.200 / 0.500 ; 0.200 / 1.000", "",
-    ]  # fmt: skip
+        "gRPC",
+        "5,000 / 5,000",
+        "1,000 / 1,000",
+        "0.400 / 1.000 ; 0.400 / 1.500",
+        "0.200 / 0.500 ; 0.200 / 1.000",
+        "0.200 / 0.500 ; 0.200 / 1.000",
+        "",
+    ]
     order = [name for name in rows if name in results]
-    assert order == [grpc_path.REST_DIRECT, grpc_path.REST_SIDECAR, grpc_path.GRPC_DIRECT,
-                     grpc_path.GRPC_BARE, grpc_path.GRPC_SIDECAR]  # fmt: skip
+    assert order == [
+        grpc_path.REST_DIRECT,
+        grpc_path.REST_SIDECAR,
+        grpc_path.GRPC_DIRECT,
+        grpc_path.GRPC_BARE,
+        grpc_path.GRPC_SIDECAR,
+    ]
     assert cells(grpc_path.GRPC_SIDECAR) == [
-        "gRPC", "4,000 / failed", "1,000 / failed", "0.700 / 2.500 ; failed",
-        "0.500 / 2.000 ; failed", "0.500 / 2.000 ; failed", "31,000 / 31,000 ; failed",
-    ]  # fmt: skip
+        "gRPC",
+        "4,000 / failed",
+        "1,000 / failed",
+        "0.700 / 2.500 ; failed",
+        "0.500 / 2.000 ; failed",
+        "0.500 / 2.000 ; failed",
+        "31,000 / 31,000 ; failed",
+    ]
     assert "over the sidecar over REST: 0.50 (pass by pass)" in "\n".join(report.grpc_lines(part))
     results_doc = _results()
     results_doc["parts"]["grpc"] = part
@@ -557,12 +630,16 @@ def test_the_operator_is_also_compared_with_the_writes_any_operator_makes():
 def test_the_operator_is_compared_by_the_control_plane_cpu_each_run_cost():
     part = {
         "1000": {"seconds_to_all_ready": 90.0, "control_plane_cpu_seconds": {"total": 150.0}},
-        "floor_1000": {"seconds_to_all_available": 60.0,
-                       "control_plane_cpu_seconds": {"kube-apiserver": 80.0, "total": 100.0}},
-        "floor_writes_1000": {"seconds_to_all_available": 75.0,
-                              "control_plane_cpu_seconds": {"total": 125.0}},
+        "floor_1000": {
+            "seconds_to_all_available": 60.0,
+            "control_plane_cpu_seconds": {"kube-apiserver": 80.0, "total": 100.0},
+        },
+        "floor_writes_1000": {
+            "seconds_to_all_available": 75.0,
+            "control_plane_cpu_seconds": {"total": 125.0},
+        },
         "100": {"seconds_to_all_ready": 9.0},  # a run from before the figure
-    }  # fmt: skip
+    }
     rows = [line for line in report.operator_lines(part) if line.startswith("| 1,000 | 150.0")]
     assert rows == ["| 1,000 | 150.0 | 100.0 | 1.50 | 125.0 | 1.20 |"]
 

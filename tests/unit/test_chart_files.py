@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from modelserving import api
-from modelserving.operator.settings import OperatorSettings
+from modelserving_operator.settings import OperatorSettings
 from tests.support import REPO
 
 CHART = REPO / "charts" / "modelserving"

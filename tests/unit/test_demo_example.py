@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from modelserving.sidecar.apikeys import hash_api_key
+from modelserving_sidecar.auth.api_keys import hash_api_key
 from tests.support import REPO
 from tests.support.scripts import load_script
 

@@ -26,9 +26,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from modelserving.sidecar import spool_ledger
-from modelserving.sidecar.ack_tracker import AckTracker, SendRun
-from modelserving.sidecar.spool_ledger import SLOT_BYTES, PositionFile
+from modelserving_sidecar.log.ack_tracker import AckTracker, SendRun
+from modelserving_sidecar.log.spool import ledger as spool_ledger
+from modelserving_sidecar.log.spool.ledger import SLOT_BYTES, PositionFile
 
 MAX_IN_FLIGHT = 8
 REAL_PWRITE = os.pwrite

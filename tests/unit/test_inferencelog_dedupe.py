@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelserving.cli import build_parser
-from modelserving.inferencelog import InferenceLogRecord, encode_record
-from modelserving.inferencelog_cli import duplicates_note
-from modelserving.inferencelog_dedupe import DEFAULT_WINDOW, DuplicateWindow, record_identity
+from modelserving.inferencelog.cli import duplicates_note
+from modelserving.inferencelog.dedupe import DEFAULT_WINDOW, DuplicateWindow, record_identity
+from modelserving.inferencelog.reader import InferenceLogRecord, encode_record
 
 
 def logged(request_id: str, answer: str = "[[0.9]]", role: bytes | None = None) -> tuple:

@@ -12,11 +12,11 @@ import prometheus_client
 import pytest
 import pytest_asyncio
 
-from modelserving.sidecar.config import LogDurability, SpoolFullPolicy, parse_config
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log import InferenceLogPipeline
-from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
-from modelserving.sidecar.spool import SpoolRecord
+from modelserving_sidecar.config import LogDurability, SpoolFullPolicy, parse_config
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.metrics import InferenceLogMetrics
+from modelserving_sidecar.log.pipeline import InferenceLogPipeline
+from modelserving_sidecar.log.spool.segments import SpoolRecord
 
 
 def exchange(request_id: str) -> Exchange:
@@ -26,14 +26,22 @@ def exchange(request_id: str) -> Exchange:
 def pipeline_for(
     tmp_path, registry: prometheus_client.CollectorRegistry | None = None, **logging
 ) -> InferenceLogPipeline:
-    config = parse_config({
-        "serving": {"name": "s", "namespace": "n"},
-        "model": {"name": "m", "version": 1, "modelId": 1},
-        # No broker listens there: the producer keeps retrying, the spool is what is tested.
-        "logging": {"mode": "ALL", "topic": "t", "bootstrapServers": "127.0.0.1:9",
-                    "spoolDir": str(tmp_path / "spool"), "durability": "spooled",
-                    "drainTimeoutSeconds": 0.2, **logging},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "serving": {"name": "s", "namespace": "n"},
+            "model": {"name": "m", "version": 1, "modelId": 1},
+            # No broker listens there: the producer keeps retrying, the spool is what is tested.
+            "logging": {
+                "mode": "ALL",
+                "topic": "t",
+                "bootstrapServers": "127.0.0.1:9",
+                "spoolDir": str(tmp_path / "spool"),
+                "durability": "spooled",
+                "drainTimeoutSeconds": 0.2,
+                **logging,
+            },
+        }
+    )
     assert config.logging.durability is LogDurability.SPOOLED
     registry = registry or prometheus_client.CollectorRegistry()
     return InferenceLogPipeline(config, InferenceLogMetrics(registry), pod="p")

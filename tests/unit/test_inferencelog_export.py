@@ -16,15 +16,15 @@ import pyarrow.parquet
 import pytest
 
 from modelserving.cli import build_parser, main
-from modelserving.inferencelog import InferenceLogRecord, LoggedInference, ReadProgress
-from modelserving.inferencelog_export import ExportFormat, atomic_file, export_records
-from modelserving.inferencelog_export_cli import (
+from modelserving.inferencelog.export import ExportFormat, atomic_file, export_records
+from modelserving.inferencelog.export_cli import (
     ProgressDisplay,
     format_time,
     parse_duration,
     parse_time,
     progress_line,
 )
+from modelserving.inferencelog.reader import InferenceLogRecord, LoggedInference, ReadProgress
 
 NOW = 1_764_583_200_000  # 2025-12-01T10:00:00Z
 
@@ -138,18 +138,39 @@ def test_export_without_a_known_extension_or_format_says_what_to_give(capsys, tm
 
 def test_since_after_until_is_refused(capsys, tmp_path):
     argv = [
-        "logs", "export", "t", "-o", str(tmp_path / "a.jsonl"), "--bootstrap-servers", "k:1",
-        "--since", "2025-12-01T11:00:00Z", "--until", "2025-12-01T10:00:00Z",
-    ]  # fmt: skip
+        "logs",
+        "export",
+        "t",
+        "-o",
+        str(tmp_path / "a.jsonl"),
+        "--bootstrap-servers",
+        "k:1",
+        "--since",
+        "2025-12-01T11:00:00Z",
+        "--until",
+        "2025-12-01T10:00:00Z",
+    ]
     assert main(argv) == 2
     assert "--since (2025-12-01T11:00:00.000Z) must be before --until" in capsys.readouterr().err
 
 
 def test_export_shares_the_logs_filters():
     args = export_args(
-        "t", "-o", "a.parquet", "--model", "mnist", "--model-version", "3",
-        "--status", "5xx", "--status", "404", "--header", "caller=team-a", "--dedupe",
-    )  # fmt: skip
+        "t",
+        "-o",
+        "a.parquet",
+        "--model",
+        "mnist",
+        "--model-version",
+        "3",
+        "--status",
+        "5xx",
+        "--status",
+        "404",
+        "--header",
+        "caller=team-a",
+        "--dedupe",
+    )
     assert (args.model, args.model_version, args.dedupe) == ("mnist", 3, 100_000)
     assert frozenset().union(*args.status) == frozenset([404, *range(500, 600)])
     assert args.header == ["caller=team-a"]

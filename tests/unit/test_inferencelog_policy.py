@@ -12,11 +12,11 @@ import uuid
 import prometheus_client
 import pytest
 
-from modelserving.inferencelog import HEADER_PAYLOAD
-from modelserving.sidecar.config import ConfigError, LoggingConfig, LoggingMode, parse_config
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
-from modelserving.sidecar.log_policy import (
+from modelserving.inferencelog.reader import HEADER_PAYLOAD
+from modelserving_sidecar.config import ConfigError, LoggingConfig, LoggingMode, parse_config
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.metrics import InferenceLogMetrics
+from modelserving_sidecar.log.policy import (
     MASK,
     LogPolicy,
     NonJsonPolicy,
@@ -28,7 +28,7 @@ from modelserving.sidecar.log_policy import (
     RedactTarget,
     parse_redact_path,
 )
-from modelserving.sidecar.log_records import SpoolRecordMaker
+from modelserving_sidecar.log.records import SpoolRecordMaker
 from tests.support.reference_records import build_spool_record, shape_exchange
 
 BODY = {
@@ -258,14 +258,21 @@ def test_the_modes_leave_out_a_payload_before_any_work_is_done_on_it():
 
 
 def test_sidecar_config_keys_of_the_policy_parse_and_errors_name_the_key():
-    base = {"serving": {"name": "s", "namespace": "n"}, "model": {"name": "m", "version": 1,
-            "modelId": 1}}  # fmt: skip
+    base = {
+        "serving": {"name": "s", "namespace": "n"},
+        "model": {"name": "m", "version": 1, "modelId": 1},
+    }
     logging = {
-        "mode": "ERRORS", "topic": "t", "bootstrapServers": "k:9092",
-        "successSampleRate": 0.25, "errorSampleRate": 1, "maxPayloadBytes": 1024,
-        "oversizePayload": "digest", "nonJsonPayload": "drop",
+        "mode": "ERRORS",
+        "topic": "t",
+        "bootstrapServers": "k:9092",
+        "successSampleRate": 0.25,
+        "errorSampleRate": 1,
+        "maxPayloadBytes": 1024,
+        "oversizePayload": "digest",
+        "nonJsonPayload": "drop",
         "redact": [{"path": "instances[*].email", "action": "hash", "payload": "request"}],
-    }  # fmt: skip
+    }
     config = parse_config({**base, "logging": logging}).logging
 
     assert config.mode is LoggingMode.ERRORS
@@ -308,7 +315,7 @@ def test_the_counters_of_requests_seen_and_sampled_out_are_exposed():
 
 
 def _model():
-    from modelserving.sidecar.config import ModelIdentity
+    from modelserving_sidecar.config import ModelIdentity
 
     return ModelIdentity(name="mnist", version=1, model_id=17)
 
@@ -330,8 +337,9 @@ def test_cost_per_request_of_sampling_redaction_and_cutting_is_printed(capsys):
     big = json.dumps({"instances": [[0.5] * 784] * 8}).encode()  # ~32 KB, 8 MNIST images
     everything = LogPolicy(success_rate=1.0)
     sampled = LogPolicy(success_rate=0.1)
-    redacting = LogPolicy(rules=(RedactRule("instances[*].email"), RedactRule("instances[*].ssn",
-                                 RedactAction.HASH)))  # fmt: skip
+    redacting = LogPolicy(
+        rules=(RedactRule("instances[*].email"), RedactRule("instances[*].ssn", RedactAction.HASH))
+    )
     big_redacting = LogPolicy(rules=(RedactRule("instances[*]", RedactAction.DROP),))
     cutting = LogPolicy(max_payload_bytes=4096)
     digesting = LogPolicy(max_payload_bytes=4096, oversize=OversizePolicy.DIGEST)

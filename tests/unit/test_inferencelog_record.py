@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.inferencelog import (
+from modelserving.inferencelog.reader import (
     SCHEMA,
     InferenceLogDecodeError,
     InferenceLogEncoder,
@@ -20,13 +20,13 @@ from modelserving.inferencelog import (
     decode_record,
     encode_record,
 )
-from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.kafka_partitioner import murmur2
-from modelserving.sidecar.log_policy import OversizePolicy, RedactRule
-from modelserving.sidecar.log_records import SpoolRecordMaker
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.kafka.partitioner import murmur2
+from modelserving_sidecar.log.policy import OversizePolicy, RedactRule
+from modelserving_sidecar.log.records import SpoolRecordMaker
 from tests.support.reference_records import build_headers, build_record, build_spool_record
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
@@ -184,7 +184,9 @@ def test_key_and_headers_carry_request_id_trace_caller_version_role_pod_and_prot
         exchange(model_version=5, role="shadow"), MODEL, settings, pod="mnist-abc"
     )
     assert (dict(shadow.headers)["role"], dict(shadow.headers)["model-version"]) == (
-        b"shadow", b"5")  # fmt: skip
+        b"shadow",
+        b"5",
+    )
 
 
 @given(
@@ -267,24 +269,36 @@ def test_an_oversize_grpc_call_is_recorded_as_the_rest_call_with_the_same_input(
         model_spec=apis.ModelSpec(name="mnist"), inputs={"x": packed, "y": packed}
     )
     answer = apis.PredictResponse(outputs={"z": packed})
-    settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092",
-                             max_payload_bytes=5000, **policy)  # fmt: skip
+    settings = LoggingConfig(
+        mode=LoggingMode.ALL,
+        topic="t",
+        bootstrap_servers="k:9092",
+        max_payload_bytes=5000,
+        **policy,
+    )
     maker = SpoolRecordMaker(MODEL, settings, "mnist-abc")
-    over_grpc = maker.make(exchange(
-        request_body=request.SerializeToString(),
-        response_body=answer.SerializeToString(),
-        grpc_method="Predict",
-    ))  # fmt: skip
+    over_grpc = maker.make(
+        exchange(
+            request_body=request.SerializeToString(),
+            response_body=answer.SerializeToString(),
+            grpc_method="Predict",
+        )
+    )
     # The REST call's bodies as a client's json.dumps writes them.
-    over_rest = maker.make(exchange(
-        request_body=json.dumps({"inputs": {"x": values, "y": values}}).encode(),
-        response_body=json.dumps({"outputs": values}).encode(),
-    ))  # fmt: skip
+    over_rest = maker.make(
+        exchange(
+            request_body=json.dumps({"inputs": {"x": values, "y": values}}).encode(),
+            response_body=json.dumps({"outputs": values}).encode(),
+        )
+    )
     assert len(request.SerializeToString()) > 5000  # over the limit as protobuf too
     assert decode_record(over_grpc.value) == decode_record(over_rest.value)
     headers = dict(over_grpc.headers)
     assert {k: v for k, v in over_rest.headers if k != "protocol"} == {
         k: v for k, v in headers.items() if k != "protocol"
     }
-    assert headers["payload"] in (b"request=cut,response=cut", b"request=digest,response=digest",
-                                  b"request=redacted+cut,response=cut")  # fmt: skip
+    assert headers["payload"] in (
+        b"request=cut,response=cut",
+        b"request=digest,response=digest",
+        b"request=redacted+cut,response=cut",
+    )

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.inference_log_metrics import InferenceLogMetrics
-from modelserving.sidecar.kafka_logs import RepeatedLogFilter
-from modelserving.sidecar.spool import (
+from modelserving_sidecar.log.kafka.client_logs import RepeatedLogFilter
+from modelserving_sidecar.log.metrics import InferenceLogMetrics
+from modelserving_sidecar.log.spool.ledger import POSITION_FILE, SLOT_BYTES, write_ledger
+from modelserving_sidecar.log.spool.segments import (
     LOCK_FILE,
     SEGMENT_SUFFIX,
     Spool,
@@ -29,8 +30,7 @@ from modelserving.sidecar.spool import (
     decode_frames,
     encode_frame,
 )
-from modelserving.sidecar.spool_ledger import POSITION_FILE, SLOT_BYTES, write_ledger
-from modelserving.sidecar.spool_writer import SpoolWriter
+from modelserving_sidecar.log.spool.writer import SpoolWriter
 from tests.support.waiting import wait_for
 
 
@@ -263,7 +263,7 @@ def test_repeated_aiokafka_lines_are_summarised():
 
 HOLDER = """
 import sys, time
-from modelserving.sidecar.spool import Spool, SpoolRecord
+from modelserving_sidecar.log.spool.segments import Spool, SpoolRecord
 spool = Spool(sys.argv[1], max_bytes=10**7, segment_bytes=4096, fsync_interval=0.0)
 spool.open()
 spool.append([SpoolRecord(b"k", (), b"v%d" % i, 0) for i in range(10)])

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelserving.inferencelog import decode_record
-from modelserving.sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
-from modelserving.sidecar.exchange import Exchange
-from modelserving.sidecar.log_policy import NonJsonPolicy, RedactRule
-from modelserving.sidecar.log_records import SpoolRecordMaker
+from modelserving.inferencelog.reader import decode_record
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
+from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.policy import NonJsonPolicy, RedactRule
+from modelserving_sidecar.log.records import SpoolRecordMaker
 from tests.unit.test_inferencelog_durability import count, pipeline_for
 
 MODEL = ModelIdentity(name="mnist", version=3, model_id=17)
@@ -163,19 +163,20 @@ def _tensors(draw: st.DrawFn) -> bytes:
     shape = [draw(st.integers(0, 3))] * rank if rank <= 3 else [1] * rank
     dtype = draw(st.sampled_from([types_pb2.DT_FLOAT, types_pb2.DT_STRING, types_pb2.DT_INT64]))
     t = tensor_pb2.TensorProto(
-        dtype=dtype, tensor_shape=tensor_pb2.TensorShapeProto(
+        dtype=dtype,
+        tensor_shape=tensor_pb2.TensorShapeProto(
             dim=[tensor_pb2.TensorShapeProto.Dim(size=s) for s in shape]
-        )
-    )  # fmt: skip
+        ),
+    )
     values = draw(st.sampled_from([0, 1, math.prod(shape)]))  # none, one to fill, all
     if dtype == types_pb2.DT_FLOAT:
         t.float_val.extend(draw(st.lists(st.floats(width=32), min_size=values, max_size=values)))
     elif dtype == types_pb2.DT_STRING:
-        t.string_val.extend(draw(st.lists(st.binary(max_size=4), min_size=values,
-                                          max_size=values)))  # fmt: skip
+        t.string_val.extend(draw(st.lists(st.binary(max_size=4), min_size=values, max_size=values)))
     else:
-        t.int64_val.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=values,
-                                         max_size=values)))  # fmt: skip
+        t.int64_val.extend(
+            draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=values, max_size=values))
+        )
     message = apis.PredictRequest(inputs={"x": t}).SerializeToString()
     if draw(st.integers(0, 3)):
         return message

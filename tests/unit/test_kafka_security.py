@@ -21,15 +21,15 @@ from modelserving.kafka_security import (
     parse_properties,
     to_mapping,
 )
-from modelserving.operator.kafka_access import admin_secrets, parse_security, what_to_check
-from modelserving.operator.render_config import render_configmaps, render_sidecar_config
-from modelserving.operator.render_pod import render_deployment
-from modelserving.operator.settings import OperatorSettings, SettingsError, settings_from
-from modelserving.operator.settings import configure_parser as operator_parser
-from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import LoggingState, logging_from_pods
-from modelserving.sidecar.config import ConfigError, parse_config
-from modelserving.sidecar.log_status import summarize
+from modelserving_operator.kafka.security import admin_secrets, parse_security, what_to_check
+from modelserving_operator.render.config_maps import render_configmaps, render_sidecar_config
+from modelserving_operator.render.pods import render_deployment
+from modelserving_operator.settings import OperatorSettings, SettingsError, settings_from
+from modelserving_operator.settings import configure_parser as operator_parser
+from modelserving_operator.spec import ServingSpec
+from modelserving_operator.status.conditions import LoggingState, logging_from_pods
+from modelserving_sidecar.config import ConfigError, parse_config
+from modelserving_sidecar.log.status import summarize
 
 SCRAM = KafkaSecurity(
     SecurityProtocol.SASL_SSL,
@@ -43,14 +43,16 @@ SCRAM = KafkaSecurity(
 def test_settings_that_cannot_work_are_refused_saying_what_to_change():
     cases = {
         "use SASL_SSL, or allow": KafkaSecurity(
-            SecurityProtocol.SASL_PLAINTEXT, sasl_mechanism=SaslMechanism.PLAIN,
-            username="u", password="p",
+            SecurityProtocol.SASL_PLAINTEXT,
+            sasl_mechanism=SaslMechanism.PLAIN,
+            username="u",
+            password="p",
         ),
         "needs its certificate": KafkaSecurity(SecurityProtocol.SSL, key_file="k"),
         "needs a source of the SASL password": replace(SCRAM, password_file=""),
         "needs a SASL mechanism": replace(SCRAM, sasl_mechanism=None),
         "use SSL or SASL_SSL": KafkaSecurity(ca_file="/ca.crt"),
-    }  # fmt: skip
+    }
     for words, security in cases.items():
         with pytest.raises(KafkaSecurityError, match=words):
             security.check()
@@ -60,10 +62,15 @@ def test_settings_that_cannot_work_are_refused_saying_what_to_change():
 
 
 def test_no_secret_value_shows_in_the_settings_repr():
-    security = KafkaSecurity(SecurityProtocol.SASL_SSL, ca_pem="-----BEGIN CA-----",
-                             key_pem="-----BEGIN KEY-----", cert_pem="c",
-                             sasl_mechanism=SaslMechanism.PLAIN, username="u",
-                             password="hunter2")  # fmt: skip
+    security = KafkaSecurity(
+        SecurityProtocol.SASL_SSL,
+        ca_pem="-----BEGIN CA-----",
+        key_pem="-----BEGIN KEY-----",
+        cert_pem="c",
+        sasl_mechanism=SaslMechanism.PLAIN,
+        username="u",
+        password="hunter2",
+    )
     assert "hunter2" not in repr(security)
     assert "BEGIN" not in repr(security)
 
@@ -71,8 +78,12 @@ def test_no_secret_value_shows_in_the_settings_repr():
 def test_each_client_reads_the_password_file_as_it_is_then(tmp_path):
     password = tmp_path / "password"
     password.write_text("first\n")
-    security = KafkaSecurity(SecurityProtocol.SASL_SSL, sasl_mechanism=SaslMechanism.PLAIN,
-                             username="u", password_file=str(password))  # fmt: skip
+    security = KafkaSecurity(
+        SecurityProtocol.SASL_SSL,
+        sasl_mechanism=SaslMechanism.PLAIN,
+        username="u",
+        password_file=str(password),
+    )
     assert security.client_options()["sasl_plain_password"] == "first"
     password.write_text("second")
     assert security.client_options()["sasl_plain_password"] == "second"
@@ -93,8 +104,11 @@ def test_the_sidecar_file_form_round_trips_and_never_holds_a_secret_value():
         "bootstrapServers": "k:9093",
         "kafkaSecurity": {"protocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-512"},
     }
-    config = {"serving": {"name": "s", "namespace": "n"},
-              "model": {"name": "m", "version": 1, "modelId": 1}, "logging": logging}  # fmt: skip
+    config = {
+        "serving": {"name": "s", "namespace": "n"},
+        "model": {"name": "m", "version": 1, "modelId": 1},
+        "logging": logging,
+    }
     with pytest.raises(ConfigError, match=r"logging.kafkaSecurity: SASL_SSL needs a SASL user"):
         parse_config(config)
     config["logging"]["kafkaSecurity"] = to_mapping(SCRAM)
@@ -126,15 +140,18 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 
 def test_a_readers_flags_win_over_its_properties_file(tmp_path):
     props = tmp_path / "client.properties"
-    props.write_text("bootstrap.servers=b:9093\nsecurity.protocol=SSL\n"
-                     "ssl.truststore.type=PEM\nssl.truststore.location=/ca.crt\n")  # fmt: skip
+    props.write_text(
+        "bootstrap.servers=b:9093\nsecurity.protocol=SSL\n"
+        "ssl.truststore.type=PEM\nssl.truststore.location=/ca.crt\n"
+    )
     parser = argparse.ArgumentParser()
     kafka_security.add_arguments(parser)
     args = parser.parse_args(["--command-config", str(props), "--ssl-ca-file", "/other.crt"])
     servers, security = kafka_security.reader_connection(args, environ={})
     assert (servers, security.protocol, security.ca_file) == ("b:9093", "SSL", "/other.crt")
-    args = parser.parse_args(["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN",
-                              "--sasl-username", "u"])  # fmt: skip
+    args = parser.parse_args(
+        ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"]
+    )
     security, _ = kafka_security.from_arguments(args, environ={kafka_security.PASSWORD_ENV: "pw"})
     assert security.read_password() == "pw"
 
@@ -144,11 +161,16 @@ def test_a_readers_flags_win_over_its_properties_file(tmp_path):
 
 def serving(**security) -> ServingSpec:
     kafka = {"topic": "demo.t", "security": security} if security else {"topic": "demo.t"}
-    return ServingSpec.from_body({
-        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u"},
-        "spec": {"model": {"version": 1, "basePath": "s3://m"}, "auth": {"mode": "none"},
-                 "logging": {"kafka": kafka}},
-    })  # fmt: skip
+    return ServingSpec.from_body(
+        {
+            "metadata": {"name": "mnist", "namespace": "demo", "uid": "u"},
+            "spec": {
+                "model": {"version": 1, "basePath": "s3://m"},
+                "auth": {"mode": "none"},
+                "logging": {"kafka": kafka},
+            },
+        }
+    )
 
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9093")
@@ -163,10 +185,12 @@ def test_a_strimzi_user_is_mounted_and_named_to_the_sidecar_without_renaming():
     spec = serving(**STRIMZI)
     logging = render_sidecar_config(spec, SETTINGS, 1)["logging"]
     assert logging["kafkaSecurity"] == {
-        "protocol": "SASL_SSL", "caFile": "/etc/modelserving/kafka/ca/ca.crt",
-        "saslMechanism": "SCRAM-SHA-512", "username": "my-user",
+        "protocol": "SASL_SSL",
+        "caFile": "/etc/modelserving/kafka/ca/ca.crt",
+        "saslMechanism": "SCRAM-SHA-512",
+        "username": "my-user",
         "passwordFile": "/etc/modelserving/kafka/sasl/password",
-    }  # fmt: skip
+    }
     pod = render_deployment(spec, SETTINGS, render_configmaps(spec, SETTINGS, 1))["spec"][
         "template"
     ]["spec"]
@@ -176,8 +200,11 @@ def test_a_strimzi_user_is_mounted_and_named_to_the_sidecar_without_renaming():
     assert volumes["kafka-sasl"]["secret"]["items"] == [{"key": "password", "path": "password"}]
     sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
     mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
-    assert mounts["kafka-sasl"] == {"name": "kafka-sasl", "readOnly": True,
-                                    "mountPath": "/etc/modelserving/kafka/sasl"}  # fmt: skip
+    assert mounts["kafka-sasl"] == {
+        "name": "kafka-sasl",
+        "readOnly": True,
+        "mountPath": "/etc/modelserving/kafka/sasl",
+    }
     kafka = [m for name, m in mounts.items() if name.startswith("kafka-")]
     assert len(kafka) == 2 and all("subPath" not in m for m in kafka), "updates reach the pod"
     assert "my-user" not in json.dumps(render_sidecar_config(serving(), SETTINGS, 1))
@@ -206,9 +233,15 @@ def test_the_spec_reader_refuses_what_the_crd_refuses_with_its_words():
 
 def test_a_refusing_broker_is_the_pods_state_and_logging_ready_says_what_to_check():
     problem = kafka_security.KafkaProblem("KafkaAuthenticationFailed", "the broker refused it")
-    summary = summarize(spool_bytes=99, spool_max_bytes=100, waiting_records=7,
-                        oldest_age_seconds=12, kafka_reachable=True, refusing=True,
-                        problem=problem)  # fmt: skip
+    summary = summarize(
+        spool_bytes=99,
+        spool_max_bytes=100,
+        waiting_records=7,
+        oldest_age_seconds=12,
+        kafka_reachable=True,
+        refusing=True,
+        problem=problem,
+    )
     assert summary["state"] == "KafkaAuthenticationFailed", "the cause before the spool"
     pods = [{"name": "p-1", "logStatus": json.dumps(summary)}]
     state = logging_from_pods(LoggingState(True, "TopicReady", "ok"), pods)
@@ -251,22 +284,28 @@ async def test_a_certificate_not_naming_the_address_or_from_another_ca_is_a_tls_
 
 
 def test_a_ca_from_a_configmap_and_a_client_certificate_are_mounted_by_their_entries():
-    spec = serving(protocol="SSL", ca={"configMapName": "kafka-ca", "key": "bundle.pem"},
-                   clientCertificate={"secretName": "tls-user"})  # fmt: skip
+    spec = serving(
+        protocol="SSL",
+        ca={"configMapName": "kafka-ca", "key": "bundle.pem"},
+        clientCertificate={"secretName": "tls-user"},
+    )
     pod = render_deployment(spec, SETTINGS, render_configmaps(spec, SETTINGS, 1))["spec"][
         "template"
     ]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["kafka-ca"]["configMap"] == {
-        "name": "kafka-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}],
-    }  # fmt: skip
+        "name": "kafka-ca",
+        "items": [{"key": "bundle.pem", "path": "ca.crt"}],
+    }
     assert volumes["kafka-client"]["secret"]["items"] == [
-        {"key": "user.crt", "path": "user.crt"}, {"key": "user.key", "path": "user.key"},
-    ]  # fmt: skip
+        {"key": "user.crt", "path": "user.crt"},
+        {"key": "user.key", "path": "user.key"},
+    ]
     logging = render_sidecar_config(spec, SETTINGS, 1)["logging"]["kafkaSecurity"]
     assert (logging["certFile"], logging["keyFile"]) == (
-        "/etc/modelserving/kafka/client/user.crt", "/etc/modelserving/kafka/client/user.key",
-    )  # fmt: skip
+        "/etc/modelserving/kafka/client/user.crt",
+        "/etc/modelserving/kafka/client/user.key",
+    )
 
 
 def test_the_secrets_the_topic_admin_reads_are_the_ones_holding_credentials():

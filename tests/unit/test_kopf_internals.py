@@ -1,5 +1,6 @@
-"""The private names of kopf the operator relies on (operator/kopf_internals.py): each test fails
-first when kopf changes what the operator counts on, and shows what the change does."""
+"""The private names of kopf the operator relies on
+(operator/modelserving_operator/runtime/kopf_internals.py): each test fails first when kopf
+changes what the operator counts on, and shows what the change does."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from kopf._cogs.structs import bodies, ephemera, references
 from kopf._core.engines import indexing
 from kopf._core.reactor import processing, running
 
-from modelserving.operator import kopf_internals
-from modelserving.operator.kopf_internals import (
+from modelserving_operator.metrics import WatchStreams
+from modelserving_operator.runtime import kopf_internals
+from modelserving_operator.runtime.kopf_internals import (
     WatchedObjects,
     all_indexed,
     cache_current,
@@ -25,7 +27,6 @@ from modelserving.operator.kopf_internals import (
     without_managed_fields,
     wrap_watch_streams,
 )
-from modelserving.operator.metrics import WatchStreams
 
 SERVINGS = references.Resource("modelserving.io", "v1", "modelservings", namespaced=True)
 SERVICES = references.Resource("", "v1", "services", namespaced=True)
@@ -42,17 +43,20 @@ def test_kopf_still_calls_the_watch_functions_the_operator_counts_by_their_modul
     watches = WatchStreams()
     wrap_watch_streams(watches)
     resource = SERVINGS
-    listing = watching.continuous_watch(resource=resource, settings=None, namespace=None,
-                                        operator_pause_waiter=None)  # fmt: skip
-    request = watching.watch_objs(resource=resource, settings=None, namespace=None,
-                                  operator_pause_waiter=None)  # fmt: skip
+    listing = watching.continuous_watch(
+        resource=resource, settings=None, namespace=None, operator_pause_waiter=None
+    )
+    request = watching.watch_objs(
+        resource=resource, settings=None, namespace=None, operator_pause_waiter=None
+    )
     assert inspect.isasyncgen(listing) and inspect.isasyncgen(request)
     assert watches.listings == {"modelservings": 1} and watches.requests == {"modelservings": 1}
 
     again = WatchStreams()  # an operator run again in the same process counts in its own
     wrap_watch_streams(again)
-    watching.watch_objs(resource=resource, settings=None, namespace=None,
-                        operator_pause_waiter=None)  # fmt: skip
+    watching.watch_objs(
+        resource=resource, settings=None, namespace=None, operator_pause_waiter=None
+    )
     assert again.requests == {"modelservings": 1} and watches.requests == {"modelservings": 1}
 
 
@@ -175,11 +179,18 @@ async def test_all_indexed_does_not_wait_before_kopf_has_processed_anything(monk
 
 def _object(name, uid, **extra):
     return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": "1",
-                     "labels": {"app.kubernetes.io/instance": "s"}, "annotations": {"a": "b"}},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid,
+            "resourceVersion": "1",
+            "labels": {"app.kubernetes.io/instance": "s"},
+            "annotations": {"a": "b"},
+        },
         **extra,
-    }  # fmt: skip
+    }
 
 
 def _listing_then(objects, *watched):
@@ -215,11 +226,20 @@ def test_kopf_still_lists_then_marks_the_listing_over_and_tells_deleted_by_names
 async def test_an_object_a_fresh_listing_no_longer_returns_is_told_deleted_after_it():
     watched = WatchedObjects(["services"])
     a, b = _object("a", "u-a", spec={"big": 1}), _object("b", "u-b", status={"s": 1})
-    first = await _drain(watched.stream(SERVICES, "ns", _listing_then(
-        [a, b], {"type": "MODIFIED", "object": {**b, "metadata": {**b["metadata"],
-                                                                   "resourceVersion": "2"}}},
-        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "3"}}},
-    )))  # fmt: skip
+    first = await _drain(
+        watched.stream(
+            SERVICES,
+            "ns",
+            _listing_then(
+                [a, b],
+                {
+                    "type": "MODIFIED",
+                    "object": {**b, "metadata": {**b["metadata"], "resourceVersion": "2"}},
+                },
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "3"}}},
+            ),
+        )
+    )
     assert [e if e is watching.Bookmark.LISTED else e["type"] for e in first] == [
         None,
         None,
@@ -239,10 +259,16 @@ async def test_an_object_a_fresh_listing_no_longer_returns_is_told_deleted_after
     ]
     told = again[2]["object"]
     assert told == {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "b", "namespace": "ns", "uid": "u-b", "resourceVersion": "2",
-                     "labels": {"app.kubernetes.io/instance": "s"}},
-    }  # fmt: skip  # its identity and labels as last seen: no status, annotations, spec
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "b",
+            "namespace": "ns",
+            "uid": "u-b",
+            "resourceVersion": "2",
+            "labels": {"app.kubernetes.io/instance": "s"},
+        },
+    }  # its identity and labels as last seen: no status, annotations, spec
 
     # Once told, or deleted while watched, an object is not told again
     c_gone = {"type": "DELETED", "object": c}
@@ -277,11 +303,16 @@ async def test_a_told_deleted_object_leaves_kopfs_real_index():
 
     async def index(event):
         await indexing.index_resource(
-            indexers=indexers, registry=registry, settings=kopf.OperatorSettings(),
-            resource=SERVICES, raw_event=event, memory=indexing.IndexingMemory(),
-            logger=logging.getLogger("test"), memo=ephemera.Memo(),
+            indexers=indexers,
+            registry=registry,
+            settings=kopf.OperatorSettings(),
+            resource=SERVICES,
+            raw_event=event,
+            memory=indexing.IndexingMemory(),
+            logger=logging.getLogger("test"),
+            memo=ephemera.Memo(),
             body=bodies.Body(event["object"]),
-        )  # fmt: skip
+        )
 
     watched = WatchedObjects(["services"])
     a, b = _object("a", "u-a"), _object("b", "u-b")

@@ -25,10 +25,10 @@ from modelserving.kube_access import (
     NoApiServer,
     from_environment,
 )
-from modelserving.operator.kube import KubeClient
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
-from modelserving.sidecar.pod_status import PodAnnotationWriter
+from modelserving_operator.kube import KubeClient
+from modelserving_sidecar.auth.kubernetes_tokens import KubernetesAuthenticator
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.pod_status import PodAnnotationWriter
 
 IN_A_POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 # Any valid CA bundle will do: nothing here connects over TLS.
@@ -115,9 +115,11 @@ async def test_requests_that_find_the_token_due_at_once_share_one_read():
 
 async def test_outside_a_pod_the_kubeconfig_of_KUBECONFIG_is_used(tmp_path):
     kubeconfig = write_kubeconfig(
-        tmp_path / "config", "https://127.0.0.1:6443/", {"token": "admin-token"},
+        tmp_path / "config",
+        "https://127.0.0.1:6443/",
+        {"token": "admin-token"},
         **{"certificate-authority-data": CA_DATA},
-    )  # fmt: skip
+    )
     api = from_environment(environ={"KUBECONFIG": str(kubeconfig)}, service_account_dir=tmp_path)
 
     assert api.url == "https://127.0.0.1:6443"
@@ -137,9 +139,11 @@ async def test_a_kubeconfig_named_wins_over_the_pods_service_account(service_acc
 
 def test_a_kubeconfig_that_skips_tls_verification_is_followed(tmp_path):
     kubeconfig = write_kubeconfig(
-        tmp_path / "config", "https://127.0.0.1:6443", {"token": "t"},
+        tmp_path / "config",
+        "https://127.0.0.1:6443",
+        {"token": "t"},
         **{"insecure-skip-tls-verify": True},
-    )  # fmt: skip
+    )
     api = from_environment(str(kubeconfig), environ={}, service_account_dir=tmp_path)
 
     assert isinstance(api.ssl_context, ssl.SSLContext)

@@ -1,6 +1,6 @@
-"""The private names of libraries that `sidecar/library_internals.py` relies on, each checked
-for what the sidecar needs of it: when a library changes one, this fails and names it, instead
-of the sidecar breaking in production."""
+"""The private names of libraries that `sidecar/modelserving_sidecar/library_internals.py` relies
+on, each checked for what the sidecar needs of it: when a library changes one, this fails and
+names it, instead of the sidecar breaking in production."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
-from modelserving.sidecar.library_internals import (
+from modelserving_sidecar.library_internals import (
     DirectAppRunner,
     fail_pending_batches,
     missing_c_extensions,

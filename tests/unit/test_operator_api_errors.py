@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from modelserving.kube_access import ApiServer, BearerToken
-from modelserving.operator.kube import KubeClient, KubeError
+from modelserving_operator.kube import KubeClient, KubeError
 
 TOKEN = "sekret-token-of-the-operator"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections.abc
 import itertools
 
-from modelserving.operator.handlers import RetryForever
+from modelserving_operator.handlers import RetryForever
 
 
 def test_the_delays_never_end_and_each_request_starts_from_the_first():

@@ -11,8 +11,10 @@ import json
 from typing import Any, cast
 
 from modelserving import api
-from modelserving.operator.env_source_checks import check_sources
-from modelserving.operator.env_sources import (
+from modelserving_operator.kube import KubeClient
+from modelserving_operator.names import SECRETS_CHECKSUM_ANNOTATION
+from modelserving_operator.pod_env.checks import check_sources
+from modelserving_operator.pod_env.sources import (
     CONFIG_MAP,
     SECRET,
     SourceRead,
@@ -21,12 +23,10 @@ from modelserving.operator.env_sources import (
     values_digest,
     versions_checksum,
 )
-from modelserving.operator.kube import KubeClient
-from modelserving.operator.names import SECRETS_CHECKSUM_ANNOTATION
-from modelserving.operator.reconcile import Reconciler, _sources_checksum
-from modelserving.operator.render import render_children
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.spec import ServingSpec
+from modelserving_operator.reconcile import Reconciler, _sources_checksum
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.spec import ServingSpec
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 ENV = [
@@ -76,8 +76,10 @@ def pod_annotations(checksum: str | None, env: list[dict] = ENV) -> dict[str, st
 
 def test_the_secrets_and_keys_read_are_found_in_the_environment():
     assert env_reads(ENV) == (
-        (SECRET, "s3", "id", False), (SECRET, "s3", "key", False), (SECRET, "tok", "t", True),
-    )  # fmt: skip
+        (SECRET, "s3", "id", False),
+        (SECRET, "s3", "key", False),
+        (SECRET, "tok", "t", True),
+    )
     assert env_sources(ENV) == ((SECRET, "s3"), (SECRET, "tok"))
     assert env_reads([{"name": "A", "value": "x"}]) == ()
 
@@ -149,8 +151,11 @@ def test_a_secret_read_whole_by_env_from_counts_every_key():
     keys = env_reads([], ENV_FROM, kinds=(SECRET,))
     assert keys == ((SECRET, "whole", "*", False),)
     assert env_sources(ENV, ENV_FROM) == (
-        (CONFIG_MAP, "settings"), (SECRET, "s3"), (SECRET, "tok"), (SECRET, "whole"),
-    )  # fmt: skip
+        (CONFIG_MAP, "settings"),
+        (SECRET, "s3"),
+        (SECRET, "tok"),
+        (SECRET, "whole"),
+    )
     before = values_digest(keys, {(SECRET, "whole"): read(a="1", b="2")})
     assert before != values_digest(keys, {(SECRET, "whole"): read(a="1", b="3")})
     assert before != values_digest(keys, {(SECRET, "whole"): read(a="1", b="2", c="4")})
@@ -172,8 +177,10 @@ def test_the_config_maps_and_keys_read_are_found_and_kept_apart_from_secrets():
     )
     # An operator that may not read Secrets reads the ConfigMaps alone
     assert env_sources(ENV + CONFIG_ENV, ENV_FROM, kinds=(CONFIG_MAP,)) == (
-        (CONFIG_MAP, "opt"), (CONFIG_MAP, "settings"), (CONFIG_MAP, "tuning"),
-    )  # fmt: skip
+        (CONFIG_MAP, "opt"),
+        (CONFIG_MAP, "settings"),
+        (CONFIG_MAP, "tuning"),
+    )
     # A ConfigMap and a Secret of one name are two sources
     both = [{"configMapRef": {"name": "x"}}, {"secretRef": {"name": "x"}}]
     assert env_sources([], both) == ((CONFIG_MAP, "x"), (SECRET, "x"))
@@ -240,9 +247,11 @@ class Sources:
 
 def reconciler(server: Sources, settings: OperatorSettings = SETTINGS) -> Reconciler:
     return Reconciler(
-        kube=cast(KubeClient, server), settings=settings, topics=cast(Any, None),
+        kube=cast(KubeClient, server),
+        settings=settings,
+        topics=cast(Any, None),
         model_ids=cast(Any, None),
-    )  # fmt: skip
+    )
 
 
 def deployment_carrying(checksum: str | None) -> dict:

@@ -8,11 +8,11 @@ from typing import Any
 import yaml
 
 from modelserving import api
-from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
-from modelserving.operator.render import render_children
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.spec import ServingSpec
-from modelserving.sidecar.config import GrpcConfig, SidecarConfig, parse_config
+from modelserving_operator.names import CONFIG_CHECKSUM_ANNOTATION
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.spec import ServingSpec
+from modelserving_sidecar.config import GrpcConfig, SidecarConfig, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 MiB = 1024 * 1024

@@ -10,20 +10,24 @@ from typing import Any
 import pytest
 import yaml
 
-from modelserving.operator import reconcile
-from modelserving.operator.render import render_children
-from modelserving.operator.render_config import render_sidecar_configmap
-from modelserving.operator.settings import (
+from modelserving_operator import reconcile
+from modelserving_operator.kafka.topics import TopicOutcome
+from modelserving_operator.render.config_maps import render_sidecar_configmap
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.settings import (
     OperatorSettings,
     SettingsError,
     configure_parser,
     settings_from,
 )
-from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import OPERATOR_KAFKA_UNREACHABLE, LoggingState, logging_from_pods
-from modelserving.operator.topics import TopicOutcome
-from modelserving.sidecar.config import LogCompression, LogDurability, LoggingMode, parse_config
-from modelserving.sidecar.log_policy import (
+from modelserving_operator.spec import ServingSpec
+from modelserving_operator.status.conditions import (
+    OPERATOR_KAFKA_UNREACHABLE,
+    LoggingState,
+    logging_from_pods,
+)
+from modelserving_sidecar.config import LogCompression, LogDurability, LoggingMode, parse_config
+from modelserving_sidecar.log.policy import (
     NonJsonPolicy,
     OversizePolicy,
     Part,
@@ -31,7 +35,7 @@ from modelserving.sidecar.log_policy import (
     RedactRule,
     RedactTarget,
 )
-from modelserving.sidecar.log_status import summarize
+from modelserving_sidecar.log.status import summarize
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 
@@ -263,13 +267,30 @@ def test_every_serving_gets_an_account_allowed_to_publish_on_its_pod():
 
 def test_logging_ready_takes_the_worst_pods_state_and_the_oldest_records_age():
     topic = LoggingState(True, "TopicReady", "records go to the topic t")
-    flowing = summarize(spool_bytes=0, spool_max_bytes=100, waiting_records=0,
-                        oldest_age_seconds=0, kafka_reachable=True, refusing=False)  # fmt: skip
-    unreachable = summarize(spool_bytes=10, spool_max_bytes=100, waiting_records=50,
-                            oldest_age_seconds=42.4, kafka_reachable=False,
-                            refusing=False)  # fmt: skip
-    full = summarize(spool_bytes=99, spool_max_bytes=100, waiting_records=900,
-                     oldest_age_seconds=7, kafka_reachable=False, refusing=True)  # fmt: skip
+    flowing = summarize(
+        spool_bytes=0,
+        spool_max_bytes=100,
+        waiting_records=0,
+        oldest_age_seconds=0,
+        kafka_reachable=True,
+        refusing=False,
+    )
+    unreachable = summarize(
+        spool_bytes=10,
+        spool_max_bytes=100,
+        waiting_records=50,
+        oldest_age_seconds=42.4,
+        kafka_reachable=False,
+        refusing=False,
+    )
+    full = summarize(
+        spool_bytes=99,
+        spool_max_bytes=100,
+        waiting_records=900,
+        oldest_age_seconds=7,
+        kafka_reachable=False,
+        refusing=True,
+    )
 
     def pods(*summaries):
         return [{"name": f"p{i}", "logStatus": json.dumps(s)} for i, s in enumerate(summaries)]
@@ -280,15 +301,33 @@ def test_logging_ready_takes_the_worst_pods_state_and_the_oldest_records_age():
     assert (state.ready, state.reason) == (False, "SpoolFull")
     assert "950 records" in state.message and "oldest for 42 s" in state.message
     assert "p1: Kafka is unreachable, spool 10% full" in state.message
-    filling = summarize(spool_bytes=60, spool_max_bytes=100, waiting_records=1,
-                        oldest_age_seconds=1, kafka_reachable=True, refusing=False)  # fmt: skip
+    filling = summarize(
+        spool_bytes=60,
+        spool_max_bytes=100,
+        waiting_records=1,
+        oldest_age_seconds=1,
+        kafka_reachable=True,
+        refusing=False,
+    )
     assert filling["state"] == "SpoolFilling"
 
 
-FLOWING = summarize(spool_bytes=0, spool_max_bytes=100, waiting_records=3,
-                    oldest_age_seconds=0, kafka_reachable=True, refusing=False)  # fmt: skip
-UNREACHABLE = summarize(spool_bytes=10, spool_max_bytes=100, waiting_records=50,
-                        oldest_age_seconds=42.4, kafka_reachable=False, refusing=False)  # fmt: skip
+FLOWING = summarize(
+    spool_bytes=0,
+    spool_max_bytes=100,
+    waiting_records=3,
+    oldest_age_seconds=0,
+    kafka_reachable=True,
+    refusing=False,
+)
+UNREACHABLE = summarize(
+    spool_bytes=10,
+    spool_max_bytes=100,
+    waiting_records=50,
+    oldest_age_seconds=42.4,
+    kafka_reachable=False,
+    refusing=False,
+)
 OPERATOR_CUT_OFF = LoggingState(False, "KafkaUnreachable", "cannot reach the brokers at k:9092")
 
 
@@ -344,8 +383,10 @@ async def test_logging_ready_does_not_flip_as_pod_events_and_retries_alternate(m
     topics = CutOffKafka()
     settings = OperatorSettings(kafka_bootstrap_servers="k:9092")
     rec = reconcile.Reconciler(kube=None, settings=settings, topics=topics, model_ids=None)
-    body = {"metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1"},
-            "spec": {"model": {"version": 1, "basePath": "s3://m"}}}  # fmt: skip
+    body = {
+        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1"},
+        "spec": {"model": {"version": 1, "basePath": "s3://m"}},
+    }
     spec = ServingSpec.from_body(body)
     delivering = pods_reporting(FLOWING)
 
@@ -354,8 +395,16 @@ async def test_logging_ready_does_not_flip_as_pod_events_and_retries_alternate(m
         state = await reconcile._logging_state(rec, body, spec, check_kafka)
         state = reconcile._logging_with_pods(rec, spec, state, delivering)
         said.append((state.ready, state.reason))
-        body["status"] = {"conditions": [{"type": "LoggingReady", "reason": state.reason,
-                          "status": str(state.ready), "message": state.message}]}  # fmt: skip
+        body["status"] = {
+            "conditions": [
+                {
+                    "type": "LoggingReady",
+                    "reason": state.reason,
+                    "status": str(state.ready),
+                    "message": state.message,
+                }
+            ]
+        }
 
     assert set(said) == {(True, OPERATOR_KAFKA_UNREACHABLE)} and topics.asked == 3
     assert events == [("Warning", "KafkaUnreachable")]  # told once, not at every retry

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from modelserving import api
-from modelserving.operator.kube import object_path
-from modelserving.operator.metrics import (
+from modelserving_operator.kube import object_path
+from modelserving_operator.metrics import (
     ApiWrites,
     OperatorMetrics,
     QueueState,
@@ -21,7 +21,7 @@ from modelserving.operator.metrics import (
     registry_of,
     serve_metrics,
 )
-from modelserving.operator.workqueue import WorkQueue
+from modelserving_operator.runtime.workqueue import WorkQueue
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -99,8 +99,12 @@ def test_servings_are_counted_by_namespace_and_each_conditions_status_and_reason
     samples = scrape(registry_of(metrics))
 
     def servings_in(namespace: str, condition: str, status: str, reason: str) -> float:
-        labels = (("condition", condition), ("namespace", namespace), ("reason", reason),
-                  ("status", status))  # fmt: skip
+        labels = (
+            ("condition", condition),
+            ("namespace", namespace),
+            ("reason", reason),
+            ("status", status),
+        )
         return samples.get(("modelserving_operator_servings", labels), 0)
 
     assert servings_in("team-a", "Ready", "True", "Available") == 1

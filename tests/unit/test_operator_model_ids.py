@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelserving import api
-from modelserving.operator.kube import KubeError
-from modelserving.operator.modelids import (
+from modelserving_operator.kube import KubeError
+from modelserving_operator.modelids import (
     COUNTER_ANNOTATION,
     CRD_NAME,
     LEGACY_COUNTER_CONFIGMAP,
@@ -23,7 +23,7 @@ from modelserving.operator.modelids import (
     model_id_claim,
     status_model_id,
 )
-from modelserving.operator.names import MODEL_ID_ANNOTATION
+from modelserving_operator.names import MODEL_ID_ANNOTATION
 
 NAMESPACE = "modelserving-system"
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelserving.operator.model_report import (
+from modelserving_operator.spec import ModelSpec, ModelVersion, ShadowSpec
+from modelserving_operator.status.conditions import Condition
+from modelserving_operator.status.model_report import (
     event_for,
     model_status,
     progressing_with_pods,
     ready_with_pods,
     tfserving_exited,
 )
-from modelserving.operator.spec import ModelSpec, ModelVersion, ShadowSpec
-from modelserving.operator.status import Condition
 
 CANARY = ModelSpec(
     name="mnist",
@@ -29,8 +29,13 @@ NOT_FOUND = "Could not find base path s3://models/mnist/4 for servable mnist"
 
 
 def version(number: int, state: str = "AVAILABLE", served: int = 0, **error: str) -> dict:
-    return {"version": number, "state": state, "errorCode": error.get("code", "OK"),
-            "errorMessage": error.get("message", ""), "served": served}  # fmt: skip
+    return {
+        "version": number,
+        "state": state,
+        "errorCode": error.get("code", "OK"),
+        "errorMessage": error.get("message", ""),
+        "served": served,
+    }
 
 
 def pod(name: str, *versions: dict, ready: bool = True, **report: Any) -> dict:
@@ -52,13 +57,31 @@ def test_every_version_available_shows_the_split_really_served():
     status = model_status(CANARY, [healthy("a", (850, 90, 0)), healthy("b", (50, 10, 0))])
 
     assert status.versions == [
-        {"version": 3, "weight": 90, "labels": ["stable"], "role": "stable",
-         "state": "AVAILABLE", "servedPercent": 90},
-        {"version": 4, "weight": 10, "labels": ["canary"], "role": "canary",
-         "state": "AVAILABLE", "servedPercent": 10},
-        {"version": 5, "weight": 0, "labels": [], "role": "shadow",
-         "state": "AVAILABLE", "servedPercent": 0},
-    ]  # fmt: skip
+        {
+            "version": 3,
+            "weight": 90,
+            "labels": ["stable"],
+            "role": "stable",
+            "state": "AVAILABLE",
+            "servedPercent": 90,
+        },
+        {
+            "version": 4,
+            "weight": 10,
+            "labels": ["canary"],
+            "role": "canary",
+            "state": "AVAILABLE",
+            "servedPercent": 10,
+        },
+        {
+            "version": 5,
+            "weight": 0,
+            "labels": [],
+            "role": "shadow",
+            "state": "AVAILABLE",
+            "servedPercent": 0,
+        },
+    ]
     assert (status.model_ready.status, status.model_ready.reason) == (True, "AllVersionsAvailable")
     assert (status.auth_ready.status, status.auth_ready.reason) == (True, "AuthConfigReady")
     assert ready_with_pods(READY, status) == READY
@@ -77,8 +100,10 @@ def test_before_any_report_nothing_is_claimed_and_ready_is_the_deployments():
 
 def test_a_report_that_is_not_the_contracts_json_is_left_out():
     no_version = '{"versions": [{"state": "AVAILABLE"}]}'
-    broken = [{"name": "a", "ready": True, "modelReport": "{not json"},
-              {"name": "b", "ready": True, "modelReport": no_version}]  # fmt: skip
+    broken = [
+        {"name": "a", "ready": True, "modelReport": "{not json"},
+        {"name": "b", "ready": True, "modelReport": no_version},
+    ]
     status = model_status(CANARY, [*broken, healthy("c")])
     assert status.model_ready.reason == "AllVersionsAvailable"
 
@@ -90,16 +115,22 @@ def test_a_weighted_version_loading_in_a_ready_pod_holds_ready_false():
 
     assert status.versions[1]["state"] == "LOADING"
     assert (status.model_ready.reason, status.model_ready.message) == (
-        "ModelLoading", "version 4 is LOADING in a"
-    )  # fmt: skip
+        "ModelLoading",
+        "version 4 is LOADING in a",
+    )
     assert ready_with_pods(READY, status) == Condition(
         "Ready", False, "ModelLoading", "version 4 is LOADING in a"
     )
 
 
 def test_a_version_without_traffic_or_the_shadow_loading_does_not_unready_the_serving():
-    model = ModelSpec("mnist", "s3://m", (ModelVersion(3, 100), ModelVersion(4, 0)),
-                      shadow=ShadowSpec(5, 10), listed=True)  # fmt: skip
+    model = ModelSpec(
+        "mnist",
+        "s3://m",
+        (ModelVersion(3, 100), ModelVersion(4, 0)),
+        shadow=ShadowSpec(5, 10),
+        listed=True,
+    )
     status = model_status(model, [pod("a", version(3), version(4, "LOADING"), version(5, "START"))])
 
     assert status.model_ready.reason == "ModelLoading"
@@ -108,8 +139,13 @@ def test_a_version_without_traffic_or_the_shadow_loading_does_not_unready_the_se
 
 def test_a_failed_load_names_tf_servings_error_and_explains_an_unavailable_deployment():
     # A new pod (not ready) whose TF Serving cannot find version 4; the old pod is fine.
-    failed = pod("new", version(3), version(4, "END", code="NOT_FOUND", message=NOT_FOUND),
-                 version(5), ready=False)  # fmt: skip
+    failed = pod(
+        "new",
+        version(3),
+        version(4, "END", code="NOT_FOUND", message=NOT_FOUND),
+        version(5),
+        ready=False,
+    )
 
     status = model_status(CANARY, [healthy("old"), failed])
 
@@ -128,8 +164,9 @@ def test_a_failed_load_names_tf_servings_error_and_explains_an_unavailable_deplo
 
 
 def test_the_worst_pod_wins_a_versions_state():
-    status = model_status(CANARY, [healthy("a"), pod("b", version(3, "LOADING"), version(4),
-                                                     version(5))])  # fmt: skip
+    status = model_status(
+        CANARY, [healthy("a"), pod("b", version(3, "LOADING"), version(4), version(5))]
+    )
     assert status.versions[0]["state"] == "LOADING"
 
 
@@ -159,8 +196,9 @@ def test_tf_serving_that_finds_no_version_of_the_model_is_a_failed_load():
 
 def test_a_version_tf_serving_does_not_report_says_where_its_files_are_looked_for():
     # TF Serving lists versions 3 and 5; the sidecar adds the routed version 4 as UNKNOWN
-    status = model_status(CANARY, [pod("a", version(3), version(4, "UNKNOWN", code=""),
-                                       version(5))])  # fmt: skip
+    status = model_status(
+        CANARY, [pod("a", version(3), version(4, "UNKNOWN", code=""), version(5))]
+    )
 
     assert status.model_ready.reason == "ModelLoading"
     assert status.model_ready.message == (
@@ -183,9 +221,14 @@ def test_tf_serving_not_answering_is_server_unavailable():
 def test_a_starting_tf_serving_is_model_loading_told_by_a_normal_event():
     # A new pod: TF Serving loads the model before it opens its ports, and has not answered yet
     refused = "TF Serving is not reachable (connection refused)"
-    starting = pod("a", version(3, "UNKNOWN", code=""), version(4, "UNKNOWN", code=""),
-                   version(5, "UNKNOWN", code=""), ready=False,
-                   server={"reachable": False, "state": "starting", "error": refused})  # fmt: skip
+    starting = pod(
+        "a",
+        version(3, "UNKNOWN", code=""),
+        version(4, "UNKNOWN", code=""),
+        version(5, "UNKNOWN", code=""),
+        ready=False,
+        server={"reachable": False, "state": "starting", "error": refused},
+    )
 
     status = model_status(CANARY, [starting])
 
@@ -201,10 +244,16 @@ def test_a_starting_tf_serving_is_model_loading_told_by_a_normal_event():
 
 def test_a_tf_serving_down_after_starting_is_server_unavailable_told_by_a_warning():
     # It answered and stopped, or the startup allowance passed without an answer
-    down = pod("a", ready=False, server={"reachable": False, "state": "down",
-                                         "error": "TF Serving is not reachable"})  # fmt: skip
-    starting = pod("b", ready=False, server={"reachable": False, "state": "starting",
-                                             "error": "TF Serving is not reachable"})  # fmt: skip
+    down = pod(
+        "a",
+        ready=False,
+        server={"reachable": False, "state": "down", "error": "TF Serving is not reachable"},
+    )
+    starting = pod(
+        "b",
+        ready=False,
+        server={"reachable": False, "state": "starting", "error": "TF Serving is not reachable"},
+    )
 
     status = model_status(CANARY, [starting, down])
 
@@ -216,24 +265,35 @@ def test_a_tf_serving_down_after_starting_is_server_unavailable_told_by_a_warnin
 
 def test_a_tf_serving_that_exits_while_starting_is_server_unavailable_at_once():
     # The kubelet restarts a TF Serving killed while it loads a model too big for its limit
-    status = {"containerStatuses": [
-        {"name": "sidecar", "restartCount": 0},
-        {"name": "tfserving", "restartCount": 2,
-         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
-    ]}  # fmt: skip
+    status = {
+        "containerStatuses": [
+            {"name": "sidecar", "restartCount": 0},
+            {
+                "name": "tfserving",
+                "restartCount": 2,
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+            },
+        ]
+    }
     exited = tfserving_exited(status)
     assert exited == "OOMKilled, exit code 137"
     assert tfserving_exited({"containerStatuses": [{"name": "tfserving", "restartCount": 0}]}) == ""
-    starting = pod("a", ready=False, server={"reachable": False, "state": "starting",
-                                             "error": "TF Serving is not reachable"})  # fmt: skip
+    starting = pod(
+        "a",
+        ready=False,
+        server={"reachable": False, "state": "starting", "error": "TF Serving is not reachable"},
+    )
 
     status_now = model_status(CANARY, [{**starting, "tfservingExited": exited}])
 
     ready = ready_with_pods(UNAVAILABLE, status_now)
-    assert (ready.reason, status_now.model_ready.message) == ("ServerUnavailable", (
-        "TF Serving in a exited before it answered once (OOMKilled, exit code 137): "
-        "kubectl logs a -c tfserving --previous says why"
-    ))  # fmt: skip
+    assert (ready.reason, status_now.model_ready.message) == (
+        "ServerUnavailable",
+        (
+            "TF Serving in a exited before it answered once (OOMKilled, exit code 137): "
+            "kubectl logs a -c tfserving --previous says why"
+        ),
+    )
     assert model_status(CANARY, [starting]).model_ready.reason == "ModelLoading"
 
 
@@ -259,10 +319,15 @@ def test_an_unusable_auth_config_is_auth_config_invalid():
 
 
 def test_a_failed_load_is_worse_than_a_loading_version():
-    status = model_status(CANARY, [
-        pod("a", version(3), version(4, "LOADING"), version(5)),
-        pod("b", version(3), version(4, "END", code="NOT_FOUND", message=NOT_FOUND), version(5)),
-    ])  # fmt: skip
+    status = model_status(
+        CANARY,
+        [
+            pod("a", version(3), version(4, "LOADING"), version(5)),
+            pod(
+                "b", version(3), version(4, "END", code="NOT_FOUND", message=NOT_FOUND), version(5)
+            ),
+        ],
+    )
     assert status.model_ready.reason == "ModelLoadFailed"
     assert ready_with_pods(READY, status).reason == "ModelLoadFailed"
 
@@ -277,8 +342,9 @@ def test_an_event_is_told_only_when_the_reason_changes():
     assert event_for("ModelLoading", cond("ModelLoadFailed")) == ("Warning", "ModelLoadFailed")
     assert event_for(None, cond("ServerUnavailable")) == ("Warning", "ServerUnavailable")
     assert event_for("ModelLoadFailed", cond("AllVersionsAvailable")) == (
-        "Normal", "AllVersionsAvailable"
-    )  # fmt: skip
+        "Normal",
+        "AllVersionsAvailable",
+    )
     assert event_for("AllVersionsAvailable", cond("AwaitingReport")) is None
 
 
@@ -318,8 +384,9 @@ def test_a_pod_whose_routing_file_is_not_updated_yet_serves_the_split_it_has():
     assert ready_with_pods(READY, status) == READY
     # ModelReady says the pod has no word of the new version yet
     assert (status.model_ready.reason, status.model_ready.message) == (
-        "ModelLoading", "a has no word of version 4 yet"
-    )  # fmt: skip
+        "ModelLoading",
+        "a has no word of version 4 yet",
+    )
 
 
 SETTLED = Condition("Progressing", False, "RolloutComplete", "every replica runs the current spec")
@@ -331,8 +398,12 @@ def applying(name: str, weights: dict[int, int], ready: bool = True) -> dict:
 
 def test_a_weight_change_the_ready_pods_do_not_all_apply_yet_is_split_pending():
     # 100/0 -> 90/10: the kubelet has brought the new routing file to one pod of three
-    pods = [applying("a", {3: 90, 4: 10}), applying("b", {3: 100, 4: 0}),
-            applying("c", {3: 100, 4: 0}), applying("d", {3: 100, 4: 0}, ready=False)]  # fmt: skip
+    pods = [
+        applying("a", {3: 90, 4: 10}),
+        applying("b", {3: 100, 4: 0}),
+        applying("c", {3: 100, 4: 0}),
+        applying("d", {3: 100, 4: 0}, ready=False),
+    ]
 
     status = model_status(CANARY, pods)
 
@@ -359,8 +430,12 @@ def test_once_every_ready_pod_applies_the_weights_progressing_is_settled_again()
 
     assert progressing_with_pods(SETTLED, model_status(CANARY, pods)) == SETTLED
     # A version of weight 0, listed or not, gets nothing: the same split
-    only_3 = ModelSpec(name="mnist", base_path="s3://models/mnist", listed=True,
-                       versions=(ModelVersion(3, 100), ModelVersion(4, 0)))  # fmt: skip
+    only_3 = ModelSpec(
+        name="mnist",
+        base_path="s3://models/mnist",
+        listed=True,
+        versions=(ModelVersion(3, 100), ModelVersion(4, 0)),
+    )
     status = model_status(only_3, [applying("a", {3: 100}), applying("b", {4: 0, 3: 100})])
     assert progressing_with_pods(SETTLED, status) == SETTLED
 

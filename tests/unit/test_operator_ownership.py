@@ -9,13 +9,13 @@ from typing import Any, cast
 
 import pytest
 
-from modelserving.operator import reconcile
-from modelserving.operator.kube import KubeClient, KubeError
-from modelserving.operator.names import owned_by
-from modelserving.operator.reconcile import Reconciler, _apply_children
-from modelserving.operator.render import render_children
-from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import CONFLICT
+from modelserving_operator import reconcile
+from modelserving_operator.kube import KubeClient, KubeError
+from modelserving_operator.names import owned_by
+from modelserving_operator.reconcile import Reconciler, _apply_children
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.spec import ServingSpec
+from modelserving_operator.status.conditions import CONFLICT
 from tests.unit.test_operator_render import SETTINGS, mnist, mnist_body
 
 Key = tuple[str, str]
@@ -135,5 +135,9 @@ def test_a_cluster_scoped_child_is_the_servings_when_its_labels_name_the_serving
     )
     assert owned_by(binding, spec)
     assert not owned_by({"metadata": {"name": binding["metadata"]["name"]}}, spec)
-    assert not owned_by(binding, ServingSpec.from_body({**mnist_body(), "metadata": {
-        "name": "mnist", "namespace": "other", "uid": "u-2"}}))  # fmt: skip
+    assert not owned_by(
+        binding,
+        ServingSpec.from_body(
+            {**mnist_body(), "metadata": {"name": "mnist", "namespace": "other", "uid": "u-2"}}
+        ),
+    )

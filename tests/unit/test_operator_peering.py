@@ -8,8 +8,8 @@ import argparse
 import pytest
 import yaml
 
-from modelserving.operator.peering import MIN_LIFETIME_SECONDS, peering_priority
-from modelserving.operator.settings import (
+from modelserving_operator.runtime.peering import MIN_LIFETIME_SECONDS, peering_priority
+from modelserving_operator.settings import (
     OperatorSettings,
     SettingsError,
     configure_parser,

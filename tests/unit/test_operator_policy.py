@@ -10,36 +10,38 @@ from typing import Any
 import pytest
 
 from modelserving import api
-from modelserving.operator import reconcile
-from modelserving.operator.policy import (
+from modelserving_operator import reconcile
+from modelserving_operator.policy import (
     INGRESS_REFUSED,
     TOPIC_REFUSED,
     annotation_allowed,
     refused_degraded,
 )
-from modelserving.operator.render import render_children
-from modelserving.operator.render_config import render_sidecar_config
-from modelserving.operator.settings import (
+from modelserving_operator.render.config_maps import render_sidecar_config
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.settings import (
     DEFAULT_INGRESS_ALLOWED_ANNOTATIONS,
     OperatorSettings,
     SettingsError,
     configure_parser,
     settings_from,
 )
-from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import Condition, deployment_conditions
-from modelserving.sidecar.config import LoggingMode, parse_config
+from modelserving_operator.spec import ServingSpec
+from modelserving_operator.status.conditions import Condition, deployment_conditions
+from modelserving_sidecar.config import LoggingMode, parse_config
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092")
 
 
 def serving(**spec) -> ServingSpec:
-    return ServingSpec.from_body({
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
-        "spec": {"model": {"version": 1, "basePath": "s3://models/mnist"}, **spec},
-    })  # fmt: skip
+    return ServingSpec.from_body(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
+            "spec": {"model": {"version": 1, "basePath": "s3://models/mnist"}, **spec},
+        }
+    )
 
 
 def with_ingress(annotations: dict[str, str]) -> ServingSpec:
@@ -100,11 +102,13 @@ def test_by_default_a_snippet_or_another_controllers_annotation_gets_no_ingress(
 
 
 def test_a_refusal_names_every_refused_annotation_once():
-    spec = with_ingress({
-        "nginx.ingress.kubernetes.io/server-snippet": "a",
-        "nginx.ingress.kubernetes.io/configuration-snippet": "b",
-        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
-    })  # fmt: skip
+    spec = with_ingress(
+        {
+            "nginx.ingress.kubernetes.io/server-snippet": "a",
+            "nginx.ingress.kubernetes.io/configuration-snippet": "b",
+            "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+        }
+    )
 
     refusal = spec.ingress_refusal(SETTINGS) or ""
 
@@ -136,9 +140,14 @@ def test_degraded_says_the_ingress_is_refused_unless_it_tells_a_fault_already():
     available = {
         "metadata": {"generation": 1},
         "spec": {"replicas": 1},
-        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
-                   "availableReplicas": 1, "updatedReplicas": 1},
-    }  # fmt: skip
+        "status": {
+            "observedGeneration": 1,
+            "replicas": 1,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+            "updatedReplicas": 1,
+        },
+    }
     refusal = with_ingress({"a.io/server-snippet": "x"}).ingress_refusal(SETTINGS) or ""
 
     ready, progressing, degraded = refused_degraded(deployment_conditions(available), refusal)
@@ -239,9 +248,13 @@ class NoKafka:
 
 def test_a_refused_topic_is_never_checked_or_created():
     rec = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
-    body = {"metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
-            "spec": {"model": {"version": 1, "basePath": "s3://m"},
-                     "logging": {"kafka": {"topic": "team-b.mnist.inference"}}}}  # fmt: skip
+    body = {
+        "metadata": {"name": "mnist", "namespace": "team-a", "uid": "u-1"},
+        "spec": {
+            "model": {"version": 1, "basePath": "s3://m"},
+            "logging": {"kafka": {"topic": "team-b.mnist.inference"}},
+        },
+    }
     spec = ServingSpec.from_body(body)
 
     state = asyncio.run(reconcile._logging_state(rec, body, spec, True))
@@ -264,10 +277,16 @@ def test_a_refusal_is_told_once_per_change_though_the_cache_lags(monkeypatch):
     tell("refused: a")  # the cache still shows the serving before our status write
     tell(None)  # fixed
     tell("refused: b")  # refused again, for another reason
-    said = {"type": "LoggingReady", "status": "False", "reason": TOPIC_REFUSED,
-            "message": "refused: b"}  # fmt: skip
+    said = {
+        "type": "LoggingReady",
+        "status": "False",
+        "reason": TOPIC_REFUSED,
+        "message": "refused: b",
+    }
     restarted = reconcile.Reconciler(kube=None, settings=SETTINGS, topics=NoKafka(), model_ids=None)
     tell("refused: b", {**stale, "status": {"conditions": [said]}}, restarted)
 
-    assert events.posted == [("Warning", TOPIC_REFUSED, "refused: a"),
-                             ("Warning", TOPIC_REFUSED, "refused: b")]  # fmt: skip
+    assert events.posted == [
+        ("Warning", TOPIC_REFUSED, "refused: a"),
+        ("Warning", TOPIC_REFUSED, "refused: b"),
+    ]

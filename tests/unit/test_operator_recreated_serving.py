@@ -8,11 +8,11 @@ import copy
 from typing import Any
 
 from modelserving import api
-from modelserving.operator.kube import KubeClient
-from modelserving.operator.names import LABEL_SERVING_UID, made_for
-from modelserving.operator.render_rbac import render_cluster_role_binding
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.spec import ServingSpec
+from modelserving_operator.kube import KubeClient
+from modelserving_operator.names import LABEL_SERVING_UID, made_for
+from modelserving_operator.render.rbac import render_cluster_role_binding
+from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.spec import ServingSpec
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 

@@ -10,24 +10,24 @@ import yaml
 
 from modelserving import api
 from modelserving.kube_access import SERVICE_ACCOUNT_DIR
-from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
-from modelserving.operator.reconcile import covers
-from modelserving.operator.render import render_children
-from modelserving.operator.render_config import (
+from modelserving_operator.names import CONFIG_CHECKSUM_ANNOTATION
+from modelserving_operator.reconcile import covers
+from modelserving_operator.render.config_maps import (
     render_configmaps,
     render_sidecar_config,
     render_sidecar_configmap,
 )
-from modelserving.operator.render_network import render_service
-from modelserving.operator.render_pod import render_deployment
-from modelserving.operator.settings import (
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.render.network import render_service
+from modelserving_operator.render.pods import render_deployment
+from modelserving_operator.settings import (
     OperatorSettings,
     SettingsError,
     configure_parser,
     settings_from,
 )
-from modelserving.operator.spec import ServingSpec
-from modelserving.operator.status import (
+from modelserving_operator.spec import ServingSpec
+from modelserving_operator.status.conditions import (
     APPLY_FAILED,
     CONFLICT,
     ApplyFailure,
@@ -36,8 +36,8 @@ from modelserving.operator.status import (
     merge_conditions,
     progress_only,
 )
-from modelserving.sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
-from modelserving.sidecar.main import configure_parser as configure_sidecar_parser
+from modelserving_sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
+from modelserving_sidecar.main import configure_parser as configure_sidecar_parser
 
 SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
 
@@ -188,9 +188,14 @@ def test_deployment_runs_tfserving_and_the_sidecar_hardened():
     assert tfs["image"] == SETTINGS.tfserving_image
     assert "--model_config_file=/etc/tfserving/models.config" in tfs["args"]
     assert sidecar["command"] == [
-        "modelserving", "sidecar", "--config", "/etc/modelserving/sidecar.yaml",
-        "--routing", "/etc/modelserving/routing/routing.yaml", "--shutdown-delay=5",
-    ]  # fmt: skip
+        "modelserving",
+        "sidecar",
+        "--config",
+        "/etc/modelserving/sidecar.yaml",
+        "--routing",
+        "/etc/modelserving/routing/routing.yaml",
+        "--shutdown-delay=5",
+    ]
     # the routing file the sidecar is told to read is where a mount puts it
     assert any(
         "/etc/modelserving/routing/routing.yaml".startswith(m["mountPath"])
@@ -273,20 +278,28 @@ def test_service_and_network_policy_expose_only_the_sidecar():
     policy = children["NetworkPolicy"][0]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
     assert [p["port"] for p in service["spec"]["ports"]] == [8080, 8500]
-    assert policy["spec"]["ingress"] == [{"ports": [
-        {"protocol": "TCP", "port": api.SIDECAR_PORT},
-        {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
-    ]}]  # fmt: skip
+    assert policy["spec"]["ingress"] == [
+        {
+            "ports": [
+                {"protocol": "TCP", "port": api.SIDECAR_PORT},
+                {"protocol": "TCP", "port": api.SIDECAR_GRPC_PORT},
+            ]
+        }
+    ]
     assert mnist().endpoint == "http://mnist.demo.svc:8080/v1/models/mnist:predict"
 
 
 def test_ingress_hpa_and_pvc_when_asked():
     serving = mnist_body(
         projectId=80,
-        ingress={"enabled": True, "host": "m.example.com", "className": "nginx",
-                 "tls": {"secretName": "m-tls"}},
+        ingress={
+            "enabled": True,
+            "host": "m.example.com",
+            "className": "nginx",
+            "tls": {"secretName": "m-tls"},
+        },
         autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5},
-    )  # fmt: skip
+    )
     serving["spec"]["model"]["basePath"] = "pvc://models/mnist"
     children = by_kind(render_children(ServingSpec.from_body(serving), SETTINGS, 17))
     ingress = children["Ingress"][0]["spec"]
@@ -348,9 +361,14 @@ def test_status_from_the_deployment_keeps_transition_times_when_nothing_flips():
     deployment = {
         "metadata": {"generation": 2},
         "spec": {"replicas": 2},
-        "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2,
-                   "availableReplicas": 2, "updatedReplicas": 2},
-    }  # fmt: skip
+        "status": {
+            "observedGeneration": 2,
+            "replicas": 2,
+            "readyReplicas": 2,
+            "availableReplicas": 2,
+            "updatedReplicas": 2,
+        },
+    }
     conditions = deployment_conditions(deployment)
     assert [(c.type, c.status, c.reason) for c in conditions] == [
         ("Ready", True, "Available"),
@@ -371,12 +389,23 @@ def _rollout_status(updated: int, ready: int, generation: int = 1) -> dict:
     deployment = {
         "metadata": {"generation": generation},
         "spec": {"replicas": 2},
-        "status": {"observedGeneration": generation, "replicas": 2, "readyReplicas": ready,
-                   "availableReplicas": ready, "updatedReplicas": updated},
-    }  # fmt: skip
+        "status": {
+            "observedGeneration": generation,
+            "replicas": 2,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": updated,
+        },
+    }
     conditions = merge_conditions([], deployment_conditions(deployment), generation, "t")
-    return {"modelId": 7, "replicas": 2, "readyReplicas": ready, "updatedReplicas": updated,
-            "readyText": f"{ready}/2", "conditions": conditions}  # fmt: skip
+    return {
+        "modelId": 7,
+        "replicas": 2,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "readyText": f"{ready}/2",
+        "conditions": conditions,
+    }
 
 
 def test_a_status_that_only_tells_a_rollouts_progress_may_wait_one_that_flips_may_not():
@@ -430,9 +459,14 @@ def _deployment(generation: int, observed: int, available: int, updated: int) ->
     return {
         "metadata": {"generation": generation},
         "spec": {"replicas": 2},
-        "status": {"observedGeneration": observed, "replicas": 2, "readyReplicas": available,
-                   "availableReplicas": available, "updatedReplicas": updated},
-    }  # fmt: skip
+        "status": {
+            "observedGeneration": observed,
+            "replicas": 2,
+            "readyReplicas": available,
+            "availableReplicas": available,
+            "updatedReplicas": updated,
+        },
+    }
 
 
 def test_a_change_the_deployment_controller_has_not_seen_yet_keeps_the_serving_ready():
@@ -461,8 +495,10 @@ def test_a_refused_write_is_degraded_and_leaves_ready_to_the_pods_that_serve():
     assert (ready.status, ready.reason) == (True, "Available")
     assert (progressing.status, progressing.reason) == (False, APPLY_FAILED)
     assert (degraded.status, degraded.reason, degraded.message) == (
-        True, APPLY_FAILED, refused.message
-    )  # fmt: skip
+        True,
+        APPLY_FAILED,
+        refused.message,
+    )
     # With no pods serving, Ready is False for what serves, not for the write
     down = _deployment(generation=2, observed=2, available=0, updated=2)
     assert deployment_conditions(down, refused)[0].reason == "Unavailable"

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from modelserving import api
-from modelserving.operator.settings import SETTINGS, OperatorSettings
-from modelserving.operator.spec import ServingSpec, SpecError, field_name
-from modelserving.sidecar.config import LoggingConfig, LoggingMode
-from modelserving.sidecar.log_policy import OversizePolicy
+from modelserving_operator.settings import SETTINGS, OperatorSettings
+from modelserving_operator.spec import ServingSpec, SpecError, field_name
+from modelserving_sidecar.config import LoggingConfig, LoggingMode
+from modelserving_sidecar.log.policy import OversizePolicy
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "modelserving.io_modelservings.yaml").read_text())
@@ -70,9 +70,12 @@ def model_value(spec: ServingSpec, path: tuple[str, ...]) -> Any:
 
 def test_the_spec_models_defaults_are_the_crds():
     # Every array item and optional object present once, so that its fields' defaults show too.
-    security = {"protocol": "SASL_SSL", "ca": {"secretName": "c"},
-                "clientCertificate": {"secretName": "u"},
-                "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}}}  # fmt: skip
+    security = {
+        "protocol": "SASL_SSL",
+        "ca": {"secretName": "c"},
+        "clientCertificate": {"secretName": "u"},
+        "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}},
+    }
     spec = ServingSpec.from_body(
         body(logging={"redact": [{"path": "instances[*].email"}], "kafka": {"security": security}})
     )

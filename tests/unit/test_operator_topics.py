@@ -10,10 +10,10 @@ from typing import Any, cast
 
 import pytest
 
-from modelserving.operator import reconcile, topics
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.topic_checks import check_topics
-from modelserving.operator.topics import (
+from modelserving_operator import reconcile
+from modelserving_operator.kafka import topics
+from modelserving_operator.kafka.topic_checks import check_topics
+from modelserving_operator.kafka.topics import (
     KnownTopic,
     TopicKeeper,
     TopicSettings,
@@ -21,6 +21,7 @@ from modelserving.operator.topics import (
     error_words,
     topic_state,
 )
+from modelserving_operator.settings import OperatorSettings
 
 SIX = TopicSettings(6, 1)
 THREE = TopicSettings(3, 1)
@@ -36,10 +37,14 @@ def test_a_topic_as_asked_is_ready():
     [
         (THREE, SIX, "has 3 partitions and replication factor 1; the spec asks 6 partitions"),
         (SIX, THREE, "has 6 partitions and replication factor 1; the spec asks 3 partitions"),
-        (TopicSettings(1, 1), TopicSettings(1, 3), "has 1 partition and replication factor 1; "
-         "the spec asks 1 partition and replication factor 3"),
+        (
+            TopicSettings(1, 1),
+            TopicSettings(1, 3),
+            "has 1 partition and replication factor 1; "
+            "the spec asks 1 partition and replication factor 3",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_topic_with_other_settings_says_both_numbers(found, asked, words):
     state = topic_state("team-a.t", found, asked)
     assert (state.ready, state.reason) == (True, "TopicMismatch")
@@ -86,11 +91,15 @@ class FakeAdmin:
         names = list(request._topics)
         self.metadata.append(names)
         answer = [
-            {"error_code": 0, "topic": n, "partitions": [{"replicas": [1] * s.replication_factor}]
-             * s.partitions} if (s := self.existing.get(n)) else
-            {"error_code": 3, "topic": n, "partitions": []}
+            {
+                "error_code": 0,
+                "topic": n,
+                "partitions": [{"replicas": [1] * s.replication_factor}] * s.partitions,
+            }
+            if (s := self.existing.get(n))
+            else {"error_code": 3, "topic": n, "partitions": []}
             for n in names
-        ]  # fmt: skip
+        ]
         return SimpleNamespace(to_object=lambda: {"topics": answer})
 
 
@@ -153,9 +162,11 @@ class DescribingKeeper:
 
 def reconciler(keeper: DescribingKeeper) -> reconcile.Reconciler:
     return reconcile.Reconciler(
-        kube=cast(Any, None), settings=OperatorSettings(), topics=cast(Any, keeper),
+        kube=cast(Any, None),
+        settings=OperatorSettings(),
+        topics=cast(Any, keeper),
         model_ids=cast(Any, None),
-    )  # fmt: skip
+    )
 
 
 def marked(rec: reconcile.Reconciler) -> set[tuple[str, str]]:

@@ -9,15 +9,15 @@ from pathlib import Path
 import yaml
 
 from modelserving import api
-from modelserving.operator.names import CONFIG_CHECKSUM_ANNOTATION
-from modelserving.operator.render import render_children
-from modelserving.operator.render_config import (
+from modelserving_operator.names import CONFIG_CHECKSUM_ANNOTATION
+from modelserving_operator.render.config_maps import (
     render_models_config,
     render_routing,
     render_sidecar_config,
 )
-from modelserving.operator.settings import OperatorSettings
-from modelserving.operator.spec import ServingSpec
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.spec import ServingSpec
 from tests.support.tfserving_config import parse_models_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +79,10 @@ def test_models_config_loads_every_weighted_version_and_the_shadow_as_tf_serving
 
     (model,) = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == (
-        "mnist", "/mnt/models/mnist", "tensorflow"
-    )  # fmt: skip
+        "mnist",
+        "/mnt/models/mnist",
+        "tensorflow",
+    )
     assert model.model_version_policy.WhichOneof("policy_choice") == "specific"
     assert list(model.model_version_policy.specific.versions) == [3, 4, 5]
 
@@ -127,14 +129,17 @@ def test_tf_serving_polls_its_config_and_the_sidecar_mounts_the_routing_file_liv
     volume = next(v for v in pod["volumes"] if v["name"] == "sidecar-routing")
     # From the ConfigMap changed in place: every pod follows the weights as they move
     assert volume["configMap"] == {
-        "name": "mnist-versions", "items": [{"key": "routing.yaml", "path": "routing.yaml"}]
-    }  # fmt: skip
+        "name": "mnist-versions",
+        "items": [{"key": "routing.yaml", "path": "routing.yaml"}],
+    }
     tfs_config = next(m for m in tfs["volumeMounts"] if m["name"] == "tfserving-config")
     assert "subPath" not in tfs_config
     # TF Serving's directory: models.config changed in place, batching.config as at start
     tfs_volume = next(v for v in pod["volumes"] if v["name"] == "tfserving-config")
-    sources = {s["configMap"]["items"][0]["key"]: s["configMap"]["name"]
-               for s in tfs_volume["projected"]["sources"]}  # fmt: skip
+    sources = {
+        s["configMap"]["items"][0]["key"]: s["configMap"]["name"]
+        for s in tfs_volume["projected"]["sources"]
+    }
     assert sources["models.config"] == "mnist-versions"
     assert sources["batching.config"].startswith("mnist-tfserving-")
     versions = children(serving(**CANARY))[("ConfigMap", "mnist-versions")]
@@ -195,5 +200,7 @@ def test_the_canary_example_is_a_split_the_operator_renders():
     assert render_routing(spec)["sticky"] == {"by": "header", "header": "x-session-id"}
     config = parse_models_config(render_models_config(spec))
     assert list(config.model_config_list.config[0].model_version_policy.specific.versions) == [
-        3, 4, 5
-    ]  # fmt: skip
+        3,
+        4,
+        5,
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from modelserving.operator.workqueue import WorkQueue
+from modelserving_operator.runtime.workqueue import WorkQueue
 
 
 async def test_a_burst_of_events_for_a_waiting_serving_is_one_reconcile():

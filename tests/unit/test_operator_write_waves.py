@@ -8,9 +8,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modelserving.operator.kube import KubeError
-from modelserving.operator.render import render_children
-from modelserving.operator.status import APPLY_FAILED
+from modelserving_operator.kube import KubeError
+from modelserving_operator.render.manifests import render_children
+from modelserving_operator.status.conditions import APPLY_FAILED
 from tests.unit.test_operator_ownership import ApiServer, apply_children, events  # noqa: F401
 from tests.unit.test_operator_render import SETTINGS, mnist
 

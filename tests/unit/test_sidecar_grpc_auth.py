@@ -13,13 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import create_app
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.main import grpc_port, serving
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
+from modelserving_sidecar.app import create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import parse_config
+from modelserving_sidecar.main import grpc_port, serving
 from tests.support.sidecar_process import free_port
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.tfserving_standin_grpc import StandInServicer, running_grpc_standin

@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.grpc_health import HEALTH_SERVICE, ServingStatus, requested_service
-from modelserving.sidecar.grpc_wire import WireError
+from modelserving_sidecar.grpc.health import HEALTH_SERVICE, ServingStatus, requested_service
+from modelserving_sidecar.grpc.wire import WireError
 
 
 @given(service=st.text(max_size=200))

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.grpc_json import NotATensor, request_json, rest_json, tensor_value
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import (
@@ -23,6 +22,7 @@ from modelserving.tfserving.example_pb2 import (
     FloatList,
     Int64List,
 )
+from modelserving_sidecar.grpc.tensor_json import NotATensor, request_json, rest_json, tensor_value
 
 
 def tensor(dtype: int, shape: list[int], **values: object) -> tensor_pb2.TensorProto:
@@ -213,8 +213,9 @@ def test_a_tensor_of_more_dimensions_than_tf_serving_takes_is_refused_not_recurs
     with pytest.raises(NotATensor, match="1200 dimensions; TF Serving takes at most 254"):
         request_json("Predict", request)
     deepest = tensor(types_pb2.DT_FLOAT, [1] * 254, float_val=[1.0])
-    written = json.loads(request_json("Predict", apis.PredictRequest(inputs={"x": deepest})
-                                      .SerializeToString()))  # fmt: skip
+    written = json.loads(
+        request_json("Predict", apis.PredictRequest(inputs={"x": deepest}).SerializeToString())
+    )
     value = written["inputs"]["x"]
     for _ in range(253):
         (value,) = value

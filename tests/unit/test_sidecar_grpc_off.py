@@ -14,14 +14,15 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-import modelserving.sidecar
+import modelserving_sidecar
 from tests.support.sidecar_process import free_port
 from tests.support.tfserving_standin import running_standin
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 # Only these modules serve gRPC; the rest of the sidecar must load without grpc or protobuf.
-GRPC_MODULES = {"grpc_gateway", "grpc_health", "grpc_json", "grpc_wire"}
+# The sidecar's gRPC part: the only one that imports grpc and protobuf.
+GRPC_PACKAGE = "modelserving_sidecar.grpc"
 # grpc's C core and protobuf's, as the process maps them.
 GRPC_LIBRARY = "/grpc/_cython/cygrpc"
 PROTOBUF_LIBRARY = "/google/_upb/"
@@ -37,18 +38,27 @@ async def files_of_a_sidecar_that_answered(tmp_path: Path, grpc_port: int) -> st
     async with running_standin() as (_, upstream), aiohttp.ClientSession() as http:
         port = free_port()
         config = tmp_path / "sidecar.yaml"
-        config.write_text(yaml.safe_dump({
-            "serving": {"name": "hpt", "namespace": "demo"},
-            "model": {"name": MODEL, "version": 1, "modelId": 1},
-            "listen": {"host": "127.0.0.1", "port": port},
-            "grpc": {"port": grpc_port},
-            "upstream": {"url": upstream},
-            "auth": {"mode": "none"},
-        }))  # fmt: skip
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "serving": {"name": "hpt", "namespace": "demo"},
+                    "model": {"name": MODEL, "version": 1, "modelId": 1},
+                    "listen": {"host": "127.0.0.1", "port": port},
+                    "grpc": {"port": grpc_port},
+                    "upstream": {"url": upstream},
+                    "auth": {"mode": "none"},
+                }
+            )
+        )
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
             stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        )
 
         async def answered() -> bool:
             try:
@@ -87,11 +97,11 @@ async def test_a_sidecar_with_a_grpc_port_loads_grpc(tmp_path: Path) -> None:
 
 def test_no_module_of_the_sidecar_but_the_grpc_ones_imports_grpc_or_protobuf() -> None:
     names = sorted(
-        f"modelserving.sidecar.{m.name}"
-        for m in pkgutil.iter_modules(modelserving.sidecar.__path__)
-        if m.name not in GRPC_MODULES
+        m.name
+        for m in pkgutil.walk_packages(modelserving_sidecar.__path__, "modelserving_sidecar.")
+        if not m.name.startswith(GRPC_PACKAGE)
     )
-    assert "modelserving.sidecar.log_records" in names and "modelserving.sidecar.main" in names
+    assert "modelserving_sidecar.log.records" in names and "modelserving_sidecar.main" in names
     script = (
         "import importlib, json, sys\n"
         f"for name in {names!r} + ['modelserving.cli']:\n"

@@ -11,29 +11,29 @@ from google.protobuf import wrappers_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.config import ConfigError, parse_config
-from modelserving.sidecar.grpc_gateway import (
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
+from modelserving_sidecar.config import ConfigError, parse_config
+from modelserving_sidecar.grpc.gateway import (
     HTTP_STATUS,
     METHODS,
     REFUSALS,
     GrpcGateway,
     _Refused,
 )
-from modelserving.sidecar.grpc_json import CLASSIFY_METHOD as CLASSIFY
-from modelserving.sidecar.grpc_json import REGRESS_METHOD as REGRESS
-from modelserving.sidecar.grpc_wire import (
+from modelserving_sidecar.grpc.tensor_json import CLASSIFY_METHOD as CLASSIFY
+from modelserving_sidecar.grpc.tensor_json import REGRESS_METHOD as REGRESS
+from modelserving_sidecar.grpc.wire import (
     WireError,
     read_model_spec,
     read_tasks,
     with_model_spec,
     with_tasks,
 )
-from modelserving.sidecar.model_state import AVAILABLE, ModelState, ModelStatus, VersionStatus
-from modelserving.sidecar.router import Router
-from modelserving.sidecar.routing import Routing, ShadowVersion, VersionRoute, WeightedVersion
-from modelserving.tfserving import serving_apis_pb2 as apis
-from modelserving.tfserving import tensor_pb2, types_pb2
-from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
+from modelserving_sidecar.model.state import AVAILABLE, ModelState, ModelStatus, VersionStatus
+from modelserving_sidecar.routing.router import Router
+from modelserving_sidecar.routing.split import Routing, ShadowVersion, VersionRoute, WeightedVersion
 
 
 def predict(values: list[float], **spec: object) -> apis.PredictRequest:
@@ -136,10 +136,12 @@ def test_the_grpc_port_and_its_message_limit_are_settings_with_defaults_for_a_po
 
 
 def multi(*specs: dict[str, object], xs: tuple[float, ...] = (1.0,)) -> bytes:
-    examples = apis.ExampleList(examples=[
-        Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[x]))}))
-        for x in xs
-    ])  # fmt: skip
+    examples = apis.ExampleList(
+        examples=[
+            Example(features=Features(feature={"x": Feature(float_list=FloatList(value=[x]))}))
+            for x in xs
+        ]
+    )
     tasks = [
         apis.InferenceTask(model_spec=apis.ModelSpec(**spec), method_name=method)
         for spec, method in zip(specs, [CLASSIFY, REGRESS] * len(specs), strict=False)
@@ -156,8 +158,10 @@ def multi(*specs: dict[str, object], xs: tuple[float, ...] = (1.0,)) -> bytes:
 def test_every_task_is_sent_naming_the_version_chosen_and_the_input_is_untouched(
     xs: list[float], labels: list[str], version: int
 ) -> None:
-    data = multi(*({"name": "m", "version_label": label} if label else {"name": "m"}
-                   for label in labels), xs=tuple(xs))  # fmt: skip
+    data = multi(
+        *({"name": "m", "version_label": label} if label else {"name": "m"} for label in labels),
+        xs=tuple(xs),
+    )
     tasks, spans = read_tasks(data)
     assert [t.model_spec.version_label for t in tasks] == labels
     for task in tasks:
@@ -175,8 +179,10 @@ def routed(
 ) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
     """Where a MultiInference goes, what is sent, and the shadow's copy, by a serving of
     versions 1 (100%, stable) and 2 (canary) and the shadow given, all AVAILABLE."""
-    router = Router("m", Routing((WeightedVersion(1, 100, ("stable",)),
-                                  WeightedVersion(2, 0, ("canary",))), shadow))  # fmt: skip
+    router = Router(
+        "m",
+        Routing((WeightedVersion(1, 100, ("stable",)), WeightedVersion(2, 0, ("canary",))), shadow),
+    )
     every = ModelStatus(tuple(VersionStatus(v, AVAILABLE) for v in (1, 2, 3)))
     router.model_state_changed(ModelState.of(every, 1.0))
     # Only what route() reads: no channel to TF Serving, no event loop.

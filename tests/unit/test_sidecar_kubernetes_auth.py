@@ -1,6 +1,6 @@
-"""Kubernetes tokens at the sidecar (modelserving.sidecar.kubernetes_auth) against a stand-in API
-server: a review that fails says so without any token in the log or the answer, and an allowed
-token is not let in on the cached decision once it has expired."""
+"""Kubernetes tokens at the sidecar (modelserving_sidecar.auth.kubernetes_tokens) against a
+stand-in API server: a review that fails says so without any token in the log or the answer,
+and an allowed token is not let in on the cached decision once it has expired."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from modelserving.kube_access import ApiServer, BearerToken
-from modelserving.sidecar.auth import AuthUnavailable
-from modelserving.sidecar.config import parse_config
-from modelserving.sidecar.kubernetes_auth import KubernetesAuthenticator
+from modelserving_sidecar.auth.authenticator import AuthUnavailable
+from modelserving_sidecar.auth.kubernetes_tokens import KubernetesAuthenticator
+from modelserving_sidecar.config import parse_config
 
 OUR_TOKEN = "sidecar-service-account-token"
 CALLERS_TOKEN = "callers-secret-token"

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from modelserving.sidecar.apikeys import hash_api_key
+from modelserving_sidecar.auth.api_keys import hash_api_key
 from tests.support import tfserving_standin
 from tests.support.waiting import wait_for_async
 
@@ -72,23 +72,33 @@ async def test_added_latency_at_a_fixed_rate(tmp_path, capsys):
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "bench").write_text(hash_api_key(KEY))
     config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump({
-        "serving": {"name": "hpt", "namespace": "demo"},
-        "model": {"name": MODEL, "version": 1, "modelId": 1},
-        "listen": {"host": "127.0.0.1", "port": sidecar_port},
-        "grpc": {"port": 0},  # no gRPC port
-        "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "serving": {"name": "hpt", "namespace": "demo"},
+                "model": {"name": MODEL, "version": 1, "modelId": 1},
+                "listen": {"host": "127.0.0.1", "port": sidecar_port},
+                "grpc": {"port": 0},  # no gRPC port
+                "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
+                "auth": {"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+            }
+        )
+    )
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable, str(STANDIN), "--port", str(upstream_port)
         ),
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
-            "--log-level", "WARNING",
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
+            "--log-level",
+            "WARNING",
         ),
-    ]  # fmt: skip
+    ]
     direct = f"http://127.0.0.1:{upstream_port}/v1/models/{MODEL}:predict"
     via_sidecar = f"http://127.0.0.1:{sidecar_port}/v1/models/{MODEL}:predict"
     targets = {"direct": (direct, {}), "sidecar": (via_sidecar, {"Authorization": f"ApiKey {KEY}"})}

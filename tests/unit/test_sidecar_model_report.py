@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelserving.sidecar.apikeys import ApiKeyAuthenticator, hash_api_key
-from modelserving.sidecar.auth import READY, AuthHealth
-from modelserving.sidecar.model_report import ServedWindow, model_report, significant
-from modelserving.sidecar.model_state import ModelState, ModelStatus, ServerState, VersionStatus
-from modelserving.sidecar.routing import Routing, ShadowVersion, WeightedVersion
+from modelserving_sidecar.auth.api_keys import ApiKeyAuthenticator, hash_api_key
+from modelserving_sidecar.auth.authenticator import READY, AuthHealth
+from modelserving_sidecar.model.report import ServedWindow, model_report, significant
+from modelserving_sidecar.model.state import ModelState, ModelStatus, ServerState, VersionStatus
+from modelserving_sidecar.routing.split import Routing, ShadowVersion, WeightedVersion
 
 ROUTING = Routing(
     (WeightedVersion(3, 90, ("stable",)), WeightedVersion(4, 10, ("canary",))),
@@ -27,44 +27,63 @@ def test_tf_servings_versions_and_the_routed_ones_it_does_not_report():
     assert report == {
         "server": {"reachable": True, "state": "up", "error": ""},
         "versions": [
-            {"version": 3, "state": "AVAILABLE", "errorCode": "OK", "errorMessage": "",
-             "served": 1234},
-            {"version": 4, "state": "END", "errorCode": "NOT_FOUND", "errorMessage": FAILED,
-             "served": 0},
+            {
+                "version": 3,
+                "state": "AVAILABLE",
+                "errorCode": "OK",
+                "errorMessage": "",
+                "served": 1234,
+            },
+            {
+                "version": 4,
+                "state": "END",
+                "errorCode": "NOT_FOUND",
+                "errorMessage": FAILED,
+                "served": 0,
+            },
             {"version": 5, "state": "UNKNOWN", "errorCode": "", "errorMessage": "", "served": 0},
         ],
         "auth": {"ready": True, "error": ""},
         "weights": {"3": 90, "4": 10},
-    }  # fmt: skip
+    }
 
 
 def test_a_model_with_no_version_gives_each_routed_version_tf_servings_error():
     status = ModelStatus(error="Could not find any versions of model fraud", error_code="NOT_FOUND")
     report = model_report(ModelState.of(status, 1.0), ROUTING, {}, READY)
     assert report["server"] == {"reachable": True, "state": "up", "error": ""}
-    assert {(v["version"], v["state"], v["errorCode"], v["errorMessage"])
-            for v in report["versions"]} == {
+    assert {
+        (v["version"], v["state"], v["errorCode"], v["errorMessage"]) for v in report["versions"]
+    } == {
         (n, "UNKNOWN", "NOT_FOUND", "Could not find any versions of model fraud") for n in (3, 4, 5)
-    }  # fmt: skip
+    }
 
 
 def test_tf_serving_unreachable_says_why_and_knows_no_version():
     state = ModelState.unreachable("TF Serving is not reachable (connection refused)", 1.0)
     report = model_report(state, Routing.one_version(1), {}, AuthHealth(False, "no key"))
     assert report == {
-        "server": {"reachable": False, "state": "down",
-                   "error": "TF Serving is not reachable (connection refused)"},
-        "versions": [{"version": 1, "state": "UNKNOWN", "errorCode": "", "errorMessage": "",
-                      "served": 0}],
+        "server": {
+            "reachable": False,
+            "state": "down",
+            "error": "TF Serving is not reachable (connection refused)",
+        },
+        "versions": [
+            {"version": 1, "state": "UNKNOWN", "errorCode": "", "errorMessage": "", "served": 0}
+        ],
         "auth": {"ready": False, "error": "no key"},
         "weights": {"1": 100},
-    }  # fmt: skip
+    }
 
 
 def test_a_starting_tf_serving_is_reported_starting_and_going_down_is_written_at_once():
     refused = "TF Serving is not reachable (connection refused)"
-    starting = model_report(ModelState.unreachable(refused, 1.0, ServerState.STARTING),
-                            Routing.one_version(1), {}, READY)  # fmt: skip
+    starting = model_report(
+        ModelState.unreachable(refused, 1.0, ServerState.STARTING),
+        Routing.one_version(1),
+        {},
+        READY,
+    )
     down = model_report(ModelState.unreachable(refused, 9.0), Routing.one_version(1), {}, READY)
     assert starting["server"] == {"reachable": False, "state": "starting", "error": refused}
     assert significant(starting) != significant(down)
@@ -102,9 +121,9 @@ def test_the_api_key_secrets_health(tmp_path: Path):
     missing = ApiKeyAuthenticator(tmp_path / "apikeys", "ApiKey")
     missing.reload()
     assert missing.health() == AuthHealth(
-        False, f"auth.apiKeysDir {tmp_path / 'apikeys'} does not exist: the API-key Secret is "
-        "not mounted"
-    )  # fmt: skip
+        False,
+        f"auth.apiKeysDir {tmp_path / 'apikeys'} does not exist: the API-key Secret is not mounted",
+    )
     (tmp_path / "apikeys").mkdir()
     missing.reload()
     assert not missing.health().ready and "missing or empty" in missing.health().error

@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from modelserving.sidecar.config import UpstreamConfig
-from modelserving.sidecar.model_state import (
+from modelserving_sidecar.config import UpstreamConfig
+from modelserving_sidecar.model.state import (
     ModelStateWatcher,
     ModelStatus,
     ServerState,
@@ -19,7 +19,7 @@ from modelserving.sidecar.model_state import (
     parse_model_status,
     server_state,
 )
-from modelserving.sidecar.proxy import Upstream
+from modelserving_sidecar.upstream.proxy import Upstream
 from tests.support.tfserving_standin import (
     StandInModel,
     StandInVersion,
@@ -31,10 +31,19 @@ MODEL = "half_plus_two"
 
 
 def status_body(*versions: tuple[str, str, str, str]) -> bytes:
-    return json.dumps({"model_version_status": [
-        {"version": v, "state": state, "status": {"error_code": code, "error_message": message}}
-        for v, state, code, message in versions
-    ]}, indent=1).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "model_version_status": [
+                {
+                    "version": v,
+                    "state": state,
+                    "status": {"error_code": code, "error_message": message},
+                }
+                for v, state, code, message in versions
+            ]
+        },
+        indent=1,
+    ).encode()
 
 
 def test_versions_with_their_states_and_load_errors_newest_first():
@@ -43,11 +52,13 @@ def test_versions_with_their_states_and_load_errors_newest_first():
         ("4", "LOADING", "OK", ""),
         ("3", "AVAILABLE", "OK", ""),
     )
-    assert parse_model_status(200, body) == ModelStatus((
-        VersionStatus(5, "END", "NOT_FOUND", "Could not find SavedModel .pb at /models/m/5"),
-        VersionStatus(4, "LOADING"),
-        VersionStatus(3, "AVAILABLE"),
-    ))  # fmt: skip
+    assert parse_model_status(200, body) == ModelStatus(
+        (
+            VersionStatus(5, "END", "NOT_FOUND", "Could not find SavedModel .pb at /models/m/5"),
+            VersionStatus(4, "LOADING"),
+            VersionStatus(3, "AVAILABLE"),
+        )
+    )
 
 
 def test_an_error_body_is_the_error_with_the_code_tf_serving_mapped_to_that_http_code():
@@ -71,10 +82,16 @@ def test_answers_that_are_not_tf_servings_status_are_errors_not_crashes(status, 
 
 
 def test_odd_entries_are_skipped_and_odd_states_are_unknown():
-    body = json.dumps({"model_version_status": [
-        "junk", {"version": "x"}, {"version": "2", "state": "SLEEPING"},
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": 0}},
-    ]}).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "model_version_status": [
+                "junk",
+                {"version": "x"},
+                {"version": "2", "state": "SLEEPING"},
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": 0}},
+            ]
+        }
+    ).encode()
     assert parse_model_status(200, body).versions == (
         VersionStatus(2, "UNKNOWN"),
         VersionStatus(1, "AVAILABLE", "0"),
@@ -94,15 +111,18 @@ async def test_the_watcher_follows_tf_serving_loading_failing_and_going_away():
         state = await watcher.look()
         assert state.reachable and state.available == {3}
         assert [(v.version, v.state) for v in state.status.versions] == [
-            (4, "LOADING"), (3, "AVAILABLE")
-        ]  # fmt: skip
+            (4, "LOADING"),
+            (3, "AVAILABLE"),
+        ]
         model.fail_load(4)
         state = await watcher.look()
         assert state.status.versions[0] == VersionStatus(
-            4, "END", "NOT_FOUND",
+            4,
+            "END",
+            "NOT_FOUND",
             "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
             "/models/half_plus_two/4",
-        )  # fmt: skip
+        )
         model.make_available(4)
         assert (await watcher.look()).available == {3, 4}
         model.versions = {}

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelserving.cli import main as cli_main
-from modelserving.sidecar.apikeys import hash_api_key, read_key_hashes
-from modelserving.sidecar.paths import PathRefused, RouteKind, RouteTable, canonical_path
-from modelserving.sidecar.request_id import new_request_id, request_id
+from modelserving_sidecar.auth.api_keys import hash_api_key, read_key_hashes
+from modelserving_sidecar.request_id import new_request_id, request_id
+from modelserving_sidecar.routing.paths import PathRefused, RouteKind, RouteTable, canonical_path
 
 
 @pytest.mark.parametrize(
@@ -34,9 +34,26 @@ def test_spellings_of_one_path_have_one_canonical_form(raw, canonical):
 
 @pytest.mark.parametrize(
     "raw",
-    ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a\\b", "/a%252Fb", "/a%00", "/a;b", "/a%zz", "/caf%C3%A9",
-     "/..", "/a/../..", "/%2e%2e", "relative", "http://host/a", "*", "/a b", "/a#b"],
-)  # fmt: skip
+    [
+        "/a%2Fb",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/a%252Fb",
+        "/a%00",
+        "/a;b",
+        "/a%zz",
+        "/caf%C3%A9",
+        "/..",
+        "/a/../..",
+        "/%2e%2e",
+        "relative",
+        "http://host/a",
+        "*",
+        "/a b",
+        "/a#b",
+    ],
+)
 def test_ambiguous_paths_are_refused(raw):
     with pytest.raises(PathRefused) as refused:
         canonical_path(raw)
@@ -59,7 +76,10 @@ def test_route_table_names_this_models_routes():
     table = RouteTable("mnist", "demo", 80)
     predict = table.resolve("/hopsworks-api/api/project/80/inference/models/mnist:predict")
     assert (predict.kind, predict.upstream_path, predict.model_version) == (
-        RouteKind.INFERENCE, "/v1/models/mnist:predict", None)  # fmt: skip
+        RouteKind.INFERENCE,
+        "/v1/models/mnist:predict",
+        None,
+    )
     versioned = table.resolve("/v1/models/mnist/versions/2:regress")
     assert (versioned.label, versioned.model_version) == ("regress", 2)
     labelled = table.resolve("/v1/models/mnist/labels/canary:predict")

@@ -55,9 +55,16 @@ async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(tmp_path
         port = free_port()
         config = write_config(tmp_path / "sidecar.yaml", upstream)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
-            "--port", str(port), stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            stderr=asyncio.subprocess.PIPE,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
 
@@ -99,9 +106,18 @@ async def test_sigterm_with_a_delay_fails_readiness_first_and_keeps_serving(tmp_
         port = free_port()
         config = write_config(tmp_path / "sidecar.yaml", upstream)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
-            "--port", str(port), "--shutdown-delay", str(delay), stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--shutdown-delay",
+            str(delay),
+            stderr=asyncio.subprocess.PIPE,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
 
@@ -128,8 +144,11 @@ async def test_sigterm_with_a_delay_fails_readiness_first_and_keeps_serving(tmp_
             while asyncio.get_running_loop().time() - failing_since < 1.0:  # well within delay
                 answers.append(await status("POST", f"/v1/models/{MODEL}:predict"))
             assert answers and set(answers) == {200}, answers
-            await wait_for_async(lambda: connect_refused(port), timeout=delay + 5,
-                                 what="no new connection once the delay is over")  # fmt: skip
+            await wait_for_async(
+                lambda: connect_refused(port),
+                timeout=delay + 5,
+                what="no new connection once the delay is over",
+            )
             assert await asyncio.wait_for(process.wait(), 10) == 0
             said = await process.stderr.read()  # type: ignore[union-attr]
             assert b"shutting down: not ready, still serving for 3.0 s" in said
@@ -143,9 +162,14 @@ async def test_a_bad_config_fails_the_start_naming_the_setting(tmp_path):
     config = tmp_path / "sidecar.yaml"
     config.write_text("serving: {name: hpt, namespace: demo}\nmodel: {name: m, version: one}\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+        sys.executable,
+        "-m",
+        "modelserving.cli",
+        "sidecar",
+        "--config",
+        str(config),
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"model.version" in err
@@ -156,32 +180,46 @@ async def test_a_spool_another_sidecar_writes_fails_the_start_in_one_line(tmp_pa
     # kubelet's back-off retries it), with no traceback to read through.
     spool = tmp_path / "spool"
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c",
+        sys.executable,
+        "-c",
         "import sys, time\n"
-        "from modelserving.sidecar.spool import Spool\n"
+        "from modelserving_sidecar.log.spool.segments import Spool\n"
         f"Spool({str(spool)!r}, max_bytes=1 << 20, segment_bytes=1 << 16,\n"
         "      fsync_interval=1).open()\n"
         "print('held', flush=True)\n"
         "time.sleep(60)\n",
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert await asyncio.wait_for(holder.stdout.readline(), 20) == b"held\n"  # type: ignore[union-attr]
         config = tmp_path / "sidecar.yaml"
-        config.write_text(yaml.safe_dump({
-            "serving": {"name": "hpt", "namespace": "demo"},
-            "model": {"name": MODEL, "version": 1, "modelId": 1},
-            "listen": {"host": "127.0.0.1", "port": free_port()},
-            "grpc": {"port": 0},
-            "upstream": {"url": "http://127.0.0.1:9"},
-            "auth": {"mode": "none"},
-            "logging": {"mode": "ALL", "topic": "t", "bootstrapServers": "127.0.0.1:9",
-                        "spoolDir": str(spool)},
-        }))  # fmt: skip
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "serving": {"name": "hpt", "namespace": "demo"},
+                    "model": {"name": MODEL, "version": 1, "modelId": 1},
+                    "listen": {"host": "127.0.0.1", "port": free_port()},
+                    "grpc": {"port": 0},
+                    "upstream": {"url": "http://127.0.0.1:9"},
+                    "auth": {"mode": "none"},
+                    "logging": {
+                        "mode": "ALL",
+                        "topic": "t",
+                        "bootstrapServers": "127.0.0.1:9",
+                        "spoolDir": str(spool),
+                    },
+                }
+            )
+        )
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelserving.cli", "sidecar", "--config", str(config),
+            sys.executable,
+            "-m",
+            "modelserving.cli",
+            "sidecar",
+            "--config",
+            str(config),
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         _, err = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 1
         assert f"is in use by pid {holder.pid} on ".encode() in err

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import create_app
-from modelserving.sidecar.config import SidecarConfig, parse_config
-from modelserving.sidecar.main import serving
-from modelserving.sidecar.paths import canonical_path
+from modelserving_sidecar.app import create_app
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import SidecarConfig, parse_config
+from modelserving_sidecar.main import serving
+from modelserving_sidecar.routing.paths import canonical_path
 from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
@@ -219,16 +219,22 @@ async def test_model_metadata(sidecar_url, http):
     "path, message",
     [
         ("/v1/models/mnist:predict", "Servable not found for request: Latest(mnist)"),
-        ("/v1/models/mnist/versions/3:predict",
-         "Servable not found for request: Specific(mnist, 3)"),
-        ("/hopsworks-api/api/project/demo/models/mnist:predict",
-         "Servable not found for request: Latest(mnist)"),
-        ("/hopsworks-api/api/project/other/models/half_plus_two:predict",
-         "Project not found: other"),
+        (
+            "/v1/models/mnist/versions/3:predict",
+            "Servable not found for request: Specific(mnist, 3)",
+        ),
+        (
+            "/hopsworks-api/api/project/demo/models/mnist:predict",
+            "Servable not found for request: Latest(mnist)",
+        ),
+        (
+            "/hopsworks-api/api/project/other/models/half_plus_two:predict",
+            "Project not found: other",
+        ),
         ("/v1/nothing/here", "Not Found"),
         ("/", "Not Found"),
     ],
-)  # fmt: skip
+)
 async def test_paths_of_no_route_here_are_404_in_tf_servings_words(
     sidecar_url, http, path, message
 ):
@@ -249,10 +255,14 @@ async def test_version_tf_serving_does_not_have_is_its_own_404(sidecar_url, http
 
 @pytest.mark.parametrize(
     "method, path",
-    [("GET", f"/v1/models/{MODEL}:predict"), ("PUT", f"/v1/models/{MODEL}:regress"),
-     ("POST", f"/v1/models/{MODEL}"), ("DELETE", f"/v1/models/{MODEL}/metadata"),
-     ("POST", "/healthz")],
-)  # fmt: skip
+    [
+        ("GET", f"/v1/models/{MODEL}:predict"),
+        ("PUT", f"/v1/models/{MODEL}:regress"),
+        ("POST", f"/v1/models/{MODEL}"),
+        ("DELETE", f"/v1/models/{MODEL}/metadata"),
+        ("POST", "/healthz"),
+    ],
+)
 async def test_wrong_method_is_405(sidecar_url, http, method, path):
     status, data, headers = await call(http, method, sidecar_url + path, headers=GOOD)
     assert status == 405
@@ -324,9 +334,12 @@ async def test_compressed_body_within_the_limit_is_forwarded_plain(sidecar_url, 
 async def test_body_that_does_not_decode_is_400(sidecar_url, standin, encoding):
     before = len(standin[0].forwarded)
     status, body, _ = await raw_request(
-        sidecar_url, "POST", f"/v1/models/{MODEL}:predict",
-        {**GOOD, "Content-Encoding": encoding}, b"this is not compressed",
-    )  # fmt: skip
+        sidecar_url,
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        {**GOOD, "Content-Encoding": encoding},
+        b"this is not compressed",
+    )
     assert (status, json.loads(body)) == (
         400,
         {"error": "The request body cannot be read (bad encoding)"},
@@ -355,9 +368,12 @@ async def test_slow_upstream_is_504(keys_dir, http):
         config = make_config(upstream, keys_dir, upstream={"timeoutSeconds": 0.3})
         async with sidecar(config) as url:
             status, data, _ = await call(
-                http, "POST", f"{url}/v1/models/{MODEL}:predict", json={"instances": [1]},
+                http,
+                "POST",
+                f"{url}/v1/models/{MODEL}:predict",
+                json={"instances": [1]},
                 headers=GOOD,
-            )  # fmt: skip
+            )
             async with http.get(f"{url}/metrics") as resp:
                 metrics = await resp.text()
     assert (status, data) == (504, {"error": "TF Serving did not answer in time"})
@@ -384,9 +400,14 @@ async def test_durable_answers_leave_once_their_record_is_kept(standin, keys_dir
     config = make_config(standin[1], keys_dir, logging={"durability": "spooled"})
     async with sidecar(config, log) as url:
         answer = asyncio.create_task(
-            call(http, "POST", f"{url}/v1/models/{MODEL}:predict", json={"instances": [1.0]},
-                 headers=GOOD)
-        )  # fmt: skip
+            call(
+                http,
+                "POST",
+                f"{url}/v1/models/{MODEL}:predict",
+                json={"instances": [1.0]},
+                headers=GOOD,
+            )
+        )
         await asyncio.sleep(0.2)
         assert not answer.done(), "answered before its record was written"
         log.written.set()
@@ -416,9 +437,11 @@ async def test_a_log_that_stopped_makes_the_sidecar_not_alive_and_says_why(keys_
         status, data, _ = await call(http, "GET", f"{url}/healthz")
     assert (status, data) == (
         503,
-        {"error": "The inference log stopped: inference-log-writer failed: RecursionError: "
-                  "maximum recursion depth"},
-    )  # fmt: skip
+        {
+            "error": "The inference log stopped: inference-log-writer failed: RecursionError: "
+            "maximum recursion depth"
+        },
+    )
 
 
 # --- request ids, probes and metrics -------------------------------------------------------------
@@ -519,9 +542,12 @@ async def test_without_a_valid_key_nothing_is_answered_or_forwarded(
     before = len(standin[0].forwarded)
     headers = {} if authorization is None else {"Authorization": authorization}
     status, data, resp_headers = await call(
-        http, "POST", f"{sidecar_url}/v1/models/{MODEL}:predict", json={"instances": [1]},
+        http,
+        "POST",
+        f"{sidecar_url}/v1/models/{MODEL}:predict",
+        json={"instances": [1]},
         headers=headers,
-    )  # fmt: skip
+    )
     assert status == 401
     assert resp_headers["WWW-Authenticate"] == 'ApiKey realm="demo/hpt"'
     assert "error" in data
@@ -566,13 +592,18 @@ async def test_auth_mode_none_lets_anyone_in(standin, keys_dir, http):
 # --- paths that try to go around auth ------------------------------------------------------------
 
 
-async def raw_request(url: str, method: str, target: str, headers: dict[str, str] | None = None,
-                      body: bytes = b"") -> tuple[int, bytes, dict[str, str]]:  # fmt: skip
+async def raw_request(
+    url: str, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, bytes, dict[str, str]]:
     """Send exactly these bytes as the request target, which no HTTP client library would."""
     host, port = URL(url).host, URL(url).port
     reader, writer = await asyncio.open_connection(host, port)
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close",
-             f"Content-Length: {len(body)}"]  # fmt: skip
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"Host: {host}",
+        "Connection: close",
+        f"Content-Length: {len(body)}",
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
@@ -647,11 +678,49 @@ async def test_equivalent_spellings_are_forwarded_in_canonical_form(sidecar_url,
 # --- any request at all --------------------------------------------------------------------------
 
 _PIECES = st.sampled_from(
-    ["v1", "models", MODEL, "mnist", ":predict", ":classify", "metadata", "versions", "1",
-     "labels", "stable", "hopsworks-api", "api", "project", "demo", "80", "inference",
-     "healthz", "readyz", "metrics", "..", ".", "", "%2F", "%2f", "%2e", "%2E%2E", "%5C", "%00",
-     "%25", ";", "%3A", "%3Apredict", "?", "#", "\\", "%ZZ", "%C3%A9", "~", "@"]
-)  # fmt: skip
+    [
+        "v1",
+        "models",
+        MODEL,
+        "mnist",
+        ":predict",
+        ":classify",
+        "metadata",
+        "versions",
+        "1",
+        "labels",
+        "stable",
+        "hopsworks-api",
+        "api",
+        "project",
+        "demo",
+        "80",
+        "inference",
+        "healthz",
+        "readyz",
+        "metrics",
+        "..",
+        ".",
+        "",
+        "%2F",
+        "%2f",
+        "%2e",
+        "%2E%2E",
+        "%5C",
+        "%00",
+        "%25",
+        ";",
+        "%3A",
+        "%3Apredict",
+        "?",
+        "#",
+        "\\",
+        "%ZZ",
+        "%C3%A9",
+        "~",
+        "@",
+    ]
+)
 _TARGETS = st.one_of(
     st.lists(_PIECES, max_size=8).map(lambda parts: "/" + "/".join(parts)),
     st.lists(_PIECES, max_size=8).map(lambda parts: "/" + "".join(parts)),

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.sidecar.routing import (
+from modelserving_sidecar.routing.split import (
     BUCKETS,
     Routing,
     RoutingError,
@@ -64,25 +64,45 @@ def test_a_serving_of_one_version_renders_all_traffic_to_it():
         ({"versions": [{"version": 1, "weight": 90}]}, "versions: the weights sum to 90, not 100"),
         ({"versions": [{"version": 1, "weight": 101}]}, "versions[0].weight: expected an integer"),
         ({"versions": [{"version": -1, "weight": 100}]}, "versions[0].version: expected a version"),
-        ({"versions": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]},
-         "versions: a version is listed twice"),
-        ({"versions": [{"version": 1, "weight": 100, "labels": ["Canary"]}]},
-         "versions[0].labels: 'Canary' is not a label"),
-        ({"versions": [{"version": 1, "weight": 50, "labels": ["a"]},
-                       {"version": 2, "weight": 50, "labels": ["a"]}]},
-         "labels: a on more than one version"),
-        ({"versions": [{"version": 1, "weight": 100}], "shadow": {"version": 1, "percent": 5}},
-         "shadow.version: 1 is also a weighted version"),
-        ({"versions": [{"version": 1, "weight": 100}], "shadow": {"version": 2, "percent": 0}},
-         "shadow.percent: expected an integer from 1 to 100"),
-        ({"versions": [{"version": 1, "weight": 100}], "sticky": {"by": "cookie"}},
-         "sticky.by: 'cookie' is not one of header, caller, none"),
-        ({"versions": [{"version": 1, "weight": 100}], "sticky": {"by": "header"}},
-         "sticky.header: expected a header name"),
-        ({"versions": [{"version": 1, "weight": 100}], "mirror": {}},
-         "routing: unknown key(s) mirror"),
+        (
+            {"versions": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]},
+            "versions: a version is listed twice",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100, "labels": ["Canary"]}]},
+            "versions[0].labels: 'Canary' is not a label",
+        ),
+        (
+            {
+                "versions": [
+                    {"version": 1, "weight": 50, "labels": ["a"]},
+                    {"version": 2, "weight": 50, "labels": ["a"]},
+                ]
+            },
+            "labels: a on more than one version",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100}], "shadow": {"version": 1, "percent": 5}},
+            "shadow.version: 1 is also a weighted version",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100}], "shadow": {"version": 2, "percent": 0}},
+            "shadow.percent: expected an integer from 1 to 100",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100}], "sticky": {"by": "cookie"}},
+            "sticky.by: 'cookie' is not one of header, caller, none",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100}], "sticky": {"by": "header"}},
+            "sticky.header: expected a header name",
+        ),
+        (
+            {"versions": [{"version": 1, "weight": 100}], "mirror": {}},
+            "routing: unknown key(s) mirror",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_routing_file_is_refused_naming_the_entry(data, error):
     with pytest.raises(RoutingError) as refused:
         parse_routing(data)
@@ -133,8 +153,7 @@ def test_lent_buckets_go_only_to_available_versions_in_proportion(case):
     routed, available = case
     own = owners(routed.versions)
     table = split_buckets(routed, available)
-    lenders = {v.version: v.weight for v in routed.versions
-               if v.version in available and v.weight}  # fmt: skip
+    lenders = {v.version: v.weight for v in routed.versions if v.version in available and v.weight}
     if not lenders:
         assert table == own
         return

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager, suppress
 
 import pytest
 
-from modelserving.sidecar import upstream_connections
-from modelserving.sidecar.config import UpstreamConfig
-from modelserving.sidecar.errors import SidecarError
-from modelserving.sidecar.proxy import Upstream
+from modelserving_sidecar.config import UpstreamConfig
+from modelserving_sidecar.errors import SidecarError
+from modelserving_sidecar.upstream import connections as upstream_connections
+from modelserving_sidecar.upstream.proxy import Upstream
 
 PATH = "/v1/models/m:predict"
 BODY = b'{"instances": [1.0, 2.0]}'
@@ -382,7 +382,7 @@ async def test_no_connection_accepted_in_time_is_503():
 
 
 async def test_upstream_url_must_be_plain_http():
-    from modelserving.sidecar.config import ConfigError
+    from modelserving_sidecar.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"upstream\.url"):
         async with upstream("https://127.0.0.1:8501"):

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 import yaml
 
-from modelserving.sidecar.apikeys import hash_api_key
-from modelserving.sidecar.app import MODEL_STATE, ROUTER, create_app, open_authenticator
-from modelserving.sidecar.config import ConfigError, SidecarConfig, parse_config
-from modelserving.sidecar.errors import SidecarError
-from modelserving.sidecar.main import serving
+from modelserving_sidecar.app import MODEL_STATE, ROUTER, create_app, open_authenticator
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import ConfigError, SidecarConfig, parse_config
+from modelserving_sidecar.errors import SidecarError
+from modelserving_sidecar.main import serving
 from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -31,19 +31,23 @@ from tests.support.waiting import wait_for_async
 
 MODEL = "fraud"
 ROUTING = {
-    "versions": [{"version": 3, "weight": 100, "labels": ["stable"]},
-                 {"version": 4, "weight": 0, "labels": ["canary", "next"]}],
+    "versions": [
+        {"version": 3, "weight": 100, "labels": ["stable"]},
+        {"version": 4, "weight": 0, "labels": ["canary", "next"]},
+    ],
     "shadow": {"version": 5, "percent": 100, "labels": ["dark"]},
-}  # fmt: skip
+}
 
 
 def config(upstream: str) -> SidecarConfig:
-    return parse_config({
-        "serving": {"name": MODEL, "namespace": "demo"},
-        "model": {"name": MODEL, "version": 3, "modelId": 5},
-        "upstream": {"url": upstream, "timeoutSeconds": 5},
-        "auth": {"mode": "none"},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "serving": {"name": MODEL, "namespace": "demo"},
+            "model": {"name": MODEL, "version": 3, "modelId": 5},
+            "upstream": {"url": upstream, "timeoutSeconds": 5},
+            "auth": {"mode": "none"},
+        }
+    )
 
 
 @asynccontextmanager
@@ -77,13 +81,24 @@ async def test_labels_are_resolved_by_the_sidecar_and_explicit_versions_bypass_t
     tmp_path,
 ):
     async with sidecar(tmp_path, ROUTING) as (url, standin, log, _):
-        for path, version in (("/labels/canary", 4), ("/labels/next", 4), ("/labels/dark", 5),
-                              ("/versions/4", 4), ("", 3)):  # fmt: skip
+        for path, version in (
+            ("/labels/canary", 4),
+            ("/labels/next", 4),
+            ("/labels/dark", 5),
+            ("/versions/4", 4),
+            ("", 3),
+        ):
             status, body, headers = await post(url, f"{path}:predict")
             assert (status, body, headers["x-model-version"]) == (
-                200, {"predictions": [float(version)]}, str(version))  # fmt: skip
-            sent = [r.path for r in standin.forwarded
-                    if r.headers["X-Request-Id"] == headers["X-Request-Id"]]  # fmt: skip
+                200,
+                {"predictions": [float(version)]},
+                str(version),
+            )
+            sent = [
+                r.path
+                for r in standin.forwarded
+                if r.headers["X-Request-Id"] == headers["X-Request-Id"]
+            ]
             assert sent[0] == f"/v1/models/{MODEL}/versions/{version}:predict"
         # A label the routing does not name goes to TF Serving as it came: its answer, its code.
         status, body, headers = await post(url, "/labels/blue:predict")
@@ -104,13 +119,21 @@ async def test_labels_are_resolved_by_the_sidecar_and_explicit_versions_bypass_t
 
         await wait_for_async(shadow_logged, timeout=5, what="the shadow's record")
     main = [(e.model_version, e.role) for e in log.exchanges if e.role != "shadow"]
-    assert main == [(4, "canary"), (4, "canary"), (5, "dark"), (4, "canary"), (3, "stable"),
-                    (3, "stable"), (9, "stable")]  # fmt: skip
+    assert main == [
+        (4, "canary"),
+        (4, "canary"),
+        (5, "dark"),
+        (4, "canary"),
+        (3, "stable"),
+        (3, "stable"),
+        (9, "stable"),
+    ]
     # Only the request the split served was copied to the shadow, under its request id.
     split_request = log.exchanges[4].request_id
     shadow = [e for e in log.exchanges if e.role == "shadow"]
     assert [(e.request_id, e.model_version, e.response_body) for e in shadow] == [
-        (split_request, 5, b'{"predictions": [5.0]}')]  # fmt: skip
+        (split_request, 5, b'{"predictions": [5.0]}')
+    ]
 
 
 async def test_a_bad_routing_file_fails_the_start_and_a_bad_change_is_not_taken(tmp_path, caplog):
@@ -122,7 +145,7 @@ async def test_a_bad_routing_file_fails_the_start_and_a_bad_change_is_not_taken(
             pass
     async with sidecar(tmp_path, ROUTING) as (url, _, _, routing_file):
         routing_file.write_text("versions: [{version: 4, weight: 50}]\n")
-        with caplog.at_level(logging.ERROR, "modelserving.sidecar.router"):
+        with caplog.at_level(logging.ERROR, "modelserving_sidecar.routing.router"):
 
             async def refused() -> bool:
                 return "the routing in use is kept" in caplog.text
@@ -145,12 +168,14 @@ async def test_sticky_by_caller_keeps_each_api_key_on_one_version(tmp_path):
         routing_file = tmp_path / "routing.yaml"
         routing_file.write_text(yaml.safe_dump({**halves, "sticky": sticky}))
         async with running_standin(TFServingStandIn({MODEL: model})) as (_, upstream):
-            settings = parse_config({
-                "serving": {"name": MODEL, "namespace": "demo"},
-                "model": {"name": MODEL, "version": 3, "modelId": 5},
-                "upstream": {"url": upstream},
-                "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
-            })  # fmt: skip
+            settings = parse_config(
+                {
+                    "serving": {"name": MODEL, "namespace": "demo"},
+                    "model": {"name": MODEL, "version": 3, "modelId": 5},
+                    "upstream": {"url": upstream},
+                    "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
+                }
+            )
             app = create_app(settings, routing_file=routing_file)
             async with serving(app) as url, aiohttp.ClientSession() as http:
 
@@ -162,9 +187,10 @@ async def test_sticky_by_caller_keeps_each_api_key_on_one_version(tmp_path):
                 for name, key in callers.items():
                     for _ in range(24):  # all 24 on one version by chance: 1 in 8 million
                         async with http.post(
-                            f"{url}/v1/models/{MODEL}:predict", json={"instances": [0.0]},
+                            f"{url}/v1/models/{MODEL}:predict",
+                            json={"instances": [0.0]},
                             headers={"Authorization": f"ApiKey {key}"},
-                        ) as resp:  # fmt: skip
+                        ) as resp:
                             seen[name].add(resp.headers["x-model-version"])
                 return seen
 
@@ -176,11 +202,13 @@ async def test_sticky_by_caller_keeps_each_api_key_on_one_version(tmp_path):
 
 
 async def test_no_api_server_for_token_reviews_is_a_503_and_an_auth_error_not_a_crash(tmp_path):
-    settings = parse_config({
-        "serving": {"name": MODEL, "namespace": "demo"},
-        "model": {"name": MODEL, "version": 3, "modelId": 5},
-        "auth": {"mode": "kubernetes", "kubeconfig": str(tmp_path / "no-kubeconfig")},
-    })  # fmt: skip
+    settings = parse_config(
+        {
+            "serving": {"name": MODEL, "namespace": "demo"},
+            "model": {"name": MODEL, "version": 3, "modelId": 5},
+            "auth": {"mode": "kubernetes", "kubeconfig": str(tmp_path / "no-kubeconfig")},
+        }
+    )
     async with open_authenticator(settings) as authenticator:
         health = authenticator.health()
         with pytest.raises(SidecarError) as refused:
@@ -196,9 +224,9 @@ async def test_with_no_weighted_version_available_the_caller_gets_tf_servings_ow
     model.hold_loading(3)
     model.fail_load(4)
     routing_file = tmp_path / "routing.yaml"
-    routing_file.write_text(yaml.safe_dump(
-        {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}
-    ))  # fmt: skip
+    routing_file.write_text(
+        yaml.safe_dump({"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]})
+    )
     async with running_standin(TFServingStandIn({MODEL: model})) as (_, upstream):
         app = create_app(config(upstream), routing_file=routing_file)
         async with serving(app) as url, aiohttp.ClientSession() as http:
@@ -209,6 +237,7 @@ async def test_with_no_weighted_version_available_the_caller_gets_tf_servings_ow
                 answers.add((status, body["error"]))
             async with http.get(f"{url}/readyz") as resp:
                 ready = resp.status
-    assert answers <= {(404, f"Servable not found for request: Specific({MODEL}, {v})")
-                       for v in (3, 4)}  # fmt: skip
+    assert answers <= {
+        (404, f"Servable not found for request: Specific({MODEL}, {v})") for v in (3, 4)
+    }
     assert ready == 503

@@ -1,0 +1,204 @@
+"""`modelserving logs TOPIC`: print a serving's inference log records as JSON lines.
+
+Each line holds the record's seven Avro fields under their schema names, then the Kafka key
+(the request id), headers (request-id, traceparent, caller, model-version, role, pod, and payload
+when a payload was redacted or cut), topic, partition, offset and timestamp. `--model`,
+`--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
+`--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
+Kafka is read with the flags of modelserving.kafka_security (`--command-config FILE` as Kafka's
+own tools take, and flags over it). The connection and filter flags are shared with
+`modelserving logs export` (`inferencelog_export_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from modelserving import kafka_security
+from modelserving.inferencelog.dedupe import DEFAULT_WINDOW, DuplicateWindow
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecurityError
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC", help="the serving's inference log topic")
+    parser.epilog = (
+        "To write a time range of the log to a file (JSON lines or Parquet), see "
+        "`modelserving logs export --help`."
+    )
+    add_connection_arguments(parser)
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the oldest record kept (default: only records that arrive from now on)",
+    )
+    parser.add_argument(
+        "--follow", action="store_true", help="keep waiting for new records (stop with Ctrl-C)"
+    )
+    add_filter_arguments(parser)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a reader reaches the topic and decodes its values: `logs` and `logs export` alike."""
+    kafka_security.add_arguments(parser)
+    parser.add_argument(
+        "--confluent",
+        action="store_true",
+        help="values carry Confluent's schema-registry prefix (default: plain Avro)",
+    )
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which records a reader keeps: `logs` and `logs export` alike."""
+    parser.add_argument("--model", metavar="NAME", help="only records of this model name")
+    parser.add_argument(
+        "--model-version",
+        type=int,
+        metavar="N",
+        help="only records of this model version (the record's modelVersion)",
+    )
+    parser.add_argument(
+        "--status",
+        action="append",
+        type=status_codes,
+        default=[],
+        metavar="CODE|Nxx",
+        help="only records whose responseHttpCode is CODE (503) or in a class (5xx); "
+        "may be repeated",
+    )
+    parser.add_argument(
+        "--key", metavar="REQUEST_ID", help="only the record of this request id (X-Request-Id)"
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE|NAME~TEXT|NAME",
+        help="only records whose header NAME is VALUE (caller=team-a), holds TEXT "
+        "(payload~cut) or is present (payload); may be repeated",
+    )
+    parser.add_argument(
+        "--dedupe",
+        nargs="?",
+        type=window_size,
+        const=DEFAULT_WINDOW,
+        default=0,
+        metavar="N",
+        help="keep a record only once: drop a record whose key, headers and value repeat one "
+        "of the N records seen most recently, as a re-send after a sidecar crash does (N: "
+        f"{DEFAULT_WINDOW} when not given, up to 250 bytes each); another record under the same "
+        "key (other headers or value) is kept; how many were dropped goes to stderr at the end. "
+        "Give it after TOPIC, or as --dedupe=N",
+    )
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `read_inference_log` arguments the shared flags ask for: where the topic is, how
+    its values are framed, and which records to keep."""
+    where, contains = header_filters(args.header)
+    codes = frozenset().union(*args.status) if args.status else None
+    servers, security = connection(args)
+    return {
+        "bootstrap_servers": servers,
+        "security": security,
+        "confluent": args.confluent,
+        "model": args.model,
+        "model_version": args.model_version,
+        "status_codes": codes,
+        "where": where,
+        "contains": contains,
+        "key": args.key,
+    }
+
+
+def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
+    """The brokers and security the flags say; a setting that cannot work exits saying why."""
+    try:
+        return kafka_security.reader_connection(args)
+    except KafkaSecurityError as exc:
+        raise SystemExit(f"modelserving logs: {exc}") from None
+
+
+def status_codes(text: str) -> frozenset[int]:
+    """`--status`: one HTTP status code (503), or a class of them (5xx)."""
+    lowered = text.lower()
+    if len(lowered) == 3 and lowered[0] in "12345" and lowered[1:] == "xx":
+        first = int(lowered[0]) * 100
+        return frozenset(range(first, first + 100))
+    if len(text) == 3 and text.isdigit() and 100 <= int(text) <= 599:
+        return frozenset([int(text)])
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an HTTP status code (100-599) nor a class of them (2xx, 4xx, 5xx)"
+    )
+
+
+def window_size(text: str) -> int:
+    """`--dedupe N`: a number of records, at least 1."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of records (give TOPIC before --dedupe, or --dedupe=N)"
+        ) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"the window holds at least 1 record, not {size}")
+    return size
+
+
+def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`--header` arguments as (exact values, texts contained): NAME=VALUE, NAME~TEXT, NAME."""
+    where: dict[str, str] = {}
+    contains: dict[str, str] = {}
+    for pair in pairs:
+        eq, tilde = pair.find("="), pair.find("~")
+        if eq > 0 and (tilde < 0 or eq < tilde):
+            where[pair[:eq]] = pair[eq + 1 :]
+        elif tilde > 0:
+            contains[pair[:tilde]] = pair[tilde + 1 :]
+        elif pair and eq < 0 and tilde < 0:
+            contains[pair] = ""
+        else:
+            raise SystemExit(f"--header {pair!r}: expected NAME=VALUE, NAME~TEXT or NAME")
+    return where, contains
+
+
+async def _print_records(args: argparse.Namespace, window: DuplicateWindow | None) -> None:
+    async for logged in read_inference_log(
+        args.topic,
+        **reader_options(args),
+        from_beginning=args.from_beginning,
+        follow=args.follow,
+        dedupe=window if window is not None else 0,
+    ):
+        sys.stdout.write(logged.to_json_line() + "\n")
+        if args.follow:
+            sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    window = DuplicateWindow(args.dedupe) if args.dedupe else None
+    try:
+        asyncio.run(_print_records(args, window))
+    except KeyboardInterrupt:
+        pass
+    except (KafkaRefused, KafkaSecurityError) as exc:
+        print(f"modelserving logs: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `| head` closed the pipe: stop quietly, as other CLI tools do.
+        sys.stderr.close()
+        return 0
+    if window is not None:
+        sys.stdout.flush()
+        print(duplicates_note(window), file=sys.stderr)
+    return 0
+
+
+def duplicates_note(window: DuplicateWindow) -> str:
+    """What `--dedupe` tells on stderr at the end: how many copies it dropped."""
+    plural = "" if window.dropped == 1 else "s"
+    dropped = f"{window.dropped} duplicate record{plural} dropped"
+    return f"--dedupe: {dropped} (window size {window.size})"

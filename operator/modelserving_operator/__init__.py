@@ -1,0 +1,1 @@
+"""The ModelServing operator: kopf registrations over pure rendering and a runtime of its own."""

@@ -1,0 +1,1 @@
+"""Turn a ModelServing into the manifests of its children, as plain dicts: pure functions."""

@@ -1,0 +1,522 @@
+"""The sidecar's aiohttp app: the request path (`RequestPath`), read top to bottom, is canonical
+path and route, then credential, then the route's handler (the version that answers, chosen by
+the router, and the proxy to TF Serving), then the inference log, then the shadow's copy;
+`create_app` wires it with the parts it needs, `SidecarRunner` serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+from aiohttp import HttpVersion11, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from modelserving.kube_access import NoApiServer, from_environment
+from modelserving_sidecar.auth.api_keys import ApiKeyAuthenticator
+from modelserving_sidecar.auth.authenticator import (
+    READY,
+    Authenticator,
+    AuthHealth,
+    UnusableAuthenticator,
+)
+from modelserving_sidecar.auth.kubernetes_tokens import KubernetesAuthenticator
+from modelserving_sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
+from modelserving_sidecar.errors import JSON, SidecarError, error_response
+from modelserving_sidecar.library_internals import DirectAppRunner
+from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
+from modelserving_sidecar.metrics import SidecarMetrics
+from modelserving_sidecar.model.report import publishing_model_report
+from modelserving_sidecar.model.state import WATCHED_AGE_SECONDS, ModelStateWatcher
+from modelserving_sidecar.request_id import HEADER as REQUEST_ID
+from modelserving_sidecar.request_id import request_id
+from modelserving_sidecar.routing.paths import Route, RouteKind, RouteTable, canonical_path
+from modelserving_sidecar.routing.router import Router
+from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
+from modelserving_sidecar.routing.split import VersionRoute, bucket_of, shadow_point
+from modelserving_sidecar.upstream.proxy import Upstream, UpstreamAnswer, read_body
+
+log = logging.getLogger(__name__)
+
+SinkFactory = Callable[
+    [SidecarConfig, CollectorRegistry], AbstractAsyncContextManager[InferenceLogSink]
+]
+
+CONFIG = web.AppKey("config", SidecarConfig)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", SidecarMetrics)
+ROUTES = web.AppKey("routes", RouteTable)
+UPSTREAM = web.AppKey("upstream", Upstream)
+MODEL_STATE = web.AppKey("model_state", ModelStateWatcher)
+ROUTER = web.AppKey("router", Router)
+SHADOW = web.AppKey("shadow", ShadowSender)
+ROUTING_FILE: web.AppKey[Path | None] = web.AppKey("routing_file")
+# Set on SIGTERM: readiness fails (REST's /readyz, gRPC's health) while requests are still served.
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
+INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
+REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
+
+_REFUSED = Route(RouteKind.NOT_FOUND, "refused", frozenset())
+_AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
+_ALIVE = b'{"status": "alive"}'
+_READY = b'{"status": "ready"}'
+_NOT_READY = b'{"error": "The model is not AVAILABLE in TF Serving yet"}'
+_STOPPING = b'{"error": "The sidecar is shutting down"}'
+MODEL_VERSION = "x-model-version"  # the answer's header: the version that answered
+# Readiness probes come often; TF Serving is asked again when its last look is older than this.
+READY_CACHE_SECONDS = 1.0
+
+
+class Call:
+    """One request's state as it goes down the path."""
+
+    __slots__ = (
+        "caller",
+        "received_ms",
+        "request_body",
+        "request_id",
+        "route",
+        "served",
+        "shadow",
+        "to_log",
+        "version",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.received_ms = time.time_ns() // 1_000_000
+        self.route = _REFUSED
+        self.caller: str | None = None
+        self.request_body = b""
+        self.to_log = False
+        self.version: VersionRoute | None = None  # the version the request went to
+        self.served = ""  # the metrics' version label: the version that answered or failed to
+        self.shadow: VersionRoute | None = None  # a copy goes to this version once answered
+
+
+Handler = Callable[[web.BaseRequest, Call], Awaitable[web.StreamResponse]]
+
+
+class RequestPath:
+    """The sidecar's one request handler: every request goes through `__call__`, top to bottom.
+
+    Served by `SidecarRunner` as aiohttp's low-level server handler (no router, no middleware
+    chain: each cost more than the sidecar's own work); aiohttp still parses the HTTP.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self.config = app[CONFIG]
+        self.registry = app[REGISTRY]
+        self.metrics = app[METRICS]
+        self.routes = app[ROUTES]
+        self.authenticator = app[AUTHENTICATOR]
+        self.upstream = app[UPSTREAM]
+        self.model_state = app[MODEL_STATE]
+        self.router = app[ROUTER]
+        self.shadow = app[SHADOW]
+        self.model_name = self.config.model.name
+        self.sink = app[INFERENCE_LOG]
+        self.shutting_down = app[SHUTTING_DOWN]
+        # durability spooled: an answer leaves only once its record is in the spool file.
+        self.durable = self.config.logging.durability is LogDurability.SPOOLED
+        self.max_request_bytes = self.config.limits.max_request_bytes
+        self.handlers: dict[RouteKind, Handler] = {
+            RouteKind.INFERENCE: self.infer,
+            RouteKind.MODEL_STATUS: self.model_info,
+            RouteKind.MODEL_METADATA: self.model_info,
+            RouteKind.HEALTHZ: self.healthz,
+            RouteKind.READYZ: self.readyz,
+            RouteKind.METRICS: self.prometheus,
+        }
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        call = Call(request_id(request.headers.get(REQUEST_ID)))
+        try:
+            raw = request.raw_path
+            # The usual paths are canonical as sent: one dict lookup. Anything else is made
+            # canonical (or refused) once, and that same form is authorized, routed and forwarded.
+            call.route = route = self.routes.lookup_exact(raw) or self.routes.resolve(
+                canonical_path(raw)
+            )
+            # Everything but /healthz, /readyz and /metrics needs a credential, unknown paths
+            # included: nothing about the API is told to a caller who has not shown one.
+            if not route.public:
+                call.caller = await self.authenticate(request)
+            if route.kind is RouteKind.NOT_FOUND:
+                raise SidecarError(404, route.error)
+            if request.method not in route.methods:
+                allow = ", ".join(sorted(route.methods))
+                raise SidecarError(
+                    405, f"Method {request.method} is not allowed here", {"Allow": allow}
+                )
+            response = await self.handlers[route.kind](request, call)
+        except SidecarError as exc:
+            response = error_response(exc.status, exc.message, exc.headers)
+            response.headers[REQUEST_ID] = call.request_id
+        except web.HTTPException as exc:
+            response = error_response(exc.status, exc.reason)
+            response.headers[REQUEST_ID] = call.request_id
+        except Exception:
+            log.exception("the sidecar failed on %s %s", request.method, call.route.label)
+            response = error_response(500, "The sidecar failed on this request")
+            response.headers[REQUEST_ID] = call.request_id
+        if call.to_log and self.sink is not None:
+            if self.durable:
+                response = await self.log_durably(request, response, call)
+            else:
+                self.log(request, response, call)
+        if call.shadow is not None:
+            self.copy_to_shadow(request, call)
+        self.metrics.request_done(
+            call.route.label, response.status, time.perf_counter() - started, call.served
+        )
+        return response
+
+    async def authenticate(self, request: web.BaseRequest) -> str | None:
+        authenticator = self.authenticator
+        try:
+            caller = await authenticator.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        except SidecarError as exc:
+            self.metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
+            raise
+        self.metrics.auth_result(authenticator.mode, "allowed")
+        return caller
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, call: Call) -> None:
+        """Hand the exchange to the inference log: a queue append, before the answer is written
+        (the answer is final by now; sending it first would cost more than this takes)."""
+        self.sink.submit(  # type: ignore[union-attr]
+            _exchange(request, response, call, self.router.table.default)
+        )
+
+    async def log_durably(
+        self, request: web.BaseRequest, response: web.StreamResponse, call: Call
+    ) -> web.StreamResponse:
+        """The answer once its record is in the spool file; a 503 instead when the record cannot
+        be kept (no answer leaves without its record)."""
+        exchange = _exchange(request, response, call, self.router.table.default)
+        if await self.sink.spooled(exchange):  # type: ignore[union-attr]
+            return response
+        failed = error_response(503, "The inference log cannot keep this request; try again later")
+        failed.headers[REQUEST_ID] = call.request_id
+        return failed
+
+    async def infer(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """:predict, :classify, :regress: the body is forwarded as bytes (never parsed) and logged.
+
+        Every authorized POST to such a path of this model is logged once answered, errors of the
+        sidecar's own included; refused credentials are not (no model was asked anything), nor
+        requests turned away because the inference log itself is full.
+        """
+        sink = self.sink
+        call.to_log = sink is not None
+        if hdrs.EXPECT in request.headers:
+            await _continue(request)
+        call.request_body = await read_body(request, self.max_request_bytes)
+        if sink is not None and not sink.accepting():
+            call.to_log = False
+            raise SidecarError(503, "The inference log is full; try again later")
+        route = call.route
+        call.version = version = self.choose_version(request, call)
+        try:
+            answer = await self.upstream.forward(
+                "POST",
+                version.paths[route.label] if version is not None else route.upstream_path,
+                call.request_body,
+                content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+                request_id=call.request_id,
+            )
+        except SidecarError:
+            # No answer (504, 502): counted under the version sent to, as over gRPC.
+            if version is not None and version.known:
+                call.served = version.header
+            raise
+        if version is not None and (version.known or answer.status == 200):
+            call.served = version.header
+        self.metrics.upstream_done(route.label, answer.seconds, call.served)
+        return _passed_on(answer, call)
+
+    def choose_version(self, request: web.BaseRequest, call: Call) -> VersionRoute | None:
+        """The version this request goes to: the one its path names (a label the routing does
+        not know: None, and the path goes to TF Serving as it came), else the split's choice by
+        the sticky key; decides the shadow's copy too."""
+        table = self.router.table
+        route = call.route
+        if route.model_version is not None:
+            return table.version(self.model_name, route.model_version)
+        if route.version_label is not None:
+            return table.by_label.get(route.version_label)
+        shadow = table.shadow
+        if shadow is not None and shadow_point(call.request_id) < table.shadow_percent:
+            if shadow.version in table.available:
+                call.shadow = shadow
+            else:
+                self.shadow.skip()
+        only = table.only
+        if only is not None:
+            return only
+        key = None
+        if table.sticky_header is not None:
+            key = request.headers.get(table.sticky_header)
+        elif table.sticky_caller:
+            key = call.caller
+        return table.buckets[bucket_of(key or call.request_id)]
+
+    def copy_to_shadow(self, request: web.BaseRequest, call: Call) -> None:
+        """The caller's answer is decided: a copy of the request goes to the shadow's queue."""
+        self.shadow.send(
+            ShadowCopy(
+                request_id=call.request_id,
+                received_ms=call.received_ms,
+                verb=call.route.label,
+                body=call.request_body,
+                content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+                caller=call.caller,
+                traceparent=request.headers.get("traceparent"),
+                version=call.shadow,  # type: ignore[arg-type]
+            )
+        )
+
+    async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """Model status and metadata: TF Serving's answer as it comes (a label the routing names
+        is asked as its version)."""
+        route = call.route
+        path = route.upstream_path
+        if route.version_label is not None:
+            version = self.router.table.by_label.get(route.version_label)
+            if version is not None:
+                path = version.paths[route.label]
+        answer = await self.upstream.forward("GET", path, request_id=call.request_id)
+        self.metrics.upstream_done(route.label, answer.seconds)
+        return _passed_on(answer, call)
+
+    async def healthz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """Alive unless the inference log stopped working for good: then 503 with why, so that
+        the kubelet restarts the sidecar (its spool keeps what was written)."""
+        failure = self.sink.failure() if self.sink is not None else None
+        if failure is None:
+            return _json(200, _ALIVE, call)
+        body = json.dumps({"error": f"The inference log stopped: {failure}"}).encode()
+        return _json(503, body, call)
+
+    async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        """Ready when TF Serving reports AVAILABLE a version the split may send traffic to, and
+        the sidecar is not shutting down."""
+        if self.shutting_down.is_set():
+            return _json(503, _STOPPING, call)
+        await self.model_state.fresh(READY_CACHE_SECONDS)  # the table follows each new look
+        if self.router.table.ready:
+            return _json(200, _READY, call)
+        return _json(503, _NOT_READY, call)
+
+    async def prometheus(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+        body = generate_latest(self.registry)
+        headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
+        return web.Response(body=body, headers=headers)
+
+
+def _exchange(
+    request: web.BaseRequest, response: web.StreamResponse, call: Call, default: VersionRoute
+) -> Exchange:
+    """What the inference log keeps of one answered request: the version it went to, or the
+    first weighted one when it went to none (the sidecar answered it itself)."""
+    body = response.body if isinstance(response, web.Response) else b""
+    version = call.version or default
+    return Exchange(
+        request_id=call.request_id,
+        received_ms=call.received_ms,
+        status=response.status,
+        request_body=call.request_body,
+        response_body=body if isinstance(body, bytes) else b"",
+        model_version=version.version,
+        caller=call.caller,
+        traceparent=request.headers.get("traceparent"),
+        role=version.role,
+    )
+
+
+def _passed_on(answer: UpstreamAnswer, call: Call) -> web.Response:
+    """TF Serving's answer as it came: its code, body and content type, with our request id and
+    the version that answered."""
+    headers = {hdrs.CONTENT_TYPE: answer.content_type, REQUEST_ID: call.request_id}
+    if call.served:
+        headers[MODEL_VERSION] = call.served
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+def _json(status: int, body: bytes, call: Call) -> web.Response:
+    return web.Response(
+        status=status, body=body, headers={hdrs.CONTENT_TYPE: JSON, REQUEST_ID: call.request_id}
+    )
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it for bodies over 1 KB): the caller passed auth and
+    waits for our word before sending the body. Any other expectation is refused (417)."""
+    if request.headers[hdrs.EXPECT].lower() != "100-continue":
+        raise SidecarError(417, f"Unknown Expect: {request.headers[hdrs.EXPECT]}")
+    if request.version >= HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def _through_router(request: web.Request) -> web.StreamResponse:
+    """The app's only route, for runners other than SidecarRunner: the same request path."""
+    return await request.app[REQUEST_PATH](request)
+
+
+class SidecarRunner(DirectAppRunner):
+    """Runs the sidecar's app (its cleanup contexts, its keys) with aiohttp's server calling
+    `RequestPath` directly, instead of through the router and middlewares."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, REQUEST_PATH, **kwargs)
+
+
+def create_app(
+    config: SidecarConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    inference_log: SinkFactory | None = None,
+    routing_file: Path | None = None,
+) -> web.Application:
+    """The sidecar for one serving. `inference_log` replaces the Kafka-backed log (tests); without
+    it the log is opened only when `logging.mode` is not NONE. `routing_file` is the routing
+    (`routing.yaml`), read at start and whenever it changes; without it, or while it does not
+    exist, every request goes to `model.version`."""
+    app = web.Application(client_max_size=config.limits.max_request_bytes)
+    app[CONFIG] = config
+    app[REGISTRY] = registry if registry is not None else CollectorRegistry()
+    app[METRICS] = SidecarMetrics(app[REGISTRY])
+    app[ROUTES] = RouteTable(config.model.name, config.serving.namespace, config.serving.project_id)
+    app[ROUTING_FILE] = routing_file
+    app[SHUTTING_DOWN] = asyncio.Event()
+    app.router.add_route("*", "/{path:.*}", _through_router)
+    # Opened in this order and closed in the reverse one: the log closes (and drains) last.
+    app.cleanup_ctx.append(_inference_log_step(inference_log))
+    app.cleanup_ctx.append(_upstream_step)
+    app.cleanup_ctx.append(_auth_step)
+    app.cleanup_ctx.append(_shadow_step)
+    app.cleanup_ctx.append(_model_report_step)
+    app.cleanup_ctx.append(_request_path_step)
+    return app
+
+
+def _inference_log_step(
+    factory: SinkFactory | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def inference_log(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        chosen = factory
+        if chosen is None and config.logging.mode is not LoggingMode.NONE:
+            # Imported here: the Kafka pipeline is only loaded by pods that log.
+            from modelserving_sidecar.log.pipeline import open_inference_log
+
+            chosen = open_inference_log
+        if chosen is None:
+            app[INFERENCE_LOG] = None
+            yield
+            return
+        async with chosen(config, app[REGISTRY]) as sink:
+            app[INFERENCE_LOG] = sink
+            yield
+
+    return inference_log
+
+
+async def _upstream_step(app: web.Application) -> AsyncIterator[None]:
+    """TF Serving: the connections to it, what it says of the model, and the router that
+    splits over the versions it reports AVAILABLE."""
+    model, upstream_config = app[CONFIG].model, app[CONFIG].upstream
+    async with (
+        Upstream.running(upstream_config) as upstream,
+        Router.running(model.name, model.version, app[ROUTING_FILE]) as router,
+        ModelStateWatcher.running(
+            upstream,
+            model.name,
+            startup_allowance_seconds=upstream_config.startup_allowance_seconds,
+        ) as model_state,
+    ):
+        model_state.on_change(router.model_state_changed)
+        app[UPSTREAM], app[ROUTER], app[MODEL_STATE] = upstream, router, model_state
+        yield
+
+
+async def _model_report_step(app: web.Application) -> AsyncIterator[None]:
+    """The pod's model report (in a pod only): TF Serving's view, the served counts, auth."""
+    model_state, router, authenticator = app[MODEL_STATE], app[ROUTER], app[AUTHENTICATOR]
+    async with publishing_model_report(
+        lambda: model_state.fresh(WATCHED_AGE_SECONDS),
+        lambda: router.routing,
+        app[METRICS].served_by_version,
+        authenticator.health,
+        app[CONFIG].auth.kubeconfig,
+    ):
+        yield
+
+
+async def _shadow_step(app: web.Application) -> AsyncIterator[None]:
+    async with ShadowSender.running(
+        app[UPSTREAM], app[INFERENCE_LOG], app[CONFIG].shadow, app[METRICS]
+    ) as sender:
+        app[SHADOW] = sender
+        yield
+
+
+class NoAuthenticator:
+    """auth.mode none: every caller is let in, unnamed."""
+
+    mode = AuthMode.NONE.value
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        return None
+
+    def health(self) -> AuthHealth:
+        return READY
+
+
+@contextlib.asynccontextmanager
+async def open_authenticator(config: SidecarConfig) -> AsyncIterator[Authenticator]:
+    """The serving's authenticator, running (key reloads, API sessions) for the app's lifetime."""
+    mode = config.auth.mode
+    if mode is AuthMode.NONE:
+        log.warning(
+            "auth.mode is none: ModelServing %s/%s answers anyone without a credential",
+            config.serving.namespace,
+            config.serving.name,
+        )
+        yield NoAuthenticator()
+    elif mode is AuthMode.API_KEY:
+        async with ApiKeyAuthenticator.running(config) as authenticator:
+            yield authenticator
+    else:
+        try:
+            api = await asyncio.to_thread(from_environment, config.auth.kubeconfig)
+        except NoApiServer as exc:
+            # Kept running, answering 503, so that the pod's model report can say why.
+            log.error("auth.mode kubernetes: no token review client can be built: %s", exc)
+            yield UnusableAuthenticator(
+                mode.value, f"no Kubernetes API server to review tokens with: {exc}"
+            )
+            return
+        async with KubernetesAuthenticator.running(config, api) as authenticator:
+            yield authenticator
+
+
+async def _auth_step(app: web.Application) -> AsyncIterator[None]:
+    async with open_authenticator(app[CONFIG]) as authenticator:
+        app[AUTHENTICATOR] = authenticator
+        yield
+
+
+async def _request_path_step(app: web.Application) -> AsyncIterator[None]:
+    app[REQUEST_PATH] = RequestPath(app)
+    yield

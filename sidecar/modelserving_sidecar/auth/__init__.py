@@ -1,0 +1,1 @@
+"""Who may call a serving: API keys, Kubernetes tokens, and the refusals."""

@@ -1,0 +1,502 @@
+"""TF Serving's gRPC API on the sidecar: `tensorflow.serving.PredictionService` (Predict,
+Classify, Regress, MultiInference, GetModelMetadata) and `ModelService.GetModelStatus`, served
+by grpc.aio on the aiohttp app's event loop, with the app's authenticator, router and inference
+log; and gRPC's health check (`grpc_health`).
+
+Each call is read top to bottom as the REST request path: credential (`authorization` metadata,
+`ApiKey <key>` or `Bearer <token>`), then the request message, read only once the credential is
+good, then the model spec (the only part of the request decoded, see `grpc_wire`), then the
+version (the path's choice over REST: a version named, a label the routing knows, else the
+split), then TF Serving's gRPC port, the request forwarded as bytes with the chosen version in
+its model spec, the caller's deadline (capped at upstream.timeoutSeconds) passed on, and a
+cancelled call cancelling the forwarded one; then the inference log.
+
+What the caller gets is TF Serving's answer as its bytes, or its status as it came; the sidecar's
+own refusals are TF Serving's codes for the same causes (`REFUSALS`). Initial metadata carries
+`x-request-id` and, once a version answered, `x-model-version`.
+
+MultiInference runs several tasks (classify, regress) on one input, each task with a model spec:
+TF Serving finds the version by the first task's and refuses tasks that name different models;
+the sidecar asks the same of them, and more: the tasks that name a version or a label must all
+name the same one (TF Serving would run the first's and ignore the others'), and every task is
+sent naming the version chosen.
+
+Logged, as over REST: every authorized Predict, Classify, Regress and MultiInference once
+answered, with the HTTP code of its gRPC status (`HTTP_STATUS`, the mapping TF Serving's REST
+API uses for the same errors); not logged: refused credentials, a model other than the
+serving's, a request the sidecar cannot parse or a MultiInference whose tasks disagree,
+GetModelMetadata and GetModelStatus, a request over grpc.maxMessageBytes (refused by gRPC as
+it is read), and a call the caller cancelled (no answer was given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+
+from modelserving.tfserving.serving_apis_pb2 import InferenceTask, ModelSpec
+from modelserving_sidecar.app import (
+    AUTHENTICATOR,
+    CONFIG,
+    INFERENCE_LOG,
+    METRICS,
+    MODEL_STATE,
+    READY_CACHE_SECONDS,
+    ROUTER,
+    SHADOW,
+    SHUTTING_DOWN,
+)
+from modelserving_sidecar.auth.authenticator import Authenticator
+from modelserving_sidecar.config import GrpcConfig, LogDurability, SidecarConfig
+from modelserving_sidecar.errors import SidecarError, error_body
+from modelserving_sidecar.grpc.health import HealthService
+from modelserving_sidecar.grpc.wire import (
+    WireError,
+    read_model_spec,
+    read_tasks,
+    with_model_spec,
+    with_tasks,
+)
+from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
+from modelserving_sidecar.metrics import SidecarMetrics
+from modelserving_sidecar.request_id import request_id
+from modelserving_sidecar.routing.router import Router
+from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
+from modelserving_sidecar.routing.split import VersionRoute, bucket_of, shadow_point
+
+log = logging.getLogger(__name__)
+
+# The gRPC status of each of the sidecar's own HTTP refusals.
+REFUSALS = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+# The record's responseHttpCode for each gRPC status: TF Serving's own mapping of its error
+# codes to HTTP (util/net_http's ToHTTPStatusCode, the codes its REST API answers with), so a
+# failure logs the same code over either protocol.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+REQUEST_ID = "x-request-id"
+MODEL_VERSION = "x-model-version"
+AUTHORIZATION = "authorization"
+# Passed on to TF Serving with the request (the credential is not).
+_PASSED_ON = ("traceparent", "tracestate")
+_AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One method the sidecar serves: its service, name, the routing's verb, whether logged."""
+
+    service: str
+    name: str
+    verb: str  # predict, classify, regress, multi_inference (logged); metadata, status
+    logged: bool
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+    @property
+    def label(self) -> str:
+        """The metrics' route label."""
+        return f"grpc_{self.verb}"
+
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+METHODS = (
+    Method(PREDICTION_SERVICE, "Predict", "predict", True),
+    Method(PREDICTION_SERVICE, "Classify", "classify", True),
+    Method(PREDICTION_SERVICE, "Regress", "regress", True),
+    Method(PREDICTION_SERVICE, "MultiInference", "multi_inference", True),
+    Method(PREDICTION_SERVICE, "GetModelMetadata", "metadata", False),
+    Method(MODEL_SERVICE, "GetModelStatus", "status", False),
+)
+
+
+def message_options(settings: GrpcConfig) -> list[tuple[str, int]]:
+    """The message size limit, both ways: for the sidecar's server and its channel to TF
+    Serving alike."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+
+
+# gRPC binds with SO_REUSEPORT unless told not to: a second process on the port would share its
+# callers silently instead of failing to start.
+_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
+class _Refused(Exception):
+    """A call the sidecar answers itself with this status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class GrpcGateway:
+    """The calls' one handler (`handle`), over the app's parts."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        authenticator: Authenticator,
+        router: Router,
+        sink: InferenceLogSink | None,
+        metrics: SidecarMetrics,
+        channel: grpc.aio.Channel,
+        shadow: ShadowSender,
+    ) -> None:
+        self.model_name = config.model.name
+        self.timeout = config.upstream.timeout_seconds
+        self.authenticator = authenticator
+        self.router = router
+        self.sink = sink
+        self.metrics = metrics
+        self.durable = config.logging.durability is LogDurability.SPOOLED
+        # Identity (de)serializers: requests and answers pass as bytes.
+        self.upstream: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
+            m.path: channel.unary_unary(m.path) for m in METHODS
+        }
+        self.shadow = shadow
+        shadow.grpc_send = self.send_shadow
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
+        for method in METHODS:
+            # Client-streaming (the same on the wire as unary for one message): grpc.aio reads a
+            # unary call's message before calling its handler, so a caller without a credential
+            # could make the sidecar take in up to grpc.maxMessageBytes; a client-streaming
+            # call's message is read when the handler asks, after the credential.
+            by_service.setdefault(method.service, {})[method.name] = (
+                grpc.stream_unary_rpc_method_handler(self._handler(method))
+            )
+        return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
+
+    def _handler(
+        self, method: Method
+    ) -> Callable[[AsyncIterable[bytes], grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]:
+        async def handle(
+            _: AsyncIterable[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> bytes:
+            return await self.handle(method, context)
+
+        return handle
+
+    async def handle(
+        self, method: Method, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        started = time.perf_counter()
+        received_ms = time.time_ns() // 1_000_000
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        }
+        rid = request_id(metadata.get(REQUEST_ID))
+        served = ""
+        try:
+            caller = await self.authenticate(metadata.get(AUTHORIZATION))
+            request = await _received(context)
+            version, forwarded, shadow = self.route(method, request, metadata, caller, rid)
+            if method.logged and self.sink is not None and not self.sink.accepting():
+                raise _Refused(
+                    grpc.StatusCode.UNAVAILABLE, "The inference log is full; try again later"
+                )
+        except _Refused as exc:
+            self.metrics.request_done(
+                method.label, HTTP_STATUS[exc.code], time.perf_counter() - started
+            )
+            await context.abort(exc.code, exc.message)
+        remaining = context.time_remaining()
+        timeout = self.timeout if remaining is None else min(remaining, self.timeout)
+        passed_on = [(REQUEST_ID, rid)]
+        passed_on += [(key, metadata[key]) for key in _PASSED_ON if key in metadata]
+        upstream_started = time.perf_counter()
+        try:
+            answer: bytes = await self.upstream[method.path](
+                forwarded, timeout=timeout, metadata=passed_on
+            )
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.aio.AioRpcError as exc:
+            answer, code, details = b"", exc.code(), exc.details() or ""
+        except Exception:  # answered and logged as a failure of the sidecar's, as over REST
+            log.exception("the sidecar failed on %s", method.path)
+            answer, code, details = b"", grpc.StatusCode.INTERNAL, "The sidecar failed on this call"
+        if version is not None and (version.known or code is grpc.StatusCode.OK):
+            served = version.header
+        self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
+        status = HTTP_STATUS.get(code, 500)
+        answered = [(REQUEST_ID, rid)] + ([(MODEL_VERSION, served)] if served else [])
+        # A gRPC batch of its own (grpc.aio cannot send initial metadata with the answer): 25 to
+        # 110 µs of CPU a call in the benchmark, the largest single part of what the sidecar
+        # adds over a bare grpc.aio proxy (its own Python is about 9 µs).
+        await context.send_initial_metadata(answered)
+        if method.logged and self.sink is not None:
+            exchange = Exchange(
+                request_id=rid,
+                received_ms=received_ms,
+                status=status,
+                request_body=request,
+                response_body=answer if code is grpc.StatusCode.OK else error_body(details),
+                model_version=(version or self.router.table.default).version,
+                caller=caller,
+                traceparent=metadata.get("traceparent"),
+                role=(version or self.router.table.default).role,
+                grpc_method=method.name,
+            )
+            if not self.durable:
+                self.sink.submit(exchange)
+            elif not await self.sink.spooled(exchange):
+                code, details = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    ("The inference log cannot keep this request; try again later"),
+                )
+                status = 503
+        if shadow is not None:
+            self.shadow.send(
+                ShadowCopy(
+                    request_id=rid,
+                    received_ms=received_ms,
+                    verb=method.verb,
+                    body=shadow[1],
+                    content_type="application/grpc",
+                    caller=caller,
+                    traceparent=metadata.get("traceparent"),
+                    version=shadow[0],
+                    grpc_method=method.name,
+                )
+            )
+        self.metrics.request_done(method.label, status, time.perf_counter() - started, served)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, details)
+        return answer
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        authenticator = self.authenticator
+        try:
+            caller = await authenticator.authenticate(authorization)
+        except SidecarError as exc:
+            self.metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
+            raise _Refused(
+                REFUSALS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
+            ) from None
+        self.metrics.auth_result(authenticator.mode, "allowed")
+        return caller
+
+    async def send_shadow(self, copy: ShadowCopy, timeout: float) -> tuple[int, bytes]:
+        """A call's copy to the shadow version (`shadow` sends it): its HTTP code and answer
+        (TF Serving's error body when it failed)."""
+        send = self.upstream[f"/{PREDICTION_SERVICE}/{copy.grpc_method}"]
+        passed_on = [(REQUEST_ID, copy.request_id)]
+        if copy.traceparent:
+            passed_on.append(("traceparent", copy.traceparent))
+        try:
+            answer = await send(copy.body, timeout=timeout, metadata=passed_on)
+        except grpc.aio.AioRpcError as exc:
+            return HTTP_STATUS.get(exc.code(), 500), error_body(exc.details() or "")
+        return 200, answer
+
+    def route(
+        self,
+        method: Method,
+        request: bytes,
+        metadata: dict[str, str],
+        caller: str | None,
+        rid: str,
+    ) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
+        """The version the call goes to (None: a label the routing does not know, left to TF
+        Serving), the request to forward (the version put in its model spec), and the shadow's
+        version and copy when this call is copied to it (a call that names a version or label
+        is not, as over REST)."""
+        naming: Callable[[int], bytes]  # the request naming this version
+        try:
+            if method.verb == "multi_inference":
+                tasks, spans = read_tasks(request)
+                spec = _tasks_spec(tasks, self.model_name)
+                naming = functools.partial(_naming_tasks, request, spans, tasks)
+            else:
+                spec, span = read_model_spec(request)
+                naming = functools.partial(_naming, request, span, spec)
+        except WireError as exc:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request: {exc}"
+            ) from None
+        if spec.name != self.model_name:
+            raise _Refused(
+                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})"
+            )
+        table = self.router.table
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            named = table.version(self.model_name, spec.version.value)
+            # A MultiInference's other tasks are sent naming it too.
+            forwarded = naming(named.version) if method.verb == "multi_inference" else request
+            return named, forwarded, None
+        shadow = None
+        if choice == "version_label":
+            version = table.by_label.get(spec.version_label)
+            if version is None:
+                return None, request, None
+            return version, naming(version.version), None
+        if method.logged and table.shadow and shadow_point(rid) < table.shadow_percent:
+            if table.shadow.version in table.available:
+                shadow = table.shadow, naming(table.shadow.version)
+            else:
+                self.shadow.skip()
+        if table.only is not None:
+            version = table.only
+        else:
+            key = None
+            if table.sticky_header is not None:
+                key = metadata.get(table.sticky_header.lower())
+            elif table.sticky_caller:
+                key = caller
+            version = table.buckets[bucket_of(key or rid)]
+        return version, naming(version.version), shadow
+
+
+async def _received(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    """The call's request message, read now. None comes when the call is over already (gRPC
+    refused a message over grpc.maxMessageBytes, and the caller has its RESOURCE_EXHAUSTED; or
+    the caller cancelled), or when the caller closed its side sending none, which a unary
+    client never does."""
+    message: object = await context.read()  # bytes, or grpc.aio.EOF (left out of grpc's types)
+    if not isinstance(message, bytes):
+        # Aborted, so the call ends here; a caller refused or gone has its status already.
+        await context.abort(grpc.StatusCode.INTERNAL, "The call carried no request message")
+    return message
+
+
+def _naming(request: bytes, span: tuple[int, int], spec: ModelSpec, version: int) -> bytes:
+    spec.version.value = version  # clears version_label: one of the two
+    return with_model_spec(request, span, spec)
+
+
+def _naming_tasks(
+    request: bytes, spans: list[tuple[int, int]], tasks: list[InferenceTask], version: int
+) -> bytes:
+    for task in tasks:
+        task.model_spec.version.value = version
+    return with_tasks(request, spans, tasks)
+
+
+def _tasks_spec(tasks: list[InferenceTask], model_name: str) -> ModelSpec:
+    """The model spec a MultiInference call is routed by: the first task's, with the version or
+    label its tasks name; _Refused when they name different models (TF Serving's error) or
+    different versions or labels."""
+    if not tasks:
+        return ModelSpec()  # no model named: NOT_FOUND, as TF Serving answers
+    first = tasks[0].model_spec
+    if first.name != model_name:
+        return first  # NOT_FOUND: TF Serving looks the first task's model up before the rest
+    named: ModelSpec | None = None
+    for task in tasks:
+        spec = task.model_spec
+        if not spec.name:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name."
+            )
+        if spec.name != first.name:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+            )
+        choice = spec.WhichOneof("version_choice")
+        if choice is None:
+            continue
+        if named is None:
+            named = spec
+        elif _asked(named) != _asked(spec):
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "All ModelSpecs in a "
+                "MultiInferenceRequest must access the same model version: "
+                f"{_asked(named)} and {_asked(spec)} were asked",
+            )
+    return first if named is None else named
+
+
+def _asked(spec: ModelSpec) -> str:
+    if spec.WhichOneof("version_choice") == "version":
+        return f"version {spec.version.value}"
+    return f"label {spec.version_label}"
+
+
+@contextlib.asynccontextmanager
+async def serving_grpc(
+    app: web.Application, host: str, shutdown_seconds: float
+) -> AsyncIterator[int | None]:
+    """The gRPC port for the app's lifetime (its parts set up), on grpc.port (0: none); yields
+    the port bound. On exit, calls in flight get `shutdown_seconds` to finish."""
+    config = app[CONFIG]
+    settings = config.grpc
+    if not settings.port:
+        yield None
+        return
+    options = message_options(settings)
+    async with grpc.aio.insecure_channel(settings.upstream, options=options) as channel:
+        gateway = GrpcGateway(
+            config,
+            app[AUTHENTICATOR],
+            app[ROUTER],
+            app[INFERENCE_LOG],
+            app[METRICS],
+            channel,
+            app[SHADOW],
+        )
+        health = HealthService(
+            ("", PREDICTION_SERVICE),
+            app[MODEL_STATE],
+            app[ROUTER],
+            app[METRICS],
+            READY_CACHE_SECONDS,
+        )
+        server = grpc.aio.server(
+            handlers=[*gateway.handlers(), health.handlers()], options=options + _SERVER_OPTIONS
+        )
+        port = server.add_insecure_port(f"{host}:{settings.port}")
+        await server.start()
+        log.info("gRPC: TF Serving's API on %s:%s, forwarded to %s", host, port, settings.upstream)
+        # NOT_SERVING from the moment the sidecar begins to shut down (calls are still served).
+        shutting_down = asyncio.create_task(_shut_down_on(app[SHUTTING_DOWN], health))
+        try:
+            yield port
+        finally:
+            shutting_down.cancel()
+            health.shut_down()
+            await server.stop(shutdown_seconds)
+
+
+async def _shut_down_on(event: asyncio.Event, health: HealthService) -> None:
+    await event.wait()
+    health.shut_down()

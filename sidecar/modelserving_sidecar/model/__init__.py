@@ -1,0 +1,1 @@
+"""What TF Serving says of this pod's model, and the report the pod publishes of it."""
