@@ -51,6 +51,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nintegration tests failed: the parts' logs are in {dest}", file=sys.stderr)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Where the run's time went, by test file (setup, call and teardown of its tests summed):
+    the figure to look at before making the suite slower, printed in every run, CI's too."""
+    by_file: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                path = report.nodeid.split("::", 1)[0]
+                by_file[path] = by_file.get(path, 0.0) + report.duration
+                counts[path] = counts.get(path, 0) + (report.when == "call")
+    if not by_file:
+        return
+    total = sum(by_file.values())
+    terminalreporter.section(f"time by test file ({total:.0f} s in tests)")
+    for path, seconds in sorted(by_file.items(), key=lambda kv: -kv[1])[:TIME_REPORT_FILES]:
+        share = 100 * seconds / total if total else 0.0
+        terminalreporter.write_line(
+            f"{seconds:8.1f} s {share:5.1f} %  {counts[path]:4d} tests  {path}"
+        )
+
+
+# How many of the slowest test files the time report lists.
+TIME_REPORT_FILES = 30
+
+
 @pytest.fixture(scope="session")
 def local_env(request: pytest.FixtureRequest) -> Iterator[LocalEnv]:
     was_up = localenv.settings_file().exists()
