@@ -17,6 +17,7 @@ class RecordingLog:
         self.failed: str | None = None  # what `failure` answers
         self.keeps = True  # what `spooled` answers (durability spooled)
         self.written: asyncio.Event | None = None  # set: `spooled` waits for it
+        self.awaited = asyncio.Event()  # set once the request path awaits `spooled`
 
     def accepting(self) -> bool:
         return not self.full
@@ -28,6 +29,7 @@ class RecordingLog:
         self.exchanges.append(exchange)
 
     async def spooled(self, exchange: Exchange) -> bool:
+        self.awaited.set()
         if self.written is not None:
             await self.written.wait()
         if self.keeps:

@@ -17,6 +17,7 @@ from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.metrics import InferenceLogMetrics
 from modelserving_sidecar.log.pipeline import InferenceLogPipeline
 from modelserving_sidecar.log.spool.segments import SpoolRecord
+from tests.support.waiting import wait_for_async
 
 
 def exchange(request_id: str) -> Exchange:
@@ -52,17 +53,21 @@ def count(registry: prometheus_client.CollectorRegistry, name: str, **labels: st
 
 
 class HeldWrites:
-    """The spool's appends wait until released, as a slow disk would make them."""
+    """The spool's appends wait until released, as a slow disk would make them; `events` says
+    in which order the appends ended and the answers came."""
 
     def __init__(self, pipeline: InferenceLogPipeline) -> None:
         self.released = threading.Event()
         self.started = threading.Event()
+        self.events: list[str] = []
         append = pipeline.spool.append
 
         def held_append(records: list[SpoolRecord]) -> tuple[int, int]:
             self.started.set()
             self.released.wait(10)
-            return append(records)
+            written = append(records)
+            self.events.append(f"wrote {len(records)}")
+            return written
 
         pipeline.spool.append = held_append  # type: ignore[method-assign]
 
@@ -84,15 +89,19 @@ async def running(tmp_path, registry) -> AsyncIterator[tuple[InferenceLogPipelin
         await pipeline.close()
 
 
+def answered(held: HeldWrites, task: asyncio.Task[bool]) -> None:
+    task.add_done_callback(lambda _: held.events.append("answered"))
+
+
 async def test_the_answer_waits_for_its_records_write(running) -> None:
     pipeline, held = running
     waiting = asyncio.create_task(pipeline.spooled(exchange("req-1")))
+    answered(held, waiting)
     await asyncio.to_thread(held.started.wait, 5)
-    await asyncio.sleep(0.1)
-    assert not waiting.done(), "released before its record was written"
 
     held.released.set()
     assert await asyncio.wait_for(waiting, 5) is True
+    assert held.events == ["wrote 1", "answered"], "answered before its record was written"
     segment = b"".join(p.read_bytes() for p in pipeline.spool.directory.glob("*.seg"))
     assert b"req-1" in segment
 
@@ -102,11 +111,19 @@ async def test_requests_that_arrive_during_a_write_share_the_next_one(running, r
     first = asyncio.create_task(pipeline.spooled(exchange("req-0")))
     await asyncio.to_thread(held.started.wait, 5)
     later = [asyncio.create_task(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)]
-    await asyncio.sleep(0.05)
+    for task in (first, *later):
+        answered(held, task)
+    # The five are offered while the first write is held: the log counts what it is offered.
+    await wait_for_async(
+        lambda: asyncio.sleep(0, count(registry, "requests_seen_total", outcome="success") == 6),
+        timeout=5,
+        what="six exchanges offered",
+    )
     assert count(registry, "records_spooled_total") == 0
-    assert not any(task.done() for task in later)
     held.released.set()
     assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [True] * 6
+    # One write for the first, one shared by the five, and no answer before its write.
+    assert held.events == ["wrote 1", "answered", "wrote 5", *["answered"] * 5]
     assert pipeline.spool.next_id == 7  # six records, ids 1 to 6
 
 

@@ -408,7 +408,7 @@ async def test_durable_answers_leave_once_their_record_is_kept(standin, keys_dir
                 headers=GOOD,
             )
         )
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(log.awaited.wait(), 5)
         assert not answer.done(), "answered before its record was written"
         log.written.set()
         status, data, headers = await answer
