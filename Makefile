@@ -76,10 +76,10 @@ bench: venv ## benchmarks side by side (about 20 min; the environment must be up
 # Before/after comparisons for a change, each run side by side with what it is compared to:
 # ARGS passes flags on (`--help` lists them), e.g. make bench-sidecar ARGS="--baseline HEAD~1".
 bench-sidecar: venv ## the sidecar's request path beside a bare aiohttp proxy; ARGS="--baseline REV" adds another revision's sidecar, "--grpc" its gRPC path (a minute, no cluster)
-	$(PY) -m bench.compare_sidecar $(ARGS)
+	$(PY) -m bench.comparisons.compare_sidecar $(ARGS)
 
 bench-log: venv ## the inference log's records/s and CPU per record; ARGS="--baseline REV" adds another revision's (the broker must be up)
-	$(PY) -m bench.compare_log $(ARGS)
+	$(PY) -m bench.comparisons.compare_log $(ARGS)
 
 bench-operator: venv ## the operator at ARGS servings (default "100 1000"): progress, memory, a restart's writes (the environment must be up)
-	$(PY) -m bench.operator_sizes $(or $(ARGS),100 1000)
+	$(PY) -m bench.comparisons.operator_sizes $(or $(ARGS),100 1000)

@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, request_path, tools
-from bench.environment import localenv_settings
-from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, log
+from bench import REPO
+from bench.harness import tools
+from bench.harness.environment import localenv_settings
+from bench.harness.procs import LOAD_CORE, PROXY_CORE, BenchError, log
+from bench.parts import request_path
+from bench.report import page, plot
+from bench.report.results import Results, from_json
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.json"
 DOC = REPO / "docs" / "benchmarks.md"
 PARTS = ("request-path", "grpc", "outage", "crash", "log", "operator", "profile")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="modelserving-bench-"))
     bench = request_path.Bench(built, workdir)
     try:
-        from bench import sidecar as sidecar_bench
+        from bench.parts import sidecar as sidecar_bench
 
         bench.sidecar = sidecar_bench.SidecarBench.prepare(bench, env)
         if "request-path" in parts:
@@ -123,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             localenv_command("down")
         results["seconds"] = round(time.monotonic() - started)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
-        args.doc.write_text(report.render_markdown(results))
-        report.write_svg(results, args.doc.parent / "benchmarks-latency.svg")
+        # The JSON is written as the parts returned it; the report reads it typed.
+        typed = from_json(Results, results)
+        args.doc.write_text(page.render_markdown(typed))
+        plot.write_svg(typed, args.doc.parent / plot.SVG_NAME)
         log(f"wrote {args.results} and {args.doc} in {results['seconds']} s")
         if os.environ.get("BENCH_KEEP_WORKDIR"):
             log(f"scratch folder kept: {workdir}")
@@ -152,13 +157,13 @@ def _outages(bench: request_path.Bench) -> dict[str, Any]:
 
 
 def _grpc(bench: request_path.Bench, runs: int) -> dict[str, Any]:
-    from bench import grpc_path
+    from bench.parts import grpc_path
 
     return grpc_path.run_grpc(bench, runs)
 
 
 def _crash(bench: request_path.Bench) -> dict[str, Any]:
-    from bench import sidecar_crash
+    from bench.parts import sidecar_crash
 
     if bench.sidecar is None or not bench.sidecar.runnable or not bench.sidecar.bootstrap:
         return {"notes": ["skipped: the sidecar or the broker is not there"]}
@@ -166,7 +171,7 @@ def _crash(bench: request_path.Bench) -> dict[str, Any]:
 
 
 def _operator(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
-    from bench import operator_scale
+    from bench.parts import operator_scale
 
     return operator_scale.run(env, workdir)
 

@@ -30,10 +30,17 @@ def _load(name: str):
     return importlib.import_module(f"bench.{name}")
 
 
-stats = _load("stats")
-report = _load("report")
-procs = _load("procs")
-compare_sidecar = _load("compare_sidecar")
+stats = _load("harness.stats")
+results_ = _load("report.results")
+page = _load("report.page")
+plot = _load("report.plot")
+targets = _load("report.targets")
+failures = _load("report.failures")
+operator = _load("report.operator")
+path_report = _load("report.request_path")
+grpc_report = _load("report.grpc")
+procs = _load("harness.procs")
+compare_sidecar = _load("comparisons.compare_sidecar")
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/v1/models/bench:predict
   1 threads and 64 connections
@@ -126,18 +133,46 @@ def test_py_spy_stacks_rank_own_and_inclusive_time():
     assert ("encode (c.py:3)", 30.0) in own
 
 
-def _results():
-    run = {
-        "saturation": {"rps": 9000.0},
-        "cpu_share": 0.98,
-        "rps_per_core": 9184,
-        "rss_peak_mib": 40.0,
-        "latency": {
-            rate: {"p50_ms": 0.5, "p90_ms": 0.8, "p99_ms": 1.5, "success": 1.0}
-            for rate in ("200", "1000")
-        },
-        "added_ms": {rate: {"p50": 0.2, "p90": 0.3, "p99": 0.9} for rate in ("200", "1000")},
+def _latency(rate: str, p50: float, p90: float, p99: float) -> dict:
+    """One fixed-rate run as results.json holds it (stats.LatencyResult)."""
+    n = 5 * int(rate)
+    return {
+        "rate": float(rate),
+        "requests": n,
+        "answered": n,
+        "success": 1.0,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": 2 * p99,
     }
+
+
+def _measured(**figures) -> dict:
+    """One pass of one configuration as results.json holds it; `figures` override."""
+    return {
+        "saturation": {"rps": 9000.0, "requests": 45000},
+        "cpu_share": 1.0,
+        "rps_per_core": 9000,
+        "rss_peak_mib": 40.0,
+        "latency": {},
+        **figures,
+    }
+
+
+def _read(results: dict):
+    """The report's typed results of a results.json (the header filled in when left out)."""
+    header = {"date": "d", "machine": _results()["machine"], "versions": {}}
+    return results_.from_json(results_.Results, {**header, **results})
+
+
+def _results():
+    run = _measured(
+        cpu_share=0.98,
+        rps_per_core=9184,
+        latency={rate: _latency(rate, 0.5, 0.8, 1.5) for rate in ("200", "1000")},
+        added_ms={rate: {"p50": 0.2, "p90": 0.3, "p99": 0.9} for rate in ("200", "1000")},
+    )
     return {
         "date": "2026-11-25 10:00 UTC",
         "commit": "abc1234",
@@ -154,16 +189,16 @@ def _results():
 
 
 def test_markdown_shows_both_runs_and_marks_a_failed_one():
-    text = report.render_markdown(_results())
+    text = page.render_markdown(_read(_results()))
     assert "| sidecar, apiKey, log on | 9,000 / failed |" in text
     assert "0.900 / 0.900" in text  # added p99 at both rates, both runs of direct
-    assert report.SVG_NAME in text
+    assert plot.SVG_NAME in text
 
 
 def test_svg_has_one_group_per_configuration_that_ran():
-    series = report.latency_series(_results()["parts"]["request_path"])
+    series = plot.latency_series(_read(_results()).parts.request_path)
     assert [name for name, _ in series] == ["direct", "sidecar, apiKey, log on"]
-    svg = report.render_svg(series, "t")
+    svg = plot.render_svg(series, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 1 + 3 + 3 * len(series)
     assert "0.1 ms" in svg and "10 ms" in svg  # log-scale ticks around 0.5 .. 1.5 ms
 
@@ -179,7 +214,10 @@ def test_own_time_adds_up_per_package():
 
 
 def test_targets_are_judged_on_every_run_of_our_configuration():
-    rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(_results())}
+    rows = {
+        what: (values, verdict)
+        for what, _, values, verdict in targets.target_rows(_read(_results()))
+    }
     assert rows["requests/s per core (apiKey, log on)"] == (
         [9184],
         "met",
@@ -189,23 +227,26 @@ def test_targets_are_judged_on_every_run_of_our_configuration():
 
 
 def _saturation(rps_per_core: int) -> dict:
-    return {"rps_per_core": rps_per_core, "rss_peak_mib": 50.0, "latency": {}}
+    return _measured(rps_per_core=rps_per_core, rss_peak_mib=50.0)
 
 
 def test_log_cost_and_kserve_ratio_pair_the_passes_of_one_run():
     results = {
         "parts": {
             "request_path": {
+                "configurations": [],  # not drawn here
                 "results": {
                     # 1e6/8000 - 1e6/10000 = 25 µs; 1e6/9000 - 1e6/10000 = 11.1 µs
                     "sidecar, apiKey, log on": [_saturation(8000), _saturation(9000)],
                     "sidecar, apiKey, log off": [_saturation(10000), _saturation(10000)],
                     "KServe agent, logger on": [_saturation(8000), {"error": "x"}],
-                }
+                },
             }
         }
     }
-    rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(results)}
+    rows = {
+        what: (values, verdict) for what, _, values, verdict in targets.target_rows(_read(results))
+    }
     cost, verdict = rows["the log's own CPU per request (log on minus log off), µs"]
     assert [round(v, 1) for v in cost] == [25.0, 11.1] and verdict == "mixed"
     # the second pass of KServe's agent failed: only the first pass pairs
@@ -240,13 +281,13 @@ def test_crash_figures_are_judged_and_shown_for_both_durabilities():
     }
     rows = {
         what: (values, verdict)
-        for what, _, values, verdict in report.target_rows({"parts": {"crash": crash}})
+        for what, _, values, verdict in targets.target_rows(_read({"parts": {"crash": crash}}))
     }
     lost = "answered requests whose record was lost, sidecar SIGKILL at 1,000 rps, spooled"
     assert rows[lost] == ([0], "met")
     # 12,000 sent twice is more than could have been in flight: short
     assert rows["records sent twice after that SIGKILL (buffered; spooled)"][1] == "**short**"
-    lines = report.crash_lines(crash)
+    lines = failures.crash_lines(results_.from_json(results_.CrashPart, crash))
     assert "| buffered | 998 | 2,990 | **4** | 6 | **31** | 10,000 |" in lines
     assert "| spooled | 997 | 2,985 | **0** | 0 | **12,000** | 10,000 |" in lines
 
@@ -258,10 +299,11 @@ def test_operator_table_sets_its_time_beside_the_cluster_alone():
         "100": {"seconds_to_all_ready": None, "ready_timeout_seconds": 120, "ready": 90},
         "floor_100": {"error": "kubectl apply (cluster floor): refused"},
     }
-    rows = {line.split(" | ")[0]: line for line in report.operator_lines(part) if "|" in line}
+    typed = results_.OperatorPart.from_json(part)
+    rows = {line.split(" | ")[0]: line for line in operator.operator_lines(typed) if "|" in line}
     assert "| 90.0 | 80.0 | 1.12 |" in rows["| 1,000"]
     assert "not all within 120 | failed: kubectl apply" in rows["| 100"]
-    assert report.floor_ratio(part["100"], part["floor_100"]) is None
+    assert operator.floor_ratio(typed.sizes["100"], typed.floors["100"]) is None
 
 
 def test_operator_memory_is_judged_while_applying_and_at_and_after_a_restart():
@@ -278,7 +320,9 @@ def test_operator_memory_is_judged_while_applying_and_at_and_after_a_restart():
             }
         }
     }
-    rows = {what: (values, verdict) for what, _, values, verdict in report.target_rows(results)}
+    rows = {
+        what: (values, verdict) for what, _, values, verdict in targets.target_rows(_read(results))
+    }
     what = "operator RSS with 1,000 servings (applying; at a restart, peak and after), MiB"
     assert rows[what] == ([150.0, 260.0, 140.0], "mixed")
 
@@ -288,7 +332,8 @@ def test_the_restart_row_says_how_long_until_every_serving_was_reconciled():
         "1000": {"servings": 1000, "restart_seconds_to_reconcile_all": 9.5},
         "100": {"servings": 100, "restart_seconds_to_reconcile_all": None},
     }
-    rows = {line.split(" | ")[0]: line for line in report.operator_lines(part) if "|" in line}
+    lines = operator.operator_lines(results_.OperatorPart.from_json(part))
+    rows = {line.split(" | ")[0]: line for line in lines if "|" in line}
     assert "| 9.5 |" in rows["| 1,000"]
     assert "| not all |" in rows["| 100"]
 
@@ -358,15 +403,21 @@ def test_a_revision_tree_runs_its_own_sidecar_not_the_working_tree_one(tmp_path)
 
 
 def _pass(rps_per_core: int, cpu_us_at_1000: float, added_p99: float) -> dict:
-    return {
-        "rps_per_core": rps_per_core,
-        "cpu_us_at_rate": {"200": 300.0, "1000": cpu_us_at_1000},
-        "added_ms": {"1000": {"p50": 0.1, "p90": 0.2, "p99": added_p99}},
-    }
+    return _measured(
+        rps_per_core=rps_per_core,
+        cpu_us_at_rate={"200": 300.0, "1000": cpu_us_at_1000},
+        added_ms={"1000": {"p50": 0.1, "p90": 0.2, "p99": added_p99}},
+    )
+
+
+def _path_part(results: dict):
+    """A request-path part of these configurations' passes, typed."""
+    part = {"configurations": list(results), "results": results}
+    return results_.from_json(results_.PathPart, part)
 
 
 def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_by_pass():
-    sidecar = _load("sidecar")
+    sidecar = _load("parts.sidecar")
     split, shadow = (sidecar.versions_configuration(v) for v in sidecar.ROUTINGS)
     part = {
         "results": {
@@ -376,7 +427,10 @@ def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_
             shadow: [_pass(5000, 150.0, 0.9), _pass(8000, 130.0, 0.7)],
         }
     }
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.versions_lines(part)}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in path_report.versions_lines(_path_part(part["results"]))
+    }
 
     def cells(name: str) -> list[str]:
         return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
@@ -408,15 +462,15 @@ def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_
 
 
 def test_versions_section_is_left_out_when_the_variants_did_not_run():
-    sidecar = _load("sidecar")
-    assert report.versions_lines({"results": {sidecar.ONE_VERSION: [_pass(1, 1.0, 1.0)]}}) == []
+    sidecar = _load("parts.sidecar")
+    assert path_report.versions_lines(_path_part({sidecar.ONE_VERSION: [_pass(1, 1.0, 1.0)]})) == []
     results = _results()
-    assert "Several model versions" not in report.render_markdown(results)
+    assert "Several model versions" not in page.render_markdown(_read(results))
     split = sidecar.versions_configuration(next(iter(sidecar.ROUTINGS)))
     part = results["parts"]["request_path"]
     part["configurations"].append(split)
     part["results"][split] = [_pass(8000, 1.0, 1.0) | part["results"]["direct"][0]]
-    assert "### Several model versions" in report.render_markdown(results)
+    assert "### Several model versions" in page.render_markdown(_read(results))
 
 
 # ------------------------------------------------------------------ the gRPC path
@@ -465,7 +519,7 @@ def _upstream_conf_answers() -> tuple[dict, dict]:
     import json
     import re
 
-    conf = (REPO / "bench" / "nginx" / "upstream.conf").read_text()
+    conf = (REPO / "bench" / "baselines" / "nginx" / "upstream.conf").read_text()
     bodies = [json.loads(b) for b in re.findall(r"return 200 '(.+)';", conf)]
     status = next(b for b in bodies if "model_version_status" in b)
     return next(b for b in bodies if "predictions" in b), status
@@ -477,8 +531,8 @@ def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
     from modelserving.tfserving import serving_apis_pb2 as apis
     from modelserving_sidecar.grpc.tensor_json import tensor_value
 
-    grpc_path = _load("grpc_path")
-    load = _load("load")
+    grpc_path = _load("parts.grpc_path")
+    load = _load("harness.load")
     request = apis.PredictRequest.FromString(grpc_path.predict_request())
     assert request.model_spec.name == load.MODEL
     assert {name: tensor_value(t) for name, t in request.inputs.items()} == json.loads(
@@ -495,26 +549,14 @@ def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
 
 
 def _grpc_pass(rps_per_core: int, p50: float, p99: float) -> dict:
-    return {
-        "rps_per_core": rps_per_core,
-        "latency": {
-            r: {
-                "rate": float(r),
-                "requests": 5 * int(r),
-                "answered": 5 * int(r),
-                "success": 1.0,
-                "p50_ms": p50,
-                "p90_ms": p50,
-                "p99_ms": p99,
-                "max_ms": 2 * p99,
-            }
-            for r in ("200", "1000")
-        },
-    }
+    return _measured(
+        rps_per_core=rps_per_core,
+        latency={r: _latency(r, p50, p50, p99) for r in ("200", "1000")},
+    )
 
 
 def test_each_sidecar_adds_over_its_own_protocols_direct_call_pass_by_pass():
-    grpc_path = _load("grpc_path")
+    grpc_path = _load("parts.grpc_path")
     results = {
         grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
         grpc_path.REST_SIDECAR: [_grpc_pass(7000, 0.5, 1.5), _grpc_pass(7000, 0.6, 1.4)],
@@ -530,7 +572,7 @@ def test_each_sidecar_adds_over_its_own_protocols_direct_call_pass_by_pass():
 
 
 def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
-    grpc_path = _load("grpc_path")
+    grpc_path = _load("parts.grpc_path")
     results = {
         grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
         grpc_path.REST_SIDECAR: [_grpc_pass(8000, 0.5, 1.5), _grpc_pass(6000, 0.6, 1.4)],
@@ -541,7 +583,10 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
     results[grpc_path.GRPC_SIDECAR][0]["records"] = {"on_topic": 31000, "calls_answered": 31000}
     grpc_path.add_over_direct(results)
     part = {"configurations": list(results), "results": results}
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.grpc_lines(part)}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in grpc_report.grpc_lines(_path_part(results))
+    }
 
     def cells(name: str) -> list[str]:
         return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
@@ -590,17 +635,19 @@ def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
         "0.500 / 2.000 ; failed",
         "31,000 / 31,000 ; failed",
     ]
-    assert "over the sidecar over REST: 0.50 (pass by pass)" in "\n".join(report.grpc_lines(part))
+    assert "over the sidecar over REST: 0.50 (pass by pass)" in "\n".join(
+        grpc_report.grpc_lines(_path_part(results))
+    )
     results_doc = _results()
     results_doc["parts"]["grpc"] = part
-    text = report.render_markdown(results_doc)
+    text = page.render_markdown(_read(results_doc))
     assert "## gRPC" in text and "| sidecar over gRPC, apiKey, log on | gRPC |" in text
 
 
 def test_grpc_section_says_why_it_was_skipped():
     results_doc = _results()
     results_doc["parts"]["grpc"] = {"notes": ["skipped: ghz or the gRPC upstream was not built"]}
-    assert "## gRPC\n\n- skipped: ghz" in report.render_markdown(results_doc)
+    assert "## gRPC\n\n- skipped: ghz" in page.render_markdown(_read(results_doc))
 
 
 def test_the_operator_is_also_compared_with_the_writes_any_operator_makes():
@@ -618,7 +665,7 @@ def test_the_operator_is_also_compared_with_the_writes_any_operator_makes():
             "applier": "one request per write",
         },
     }
-    lines = report.operator_lines(part)
+    lines = operator.operator_lines(results_.OperatorPart.from_json(part))
     rows = [line for line in lines if line.startswith("| 1,000")]
     assert "| 1.50 |" in rows[0]  # over the cluster alone
     assert rows[1] == "| 1,000 | 90.0 | 75.0 | 9.00 | 1.20 | 10.01 + 4.0 |"
@@ -640,7 +687,11 @@ def test_the_operator_is_compared_by_the_control_plane_cpu_each_run_cost():
         },
         "100": {"seconds_to_all_ready": 9.0},  # a run from before the figure
     }
-    rows = [line for line in report.operator_lines(part) if line.startswith("| 1,000 | 150.0")]
+    rows = [
+        line
+        for line in operator.operator_lines(results_.OperatorPart.from_json(part))
+        if line.startswith("| 1,000 | 150.0")
+    ]
     assert rows == ["| 1,000 | 150.0 | 100.0 | 1.50 | 125.0 | 1.20 |"]
 
 

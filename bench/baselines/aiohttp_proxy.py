@@ -1,7 +1,7 @@
 """A bare aiohttp reverse proxy: no auth, no log, no routes of its own. It is the floor of our
 stack in the benchmark: the sidecar can only be slower than this by what auth and the log cost.
 
-    python -m bench.aiohttp_proxy --port 8080 --upstream http://127.0.0.1:8501 [--uvloop]
+    python -m bench.baselines.aiohttp_proxy --port 8080 --upstream http://127.0.0.1:8501 [--uvloop]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.procs import log
+from bench.harness.procs import log
 
 CREATED_TOPICS: list[tuple[str, str]] = []  # (bootstrap, topic), deleted at the end
 

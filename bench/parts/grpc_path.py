@@ -1,9 +1,9 @@
 """The gRPC path: TF Serving's PredictionService/Predict through our sidecar (API-key auth,
 inference log on into the real broker: REST's "sidecar, apiKey, log on" with its gRPC port)
-beside a direct call to a gRPC upstream that answers at once (bench/grpc_upstream, on the load
-core) and a bare grpc.aio proxy (bench/grpc_aio_proxy, the floor of the sidecar's gRPC stack),
-and beside the REST path's direct call and log-on sidecar measured in the same passes, so that
-both protocols are set side by side under the same machine state.
+beside a direct call to a gRPC upstream that answers at once (bench/baselines/grpc_upstream, on
+the load core) and a bare grpc.aio proxy (bench/baselines/grpc_aio_proxy, the floor of the
+sidecar's gRPC stack), and beside the REST path's direct call and log-on sidecar measured in the
+same passes, so that both protocols are set side by side under the same machine state.
 
 ghz does over gRPC what wrk and vegeta do over REST: calls/s at saturation (requests per core
 from the sidecar's CPU time, as REST's) and latency at the same fixed rates, added latency being
@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import load
-from bench.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port, log
-from bench.request_path import (
+from bench import REPO
+from bench.harness import load
+from bench.harness.procs import LOAD_CORE, PROXY_CORE, BenchError, PeakRss, Proc, free_port, log
+from bench.harness.stats import LatencyResult, added_latency, as_dict, records_lost, rps_per_core
+from bench.harness.topics import wait_topic
+from bench.parts.request_path import (
     RATES,
     VEGETA_SECONDS,
     WRK_SECONDS,
@@ -36,13 +39,10 @@ from bench.request_path import (
     measure,
     upstream,
 )
-from bench.sidecar import API_KEY, ONE_VERSION, SidecarBench
-from bench.stats import LatencyResult, added_latency, as_dict, records_lost, rps_per_core
-from bench.topics import wait_topic
+from bench.parts.sidecar import API_KEY, ONE_VERSION, SidecarBench
 from modelserving.inferencelog.reader import HEADER_PROTOCOL, PROTOCOL_GRPC
 from modelserving.tfserving import serving_apis_pb2, tensor_pb2, types_pb2
 
-REPO = Path(__file__).resolve().parent.parent
 REST_DIRECT = "direct"  # the names request_path and the REST tables give these two
 REST_SIDECAR = ONE_VERSION
 GRPC_DIRECT = "direct gRPC"
@@ -53,8 +53,8 @@ PROTOCOLS = (("REST", REST_DIRECT, REST_SIDECAR), ("gRPC", GRPC_DIRECT, GRPC_SID
 # The floor of the gRPC sidecar's stack, measured beside it; its latency is added over the
 # direct gRPC call too.
 FLOORS = {GRPC_BARE: GRPC_DIRECT}
-# What the upstreams answer: nginx's fixed predict body (bench/nginx/upstream.conf) and its
-# model status, versions 3, 2 and 1 AVAILABLE.
+# What the upstreams answer: nginx's fixed predict body (bench/baselines/nginx/upstream.conf) and
+# its model status, versions 3, 2 and 1 AVAILABLE.
 PREDICTIONS = [[2.5], [3.0]]
 VERSIONS = (3, 2, 1)
 
@@ -105,7 +105,7 @@ class GrpcBench:
 
 @contextlib.contextmanager
 def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
-    """bench/grpc_upstream on the load core, answering Predict and GetModelStatus."""
+    """bench/baselines/grpc_upstream on the load core, answering Predict and GetModelStatus."""
     folder = bench.workdir / "grpc-upstream"
     folder.mkdir(exist_ok=True)
     files = {"request": predict_request(), "predict": predict_response(), "status": model_status()}
@@ -149,12 +149,13 @@ def direct_grpc(grpc: GrpcBench) -> Iterator[Started]:
 
 @contextlib.contextmanager
 def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
-    """bench/grpc_aio_proxy on the proxy's core: grpc.aio forwarding bytes, nothing else."""
+    """bench/baselines/grpc_aio_proxy on the proxy's core: grpc.aio forwarding bytes, nothing
+    else."""
     port = free_port()
     cmd = [
         sys.executable,
         "-m",
-        "bench.grpc_aio_proxy",
+        "bench.baselines.grpc_aio_proxy",
         "--port",
         str(port),
         "--upstream",

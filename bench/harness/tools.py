@@ -1,9 +1,9 @@
 """What the benchmark runs, installed or built by the benchmark itself and cached outside the
 repo, keyed by version: nginx and wrk from Debian; vegeta, ghz (gRPC load) and KServe's agent
-from the Go module proxy; the gRPC upstream of bench/grpc_upstream (keyed by its source); the
-profiler and uvloop from PyPI into a folder of the benchmark's own (added to PYTHONPATH only
-where a configuration asks for it, so the project's virtualenv stays as its pyproject.toml
-makes it)."""
+from the Go module proxy; the gRPC upstream of bench/baselines/grpc_upstream (keyed by its
+source); the profiler and uvloop from PyPI into a folder of the benchmark's own (added to
+PYTHONPATH only where a configuration asks for it, so the project's virtualenv stays as its
+pyproject.toml makes it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import BenchError, log
+from bench.baselines import BASELINES
+from bench.harness.procs import BenchError, log
 
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.13.0"
@@ -26,7 +27,6 @@ GHZ_VERSION = "v0.121.0"
 PY_SPY_VERSION = "0.4.3"
 UVLOOP_VERSION = "0.23.0"
 CACHE = Path(os.environ.get("MODELSERVING_CACHE", Path.home() / ".cache" / "modelserving"))
-HERE = Path(__file__).resolve().parent
 GO_ENV = {"GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
 
 
@@ -39,7 +39,7 @@ class Tools:
     py_spy: str | None
     pylib: str | None  # uvloop for the configurations that compare event loops
     ghz: str = ""  # gRPC load generator ("": not built, the gRPC part is skipped)
-    grpc_upstream: str = ""  # bench/grpc_upstream built
+    grpc_upstream: str = ""  # bench/baselines/grpc_upstream built
 
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -99,15 +99,15 @@ def ensure_ghz() -> str:
 
 
 def ensure_grpc_upstream() -> str:
-    """bench/grpc_upstream built, cached by a hash of its source (go.mod pins grpc-go)."""
-    source = HERE / "grpc_upstream"
+    """bench/baselines/grpc_upstream built, cached by a hash of its source (go.mod pins grpc-go)."""
+    source = BASELINES / "grpc_upstream"
     files = sorted(p for p in source.iterdir() if p.suffix in (".go", ".mod", ".sum"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files))
     root = CACHE / f"grpc-upstream-{digest.hexdigest()[:12]}"
     binary = root / "bin" / "grpc-upstream"
     if binary.exists():
         return str(binary)
-    log("building the gRPC upstream (bench/grpc_upstream)")
+    log("building the gRPC upstream (bench/baselines/grpc_upstream)")
     work = root / "src"
     work.mkdir(parents=True, exist_ok=True)
     for path in files:
@@ -120,7 +120,8 @@ def ensure_grpc_upstream() -> str:
 
 
 def ensure_kserve_agent() -> str:
-    """KServe's agent, built through bench/kserve_agent with kserve's own replace directives."""
+    """KServe's agent, built through bench/baselines/kserve_agent with kserve's own replace
+    directives."""
     root = CACHE / f"kserve-agent-{KSERVE_VERSION}"
     binary = root / "bin" / "agent"
     if binary.exists():
@@ -129,7 +130,7 @@ def ensure_kserve_agent() -> str:
     work = root / "src"
     work.mkdir(parents=True, exist_ok=True)
     for name in ("go.mod", "tools.go"):
-        shutil.copy(HERE / "kserve_agent" / name, work / name)
+        shutil.copy(BASELINES / "kserve_agent" / name, work / name)
     info = _run(
         ["go", "mod", "download", "-json", f"github.com/kserve/kserve@{KSERVE_VERSION}"],
         work,
@@ -219,8 +220,8 @@ def versions(tools: Tools) -> dict[str, str]:
 
 
 def _grpc_go_version() -> str:
-    """The grpc-go version bench/grpc_upstream's go.mod pins."""
+    """The grpc-go version bench/baselines/grpc_upstream's go.mod pins."""
     found = re.search(
-        r"google\.golang\.org/grpc (v\S+)", (HERE / "grpc_upstream" / "go.mod").read_text()
+        r"google\.golang\.org/grpc (v\S+)", (BASELINES / "grpc_upstream" / "go.mod").read_text()
     )
     return found.group(1) if found else "?"

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load
-from bench.procs import (
+from bench.baselines import BASELINES
+from bench.harness import load
+from bench.harness.procs import (
     LOAD_CORE,
     PROXY_CORE,
     PeakRss,
@@ -26,10 +27,9 @@ from bench.procs import (
     log,
     port_open,
 )
-from bench.stats import added_latency, as_dict, records_lost, rps_per_core
-from bench.tools import Tools
+from bench.harness.stats import added_latency, as_dict, records_lost, rps_per_core
+from bench.harness.tools import Tools
 
-HERE = Path(__file__).resolve().parent
 RATES = (200, 1000)
 WRK_SECONDS = 5
 VEGETA_SECONDS = 5
@@ -43,13 +43,13 @@ class Bench:
     tools: Tools
     workdir: Path
     upstream_port: int = 0
-    sidecar: Any = None  # bench.sidecar.SidecarBench once the sidecar can be run
+    sidecar: Any = None  # bench.parts.sidecar.SidecarBench once the sidecar can be run
 
     def nginx(self, name: str, template: str, core: int, **values: int) -> Proc:
-        """Start nginx from one of bench/nginx's templates, with its own state folder."""
+        """Start nginx from one of bench/baselines/nginx's templates, with its own state folder."""
         state = self.workdir / name
         (state / "tmp").mkdir(parents=True, exist_ok=True)
-        text = (HERE / "nginx" / template).read_text().replace("@STATE@", str(state))
+        text = (BASELINES / "nginx" / template).read_text().replace("@STATE@", str(state))
         for key, value in values.items():
             text = text.replace(f"@{key.upper()}@", str(value))
         conf = state / "nginx.conf"
@@ -91,7 +91,7 @@ def aiohttp_proxy(uvloop: bool = False) -> Callable[..., Any]:
         cmd = [
             sys.executable,
             "-m",
-            "bench.aiohttp_proxy",
+            "bench.baselines.aiohttp_proxy",
             "--port",
             str(port),
             "--upstream",
@@ -277,7 +277,7 @@ def run_request_path(
 
 
 def _lat(result: dict[str, Any], rate: str) -> Any:
-    from bench.stats import LatencyResult
+    from bench.harness.stats import LatencyResult
 
     return LatencyResult(**result["latency"][rate])
 

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import LOAD_CORE, BenchError, run_pinned
-from bench.stats import LatencyResult, WrkResult, parse_ghz, parse_vegeta, parse_wrk
+from bench import REPO
+from bench.harness.procs import LOAD_CORE, BenchError, run_pinned
+from bench.harness.stats import LatencyResult, WrkResult, parse_ghz, parse_vegeta, parse_wrk
 
-REPO = Path(__file__).resolve().parent.parent
 # The request every configuration answers: a TF Serving predict call with a small body.
 PREDICT_BODY = '{"instances": [[1.0], [2.0]]}'
 MODEL = "bench"

@@ -2,7 +2,7 @@
 records one sidecar process gets into the real broker per second (acks=all), and what the
 request path pays per record (submit) and the writer per record (encode to a spool record).
 
-    python -m bench.log_throughput --bootstrap HOST:PORT --topic T --records N --spool DIR
+    python -m bench.parts.log_throughput --bootstrap HOST:PORT --topic T --records N --spool DIR
 
 Prints one JSON line.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from bench.payloads import REQUEST, RESPONSE
+from bench.parts.payloads import REQUEST, RESPONSE
 from modelserving.api import LOG_COMPRESSION
 from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.log.exchange import Exchange

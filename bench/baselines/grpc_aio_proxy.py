@@ -1,8 +1,9 @@
 """A bare grpc.aio proxy: every call forwarded to the upstream as bytes, no auth, no log, no
-routing. It is the floor of the sidecar's gRPC path in the benchmark (as bench/aiohttp_proxy is of
-its REST path): the sidecar over gRPC can only be slower than this by what its own work costs.
+routing. It is the floor of the sidecar's gRPC path in the benchmark (as aiohttp_proxy beside it
+is of its REST path): the sidecar over gRPC can only be slower than this by what its own work
+costs.
 
-    python -m bench.grpc_aio_proxy --port 8500 --upstream 127.0.0.1:9500
+    python -m bench.baselines.grpc_aio_proxy --port 8500 --upstream 127.0.0.1:9500
 """
 
 from __future__ import annotations

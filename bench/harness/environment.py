@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import BenchError, log
-
-REPO = Path(__file__).resolve().parent.parent
+from bench import REPO
+from bench.harness.procs import BenchError, log
 
 
 def localenv_settings() -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ Both sides are created by the same applier, as fast as the API server takes them
 object, FLOOR_CONCURRENCY at once (kubectl sends one request at a time per process, and its
 server-side apply of a List was the floor's bottleneck, which flattered the ratio).
 
-    python -m bench.operator_scale          # BENCH_OPERATOR_SIZES=100,1000 by default
+    python -m bench.parts.operator_scale          # BENCH_OPERATOR_SIZES=100,1000 by default
 
 prints the part's figures as JSON (`make bench` runs it among the other parts). With
 BENCH_OPERATOR_PY_SPY=PREFIX the operator's stacks while the servings come up are recorded
@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.procs import (
+from bench import REPO
+from bench.harness.procs import (
     LOAD_CORE,
     PROXY_CORE,
     BenchError,
@@ -259,7 +260,7 @@ def py_spy(operator: Proc, n: int) -> subprocess.Popen[bytes] | None:
     prefix = os.environ.get("BENCH_OPERATOR_PY_SPY")
     if not prefix:
         return None
-    from bench import tools
+    from bench.harness import tools
 
     binary, _ = tools.ensure_python_extras()
     if binary is None:
@@ -530,7 +531,7 @@ def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
     if not env or not Path(env.get("kubeconfig", "")).exists():
         return {"notes": ["not run: no local cluster (.localenv/env.json)"]}
     cluster = Cluster(env)
-    crd = Path(__file__).resolve().parent.parent / "crds" / "modelserving.io_modelservings.yaml"
+    crd = REPO / "crds" / "modelserving.io_modelservings.yaml"
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     node = f"bench-node-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(fake_node(node, max(SIZES) + 100)))
@@ -570,7 +571,7 @@ def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    from bench.environment import localenv_settings
+    from bench.harness.environment import localenv_settings
 
     with tempfile.TemporaryDirectory(prefix="modelserving-bench-operator-") as workdir:
         print(json.dumps(run(localenv_settings(), Path(workdir)), indent=1), flush=True)

@@ -4,7 +4,8 @@ servings Ready (with the progress every 2 s), the operator's peak memory, then a
 them: how long until it has reconciled each (its own metrics say), and what it writes (objects
 whose resourceVersion moved, by kind; Events added, by reason).
 
-    python -m bench.operator_sizes 100 1000 [--logging] [--settle 15] [--operator-arg FLAG]
+    python -m bench.comparisons.operator_sizes 100 1000 [--logging] [--settle 15]
+        [--operator-arg FLAG]
 
 The operator runs as a subprocess (not pinned) watching only the scratch namespace; a KWOK node
 of its own gives the Pods room. The namespace, the node and (with --logging) the topics are
@@ -24,12 +25,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.environment import REPO, localenv_settings
-from bench.operator_scale import Cluster, MetricsScraper, fake_node, reconciles
-from bench.operator_scale import serving as bench_serving
-from bench.procs import Proc, free_port
-from bench.stats import parse_status_kib
-from bench.topics import delete_topics
+from bench import REPO
+from bench.harness.environment import localenv_settings
+from bench.harness.procs import Proc, free_port
+from bench.harness.stats import parse_status_kib
+from bench.harness.topics import delete_topics
+from bench.parts.operator_scale import Cluster, MetricsScraper, fake_node, reconciles
+from bench.parts.operator_scale import serving as bench_serving
 
 KINDS = (
     "modelservings,deployments,services,configmaps,serviceaccounts,rolebindings,"
@@ -204,7 +206,7 @@ def one_size(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.operator_sizes", description=__doc__.split("\n\n")[0]
+        prog="python -m bench.comparisons.operator_sizes", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("sizes", nargs="+", type=int, help="numbers of servings, one run each")
     parser.add_argument("--logging", action="store_true", help="servings log to the broker")

@@ -25,11 +25,11 @@ from typing import Any
 
 import aiohttp
 
-from bench import load
-from bench.procs import BenchError, Proc, free_port, log
-from bench.request_path import upstream
-from bench.sidecar import SidecarBench
-from bench.topics import create_topic, topic_keys
+from bench.harness import load
+from bench.harness.procs import BenchError, Proc, free_port, log
+from bench.harness.topics import create_topic, topic_keys
+from bench.parts.request_path import upstream
+from bench.parts.sidecar import SidecarBench
 from modelserving_sidecar.config import LoggingConfig
 
 RATE = 1000  # requests per second while the sidecar is killed

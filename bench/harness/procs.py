@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.stats import parse_proc_stat_cpu, parse_status_kib
+from bench import REPO
+from bench.harness.stats import parse_proc_stat_cpu, parse_status_kib
 
 PROXY_CORE = 1  # the proxy under test has this core to itself
 LOAD_CORE = 0  # load generators, the upstream and the log sink share this one
@@ -204,9 +205,8 @@ def tree_at(rev: str, into: Path) -> Path:
     comparisons measure it beside the working tree. Revisions from before the source roots
     (sidecar/ and operator/ imported as `modelserving.sidecar` and `modelserving.operator`)
     get those folders moved inside `modelserving/`, as their wheel laid them out."""
-    repo = Path(__file__).resolve().parent.parent
     archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", rev, "modelserving", "sidecar", "operator"],
+        ["git", "-C", str(REPO), "archive", rev, "modelserving", "sidecar", "operator"],
         check=True,
         capture_output=True,
     ).stdout

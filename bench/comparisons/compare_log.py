@@ -2,11 +2,12 @@
 the real broker and CPU per record of the whole process (event loop and threads), for the working
 tree and, with --baseline REV, for the pipeline as it was at a git revision.
 
-    python -m bench.compare_log [--records 30000] [--rates 0,3000] [--rounds 2] [--baseline REV]
+    python -m bench.comparisons.compare_log [--records 30000] [--rates 0,3000] [--rounds 2]
+        [--baseline REV]
 
 Each measurement is a child process pinned to core 1 that opens the real pipeline (spool on
 local disk, mode ALL, default settings) on a topic of its own, submits ~1 KB exchanges (the
-benchmark's) at a rate (0: as fast as the sink accepts, as `bench.log_throughput` does) and
+benchmark's) at a rate (0: as fast as the sink accepts, as `bench.parts.log_throughput` does) and
 stops the clock when Kafka has acked them all. CPU is utime+stime of the process over that
 span (getrusage), so thread hand-offs, encoding, the spool and aiokafka all count; the
 submitting loop's own cost is in it too, alike for every version. Rates are interleaved over
@@ -28,9 +29,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.environment import REPO, localenv_settings
-from bench.procs import PROXY_CORE, run_pinned, tree_at
-from bench.topics import create_topic, delete_created_topics
+from bench import REPO
+from bench.harness.environment import localenv_settings
+from bench.harness.procs import PROXY_CORE, run_pinned, tree_at
+from bench.harness.topics import create_topic, delete_created_topics
 
 CORE = PROXY_CORE  # the process measured; the broker and the rest share the other core
 
@@ -45,7 +47,7 @@ async def child(args: argparse.Namespace) -> dict:
     (the working tree's, or a revision's when started in that revision's tree)."""
     from prometheus_client import CollectorRegistry
 
-    from bench.payloads import REQUEST, RESPONSE
+    from bench.parts.payloads import REQUEST, RESPONSE
 
     if importlib.util.find_spec("modelserving.sidecar") is None:
         from modelserving_sidecar.config import parse_config
@@ -132,7 +134,7 @@ def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int
     cmd = [
         sys.executable,
         "-m",
-        "bench.compare_log",
+        "bench.comparisons.compare_log",
         "--child",
         "--topic",
         topic,
@@ -151,7 +153,7 @@ def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.compare_log", description=__doc__.split("\n\n")[0]
+        prog="python -m bench.comparisons.compare_log", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--records", type=int, default=30_000, help="records per measurement")
     parser.add_argument("--rates", default="0,3000", help="submit rates, 0: flat out")

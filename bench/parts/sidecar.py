@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load
-from bench.environment import localenv_kafka, localenv_settings
-from bench.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
-from bench.request_path import (
+from bench import REPO
+from bench.harness import load
+from bench.harness.environment import localenv_kafka, localenv_settings
+from bench.harness.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
+from bench.harness.stats import as_dict, records_lost
+from bench.harness.topics import create_topic, delete_created_topics, topic_records, wait_topic
+from bench.parts.request_path import (
     OUTAGE_SECONDS,
     Bench,
     Configuration,
@@ -29,12 +32,9 @@ from bench.request_path import (
     upstream,
     with_pylib,
 )
-from bench.stats import as_dict, records_lost
-from bench.topics import create_topic, delete_created_topics, topic_records, wait_topic
 from modelserving.api import LOG_COMPRESSION
 from modelserving_sidecar.config import LogDurability
 
-REPO = Path(__file__).resolve().parent.parent
 # Several model versions (the nginx upstream reports versions 1, 2 and 3 AVAILABLE): the split's
 # cost per request (a hash of the request id, a table lookup) and a 10% shadow's (a second
 # request to the upstream and a second record for one request in ten), beside one version.
@@ -420,7 +420,7 @@ def inference_log_throughput(bench: Bench, records: int = 60_000) -> dict[str, A
                 [
                     sys.executable,
                     "-m",
-                    "bench.log_throughput",
+                    "bench.parts.log_throughput",
                     "--bootstrap",
                     side.bootstrap,
                     "--topic",
@@ -491,7 +491,7 @@ def profile(bench: Bench, seconds: int = 10) -> dict[str, Any]:
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
             return {"notes": [f"py-spy failed: {err.strip()[-500:]}"]}
-    from bench.stats import by_package, top_frames
+    from bench.harness.stats import by_package, top_frames
 
     own, inclusive, samples = top_frames(raw.read_text())
     return {

@@ -1,11 +1,12 @@
 """The sidecar's request path before and after a change: the sidecar beside a bare aiohttp proxy,
 and beside itself at another git revision or with other log settings, side by side in one run.
 
-    python -m bench.compare_sidecar [--seconds 4] [--rounds 2] [--latency] [--baseline REV]
-        [--versions] [--grpc]
+    python -m bench.comparisons.compare_sidecar [--seconds 4] [--rounds 2] [--latency]
+        [--baseline REV] [--versions] [--grpc]
 
-One nginx upstream answering a fixed TF Serving predict body (bench/nginx/upstream.conf) on
-core 0 with the load (wrk, and vegeta for latency); each proxy under test in turn on core 1.
+One nginx upstream answering a fixed TF Serving predict body
+(bench/baselines/nginx/upstream.conf) on core 0 with the load (wrk, and vegeta for latency);
+each proxy under test in turn on core 1.
 For each configuration: requests/s at saturation, CPU per request and requests/s per core (from
 /proc utime+stime over the run), peak RSS, and with --latency the latency added over the direct
 path at a fixed rate. Configurations are interleaved over --rounds so that drift hits all
@@ -17,10 +18,10 @@ listener (SCRAM-SHA-512 over TLS, the client files localenv made), beside the PL
 what a secured Kafka costs the request path.
 
 --grpc also runs the working tree's sidecar called over its gRPC port (log off, and log on with
-the broker) with ghz, beside a bare grpc.aio proxy (bench/grpc_aio_proxy) and a direct gRPC call
-(with --latency) to the gRPC upstream of bench/grpc_upstream on core 0: their added latency is
-over that direct gRPC call. ghz and the
-upstream are built into the benchmark's cache when missing (a minute, once).
+the broker) with ghz, beside a bare grpc.aio proxy (bench/baselines/grpc_aio_proxy) and a
+direct gRPC call (with --latency) to the gRPC upstream of bench/baselines/grpc_upstream on core
+0: their added latency is over that direct gRPC call. ghz and the upstream are built into the
+benchmark's cache when missing (a minute, once).
 
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
 change is compared with what it replaces in the same run (over gRPC too, with --grpc);
@@ -42,9 +43,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import grpc_path, load, tools
-from bench.environment import localenv_settings
-from bench.grpc_path import (
+from bench.harness import load, tools
+from bench.harness.environment import localenv_settings
+from bench.harness.procs import PeakRss, Proc, tree_at
+from bench.harness.stats import LatencyResult, rps_per_core
+from bench.harness.tools import Tools, vegeta_binary
+from bench.parts import grpc_path
+from bench.parts.grpc_path import (
     GrpcBench,
     GrpcConfiguration,
     bare_grpc_proxy,
@@ -52,11 +57,8 @@ from bench.grpc_path import (
     grpc_upstream,
     sidecar_grpc,
 )
-from bench.procs import PeakRss, Proc, tree_at
-from bench.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
-from bench.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
-from bench.stats import LatencyResult, rps_per_core
-from bench.tools import Tools, vegeta_binary
+from bench.parts.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
+from bench.parts.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
 
 LATENCY_RATE = 1000
 DIRECT = "direct (nginx upstream)"
@@ -286,7 +288,7 @@ def progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.compare_sidecar", description=__doc__.split("\n\n")[0]
+        prog="python -m bench.comparisons.compare_sidecar", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--seconds", type=int, default=4, help="wrk seconds per configuration")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all configurations")
