@@ -5,8 +5,8 @@ Each line holds the record's seven Avro fields under their schema names, then th
 when a payload was redacted or cut), topic, partition, offset and timestamp. `--model`,
 `--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
 `--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
-Kafka is read with the flags of modelserving.kafka_security (`--command-config FILE` as Kafka's
-own tools take, and flags over it). The connection and filter flags are shared with
+Kafka is read with the flags of modelserving.kafka_security.flags (`--command-config FILE` as
+Kafka's own tools take, and flags over it). The connection and filter flags are shared with
 `modelserving logs export` (`inferencelog_export_cli`).
 """
 
@@ -17,10 +17,11 @@ import asyncio
 import sys
 from typing import Any
 
-from modelserving import kafka_security
 from modelserving.inferencelog.dedupe import DEFAULT_WINDOW, DuplicateWindow
 from modelserving.inferencelog.reader import read_inference_log
-from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecurityError
+from modelserving.kafka_security.diagnosis import KafkaRefused
+from modelserving.kafka_security.flags import add_arguments, reader_connection
+from modelserving.kafka_security.settings import KafkaSecurity, KafkaSecurityError
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """How a reader reaches the topic and decodes its values: `logs` and `logs export` alike."""
-    kafka_security.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument(
         "--confluent",
         action="store_true",
@@ -117,7 +118,7 @@ def reader_options(args: argparse.Namespace) -> dict[str, Any]:
 def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
     """The brokers and security the flags say; a setting that cannot work exits saying why."""
     try:
-        return kafka_security.reader_connection(args)
+        return reader_connection(args)
     except KafkaSecurityError as exc:
         raise SystemExit(f"modelserving logs: {exc}") from None
 

@@ -36,7 +36,7 @@ from modelserving.inferencelog.reader import (
     TopicNotFoundError,
     read_inference_log,
 )
-from modelserving.kafka_security import KafkaRefused
+from modelserving.kafka_security.diagnosis import KafkaRefused
 
 # How long past --until a record may arrive and still be found (see --allowed-lateness).
 DEFAULT_ALLOWED_LATENESS = "5m"

@@ -34,7 +34,8 @@ from typing import Any
 import fastavro
 
 from modelserving.inferencelog.dedupe import DuplicateWindow
-from modelserving.kafka_security import KafkaRefused, KafkaSecurity, diagnose, problem_of
+from modelserving.kafka_security.diagnosis import KafkaRefused, diagnose, problem_of
+from modelserving.kafka_security.settings import KafkaSecurity
 
 # The seed's schema, field for field: the one source of the record's shape.
 SCHEMA: dict[str, Any] = {
@@ -351,7 +352,7 @@ async def read_inference_log(
     only records the filters keep (a copy is kept or filtered out as its first copy was). Pass a
     `DuplicateWindow` instead of a number to read afterwards how many copies it `dropped`.
 
-    `security` is how to connect to a secured Kafka (modelserving.kafka_security; default
+    `security` is how to connect to a secured Kafka (modelserving.kafka_security.settings; default
     PLAINTEXT); a broker that refuses it raises `KafkaRefused`, saying why.
 
     `progress`, when given, is kept up to date as the read goes.
