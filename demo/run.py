@@ -34,7 +34,9 @@ from typing import Any
 import yaml
 
 from modelserving.api import LABEL_INSTANCE
-from modelserving.inferencelog.reader import HEADER_REQUEST_ID, read_inference_log
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_REQUEST_ID
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALENV = REPO / "localenv" / "localenv.py"
@@ -251,7 +253,9 @@ async def read_log(topic: str, bootstrap: str, request_id: str, timeout: float) 
         records = [
             r.to_json_dict()
             async for r in read_inference_log(
-                topic, bootstrap, from_beginning=True, where={HEADER_REQUEST_ID: request_id}
+                topic,
+                bootstrap,
+                InferenceLogQuery(from_beginning=True, where={HEADER_REQUEST_ID: request_id}),
             )
         ]
         if records or time.monotonic() > deadline:

@@ -40,7 +40,7 @@ from bench.parts.request_path import (
     upstream,
 )
 from bench.parts.sidecar import API_KEY, ONE_VERSION, SidecarBench
-from modelserving.inferencelog.reader import HEADER_PROTOCOL, PROTOCOL_GRPC
+from modelserving.inferencelog.record import HEADER_PROTOCOL, PROTOCOL_GRPC
 from modelserving.tfserving import serving_apis_pb2, tensor_pb2, types_pb2
 
 REST_DIRECT = "direct"  # the names request_path and the REST tables give these two

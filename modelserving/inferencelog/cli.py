@@ -5,9 +5,10 @@ Each line holds the record's seven Avro fields under their schema names, then th
 when a payload was redacted or cut), topic, partition, offset and timestamp. `--model`,
 `--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
 `--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
-Kafka is read with the flags of modelserving.kafka_security (`--command-config FILE` as Kafka's
-own tools take, and flags over it). The connection and filter flags are shared with
-`modelserving logs export` (`inferencelog_export_cli`).
+Kafka is read with the flags of modelserving.kafka_security.flags (`--command-config FILE` as
+Kafka's own tools take, and flags over it). The connection and filter flags are shared with
+`modelserving logs export` (`inferencelog.export_cli`), and the filter flags make the query
+(`reader_query`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from dataclasses import replace
 
-from modelserving import kafka_security
-from modelserving.inferencelog.dedupe import DEFAULT_WINDOW, DuplicateWindow
-from modelserving.inferencelog.reader import read_inference_log
-from modelserving.kafka_security import KafkaRefused, KafkaSecurity, KafkaSecurityError
+from modelserving.inferencelog.dedupe import DEFAULT_WINDOW
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import ReadProgress, read_inference_log
+from modelserving.kafka_security.diagnosis import KafkaRefused
+from modelserving.kafka_security.flags import add_arguments, reader_connection
+from modelserving.kafka_security.settings import KafkaSecurity, KafkaSecurityError
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """How a reader reaches the topic and decodes its values: `logs` and `logs export` alike."""
-    kafka_security.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument(
         "--confluent",
         action="store_true",
@@ -95,29 +98,26 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def reader_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `read_inference_log` arguments the shared flags ask for: where the topic is, how
-    its values are framed, and which records to keep."""
+def reader_query(args: argparse.Namespace) -> InferenceLogQuery:
+    """The query the shared flags ask for: how values are framed, which records to keep, and
+    the copies to drop; each command adds its own flags' part (where to start, a time range)."""
     where, contains = header_filters(args.header)
-    codes = frozenset().union(*args.status) if args.status else None
-    servers, security = connection(args)
-    return {
-        "bootstrap_servers": servers,
-        "security": security,
-        "confluent": args.confluent,
-        "model": args.model,
-        "model_version": args.model_version,
-        "status_codes": codes,
-        "where": where,
-        "contains": contains,
-        "key": args.key,
-    }
+    return InferenceLogQuery(
+        model=args.model,
+        model_version=args.model_version,
+        status_codes=frozenset().union(*args.status) if args.status else None,
+        key=args.key,
+        where=where,
+        contains=contains,
+        confluent=args.confluent,
+        dedupe=args.dedupe,
+    )
 
 
 def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
     """The brokers and security the flags say; a setting that cannot work exits saying why."""
     try:
-        return kafka_security.reader_connection(args)
+        return reader_connection(args)
     except KafkaSecurityError as exc:
         raise SystemExit(f"modelserving logs: {exc}") from None
 
@@ -165,13 +165,11 @@ def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     return where, contains
 
 
-async def _print_records(args: argparse.Namespace, window: DuplicateWindow | None) -> None:
+async def _print_records(args: argparse.Namespace, progress: ReadProgress) -> None:
+    query = replace(reader_query(args), from_beginning=args.from_beginning, follow=args.follow)
+    servers, security = connection(args)
     async for logged in read_inference_log(
-        args.topic,
-        **reader_options(args),
-        from_beginning=args.from_beginning,
-        follow=args.follow,
-        dedupe=window if window is not None else 0,
+        args.topic, servers, query, security=security, progress=progress
     ):
         sys.stdout.write(logged.to_json_line() + "\n")
         if args.follow:
@@ -179,9 +177,9 @@ async def _print_records(args: argparse.Namespace, window: DuplicateWindow | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    window = DuplicateWindow(args.dedupe) if args.dedupe else None
+    progress = ReadProgress()
     try:
-        asyncio.run(_print_records(args, window))
+        asyncio.run(_print_records(args, progress))
     except KeyboardInterrupt:
         pass
     except (KafkaRefused, KafkaSecurityError) as exc:
@@ -191,14 +189,13 @@ def run(args: argparse.Namespace) -> int:
         # `| head` closed the pipe: stop quietly, as other CLI tools do.
         sys.stderr.close()
         return 0
-    if window is not None:
+    if args.dedupe:
         sys.stdout.flush()
-        print(duplicates_note(window), file=sys.stderr)
+        print(duplicates_note(progress.duplicates_dropped, args.dedupe), file=sys.stderr)
     return 0
 
 
-def duplicates_note(window: DuplicateWindow) -> str:
+def duplicates_note(dropped: int, window_size: int) -> str:
     """What `--dedupe` tells on stderr at the end: how many copies it dropped."""
-    plural = "" if window.dropped == 1 else "s"
-    dropped = f"{window.dropped} duplicate record{plural} dropped"
-    return f"--dedupe: {dropped} (window size {window.size})"
+    plural = "" if dropped == 1 else "s"
+    return f"--dedupe: {dropped} duplicate record{plural} dropped (window size {window_size})"

@@ -18,25 +18,24 @@ import logging
 import re
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from modelserving.inferencelog.cli import (
     add_connection_arguments,
     add_filter_arguments,
+    connection,
     duplicates_note,
-    reader_options,
+    reader_query,
 )
-from modelserving.inferencelog.dedupe import DuplicateWindow
 from modelserving.inferencelog.export import ExportFormat, export_records
-from modelserving.inferencelog.reader import (
-    InferenceLogDecodeError,
-    ReadProgress,
-    TopicNotFoundError,
-    read_inference_log,
-)
-from modelserving.kafka_security import KafkaRefused
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import ReadProgress, TopicNotFoundError, read_inference_log
+from modelserving.inferencelog.record import InferenceLogDecodeError
+from modelserving.kafka_security.diagnosis import KafkaRefused
+from modelserving.kafka_security.settings import KafkaSecurity
 
 # How long past --until a record may arrive and still be found (see --allowed-lateness).
 DEFAULT_ALLOWED_LATENESS = "5m"
@@ -194,24 +193,29 @@ class ProgressDisplay:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
 
 
-async def _export(
-    args: argparse.Namespace,
-    options: dict[str, Any],
-    export_format: ExportFormat,
-    window: DuplicateWindow | None,
-) -> int:
-    progress = ReadProgress()
-    display = ProgressDisplay(sys.stderr, progress)
-    records = read_inference_log(
-        args.topic,
-        **options,
+def export_query(args: argparse.Namespace) -> InferenceLogQuery:
+    """What an export reads: the records the shared flags keep, in the time range asked for
+    (the whole topic without one), from a topic that must exist."""
+    return replace(
+        reader_query(args),
         from_beginning=True,
         since_ms=args.since,
         until_ms=args.until,
         allowed_lateness_ms=args.allowed_lateness,
         topic_must_exist=True,
-        dedupe=window if window is not None else 0,
-        progress=progress,
+    )
+
+
+async def _export(
+    args: argparse.Namespace,
+    servers: str,
+    security: KafkaSecurity,
+    export_format: ExportFormat,
+    progress: ReadProgress,
+) -> int:
+    display = ProgressDisplay(sys.stderr, progress)
+    records = read_inference_log(
+        args.topic, servers, export_query(args), security=security, progress=progress
     )
     drawing = asyncio.create_task(display.keep_drawing())
     try:
@@ -237,15 +241,15 @@ def run(args: argparse.Namespace) -> int:
         )
     if export_format is ExportFormat.PARQUET and importlib.util.find_spec("arro3.io") is None:
         return _fail("Parquet needs the parquet extra: pip install 'modelserving[parquet]'")
-    window = DuplicateWindow(args.dedupe) if args.dedupe else None
     # The brokers and security the flags say (--bootstrap-servers, or --command-config's);
     # what cannot work exits here, saying why.
-    options = reader_options(args)
+    servers, security = connection(args)
+    progress = ReadProgress()
     # What goes wrong with Kafka ends the export with one message below; aiokafka's own log
     # lines about it (a failed connect, each retry) would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        asyncio.run(_export(args, options, export_format, window))
+        asyncio.run(_export(args, servers, security, export_format, progress))
     except KeyboardInterrupt:
         return _fail("interrupted: nothing written", code=130)
     except TopicNotFoundError as exc:
@@ -260,12 +264,12 @@ def run(args: argparse.Namespace) -> int:
         from aiokafka.errors import KafkaConnectionError, KafkaError
 
         if isinstance(exc, KafkaConnectionError):
-            return _fail(f"cannot reach Kafka at {options['bootstrap_servers']}")
+            return _fail(f"cannot reach Kafka at {servers}")
         if isinstance(exc, KafkaError):
-            return _fail(f"Kafka at {options['bootstrap_servers']}: {exc}")
+            return _fail(f"Kafka at {servers}: {exc}")
         raise
-    if window is not None:
-        print(duplicates_note(window), file=sys.stderr)
+    if args.dedupe:
+        print(duplicates_note(progress.duplicates_dropped, args.dedupe), file=sys.stderr)
     return 0
 
 

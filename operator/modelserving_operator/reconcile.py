@@ -18,7 +18,7 @@ from typing import Any, cast
 import kopf
 
 from modelserving import api
-from modelserving.kafka_security import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving.kafka_security.settings import AUTHENTICATION_FAILED, TLS_FAILED
 from modelserving_operator.kafka.security import (
     FIELD,
     MissingCredentials,

@@ -20,6 +20,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelserving.kube_access import NoApiServer, from_environment
+from modelserving.library_internals import DirectAppRunner
 from modelserving_sidecar.auth.api_keys import ApiKeyAuthenticator
 from modelserving_sidecar.auth.authenticator import (
     READY,
@@ -30,7 +31,6 @@ from modelserving_sidecar.auth.authenticator import (
 from modelserving_sidecar.auth.kubernetes_tokens import KubernetesAuthenticator
 from modelserving_sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
 from modelserving_sidecar.errors import JSON, SidecarError, error_response
-from modelserving_sidecar.library_internals import DirectAppRunner
 from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.model.report import publishing_model_report

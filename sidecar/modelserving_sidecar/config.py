@@ -27,7 +27,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
 `logging.kafkaSecurity` says how the producer connects to a secured Kafka, with files (the
 operator mounts Secrets there): {protocol: SASL_SSL, caFile: .../ca.crt, certFile, keyFile,
 saslMechanism: SCRAM-SHA-512, username: u, passwordFile: .../password, checkHostname: true}
-(modelserving.kafka_security); absent, PLAINTEXT.
+(modelserving.kafka_security.config_file); absent, PLAINTEXT.
 
 In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
 Avro to Confluent's schema-registry framing; `compression` is zstd (the default), lz4, gzip,
@@ -90,7 +90,8 @@ from modelserving.api import (
     TFSERVING_REST_PORT,
     TFSERVING_STARTUP_ALLOWANCE_SECONDS,
 )
-from modelserving.kafka_security import KafkaSecurity, KafkaSecurityError, from_mapping
+from modelserving.kafka_security.config_file import from_mapping
+from modelserving.kafka_security.settings import KafkaSecurity, KafkaSecurityError
 from modelserving_sidecar.log.policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -328,7 +329,7 @@ def redact_rules(where: str, value: Any) -> tuple[RedactRule, ...]:
 
 
 def kafka_security(where: str, value: Any) -> KafkaSecurity:
-    """`logging.kafkaSecurity`: modelserving.kafka_security's file form."""
+    """`logging.kafkaSecurity`: modelserving.kafka_security.config_file's form."""
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     try:

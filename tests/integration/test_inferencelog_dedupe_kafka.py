@@ -14,14 +14,15 @@ from collections import Counter
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from modelserving.inferencelog.reader import (
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
     HEADER_POD,
     HEADER_REQUEST_ID,
     InferenceLogRecord,
     encode_record,
-    read_inference_log,
 )
 from tests.support.waiting import wait_for_async
 
@@ -75,7 +76,12 @@ async def produce(topic: str, bootstrap: str, records: list[KafkaRecord]) -> Non
     # A new topic's partitions settle on their leader for a moment after the first sends:
     # wait until a reader sees them all, so that the command reads what a user's would.
     async def all_readable() -> bool:
-        seen = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        seen = [
+            r
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
         return len(seen) == len(records)
 
     await wait_for_async(all_readable, 30, f"{len(records)} records readable on {topic}")

@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 import yaml
 
+from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
 from tests.support.waiting import wait_for_async
 
@@ -166,7 +167,7 @@ async def test_what_a_sigkill_of_the_sidecar_loses_by_durability(
             keys[:] = [
                 r.key
                 async for r in read_inference_log(
-                    topic, local_env.kafka_bootstrap, from_beginning=True
+                    topic, local_env.kafka_bootstrap, InferenceLogQuery(from_beginning=True)
                 )
             ]
             on_topic.update(keys)

@@ -23,7 +23,9 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from modelserving.inferencelog.reader import PROTOCOL_REST, ReadProgress, read_inference_log
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import ReadProgress, read_inference_log
+from modelserving.inferencelog.record import PROTOCOL_REST
 from modelserving_sidecar.config import (
     LoggingConfig,
     LoggingMode,
@@ -253,9 +255,7 @@ async def test_a_time_range_is_read_from_where_the_broker_says_it_starts(produce
         async for r in read_inference_log(
             produced.topic,
             produced.bootstrap,
-            since_ms=since,
-            until_ms=until,
-            allowed_lateness_ms=10_000,
+            InferenceLogQuery(since_ms=since, until_ms=until, allowed_lateness_ms=10_000),
             progress=progress,
         )
     ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
+from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import LoggedInference, read_inference_log
 from modelserving_sidecar.config import (
     LoggingConfig,
@@ -63,7 +64,12 @@ async def consume_all(topic: str, bootstrap: str, expected: int, timeout: float)
     records: list[LoggedInference] = []
 
     async def have_all() -> bool:
-        records[:] = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        records[:] = [
+            r
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
         return len({r.key for r in records}) >= expected
 
     await wait_for_async(have_all, timeout, f"{expected} records on {topic}", interval=0.5)

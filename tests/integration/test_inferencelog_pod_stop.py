@@ -29,6 +29,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
+from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
 from modelserving_sidecar.log.spool.segments import SEGMENT_SUFFIX
 from tests.support.servings import get_serving, serving_manifest
@@ -112,7 +113,10 @@ async def predict(port: int, count: int) -> list[str]:
 
 
 async def on_topic(topic: str, bootstrap: str) -> list[str]:
-    return [r.key async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+    return [
+        r.key
+        async for r in read_inference_log(topic, bootstrap, InferenceLogQuery(from_beginning=True))
+    ]
 
 
 async def wait_on_topic(topic: str, bootstrap: str, keys: set[str], timeout: float) -> list[str]:

@@ -13,7 +13,9 @@ import aiohttp
 import grpc
 import pytest
 
-from modelserving.inferencelog.reader import HEADER_PAYLOAD, read_inference_log
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_PAYLOAD
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.grpc.gateway import HTTP_STATUS
@@ -84,7 +86,7 @@ async def test_the_poison_requests_are_logged_as_unencodable_and_the_log_goes_on
 
     async def all_logged() -> bool:
         async for logged in read_inference_log(
-            topic, local_env.kafka_bootstrap, from_beginning=True
+            topic, local_env.kafka_bootstrap, InferenceLogQuery(from_beginning=True)
         ):
             records[logged.key] = logged
         return len(records) >= len(answered)

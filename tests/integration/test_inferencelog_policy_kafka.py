@@ -16,13 +16,9 @@ import aiohttp
 import prometheus_client
 
 from modelserving import api
-from modelserving.inferencelog.reader import (
-    HEADER_CALLER,
-    HEADER_PAYLOAD,
-    HEADER_REQUEST_ID,
-    LoggedInference,
-    read_inference_log,
-)
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import LoggedInference, read_inference_log
+from modelserving.inferencelog.record import HEADER_CALLER, HEADER_PAYLOAD, HEADER_REQUEST_ID
 from modelserving_operator.render.config_maps import render_sidecar_config
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
@@ -114,7 +110,12 @@ async def consumed(topic: str, bootstrap: str, at_least: int) -> list[LoggedInfe
     records: list[LoggedInference] = []
 
     async def enough() -> bool:
-        records[:] = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        records[:] = [
+            r
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
         return len(records) >= at_least
 
     await wait_for_async(enough, timeout=60, what=f"{at_least} records on {topic}", interval=0.5)

@@ -56,10 +56,16 @@ def start_driver(
 
 
 def delivered_keys(topic: str, bootstrap: str) -> list[str]:
+    from modelserving.inferencelog.query import InferenceLogQuery
     from modelserving.inferencelog.reader import read_inference_log
 
     async def read() -> list[str]:
-        return [r.key async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        return [
+            r.key
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
 
     return asyncio.run(read())
 

@@ -22,12 +22,9 @@ import pytest
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelserving.inferencelog.reader import (
-    HEADER_CALLER,
-    HEADER_PROTOCOL,
-    HEADER_REQUEST_ID,
-    read_inference_log,
-)
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_CALLER, HEADER_PROTOCOL, HEADER_REQUEST_ID
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
@@ -150,7 +147,12 @@ async def records(topic: str, bootstrap: str, expected: int) -> list[Any]:
     found: list[Any] = []
 
     async def there() -> bool:
-        found[:] = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        found[:] = [
+            r
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
         return len(found) >= expected
 
     await wait_for_async(there, timeout=60, what=f"{expected} records on {topic}", interval=0.5)
@@ -460,7 +462,9 @@ async def test_a_deadline_the_caller_gives_up_on_cancels_the_call_to_tf_serving(
     logged: dict[str, Any] = {}
 
     async def answered_logged() -> bool:
-        async for r in read_inference_log(topic, local_env.kafka_bootstrap, from_beginning=True):
+        async for r in read_inference_log(
+            topic, local_env.kafka_bootstrap, InferenceLogQuery(from_beginning=True)
+        ):
             logged[r.key] = r
         return "answered" in logged
 
@@ -514,7 +518,7 @@ async def test_the_shadow_gets_a_copy_of_a_grpc_predict_logged_as_its_own_record
             logged[:] = [
                 r
                 async for r in read_inference_log(
-                    topic, local_env.kafka_bootstrap, from_beginning=True
+                    topic, local_env.kafka_bootstrap, InferenceLogQuery(from_beginning=True)
                 )
                 if r.key == key
             ]

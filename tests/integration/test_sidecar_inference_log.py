@@ -7,7 +7,9 @@ import json
 
 import aiohttp
 
-from modelserving.inferencelog.reader import HEADER_CALLER, read_inference_log
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_CALLER
 from modelserving_sidecar.app import create_app
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import parse_config
@@ -55,7 +57,9 @@ async def test_each_answered_prediction_is_one_record_keyed_by_its_request_id(
     async def logged():
         records[:] = [
             r
-            async for r in read_inference_log(topic, local_env.kafka_bootstrap, from_beginning=True)
+            async for r in read_inference_log(
+                topic, local_env.kafka_bootstrap, InferenceLogQuery(from_beginning=True)
+            )
         ]
         return len(records) >= 2
 

@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from modelserving.inferencelog.reader import HEADER_MODEL_VERSION, HEADER_ROLE, read_inference_log
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_MODEL_VERSION, HEADER_ROLE
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -89,7 +91,12 @@ async def records_of(topic: str, bootstrap: str, expected: int) -> list:
     records: list = []
 
     async def all_there() -> bool:
-        records[:] = [r async for r in read_inference_log(topic, bootstrap, from_beginning=True)]
+        records[:] = [
+            r
+            async for r in read_inference_log(
+                topic, bootstrap, InferenceLogQuery(from_beginning=True)
+            )
+        ]
         return len(records) >= expected
 
     await wait_for_async(all_there, timeout=60, what=f"{expected} records on {topic}", interval=0.5)

@@ -4,7 +4,7 @@ give the same bytes both ways."""
 
 from __future__ import annotations
 
-from modelserving.inferencelog.reader import (
+from modelserving.inferencelog.record import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
     HEADER_PAYLOAD,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from modelserving.cli import build_parser
 from modelserving.inferencelog.cli import duplicates_note
 from modelserving.inferencelog.dedupe import DEFAULT_WINDOW, DuplicateWindow, record_identity
-from modelserving.inferencelog.reader import InferenceLogRecord, encode_record
+from modelserving.inferencelog.record import InferenceLogRecord, encode_record
 
 
 def logged(request_id: str, answer: str = "[[0.9]]", role: bytes | None = None) -> tuple:
@@ -150,9 +150,9 @@ def test_logs_dedupe_flag_refuses_what_is_not_a_window(bad, capsys):
 
 def test_logs_says_how_many_duplicates_it_dropped():
     window = DuplicateWindow(100)
-    none = duplicates_note(window)
+    none = duplicates_note(window.dropped, window.size)
     window.seen(*logged("req-0"))
     window.seen(*logged("req-0"))
-    one = duplicates_note(window)
+    one = duplicates_note(window.dropped, window.size)
     assert none == "--dedupe: 0 duplicate records dropped (window size 100)"
     assert one == "--dedupe: 1 duplicate record dropped (window size 100)"

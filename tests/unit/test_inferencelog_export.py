@@ -24,7 +24,8 @@ from modelserving.inferencelog.export_cli import (
     parse_time,
     progress_line,
 )
-from modelserving.inferencelog.reader import InferenceLogRecord, LoggedInference, ReadProgress
+from modelserving.inferencelog.reader import LoggedInference, ReadProgress
+from modelserving.inferencelog.record import InferenceLogRecord
 
 NOW = 1_764_583_200_000  # 2025-12-01T10:00:00Z
 

@@ -12,7 +12,7 @@ import uuid
 import prometheus_client
 import pytest
 
-from modelserving.inferencelog.reader import HEADER_PAYLOAD
+from modelserving.inferencelog.record import HEADER_PAYLOAD
 from modelserving_sidecar.config import ConfigError, LoggingConfig, LoggingMode, parse_config
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.metrics import InferenceLogMetrics

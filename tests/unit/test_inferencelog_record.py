@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserving.inferencelog.reader import (
+from modelserving.inferencelog.record import (
     SCHEMA,
     InferenceLogDecodeError,
     InferenceLogEncoder,

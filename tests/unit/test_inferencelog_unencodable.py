@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelserving.inferencelog.reader import decode_record
+from modelserving.inferencelog.record import decode_record
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity

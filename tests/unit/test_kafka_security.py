@@ -10,16 +10,20 @@ from dataclasses import replace
 
 import pytest
 
-from modelserving import kafka_security
-from modelserving.kafka_security import (
+from modelserving.kafka_security.config_file import from_mapping, to_mapping
+from modelserving.kafka_security.diagnosis import KafkaProblem, diagnose
+from modelserving.kafka_security.flags import (
+    PASSWORD_ENV,
+    add_arguments,
+    from_arguments,
+    reader_connection,
+)
+from modelserving.kafka_security.properties import from_properties, parse_properties
+from modelserving.kafka_security.settings import (
     KafkaSecurity,
     KafkaSecurityError,
     SaslMechanism,
     SecurityProtocol,
-    from_mapping,
-    from_properties,
-    parse_properties,
-    to_mapping,
 )
 from modelserving_operator.kafka.security import admin_secrets, parse_security, what_to_check
 from modelserving_operator.render.config_maps import render_configmaps, render_sidecar_config
@@ -145,14 +149,14 @@ def test_a_readers_flags_win_over_its_properties_file(tmp_path):
         "ssl.truststore.type=PEM\nssl.truststore.location=/ca.crt\n"
     )
     parser = argparse.ArgumentParser()
-    kafka_security.add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(["--command-config", str(props), "--ssl-ca-file", "/other.crt"])
-    servers, security = kafka_security.reader_connection(args, environ={})
+    servers, security = reader_connection(args, environ={})
     assert (servers, security.protocol, security.ca_file) == ("b:9093", "SSL", "/other.crt")
     args = parser.parse_args(
         ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"]
     )
-    security, _ = kafka_security.from_arguments(args, environ={kafka_security.PASSWORD_ENV: "pw"})
+    security, _ = from_arguments(args, environ={PASSWORD_ENV: "pw"})
     assert security.read_password() == "pw"
 
 
@@ -232,7 +236,7 @@ def test_the_spec_reader_refuses_what_the_crd_refuses_with_its_words():
 
 
 def test_a_refusing_broker_is_the_pods_state_and_logging_ready_says_what_to_check():
-    problem = kafka_security.KafkaProblem("KafkaAuthenticationFailed", "the broker refused it")
+    problem = KafkaProblem("KafkaAuthenticationFailed", "the broker refused it")
     summary = summarize(
         spool_bytes=99,
         spool_max_bytes=100,
@@ -274,9 +278,9 @@ async def test_a_certificate_not_naming_the_address_or_from_another_ca_is_a_tls_
     bootstrap = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     trusting = KafkaSecurity(SecurityProtocol.SSL, ca_pem=ca.cert_pem.decode())
     async with server:
-        mismatch = await kafka_security.diagnose(bootstrap, trusting)
+        mismatch = await diagnose(bootstrap, trusting)
         other_ca = certs.make_ca("another CA").cert_pem.decode()
-        untrusted = await kafka_security.diagnose(bootstrap, replace(trusting, ca_pem=other_ca))
+        untrusted = await diagnose(bootstrap, replace(trusting, ca_pem=other_ca))
     assert mismatch is not None and mismatch.reason == "KafkaTLSFailed"
     assert "certificate is not valid for '127.0.0.1'" in mismatch.message
     assert untrusted is not None and untrusted.reason == "KafkaTLSFailed"

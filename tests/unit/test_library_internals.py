@@ -1,10 +1,12 @@
-"""The private names of libraries that `sidecar/modelserving_sidecar/library_internals.py` relies
+"""The private names of libraries that `modelserving/library_internals.py` relies
 on, each checked for what the sidecar needs of it: when a library changes one, this fails and
 names it, instead of the sidecar breaking in production."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -12,8 +14,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
-from modelserving_sidecar.library_internals import (
+from modelserving.library_internals import (
     DirectAppRunner,
+    connect_to_broker,
     fail_pending_batches,
     missing_c_extensions,
     record_size,
@@ -108,3 +111,42 @@ def test_a_records_size_is_what_kafka_counts() -> None:
 
 def test_c_extensions_are_in_use_here() -> None:
     assert missing_c_extensions() == []
+
+
+async def test_connecting_once_to_a_broker_raises_what_refused_it(tmp_path: Path) -> None:
+    """What `diagnose` needs of aiokafka's `create_conn`: it takes a client's options and what
+    refuses the connection (here the broker's certificate) is in the chain of what it raises.
+    (A connection it makes to a real broker: tests/integration/test_kafka_security.py.)"""
+    from tests.support.scripts import load_script
+
+    certs = load_script("localenv/kafka_certs.py", "kafka_certs")
+    broker = certs.issue(certs.make_ca(), "kafka", server=True, hosts=("127.0.0.1",))
+    (tmp_path / "broker.pem").write_bytes(broker.key_pem + broker.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "broker.pem")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    untrusted = ssl.create_default_context(cadata=certs.make_ca("another CA").cert_pem.decode())
+    refused: BaseException | None = None
+    async with server:
+        try:
+            conn = await connect_to_broker(
+                "127.0.0.1",
+                server.sockets[0].getsockname()[1],
+                request_timeout_ms=5000,
+                security_protocol="SSL",
+                ssl_context=untrusted,
+            )
+        except Exception as exc:
+            refused = exc
+        else:
+            conn.close()
+            raise AssertionError("a broker whose certificate is not trusted was connected to")
+    chain = []
+    while refused is not None and refused not in chain:
+        chain.append(refused)
+        refused = refused.__cause__ or refused.__context__
+    assert any(isinstance(e, ssl.SSLCertVerificationError) for e in chain), chain

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelserving.kafka_security import (
+from modelserving.kafka_security.settings import (
     AUTHENTICATION_FAILED,
     KafkaSecurity,
     KafkaSecurityError,

@@ -41,7 +41,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
-from modelserving.kafka_security import KafkaSecurity, diagnose, problem_of
+from modelserving.kafka_security.diagnosis import diagnose, problem_of
+from modelserving.kafka_security.settings import KafkaSecurity
 from modelserving_operator.status.conditions import LoggingState
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from modelserving import api
-from modelserving.kafka_security import to_mapping
+from modelserving.kafka_security.config_file import to_mapping
 from modelserving_operator.kafka.security import sidecar_security
 from modelserving_operator.names import (
     Manifest,

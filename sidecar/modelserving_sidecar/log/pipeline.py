@@ -29,14 +29,14 @@ from collections.abc import AsyncIterator
 
 import prometheus_client
 
-from modelserving.kafka_security import KafkaProblem
+from modelserving.kafka_security.diagnosis import KafkaProblem
+from modelserving.library_internals import missing_c_extensions
 from modelserving_sidecar.config import (
     LogDurability,
     LoggingMode,
     SidecarConfig,
     SpoolFullPolicy,
 )
-from modelserving_sidecar.library_internals import missing_c_extensions
 from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
 from modelserving_sidecar.log.kafka.client_logs import summarise_aiokafka_logs
 from modelserving_sidecar.log.kafka.sender import (

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from modelserving.inferencelog.reader import (
+from modelserving.inferencelog.record import (
     HEADER_CALLER,
     HEADER_MODEL_VERSION,
     HEADER_PAYLOAD,

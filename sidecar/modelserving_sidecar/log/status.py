@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from modelserving.api import GROUP
-from modelserving.kafka_security import KafkaProblem
+from modelserving.kafka_security.diagnosis import KafkaProblem
 from modelserving_sidecar.config import LoggingConfig
 from modelserving_sidecar.log.spool.segments import Spool
 from modelserving_sidecar.pod_status import CHECK_SECONDS, PodStatusPublisher, publishing

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from modelserving.kafka_security import KafkaProblem, diagnose, problem_of
+from modelserving.kafka_security.diagnosis import KafkaProblem, diagnose, problem_of
+from modelserving.library_internals import fail_pending_batches, record_size
 from modelserving_sidecar.config import ConfigError, LogCompression, LoggingConfig
-from modelserving_sidecar.library_internals import fail_pending_batches, record_size
 from modelserving_sidecar.log.ack_tracker import AckTracker, SendRun
 from modelserving_sidecar.log.kafka.partitioner import partition_of
 from modelserving_sidecar.log.metrics import InferenceLogMetrics

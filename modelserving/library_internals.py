@@ -1,5 +1,7 @@
-"""Every private name of a library the sidecar relies on, in one place, each where no public API
-does the job; `tests/unit/test_library_internals.py` fails loudly when a library changes them.
+"""Every private name of a library that the sidecar and the shared package rely on, in one place,
+each where no public API does the job; `tests/unit/test_library_internals.py` fails loudly when a
+library changes them. (kopf's, which only the operator uses, are in
+`modelserving_operator.runtime.kopf_internals`.)
 
 - aiohttp: `AppRunner._make_server` and `Server._make_request`, to serve an app's one handler
   directly (no router, no middleware, no `web.Request` per request) while keeping the app's
@@ -7,7 +9,10 @@ does the job; `tests/unit/test_library_internals.py` fails loudly when a library
   the same time as gRPC, before the cleanup contexts close the log.
 - aiokafka: the producer's message accumulator, to fail the batches of a producer that is being
   replaced (`stop()` waits for them, which with the broker down never ends); the C record
-  builder's module name and its size estimate.
+  builder's module name and its size estimate; `aiokafka.conn.create_conn`, to connect once
+  to a broker as a client would and see why TLS or SASL fails (the operator, the sidecar and
+  the readers diagnose a refused connection with it: its clients say only "unable to
+  bootstrap").
 - fastavro: the module name of its compiled writer.
 """
 
@@ -47,6 +52,15 @@ class DirectAppRunner(web.AppRunner):
         server.request_handler = self.app[self._handler_key]
         server.request_factory = server._make_request  # a plain BaseRequest: no router state
         return server
+
+
+async def connect_to_broker(host: str, port: int, **options: Any) -> Any:
+    """One connection to a broker made as aiokafka's clients make theirs (`options`: aiokafka's
+    client options and `request_timeout_ms`), TLS handshake and SASL authentication included;
+    what refuses it raises with the TLS or SASL error in its chain. The caller closes it."""
+    from aiokafka.conn import create_conn
+
+    return await create_conn(host, port, **options)
 
 
 def fail_pending_batches(producer: AIOKafkaProducer, error: Exception) -> None:
