@@ -282,22 +282,23 @@ async def test_steady_flow_goes_to_kafka_in_one_send_per_linger(local_env, topic
             sink.submit(ex)
             sent.append(ex)
             await asyncio.sleep(1 / 500)
-        elapsed = time.monotonic() - started
         records = await consume_all(topic, bootstrap, len(sent), timeout=60)
         sends = metric(registry, "send_latency_seconds_count")
         writes = metric(registry, "records_spooled_total")
     assert {r.key for r in records} == {ex.request_id for ex in sent}
     assert writes == len(sent)
-    # Spool writes every 5 ms would be some 400 sends in 2 s; one per 100 ms linger is about 20.
-    assert sends <= elapsed / 0.1 + 3, f"{sends:.0f} sends for {len(sent)} records"
+    # A send per spool write (every few ms) would carry a record or two; one per 100 ms linger
+    # carries what arrived in it, some 50 at this rate (fewer on a loaded machine).
+    assert len(sent) / sends >= 10, f"{sends:.0f} sends for {len(sent)} records"
 
 
 async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_path):
-    """Runs of records big enough to fill a good batch go at once: a linger of 5 s would
-    otherwise hold them (Kafka's producer keeps one batch per partition in hand)."""
+    """Runs of records big enough to fill a good batch go at once: a linger of 5 minutes would
+    otherwise hold them (Kafka's producer keeps one batch per partition in hand), past the
+    deadline of the wait for their acks."""
     bootstrap = local_env.kafka_bootstrap
     registry = prometheus_client.CollectorRegistry()
-    config = sidecar_config(topic, bootstrap, tmp_path, linger_ms=5000)
+    config = sidecar_config(topic, bootstrap, tmp_path, linger_ms=300_000)
     sent: list[Exchange] = []
     async with open_inference_log(config, registry) as sink:
         for _ in range(10):  # ten runs of about 100 KB, 50 ms apart
@@ -306,15 +307,11 @@ async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_
                 sink.submit(ex)
                 sent.append(ex)
             await asyncio.sleep(0.05)
-        submitted = time.monotonic()
 
         async def all_acked() -> bool:
             return metric(registry, "records_produced_total") >= len(sent)
 
         await wait_for_async(all_acked, timeout=60, what="every record acked", interval=0.05)
-        acked_after = time.monotonic() - submitted
-    # Held for the linger, they would be acked some 10 s later; sent at once, well under one.
-    assert acked_after < 3.0, f"acked {acked_after:.1f} s after the last submit"
 
 
 async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
