@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -44,12 +44,6 @@ WRITTEN_WITHIN_SECONDS = FLUSH_INTERVAL_SECONDS + 0.25
 # Small, so that the bound on records sent twice says something at this rate (the default is
 # 10,000).
 MAX_IN_FLIGHT = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sidecar:

@@ -32,8 +32,8 @@ from modelserving import api
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
 from modelserving_sidecar.log.spool.segments import SEGMENT_SUFFIX
+from tests.support.ports import free_port
 from tests.support.servings import get_serving, serving_manifest
-from tests.support.sidecar_process import free_port
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from modelserving_sidecar.log.status import ANNOTATION
 from tests.support import REPO
 from tests.support.environment import LocalEnv
 from tests.support.pod_volumes import SidecarPod
+from tests.support.ports import free_port
 from tests.support.scripts import load_script
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for
@@ -137,12 +137,6 @@ def strimzi_secrets(core, namespace: str, local_env: LocalEnv, *, ca: bytes, pas
 # --------------------------------------------------------------------------- the parts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Process:
     """A subprocess whose output goes to a file, stopped at the end."""
 
@@ -188,7 +182,7 @@ def processes() -> Iterator[list[Process]]:
 @pytest.fixture
 def tfserving(tmp_path, processes) -> str:
     """TF Serving's stand-in serving the manifest's model, as a process of its own."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         str(REPO / "tests" / "support" / "tfserving_standin.py"),
@@ -258,7 +252,7 @@ def start_serving(
     deployment, pod_name = wait_for(rolled_out, 60, "the serving's Deployment and a pod")
     pod = SidecarPod(core, namespace, deployment, tmp_path / "pod")
     config = yaml.safe_load(pod.config_text())
-    port = _free_port()
+    port = free_port()
     config["listen"] = {"host": "127.0.0.1", "port": port}
     config["grpc"] = {"port": 0}  # no gRPC port: TF Serving's 8500 is not this test's
     config["upstream"]["url"] = tfserving

@@ -26,8 +26,9 @@ from kubernetes import client
 from modelserving import api
 from tests.support.chart import named, render
 from tests.support.pod_volumes import SidecarPod
+from tests.support.ports import free_port
 from tests.support.servings import condition, config_file, get_serving, serving_manifest
-from tests.support.sidecar_process import free_port, running_sidecar
+from tests.support.sidecar_process import running_sidecar
 from tests.support.tfserving_config import parse_models_config
 from tests.support.tfserving_standin import (
     StandInModel,

@@ -31,7 +31,8 @@ from modelserving.tfserving.example_pb2 import Example, Feature, Features, Float
 from modelserving.tfserving.serving_apis_pb2_grpc import ModelServiceStub, PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from tests.integration.test_sidecar_auth import SERVING, grant_predict, service_account_token
-from tests.support.sidecar_process import SidecarProcess, free_port, running_sidecar
+from tests.support.ports import free_port
+from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
     StandInVersion,

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -20,13 +19,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for_async
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_configmap(directory: Path, files: dict[str, str]) -> None:

@@ -4,7 +4,6 @@ servings' conditions and kopf's watch streams, read back as Prometheus scrapes t
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 from prometheus_client.exposition import generate_latest
@@ -22,6 +21,7 @@ from modelserving_operator.metrics import (
     serve_metrics,
 )
 from modelserving_operator.runtime.workqueue import WorkQueue
+from tests.support.ports import free_port
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -170,16 +170,10 @@ def test_watch_restarts_are_the_listings_after_the_first():
     assert samples[(requests, (("resource", "deployments"),))] == 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_are_served_on_the_configured_port_and_path_with_the_process_figures():
     metrics = OperatorMetrics()
     metrics.reconciled("done", 0.01)
-    port = _free_port()
+    port = free_port()
     runner = await serve_metrics(registry_of(metrics), port, "/op-metrics")
     try:
         async with aiohttp.ClientSession() as session:

@@ -20,7 +20,7 @@ from modelserving_sidecar.app import create_app
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.main import grpc_port, serving
-from tests.support.sidecar_process import free_port
+from tests.support.ports import free_port
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.tfserving_standin_grpc import StandInServicer, running_grpc_standin
 

@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 
 import modelserving_sidecar
-from tests.support.sidecar_process import free_port
+from tests.support.ports import free_port
 from tests.support.tfserving_standin import running_standin
 from tests.support.waiting import wait_for_async
 

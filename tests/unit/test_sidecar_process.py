@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import yaml
 
+from tests.support.ports import free_port
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, upstream: str) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import SidecarConfig, parse_config
 from modelserving_sidecar.main import serving
 from modelserving_sidecar.routing.paths import canonical_path
+from tests.support.ports import free_port
 from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
@@ -110,12 +110,6 @@ async def call(http, method, url, **kwargs) -> tuple[int, dict, aiohttp.typedefs
         except ValueError:
             data = {"raw": body.decode(errors="replace")}
         return resp.status, data, resp.headers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- predictions through every path --------------------------------------------------------------
