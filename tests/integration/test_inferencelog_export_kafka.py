@@ -36,6 +36,7 @@ from modelserving_sidecar.config import (
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.pipeline import InferenceLogPipeline, open_inference_log
 from modelserving_sidecar.routing.split import STABLE
+from tests.support.exchanges import varied_exchange
 from tests.support.waiting import wait_for_async
 
 COUNT = 10_000
@@ -96,20 +97,6 @@ class Produced:
         return self.t0 + i * STEP_MS
 
 
-def exchange(request_id: str, i: int, received_ms: int) -> Exchange:
-    statuses = (200, 200, 200, 400, 404, 503)
-    return Exchange(
-        request_id=request_id,
-        received_ms=received_ms,
-        status=statuses[i % len(statuses)],
-        request_body=json.dumps({"instances": [[i, i / 7, "é"]]}, ensure_ascii=False).encode(),
-        response_body=json.dumps({"predictions": [[i / 3]]}).encode(),
-        model_version=None if i % 2 else 3,
-        caller=f"team-{i % 4}" if i % 5 else None,
-        traceparent=None if i % 4 else f"00-{i:032x}-{i:016x}-01",
-    )
-
-
 async def create_topic(topic: str, bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -141,9 +128,14 @@ async def produced(local_env, tmp_path_factory) -> AsyncIterator[Produced]:
     topic = f"export-{uuid.uuid4().hex[:8]}"
     await create_topic(topic, bootstrap)
     t0 = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
-    in_order = [exchange(f"req-{i:05d}", i, t0 + i * STEP_MS) for i in range(COUNT)]
+    in_order = [
+        varied_exchange(i, request_id=f"req-{i:05d}", received_ms=t0 + i * STEP_MS)
+        for i in range(COUNT)
+    ]
     late = [
-        exchange(f"late-{j}", COUNT + j, t0 + (RANGE[0] + 1000 + j) * STEP_MS + 3)
+        varied_exchange(
+            COUNT + j, request_id=f"late-{j}", received_ms=t0 + (RANGE[0] + 1000 + j) * STEP_MS + 3
+        )
         for j in range(LATE)
     ]
     order = [*in_order[: LATE_AFTER + 1], *late, *in_order[LATE_AFTER + 1 :]]

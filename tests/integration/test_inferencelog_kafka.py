@@ -29,6 +29,7 @@ from modelserving_sidecar.config import (
 )
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.pipeline import open_inference_log
+from tests.support.exchanges import varied_exchange
 from tests.support.waiting import wait_for_async
 
 MODEL = ModelIdentity(name="mnist", version=2, model_id=17)
@@ -42,20 +43,6 @@ def sidecar_config(topic: str, bootstrap: str, spool_dir: Path, **logging) -> Si
         serving=ServingIdentity(name="mnist", namespace="demo"),
         model=MODEL,
         logging=replace(settings, **logging),
-    )
-
-
-def exchange(i: int, body_bytes: int = 100) -> Exchange:
-    statuses = (200, 200, 200, 400, 404, 503)
-    return Exchange(
-        request_id=f"req-{i:06d}",
-        received_ms=int(time.time() * 1000),
-        status=statuses[i % len(statuses)],
-        request_body=json.dumps({"instances": [[i] * (body_bytes // 3)]}).encode(),
-        response_body=json.dumps({"predictions": [[i / 10]]}).encode(),
-        model_version=None if i % 2 else 3,
-        caller=f"caller-{i % 3}",
-        traceparent=None if i % 4 else f"00-{i:032x}-{i:016x}-01",
     )
 
 
@@ -91,7 +78,7 @@ class SteadyFlow:
         while self._flowing:
             if not self.sink.accepting():
                 self.refused += 1
-            ex = exchange(len(self.sent), body_bytes=self.body_bytes)
+            ex = varied_exchange(len(self.sent), body_bytes=self.body_bytes)
             self.sink.submit(ex)
             self.sent.append(ex)
             await asyncio.sleep(1 / self.rate)
@@ -155,7 +142,7 @@ def assert_record_matches(logged: LoggedInference, ex: Exchange, mode: LoggingMo
 async def test_records_decoded_back_match_the_exchanges(local_env, topic, tmp_path, mode):
     bootstrap = local_env.kafka_bootstrap
     registry = prometheus_client.CollectorRegistry()
-    exchanges = [exchange(i) for i in range(60)]
+    exchanges = [varied_exchange(i) for i in range(60)]
     async with open_inference_log(
         sidecar_config(topic, bootstrap, tmp_path, mode=mode), registry
     ) as sink:
@@ -185,7 +172,7 @@ async def test_logs_command_prints_json_lines_filtered_by_model(local_env, topic
     registry = prometheus_client.CollectorRegistry()
     async with open_inference_log(sidecar_config(topic, bootstrap, tmp_path), registry) as sink:
         for i in range(5):
-            sink.submit(exchange(i))
+            sink.submit(varied_exchange(i))
 
         async def all_acked() -> bool:
             return metric(registry, "records_produced_total") >= 5
@@ -203,7 +190,7 @@ async def test_logs_command_prints_json_lines_filtered_by_model(local_env, topic
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["key"] for line in lines] == [f"req-{i:06d}" for i in range(5)]
     assert lines[0]["modelName"] == "mnist" and lines[0]["modelId"] == 17
-    assert lines[0]["headers"]["caller"] == "caller-0"
+    assert lines[1]["headers"]["caller"] == "team-1"
     other = await asyncio.to_thread(
         subprocess.run,
         [*cli, bootstrap, "--from-beginning", "--model", "other"],
@@ -278,7 +265,7 @@ async def test_steady_flow_goes_to_kafka_in_one_send_per_linger(local_env, topic
     async with open_inference_log(config, registry) as sink:
         started = time.monotonic()
         while time.monotonic() - started < 2.0:
-            ex = exchange(len(sent))
+            ex = varied_exchange(len(sent))
             sink.submit(ex)
             sent.append(ex)
             await asyncio.sleep(1 / 500)
@@ -303,7 +290,7 @@ async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_
     async with open_inference_log(config, registry) as sink:
         for _ in range(10):  # ten runs of about 100 KB, 50 ms apart
             for _ in range(100):
-                ex = exchange(len(sent), body_bytes=1000)
+                ex = varied_exchange(len(sent), body_bytes=1000)
                 sink.submit(ex)
                 sent.append(ex)
             await asyncio.sleep(0.05)
@@ -379,7 +366,7 @@ async def test_full_spool_follows_its_policy_and_counts(topic, tmp_path, policy)
     n = 200
     async with open_inference_log(config, registry) as sink:
         for i in range(n):
-            sink.submit(exchange(i, body_bytes=1000))
+            sink.submit(varied_exchange(i, body_bytes=1000))
         dropped = lambda: metric(registry, "records_dropped_total", reason="spool_full")  # noqa: E731
         spooled = lambda: metric(registry, "records_spooled_total")  # noqa: E731
         if policy is SpoolFullPolicy.REJECT:

@@ -17,11 +17,12 @@ from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.metrics import InferenceLogMetrics
 from modelserving_sidecar.log.pipeline import InferenceLogPipeline
 from modelserving_sidecar.log.spool.segments import SpoolRecord
+from tests.support.exchanges import an_exchange
 from tests.support.waiting import wait_for_async
 
 
 def exchange(request_id: str) -> Exchange:
-    return Exchange(request_id, 1_700_000_000_000, 200, b'{"instances": [1]}', b"{}", 1, None, None)
+    return an_exchange(request_id=request_id)
 
 
 def pipeline_for(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 
 import prometheus_client
@@ -29,6 +28,7 @@ from modelserving_sidecar.log.policy import (
     parse_redact_path,
 )
 from modelserving_sidecar.log.records import SpoolRecordMaker
+from tests.support.exchanges import an_exchange
 from tests.support.reference_records import build_spool_record, shape_exchange
 
 BODY = {
@@ -41,14 +41,12 @@ BODY = {
 
 
 def exchange(status: int = 200, request: bytes | None = None, response: bytes = b"{}") -> Exchange:
-    return Exchange(
+    return an_exchange(
         request_id=str(uuid.uuid4()),
-        received_ms=int(time.time() * 1000),
         status=status,
         request_body=json.dumps(BODY).encode() if request is None else request,
         response_body=response,
         model_version=1,
-        caller="team-a",
         traceparent=None,
     )
 

@@ -23,10 +23,10 @@ from modelserving.inferencelog.record import (
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
-from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.kafka.partitioner import murmur2
 from modelserving_sidecar.log.policy import OversizePolicy, RedactRule
 from modelserving_sidecar.log.records import SpoolRecordMaker
+from tests.support.exchanges import an_exchange
 from tests.support.reference_records import build_headers, build_record, build_spool_record
 
 # A copy of the schema text in the seed (the Hopsworks inference docs), as given there.
@@ -62,19 +62,7 @@ SEED_SCHEMA_TEXT = """
 MODEL = ModelIdentity(name="mnist", version=3, model_id=17)
 
 
-def exchange(**changes) -> Exchange:
-    values = dict(
-        request_id="01J0REQ",
-        received_ms=1_700_000_000_123,
-        status=200,
-        request_body=b'{"instances": [[1.0, 2.0]]}',
-        response_body=b'{"predictions": [[0.9]]}',
-        model_version=None,
-        caller="team-a",
-        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    )
-    values.update(changes)
-    return Exchange(**values)
+exchange = an_exchange
 
 
 def test_schema_is_the_seeds_field_for_field():

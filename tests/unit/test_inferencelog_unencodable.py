@@ -22,6 +22,7 @@ from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentit
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.policy import NonJsonPolicy, RedactRule
 from modelserving_sidecar.log.records import SpoolRecordMaker
+from tests.support.exchanges import an_exchange
 from tests.unit.test_inferencelog_durability import count, pipeline_for
 
 MODEL = ModelIdentity(name="mnist", version=3, model_id=17)
@@ -36,18 +37,8 @@ def logging_config(**settings: object) -> LoggingConfig:
 
 
 def exchange(request: bytes, response: bytes = b'{"predictions": [1]}', **changes) -> Exchange:
-    values = dict(
-        request_id="req-1",
-        received_ms=1_700_000_000_123,
-        status=200,
-        request_body=request,
-        response_body=response,
-        model_version=None,
-        caller="team-a",
-        traceparent=None,
-    )
-    values.update(changes)
-    return Exchange(**values)
+    values = {"request_id": "req-1", "traceparent": None, **changes}
+    return an_exchange(request_body=request, response_body=response, **values)
 
 
 def tensor(shape: list[int], values: list[float]) -> tensor_pb2.TensorProto:
