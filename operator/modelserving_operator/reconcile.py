@@ -13,12 +13,13 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from modelserving import api
 from modelserving.kafka_security.settings import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving_operator.caches import WatchCaches
 from modelserving_operator.kafka.security import (
     FIELD,
     MissingCredentials,
@@ -55,7 +56,9 @@ from modelserving_operator.pod_env.sources import (
 from modelserving_operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.runtime.cached import CachedObject
-from modelserving_operator.runtime.workqueue import WorkQueue
+from modelserving_operator.runtime.controller import Again, Outcome
+from modelserving_operator.runtime.kopf_internals import event_target
+from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
 from modelserving_operator.status.conditions import (
@@ -73,6 +76,7 @@ from modelserving_operator.status.conditions import (
     status_changed,
 )
 from modelserving_operator.status.model_report import (
+    ModelStatus,
     event_for,
     model_status,
     progressing_with_pods,
@@ -88,71 +92,85 @@ log = logging.getLogger(__name__)
 PROGRESS_WRITE_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class KafkaSeen:
+    """What the operator found of the inference log's topics, kept between reconciles."""
+
+    # Per (brokers, topic): the topic as last created, described or checked again
+    # (topic_checks).
+    topics: dict[tuple[str, str], KnownTopic] = field(default_factory=dict)
+    # Per serving: the (brokers, topic) it logs to, once found.
+    users: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    # Per serving: the operator's own failure to reach its Kafka (_OPERATOR_UNSEEN), as its
+    # last topic check told it. Events that do not check Kafka again (a pod's) keep it, so
+    # LoggingReady is judged alike whatever reconciles the serving (logging_from_pods).
+    unseen: dict[Key, LoggingState] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.users.pop(key, None)
+        self.unseen.pop(key, None)
+
+
+@dataclass(frozen=True)
+class SourcesSeen:
+    """The Secrets and ConfigMaps servings' pods read at start (env_sources), as last read;
+    memory only."""
+
+    # Per serving whose pods read some: the digest its pod template carries of them, and a
+    # digest of the values read.
+    digests: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    # Per (namespace, kind, name) read: its version when last read, which
+    # pod_env.checks compares.
+    versions: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.digests.pop(key, None)
+
+
+@dataclass(frozen=True)
+class ServingMemory:
+    """What reconciling a serving leaves for its next reconcile."""
+
+    # What the children were last found to match: the render key ((uid, generation, modelId,
+    # the sources' digest)) and each child's (kind, name, resourceVersion); while both hold,
+    # nothing is rendered again.
+    verified: dict[Key, tuple[tuple[object, ...], frozenset[tuple[object, ...]]]] = field(
+        default_factory=dict
+    )
+    # The reasons last told in an Event, per serving (ModelReady, AuthReady, a Conflict, a
+    # refusal): the watch cache may still hold the status before our last write, and an Event
+    # goes once per change.
+    told: dict[Key, dict[str, str]] = field(default_factory=dict)
+    # When each serving's status was last written (monotonic seconds), for
+    # PROGRESS_WRITE_SECONDS.
+    status_written: dict[Key, float] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.verified.pop(key, None)
+        self.told.pop(key, None)
+        self.status_written.pop(key, None)
+
+
 @dataclass
 class Reconciler:
-    """What reconciling needs between events: the clients, the settings, the work queue."""
+    """What reconciling needs: the clients, the settings, and what it keeps between
+    reconciles."""
 
     kube: KubeClient
     settings: OperatorSettings
     topics: TopicKeeper
     model_ids: ModelIds
-    queue: WorkQueue = field(default_factory=WorkQueue)
-    # The topics found, per (brokers, topic), as last created, described or checked again
-    # (topic_checks); and the (brokers, topic) each serving logs to, once found.
-    known_topics: dict[tuple[str, str], KnownTopic] = field(default_factory=dict)
-    topic_users: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    # Per serving: the operator's own failure to reach its Kafka (_OPERATOR_UNSEEN), as its
-    # last topic check told it. Events that do not check Kafka again (a pod's) keep it, so
-    # LoggingReady is judged alike whatever reconciles the serving (logging_from_pods).
-    kafka_unseen: dict[tuple[str, str], LoggingState] = field(default_factory=dict)
-    retries: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
-    # Servings whose status write waits (PROGRESS_WRITE_SECONDS): when each is marked again.
-    waits: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
-    # Children found as the spec wants them: (uid, generation, modelId) and each child's
-    # (kind, name, resourceVersion); while both hold, nothing is rendered again.
-    # What the children were last found to match: the render key and the children's versions.
-    verified: dict[tuple[str, str], tuple[tuple[object, ...], frozenset[tuple[object, ...]]]] = (
-        field(default_factory=dict)
-    )
-    indexes: Mapping[str, Any] = field(default_factory=dict)  # kopf's, set by the handlers
-    workers: list[asyncio.Task[None]] = field(default_factory=list)
-    reconciled: set[tuple[str, str]] = field(default_factory=set)  # since the start
-    writes: int = 0  # since the start: applies, deletes, status and annotation patches
-    caught_up: bool = False  # the queue has been empty once since the start
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    # The reasons of ModelReady and AuthReady last told in an Event, per serving: the watch
-    # cache may still hold the status before our last write, and an Event goes once per change.
-    told_reasons: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    # When each serving's status was last written (monotonic seconds), for PROGRESS_WRITE_SECONDS.
-    status_written: dict[tuple[str, str], float] = field(default_factory=dict)
-    # Per serving whose pods read Secrets or ConfigMaps at start: the digest its pod template
-    # carries of them, and a digest of the values read (env_sources; memory only). Per
-    # (namespace, kind, name) read: its version when last read, which env_source_checks compares.
-    sources_read: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    source_versions: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    kafka: KafkaSeen = field(default_factory=KafkaSeen)
+    sources: SourcesSeen = field(default_factory=SourcesSeen)
+    memory: ServingMemory = field(default_factory=ServingMemory)
+    writes: int = 0  # since the start: applies, deletes, status and annotation patches
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Key) -> None:
         """The serving is gone: drop what is kept of it between reconciles."""
-        for timers in (self.retries, self.waits):
-            if handle := timers.pop(key, None):
-                handle.cancel()
-        self.queue.forget(key)
-        self.verified.pop(key, None)
-        self.reconciled.discard(key)
-        self.told_reasons.pop(key, None)
-        self.status_written.pop(key, None)
-        self.sources_read.pop(key, None)
-        self.topic_users.pop(key, None)
-        self.kafka_unseen.pop(key, None)
-
-
-@dataclass(frozen=True)
-class Again:
-    """When to reconcile a serving again: after a step that failed (an API error, Kafka not
-    reached), or to write a status that waited (PROGRESS_WRITE_SECONDS), which is no failure."""
-
-    seconds: float
-    failed: bool
+        self.kafka.forget(key)
+        self.sources.forget(key)
+        self.memory.forget(key)
 
 
 def covers(live: Any, desired: Any) -> bool:
@@ -171,14 +189,34 @@ def covers(live: Any, desired: Any) -> bool:
 
 
 def _ref(serving: Mapping[str, Any]) -> kopf.Body:
-    """The serving as kopf's event poster needs it (list items lack kind and apiVersion); kopf
-    reads only these keys of it, as of any mapping."""
+    """The serving as kopf's event poster needs it (list items lack kind and apiVersion)."""
     ref = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": serving["metadata"]}
-    return cast(kopf.Body, ref)
+    return event_target(ref)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile_cached(
+    rec: Reconciler, caches: WatchCaches, key: Key, serving_event: bool
+) -> Outcome:
+    """Reconcile the serving of `key` as the watch caches hold it and its children and pods
+    (the controller's reconcile); an API error is retried after --retry-seconds."""
+    serving = caches.serving(key)
+    if serving is None or serving["metadata"].get("deletionTimestamp"):
+        return "gone"  # gone or going: the garbage collector removes the children
+    try:
+        return await reconcile(
+            rec,
+            serving,
+            caches.children(key),
+            pods=caches.pods(key),
+            from_serving_event=serving_event,
+        )
+    except KubeError as exc:
+        log.warning("reconciling %s/%s failed, retrying: %s", *key, exc)
+        return Again(rec.settings.retry_seconds, failed=True)
 
 
 async def reconcile(
@@ -191,27 +229,65 @@ async def reconcile(
 ) -> Again | None:
     """Apply what differs and write the status; returns when to reconcile again, if ever.
 
-    The work queue runs one reconcile of a serving at a time."""
+    The work queue runs one reconcile of a serving at a time. Its steps: the serving's modelId,
+    its children, what the children, the pods and Kafka say of it, and its status."""
     spec = ServingSpec.from_body(serving)
-    key = (spec.namespace, spec.name)
-    rec.reconciled.add(key)
-    # Only an id the operator issued to this serving counts, never its annotation alone (a
-    # copied manifest's, or a hand-written one): see modelids.
-    model_id, assigned = rec.model_ids.recorded(serving), False
-    if model_id is None or (from_serving_event and not annotated(serving, model_id)):
-        if not from_serving_event:
-            return None  # only the serving's own events take ids
-        model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
-        rec.writes += 1
-        assigned = True
+    found = await _model_id(rec, serving, from_serving_event)
+    if found is None:
+        return None  # only the serving's own events take ids
+    model_id, assigned = found
+    applied = await _children(rec, serving, spec, model_id, children)
+    _post_changes(serving, applied.done, model_id if assigned else None)
+    observed = await _observe(rec, serving, spec, applied, list(pods), from_serving_event)
+    wait = await _write_status(rec, serving, spec, model_id, observed)
+    return _again(rec, spec, applied, observed, wait)
 
+
+async def _model_id(
+    rec: Reconciler, serving: Mapping[str, Any], from_serving_event: bool
+) -> tuple[int, bool] | None:
+    """The serving's modelId, and whether this reconcile assigned it; None when it has none
+    and this is not the serving's own event (only those take ids).
+
+    Only an id the operator issued to this serving counts, never its annotation alone (a
+    copied manifest's, or a hand-written one): see modelids."""
+    model_id = rec.model_ids.recorded(serving)
+    if model_id is not None and (not from_serving_event or annotated(serving, model_id)):
+        return model_id, False
+    if not from_serving_event:
+        return None
+    model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
+    rec.writes += 1
+    return model_id, True
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the children step leaves: the serving's Deployment as it now is (None: none of the
+    serving's), the first failure to make the children as the spec wants them, and what was
+    created, updated and deleted."""
+
+    deployment: Mapping[str, Any] | None
+    failure: ApplyFailure | None
+    done: Mapping[str, list[str]]
+
+
+async def _children(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    spec: ServingSpec,
+    model_id: int,
+    children: Iterable[CachedObject],
+) -> Applied:
+    """Bring the children in line with the spec (_apply_children), unless they are as they
+    were last found to match it (ServingMemory.verified): then nothing is parsed or rendered."""
+    key = (spec.namespace, spec.name)
     cached = {(c.kind, c.name): c for c in children}
     deployment: Mapping[str, Any] | None = None
     if cached_deployment := cached.get(("Deployment", key[1])):
         deployment = cached_deployment.parsed()
         if not owned_by(deployment, spec):  # someone else's, of the serving's name (Conflict)
             deployment = None
-    failure = None
     # An operator that may not read Secrets rolls no pods for them (ConfigMaps alone count).
     checksum = await _sources_checksum(rec, spec, deployment)
     render_key = (
@@ -221,32 +297,56 @@ async def reconcile(
         checksum,
     )
     seen = frozenset((*k, c.resource_version) for k, c in cached.items())
-    done: dict[str, list[str]] = {}
-    if rec.verified.get(key) != (render_key, seen):
-        live = {
-            k: deployment if k[0] == "Deployment" and deployment else c.parsed()
-            for k, c in cached.items()
-        }
-        deployment, failure, done = await _apply_children(
-            rec, serving, spec, model_id, checksum, live, deployment
-        )
-        if failure is None and not any(done.values()):
-            rec.verified[key] = (render_key, seen)  # the children are as the spec wants them
-        else:
-            rec.verified.pop(key, None)
+    if rec.memory.verified.get(key) == (render_key, seen):
+        return Applied(deployment, None, {})
+    live = {
+        k: deployment if k[0] == "Deployment" and deployment else c.parsed()
+        for k, c in cached.items()
+    }
+    deployment, failure, done = await _apply_children(
+        rec, serving, spec, model_id, checksum, live, deployment
+    )
+    if failure is None and not any(done.values()):
+        rec.memory.verified[key] = (render_key, seen)  # the children are as the spec wants them
+    else:
+        rec.memory.verified.pop(key, None)
+    return Applied(deployment, failure, done)
 
-    _post_changes(serving, done, model_id if assigned else None)
-    pods = list(pods)
-    logging_state = await _logging_state(rec, serving, spec, from_serving_event)
+
+@dataclass(frozen=True)
+class Observed:
+    """What the children, the pods and Kafka say of the serving, for its status."""
+
+    deployment: Mapping[str, Any] | None
+    logging: LoggingState
+    model: ModelStatus
+    conditions: list[Condition]  # every condition but LoggingReady, in the status's order
+
+
+async def _observe(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    spec: ServingSpec,
+    applied: Applied,
+    pods: list[Mapping[str, Any]],
+    check_kafka: bool,
+) -> Observed:
+    """The serving's conditions from its Deployment, its pods' reports and its topic (checked
+    in Kafka on the serving's own events), with an Event for each that starts saying
+    something new (a refusal, a Conflict, the model's or the auth's state)."""
+    key = (spec.namespace, spec.name)
+    logging_state = await _logging_state(rec, serving, spec, check_kafka)
     mismatch = logging_state.message if logging_state.reason == TOPIC_MISMATCH else None
     _tell_refusal(rec, serving, key, "LoggingReady", TOPIC_MISMATCH, mismatch)
     logging_state = _logging_with_pods(rec, spec, logging_state, pods)
     model = model_status(spec.model, pods)
     numbers = spec.model.loaded_versions
     rolling_to = f"version{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
-    ready, progressing, *rollout = deployment_conditions(deployment, failure, rolling_to)
+    ready, progressing, *rollout = deployment_conditions(
+        applied.deployment, applied.failure, rolling_to
+    )
     rollout = [progressing_with_pods(progressing, model), *rollout]
-    _post_conflict(rec, serving, key, failure)
+    _post_conflict(rec, serving, key, applied.failure)
     if ingress_refused := spec.ingress_refusal(rec.settings):
         rollout = refused_degraded(rollout, ingress_refused)
     _tell_refusal(rec, serving, key, "Degraded", INGRESS_REFUSED, ingress_refused)
@@ -257,6 +357,20 @@ async def reconcile(
         hint = what_to_check(logging_state.reason, spec.kafka_security(rec.settings))
         if not logging_state.message.endswith(hint):
             logging_state = replace(logging_state, message=f"{logging_state.message}; {hint}")
+    conditions = [ready_with_pods(ready, model), *rollout, model.model_ready, model.auth_ready]
+    return Observed(applied.deployment, logging_state, model, conditions)
+
+
+async def _write_status(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    spec: ServingSpec,
+    model_id: int,
+    observed: Observed,
+) -> float | None:
+    """Write the status if it changed, unless it only tells a rollout's progress and waits
+    (PROGRESS_WRITE_SECONDS): returns the seconds it waits, None if nothing waits."""
+    key = (spec.namespace, spec.name)
     old_status = serving.get("status") or {}
     new_status = render_status(
         old_status,
@@ -265,29 +379,33 @@ async def reconcile(
         model_name=spec.model.name,
         endpoint=spec.endpoint,
         topic=spec.topic if spec.logging_requested(rec.settings) else None,
-        deployment=deployment,
+        deployment=observed.deployment,
         traffic=spec.model.traffic,
-        versions=model.versions,
-        conditions=[
-            ready_with_pods(ready, model),
-            *rollout,
-            model.model_ready,
-            model.auth_ready,
-            logging_condition(logging_state),
-        ],
+        versions=observed.model.versions,
+        conditions=[*observed.conditions, logging_condition(observed.logging)],
         now=_now(),
     )
-    wait = None
-    if status_changed(old_status, new_status):
-        wait = _progress_wait(rec, key, old_status, new_status)
-        if wait is None:
-            # Only this serving's: not one deleted and made anew under its name meanwhile.
-            uid = serving["metadata"]["uid"]
-            await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
-            rec.writes += 1
-            rec.status_written[key] = time.monotonic()
+    if not status_changed(old_status, new_status):
+        return None
+    wait = _progress_wait(rec, key, old_status, new_status)
+    if wait is None:
+        # Only this serving's: not one deleted and made anew under its name meanwhile.
+        uid = serving["metadata"]["uid"]
+        await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
+        rec.writes += 1
+        rec.memory.status_written[key] = time.monotonic()
+    return wait
+
+
+def _again(
+    rec: Reconciler, spec: ServingSpec, applied: Applied, observed: Observed, wait: float | None
+) -> Again | None:
+    """When to reconcile again: after --retry-seconds while a write failed or the operator's
+    Kafka needs another look, else when the status write that waits is due."""
+    logging_state = observed.logging
     checked_again = not logging_state.ready and logging_state.reason in _CHECKED_AGAIN
-    if failure or checked_again or key in rec.kafka_unseen:  # the operator's Kafka, again
+    unseen = (spec.namespace, spec.name) in rec.kafka.unseen
+    if applied.failure or checked_again or unseen:  # the operator's Kafka, again
         retry = rec.settings.retry_seconds
         return Again(retry if wait is None else min(wait, retry), failed=True)
     return None if wait is None else Again(wait, failed=False)
@@ -297,7 +415,7 @@ def _progress_wait(
     rec: Reconciler, key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> float | None:
     """Seconds the status write should wait (PROGRESS_WRITE_SECONDS), or None to write now."""
-    written = rec.status_written.get(key)
+    written = rec.memory.status_written.get(key)
     if written is None or not progress_only(old, new):
         return None
     wait = written + PROGRESS_WRITE_SECONDS - time.monotonic()
@@ -482,7 +600,7 @@ async def _sources_checksum(
     kinds = kinds_read(rec.settings.read_secrets)
     keys = env_reads(spec.server.env, spec.server.env_from, kinds)
     if not keys:
-        rec.sources_read.pop(key, None)
+        rec.sources.digests.pop(key, None)
         return None
     sources = env_sources(spec.server.env, spec.server.env_from, kinds)
     found = await asyncio.gather(*(rec.kube.get(k, n, spec.namespace) for k, n in sources))
@@ -491,18 +609,18 @@ async def _sources_checksum(
         for (kind, name), body in zip(sources, found, strict=True)
     }
     for (kind, name), source in read.items():
-        rec.source_versions[(spec.namespace, kind, name)] = source.version if source else None
+        rec.sources.versions[(spec.namespace, kind, name)] = source.version if source else None
     values = values_digest(keys, read)
     if values is None:
         template = (deployment or {}).get("spec", {}).get("template", {}).get("metadata", {})
         carried: str | None = (template.get("annotations") or {}).get(SECRETS_CHECKSUM_ANNOTATION)
         return carried
-    known = rec.sources_read.get(key)
+    known = rec.sources.digests.get(key)
     if known is not None and known[1] == values:
         return known[0]
     checksum = versions_checksum(keys, read)
     if checksum is not None:
-        rec.sources_read[key] = (checksum, values)
+        rec.sources.digests[key] = (checksum, values)
     return checksum
 
 
@@ -531,7 +649,7 @@ def _post_conflict(
     rec: Reconciler, serving: Mapping[str, Any], key: tuple[str, str], failure: ApplyFailure | None
 ) -> None:
     """A Warning when a Conflict is first told (or names other objects); retries stay quiet."""
-    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    told = rec.memory.told.setdefault(key, _condition_reasons(serving))
     if CONFLICT not in told:  # what the status says (the last operator's word)
         conditions = (serving.get("status") or {}).get("conditions") or []
         ready: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
@@ -546,7 +664,7 @@ def _post_model_events(
     rec: Reconciler, serving: Mapping[str, Any], key: tuple[str, str], conditions: list[Condition]
 ) -> None:
     """An Event when what the pods say of the model or the auth config changes reason."""
-    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    told = rec.memory.told.setdefault(key, _condition_reasons(serving))
     for cond in conditions:
         event = event_for(told.get(cond.type), cond)
         told[cond.type] = cond.reason
@@ -592,8 +710,8 @@ async def _logging_state(
     rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
 ) -> LoggingState:
     key = (spec.namespace, spec.name)
-    rec.topic_users.pop(key, None)  # until the topic is found again
-    unseen = rec.kafka_unseen.pop(key, None)  # until the operator fails to reach Kafka again
+    rec.kafka.users.pop(key, None)  # until the topic is found again
+    unseen = rec.kafka.unseen.pop(key, None)  # until the operator fails to reach Kafka again
     if not spec.logging_requested(rec.settings):
         return LoggingState(True, "LoggingOff", "the inference log is off")
     if refused := spec.topic_refusal(rec.settings):  # never checked nor created
@@ -608,12 +726,12 @@ async def _logging_state(
         )
     topic, kafka = spec.topic, spec.logging.kafka
     asked = TopicSettings(kafka.partitions, kafka.replication_factor)
-    if known := rec.known_topics.get((servers, topic)):
-        rec.topic_users[key] = (servers, topic)
+    if known := rec.kafka.topics.get((servers, topic)):
+        rec.kafka.users[key] = (servers, topic)
         return topic_state(topic, known.found, asked)
     if not check_kafka:  # children's events keep what the last check found
         if unseen is not None:  # the operator's own failure, not the pods' word
-            rec.kafka_unseen[key] = unseen
+            rec.kafka.unseen[key] = unseen
             return unseen
         previous = _previous_logging(serving)
         if previous and previous["reason"] in POD_REASONS:  # the pods' word, not the topic's
@@ -649,8 +767,8 @@ async def _logging_state(
         )
     state = outcome.state
     if outcome.found is not None:
-        rec.known_topics[(servers, topic)] = KnownTopic(outcome.found, credentials)
-        rec.topic_users[key] = (servers, topic)
+        rec.kafka.topics[(servers, topic)] = KnownTopic(outcome.found, credentials)
+        rec.kafka.users[key] = (servers, topic)
     if outcome.created:
         kopf.event(
             _ref(serving),
@@ -666,7 +784,7 @@ async def _logging_state(
         # says that the pods deliver, while the operator's failure stays the same).
         kopf.event(_ref(serving), type="Warning", reason=state.reason, message=state.message)
     if state.reason in _OPERATOR_UNSEEN:
-        rec.kafka_unseen[key] = state
+        rec.kafka.unseen[key] = state
     return state
 
 
@@ -675,7 +793,7 @@ def _logging_with_pods(
 ) -> LoggingState:
     """LoggingReady with the pods' word (logging_from_pods): of a topic found, or of one the
     operator could not check because it cannot reach Kafka itself, where the pods may."""
-    unseen = (spec.namespace, spec.name) in rec.kafka_unseen
+    unseen = (spec.namespace, spec.name) in rec.kafka.unseen
     if (state.ready or unseen) and spec.logging_on(rec.settings):
         return logging_from_pods(state, pods, operator_unseen=unseen)
     return state
@@ -703,7 +821,7 @@ def _tell_refusal(
     """A Warning Event when the operator starts refusing a part of the spec (policy), or
     refuses it for another reason; once, though the watch cache may still show the status
     before our last write. `refused`: why, or None while nothing is refused."""
-    told = rec.told_reasons.setdefault(key, _condition_reasons(serving))
+    told = rec.memory.told.setdefault(key, _condition_reasons(serving))
     if reason not in told:  # first look since the start: what the stored status says
         stored = (serving.get("status") or {}).get("conditions") or []
         said = [

@@ -5,24 +5,33 @@ changes what the operator counts on, and shows what the change does."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextvars
 import inspect
+import itertools
 import logging
 
+import aiohttp
 import kopf
 from kopf._cogs.aiokits import aiotoggles
-from kopf._cogs.clients import watching
+from kopf._cogs.clients import api, watching
 from kopf._cogs.structs import bodies, ephemera, references
-from kopf._core.engines import indexing
+from kopf._core.engines import indexing, posting
 from kopf._core.reactor import processing, running
 
 from modelserving_operator.metrics import WatchStreams
 from modelserving_operator.runtime import kopf_internals
 from modelserving_operator.runtime.kopf_internals import (
+    NoDiffBase,
+    RetryForever,
     WatchedObjects,
     all_indexed,
     cache_current,
     cache_current_now,
+    event_target,
     handle_events_while_indexing,
+    live_indexes,
+    start_in_handler_context,
     wake_toggle_waiters_on_change_only,
     without_managed_fields,
     wrap_watch_streams,
@@ -386,3 +395,148 @@ def test_kopf_still_passes_its_pause_toggles_to_the_event_processing():
     params = inspect.signature(processing.process_resource_event).parameters
     assert "operator_paused" in params
     assert "operator_paused=operator_paused" in inspect.getsource(running.spawn_tasks)
+
+
+def test_the_delays_never_end_and_each_request_starts_from_the_first():
+    delays = RetryForever()
+    # kopf counts the tries of a Sized iterable and gives up after them; this one is not.
+    assert not isinstance(delays, collections.abc.Sized)
+    first = list(itertools.islice(delays, 1000))
+    again = list(itertools.islice(delays, 10))
+    assert len(first) == 1000 and again == first[:10]
+    assert first[:6] == [1, 1, 2, 3, 5, 8] and set(first[6:]) == {10}
+
+
+class _FailingSession:
+    """An API server away for `failures` tries of each request, then back."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.tries, self.closed = failures, 0, False
+
+    async def request(self, **_: object) -> object:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise aiohttp.ClientConnectionError("connection refused")
+        return type("Response", (), {"status": 200})()
+
+
+class _Context:
+    server = "https://kube.invalid"
+
+    def __init__(self, session: _FailingSession) -> None:
+        self.session = session
+
+
+async def test_kopf_retries_a_request_for_as_long_as_delays_without_a_length_go_on():
+    # kopf's own request function: with delays that have a length (its default is eight) it
+    # gives up after them (a watch given up on is never renewed); with RetryForever it goes on
+    # until the API server is back, and each request starts from the first delay again.
+    log = logging.getLogger("test")
+    settings = kopf.OperatorSettings()
+    settings.networking.error_backoffs = (0.0,) * 8
+    session = _FailingSession(failures=9)
+    try:
+        await api.request(
+            "GET", "/version", settings=settings, context=_Context(session), logger=log
+        )
+    except aiohttp.ClientConnectionError:
+        assert session.tries == 9
+    else:
+        raise AssertionError("kopf no longer gives up after delays that have a length")
+
+    delays = RetryForever()
+    delays.FIRST, delays.THEN = (0.0,), 0.0  # the same shape, without the waits
+    settings.networking.error_backoffs = delays
+    for _ in range(2):
+        session = _FailingSession(failures=50)
+        response = await asyncio.wait_for(
+            api.request(
+                "GET", "/version", settings=settings, context=_Context(session), logger=log
+            ),
+            5,
+        )
+        assert response.status == 200 and session.tries == 51
+
+
+async def test_tasks_started_from_a_handler_post_events_through_kopfs_poster():
+    # kopf sets its event poster in context variables of each object's task, where its handlers
+    # run, and kopf.event() reads them there; a task inherits the context it starts in.
+    assert "posting.event_queue_var.set(" in inspect.getsource(processing.process_resource_event)
+    assert "event_queue_var.get()" in inspect.getsource(posting.enqueue)
+    serving = event_target({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "a"}})
+
+    async def posts() -> None:
+        kopf.event(serving, type="Normal", reason="Test", message="from a worker")
+
+    settings = kopf.OperatorSettings()
+    events: asyncio.Queue[posting.K8sEvent] = asyncio.Queue()
+
+    async def a_handler() -> list[asyncio.Task[None]]:  # as kopf runs one
+        posting.settings_var.set(settings)
+        posting.event_queue_loop_var.set(asyncio.get_running_loop())
+        posting.event_queue_var.set(events)
+        return start_in_handler_context([posts()])
+
+    tasks = await asyncio.create_task(a_handler(), context=contextvars.Context())
+    await asyncio.gather(*tasks)
+    event = events.get_nowait()
+    # kopf read the plain mapping it was given as an object's reference (event_target)
+    assert (event.reason, event.ref["name"], event.ref["kind"]) == ("Test", "a", "Thing")
+
+    # Started elsewhere (the startup handler's context holds no poster), it fails
+    outside = asyncio.create_task(posts(), context=contextvars.Context())
+    try:
+        await outside
+    except LookupError:
+        pass
+    else:
+        raise AssertionError("kopf.event() posted with no poster in the context")
+
+
+async def test_the_indexes_a_handler_is_given_are_live_for_the_workers():
+    # kopf's own indexing: the index the handler saw changes in place as objects are indexed.
+    registry = kopf.OperatorRegistry()
+
+    @kopf.index("", "v1", "services", registry=registry, id="names")
+    async def names(name, **_):
+        return {name: True}
+
+    indexers = indexing.OperatorIndexers()
+    indexers.ensure(registry._indexing.get_all_handlers())
+    seen = live_indexes(indexers.indices, ["names"])  # as a handler's kwargs hold them
+
+    async def index(name):
+        body = {"metadata": {"name": name, "namespace": "ns", "uid": name}}
+        await indexing.index_resource(
+            indexers=indexers,
+            registry=registry,
+            settings=kopf.OperatorSettings(),
+            resource=SERVICES,
+            raw_event={"type": None, "object": body},
+            memory=indexing.IndexingMemory(),
+            logger=logging.getLogger("test"),
+            memo=ephemera.Memo(),
+            body=bodies.Body(body),
+        )
+
+    await index("a")
+    await index("b")
+    assert sorted(seen["names"]) == ["a", "b"] and seen["names"] is indexers.indices["names"]
+
+
+def test_kopf_reads_the_diff_base_only_for_change_handlers_and_daemons():
+    # NoDiffBase keeps nothing: the diff it makes is always empty. kopf uses the diff for
+    # change handlers and (to reset idle timers) daemons, which the operator registers none of.
+    source = inspect.getsource(processing._detect_causes)
+    assert source.count("diff=diff") == 1 and "reset=bool(diff)" in source
+    assert "if registry._changing.has_handlers(resource=resource)" in source
+    assert "if registry._spawning.has_handlers(resource=resource)" in source
+    body = bodies.Body({"metadata": {"name": "a"}, "spec": {"x": 1}})
+    assert NoDiffBase().build(body=body) == {} and NoDiffBase().fetch(body=body) is None
+
+    from modelserving_operator import handlers  # noqa: F401 (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    assert registry._watching.get_all_handlers()  # the handlers are there: the check holds

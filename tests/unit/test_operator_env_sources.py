@@ -25,6 +25,7 @@ from modelserving_operator.pod_env.sources import (
 )
 from modelserving_operator.reconcile import Reconciler, _sources_checksum
 from modelserving_operator.render.manifests import render_children
+from modelserving_operator.runtime.workqueue import WorkQueue
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
 
@@ -291,7 +292,7 @@ async def test_the_pods_roll_when_a_config_maps_value_they_read_changes():
     rec = reconciler(server)
     first = await _sources_checksum(rec, serving, None)
     assert first is not None and server.gets == [(CONFIG_MAP, "tuning")]
-    assert rec.source_versions == {("demo", CONFIG_MAP, "tuning"): "uid-c/1"}
+    assert rec.sources.versions == {("demo", CONFIG_MAP, "tuning"): "uid-c/1"}
 
     # A key changed in place: every key is read (envFrom), so a new digest (a roll)
     server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(version="2", MODE="slow")
@@ -304,12 +305,13 @@ async def test_an_operator_that_may_not_read_secrets_still_rolls_for_config_maps
     server = Sources(s3=secret(id="a", key="b"))
     server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(mode="fast")
     rec = reconciler(server, OperatorSettings(kafka_bootstrap_servers="k:9092", read_secrets=False))
+    queue = WorkQueue()
     assert await _sources_checksum(rec, serving, None) is not None
     assert sorted(server.gets) == [(CONFIG_MAP, "opt"), (CONFIG_MAP, "tuning")]  # no Secret
     # Nor do its checks read a Secret
     readers = {("demo", SECRET, "s3"): ["mnist"], ("demo", CONFIG_MAP, "tuning"): ["mnist"]}
     server.gets.clear()
-    await check_sources(rec, readers)
+    await check_sources(rec, readers, queue)
     assert server.gets == [(CONFIG_MAP, "tuning")]
     # Servings that read Secrets alone carry no digest
     assert await _sources_checksum(rec, spec(ENV), None) is None
@@ -318,7 +320,7 @@ async def test_an_operator_that_may_not_read_secrets_still_rolls_for_config_maps
 async def test_a_source_whose_version_moved_marks_the_servings_that_read_it():
     server = Sources(s3=secret(version="1"), other=secret(version="7"))
     server.objects[(CONFIG_MAP, "demo", "s3")] = config_map(version="3")
-    rec = reconciler(server)
+    rec, queue = reconciler(server), WorkQueue()
     readers = {
         ("demo", SECRET, "s3"): ["mnist", "fashion"],
         ("demo", SECRET, "other"): ["iris"],
@@ -326,24 +328,24 @@ async def test_a_source_whose_version_moved_marks_the_servings_that_read_it():
     }
 
     # The first round finds versions no reconcile read yet: it marks nothing (reconciles read)
-    await check_sources(rec, readers)
-    assert rec.queue.waiting() == 0 and len(server.gets) == 3
+    await check_sources(rec, readers, queue)
+    assert queue.waiting() == 0 and len(server.gets) == 3
 
     # A round after the Secret s3 was edited marks the two servings that read it, and only them
     server.objects[(SECRET, "demo", "s3")] = secret(version="2")
-    await check_sources(rec, readers)
-    marked = {(await rec.queue.get())[0] for _ in range(rec.queue.waiting())}
+    await check_sources(rec, readers, queue)
+    marked = {(await queue.get())[0] for _ in range(queue.waiting())}
     assert marked == {("demo", "mnist"), ("demo", "fashion")}
 
     # The ConfigMap s3 edited marks the serving that reads it
     server.objects[(CONFIG_MAP, "demo", "s3")] = config_map(version="4")
-    await check_sources(rec, readers)
-    marked = {(await rec.queue.get())[0] for _ in range(rec.queue.waiting())}
+    await check_sources(rec, readers, queue)
+    marked = {(await queue.get())[0] for _ in range(queue.waiting())}
     assert marked == {("demo", "wine")}
 
     # A source no serving reads any more is forgotten
-    await check_sources(rec, {("demo", SECRET, "s3"): ["mnist"]})
-    assert set(rec.source_versions) == {("demo", SECRET, "s3")}
+    await check_sources(rec, {("demo", SECRET, "s3"): ["mnist"]}, queue)
+    assert set(rec.sources.versions) == {("demo", SECRET, "s3")}
 
 
 async def test_a_version_a_reconcile_reads_during_a_round_is_compared_with_in_the_next():
@@ -352,20 +354,22 @@ async def test_a_version_a_reconcile_reads_during_a_round_is_compared_with_in_th
     # before the next round would become that round's first look and never be seen.
     server = Sources(other=secret(version="7"))
     server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(version="1")
-    rec = reconciler(server)
+    rec, queue = reconciler(server), WorkQueue()
     get = server.get
 
     async def get_while_a_reconcile_reads(kind: str, name: str, namespace: str | None = None):
-        rec.source_versions[("demo", CONFIG_MAP, "tuning")] = "uid-c/1"  # the new serving's
+        rec.sources.versions[("demo", CONFIG_MAP, "tuning")] = "uid-c/1"  # the new serving's
         return await get(kind, name, namespace)
 
     server.get = get_while_a_reconcile_reads  # type: ignore[method-assign]
-    await check_sources(rec, {("demo", SECRET, "other"): ["iris"]})
+    await check_sources(rec, {("demo", SECRET, "other"): ["iris"]}, queue)
     server.get = get  # type: ignore[method-assign]
 
     server.objects[(CONFIG_MAP, "demo", "tuning")] = config_map(version="2")
     await check_sources(
-        rec, {("demo", SECRET, "other"): ["iris"], ("demo", CONFIG_MAP, "tuning"): ["mnist"]}
+        rec,
+        {("demo", SECRET, "other"): ["iris"], ("demo", CONFIG_MAP, "tuning"): ["mnist"]},
+        queue,
     )
-    marked = {(await rec.queue.get())[0] for _ in range(rec.queue.waiting())}
+    marked = {(await queue.get())[0] for _ in range(queue.waiting())}
     assert marked == {("demo", "mnist")}

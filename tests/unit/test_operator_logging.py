@@ -409,7 +409,7 @@ async def test_logging_ready_does_not_flip_as_pod_events_and_retries_alternate(m
     assert set(said) == {(True, OPERATOR_KAFKA_UNREACHABLE)} and topics.asked == 3
     assert events == [("Warning", "KafkaUnreachable")]  # told once, not at every retry
     # Retried while the operator cannot reach Kafka, as any failure to: it may be fixed
-    assert ("demo", "mnist") in rec.kafka_unseen
+    assert ("demo", "mnist") in rec.kafka.unseen
     # The pods in trouble after all: False, with their word, also on a pod's event
     state = await reconcile._logging_state(rec, body, spec, False)
     state = reconcile._logging_with_pods(rec, spec, state, pods_reporting(UNREACHABLE))

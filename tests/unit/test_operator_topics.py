@@ -21,6 +21,7 @@ from modelserving_operator.kafka.topics import (
     error_words,
     topic_state,
 )
+from modelserving_operator.runtime.workqueue import WorkQueue
 from modelserving_operator.settings import OperatorSettings
 
 SIX = TopicSettings(6, 1)
@@ -169,38 +170,38 @@ def reconciler(keeper: DescribingKeeper) -> reconcile.Reconciler:
     )
 
 
-def marked(rec: reconcile.Reconciler) -> set[tuple[str, str]]:
-    return set(rec.queue._marked)
+def marked(queue: WorkQueue) -> set[tuple[str, str]]:
+    return set(queue._marked)
 
 
 async def test_a_topic_gone_is_forgotten_and_its_servings_marked_a_changed_one_too():
     keeper = DescribingKeeper({"gone": 3, "same": SIX, "grown": TopicSettings(12, 1)})
-    rec = reconciler(keeper)
+    rec, queue = reconciler(keeper), WorkQueue()
     for name in ("gone", "same", "grown"):
-        rec.known_topics[("kafka:9092", name)] = KnownTopic(SIX, "digest")
-        rec.topic_users[("ns", f"uses-{name}")] = ("kafka:9092", name)
-    rec.topic_users[("ns", "also-gone")] = ("kafka:9092", "gone")
+        rec.kafka.topics[("kafka:9092", name)] = KnownTopic(SIX, "digest")
+        rec.kafka.users[("ns", f"uses-{name}")] = ("kafka:9092", name)
+    rec.kafka.users[("ns", "also-gone")] = ("kafka:9092", "gone")
 
-    await check_topics(rec)
+    await check_topics(rec, queue)
 
     assert keeper.asked == [("kafka:9092", "digest", ["gone", "same", "grown"])]  # one request
-    assert ("kafka:9092", "gone") not in rec.known_topics
-    assert rec.known_topics[("kafka:9092", "grown")].found == TopicSettings(12, 1)
-    assert marked(rec) == {("ns", "uses-gone"), ("ns", "also-gone"), ("ns", "uses-grown")}
+    assert ("kafka:9092", "gone") not in rec.kafka.topics
+    assert rec.kafka.topics[("kafka:9092", "grown")].found == TopicSettings(12, 1)
+    assert marked(queue) == {("ns", "uses-gone"), ("ns", "also-gone"), ("ns", "uses-grown")}
 
 
 async def test_kafka_away_changes_nothing_and_an_unused_topic_is_no_longer_checked():
     keeper = DescribingKeeper(None)
-    rec = reconciler(keeper)
-    rec.known_topics[("kafka:9092", "used")] = KnownTopic(SIX)
-    rec.known_topics[("kafka:9092", "unused")] = KnownTopic(SIX)
-    rec.topic_users[("ns", "s")] = ("kafka:9092", "used")
+    rec, queue = reconciler(keeper), WorkQueue()
+    rec.kafka.topics[("kafka:9092", "used")] = KnownTopic(SIX)
+    rec.kafka.topics[("kafka:9092", "unused")] = KnownTopic(SIX)
+    rec.kafka.users[("ns", "s")] = ("kafka:9092", "used")
 
-    await check_topics(rec)
+    await check_topics(rec, queue)
 
     assert keeper.asked == [("kafka:9092", "", ["used"])]
-    assert set(rec.known_topics) == {("kafka:9092", "used")}
-    assert marked(rec) == set()
+    assert set(rec.kafka.topics) == {("kafka:9092", "used")}
+    assert marked(queue) == set()
 
 
 async def test_a_create_and_a_check_that_both_find_no_client_start_one(monkeypatch):

@@ -19,33 +19,32 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 from modelserving_operator.kafka.topics import KnownTopic, TopicSettings
 from modelserving_operator.reconcile import Reconciler
 from modelserving_operator.runtime.kopf_internals import cache_current
+from modelserving_operator.runtime.workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # a serving's (namespace, name)
 
-
-async def check_topics_forever(rec: Reconciler) -> None:
+async def check_topics_forever(rec: Reconciler, queue: WorkQueue) -> None:
     """Every --topic-check-seconds, `check_topics`; a failed round is told and the next tried."""
     while True:
         await asyncio.sleep(rec.settings.topic_check_seconds)
         await cache_current()  # a paused standby asks Kafka nothing
         try:
-            await check_topics(rec)
+            await check_topics(rec, queue)
         except Exception:  # the next round may fare better; the checks must not end
             log.exception("checking the inference log's topics failed")
 
 
-async def check_topics(rec: Reconciler) -> None:
+async def check_topics(rec: Reconciler, queue: WorkQueue) -> None:
     """Describe the known topics that servings use, per admin client; mark the servings of one
-    that is gone or whose settings are not those known."""
+    that is gone or whose settings are not those known in `queue`."""
     users: dict[tuple[str, str], list[Key]] = defaultdict(list)
-    for serving, used in rec.topic_users.items():
+    for serving, used in rec.kafka.users.items():
         users[used].append(serving)
-    for unused in rec.known_topics.keys() - users.keys():
-        del rec.known_topics[unused]
+    for unused in rec.kafka.topics.keys() - users.keys():
+        del rec.kafka.topics[unused]
     by_client: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for (servers, topic), entry in rec.known_topics.items():
+    for (servers, topic), entry in rec.kafka.topics.items():
         by_client[(servers, entry.credentials)].append(topic)
     clients = sorted(by_client)
     answers = await asyncio.gather(
@@ -59,16 +58,16 @@ async def check_topics(rec: Reconciler) -> None:
             continue
         for topic in by_client[(servers, credentials)]:
             now = found.get(topic)
-            known = rec.known_topics.get((servers, topic))
+            known = rec.kafka.topics.get((servers, topic))
             if known is None or now == known.found:
                 continue
             if isinstance(now, TopicSettings):
-                rec.known_topics[(servers, topic)] = KnownTopic(now, credentials)
+                rec.kafka.topics[(servers, topic)] = KnownTopic(now, credentials)
                 change = (
                     f"now has {now.partitions} partitions, replication {now.replication_factor}"
                 )
             elif now is None or now == UnknownTopicOrPartitionError.errno:
-                del rec.known_topics[(servers, topic)]  # the servings' reconcile makes it again
+                del rec.kafka.topics[(servers, topic)]  # the servings' reconcile makes it again
                 change = "is gone"
             else:  # an error of the moment (a leader being elected): the next round looks again
                 continue
@@ -81,4 +80,4 @@ async def check_topics(rec: Reconciler) -> None:
                 ", ".join(f"{ns}/{name}" for ns, name in servings),
             )
             for serving in servings:
-                rec.queue.add(serving, serving_event=True)  # a serving's own: Kafka is checked
+                queue.add(serving, serving_event=True)  # a serving's own: Kafka is checked

@@ -21,6 +21,7 @@ from modelserving_operator.kube import KubeError
 from modelserving_operator.pod_env.sources import SourceRead, kinds_read
 from modelserving_operator.reconcile import Reconciler
 from modelserving_operator.runtime.kopf_internals import cache_current
+from modelserving_operator.runtime.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,20 @@ log = logging.getLogger(__name__)
 Readers = Mapping[tuple[str, str, str], Iterable[str]]
 
 
-async def check_sources_forever(rec: Reconciler, readers: Callable[[], Readers]) -> None:
+async def check_sources_forever(
+    rec: Reconciler, readers: Callable[[], Readers], queue: WorkQueue
+) -> None:
     """Every --secret-check-seconds, `check_sources`; a failed round is told and the next tried."""
     while True:
         await asyncio.sleep(rec.settings.secret_check_seconds)
         await cache_current()  # a paused standby reads nothing
         try:
-            await check_sources(rec, readers())
+            await check_sources(rec, readers(), queue)
         except Exception:  # the next round may fare better; the checks must not end
             log.exception("checking the Secrets and ConfigMaps that servings read failed")
 
 
-async def check_sources(rec: Reconciler, readers: Readers) -> None:
+async def check_sources(rec: Reconciler, readers: Readers, queue: WorkQueue) -> None:
     """Read each Secret and ConfigMap that servings read (Secrets only if the operator may), by
     name; mark the servings that read one whose version is not the one last read (a reconcile,
     or the last round, read it)."""
@@ -48,7 +51,7 @@ async def check_sources(rec: Reconciler, readers: Readers) -> None:
         source: tuple(servings) for source, servings in readers.items() if source[1] in kinds
     }
     sources = sorted(readers)
-    known_before = set(rec.source_versions)
+    known_before = set(rec.sources.versions)
     found = await asyncio.gather(
         *(rec.kube.get(kind, name, namespace) for namespace, kind, name in sources),
         return_exceptions=True,
@@ -60,8 +63,8 @@ async def check_sources(rec: Reconciler, readers: Readers) -> None:
         if isinstance(body, BaseException):
             raise body
         version = SourceRead.of(kind, body).version if body else None
-        known = rec.source_versions.get((namespace, kind, name), version)
-        rec.source_versions[(namespace, kind, name)] = version
+        known = rec.sources.versions.get((namespace, kind, name), version)
+        rec.sources.versions[(namespace, kind, name)] = version
         if known != version:
             servings = sorted(set(readers[(namespace, kind, name)]))
             log.info(
@@ -72,8 +75,8 @@ async def check_sources(rec: Reconciler, readers: Readers) -> None:
                 ", ".join(servings),
             )
             for serving in servings:
-                rec.queue.add((namespace, serving), serving_event=False)
+                queue.add((namespace, serving), serving_event=False)
     # Forgotten: what no serving reads now. Not a version a reconcile read during this round's
     # gets, for a serving newer than `readers`: the next round compares with it.
-    for gone in (known_before & rec.source_versions.keys()) - set(sources):
-        del rec.source_versions[gone]
+    for gone in (known_before & rec.sources.versions.keys()) - set(sources):
+        del rec.sources.versions[gone]

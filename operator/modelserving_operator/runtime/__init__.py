@@ -1,2 +1,2 @@
-"""The operator's runtime under kopf: the work queue, the cached objects, peering,
-kopf's internals."""
+"""The operator's runtime under kopf: the controller (work queue, workers, timers), the cached
+objects, peering, kopf's internals."""

@@ -26,16 +26,34 @@
   kopf's handling of a DELETED event (the object's indexes discarded by its namespace, name and
   uid, its event handlers told): `WatchedObjects` tells kopf DELETED for each object a fresh
   listing no longer returns, which kopf itself never does.
+- `kopf._cogs.clients.api.request` counts the tries of an API request only when its delays
+  (`settings.networking.error_backoffs`) have a length, and iterates them anew for each
+  request: `RetryForever`, an iterable without one, retries for as long as the API server is
+  away, each request from its first delay.
+- `kopf._core.engines.posting`: `kopf.event()` posts through the queue kopf sets in context
+  variables of each object's task (`event_queue_var`, `event_queue_loop_var`), not in the
+  startup handler's: `start_in_handler_context` starts the workers from a handler, whose
+  context their tasks inherit.
+- kopf's indexes, as handed to a handler, are live objects, the same on every call, changed in
+  place as kopf indexes: `live_indexes` keeps them for the workers, which read them outside any
+  handler.
+- `kopf.event()` reads the object it is given only as a mapping (`build_object_reference`):
+  `event_target` hands it a plain dict of a cached serving, not a `kopf.Body`.
+- `kopf._core.reactor.processing`: the diff base (`NoDiffBase`) is read only for change
+  handlers and daemons, which the operator has none of.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, cast
+
+import kopf
 
 from modelserving_operator.metrics import WatchStreams
 
@@ -61,6 +79,54 @@ StreamKey = tuple[str, str, str, str | None]  # a resource's group, version, plu
 # What a DELETED told for an object gone unseen keeps of its last body: what kopf needs to
 # find it (its indexes, its task) and the handlers read (the labels naming its serving).
 _IDENTITY = ("name", "namespace", "uid", "resourceVersion", "labels")
+
+
+class RetryForever:
+    """kopf's delays between the tries of an API request: a few quick ones, then one every
+    10 s without end (an iterable without a length is endless to kopf, and each request
+    iterates it anew)."""
+
+    FIRST = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0)
+    THEN = 10.0
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.FIRST, itertools.repeat(self.THEN))
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf deep-copies every object on every event to find what changed since it was last
+    handled, for change handlers (on.create, on.update) and daemons. The operator has none,
+    only event handlers and indexes: nothing is copied, kept or written for them."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+def start_in_handler_context(
+    coroutines: Iterable[Coroutine[Any, Any, None]],
+) -> list[asyncio.Task[None]]:
+    """Start tasks that post Events (kopf.event()): called from a kopf handler, not at startup,
+    since kopf sets its event poster in each object's task's context, which a task inherits
+    from where it starts."""
+    return [asyncio.create_task(coroutine) for coroutine in coroutines]
+
+
+def live_indexes(kwargs: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """kopf's indexes of `names` as a handler is given them: the same objects on every call,
+    which kopf changes in place, so that they can be read later outside any handler."""
+    return {name: kwargs.get(name, {}) for name in names}
+
+
+def event_target(body: Mapping[str, Any]) -> kopf.Body:
+    """An object as kopf.event() takes it, from a plain mapping (a cached object, parsed):
+    kopf reads only its apiVersion, kind and metadata, as of any mapping."""
+    return cast(kopf.Body, body)
 
 
 class WatchedObjects:
