@@ -122,7 +122,8 @@ class RequestPath:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        call = Call(request_id(request.headers.get(REQUEST_ID)))
+        headers = request.headers
+        call = Call(request_id(headers.get(REQUEST_ID)))
         route = _REFUSED
         try:
             raw = request.raw_path
@@ -132,7 +133,7 @@ class RequestPath:
             # Everything but /healthz, /readyz and /metrics needs a credential, unknown paths
             # included: nothing about the API is told to a caller who has not shown one.
             if not route.public:
-                authorization = request.headers.get(hdrs.AUTHORIZATION)
+                authorization = headers.get(hdrs.AUTHORIZATION)
                 call.caller = await authenticate(self.authenticator, self.metrics, authorization)
             if route.kind is RouteKind.NOT_FOUND:
                 raise SidecarError(404, route.error)
@@ -154,7 +155,7 @@ class RequestPath:
                 call,
                 response.status,
                 _sent_body(response),
-                request.headers.get(TRACEPARENT),
+                headers.get(TRACEPARENT),
                 self.router.table.default,
             )
             if not self.durable:
@@ -162,8 +163,8 @@ class RequestPath:
             elif not await self.sink.spooled(exchange):  # type: ignore[union-attr]
                 response = _failed(503, LOG_CANNOT_KEEP, call)  # no answer without its record
         if call.shadow is not None:
-            content_type = request.headers.get(hdrs.CONTENT_TYPE, JSON)
-            traceparent = request.headers.get(TRACEPARENT)
+            content_type = headers.get(hdrs.CONTENT_TYPE, JSON)
+            traceparent = headers.get(TRACEPARENT)
             copy_to_shadow(
                 self.shadow, call, route.label, call.request_body, content_type, traceparent
             )
