@@ -53,7 +53,6 @@ from tests.support.ports import free_port
 from tests.support.recording_log import RecordingLog
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.tfserving_standin_grpc import running_grpc_standin
-from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "calls-test-key"
@@ -304,35 +303,18 @@ async def test_a_record_that_cannot_be_kept_refuses_the_answer_alike(tmp_path: P
     assert (rest_503, grpc_503) == (1, 1)
 
 
-class HeldLog(RecordingLog):
-    """A durable log whose spool writes wait for `written`, and that says which wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = self.written = asyncio.Event()
-        self.waiting: list[Exchange] = []
-
-    async def spooled(self, exchange: Exchange) -> bool:
-        self.waiting.append(exchange)
-        return await super().spooled(exchange)
-
-
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 async def test_a_durable_answer_leaves_only_once_its_record_is_kept(
     tmp_path: Path, protocol: str
 ) -> None:
-    log = HeldLog()
+    log = RecordingLog()
+    log.written = written = asyncio.Event()
     async with sidecar(tmp_path, log, durability="spooled") as both:
         predict = both.predict_rest if protocol == "rest" else both.predict_grpc
         answer = asyncio.create_task(predict(KEY))
-
-        async def handed_to_the_spool() -> bool:
-            return bool(log.waiting)
-
-        await wait_for_async(handed_to_the_spool, timeout=10, what="the record's spool write")
+        await asyncio.wait_for(log.awaited.wait(), 10)  # the record is handed to the spool
         assert not answer.done(), "answered before its record was written"
         assert log.exchanges == []
-        log.held.set()
+        written.set()
         assert await answer in (200, grpc.StatusCode.OK)
-    assert [e.request_id for e in log.exchanges] == [e.request_id for e in log.waiting]
     assert [e.grpc_method for e in log.exchanges] == [None if protocol == "rest" else "Predict"]
