@@ -1,7 +1,8 @@
 """The sidecar's aiohttp app: the request path (`RequestPath`), read top to bottom, is canonical
-path and route, then credential, then the route's handler (the version that answers, chosen by
-the router, and the proxy to TF Serving), then the inference log, then the shadow's copy;
-`create_app` wires it with the parts it needs, `SidecarRunner` serves it.
+path and route, then the steps every call takes over either protocol (`calls`: the credential,
+the version that answers, then the proxy to TF Serving, the inference log, the shadow's copy)
+with REST's own parts between them (paths, HTTP methods, bodies and answers); `create_app`
+wires it with the parts it needs, `SidecarRunner` serves it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,21 @@ from modelserving_sidecar.auth.authenticator import (
     UnusableAuthenticator,
 )
 from modelserving_sidecar.auth.kubernetes_tokens import KubernetesAuthenticator
+from modelserving_sidecar.calls import (
+    LOG_CANNOT_KEEP,
+    LOG_FULL,
+    MODEL_VERSION,
+    TRACEPARENT,
+    Call,
+    authenticate,
+    choose_version,
+    copy_to_shadow,
+    exchange_of,
+    served_by,
+)
 from modelserving_sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
 from modelserving_sidecar.errors import JSON, SidecarError, error_response
-from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
+from modelserving_sidecar.log.exchange import InferenceLogSink
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.model.report import publishing_model_report
 from modelserving_sidecar.model.state import WATCHED_AGE_SECONDS, ModelStateWatcher
@@ -39,8 +52,7 @@ from modelserving_sidecar.request_id import HEADER as REQUEST_ID
 from modelserving_sidecar.request_id import request_id
 from modelserving_sidecar.routing.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving_sidecar.routing.router import Router
-from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
-from modelserving_sidecar.routing.split import VersionRoute, bucket_of, shadow_point
+from modelserving_sidecar.routing.shadow import ShadowSender
 from modelserving_sidecar.upstream.proxy import Upstream, UpstreamAnswer, read_body
 
 log = logging.getLogger(__name__)
@@ -65,44 +77,15 @@ INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
 REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
 
 _REFUSED = Route(RouteKind.NOT_FOUND, "refused", frozenset())
-_AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
 _ALIVE = b'{"status": "alive"}'
 _READY = b'{"status": "ready"}'
 _NOT_READY = b'{"error": "The model is not AVAILABLE in TF Serving yet"}'
 _STOPPING = b'{"error": "The sidecar is shutting down"}'
-MODEL_VERSION = "x-model-version"  # the answer's header: the version that answered
 # Readiness probes come often; TF Serving is asked again when its last look is older than this.
 READY_CACHE_SECONDS = 1.0
 
-
-class Call:
-    """One request's state as it goes down the path."""
-
-    __slots__ = (
-        "caller",
-        "received_ms",
-        "request_body",
-        "request_id",
-        "route",
-        "served",
-        "shadow",
-        "to_log",
-        "version",
-    )
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self.received_ms = time.time_ns() // 1_000_000
-        self.route = _REFUSED
-        self.caller: str | None = None
-        self.request_body = b""
-        self.to_log = False
-        self.version: VersionRoute | None = None  # the version the request went to
-        self.served = ""  # the metrics' version label: the version that answered or failed to
-        self.shadow: VersionRoute | None = None  # a copy goes to this version once answered
-
-
-Handler = Callable[[web.BaseRequest, Call], Awaitable[web.StreamResponse]]
+# A route's handler: the request, the call's state, and the route its path resolved to.
+Handler = Callable[[web.BaseRequest, Call, Route], Awaitable[web.StreamResponse]]
 
 
 class RequestPath:
@@ -139,18 +122,19 @@ class RequestPath:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        call = Call(request_id(request.headers.get(REQUEST_ID)))
+        headers = request.headers
+        call = Call(request_id(headers.get(REQUEST_ID)))
+        route = _REFUSED
         try:
             raw = request.raw_path
             # The usual paths are canonical as sent: one dict lookup. Anything else is made
             # canonical (or refused) once, and that same form is authorized, routed and forwarded.
-            call.route = route = self.routes.lookup_exact(raw) or self.routes.resolve(
-                canonical_path(raw)
-            )
+            route = self.routes.lookup_exact(raw) or self.routes.resolve(canonical_path(raw))
             # Everything but /healthz, /readyz and /metrics needs a credential, unknown paths
             # included: nothing about the API is told to a caller who has not shown one.
             if not route.public:
-                call.caller = await self.authenticate(request)
+                authorization = headers.get(hdrs.AUTHORIZATION)
+                call.caller = await authenticate(self.authenticator, self.metrics, authorization)
             if route.kind is RouteKind.NOT_FOUND:
                 raise SidecarError(404, route.error)
             if request.method not in route.methods:
@@ -158,59 +142,38 @@ class RequestPath:
                 raise SidecarError(
                     405, f"Method {request.method} is not allowed here", {"Allow": allow}
                 )
-            response = await self.handlers[route.kind](request, call)
+            response = await self.handlers[route.kind](request, call, route)
         except SidecarError as exc:
-            response = error_response(exc.status, exc.message, exc.headers)
-            response.headers[REQUEST_ID] = call.request_id
+            response = _failed(exc.status, exc.message, call, exc.headers)
         except web.HTTPException as exc:
-            response = error_response(exc.status, exc.reason)
-            response.headers[REQUEST_ID] = call.request_id
+            response = _failed(exc.status, exc.reason, call)
         except Exception:
-            log.exception("the sidecar failed on %s %s", request.method, call.route.label)
-            response = error_response(500, "The sidecar failed on this request")
-            response.headers[REQUEST_ID] = call.request_id
-        if call.to_log and self.sink is not None:
-            if self.durable:
-                response = await self.log_durably(request, response, call)
-            else:
-                self.log(request, response, call)
+            log.exception("the sidecar failed on %s %s", request.method, route.label)
+            response = _failed(500, "The sidecar failed on this request", call)
+        if call.to_log:
+            exchange = exchange_of(
+                call,
+                response.status,
+                _sent_body(response),
+                headers.get(TRACEPARENT),
+                self.router.table.default,
+            )
+            if not self.durable:
+                self.sink.submit(exchange)  # type: ignore[union-attr]
+            elif not await self.sink.spooled(exchange):  # type: ignore[union-attr]
+                response = _failed(503, LOG_CANNOT_KEEP, call)  # no answer without its record
         if call.shadow is not None:
-            self.copy_to_shadow(request, call)
+            content_type = headers.get(hdrs.CONTENT_TYPE, JSON)
+            traceparent = headers.get(TRACEPARENT)
+            copy_to_shadow(
+                self.shadow, call, route.label, call.request_body, content_type, traceparent
+            )
         self.metrics.request_done(
-            call.route.label, response.status, time.perf_counter() - started, call.served
+            route.label, response.status, time.perf_counter() - started, call.served
         )
         return response
 
-    async def authenticate(self, request: web.BaseRequest) -> str | None:
-        authenticator = self.authenticator
-        try:
-            caller = await authenticator.authenticate(request.headers.get(hdrs.AUTHORIZATION))
-        except SidecarError as exc:
-            self.metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
-            raise
-        self.metrics.auth_result(authenticator.mode, "allowed")
-        return caller
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, call: Call) -> None:
-        """Hand the exchange to the inference log: a queue append, before the answer is written
-        (the answer is final by now; sending it first would cost more than this takes)."""
-        self.sink.submit(  # type: ignore[union-attr]
-            _exchange(request, response, call, self.router.table.default)
-        )
-
-    async def log_durably(
-        self, request: web.BaseRequest, response: web.StreamResponse, call: Call
-    ) -> web.StreamResponse:
-        """The answer once its record is in the spool file; a 503 instead when the record cannot
-        be kept (no answer leaves without its record)."""
-        exchange = _exchange(request, response, call, self.router.table.default)
-        if await self.sink.spooled(exchange):  # type: ignore[union-attr]
-            return response
-        failed = error_response(503, "The inference log cannot keep this request; try again later")
-        failed.headers[REQUEST_ID] = call.request_id
-        return failed
-
-    async def infer(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+    async def infer(self, request: web.BaseRequest, call: Call, route: Route) -> web.StreamResponse:
         """:predict, :classify, :regress: the body is forwarded as bytes (never parsed) and logged.
 
         Every authorized POST to such a path of this model is logged once answered, errors of the
@@ -219,77 +182,42 @@ class RequestPath:
         """
         sink = self.sink
         call.to_log = sink is not None
-        if hdrs.EXPECT in request.headers:
+        headers = request.headers
+        if hdrs.EXPECT in headers:
             await _continue(request)
         call.request_body = await read_body(request, self.max_request_bytes)
         if sink is not None and not sink.accepting():
             call.to_log = False
-            raise SidecarError(503, "The inference log is full; try again later")
-        route = call.route
-        call.version = version = self.choose_version(request, call)
+            raise SidecarError(503, LOG_FULL)
+        call.version = version = choose_version(
+            call,
+            self.router.table,
+            self.model_name,
+            route.model_version,
+            route.version_label,
+            headers,
+            self.shadow,
+        )
         try:
             answer = await self.upstream.forward(
                 "POST",
                 version.paths[route.label] if version is not None else route.upstream_path,
                 call.request_body,
-                content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
+                content_type=headers.get(hdrs.CONTENT_TYPE, JSON),
                 request_id=call.request_id,
             )
         except SidecarError:
-            # No answer (504, 502): counted under the version sent to, as over gRPC.
-            if version is not None and version.known:
-                call.served = version.header
+            call.served = served_by(version, False)  # no answer (504, 502): as over gRPC
             raise
-        if version is not None and (version.known or answer.status == 200):
-            call.served = version.header
+        call.served = served_by(version, answer.status == 200)
         self.metrics.upstream_done(route.label, answer.seconds, call.served)
         return _passed_on(answer, call)
 
-    def choose_version(self, request: web.BaseRequest, call: Call) -> VersionRoute | None:
-        """The version this request goes to: the one its path names (a label the routing does
-        not know: None, and the path goes to TF Serving as it came), else the split's choice by
-        the sticky key; decides the shadow's copy too."""
-        table = self.router.table
-        route = call.route
-        if route.model_version is not None:
-            return table.version(self.model_name, route.model_version)
-        if route.version_label is not None:
-            return table.by_label.get(route.version_label)
-        shadow = table.shadow
-        if shadow is not None and shadow_point(call.request_id) < table.shadow_percent:
-            if shadow.version in table.available:
-                call.shadow = shadow
-            else:
-                self.shadow.skip()
-        only = table.only
-        if only is not None:
-            return only
-        key = None
-        if table.sticky_header is not None:
-            key = request.headers.get(table.sticky_header)
-        elif table.sticky_caller:
-            key = call.caller
-        return table.buckets[bucket_of(key or call.request_id)]
-
-    def copy_to_shadow(self, request: web.BaseRequest, call: Call) -> None:
-        """The caller's answer is decided: a copy of the request goes to the shadow's queue."""
-        self.shadow.send(
-            ShadowCopy(
-                request_id=call.request_id,
-                received_ms=call.received_ms,
-                verb=call.route.label,
-                body=call.request_body,
-                content_type=request.headers.get(hdrs.CONTENT_TYPE, JSON),
-                caller=call.caller,
-                traceparent=request.headers.get("traceparent"),
-                version=call.shadow,  # type: ignore[arg-type]
-            )
-        )
-
-    async def model_info(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+    async def model_info(
+        self, request: web.BaseRequest, call: Call, route: Route
+    ) -> web.StreamResponse:
         """Model status and metadata: TF Serving's answer as it comes (a label the routing names
         is asked as its version)."""
-        route = call.route
         path = route.upstream_path
         if route.version_label is not None:
             version = self.router.table.by_label.get(route.version_label)
@@ -299,7 +227,9 @@ class RequestPath:
         self.metrics.upstream_done(route.label, answer.seconds)
         return _passed_on(answer, call)
 
-    async def healthz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+    async def healthz(
+        self, request: web.BaseRequest, call: Call, route: Route
+    ) -> web.StreamResponse:
         """Alive unless the inference log stopped working for good: then 503 with why, so that
         the kubelet restarts the sidecar (its spool keeps what was written)."""
         failure = self.sink.failure() if self.sink is not None else None
@@ -308,7 +238,9 @@ class RequestPath:
         body = json.dumps({"error": f"The inference log stopped: {failure}"}).encode()
         return _json(503, body, call)
 
-    async def readyz(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+    async def readyz(
+        self, request: web.BaseRequest, call: Call, route: Route
+    ) -> web.StreamResponse:
         """Ready when TF Serving reports AVAILABLE a version the split may send traffic to, and
         the sidecar is not shutting down."""
         if self.shutting_down.is_set():
@@ -318,30 +250,27 @@ class RequestPath:
             return _json(200, _READY, call)
         return _json(503, _NOT_READY, call)
 
-    async def prometheus(self, request: web.BaseRequest, call: Call) -> web.StreamResponse:
+    async def prometheus(
+        self, request: web.BaseRequest, call: Call, route: Route
+    ) -> web.StreamResponse:
         body = generate_latest(self.registry)
         headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
         return web.Response(body=body, headers=headers)
 
 
-def _exchange(
-    request: web.BaseRequest, response: web.StreamResponse, call: Call, default: VersionRoute
-) -> Exchange:
-    """What the inference log keeps of one answered request: the version it went to, or the
-    first weighted one when it went to none (the sidecar answered it itself)."""
+def _failed(
+    status: int, message: str, call: Call, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """The sidecar's own answer, in TF Serving's words, with our request id."""
+    response = error_response(status, message, headers)
+    response.headers[REQUEST_ID] = call.request_id
+    return response
+
+
+def _sent_body(response: web.StreamResponse) -> bytes:
+    """The body the caller got, for the log (a streamed answer's is not kept)."""
     body = response.body if isinstance(response, web.Response) else b""
-    version = call.version or default
-    return Exchange(
-        request_id=call.request_id,
-        received_ms=call.received_ms,
-        status=response.status,
-        request_body=call.request_body,
-        response_body=body if isinstance(body, bytes) else b"",
-        model_version=version.version,
-        caller=call.caller,
-        traceparent=request.headers.get("traceparent"),
-        role=version.role,
-    )
+    return body if isinstance(body, bytes) else b""
 
 
 def _passed_on(answer: UpstreamAnswer, call: Call) -> web.Response:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
+from modelserving_sidecar.calls import Call
 from modelserving_sidecar.config import ConfigError, parse_config
 from modelserving_sidecar.grpc.gateway import (
     HTTP_STATUS,
@@ -33,6 +34,7 @@ from modelserving_sidecar.grpc.wire import (
 )
 from modelserving_sidecar.model.state import AVAILABLE, ModelState, ModelStatus, VersionStatus
 from modelserving_sidecar.routing.router import Router
+from modelserving_sidecar.routing.shadow import ShadowSender
 from modelserving_sidecar.routing.split import Routing, ShadowVersion, VersionRoute, WeightedVersion
 
 
@@ -185,11 +187,16 @@ def routed(
     )
     every = ModelStatus(tuple(VersionStatus(v, AVAILABLE) for v in (1, 2, 3)))
     router.model_state_changed(ModelState.of(every, 1.0))
-    # Only what route() reads: no channel to TF Serving, no event loop.
+    # Only what route() reads: no channel to TF Serving, no event loop, no shadow workers.
     gateway = GrpcGateway.__new__(GrpcGateway)
     gateway.model_name, gateway.router = "m", router
+    gateway.shadow = ShadowSender.__new__(ShadowSender)
     method = next(m for m in METHODS if m.name == "MultiInference")
-    return gateway.route(method, data, {}, None, "rid")
+    call = Call("rid")
+    call.request_body = data
+    forwarded, copy = gateway.route(method, call, {})
+    sent_to = call.shadow
+    return call.version, forwarded, None if sent_to is None or copy is None else (sent_to, copy)
 
 
 def route(data: bytes) -> tuple[VersionRoute | None, bytes]:

@@ -3,13 +3,14 @@ Classify, Regress, MultiInference, GetModelMetadata) and `ModelService.GetModelS
 by grpc.aio on the aiohttp app's event loop, with the app's authenticator, router and inference
 log; and gRPC's health check (`grpc_health`).
 
-Each call is read top to bottom as the REST request path: credential (`authorization` metadata,
-`ApiKey <key>` or `Bearer <token>`), then the request message, read only once the credential is
-good, then the model spec (the only part of the request decoded, see `grpc_wire`), then the
-version (the path's choice over REST: a version named, a label the routing knows, else the
-split), then TF Serving's gRPC port, the request forwarded as bytes with the chosen version in
-its model spec, the caller's deadline (capped at upstream.timeoutSeconds) passed on, and a
-cancelled call cancelling the forwarded one; then the inference log.
+Each call is read top to bottom as the REST request path, through the same steps (`calls`):
+credential (`authorization` metadata, `ApiKey <key>` or `Bearer <token>`), then the request
+message, read only once the credential is good, then the model spec (the only part of the
+request decoded, see `grpc_wire`), then the version (the path's choice over REST: a version
+named, a label the routing knows, else the split), then TF Serving's gRPC port, the request
+forwarded as bytes with the chosen version in its model spec, the caller's deadline (capped at
+upstream.timeoutSeconds) passed on, and a cancelled call cancelling the forwarded one; then the
+inference log and the shadow's copy. What is gRPC's own is here: metadata, messages, status codes.
 
 What the caller gets is TF Serving's answer as its bytes, or its status as it came; the sidecar's
 own refusals are TF Serving's codes for the same causes (`REFUSALS`). Initial metadata carries
@@ -55,6 +56,18 @@ from modelserving_sidecar.app import (
     SHUTTING_DOWN,
 )
 from modelserving_sidecar.auth.authenticator import Authenticator
+from modelserving_sidecar.calls import (
+    LOG_CANNOT_KEEP,
+    LOG_FULL,
+    MODEL_VERSION,
+    TRACEPARENT,
+    Call,
+    authenticate,
+    choose_version,
+    copy_to_shadow,
+    exchange_of,
+    served_by,
+)
 from modelserving_sidecar.config import GrpcConfig, LogDurability, SidecarConfig
 from modelserving_sidecar.errors import SidecarError, error_body
 from modelserving_sidecar.grpc.health import HealthService
@@ -65,12 +78,11 @@ from modelserving_sidecar.grpc.wire import (
     with_model_spec,
     with_tasks,
 )
-from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
+from modelserving_sidecar.log.exchange import InferenceLogSink
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.request_id import request_id
 from modelserving_sidecar.routing.router import Router
 from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
-from modelserving_sidecar.routing.split import VersionRoute, bucket_of, shadow_point
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +115,11 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 REQUEST_ID = "x-request-id"
-MODEL_VERSION = "x-model-version"
 AUTHORIZATION = "authorization"
 # Passed on to TF Serving with the request (the credential is not).
-_PASSED_ON = ("traceparent", "tracestate")
-_AUTH_RESULTS = {401: "unauthenticated", 403: "forbidden"}
+_PASSED_ON = (TRACEPARENT, "tracestate")
+_CONTENT_TYPE = "application/grpc"  # a gRPC call's shadow copy
+_FAILED = grpc.StatusCode.INTERNAL  # the sidecar's own failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,30 +228,29 @@ class GrpcGateway:
         self, method: Method, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         started = time.perf_counter()
-        received_ms = time.time_ns() // 1_000_000
         metadata = {
             key: value
             for key, value in context.invocation_metadata() or ()
             if isinstance(value, str)
         }
-        rid = request_id(metadata.get(REQUEST_ID))
-        served = ""
+        call = Call(request_id(metadata.get(REQUEST_ID)))
+        sink = self.sink if method.logged else None  # the inference log, when it keeps the call
         try:
-            caller = await self.authenticate(metadata.get(AUTHORIZATION))
-            request = await _received(context)
-            version, forwarded, shadow = self.route(method, request, metadata, caller, rid)
-            if method.logged and self.sink is not None and not self.sink.accepting():
-                raise _Refused(
-                    grpc.StatusCode.UNAVAILABLE, "The inference log is full; try again later"
-                )
-        except _Refused as exc:
+            authorization = metadata.get(AUTHORIZATION)
+            call.caller = await authenticate(self.authenticator, self.metrics, authorization)
+            call.request_body = await _received(context)
+            forwarded, shadow_copy = self.route(method, call, metadata)
+            if sink is not None and not sink.accepting():
+                raise SidecarError(503, LOG_FULL)
+        except (SidecarError, _Refused) as exc:
+            code = exc.code if isinstance(exc, _Refused) else REFUSALS.get(exc.status, _FAILED)
             self.metrics.request_done(
-                method.label, HTTP_STATUS[exc.code], time.perf_counter() - started
+                method.label, HTTP_STATUS[code], time.perf_counter() - started
             )
-            await context.abort(exc.code, exc.message)
+            await context.abort(code, exc.message)
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(remaining, self.timeout)
-        passed_on = [(REQUEST_ID, rid)]
+        passed_on = [(REQUEST_ID, call.request_id)]
         passed_on += [(key, metadata[key]) for key in _PASSED_ON if key in metadata]
         upstream_started = time.perf_counter()
         try:
@@ -251,67 +262,33 @@ class GrpcGateway:
             answer, code, details = b"", exc.code(), exc.details() or ""
         except Exception:  # answered and logged as a failure of the sidecar's, as over REST
             log.exception("the sidecar failed on %s", method.path)
-            answer, code, details = b"", grpc.StatusCode.INTERNAL, "The sidecar failed on this call"
-        if version is not None and (version.known or code is grpc.StatusCode.OK):
-            served = version.header
+            answer, code, details = b"", _FAILED, "The sidecar failed on this call"
+        call.served = served = served_by(call.version, code is grpc.StatusCode.OK)
         self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
         status = HTTP_STATUS.get(code, 500)
-        answered = [(REQUEST_ID, rid)] + ([(MODEL_VERSION, served)] if served else [])
+        answered = [(REQUEST_ID, call.request_id)] + ([(MODEL_VERSION, served)] if served else [])
         # A gRPC batch of its own (grpc.aio cannot send initial metadata with the answer): 25 to
         # 110 µs of CPU a call in the benchmark, the largest single part of what the sidecar
         # adds over a bare grpc.aio proxy (its own Python is about 9 µs).
         await context.send_initial_metadata(answered)
-        if method.logged and self.sink is not None:
-            exchange = Exchange(
-                request_id=rid,
-                received_ms=received_ms,
-                status=status,
-                request_body=request,
-                response_body=answer if code is grpc.StatusCode.OK else error_body(details),
-                model_version=(version or self.router.table.default).version,
-                caller=caller,
-                traceparent=metadata.get("traceparent"),
-                role=(version or self.router.table.default).role,
-                grpc_method=method.name,
-            )
+        if sink is not None:
+            body = answer if code is grpc.StatusCode.OK else error_body(details)
+            traceparent = metadata.get(TRACEPARENT)
+            default = self.router.table.default
+            exchange = exchange_of(call, status, body, traceparent, default, method.name)
             if not self.durable:
-                self.sink.submit(exchange)
-            elif not await self.sink.spooled(exchange):
-                code, details = (
-                    grpc.StatusCode.UNAVAILABLE,
-                    ("The inference log cannot keep this request; try again later"),
-                )
-                status = 503
-        if shadow is not None:
-            self.shadow.send(
-                ShadowCopy(
-                    request_id=rid,
-                    received_ms=received_ms,
-                    verb=method.verb,
-                    body=shadow[1],
-                    content_type="application/grpc",
-                    caller=caller,
-                    traceparent=metadata.get("traceparent"),
-                    version=shadow[0],
-                    grpc_method=method.name,
-                )
+                sink.submit(exchange)
+            elif not await sink.spooled(exchange):  # no answer without its record
+                code, details, status = grpc.StatusCode.UNAVAILABLE, LOG_CANNOT_KEEP, 503
+        if shadow_copy is not None:
+            traceparent = metadata.get(TRACEPARENT)
+            copy_to_shadow(
+                self.shadow, call, method.verb, shadow_copy, _CONTENT_TYPE, traceparent, method.name
             )
         self.metrics.request_done(method.label, status, time.perf_counter() - started, served)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, details)
         return answer
-
-    async def authenticate(self, authorization: str | None) -> str | None:
-        authenticator = self.authenticator
-        try:
-            caller = await authenticator.authenticate(authorization)
-        except SidecarError as exc:
-            self.metrics.auth_result(authenticator.mode, _AUTH_RESULTS.get(exc.status, "error"))
-            raise _Refused(
-                REFUSALS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
-            ) from None
-        self.metrics.auth_result(authenticator.mode, "allowed")
-        return caller
 
     async def send_shadow(self, copy: ShadowCopy, timeout: float) -> tuple[int, bytes]:
         """A call's copy to the shadow version (`shadow` sends it): its HTTP code and answer
@@ -319,7 +296,7 @@ class GrpcGateway:
         send = self.upstream[f"/{PREDICTION_SERVICE}/{copy.grpc_method}"]
         passed_on = [(REQUEST_ID, copy.request_id)]
         if copy.traceparent:
-            passed_on.append(("traceparent", copy.traceparent))
+            passed_on.append((TRACEPARENT, copy.traceparent))
         try:
             answer = await send(copy.body, timeout=timeout, metadata=passed_on)
         except grpc.aio.AioRpcError as exc:
@@ -327,17 +304,12 @@ class GrpcGateway:
         return 200, answer
 
     def route(
-        self,
-        method: Method,
-        request: bytes,
-        metadata: dict[str, str],
-        caller: str | None,
-        rid: str,
-    ) -> tuple[VersionRoute | None, bytes, tuple[VersionRoute, bytes] | None]:
-        """The version the call goes to (None: a label the routing does not know, left to TF
-        Serving), the request to forward (the version put in its model spec), and the shadow's
-        version and copy when this call is copied to it (a call that names a version or label
-        is not, as over REST)."""
+        self, method: Method, call: Call, metadata: dict[str, str]
+    ) -> tuple[bytes, bytes | None]:
+        """The request to forward (the chosen version, `call.version`, put in its model spec), and
+        the shadow's copy (naming the shadow's version) when the call is copied to it. A label
+        the routing does not know leaves the request as it came, for TF Serving to answer."""
+        request = call.request_body
         naming: Callable[[int], bytes]  # the request naming this version
         try:
             if method.verb == "multi_inference":
@@ -355,34 +327,19 @@ class GrpcGateway:
             raise _Refused(
                 grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})"
             )
-        table = self.router.table
         choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            named = table.version(self.model_name, spec.version.value)
-            # A MultiInference's other tasks are sent naming it too.
-            forwarded = naming(named.version) if method.verb == "multi_inference" else request
-            return named, forwarded, None
-        shadow = None
-        if choice == "version_label":
-            version = table.by_label.get(spec.version_label)
-            if version is None:
-                return None, request, None
-            return version, naming(version.version), None
-        if method.logged and table.shadow and shadow_point(rid) < table.shadow_percent:
-            if table.shadow.version in table.available:
-                shadow = table.shadow, naming(table.shadow.version)
-            else:
-                self.shadow.skip()
-        if table.only is not None:
-            version = table.only
-        else:
-            key = None
-            if table.sticky_header is not None:
-                key = metadata.get(table.sticky_header.lower())
-            elif table.sticky_caller:
-                key = caller
-            version = table.buckets[bucket_of(key or rid)]
-        return version, naming(version.version), shadow
+        named = spec.version.value if choice == "version" else None
+        label = spec.version_label if choice == "version_label" else None
+        shadows = self.shadow if method.logged else None  # model queries are never copied
+        call.version = version = choose_version(
+            call, self.router.table, self.model_name, named, label, metadata, shadows
+        )
+        if version is None:
+            return request, None
+        if named is not None and method.verb != "multi_inference":
+            return request, None  # as it came (a MultiInference's other tasks are made to name it)
+        shadow = call.shadow
+        return naming(version.version), naming(shadow.version) if shadow is not None else None
 
 
 async def _received(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:

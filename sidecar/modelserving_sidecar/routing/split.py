@@ -270,7 +270,9 @@ class SplitTable:
     by_label: Mapping[str, VersionRoute]
     shadow: VersionRoute | None
     shadow_percent: int
-    sticky_header: str | None  # the request header whose value is the sticky key
+    # The request header whose value is the sticky key, in lower case: gRPC's metadata keys are,
+    # and REST's headers are matched in any case.
+    sticky_header: str | None
     sticky_caller: bool
 
     @classmethod
@@ -293,7 +295,9 @@ class SplitTable:
             by_label={label: by_version[v] for label, v in routing.labels().items()},
             shadow=by_version[shadow.version] if shadow is not None else None,
             shadow_percent=shadow.percent if shadow is not None else 0,
-            sticky_header=routing.sticky_header if routing.sticky_by is StickyBy.HEADER else None,
+            sticky_header=(
+                routing.sticky_header.lower() if routing.sticky_by is StickyBy.HEADER else None
+            ),
             sticky_caller=routing.sticky_by is StickyBy.CALLER,
         )
 
