@@ -36,3 +36,16 @@ async def wait_for_async(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
         await asyncio.sleep(interval)
+
+
+# Loop turns `run_ready_tasks` gives: more than any chain of awaits in the code under test
+# takes from a wake-up to its next wait (a get handed its item, a task its event).
+READY_TURNS = 20
+
+
+async def run_ready_tasks() -> None:
+    """Let every task that can run, run until it waits again: a fixed number of turns of the
+    event loop, no wall-clock time. A task not done after it is waiting for something, which is
+    how a test sees that it waits (never by sleeping and hoping it had the time)."""
+    for _ in range(READY_TURNS):
+        await asyncio.sleep(0)

@@ -36,6 +36,7 @@ from modelserving_operator.runtime.kopf_internals import (
     without_managed_fields,
     wrap_watch_streams,
 )
+from tests.support.waiting import run_ready_tasks
 
 SERVINGS = references.Resource("modelserving.io", "v1", "modelservings", namespaced=True)
 SERVICES = references.Resource("", "v1", "services", namespaced=True)
@@ -171,7 +172,7 @@ async def test_each_objects_handlers_run_once_it_is_indexed_and_the_work_waits_f
     work = asyncio.create_task(all_indexed())  # the workers start with the first event
     await handle("b", second)
     assert handled == ["a", "b"]
-    await asyncio.sleep(0.01)
+    await run_ready_tasks()
     assert not work.done()  # the listing is not over: the work waits
     await toggles.drop_toggle(listing)
     await asyncio.wait_for(work, 5)
@@ -353,7 +354,7 @@ async def test_the_work_waits_while_a_stream_lists_anew_and_while_kopf_pauses(mo
     assert cache_current_now() == "listing services"  # from the call on, before it is read
     work = asyncio.create_task(cache_current())
     await anext(stream)
-    await asyncio.sleep(0.01)
+    await run_ready_tasks()
     assert not work.done()
     gate.set()
     assert await anext(stream) is watching.Bookmark.LISTED
@@ -365,9 +366,9 @@ async def test_the_work_waits_while_a_stream_lists_anew_and_while_kopf_pauses(mo
     await _drain(stream)
     assert cache_current_now() == "paused (peering: another replica is active)"
     work = asyncio.create_task(cache_current())
-    await asyncio.sleep(0.01)
+    await run_ready_tasks()
     await peering.turn_to(False)
-    await asyncio.sleep(0.01)
+    await run_ready_tasks()
     assert not work.done() and cache_current_now() == "listing services"
     relisted = watched.stream(SERVICES, "ns", _listing_then([], {"type": "ADDED", "object": {}}))
     assert (await anext(relisted))["type"] == "DELETED"  # a, gone meanwhile

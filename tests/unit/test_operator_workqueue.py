@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from modelserving_operator.runtime.workqueue import WorkQueue
+from tests.support.waiting import run_ready_tasks
 
 
 async def test_a_burst_of_events_for_a_waiting_serving_is_one_reconcile():
@@ -29,7 +30,7 @@ async def test_a_serving_marked_while_reconciled_runs_again_after_not_beside():
     queue.add(key, serving_event=False)  # its Deployment's status moved meanwhile
 
     second = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0.01)
+    await run_ready_tasks()
     assert not second.done()  # not handed to a second worker while the first holds it
     queue.done(key)
     assert await asyncio.wait_for(second, 1) == (key, False)
