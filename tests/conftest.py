@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.support import REPO
 from tests.support.environment import KafkaBroker, LocalEnv, localenv
@@ -176,3 +178,10 @@ def kafka_broker(local_env: LocalEnv) -> Iterator[KafkaBroker]:
     yield broker
     broker.resume()
     broker.start()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for one test, with room for 50 connections at once."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        yield session

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest_asyncio
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
@@ -59,12 +57,6 @@ def split(*weights: tuple[int, int, str], **rest) -> dict:
         ],
         **rest,
     }
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
-        yield session
 
 
 async def predict(

@@ -96,12 +96,6 @@ async def sidecar_url(standin, keys_dir, inference_log) -> AsyncIterator[str]:
         yield url
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def call(http, method, url, **kwargs) -> tuple[int, dict, aiohttp.typedefs.CIMultiDictProxy]:
     async with http.request(method, url, **kwargs) as resp:
         body = await resp.read()
