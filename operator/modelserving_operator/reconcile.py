@@ -44,6 +44,7 @@ from modelserving_operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
     selector_labels,
+    versions_configmap_name,
 )
 from modelserving_operator.pod_env.sources import (
     SourceRead,
@@ -54,6 +55,7 @@ from modelserving_operator.pod_env.sources import (
     versions_checksum,
 )
 from modelserving_operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
+from modelserving_operator.render.config_maps import ROUTING_KEY, routed_buckets
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.runtime.cached import CachedObject
 from modelserving_operator.runtime.controller import Again, Outcome
@@ -435,6 +437,19 @@ def _wave_of(kind: str) -> int:
     return next((i for i, kinds in enumerate(_WAVES) if kinds and kind in kinds), 1)
 
 
+def _routed_buckets(
+    spec: ServingSpec, live: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> tuple[int, ...] | None:
+    """The split's bucket table the serving's pods route by now, from its versions ConfigMap
+    as found (None for a serving that lists no versions, or whose ConfigMap is not there):
+    what a change of weights moves as little as it can."""
+    current = live.get(("ConfigMap", versions_configmap_name(spec)))
+    if current is None or not owned_by(current, spec):
+        return None
+    routing = (current.get("data") or {}).get(ROUTING_KEY)
+    return routed_buckets(routing) if isinstance(routing, str) else None
+
+
 async def _apply_children(
     rec: Reconciler,
     serving: Mapping[str, Any],
@@ -462,7 +477,8 @@ async def _apply_children(
     live = dict(live)
     stale: list[tuple[Mapping[str, Any], bool]] = []  # (manifest, exists)
     taken: list[Mapping[str, Any]] = []
-    for manifest in render_children(spec, rec.settings, model_id, secrets_checksum):
+    buckets = _routed_buckets(spec, live)
+    for manifest in render_children(spec, rec.settings, model_id, secrets_checksum, buckets):
         current = live.pop((manifest["kind"], manifest["metadata"]["name"]), None)
         if current is not None and not owned_by(current, spec):
             taken.append(manifest)

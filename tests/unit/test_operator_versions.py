@@ -11,13 +11,17 @@ import yaml
 from modelserving import api
 from modelserving_operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving_operator.render.config_maps import (
+    ROUTING_KEY,
     render_models_config,
     render_routing,
     render_sidecar_config,
+    render_versions_configmap,
+    routed_buckets,
 )
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
+from modelserving_sidecar.routing.split import owners, parse_routing
 from tests.support.tfserving_config import parse_models_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +110,7 @@ def test_routing_file_holds_weights_labels_shadow_and_sticky_key():
         ],
         "shadow": {"version": 5, "percent": 10, "labels": ["next"]},
         "sticky": {"by": "header", "header": "x-session-id"},
+        "buckets": [3] * 90 + [4] * 10,  # a first split: laid end to end
     }
     assert spec.model.traffic == "3:90 4:10 shadow 5:10%"
     assert routing(serving(**CANARY, sticky={"by": "caller"}))["sticky"] == {"by": "caller"}
@@ -204,3 +209,40 @@ def test_the_canary_example_is_a_split_the_operator_renders():
         4,
         5,
     ]
+
+
+def three_way(*weights: int) -> ServingSpec:
+    return serving(
+        versions=[{"version": v, "weight": w} for v, w in zip((1, 2, 3), weights, strict=True)]
+    )
+
+
+def test_a_weight_change_keeps_the_callers_of_the_versions_whose_weights_stayed():
+    # Given the pods route 50/25/25 by the routing file in their versions ConfigMap
+    live = render_versions_configmap(three_way(50, 25, 25))
+    before = owners(parse_routing(yaml.safe_load(live["data"][ROUTING_KEY])))
+
+    # When version 1 gives 10 to version 3, the operator renders from the table in use
+    moved = render_versions_configmap(
+        three_way(40, 25, 35), routed_buckets(live["data"][ROUTING_KEY])
+    )
+    after = owners(parse_routing(yaml.safe_load(moved["data"][ROUTING_KEY])))
+
+    # Then only ten buckets move, from version 1 to version 3; version 2 keeps all of its
+    changed = [b for b in range(100) if before[b] != after[b]]
+    assert len(changed) == 10
+    assert {(before[b], after[b]) for b in changed} == {(1, 3)}
+    # And the same weights again leave the table as it is
+    again = render_versions_configmap(
+        three_way(40, 25, 35), routed_buckets(moved["data"][ROUTING_KEY])
+    )
+    assert again == moved
+
+
+def test_a_routing_file_from_before_bucket_tables_routes_by_the_listed_order():
+    written_before = yaml.safe_dump(
+        {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}
+    )
+    assert routed_buckets(written_before) == (3,) * 90 + (4,) * 10
+    assert routed_buckets("versions: [") is None
+    assert routed_buckets(yaml.safe_dump({"versions": [{"version": 3, "weight": 90}]})) is None

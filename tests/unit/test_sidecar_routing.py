@@ -110,9 +110,9 @@ def test_a_bad_routing_file_is_refused_naming_the_entry(data, error):
 
 
 def test_buckets_are_laid_out_by_weight_in_the_listed_order():
-    table = owners(routing((3, 90), (4, 10)).versions)
+    table = owners(routing((3, 90), (4, 10)))
     assert table == (3,) * 90 + (4,) * 10
-    assert owners(routing((1, 34), (2, 33), (3, 33)).versions).count(2) == 33
+    assert owners(routing((1, 34), (2, 33), (3, 33))).count(2) == 33
 
 
 def test_a_weight_change_moves_only_the_keys_whose_bucket_changed_owner():
@@ -128,15 +128,15 @@ def test_a_weight_change_moves_only_the_keys_whose_bucket_changed_owner():
 def test_a_version_not_available_lends_its_buckets_and_gets_them_back():
     canary = routing((3, 90), (4, 10))
     assert split_buckets(canary, frozenset({3})) == (3,) * 100
-    assert split_buckets(canary, frozenset({3, 4})) == owners(canary.versions)
+    assert split_buckets(canary, frozenset({3, 4})) == owners(canary)
     three_way = routing((1, 50), (2, 30), (3, 20))
     lent = split_buckets(three_way, frozenset({2, 3}))
     # Version 1's 50 buckets go to 2 and 3 as 30:20; their own buckets stay theirs.
     assert (lent.count(2), lent.count(3)) == (60, 40)
-    assert lent[50:] == owners(three_way.versions)[50:]
+    assert lent[50:] == owners(three_way)[50:]
     # None of the weighted versions AVAILABLE: TF Serving's own error is what callers get.
-    assert split_buckets(canary, frozenset()) == owners(canary.versions)
-    assert split_buckets(canary, frozenset({9})) == owners(canary.versions)
+    assert split_buckets(canary, frozenset()) == owners(canary)
+    assert split_buckets(canary, frozenset({9})) == owners(canary)
 
 
 @st.composite
@@ -151,7 +151,7 @@ def weights_and_available(draw) -> tuple[Routing, frozenset[int]]:
 @given(weights_and_available())
 def test_lent_buckets_go_only_to_available_versions_in_proportion(case):
     routed, available = case
-    own = owners(routed.versions)
+    own = owners(routed)
     table = split_buckets(routed, available)
     lenders = {v.version: v.weight for v in routed.versions if v.version in available and v.weight}
     if not lenders:
@@ -201,3 +201,22 @@ def test_the_split_table_is_ready_for_the_request_path():
     assert alone.only is alone.by_version[3]
     other = table.version("mnist", 8)
     assert (other.paths["status"], other.known) == ("/v1/models/mnist/versions/8", False)
+
+
+def test_the_routing_files_bucket_table_is_what_the_split_follows():
+    table = [4] * 10 + [3] * 90  # a table the operator moved, not the listed order's
+    routed = parse_routing({"versions": ROUTING_VERSIONS, "buckets": table})
+    assert owners(routed) == tuple(table)
+    assert split_buckets(routed, frozenset({3, 4})) == tuple(table)
+
+
+@pytest.mark.parametrize(
+    "buckets",
+    [[3] * 100, [3] * 90 + [5] * 10, [3] * 89 + [4] * 10, "all", [3] * 90 + [True] * 10],
+)
+def test_a_bucket_table_that_does_not_match_the_weights_is_refused(buckets):
+    with pytest.raises(RoutingError, match=r"^buckets: expected 100 version numbers"):
+        parse_routing({"versions": ROUTING_VERSIONS, "buckets": buckets})
+
+
+ROUTING_VERSIONS = [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]

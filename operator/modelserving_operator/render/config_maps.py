@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -19,6 +19,7 @@ import yaml
 
 from modelserving import api
 from modelserving.kafka_security.config_file import to_mapping
+from modelserving.split_buckets import is_table_of, laid_end_to_end, moved_least
 from modelserving_operator.kafka.security import sidecar_security
 from modelserving_operator.names import (
     Manifest,
@@ -74,9 +75,11 @@ def render_models_config(spec: ServingSpec) -> str:
     )
 
 
-def render_routing(spec: ServingSpec) -> dict[str, Any]:
+def render_routing(spec: ServingSpec, previous: Sequence[int] | None = None) -> dict[str, Any]:
     """The sidecar's routing file: which version answers a request (see the sidecar's routing
-    module): the weighted versions with their labels, the shadow, the sticky key."""
+    module): the weighted versions with their labels, the shadow, the sticky key, and for a
+    serving that lists versions the split's bucket table, moved as little as the weights allow
+    from `previous`, the table its pods route by now (modelserving.split_buckets)."""
     model = spec.model
     routing: dict[str, Any] = {
         "versions": [
@@ -93,7 +96,23 @@ def render_routing(spec: ServingSpec) -> dict[str, Any]:
     if model.sticky.by == "header":
         sticky["header"] = model.sticky.header
     routing["sticky"] = sticky
+    if model.listed:
+        weights = [(v.number, v.weight) for v in model.versions]
+        table = moved_least(previous, weights) if previous else laid_end_to_end(weights)
+        routing["buckets"] = list(table)
     return routing
+
+
+def routed_buckets(routing_text: str) -> tuple[int, ...] | None:
+    """The bucket table a routing file routes by: its `buckets`, else (a file an operator
+    wrote before there were tables) its weights laid end to end; None if it is not one."""
+    try:
+        routing = yaml.load(routing_text, Loader=_YAML_LOADER)
+        weights = [(int(v["version"]), int(v["weight"])) for v in routing["versions"]]
+        table = routing.get("buckets") or laid_end_to_end(weights)
+    except (yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError):
+        return None
+    return tuple(table) if is_table_of(table, weights) else None
 
 
 def render_batching_config(spec: ServingSpec) -> str:
@@ -231,33 +250,41 @@ def render_sidecar_configmap(
     return _content_named(spec, sidecar_configmap_name, data)
 
 
-def render_versions_configmap(spec: ServingSpec) -> Manifest:
+def render_versions_configmap(
+    spec: ServingSpec, previous_buckets: Sequence[int] | None = None
+) -> Manifest:
     """A serving that lists versions: the files its pods re-read (LIVE_KEYS), so that moving
-    traffic between versions restarts nothing. Changed in place, shared by every pod."""
+    traffic between versions restarts nothing. Changed in place, shared by every pod; its
+    routing file's bucket table moves as little as it can from `previous_buckets`."""
+    routing = _routing_text(spec, previous_buckets)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(spec, versions_configmap_name(spec)),
-        "data": {MODELS_CONFIG_KEY: render_models_config(spec), ROUTING_KEY: _routing_text(spec)},
+        "data": {MODELS_CONFIG_KEY: render_models_config(spec), ROUTING_KEY: routing},
     }
 
 
 def render_configmaps(
-    spec: ServingSpec, settings: OperatorSettings, model_id: int
+    spec: ServingSpec,
+    settings: OperatorSettings,
+    model_id: int,
+    previous_buckets: Sequence[int] | None = None,
 ) -> list[Manifest]:
     """Every ConfigMap of the serving: TF Serving's and the sidecar's, and the versions' when
-    it lists versions."""
+    it lists versions (`previous_buckets`: the bucket table its pods route by now)."""
     configmaps = [
         render_tfserving_configmap(spec),
         render_sidecar_configmap(spec, settings, model_id),
     ]
     if spec.model.listed:
-        configmaps.append(render_versions_configmap(spec))
+        configmaps.append(render_versions_configmap(spec, previous_buckets))
     return configmaps
 
 
-def _routing_text(spec: ServingSpec) -> str:
-    return str(yaml.dump(render_routing(spec), Dumper=_YAML_DUMPER, sort_keys=False))
+def _routing_text(spec: ServingSpec, previous_buckets: Sequence[int] | None = None) -> str:
+    routing = render_routing(spec, previous_buckets)
+    return str(yaml.dump(routing, Dumper=_YAML_DUMPER, sort_keys=False))
 
 
 # The hex digits of a content-named ConfigMap's digest, as many as Kustomize's

@@ -9,6 +9,8 @@ NetworkPolicy, Ingress) and render_rbac (the sidecar's account and bindings).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from modelserving_operator.names import Manifest
 from modelserving_operator.render.config_maps import render_configmaps
 from modelserving_operator.render.network import (
@@ -31,11 +33,12 @@ def render_children(
     settings: OperatorSettings,
     model_id: int,
     secrets_checksum: str | None = None,
+    previous_buckets: Sequence[int] | None = None,
 ) -> list[Manifest]:
     """Every child the serving needs, in the order to apply them (configs before pods);
     `secrets_checksum` is the digest of the Secrets and ConfigMaps its pods read at start
-    (env_sources)."""
-    configmaps = render_configmaps(spec, settings, model_id)
+    (env_sources), `previous_buckets` the split's bucket table its pods route by now."""
+    configmaps = render_configmaps(spec, settings, model_id, previous_buckets)
     # Every sidecar calls the API: it publishes its model report (and its log's health) on its
     # pod, and checks tokens with TokenReviews in auth mode kubernetes.
     children: list[Manifest] = [*configmaps, render_service_account(spec)]

@@ -4,10 +4,11 @@ once per change, and the split table made of it and of the versions TF Serving r
 AVAILABLE. Pure: no I/O; `router` reads the file and swaps the table whole.
 
 The split: a hash of the sticky key (a header's value, or the caller's identity; else the request
-id) puts each request in one of 100 buckets, and each bucket belongs to a version, in the order
-the versions are listed (90/10: buckets 0-89 to the first, 90-99 to the second). Every replica
-computes the same, with no shared state; a weight change moves only the buckets whose owner
-changed (90/10 -> 80/20 moves buckets 80-89). A bucket whose owner is not AVAILABLE is lent, in
+id) puts each request in one of 100 buckets, and each bucket belongs to a version: as the
+routing file's `buckets` table says (the operator moves as few buckets as it can when weights
+change: modelserving.split_buckets), else laid end to end in the order the versions are listed
+(90/10: buckets 0-89 to the first, 90-99 to the second). Every replica computes the same, with
+no shared state. A bucket whose owner is not AVAILABLE is lent, in
 bucket order, to the AVAILABLE versions in proportion to their weights, and returns to its owner
 once that is AVAILABLE; when no weighted version is AVAILABLE every bucket stays with its owner,
 so that TF Serving's own error for an unavailable model is what the caller gets.
@@ -23,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelserving.split_buckets import BUCKETS, is_table_of, laid_end_to_end
 from modelserving_sidecar.routing.paths import VERBS
 
-BUCKETS = 100
 LABEL = re.compile(r"[a-z][a-z0-9-]{0,62}")
 # An HTTP header name (RFC 9110 token).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -67,6 +68,8 @@ class Routing:
     shadow: ShadowVersion | None = None
     sticky_by: StickyBy = StickyBy.NONE
     sticky_header: str = ""  # with sticky_by header
+    # Each bucket's owner as the operator wrote it; empty: laid end to end in the listed order.
+    buckets: tuple[int, ...] = ()
 
     @classmethod
     def one_version(cls, version: int) -> Routing:
@@ -126,7 +129,7 @@ def _mapping(where: str, value: Any, keys: set[str]) -> Mapping[str, Any]:
 
 def parse_routing(data: Any) -> Routing:
     """The routing file's mapping as a Routing, or RoutingError naming the first bad entry."""
-    top = _mapping("routing", data, {"versions", "shadow", "sticky"})
+    top = _mapping("routing", data, {"versions", "shadow", "sticky", "buckets"})
     raw_versions = top.get("versions")
     if not isinstance(raw_versions, list) or not raw_versions:
         raise RoutingError(
@@ -186,7 +189,21 @@ def parse_routing(data: Any) -> Routing:
             if not isinstance(given, str) or not _HEADER_NAME.fullmatch(given):
                 raise RoutingError(f"sticky.header: expected a header name, got {given!r}")
             header = given
-    return Routing(tuple(versions), shadow, sticky_by, header)
+    buckets: tuple[int, ...] = ()
+    if top.get("buckets") is not None:
+        raw_buckets = top["buckets"]
+        weights = [(v.version, v.weight) for v in versions]
+        if not (
+            isinstance(raw_buckets, list)
+            and all(isinstance(b, int) and not isinstance(b, bool) for b in raw_buckets)
+            and is_table_of(raw_buckets, weights)
+        ):
+            raise RoutingError(
+                f"buckets: expected {BUCKETS} version numbers, each version as many times as its "
+                f"weight, got {raw_buckets!r}"
+            )
+        buckets = tuple(raw_buckets)
+    return Routing(tuple(versions), shadow, sticky_by, header, buckets)
 
 
 def bucket_of(key: str) -> int:
@@ -206,19 +223,17 @@ def shadow_point(request_id: str) -> int:
     return int.from_bytes(digest) % BUCKETS
 
 
-def owners(versions: tuple[WeightedVersion, ...]) -> tuple[int, ...]:
-    """The version owning each bucket: the weights laid end to end in the listed order."""
-    table: list[int] = []
-    for weighted in versions:
-        table += [weighted.version] * weighted.weight
-    return tuple(table)
+def owners(routing: Routing) -> tuple[int, ...]:
+    """The version owning each bucket: the routing file's table, else the weights laid end to
+    end in the listed order."""
+    return routing.buckets or laid_end_to_end([(v.version, v.weight) for v in routing.versions])
 
 
 def split_buckets(routing: Routing, available: frozenset[int]) -> tuple[int, ...]:
     """The version that answers each bucket, given the versions TF Serving reports AVAILABLE:
     the owner when it is AVAILABLE; else, lent in bucket order to the AVAILABLE weighted
     versions in proportion to their weights; the owner again when none is AVAILABLE."""
-    table = list(owners(routing.versions))
+    table = list(owners(routing))
     lenders = [
         (v.version, v.weight) for v in routing.versions if v.version in available and v.weight > 0
     ]
