@@ -183,6 +183,43 @@ def test_moving_traffic_updates_the_configmaps_and_leaves_the_pods_alone(
     assert after.metadata.generation == deployment.metadata.generation
 
 
+def test_a_weight_change_leaves_the_callers_of_a_version_whose_weight_stayed(
+    operator, crds, kube_client, namespace
+):
+    core = client.CoreV1Api(kube_client)
+
+    def split(*weights: int) -> dict:
+        return {
+            "spec": {
+                "model": {
+                    "versions": [{"version": v, "weight": w} for v, w in enumerate(weights, 1)]
+                }
+            }
+        }
+
+    def buckets() -> list[int]:
+        text = core.read_namespaced_config_map("mnist-versions", namespace).data["routing.yaml"]
+        return yaml.safe_load(text)["buckets"]
+
+    # Given a serving split 50/25/25 between versions 1, 2 and 3
+    manifest = with_model("mnist", **split(50, 25, 25)["spec"]["model"])
+    create(crds, namespace, manifest)
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    before = buckets()
+    assert before == [1] * 50 + [2] * 25 + [3] * 25
+
+    # When version 1 gives ten of its share to version 3
+    crds.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, "mnist", split(40, 25, 35)
+    )
+
+    # Then ten buckets move, from version 1 to version 3, and version 2 keeps every one of its
+    after = wait_for(lambda: (b := buckets()) != before and b, timeout=30, what="a new table")
+    moved = {(b, a) for b, a in zip(before, after, strict=True) if b != a}
+    assert moved == {(1, 3)} and after.count(3) == 35
+    assert [i for i, v in enumerate(after) if v == 2] == list(range(50, 75))
+
+
 NOT_FOUND = "Could not find base path s3://models/mnist/4 for servable mnist"
 
 
