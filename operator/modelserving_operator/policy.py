@@ -16,6 +16,8 @@ from modelserving_operator.status.conditions import Condition
 
 # Degraded's reason while the spec's Ingress is refused.
 INGRESS_REFUSED = "IngressRefused"
+# A serving whose pods would share one spool claim: made before the CRD's rule refused it.
+SPOOL_CLAIM_SHARED = "SpoolClaimShared"
 # LoggingReady's reason while the spec's topic is refused.
 TOPIC_REFUSED = "TopicRefused"
 
@@ -62,13 +64,27 @@ def topic_refusal(namespace: str, topic: str | None, any_topic: bool) -> str | N
     )
 
 
-def refused_degraded(conditions: list[Condition], message: str) -> list[Condition]:
-    """Degraded says the Ingress is refused, unless it already tells a fault (a refused write,
-    a stuck rollout): that one is the more urgent, and the refusal is still told by its
-    Event."""
+def refused_degraded(
+    conditions: list[Condition], message: str, reason: str = INGRESS_REFUSED
+) -> list[Condition]:
+    """Degraded says what the operator refuses (an Ingress, a shared spool claim), unless it
+    already tells a fault (a refused write, a stuck rollout): that one is the more urgent, and
+    the refusal is still told by its Event."""
     return [
-        Condition("Degraded", True, INGRESS_REFUSED, message)
-        if c.type == "Degraded" and not c.status
-        else c
+        Condition("Degraded", True, reason, message) if c.type == "Degraded" and not c.status else c
         for c in conditions
     ]
+
+
+def spool_claim_refusal(claim_name: str | None, most_replicas: int) -> str | None:
+    """Why a spool claim cannot work as the serving asks: more than one pod would mount it, and
+    every sidecar but the one holding the spool's lock fails to start. The CRD refuses such a
+    serving; one made before that rule is told by this. None when it works."""
+    if claim_name is None or most_replicas <= 1:
+        return None
+    return (
+        f"spec.logging.spool.claimName {claim_name} holds the spool of one pod, and the serving "
+        f"asks for up to {most_replicas} pods: the sidecars of all but one cannot start. Set "
+        "spec.server.replicas to 1 and spec.autoscaling.enabled to false, or leave claimName "
+        "out (each pod's spool is then an emptyDir)"
+    )

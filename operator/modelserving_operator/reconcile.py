@@ -54,7 +54,12 @@ from modelserving_operator.pod_env.sources import (
     values_digest,
     versions_checksum,
 )
-from modelserving_operator.policy import INGRESS_REFUSED, TOPIC_REFUSED, refused_degraded
+from modelserving_operator.policy import (
+    INGRESS_REFUSED,
+    SPOOL_CLAIM_SHARED,
+    TOPIC_REFUSED,
+    refused_degraded,
+)
 from modelserving_operator.render.config_maps import ROUTING_KEY, routed_buckets
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.runtime.cached import CachedObject
@@ -352,6 +357,9 @@ async def _observe(
     if ingress_refused := spec.ingress_refusal(rec.settings):
         rollout = refused_degraded(rollout, ingress_refused)
     _tell_refusal(rec, serving, key, "Degraded", INGRESS_REFUSED, ingress_refused)
+    if claim_shared := spec.spool_claim_refusal():
+        rollout = refused_degraded(rollout, claim_shared, SPOOL_CLAIM_SHARED)
+    _tell_refusal(rec, serving, key, "Degraded", SPOOL_CLAIM_SHARED, claim_shared)
     topic_refused = logging_state.message if logging_state.reason == TOPIC_REFUSED else None
     _tell_refusal(rec, serving, key, "LoggingReady", TOPIC_REFUSED, topic_refused)
     _post_model_events(rec, serving, key, [model.model_ready, model.auth_ready])

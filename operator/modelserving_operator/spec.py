@@ -17,7 +17,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving_operator.kafka.security import KafkaSecuritySpec, parse_security
-from modelserving_operator.policy import ingress_refusal, topic_refusal
+from modelserving_operator.policy import ingress_refusal, spool_claim_refusal, topic_refusal
 from modelserving_operator.quantities import quantity_bytes
 from modelserving_operator.settings import OperatorSettings
 
@@ -368,6 +368,13 @@ class ServingSpec:
         if not self.ingress.enabled:
             return None
         return ingress_refusal(self.ingress.annotations, settings.ingress_allowed_annotations)
+
+    def spool_claim_refusal(self) -> str | None:
+        """Why the spool's claim cannot serve every pod asked for (a serving made before the
+        CRD refused it), or None."""
+        scaling = self.autoscaling
+        most = scaling.max_replicas if scaling.enabled else self.server.replicas
+        return spool_claim_refusal(self.logging.spool.claim_name, most)
 
     def topic_refusal(self, settings: OperatorSettings) -> str | None:
         """Why the topic the spec names is not logged to (not of the serving's namespace, and

@@ -13,6 +13,7 @@ from modelserving import api
 from modelserving_operator import reconcile
 from modelserving_operator.policy import (
     INGRESS_REFUSED,
+    SPOOL_CLAIM_SHARED,
     TOPIC_REFUSED,
     annotation_allowed,
     refused_degraded,
@@ -290,3 +291,27 @@ def test_a_refusal_is_told_once_per_change_though_the_cache_lags(monkeypatch):
         ("Warning", TOPIC_REFUSED, "refused: a"),
         ("Warning", TOPIC_REFUSED, "refused: b"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "most"),
+    [
+        ({"server": {"replicas": 3}}, 3),
+        ({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5}}, 5),
+    ],
+)
+def test_a_spool_claim_several_pods_would_share_is_told_in_degraded(spec, most):
+    # A serving the CRD's rule would refuse now, made before the rule: its pods share a claim.
+    claimed = serving(logging={"spool": {"claimName": "mnist-spool"}}, **spec)
+    refusal = claimed.spool_claim_refusal() or ""
+    assert "claimName mnist-spool holds the spool of one pod" in refusal
+    assert f"up to {most} pods" in refusal
+
+    *_, degraded = refused_degraded(deployment_conditions(None), refusal, SPOOL_CLAIM_SHARED)
+    assert (degraded.status, degraded.reason) == (True, SPOOL_CLAIM_SHARED)
+    assert degraded.message == refusal
+
+
+def test_a_spool_claim_of_one_pod_or_an_emptydir_spool_is_not_refused():
+    assert serving(logging={"spool": {"claimName": "c"}}).spool_claim_refusal() is None
+    assert serving(server={"replicas": 3}).spool_claim_refusal() is None
