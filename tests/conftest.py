@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest_asyncio
 
 from tests.support import REPO
 from tests.support.environment import KafkaBroker, LocalEnv, localenv
-from tests.support.waiting import wait_for
+from tests.support.namespaces import delete_namespaces, make_namespaces, unique_name
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
 
@@ -132,37 +131,12 @@ def kube_client(local_env: LocalEnv):
     api.close()
 
 
-def unique_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture
 def namespace(kube_client) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube_client)
-    name = unique_name("t")
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    # The namespace's default ServiceAccount is made by the controller-manager;
-    # tests that create Pods need it.
-    wait_for(
-        lambda: _has_default_sa(core, name), timeout=30, what=f"ServiceAccount default in {name}"
-    )
+    (name,) = make_namespaces(kube_client, 1)
     yield name
-    core.delete_namespace(name)
-
-
-def _has_default_sa(core, namespace: str) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        core.read_namespaced_service_account("default", namespace)
-        return True
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
+    delete_namespaces(kube_client, [name])
 
 
 @pytest.fixture

@@ -1,5 +1,11 @@
 """Fixtures of the integration tests: the CRDs installed in the cluster, the operator run for
-real over the test's namespace, and the TF Serving stand-in a sidecar forwards to."""
+real over the test's namespace, and the TF Serving stand-in a sidecar forwards to.
+
+A module that sets `SHARED_OPERATOR = True` runs one operator for its tests that take the
+`operator` fixture, each in a namespace of its own that this operator watches (made for the
+module at its start): a test that only makes servings and looks at what the operator does
+with them need not wait for an operator of its own. A test that stops or restarts the
+operator, or counts what it logs, is marked `own_operator` and gets one to itself."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from modelserving import api
 from tests.support import REPO
 from tests.support.chart_account import operator_kubeconfig as operator_kubeconfig_for
+from tests.support.namespaces import delete_namespaces, make_namespaces
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.waiting import wait_for
@@ -59,6 +66,63 @@ def operator_flags() -> Sequence[str]:
     return ()
 
 
+class SharedOperator:
+    """One operator over the namespaces of the module's tests that share it."""
+
+    def __init__(self, operator: Operator, namespaces: dict[str, str]) -> None:
+        self.operator = operator
+        self.namespaces = namespaces  # by test node id
+
+
+def _shares_the_operator(item: pytest.Item) -> bool:
+    return (
+        getattr(getattr(item, "module", None), "SHARED_OPERATOR", False)
+        and "operator" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("own_operator") is None
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_operator(
+    request: pytest.FixtureRequest, local_env, kube_client, tmp_path_factory
+) -> Iterator[SharedOperator | None]:
+    """The module's one operator (SHARED_OPERATOR), or None for a module without one."""
+    sharing = [
+        item
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and _shares_the_operator(item)
+    ]
+    if not sharing:
+        yield None
+        return
+    request.getfixturevalue("crds")
+    names = make_namespaces(kube_client, len(sharing))
+    log_dir = tmp_path_factory.mktemp("shared-operator")
+    kubeconfig = operator_kubeconfig_for(
+        local_env, COUNTER_NAMESPACE, ",".join(names), log_dir / "operator.kubeconfig"
+    )
+    op = Operator(local_env, names, log_dir, kubeconfig=kubeconfig)
+    op.start()
+    yield SharedOperator(op, {item.nodeid: name for item, name in zip(sharing, names, strict=True)})
+    op.stop()
+    if not op.stopped_cleanly():
+        print(op.log()[-4000:], file=sys.stderr)
+    delete_namespaces(kube_client, names)
+    assert op.refusals() == [], "the chart's ServiceAccount lacks a right the operator used"
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, kube_client, shared_operator) -> Iterator[str]:
+    """The test's own namespace: made for it, or (a test sharing the module's operator) the
+    one made for it at the module's start, which that operator watches."""
+    if shared_operator is not None and request.node.nodeid in shared_operator.namespaces:
+        yield shared_operator.namespaces[request.node.nodeid]
+        return
+    (name,) = make_namespaces(kube_client, 1)
+    yield name
+    delete_namespaces(kube_client, [name])
+
+
 @pytest.fixture
 def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
     """A kubeconfig of the chart's own ServiceAccount, with the chart's RBAC and peering object
@@ -71,9 +135,14 @@ def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
 
 @pytest.fixture
 def operator(
-    local_env, namespace, tmp_path, operator_flags, operator_kubeconfig
+    request: pytest.FixtureRequest, local_env, namespace, tmp_path, operator_flags, shared_operator
 ) -> Iterator[Operator]:
-    """An operator for the test's namespace, as the chart's ServiceAccount, stopped at the end."""
+    """An operator for the test's namespace, as the chart's ServiceAccount, stopped at the end
+    (or the module's shared one: see the module's docstring)."""
+    if shared_operator is not None and request.node.nodeid in shared_operator.namespaces:
+        yield shared_operator.operator
+        return
+    operator_kubeconfig = request.getfixturevalue("operator_kubeconfig")
     op = Operator(local_env, namespace, tmp_path, operator_flags, kubeconfig=operator_kubeconfig)
     op.start()
     yield op

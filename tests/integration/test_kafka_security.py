@@ -40,6 +40,9 @@ from tests.support.scripts import load_script
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for
 
+# One operator for the tests that only make servings and look at what it does with them.
+SHARED_OPERATOR = True
+
 kafka_certs = load_script("localenv/kafka_certs.py", "kafka_certs")
 
 KEY = "security-test-key"

@@ -38,6 +38,9 @@ from tests.support.tfserving_standin import (
 )
 from tests.support.waiting import wait_for, wait_for_async
 
+# One operator for the tests that only make servings and look at what it does with them.
+SHARED_OPERATOR = True
+
 SERVING = "fraud"
 MODEL = "fraud"
 # A base path with nothing under it for the canary: TF Serving cannot load version 4.

@@ -15,6 +15,9 @@ from modelserving import api
 from tests.support.servings import config_file, get_serving, is_ready, serving_manifest
 from tests.support.waiting import wait_for
 
+# One operator for the tests that only make servings and look at what it does with them.
+SHARED_OPERATOR = True
+
 MiB = 1024 * 1024
 
 

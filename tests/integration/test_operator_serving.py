@@ -26,6 +26,9 @@ from tests.support.servings import (
 )
 from tests.support.waiting import wait_for
 
+# One operator for the tests that only make servings and look at what it does with them.
+SHARED_OPERATOR = True
+
 
 def kafka_topics(bootstrap: str) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient
@@ -388,6 +391,7 @@ def test_a_copied_or_hand_written_model_id_gets_an_id_of_its_own(operator, crds,
     assert written_back["status"]["modelId"] == ids[1]
 
 
+@pytest.mark.own_operator  # it restarts the operator
 def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_client, namespace):
     # Logging off: Kafka outages made by other tests must not count as a change here
     crds.create_namespaced_custom_object(

@@ -25,6 +25,9 @@ from tests.support.servings import (
 from tests.support.tfserving_config import parse_models_config
 from tests.support.waiting import wait_for
 
+# One operator for the tests that only make servings and look at what it does with them.
+SHARED_OPERATOR = True
+
 CANARY = {
     "name": "mnist",
     "basePath": "s3://models/mnist",

@@ -17,12 +17,13 @@ COUNTER_NAMESPACE = "modelserving-system"
 
 
 class Operator:
-    """`modelserving operator` as a subprocess watching one namespace."""
+    """`modelserving operator` as a subprocess watching one namespace (or several: a
+    sequence of names)."""
 
     def __init__(
         self,
         local_env,
-        namespace: str,
+        namespace: str | Sequence[str],
         log_dir: Path,
         flags: Sequence[str] = (),
         *,
@@ -49,8 +50,13 @@ class Operator:
             "-m",
             "modelserving.cli",
             "operator",
-            "--namespace",
-            self.namespace,
+            *(
+                arg
+                for watched in (
+                    [self.namespace] if isinstance(self.namespace, str) else self.namespace
+                )
+                for arg in ("--namespace", watched)
+            ),
             "--operator-namespace",
             COUNTER_NAMESPACE,
             "--kafka-bootstrap-servers",
