@@ -1,11 +1,12 @@
 """Fixtures of the integration tests: the CRDs installed in the cluster, the operator run for
 real over the test's namespace, and the TF Serving stand-in a sidecar forwards to.
 
-A module that sets `SHARED_OPERATOR = True` runs one operator for its tests that take the
-`operator` fixture, each in a namespace of its own that this operator watches (made for the
-module at its start): a test that only makes servings and looks at what the operator does
-with them need not wait for an operator of its own. A test that stops or restarts the
-operator, or counts what it logs, is marked `own_operator` and gets one to itself."""
+A module that sets `SHARED_OPERATOR = True` (or to a list of the operator's flags) runs one
+operator for its tests that take the `operator` fixture, each in a namespace of its own that
+this operator watches (made for the module at its start): a test that only makes servings and
+looks at what the operator does with them need not wait for an operator of its own. A test
+that stops or restarts the operator, or counts what it logs, is marked `own_operator` and gets
+one to itself, as does one that parametrizes `operator_flags`."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def _shares_the_operator(item: pytest.Item) -> bool:
         getattr(getattr(item, "module", None), "SHARED_OPERATOR", False)
         and "operator" in getattr(item, "fixturenames", ())
         and item.get_closest_marker("own_operator") is None
+        and "operator_flags" not in getattr(getattr(item, "callspec", None), "params", {})
     )
 
 
@@ -101,7 +103,9 @@ def shared_operator(
     kubeconfig = operator_kubeconfig_for(
         local_env, COUNTER_NAMESPACE, ",".join(names), log_dir / "operator.kubeconfig"
     )
-    op = Operator(local_env, names, log_dir, kubeconfig=kubeconfig)
+    shared = request.module.SHARED_OPERATOR
+    flags = list(shared) if isinstance(shared, (list, tuple)) else []
+    op = Operator(local_env, names, log_dir, flags, kubeconfig=kubeconfig)
     op.start()
     yield SharedOperator(op, {item.nodeid: name for item, name in zip(sharing, names, strict=True)})
     op.stop()

@@ -34,6 +34,10 @@ def operator_flags() -> list[str]:
     return DEFAULT_FLAGS
 
 
+# One operator, with DEFAULT_FLAGS, for the module's tests.
+SHARED_OPERATOR = DEFAULT_FLAGS
+
+
 def sidecar_logging(core, namespace: str, name: str) -> dict | None:
     text = config_file(core, client.AppsV1Api(core.api_client), namespace, name, "sidecar.yaml")
     return None if text is None else yaml.safe_load(text)["logging"]

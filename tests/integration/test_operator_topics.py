@@ -22,7 +22,13 @@ from tests.support.waiting import wait_for
 @pytest.fixture
 def operator_flags() -> list[str]:
     """Topics in use are looked at again every 3 s (30 s by default)."""
-    return ["--topic-check-seconds", "3"]
+    return FLAGS
+
+
+FLAGS = ["--topic-check-seconds", "3"]
+# One operator, with FLAGS, for the tests that only make servings and topics and look at what it
+# does with them.
+SHARED_OPERATOR = FLAGS
 
 
 def topic_settings(bootstrap: str, topic: str) -> TopicSettings | None:
