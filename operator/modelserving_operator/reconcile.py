@@ -633,7 +633,19 @@ async def _sources_checksum(
         for (kind, name), body in zip(sources, found, strict=True)
     }
     for (kind, name), source in read.items():
-        rec.sources.versions[(spec.namespace, kind, name)] = source.version if source else None
+        version = source.version if source else None
+        where = (spec.namespace, kind, name)
+        if where in rec.sources.versions and rec.sources.versions[where] != version:
+            # The check round will not see this change (it compares with what was read last):
+            # said here, as the round says the ones it finds.
+            log.info(
+                "%s %s/%s changed: read by the reconcile of %s",
+                kind,
+                spec.namespace,
+                name,
+                spec.name,
+            )
+        rec.sources.versions[where] = version
     values = values_digest(keys, read)
     if values is None:
         template = (deployment or {}).get("spec", {}).get("template", {}).get("metadata", {})

@@ -373,3 +373,20 @@ async def test_a_version_a_reconcile_reads_during_a_round_is_compared_with_in_th
     )
     marked = {(await queue.get())[0] for _ in range(queue.waiting())}
     assert marked == {("demo", "mnist")}
+
+
+async def test_a_change_a_reconcile_reads_before_the_check_round_is_told_in_the_log(caplog):
+    # The check round compares with the version last read: a reconcile that reads the new
+    # version first leaves the round nothing to find, so the reconcile says it saw the change.
+    serving = spec(ENV)
+    server = Sources(s3=secret(version="1", id="a", key="b"))
+    rec = reconciler(server)
+    first = await _sources_checksum(rec, serving, None)
+    caplog.set_level("INFO", logger="modelserving_operator.reconcile")
+
+    server.objects[(SECRET, "demo", "s3")] = secret(version="2", id="a", key="b", region="x")
+    assert await _sources_checksum(rec, serving, deployment_carrying(first)) == first
+    await check_sources(rec, {("demo", SECRET, "s3"): ["mnist"]}, WorkQueue())
+
+    said = [r.getMessage() for r in caplog.records if "demo/s3 changed" in r.getMessage()]
+    assert said == ["Secret demo/s3 changed: read by the reconcile of mnist"]
