@@ -3,7 +3,7 @@ real over the test's namespace, and the TF Serving stand-in a sidecar forwards t
 
 A module that sets `SHARED_OPERATOR = True` (or to a list of the operator's flags) runs one
 operator for its tests that take the `operator` fixture, each in a namespace of its own that
-this operator watches (made for the module at its start): a test that only makes servings and
+this operator watches (made when the first of them begins): a test that only makes servings and
 looks at what the operator does with them need not wait for an operator of its own. A test
 that stops or restarts the operator, or counts what it logs, is marked `own_operator` and gets
 one to itself, as does one that parametrizes `operator_flags`."""
@@ -86,18 +86,15 @@ def _shares_the_operator(item: pytest.Item) -> bool:
 
 @pytest.fixture(scope="module")
 def shared_operator(
-    request: pytest.FixtureRequest, local_env, kube_client, tmp_path_factory
-) -> Iterator[SharedOperator | None]:
-    """The module's one operator (SHARED_OPERATOR), or None for a module without one."""
+    request: pytest.FixtureRequest, crds, local_env, kube_client, tmp_path_factory
+) -> Iterator[SharedOperator]:
+    """The module's one operator (SHARED_OPERATOR), started with the first test that shares it
+    (a test with an operator of its own before it runs alone)."""
     sharing = [
         item
         for item in request.session.items
         if getattr(item, "module", None) is request.module and _shares_the_operator(item)
     ]
-    if not sharing:
-        yield None
-        return
-    request.getfixturevalue("crds")
     names = make_namespaces(kube_client, len(sharing))
     log_dir = tmp_path_factory.mktemp("shared-operator")
     kubeconfig = operator_kubeconfig_for(
@@ -116,11 +113,12 @@ def shared_operator(
 
 
 @pytest.fixture
-def namespace(request: pytest.FixtureRequest, kube_client, shared_operator) -> Iterator[str]:
+def namespace(request: pytest.FixtureRequest, kube_client) -> Iterator[str]:
     """The test's own namespace: made for it, or (a test sharing the module's operator) the
-    one made for it at the module's start, which that operator watches."""
-    if shared_operator is not None and request.node.nodeid in shared_operator.namespaces:
-        yield shared_operator.namespaces[request.node.nodeid]
+    one made for it when the module's first such test began, which that operator watches."""
+    if _shares_the_operator(request.node):  # the shared operator starts with the first of them
+        shared: SharedOperator = request.getfixturevalue("shared_operator")
+        yield shared.namespaces[request.node.nodeid]
         return
     (name,) = make_namespaces(kube_client, 1)
     yield name
@@ -139,12 +137,13 @@ def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
 
 @pytest.fixture
 def operator(
-    request: pytest.FixtureRequest, local_env, namespace, tmp_path, operator_flags, shared_operator
+    request: pytest.FixtureRequest, local_env, namespace, tmp_path, operator_flags
 ) -> Iterator[Operator]:
     """An operator for the test's namespace, as the chart's ServiceAccount, stopped at the end
     (or the module's shared one: see the module's docstring)."""
-    if shared_operator is not None and request.node.nodeid in shared_operator.namespaces:
-        yield shared_operator.operator
+    if _shares_the_operator(request.node):
+        shared: SharedOperator = request.getfixturevalue("shared_operator")
+        yield shared.operator
         return
     operator_kubeconfig = request.getfixturevalue("operator_kubeconfig")
     op = Operator(local_env, namespace, tmp_path, operator_flags, kubeconfig=operator_kubeconfig)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -16,9 +15,6 @@ from modelserving_operator.names import LABEL_SERVING_UID as SERVING_UID
 from tests.support.operator_process import COUNTER_NAMESPACE
 from tests.support.servings import get_serving, is_ready, read_or_none, serving_manifest
 from tests.support.waiting import wait_for
-
-# One operator for the tests that only make servings and look at what it does with them.
-SHARED_OPERATOR = True
 
 OFF = {"enabled": False}  # no topic: these stories are about ids alone
 
@@ -33,7 +29,6 @@ def ready(crds, namespace: str, name: str) -> dict:
     return wait_for(lambda: is_ready(crds, namespace, name), timeout=60, what=f"{name} Ready")
 
 
-@pytest.mark.own_operator  # it stops and restarts the operator
 def test_a_lost_counter_restarts_above_every_id_in_use(operator, crds, kube_client, namespace):
     # Given servings with their ids
     for name in ("a", "b"):
