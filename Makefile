@@ -35,11 +35,14 @@ format: venv ## apply ruff's fixes and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The test runs' processes (pytest-xdist): a test file's tests run in one of them, in order.
+TEST_WORKERS ?= 4
+
 unit: venv ## the unit tests alone (no cluster, no Kafka)
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration" -n 2 --dist loadfile
 
 test: lint ## every test: lint, unit, and integration against the local environment
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 env-build: venv ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka)
 	$(LOCALENV) build

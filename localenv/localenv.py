@@ -20,6 +20,7 @@ only (the project's virtualenv has it).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -35,9 +36,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
@@ -612,19 +615,21 @@ def cluster_down() -> None:
     cluster_kubeconfig().unlink(missing_ok=True)
 
 
-def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0) -> float:
+def kube_apiserver_restart(
+    sig: int = signal.SIGKILL, down_seconds: float = 0.0, spare: str | None = None
+) -> float:
     """Stop the cluster's kube-apiserver alone (etcd and the controllers keep running), by
     SIGKILL as in a crash unless told, and start it again with the same command line after
     `down_seconds` (an outage longer than a restart, when asked for); return
     the seconds it was away, until it was ready and authorizing requests again. For tests of
     the operator across an API server restart. (SIGTERM drains: the server goes on answering
-    for a minute or more while it shuts down.)"""
-    cluster = CLUSTER_DIR
-    pid_file = cluster / "pids" / "kube-apiserver.pid"
-    proc = Path(f"/proc/{pid_file.read_text().strip()}")
-    command = _apiserver_command(proc)
+    for a minute or more while it shuts down.) `spare` names a second API server of the
+    cluster (spare_apiserver_start) to restart instead of the one everything else uses."""
+    server = _apiserver_files(spare)
+    proc = Path(f"/proc/{server.pid_file.read_text().strip()}")
+    command = _apiserver_command(proc, server.saved)
     manager = Path(
-        f"/proc/{(cluster / 'pids' / 'kube-controller-manager.pid').read_text().strip()}"
+        f"/proc/{(CLUSTER_DIR / 'pids' / 'kube-controller-manager.pid').read_text().strip()}"
     )
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         if b"--leader-elect=false" not in (manager / "cmdline").read_bytes():
@@ -632,7 +637,7 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0)
                 "this cluster's controller-manager would exit while the API server is away "
                 "(it was made before leader election was turned off): `make env-down env-up`"
             )
-    port = int(next(a for a in command["args"] if a.startswith("--secure-port=")).split("=")[1])
+    port = _secure_port(command)
     stopped = time.monotonic()
     if _running(proc):
         os.kill(int(proc.name), sig)
@@ -650,31 +655,99 @@ def kube_apiserver_restart(sig: int = signal.SIGKILL, down_seconds: float = 0.0)
             holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             holder.bind(("0.0.0.0", port))
             time.sleep(max(0.0, stopped + down_seconds - time.monotonic()))
-    log_file = cluster / "logs" / "kube-apiserver.log"
-    proc = _start_detached(command, log_file, pid_file)
+    proc = _start_detached(command, server.log_file, server.pid_file)
     log(f"kube-apiserver stopped and started again ({time.monotonic() - stopped:.1f} s)")
+    _await_authorizing(proc, command, server)
+    return time.monotonic() - stopped
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiServerFiles:
+    """Where one kube-apiserver of the cluster keeps its process id, its log and its command
+    line, and the admin kubeconfig that reaches it."""
+
+    pid_file: Path
+    log_file: Path
+    saved: Path
+    kubeconfig: Path
+
+
+def _apiserver_files(spare: str | None) -> ApiServerFiles:
+    if spare is None:
+        return ApiServerFiles(
+            pid_file=CLUSTER_DIR / "pids" / "kube-apiserver.pid",
+            log_file=CLUSTER_DIR / "logs" / "kube-apiserver.log",
+            saved=STATE / "kube-apiserver.json",
+            kubeconfig=cluster_kubeconfig(),
+        )
+    home = SPARES / f"apiserver-{spare}"
+    return ApiServerFiles(
+        pid_file=home / "kube-apiserver.pid",
+        log_file=home / "kube-apiserver.log",
+        saved=home / "kube-apiserver.json",
+        kubeconfig=home / "kubeconfig",
+    )
+
+
+def _secure_port(command: dict[str, Any]) -> int:
+    return int(next(a for a in command["args"] if a.startswith("--secure-port=")).split("=")[1])
+
+
+def _await_authorizing(proc: Path, command: dict[str, Any], server: ApiServerFiles) -> None:
     deadline = time.monotonic() + 120
     # Ready, and authorizing again: /readyz passes before the RBAC caches are filled, while
     # every request but an admin's is still refused (the discovery roles are granted to all).
     probe = ("auth", "can-i", "get", "/version", "--as=probe", "--as-group=system:authenticated")
     while True:
         if not _running(proc):  # it could not listen yet: try again
-            proc = _start_detached(command, log_file, pid_file)
+            proc = _start_detached(command, server.log_file, server.pid_file)
         try:
-            kubectl(cluster_kubeconfig(), "get", "--raw", "/readyz")
-            if kubectl(cluster_kubeconfig(), *probe).strip() == "yes":
-                return time.monotonic() - stopped
+            kubectl(server.kubeconfig, "get", "--raw", "/readyz")
+            if kubectl(server.kubeconfig, *probe).strip() == "yes":
+                return
         except EnvError:
             pass
         if time.monotonic() > deadline:
-            raise EnvError("the kube-apiserver did not authorize requests 120 s after a restart")
+            raise EnvError("the kube-apiserver did not authorize requests 120 s after a start")
         time.sleep(0.2)
 
 
-def _apiserver_command(proc: Path) -> dict:
+# The parts a test has to itself: a second API server, a broker of its own (spare_*).
+SPARES = STATE / "spares"
+
+
+def spare_apiserver_start(name: str) -> Path:
+    """Start (or keep) a second kube-apiserver of the cluster, over the same etcd on a port of
+    its own, as in a highly available control plane; return an admin kubeconfig that reaches
+    it. A test restarts it (kube_apiserver_restart with `spare`) to take the API server from
+    the operator it tests, while every other client of the cluster keeps the first one."""
+    server = _apiserver_files(name)
+    if server.pid_file.exists() and _running(Path(f"/proc/{server.pid_file.read_text()}")):
+        return server.kubeconfig
+    server.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    main = _apiserver_files(None)
+    first = _apiserver_command(Path(f"/proc/{main.pid_file.read_text().strip()}"), main.saved)
+    port = free_port()
+    # Not in the `kubernetes` Service's endpoints: those name the first server alone.
+    command = {
+        **first,
+        "args": [a for a in first["args"] if not a.startswith("--secure-port=")]
+        + [f"--secure-port={port}", "--endpoint-reconciler-type=none"],
+    }
+    server.saved.write_text(json.dumps(command))
+    admin = cluster_kubeconfig().read_text()
+    server.kubeconfig.write_text(admin.replace(f":{_secure_port(first)}\n", f":{port}\n"))
+    if f":{port}\n" not in server.kubeconfig.read_text():
+        raise EnvError(f"the admin kubeconfig names no server on port {_secure_port(first)}")
+    proc = _start_detached(command, server.log_file, server.pid_file)
+    _await_authorizing(proc, command, server)
+    log(f"a second kube-apiserver on port {port} ({name})")
+    return server.kubeconfig
+
+
+def _apiserver_command(proc: Path, saved: Path) -> dict[str, Any]:
     """The running kube-apiserver's command line, environment and folder, kept in the state
-    folder so that a server that a restart left down can still be started."""
-    saved = STATE / "kube-apiserver.json"
+    folder (`saved`) so that a server that a restart left down can still be started."""
     try:
         command = {
             "args": [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0")[:-1]],
@@ -695,7 +768,7 @@ def _apiserver_command(proc: Path) -> dict:
     return command
 
 
-def _start_detached(command: dict, log_file: Path, pid_file: Path) -> Path:
+def _start_detached(command: dict[str, Any], log_file: Path, pid_file: Path) -> Path:
     # Through a shell that exits at once: the server is nobody's child but init's, as kwokctl
     # leaves it, and outlives whoever asked for the restart.
     pid = run(
@@ -834,8 +907,10 @@ def kafka_client_properties() -> None:
         _write_private(clients / name, ("\n".join(lines) + "\n").encode())
 
 
-def kafka_pid() -> int | None:
-    pidfile = kafka_dir() / "kafka.pid"
+def kafka_pid(home: Path | None = None) -> int | None:
+    """The process id of the broker whose folder is `home` (the shared one's unless told), while
+    it runs."""
+    pidfile = (home or kafka_dir()) / "kafka.pid"
     if not pidfile.exists():
         return None
     pid = int(pidfile.read_text())
@@ -914,9 +989,7 @@ def kafka_configure() -> Path:
         log("formatting Kafka's storage again, to add the SCRAM users")
         shutil.rmtree(data)
     if not (data / "meta.properties").exists():
-        cluster_id = (
-            run(java_cmd("kafka.tools.StorageTool", "random-uuid")).strip().splitlines()[-1]
-        )
+        cluster_id = kafka_cluster_id()
         users = [
             arg
             for mechanism in SASL_MECHANISMS[1:]
@@ -943,7 +1016,14 @@ def kafka_start() -> str:
         kafka_stop()
     config = kafka_configure()
     log(f"starting Kafka {KAFKA_VERSION} (KRaft) on {bootstrap}")
-    logfile = (kafka_dir() / "kafka.log").open("ab")
+    _launch_broker(kafka_dir(), config, [ports[n] for n in ("broker", "ssl", "mtls", "sasl_ssl")])
+    return bootstrap
+
+
+def _launch_broker(home: Path, config: Path, listening: list[int]) -> None:
+    """Start the broker of `home` with `config`, and wait until it listens on every port of
+    `listening`."""
+    logfile = (home / "kafka.log").open("ab")
     proc = subprocess.Popen(
         [
             "java",
@@ -960,42 +1040,119 @@ def kafka_start() -> str:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    (kafka_dir() / "kafka.pid").write_text(str(proc.pid))
+    (home / "kafka.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 90
-    while not all(port_open(ports[name]) for name in ("broker", "ssl", "mtls", "sasl_ssl")):
+    while not all(port_open(port) for port in listening):
         if proc.poll() is not None:
-            raise EnvError(
-                f"Kafka exited with code {proc.returncode}; see {kafka_dir() / 'kafka.log'}"
-            )
+            raise EnvError(f"Kafka exited with code {proc.returncode}; see {home / 'kafka.log'}")
         if time.monotonic() > deadline:
-            raise EnvError(f"Kafka did not listen on {bootstrap} in 90 s")
+            raise EnvError(f"Kafka did not listen on 127.0.0.1:{listening[0]} in 90 s")
         time.sleep(0.2)
-    return bootstrap
 
 
-def kafka_stop(sig: int = signal.SIGTERM) -> None:
-    """Stop the broker, keeping its data and ports so that a start brings it back as it was."""
-    pid = kafka_pid()
+def kafka_cluster_id() -> str:
+    """A new KRaft cluster id, as `kafka-storage random-uuid` makes it (a random UUID in URL-safe
+    base64 without padding, never one that begins with a dash), without starting a JVM."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def kafka_stop(sig: int = signal.SIGTERM, home: Path | None = None) -> None:
+    """Stop the broker (the shared one, or the one whose folder is `home`), keeping its data and
+    ports so that a start brings it back as it was."""
+    home = home or kafka_dir()
+    pid = kafka_pid(home)
     if pid is None:
         return
     os.killpg(pid, sig)
     deadline = time.monotonic() + 60
-    while kafka_pid() is not None and time.monotonic() < deadline:
+    while kafka_pid(home) is not None and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)
-    if kafka_pid() is not None:
+    if kafka_pid(home) is not None:
         os.killpg(pid, signal.SIGKILL)
-    (kafka_dir() / "kafka.pid").unlink(missing_ok=True)
+    (home / "kafka.pid").unlink(missing_ok=True)
 
 
-def kafka_signal(sig: int) -> None:
+def kafka_signal(sig: int, home: Path | None = None) -> None:
     """Send the running broker a signal: SIGSTOP hangs it (connections are still accepted by
     the kernel, nothing is answered, as with a broker stuck in a long pause), SIGCONT resumes."""
-    pid = kafka_pid()
+    pid = kafka_pid(home)
     if pid is None:
         raise EnvError("Kafka is not running")
     os.killpg(pid, sig)
+
+
+def spare_broker_dir(name: str) -> Path:
+    return SPARES / f"kafka-{name}"
+
+
+def spare_broker_start(name: str) -> str:
+    """Start (or keep) a broker of a test's own: one node, plaintext, with a folder of its own
+    (spare_broker_dir), for tests that stop, kill or hang a broker without taking the shared
+    one from the tests running beside them; return its bootstrap address. kafka_stop and
+    kafka_signal take its folder."""
+    home = spare_broker_dir(name)
+    home.mkdir(parents=True, exist_ok=True)
+    ports_file = home / "ports.json"
+    if not ports_file.exists():
+        ports_file.write_text(json.dumps({"broker": free_port(), "controller": free_port()}))
+    ports = json.loads(ports_file.read_text())
+    bootstrap = f"127.0.0.1:{ports['broker']}"
+    if kafka_pid(home) is not None and port_open(ports["broker"]):
+        return bootstrap
+    config, data = home / "server.properties", home / "data"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{ports['controller']}",
+                f"listeners=PLAINTEXT://{bootstrap},CONTROLLER://127.0.0.1:{ports['controller']}",
+                f"advertised.listeners=PLAINTEXT://{bootstrap}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "",
+            ]
+        )
+    )
+    if not (data / "meta.properties").exists():
+        run(
+            java_cmd(
+                "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(config)
+            )
+        )
+    log(f"starting a broker of its own on {bootstrap} ({name})")
+    _launch_broker(home, config, [ports["broker"]])
+    return bootstrap
+
+
+def spares_down(name: str | None = None) -> None:
+    """Stop the spare parts (second API servers, brokers of their own) of `name`, or all of
+    them, and remove their state."""
+    if name is not None:
+        homes = [_apiserver_files(name).pid_file.parent, spare_broker_dir(name)]
+    else:
+        homes = list(SPARES.iterdir()) if SPARES.exists() else []
+    for home in homes:
+        kafka_stop(signal.SIGKILL, home)
+        pid_file = home / "kube-apiserver.pid"
+        if pid_file.exists() and _running(proc := Path(f"/proc/{pid_file.read_text()}")):
+            os.kill(int(proc.name), signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def settings_file() -> Path:
@@ -1022,6 +1179,7 @@ def up() -> Settings:
 
 
 def down() -> None:
+    spares_down()
     kafka_stop()
     shutil.rmtree(kafka_dir(), ignore_errors=True)
     cluster_down()
@@ -1039,6 +1197,8 @@ def collect_logs(dest: Path) -> None:
     kafka_log = kafka_dir() / "kafka.log"
     if kafka_log.exists():
         shutil.copy(kafka_log, dest / "kafka.log")
+    for spare_log in SPARES.glob("*/*.log"):
+        shutil.copy(spare_log, dest / f"{spare_log.parent.name}-{spare_log.name}")
 
 
 def main(argv: list[str] | None = None) -> int:

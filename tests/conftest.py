@@ -2,14 +2,19 @@
 
 Tests under tests/integration/ are marked `integration` and run against the
 local environment of real parts (localenv/): the first one that needs it starts
-it once per session, or reuses it when it is already up (`make env-up`). Each
-test gets its own namespace or topic. When an integration test fails, the
-parts' logs are copied to test-logs/. Tests under tests/unit/ need none of it.
+it once per run (one worker at a time asks, under a lock, when pytest-xdist runs
+several), or reuses it when it is already up (`make env-up`); the run takes it
+down at its end when it started it. Each test gets its own namespace or topic,
+and a test that takes a part down gets one of its own (`kafka_broker`,
+`spare_apiserver`), so that the tests beside it keep theirs. When an integration
+test fails, the parts' logs are copied to test-logs/. Tests under tests/unit/
+need none of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -22,7 +27,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import REPO
-from tests.support.environment import KafkaBroker, LocalEnv, localenv
+from tests.support.environment import KafkaBroker, LocalEnv, SpareApiServer, localenv
 from tests.support.namespaces import delete_namespaces, make_namespaces, unique_name
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
@@ -34,22 +39,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    report = yield
-    if report.failed and item.get_closest_marker("integration"):
-        item.session.stash.setdefault(_FAILED_KEY, []).append(item.nodeid)
-    return report
+def _is_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of pytest-xdist's workers (the run's first process, the one
+    that reports, is not)."""
+    return hasattr(config, "workerinput")
 
 
-_FAILED_KEY = pytest.StashKey[list]()
+# Whether the local environment was up before the run began: a run takes down only what it
+# started.
+_WAS_UP = pytest.StashKey[bool]()
+_FAILED_INTEGRATION: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_worker(config):
+        config.stash[_WAS_UP] = localenv.settings_file().exists()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # The first process sees every worker's reports here, and its own when there are none.
+    if report.failed and report.nodeid.startswith("tests/integration/"):
+        _FAILED_INTEGRATION.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if session.stash.get(_FAILED_KEY, None) and localenv.settings_file().exists():
+    if _is_worker(session.config):
+        return
+    if _FAILED_INTEGRATION and localenv.settings_file().exists():
         dest = REPO / "test-logs"
         localenv.collect_logs(dest)
         print(f"\nintegration tests failed: the parts' logs are in {dest}", file=sys.stderr)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (
+        not _is_worker(config)
+        and not config.stash.get(_WAS_UP, True)
+        and localenv.settings_file().exists()
+        and os.environ.get("MODELSERVING_KEEP_ENV") != "1"
+    ):
+        localenv.down()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -79,9 +108,11 @@ TIME_REPORT_FILES = 30
 
 
 @pytest.fixture(scope="session")
-def local_env(request: pytest.FixtureRequest) -> Iterator[LocalEnv]:
-    was_up = localenv.settings_file().exists()
-    said = _environment_up(request.config)
+def local_env(request: pytest.FixtureRequest) -> LocalEnv:
+    localenv.STATE.mkdir(parents=True, exist_ok=True)
+    with (localenv.STATE / "up.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker starts it, the others reuse it
+        said = _environment_up(request.config)
     if said is not None:
         pytest.fail(
             "the local environment of real parts could not be provisioned "
@@ -89,14 +120,12 @@ def local_env(request: pytest.FixtureRequest) -> Iterator[LocalEnv]:
             pytrace=False,
         )
     data = json.loads(localenv.settings_file().read_text())
-    yield LocalEnv(
+    return LocalEnv(
         kubeconfig=data["kubeconfig"],
         kafka_bootstrap=data["kafka_bootstrap"],
         bin_path=data["path"],
         kafka=localenv.KafkaListeners(**data["kafka"]),
     )
-    if not was_up and os.environ.get("MODELSERVING_KEEP_ENV") != "1":
-        localenv.down()
 
 
 def _environment_up(config: pytest.Config) -> str | None:
@@ -145,13 +174,30 @@ def topic() -> str:
     return unique_name("topic")
 
 
+@pytest.fixture(scope="session")
+def spare_parts(local_env: LocalEnv) -> Iterator[str]:
+    """The name under which this process's spare parts run (one set per worker, started when a
+    test first asks for one); they are stopped when the process's session ends."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    yield name
+    localenv.spares_down(name)
+
+
 @pytest.fixture
-def kafka_broker(local_env: LocalEnv) -> Iterator[KafkaBroker]:
-    """Control of the real broker; it is running again when the test ends, whatever happened."""
-    broker = KafkaBroker(local_env.kafka_bootstrap)
+def kafka_broker(spare_parts: str) -> Iterator[KafkaBroker]:
+    """A real broker of the test's own (plaintext, one node) to stop, kill or hang: the tests
+    beside it keep the shared one. It is running again when the test ends, whatever happened."""
+    broker = KafkaBroker(spare_parts)
     yield broker
     broker.resume()
     broker.start()
+
+
+@pytest.fixture
+def spare_apiserver(spare_parts: str) -> SpareApiServer:
+    """A second kube-apiserver of the cluster for the test's operator, to restart without
+    taking the API server from the tests beside it."""
+    return SpareApiServer(spare_parts, str(localenv.spare_apiserver_start(spare_parts)))
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -271,7 +271,7 @@ def start_prometheus(
 async def run(seconds: float, rate: float, out: Path, workdir: Path) -> None:
     env, was_up = await asyncio.to_thread(environment_up)
     cluster = Cluster(env)
-    broker = KafkaBroker(env.kafka_bootstrap)
+    broker = KafkaBroker()  # the shared one: this run is alone on the environment
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lambda: None if was_up else localenv.down())
         stack.callback(cluster.api.close)

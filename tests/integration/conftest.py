@@ -6,7 +6,8 @@ operator for its tests that take the `operator` fixture, each in a namespace of 
 this operator watches (made when the first of them begins): a test that only makes servings and
 looks at what the operator does with them need not wait for an operator of its own. A test
 that stops or restarts the operator, or counts what it logs, is marked `own_operator` and gets
-one to itself, as does one that parametrizes `operator_flags`."""
+one to itself, as does one that parametrizes `operator_flags` or takes a part of its own to take
+down (`kafka_broker`, `spare_apiserver`): its operator talks to that part."""
 
 from __future__ import annotations
 
@@ -81,7 +82,12 @@ def _shares_the_operator(item: pytest.Item) -> bool:
         and "operator" in getattr(item, "fixturenames", ())
         and item.get_closest_marker("own_operator") is None
         and "operator_flags" not in getattr(getattr(item, "callspec", None), "params", {})
+        and not OWN_PARTS.intersection(getattr(item, "fixturenames", ()))
     )
+
+
+# The fixtures of parts a test has to itself: its operator is given them.
+OWN_PARTS = frozenset({"kafka_broker", "spare_apiserver"})
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +132,17 @@ def namespace(request: pytest.FixtureRequest, kube_client) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator_kubeconfig(crds, local_env, namespace, tmp_path) -> Path:
+def operator_kubeconfig(
+    request: pytest.FixtureRequest, crds, local_env, namespace, tmp_path
+) -> Path:
     """A kubeconfig of the chart's own ServiceAccount, with the chart's RBAC and peering object
     for the test's namespace applied: operators run with the rights the chart grants, never
-    as cluster admin."""
+    as cluster admin. It reaches the test's own API server when it has one."""
+    server = None
+    if "spare_apiserver" in request.fixturenames:
+        server = request.getfixturevalue("spare_apiserver").kubeconfig
     return operator_kubeconfig_for(
-        local_env, COUNTER_NAMESPACE, namespace, tmp_path / "operator.kubeconfig"
+        local_env, COUNTER_NAMESPACE, namespace, tmp_path / "operator.kubeconfig", server=server
     )
 
 
@@ -146,7 +157,17 @@ def operator(
         yield shared.operator
         return
     operator_kubeconfig = request.getfixturevalue("operator_kubeconfig")
-    op = Operator(local_env, namespace, tmp_path, operator_flags, kubeconfig=operator_kubeconfig)
+    bootstrap = None
+    if "kafka_broker" in request.fixturenames:
+        bootstrap = request.getfixturevalue("kafka_broker").bootstrap
+    op = Operator(
+        local_env,
+        namespace,
+        tmp_path,
+        operator_flags,
+        kubeconfig=operator_kubeconfig,
+        kafka_bootstrap=bootstrap,
+    )
     op.start()
     yield op
     op.stop()

@@ -7,7 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_the_whole_system(local_env):

@@ -14,6 +14,9 @@ import pytest
 from tests.support import REPO
 from tests.support.scripts import load_script
 
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
+
 BUILD_SCRIPT = REPO / "tools" / "build_image.py"
 RUN_AS = "10001"
 # What would let a running container build or install code.

@@ -214,7 +214,7 @@ async def test_logs_command_prints_json_lines_filtered_by_model(local_env, topic
 async def test_broker_outage_during_steady_flow_loses_nothing(
     local_env, topic, tmp_path, kafka_broker
 ):
-    bootstrap = local_env.kafka_bootstrap
+    bootstrap = kafka_broker.bootstrap
     registry = prometheus_client.CollectorRegistry()
     config = sidecar_config(
         topic, bootstrap, tmp_path, producer_stall_seconds=3.0, send_timeout_seconds=5.0
@@ -320,7 +320,7 @@ async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
     """A broker that accepts connections and answers nothing (SIGSTOP: a long pause, a wedged
     disk) is a stall, not an outage: after producer_stall_seconds the producer is replaced,
     and once the broker answers again every record is on the topic (at least once)."""
-    bootstrap = local_env.kafka_bootstrap
+    bootstrap = kafka_broker.bootstrap
     registry = prometheus_client.CollectorRegistry()
     config = sidecar_config(
         topic, bootstrap, tmp_path, producer_stall_seconds=2.0, send_timeout_seconds=60.0

@@ -34,8 +34,6 @@ async def test_the_sidecar_publishes_an_unreachable_broker_and_its_backlog_on_it
         spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
     )
     core.create_namespaced_pod(namespace, pod)
-    monkeypatch.setenv("POD_NAME", "serving-pod")
-    monkeypatch.setenv("POD_NAMESPACE", namespace)
     config = SidecarConfig(
         serving=ServingIdentity(name="hpt", namespace=namespace),
         model=ModelIdentity(name="hpt", version=1, model_id=1),
@@ -51,19 +49,27 @@ async def test_the_sidecar_publishes_an_unreachable_broker_and_its_backlog_on_it
         annotations = core.read_namespaced_pod("serving-pod", namespace).metadata.annotations
         return json.loads((annotations or {}).get(ANNOTATION) or "null")
 
+    # Given 20 answered exchanges in the spool that the broker never got (a sidecar outside a
+    # pod, which publishes nothing, took them; its spool outlives it)
     async with open_inference_log(config, prometheus_client.CollectorRegistry()) as sink:
         for i in range(20):
             sink.submit(
                 Exchange(f"r-{i}", int(time.time() * 1000) - 3000, 200, b"{}", b"{}", 1, None, None)
             )
+    assert annotation() is None
 
+    # When the sidecar runs in its pod on that spool, the broker still unreachable
+    monkeypatch.setenv("POD_NAME", "serving-pod")
+    monkeypatch.setenv("POD_NAMESPACE", namespace)
+    async with open_inference_log(config, prometheus_client.CollectorRegistry()):
+        # Then its first summary on the pod says so, with the backlog
         async def published() -> dict | None:
-            summary = annotation()
-            return summary if summary and summary["waitingRecords"] == 20 else None
+            return annotation()
 
         summary = await wait_for_async(published, 30, "the log status on the pod", interval=0.5)
 
     assert summary["state"] == "KafkaUnreachable"
     assert summary["kafkaReachable"] is False
+    assert summary["waitingRecords"] == 20
     assert summary["oldestRecordAgeSeconds"] >= 0
     assert summary["spoolPercent"] == 0

@@ -36,6 +36,9 @@ from tests.support.ports import free_port
 from tests.support.servings import get_serving, serving_manifest
 from tests.support.waiting import wait_for_async
 
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
+
 MODEL = "half_plus_two"
 BODY = b'{"instances": [1.0, 2.0, 5.0]}'
 ANSWERED = 50  # predictions answered while Kafka is down
@@ -172,7 +175,7 @@ async def given_a_sidecar_answering_while_kafka_is_down(
 async def test_kafka_back_within_the_drain_gets_every_answered_record_before_the_pod_goes(
     local_env, topic, upstream, kafka_broker, tmp_path, capsys
 ):
-    bootstrap = local_env.kafka_bootstrap
+    bootstrap = kafka_broker.bootstrap
     drain = 150.0  # the broker's own start takes up to a minute here
     process, keys, spool, log = await given_a_sidecar_answering_while_kafka_is_down(
         tmp_path, upstream, topic, bootstrap, kafka_broker, drain
@@ -216,7 +219,7 @@ async def test_kafka_back_within_the_drain_gets_every_answered_record_before_the
 async def test_kafka_back_after_the_drain_leaves_the_records_in_the_spool_for_the_next_pod(
     local_env, topic, upstream, kafka_broker, tmp_path, capsys
 ):
-    bootstrap = local_env.kafka_bootstrap
+    bootstrap = kafka_broker.bootstrap
     drain = 3.0
     process, keys, spool, log = await given_a_sidecar_answering_while_kafka_is_down(
         tmp_path, upstream, topic, bootstrap, kafka_broker, drain

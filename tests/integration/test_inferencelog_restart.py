@@ -16,9 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support import inference_log_driver
 from tests.support.process_output import ProcessOutput
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 DRIVER = Path(inference_log_driver.__file__)
 
@@ -84,7 +89,7 @@ def wait_delivered(topic: str, bootstrap: str, expected: set[str], timeout: floa
 def test_sigkill_in_an_outage_then_restart_replays_the_spool(
     local_env, topic, tmp_path, kafka_broker
 ):
-    bootstrap = local_env.kafka_bootstrap
+    bootstrap = kafka_broker.bootstrap
     n = 600
     first = start_driver(topic, bootstrap, tmp_path, first=0, count=n, rate=200)
     try:

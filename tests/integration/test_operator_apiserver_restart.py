@@ -1,6 +1,7 @@
 """The API server restarted while the operator reconciles 100 new servings: every serving ends
 Ready with one set of children, and the operator went on by itself (no restart of its own).
-The operator runs as the chart's ServiceAccount."""
+The operator runs as the chart's ServiceAccount, through an API server of the cluster that the
+test has to itself (a second one, on the same etcd), which it restarts."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 import pytest
 
 from modelserving import api
-from tests.support.environment import restart_kube_apiserver
 from tests.support.servings import condition, serving_manifest
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 SERVINGS = 100
 # The kinds each serving has exactly one of, or two (the ConfigMaps), with logging off.
@@ -29,7 +32,7 @@ KOPF_DEFAULT_RETRY_SECONDS = 54
 # kopf's default retries of a request.
 @pytest.mark.parametrize("down_seconds", [0, 60], ids=["restart", "outage-60s"])
 def test_servings_reconciled_across_an_api_server_restart_end_ready_without_duplicates(
-    operator, crds, namespace, local_env, down_seconds
+    operator, crds, namespace, local_env, spare_apiserver, down_seconds
 ):
     def servings() -> list[dict]:
         return crds.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)[
@@ -58,7 +61,7 @@ def test_servings_reconciled_across_an_api_server_restart_end_ready_without_dupl
     # When the API server is killed and started again
     ready_before = ready()
     killed = time.time()
-    away = restart_kube_apiserver(down_seconds)
+    away = spare_apiserver.restart(down_seconds)
     operator.excuse_refusals(killed, time.time())
     print(f"\nthe API server was away {away:.1f} s, with {ready_before} of {SERVINGS} Ready")
     assert not down_seconds or away > KOPF_DEFAULT_RETRY_SECONDS

@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import pytest
 from kubernetes import client
 
 from modelserving import api
@@ -17,6 +18,9 @@ from modelserving_operator.settings import OperatorSettings
 from tests.support.operator_process import Operator
 from tests.support.servings import serving_manifest
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 SERVINGS = 8
 TRIES = 3

@@ -7,11 +7,15 @@ import json
 import re
 import time
 
+import pytest
 from kubernetes import client
 
 from modelserving import api
 from tests.support.servings import condition, serving_manifest
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 SERVINGS = 30
 # Every kind the operator or the cluster's controllers write for a serving.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from kubernetes import client
 
 from modelserving import api
@@ -17,6 +18,9 @@ from tests.support.operator_process import Operator
 from tests.support.prometheus import scrape, value
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 LIFETIME = OperatorSettings().peering_lifetime_seconds
 PEERING = "modelserving"  # the chart's peering object for a release named modelserving

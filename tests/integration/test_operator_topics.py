@@ -172,7 +172,7 @@ def test_a_create_that_fails_while_the_broker_is_away_is_tried_again_until_it_is
             "LoggingReady False with a reason",
         )
         assert down["reason"] == "KafkaUnreachable", down
-        assert local_env.kafka_bootstrap in down["message"]
+        assert kafka_broker.bootstrap in down["message"]
     finally:
         kafka_broker.start()
 
@@ -183,7 +183,7 @@ def test_a_create_that_fails_while_the_broker_is_away_is_tried_again_until_it_is
         "LoggingReady True once the broker is back",
     )
     assert up["reason"] == "TopicReady"
-    assert topic_settings(local_env.kafka_bootstrap, topic) == TopicSettings(2, 1)
+    assert topic_settings(kafka_broker.bootstrap, topic) == TopicSettings(2, 1)
 
 
 def test_two_servings_naming_one_topic_with_other_partitions_the_second_is_told_the_mismatch(

@@ -1,5 +1,6 @@
 """Objects deleted while the operator's watch was away: the operator stopped (SIGSTOP), the API
-server restarted (the watches cut, their place unknown to the new one: 410 Gone), then a
+server restarted (the operator's own, a second one of the cluster: the watches cut, their
+place unknown to the new one: 410 Gone), then a
 serving's Service and its reporting pod deleted; kopf lists everything anew, telling no DELETED.
 The operator's caches drop what the listing no longer returns: the Service is made again and the
 gone pod's model report no longer counts."""
@@ -15,10 +16,13 @@ import pytest
 from kubernetes import client
 
 from modelserving import api
-from tests.support.environment import localenv, restart_kube_apiserver
+from tests.support.environment import localenv
 from tests.support.prometheus import scrape, value
 from tests.support.servings import condition, get_serving, is_ready, serving_manifest
 from tests.support.waiting import wait_for
+
+# A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def operator_flags(metrics_port: int) -> list[str]:
 
 
 def test_a_service_and_a_pod_deleted_while_the_watch_was_away_are_not_kept_in_the_cache(
-    operator, crds, kube_client, local_env, namespace, metrics_port
+    operator, crds, kube_client, local_env, namespace, metrics_port, spare_apiserver
 ):
     core = client.CoreV1Api(kube_client)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -79,7 +83,7 @@ def test_a_service_and_a_pod_deleted_while_the_watch_was_away_are_not_kept_in_th
     os.kill(operator.proc.pid, signal.SIGSTOP)
     try:
         killed = time.time()
-        restart_kube_apiserver(0)
+        spare_apiserver.restart()
         operator.excuse_refusals(killed, time.time())
         local_env.kubectl("delete", "service", "mnist", "-n", namespace)
         local_env.kubectl(

@@ -52,10 +52,16 @@ def render_operator_account(
 
 
 def operator_kubeconfig(
-    local_env, release_namespace: str, watched: str, dest: Path, values: Sequence[str] = ()
+    local_env,
+    release_namespace: str,
+    watched: str,
+    dest: Path,
+    values: Sequence[str] = (),
+    server: str | None = None,
 ) -> Path:
     """Apply the chart's objects for an operator watching `watched` and write a kubeconfig at
-    `dest` that reaches the cluster as the chart's ServiceAccount."""
+    `dest` that reaches the cluster as the chart's ServiceAccount (through the API server of
+    the admin kubeconfig `server` when given, a second one of the cluster)."""
     manifests = render_operator_account(local_env, release_namespace, watched, values)
     _run(
         local_env,
@@ -82,7 +88,7 @@ def operator_kubeconfig(
         release_namespace,
         f"--duration={TOKEN_DURATION}",
     ).strip()
-    admin = yaml.safe_load(Path(local_env.kubeconfig).read_text())
+    admin = yaml.safe_load(Path(server or local_env.kubeconfig).read_text())
     cluster = admin["clusters"][0]
     user = f"system:serviceaccount:{release_namespace}:{account}"
     config = {

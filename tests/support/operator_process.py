@@ -29,12 +29,15 @@ class Operator:
         *,
         kubeconfig: Path | None = None,
         name: str = "operator",
+        kafka_bootstrap: str | None = None,
     ) -> None:
         self.local_env, self.namespace, self.log_dir = local_env, namespace, log_dir
         self.flags = list(flags)  # added to the command line
         # Whose credentials: the chart's ServiceAccount (chart_account), else the admin's.
         self.kubeconfig = kubeconfig
         self.name = name  # of its log files, and its kopf peering identity
+        # The shared broker's unless the test has one of its own (conftest's kafka_broker).
+        self.kafka_bootstrap = kafka_bootstrap or local_env.kafka_bootstrap
         self.excused: list[tuple[float, float]] = []  # see excuse_refusals
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -60,7 +63,7 @@ class Operator:
             "--operator-namespace",
             COUNTER_NAMESPACE,
             "--kafka-bootstrap-servers",
-            self.local_env.kafka_bootstrap,
+            self.kafka_bootstrap,
             "--retry-seconds",
             "2",
             "--kafka-timeout",

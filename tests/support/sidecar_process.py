@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from modelserving import api
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for_async
 
@@ -71,8 +72,12 @@ async def running_sidecar(
     """`modelserving sidecar --config <dir>/sidecar.yaml` (routing.yaml beside it, as the
     operator mounts them), serving once /healthz answers; SIGTERM at the end."""
     port = free_port()
-    # No gRPC port unless the test asks for one: TF Serving's 8500 is not the test's to take.
-    config = {"grpc": {"port": 0}, **config, "listen": {"host": "127.0.0.1", "port": port}}
+    # No gRPC port unless the test asks for one; one the operator rendered (the pod's, which is
+    # TF Serving's 8500 too) becomes one of the test's own: the machine is shared.
+    grpc = {"port": 0, **config.get("grpc", {})}
+    if grpc["port"] == api.SIDECAR_GRPC_PORT:
+        grpc["port"] = free_port()
+    config = {**config, "grpc": grpc, "listen": {"host": "127.0.0.1", "port": port}}
     config_dir = directory / "config"
     files = {"sidecar.yaml": json.dumps(config)}
     if routing is not None:
