@@ -34,6 +34,7 @@ from modelserving.inferencelog.reader import read_inference_log
 from modelserving_sidecar.log.spool.segments import SEGMENT_SUFFIX
 from tests.support.ports import free_port
 from tests.support.servings import get_serving, serving_manifest
+from tests.support.sidecar_configs import sidecar_config
 from tests.support.waiting import wait_for_async
 
 # A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
@@ -44,32 +45,26 @@ BODY = b'{"instances": [1.0, 2.0, 5.0]}'
 ANSWERED = 50  # predictions answered while Kafka is down
 
 
-def sidecar_config(
+def write_sidecar_config(
     path: Path, upstream: str, topic: str, bootstrap: str, spool: Path, drain: float
 ) -> int:
     """The sidecar's config file as the operator renders it (the drain included); its port."""
     port = free_port()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "serving": {"name": "hpt", "namespace": "demo"},
-                "model": {"name": MODEL, "version": 1, "modelId": 17},
-                "listen": {"host": "127.0.0.1", "port": port},
-                "grpc": {"port": 0},
-                "upstream": {"url": upstream},
-                "auth": {"mode": "none"},
-                "logging": {
-                    "mode": "ALL",
-                    "topic": topic,
-                    "bootstrapServers": bootstrap,
-                    "spoolDir": str(spool),
-                    "drainTimeoutSeconds": drain,
-                    "producerStallSeconds": 3,
-                    "sendTimeoutSeconds": 5,
-                },
-            }
-        )
+    config = sidecar_config(
+        upstream,
+        model={"name": MODEL},
+        listen={"host": "127.0.0.1", "port": port},
+        logging={
+            "mode": "ALL",
+            "topic": topic,
+            "bootstrapServers": bootstrap,
+            "spoolDir": str(spool),
+            "drainTimeoutSeconds": drain,
+            "producerStallSeconds": 3,
+            "sendTimeoutSeconds": 5,
+        },
     )
+    path.write_text(yaml.safe_dump(config))
     return port
 
 
@@ -156,7 +151,7 @@ async def given_a_sidecar_answering_while_kafka_is_down(
 ) -> tuple[asyncio.subprocess.Process, list[str], Path, Path]:
     spool, log = tmp_path / "spool", tmp_path / "first.log"
     config = tmp_path / "first.yaml"
-    port = sidecar_config(config, upstream, topic, bootstrap, spool, drain)
+    port = write_sidecar_config(config, upstream, topic, bootstrap, spool, drain)
     process = await start_sidecar(config, log)
     try:
         await answering(port, process)
@@ -188,7 +183,7 @@ async def test_kafka_back_within_the_drain_gets_every_answered_record_before_the
         # A second sidecar on the same spool meanwhile (two pods on one claim) is refused
         second_log = tmp_path / "second.log"
         second_config = tmp_path / "second.yaml"
-        sidecar_config(second_config, upstream, topic, bootstrap, spool, drain)
+        write_sidecar_config(second_config, upstream, topic, bootstrap, spool, drain)
         second = await start_sidecar(second_config, second_log)
         assert await asyncio.wait_for(second.wait(), 60) != 0
         assert f"is in use by pid {process.pid} on " in second_log.read_text()
@@ -239,7 +234,7 @@ async def test_kafka_back_after_the_drain_leaves_the_records_in_the_spool_for_th
         # And a new sidecar on the same spool (the next pod on the claim) delivers them
         await asyncio.to_thread(kafka_broker.start)
         next_config = tmp_path / "next.yaml"
-        port = sidecar_config(next_config, upstream, topic, bootstrap, spool, drain)
+        port = write_sidecar_config(next_config, upstream, topic, bootstrap, spool, drain)
         process = await start_sidecar(next_config, tmp_path / "next.log")
         await answering(port, process)
         found = await wait_on_topic(topic, bootstrap, set(keys), 120)

@@ -29,7 +29,7 @@ from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.main import serving
 from tests.support.chart import rendered_dashboard, write_rules
-from tests.support.environment import localenv
+from tests.support.ports import free_port
 from tests.support.prometheus import (
     PrometheusServer,
     Target,
@@ -46,7 +46,7 @@ SERVING = "hpt"
 
 @pytest.fixture
 def metrics_port() -> int:
-    return localenv.free_port()
+    return free_port()
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
         (tmp_path / "prometheus").mkdir()
         prometheus = PrometheusServer(
             tmp_path / "prometheus",
-            localenv.free_port(),
+            free_port(),
             [
                 Target(
                     "modelserving-sidecar",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from modelserving import api
-from tests.support.environment import localenv
+from tests.support.ports import free_port
 from tests.support.prometheus import scrape, series, value
 from tests.support.servings import condition, is_ready, serving_manifest
 from tests.support.waiting import wait_for
@@ -15,7 +15,7 @@ from tests.support.waiting import wait_for
 
 @pytest.fixture
 def metrics_port() -> int:
-    return localenv.free_port()
+    return free_port()
 
 
 @pytest.fixture

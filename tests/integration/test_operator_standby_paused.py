@@ -13,8 +13,8 @@ from kubernetes import client
 
 from modelserving import api
 from modelserving_operator.settings import OperatorSettings
-from tests.support.environment import localenv
 from tests.support.operator_process import Operator
+from tests.support.ports import free_port
 from tests.support.prometheus import scrape, value
 from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.waiting import wait_for
@@ -34,7 +34,7 @@ RESUMED = "Resuming operations after the pause"
 def test_a_paused_replica_reconciles_nothing_while_the_other_works(
     crds, kube_client, namespace, local_env, tmp_path, operator_kubeconfig
 ):
-    ports = {name: localenv.free_port() for name in ("a", "b")}
+    ports = {name: free_port() for name in ("a", "b")}
     a, b = (
         Operator(
             local_env,

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from modelserving import api
-from tests.support.environment import localenv
+from tests.support.ports import free_port
 from tests.support.prometheus import scrape, value
 from tests.support.servings import condition, get_serving, is_ready, serving_manifest
 from tests.support.waiting import wait_for
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def metrics_port() -> int:
-    return localenv.free_port()
+    return free_port()
 
 
 @pytest.fixture

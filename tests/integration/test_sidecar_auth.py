@@ -19,6 +19,7 @@ from modelserving_sidecar.auth.api_keys import hash_api_key, new_api_key
 from modelserving_sidecar.auth.apikey_cli import secret_manifest
 from modelserving_sidecar.config import SidecarConfig, parse_config
 from modelserving_sidecar.main import serving
+from tests.support.sidecar_configs import sidecar_config
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -28,14 +29,10 @@ PREDICT = {"instances": [1.0]}
 
 
 def make_config(upstream: str, namespace: str, **auth) -> SidecarConfig:
-    return parse_config(
-        {
-            "serving": {"name": SERVING, "namespace": namespace},
-            "model": {"name": MODEL, "version": 1, "modelId": 1},
-            "upstream": {"url": upstream},
-            "auth": auth,
-        }
+    config = sidecar_config(
+        upstream, serving={"name": SERVING, "namespace": namespace}, model={"name": MODEL}
     )
+    return parse_config({**config, "auth": auth})
 
 
 @asynccontextmanager

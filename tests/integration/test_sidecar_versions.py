@@ -18,6 +18,7 @@ import aiohttp
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
 from modelserving.inferencelog.record import HEADER_MODEL_VERSION, HEADER_ROLE
+from tests.support.sidecar_configs import sidecar_config
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -39,14 +40,14 @@ def versions(*numbers: int) -> StandInModel:
     return StandInModel({v: StandInVersion(slope=0.0, intercept=float(v)) for v in numbers})
 
 
-def sidecar_config(upstream: str, **sections) -> dict:
-    return {
-        "serving": {"name": MODEL, "namespace": "demo"},
-        "model": {"name": MODEL, "version": 3, "modelId": 21},
-        "upstream": {"url": upstream, "timeoutSeconds": 10},
-        "auth": {"mode": "none"},
-        **sections,
-    }
+def fraud_config(upstream: str, **sections) -> dict:
+    config = sidecar_config(
+        upstream,
+        serving={"name": MODEL},
+        model={"name": MODEL, "version": 3, "modelId": 21},
+        upstream={"timeoutSeconds": 10},
+    )
+    return {**config, **sections}  # a section given replaces the sidecar_config one
 
 
 def split(*weights: tuple[int, int, str], **rest) -> dict:
@@ -107,7 +108,7 @@ async def test_a_90_10_split_lands_within_a_binomial_bound_and_each_record_says_
     routing = split((3, 90, "stable"), (4, 10, "canary"))
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 4)})) as (_, upstream),
-        running_sidecar(tmp_path, sidecar_config(upstream, logging=logging), routing) as sidecar,
+        running_sidecar(tmp_path, fraud_config(upstream, logging=logging), routing) as sidecar,
     ):
         answers = await predict_many(http, sidecar, 2000)
         served = await sidecar.metric(
@@ -151,7 +152,7 @@ async def test_sticky_keys_stay_on_one_version_and_a_weight_change_moves_only_th
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 4)})) as (_, upstream),
         running_sidecar(
-            tmp_path, sidecar_config(upstream), split((3, 90, ""), (4, 10, ""), sticky=sticky)
+            tmp_path, fraud_config(upstream), split((3, 90, ""), (4, 10, ""), sticky=sticky)
         ) as sidecar,
     ):
         seen = await versions_of_sessions(sidecar, times=3)
@@ -201,7 +202,7 @@ async def test_a_loading_version_gets_no_traffic_and_its_share_once_available(tm
     async with (
         running_standin(TFServingStandIn({MODEL: model})) as (_, upstream),
         running_sidecar(
-            tmp_path, sidecar_config(upstream), split((3, 90, ""), (4, 10, "canary"))
+            tmp_path, fraud_config(upstream), split((3, 90, ""), (4, 10, "canary"))
         ) as sidecar,
     ):
         answers = await predict_many(http, sidecar, 500)
@@ -242,7 +243,7 @@ async def test_with_a_full_shadow_each_request_is_two_records_under_one_key(
     routing = split((3, 100, ""), shadow={"version": 5, "percent": 100})
     async with (
         running_standin(TFServingStandIn({MODEL: versions(3, 5)})) as (_, upstream),
-        running_sidecar(tmp_path, sidecar_config(upstream, logging=logging), routing) as sidecar,
+        running_sidecar(tmp_path, fraud_config(upstream, logging=logging), routing) as sidecar,
     ):
         answers = await predict_many(http, sidecar, 40)
         records = await records_of(topic, local_env.kafka_bootstrap, 80)
@@ -271,7 +272,7 @@ async def test_a_shadow_that_hangs_changes_nothing_for_the_caller(tmp_path, http
     config = {"shadow": {"maxConcurrency": 2, "queueSize": 4, "timeoutSeconds": 3600}}
     async with (
         running_standin(TFServingStandIn({MODEL: model})) as (_, upstream),
-        running_sidecar(tmp_path, sidecar_config(upstream, **config), routing) as sidecar,
+        running_sidecar(tmp_path, fraud_config(upstream, **config), routing) as sidecar,
     ):
         answers = await predict_many(http, sidecar, 200)
         dropped = await sidecar.metric(

@@ -12,6 +12,7 @@ import aiohttp
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.sidecar_configs import sidecar_config
 from tests.support.tfserving_standin import TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
 
@@ -19,18 +20,11 @@ MODEL = "half_plus_two"
 
 
 def write_config(path: Path, upstream: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "serving": {"name": "hpt", "namespace": "demo"},
-                "model": {"name": MODEL, "version": 1, "modelId": 1},
-                "listen": {"host": "127.0.0.1", "port": 1},  # the --port flag wins
-                "grpc": {"port": 0},  # no gRPC port
-                "upstream": {"url": upstream},
-                "auth": {"mode": "none"},
-            }
-        )
+    # The --port flag wins over the file's port.
+    config = sidecar_config(
+        upstream, model={"name": MODEL}, listen={"host": "127.0.0.1", "port": 1}
     )
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

@@ -26,6 +26,7 @@ from modelserving_sidecar.main import serving
 from modelserving_sidecar.routing.paths import canonical_path
 from tests.support.ports import free_port
 from tests.support.recording_log import RecordingLog
+from tests.support.sidecar_configs import sidecar_config, with_sections
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for_async
 
@@ -52,16 +53,15 @@ def write_keys(directory: Path, keys: dict[str, str], generation: int = 1) -> No
 
 
 def make_config(upstream_url: str, keys_dir: Path, **sections) -> SidecarConfig:
-    data = {
-        "serving": {"name": "hpt", "namespace": "demo", "projectId": 80},
-        "model": {"name": MODEL, "version": 1, "modelId": 17},
-        "upstream": {"url": upstream_url, "timeoutSeconds": 2},
-        "limits": {"maxRequestBytes": LIMIT},
-        "auth": {"mode": "apiKey", "apiKeysDir": str(keys_dir)},
-    }
-    for section, values in sections.items():
-        data[section] = {**data.get(section, {}), **values}
-    return parse_config(data)
+    data = sidecar_config(
+        upstream_url,
+        serving={"projectId": 80},
+        model={"name": MODEL},
+        upstream={"timeoutSeconds": 2},
+        limits={"maxRequestBytes": LIMIT},
+        auth={"mode": "apiKey", "apiKeysDir": str(keys_dir)},
+    )
+    return parse_config(with_sections(data, **sections))
 
 
 @asynccontextmanager
