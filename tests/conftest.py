@@ -183,10 +183,11 @@ def topic() -> str:
     return unique_name("topic")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spare_parts(local_env: LocalEnv) -> Iterator[str]:
-    """The name under which this process's spare parts run (one set per worker, started when a
-    test first asks for one); they are stopped when the process's session ends."""
+    """The name under which the module's spare parts run (started when a test first asks for
+    one, stopped at the module's end: a second API server's watch cache and an idle broker
+    cost the machine all the while they run). A worker runs one module at a time."""
     name = os.environ.get("PYTEST_XDIST_WORKER", "main")
     yield name
     localenv.spares_down(name)

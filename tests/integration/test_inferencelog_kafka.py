@@ -290,28 +290,33 @@ async def test_steady_flow_goes_to_kafka_in_one_send_per_linger(local_env, topic
 
 
 async def test_a_busy_flow_is_not_held_back_by_the_linger(local_env, topic, tmp_path):
-    """Runs of records big enough to fill a good batch go at once: a linger of 5 s would
-    otherwise hold them (Kafka's producer keeps one batch per partition in hand)."""
+    """Runs of records big enough to fill a good batch go at once: with a linger of ten
+    minutes, which would otherwise hold them (Kafka's producer keeps one batch per partition in
+    hand), every record is acknowledged within the test's minute."""
     bootstrap = local_env.kafka_bootstrap
     registry = prometheus_client.CollectorRegistry()
-    config = sidecar_config(topic, bootstrap, tmp_path, linger_ms=5000)
+    # Nor does a producer stall, or a send's timeout, end the wait in the meantime.
+    config = sidecar_config(
+        topic,
+        bootstrap,
+        tmp_path,
+        linger_ms=600_000,
+        producer_stall_seconds=600.0,
+        send_timeout_seconds=900.0,
+    )
     sent: list[Exchange] = []
     async with open_inference_log(config, registry) as sink:
-        for _ in range(10):  # ten runs of about 100 KB, 50 ms apart
+        for _ in range(10):  # ten runs of about 100 KB (records of ~1 KB), 50 ms apart
             for _ in range(100):
                 ex = exchange(len(sent), body_bytes=1000)
                 sink.submit(ex)
                 sent.append(ex)
             await asyncio.sleep(0.05)
-        submitted = time.monotonic()
 
         async def all_acked() -> bool:
             return metric(registry, "records_produced_total") >= len(sent)
 
         await wait_for_async(all_acked, timeout=60, what="every record acked", interval=0.05)
-        acked_after = time.monotonic() - submitted
-    # Held for the linger, they would be acked some 10 s later; sent at once, well under one.
-    assert acked_after < 3.0, f"acked {acked_after:.1f} s after the last submit"
 
 
 async def test_a_hung_broker_gets_a_new_producer_and_nothing_is_lost(
