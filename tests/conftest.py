@@ -37,15 +37,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.integration)
-    # The longest files first (the slow stories, then the other integration tests, the unit
-    # tests last), so that workers that each take a file in turn end together; a file's tests
-    # keep their order.
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("slow") is None,
-            item.get_closest_marker("integration") is None,
-        )
-    )
 
 
 def _is_worker(config: pytest.Config) -> bool:

@@ -140,11 +140,16 @@ def test_a_topic_of_another_namespace_is_refused_never_created_and_nothing_is_lo
     assert theirs not in sidecar
     # And the operator did not create the topic, and told it once in a Warning Event
     assert theirs not in kafka_topics(local_env.kafka_bootstrap)
-    events = [
-        e
-        for e in core.list_namespaced_event(namespace).items
-        if e.involved_object.name == "mnist" and e.reason == "TopicRefused"
-    ]
+
+    # (kopf posts events from a queue of its own: the condition can come first)
+    def refusals() -> list:
+        return [
+            e
+            for e in core.list_namespaced_event(namespace).items
+            if e.involved_object.name == "mnist" and e.reason == "TopicRefused"
+        ]
+
+    events = wait_for(refusals, 30, "the TopicRefused Event")
     assert [(e.type, e.count or 1) for e in events] == [("Warning", 1)]
 
 
