@@ -240,7 +240,8 @@ async def serving_event(
     if type == "DELETED":
         memo.controller.forget(key)
         memo.reconciler.forget(key)
-        await _delete_binding(memo.reconciler, ServingSpec.from_body(body))
+        binding = await _delete_binding(memo.reconciler, ServingSpec.from_body(body))
+        log.info("ModelServing %s/%s deleted%s", namespace, name, binding)
         if key not in kwargs[SERVINGS_INDEX]:
             return
         # One of its name made anew (its listing came first): reconciled.
@@ -264,20 +265,26 @@ def _mark(memo: kopf.Memo, key: Key, kwargs: Mapping[str, Any], *, serving_event
     controller.mark(key, serving_event=serving_event)
 
 
-async def _delete_binding(rec: Reconciler, spec: ServingSpec) -> None:
+async def _delete_binding(rec: Reconciler, spec: ServingSpec) -> str:
     """Namespaced children go with the serving (ownerReferences); the cluster-scoped binding
-    cannot be owned by it, so it goes here, if it is the serving's."""
+    cannot be owned by it, so it goes here, if it is the serving's. What was done, for the log
+    (empty when the serving had no binding)."""
     if spec.auth.mode != "kubernetes":
-        return
+        return ""
     name = cluster_role_binding_name(spec)
     binding = await rec.kube.get("ClusterRoleBinding", name)
-    if binding is not None and made_for(binding, spec):  # not a new one's of its name
-        rv = binding["metadata"]["resourceVersion"]
-        try:  # as read: one of its name made anew may have taken it over since
-            await rec.kube.delete("ClusterRoleBinding", name, resource_version=rv)
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
+    if binding is None:
+        return f"; its ClusterRoleBinding {name} was already gone"
+    if not made_for(binding, spec):
+        return f"; the ClusterRoleBinding {name} is a new serving's of its name: kept"
+    rv = binding["metadata"]["resourceVersion"]
+    try:  # as read: one of its name made anew may have taken it over since
+        await rec.kube.delete("ClusterRoleBinding", name, resource_version=rv)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        return f"; the ClusterRoleBinding {name} was taken over by a new serving: kept"
+    return f"; its ClusterRoleBinding {name} deleted"
 
 
 async def _delete_orphan_binding(

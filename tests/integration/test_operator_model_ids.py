@@ -4,8 +4,6 @@ deleted and made anew under its name."""
 
 from __future__ import annotations
 
-import time
-
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -122,9 +120,13 @@ def test_a_serving_made_anew_under_its_name_gets_its_own_id_status_and_binding(
         return binding if labels.get(SERVING_UID) == new["metadata"]["uid"] else None
 
     binding = wait_for(binding_of_new, timeout=30, what="the new mnist's binding")
-    settled = time.monotonic() + 5  # a window for the old one's DELETED handler, long done
-    while time.monotonic() < settled:
-        now = read_or_none(rbac.read_cluster_role_binding, name)
-        assert now is not None and now.metadata.uid == binding.metadata.uid, "binding deleted"
-        time.sleep(0.5)
+    # ... once the operator has handled the old one's deletion (it says so)
+    handled = f"ModelServing {namespace}/mnist deleted"
+    said = wait_for(
+        lambda: next((ln for ln in operator.log().splitlines() if handled in ln), None),
+        30,
+        "the operator to handle the old mnist's deletion",
+    )
+    now = read_or_none(rbac.read_cluster_role_binding, name)
+    assert now is not None and now.metadata.uid == binding.metadata.uid, said
     assert get_serving(crds, namespace, "mnist")["status"]["modelId"] == new["status"]["modelId"]
