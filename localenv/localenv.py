@@ -798,6 +798,20 @@ KAFKA_USER = "modelserving"
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+# What a broker that is its cluster's one node needs (every internal topic with one replica),
+# and what tests expect of it (topics made when first written, no wait for a group's members).
+ONE_NODE_SETTINGS = (
+    "num.partitions=1",
+    "offsets.topic.replication.factor=1",
+    "transaction.state.log.replication.factor=1",
+    "transaction.state.log.min.isr=1",
+    "share.coordinator.state.topic.replication.factor=1",
+    "share.coordinator.state.topic.min.isr=1",
+    "group.initial.rebalance.delay.ms=0",
+    "auto.create.topics.enable=true",
+)
+
+
 def kafka_ports() -> dict[str, int]:
     """The broker's ports by listener, kept for the environment's life (a restart reuses them);
     a state from before a listener existed gets a port for it."""
@@ -968,14 +982,7 @@ def kafka_configure() -> Path:
                 f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
                 f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
                 f"log.dirs={data}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
+                *ONE_NODE_SETTINGS,
                 "",
             ]
         )
@@ -1117,14 +1124,7 @@ def spare_broker_start(name: str) -> str:
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={data}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
+                *ONE_NODE_SETTINGS,
                 "",
             ]
         )
