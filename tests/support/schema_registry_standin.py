@@ -35,6 +35,7 @@ import base64
 import binascii
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -446,9 +447,13 @@ def _resolve(writer: Any, reader: Any, where: str) -> list[str]:
 
 @asynccontextmanager
 async def running_registry(
-    standin: SchemaRegistryStandIn | None = None, host: str = "127.0.0.1", port: int = 0
+    standin: SchemaRegistryStandIn | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[SchemaRegistryStandIn, str]]:
-    """The stand-in served in this event loop; yields it and its base URL."""
+    """The stand-in served in this event loop (over TLS with a server context); yields it and
+    its base URL."""
     standin = standin or SchemaRegistryStandIn()
     runner = web.AppRunner(standin.app(), access_log=None, shutdown_timeout=1)
     await runner.setup()
@@ -456,8 +461,8 @@ async def running_registry(
     try:
         sock.bind((host, port))
         bound = sock.getsockname()
-        await web.SockSite(runner, sock).start()
-        yield standin, f"http://{bound[0]}:{bound[1]}"
+        await web.SockSite(runner, sock, ssl_context=tls).start()
+        yield standin, f"{'https' if tls else 'http'}://{bound[0]}:{bound[1]}"
     finally:
         await runner.cleanup()
         sock.close()
