@@ -92,7 +92,7 @@ TFSERVING_IMAGE_TAG = "2.18.0"
 # operator's --log-* settings and of the chart's inferenceLog values (a test holds the chart
 # to them). The sidecar's own defaults agree, for a config file that leaves them out.
 LOG_MODE = "ALL"
-LOG_DURABILITY = "buffered"
+LOG_DURABILITY = "spooled"
 # zstd: cheaper per record than gzip and smaller on the topic (readers need Kafka >= 2.1).
 LOG_COMPRESSION = "zstd"
 LOG_SUCCESS_SAMPLE_RATE = 1.0

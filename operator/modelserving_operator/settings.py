@@ -379,8 +379,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "--log-durability",
         "MODELSERVING_LOG_DURABILITY",
         _choice(LogDurability),
-        "when answers of servings whose spec.logging.durability is not set may leave: buffered "
-        "(at once) or spooled (once the record is in the sidecar's spool)",
+        "when answers of servings whose spec.logging.durability is not set may leave: spooled "
+        "(once the record is in the sidecar's spool, so a crash of a sidecar loses no answered "
+        "request's record) or buffered (at once; a crash can lose the last few milliseconds' "
+        "records)",
     ),
     "log_compression": (
         "--log-compression",

@@ -15,7 +15,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
            allowCacheSeconds: 300, denyCacheSeconds: 30, kubeconfig: ""}
     logging: {mode: ALL, topic: mnist-inference, bootstrapServers: "kafka:9092",
               spoolDir: /var/spool/modelserving, spoolMaxBytes: 1073741824,
-              spoolFullPolicy: reject, durability: buffered, spoolSegmentBytes: 8388608,
+              spoolFullPolicy: reject, durability: spooled, spoolSegmentBytes: 8388608,
               spoolFsyncIntervalSeconds: 1.0, spoolFlushIntervalSeconds: 0.005,
               queueSize: 10000, maxInFlightRecords: 10000,
               lingerMs: 20, compression: zstd, sendTimeoutSeconds: 30,
@@ -42,11 +42,11 @@ the response or both (see modelserving_sidecar.log.policy for the path grammar);
 is not JSON is logged as it came (`nonJsonPayload: keep`) or left empty (`drop`); left out, it
 is left empty where a redaction rule applies to it (redaction fails closed) and kept elsewhere.
 
-When an answer leaves: `durability: buffered` answers at once and writes the record to the
-spool within `spoolFlushIntervalSeconds` (a crash of the sidecar loses at most that interval's
-records); `spooled` answers only once the record is in the spool file (a crash loses no
-answered record; the writes are grouped: every record waiting goes in one write as soon as
-the previous write is done).
+When an answer leaves: `durability: spooled` (the default) answers only once the record is in
+the spool file (a crash of the sidecar loses no answered record; the writes are grouped: every
+record waiting goes in one write as soon as the previous write is done); `buffered` answers at
+once and writes the record to the spool within `spoolFlushIntervalSeconds` (a crash of the
+sidecar loses at most that interval's records).
 
 `upstream.startupAllowanceSeconds` is how long TF Serving may go without answering once after
 the sidecar starts before the pod's model report says it is down rather than starting (it opens
@@ -136,13 +136,13 @@ class LogCompression(enum.StrEnum):
 class LogDurability(enum.StrEnum):
     """When an answer may leave the sidecar, against its record's safety."""
 
+    # The default. Answered only once the record is written to the spool file: a crash of the
+    # sidecar loses no answered record (a power loss: spoolFsyncIntervalSeconds). A record that
+    # cannot be kept turns the answer into a 503.
+    SPOOLED = "spooled"
     # Answered at once; the record is written to the spool within spoolFlushIntervalSeconds,
     # so a crash of the sidecar loses at most that interval's answered records.
     BUFFERED = "buffered"
-    # Answered only once the record is written to the spool file: a crash of the sidecar loses
-    # no answered record (a power loss: spoolFsyncIntervalSeconds). A record that cannot be
-    # kept turns the answer into a 503.
-    SPOOLED = "spooled"
 
 
 DEFAULT_DURABILITY = LogDurability(LOG_DURABILITY)

@@ -410,7 +410,7 @@ def test_a_refused_connection_says_why_keeps_the_records_and_delivers_them_once_
         60,
         f"the sidecar's log status {reason}",
     )
-    # Spooled within the flush interval after the answers left (buffered): waited for, not raced.
+    # Spooled before the answers left (durability spooled, the default): waited for all the same.
     wait_for(lambda: serving.metric("records_spooled") == 5, 10, "the five records spooled")
     assert (serving.metric("records_spooled"), serving.metric("records_produced")) == (5, 0)
 

@@ -189,16 +189,16 @@ def test_where_the_spec_speaks_it_wins_field_by_field():
     )
 
 
-def test_durability_is_the_specs_else_the_operators_else_buffered():
-    spooled_by_default = OperatorSettings(
-        kafka_bootstrap_servers="kafka:9092", log_durability="spooled"
+def test_durability_is_the_specs_else_the_operators_else_spooled():
+    buffered_by_default = OperatorSettings(
+        kafka_bootstrap_servers="kafka:9092", log_durability="buffered"
     )
 
-    assert sidecar_logging(mnist()).durability is LogDurability.BUFFERED
-    assert sidecar_logging(mnist(), spooled_by_default).durability is LogDurability.SPOOLED
-    said = mnist(durability="buffered")
-    assert sidecar_logging(said, spooled_by_default).durability is LogDurability.BUFFERED
-    assert sidecar_logging(mnist(durability="spooled")).durability is LogDurability.SPOOLED
+    assert sidecar_logging(mnist()).durability is LogDurability.SPOOLED
+    assert sidecar_logging(mnist(), buffered_by_default).durability is LogDurability.BUFFERED
+    said = mnist(durability="spooled")
+    assert sidecar_logging(said, buffered_by_default).durability is LogDurability.SPOOLED
+    assert sidecar_logging(mnist(durability="buffered")).durability is LogDurability.BUFFERED
 
 
 def test_the_producers_compression_is_the_operators_zstd_by_default():
