@@ -148,7 +148,7 @@ class AckTrackerMachine(RuleBasedStateMachine):
 
     @rule()
     def write_the_position(self) -> None:
-        """The writer thread writes the newest acknowledged position (when it gets to it)."""
+        """The position is written as the acks move (a kill may come before it is)."""
         self.position.write(self.tracker.acked_id)
         self.on_disk = max(self.on_disk, self.position.written)
 

@@ -1,12 +1,12 @@
 """`durability: spooled`: a request's answer waits until its record is in the spool file. The
 pipeline runs for real on a spool in a temporary folder (no broker: Kafka is not part of the
-promise); the spool's writes are held back to see who waits for them."""
+promise); the spool's writes are recorded, or made to fail, to see who waits for them."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator
+import errno
+from collections.abc import AsyncIterator, Callable
 
 import prometheus_client
 import pytest
@@ -53,24 +53,30 @@ def count(registry: prometheus_client.CollectorRegistry, name: str, **labels: st
     return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0
 
 
-class HeldWrites:
-    """The spool's appends wait until released, as a slow disk would make them; `events` says
-    in which order the appends ended and the answers came."""
+class Writes:
+    """The spool's appends (on the event loop) as they happen: `events` says in which order the
+    writes ended and the answers came; `failing` makes the next appends fail as a broken disk
+    would; `during` runs inside the next write, while it is under way."""
 
     def __init__(self, pipeline: InferenceLogPipeline) -> None:
-        self.released = threading.Event()
-        self.started = threading.Event()
         self.events: list[str] = []
+        self.failing = 0
+        self.during: Callable[[], object] | None = None
         append = pipeline.spool.append
 
-        def held_append(records: list[SpoolRecord]) -> tuple[int, int]:
-            self.started.set()
-            self.released.wait(10)
+        def recorded_append(records: list[SpoolRecord]) -> tuple[int, int]:
+            if self.during is not None:
+                during, self.during = self.during, None
+                during()
+            if self.failing:
+                self.failing -= 1
+                self.events.append(f"failed {len(records)}")
+                raise OSError(errno.EIO, "the disk fails")
             written = append(records)
             self.events.append(f"wrote {len(records)}")
             return written
 
-        pipeline.spool.append = held_append  # type: ignore[method-assign]
+        pipeline.spool.append = recorded_append  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -79,55 +85,57 @@ def registry() -> prometheus_client.CollectorRegistry:
 
 
 @pytest_asyncio.fixture
-async def running(tmp_path, registry) -> AsyncIterator[tuple[InferenceLogPipeline, HeldWrites]]:
+async def running(tmp_path, registry) -> AsyncIterator[tuple[InferenceLogPipeline, Writes]]:
     pipeline = pipeline_for(tmp_path, registry)
     await pipeline.start()
-    held = HeldWrites(pipeline)
     try:
-        yield pipeline, held
+        yield pipeline, Writes(pipeline)
     finally:
-        held.released.set()
         await pipeline.close()
 
 
-def answered(held: HeldWrites, task: asyncio.Task[bool], name: str = "answered") -> None:
-    task.add_done_callback(lambda _: held.events.append(name))
+def answered(writes: Writes, task: asyncio.Task[bool], name: str = "answered") -> None:
+    task.add_done_callback(lambda _: writes.events.append(name))
 
 
 async def test_the_answer_waits_for_its_records_write(running) -> None:
-    pipeline, held = running
+    pipeline, writes = running
+    writes.failing = 1  # the first write fails: the answer waits for one that works
     waiting = asyncio.create_task(pipeline.spooled(exchange("req-1")))
-    answered(held, waiting)
-    await asyncio.to_thread(held.started.wait, 5)
+    answered(writes, waiting)
+    await wait_for_async(
+        lambda: asyncio.sleep(0, writes.events == ["failed 1"]), timeout=5, what="a failed write"
+    )
+    assert not waiting.done(), "answered before its record was written"
 
-    held.released.set()
+    pipeline.sender.acked.set()  # as Kafka's acks would: the writer tries again at once
     assert await asyncio.wait_for(waiting, 5) is True
-    assert held.events == ["wrote 1", "answered"], "answered before its record was written"
+    assert writes.events == ["failed 1", "wrote 1", "answered"]
     segment = b"".join(p.read_bytes() for p in pipeline.spool.directory.glob("*.seg"))
     assert b"req-1" in segment
 
 
 async def test_requests_that_arrive_during_a_write_share_the_next_one(running, registry) -> None:
-    pipeline, held = running
+    pipeline, writes = running
+    later: list[asyncio.Task[bool]] = []
+
+    def five_arrive() -> None:
+        later.extend(
+            asyncio.create_task(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)
+        )
+        for i, task in enumerate(later, start=1):
+            answered(writes, task, f"answered {i}")
+
+    writes.during = five_arrive
     first = asyncio.create_task(pipeline.spooled(exchange("req-0")))
-    await asyncio.to_thread(held.started.wait, 5)
-    later = [asyncio.create_task(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)]
-    for i, task in enumerate((first, *later)):
-        answered(held, task, f"answered {i}")
-    # The five are offered while the first write is held: the log counts what it is offered.
-    await wait_for_async(
-        lambda: asyncio.sleep(0, count(registry, "requests_seen_total", outcome="success") == 6),
-        timeout=5,
-        what="six exchanges offered",
-    )
-    assert count(registry, "records_spooled_total") == 0
-    held.released.set()
-    assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [True] * 6
-    # One write for the first, one shared by the five, and no answer before its own write (the
-    # writer thread may start the second write before the loop hands out the first answer).
-    writes = [e for e in held.events if e.startswith("wrote")]
-    assert writes == ["wrote 1", "wrote 5"]
-    position = held.events.index
+    answered(writes, first, "answered 0")
+    assert await asyncio.wait_for(first, 5) is True
+    assert await asyncio.wait_for(asyncio.gather(*later), 5) == [True] * 5
+    assert count(registry, "requests_seen_total", outcome="success") == 6
+    # One write for the first, one shared by the five, and no answer before its own write.
+    writes_made = [e for e in writes.events if e.startswith("wrote")]
+    assert writes_made == ["wrote 1", "wrote 5"]
+    position = writes.events.index
     assert position("wrote 1") < position("answered 0")
     assert all(position("wrote 5") < position(f"answered {i}") for i in range(1, 6))
     assert pipeline.spool.next_id == 7  # six records, ids 1 to 6

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import prometheus_client
@@ -30,7 +29,7 @@ from modelserving_sidecar.log.spool.segments import (
     decode_frames,
     encode_frame,
 )
-from modelserving_sidecar.log.spool.writer import SpoolWriter
+from modelserving_sidecar.log.spool.syncer import SpoolSyncer
 from tests.support.waiting import wait_for
 
 
@@ -164,15 +163,10 @@ def test_the_position_file_stays_small(tmp_path):
     assert open_spool(tmp_path).acked_id == 10_000
 
 
-def test_the_writer_writes_only_the_newest_of_the_positions_that_wait(tmp_path):
+def test_an_older_position_never_overwrites_a_newer_one(tmp_path):
     spool = open_spool(tmp_path)
-    written: list[int] = []
-    writer = SpoolWriter(spool, lambda *report: None, written.append)
-    for acked in (3, 7, 9):  # acks that move before the thread wakes
-        writer.write_position(acked)
-    writer.start()
-    writer.stop(timeout=10)
-    assert written == [9]
+    for acked in (3, 9, 7):  # a late report of an older position
+        spool.write_position(acked)
     as_if_killed(spool)
     assert open_spool(tmp_path).acked_id == 9
 
@@ -232,21 +226,34 @@ def test_records_are_forced_to_disk_once_per_fsync_interval_and_the_fsyncs_are_c
     lazy.close()  # a clean stop forces what was written
     assert fsyncs() == 1
 
-    # A short interval, through the writer thread: synced after the writes, also with no
-    # write coming after them.
+    # A short interval, through the syncer thread: synced after the writes, with no write
+    # coming after them; the writes themselves never wait for it.
     spool = Spool(tmp_path / "often", max_bytes=10**7, segment_bytes=10**6, fsync_interval=0.05)
     spool.open()
     metrics.watch_spool(spool)
-    appended = threading.Event()
-    writer = SpoolWriter(spool, lambda records, first, count, error: appended.set())
-    writer.start()
+    syncer = SpoolSyncer(spool)
+    syncer.start()
     try:
-        writer.append([record(i) for i in range(5)])
-        assert appended.wait(5)
-        wait_for(lambda: fsyncs() == 1, timeout=5, what="the writer thread's fsync counted")
-        assert spool.seconds_until_sync() is None  # all is on disk
+        spool.append([record(i) for i in range(5)])
+        assert spool.unsynced
+        wait_for(lambda: fsyncs() == 1, timeout=5, what="the syncer thread's fsync counted")
+        assert not spool.unsynced  # all is on disk
     finally:
-        writer.stop(timeout=5)
+        syncer.stop(timeout=5)
+
+
+def test_a_segment_replaced_before_the_sync_is_forced_to_disk_by_it_and_closed(tmp_path):
+    # Small segments: the appends move to new ones, and the old ones wait, open, for the sync.
+    spool = open_spool(tmp_path, segment_bytes=4096)
+    spool.append([record(i, size=1000) for i in range(20)])
+    segments = sorted(tmp_path.glob(f"*{SEGMENT_SUFFIX}"))
+    assert len(segments) > 2
+    open_fds = len(os.listdir("/proc/self/fd"))
+    fsyncs = spool.fsyncs
+    spool.sync()
+    assert spool.fsyncs - fsyncs == len(segments)  # every segment written since the last sync
+    assert len(os.listdir("/proc/self/fd")) == open_fds - (len(segments) - 1)  # active stays
+    assert not spool.unsynced
 
 
 def test_repeated_aiokafka_lines_are_summarised():

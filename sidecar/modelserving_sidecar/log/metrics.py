@@ -42,7 +42,7 @@ class _SubmitCounts:
 
 
 class _SpoolCounts:
-    """Counters the spool's writer thread keeps as plain ints on the `Spool`, read when /metrics
+    """Counters the spool's syncer thread keeps as plain ints on the `Spool`, read when /metrics
     is scraped (zero until a spool is watched)."""
 
     def __init__(self) -> None:

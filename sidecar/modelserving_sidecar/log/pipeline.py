@@ -2,12 +2,14 @@
 written ahead to the disk spool, then produced to Kafka; Kafka's acks free the spool.
 
 `submit()` decides inline whether the exchange is logged at all (the mode and the sampling
-rates, a hash of the request id: see `log_policy`) and only appends to a bounded deque. A writer
-task redacts and cuts the payloads, encodes what is queued (`log_records`) and appends it to the
-spool through its writer thread (`spool_writer`); the sender (`kafka_sender`) hands the spooled
-records to Kafka in order and tracks the acks (`ack_tracker`), and has the writer thread write
-the acknowledged position each time it moves; housekeeping writes it to the spool's ledger,
-deleting acknowledged segments, and keeps the gauges. What cannot be kept (spool
+rates, a hash of the request id: see `log_policy`) and only appends to a bounded deque;
+`spooled()` does the same and waits for the write. A writer task redacts and cuts the payloads,
+encodes what is queued (`log_records`) and appends it to the spool in one write (to the page
+cache, on the loop: see `spool_segments`); the syncer thread forces the writes to disk once per
+fsync interval (`spool_syncer`). The sender (`kafka_sender`) hands the spooled records to Kafka
+in order and tracks the acks (`ack_tracker`), writing the acknowledged position each time it
+moves; housekeeping writes it to the spool's ledger, deleting acknowledged segments, and keeps
+the gauges. What cannot be kept (spool
 full under `dropNewest`, a record larger than Kafka takes, corruption on disk) is counted in
 `modelserving_inference_log_records_dropped_total`.
 
@@ -48,7 +50,7 @@ from modelserving_sidecar.log.kafka.sender import (
 from modelserving_sidecar.log.metrics import InferenceLogMetrics
 from modelserving_sidecar.log.records import SpoolRecordMaker, pod_name, policy_of
 from modelserving_sidecar.log.spool.segments import Spool, SpoolRecord
-from modelserving_sidecar.log.spool.writer import SpoolWriter
+from modelserving_sidecar.log.spool.syncer import SpoolSyncer
 from modelserving_sidecar.log.status import publishing_log_status
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,7 @@ class InferenceLogPipeline:
         self._durable = self.settings.durability is LogDurability.SPOOLED
         self._waiting: collections.deque[tuple[int, asyncio.Future[bool]]] = collections.deque()
         self._queued = asyncio.Event()
-        self._writer: SpoolWriter | None = None
-        self._write_done: asyncio.Future[tuple[int, BaseException | None]] | None = None
+        self._syncer: SpoolSyncer | None = None
         self._last_flush = 0.0
         self._writer_busy = False
         self._sender: KafkaSender | None = None  # made once the spool is open
@@ -216,20 +217,8 @@ class InferenceLogPipeline:
             )
         self.metrics.spool_bytes.set(self.spool.size_bytes)
         self.metrics.accepting.set(1)
-        loop = asyncio.get_running_loop()
-
-        def appended(  # in the writer thread
-            records: list[SpoolRecord], first_id: int, count: int, error: BaseException | None
-        ) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._appended, records, first_id, count, error)
-
-        def position_written(acked_id: int) -> None:  # in the writer thread
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.sender.position_written, acked_id)
-
-        self._writer = SpoolWriter(self.spool, appended, position_written)
-        self._writer.start()
+        self._syncer = SpoolSyncer(self.spool)
+        self._syncer.start()
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="inference-log-writer"),
             asyncio.create_task(self._sender.run(), name="inference-log-sender"),
@@ -284,8 +273,8 @@ class InferenceLogPipeline:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await sender.stop()
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.stop)
+        if self._syncer is not None:
+            await asyncio.to_thread(self._syncer.stop)
         await asyncio.to_thread(self._persist, sender.acked_id)
         await asyncio.to_thread(self.spool.close)
         waiting = self.spool.next_id - 1 - sender.acked_id
@@ -340,27 +329,24 @@ class InferenceLogPipeline:
             finally:
                 self._writer_busy = False
 
-    def _appended(
-        self,
-        records: list[SpoolRecord],
-        first_id: int,
-        count: int,
-        error: BaseException | None,
-    ) -> None:
-        """A batch the writer thread appended (on the loop)."""
+    async def _append(self, records: list[SpoolRecord], first: int) -> None:
+        """Write the records of exchanges numbered from `first` on, and see to what did not fit."""
+        spool = self.spool
+        first_id = spool.next_id
+        error: Exception | None = None
+        try:
+            count = spool.append(records)[1]
+        except Exception as exc:  # a disk that fails: what was not written is seen to below
+            error = exc
+            count = spool.next_id - first_id  # whole frames written before it failed
         if count:
             self.sender.appended(first_id, records[:count] if count < len(records) else records)
             self.metrics.spooled.inc(count)
-        done = self._write_done
-        if done is not None and not done.done():
-            done.set_result((count, error))
-
-    async def _append(self, records: list[SpoolRecord], first: int) -> None:
-        """Write the records of exchanges numbered from `first` on, and see to what did not fit."""
-        assert self._writer is not None
-        self._write_done = asyncio.get_running_loop().create_future()
-        self._writer.append(records)
-        count, error = await self._write_done
+            if not spool.fsync_interval:  # 0: every write forced to disk before its answers
+                try:
+                    await asyncio.to_thread(spool.sync)
+                except OSError as exc:  # written all the same: a kill loses none of it
+                    log.error("inference log: forcing the spool to disk failed: %s", exc)
         if self._waiting:
             self._release(first + count, kept=True)
         rest = records[count:]
@@ -416,10 +402,13 @@ class InferenceLogPipeline:
         await sender.check_stall()
 
     def _write_position(self, acked_id: int) -> None:
-        """Acks moved: the writer thread writes the position (the ledger follows on its
-        interval, with the deletion of acknowledged segments)."""
-        if self._writer is not None:
-            self._writer.write_position(acked_id)
+        """Acks moved: write the position (16 bytes to the page cache; the ledger follows on
+        its interval, with the deletion of acknowledged segments)."""
+        # A disk that fails costs duplicates after a kill (sent again from an older position),
+        # never a record: the sender goes on as if it were written.
+        with contextlib.suppress(OSError):
+            self.spool.write_position(acked_id)
+        self.sender.position_written(acked_id)
 
     def _persist(self, acked: int) -> None:
         self.spool.acknowledge(acked)

@@ -2,7 +2,7 @@
 writer's recent batches are there, from disk after a restart or when the sender fell behind)
 and handed to an idempotent `acks=all` aiokafka producer, as few batches as fit, one per
 partition. Each time Kafka's acks move, the acknowledged position goes to the spool's position
-file (through `write_position`: the writer thread), and at most `maxInFlightRecords` records are
+file (through `write_position`, at once), and at most `maxInFlightRecords` records are
 sent beyond the position written there, so a SIGKILL sends again at most that many.
 
 A failed or stalled send makes the sender drop its producer, make a new one, and send again from

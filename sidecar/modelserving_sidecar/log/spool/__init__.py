@@ -1,1 +1,1 @@
-"""The inference log's disk spool: segments of framed records, the ledger, the writer thread."""
+"""The inference log's disk spool: segments of framed records, the ledger, the syncer thread."""

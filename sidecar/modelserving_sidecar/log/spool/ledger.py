@@ -69,7 +69,7 @@ def write_ledger(directory: Path, acked_id: int, sync: bool = False) -> None:
 
 
 class PositionFile:
-    """A spool's position file: read at open, then written by the spool's writer thread."""
+    """A spool's position file: read at open, then written each time the acks move."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / POSITION_FILE

@@ -10,9 +10,8 @@ segment files named by their first id (`00000000000000000001.seg`); each record 
 
 The acknowledged position (every id up to it is in Kafka) is on disk twice (see spool_ledger):
 a small ledger, replaced on an interval when acknowledged segments are deleted (a segment goes
-once all its records are acknowledged), and a 32-byte position file, written by the writer
-thread each time Kafka's acks move (only the newest position when several come between two
-wake-ups), so that a SIGKILL sends again only the records Kafka had not acknowledged; a new
+once all its records are acknowledged), and a 32-byte position file, written each time Kafka's
+acks move, so that a SIGKILL sends again only the records Kafka had not acknowledged; a new
 process starts from the higher of the two. Neither is fsynced per write: a killed process
 leaves its writes in the page cache, and a position older than the records after power loss
 costs duplicates, never a record (what power loss can take of the records is the fsync
@@ -26,10 +25,14 @@ on the same directory (two pods on one claim) gets `SpoolInUseError` naming the 
 share of the segments and the ledger. On NFS the lock is a POSIX lock on the server (Linux's
 client maps flock to it), so it holds across nodes too.
 
-`Spool` is synchronous on purpose: the pipeline never calls its I/O on the event loop. Appends,
-fsyncs and position writes go through one `SpoolWriter` thread (see spool_writer: a batch per
-wake-up, fsync per interval, not per write); reads (replays) go to a worker thread; a lock
-guards the list of segments.
+What waits for the disk never runs on the event loop; what only hands bytes to the kernel's
+page cache does, as Redis writes its append-only file (`appendfsync everysec`). Appends (one
+write(2) per batch: every record waiting, a group commit) and position writes (a pwrite of 16
+bytes) run on the loop: a SIGKILL loses nothing written, and a thread hop per batch cost the
+request path more than the write itself. `sync` (fsync of the segments written since the last
+one, and of the directory once a segment was made) runs in the `SpoolSyncer` thread once per
+fsync interval (see spool_syncer), so an answer never waits behind an fsync; reads (replays)
+and the ledger go to worker threads; a lock guards the list of segments and the files to sync.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import os
 import socket
 import struct
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,10 +247,13 @@ class Spool:
         self.fsync_interval = fsync_interval
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
-        self._fd: int | None = None
+        self._fd: int | None = None  # the active segment's, written by appends
         self._lock_fd: int | None = None
-        self._last_fsync = time.monotonic()
+        # Written since the last sync: records (the active segment's, and all of those of the
+        # segments it replaced, kept open until synced) and new directory entries.
         self._dirty = False
+        self._replaced_fds: list[int] = []
+        self._new_entries = False
         self._position = PositionFile(self.directory)
         self.fsyncs = 0  # of segment files: records forced to disk (read by the metrics)
         self.acked_id = 0  # every id <= this is acknowledged
@@ -285,11 +290,13 @@ class Spool:
         self._expected_id = start
         self._read = _ReadPosition(self._segment_for(start), 0, skip_below=start)
         self._new_segment()
+        self._sync_directory()
+        self._new_entries = False
 
     def close(self) -> None:
-        """Sync and close the active segment and write the ledger."""
+        """Sync and close the segments and write the ledger (once the syncer has stopped)."""
         if self._fd is not None:
-            self._fsync_segment()
+            self.sync()
             os.close(self._fd)
             self._fd = None
         self.write_ledger(sync=True)
@@ -320,14 +327,19 @@ class Spool:
         self._lock_fd = fd
 
     def _new_segment(self) -> None:
-        if self._fd is not None:
-            self._fsync_segment()
-            os.close(self._fd)
+        """Append to a new segment from next_id on. The one it replaces stays open until the
+        next sync has forced it to disk, and so does the new directory entry (a new file
+        survives a power loss only once its directory is synced): neither waits here."""
         path = self.directory / f"{self.next_id:020d}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         with self._lock:
-            self._segments.append(_Segment(self.next_id, path, path.stat().st_size))
-        # The directory entry of a new file survives a crash only once the directory is synced.
+            if self._fd is not None:
+                self._replaced_fds.append(self._fd)
+            self._fd = fd
+            self._segments.append(_Segment(self.next_id, path, os.fstat(fd).st_size))
+            self._new_entries = self._dirty = True
+
+    def _sync_directory(self) -> None:
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -374,7 +386,6 @@ class Spool:
                 self.next_id += end - start
             start = end
         self._dirty = True
-        self.sync_if_due()
         return first_id, len(frames)
 
     def _write(self, data: bytes) -> None:
@@ -384,24 +395,49 @@ class Spool:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def seconds_until_sync(self) -> float | None:
-        """How long until the next fsync is due (0: now), or None when all is on disk."""
-        if not self._dirty or self._fd is None:
-            return None
-        return max(0.0, self._last_fsync + self.fsync_interval - time.monotonic())
+    @property
+    def unsynced(self) -> bool:
+        """Something was written since the last sync (what a power loss could take)."""
+        return self._dirty
 
-    def sync_if_due(self) -> None:
-        """fsync the active segment when the fsync interval has passed since the last one."""
-        now = time.monotonic()
-        if self._dirty and self._fd is not None and now - self._last_fsync >= self.fsync_interval:
-            self._fsync_segment()
-            self._last_fsync = now
-            self._dirty = False
-
-    def _fsync_segment(self) -> None:
-        assert self._fd is not None
-        os.fsync(self._fd)
-        self.fsyncs += 1
+    def sync(self) -> None:
+        """Force what was written to disk: the segments replaced since the last sync (then
+        closed), the active one, and the directory when it has new entries. Blocks for the
+        disk: from the syncer thread, or a worker thread, never the event loop. A disk that
+        fails raises OSError, and what was not forced waits for the next sync."""
+        with self._lock:
+            # Cleared before the fsyncs: what is written meanwhile waits for the next sync.
+            replaced, self._replaced_fds = self._replaced_fds, []
+            fd, new_entries = self._fd, self._new_entries
+            self._dirty = self._new_entries = False
+        synced, failed = 0, list[int]()
+        error: OSError | None = None
+        for old in replaced:
+            try:
+                os.fsync(old)
+            except OSError as exc:
+                failed.append(old)
+                error = error or exc
+            else:
+                os.close(old)
+                synced += 1
+        try:
+            if fd is not None:
+                os.fsync(fd)
+                synced += 1
+            if new_entries:
+                self._sync_directory()
+                new_entries = False
+        except OSError as exc:
+            error = error or exc
+        with self._lock:
+            self.fsyncs += synced
+            if error is not None:
+                self._replaced_fds[:0] = failed
+                self._dirty = True
+                self._new_entries = self._new_entries or new_entries
+        if error is not None:
+            raise error
 
     # ----------------------------------------------------------------- acknowledging
 
@@ -412,8 +448,9 @@ class Spool:
             self._delete_acked_segments()
 
     def write_position(self, acked_id: int) -> None:
-        """Every id <= acked_id is in Kafka: say so in the position file (a pwrite of 16 bytes,
-        from the writer thread) for a process started after a kill."""
+        """Every id <= acked_id is in Kafka: say so in the position file (a pwrite of 16 bytes
+        to the page cache, on the event loop like the appends) for a process started after a
+        kill."""
         self._position.write(acked_id)
 
     def write_ledger(self, sync: bool = False) -> None:
