@@ -94,14 +94,14 @@ async def running(tmp_path, registry) -> AsyncIterator[tuple[InferenceLogPipelin
         await pipeline.close()
 
 
-def answered(writes: Writes, task: asyncio.Task[bool], name: str = "answered") -> None:
+def answered(writes: Writes, task: asyncio.Future[bool], name: str = "answered") -> None:
     task.add_done_callback(lambda _: writes.events.append(name))
 
 
 async def test_the_answer_waits_for_its_records_write(running) -> None:
     pipeline, writes = running
     writes.failing = 1  # the first write fails: the answer waits for one that works
-    waiting = asyncio.create_task(pipeline.spooled(exchange("req-1")))
+    waiting = asyncio.ensure_future(pipeline.spooled(exchange("req-1")))
     answered(writes, waiting)
     await wait_for_async(
         lambda: asyncio.sleep(0, writes.events == ["failed 1"]), timeout=5, what="a failed write"
@@ -117,17 +117,17 @@ async def test_the_answer_waits_for_its_records_write(running) -> None:
 
 async def test_requests_that_arrive_during_a_write_share_the_next_one(running, registry) -> None:
     pipeline, writes = running
-    later: list[asyncio.Task[bool]] = []
+    later: list[asyncio.Future[bool]] = []
 
     def five_arrive() -> None:
         later.extend(
-            asyncio.create_task(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)
+            asyncio.ensure_future(pipeline.spooled(exchange(f"req-{i}"))) for i in range(1, 6)
         )
         for i, task in enumerate(later, start=1):
             answered(writes, task, f"answered {i}")
 
     writes.during = five_arrive
-    first = asyncio.create_task(pipeline.spooled(exchange("req-0")))
+    first = asyncio.ensure_future(pipeline.spooled(exchange("req-0")))
     answered(writes, first, "answered 0")
     assert await asyncio.wait_for(first, 5) is True
     assert await asyncio.wait_for(asyncio.gather(*later), 5) == [True] * 5

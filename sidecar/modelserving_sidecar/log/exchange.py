@@ -7,6 +7,7 @@ of the log (filtering, encoding, Kafka, the spool) happens off the request path.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,8 +49,8 @@ class InferenceLogSink(Protocol):
         """Why the log stopped working for good (the sidecar must be restarted), or None."""
         ...
 
-    async def spooled(self, exchange: Exchange) -> bool:
-        """Queue one exchange and return once its record is in the spool file (True), or known
-        never to be (False: dropped, and counted); True at once when the sampling leaves the
-        exchange out (no record is owed). Never raises."""
+    def spooled(self, exchange: Exchange) -> Awaitable[bool]:
+        """Queue one exchange; what it returns gives, awaited, True once its record is in the
+        spool file, or False once it is known never to be (dropped, and counted); True at once
+        when the sampling leaves the exchange out (no record is owed). Never raises."""
         ...
