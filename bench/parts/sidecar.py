@@ -59,7 +59,8 @@ def versions_configuration(variant: str) -> str:
 
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
-DURABLE = "sidecar, apiKey, log on, spooled"
+# The log on as the defaults have it is durable (spooled); buffered beside it, for its cost.
+BUFFERED = "sidecar, apiKey, log on, buffered"
 SASL_SSL = "sidecar, apiKey, log on over SASL_SSL"
 
 
@@ -342,7 +343,7 @@ def configurations(bench: Bench) -> list[Configuration]:
     if side.bootstrap:
         configs.append(side.configuration(ONE_VERSION, "apiKey", True))
         configs.append(
-            side.configuration(DURABLE, "apiKey", True, durability=LogDurability.SPOOLED.value)
+            side.configuration(BUFFERED, "apiKey", True, durability=LogDurability.BUFFERED.value)
         )
     if side.token:
         configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))

@@ -4,8 +4,9 @@ SIGKILL in the middle of the flow, and is started again on the same config and s
 restarted container would be. Then the topic is read whole.
 
 - lost: requests answered 200 before the kill whose record never reached the topic (the
-  `spooled` durability promises none; `buffered` may lose the records still waiting for the next
-  spool write);
+  `spooled` durability, the default, promises none, and is run with the defaults, the
+  durability left unsaid; `buffered` may lose the records still waiting for the next spool
+  write);
 - re-sent: records on the topic more than once (the restart sends again what Kafka had not yet
   acknowledged at the kill).
 
@@ -75,7 +76,9 @@ def sigkill(side: SidecarBench, durability: str) -> dict[str, Any]:
         topic = f"bench-crash-{uuid.uuid4().hex[:10]}"
         create_topic(bootstrap, topic)
         spool = bench.workdir / f"spool-crash-{port}"
-        config = side.render_config(port, "apiKey", topic, spool, durability=durability)
+        # The default durability is taken with the defaults: the config says nothing of it.
+        said = {} if durability == LoggingConfig().durability else {"durability": durability}
+        config = side.render_config(port, "apiKey", topic, spool, **said)
         target = load.Target(port, headers=side.headers("apiKey"))
 
         def start() -> Proc:

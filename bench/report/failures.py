@@ -44,8 +44,9 @@ def crash_lines(part: CrashPart | Skipped) -> list[str]:
     lines = [
         "The sidecar (API-key auth, log on into the real broker) answers a steady 1,000 rps, is "
         "killed with SIGKILL 3 s in, and is started again on the same spool; then the topic is "
-        "read whole. `spooled` answers only once the record is in the spool file; `buffered` "
-        "(the default) answers at once and writes within the flush interval (5 ms).",
+        "read whole. `spooled` (the default: run with the defaults, the durability left unsaid) "
+        "answers only once the record is in the spool file; `buffered` answers at once and "
+        "writes within the flush interval (5 ms).",
         "",
         "| durability | rate reached | answered 200 before the kill | records lost "
         "| lost ones answered within, ms of the kill | records sent twice | bound (in flight) |",

@@ -256,6 +256,32 @@ def test_log_cost_and_kserve_ratio_pair_the_passes_of_one_run():
     )
 
 
+def test_spooled_the_default_is_judged_against_buffered_pass_by_pass():
+    def passed(rps_per_core: int, p99: float) -> dict:
+        added = {"1000": {"p50": 0.3, "p90": 0.5, "p99": p99}}
+        return {**_saturation(rps_per_core), "added_ms": added}
+
+    results = {
+        "parts": {
+            "request_path": {
+                "configurations": [],
+                "results": {
+                    # The defaults' log (spooled) beside buffered: 0.98x then 0.95x per core.
+                    "sidecar, apiKey, log on": [passed(9800, 1.2), passed(9500, 1.6)],
+                    "sidecar, apiKey, log on, buffered": [passed(10000, 1.0), passed(10000, 1.0)],
+                },
+            }
+        }
+    }
+    rows = {
+        what: (values, verdict) for what, _, values, verdict in targets.target_rows(_read(results))
+    }
+    ratios, verdict = rows["requests/s per core, spooled (the default) over buffered"]
+    assert [round(v, 2) for v in ratios] == [0.98, 0.95] and verdict == "mixed"
+    added, verdict = rows["added p99 at 1,000 rps, spooled (the default) minus buffered, ms"]
+    assert [round(v, 2) for v in added] == [0.2, 0.6] and verdict == "mixed"
+
+
 def test_crash_figures_are_judged_and_shown_for_both_durabilities():
     crash = {
         "buffered": {
@@ -283,7 +309,10 @@ def test_crash_figures_are_judged_and_shown_for_both_durabilities():
         what: (values, verdict)
         for what, _, values, verdict in targets.target_rows(_read({"parts": {"crash": crash}}))
     }
-    lost = "answered requests whose record was lost, sidecar SIGKILL at 1,000 rps, spooled"
+    lost = (
+        "answered requests whose record was lost, sidecar SIGKILL at 1,000 rps, spooled "
+        "(the default)"
+    )
     assert rows[lost] == ([0], "met")
     # 12,000 sent twice is more than could have been in flight: short
     assert rows["records sent twice after that SIGKILL (buffered; spooled)"][1] == "**short**"
