@@ -9,9 +9,8 @@ cache, on the loop: see `spool_segments`); the syncer thread forces the writes t
 fsync interval (`spool_syncer`). The sender (`kafka_sender`) hands the spooled records to Kafka
 in order and tracks the acks (`ack_tracker`), writing the acknowledged position each time it
 moves; housekeeping writes it to the spool's ledger, deleting acknowledged segments, and keeps
-the gauges. What cannot be kept (spool
-full under `dropNewest`, a record larger than Kafka takes, corruption on disk) is counted in
-`modelserving_inference_log_records_dropped_total`.
+the gauges. What cannot be kept (spool full under `dropNewest`, a record larger than Kafka
+takes, corruption on disk) is counted in `modelserving_inference_log_records_dropped_total`.
 
 No exchange can stop the pipeline: the record maker never raises for what a payload holds (one
 it cannot make is logged as unencodable, see `log_records`), and the writer makes a record of
