@@ -3,12 +3,14 @@ the real broker and CPU per record of the whole process (event loop and threads)
 tree and, with --baseline REV, for the pipeline as it was at a git revision.
 
     python -m bench.comparisons.compare_log [--records 30000] [--rates 0,3000] [--rounds 2]
-        [--baseline REV]
+        [--baseline REV] [--durabilities buffered,spooled]
 
 Each measurement is a child process pinned to core 1 that opens the real pipeline (spool on
 local disk, mode ALL, default settings) on a topic of its own, submits ~1 KB exchanges (the
 benchmark's) at a rate (0: as fast as the sink accepts, as `bench.parts.log_throughput` does) and
-stops the clock when Kafka has acked them all. CPU is utime+stime of the process over that
+stops the clock when Kafka has acked them all; under `spooled` (the default, or as
+--durabilities says) each exchange is handed over as the request path does it, `spooled()`
+awaited for its answer, else with `submit()`. CPU is utime+stime of the process over that
 span (getrusage), so thread hand-offs, encoding, the spool and aiokafka all count; the
 submitting loop's own cost is in it too, alike for every version. Rates are interleaved over
 --rounds and medians reported. Needs the local environment's broker (.localenv/env.json).
@@ -69,9 +71,11 @@ async def child(args: argparse.Namespace) -> dict:
                 "topic": args.topic,
                 "bootstrapServers": args.bootstrap,
                 "spoolDir": args.spool,
+                **({"durability": args.durability} if args.durability else {}),
             },
         }
     )
+    durable = str(getattr(config.logging, "durability", "buffered")) == "spooled"
     n = args.records
     now = time.time_ns() // 1_000_000
     exchanges = [
@@ -83,10 +87,18 @@ async def child(args: argparse.Namespace) -> dict:
         return registry.get_sample_value("modelserving_inference_log_records_produced_total") or 0
 
     async with open_inference_log(config, registry) as sink:
+        answers: list[asyncio.Future[bool]] = []  # spooled: each exchange's wait, as a request's
+
+        def submit(exchange: Exchange) -> None:
+            if durable:
+                answers.append(asyncio.ensure_future(sink.spooled(exchange)))
+            else:
+                sink.submit(exchange)
+
         # Warm-up: a producer connected and its metadata fetched before the clock starts.
         warm = 200
         for ex in exchanges[:warm]:
-            sink.submit(ex)
+            submit(ex)
         while produced() < warm:  # noqa: ASYNC110 - a counter, no event
             await asyncio.sleep(0.01)
         todo = exchanges[warm:]
@@ -97,14 +109,17 @@ async def child(args: argparse.Namespace) -> dict:
             while i < len(todo):
                 due = min(len(todo), int((time.perf_counter() - t0) * args.rate) + 1)
                 while i < due:
-                    sink.submit(todo[i])
+                    submit(todo[i])
                     i += 1
                 await asyncio.sleep(0.001)
         else:
             for ex in todo:
                 while not sink.accepting():  # noqa: ASYNC110 - no event to wait on
                     await asyncio.sleep(0.0005)
-                sink.submit(ex)
+                submit(ex)
+        kept = sum(await asyncio.gather(*answers))
+        if durable and kept != n:
+            raise SystemExit(f"{n - kept} of {n} exchanges were answered without their record")
         submitted = time.perf_counter() - t0
         while produced() < n:  # noqa: ASYNC110 - a counter, no event
             await asyncio.sleep(0.002)
@@ -128,7 +143,15 @@ def revision_tree(rev: str, into: Path) -> Path:
     return code
 
 
-def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int, rate: int):
+def run_child(
+    code: Path | None,
+    bootstrap: str,
+    topic: str,
+    spool: Path,
+    n: int,
+    rate: int,
+    durability: str,
+):
     """The child pinned to CORE, started in the working tree or in a revision's tree (where
     Python finds that revision's `modelserving` first)."""
     cmd = [
@@ -146,6 +169,7 @@ def run_child(code: Path | None, bootstrap: str, topic: str, spool: Path, n: int
         str(n),
         "--rate",
         str(rate),
+        *(["--durability", durability] if durability else []),
     ]
     out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO)
     return json.loads(out.strip().splitlines()[-1])
@@ -159,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="0,3000", help="submit rates, 0: flat out")
     parser.add_argument("--rounds", type=int, default=2, help="passes over all rates and versions")
     parser.add_argument(
+        "--durabilities",
+        default="",
+        help="logging.durability of each measurement, e.g. buffered,spooled (default: the "
+        "version's default)",
+    )
+    parser.add_argument(
         "--baseline", metavar="REV", help="git revision whose pipeline is measured alongside"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -166,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--spool", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--durability", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(asyncio.run(child(args))))
@@ -175,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the local environment's broker is needed: make env-up")
     bootstrap = env["kafka_bootstrap"]
     rates = [int(r) for r in args.rates.split(",")]
+    durabilities = [d.strip() for d in args.durabilities.split(",") if d.strip()] or [""]
     with tempfile.TemporaryDirectory(prefix="compare-log-") as tmp:
         versions: list[tuple[Path | None, str]] = [(None, "working tree")]
         if args.baseline:
@@ -184,27 +216,31 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for round_ in range(args.rounds):
                 for rate in rates:
-                    for code, label in versions:
-                        topic = f"measure-log-{uuid.uuid4().hex[:10]}"
-                        create_topic(bootstrap, topic)
-                        spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
-                        print(
-                            f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
-                            file=sys.stderr,
-                        )
-                        r = run_child(code, bootstrap, topic, spool, args.records, rate)
-                        results.setdefault((label, rate), []).append(r)
+                    for code, version in versions:
+                        for durability in durabilities:
+                            label = f"{version} [{durability}]" if durability else version
+                            topic = f"measure-log-{uuid.uuid4().hex[:10]}"
+                            create_topic(bootstrap, topic)
+                            spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
+                            print(
+                                f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
+                                file=sys.stderr,
+                            )
+                            r = run_child(
+                                code, bootstrap, topic, spool, args.records, rate, durability
+                            )
+                            results.setdefault((label, rate), []).append(r)
         finally:
             delete_created_topics()
     print(
         f"{args.records} records of ~1 KB, {args.rounds} round(s), medians; process on core "
         f"{CORE}; load avg {Path('/proc/loadavg').read_text().split()[0]}"
     )
-    print(f"{'version':24} {'rate':>6} {'records/s':>10} {'CPU µs/rec':>10} {'core':>5}")
+    print(f"{'version':36} {'rate':>6} {'records/s':>10} {'CPU µs/rec':>10} {'core':>5}")
     for (label, rate), runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(
-            f"{label:24} {rate or 'max':>6} {med['records_per_s']:10.0f} "
+            f"{label:36} {rate or 'max':>6} {med['records_per_s']:10.0f} "
             f"{med['cpu_us_per_record']:10.1f} {med['cpu_share']:5.2f}"
         )
     return 0
