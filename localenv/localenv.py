@@ -50,7 +50,10 @@ KAFKA_VERSION = "4.3.1"
 LOG4J_VERSION = "2.25.3"
 SLF4J_VERSION = "2.0.17"
 
-NODE_COUNT = 2
+# KWOK's nodes (32 CPUs and 110 pods each): room for what the tests running side by side ask
+# at once, one of them 100 servings whose pods request 0.6 CPU each (two nodes held 106 such
+# pods: the others' stayed Pending, "Insufficient cpu").
+NODE_COUNT = 8
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path(os.environ.get("MODELSERVING_CACHE", Path.home() / ".cache" / "modelserving"))
@@ -547,6 +550,8 @@ def cluster_up() -> Path:
     if kubeconfig.exists():
         try:
             kubectl(kubeconfig, "get", "--raw", "/readyz")
+            if len(kubectl(kubeconfig, "get", "nodes", "-o", "name").split()) < NODE_COUNT:
+                kwokctl("scale", "node", "--name", CLUSTER_NAME, "--replicas", str(NODE_COUNT))
             return kubeconfig
         except EnvError:
             log("the recorded cluster does not answer; recreating it")
