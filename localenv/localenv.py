@@ -507,18 +507,30 @@ class Settings:
         )
 
 
+# Below Linux's ephemeral range (32768-60999), from which outgoing connections take their local
+# ports: a port chosen here is not taken meanwhile by some connection (tests/support/ports hands
+# out the tests' ports from this range too).
+FREE_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768-60999): a port kept for a restart
-    (Kafka's, across an outage test) must not be taken meanwhile by some outgoing connection."""
+    """A free port of FREE_PORTS: one kept for a restart (Kafka's, across an outage test) must
+    not be taken meanwhile by some outgoing connection."""
     for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = random.choice(FREE_PORTS)
+        if port_free(port):
             return port
-    raise EnvError("found no free port between 20000 and 32000")
+    raise EnvError(f"found no free port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1}")
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing holds the port on the loopback interface (it can be bound now)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int) -> bool:
