@@ -34,7 +34,6 @@ import argparse
 import base64
 import binascii
 import json
-import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -457,15 +456,12 @@ async def running_registry(
     standin = standin or SchemaRegistryStandIn()
     runner = web.AppRunner(standin.app(), access_log=None, shutdown_timeout=1)
     await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.bind((host, port))
-        bound = sock.getsockname()
-        await web.SockSite(runner, sock, ssl_context=tls).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        bound = runner.addresses[0]
         yield standin, f"{'https' if tls else 'http'}://{bound[0]}:{bound[1]}"
     finally:
         await runner.cleanup()
-        sock.close()
 
 
 def main() -> None:
