@@ -23,6 +23,7 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -557,16 +558,41 @@ def cluster_kubeconfig() -> Path:
     return STATE / "kubeconfig"
 
 
+# How long a recorded cluster may take to say it is ready before `up` recreates it: an API
+# server busy under a test run's load, or still finishing its start, is not a dead one (and
+# recreating it would take the cluster from under the tests that use it).
+REUSE_READY_SECONDS = 60.0
+
+
+def _answers(kubeconfig: Path) -> None:
+    """Return once the recorded cluster's API server says it is ready; EnvError with its last
+    answer when it has not within REUSE_READY_SECONDS."""
+    deadline = time.monotonic() + REUSE_READY_SECONDS
+    pid_file = CLUSTER_DIR / "pids" / "kube-apiserver.pid"
+    while True:
+        try:
+            kubectl(kubeconfig, "get", "--raw", "/readyz", "--request-timeout=10s")
+            return
+        except EnvError:
+            # No API server process (the machine restarted since): nothing to wait for.
+            gone = not pid_file.exists() or not _running(
+                Path(f"/proc/{pid_file.read_text().strip()}")
+            )
+            if gone or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def cluster_up() -> Path:
     kubeconfig = cluster_kubeconfig()
     if kubeconfig.exists():
         try:
-            kubectl(kubeconfig, "get", "--raw", "/readyz")
+            _answers(kubeconfig)
             if len(kubectl(kubeconfig, "get", "nodes", "-o", "name").split()) < NODE_COUNT:
                 kwokctl("scale", "node", "--name", CLUSTER_NAME, "--replicas", str(NODE_COUNT))
             return kubeconfig
-        except EnvError:
-            log("the recorded cluster does not answer; recreating it")
+        except EnvError as exc:
+            log(f"the recorded cluster does not answer; recreating it ({exc})")
     with contextlib.suppress(EnvError):
         kwokctl("delete", "cluster", "--name", CLUSTER_NAME)
     log(f"starting the control plane (Kubernetes {KUBERNETES_VERSION}, KWOK {KWOK_VERSION})")
@@ -1177,8 +1203,17 @@ def settings_file() -> Path:
 
 
 def up() -> Settings:
-    build()
+    """Start the environment, or find it up. Safe from several processes at once (a test run's
+    workers, its early start): one starts it under a lock while the others wait, then find it
+    up."""
     STATE.mkdir(parents=True, exist_ok=True)
+    with (STATE / "up.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _up()
+
+
+def _up() -> Settings:
+    build()
     kubeconfig = cluster_up()
     bootstrap = kafka_start()
     settings = Settings(

@@ -4,17 +4,18 @@ Tests under tests/integration/ are marked `integration` and run against the
 local environment of real parts (localenv/): the first one that needs it starts
 it once per run (one worker at a time asks, under a lock, when pytest-xdist runs
 several), or reuses it when it is already up (`make env-up`); the run takes it
-down at its end when it started it. Each test gets its own namespace or topic,
-and a test that takes a part down gets one of its own (`kafka_broker`,
-`spare_apiserver`), so that the tests beside it keep theirs. When an integration
-test fails, the parts' logs are copied to test-logs/. Tests under tests/unit/
-need none of it.
+down at its end when it started it. A run that will reach integration tests has
+its first process start the environment at once, beside collection and the unit
+tests, so that no worker waits for it when its first integration test comes.
+Each test gets its own namespace or topic, and a test that takes a part down
+gets one of its own (`kafka_broker`, `spare_apiserver`), so that the tests
+beside it keep theirs. When an integration test fails, the parts' logs are
+copied to test-logs/. Tests under tests/unit/ need none of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -48,12 +49,42 @@ def _is_worker(config: pytest.Config) -> bool:
 # Whether the local environment was up before the run began: a run takes down only what it
 # started.
 _WAS_UP = pytest.StashKey[bool]()
+# The environment's start begun by the run's first process (see `_start_early`).
+_EARLY_START = pytest.StashKey[subprocess.Popen[bytes]]()
 _FAILED_INTEGRATION: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not _is_worker(config):
         config.stash[_WAS_UP] = localenv.settings_file().exists()
+        if not config.stash[_WAS_UP] and _reaches_integration(config):
+            config.stash[_EARLY_START] = _start_early()
+
+
+def _reaches_integration(config: pytest.Config) -> bool:
+    """Whether the run's arguments name integration tests (a path at or above
+    tests/integration, or none: the testpaths) and its marker expression does not leave them
+    out: a unit run (`make unit`, `pytest tests/unit`) starts nothing."""
+    if "not integration" in (config.option.markexpr or ""):
+        return False
+    integration = (REPO / "tests" / "integration").resolve()
+    args = [a.split("::", 1)[0] for a in config.args if not a.startswith("-")] or ["tests"]
+    for arg in args:
+        path = (Path(config.invocation_params.dir) / arg).resolve()
+        if path == integration or integration in path.parents or path in integration.parents:
+            return True
+    return False
+
+
+def _start_early() -> subprocess.Popen[bytes]:
+    """`localenv.py up` in the background: a worker that needs the environment before it is
+    up waits on `up`'s lock, then finds it up. What it says goes to .localenv/early-up.log;
+    should it fail, the first worker's own `up` says why."""
+    localenv.STATE.mkdir(parents=True, exist_ok=True)
+    with (localenv.STATE / "early-up.log").open("wb") as said:
+        return subprocess.Popen(
+            [sys.executable, str(LOCALENV_SCRIPT), "up"], stdout=said, stderr=subprocess.STDOUT
+        )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -72,6 +103,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if (early := config.stash.get(_EARLY_START, None)) is not None:
+        early.wait()  # a run that ended before the environment was up takes it down all the same
     if (
         not _is_worker(config)
         and not config.stash.get(_WAS_UP, True)
@@ -109,10 +142,7 @@ TIME_REPORT_FILES = 30
 
 @pytest.fixture(scope="session")
 def local_env(request: pytest.FixtureRequest) -> LocalEnv:
-    localenv.STATE.mkdir(parents=True, exist_ok=True)
-    with (localenv.STATE / "up.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker starts it, the others reuse it
-        said = _environment_up(request.config)
+    said = _environment_up(request.config)  # the first worker starts it, the others reuse it
     if said is not None:
         pytest.fail(
             "the local environment of real parts could not be provisioned "

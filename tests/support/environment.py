@@ -33,9 +33,14 @@ class LocalEnv:
         }
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["kubectl", *args], env=self.tool_env(), capture_output=True, text=True, check=check
+        """kubectl against the local cluster; when `check`, a failure raises with what kubectl
+        said (its stderr), not only its exit status."""
+        done = subprocess.run(
+            ["kubectl", *args], env=self.tool_env(), capture_output=True, text=True
         )
+        if check and done.returncode:
+            raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
 
 
 @dataclass(frozen=True)
