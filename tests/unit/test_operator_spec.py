@@ -76,8 +76,14 @@ def test_the_spec_models_defaults_are_the_crds():
         "clientCertificate": {"secretName": "u"},
         "sasl": {"mechanism": "PLAIN", "passwordSecret": {"name": "u"}},
     }
+    registry = {
+        "url": "https://registry:8081",
+        "ca": {"secretName": "c"},
+        "credentials": {"secretName": "r"},
+    }
+    kafka = {"security": security, "schemaRegistry": registry}
     spec = ServingSpec.from_body(
-        body(logging={"redact": [{"path": "instances[*].email"}], "kafka": {"security": security}})
+        body(logging={"redact": [{"path": "instances[*].email"}], "kafka": kafka})
     )
     defaults = list(crd_defaults(SPEC_SCHEMA))
     assert len(defaults) > 20, "the walk found too few of the CRD's defaults"
