@@ -6,6 +6,7 @@ documented answers and errors, and the whole registration against the registry s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 from dataclasses import replace
@@ -17,6 +18,7 @@ from modelserving.inferencelog.record import SCHEMA
 from modelserving_operator.kafka.schema_registry import (
     CONTENT_TYPE,
     REGISTRY_AUTHENTICATION_FAILED,
+    REGISTRY_CREDENTIALS_MISSING,
     REGISTRY_FAILED,
     REGISTRY_FORBIDDEN,
     REGISTRY_TLS_FAILED,
@@ -33,9 +35,12 @@ from modelserving_operator.kafka.schema_registry import (
     register_request,
     register_schema,
     registered_id,
+    registry_of,
     subject_of,
     url_of,
+    what_to_check,
 )
+from modelserving_operator.spec import SchemaRegistrySpec, parse_schema_registry
 from tests.support.schema_registry_standin import SchemaRegistryStandIn, running_registry
 from tests.support.scripts import load_script
 
@@ -241,3 +246,92 @@ async def test_tls_with_the_registrys_ca_and_refusals_without_it(tmp_path):
     assert isinstance(untrusted, RegistryProblem) and untrusted.reason == REGISTRY_TLS_FAILED
     assert "unable to get local issuer certificate" in untrusted.message
     assert isinstance(broken, RegistryProblem) and broken.reason == REGISTRY_TLS_FAILED
+
+
+class Objects:
+    """The API server's Secrets and ConfigMaps of the namespace `demo`, as the operator reads
+    them: one get each."""
+
+    def __init__(self, **objects: tuple[str, dict[str, str]]) -> None:
+        self.objects = {
+            (kind, name): {"data": _data(kind, data)} for name, (kind, data) in objects.items()
+        }
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        assert namespace == "demo"
+        return self.objects.get((kind, name))
+
+
+def _data(kind: str, data: dict[str, str]) -> dict[str, str]:
+    if kind != "Secret":
+        return data
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+def registry_spec(**block) -> SchemaRegistrySpec:
+    return parse_schema_registry({"url": "https://registry.example", **block})
+
+
+async def test_the_ca_and_credentials_are_read_from_their_secret_and_configmap():
+    objects = Objects(
+        **{
+            "registry-user": ("Secret", {"username": "logger\n", "password": f"{PASSWORD}\n"}),
+            "trust": ("ConfigMap", {"bundle.pem": "PEM"}),
+        }
+    )
+    spec = registry_spec(
+        ca={"configMapName": "trust", "key": "bundle.pem"},
+        credentials={"secretName": "registry-user"},
+    )
+    registry = await registry_of(objects, "demo", spec)
+    assert registry == SchemaRegistry("https://registry.example", "PEM", "logger", PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("block", "words"),
+    [
+        (
+            {"credentials": {"secretName": "gone"}},
+            "the Secret demo/gone named in spec.logging.kafka.schemaRegistry.credentials is "
+            "missing",
+        ),
+        (
+            {"credentials": {"secretName": "registry-user", "passwordKey": "pass"}},
+            "the Secret demo/registry-user named in spec.logging.kafka.schemaRegistry.credentials "
+            "has no entry pass",
+        ),
+        (
+            {"ca": {"secretName": "registry-user"}},
+            "the Secret demo/registry-user named in spec.logging.kafka.schemaRegistry.ca has no "
+            "entry ca.crt",
+        ),
+    ],
+)
+async def test_a_missing_secret_or_entry_is_named(block, words):
+    objects = Objects(**{"registry-user": ("Secret", {"username": "u", "password": PASSWORD})})
+    problem = await registry_of(objects, "demo", registry_spec(**block))
+    assert problem == RegistryProblem(REGISTRY_CREDENTIALS_MISSING, words)
+
+
+async def test_refused_credentials_name_the_secret_and_its_entries_never_the_password():
+    objects = Objects(**{"registry-user": ("Secret", {"username": "logger", "password": "guess"})})
+    async with running_registry(SchemaRegistryStandIn(users={"logger": PASSWORD})) as (_, url):
+        spec = parse_schema_registry({"url": url, "credentials": {"secretName": "registry-user"}})
+        registry = await registry_of(objects, "demo", spec)
+        assert isinstance(registry, SchemaRegistry)
+        problem = await register_schema(registry, SUBJECT, SCHEMA)
+    assert isinstance(problem, RegistryProblem)
+    hint = what_to_check(problem.reason, spec)
+    assert hint == (
+        "check the user name and password in Secret registry-user (entries username and "
+        "password; spec.logging.kafka.schemaRegistry.credentials)"
+    )
+    assert "guess" not in problem.message + hint
+    assert what_to_check(problem.reason, replace(spec, credentials=None)) == (
+        "the registry wants credentials: set spec.logging.kafka.schemaRegistry.credentials"
+    )
+    tls = registry_spec(ca={"secretName": "registry-ca"})
+    assert what_to_check(REGISTRY_TLS_FAILED, tls) == (
+        "check the CA in Secret registry-ca (entry ca.crt; spec.logging.kafka.schemaRegistry.ca)"
+    )
+    assert what_to_check(SCHEMA_INCOMPATIBLE, tls) == ""

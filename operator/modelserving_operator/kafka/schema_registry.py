@@ -8,7 +8,9 @@ Written against Confluent Schema Registry's documented REST API
 Apicurio ccompat URL does), and every request goes below it. Pure functions build each request
 (method, path, headers, JSON body) and read each answer; `register_schema` is the one edge that
 sends them, with aiohttp, over TLS with the given CA, with HTTP basic auth when credentials are
-given.
+given. `registry_of` reads the CA and credentials spec.logging.kafka.schemaRegistry names from
+their Secret or ConfigMap through the API; `what_to_check` says which of them to look at when
+the registry refuses.
 
 Every failure is a `RegistryProblem` (a LoggingReady reason and a message naming the registry's
 URL and what it answered): unreachable, a TLS failure, credentials refused (401) or not allowed
@@ -28,6 +30,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
+from modelserving_operator.kafka.security import SecretReader
+from modelserving_operator.spec import REGISTRY_FIELD, SchemaRegistrySpec
 from modelserving_operator.status.conditions import LoggingState
 
 # Confluent's content types: v1 of the API in JSON (the reference's "Content Types"); a request
@@ -51,6 +55,8 @@ REGISTRY_FORBIDDEN = "SchemaRegistryForbidden"  # 403
 SCHEMA_INCOMPATIBLE = "SchemaIncompatible"  # 409: the subject holds a schema ours cannot follow
 SCHEMA_INVALID = "SchemaInvalid"  # 422
 REGISTRY_FAILED = "SchemaRegistryFailed"  # any other answer
+# A Secret or ConfigMap the spec names for the registry, or an entry of it, is not there.
+REGISTRY_CREDENTIALS_MISSING = "SchemaRegistryCredentialsMissing"
 
 
 def subject_of(topic: str) -> str:
@@ -164,7 +170,7 @@ def problem_of(registry: SchemaRegistry, what: str, status: int, answer: Any) ->
         user = f"user {registry.username!r}" if registry.username else "no credentials"
         return RegistryProblem(
             REGISTRY_AUTHENTICATION_FAILED,
-            f"{at} refused the credentials ({user}) {what}{said}: check the user name and password",
+            f"{at} refused the credentials ({user}) {what}{said}",
         )
     if status == 403:
         return RegistryProblem(
@@ -187,6 +193,69 @@ def ssl_context_of(registry: SchemaRegistry) -> ssl.SSLContext | None:
     if urlsplit(registry.url).scheme != "https":
         return None
     return ssl.create_default_context(cadata=registry.ca_pem or None)
+
+
+async def registry_of(
+    kube: SecretReader, namespace: str, spec: SchemaRegistrySpec
+) -> SchemaRegistry | RegistryProblem:
+    """How to speak to the registry the spec names, with its CA and credentials read through
+    the API (held in memory only), or which Secret, ConfigMap or entry is missing."""
+    values: dict[str, str] = {}
+
+    async def entry(kind: str, name: str, key: str, field: str) -> str | RegistryProblem:
+        obj = await kube.get(kind, name, namespace)
+        where = f"the {kind} {namespace}/{name} named in {REGISTRY_FIELD}.{field}"
+        if obj is None:
+            return RegistryProblem(REGISTRY_CREDENTIALS_MISSING, f"{where} is missing")
+        data = obj.get("data") or {}
+        if key not in data:
+            return RegistryProblem(REGISTRY_CREDENTIALS_MISSING, f"{where} has no entry {key}")
+        return base64.b64decode(data[key]).decode() if kind == "Secret" else str(data[key])
+
+    wanted: list[tuple[str, str, str, str, str]] = []  # value, kind, name, key, field
+    if spec.ca is not None:
+        kind, name = (
+            ("Secret", spec.ca.secret_name)
+            if spec.ca.secret_name
+            else ("ConfigMap", spec.ca.config_map_name or "")
+        )
+        wanted.append(("ca_pem", kind, name, spec.ca.key, "ca"))
+    if spec.credentials is not None:
+        secret = spec.credentials.secret_name
+        wanted.append(("username", "Secret", secret, spec.credentials.username_key, "credentials"))
+        wanted.append(("password", "Secret", secret, spec.credentials.password_key, "credentials"))
+    for value, kind, name, key, field in wanted:
+        found = await entry(kind, name, key, field)
+        if isinstance(found, RegistryProblem):
+            return found
+        # A user name or password written with a trailing newline (echo > file) means without.
+        values[value] = found if value == "ca_pem" else found.strip()
+    return SchemaRegistry(spec.url, **values)
+
+
+def what_to_check(reason: str, spec: SchemaRegistrySpec) -> str:
+    """What a user fixes for a failure of this reason, in the words of the spec ("" when the
+    message says it all)."""
+    if reason == REGISTRY_AUTHENTICATION_FAILED:
+        if spec.credentials is None:
+            return f"the registry wants credentials: set {REGISTRY_FIELD}.credentials"
+        creds = spec.credentials
+        return (
+            f"check the user name and password in Secret {creds.secret_name} (entries "
+            f"{creds.username_key} and {creds.password_key}; {REGISTRY_FIELD}.credentials)"
+        )
+    if reason == REGISTRY_TLS_FAILED:
+        if spec.ca is None:
+            return (
+                f"check the CA ({REGISTRY_FIELD}.ca is not set: the system's trusted CAs are used)"
+            )
+        source = (
+            f"Secret {spec.ca.secret_name}"
+            if spec.ca.secret_name
+            else f"ConfigMap {spec.ca.config_map_name}"
+        )
+        return f"check the CA in {source} (entry {spec.ca.key}; {REGISTRY_FIELD}.ca)"
+    return ""
 
 
 async def register_schema(
