@@ -1,6 +1,7 @@
-"""The operator's schema registry client (modelserving_operator/kafka/schema_registry.py): its
-requests checked against the examples of Confluent's API reference, its reading of the
-documented answers and errors, and the whole registration against the registry stand-in
+"""The schema registry client (modelserving/inferencelog/schema_registry.py, and the operator's
+registration in modelserving_operator/kafka/schema_registry.py): its requests checked against
+the examples of Confluent's API reference, its reading of the documented answers and errors,
+and the whole registration and lookup against the registry stand-in
 (tests/support/schema_registry_standin.py), whose other side the real client also tests."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from modelserving.inferencelog.record import SCHEMA
-from modelserving_operator.kafka.schema_registry import (
+from modelserving.inferencelog.schema_registry import (
     CONTENT_TYPE,
     REGISTRY_AUTHENTICATION_FAILED,
     REGISTRY_CREDENTIALS_MISSING,
@@ -25,19 +26,27 @@ from modelserving_operator.kafka.schema_registry import (
     REGISTRY_UNREACHABLE,
     SCHEMA_INCOMPATIBLE,
     SCHEMA_INVALID,
+    SCHEMA_NOT_REGISTERED,
     Registered,
     RegistryProblem,
     SchemaRegistry,
+    ask,
     body_of,
     compatibility_request,
     headers,
+    lookup_request,
     problem_of,
     register_request,
-    register_schema,
     registered_id,
-    registry_of,
+    schema_by_id_request,
+    schema_of,
     subject_of,
     url_of,
+)
+from modelserving_operator.kafka.schema_registry import (
+    logging_state,
+    register_schema,
+    registry_of,
     what_to_check,
 )
 from modelserving_operator.spec import SchemaRegistrySpec, parse_schema_registry
@@ -59,6 +68,19 @@ DOCUMENTED_REGISTER = (
     '{"schema": "{\\"type\\": \\"string\\"}"}',
 )
 DOCUMENTED_REGISTER_ANSWER = '{"id":1}'
+# "Check if a schema has already been registered under the specified subject", and the
+# answer's fields; "Get the schema string identified by the input ID".
+DOCUMENTED_LOOKUP = (
+    "POST",
+    "http://localhost:8081/subjects/Kafka-value",
+    "application/vnd.schemaregistry.v1+json",
+    '{"schema": "{\\"type\\": \\"string\\"}"}',
+)
+DOCUMENTED_LOOKUP_ANSWER = (
+    '{"subject": "Kafka-value", "id": 1, "version": 3, "schema": "{\\"type\\": \\"string\\"}"}'
+)
+DOCUMENTED_BY_ID = ("GET", "http://localhost:8081/schemas/ids/1")
+DOCUMENTED_BY_ID_ANSWER = '{"schema": "{\\"type\\": \\"string\\"}"}'
 DOCUMENTED_SET_COMPATIBILITY = (
     "PUT",
     "http://localhost:8081/config/Kafka-value",
@@ -81,6 +103,10 @@ DOCUMENTED_ERRORS = {
     ),
     "unauthorized": (401, '{"error_code": 401, "message": "Unauthorized"}'),
     "subject not found": (404, '{"error_code": 40401, "message": "Subject not found"}'),
+    "server error": (
+        500,
+        '{"error_code": 50001, "message": "Error in the backend data store"}',
+    ),
 }
 # RFC 7617's example of basic auth, the scheme the registries take.
 RFC7617_USER, RFC7617_PASSWORD = "Aladdin", "open sesame"
@@ -127,6 +153,22 @@ def test_setting_the_compatibility_is_the_documented_request():
     assert compatibility_request("Kafka-value").body == {"compatibility": "BACKWARD"}
 
 
+def test_looking_up_and_fetching_by_id_are_the_documented_requests():
+    method, url, content_type, body = as_sent(
+        LOCAL, lookup_request("Kafka-value", {"type": "string"})
+    )
+    assert (method, url, content_type) == documented(DOCUMENTED_LOOKUP)[:3]
+    assert json.loads(body["schema"]) == json.loads(documented(DOCUMENTED_LOOKUP)[3]["schema"])
+    assert registered_id(200, json.loads(DOCUMENTED_LOOKUP_ANSWER)) == 1
+    by_id = schema_by_id_request(1)
+    assert (by_id.method, url_of(LOCAL, by_id), body_of(by_id)) == (*DOCUMENTED_BY_ID, None)
+    assert schema_of(200, json.loads(DOCUMENTED_BY_ID_ANSWER)) == {"type": "string"}
+    # Not an Avro schema's JSON, or no schema: nothing a reader could decode with.
+    assert schema_of(200, {"schema": "syntax = 'proto3';", "schemaType": "PROTOBUF"}) is None
+    assert schema_of(200, {"schema": "{not json"}) is None
+    assert schema_of(404, {"error_code": 40403, "message": "Schema not found"}) is None
+
+
 def test_the_subject_is_the_topics_value_subject_and_one_path_segment_below_the_url():
     assert subject_of(TOPIC) == SUBJECT
     apicurio = SchemaRegistry("https://registry.example/apis/ccompat/v7/")
@@ -155,7 +197,8 @@ def test_basic_auth_is_rfc7617s_and_no_password_is_shown():
         ("incompatible", SCHEMA_INCOMPATIBLE, "is incompatible with an earlier schema"),
         ("invalid", SCHEMA_INVALID, "error code 42201"),
         ("unauthorized", REGISTRY_AUTHENTICATION_FAILED, "user 'logger'"),
-        ("subject not found", REGISTRY_FAILED, "HTTP 404"),
+        ("subject not found", SCHEMA_NOT_REGISTERED, "Subject not found (error code 40401)"),
+        ("server error", REGISTRY_FAILED, "HTTP 500"),
     ],
 )
 def test_the_documented_errors_become_reasons_with_the_registrys_words(example, reason, words):
@@ -168,7 +211,7 @@ def test_the_documented_errors_become_reasons_with_the_registrys_words(example, 
     assert words in problem.message
     assert "http://localhost:8081" in problem.message
     assert PASSWORD not in problem.message
-    assert problem.state().ready is False
+    assert logging_state(problem).ready is False
     assert problem_of(registry, "", 403, None).reason == REGISTRY_FORBIDDEN
 
 
@@ -188,6 +231,21 @@ async def test_the_schema_is_registered_under_the_topics_subject_with_backward_c
         ("PUT", f"/config/{SUBJECT}", CONTENT_TYPE),
         ("POST", f"/subjects/{SUBJECT}/versions", CONTENT_TYPE),
     ]
+
+
+async def test_a_lookup_finds_the_registered_id_and_says_when_there_is_none():
+    standin = SchemaRegistryStandIn()
+    async with running_registry(standin) as (_, url):
+        registry = SchemaRegistry(url)
+        lookup = ((lookup_request(SUBJECT, SCHEMA), f"looking the schema up under {SUBJECT}"),)
+        before = await ask(registry, lookup)
+        registered = await register_schema(registry, SUBJECT, SCHEMA)
+        after = await ask(registry, lookup)
+    assert isinstance(before, RegistryProblem)
+    assert before.reason == SCHEMA_NOT_REGISTERED
+    assert "Subject" in before.message and url in before.message
+    assert isinstance(registered, Registered) and isinstance(after, tuple)
+    assert registered_id(*after) == registered.schema_id
 
 
 async def test_a_subject_holding_a_schema_ours_cannot_read_is_schema_incompatible():
