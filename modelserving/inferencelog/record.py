@@ -57,6 +57,12 @@ _CONFLUENT_MAGIC = 0
 _CONFLUENT_PREFIX = struct.Struct(">bI")
 
 
+def confluent_prefix(schema_id: int) -> bytes:
+    """Confluent's wire-format header of a value: the magic byte 0, then the schema id in four
+    bytes, big-endian (what precedes the Avro body of a framed record)."""
+    return _CONFLUENT_PREFIX.pack(_CONFLUENT_MAGIC, schema_id)
+
+
 class InferenceLogDecodeError(ValueError):
     """A Kafka value is not an `inferencelog` record in the expected framing."""
 

@@ -53,6 +53,17 @@ SCHEMA_NOT_REGISTERED = "SchemaNotRegistered"  # 404: not (yet) under the subjec
 REGISTRY_FAILED = "SchemaRegistryFailed"  # any other answer
 # A Secret or ConfigMap the spec names for the registry, or an entry of it, is not there.
 REGISTRY_CREDENTIALS_MISSING = "SchemaRegistryCredentialsMissing"
+REGISTRY_REASONS = (
+    REGISTRY_UNREACHABLE,
+    REGISTRY_TLS_FAILED,
+    REGISTRY_AUTHENTICATION_FAILED,
+    REGISTRY_FORBIDDEN,
+    SCHEMA_INCOMPATIBLE,
+    SCHEMA_INVALID,
+    SCHEMA_NOT_REGISTERED,
+    REGISTRY_FAILED,
+    REGISTRY_CREDENTIALS_MISSING,
+)
 
 
 def subject_of(topic: str) -> str:

@@ -18,8 +18,23 @@ from typing import Any
 import kopf
 
 from modelserving import api
+from modelserving.inferencelog.record import SCHEMA
+from modelserving.inferencelog.schema_registry import (
+    REGISTRY_REASONS,
+    RegistryProblem,
+    subject_of,
+)
 from modelserving.kafka_security.settings import AUTHENTICATION_FAILED, TLS_FAILED
 from modelserving_operator.caches import WatchCaches
+from modelserving_operator.kafka.schema_registry import (
+    logging_state,
+    register_schema,
+    registry_of,
+    registry_secrets,
+)
+from modelserving_operator.kafka.schema_registry import (
+    what_to_check as registry_what_to_check,
+)
 from modelserving_operator.kafka.security import (
     FIELD,
     MissingCredentials,
@@ -67,7 +82,7 @@ from modelserving_operator.runtime.controller import Again, Outcome
 from modelserving_operator.runtime.kopf_internals import event_target
 from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.settings import OperatorSettings
-from modelserving_operator.spec import ServingSpec
+from modelserving_operator.spec import SchemaRegistrySpec, ServingSpec
 from modelserving_operator.status.conditions import (
     APPLY_FAILED,
     CONFLICT,
@@ -112,6 +127,9 @@ class KafkaSeen:
     # last topic check told it. Events that do not check Kafka again (a pod's) keep it, so
     # LoggingReady is judged alike whatever reconciles the serving (logging_from_pods).
     unseen: dict[Key, LoggingState] = field(default_factory=dict)
+    # Per (registry URL, subject): the id the registry gave the inferencelog schema, once
+    # registered (the same schema under the same subject keeps its id).
+    schemas: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.users.pop(key, None)
@@ -731,6 +749,7 @@ _CHECKED_AGAIN = (
     TLS_FAILED,
     "KafkaCredentialsMissing",
     TOPIC_CREATION_FAILED,
+    *REGISTRY_REASONS,  # a registry back, a Secret fixed, a subject's level changed by hand
 )
 # What the topic check says when the operator's own connection to Kafka fails, though the pods'
 # producers (another network path, their own mounts) may deliver.
@@ -743,6 +762,67 @@ _OPERATOR_UNSEEN = (
 
 
 async def _logging_state(
+    rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
+) -> LoggingState:
+    """LoggingReady as the topic and, with a schema registry, the schema's registration say."""
+    state = await _topic_state(rec, serving, spec, check_kafka)
+    registry = spec.logging.kafka.schema_registry
+    if registry is None or not state.ready or not spec.logging_requested(rec.settings):
+        return state
+    return await _schema_state(rec, serving, spec, registry, state, check_kafka)
+
+
+async def _schema_state(
+    rec: Reconciler,
+    serving: Mapping[str, Any],
+    spec: ServingSpec,
+    registry: SchemaRegistrySpec,
+    topic: LoggingState,
+    check: bool,
+) -> LoggingState:
+    """The schema registered under the topic's subject (once per registry and subject: the
+    same schema keeps its id), or why not, with what to check; an Event once per change."""
+    subject = subject_of(spec.topic)
+    at = (registry.url, subject)
+    if (schema_id := rec.kafka.schemas.get(at)) is None:
+        previous = _previous_logging(serving)
+        if not check and previous and previous["reason"] in REGISTRY_REASONS:
+            return LoggingState(False, previous["reason"], previous["message"])
+        if registry_secrets(registry) and not rec.settings.read_secrets:
+            return replace(
+                topic,
+                message=(
+                    f"{topic.message}; the schema is not registered by the operator: it may not "
+                    f"read Secrets (--read-secrets false), and the registry's are in "
+                    f"{_secrets_named(registry_secrets(registry))}; register it under {subject} "
+                    "yourself (the sidecars look its id up, and say here if they cannot)"
+                ),
+            )
+        reached = await registry_of(rec.kube, spec.namespace, registry)
+        found = (
+            reached
+            if isinstance(reached, RegistryProblem)
+            else await register_schema(reached, subject, SCHEMA)
+        )
+        if isinstance(found, RegistryProblem):
+            hint = registry_what_to_check(found.reason, registry)
+            state = logging_state(found)
+            if hint:
+                state = replace(state, message=f"{state.message}; {hint}")
+            if state.reason != _previous_logging_reason(serving):
+                kopf.event(
+                    _ref(serving), type="Warning", reason=state.reason, message=state.message
+                )
+            return state
+        schema_id = rec.kafka.schemas[at] = found.schema_id
+    return replace(
+        topic,
+        message=f"{topic.message}, framed with schema id {schema_id} of {subject} at "
+        f"{registry.url}",
+    )
+
+
+async def _topic_state(
     rec: Reconciler, serving: Mapping[str, Any], spec: ServingSpec, check_kafka: bool
 ) -> LoggingState:
     key = (spec.namespace, spec.name)

@@ -29,9 +29,13 @@ operator mounts Secrets there): {protocol: SASL_SSL, caFile: .../ca.crt, certFil
 saslMechanism: SCRAM-SHA-512, username: u, passwordFile: .../password, checkHostname: true}
 (modelserving.kafka_security.config_file); absent, PLAINTEXT.
 
-In `logging`, `confluentSchemaId` (absent by default) switches the Kafka values from plain
-Avro to Confluent's schema-registry framing; `compression` is zstd (the default), lz4, gzip,
-snappy or none; a topic's readers need Kafka 2.1 or later for zstd.
+In `logging`, `schemaRegistry` (absent by default) switches the Kafka values from plain Avro
+to Confluent's wire format, with the id the registry gives the `inferencelog` schema under the
+subject (the operator registers it; the sidecar only looks it up, and records wait in the spool
+until it knows the id): {url: https://registry:8081, subject: mnist-inference-value, caFile,
+usernameFile, passwordFile} (files: Secrets the operator mounts, read at each lookup);
+`confluentSchemaId` frames them with an id given instead (one or the other). `compression` is
+zstd (the default), lz4, gzip, snappy or none; a topic's readers need Kafka 2.1 or later for zstd.
 
 What is logged: `mode` ALL, PREDICTIONS, MODEL_INPUTS, ERRORS (request and answer of non-2xx
 answers only) or NONE; `successSampleRate` and `errorSampleRate` (0 to 1) keep that share of
@@ -246,6 +250,8 @@ class LoggingConfig:
     # SIGTERM: time to deliver what is queued (then spooled)
     drain_timeout_seconds: float = LOG_DRAIN_SECONDS
     confluent_schema_id: int | None = None  # Confluent framing instead of plain Avro when set
+    # Confluent framing with the id the registry has for the schema (looked up, not given).
+    schema_registry: SchemaRegistryConfig | None = None
     success_sample_rate: float = 1.0  # share of 2xx answers logged, by a hash of the request id
     error_sample_rate: float = 1.0  # share of other answers logged
     max_payload_bytes: int = LOG_MAX_PAYLOAD_BYTES  # per payload; 0: no limit
@@ -270,6 +276,20 @@ class LoggingConfig:
             rules=self.redact,
             sample_key=self.sample_key.encode(),
         )
+
+
+@dataclass(frozen=True)
+class SchemaRegistryConfig:
+    """`logging.schemaRegistry`: where the sidecar looks up the id it frames records with."""
+
+    url: str
+    subject: str
+    ca_file: str = ""  # PEM; empty: the system's CAs
+    username_file: str = ""  # basic auth when both files are given
+    password_file: str = ""
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.ca_file, self.username_file, self.password_file) if f)
 
 
 @dataclass(frozen=True)
@@ -336,6 +356,31 @@ def kafka_security(where: str, value: Any) -> KafkaSecurity:
         return from_mapping(where, value)
     except KafkaSecurityError as exc:
         raise ConfigError(str(exc)) from None
+
+
+_REGISTRY_KEYS = {
+    "url": ("url", str),
+    "subject": ("subject", str),
+    "caFile": ("ca_file", str),
+    "usernameFile": ("username_file", str),
+    "passwordFile": ("password_file", str),
+}
+
+
+def schema_registry(where: str, value: Any) -> SchemaRegistryConfig:
+    """`logging.schemaRegistry`, errors naming `where`."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    fields = _fields(where, value, _REGISTRY_KEYS)
+    for key in ("url", "subject"):
+        if not fields.get(_REGISTRY_KEYS[key][0]):
+            raise ConfigError(f"{where}.{key}: required")
+    if not fields["url"].startswith(("http://", "https://")):
+        url = fields["url"]
+        raise ConfigError(f"{where}.url: expected an http:// or https:// URL, got {url!r}")
+    if bool(fields.get("username_file")) != bool(fields.get("password_file")):
+        raise ConfigError(f"{where}: usernameFile and passwordFile go together")
+    return SchemaRegistryConfig(**fields)
 
 
 # file key -> (dataclass field, type); the one table of the file's names.
@@ -408,6 +453,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
             "producerStallSeconds": ("producer_stall_seconds", float),
             "drainTimeoutSeconds": ("drain_timeout_seconds", float),
             "confluentSchemaId": ("confluent_schema_id", int),
+            "schemaRegistry": ("schema_registry", schema_registry),
             "successSampleRate": ("success_sample_rate", _rate),
             "errorSampleRate": ("error_sample_rate", _rate),
             "maxPayloadBytes": ("max_payload_bytes", _non_negative),
@@ -480,6 +526,10 @@ def parse_config(data: Any) -> SidecarConfig:
         config.logging.topic and config.logging.bootstrap_servers
     ):
         raise ConfigError("logging: mode is not NONE, so topic and bootstrapServers are required")
+    if config.logging.schema_registry and config.logging.confluent_schema_id is not None:
+        raise ConfigError(
+            "logging: schemaRegistry looks the schema id up, confluentSchemaId gives one: not both"
+        )
     return config
 
 

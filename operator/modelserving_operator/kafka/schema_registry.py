@@ -4,6 +4,10 @@ consumers look up), that subject's compatibility set to BACKWARD first (`registe
 `registry_of` reads the CA and credentials spec.logging.kafka.schemaRegistry names from their
 Secret or ConfigMap through the API; `what_to_check` says which of them to look at when the
 registry refuses. The API's requests and answers are modelserving.inferencelog.schema_registry's.
+
+The sidecar looks the id up itself (modelserving_sidecar.log.framing), with the same CA and
+credentials as files: `sidecar_registry` is its settings, `registry_volumes` and
+`registry_mounts` put the Secret's and ConfigMap's entries where those settings say.
 """
 
 from __future__ import annotations
@@ -25,10 +29,78 @@ from modelserving.inferencelog.schema_registry import (
     compatibility_request,
     register_request,
     registered_id,
+    subject_of,
 )
-from modelserving_operator.kafka.security import SecretReader
+from modelserving_operator.kafka.security import SECRET_FILE_MODE, SecretReader
 from modelserving_operator.spec import REGISTRY_FIELD, SchemaRegistrySpec
 from modelserving_operator.status.conditions import LoggingState
+
+# Where the sidecar finds the registry's CA and credentials: one folder per volume, so that a
+# Secret changed in place reaches the running pod (read at each lookup).
+SIDECAR_REGISTRY_DIR = "/etc/modelserving/schema-registry"
+CA_DIR = f"{SIDECAR_REGISTRY_DIR}/ca"
+CREDENTIALS_DIR = f"{SIDECAR_REGISTRY_DIR}/credentials"
+CA_FILE = "ca.crt"
+USERNAME_FILE = "username"
+PASSWORD_FILE = "password"
+
+
+def sidecar_registry(spec: SchemaRegistrySpec, topic: str) -> dict[str, str]:
+    """The sidecar's `logging.schemaRegistry`: the URL, the subject, and its files."""
+    settings = {"url": spec.url, "subject": subject_of(topic)}
+    if spec.ca is not None:
+        settings["caFile"] = f"{CA_DIR}/{CA_FILE}"
+    if spec.credentials is not None:
+        settings["usernameFile"] = f"{CREDENTIALS_DIR}/{USERNAME_FILE}"
+        settings["passwordFile"] = f"{CREDENTIALS_DIR}/{PASSWORD_FILE}"
+    return settings
+
+
+def registry_volumes(spec: SchemaRegistrySpec) -> list[dict[str, Any]]:
+    """Only the entries named, each under a fixed file name: a Secret lacking one keeps the pod
+    from starting, with the kubelet's event naming it."""
+    volumes: list[dict[str, Any]] = []
+    if spec.ca is not None:
+        items = [{"key": spec.ca.key, "path": CA_FILE}]
+        source: dict[str, Any] = (
+            {
+                "secret": {
+                    "secretName": spec.ca.secret_name,
+                    "items": items,
+                    "defaultMode": SECRET_FILE_MODE,
+                }
+            }
+            if spec.ca.secret_name
+            else {"configMap": {"name": spec.ca.config_map_name, "items": items}}
+        )
+        volumes.append({"name": "schema-registry-ca", **source})
+    if spec.credentials is not None:
+        creds = spec.credentials
+        items = [
+            {"key": creds.username_key, "path": USERNAME_FILE},
+            {"key": creds.password_key, "path": PASSWORD_FILE},
+        ]
+        secret = {"secretName": creds.secret_name, "items": items, "defaultMode": SECRET_FILE_MODE}
+        volumes.append({"name": "schema-registry-credentials", "secret": secret})
+    return volumes
+
+
+def registry_mounts(spec: SchemaRegistrySpec) -> list[dict[str, Any]]:
+    folders = {"schema-registry-ca": CA_DIR, "schema-registry-credentials": CREDENTIALS_DIR}
+    return [
+        {"name": volume["name"], "mountPath": folders[volume["name"]], "readOnly": True}
+        for volume in registry_volumes(spec)
+    ]
+
+
+def registry_secrets(spec: SchemaRegistrySpec) -> tuple[str, ...]:
+    """The Secrets the registration reads (a CA in a ConfigMap is not one)."""
+    names = set()
+    if spec.ca is not None and spec.ca.secret_name:
+        names.add(spec.ca.secret_name)
+    if spec.credentials is not None:
+        names.add(spec.credentials.secret_name)
+    return tuple(sorted(names))
 
 
 def logging_state(problem: RegistryProblem) -> LoggingState:

@@ -20,6 +20,7 @@ import yaml
 from modelserving import api
 from modelserving.kafka_security.config_file import to_mapping
 from modelserving.split_buckets import is_table_of, laid_end_to_end, moved_least
+from modelserving_operator.kafka.schema_registry import sidecar_registry
 from modelserving_operator.kafka.security import sidecar_security
 from modelserving_operator.names import (
     Manifest,
@@ -218,6 +219,8 @@ def render_sidecar_config(
         security = to_mapping(sidecar_security(spec.kafka_security(settings)))
         if security:
             config["logging"]["kafkaSecurity"] = security
+        if (registry := spec.logging.kafka.schema_registry) is not None:
+            config["logging"]["schemaRegistry"] = sidecar_registry(registry, spec.topic)
     return config
 
 

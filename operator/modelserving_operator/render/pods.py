@@ -13,6 +13,7 @@ from typing import Any
 
 from modelserving import api
 from modelserving.kube_access import SERVICE_ACCOUNT_DIR
+from modelserving_operator.kafka.schema_registry import registry_mounts, registry_volumes
 from modelserving_operator.kafka.security import sidecar_mounts, sidecar_volumes
 from modelserving_operator.names import (
     CONFIG_CHECKSUM_ANNOTATION,
@@ -109,6 +110,8 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
     if spec.logging_on(settings):
         mounts += sidecar_mounts(spec.kafka_security(settings))
+        if (registry := spec.logging.kafka.schema_registry) is not None:
+            mounts += registry_mounts(registry)
     # The pod the sidecar publishes its model report and its log's health on.
     env = [
         {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{field}"}}}
@@ -250,6 +253,8 @@ def _volumes(
         )
     if spec.logging_on(settings):  # the Secrets of the log's Kafka connection, as files
         volumes += sidecar_volumes(spec.kafka_security(settings))
+        if (registry := spec.logging.kafka.schema_registry) is not None:
+            volumes += registry_volumes(registry)
     claim = spec.model.claim_name
     if claim is not None:
         volumes.append(

@@ -147,6 +147,15 @@ def deployment_conditions(
 POD_REASONS = (
     "KafkaAuthenticationFailed",
     "KafkaTLSFailed",
+    # The sidecar's lookup of the records' schema id (modelserving_sidecar.log.framing): no
+    # record is sent without it.
+    "SchemaRegistryUnreachable",
+    "SchemaRegistryTLSFailed",
+    "SchemaRegistryAuthenticationFailed",
+    "SchemaRegistryForbidden",
+    "SchemaRegistryCredentialsMissing",
+    "SchemaNotRegistered",
+    "SchemaRegistryFailed",
     "SpoolFull",
     "KafkaUnreachable",
     "SpoolFilling",
@@ -155,6 +164,13 @@ _POD_STATE_ORDER = {reason: i for i, reason in enumerate(POD_REASONS)}  # worst 
 _POD_WORDS = {
     "KafkaAuthenticationFailed": "Kafka refuses the producer's credentials",
     "KafkaTLSFailed": "the TLS connection to Kafka fails",
+    "SchemaRegistryUnreachable": "the schema registry cannot be reached",
+    "SchemaRegistryTLSFailed": "the TLS connection to the schema registry fails",
+    "SchemaRegistryAuthenticationFailed": "the schema registry refuses the credentials",
+    "SchemaRegistryForbidden": "the schema registry does not allow the lookup",
+    "SchemaRegistryCredentialsMissing": "the schema registry's files cannot be read",
+    "SchemaNotRegistered": "the schema is not registered under the subject",
+    "SchemaRegistryFailed": "the schema registry does not give the schema id",
     "SpoolFull": "the spool is full",
     "KafkaUnreachable": "Kafka is unreachable",
     "SpoolFilling": "the spool is filling",
@@ -206,7 +222,7 @@ def logging_from_pods(
     waiting = sum(int(s.get("waitingRecords") or 0) for _, s in troubled)
     details = "; ".join(
         f"{name}: {_POD_WORDS[s['state']]}"
-        + (f" ({s['kafkaError']})" if s.get("kafkaError") else "")
+        + (f" ({said})" if (said := s.get("registryError") or s.get("kafkaError")) else "")
         + f", spool {s.get('spoolPercent', 0)}% full"
         for name, s in troubled
     )

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable
 
 import prometheus_client
 
+from modelserving.inferencelog.schema_registry import RegistryProblem
 from modelserving.kafka_security.diagnosis import KafkaProblem
 from modelserving.library_internals import missing_c_extensions
 from modelserving_sidecar.config import (
@@ -39,6 +40,7 @@ from modelserving_sidecar.config import (
     SpoolFullPolicy,
 )
 from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
+from modelserving_sidecar.log.framing import RegistryFraming
 from modelserving_sidecar.log.kafka.client_logs import summarise_aiokafka_logs
 from modelserving_sidecar.log.kafka.sender import (
     HOUSEKEEPING_SECONDS,
@@ -82,6 +84,9 @@ class InferenceLogPipeline:
         metrics.watch_spool(self.spool)
         self.policy = policy_of(self.settings)
         self._maker = SpoolRecordMaker(config.model, self.settings, self.pod, metrics.count_changes)
+        registry = self.settings.schema_registry
+        self.framing = RegistryFraming(registry) if registry is not None else None
+        self._framing_task: asyncio.Task[None] | None = None
         self._counts = metrics.counts
         self._queue: collections.deque[Exchange] = collections.deque()
         self._queue_size = self.settings.queue_size
@@ -142,6 +147,10 @@ class InferenceLogPipeline:
     def kafka_problem(self) -> KafkaProblem | None:
         """Why Kafka refuses the producer (TLS, authentication), while it does."""
         return self.sender.problem
+
+    def registry_problem(self) -> RegistryProblem | None:
+        """Why the schema registry does not give the records' schema id, while it does not."""
+        return self.framing.problem if self.framing is not None else None
 
     def submit(self, exchange: Exchange) -> None:
         try:
@@ -215,6 +224,7 @@ class InferenceLogPipeline:
             client_id=f"modelserving-sidecar-{self.pod}",
             tail_limit=max(self.settings.max_in_flight_records, _WRITE_BATCH),
             write_position=self._write_position,
+            framing=self.framing,
         )
         if self.spool.recovered_ids:
             log.info(
@@ -232,6 +242,15 @@ class InferenceLogPipeline:
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
+        if self.framing is not None:
+            self._framing_task = asyncio.create_task(
+                self._frame_records(self.framing), name="inference-log-schema-id"
+            )
+
+    async def _frame_records(self, framing: RegistryFraming) -> None:
+        """Records are framed with the schema id from the moment the registry gives it."""
+        await framing.run()
+        self._maker.frame_with(framing.schema_id)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A task of the pipeline ended: at close() as it should, else the pipeline is broken
@@ -275,9 +294,10 @@ class InferenceLogPipeline:
         if lost:
             self.metrics.dropped.labels("shutdown").inc(lost)
             log.error("inference log: %d records could not be spooled before exit", lost)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._framing_task] if self._framing_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await sender.stop()
         if self._syncer is not None:
             await asyncio.to_thread(self._syncer.stop)

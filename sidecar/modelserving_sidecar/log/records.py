@@ -29,6 +29,7 @@ from modelserving.inferencelog.record import (
 )
 from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentity
 from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.framing import PENDING_SCHEMA_ID
 from modelserving_sidecar.log.policy import (
     LogPolicy,
     NonJsonPolicy,
@@ -97,9 +98,11 @@ class SpoolRecordMaker:
         self._untouched_up_to = self._policy.untouched_up_to
         self._keep_request = settings.mode is not LoggingMode.PREDICTIONS
         self._keep_response = settings.mode is not LoggingMode.MODEL_INPUTS
-        self._encode = InferenceLogEncoder(
-            model.model_id, model.name, settings.confluent_schema_id
-        ).encode
+        self._model = model
+        schema_id = settings.confluent_schema_id
+        if settings.schema_registry is not None:  # framed with id 0 until the registry gives it
+            schema_id = PENDING_SCHEMA_ID
+        self.frame_with(schema_id)
         self._default_version = model.version
         self._pod = share_header((HEADER_POD, pod.encode()))
         self._versions: dict[int, tuple[str, bytes]] = {}
@@ -109,6 +112,11 @@ class SpoolRecordMaker:
         self._count_changes = count_changes
         self._cut_at = {part: self._policy.cut_at(part) for part in Part}
         self._warned_at = -_WARN_EVERY_SECONDS
+
+    def frame_with(self, schema_id: int | None) -> None:
+        """Frame the records made from now on with this schema id (None: plain Avro)."""
+        model = self._model
+        self._encode = InferenceLogEncoder(model.model_id, model.name, schema_id).encode
 
     def costly(self, exchange: Exchange) -> bool:
         """Whether the record of this exchange is to be made in a thread, off the event loop:

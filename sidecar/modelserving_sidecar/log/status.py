@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from modelserving.api import GROUP
+from modelserving.inferencelog.schema_registry import RegistryProblem
 from modelserving.kafka_security.diagnosis import KafkaProblem
 from modelserving_sidecar.config import LoggingConfig
 from modelserving_sidecar.log.spool.segments import Spool
@@ -40,13 +41,17 @@ def summarize(
     kafka_reachable: bool,
     refusing: bool,
     problem: KafkaProblem | None = None,
+    registry_problem: RegistryProblem | None = None,
 ) -> dict[str, Any]:
     """The pod's summary: a state and the figures behind it (rounded so that a steady state
     gives the same summary, and so no write). A broker that refuses the producer's TLS or
     credentials is the state (KafkaAuthenticationFailed, KafkaTLSFailed), with its words: it is
-    the cause of anything else the spool shows, and what the user can fix."""
+    the cause of anything else the spool shows, and what the user can fix. So is a schema
+    registry that does not give the records' schema id (nothing is sent without it), first."""
     share = spool_bytes / spool_max_bytes if spool_max_bytes else 0.0
-    if problem is not None:
+    if registry_problem is not None:
+        state = registry_problem.reason
+    elif problem is not None:
         state = problem.reason
     elif refusing or share >= FULL_SHARE:
         state = SPOOL_FULL
@@ -65,6 +70,8 @@ def summarize(
     }
     if problem is not None:
         summary["kafkaError"] = problem.message
+    if registry_problem is not None:
+        summary["registryError"] = registry_problem.message
     return summary
 
 
@@ -81,6 +88,8 @@ class LogHealthSource(Protocol):
     def accepting(self) -> bool: ...
 
     def kafka_problem(self) -> KafkaProblem | None: ...
+
+    def registry_problem(self) -> RegistryProblem | None: ...
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> bool:
@@ -106,6 +115,7 @@ def summary_from_pipeline(pipeline: LogHealthSource, kafka_reachable: bool) -> d
         kafka_reachable=kafka_reachable,
         refusing=not pipeline.accepting(),
         problem=pipeline.kafka_problem(),
+        registry_problem=pipeline.registry_problem(),
     )
 
 

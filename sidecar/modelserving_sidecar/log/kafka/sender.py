@@ -33,6 +33,7 @@ from modelserving.kafka_security.diagnosis import KafkaProblem, diagnose, proble
 from modelserving.library_internals import fail_pending_batches, record_size
 from modelserving_sidecar.config import ConfigError, LogCompression, LoggingConfig
 from modelserving_sidecar.log.ack_tracker import AckTracker, SendRun
+from modelserving_sidecar.log.framing import RegistryFraming, reframed
 from modelserving_sidecar.log.kafka.partitioner import partition_of
 from modelserving_sidecar.log.metrics import InferenceLogMetrics
 from modelserving_sidecar.log.spool.segments import Spool, SpoolRecord
@@ -93,11 +94,14 @@ class KafkaSender:
         client_id: str,
         tail_limit: int,
         write_position: Callable[[int], None],
+        framing: RegistryFraming | None = None,
     ) -> None:
         """`spool` is open; `tail_limit` bounds the records of recent batches kept in memory;
         `write_position` has the acknowledged position written to disk (never blocking), and
-        `position_written` is to be called once it is."""
+        `position_written` is to be called once it is. With a `framing`, nothing is sent before
+        the schema id is known, and each record is sent framed with it."""
         self.settings = settings
+        self._framing = framing
         self.spool = spool
         self.metrics = metrics
         self.client_id = client_id
@@ -267,6 +271,10 @@ class KafkaSender:
         return producer
 
     async def _send_some(self) -> None:
+        framing = self._framing
+        if framing is not None and framing.prefix is None:  # records wait for their id
+            await wait_event(framing.known, HOUSEKEEPING_SECONDS)
+            return
         tracker = self.tracker
         if tracker.rewind_reason is not None:
             raise _RewindNeeded(tracker.rewind_reason)
@@ -362,10 +370,13 @@ class KafkaSender:
             groups = list(by_partition.items())
         producer = self._producer
         assert producer is not None
+        prefix = self._framing.prefix if self._framing is not None else None
         for partition, group in groups:
             batch, count = producer.create_batch(), 0
             for record in group:
                 value = record.value
+                if prefix is not None:  # spooled before the id was known: framed now
+                    value = reframed(value, prefix)
                 key, headers, ts = record.key, list(record.headers), record.timestamp_ms
                 if len(value) > _SIZE_CHECK_BYTES and (
                     record_size(key, value, headers) > _MAX_REQUEST_BYTES
