@@ -27,6 +27,7 @@ from modelserving.inferencelog.schema_registry import (
 from modelserving.kafka_security.settings import AUTHENTICATION_FAILED, TLS_FAILED
 from modelserving_operator.caches import WatchCaches
 from modelserving_operator.kafka.schema_registry import (
+    SchemaRegistrySpec,
     logging_state,
     register_schema,
     registry_of,
@@ -82,7 +83,7 @@ from modelserving_operator.runtime.controller import Again, Outcome
 from modelserving_operator.runtime.kopf_internals import event_target
 from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.settings import OperatorSettings
-from modelserving_operator.spec import SchemaRegistrySpec, ServingSpec
+from modelserving_operator.spec import ServingSpec
 from modelserving_operator.status.conditions import (
     APPLY_FAILED,
     CONFLICT,
@@ -766,7 +767,7 @@ async def _logging_state(
 ) -> LoggingState:
     """LoggingReady as the topic and, with a schema registry, the schema's registration say."""
     state = await _topic_state(rec, serving, spec, check_kafka)
-    registry = spec.logging.kafka.schema_registry
+    registry = spec.schema_registry(rec.settings)
     if registry is None or not state.ready or not spec.logging_requested(rec.settings):
         return state
     return await _schema_state(rec, serving, spec, registry, state, check_kafka)

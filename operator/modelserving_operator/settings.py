@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from modelserving import __version__, api
+from modelserving_operator.kafka.schema_registry import SchemaRegistrySpec, parse_schema_registry
 from modelserving_operator.kafka.security import PLAINTEXT, KafkaSecuritySpec, parse_security
 from modelserving_operator.runtime.peering import MIN_LIFETIME_SECONDS
 from modelserving_sidecar.config import (
@@ -95,6 +96,9 @@ class OperatorSettings:
     # How the log's Kafka clients connect, for servings whose spec has no
     # spec.logging.kafka.security: the same block, as JSON.
     kafka_security: KafkaSecuritySpec = PLAINTEXT
+    # The schema registry of servings whose spec has no spec.logging.kafka.schemaRegistry (the
+    # same block, as JSON); None: their records stay plain Avro.
+    schema_registry: SchemaRegistrySpec | None = None
     # Read Secrets by name (the chart's rbac.readSecrets): the Secret roll and the topic admin's
     # Secret-held Kafka credentials. Off, the operator reads no Secret. It never lists them.
     read_secrets: bool = True
@@ -218,6 +222,21 @@ def _kafka_security(value: str | Mapping[str, Any]) -> KafkaSecuritySpec:
     except ValueError as exc:
         raise ValueError(f"must be a JSON object as spec.logging.kafka.security: {exc}") from None
     return parse_security(raw or {}, "the Kafka security") if raw else PLAINTEXT
+
+
+def _schema_registry(value: str | Mapping[str, Any]) -> SchemaRegistrySpec | None:
+    """A JSON object as spec.logging.kafka.schemaRegistry; empty for none."""
+    try:
+        raw = json.loads(value) if isinstance(value, str) and value.strip() else value
+    except ValueError as exc:
+        raise ValueError(
+            f"must be a JSON object as spec.logging.kafka.schemaRegistry: {exc}"
+        ) from None
+    if not raw:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"must be a JSON object as spec.logging.kafka.schemaRegistry: {raw!r}")
+    return parse_schema_registry(raw, "the schema registry")
 
 
 def _peering_lifetime(value: str | int) -> int:
@@ -453,6 +472,15 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         'ca-cert"}, "sasl": {"mechanism": "SCRAM-SHA-512", "passwordSecret": {"name": '
         '"my-user"}}}; the Secrets it names are looked up in each serving\'s namespace',
     ),
+    "schema_registry": (
+        "--schema-registry",
+        "MODELSERVING_SCHEMA_REGISTRY",
+        _schema_registry,
+        "the schema registry of servings whose spec has no spec.logging.kafka.schemaRegistry: the "
+        'same block as JSON, e.g. {"url": "https://registry:8081", "credentials": {"secretName": '
+        '"registry-login"}}; the Secrets and ConfigMaps it names are looked up in each serving\'s '
+        "namespace. Set, those servings' records are framed in Confluent's wire format",
+    ),
     "read_secrets": (
         "--read-secrets",
         "MODELSERVING_READ_SECRETS",
@@ -491,7 +519,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         if name == "log_redact":
             shown = "[]"
-        elif name == "kafka_security":
+        elif name in ("kafka_security", "schema_registry"):
             shown = "{}"
         else:
             shown = ", ".join(default) if isinstance(default, tuple) else default

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelserving import api
+from modelserving_operator.kafka.schema_registry import SchemaRegistrySpec, parse_schema_registry
 from modelserving_operator.kafka.security import (
-    CA_KEY,
-    KafkaCaSpec,
     KafkaSecuritySpec,
     parse_security,
 )
@@ -214,32 +213,6 @@ class RedactRuleSpec:
 
 
 @dataclass(frozen=True)
-class RegistryCredentialsSpec:
-    """spec.logging.kafka.schemaRegistry.credentials: basic auth from a Secret's entries (by
-    default those of a kubernetes.io/basic-auth Secret)."""
-
-    secret_name: str
-    username_key: str = "username"
-    password_key: str = "password"
-
-
-@dataclass(frozen=True)
-class SchemaRegistrySpec:
-    """spec.logging.kafka.schemaRegistry: where the log's schema is registered; its presence
-    frames every record in Confluent's wire format."""
-
-    url: str
-    ca: KafkaCaSpec | None = None  # from a Secret or a ConfigMap, as security.ca
-    credentials: RegistryCredentialsSpec | None = None
-
-
-# The CRD's rule of schemaRegistry.url (crds/), in Python's re (the same for this pattern as the
-# API server's RE2): http(s), a host, a path, and no user, password, query or fragment.
-REGISTRY_URL = re.compile(r"^https?://[^/@?#\s]+(/[^@?#\s]*)?$")
-REGISTRY_FIELD = "spec.logging.kafka.schemaRegistry"
-
-
-@dataclass(frozen=True)
 class KafkaSpec:
     topic: str | None = None  # None: NAMESPACE.NAME.inference; else NAMESPACE.* (policy)
     bootstrap_servers: str | None = None  # None: --kafka-bootstrap-servers
@@ -385,6 +358,11 @@ class ServingSpec:
     def kafka_security(self, settings: OperatorSettings) -> KafkaSecuritySpec:
         """spec.logging.kafka.security, else the operator's --kafka-security (as a whole)."""
         return self.logging.kafka.security or settings.kafka_security
+
+    def schema_registry(self, settings: OperatorSettings) -> SchemaRegistrySpec | None:
+        """spec.logging.kafka.schemaRegistry, else the operator's --schema-registry (as a
+        whole); None: plain Avro values."""
+        return self.logging.kafka.schema_registry or settings.schema_registry
 
     def logging_mode(self, settings: OperatorSettings) -> str:
         """spec.logging.mode, else the operator's --log-mode."""
@@ -561,41 +539,6 @@ def _kafka(raw: Raw) -> KafkaSpec:
         **_given(raw, _KAFKA),
         security=parse_security(security) if security else None,
         schema_registry=parse_schema_registry(registry) if registry else None,
-    )
-
-
-def parse_schema_registry(raw: Raw, where: str = REGISTRY_FIELD) -> SchemaRegistrySpec:
-    """The block as written (the CRD's defaults applied here too), refused with the words of
-    the CRD's rules where it breaks one."""
-    url = raw.get("url")
-    if not isinstance(url, str) or not REGISTRY_URL.match(url):
-        raise SpecError(
-            f"{where}.url must be http(s)://HOST[:PORT][/PATH], with no user or password in it "
-            "(give those in credentials)"
-        )
-    ca, credentials = raw.get("ca"), raw.get("credentials")
-    if ca is not None and bool(ca.get("secretName")) == bool(ca.get("configMapName")):
-        raise SpecError(
-            f"{where}.ca names one source: secretName or configMapName, not both and not neither"
-        )
-    if ca is not None and not url.startswith("https://"):
-        raise SpecError(
-            f"{where}: ca is set but the url is not https: use an https:// url, or remove ca"
-        )
-    if credentials is not None and not credentials.get("secretName"):
-        raise SpecError(f"{where}.credentials.secretName is required")
-    return SchemaRegistrySpec(
-        url,
-        ca=KafkaCaSpec(ca.get("secretName"), ca.get("configMapName"), ca.get("key") or CA_KEY)
-        if ca is not None
-        else None,
-        credentials=RegistryCredentialsSpec(
-            credentials["secretName"],
-            credentials.get("usernameKey") or "username",
-            credentials.get("passwordKey") or "password",
-        )
-        if credentials is not None
-        else None,
     )
 
 

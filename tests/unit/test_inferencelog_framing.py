@@ -6,8 +6,10 @@ LoggingReady when their lookup fails."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -29,7 +31,12 @@ from modelserving.inferencelog.schema_registry import (
 from modelserving_operator.kafka.schema_registry import register_schema
 from modelserving_operator.render.config_maps import render_configmaps, render_sidecar_configmap
 from modelserving_operator.render.pods import render_deployment
-from modelserving_operator.settings import OperatorSettings
+from modelserving_operator.settings import (
+    OperatorSettings,
+    SettingsError,
+    configure_parser,
+    settings_from,
+)
 from modelserving_operator.spec import ServingSpec
 from modelserving_operator.status.conditions import LoggingState, logging_from_pods
 from modelserving_sidecar.config import ConfigError, SchemaRegistryConfig, parse_config
@@ -242,3 +249,25 @@ def test_a_pod_whose_lookup_fails_is_logging_readys_reason_with_the_registrys_wo
     assert (state.ready, state.reason) == (False, REGISTRY_UNREACHABLE)
     assert "7 records wait" in state.message
     assert "the schema registry cannot be reached (at http://r: down)" in state.message
+
+
+def test_the_operators_registry_is_the_default_and_a_spec_of_its_own_wins():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    chart = json.dumps({"url": "https://registry.kafka:8081", "credentials": {"secretName": "x"}})
+    settings = replace(
+        settings_from(parser.parse_args([]), {"MODELSERVING_SCHEMA_REGISTRY": chart}),
+        kafka_bootstrap_servers="kafka:9092",
+    )
+    assert settings_from(parser.parse_args([]), {"MODELSERVING_SCHEMA_REGISTRY": "{}"}) == (
+        settings_from(parser.parse_args([]), {})
+    )
+    for spec, url in ((mnist(None), "https://registry.kafka:8081"), (mnist(), REGISTRY["url"])):
+        raw = yaml.safe_load(
+            render_sidecar_configmap(spec, settings, model_id=3)["data"]["sidecar.yaml"]
+        )
+        assert raw["logging"]["schemaRegistry"]["url"] == url
+    # A chart value the CRD would refuse is refused at start, with the CRD's words.
+    with pytest.raises(SettingsError, match="MODELSERVING_SCHEMA_REGISTRY") as refused:
+        settings_from(parser.parse_args([]), {"MODELSERVING_SCHEMA_REGISTRY": '{"url": "ftp://r"}'})
+    assert "url must be http(s)://HOST[:PORT][/PATH]" in str(refused.value)

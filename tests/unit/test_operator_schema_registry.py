@@ -44,12 +44,13 @@ from modelserving.inferencelog.schema_registry import (
     url_of,
 )
 from modelserving_operator.kafka.schema_registry import (
+    SchemaRegistrySpec,
     logging_state,
+    parse_schema_registry,
     register_schema,
     registry_of,
     what_to_check,
 )
-from modelserving_operator.spec import SchemaRegistrySpec, parse_schema_registry
 from tests.support.schema_registry_standin import SchemaRegistryStandIn, running_registry
 from tests.support.scripts import load_script
 

@@ -13,7 +13,9 @@ credentials as files: `sidecar_registry` is its settings, `registry_volumes` and
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from modelserving.inferencelog.schema_registry import (
@@ -31,9 +33,72 @@ from modelserving.inferencelog.schema_registry import (
     registered_id,
     subject_of,
 )
-from modelserving_operator.kafka.security import SECRET_FILE_MODE, SecretReader
-from modelserving_operator.spec import REGISTRY_FIELD, SchemaRegistrySpec
+from modelserving_operator.kafka.security import CA_KEY, SECRET_FILE_MODE, KafkaCaSpec, SecretReader
 from modelserving_operator.status.conditions import LoggingState
+
+
+@dataclass(frozen=True)
+class RegistryCredentialsSpec:
+    """spec.logging.kafka.schemaRegistry.credentials: basic auth from a Secret's entries (by
+    default those of a kubernetes.io/basic-auth Secret)."""
+
+    secret_name: str
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclass(frozen=True)
+class SchemaRegistrySpec:
+    """spec.logging.kafka.schemaRegistry: where the log's schema is registered; its presence
+    frames every record in Confluent's wire format."""
+
+    url: str
+    ca: KafkaCaSpec | None = None  # from a Secret or a ConfigMap, as security.ca
+    credentials: RegistryCredentialsSpec | None = None
+
+
+# The CRD's rule of schemaRegistry.url (crds/), in Python's re (the same for this pattern as the
+# API server's RE2): http(s), a host, a path, and no user, password, query or fragment.
+REGISTRY_URL = re.compile(r"^https?://[^/@?#\s]+(/[^@?#\s]*)?$")
+REGISTRY_FIELD = "spec.logging.kafka.schemaRegistry"
+
+
+def parse_schema_registry(
+    raw: Mapping[str, Any], where: str = REGISTRY_FIELD
+) -> SchemaRegistrySpec:
+    """The block as written (the CRD's defaults applied here too), refused with the words of
+    the CRD's rules where it breaks one."""
+    url = raw.get("url")
+    if not isinstance(url, str) or not REGISTRY_URL.match(url):
+        raise ValueError(
+            f"{where}.url must be http(s)://HOST[:PORT][/PATH], with no user or password in it "
+            "(give those in credentials)"
+        )
+    ca, credentials = raw.get("ca"), raw.get("credentials")
+    if ca is not None and bool(ca.get("secretName")) == bool(ca.get("configMapName")):
+        raise ValueError(
+            f"{where}.ca names one source: secretName or configMapName, not both and not neither"
+        )
+    if ca is not None and not url.startswith("https://"):
+        raise ValueError(
+            f"{where}: ca is set but the url is not https: use an https:// url, or remove ca"
+        )
+    if credentials is not None and not credentials.get("secretName"):
+        raise ValueError(f"{where}.credentials.secretName is required")
+    return SchemaRegistrySpec(
+        url,
+        ca=KafkaCaSpec(ca.get("secretName"), ca.get("configMapName"), ca.get("key") or CA_KEY)
+        if ca is not None
+        else None,
+        credentials=RegistryCredentialsSpec(
+            credentials["secretName"],
+            credentials.get("usernameKey") or "username",
+            credentials.get("passwordKey") or "password",
+        )
+        if credentials is not None
+        else None,
+    )
+
 
 # Where the sidecar finds the registry's CA and credentials: one folder per volume, so that a
 # Secret changed in place reaches the running pod (read at each lookup).

@@ -219,7 +219,7 @@ def render_sidecar_config(
         security = to_mapping(sidecar_security(spec.kafka_security(settings)))
         if security:
             config["logging"]["kafkaSecurity"] = security
-        if (registry := spec.logging.kafka.schema_registry) is not None:
+        if (registry := spec.schema_registry(settings)) is not None:
             config["logging"]["schemaRegistry"] = sidecar_registry(registry, spec.topic)
     return config
 

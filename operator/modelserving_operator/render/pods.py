@@ -110,7 +110,7 @@ def _sidecar_container(spec: ServingSpec, settings: OperatorSettings) -> dict[st
         mounts.append({"name": "apikeys", "mountPath": AuthConfig.api_keys_dir, "readOnly": True})
     if spec.logging_on(settings):
         mounts += sidecar_mounts(spec.kafka_security(settings))
-        if (registry := spec.logging.kafka.schema_registry) is not None:
+        if (registry := spec.schema_registry(settings)) is not None:
             mounts += registry_mounts(registry)
     # The pod the sidecar publishes its model report and its log's health on.
     env = [
@@ -253,7 +253,7 @@ def _volumes(
         )
     if spec.logging_on(settings):  # the Secrets of the log's Kafka connection, as files
         volumes += sidecar_volumes(spec.kafka_security(settings))
-        if (registry := spec.logging.kafka.schema_registry) is not None:
+        if (registry := spec.schema_registry(settings)) is not None:
             volumes += registry_volumes(registry)
     claim = spec.model.claim_name
     if claim is not None:
