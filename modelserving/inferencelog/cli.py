@@ -6,9 +6,11 @@ when a payload was redacted or cut), topic, partition, offset and timestamp. `--
 `--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
 `--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
 Kafka is read with the flags of modelserving.kafka_security.flags (`--command-config FILE` as
-Kafka's own tools take, and flags over it). The connection and filter flags are shared with
-`modelserving logs export` (`inferencelog.export_cli`), and the filter flags make the query
-(`reader_query`).
+Kafka's own tools take, and flags over it). Values are plain Avro or in Confluent's wire format,
+each as its first byte says; a framed value is read with the writer's schema fetched by its id
+from `--schema-registry URL` (modelserving.inferencelog.registry_flags), or without one with the
+inferencelog schema. The connection and filter flags are shared with `modelserving logs export`
+(`inferencelog.export_cli`), and the filter flags make the query (`reader_query`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from dataclasses import replace
 from modelserving.inferencelog.dedupe import DEFAULT_WINDOW
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import ReadProgress, read_inference_log
+from modelserving.inferencelog.record import InferenceLogDecodeError
+from modelserving.inferencelog.registry_flags import SchemaRegistryFlagError, schema_registry_of
+from modelserving.inferencelog.registry_flags import add_arguments as add_registry_arguments
+from modelserving.inferencelog.schema_registry import SchemaRegistry
+from modelserving.inferencelog.writer_schemas import NeedsSchemaRegistry, SchemaRegistryUnavailable
 from modelserving.kafka_security.diagnosis import KafkaRefused
 from modelserving.kafka_security.flags import add_arguments, reader_connection
 from modelserving.kafka_security.settings import KafkaSecurity, KafkaSecurityError
@@ -47,10 +54,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """How a reader reaches the topic and decodes its values: `logs` and `logs export` alike."""
     add_arguments(parser)
+    add_registry_arguments(parser)
     parser.add_argument(
         "--confluent",
         action="store_true",
-        help="values carry Confluent's schema-registry prefix (default: plain Avro)",
+        help="deprecated, no longer needed (each value's first byte tells its framing): every "
+        "value must carry Confluent's schema-registry prefix, and a plain Avro one is an error",
     )
 
 
@@ -122,6 +131,14 @@ def connection(args: argparse.Namespace) -> tuple[str, KafkaSecurity]:
         raise SystemExit(f"modelserving logs: {exc}") from None
 
 
+def schema_registry(args: argparse.Namespace) -> SchemaRegistry | None:
+    """The registry the flags say, if any; flags that cannot work exit saying why."""
+    try:
+        return schema_registry_of(args)
+    except SchemaRegistryFlagError as exc:
+        raise SystemExit(f"modelserving logs: {exc}") from None
+
+
 def status_codes(text: str) -> frozenset[int]:
     """`--status`: one HTTP status code (503), or a class of them (5xx)."""
     lowered = text.lower()
@@ -168,8 +185,9 @@ def header_filters(pairs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 async def _print_records(args: argparse.Namespace, progress: ReadProgress) -> None:
     query = replace(reader_query(args), from_beginning=args.from_beginning, follow=args.follow)
     servers, security = connection(args)
+    registry = schema_registry(args)
     async for logged in read_inference_log(
-        args.topic, servers, query, security=security, progress=progress
+        args.topic, servers, query, security=security, schema_registry=registry, progress=progress
     ):
         sys.stdout.write(logged.to_json_line() + "\n")
         if args.follow:
@@ -182,8 +200,12 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_print_records(args, progress))
     except KeyboardInterrupt:
         pass
-    except (KafkaRefused, KafkaSecurityError) as exc:
+    except (KafkaRefused, KafkaSecurityError, SchemaRegistryUnavailable) as exc:
         print(f"modelserving logs: {exc}", file=sys.stderr)
+        return 1
+    except InferenceLogDecodeError as exc:
+        sys.stdout.flush()
+        print(f"modelserving logs: {decode_failure(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # `| head` closed the pipe: stop quietly, as other CLI tools do.
@@ -193,6 +215,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(duplicates_note(progress.duplicates_dropped, args.dedupe), file=sys.stderr)
     return 0
+
+
+def decode_failure(exc: InferenceLogDecodeError) -> str:
+    """What a value that does not decode says: what is wrong with it, and what to check (a
+    framed value the seed's schema cannot read already says to give --schema-registry)."""
+    if isinstance(exc, NeedsSchemaRegistry):
+        return str(exc)
+    return f"{exc} (is the topic an inference log?)"
 
 
 def duplicates_note(dropped: int, window_size: int) -> str:

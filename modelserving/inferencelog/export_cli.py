@@ -27,13 +27,17 @@ from modelserving.inferencelog.cli import (
     add_connection_arguments,
     add_filter_arguments,
     connection,
+    decode_failure,
     duplicates_note,
     reader_query,
+    schema_registry,
 )
 from modelserving.inferencelog.export import ExportFormat, export_records
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import ReadProgress, TopicNotFoundError, read_inference_log
 from modelserving.inferencelog.record import InferenceLogDecodeError
+from modelserving.inferencelog.schema_registry import SchemaRegistry
+from modelserving.inferencelog.writer_schemas import SchemaRegistryUnavailable
 from modelserving.kafka_security.diagnosis import KafkaRefused
 from modelserving.kafka_security.settings import KafkaSecurity
 
@@ -210,12 +214,18 @@ async def _export(
     args: argparse.Namespace,
     servers: str,
     security: KafkaSecurity,
+    registry: SchemaRegistry | None,
     export_format: ExportFormat,
     progress: ReadProgress,
 ) -> int:
     display = ProgressDisplay(sys.stderr, progress)
     records = read_inference_log(
-        args.topic, servers, export_query(args), security=security, progress=progress
+        args.topic,
+        servers,
+        export_query(args),
+        security=security,
+        schema_registry=registry,
+        progress=progress,
     )
     drawing = asyncio.create_task(display.keep_drawing())
     try:
@@ -241,21 +251,24 @@ def run(args: argparse.Namespace) -> int:
         )
     if export_format is ExportFormat.PARQUET and importlib.util.find_spec("arro3.io") is None:
         return _fail("Parquet needs the parquet extra: pip install 'modelserving[parquet]'")
-    # The brokers and security the flags say (--bootstrap-servers, or --command-config's);
-    # what cannot work exits here, saying why.
+    # The brokers and security the flags say (--bootstrap-servers, or --command-config's), and
+    # the schema registry; what cannot work exits here, saying why.
     servers, security = connection(args)
+    registry = schema_registry(args)
     progress = ReadProgress()
     # What goes wrong with Kafka ends the export with one message below; aiokafka's own log
     # lines about it (a failed connect, each retry) would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        asyncio.run(_export(args, servers, security, export_format, progress))
+        asyncio.run(_export(args, servers, security, registry, export_format, progress))
     except KeyboardInterrupt:
         return _fail("interrupted: nothing written", code=130)
     except TopicNotFoundError as exc:
         return _fail(str(exc))
     except InferenceLogDecodeError as exc:
-        return _fail(f"{exc} (is the topic an inference log? --confluent for framed values)")
+        return _fail(decode_failure(exc))
+    except SchemaRegistryUnavailable as exc:
+        return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
     except KafkaRefused as exc:  # a secured Kafka refused the connection: it says why

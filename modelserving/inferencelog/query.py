@@ -1,6 +1,6 @@
 """What a read of the inference log asks for: which records (a model, a version, status codes,
 header values, a request id, a time range) and how to read them (from where, until when, how
-values are framed, whether copies re-sent after a crash are dropped). One frozen
+values must be framed, whether copies re-sent after a crash are dropped). One frozen
 `InferenceLogQuery`, handed to `read_inference_log` with the topic and the connection.
 
 Reading from the newest record, every record::
@@ -47,7 +47,8 @@ class InferenceLogQuery:
     - `from_beginning`: from the oldest record kept; otherwise only what arrives from now on.
     - `follow`: keep waiting for new records; otherwise stop at the end the topic had when the
       read started. A read that follows has no end: it takes no `until_ms`.
-    - `confluent`: values carry Confluent's schema-registry prefix (otherwise plain Avro).
+    - `confluent`: every value must carry Confluent's schema-registry prefix (a plain Avro value
+      is an error); otherwise each value's first byte tells which framing it has.
     - `topic_must_exist`: a topic the cluster does not have raises `TopicNotFoundError`
       (otherwise such a read yields nothing).
     - `dedupe`: drop the copies an at-least-once pipeline re-sends after a crash: a record with

@@ -28,7 +28,9 @@ from typing import Any
 
 from modelserving.inferencelog.dedupe import DuplicateWindow
 from modelserving.inferencelog.query import InferenceLogQuery
-from modelserving.inferencelog.record import InferenceLogRecord, decode_record
+from modelserving.inferencelog.record import InferenceLogRecord
+from modelserving.inferencelog.schema_registry import SchemaRegistry
+from modelserving.inferencelog.writer_schemas import WriterSchemas
 from modelserving.kafka_security.diagnosis import KafkaRefused, diagnose, problem_of
 from modelserving.kafka_security.settings import KafkaSecurity
 
@@ -120,16 +122,22 @@ async def read_inference_log(
     query: InferenceLogQuery,
     *,
     security: KafkaSecurity | None = None,
+    schema_registry: SchemaRegistry | None = None,
     progress: ReadProgress | None = None,
 ) -> AsyncIterator[LoggedInference]:
     """Decoded records of a topic that `query` asks for (`InferenceLogQuery()`: every record
     that arrives from now on, up to the end the topic has now), in order within each partition.
 
-    Values that do not decode raise `InferenceLogDecodeError`. No consumer group is used:
-    nothing is committed. `security` is how to connect to a secured Kafka
+    Values are plain Avro or in Confluent's wire format, each as its first byte says; a framed
+    value is read with the writer's schema its id names, fetched from `schema_registry` (once
+    per id; without a registry, with the seed's schema), into the seed's seven fields
+    (`inferencelog.writer_schemas`). Values that do not decode raise `InferenceLogDecodeError`;
+    a registry that does not give a schema raises `SchemaRegistryUnavailable`. No consumer group
+    is used: nothing is committed. `security` is how to connect to a secured Kafka
     (modelserving.kafka_security.settings; default PLAINTEXT); a broker that refuses it raises
     `KafkaRefused`, saying why. `progress`, when given, is kept up to date as the read goes.
     """
+    schemas = WriterSchemas(schema_registry, framed_only=query.confluent)
     window = DuplicateWindow(query.dedupe) if query.dedupe else None
     follow = query.follow
     progress = progress if progress is not None else ReadProgress()
@@ -165,7 +173,7 @@ async def read_inference_log(
                     progress.read += now_passed - passed[tp]
                     passed[tp] = now_passed
                     logged = LoggedInference(
-                        record=decode_record(message.value, confluent=query.confluent),
+                        record=await schemas.record_of(message.value),
                         key=message.key.decode("utf-8", errors="replace")
                         if message.key is not None
                         else None,

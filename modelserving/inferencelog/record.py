@@ -3,9 +3,11 @@ carries beside it, and the record's encoding and decoding (`encode_record`, the 
 `InferenceLogEncoder`, `decode_record`).
 
 On the topic each value is plain Avro binary of `SCHEMA` with no schema-registry prefix, as
-Hopsworks wrote it; Confluent framing (magic byte and 4-byte schema id) is an option of the
-writer and the reader. Each Kafka record also carries a key (the request id) and the headers
-named `HEADER_*` below; the Avro value stays the seed's seven fields.
+Hopsworks wrote it, or, with a schema registry, in Confluent's wire format (magic byte 0, the
+4-byte big-endian schema id, then the Avro body). A reader tells the two apart by the first byte
+(`framed_schema_id`) and reads a body written with a later schema into the seed's fields by
+Avro's schema resolution (`decode_body`). Each Kafka record also carries a key (the request id)
+and the headers named `HEADER_*` below; the Avro value stays the seed's seven fields.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ PROTOCOL_GRPC = "grpc"
 
 _CONFLUENT_MAGIC = 0
 _CONFLUENT_PREFIX = struct.Struct(">bI")
+# Where the Avro body of a framed value starts.
+CONFLUENT_PREFIX_SIZE = _CONFLUENT_PREFIX.size
 
 
 def confluent_prefix(schema_id: int) -> bytes:
@@ -189,15 +193,34 @@ class InferenceLogEncoder:
         )
 
 
-def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
-    """The record in one Kafka value (plain Avro, or Confluent-framed when `confluent`)."""
+def framed_schema_id(value: bytes) -> int | None:
+    """The schema id of a value in Confluent's wire format, None for plain Avro.
+
+    The first byte tells: a plain record starts with its modelId as Avro writes an int (zigzag,
+    then varint), which is 0 only for modelId 0, and model ids start at 1; a framed value starts
+    with the magic byte 0. A value too short to hold the id raises InferenceLogDecodeError."""
+    if not value or value[0] != _CONFLUENT_MAGIC:
+        return None
+    if len(value) < _CONFLUENT_PREFIX.size:
+        raise InferenceLogDecodeError("value is too short for Confluent's schema-registry prefix")
+    return int(_CONFLUENT_PREFIX.unpack_from(value)[1])
+
+
+def decode_body(
+    value: bytes, offset: int = 0, writer_schema: Any = PARSED_SCHEMA
+) -> InferenceLogRecord:
+    """The record in the Avro body that starts at `offset` of a value (5 after Confluent's
+    prefix), written with `writer_schema` (parsed; the seed's by default) and read into the
+    seed's seven fields by Avro's schema resolution: a field a later schema added is skipped."""
     buf = io.BytesIO(value)
-    if confluent:
-        prefix = buf.read(_CONFLUENT_PREFIX.size)
-        if len(prefix) != _CONFLUENT_PREFIX.size or prefix[0] != _CONFLUENT_MAGIC:
-            raise InferenceLogDecodeError("value has no Confluent schema-registry prefix")
+    buf.seek(offset)
+    reader_schema = None if writer_schema is PARSED_SCHEMA else PARSED_SCHEMA
     try:
-        data = fastavro.schemaless_reader(buf, PARSED_SCHEMA, None)
+        data = fastavro.schemaless_reader(buf, writer_schema, reader_schema)
+    except fastavro.read.SchemaResolutionError as exc:
+        raise InferenceLogDecodeError(
+            f"value's schema cannot be read as the inferencelog schema: {exc}"
+        ) from None
     except (EOFError, ValueError, UnicodeDecodeError, IndexError) as exc:
         raise InferenceLogDecodeError(f"value is not an inferencelog record: {exc}") from None
     if buf.tell() != len(value):
@@ -205,3 +228,13 @@ def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
     if not isinstance(data, dict):
         raise InferenceLogDecodeError("value is not an inferencelog record")
     return InferenceLogRecord.from_avro(data)
+
+
+def decode_record(value: bytes, confluent: bool = False) -> InferenceLogRecord:
+    """The record in one Kafka value written with the seed's schema: plain Avro, or
+    Confluent-framed when `confluent` (the prefix is then required)."""
+    if not confluent:
+        return decode_body(value)
+    if framed_schema_id(value) is None:
+        raise InferenceLogDecodeError("value has no Confluent schema-registry prefix")
+    return decode_body(value, _CONFLUENT_PREFIX.size)
