@@ -7,6 +7,8 @@ import io
 import json
 import struct
 
+import avro.io
+import avro.schema
 import fastavro
 import pytest
 from hypothesis import given
@@ -19,6 +21,7 @@ from modelserving.inferencelog.record import (
     InferenceLogRecord,
     decode_record,
     encode_record,
+    framed_schema_id,
 )
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
@@ -90,6 +93,57 @@ def test_value_is_plain_avro_a_seed_reader_decodes():
         "inferenceRequest": '{"instances": [[1.0, 2.0]]}',
         "inferenceResponse": '{"predictions": [[0.9]]}',
     }
+
+
+# A record as the seed's schema writes it, byte for byte: the raw framing, which a serving
+# without a schema registry keeps writing, and which every reader of the seed's era reads.
+GOLDEN_RECORD = InferenceLogRecord(
+    17,
+    "mnist",
+    3,
+    1_700_000_000_123,
+    200,
+    '{"instances": [[1.0, 2.0]]}',
+    '{"predictions": [[0.9]]}',
+)
+GOLDEN_VALUE = (
+    b"\x22"  # modelId 17 (an int: zigzag 34, one varint byte)
+    b"\x0amnist"  # modelName (length 5, zigzag 10, then UTF-8)
+    b"\x06"  # modelVersion 3
+    b"\xf6\xa1\xab\xfe\xf9\x62"  # requestTimestamp 1_700_000_000_123 (a long)
+    b"\x90\x03"  # responseHttpCode 200 (zigzag 400)
+    b'\x36{"instances": [[1.0, 2.0]]}'  # inferenceRequest (27 bytes)
+    b'\x30{"predictions": [[0.9]]}'  # inferenceResponse (24 bytes)
+)
+
+
+def test_the_seed_schema_reads_a_golden_record_byte_for_byte():
+    r = GOLDEN_RECORD
+    assert encode_record(r) == GOLDEN_VALUE
+    encoder = InferenceLogEncoder(r.model_id, r.model_name)
+    payloads = (r.inference_request.encode(), r.inference_response.encode())
+    assert encoder.encode(
+        r.model_version, r.request_timestamp, r.response_http_code, *payloads
+    ) == (GOLDEN_VALUE)
+    # Two other readers of the seed's schema text: fastavro, and Apache avro.
+    seed = json.loads(SEED_SCHEMA_TEXT)
+    read = fastavro.schemaless_reader(io.BytesIO(GOLDEN_VALUE), fastavro.parse_schema(seed), None)
+    assert read == r.to_avro()
+    apache = avro.io.DatumReader(avro.schema.parse(SEED_SCHEMA_TEXT))
+    assert apache.read(avro.io.BinaryDecoder(io.BytesIO(GOLDEN_VALUE))) == r.to_avro()
+    assert decode_record(GOLDEN_VALUE) == r
+    assert framed_schema_id(GOLDEN_VALUE) is None
+
+
+@given(
+    model_id=st.integers(1, 2**31 - 1),
+    name=st.text(),
+    schema_id=st.integers(0, 2**32 - 1),
+)
+def test_the_first_byte_tells_a_plain_record_from_a_framed_one(model_id, name, schema_id):
+    record = InferenceLogRecord(model_id, name, 1, 1_700_000_000_000, 200, "", "")
+    assert framed_schema_id(encode_record(record)) is None
+    assert framed_schema_id(encode_record(record, confluent_schema_id=schema_id)) == schema_id
 
 
 def test_confluent_framing_is_an_option():
