@@ -39,6 +39,7 @@ from modelserving_sidecar.config import (
     LoggingConfig,
     LoggingMode,
     ModelIdentity,
+    SchemaRegistryConfig,
     ServingIdentity,
     SidecarConfig,
 )
@@ -128,7 +129,8 @@ async def registry(tmp_path_factory) -> AsyncIterator[Registry]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def produced(local_env, registry: Registry, tmp_path_factory) -> AsyncIterator[Produced]:
-    """COUNT records through the sidecar's pipeline, framed with the registered id."""
+    """COUNT records through the sidecar's pipeline, which looks the registered id up with the
+    registry's CA and credentials as the operator mounts them, and frames each with it."""
     bootstrap = local_env.kafka_bootstrap
     topic = f"registry-{uuid.uuid4().hex[:8]}"
     client = SchemaRegistry(registry.url, registry.ca_file.read_text(), USER, PASSWORD)
@@ -141,8 +143,7 @@ async def produced(local_env, registry: Registry, tmp_path_factory) -> AsyncIter
         ],
     )
     assert not isinstance(answered, RegistryProblem), answered
-    schema_id = registered_id(*answered)
-    assert schema_id is not None
+    assert registered_id(*answered) is not None
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -150,6 +151,9 @@ async def produced(local_env, registry: Registry, tmp_path_factory) -> AsyncIter
         await admin.create_topics([NewTopic(topic, PARTITIONS, replication_factor=1)])
     finally:
         await admin.close()
+    mounted = tmp_path_factory.mktemp("mounted")
+    (mounted / "username").write_text(USER)
+    (mounted / "password").write_text(PASSWORD)
     exchanges = [varied_exchange(i, request_id=f"req-{i:04d}") for i in range(COUNT)]
     config = SidecarConfig(
         serving=ServingIdentity(name="mnist", namespace="demo"),
@@ -159,7 +163,13 @@ async def produced(local_env, registry: Registry, tmp_path_factory) -> AsyncIter
             topic=topic,
             bootstrap_servers=bootstrap,
             spool_dir=str(tmp_path_factory.mktemp("spool")),
-            confluent_schema_id=schema_id,
+            schema_registry=SchemaRegistryConfig(
+                registry.url,
+                subject,
+                ca_file=str(registry.ca_file),
+                username_file=str(mounted / "username"),
+                password_file=str(mounted / "password"),
+            ),
         ),
     )
     metrics = prometheus_client.CollectorRegistry()
