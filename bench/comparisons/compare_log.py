@@ -3,7 +3,7 @@ the real broker and CPU per record of the whole process (event loop and threads)
 tree and, with --baseline REV, for the pipeline as it was at a git revision.
 
     python -m bench.comparisons.compare_log [--records 30000] [--rates 0,3000] [--rounds 2]
-        [--baseline REV] [--durabilities buffered,spooled]
+        [--baseline REV] [--durabilities buffered,spooled] [--framings plain,registry]
 
 Each measurement is a child process pinned to core 1 that opens the real pipeline (spool on
 local disk, mode ALL, default settings) on a topic of its own, submits ~1 KB exchanges (the
@@ -14,21 +14,30 @@ awaited for its answer, else with `submit()`. CPU is utime+stime of the process 
 span (getrusage), so thread hand-offs, encoding, the spool and aiokafka all count; the
 submitting loop's own cost is in it too, alike for every version. Rates are interleaved over
 --rounds and medians reported. Needs the local environment's broker (.localenv/env.json).
+
+`--framings plain,registry` measures the working tree's records as plain Avro and framed in
+Confluent's wire format with the id its schema registry gives (logging.schemaRegistry: the
+sidecar looks the id up, then frames every record), side by side: the registry is the
+stand-in of tests/support, the schema registered in it before the clock starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import REPO
@@ -72,6 +81,11 @@ async def child(args: argparse.Namespace) -> dict:
                 "bootstrapServers": args.bootstrap,
                 "spoolDir": args.spool,
                 **({"durability": args.durability} if args.durability else {}),
+                **(
+                    {"schemaRegistry": {"url": args.registry, "subject": f"{args.topic}-value"}}
+                    if args.registry
+                    else {}
+                ),
             },
         }
     )
@@ -139,6 +153,46 @@ async def child(args: argparse.Namespace) -> dict:
     }
 
 
+@contextlib.contextmanager
+def registry_standin(log: Path) -> Iterator[str]:
+    """The schema registry's stand-in (tests/support) as a process of its own; its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    standin = REPO / "tests" / "support" / "schema_registry_standin.py"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(standin), "--port", str(port)], stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    said = log.read_text()
+                    raise SystemExit(f"the registry stand-in did not start: {said}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def register(registry: str, topic: str) -> None:
+    """The schema under the topic's subject, as the operator registers it."""
+    from modelserving.inferencelog.record import SCHEMA
+    from modelserving.inferencelog.schema_registry import SchemaRegistry
+    from modelserving_operator.kafka.schema_registry import register_schema
+
+    registered = asyncio.run(register_schema(SchemaRegistry(registry), f"{topic}-value", SCHEMA))
+    if not hasattr(registered, "schema_id"):
+        raise SystemExit(f"the schema could not be registered: {registered}")
+
+
 def revision_tree(rev: str, into: Path) -> Path:
     """The package at `rev`, with the working tree's bench beside it: the child started there
     imports that revision's `modelserving` and this benchmark."""
@@ -155,6 +209,7 @@ def run_child(
     n: int,
     rate: int,
     durability: str,
+    registry: str = "",
 ):
     """The child pinned to CORE, started in the working tree or in a revision's tree (where
     Python finds that revision's `modelserving` first)."""
@@ -174,6 +229,7 @@ def run_child(
         "--rate",
         str(rate),
         *(["--durability", durability] if durability else []),
+        *(["--registry", registry] if registry else []),
     ]
     out = run_pinned(cmd, CORE, timeout=600, cwd=code or REPO)
     return json.loads(out.strip().splitlines()[-1])
@@ -193,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         "version's default)",
     )
     parser.add_argument(
+        "--framings",
+        default="plain",
+        help="the values' framing in each measurement of the working tree: plain (Avro, the "
+        "default) and/or registry (Confluent's wire format, the id from a schema registry)",
+    )
+    parser.add_argument(
         "--baseline", metavar="REV", help="git revision whose pipeline is measured alongside"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -201,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--durability", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--registry", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(asyncio.run(child(args))))
@@ -211,27 +274,44 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = env["kafka_bootstrap"]
     rates = [int(r) for r in args.rates.split(",")]
     durabilities = [d.strip() for d in args.durabilities.split(",") if d.strip()] or [""]
-    with tempfile.TemporaryDirectory(prefix="compare-log-") as tmp:
-        versions: list[tuple[Path | None, str]] = [(None, "working tree")]
+    framings = [f.strip() for f in args.framings.split(",") if f.strip()]
+    if set(framings) - {"plain", "registry"}:
+        raise SystemExit(f"--framings: plain and/or registry, not {args.framings!r}")
+    with tempfile.TemporaryDirectory(prefix="compare-log-") as tmp, contextlib.ExitStack() as stack:
+        versions: list[tuple[Path | None, str, str]] = [
+            (None, "working tree", "") for framing in framings if framing == "plain"
+        ]
+        if "registry" in framings:
+            registry = stack.enter_context(registry_standin(Path(tmp) / "registry.log"))
+            versions.append((None, "working tree, registry", registry))
         if args.baseline:
             code = revision_tree(args.baseline, Path(tmp) / "baseline")
-            versions.insert(0, (code, f"@{args.baseline}"))
+            versions.insert(0, (code, f"@{args.baseline}", ""))
         results: dict[tuple[str, int], list[dict]] = {}
         try:
             for round_ in range(args.rounds):
                 for rate in rates:
-                    for code, version in versions:
+                    for code, version, registry in versions:
                         for durability in durabilities:
                             label = f"{version} [{durability}]" if durability else version
                             topic = f"measure-log-{uuid.uuid4().hex[:10]}"
                             create_topic(bootstrap, topic)
+                            if registry:
+                                register(registry, topic)
                             spool = Path(tmp) / f"spool-{uuid.uuid4().hex[:8]}"
                             print(
                                 f"[measure] round {round_ + 1}: {label}, rate {rate or 'max'}",
                                 file=sys.stderr,
                             )
                             r = run_child(
-                                code, bootstrap, topic, spool, args.records, rate, durability
+                                code,
+                                bootstrap,
+                                topic,
+                                spool,
+                                args.records,
+                                rate,
+                                durability,
+                                registry,
                             )
                             results.setdefault((label, rate), []).append(r)
         finally:
