@@ -44,7 +44,7 @@ unit: venv ## the unit tests alone (no cluster, no Kafka)
 test: lint ## every test: lint, unit, and integration against the local environment
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-env-build: venv ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka)
+env-build: venv ## build and cache the local environment's parts (Kubernetes, etcd, KWOK, helm, Kafka, Jaeger)
 	$(LOCALENV) build
 
 env-up: venv ## start the local environment; then `source .localenv/env.sh`

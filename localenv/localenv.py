@@ -4,9 +4,10 @@
 A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, built from source through the Go module proxy, with KWOK
 making nodes and Pods Ready), a real Kafka broker (KRaft, jars from Maven
-Central), the real helm and kubectl binaries, and Debian's prometheus and promtool
-(installed with apt-get when missing). Builds are cached outside the
-repo, keyed by version; `up` starts the parts and writes `env.sh`, which a shell
+Central), the real helm and kubectl binaries, Debian's prometheus and promtool
+(installed with apt-get when missing), and Jaeger v2 (built from the Go module proxy; the
+tracing tests start one of their own, `jaeger_start`, as `up` does not). Builds are cached
+outside the repo, keyed by version; `up` starts the parts and writes `env.sh`, which a shell
 can source, and `env.json`; `down` stops them.
 
 The broker listens in plain text (what most tests use) and, beside it, as a
@@ -48,6 +49,9 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 KAFKA_VERSION = "4.3.1"
+# Jaeger v2: an OpenTelemetry Collector with an in-memory store and a query API, the trace
+# backend of the tracing tests (started on demand by jaeger_start, not by `up`).
+JAEGER_VERSION = "v1.75.0"
 LOG4J_VERSION = "2.25.3"
 SLF4J_VERSION = "2.0.17"
 
@@ -104,6 +108,7 @@ BUILD_STEPS = (
     "etcd",
     "KWOK",
     "helm",
+    "Jaeger",
     "Kubernetes modules",
     *KUBE_COMMANDS,
 )
@@ -127,7 +132,7 @@ def format_duration(seconds: float) -> str:
 @dataclass
 class BuildProgress:
     """What a build says while it runs: which step is building and how far along the build is
-    (`building kube-apiserver (6/9)`), a heartbeat with the time so far every `heartbeat_s`
+    (`building kube-apiserver (7/10)`), a heartbeat with the time so far every `heartbeat_s`
     while a step runs, and a summary with each step's time (or `cached`) at the end."""
 
     cached: frozenset[str]
@@ -141,7 +146,7 @@ class BuildProgress:
         return [name for name in BUILD_STEPS if name not in self.cached]
 
     def position(self, name: str) -> str:
-        """`(6/9)`: where the step is among those this build makes."""
+        """`(7/10)`: where the step is among those this build makes."""
         return f"({self.to_build.index(name) + 1}/{len(self.to_build)})"
 
     def plan(self) -> str:
@@ -150,7 +155,7 @@ class BuildProgress:
         cached = f"; cached: {', '.join(s for s in BUILD_STEPS if s in self.cached)}"
         return (
             f"building {building} into {CACHE}{cached if self.cached else ''} "
-            "(about 8 minutes on 2 cores with empty Go caches; later runs use this cache)"
+            "(about 12 minutes on 2 cores with empty Go caches; later runs use this cache)"
         )
 
     @contextlib.contextmanager
@@ -204,6 +209,10 @@ def kwok_bin() -> Path:
 
 def helm_bin() -> Path:
     return CACHE / f"helm-{HELM_VERSION}" / "bin"
+
+
+def jaeger_bin() -> Path:
+    return CACHE / f"jaeger-{JAEGER_VERSION}" / "bin"
 
 
 def kafka_libs() -> Path:
@@ -314,6 +323,32 @@ def _build_etcd() -> None:
     )
 
 
+def jaeger_cached() -> bool:
+    return (jaeger_bin() / "jaeger").exists()
+
+
+def build_jaeger(progress: BuildProgress) -> None:
+    if jaeger_cached():
+        return
+    with progress.step("Jaeger"):
+        _build_jaeger()
+
+
+def _build_jaeger() -> None:
+    out = jaeger_bin()
+    work = CACHE / f"jaeger-{JAEGER_VERSION}" / "src"
+    package = "github.com/jaegertracing/jaeger/cmd/jaeger"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text("module modelserving.local/jaeger\n\ngo 1.26\n")
+    # `go get -tool` resolves the command's whole module graph (the OpenTelemetry Collector's
+    # many modules) in one step, as the control plane's wrapper module does with tidy.
+    run(["go", "get", "-tool", f"{package}@{JAEGER_VERSION}"], work, go_env())
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "jaeger.tmp"
+    run(["go", "build", "-ldflags", "-s -w", "-o", str(tmp), package], work, go_env())
+    tmp.rename(out / "jaeger")
+
+
 def go_install(out: Path, packages: list[str], ldflags: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     run(["go", "install", "-ldflags", f"-s -w {ldflags}", *packages], CACHE, go_env(out))
@@ -418,6 +453,7 @@ def cached_steps() -> frozenset[str]:
         "etcd": etcd_cached(),
         "KWOK": kwok_cached(),
         "helm": helm_cached(),
+        "Jaeger": jaeger_cached(),
         "Kubernetes modules": kubernetes_cached(),
         **dict.fromkeys(KUBE_COMMANDS, kubernetes_cached()),
     }
@@ -451,6 +487,7 @@ def build() -> None:
                 # helm prints its version from this variable; unset it says "v3.22".
                 f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
             )
+    build_jaeger(progress)
     build_kubernetes(progress)
     for line in progress.summary(time.monotonic() - started):
         log(line)
@@ -1183,18 +1220,120 @@ def spare_broker_start(name: str) -> str:
     return bootstrap
 
 
+@dataclass(frozen=True)
+class JaegerEndpoints:
+    """Where a running Jaeger takes spans and answers queries."""
+
+    otlp_http: str  # OTLP/HTTP traces URL (http://127.0.0.1:PORT/v1/traces)
+    otlp_grpc: str  # OTLP/gRPC address (127.0.0.1:PORT)
+    query_url: str  # the query API's base URL: GET {query_url}/api/traces/<trace id>
+
+
+def jaeger_dir(name: str) -> Path:
+    return SPARES / f"jaeger-{name}"
+
+
+def jaeger_config(otlp_http: int, otlp_grpc: int, query_http: int, query_grpc: int) -> str:
+    """Jaeger v2's config (an OpenTelemetry Collector's): OTLP receivers and the query API on
+    the given ports, spans kept in memory, none of the all-in-one's other listeners (its own
+    metrics on 8888, health, sampling, zpages), so that several can run side by side."""
+    return f"""service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_storage:
+    backends:
+      memory_store:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memory_store
+    http:
+      endpoint: 127.0.0.1:{query_http}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+processors:
+  # Spans reach the store within 50 ms of arriving, so that a test asks for them soon.
+  batch:
+    timeout: 50ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memory_store
+"""
+
+
+def jaeger_start(name: str, ready_s: float = 60.0) -> JaegerEndpoints:
+    """Start (or keep) a Jaeger of a test module's own (all in one, in memory) on free ports,
+    for the tracing tests; not started by `up`, so other runs never pay for it. Stopped by
+    spares_down(name) and `down`."""
+    home = jaeger_dir(name)
+    home.mkdir(parents=True, exist_ok=True)
+    ports_file = home / "ports.json"
+    if not ports_file.exists():
+        names = ("otlp_http", "otlp_grpc", "query_http", "query_grpc")
+        ports_file.write_text(json.dumps({key: free_port() for key in names}))
+    ports = json.loads(ports_file.read_text())
+    endpoints = JaegerEndpoints(
+        otlp_http=f"http://127.0.0.1:{ports['otlp_http']}/v1/traces",
+        otlp_grpc=f"127.0.0.1:{ports['otlp_grpc']}",
+        query_url=f"http://127.0.0.1:{ports['query_http']}",
+    )
+    pid_file = home / "jaeger.pid"
+    listening = [ports["otlp_http"], ports["query_http"]]
+    running = pid_file.exists() and _running(Path(f"/proc/{pid_file.read_text()}"))
+    if running and all(port_open(port) for port in listening):
+        return endpoints
+    if not jaeger_cached():
+        raise EnvError("Jaeger is not built: run `make env-build`")
+    config = home / "config.yaml"
+    config.write_text(jaeger_config(**ports))
+    command = {
+        "args": [str(jaeger_bin() / "jaeger"), "--config", str(config)],
+        "env": dict(os.environ),
+        "cwd": str(home),
+    }
+    proc = _start_detached(command, home / "jaeger.log", pid_file)
+    deadline = time.monotonic() + ready_s
+    while not all(port_open(port) for port in listening):
+        if not _running(proc):
+            tail = "\n".join((home / "jaeger.log").read_text().splitlines()[-20:])
+            raise EnvError(f"Jaeger ({name}) exited at start:\n{tail}")
+        if time.monotonic() > deadline:
+            raise EnvError(f"Jaeger ({name}) did not listen within {ready_s:.0f} s")
+        time.sleep(0.1)
+    log(f"Jaeger on {endpoints.otlp_http} (OTLP/HTTP), {endpoints.query_url} (query) ({name})")
+    return endpoints
+
+
 def spares_down(name: str | None = None) -> None:
-    """Stop the spare parts (second API servers, brokers of their own) of `name`, or all of
-    them, and remove their state."""
+    """Stop the spare parts (second API servers, brokers of their own, Jaegers) of `name`, or
+    all of them, and remove their state."""
     if name is not None:
-        homes = [_apiserver_files(name).pid_file.parent, spare_broker_dir(name)]
+        homes = [_apiserver_files(name).pid_file.parent, spare_broker_dir(name), jaeger_dir(name)]
     else:
         homes = list(SPARES.iterdir()) if SPARES.exists() else []
     for home in homes:
         kafka_stop(signal.SIGKILL, home)
-        pid_file = home / "kube-apiserver.pid"
-        if pid_file.exists() and _running(proc := Path(f"/proc/{pid_file.read_text()}")):
-            os.kill(int(proc.name), signal.SIGKILL)
+        for pid_file in (home / "kube-apiserver.pid", home / "jaeger.pid"):
+            if pid_file.exists() and _running(proc := Path(f"/proc/{pid_file.read_text()}")):
+                os.kill(int(proc.name), signal.SIGKILL)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -224,6 +224,14 @@ def kafka_broker(spare_parts: str) -> Iterator[KafkaBroker]:
     broker.start()
 
 
+@pytest.fixture(scope="module")
+def jaeger(spare_parts: str) -> localenv.JaegerEndpoints:
+    """A real trace backend of the module's own: Jaeger v2 all in one, spans in memory, its
+    OTLP/HTTP endpoint (`otlp_http`) and query API (`query_url`). Started when a test first asks
+    for it (`up` does not), stopped with the module's spare parts."""
+    return localenv.jaeger_start(spare_parts)
+
+
 @pytest.fixture
 def spare_apiserver(spare_parts: str) -> SpareApiServer:
     """A second kube-apiserver of the cluster for the test's operator, to restart without

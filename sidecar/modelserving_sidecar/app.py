@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelserving.kube_access import NoApiServer, from_environment
@@ -34,9 +35,9 @@ from modelserving_sidecar.calls import (
     LOG_CANNOT_KEEP,
     LOG_FULL,
     MODEL_VERSION,
-    TRACEPARENT,
     Call,
     authenticate,
+    begin_trace,
     choose_version,
     copy_to_shadow,
     exchange_of,
@@ -53,6 +54,13 @@ from modelserving_sidecar.request_id import request_id
 from modelserving_sidecar.routing.paths import Route, RouteKind, RouteTable, canonical_path
 from modelserving_sidecar.routing.router import Router
 from modelserving_sidecar.routing.shadow import ShadowSender
+from modelserving_sidecar.tracing.context import TRACEPARENT, TRACESTATE
+from modelserving_sidecar.tracing.spans import (
+    Tracing,
+    end_failed,
+    http_server_done,
+    traceparent_of_span,
+)
 from modelserving_sidecar.upstream.proxy import Upstream, UpstreamAnswer, read_body
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,7 @@ ROUTING_FILE: web.AppKey[Path | None] = web.AppKey("routing_file")
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 INFERENCE_LOG: web.AppKey[InferenceLogSink | None] = web.AppKey("inference_log")
+TRACING: web.AppKey[Tracing | None] = web.AppKey("tracing")  # None: no collector, no spans
 REQUEST_PATH: web.AppKey[RequestPath] = web.AppKey("request_path")
 
 _REFUSED = Route(RouteKind.NOT_FOUND, "refused", frozenset())
@@ -108,6 +117,7 @@ class RequestPath:
         self.model_name = self.config.model.name
         self.sink = app[INFERENCE_LOG]
         self.shutting_down = app[SHUTTING_DOWN]
+        self.tracing = app[TRACING]
         # durability spooled: an answer leaves only once its record is in the spool file.
         self.durable = self.config.logging.durability is LogDurability.SPOOLED
         self.max_request_bytes = self.config.limits.max_request_bytes
@@ -124,6 +134,18 @@ class RequestPath:
         started = time.perf_counter()
         headers = request.headers
         call = Call(request_id(headers.get(REQUEST_ID)))
+        begin_trace(
+            call,
+            self.tracing,
+            headers.get(TRACEPARENT),
+            headers.get(TRACESTATE),
+            request.method,
+            SpanKind.SERVER,
+        )
+        if call.span is not None:
+            call.span.set_attributes(
+                {"http.request.method": request.method, "url.path": request.path}
+            )
         route = _REFUSED
         try:
             raw = request.raw_path
@@ -134,7 +156,9 @@ class RequestPath:
             # included: nothing about the API is told to a caller who has not shown one.
             if not route.public:
                 authorization = headers.get(hdrs.AUTHORIZATION)
-                call.caller = await authenticate(self.authenticator, self.metrics, authorization)
+                call.caller = await authenticate(
+                    self.authenticator, self.metrics, authorization, self.tracing, call.span
+                )
             if route.kind is RouteKind.NOT_FOUND:
                 raise SidecarError(404, route.error)
             if request.method not in route.methods:
@@ -155,7 +179,7 @@ class RequestPath:
                 call,
                 response.status,
                 _sent_body(response),
-                headers.get(TRACEPARENT),
+                call.traceparent,
                 self.router.table.default,
             )
             if not self.durable:
@@ -164,13 +188,22 @@ class RequestPath:
                 response = _failed(503, LOG_CANNOT_KEEP, call)  # no answer without its record
         if call.shadow is not None:
             content_type = headers.get(hdrs.CONTENT_TYPE, JSON)
-            traceparent = headers.get(TRACEPARENT)
             copy_to_shadow(
-                self.shadow, call, route.label, call.request_body, content_type, traceparent
+                self.shadow, call, route.label, call.request_body, content_type, call.traceparent
             )
         self.metrics.request_done(
             route.label, response.status, time.perf_counter() - started, call.served
         )
+        response.headers[TRACEPARENT] = call.traceparent
+        if call.span is not None:
+            http_server_done(
+                call.span,
+                response.status,
+                route.upstream_path,
+                self.model_name,
+                call.served,
+                call.caller,
+            )
         return response
 
     async def infer(self, request: web.BaseRequest, call: Call, route: Route) -> web.StreamResponse:
@@ -199,12 +232,12 @@ class RequestPath:
             self.shadow,
         )
         try:
-            answer = await self.upstream.forward(
+            answer = await self.forward(
+                call,
                 "POST",
                 version.paths[route.label] if version is not None else route.upstream_path,
                 call.request_body,
-                content_type=headers.get(hdrs.CONTENT_TYPE, JSON),
-                request_id=call.request_id,
+                headers.get(hdrs.CONTENT_TYPE, JSON),
             )
         except SidecarError:
             call.served = served_by(version, False)  # no answer (504, 502): as over gRPC
@@ -223,9 +256,55 @@ class RequestPath:
             version = self.router.table.by_label.get(route.version_label)
             if version is not None:
                 path = version.paths[route.label]
-        answer = await self.upstream.forward("GET", path, request_id=call.request_id)
+        answer = await self.forward(call, "GET", path)
         self.metrics.upstream_done(route.label, answer.seconds)
         return _passed_on(answer, call)
+
+    async def forward(
+        self,
+        call: Call,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = JSON,
+    ) -> UpstreamAnswer:
+        """The call to TF Serving, with the call's request id and trace context; in a span of
+        its own (whose context TF Serving gets) when the call is sampled."""
+        if call.span is None or self.tracing is None:
+            return await self.upstream.forward(
+                method,
+                path,
+                body,
+                content_type=content_type,
+                request_id=call.request_id,
+                traceparent=call.traceparent,
+                tracestate=call.tracestate,
+            )
+        span = self.tracing.child(
+            call.span,
+            f"{method} {path}",
+            SpanKind.CLIENT,
+            {"http.request.method": method, "url.path": path},
+        )
+        try:
+            answer = await self.upstream.forward(
+                method,
+                path,
+                body,
+                content_type=content_type,
+                request_id=call.request_id,
+                traceparent=traceparent_of_span(span),
+                tracestate=call.tracestate,
+            )
+        except SidecarError as exc:
+            end_failed(span, str(exc.status))
+            raise
+        span.set_attribute("http.response.status_code", answer.status)
+        if answer.status >= 400:  # a client span's error: any 4xx or 5xx (HTTP's conventions)
+            end_failed(span, str(answer.status))
+        else:
+            span.end()
+        return answer
 
     async def healthz(
         self, request: web.BaseRequest, call: Call, route: Route
@@ -331,6 +410,7 @@ def create_app(
     app.router.add_route("*", "/{path:.*}", _through_router)
     # Opened in this order and closed in the reverse one: the log closes (and drains) last.
     app.cleanup_ctx.append(_inference_log_step(inference_log))
+    app.cleanup_ctx.append(_tracing_step)
     app.cleanup_ctx.append(_upstream_step)
     app.cleanup_ctx.append(_auth_step)
     app.cleanup_ctx.append(_shadow_step)
@@ -359,6 +439,14 @@ def _inference_log_step(
             yield
 
     return inference_log
+
+
+async def _tracing_step(app: web.Application) -> AsyncIterator[None]:
+    """The span exporter, when a collector is named; closed after the request path, so that the
+    last calls' spans are sent."""
+    async with Tracing.running(app[CONFIG], app[REGISTRY]) as tracing:
+        app[TRACING] = tracing
+        yield
 
 
 async def _upstream_step(app: web.Application) -> AsyncIterator[None]:

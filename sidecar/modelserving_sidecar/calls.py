@@ -4,6 +4,8 @@ wire format (an aiohttp request, a grpc.aio call and its protobuf) into what the
 and writes what they decide back in its own (an HTTP answer, a gRPC status); nothing here knows
 either. Read top to bottom, as both framings call them:
 
+0. `begin_trace`: the call's W3C trace context (the caller's, or a new one), and its server span
+   when it is sampled (`modelserving_sidecar.tracing`).
 1. `authenticate`: the caller the credential names, or the refusal (401, 403, 503); counted by
    the authenticator's mode either way.
 2. `choose_version`: the version the call names (a version, a label the routing knows), else the
@@ -24,16 +26,27 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from opentelemetry.sdk.trace import Span
+from opentelemetry.trace import SpanKind
+
 from modelserving_sidecar.auth.authenticator import Authenticator
 from modelserving_sidecar.errors import SidecarError
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
 from modelserving_sidecar.routing.split import SplitTable, VersionRoute, bucket_of, shadow_point
+from modelserving_sidecar.tracing.context import continued, passed_on_state, started
+from modelserving_sidecar.tracing.spans import (
+    AUTH_CACHE,
+    AUTH_MODE,
+    REQUEST_ID,
+    Tracing,
+    end_failed,
+    traceparent_of_span,
+)
 
 # The answer's header (REST) or initial metadata (gRPC): the version that answered.
 MODEL_VERSION = "x-model-version"
-TRACEPARENT = "traceparent"  # the W3C trace context, kept with the call's record and its copy
 LOG_FULL = "The inference log is full; try again later"  # 503, UNAVAILABLE: nothing was asked
 LOG_CANNOT_KEEP = "The inference log cannot keep this request; try again later"  # durable: 503
 # The auth results counted (modelserving_sidecar_auth_results_total) for the refusals' codes.
@@ -50,7 +63,10 @@ class Call:
         "request_id",
         "served",
         "shadow",
+        "span",
         "to_log",
+        "traceparent",
+        "tracestate",
         "version",
     )
 
@@ -65,13 +81,48 @@ class Call:
         self.version: VersionRoute | None = None  # the version the call went to
         self.served = ""  # the metrics' version label: the version that answered or failed to
         self.shadow: VersionRoute | None = None  # a copy goes to this version once answered
+        # The call's trace context (begin_trace): sent on to TF Serving, put on the answer, kept
+        # in the record and the shadow's copy; the server span only when the call is sampled.
+        self.traceparent = ""
+        self.tracestate: str | None = None
+        self.span: Span | None = None
+
+
+def begin_trace(
+    call: Call,
+    tracing: Tracing | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    name: str,
+    kind: SpanKind,
+) -> None:
+    """The call's trace context from the caller's headers (or metadata): theirs when valid, passed
+    on unchanged when not sampled; a new one when absent or invalid (never a refusal). A sampled
+    call gets its server span (`name`, `kind`, the request id; the framing adds its protocol's
+    attributes), whose id its trace context then carries."""
+    parent = continued(traceparent)
+    state = passed_on_state(tracestate) if parent is not None and tracestate else None
+    if tracing is not None and tracing.wants(parent):
+        attributes = {REQUEST_ID: call.request_id}
+        call.span = span = tracing.server_span(name, kind, parent, state, attributes)
+        call.traceparent = traceparent_of_span(span)
+    else:
+        call.traceparent = parent if parent is not None else started()
+    call.tracestate = state
 
 
 async def authenticate(
-    authenticator: Authenticator, metrics: SidecarMetrics, authorization: str | None
+    authenticator: Authenticator,
+    metrics: SidecarMetrics,
+    authorization: str | None,
+    tracing: Tracing | None = None,
+    span: Span | None = None,
 ) -> str | None:
     """The caller the credential (`Authorization`'s value, over either protocol) names, None when
-    auth is off; SidecarError when refused. Counted by the authenticator's mode either way."""
+    auth is off; SidecarError when refused. Counted by the authenticator's mode either way; a
+    child of the call's `span` when it is sampled."""
+    if span is not None and tracing is not None:
+        return await _authenticate_traced(authenticator, metrics, authorization, tracing, span)
     try:
         caller = await authenticator.authenticate(authorization)
     except SidecarError as exc:
@@ -79,6 +130,34 @@ async def authenticate(
         raise
     metrics.auth_result(authenticator.mode, "allowed")
     return caller
+
+
+async def _authenticate_traced(
+    authenticator: Authenticator,
+    metrics: SidecarMetrics,
+    authorization: str | None,
+    tracing: Tracing,
+    parent: Span,
+) -> str | None:
+    """`authenticate` in a span of its own, saying whether the API server was asked (a
+    TokenReview: the Kubernetes authenticator counts its `api_calls`)."""
+    span = tracing.child(parent, "authenticate", SpanKind.INTERNAL, {AUTH_MODE: authenticator.mode})
+    asked_before = getattr(authenticator, "api_calls", None)
+    try:
+        caller = await authenticate(authenticator, metrics, authorization)
+    except SidecarError as exc:
+        _auth_cache(span, authenticator, asked_before)
+        end_failed(span, _AUTH_RESULTS.get(exc.status, str(exc.status)))
+        raise
+    _auth_cache(span, authenticator, asked_before)
+    span.end()
+    return caller
+
+
+def _auth_cache(span: Span, authenticator: Authenticator, asked_before: int | None) -> None:
+    if asked_before is not None:
+        asked = getattr(authenticator, "api_calls", asked_before) != asked_before
+        span.set_attribute(AUTH_CACHE, "miss" if asked else "hit")
 
 
 def choose_version(

@@ -23,6 +23,7 @@ ConfigMap, key `sidecar.yaml`) looks like this; every key but `serving` and
               successSampleRate: 1.0, errorSampleRate: 1.0, maxPayloadBytes: 262144,
               oversizePayload: truncate, nonJsonPayload: keep,
               redact: [{path: "instances[*].email", action: mask, payload: both}]}
+    tracing: {endpoint: "http://otel-collector.monitoring:4318/v1/traces", ratio: 0.01}
 
 `logging.kafkaSecurity` says how the producer connects to a secured Kafka, with files (the
 operator mounts Secrets there): {protocol: SASL_SSL, caFile: .../ca.crt, certFile, keyFile,
@@ -64,6 +65,12 @@ at most `maxConcurrency` with TF Serving at once, `queueSize` waiting, each give
 the same for all its pods): the request id is hashed with it, so a caller cannot choose ids that
 are never logged. Left out, each sidecar draws its own at start (its pods then sample a retried
 request each their own way).
+
+`tracing` sends spans over OTLP/HTTP to `endpoint` (a collector's `/v1/traces` URL; empty, the
+default: the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variable
+when set, else no spans at all). A caller's sampled `traceparent` is always continued; `ratio`
+(0 to 1, default 0) is the share of the other requests that start a trace of their own. The W3C
+trace context is propagated either way (see modelserving_sidecar.tracing).
 
 `auth.kubeconfig` is for a sidecar run outside a pod: empty means the pod's service account
 (or the KUBECONFIG variable when not in a pod).
@@ -293,6 +300,12 @@ class SchemaRegistryConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    endpoint: str = ""  # OTLP/HTTP traces URL; empty: the OTEL_* variables', else no spans
+    ratio: float = 0.0  # requests without a caller's trace context that start one of their own
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     serving: ServingIdentity
     model: ModelIdentity
@@ -303,6 +316,7 @@ class SidecarConfig:
     shadow: ShadowConfig = ShadowConfig()
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 def _rate(where: str, value: Any) -> float:
@@ -463,6 +477,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, tuple[str, Any]]]] = {
             "sampleKey": ("sample_key", str),
             "kafkaSecurity": ("kafka_security", kafka_security),
         },
+    ),
+    "tracing": (
+        TracingConfig,
+        {"endpoint": ("endpoint", str), "ratio": ("ratio", _rate)},
     ),
 }
 _REQUIRED_SECTIONS = ("serving", "model")

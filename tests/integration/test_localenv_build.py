@@ -19,5 +19,5 @@ def test_a_build_with_every_part_cached_says_so(local_env):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stderr == f"[localenv] builds ready in {localenv.CACHE}: all 9 parts cached\n"
+    assert out.stderr == f"[localenv] builds ready in {localenv.CACHE}: all 10 parts cached\n"
     assert localenv.cached_steps() == frozenset(localenv.BUILD_STEPS)

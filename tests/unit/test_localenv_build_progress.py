@@ -46,11 +46,11 @@ def test_durations_read_as_minutes_and_seconds(seconds, shown):
 def test_steps_are_counted_among_those_to_build():
     progress = localenv.BuildProgress(cached=frozenset({"Kafka", "etcd"}), say=Said())
     assert progress.to_build[0] == "KWOK"
-    assert progress.position("KWOK") == "(1/7)"
-    assert progress.position("kube-apiserver") == "(4/7)"
-    assert progress.position("kubectl") == "(7/7)"
+    assert progress.position("KWOK") == "(1/8)"
+    assert progress.position("kube-apiserver") == "(5/8)"
+    assert progress.position("kubectl") == "(8/8)"
     plan = progress.plan()
-    assert plan.startswith("building KWOK, helm, Kubernetes modules, kube-apiserver,")
+    assert plan.startswith("building KWOK, helm, Jaeger, Kubernetes modules, kube-apiserver,")
     assert "cached: Kafka, etcd" in plan
 
 
@@ -61,11 +61,11 @@ def test_a_running_step_says_so_with_its_time_until_it_ends():
         # The step runs until the heartbeat has spoken twice.
         wait_for(lambda: len(said.lines) >= 3, timeout=30, what="two heartbeats")
     lines = said.lines
-    assert lines[0] == "building kube-apiserver (6/9)"
-    assert lines[1] == "building kube-apiserver (6/9) ... 15s"
-    assert lines[2] == "building kube-apiserver (6/9) ... 30s"
-    assert lines[-1].startswith("built kube-apiserver (6/9) in ")
-    assert all(line.startswith("building kube-apiserver (6/9) ... ") for line in lines[1:-1])
+    assert lines[0] == "building kube-apiserver (7/10)"
+    assert lines[1] == "building kube-apiserver (7/10) ... 15s"
+    assert lines[2] == "building kube-apiserver (7/10) ... 30s"
+    assert lines[-1].startswith("built kube-apiserver (7/10) in ")
+    assert all(line.startswith("building kube-apiserver (7/10) ... ") for line in lines[1:-1])
     # Once the step has ended, nothing more is said about it.
     count = len(said.lines)
     threading.Event().wait(0.05)
@@ -99,5 +99,5 @@ def test_a_build_with_everything_cached_says_so_in_one_line():
     progress = localenv.BuildProgress(cached=frozenset(localenv.BUILD_STEPS), say=Said())
     assert progress.to_build == []
     assert progress.summary(total_s=0.2) == [
-        f"builds ready in {localenv.CACHE}: all 9 parts cached"
+        f"builds ready in {localenv.CACHE}: all 10 parts cached"
     ]

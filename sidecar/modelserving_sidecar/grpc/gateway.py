@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
+from opentelemetry.sdk.trace import Span
+from opentelemetry.trace import SpanKind
 
 from modelserving.tfserving.serving_apis_pb2 import InferenceTask, ModelSpec
 from modelserving_sidecar.app import (
@@ -54,15 +56,16 @@ from modelserving_sidecar.app import (
     ROUTER,
     SHADOW,
     SHUTTING_DOWN,
+    TRACING,
 )
 from modelserving_sidecar.auth.authenticator import Authenticator
 from modelserving_sidecar.calls import (
     LOG_CANNOT_KEEP,
     LOG_FULL,
     MODEL_VERSION,
-    TRACEPARENT,
     Call,
     authenticate,
+    begin_trace,
     choose_version,
     copy_to_shadow,
     exchange_of,
@@ -83,6 +86,13 @@ from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.request_id import request_id
 from modelserving_sidecar.routing.router import Router
 from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
+from modelserving_sidecar.tracing.context import TRACEPARENT, TRACESTATE
+from modelserving_sidecar.tracing.spans import (
+    Tracing,
+    end_failed,
+    rpc_server_done,
+    traceparent_of_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +126,6 @@ HTTP_STATUS = {
 }
 REQUEST_ID = "x-request-id"
 AUTHORIZATION = "authorization"
-# Passed on to TF Serving with the request (the credential is not).
-_PASSED_ON = (TRACEPARENT, "tracestate")
 _CONTENT_TYPE = "application/grpc"  # a gRPC call's shadow copy
 _FAILED = grpc.StatusCode.INTERNAL  # the sidecar's own failure
 
@@ -187,8 +195,10 @@ class GrpcGateway:
         metrics: SidecarMetrics,
         channel: grpc.aio.Channel,
         shadow: ShadowSender,
+        tracing: Tracing | None = None,
     ) -> None:
         self.model_name = config.model.name
+        self.tracing = tracing
         self.timeout = config.upstream.timeout_seconds
         self.authenticator = authenticator
         self.router = router
@@ -234,10 +244,23 @@ class GrpcGateway:
             if isinstance(value, str)
         }
         call = Call(request_id(metadata.get(REQUEST_ID)))
+        tracing = self.tracing
+        begin_trace(
+            call,
+            tracing,
+            metadata.get(TRACEPARENT),
+            metadata.get(TRACESTATE),
+            method.path[1:],
+            SpanKind.SERVER,
+        )
+        if call.span is not None:
+            call.span.set_attributes(_rpc_attributes(method))
         sink = self.sink if method.logged else None  # the inference log, when it keeps the call
         try:
             authorization = metadata.get(AUTHORIZATION)
-            call.caller = await authenticate(self.authenticator, self.metrics, authorization)
+            call.caller = await authenticate(
+                self.authenticator, self.metrics, authorization, tracing, call.span
+            )
             call.request_body = await _received(context)
             forwarded, shadow_copy = self.route(method, call, metadata)
             if sink is not None and not sink.accepting():
@@ -247,11 +270,21 @@ class GrpcGateway:
             self.metrics.request_done(
                 method.label, HTTP_STATUS[code], time.perf_counter() - started
             )
+            if call.span is not None:
+                self.span_done(call, code)
             await context.abort(code, exc.message)
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(remaining, self.timeout)
-        passed_on = [(REQUEST_ID, call.request_id)]
-        passed_on += [(key, metadata[key]) for key in _PASSED_ON if key in metadata]
+        upstream_span = None
+        traceparent = call.traceparent
+        if call.span is not None and tracing is not None:
+            upstream_span = tracing.child(
+                call.span, method.path[1:], SpanKind.CLIENT, _rpc_attributes(method)
+            )
+            traceparent = traceparent_of_span(upstream_span)
+        passed_on = [(REQUEST_ID, call.request_id), (TRACEPARENT, traceparent)]
+        if call.tracestate is not None:
+            passed_on.append((TRACESTATE, call.tracestate))
         upstream_started = time.perf_counter()
         try:
             answer: bytes = await self.upstream[method.path](
@@ -263,32 +296,52 @@ class GrpcGateway:
         except Exception:  # answered and logged as a failure of the sidecar's, as over REST
             log.exception("the sidecar failed on %s", method.path)
             answer, code, details = b"", _FAILED, "The sidecar failed on this call"
+        if upstream_span is not None:
+            _upstream_done(upstream_span, code)
         call.served = served = served_by(call.version, code is grpc.StatusCode.OK)
         self.metrics.upstream_done(method.label, time.perf_counter() - upstream_started, served)
         status = HTTP_STATUS.get(code, 500)
-        answered = [(REQUEST_ID, call.request_id)] + ([(MODEL_VERSION, served)] if served else [])
+        answered = [(REQUEST_ID, call.request_id), (TRACEPARENT, call.traceparent)]
+        if served:
+            answered.append((MODEL_VERSION, served))
         # A gRPC batch of its own (grpc.aio cannot send initial metadata with the answer): 25 to
         # 110 µs of CPU a call in the benchmark, the largest single part of what the sidecar
         # adds over a bare grpc.aio proxy (its own Python is about 9 µs).
         await context.send_initial_metadata(answered)
         if sink is not None:
             body = answer if code is grpc.StatusCode.OK else error_body(details)
-            traceparent = metadata.get(TRACEPARENT)
             default = self.router.table.default
-            exchange = exchange_of(call, status, body, traceparent, default, method.name)
+            exchange = exchange_of(call, status, body, call.traceparent, default, method.name)
             if not self.durable:
                 sink.submit(exchange)
             elif not await sink.spooled(exchange):  # no answer without its record
                 code, details, status = grpc.StatusCode.UNAVAILABLE, LOG_CANNOT_KEEP, 503
         if shadow_copy is not None:
-            traceparent = metadata.get(TRACEPARENT)
             copy_to_shadow(
-                self.shadow, call, method.verb, shadow_copy, _CONTENT_TYPE, traceparent, method.name
+                self.shadow,
+                call,
+                method.verb,
+                shadow_copy,
+                _CONTENT_TYPE,
+                call.traceparent,
+                method.name,
             )
         self.metrics.request_done(method.label, status, time.perf_counter() - started, served)
+        if call.span is not None:
+            self.span_done(call, code)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, details)
         return answer
+
+    def span_done(self, call: Call, code: grpc.StatusCode) -> None:
+        rpc_server_done(
+            call.span,  # type: ignore[arg-type]
+            code.value[0],
+            code.name,
+            self.model_name,
+            call.served,
+            call.caller,
+        )
 
     async def send_shadow(self, copy: ShadowCopy, timeout: float) -> tuple[int, bytes]:
         """A call's copy to the shadow version (`shadow` sends it): its HTTP code and answer
@@ -340,6 +393,20 @@ class GrpcGateway:
             return request, None  # as it came (a MultiInference's other tasks are made to name it)
         shadow = call.shadow
         return naming(version.version), naming(shadow.version) if shadow is not None else None
+
+
+def _rpc_attributes(method: Method) -> dict[str, str]:
+    """RPC's semantic conventions for a call of `method` (the server's span, and its call to TF
+    Serving's)."""
+    return {"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.name}
+
+
+def _upstream_done(span: Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is grpc.StatusCode.OK:
+        span.end()
+    else:
+        end_failed(span, code.name)
 
 
 async def _received(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -430,6 +497,7 @@ async def serving_grpc(
             app[METRICS],
             channel,
             app[SHADOW],
+            app[TRACING],
         )
         health = HealthService(
             ("", PREDICTION_SERVICE),

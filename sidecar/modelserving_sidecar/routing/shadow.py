@@ -103,6 +103,7 @@ class ShadowSender:
                 content_type=copy.content_type,
                 request_id=copy.request_id,
                 timeout=self._settings.timeout_seconds,
+                traceparent=copy.traceparent,
             )
         except SidecarError as exc:
             status, body = exc.status, error_body(exc.message)

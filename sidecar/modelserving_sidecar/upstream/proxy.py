@@ -101,10 +101,14 @@ class Upstream:
         content_type: str = JSON,
         request_id: str | None = None,
         timeout: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> UpstreamAnswer:
         """Send one request to TF Serving; its status and body come back untouched.
 
-        Only Content-Type and X-Request-Id are passed on (never the caller's Authorization).
+        Only Content-Type, X-Request-Id and the W3C trace context are passed on (never the
+        caller's Authorization); the trace context's values are checked already
+        (modelserving_sidecar.tracing.context).
         `timeout` replaces upstream.timeoutSeconds for this request. Connection refused: 502;
         no connection in time: 503; no answer in time: 504; a broken or cut-off answer: 502.
         """
@@ -113,6 +117,10 @@ class Upstream:
         head = self._head(method, path)
         if request_id is not None:
             head += b"X-Request-Id: " + request_id.encode("ascii") + b"\r\n"
+        if traceparent is not None:
+            head += b"traceparent: " + traceparent.encode("ascii") + b"\r\n"
+            if tracestate is not None:
+                head += b"tracestate: " + tracestate.encode("ascii") + b"\r\n"
         if body is not None:
             head += _CONTENT_TYPES.get(content_type) or _content_type_line(content_type)
             head += b"Content-Length: %d\r\n\r\n" % len(body)

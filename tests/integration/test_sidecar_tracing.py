@@ -1,0 +1,202 @@
+"""A request's trace, from the caller through the real sidecar process to the TF Serving stand-in
+and into its record on the real broker, with spans in a real Jaeger (v2, all in one): a caller's
+sampled trace continued with the sidecar's spans, the context TF Serving got naming the span of
+the call to it; an unsampled request with no trace context of its own still carries one, and
+sends no span."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from modelserving.inferencelog.record import HEADER_TRACEPARENT
+from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.tracing.context import continued, is_sampled
+from tests.support.sidecar_configs import sidecar_config
+from tests.support.sidecar_process import SidecarProcess, running_sidecar
+from tests.support.tfserving_standin import TFServingStandIn
+from tests.support.waiting import wait_for_async
+
+MODEL = "half_plus_two"
+KEY = "tracing-test-key"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def traced_config(tmp_path: Path, upstream: str, jaeger, logging: dict[str, Any]) -> dict:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
+    return sidecar_config(
+        upstream,
+        auth={"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+        logging=logging,
+        tracing={"endpoint": jaeger.otlp_http},  # ratio 0: start no trace of its own
+    )
+
+
+async def predict(
+    http: aiohttp.ClientSession, sidecar: SidecarProcess, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    async with http.post(
+        f"{sidecar.url}/v1/models/{MODEL}:predict",
+        json={"instances": [1.0, 2.0]},
+        headers={"Authorization": f"ApiKey {KEY}", **headers},
+    ) as resp:
+        await resp.read()
+        return resp
+
+
+async def jaeger_trace(http: aiohttp.ClientSession, jaeger, trace_id: str) -> list[dict] | None:
+    """The spans Jaeger's query API holds for a trace, or None when it has none."""
+    async with http.get(f"{jaeger.query_url}/api/traces/{trace_id}") as resp:
+        if resp.status == 404:
+            return None
+        assert resp.status == 200, await resp.text()
+        (found,) = (await resp.json())["data"]
+        return list(found["spans"])
+
+
+async def spans_of(
+    http: aiohttp.ClientSession, jaeger, trace_id: str, count: int
+) -> dict[str, dict]:
+    """The trace's spans by operation name, once Jaeger holds `count` of them."""
+    spans: list[dict] = []
+
+    async def all_there() -> bool:
+        spans[:] = await jaeger_trace(http, jaeger, trace_id) or []
+        return len(spans) >= count
+
+    await wait_for_async(all_there, timeout=30, what=f"{count} spans of trace {trace_id}")
+    return {span["operationName"]: span for span in spans}
+
+
+def parent_of(span: dict) -> str | None:
+    parents = [ref["spanID"] for ref in span["references"] if ref["refType"] == "CHILD_OF"]
+    return parents[0] if parents else None
+
+
+def tags(span: dict) -> dict[str, Any]:
+    return {tag["key"]: tag["value"] for tag in span["tags"]}
+
+
+async def record_headers(local_env, topic: str, count: int) -> dict[str, dict[str, str]]:
+    """The headers of the topic's records by request id, once `count` are there."""
+    records: list = []
+
+    async def all_there() -> bool:
+        query = InferenceLogQuery(from_beginning=True)
+        bootstrap = local_env.kafka_bootstrap
+        records[:] = [r async for r in read_inference_log(topic, bootstrap, query)]
+        return len(records) >= count
+
+    await wait_for_async(all_there, timeout=60, what=f"{count} records on {topic}", interval=0.5)
+    return {r.key: r.headers for r in records}
+
+
+async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving_and_its_record(
+    local_env, topic, standin: tuple[TFServingStandIn, str], jaeger, tmp_path, http
+):
+    server, upstream = standin
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    config = traced_config(tmp_path, upstream, jaeger, logging)
+    caller = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+    async with running_sidecar(tmp_path, config, None) as sidecar:
+        resp = await predict(http, sidecar, {"traceparent": caller, "tracestate": "rojo=1"})
+        assert resp.status == 200
+        answered = resp.headers["traceparent"]
+        request_id = resp.headers["X-Request-Id"]
+        spans = await spans_of(http, jaeger, TRACE_ID, 3)
+
+    # One trace, the caller's: the sidecar's server span is its child, with the call's story.
+    assert set(spans) == {
+        f"POST /v1/models/{MODEL}:predict",
+        "authenticate",
+        f"POST /v1/models/{MODEL}/versions/1:predict",
+    }
+    server_span = spans[f"POST /v1/models/{MODEL}:predict"]
+    assert {span["traceID"] for span in spans.values()} == {TRACE_ID}
+    assert parent_of(server_span) == CALLER_SPAN
+    assert tags(server_span) | {
+        "span.kind": "server",
+        "http.request.method": "POST",
+        "http.route": f"/v1/models/{MODEL}:predict",
+        "http.response.status_code": 200,
+        "modelserving.model.name": MODEL,
+        "modelserving.model.version": "1",
+        "modelserving.request_id": request_id,
+        "enduser.id": "team-a",
+    } == tags(server_span)
+    authenticate = spans["authenticate"]
+    assert parent_of(authenticate) == server_span["spanID"]
+    assert tags(authenticate)["modelserving.auth.mode"] == "apiKey"
+    upstream_span = spans[f"POST /v1/models/{MODEL}/versions/1:predict"]
+    assert parent_of(upstream_span) == server_span["spanID"]
+    assert tags(upstream_span)["span.kind"] == "client"
+
+    # TF Serving got the context of the span of the call to it, and the caller's tracestate.
+    (seen,) = [s for s in server.forwarded if s.headers["X-Request-Id"] == request_id]
+    assert seen.headers["traceparent"] == f"00-{TRACE_ID}-{upstream_span['spanID']}-01"
+    assert seen.headers["tracestate"] == "rojo=1"
+    # The answer and the record name the sidecar's server span: a record leads to its trace.
+    assert answered == f"00-{TRACE_ID}-{server_span['spanID']}-01"
+    headers = await record_headers(local_env, topic, 1)
+    assert headers[request_id][HEADER_TRACEPARENT] == answered
+
+
+async def test_an_unsampled_request_still_carries_a_trace_context_and_sends_no_span(
+    local_env, topic, standin: tuple[TFServingStandIn, str], jaeger, tmp_path, http
+):
+    server, upstream = standin
+    logging = {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+    config = traced_config(tmp_path, upstream, jaeger, logging)
+    later_trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    async with running_sidecar(tmp_path, config, None) as sidecar:
+        quiet = await predict(http, sidecar, {})
+        declined = await predict(
+            http, sidecar, {"traceparent": f"00-{TRACE_ID[::-1]}-{CALLER_SPAN}-00"}
+        )
+        invalid = await predict(http, sidecar, {"traceparent": "00-not-a-trace-context-01"})
+        # A sampled request after them: once its spans are in Jaeger, anything the sidecar had
+        # exported before them would be too (one exporter, in order).
+        await predict(http, sidecar, {"traceparent": f"00-{later_trace}-{CALLER_SPAN}-01"})
+        await spans_of(http, jaeger, later_trace, 3)
+        dropped = await sidecar.metric(
+            http, 'modelserving_sidecar_trace_spans_dropped_total{reason="queue_full"}'
+        )
+
+    assert [quiet.status, declined.status, invalid.status] == [200, 200, 200]
+    started = quiet.headers["traceparent"]
+    # Started by the sidecar (no caller's context, or an invalid one): valid, not sampled.
+    for resp in (quiet, invalid):
+        value = resp.headers["traceparent"]
+        assert continued(value) == value and not is_sampled(value)
+    assert invalid.headers["traceparent"] != started
+    # A caller's unsampled context goes on as it came.
+    assert declined.headers["traceparent"] == f"00-{TRACE_ID[::-1]}-{CALLER_SPAN}-00"
+    for resp in (quiet, declined, invalid):
+        value = resp.headers["traceparent"]
+        (seen,) = [
+            s for s in server.forwarded if s.headers["X-Request-Id"] == resp.headers["X-Request-Id"]
+        ]
+        assert seen.headers["traceparent"] == value
+        assert await jaeger_trace(http, jaeger, value[3:35]) is None
+    assert dropped == 0
+    headers = await record_headers(local_env, topic, 4)
+    for resp in (quiet, declined, invalid):
+        assert (
+            headers[resp.headers["X-Request-Id"]][HEADER_TRACEPARENT] == resp.headers["traceparent"]
+        )
