@@ -23,6 +23,10 @@ direct gRPC call (with --latency) to the gRPC upstream of bench/baselines/grpc_u
 0: their added latency is over that direct gRPC call. ghz and the upstream are built into the
 benchmark's cache when missing (a minute, once).
 
+--tracing-variant LABEL=JSON also runs the working tree's log-on sidecar with that `tracing`
+section (e.g. a collector's endpoint and a ratio: the load sends no traceparent, so the ratio is
+the share of requests sampled).
+
 --baseline REV also runs the sidecar as it was at git revision REV (from `git archive`), so a
 change is compared with what it replaces in the same run (over gRPC too, with --grpc);
 --candidate REV measures a revision instead of the working tree. The log-on configurations
@@ -268,6 +272,17 @@ def configurations(
                 configs.append(
                     over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL", code)
                 )
+            for variant in args.tracing_variant if code is None else []:
+                name, _, settings = variant.partition("=")
+                configs.append(
+                    side.configuration(
+                        f"sidecar{label} [{name}], apiKey, log on",
+                        "apiKey",
+                        True,
+                        code=code,
+                        tracing=json.loads(settings),
+                    )
+                )
             for variant in args.log_variant:
                 name, _, settings = variant.partition("=")
                 configs.append(
@@ -311,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL=JSON",
         help="also a log-on sidecar with these logging settings, e.g. "
         "flush20='{\"spoolFlushIntervalSeconds\": 0.02}' (repeatable)",
+    )
+    parser.add_argument(
+        "--tracing-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="also the log-on sidecar with this tracing section, e.g. "
+        'r1=\'{"endpoint": "http://127.0.0.1:4318/v1/traces", "ratio": 0.01}\' (repeatable)',
     )
     parser.add_argument(
         "--versions",

@@ -194,11 +194,12 @@ class SidecarBench:
         spool: Path,
         routing: dict[str, Any] | None = None,
         grpc: dict[str, Any] | None = None,
+        tracing: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Path:
         """A sidecar config file as the operator would render it (JSON is YAML), in a folder of
-        its own with the routing file beside it when `routing` is given (else one version), and
-        a gRPC port as `grpc` says (else none)."""
+        its own with the routing file beside it when `routing` is given (else one version), a
+        gRPC port as `grpc` says (else none), and the `tracing` section when given."""
         config: dict[str, Any] = {
             "serving": {"name": load.MODEL, "namespace": self.namespace or "bench"},
             "model": {"name": load.MODEL, "version": 1, "modelId": 1},
@@ -208,6 +209,8 @@ class SidecarBench:
             "auth": {"mode": auth, "apiKeysDir": str(self.keys_dir)},
             "logging": {"mode": "NONE"},
         }
+        if tracing is not None:
+            config["tracing"] = tracing
         if topic:
             config["logging"] = {
                 "mode": "ALL",
@@ -238,6 +241,7 @@ class SidecarBench:
         code: Path | None = None,
         routing: dict[str, Any] | None = None,
         grpc: dict[str, Any] | None = None,
+        tracing: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Iterator[tuple[Proc, load.Target, str | None]]:
         """The sidecar with this auth, its inference log on or off (`logging` adds to the log's
@@ -249,7 +253,7 @@ class SidecarBench:
         if topic:
             create_topic(self.bootstrap or "", topic)
         spool = self.bench.workdir / f"spool-{port}-{uuid.uuid4().hex[:8]}"  # none replayed
-        config = self.render_config(port, auth, topic, spool, routing, grpc, **logging)
+        config = self.render_config(port, auth, topic, spool, routing, grpc, tracing, **logging)
         proc = self.process(config, port, "sidecar", loop, code)
         try:
             yield proc, load.Target(port, headers=self.headers(auth)), topic
@@ -294,11 +298,16 @@ class SidecarBench:
         loop: str = "as installed",
         code: Path | None = None,
         routing: dict[str, Any] | None = None,
+        tracing: dict[str, Any] | None = None,
         **logging: Any,
     ) -> Configuration:
         @contextlib.contextmanager
         def start(bench: Bench) -> Iterator[tuple[Proc, load.Target]]:
-            with self.running(auth, log_on, loop, code, routing, **logging) as (proc, target, _):
+            with self.running(auth, log_on, loop, code, routing, tracing=tracing, **logging) as (
+                proc,
+                target,
+                _,
+            ):
                 yield proc, target
 
         return Configuration(name, start, group="ours")

@@ -2,7 +2,7 @@
 and into its record on the real broker, with spans in a real Jaeger (v2, all in one): a caller's
 sampled trace continued with the sidecar's spans, the context TF Serving got naming the span of
 the call to it; an unsampled request with no trace context of its own still carries one, and
-sends no span."""
+sends no span; over gRPC, the same through metadata."""
 
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
 from modelserving.inferencelog.record import HEADER_TRACEPARENT
+from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.tracing.context import continued, is_sampled
+from tests.integration.test_sidecar_grpc import predict_request
+from tests.support.ports import free_port
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
-from tests.support.tfserving_standin import TFServingStandIn
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.tfserving_standin_grpc import running_grpc_standin
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
@@ -60,10 +65,10 @@ async def jaeger_trace(http: aiohttp.ClientSession, jaeger, trace_id: str) -> li
         return list(found["spans"])
 
 
-async def spans_of(
+async def all_spans_of(
     http: aiohttp.ClientSession, jaeger, trace_id: str, count: int
-) -> dict[str, dict]:
-    """The trace's spans by operation name, once Jaeger holds `count` of them."""
+) -> list[dict]:
+    """The trace's spans, once Jaeger holds `count` of them."""
     spans: list[dict] = []
 
     async def all_there() -> bool:
@@ -71,7 +76,16 @@ async def spans_of(
         return len(spans) >= count
 
     await wait_for_async(all_there, timeout=30, what=f"{count} spans of trace {trace_id}")
-    return {span["operationName"]: span for span in spans}
+    return spans
+
+
+async def spans_of(
+    http: aiohttp.ClientSession, jaeger, trace_id: str, count: int
+) -> dict[str, dict]:
+    """The trace's spans by operation name, once Jaeger holds `count` of them."""
+    return {
+        span["operationName"]: span for span in await all_spans_of(http, jaeger, trace_id, count)
+    }
 
 
 def parent_of(span: dict) -> str | None:
@@ -200,3 +214,59 @@ async def test_an_unsampled_request_still_carries_a_trace_context_and_sends_no_s
         assert (
             headers[resp.headers["X-Request-Id"]][HEADER_TRACEPARENT] == resp.headers["traceparent"]
         )
+
+
+async def test_over_grpc_the_trace_context_goes_through_metadata(jaeger, tmp_path, http):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
+    standin = TFServingStandIn()
+    port = free_port()
+    trace_id = "6bf92f3577b34da6a3ce929d0e0e4738"  # the module's Jaeger holds the others' too
+    caller = f"00-{trace_id}-{CALLER_SPAN}-01"
+    async with (
+        running_standin(standin) as (_, rest_url),
+        running_grpc_standin(standin) as (servicer, direct),
+    ):
+        config = sidecar_config(
+            rest_url,
+            auth={"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+            grpc={"port": port, "upstream": direct},
+            tracing={"endpoint": jaeger.otlp_http},
+        )
+        async with (
+            running_sidecar(tmp_path, config, None),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            metadata = (("authorization", f"ApiKey {KEY}"), ("traceparent", caller))
+            call = PredictionServiceStub(channel).Predict(
+                predict_request([1.0]), metadata=metadata, timeout=10
+            )
+            await call
+            answered = dict(await call.initial_metadata())["traceparent"]
+            quiet = PredictionServiceStub(channel).Predict(
+                predict_request([1.0]), metadata=metadata[:1], timeout=10
+            )
+            await quiet
+            started = dict(await quiet.initial_metadata())["traceparent"]
+            spans = await all_spans_of(http, jaeger, trace_id, 3)
+
+    method = "tensorflow.serving.PredictionService/Predict"
+    by_kind = {tags(span)["span.kind"]: span for span in spans if span["operationName"] == method}
+    server_span, client_span = by_kind["server"], by_kind["client"]
+    assert parent_of(server_span) == CALLER_SPAN
+    assert tags(server_span) | {
+        "rpc.system": "grpc",
+        "rpc.service": "tensorflow.serving.PredictionService",
+        "rpc.method": "Predict",
+        "rpc.grpc.status_code": 0,
+        "modelserving.model.name": MODEL,
+        "enduser.id": "team-a",
+    } == tags(server_span)
+    assert parent_of(client_span) == server_span["spanID"]
+    (authenticate,) = [span for span in spans if span["operationName"] == "authenticate"]
+    assert parent_of(authenticate) == server_span["spanID"]
+    assert answered == f"00-{trace_id}-{server_span['spanID']}-01"
+    first, second = [seen.metadata["traceparent"] for seen in servicer.seen]
+    assert first == f"00-{trace_id}-{client_span['spanID']}-01"
+    # A call with no trace context: one started, not sampled, sent on as the answer says.
+    assert second == started and continued(started) == started and not is_sampled(started)
