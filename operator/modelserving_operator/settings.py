@@ -34,6 +34,8 @@ DEFAULT_SIDECAR_IMAGE = f"{api.IMAGE_REPOSITORY}:{__version__}"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _BOOTSTRAP = re.compile(r"^[^,:\s]+:[0-9]+(,[^,:\s]+:[0-9]+)*$")
+# The CRD's rule for spec.tracing.endpoint, the same for the operator's default.
+_TRACES_URL = re.compile(r"^https?://[^/?# ]+(/[^ ]*)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ANNOTATION_GLOB = re.compile(r"^!?[A-Za-z0-9*?][-A-Za-z0-9_.*?/]*$")
 DEFAULT_INGRESS_ALLOWED_ANNOTATIONS = (
@@ -109,6 +111,9 @@ class OperatorSettings:
     # Let spec.logging.kafka.topic name any topic; off, a named topic starts with the serving's
     # namespace and a dot, so no serving writes to (or has the operator create) another's.
     any_kafka_topic: bool = False
+    # The collector (OTLP/HTTP traces URL) of servings whose spec.tracing names none; empty,
+    # their sidecars send no spans (and still carry the W3C trace context).
+    tracing_endpoint: str = ""
 
 
 def _text(value: str) -> str:
@@ -121,6 +126,13 @@ def _bootstrap(value: str) -> str:
     value = value.strip()
     if value and not _BOOTSTRAP.match(value):
         raise ValueError("must be host:port[,host:port...]")
+    return value
+
+
+def _traces_url(value: str) -> str:
+    value = value.strip()
+    if value and not _TRACES_URL.match(value):
+        raise ValueError("must be an http:// or https:// URL")
     return value
 
 
@@ -508,6 +520,13 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         "with the serving's namespace and a dot (NAMESPACE.), so that no serving writes to, or "
         "has the operator create, another namespace's topic (LoggingReady says TopicRefused, "
         "and nothing is logged); the default topic, NAMESPACE.NAME.inference, always does",
+    ),
+    "tracing_endpoint": (
+        "--tracing-endpoint",
+        "MODELSERVING_TRACING_ENDPOINT",
+        _traces_url,
+        "the OTLP/HTTP traces URL (http://collector:4318/v1/traces) the sidecars of servings "
+        "whose spec.tracing names none send their sampled calls' spans to; empty: no spans",
     ),
 }
 

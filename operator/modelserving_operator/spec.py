@@ -300,6 +300,12 @@ class AutoscalingSpec:
     target_cpu_utilization_percentage: int = 70
 
 
+@dataclass(frozen=True)
+class TracingSpec:
+    endpoint: str = ""  # empty: the operator's --tracing-endpoint
+    ratio: float = 0.0  # calls without a caller's trace context that start one
+
+
 # --------------------------------------------------------------------------- the serving
 
 
@@ -319,6 +325,7 @@ class ServingSpec:
     service: ServiceSpec = ServiceSpec()
     ingress: IngressSpec = field(default_factory=IngressSpec)
     autoscaling: AutoscalingSpec = AutoscalingSpec()
+    tracing: TracingSpec = TracingSpec()
 
     @classmethod
     def from_body(cls, body: Raw) -> ServingSpec:
@@ -340,6 +347,9 @@ class ServingSpec:
             service=ServiceSpec(**_given(_section(spec, "service"), {"port": int})),
             ingress=_ingress(_section(spec, "ingress")),
             autoscaling=AutoscalingSpec(**_given(_section(spec, "autoscaling"), _AUTOSCALING)),
+            tracing=TracingSpec(
+                **_given(_section(spec, "tracing"), {"endpoint": str, "ratio": float})
+            ),
         )
 
     @property
@@ -351,6 +361,10 @@ class ServingSpec:
     @property
     def topic(self) -> str:
         return self.logging.kafka.topic or f"{self.namespace}.{self.name}.inference"
+
+    def tracing_endpoint(self, settings: OperatorSettings) -> str:
+        """spec.tracing.endpoint, else the operator's --tracing-endpoint ("": no spans)."""
+        return self.tracing.endpoint or settings.tracing_endpoint
 
     def bootstrap_servers(self, settings: OperatorSettings) -> str:
         return self.logging.kafka.bootstrap_servers or settings.kafka_bootstrap_servers

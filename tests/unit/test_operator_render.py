@@ -126,6 +126,33 @@ def test_spec_brokers_and_topic_win_over_the_operator_defaults():
     assert config.logging.mode is LoggingMode.PREDICTIONS
 
 
+def test_spans_go_to_the_specs_collector_else_the_operators_else_nowhere():
+    collector = "http://otel-collector.monitoring:4318/v1/traces"
+    operator_default = OperatorSettings(tracing_endpoint="http://default:4318/v1/traces")
+    said = mnist(tracing={"endpoint": collector, "ratio": 0.01})
+
+    none = parse_config(render_sidecar_config(mnist(), SETTINGS, 1)).tracing
+    own = parse_config(render_sidecar_config(said, SETTINGS, 1)).tracing
+    defaulted = parse_config(render_sidecar_config(mnist(), operator_default, 1)).tracing
+    spec_wins = parse_config(render_sidecar_config(said, operator_default, 1)).tracing
+
+    assert (none.endpoint, none.ratio) == ("", 0.0)  # no spans; the trace context still goes on
+    assert (own.endpoint, own.ratio) == (collector, 0.01)
+    assert (defaulted.endpoint, defaulted.ratio) == ("http://default:4318/v1/traces", 0.0)
+    assert spec_wins.endpoint == collector
+
+
+def test_the_operators_collector_must_be_a_url():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    with pytest.raises(SettingsError, match="MODELSERVING_TRACING_ENDPOINT"):
+        settings_from(parser.parse_args([]), {"MODELSERVING_TRACING_ENDPOINT": "collector:4318"})
+    settings = settings_from(
+        parser.parse_args(["--tracing-endpoint", "https://c.example/v1/traces"]), {}
+    )
+    assert settings.tracing_endpoint == "https://c.example/v1/traces"
+
+
 def test_a_servings_pods_share_its_sampling_key_and_other_servings_have_others():
     def key(uid: str) -> str:
         body = mnist_body()

@@ -221,6 +221,9 @@ def render_sidecar_config(
             config["logging"]["kafkaSecurity"] = security
         if (registry := spec.schema_registry(settings)) is not None:
             config["logging"]["schemaRegistry"] = sidecar_registry(registry, spec.topic)
+    endpoint = spec.tracing_endpoint(settings)
+    if endpoint:  # without a collector the sidecar sends no spans, whatever the ratio
+        config["tracing"] = {"endpoint": endpoint, "ratio": float(spec.tracing.ratio)}
     return config
 
 

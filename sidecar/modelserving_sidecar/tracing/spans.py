@@ -239,8 +239,9 @@ def http_server_done(
     caller: str | None,
 ) -> None:
     """End a REST call's server span: HTTP's conventions (5xx is the server's error) and ours."""
-    span.update_name(f"{span.attributes['http.request.method']} {route}".rstrip())  # type: ignore[index]
-    span.set_attribute("http.route", route)
+    if route:  # none for a path the sidecar does not serve: the name is the method alone
+        span.update_name(f"{span.attributes['http.request.method']} {route}")  # type: ignore[index]
+        span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)
     _call_done(span, model, version, caller)
     if status >= 500:
