@@ -24,7 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
-from modelserving.inferencelog.record import HEADER_CALLER, HEADER_PROTOCOL, HEADER_REQUEST_ID
+from modelserving.inferencelog.record import (
+    HEADER_CALLER,
+    HEADER_PROTOCOL,
+    HEADER_REQUEST_ID,
+    HEADER_TRACEPARENT,
+)
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature, Features, FloatList
@@ -304,14 +309,15 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
             predict_request([1.0, 2.0, 0.1], packed=True), metadata=GOOD, timeout=10
         )
         await call
-        grpc_id = dict(await call.initial_metadata())["x-request-id"]
+        answered = dict(await call.initial_metadata())
+        grpc_id, grpc_trace = answered["x-request-id"], answered["traceparent"]
         async with http.post(
             f"{setup.sidecar.url}/v1/models/{MODEL}:predict",
             json={"inputs": {"x": [1.0, 2.0, 0.1]}},
             headers={"Authorization": f"ApiKey {KEY}"},
         ) as resp:
             assert resp.status == 200
-            rest_id = resp.headers["X-Request-Id"]
+            rest_id, rest_trace = resp.headers["X-Request-Id"], resp.headers["traceparent"]
     logged = {r.key: r for r in await records(topic, local_env.kafka_bootstrap, 2)}
     over_grpc, over_rest = logged[grpc_id], logged[rest_id]
     assert (over_grpc.headers[HEADER_PROTOCOL], over_rest.headers[HEADER_PROTOCOL]) == (
@@ -330,10 +336,18 @@ async def test_the_record_of_a_grpc_predict_equals_the_record_of_the_rest_call_w
         f: getattr(over_rest.record, f) for f in fields
     }
     assert over_grpc.record.inference_request == '{"inputs": {"x": [1.0, 2.0, 0.1]}}'
-    same_headers = set(over_grpc.headers) - {HEADER_REQUEST_ID, HEADER_PROTOCOL}
+    # Each call's own: its request id, and the trace the sidecar started for it (the caller
+    # sent none), which its answer names too.
+    own = {HEADER_REQUEST_ID, HEADER_PROTOCOL, HEADER_TRACEPARENT}
+    same_headers = set(over_grpc.headers) - own
     assert {h: over_grpc.headers[h] for h in same_headers} == {
         h: over_rest.headers[h] for h in same_headers
     }
+    assert (over_grpc.headers[HEADER_TRACEPARENT], over_rest.headers[HEADER_TRACEPARENT]) == (
+        grpc_trace,
+        rest_trace,
+    )
+    assert grpc_trace.split("-")[1] != rest_trace.split("-")[1]
 
 
 # An input over the log's maxPayloadBytes: cut, or replaced by its digest, the same way whichever
