@@ -38,12 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.integration)
-    # The modules that set RUN_FIRST = True go first, in their order: the longest stories, which
-    # mostly wait (an outage of a minute, a failover, a sidecar's refresh). pytest-xdist hands
-    # files out in this order, so they start at once, each in a worker of its own, rather than
-    # last in the run, where the others would wait for them. The sort is stable: the rest
-    # keep their order.
-    items.sort(key=lambda item: not getattr(getattr(item, "module", None), "RUN_FIRST", False))
 
 
 def _is_worker(config: pytest.Config) -> bool:

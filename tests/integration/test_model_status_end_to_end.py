@@ -40,8 +40,6 @@ from tests.support.waiting import wait_for, wait_for_async
 
 # One operator for the tests that only make servings and look at what it does with them.
 SHARED_OPERATOR = True
-# Started first in a run (tests/conftest.py): a long story that mostly waits.
-RUN_FIRST = True
 
 SERVING = "fraud"
 MODEL = "fraud"

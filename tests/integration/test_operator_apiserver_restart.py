@@ -17,8 +17,6 @@ from tests.support.waiting import wait_for
 
 # A lifecycle story: `pytest -m "not slow"` leaves it out; `make test` runs it.
 pytestmark = pytest.mark.slow
-# Started first in a run (tests/conftest.py): a long story that mostly waits.
-RUN_FIRST = True
 
 SERVINGS = 100
 # The kinds each serving has exactly one of, or two (the ConfigMaps), with logging off.
