@@ -7,13 +7,15 @@ run) reading the topic. The registry is the stand-in of tests/support (no regist
 be had here; confluent-kafka's client is tested against it in tests/unit).
 
 A registry away at the start: LoggingReady names it, predictions keep answering, records wait
-in the spool and all arrive framed once it is back. Credentials it refuses: a reason naming the
+in the spool and all arrive framed once it is back; away again once the id is known, nothing
+waits. Credentials it refuses: a reason naming the
 Secret and its entries, and no password in the status, an Event or the operator's log."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 import uuid
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import avro.io
+import avro.schema
 import pytest
 import yaml
 from confluent_kafka import Consumer
@@ -229,16 +233,25 @@ async def test_records_wait_for_a_registry_that_is_away_then_arrive_framed_for_i
                 await wait_for_async(
                     lambda: _equals(counted("records_produced"), 10), 30, "all records sent"
                 )
+            # The registry away again, under load: the id is known, nothing waits for it
+            answered += [await predict(http, sidecar.url, float(i)) for i in range(10, 15)]
+            await wait_for_async(
+                lambda: _equals(counted("records_produced"), 15), 30, "records sent meanwhile"
+            )
+            async with running_registry(standin, port=port):  # for the consumer's lookups
                 records = await asyncio.to_thread(
-                    consumed, local_env.kafka_bootstrap, topic, 10, registry_url
+                    consumed, local_env.kafka_bootstrap, topic, 15, registry_url
                 )
 
     # Every record once, framed with the registered id, decoded by the data team's client
     assert sorted(key for key, _, _ in records) == sorted(rid for _, rid in answered)
     assert {value[:5] for _, value, _ in records} == {b"\x00\x00\x00\x00\x01"}
-    for _, _, decoded in records:
+    seed_reader = avro.io.DatumReader(avro.schema.parse(json.dumps(SCHEMA)))
+    for _, value, decoded in records:
         assert list(decoded) == [f["name"] for f in SCHEMA["fields"]]
         assert (decoded["modelName"], decoded["responseHttpCode"]) == (SERVING, 200)
+        # Apache Avro reads the body after the 5-byte header with the seed's schema
+        assert seed_reader.read(avro.io.BinaryDecoder(io.BytesIO(value[5:]))) == decoded
     assert json.loads(standin.schemas[0]) == SCHEMA
     assert standin.compatibility == {f"{topic}-value": "BACKWARD"}
     # The sidecar only looked the schema up: the operator alone registered it
