@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,14 +551,27 @@ class Settings:
 FREE_PORTS = range(20000, 32000)
 
 
-def free_port() -> int:
-    """A free port of FREE_PORTS: one kept for a restart (Kafka's, across an outage test) must
-    not be taken meanwhile by some outgoing connection."""
+def free_port(taken: Collection[int] = ()) -> int:
+    """A free port of FREE_PORTS, not one of `taken`: one kept for a restart (Kafka's, across an
+    outage test) must not be taken meanwhile by some outgoing connection."""
     for _ in range(200):
         port = random.choice(FREE_PORTS)
-        if port_free(port):
+        if port not in taken and port_free(port):
             return port
     raise EnvError(f"found no free port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1}")
+
+
+def free_ports(names: Iterable[str], kept: Mapping[str, int] | None = None) -> dict[str, int]:
+    """A free port for each name, all different (a part's listeners: two on one port fail its
+    start), keeping those of `kept` (a restart reuses a part's ports) but for a port kept twice."""
+    ports: dict[str, int] = {}
+    for name, port in (kept or {}).items():
+        if port and port not in ports.values():
+            ports[name] = port
+    for name in names:
+        if not ports.get(name):
+            ports[name] = free_port(taken=set(ports.values()))
+    return ports
 
 
 def port_free(port: int) -> bool:
@@ -897,9 +910,9 @@ def kafka_ports() -> dict[str, int]:
     a state from before a listener existed gets a port for it."""
     path = kafka_dir() / "ports.json"
     ports = json.loads(path.read_text()) if path.exists() else {}
-    if any(name not in ports for name in KAFKA_PORTS):
+    if any(name not in ports for name in KAFKA_PORTS) or len(set(ports.values())) < len(ports):
         kafka_dir().mkdir(parents=True, exist_ok=True)
-        ports = {name: ports.get(name) or free_port() for name in KAFKA_PORTS}
+        ports = free_ports(KAFKA_PORTS, ports)
         path.write_text(json.dumps(ports))
     return ports
 
@@ -1186,7 +1199,7 @@ def spare_broker_start(name: str) -> str:
     home.mkdir(parents=True, exist_ok=True)
     ports_file = home / "ports.json"
     if not ports_file.exists():
-        ports_file.write_text(json.dumps({"broker": free_port(), "controller": free_port()}))
+        ports_file.write_text(json.dumps(free_ports(("broker", "controller"))))
     ports = json.loads(ports_file.read_text())
     bootstrap = f"127.0.0.1:{ports['broker']}"
     if kafka_pid(home) is not None and port_open(ports["broker"]):
@@ -1288,7 +1301,7 @@ def jaeger_start(name: str, ready_s: float = 60.0) -> JaegerEndpoints:
     ports_file = home / "ports.json"
     if not ports_file.exists():
         names = ("otlp_http", "otlp_grpc", "query_http", "query_grpc")
-        ports_file.write_text(json.dumps({key: free_port() for key in names}))
+        ports_file.write_text(json.dumps(free_ports(names)))
     ports = json.loads(ports_file.read_text())
     endpoints = JaegerEndpoints(
         otlp_http=f"http://127.0.0.1:{ports['otlp_http']}/v1/traces",

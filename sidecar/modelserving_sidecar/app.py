@@ -134,9 +134,15 @@ class RequestPath:
         started = time.perf_counter()
         headers = request.headers
         call = Call(request_id(headers.get(REQUEST_ID)))
+        raw = request.raw_path
+        # The usual paths are canonical as sent: one dict lookup. Anything else is made
+        # canonical (or refused) once, and that same form is authorized, routed and forwarded.
+        exact = self.routes.lookup_exact(raw)
+        # Probes and scrapes (/healthz, /readyz, /metrics) pass a trace context on but are given
+        # no span: at a ratio above 0 the kubelet and Prometheus would fill the traces.
         begin_trace(
             call,
-            self.tracing,
+            self.tracing if exact is None or not exact.public else None,
             headers.get(TRACEPARENT),
             headers.get(TRACESTATE),
             request.method,
@@ -148,10 +154,7 @@ class RequestPath:
             )
         route = _REFUSED
         try:
-            raw = request.raw_path
-            # The usual paths are canonical as sent: one dict lookup. Anything else is made
-            # canonical (or refused) once, and that same form is authorized, routed and forwarded.
-            route = self.routes.lookup_exact(raw) or self.routes.resolve(canonical_path(raw))
+            route = exact or self.routes.resolve(canonical_path(raw))
             # Everything but /healthz, /readyz and /metrics needs a credential, unknown paths
             # included: nothing about the API is told to a caller who has not shown one.
             if not route.public:

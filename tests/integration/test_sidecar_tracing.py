@@ -2,7 +2,8 @@
 and into its record on the real broker, with spans in a real Jaeger (v2, all in one): a caller's
 sampled trace continued with the sidecar's spans, the context TF Serving got naming the span of
 the call to it; an unsampled request with no trace context of its own still carries one, and
-sends no span; over gRPC, the same through metadata."""
+sends no span; over gRPC, the same through metadata. A collector that is down changes no answer,
+and each span it does not get is counted."""
 
 from __future__ import annotations
 
@@ -270,3 +271,45 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(jaeger, tmp_pat
     assert first == f"00-{trace_id}-{client_span['spanID']}-01"
     # A call with no trace context: one started, not sampled, sent on as the answer says.
     assert second == started and continued(started) == started and not is_sampled(started)
+
+
+async def test_a_collector_that_is_down_changes_no_answer_and_each_span_lost_is_counted(
+    standin: tuple[TFServingStandIn, str], tmp_path, http
+):
+    server, upstream = standin
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
+    down = f"http://127.0.0.1:{free_port()}/v1/traces"  # no collector listens there
+    config = sidecar_config(
+        upstream,
+        auth={"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
+        tracing={"endpoint": down, "ratio": 1.0},  # every call sampled: three spans each
+    )
+    calls = 40
+    failed = 'modelserving_sidecar_trace_spans_dropped_total{reason="export_failed"}'
+    async with running_sidecar(tmp_path, config, None) as sidecar:
+        answers = [await predict(http, sidecar, {}) for _ in range(calls)]
+        # Each span is exported or counted: here none can be, so all are counted, once the
+        # exporter has given up on them (its timeout, per batch). Probes and scrapes (this
+        # test's /healthz and /metrics) have no spans: the count is the calls' alone.
+
+        async def all_counted() -> bool:
+            return await sidecar.metric(http, failed) == 3 * calls
+
+        await wait_for_async(all_counted, timeout=60, what=f"{3 * calls} spans counted lost")
+        queue_full = await sidecar.metric(
+            http, 'modelserving_sidecar_trace_spans_dropped_total{reason="queue_full"}'
+        )
+    assert [resp.status for resp in answers] == [200] * calls
+    for resp in answers:  # sampled, by the ratio; and TF Serving was called in that trace
+        value = resp.headers["traceparent"]
+        assert continued(value) == value and is_sampled(value)
+        (seen,) = [
+            s for s in server.forwarded if s.headers["X-Request-Id"] == resp.headers["X-Request-Id"]
+        ]
+        assert seen.headers["traceparent"][3:35] == value[3:35]
+    assert queue_full == 0
+    # Said once, not per retry or batch.
+    said = (tmp_path / "sidecar.log").read_text()
+    assert said.count("does not take the spans") == 1, said[-3000:]
+    assert "Transient error" not in said and "Failed to export spans batch" not in said

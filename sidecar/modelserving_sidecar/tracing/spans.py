@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -34,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from modelserving_sidecar.config import SidecarConfig
 from modelserving_sidecar.tracing.context import ids_of, is_sampled, traceparent_of
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "modelserving-sidecar"
 # The standard variables that name a collector when `tracing.endpoint` does not.
@@ -80,12 +83,27 @@ class DroppedSpans:
         yield family
 
 
-class CountingExporter(SpanExporter):
-    """The OTLP exporter, with the spans of each failed export counted as dropped."""
+# The OTLP exporter's logger: it says each retry (a warning a second) and each batch given up
+# (an error every few seconds) for as long as the collector is away; CountingExporter says it
+# once instead, and again when spans go through.
+OTLP_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+_REPEATED = ("Transient error", "Failed to export spans batch due to timeout")
 
-    def __init__(self, exporter: SpanExporter, dropped: DroppedSpans) -> None:
+
+def _not_repeated(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_REPEATED)
+
+
+class CountingExporter(SpanExporter):
+    """The OTLP exporter, with the spans of each failed export counted as dropped, and the
+    collector's failing said once per change (`endpoint` names it)."""
+
+    def __init__(self, exporter: SpanExporter, dropped: DroppedSpans, endpoint: str = "") -> None:
         self._exporter = exporter
         self._dropped = dropped
+        self._endpoint = endpoint or "the OTEL_EXPORTER_OTLP_* variables' collector"
+        self._failing = False
+        logging.getLogger(OTLP_EXPORTER_LOGGER).addFilter(_not_repeated)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -94,6 +112,18 @@ class CountingExporter(SpanExporter):
             result = SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
             self._dropped.export_failed += len(spans)
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "traces: the collector at %s does not take the spans (down, or refusing "
+                    "them); they are dropped and counted in "
+                    'modelserving_sidecar_trace_spans_dropped_total{reason="export_failed"}; '
+                    "calls are not affected",
+                    self._endpoint,
+                )
+        elif self._failing:
+            self._failing = False
+            log.info("traces: the collector at %s takes the spans again", self._endpoint)
         return result
 
     def shutdown(self) -> None:
@@ -203,7 +233,9 @@ class Tracing:
         # Every span the SDK is asked for is wanted: the decision was made before (`wants`).
         provider = TracerProvider(sampler=ALWAYS_ON, resource=resource)
         provider.add_span_processor(
-            BoundedSpanProcessor(CountingExporter(exporter, dropped), dropped, max_queued)
+            BoundedSpanProcessor(
+                CountingExporter(exporter, dropped, settings.endpoint), dropped, max_queued
+            )
         )
         try:
             yield cls(provider, settings.ratio, dropped)
