@@ -41,6 +41,7 @@ from modelserving_sidecar.calls import (
     choose_version,
     copy_to_shadow,
     exchange_of,
+    log_exchange,
     served_by,
 )
 from modelserving_sidecar.config import AuthMode, LogDurability, LoggingMode, SidecarConfig
@@ -185,9 +186,14 @@ class RequestPath:
                 call.traceparent,
                 self.router.table.default,
             )
-            if not self.durable:
-                self.sink.submit(exchange)  # type: ignore[union-attr]
-            elif not await self.sink.spooled(exchange):  # type: ignore[union-attr]
+            waiting = log_exchange(
+                self.sink,  # type: ignore[arg-type]
+                exchange,
+                self.durable,
+                self.tracing,
+                call.span,
+            )
+            if waiting is not None and not await waiting:
                 response = _failed(503, LOG_CANNOT_KEEP, call)  # no answer without its record
         if call.shadow is not None:
             content_type = headers.get(hdrs.CONTENT_TYPE, JSON)

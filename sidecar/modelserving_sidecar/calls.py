@@ -12,9 +12,10 @@ either. Read top to bottom, as both framings call them:
    split's; and whether a copy goes to the shadow.
 3. (the framing forwards the call to TF Serving, in its own protocol)
 4. `served_by`: the version the call is counted under once TF Serving answered, or did not.
-5. `exchange_of`: what the inference log keeps of the answered call. The framing submits it, or
-   with `durability: spooled` awaits its spool write and answers `LOG_CANNOT_KEEP` when it
-   cannot be kept: an await only there, so the buffered answer pays for none.
+5. `exchange_of`: what the inference log keeps of the answered call, and `log_exchange`: it is
+   submitted, or with `durability: spooled` its spool write awaited (a child span of a sampled
+   call), the framing answering `LOG_CANNOT_KEEP` when it cannot be kept: an await only there,
+   so the buffered answer pays for none.
 6. `copy_to_shadow`: the call's copy queued for the shadow version, once the answer is decided.
 
 The hot path of both protocols: plain functions over a slots `Call`, no closures, each step one
@@ -24,14 +25,14 @@ call that replaces the framing's own code of before.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import SpanKind
 
 from modelserving_sidecar.auth.authenticator import Authenticator
 from modelserving_sidecar.errors import SidecarError
-from modelserving_sidecar.log.exchange import Exchange
+from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.routing.shadow import ShadowCopy, ShadowSender
 from modelserving_sidecar.routing.split import SplitTable, VersionRoute, bucket_of, shadow_point
@@ -39,6 +40,7 @@ from modelserving_sidecar.tracing.context import continued, passed_on_state, sta
 from modelserving_sidecar.tracing.spans import (
     AUTH_CACHE,
     AUTH_MODE,
+    LOG_DURABILITY,
     REQUEST_ID,
     Tracing,
     end_failed,
@@ -232,6 +234,37 @@ def exchange_of(
         role=version.role,
         grpc_method=grpc_method,
     )
+
+
+def log_exchange(
+    sink: InferenceLogSink,
+    exchange: Exchange,
+    durable: bool,
+    tracing: Tracing | None = None,
+    span: Span | None = None,
+) -> Awaitable[bool] | None:
+    """Hand the call's record to the log: submitted (buffered: None, nothing to wait for), or
+    its spool write to await (`durability: spooled`), False when it cannot be kept, so that the
+    call is answered `LOG_CANNOT_KEEP`. The log's own future, not a coroutine: an unsampled
+    call's wait costs no frame of its own; a sampled call's is a child span, `inference log`."""
+    if not durable:
+        sink.submit(exchange)
+        return None
+    if span is None or tracing is None:
+        return sink.spooled(exchange)
+    return _spooled_in_span(sink, exchange, tracing, span)
+
+
+async def _spooled_in_span(
+    sink: InferenceLogSink, exchange: Exchange, tracing: Tracing, span: Span
+) -> bool:
+    child = tracing.child(span, "inference log", SpanKind.INTERNAL, {LOG_DURABILITY: "spooled"})
+    kept = await sink.spooled(exchange)
+    if kept:
+        child.end()
+    else:
+        end_failed(child, "log_cannot_keep")
+    return kept
 
 
 def copy_to_shadow(

@@ -129,13 +129,14 @@ async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving
         assert resp.status == 200
         answered = resp.headers["traceparent"]
         request_id = resp.headers["X-Request-Id"]
-        spans = await spans_of(http, jaeger, TRACE_ID, 3)
+        spans = await spans_of(http, jaeger, TRACE_ID, 4)
 
     # One trace, the caller's: the sidecar's server span is its child, with the call's story.
     assert set(spans) == {
         f"POST /v1/models/{MODEL}:predict",
         "authenticate",
         f"POST /v1/models/{MODEL}/versions/1:predict",
+        "inference log",
     }
     server_span = spans[f"POST /v1/models/{MODEL}:predict"]
     assert {span["traceID"] for span in spans.values()} == {TRACE_ID}
@@ -156,6 +157,11 @@ async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving
     upstream_span = spans[f"POST /v1/models/{MODEL}/versions/1:predict"]
     assert parent_of(upstream_span) == server_span["spanID"]
     assert tags(upstream_span)["span.kind"] == "client"
+    # The wait for the record's spool write (durability spooled, the default), after the answer.
+    log_span = spans["inference log"]
+    assert parent_of(log_span) == server_span["spanID"]
+    assert tags(log_span)["modelserving.log.durability"] == "spooled"
+    assert log_span["startTime"] >= upstream_span["startTime"] + upstream_span["duration"]
 
     # TF Serving got the context of the span of the call to it, and the caller's tracestate.
     (seen,) = [s for s in server.forwarded if s.headers["X-Request-Id"] == request_id]

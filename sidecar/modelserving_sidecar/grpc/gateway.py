@@ -69,6 +69,7 @@ from modelserving_sidecar.calls import (
     choose_version,
     copy_to_shadow,
     exchange_of,
+    log_exchange,
     served_by,
 )
 from modelserving_sidecar.config import GrpcConfig, LogDurability, SidecarConfig
@@ -312,9 +313,8 @@ class GrpcGateway:
             body = answer if code is grpc.StatusCode.OK else error_body(details)
             default = self.router.table.default
             exchange = exchange_of(call, status, body, call.traceparent, default, method.name)
-            if not self.durable:
-                sink.submit(exchange)
-            elif not await sink.spooled(exchange):  # no answer without its record
+            waiting = log_exchange(sink, exchange, self.durable, self.tracing, call.span)
+            if waiting is not None and not await waiting:  # no answer without its record
                 code, details, status = grpc.StatusCode.UNAVAILABLE, LOG_CANNOT_KEEP, 503
         if shadow_copy is not None:
             copy_to_shadow(

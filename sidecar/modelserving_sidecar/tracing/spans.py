@@ -56,6 +56,7 @@ MODEL_NAME = "modelserving.model.name"
 MODEL_VERSION = "modelserving.model.version"
 AUTH_MODE = "modelserving.auth.mode"
 AUTH_CACHE = "modelserving.auth.cache"  # hit, or miss: the API server was asked (TokenReview)
+LOG_DURABILITY = "modelserving.log.durability"  # the inference log's span: spooled
 
 
 class DroppedSpans:
