@@ -12,7 +12,6 @@ credentials as files: `sidecar_registry` is its settings, `registry_volumes` and
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,15 @@ from modelserving.inferencelog.schema_registry import (
     registered_id,
     subject_of,
 )
-from modelserving_operator.kafka.security import CA_KEY, SECRET_FILE_MODE, KafkaCaSpec, SecretReader
+from modelserving_operator.kafka.security import (
+    CA_KEY,
+    SECRET_FILE_MODE,
+    KafkaCaSpec,
+    MissingCredentials,
+    SecretReader,
+    ca_volume,
+    read_entry,
+)
 from modelserving_operator.status.conditions import LoggingState
 
 
@@ -105,7 +112,6 @@ def parse_schema_registry(
 SIDECAR_REGISTRY_DIR = "/etc/modelserving/schema-registry"
 CA_DIR = f"{SIDECAR_REGISTRY_DIR}/ca"
 CREDENTIALS_DIR = f"{SIDECAR_REGISTRY_DIR}/credentials"
-CA_FILE = "ca.crt"
 USERNAME_FILE = "username"
 PASSWORD_FILE = "password"
 
@@ -114,7 +120,7 @@ def sidecar_registry(spec: SchemaRegistrySpec, topic: str) -> dict[str, str]:
     """The sidecar's `logging.schemaRegistry`: the URL, the subject, and its files."""
     settings = {"url": spec.url, "subject": subject_of(topic)}
     if spec.ca is not None:
-        settings["caFile"] = f"{CA_DIR}/{CA_FILE}"
+        settings["caFile"] = f"{CA_DIR}/{CA_KEY}"  # ca_volume's file
     if spec.credentials is not None:
         settings["usernameFile"] = f"{CREDENTIALS_DIR}/{USERNAME_FILE}"
         settings["passwordFile"] = f"{CREDENTIALS_DIR}/{PASSWORD_FILE}"
@@ -126,19 +132,7 @@ def registry_volumes(spec: SchemaRegistrySpec) -> list[dict[str, Any]]:
     from starting, with the kubelet's event naming it."""
     volumes: list[dict[str, Any]] = []
     if spec.ca is not None:
-        items = [{"key": spec.ca.key, "path": CA_FILE}]
-        source: dict[str, Any] = (
-            {
-                "secret": {
-                    "secretName": spec.ca.secret_name,
-                    "items": items,
-                    "defaultMode": SECRET_FILE_MODE,
-                }
-            }
-            if spec.ca.secret_name
-            else {"configMap": {"name": spec.ca.config_map_name, "items": items}}
-        )
-        volumes.append({"name": "schema-registry-ca", **source})
+        volumes.append(ca_volume("schema-registry-ca", spec.ca))
     if spec.credentials is not None:
         creds = spec.credentials
         items = [
@@ -179,17 +173,6 @@ async def registry_of(
     """How to speak to the registry the spec names, with its CA and credentials read through
     the API (held in memory only), or which Secret, ConfigMap or entry is missing."""
     values: dict[str, str] = {}
-
-    async def entry(kind: str, name: str, key: str, field: str) -> str | RegistryProblem:
-        obj = await kube.get(kind, name, namespace)
-        where = f"the {kind} {namespace}/{name} named in {REGISTRY_FIELD}.{field}"
-        if obj is None:
-            return RegistryProblem(REGISTRY_CREDENTIALS_MISSING, f"{where} is missing")
-        data = obj.get("data") or {}
-        if key not in data:
-            return RegistryProblem(REGISTRY_CREDENTIALS_MISSING, f"{where} has no entry {key}")
-        return base64.b64decode(data[key]).decode() if kind == "Secret" else str(data[key])
-
     wanted: list[tuple[str, str, str, str, str]] = []  # value, kind, name, key, field
     if spec.ca is not None:
         kind, name = (
@@ -203,9 +186,10 @@ async def registry_of(
         wanted.append(("username", "Secret", secret, spec.credentials.username_key, "credentials"))
         wanted.append(("password", "Secret", secret, spec.credentials.password_key, "credentials"))
     for value, kind, name, key, field in wanted:
-        found = await entry(kind, name, key, field)
-        if isinstance(found, RegistryProblem):
-            return found
+        try:
+            found = await read_entry(kube, kind, name, namespace, key, f"{REGISTRY_FIELD}.{field}")
+        except MissingCredentials as exc:
+            return RegistryProblem(REGISTRY_CREDENTIALS_MISSING, str(exc))
         # A user name or password written with a trailing newline (echo > file) means without.
         values[value] = found if value == "ca_pem" else found.strip()
     return SchemaRegistry(spec.url, **values)

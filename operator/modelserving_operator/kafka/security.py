@@ -185,23 +185,21 @@ def sidecar_security(spec: KafkaSecuritySpec) -> KafkaSecurity:
     )
 
 
+def ca_volume(name: str, ca: KafkaCaSpec) -> dict[str, Any]:
+    """A volume of the CA's entry alone, as the file CA_KEY, from its Secret or ConfigMap."""
+    items = [{"key": ca.key, "path": CA_KEY}]
+    if ca.secret_name:
+        secret = {"secretName": ca.secret_name, "items": items, "defaultMode": SECRET_FILE_MODE}
+        return {"name": name, "secret": secret}
+    return {"name": name, "configMap": {"name": ca.config_map_name, "items": items}}
+
+
 def sidecar_volumes(spec: KafkaSecuritySpec) -> list[dict[str, Any]]:
     """Only the entries named, each under a fixed file name: a Secret lacking one keeps the pod
     from starting, with the kubelet's event naming it."""
     volumes: list[dict[str, Any]] = []
     if spec.ca is not None:
-        items = [{"key": spec.ca.key, "path": CA_KEY}]
-        if spec.ca.secret_name:
-            source = {
-                "secret": {
-                    "secretName": spec.ca.secret_name,
-                    "items": items,
-                    "defaultMode": SECRET_FILE_MODE,
-                }
-            }
-        else:
-            source = {"configMap": {"name": spec.ca.config_map_name, "items": items}}
-        volumes.append({"name": "kafka-ca", **source})
+        volumes.append(ca_volume("kafka-ca", spec.ca))
     if spec.client_certificate is not None:
         cert = spec.client_certificate
         items = [
@@ -258,6 +256,22 @@ class MissingCredentials(Exception):
     """A Secret or ConfigMap the spec names, or an entry of it, is not there."""
 
 
+async def read_entry(
+    kube: SecretReader, kind: str, name: str, namespace: str, key: str, named_in: str
+) -> str:
+    """An entry of a Secret (decoded) or a ConfigMap that a spec's field (`named_in`) names,
+    read through the API; MissingCredentials naming the object and the field when it or the
+    entry is not there."""
+    obj = await kube.get(kind, name, namespace)
+    where = f"the {kind} {namespace}/{name} named in {named_in}"
+    if obj is None:
+        raise MissingCredentials(f"{where} is missing")
+    data = obj.get("data") or {}
+    if key not in data:
+        raise MissingCredentials(f"{where} has no entry {key}")
+    return base64.b64decode(data[key]).decode() if kind == "Secret" else str(data[key])
+
+
 async def admin_security(
     kube: SecretReader, namespace: str, spec: KafkaSecuritySpec
 ) -> tuple[KafkaSecurity, str]:
@@ -266,15 +280,7 @@ async def admin_security(
     values: dict[str, str] = {}
 
     async def entry(kind: str, name: str, key: str) -> str:
-        obj = await kube.get(kind, name, namespace)
-        if obj is None:
-            raise MissingCredentials(f"the {kind} {namespace}/{name} named in {FIELD} is missing")
-        data = obj.get("data") or {}
-        if key not in data:
-            raise MissingCredentials(
-                f"the {kind} {namespace}/{name} named in {FIELD} has no entry {key}"
-            )
-        return base64.b64decode(data[key]).decode() if kind == "Secret" else str(data[key])
+        return await read_entry(kube, kind, name, namespace, key, FIELD)
 
     if spec.ca is not None:
         if spec.ca.secret_name:
