@@ -187,6 +187,11 @@ def schema_of(status: int, answer: Any) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else None
 
 
+# The most of a registry's own words a problem quotes: a registry (or whatever answers at its
+# URL) may say a megabyte, and a pod's annotations hold 256 KiB in all.
+MAX_MESSAGE = 500
+
+
 def problem_of(registry: SchemaRegistry, what: str, status: int, answer: Any) -> RegistryProblem:
     """A refusal in Confluent's error shape (`{"error_code": 40401, "message": "..."}`) as a
     LoggingReady reason and message; `what` says what was asked (registering the schema under
@@ -194,7 +199,10 @@ def problem_of(registry: SchemaRegistry, what: str, status: int, answer: Any) ->
     said = ""
     if isinstance(answer, Mapping) and "message" in answer:
         code = answer.get("error_code")
-        said = f": {answer['message']}" + (f" (error code {code})" if code is not None else "")
+        message = str(answer["message"])
+        if len(message) > MAX_MESSAGE:  # it goes into a condition and a pod's annotation
+            message = message[:MAX_MESSAGE] + "…"
+        said = f": {message}" + (f" (error code {code})" if code is not None else "")
     at = f"the schema registry at {registry.shown_url}"
     if status == 401:
         user = f"user {registry.username!r}" if registry.username else "no credentials"

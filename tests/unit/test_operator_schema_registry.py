@@ -214,6 +214,10 @@ def test_the_documented_errors_become_reasons_with_the_registrys_words(example, 
     assert PASSWORD not in problem.message
     assert logging_state(problem).ready is False
     assert problem_of(registry, "", 403, None).reason == REGISTRY_FORBIDDEN
+    # A registry that says a megabyte is quoted in part: the words go into a condition and a
+    # pod's annotation.
+    long = problem_of(registry, "x", 500, {"error_code": 50001, "message": "a" * 1_000_000})
+    assert len(long.message) < 1_000 and long.message.endswith("… (error code 50001)")
 
 
 async def test_the_schema_is_registered_under_the_topics_subject_with_backward_compatibility():
