@@ -789,13 +789,14 @@ async def _schema_state(
         previous = _previous_logging(serving)
         if not check and previous and previous["reason"] in REGISTRY_REASONS:
             return LoggingState(False, previous["reason"], previous["message"])
-        if registry_secrets(registry) and not rec.settings.read_secrets:
+        secrets = registry_secrets(registry)
+        if secrets and not rec.settings.read_secrets:
             return replace(
                 topic,
                 message=(
                     f"{topic.message}; the schema is not registered by the operator: it may not "
                     f"read Secrets (--read-secrets false), and the registry's are in "
-                    f"{_secrets_named(registry_secrets(registry))}; register it under {subject} "
+                    f"{_secrets_named(secrets)}; register it under {subject} "
                     "yourself (the sidecars look its id up, and say here if they cannot)"
                 ),
             )

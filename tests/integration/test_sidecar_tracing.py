@@ -44,6 +44,16 @@ def traced_config(tmp_path: Path, upstream: str, jaeger, logging: dict[str, Any]
     )
 
 
+def logged_to(local_env, topic: str, tmp_path: Path) -> dict[str, Any]:
+    """The logging section of a sidecar that logs every call to `topic` on the local broker."""
+    return {
+        "mode": "ALL",
+        "topic": topic,
+        "bootstrapServers": local_env.kafka_bootstrap,
+        "spoolDir": str(tmp_path / "spool"),
+    }
+
+
 async def predict(
     http: aiohttp.ClientSession, sidecar: SidecarProcess, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
@@ -116,13 +126,7 @@ async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving
     local_env, topic, standin: tuple[TFServingStandIn, str], jaeger, tmp_path, http
 ):
     server, upstream = standin
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
-    config = traced_config(tmp_path, upstream, jaeger, logging)
+    config = traced_config(tmp_path, upstream, jaeger, logged_to(local_env, topic, tmp_path))
     caller = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
     async with running_sidecar(tmp_path, config, None) as sidecar:
         resp = await predict(http, sidecar, {"traceparent": caller, "tracestate": "rojo=1"})
@@ -177,13 +181,7 @@ async def test_an_unsampled_request_still_carries_a_trace_context_and_sends_no_s
     local_env, topic, standin: tuple[TFServingStandIn, str], jaeger, tmp_path, http
 ):
     server, upstream = standin
-    logging = {
-        "mode": "ALL",
-        "topic": topic,
-        "bootstrapServers": local_env.kafka_bootstrap,
-        "spoolDir": str(tmp_path / "spool"),
-    }
-    config = traced_config(tmp_path, upstream, jaeger, logging)
+    config = traced_config(tmp_path, upstream, jaeger, logged_to(local_env, topic, tmp_path))
     later_trace = "5bf92f3577b34da6a3ce929d0e0e4737"
     async with running_sidecar(tmp_path, config, None) as sidecar:
         quiet = await predict(http, sidecar, {})
