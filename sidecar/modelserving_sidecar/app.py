@@ -132,13 +132,26 @@ class RequestPath:
         }
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        # The usual paths are canonical as sent: one dict lookup. Anything else is made
+        # canonical (or refused) once, and that same form is authorized, routed and forwarded.
+        exact = self.routes.lookup_exact(request.raw_path)
+        probe = exact if exact is not None else self.routes.lookup_exact(request.path)
+        if probe is not None and probe.public:  # a scrape with a query too: no load either
+            return await self._answer(request, exact)
+        # Held from arrival to answer, the log's wait included: the concurrency the autoscaler
+        # scales on (probes and scrapes are not the model's load).
+        concurrency = self.metrics.concurrency
+        concurrency.arrived()
+        try:
+            return await self._answer(request, exact)
+        finally:
+            concurrency.answered()
+
+    async def _answer(self, request: web.BaseRequest, exact: Route | None) -> web.StreamResponse:
         started = time.perf_counter()
         headers = request.headers
         call = Call(request_id(headers.get(REQUEST_ID)))
         raw = request.raw_path
-        # The usual paths are canonical as sent: one dict lookup. Anything else is made
-        # canonical (or refused) once, and that same form is authorized, routed and forwarded.
-        exact = self.routes.lookup_exact(raw)
         # Probes and scrapes (/healthz, /readyz, /metrics) pass a trace context on but are given
         # no span: at a ratio above 0 the kubelet and Prometheus would fill the traces.
         begin_trace(
@@ -341,7 +354,10 @@ class RequestPath:
     async def prometheus(
         self, request: web.BaseRequest, call: Call, route: Route
     ) -> web.StreamResponse:
-        body = generate_latest(self.registry)
+        # `?name[]=...` asks for those metrics alone, as Prometheus' clients allow (the
+        # operator's autoscaler reads the concurrency of every pod every 2 s this way).
+        names = request.query.getall("name[]", ())
+        body = generate_latest(self.registry.restricted_registry(names) if names else self.registry)
         headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
         return web.Response(body=body, headers=headers)
 

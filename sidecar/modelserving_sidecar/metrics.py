@@ -8,11 +8,17 @@ buckets in Python on every update, which cost the request path 5 µs of its ~100
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 
 # Sub-millisecond buckets: the sidecar's own share of a request is measured in them.
@@ -73,6 +79,18 @@ _INFERENCE_ROUTES = frozenset(
         "grpc_multi_inference",
     }
 )
+_IN_FLIGHT = (
+    "modelserving_sidecar_requests_in_flight",
+    "Requests the sidecar holds now (arrived, not yet answered): every request but the probes' "
+    "and the scrapes' (/healthz, /readyz, /metrics), over REST and gRPC.",
+)
+_CONCURRENCY = (
+    "modelserving_sidecar_request_concurrency_seconds",
+    "Requests in flight integrated over time, in request-seconds: its rate over an interval is "
+    "the average number of requests in flight during it (what a concurrency autoscaler reads).",
+)
+# The operator's autoscaler asks for these alone (`/metrics?name[]=...`), every 2 s per pod.
+CONCURRENCY_METRICS = (_IN_FLIGHT[0], f"{_CONCURRENCY[0]}_total")
 _AUTH = (
     "modelserving_sidecar_auth_results",
     "Credential checks by result: allowed, unauthenticated, forbidden, error.",
@@ -111,6 +129,7 @@ class SidecarMetrics:
         self._auth: dict[tuple[str, str], int] = {}
         self._shadow: dict[tuple[int, str], int] = {}
         self._shadow_dropped: dict[str, int] = {}
+        self.concurrency = Concurrency(registry)
         registry.register(self)
 
     def request_done(self, route: str, code: int, seconds: float, version: str = "") -> None:
@@ -182,3 +201,45 @@ class SidecarMetrics:
         for reason, count in list(self._shadow_dropped.items()):
             dropped.add_metric((reason,), count)
         yield dropped
+
+
+class Concurrency:
+    """Requests in flight, and their integral over time (request-seconds), kept exactly on each
+    request's arrival and answer: a clock read and an addition each. Its rate over any interval
+    is the time-weighted average of in-flight requests, which a concurrency autoscaler scales on
+    (a count sampled once per scrape would miss the bursts between scrapes); any number of
+    scrapers read it without resetting it. A collector of its own, so that a scrape asking
+    for it alone (`name[]`) builds no other family."""
+
+    __slots__ = ("_clock", "_integral", "_since", "in_flight")
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic):
+        self.in_flight = 0
+        self._integral = 0.0  # request-seconds up to `_since`
+        self._clock = clock
+        self._since = clock()
+        registry.register(self)
+
+    def arrived(self) -> None:
+        now = self._clock()
+        self._integral += self.in_flight * (now - self._since)
+        self._since = now
+        self.in_flight += 1
+
+    def answered(self) -> None:
+        now = self._clock()
+        self._integral += self.in_flight * (now - self._since)
+        self._since = now
+        self.in_flight -= 1
+
+    def request_seconds(self) -> float:
+        """The integral up to now, the requests still in flight included."""
+        return self._integral + self.in_flight * (self._clock() - self._since)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(*_IN_FLIGHT)
+        yield CounterMetricFamily(*_CONCURRENCY)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(*_IN_FLIGHT, value=self.in_flight)
+        yield CounterMetricFamily(*_CONCURRENCY, value=self.request_seconds())

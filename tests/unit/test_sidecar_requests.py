@@ -774,3 +774,49 @@ async def test_any_request_with_a_valid_key_gets_no_5xx(
             body = gzip.compress(body)
     status, payload, _ = await raw_request(sidecar_url, method, target, headers, body)
     assert status < 500, (status, payload)
+
+
+# --- concurrency, for the autoscaler ------------------------------------------------------------
+
+CONCURRENCY_ONLY = (
+    "/metrics?name[]=modelserving_sidecar_requests_in_flight"
+    "&name[]=modelserving_sidecar_request_concurrency_seconds_total"
+)
+
+
+def _sample(text: str, name: str) -> float:
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_requests_in_flight_and_their_integral_are_what_a_scrape_of_them_alone_shows(
+    keys_dir, http
+):
+    """The autoscaler's reading: requests held now, and request-seconds held so far, asked for
+    alone with `name[]`; probes and scrapes are not counted."""
+    slow = TFServingStandIn({MODEL: StandInModel(versions=(1,))}, delay_seconds=0.5)
+    async with (
+        running_standin(slow) as (_, upstream),
+        sidecar(make_config(upstream, keys_dir)) as url,
+    ):
+        predict = f"{url}/v1/models/{MODEL}:predict"
+        calls = [
+            asyncio.ensure_future(
+                call(http, "POST", predict, json={"instances": [1]}, headers=GOOD)
+            )
+            for _ in range(5)
+        ]
+
+        async def five_held() -> bool:
+            await call(http, "GET", f"{url}/healthz")
+            async with http.get(url + CONCURRENCY_ONLY) as resp:
+                text = await resp.text()
+            return _sample(text, "modelserving_sidecar_requests_in_flight") == 5
+
+        await wait_for_async(five_held, 10, "five requests in flight")
+        assert [status for status, _, _ in await asyncio.gather(*calls)] == [200] * 5
+        async with http.get(url + CONCURRENCY_ONLY) as resp:
+            text = await resp.text()
+    assert _sample(text, "modelserving_sidecar_requests_in_flight") == 0
+    # Five requests each held at least the model's 0.5 s.
+    assert _sample(text, "modelserving_sidecar_request_concurrency_seconds_total") >= 2.5
+    assert "modelserving_sidecar_requests_total" not in text  # the other families not built

@@ -228,10 +228,16 @@ class GrpcGateway:
     def _handler(
         self, method: Method
     ) -> Callable[[AsyncIterable[bytes], grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]:
+        concurrency = self.metrics.concurrency  # as over REST: arrival to answer
+
         async def handle(
             _: AsyncIterable[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
         ) -> bytes:
-            return await self.handle(method, context)
+            concurrency.arrived()
+            try:
+                return await self.handle(method, context)
+            finally:
+                concurrency.answered()
 
         return handle
 
