@@ -69,15 +69,19 @@ def serving_of(body: Mapping[str, Any]) -> Key | None:
 
 
 def pod_summary(name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the status needs of a serving's pod: its name, whether it is Ready, its
-    sidecar's reports (the log's health, what TF Serving says of the model), and how its TF
-    Serving container last ended if the kubelet restarted it."""
+    """What the status and the autoscaler need of a serving's pod: its name, whether it is
+    Ready, its address, whether it is going, its sidecar's reports (the log's health, what TF
+    Serving says of the model), and how its TF Serving container last ended if the kubelet
+    restarted it."""
     annotations = body["metadata"].get("annotations") or {}
     conditions = (body.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return {
         "name": name,
         "ready": ready,
+        # Where the concurrency autoscaler reads the pod's sidecar (autoscaler/readings).
+        "ip": (body.get("status") or {}).get("podIP"),
+        "deleting": bool(body["metadata"].get("deletionTimestamp")),
         "logStatus": annotations.get(LOG_STATUS_ANNOTATION),
         "modelReport": annotations.get(api.MODEL_REPORT_ANNOTATION),
         "tfservingExited": tfserving_exited(body.get("status")),
@@ -107,9 +111,14 @@ class WatchCaches:
 
     def servings(self) -> Iterator[dict[str, Any]]:
         """Every serving the cache holds, parsed."""
-        for store in (self.indexes.get(SERVINGS_INDEX) or {}).values():
+        for _, cached in self.cached_servings():
+            yield cached.parsed()
+
+    def cached_servings(self) -> Iterator[tuple[Key, CachedObject]]:
+        """Every serving the cache holds, by key, as kept (parsed when needed)."""
+        for key, store in list((self.indexes.get(SERVINGS_INDEX) or {}).items()):
             for cached in store:
-                yield cached.parsed()
+                yield key, cached
 
     def source_readers(self) -> Mapping[tuple[str, str, str], Iterable[str]]:
         """Which servings read each Secret and ConfigMap (pod_env.checks.Readers), as the

@@ -20,6 +20,7 @@ import kopf
 from aiohttp import web
 
 from modelserving import api
+from modelserving_operator.autoscaler.loop import Autoscaler
 from modelserving_operator.caches import (
     CHILD_RESOURCES,
     INDEXES,
@@ -261,6 +262,7 @@ def _mark(memo: kopf.Memo, key: Key, kwargs: Mapping[str, Any], *, serving_event
         # The roll for Secrets (if it may read them) and ConfigMaps read at start.
         lambda: check_sources_forever(rec, caches.source_readers, controller.queue),
         lambda: check_topics_forever(rec, controller.queue),  # topic_checks
+        lambda: Autoscaler(rec.kube, caches).forever(),  # servings that scale on concurrency
     )
     controller.mark(key, serving_event=serving_event)
 

@@ -295,9 +295,20 @@ class IngressSpec:
 @dataclass(frozen=True)
 class AutoscalingSpec:
     enabled: bool = False
+    metric: str = "cpu"  # or "concurrency": the operator's own autoscaler (autoscaling/)
     min_replicas: int = 1
     max_replicas: int = 4
     target_cpu_utilization_percentage: int = 70
+    target_concurrency: int = 10
+    stable_window_seconds: int = 60
+    panic_window_percent: int = 10
+    panic_threshold_percent: int = 200
+    scale_to_zero_after_seconds: int = 300
+
+    @property
+    def on_concurrency(self) -> bool:
+        """The operator scales the pods itself, on the requests they hold (no HPA)."""
+        return self.enabled and self.metric == "concurrency"
 
 
 @dataclass(frozen=True)
@@ -455,9 +466,15 @@ _SPOOL: Converters = {
 _INGRESS: Converters = {"enabled": bool, "host": str, "className": str, "annotations": dict}
 _AUTOSCALING: Converters = {
     "enabled": bool,
+    "metric": str,
     "minReplicas": int,
     "maxReplicas": int,
     "targetCPUUtilizationPercentage": int,
+    "targetConcurrency": int,
+    "stableWindowSeconds": int,
+    "panicWindowPercent": int,
+    "panicThresholdPercent": int,
+    "scaleToZeroAfterSeconds": int,
 }
 
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

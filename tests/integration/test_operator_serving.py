@@ -460,6 +460,10 @@ def test_invalid_specs_are_refused_naming_the_field(crds, namespace):
         "spec.model.basePath": {"model": {"version": 1, "basePath": "ftp://m/x"}},
         "spec.auth.apiKeys.secretName": {"auth": {"mode": "apiKey"}},
         "spec.autoscaling.maxReplicas": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+        # Zero needs the concurrency autoscaler (an HPA on CPU cannot scale to zero).
+        "spec.autoscaling.minReplicas 0 needs": {
+            "autoscaling": {"enabled": True, "minReplicas": 0}
+        },
         "spec.logging.kafka.topic": {"logging": {"kafka": {"topic": "not a topic"}}},
         "spec.logging.mode": {"logging": {"mode": "SOME"}},
         "spec.ingress.host": {"ingress": {"enabled": True, "tls": {"secretName": "t"}}},

@@ -347,6 +347,19 @@ def test_ingress_hpa_and_pvc_when_asked():
     assert 'base_path: "/mnt/models/mnist"' in children["ConfigMap"][0]["data"]["models.config"]
 
 
+def test_on_concurrency_the_operator_scales_so_no_hpa_and_no_replicas_are_rendered():
+    serving = mnist_body(
+        autoscaling={"enabled": True, "metric": "concurrency", "minReplicas": 0, "maxReplicas": 5}
+    )
+    spec = ServingSpec.from_body(serving)
+    children = by_kind(render_children(spec, SETTINGS, 17))
+    assert "HorizontalPodAutoscaler" not in children
+    assert "replicas" not in children["Deployment"][0]["spec"]  # the autoscaler's scale writes
+    scaling = spec.autoscaling
+    assert scaling.on_concurrency and (scaling.min_replicas, scaling.target_concurrency) == (0, 10)
+    assert (scaling.stable_window_seconds, scaling.scale_to_zero_after_seconds) == (60, 300)
+
+
 def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
     serving = mnist(auth={"mode": "kubernetes", "kubernetes": {"audience": "msv"}})
     children = by_kind(render_children(serving, SETTINGS, 17))

@@ -54,6 +54,6 @@ def render_children(
     # goes): without the annotation it could be more open than its author meant.
     if spec.ingress.enabled and spec.ingress_refusal(settings) is None:
         children.append(render_ingress(spec))
-    if spec.autoscaling.enabled:
-        children.append(render_hpa(spec))
+    if spec.autoscaling.enabled and not spec.autoscaling.on_concurrency:
+        children.append(render_hpa(spec))  # on concurrency the operator scales (autoscaling/)
     return children

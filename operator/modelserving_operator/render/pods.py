@@ -307,7 +307,10 @@ def render_deployment(
             "spec": pod_spec,
         },
     }
-    if not spec.autoscaling.enabled:  # the HPA owns the replica count when autoscaling is on
+    # With autoscaling the replica count is the HPA's, or on concurrency the operator's own
+    # autoscaler's (written to the scale subresource, under a field manager of its own): an
+    # apply that named it would fight them.
+    if not spec.autoscaling.enabled:
         deployment_spec["replicas"] = spec.server.replicas
     return {
         "apiVersion": "apps/v1",
