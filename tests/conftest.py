@@ -29,6 +29,11 @@ import pytest_asyncio
 
 from tests.support import REPO
 from tests.support.environment import KafkaBroker, LocalEnv, SpareApiServer, localenv
+from tests.support.loopback_node import (
+    LoopbackNode,
+    delete_loopback_node,
+    make_loopback_node,
+)
 from tests.support.namespaces import delete_namespaces, make_namespaces, unique_name
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
@@ -244,3 +249,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session for one test, with room for 50 connections at once."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def loopback_node(kube_client) -> Iterator[LoopbackNode]:
+    """This worker's KWOK node whose pods get loopback addresses (tests/support/loopback_node):
+    a pod placed there (`loopback_node.placement()`) gets an address a process here can bind."""
+    node = make_loopback_node(kube_client, localenv.CLUSTER_NAME)
+    yield node
+    delete_loopback_node(kube_client, node)
