@@ -144,7 +144,7 @@ class BatchingSpec:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """spec.server: the TF Serving container and the pod count."""
+    """spec.server: the TF Serving container, the pod count and the nodes the pods run on."""
 
     replicas: int = 1
     image: str | None = None  # None: the operator's --tfserving-image
@@ -153,6 +153,8 @@ class ServerSpec:
     args: tuple[str, ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
     env_from: tuple[Mapping[str, Any], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
     batching: BatchingSpec = BatchingSpec()
     # TF Serving opens its ports once it has loaded the model: until this has passed without
     # an answer since the pod started, not answering is ModelLoading, after it ServerUnavailable.
@@ -437,6 +439,8 @@ _SERVER: Converters = {
     "args": tuple,
     "env": tuple,
     "envFrom": tuple,
+    "nodeSelector": dict,
+    "tolerations": tuple,
     "startupAllowanceSeconds": int,
 }
 _BATCHING: Converters = {

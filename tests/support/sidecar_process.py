@@ -67,17 +67,24 @@ class SidecarProcess:
 
 @contextlib.asynccontextmanager
 async def running_sidecar(
-    directory: Path, config: dict[str, Any], routing: dict[str, Any] | None, **env: str
+    directory: Path,
+    config: dict[str, Any],
+    routing: dict[str, Any] | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **env: str,
 ) -> AsyncIterator[SidecarProcess]:
     """`modelserving sidecar --config <dir>/sidecar.yaml` (routing.yaml beside it, as the
-    operator mounts them), serving once /healthz answers; SIGTERM at the end."""
-    port = free_port()
+    operator mounts them), serving once /healthz answers; SIGTERM at the end. It listens at
+    `host`:`port` (a pod's address and the sidecar's port, as in the pod), or a free port."""
+    port = port or free_port()
     # No gRPC port unless the test asks for one; one the operator rendered (the pod's, which is
     # TF Serving's 8500 too) becomes one of the test's own: the machine is shared.
     grpc = {"port": 0, **config.get("grpc", {})}
     if grpc["port"] == api.SIDECAR_GRPC_PORT:
         grpc["port"] = free_port()
-    config = {**config, "grpc": grpc, "listen": {"host": "127.0.0.1", "port": port}}
+    config = {**config, "grpc": grpc, "listen": {"host": host, "port": port}}
     config_dir = directory / "config"
     files = {"sidecar.yaml": json.dumps(config)}
     if routing is not None:
@@ -99,7 +106,7 @@ async def running_sidecar(
         )
     finally:
         os.close(log_fd)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         async with aiohttp.ClientSession() as http:
 

@@ -360,6 +360,16 @@ def test_on_concurrency_the_operator_scales_so_no_hpa_and_no_replicas_are_render
     assert (scaling.stable_window_seconds, scaling.scale_to_zero_after_seconds) == (60, 300)
 
 
+def test_the_pods_go_to_the_nodes_the_spec_names():
+    toleration = {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
+    serving = mnist_body(server={"nodeSelector": {"pool": "gpu"}, "tolerations": [toleration]})
+    pod = by_kind(render_children(ServingSpec.from_body(serving), SETTINGS, 17))["Deployment"][0]
+    assert pod["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert pod["spec"]["template"]["spec"]["tolerations"] == [toleration]
+    plain = by_kind(render_children(mnist(), SETTINGS, 17))["Deployment"][0]
+    assert "nodeSelector" not in plain["spec"]["template"]["spec"]
+
+
 def test_kubernetes_auth_gets_a_service_account_bound_to_the_auth_role():
     serving = mnist(auth={"mode": "kubernetes", "kubernetes": {"audience": "msv"}})
     children = by_kind(render_children(serving, SETTINGS, 17))

@@ -292,6 +292,10 @@ def render_deployment(
         ],
         "volumes": _volumes(spec, settings, configmaps),
     }
+    if spec.server.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.server.node_selector)
+    if spec.server.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.server.tolerations]
     annotations = {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, configmaps)}
     if secrets_checksum is not None:
         annotations[SECRETS_CHECKSUM_ANNOTATION] = secrets_checksum

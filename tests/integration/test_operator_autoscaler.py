@@ -1,0 +1,122 @@
+"""A serving that scales on concurrency, through the real API server, controllers and operator,
+with a real sidecar process per pod at the address KWOK gave the pod (tests/support/
+pod_processes): a load step raises the replicas within the burst window, and once the load is
+gone they come down, to zero after the idle time, with no request failed on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+from kubernetes import client
+
+from modelserving import api
+from tests.support.pod_processes import serving_pods
+from tests.support.servings import serving_manifest
+from tests.support.sidecar_configs import sidecar_config
+from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
+from tests.support.waiting import wait_for_async
+
+SHARED_OPERATOR = True
+
+MODEL = "half_plus_two"
+SCALING = {
+    "enabled": True,
+    "metric": "concurrency",
+    "minReplicas": 0,
+    "maxReplicas": 3,
+    "targetConcurrency": 2,
+    "stableWindowSeconds": 6,  # the panic window: 10 % of it, the last reading alone
+    "scaleToZeroAfterSeconds": 30,
+}
+IN_FLIGHT = 6  # callers that each send again as soon as answered: 3 pods' worth at target 2
+
+
+def replicas(apps: client.AppsV1Api, namespace: str, name: str) -> int | None:
+    try:
+        return apps.read_namespaced_deployment(name, namespace).spec.replicas
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def scaled_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},reason=Scaled"
+    )
+    return [event.message for event in events.items]
+
+
+async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
+    operator, kube_client, namespace, loopback_node, tmp_path, http
+):
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    objects = client.CustomObjectsApi(kube_client)
+    name = "scaled"
+    manifest = serving_manifest(
+        name,
+        model={"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
+        auth={"mode": "none"},
+        logging={"enabled": False},
+        server=loopback_node.placement(),
+        autoscaling=SCALING,
+    )
+    objects.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+    # The model holds each request 0.2 s, so that requests are in flight to count.
+    standin = TFServingStandIn({MODEL: StandInModel(versions=(1,))}, delay_seconds=0.2)
+
+    async def count(want: int) -> bool:
+        return await asyncio.to_thread(replicas, apps, namespace, name) == want
+
+    async with (
+        running_standin(standin) as (_, upstream),
+        serving_pods(
+            core,
+            namespace,
+            name,
+            tmp_path,
+            lambda _: sidecar_config(upstream, serving={"name": name, "namespace": namespace}),
+        ) as pods,
+    ):
+        # The Deployment starts at one replica (Kubernetes' default; the operator names none).
+        await wait_for_async(lambda: _serving(pods, 1), 60, "the first pod's sidecar")
+        assert await count(1)
+
+        answers: Counter[int] = Counter()
+        stop = asyncio.Event()
+
+        async def caller(start: int) -> None:
+            for turn in itertools.count(start):
+                if stop.is_set():
+                    return
+                urls = pods.addresses()  # the pods that serve, as the Service's endpoints
+                if not urls:
+                    await asyncio.sleep(0.05)
+                    continue
+                url = urls[turn % len(urls)]
+                predict = f"{url}/v1/models/{MODEL}:predict"
+                async with http.post(predict, json={"instances": [1.0]}) as resp:
+                    answers[resp.status] += 1
+
+        callers = [asyncio.create_task(caller(i)) for i in range(IN_FLIGHT)]
+        try:
+            await wait_for_async(lambda: count(3), 30, "the burst to raise the replicas to 3")
+            await wait_for_async(lambda: _serving(pods, 3), 60, "three pods' sidecars serving")
+        finally:
+            stop.set()
+            await asyncio.gather(*callers)
+        assert answers and set(answers) == {200}, answers
+        up = await asyncio.to_thread(scaled_events, core, namespace, name)
+        assert any("1 to 3 replicas: a burst" in message for message in up), up
+
+        # Idle: down by half a round to one pod, which stays for the idle time, then none.
+        await wait_for_async(lambda: count(0), 90, "the idle serving to go to zero")
+        await wait_for_async(lambda: _serving(pods, 0), 60, "the pods to go")
+    down = await asyncio.to_thread(scaled_events, core, namespace, name)
+    assert any("1 to 0 replicas: no request in flight for 30 s" in m for m in down), down
+
+
+async def _serving(pods, want: int) -> bool:
+    return len(pods.addresses()) == want
