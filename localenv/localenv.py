@@ -1364,8 +1364,30 @@ def up() -> Settings:
         return _up()
 
 
+# The addresses KWOK gives the pods of a test's node (tests/support/loopback_node): served by
+# this machine, so that a test runs a pod's containers as processes bound at the pod's address.
+# Not 127/8: the API server refuses loopback addresses in EndpointSlices, and a Service's
+# endpoints are what a test of the serving's network sends to. 198.18.0.0/15 is the range kept
+# for benchmarks (RFC 2544), routed nowhere else.
+POD_NETWORK = "198.18.0.0/15"
+
+
+def pod_network_up() -> None:
+    """Route POD_NETWORK to this machine itself (a `local` route on lo: any address of it can
+    be bound, as 127/8 can). Idempotent; left in place at `down` (another checkout's tests
+    may use it; it reaches nothing else)."""
+    try:
+        run(["ip", "route", "replace", "local", POD_NETWORK, "dev", "lo"])
+    except (EnvError, FileNotFoundError) as exc:
+        raise EnvError(
+            f"cannot route {POD_NETWORK} to this machine (`ip route replace local {POD_NETWORK}"
+            f" dev lo` needs CAP_NET_ADMIN): {exc}"
+        ) from None
+
+
 def _up() -> Settings:
     build()
+    pod_network_up()
     kubeconfig = cluster_up()
     bootstrap = kafka_start()
     settings = Settings(

@@ -27,6 +27,8 @@ CHILD_RESOURCES = [
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("networking.k8s.io", "v1", "ingresses", "Ingress"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    # Of a serving that may go to zero (render_endpoint_slice): written in a step of its own.
+    ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding"),
 ]

@@ -20,6 +20,7 @@ import kopf
 from aiohttp import web
 
 from modelserving import api
+from modelserving_operator.autoscaler.activator_endpoints import follow_activator_forever
 from modelserving_operator.autoscaler.loop import Autoscaler
 from modelserving_operator.caches import (
     CHILD_RESOURCES,
@@ -44,6 +45,7 @@ from modelserving_operator.names import cluster_role_binding_name, made_for
 from modelserving_operator.pod_env.checks import check_sources_forever
 from modelserving_operator.pod_env.sources import env_sources
 from modelserving_operator.reconcile import Reconciler, reconcile_cached
+from modelserving_operator.render.network import SLICE_MANAGED_BY, SLICE_MANAGED_BY_LABEL
 from modelserving_operator.runtime.cached import CachedObject
 from modelserving_operator.runtime.controller import Controller
 from modelserving_operator.runtime.kopf_internals import (
@@ -77,6 +79,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Filter children on the server: the operator never sees unrelated objects.
         resource = (group, version, plural) if group else (version, plural)
         settings.watching.label_selectors[resource] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
+    # The EndpointSlice controller copies a Service's labels onto the slices it keeps for it:
+    # ours alone are watched, not one slice more per serving.
+    settings.watching.label_selectors[("discovery.k8s.io", "v1", "endpointslices")] = (
+        f"{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGED_BY}"
+    )
     settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
     # kopf gives up on a request after its retries (54 s in all), and a watch given up on
     # is never renewed: an API server away longer (a restart of a loaded one) left the
@@ -263,6 +270,7 @@ def _mark(memo: kopf.Memo, key: Key, kwargs: Mapping[str, Any], *, serving_event
         lambda: check_sources_forever(rec, caches.source_readers, controller.queue),
         lambda: check_topics_forever(rec, controller.queue),  # topic_checks
         lambda: Autoscaler(rec.kube, caches).forever(),  # servings that scale on concurrency
+        lambda: follow_activator_forever(rec, caches, controller.queue),  # at zero
     )
     controller.mark(key, serving_event=serving_event)
 

@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from modelserving.inferencelog.schema_registry import (
     subject_of,
 )
 from modelserving.kafka_security.settings import AUTHENTICATION_FAILED, TLS_FAILED
+from modelserving_operator.autoscaler.endpoints import ActivatorEndpoints, pod_endpoints
 from modelserving_operator.caches import WatchCaches
 from modelserving_operator.kafka.schema_registry import (
     SchemaRegistrySpec,
@@ -78,6 +79,7 @@ from modelserving_operator.policy import (
 )
 from modelserving_operator.render.config_maps import ROUTING_KEY, routed_buckets
 from modelserving_operator.render.manifests import render_children
+from modelserving_operator.render.network import render_endpoint_slice
 from modelserving_operator.runtime.cached import CachedObject
 from modelserving_operator.runtime.controller import Again, Outcome
 from modelserving_operator.runtime.kopf_internals import event_target
@@ -190,6 +192,9 @@ class Reconciler:
     kafka: KafkaSeen = field(default_factory=KafkaSeen)
     sources: SourcesSeen = field(default_factory=SourcesSeen)
     memory: ServingMemory = field(default_factory=ServingMemory)
+    # The activator's ready pods (autoscaler/activator_endpoints follows them): where the
+    # endpoints of a serving at zero point.
+    activator: ActivatorEndpoints = field(default_factory=ActivatorEndpoints)
     writes: int = 0  # since the start: applies, deletes, status and annotation patches
 
     def forget(self, key: Key) -> None:
@@ -262,9 +267,14 @@ async def reconcile(
     if found is None:
         return None  # only the serving's own events take ids
     model_id, assigned = found
+    pods = list(pods)
+    # The EndpointSlice follows the pods, not the spec alone: a step of its own.
+    slices = [c for c in children if c.kind == "EndpointSlice"]
+    children = [c for c in children if c.kind != "EndpointSlice"]
     applied = await _children(rec, serving, spec, model_id, children)
     _post_changes(serving, applied.done, model_id if assigned else None)
-    observed = await _observe(rec, serving, spec, applied, list(pods), from_serving_event)
+    await _endpoints(rec, spec, slices, pods)
+    observed = await _observe(rec, serving, spec, applied, pods, from_serving_event)
     wait = await _write_status(rec, serving, spec, model_id, observed)
     return _again(rec, spec, applied, observed, wait)
 
@@ -285,6 +295,33 @@ async def _model_id(
     model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
     rec.writes += 1
     return model_id, True
+
+
+async def _endpoints(
+    rec: Reconciler,
+    spec: ServingSpec,
+    slices: Iterable[CachedObject],
+    pods: Sequence[Mapping[str, Any]],
+) -> None:
+    """The EndpointSlice of a serving that may go to zero: its ready pods, or while none is,
+    the activator's (autoscaler/endpoints); written when it says otherwise, deleted when the
+    serving no longer may go to zero (the EndpointSlice controller follows the Service's
+    selector again)."""
+    cached = next((c for c in slices if c.name == spec.name), None)
+    live = cached.parsed() if cached is not None else None
+    if live is not None and not owned_by(live, spec):
+        live = None  # someone else's of the serving's name: never written
+    if not spec.autoscaling.to_zero:
+        if live is not None:
+            await rec.kube.delete("EndpointSlice", spec.name, spec.namespace)
+            rec.writes += 1
+        return
+    endpoints = pod_endpoints(spec.namespace, pods) or list(rec.activator.endpoints)
+    wanted = render_endpoint_slice(spec, endpoints)
+    if live is not None and covers(live, wanted):
+        return
+    await rec.kube.apply(wanted)
+    rec.writes += 1
 
 
 @dataclass(frozen=True)
@@ -368,8 +405,9 @@ async def _observe(
     model = model_status(spec.model, pods)
     numbers = spec.model.loaded_versions
     rolling_to = f"version{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+    wakes = bool(rec.activator.endpoints) if spec.autoscaling.to_zero else None
     ready, progressing, *rollout = deployment_conditions(
-        applied.deployment, applied.failure, rolling_to
+        applied.deployment, applied.failure, rolling_to, wakes
     )
     rollout = [progressing_with_pods(progressing, model), *rollout]
     _post_conflict(rec, serving, key, applied.failure)

@@ -114,6 +114,17 @@ class OperatorSettings:
     # The collector (OTLP/HTTP traces URL) of servings whose spec.tracing names none; empty,
     # their sidecars send no spans (and still carry the W3C trace context).
     tracing_endpoint: str = ""
+    # The activator's Service ("NAME" in the operator's namespace, or "NAMESPACE/NAME"): where
+    # the endpoints of a serving at zero point, so that its first request is held and wakes it.
+    # Empty: no activator, and a serving at zero refuses requests until scaled up by hand.
+    activator_service: str = ""
+
+    def activator(self) -> tuple[str, str] | None:
+        """(namespace, name) of the activator's Service, or None."""
+        if not self.activator_service:
+            return None
+        namespace, _, name = self.activator_service.rpartition("/")
+        return (namespace or self.operator_namespace, name)
 
 
 def _text(value: str) -> str:
@@ -133,6 +144,13 @@ def _traces_url(value: str) -> str:
     value = value.strip()
     if value and not _TRACES_URL.match(value):
         raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _service_ref(value: str) -> str:
+    value = value.strip()
+    if value and not all(_DNS_LABEL.match(part) for part in value.split("/", 1)):
+        raise ValueError("must be a Service's NAME or NAMESPACE/NAME")
     return value
 
 
@@ -527,6 +545,15 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         _traces_url,
         "the OTLP/HTTP traces URL (http://collector:4318/v1/traces) the sidecars of servings "
         "whose spec.tracing names none send their sampled calls' spans to; empty: no spans",
+    ),
+    "activator_service": (
+        "--activator-service",
+        "MODELSERVING_ACTIVATOR_SERVICE",
+        _service_ref,
+        "the activator's Service (NAME in the operator's namespace, or NAMESPACE/NAME): the "
+        "endpoints of a serving at zero (spec.autoscaling.minReplicas 0) point at its ready "
+        "pods, which hold a request and wake the serving; empty: a serving at zero refuses "
+        "requests (no endpoints) until it is scaled up",
     ),
 }
 

@@ -312,6 +312,12 @@ class AutoscalingSpec:
         """The operator scales the pods itself, on the requests they hold (no HPA)."""
         return self.enabled and self.metric == "concurrency"
 
+    @property
+    def to_zero(self) -> bool:
+        """The serving may go to zero pods: its endpoints are the operator's (the pods', or
+        the activator's while none is ready)."""
+        return self.on_concurrency and self.min_replicas == 0
+
 
 @dataclass(frozen=True)
 class TracingSpec:

@@ -1,7 +1,9 @@
 """A serving that scales on concurrency, through the real API server, controllers and operator,
 with a real sidecar process per pod at the address KWOK gave the pod (tests/support/
 pod_processes): a load step raises the replicas within the burst window, and once the load is
-gone they come down, to zero after the idle time, with no request failed on the way."""
+gone they come down, to zero after the idle time, with no request failed on the way. Its
+Service has no selector: the operator writes its endpoints, the ready pods', and at zero the
+activator's (here a pod and a Service that stand for it; nothing is sent to them)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,65 @@ import asyncio
 import itertools
 from collections import Counter
 
+import pytest
 from kubernetes import client
 
 from modelserving import api
 from tests.support.pod_processes import serving_pods
-from tests.support.servings import serving_manifest
+from tests.support.servings import condition, get_serving, serving_manifest
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
-from tests.support.waiting import wait_for_async
+from tests.support.waiting import wait_for, wait_for_async
 
-SHARED_OPERATOR = True
+ACTIVATOR = "activator"
+
+
+@pytest.fixture
+def operator_flags(namespace) -> list[str]:
+    return ["--activator-service", f"{namespace}/{ACTIVATOR}"]
+
+
+@pytest.fixture
+def activator(kube_client, namespace, loopback_node) -> str:
+    """A Service named as the activator's, with one ready pod: its address."""
+    core = client.CoreV1Api(kube_client)
+    labels = {"app": ACTIVATOR}
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": f"{ACTIVATOR}-0", "labels": labels},
+            "spec": {
+                "containers": [{"name": ACTIVATOR, "image": "modelserving"}],
+                **loopback_node.placement(),
+            },
+        },
+    )
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": ACTIVATOR},
+            "spec": {"selector": labels, "ports": [{"name": "http", "port": api.SIDECAR_PORT}]},
+        },
+    )
+
+    def address() -> str | None:
+        pod = core.read_namespaced_pod(f"{ACTIVATOR}-0", namespace)
+        return pod.status.pod_ip
+
+    return wait_for(address, 30, "the activator's pod to get its address")
+
+
+def slice_addresses(kube_client, namespace: str, name: str) -> list[str] | None:
+    """The addresses of the serving's own EndpointSlice (None: there is none)."""
+    discovery = client.DiscoveryV1Api(kube_client)
+    try:
+        found = discovery.read_namespaced_endpoint_slice(name, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return sorted(e.addresses[0] for e in found.endpoints or [])
+
 
 MODEL = "half_plus_two"
 SCALING = {
@@ -50,7 +101,7 @@ def scaled_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str
 
 
 async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
-    operator, kube_client, namespace, loopback_node, tmp_path, http
+    operator, kube_client, namespace, loopback_node, activator, tmp_path, http
 ):
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
     objects = client.CustomObjectsApi(kube_client)
@@ -83,6 +134,13 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         # The Deployment starts at one replica (Kubernetes' default; the operator names none).
         await wait_for_async(lambda: _serving(pods, 1), 60, "the first pod's sidecar")
         assert await count(1)
+        service = core.read_namespaced_service(name, namespace)
+        assert service.spec.selector is None  # the endpoints are the operator's
+        await wait_for_async(
+            lambda: _endpoints_are(kube_client, namespace, name, pods.ips()),
+            30,
+            "the serving's EndpointSlice to name its pod",
+        )
 
         answers: Counter[int] = Counter()
         stop = asyncio.Event()
@@ -104,6 +162,11 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         try:
             await wait_for_async(lambda: count(3), 30, "the burst to raise the replicas to 3")
             await wait_for_async(lambda: _serving(pods, 3), 60, "three pods' sidecars serving")
+            await wait_for_async(
+                lambda: _endpoints_are(kube_client, namespace, name, pods.ips()),
+                30,
+                "the serving's EndpointSlice to name its three pods",
+            )
         finally:
             stop.set()
             await asyncio.gather(*callers)
@@ -116,6 +179,19 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         await wait_for_async(lambda: _serving(pods, 0), 60, "the pods to go")
     down = await asyncio.to_thread(scaled_events, core, namespace, name)
     assert any("1 to 0 replicas: no request in flight for 30 s" in m for m in down), down
+    # At zero the Service sends to the activator, and the serving is Ready: a request wakes it.
+    await wait_for_async(
+        lambda: _endpoints_are(kube_client, namespace, name, [activator]),
+        30,
+        "the serving's EndpointSlice to name the activator",
+    )
+    ready = condition(get_serving(objects, namespace, name), "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero"), ready
+
+
+async def _endpoints_are(kube_client, namespace: str, name: str, addresses: list[str]) -> bool:
+    found = await asyncio.to_thread(slice_addresses, kube_client, namespace, name)
+    return found == sorted(addresses)
 
 
 async def _serving(pods, want: int) -> bool:

@@ -1,17 +1,20 @@
-"""A KWOK node whose pods get loopback addresses, so that a test can run a pod's containers as
-processes bound at the address the cluster gave the pod.
+"""A KWOK node whose pods get addresses this machine serves, so that a test can run a pod's
+containers as processes bound at the address the cluster gave the pod.
 
 KWOK plays the kubelet: it gives a pod an address from its node's spec.podCIDR (its stages'
-`PodIPsWith`) and marks it Ready; nothing runs. A node whose podCIDR is a range of 127/8 (all of
-it is loopback on Linux) gives addresses any process here can bind, and a client reaches them
-as it would reach a pod's. The kwok controller manages every node (kwokctl runs it with
---manage-all-nodes), this one too. The node is tainted, so that only pods that ask for it (with
-`LoopbackNode.placement`) land there, and the other tests' pods keep the nodes without one.
+`PodIPsWith`) and marks it Ready; nothing runs. The local environment routes its pod network
+(localenv's POD_NETWORK, 198.18.0.0/15) to this machine itself, as 127/8 is: any process here
+can bind an address of it, and a client reaches it as it would reach a pod's. (Not 127/8
+itself: the API server refuses loopback addresses in EndpointSlices.) The kwok controller
+manages every node (kwokctl runs it with --manage-all-nodes), this one too. The node is
+tainted, so that only pods that ask for it (with `LoopbackNode.placement`) land there, and the
+other tests' pods keep the nodes without one.
 
-The range is 127.C.W.0/24: C from the cluster's name (each checkout has a cluster of its own,
-and their tests' processes share the machine's loopback), W from the pytest-xdist worker (the
-workers of one run share the cluster). Two clusters whose names give the same C share ranges:
-one in 254, which a run beside another checkout's would show as an address already in use.
+The range is one /24 of the 512 in POD_NETWORK: from the cluster's name (each checkout has a
+cluster of its own, and their tests' processes share the machine's addresses) and the
+pytest-xdist worker (the workers of one run share the cluster). Two clusters whose names give
+the same block share ranges: one in 64, which a run beside another checkout's would show as an
+address already in use.
 """
 
 from __future__ import annotations
@@ -52,15 +55,19 @@ class LoopbackNode:
         return ipaddress.ip_address(address) in ipaddress.ip_network(self.pod_cidr)
 
 
+WORKERS = 8  # /24 blocks for each cluster: pytest-xdist workers gw0 to gw7
+
+
 def loopback_cidr(cluster_name: str, worker: str) -> str:
-    """127.C.W.0/24 for a cluster and a pytest-xdist worker (gw0, gw1, ...; any other name is
-    worker 0): C is 1 to 254 from the cluster's name, W the worker's number."""
-    cluster = 1 + int(hashlib.sha256(cluster_name.encode()).hexdigest(), 16) % 254
+    """A /24 of 198.18.0.0/15 for a cluster and a pytest-xdist worker (gw0, gw1, ...; any
+    other name is worker 0)."""
     number = worker.removeprefix("gw")
     index = int(number) if number.isdigit() else 0
-    if index > 255:
-        raise ValueError(f"worker {worker}: at most 256 workers have a loopback range each")
-    return f"127.{cluster}.{index}.0/24"
+    if index >= WORKERS:
+        raise ValueError(f"worker {worker}: at most {WORKERS} workers have a pod range each")
+    cluster = int(hashlib.sha256(cluster_name.encode()).hexdigest(), 16) % (512 // WORKERS)
+    block = cluster * WORKERS + index
+    return f"198.{18 + block // 256}.{block % 256}.0/24"
 
 
 def worker_name() -> str:

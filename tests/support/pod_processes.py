@@ -49,6 +49,10 @@ class ServingPods:
         """The base URLs of the sidecars serving now."""
         return [sidecar.url for sidecar in self.sidecars.values()]
 
+    def ips(self) -> list[str]:
+        """The pod addresses the sidecars serving now listen at."""
+        return [sidecar.config["listen"]["host"] for sidecar in self.sidecars.values()]
+
     async def keep(self) -> None:
         """Start a sidecar for each Ready pod, stop those of pods gone or going, until cancelled."""
         selector = f"{api.LABEL_INSTANCE}={self.serving}"

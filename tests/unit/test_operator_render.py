@@ -10,6 +10,7 @@ import yaml
 
 from modelserving import api
 from modelserving.kube_access import SERVICE_ACCOUNT_DIR
+from modelserving_operator.autoscaler.endpoints import pod_endpoints, ready_endpoints
 from modelserving_operator.names import CONFIG_CHECKSUM_ANNOTATION
 from modelserving_operator.reconcile import covers
 from modelserving_operator.render.config_maps import (
@@ -18,7 +19,14 @@ from modelserving_operator.render.config_maps import (
     render_sidecar_configmap,
 )
 from modelserving_operator.render.manifests import render_children
-from modelserving_operator.render.network import render_service
+from modelserving_operator.render.network import (
+    SLICE_MANAGED_BY,
+    SLICE_MANAGED_BY_LABEL,
+    SLICE_SERVICE_LABEL,
+    Endpoint,
+    render_endpoint_slice,
+    render_service,
+)
 from modelserving_operator.render.pods import render_deployment
 from modelserving_operator.settings import (
     OperatorSettings,
@@ -559,3 +567,72 @@ def test_a_refused_write_is_degraded_and_leaves_ready_to_the_pods_that_serve():
     # A Conflict (a child's name is another's) holds Ready False
     taken = ApplyFailure(CONFLICT, "Service mnist already exists")
     assert deployment_conditions(serving, taken)[0].reason == CONFLICT
+
+
+def test_a_serving_that_may_go_to_zero_has_the_operators_endpoints_not_a_selector():
+    spec = ServingSpec.from_body(
+        mnist_body(autoscaling={"enabled": True, "metric": "concurrency", "minReplicas": 0})
+    )
+    assert "selector" not in render_service(spec)["spec"]
+    pods = [Endpoint("10.0.0.9", "mnist-b", "demo"), Endpoint("10.0.0.2", "mnist-a", "demo")]
+    slice_ = render_endpoint_slice(spec, pods)
+    assert slice_["metadata"]["labels"][SLICE_SERVICE_LABEL] == "mnist"
+    assert slice_["metadata"]["labels"][SLICE_MANAGED_BY_LABEL] == SLICE_MANAGED_BY
+    assert slice_["addressType"] == "IPv4"
+    assert [e["addresses"] for e in slice_["endpoints"]] == [["10.0.0.2"], ["10.0.0.9"]]
+    assert slice_["endpoints"][0]["targetRef"] == {
+        "kind": "Pod",
+        "namespace": "demo",
+        "name": "mnist-a",
+    }
+    # By the names of the Service's ports, on the sidecar's (and the activator's) numbers.
+    assert [(p["name"], p["port"]) for p in slice_["ports"]] == [("http", 8080), ("grpc", 8500)]
+    assert render_endpoint_slice(spec, [])["endpoints"] == []  # at zero without an activator
+    minimum_one = ServingSpec.from_body(
+        mnist_body(autoscaling={"enabled": True, "metric": "concurrency", "minReplicas": 1})
+    )
+    assert render_service(minimum_one)["spec"]["selector"]
+
+
+def test_the_endpoints_read_are_the_ready_ones_and_the_pods_that_answer():
+    slices = [
+        {
+            "endpoints": [
+                {
+                    "addresses": ["10.1.0.7"],
+                    "conditions": {"ready": True},
+                    "targetRef": {"name": "act-1", "namespace": "ops"},
+                },
+                {"addresses": ["10.1.0.8"], "conditions": {"ready": False}},
+                {"addresses": ["10.1.0.3"], "targetRef": {"name": "act-0", "namespace": "ops"}},
+            ]
+        },
+        {"endpoints": None},
+    ]
+    assert ready_endpoints(slices) == (
+        Endpoint("10.1.0.3", "act-0", "ops"),
+        Endpoint("10.1.0.7", "act-1", "ops"),
+    )
+    pods = [
+        {"name": "a", "ready": True, "ip": "10.0.0.1"},
+        {"name": "b", "ready": False, "ip": "10.0.0.2"},
+        {"name": "c", "ready": True, "ip": None},
+        {"name": "d", "ready": True, "ip": "10.0.0.4", "deleting": True},
+    ]
+    assert pod_endpoints("demo", pods) == [Endpoint("10.0.0.1", "a", "demo")]
+
+
+def test_at_zero_a_serving_the_activator_wakes_is_ready():
+    at_zero = {
+        "metadata": {"generation": 3},
+        "spec": {"replicas": 0},
+        "status": {"observedGeneration": 3},
+    }
+    woken, *_ = deployment_conditions(at_zero, wakes=True)
+    assert (woken.status, woken.reason) == (True, "ScaledToZero")
+    assert "first request wakes it" in woken.message
+    refused, *_ = deployment_conditions(at_zero, wakes=False)
+    assert (refused.status, refused.reason) == (False, "ScaledToZero")
+    assert "--activator-service" in refused.message
+    fixed, *_ = deployment_conditions(at_zero)
+    assert (fixed.status, fixed.message) == (False, "the serving has 0 replicas")

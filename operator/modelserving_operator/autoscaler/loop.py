@@ -24,6 +24,7 @@ import kopf
 
 from modelserving import api
 from modelserving_operator.autoscaler.decide import Decision, Memory, Policy, Reading, decide
+from modelserving_operator.autoscaler.endpoints import pod_endpoints
 from modelserving_operator.autoscaler.readings import PodRead, read_pod, serving_concurrency
 from modelserving_operator.caches import WatchCaches
 from modelserving_operator.kube import KubeClient, KubeError
@@ -141,12 +142,8 @@ class Autoscaler:
             del self._specs[gone]
 
     def _ready_pods(self, key: Key) -> list[tuple[str, str]]:
-        """(name, address) of the serving's pods that answer (Ready, and not going)."""
-        return [
-            (pod["name"], pod["ip"])
-            for pod in self.caches.pods(key)
-            if pod["ready"] and pod.get("ip") and not pod.get("deleting")
-        ]
+        """(name, address) of the serving's pods that answer."""
+        return [(e.pod, e.address) for e in pod_endpoints(key[0], self.caches.pods(key))]
 
     def _replicas(self, key: Key) -> int | None:
         """The replicas the serving's Deployment asks for (None: it has none yet)."""

@@ -1,16 +1,28 @@
-"""How the serving is reached: its Service, the NetworkPolicy that opens only the sidecar, and
-an optional Ingress. Pure functions of the spec."""
+"""How the serving is reached: its Service, the endpoints of a serving that may go to zero, the
+NetworkPolicy that opens only the sidecar, and an optional Ingress. Pure functions of the spec
+(and, for the endpoints, of the addresses that answer)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from modelserving import api
 from modelserving_operator.names import Manifest, metadata, selector_labels
 from modelserving_operator.spec import ServingSpec
 
+# The EndpointSlice label that says who keeps a slice: the EndpointSlice controller leaves the
+# slices of a Service without a selector to whoever names itself here.
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+SLICE_MANAGED_BY = "operator.modelserving.io"
+SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+
 
 def render_service(spec: ServingSpec) -> Manifest:
+    """The serving's Service. One that may go to zero has no selector: its endpoints are the
+    operator's (render_endpoint_slice), which points them at the activator while no pod is
+    ready, so that a request at zero is held and wakes the serving rather than refused."""
     ports: list[dict[str, Any]] = [
         {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
     ]
@@ -25,11 +37,62 @@ def render_service(spec: ServingSpec) -> Manifest:
                 "appProtocol": "kubernetes.io/h2c",
             }
         )
+    service_spec: dict[str, Any] = {"type": "ClusterIP", "ports": ports}
+    if not spec.autoscaling.to_zero:
+        service_spec["selector"] = selector_labels(spec)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(spec, spec.name),
-        "spec": {"type": "ClusterIP", "selector": selector_labels(spec), "ports": ports},
+        "spec": service_spec,
+    }
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address the serving's Service sends to: a ready pod of the serving, or an activator's."""
+
+    address: str
+    pod: str  # the pod's name
+    namespace: str  # the pod's namespace (the activator's is the operator's)
+
+
+def render_endpoint_slice(spec: ServingSpec, endpoints: Sequence[Endpoint]) -> Manifest:
+    """The endpoints of a serving that may go to zero, as the EndpointSlice controller would
+    write them for its Service's selector: its ready pods (or, at zero, the activator's), on
+    the Service's ports by name. In address order, so that the same endpoints are the same
+    slice."""
+    meta = metadata(spec, spec.name)
+    meta["labels"] = {
+        **meta["labels"],
+        SLICE_SERVICE_LABEL: spec.name,
+        SLICE_MANAGED_BY_LABEL: SLICE_MANAGED_BY,
+    }
+    ports: list[dict[str, Any]] = [{"name": "http", "port": api.SIDECAR_PORT, "protocol": "TCP"}]
+    if spec.sidecar.grpc.enabled:
+        ports.append(
+            {
+                "name": "grpc",
+                "port": api.SIDECAR_GRPC_PORT,
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            }
+        )
+    ordered = sorted(endpoints, key=lambda e: e.address)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv6" if ordered and ":" in ordered[0].address else "IPv4",
+        "endpoints": [
+            {
+                "addresses": [e.address],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "targetRef": {"kind": "Pod", "namespace": e.namespace, "name": e.pod},
+            }
+            for e in ordered
+        ],
+        "ports": ports,
     }
 
 

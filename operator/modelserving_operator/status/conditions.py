@@ -46,10 +46,21 @@ class ApplyFailure:
     message: str
 
 
+SCALED_TO_ZERO = "ScaledToZero"
+WAKES_ON_REQUEST = (
+    "no pod runs: the serving's first request wakes it, held by the activator until a pod is ready"
+)
+NO_ACTIVATOR = (
+    "no pod runs, and no activator answers for the serving (the operator's --activator-service, "
+    "the chart's activator.enabled): its requests are refused until it is scaled up"
+)
+
+
 def deployment_conditions(
     deployment: Mapping[str, Any] | None,
     not_applied: ApplyFailure | None = None,
     rolling_to: str = "",
+    wakes: bool | None = None,
 ) -> list[Condition]:
     """Ready, Progressing and Degraded from the Deployment (None: not there yet) and from why
     the children could not be applied, if they could not. `rolling_to` names what a roll
@@ -60,7 +71,10 @@ def deployment_conditions(
     taken up yet (its status.observedGeneration behind its generation): its counts are the
     pods that serve now. A refused write (ApplyFailed: a 429, a timeout, an admission denial)
     leaves the pods serving as they did: it is told in Progressing and Degraded, and Ready is
-    the pods'. A Conflict holds Ready False: the serving's names are another's."""
+    the pods'. A Conflict holds Ready False: the serving's names are another's.
+
+    At zero replicas, a serving that may go to zero (`wakes` not None) is Ready when the
+    activator answers for it (`wakes`): its first request is held and wakes it."""
     if not_applied and (deployment is None or not_applied.reason != APPLY_FAILED):
         reason, message = not_applied.reason, not_applied.message
         return [
@@ -88,8 +102,12 @@ def deployment_conditions(
     rolled_out = seen and updated >= desired and total == updated and available >= desired
     to = f" to {rolling_to}" if rolling_to else ""
 
-    if desired == 0:
-        ready_cond = Condition("Ready", False, "ScaledToZero", "the serving has 0 replicas")
+    if desired == 0 and wakes:
+        ready_cond = Condition("Ready", True, SCALED_TO_ZERO, WAKES_ON_REQUEST)
+    elif desired == 0 and wakes is False:
+        ready_cond = Condition("Ready", False, SCALED_TO_ZERO, NO_ACTIVATOR)
+    elif desired == 0:
+        ready_cond = Condition("Ready", False, SCALED_TO_ZERO, "the serving has 0 replicas")
     elif rolled_out:
         ready_cond = Condition(
             "Ready", True, "Available", f"{available} of {desired} replicas serve the model"
