@@ -78,6 +78,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 MANAGED_BY = "modelserving-operator"
+# The app.kubernetes.io/name of a serving's children, its pods among them (with the serving's
+# name as app.kubernetes.io/instance): what the activator's watch of serving pods selects.
+SERVING_APP_NAME = "modelserving"
 PART_OF = "modelserving"
 
 # The image `make image` builds; the chart's image.repository and the operator's default

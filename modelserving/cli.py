@@ -17,6 +17,10 @@ from modelserving import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("modelserving_operator.main", "run the operator that reconciles ModelServings"),
     "sidecar": ("modelserving_sidecar.main", "run the sidecar of a serving pod"),
+    "activator": (
+        "modelserving_sidecar.activator.main",
+        "hold the requests of servings at zero, wake them and forward",
+    ),
     "apikey": (
         "modelserving_sidecar.auth.apikey_cli",
         "make an API key and the Secret with its hash",

@@ -27,6 +27,8 @@ from modelserving_sidecar.config import AuthMode, SidecarConfig
 log = logging.getLogger(__name__)
 
 SCHEME = "ApiKey"
+# The 401's message when no key is sent (the activator's refusal before a wake says it too).
+KEY_REQUIRED = "An API key is required: Authorization: ApiKey <key>"
 # How often the mounted Secret is looked at: kubelet swaps its files within a minute or so of a
 # change, so a second is prompt enough and costs a few stat calls.
 RELOAD_INTERVAL_SECONDS = 1.0
@@ -138,9 +140,7 @@ class ApiKeyAuthenticator:
     async def authenticate(self, authorization: str | None) -> str | None:
         key = credential(authorization, SCHEME)
         if key is None:
-            raise Unauthenticated(
-                self._challenge, "An API key is required: Authorization: ApiKey <key>"
-            )
+            raise Unauthenticated(self._challenge, KEY_REQUIRED)
         digest = hash_api_key(key).encode()
         caller = None
         # Every stored hash is compared, in constant time, so timing tells nothing of the match.

@@ -83,4 +83,10 @@ def credential(authorization: str | None, scheme: str) -> str | None:
 
 
 def challenge(scheme: str, config: SidecarConfig) -> str:
-    return f'{scheme} realm="{config.serving.namespace}/{config.serving.name}"'
+    return serving_challenge(scheme, config.serving.namespace, config.serving.name)
+
+
+def serving_challenge(scheme: str, namespace: str, name: str) -> str:
+    """The WWW-Authenticate of a serving's 401: its scheme, and the serving as the realm (the
+    activator's refusal before a wake says the same as the sidecar's)."""
+    return f'{scheme} realm="{namespace}/{name}"'

@@ -38,6 +38,8 @@ from modelserving_sidecar.config import AuthMode, SidecarConfig
 log = logging.getLogger(__name__)
 
 SCHEME = "Bearer"
+# The 401's message when no token is sent (the activator's refusal before a wake says it too).
+TOKEN_REQUIRED = "A Kubernetes token is required: Authorization: Bearer <token>"
 API_TIMEOUT_SECONDS = 5.0
 MAX_CACHED_DECISIONS = 10_000
 
@@ -90,9 +92,7 @@ class KubernetesAuthenticator:
     async def authenticate(self, authorization: str | None) -> str | None:
         token = credential(authorization, SCHEME)
         if token is None:
-            raise Unauthenticated(
-                self._challenge, "A Kubernetes token is required: Authorization: Bearer <token>"
-            )
+            raise Unauthenticated(self._challenge, TOKEN_REQUIRED)
         key = hashlib.sha256(token.encode("utf-8", "backslashreplace")).digest()
         decision = self._cache.get(key)
         if decision is None or decision.expires <= self._clock():
