@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from modelserving_sidecar.activator.hosts import (
 )
 from modelserving_sidecar.activator.metrics import ActivatorMetrics
 from modelserving_sidecar.activator.pods import SERVING_PODS, ReadyPods
-from modelserving_sidecar.activator.proxy import NotSent, forward, pod_session, pod_url
+from modelserving_sidecar.activator.proxy import Answer, NotSent, forward, pod_session, pod_url
 from modelserving_sidecar.activator.wake import WakeLimiter, Waker
 from modelserving_sidecar.errors import JSON, error_body, error_response
 
@@ -87,14 +88,18 @@ class Activator:
         )
         self.listed = (asyncio.Event(), asyncio.Event())  # servings, pods
         self.session: aiohttp.ClientSession | None = None
+        # Requests whose pod refused the connection (ready, its port not open yet), per serving.
+        self._refused_by_pod: Counter[ServingRef] = Counter()
 
     def _held(self, ref: ServingRef) -> None:
         self.waker.wanted(ref)
 
     def _held_counts(self) -> dict[ServingRef, int]:
-        counts = {ref: 0 for ref in self.hosts.refs()}
+        """Requests held per serving: in its queue, or waiting for a ready pod's port to open."""
+        counts = Counter({ref: 0 for ref in self.hosts.refs()})
         counts.update(self.holds.counts())
-        return counts
+        counts.update(self._refused_by_pod)
+        return dict(counts)
 
     def _became_usable(self, ref: ServingRef) -> None:
         count, seconds = self.holds.release(ref)
@@ -140,38 +145,52 @@ class Activator:
             self.metrics.refused("too_large", ref)
             limit = self.settings.max_request_bytes
             return error_response(413, f"The request body is larger than {limit} bytes")
+        try:
+            answer = await self._to_a_pod(ref, request, body)
+        except NotHeld as exc:
+            self.metrics.refused(exc.reason, ref)
+            return self._unavailable(ref, exc)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.metrics.refused("pod_failed", ref)
+            log.warning("%s: its pod took the request and gave no answer: %r", ref, exc)
+            return error_response(502, f"The pod of serving {ref} gave no answer")
+        self.metrics.forwarded(ref)
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def _to_a_pod(self, ref: ServingRef, request: web.Request, body: bytes) -> Answer:
+        """The answer of a usable pod of the serving, held for one until the deadline; a pod
+        whose port refuses is tried again (itself or the next in turn), as held too."""
+        assert self.session is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.hold_seconds
         backoff = RETRY_FIRST_SECONDS
-        assert self.session is not None
-        while True:
-            address = self.pods.pick(ref)
-            try:
+        refused = False
+        try:
+            while True:
+                address = self.pods.pick(ref)
                 if address is None:
                     await self.holds.hold(ref, deadline - loop.time())
                     continue
                 url = pod_url(address, self.settings.pod_port, request.raw_path)
                 try:
-                    answer = await forward(self.session, url, request.method, request.headers, body)
+                    return await forward(self.session, url, request.method, request.headers, body)
                 except NotSent as exc:
                     remaining = deadline - loop.time()
                     if self.holds.stopping:
                         raise Stopping() from None
                     if remaining <= 0:
                         raise HeldTooLong() from None
+                    if not refused:
+                        refused = True
+                        self._refused_by_pod[ref] += 1
                     log.debug("%s refused the connection (%s); again in %.2f s", url, exc, backoff)
                     await asyncio.sleep(min(backoff, remaining))
                     backoff = min(backoff * 2, RETRY_MAX_SECONDS)
-                    continue
-            except NotHeld as exc:
-                self.metrics.refused(exc.reason, ref)
-                return self._unavailable(ref, exc)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.metrics.refused("pod_failed", ref)
-                log.warning("%s: the pod at %s gave no answer: %r", ref, address, exc)
-                return error_response(502, f"The pod of serving {ref} gave no answer")
-            self.metrics.forwarded(ref)
-            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        finally:
+            if refused:
+                self._refused_by_pod[ref] -= 1
+                if not self._refused_by_pod[ref]:
+                    del self._refused_by_pod[ref]
 
     def _unavailable(self, ref: ServingRef, refusal: NotHeld) -> web.Response:
         if isinstance(refusal, Stopping):

@@ -1,0 +1,272 @@
+"""The activator against the real API server: a serving at zero (its ModelServing, and a
+Deployment of its name at 0 replicas whose pods land on the loopback node) gets a request
+through the activator, which holds it, scales the Deployment to 1 and, once KWOK has made the
+pod Ready at a loopback address and the real sidecar listens there, forwards it: the model
+answers. Held too long: 503 with Retry-After. No credential: 401, and the serving stays at 0.
+
+What is real: the API server, its Deployment controller and scheduler, the activator and the
+sidecar as processes; KWOK plays the kubelet (the pod's address and its Ready condition), and
+the test starts the pod's containers (the sidecar, the TF Serving stand-in) at that address."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from kubernetes import client
+from multidict import CIMultiDict
+
+from modelserving import api
+from modelserving_sidecar.auth.api_keys import KEY_REQUIRED, hash_api_key
+from tests.support.activator_process import ActivatorProcess, running_activator
+from tests.support.loopback_node import LoopbackNode
+from tests.support.servings import serving_manifest
+from tests.support.sidecar_process import running_sidecar
+from tests.support.tfserving_standin import running_standin
+from tests.support.waiting import wait_for_async
+
+SERVING = "hpt"
+MODEL = "half_plus_two"
+KEY = "activator-test-key"
+
+
+def at_zero(kube_client, namespace: str, placement: dict) -> None:
+    """The serving's ModelServing, and its Deployment at 0 replicas placed by `placement`."""
+    client.CustomObjectsApi(kube_client).create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(SERVING)
+    )
+    labels = {api.LABEL_NAME: api.SERVING_APP_NAME, api.LABEL_INSTANCE: SERVING}
+    client.AppsV1Api(kube_client).create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": SERVING, "labels": labels},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [{"name": api.SIDECAR_CONTAINER, "image": "modelserving"}],
+                        **placement,
+                    },
+                },
+            },
+        },
+    )
+
+
+def replicas(kube_client, namespace: str) -> int:
+    scale = client.AppsV1Api(kube_client).read_namespaced_deployment_scale(SERVING, namespace)
+    return int(scale.spec.replicas or 0)
+
+
+def ready_pod_address(kube_client, namespace: str) -> str | None:
+    pods = client.CoreV1Api(kube_client).list_namespaced_pod(
+        namespace, label_selector=f"{api.LABEL_INSTANCE}={SERVING}"
+    )
+    for pod in pods.items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        if ready and pod.status.pod_ip:
+            return str(pod.status.pod_ip)
+    return None
+
+
+async def predict(
+    http: aiohttp.ClientSession,
+    activator: ActivatorProcess,
+    namespace: str,
+    x: float = 1.0,
+    authorization: str | None = f"ApiKey {KEY}",
+) -> tuple[int, dict, CIMultiDict[str]]:
+    headers = {"Host": f"{SERVING}.{namespace}.svc:8080", "traceparent": TRACEPARENT}
+    if authorization:
+        headers["Authorization"] = authorization
+    async with http.post(
+        f"{activator.url}/v1/models/{MODEL}:predict",
+        json={"instances": [x]},
+        headers=headers,
+    ) as resp:
+        return resp.status, json.loads(await resp.read()), resp.headers.copy()
+
+
+WAKES = "modelserving_activator_wakes_total"
+HELD = "modelserving_activator_requests_held"
+REFUSED = "modelserving_activator_refused_requests_total"
+
+
+def of(namespace: str) -> dict[str, str]:
+    """The labels of the serving's samples."""
+    return {"namespace": namespace, "serving": SERVING}
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@contextlib.asynccontextmanager
+async def pod_containers(tmp_path: Path, namespace: str, address: str) -> AsyncIterator[None]:
+    """The pod's containers as processes at its address: the stand-in, and the real sidecar on
+    the sidecar's port there, with the serving's API key."""
+    keys = tmp_path / "apikeys"
+    keys.mkdir()
+    (keys / "caller").write_text(hash_api_key(KEY))
+    async with running_standin() as (_, upstream):
+        config = {
+            "serving": {"name": SERVING, "namespace": namespace},
+            "model": {"name": MODEL, "version": 1, "modelId": 17},
+            "upstream": {"url": upstream},
+            "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
+        }
+        async with running_sidecar(tmp_path, config, None, host=address, port=api.SIDECAR_PORT):
+            yield
+
+
+@contextlib.asynccontextmanager
+async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> AsyncIterator[str]:
+    """Wait for the wake (scale 1) and the pod Ready at a loopback address; then run its
+    containers there until closed. Yields the pod's address."""
+
+    # The kubernetes client blocks: its calls run in a thread, the held requests meanwhile.
+    async def scaled() -> bool:
+        return await asyncio.to_thread(replicas, kube_client, namespace) == 1
+
+    async def ready() -> str | None:
+        return await asyncio.to_thread(ready_pod_address, kube_client, namespace)
+
+    await wait_for_async(scaled, 30, "the Deployment scaled to 1")
+    address = await wait_for_async(ready, 30, "the pod Ready with an address")
+    async with pod_containers(tmp_path, namespace, address):
+        yield address
+
+
+async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
+    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+):
+    at_zero(kube_client, namespace, loopback_node.placement())
+    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+        request = asyncio.create_task(predict(http, activator, namespace, x=1.0))
+        async with serve_when_woken(kube_client, namespace, tmp_path) as address:
+            assert loopback_node.holds(address)
+            status, body, headers = await asyncio.wait_for(request, 60)
+            assert (status, body) == (200, {"predictions": [2.5]})
+            # The sidecar's answer, passed on as it is: its request id and the version; the
+            # trace context went through to it (its answer continues the caller's trace).
+            assert headers.get("X-Request-Id") and headers.get("x-model-version") == "1"
+            assert headers["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
+
+            events = client.CoreV1Api(kube_client).list_namespaced_event(
+                namespace, field_selector=f"involvedObject.name={SERVING}"
+            )
+            woke = [e for e in events.items if e.reason == "Woken"]
+            assert len(woke) == 1 and woke[0].type == "Normal", woke
+            assert "1 request held" in woke[0].message
+            assert woke[0].involved_object.kind == api.KIND
+
+            assert await activator.metric(http, WAKES, **of(namespace), result="scaled") == 1
+            assert await activator.metric(http, "modelserving_activator_wake_seconds_count") == 1
+            assert await activator.metric(http, HELD, **of(namespace)) == 0
+
+            # With the pod up, a request goes straight through.
+            assert (await predict(http, activator, namespace, x=4.0))[:2] == (
+                200,
+                {"predictions": [4.0]},
+            )
+
+
+async def test_twenty_requests_held_at_once_are_all_answered_by_the_model(
+    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+):
+    at_zero(kube_client, namespace, loopback_node.placement())
+    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+        requests = [
+            asyncio.create_task(predict(http, activator, namespace, x=float(i))) for i in range(20)
+        ]
+
+        async def all_held() -> bool:
+            return await activator.metric(http, HELD, **of(namespace)) == 20
+
+        await wait_for_async(all_held, 30, "20 requests held")
+        async with serve_when_woken(kube_client, namespace, tmp_path):
+            answers = await asyncio.wait_for(asyncio.gather(*requests), 60)
+        assert [(status, body) for status, body, _ in answers] == [
+            (200, {"predictions": [0.5 * i + 2.0]}) for i in range(20)
+        ]
+        # One wake for all of them.
+        assert await activator.metric(http, WAKES, **of(namespace), result="scaled") == 1
+
+
+async def test_a_request_held_past_its_deadline_gets_503_with_retry_after(
+    local_env, kube_client, crds, namespace, tmp_path, http
+):
+    # Its pods can land on no node: the wake is asked for, and no pod is ever ready.
+    at_zero(kube_client, namespace, {"nodeSelector": {"modelserving.io/no-such-node": "x"}})
+    flags = ("--hold-seconds", "2", "--retry-after", "7")
+    async with running_activator(tmp_path, local_env.kubeconfig, namespace, *flags) as activator:
+        status, body, headers = await predict(http, activator, namespace)
+        assert status == 503, body
+        assert headers["Retry-After"] == "7"
+        assert set(body) == {"error"} and f"{namespace}/{SERVING}" in body["error"], body
+        assert replicas(kube_client, namespace) == 1  # it was woken all the same
+        too_long = await activator.metric(http, REFUSED, **of(namespace), reason="held_too_long")
+        assert too_long == 1
+        assert await activator.metric(http, HELD, **of(namespace)) == 0
+
+
+async def test_a_request_without_credentials_is_refused_401_and_wakes_nothing(
+    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+):
+    at_zero(kube_client, namespace, loopback_node.placement())
+    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+        status, body, headers = await predict(http, activator, namespace, authorization=None)
+        assert (status, body) == (401, {"error": KEY_REQUIRED})
+        assert headers["WWW-Authenticate"] == f'ApiKey realm="{namespace}/{SERVING}"'
+        refused = await activator.metric(http, REFUSED, **of(namespace), reason="no_credentials")
+        assert refused == 1
+        # A Bearer token is not the scheme of an apiKey serving either.
+        bearer = await predict(http, activator, namespace, authorization="Bearer a.b.c")
+        assert bearer[:2] == (401, {"error": KEY_REQUIRED})
+
+        # Neither was held nor woke it: the activator asked for nothing, the scale is still 0.
+        assert "woke" not in activator.log()
+        assert replicas(kube_client, namespace) == 0
+        assert await activator.metric(http, WAKES, **of(namespace), result="scaled") == 0
+
+
+async def test_a_host_no_serving_answers_to_gets_404_saying_which(
+    local_env, kube_client, crds, namespace, tmp_path, http
+):
+    headers = {"Host": "nobody.example:8080", "Authorization": f"ApiKey {KEY}"}
+    async with (
+        running_activator(tmp_path, local_env.kubeconfig, namespace) as activator,
+        http.post(
+            f"{activator.url}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, headers=headers
+        ) as resp,
+    ):
+        assert resp.status == 404
+        assert "nobody.example" in (await resp.json())["error"]
+
+
+async def test_sigterm_answers_the_held_requests_503_with_retry_after_and_exits(
+    local_env, kube_client, crds, namespace, tmp_path, http
+):
+    at_zero(kube_client, namespace, {"nodeSelector": {"modelserving.io/no-such-node": "x"}})
+    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+        requests = [asyncio.create_task(predict(http, activator, namespace)) for _ in range(3)]
+
+        async def all_held() -> bool:
+            return await activator.metric(http, HELD, **of(namespace)) == 3
+
+        await wait_for_async(all_held, 30, "3 requests held")
+        activator.process.send_signal(signal.SIGTERM)
+        # Answered at once, not at the hold's deadline (60 s): the wait is bounded well below it.
+        answers = await asyncio.wait_for(asyncio.gather(*requests), 10)
+        for status, body, headers in answers:
+            assert status == 503 and "stopping" in body["error"], body
+            assert headers["Retry-After"] == "5"
+        assert await asyncio.wait_for(activator.process.wait(), 30) == 0
