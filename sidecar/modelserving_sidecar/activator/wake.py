@@ -113,12 +113,13 @@ class Waker:
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             log.warning("waking %s: its Deployment's scale could not be set to 1: %s", ref, exc)
             return "failed"
-        log.info("woke %s: its Deployment scaled from 0 to 1, %d requests held", ref, held)
+        requests = f"{held} request{'s' if held != 1 else ''} held"
+        log.info("woke %s: its Deployment scaled from 0 to 1, %s", ref, requests)
         serving = self._serving(ref)
         if serving is not None:
             message = (
                 f"Scaled from zero by the activator: Deployment {ref.name} asked for 1 replica, "
-                f"{held} request{'s' if held != 1 else ''} held"
+                f"{requests}"
             )
             try:
                 await self._cluster.post_event(serving, WAKE_REASON, message)
