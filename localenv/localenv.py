@@ -1364,7 +1364,7 @@ def up() -> Settings:
         return _up()
 
 
-# The addresses KWOK gives the pods of a test's node (tests/support/loopback_node): served by
+# The addresses KWOK gives the pods of a test's node (tests/support/process_node): served by
 # this machine, so that a test runs a pod's containers as processes bound at the pod's address.
 # Not 127/8: the API server refuses loopback addresses in EndpointSlices, and a Service's
 # endpoints are what a test of the serving's network sends to. 198.18.0.0/15 is the range kept

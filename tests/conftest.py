@@ -29,12 +29,12 @@ import pytest_asyncio
 
 from tests.support import REPO
 from tests.support.environment import KafkaBroker, LocalEnv, SpareApiServer, localenv
-from tests.support.loopback_node import (
-    LoopbackNode,
-    delete_loopback_node,
-    make_loopback_node,
-)
 from tests.support.namespaces import delete_namespaces, make_namespaces, unique_name
+from tests.support.process_node import (
+    ProcessNode,
+    delete_process_node,
+    make_process_node,
+)
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
 
@@ -252,9 +252,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="session")
-def loopback_node(kube_client) -> Iterator[LoopbackNode]:
-    """This worker's KWOK node whose pods get loopback addresses (tests/support/loopback_node):
-    a pod placed there (`loopback_node.placement()`) gets an address a process here can bind."""
-    node = make_loopback_node(kube_client, localenv.CLUSTER_NAME)
+def process_node(kube_client) -> Iterator[ProcessNode]:
+    """This worker's KWOK node whose pods get addresses this machine serves (tests/support/
+    process_node): a pod placed there (`process_node.placement()`) gets an address a process
+    here can bind."""
+    node = make_process_node(kube_client, localenv.CLUSTER_NAME)
     yield node
-    delete_loopback_node(kube_client, node)
+    delete_process_node(kube_client, node)

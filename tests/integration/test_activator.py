@@ -1,9 +1,8 @@
-"""The activator against the real API server: a serving at zero (its ModelServing, and a
-Deployment of its name at 0 replicas whose pods land on the loopback node) gets a request
-through the activator, which holds it, scales the Deployment to 1 and, once KWOK has made the
-pod Ready at a loopback address and the real sidecar listens there, forwards it: the model
+"""The activator against the real API server: a serving at zero (its ModelServing, and a Deployment
+of its name at 0 replicas whose pods land on the process node) gets a request through the
+activator, which holds it, scales the Deployment to 1 and, once KWOK has made the pod Ready at
+an address this machine serves and the real sidecar listens there, forwards it: the model
 answers. Held too long: 503 with Retry-After. No credential: 401, and the serving stays at 0.
-
 What is real: the API server, its Deployment controller and scheduler, the activator and the
 sidecar as processes; KWOK plays the kubelet (the pod's address and its Ready condition), and
 the test starts the pod's containers (the sidecar, the TF Serving stand-in) at that address."""
@@ -24,7 +23,7 @@ from multidict import CIMultiDict
 from modelserving import api
 from modelserving_sidecar.auth.api_keys import KEY_REQUIRED, hash_api_key
 from tests.support.activator_process import ActivatorProcess, running_activator
-from tests.support.loopback_node import LoopbackNode
+from tests.support.process_node import ProcessNode
 from tests.support.servings import serving_manifest
 from tests.support.sidecar_process import running_sidecar
 from tests.support.tfserving_standin import running_standin
@@ -129,7 +128,7 @@ async def pod_containers(tmp_path: Path, namespace: str, address: str) -> AsyncI
 
 @contextlib.asynccontextmanager
 async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Wait for the wake (scale 1) and the pod Ready at a loopback address; then run its
+    """Wait for the wake (scale 1) and the pod Ready at an address this machine serves; then run its
     containers there until closed. Yields the pod's address."""
 
     # The kubernetes client blocks: its calls run in a thread, the held requests meanwhile.
@@ -146,13 +145,13 @@ async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> Async
 
 
 async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
-    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
 ):
-    at_zero(kube_client, namespace, loopback_node.placement())
+    at_zero(kube_client, namespace, process_node.placement())
     async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
         request = asyncio.create_task(predict(http, activator, namespace, x=1.0))
         async with serve_when_woken(kube_client, namespace, tmp_path) as address:
-            assert loopback_node.holds(address)
+            assert process_node.holds(address)
             status, body, headers = await asyncio.wait_for(request, 60)
             assert (status, body) == (200, {"predictions": [2.5]})
             # The sidecar's answer, passed on as it is: its request id and the version; the
@@ -180,9 +179,9 @@ async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
 
 
 async def test_twenty_requests_held_at_once_are_all_answered_by_the_model(
-    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
 ):
-    at_zero(kube_client, namespace, loopback_node.placement())
+    at_zero(kube_client, namespace, process_node.placement())
     async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
         requests = [
             asyncio.create_task(predict(http, activator, namespace, x=float(i))) for i in range(20)
@@ -219,9 +218,9 @@ async def test_a_request_held_past_its_deadline_gets_503_with_retry_after(
 
 
 async def test_a_request_without_credentials_is_refused_401_and_wakes_nothing(
-    local_env, kube_client, crds, namespace, loopback_node: LoopbackNode, tmp_path, http
+    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
 ):
-    at_zero(kube_client, namespace, loopback_node.placement())
+    at_zero(kube_client, namespace, process_node.placement())
     async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
         status, body, headers = await predict(http, activator, namespace, authorization=None)
         assert (status, body) == (401, {"error": KEY_REQUIRED})

@@ -30,7 +30,7 @@ def operator_flags(namespace) -> list[str]:
 
 
 @pytest.fixture
-def activator(kube_client, namespace, loopback_node) -> str:
+def activator(kube_client, namespace, process_node) -> str:
     """A Service named as the activator's, with one ready pod: its address."""
     core = client.CoreV1Api(kube_client)
     labels = {"app": ACTIVATOR}
@@ -40,7 +40,7 @@ def activator(kube_client, namespace, loopback_node) -> str:
             "metadata": {"name": f"{ACTIVATOR}-0", "labels": labels},
             "spec": {
                 "containers": [{"name": ACTIVATOR, "image": "modelserving"}],
-                **loopback_node.placement(),
+                **process_node.placement(),
             },
         },
     )
@@ -101,7 +101,7 @@ def scaled_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str
 
 
 async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
-    operator, kube_client, namespace, loopback_node, activator, tmp_path, http
+    operator, kube_client, namespace, process_node, activator, tmp_path, http
 ):
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
     objects = client.CustomObjectsApi(kube_client)
@@ -111,7 +111,7 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         model={"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
         auth={"mode": "none"},
         logging={"enabled": False},
-        server=loopback_node.placement(),
+        server=process_node.placement(),
         autoscaling=SCALING,
     )
     objects.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)

@@ -1,5 +1,5 @@
-"""Plays the kubelet's part for a serving's pods on the loopback node (tests/support/
-loopback_node): a real sidecar process for each of the serving's pods that KWOK made Ready,
+"""Plays the kubelet's part for a serving's pods on the process node (tests/support/
+process_node): a real sidecar process for each of the serving's pods that KWOK made Ready,
 listening at the address the cluster gave the pod and the sidecar's port, as the pod's
 container would; stopped (SIGTERM, its shutdown as in a pod) when the pod goes.
 

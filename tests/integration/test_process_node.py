@@ -11,8 +11,8 @@ from kubernetes import client
 from tests.support.waiting import wait_for
 
 
-def test_a_pod_on_the_loopback_node_gets_a_loopback_address_a_process_can_serve_at(
-    kube_client, namespace, loopback_node
+def test_a_pod_on_the_process_node_gets_an_address_a_process_here_can_serve_at(
+    kube_client, namespace, process_node
 ):
     core = client.CoreV1Api(kube_client)
     core.create_namespaced_pod(
@@ -23,7 +23,7 @@ def test_a_pod_on_the_loopback_node_gets_a_loopback_address_a_process_can_serve_
             "metadata": {"name": "model"},
             "spec": {
                 "containers": [{"name": "c", "image": "busybox"}],
-                **loopback_node.placement(),
+                **process_node.placement(),
             },
         },
     )
@@ -35,8 +35,8 @@ def test_a_pod_on_the_loopback_node_gets_a_loopback_address_a_process_can_serve_
 
     address = wait_for(ready_address, timeout=30, what="the pod Ready with an address")
     pod = core.read_namespaced_pod("model", namespace)
-    assert pod.spec.node_name == loopback_node.name
-    assert loopback_node.holds(address), address
+    assert pod.spec.node_name == process_node.name
+    assert process_node.holds(address), address
 
     with socket.create_server((address, 0)) as server:
         port = server.getsockname()[1]
@@ -47,11 +47,11 @@ def test_a_pod_on_the_loopback_node_gets_a_loopback_address_a_process_can_serve_
                 assert served.recv(4) == b"ping"
 
 
-def test_a_pod_without_the_toleration_is_refused_by_the_loopback_node(
-    kube_client, namespace, loopback_node
+def test_a_pod_without_the_toleration_is_refused_by_the_process_node(
+    kube_client, namespace, process_node
 ):
     core = client.CoreV1Api(kube_client)
-    selector_only = {"nodeSelector": loopback_node.placement()["nodeSelector"]}
+    selector_only = {"nodeSelector": process_node.placement()["nodeSelector"]}
     core.create_namespaced_pod(
         namespace,
         {

@@ -7,7 +7,7 @@ KWOK plays the kubelet: it gives a pod an address from its node's spec.podCIDR (
 can bind an address of it, and a client reaches it as it would reach a pod's. (Not 127/8
 itself: the API server refuses loopback addresses in EndpointSlices.) The kwok controller
 manages every node (kwokctl runs it with --manage-all-nodes), this one too. The node is
-tainted, so that only pods that ask for it (with `LoopbackNode.placement`) land there, and the
+tainted, so that only pods that ask for it (with `ProcessNode.placement`) land there, and the
 other tests' pods keep the nodes without one.
 
 The range is one /24 of the 512 in POD_NETWORK: from the cluster's name (each checkout has a
@@ -31,13 +31,13 @@ from kubernetes.client.exceptions import ApiException
 from modelserving import api
 
 # The label that places a pod on the node, and the taint that keeps every other pod off it.
-NODE_LABEL = f"{api.GROUP}/loopback-node"
+NODE_LABEL = f"{api.GROUP}/process-node"
 TAINT_KEY = NODE_LABEL
 
 
 @dataclass(frozen=True)
-class LoopbackNode:
-    """The node: its name and the loopback range its pods' addresses come from."""
+class ProcessNode:
+    """The node: its name and the range its pods' addresses come from."""
 
     name: str
     pod_cidr: str
@@ -58,7 +58,7 @@ class LoopbackNode:
 WORKERS = 8  # /24 blocks for each cluster: pytest-xdist workers gw0 to gw7
 
 
-def loopback_cidr(cluster_name: str, worker: str) -> str:
+def pod_cidr_for(cluster_name: str, worker: str) -> str:
     """A /24 of 198.18.0.0/15 for a cluster and a pytest-xdist worker (gw0, gw1, ...; any
     other name is worker 0)."""
     number = worker.removeprefix("gw")
@@ -74,7 +74,7 @@ def worker_name() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 
 
-def node_manifest(node: LoopbackNode) -> dict[str, Any]:
+def node_manifest(node: ProcessNode) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -92,11 +92,11 @@ def node_manifest(node: LoopbackNode) -> dict[str, Any]:
     }
 
 
-def make_loopback_node(kube_client: client.ApiClient, cluster_name: str) -> LoopbackNode:
+def make_process_node(kube_client: client.ApiClient, cluster_name: str) -> ProcessNode:
     """This worker's node, made if it is not there; one left by an earlier run is reused when
     its range is the one asked for (a node's podCIDR cannot change), else made again."""
     worker = worker_name()
-    node = LoopbackNode(f"loopback-{worker}", loopback_cidr(cluster_name, worker))
+    node = ProcessNode(f"processes-{worker}", pod_cidr_for(cluster_name, worker))
     core = client.CoreV1Api(kube_client)
     try:
         found = core.read_node(node.name)
@@ -111,7 +111,7 @@ def make_loopback_node(kube_client: client.ApiClient, cluster_name: str) -> Loop
     return node
 
 
-def delete_loopback_node(kube_client: client.ApiClient, node: LoopbackNode) -> None:
+def delete_process_node(kube_client: client.ApiClient, node: ProcessNode) -> None:
     try:
         client.CoreV1Api(kube_client).delete_node(node.name)
     except ApiException as exc:
