@@ -79,8 +79,11 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 MANAGED_BY = "modelserving-operator"
 # The app.kubernetes.io/name of a serving's children, its pods among them (with the serving's
-# name as app.kubernetes.io/instance): what the activator's watch of serving pods selects.
+# name as app.kubernetes.io/instance), and their app.kubernetes.io/component: what the
+# activator's watch of serving pods selects (the chart's own pods share the name, not the
+# component).
 SERVING_APP_NAME = "modelserving"
+SERVING_COMPONENT = "serving"
 PART_OF = "modelserving"
 
 # The image `make image` builds; the chart's image.repository and the operator's default

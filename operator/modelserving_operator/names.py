@@ -27,21 +27,18 @@ LABEL_SERVING_NAME = f"{api.GROUP}/serving-name"
 # not take the binding of one made anew under its name.
 LABEL_SERVING_UID = f"{api.GROUP}/serving-uid"
 
-APP_NAME = "modelserving"
-COMPONENT = "serving"
-
 
 def labels(spec: ServingSpec) -> dict[str, str]:
     return {
         **selector_labels(spec),
-        api.LABEL_COMPONENT: COMPONENT,
+        api.LABEL_COMPONENT: api.SERVING_COMPONENT,
         api.LABEL_MANAGED_BY: api.MANAGED_BY,
         api.LABEL_PART_OF: api.PART_OF,
     }
 
 
 def selector_labels(spec: ServingSpec) -> dict[str, str]:
-    return {api.LABEL_NAME: APP_NAME, api.LABEL_INSTANCE: spec.name}
+    return {api.LABEL_NAME: api.SERVING_APP_NAME, api.LABEL_INSTANCE: spec.name}
 
 
 def metadata(spec: ServingSpec, name: str) -> dict[str, Any]:

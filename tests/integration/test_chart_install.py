@@ -114,7 +114,12 @@ def test_without_read_secrets_the_operator_is_granted_nothing_on_secrets_and_tol
         }
 
     def read_secrets_setting(docs: list[dict]) -> str:
-        (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+        (deployment,) = [
+            doc
+            for doc in docs
+            if doc["kind"] == "Deployment"
+            and doc["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        ]
         env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         return next(e["value"] for e in env if e["name"] == "MODELSERVING_READ_SECRETS")
 
@@ -174,6 +179,17 @@ def test_install_upgrade_uninstall(local_env, kube_client, namespace, release):
     assert env["MODELSERVING_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["MODELSERVING_SIDECAR_AUTH_CLUSTER_ROLE"] == f"{fullname}-sidecar-auth"
     assert env["MODELSERVING_PEERING"] == fullname
+    # The activator: two replicas behind the Service the operator points servings at zero at.
+    activator = f"{fullname}-activator"
+    assert env["MODELSERVING_ACTIVATOR_SERVICE"] == f"{namespace}/{activator}"
+    assert wait_for(
+        lambda: apps.read_namespaced_deployment(activator, namespace).status.ready_replicas == 2,
+        60,
+        "the activator's two replicas",
+    )
+    activator_spec = apps.read_namespaced_deployment(activator, namespace).spec.template.spec
+    assert activator_spec.containers[0].args[0] == "activator"
+    assert activator_spec.service_account_name == activator
     app_version = yaml.safe_load(helm(local_env, "show", "chart", str(CHART)).stdout)["appVersion"]
     assert pod_spec.containers[0].image == f"localhost/modelserving:{app_version}"
     assert pod_spec.security_context.run_as_non_root is True
@@ -214,7 +230,7 @@ def test_install_upgrade_uninstall(local_env, kube_client, namespace, release):
     env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
     assert env["MODELSERVING_LOG_LEVEL"] == "DEBUG"
     pods = client.CoreV1Api(kube_client).list_namespaced_pod(
-        namespace, label_selector=f"{INSTANCE}={release}"
+        namespace, label_selector=f"{INSTANCE}={release},app.kubernetes.io/component=operator"
     )
     assert len({p.metadata.labels["pod-template-hash"] for p in pods.items}) == 1
 

@@ -66,6 +66,26 @@ app.kubernetes.io/part-of: modelserving
 {{- end }}
 
 {{/* The kopf peering object's name. */}}
+{{/* The activator's name (its Deployment, Service and ServiceAccount), and the labels that
+select its pods. */}}
+{{- define "modelserving.activatorName" -}}
+{{- printf "%s-activator" (include "modelserving.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelserving.activatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelserving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: activator
+{{- end }}
+
+{{- define "modelserving.activatorLabels" -}}
+helm.sh/chart: {{ include "modelserving.chart" . }}
+{{ include "modelserving.activatorSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelserving
+{{- end }}
+
 {{- define "modelserving.peeringName" -}}
 {{- default (include "modelserving.fullname" .) .Values.peering.name }}
 {{- end }}

@@ -11,11 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from modelserving.api import LABEL_INSTANCE, LABEL_NAME, SERVING_APP_NAME
+from modelserving.api import (
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_NAME,
+    SERVING_APP_NAME,
+    SERVING_COMPONENT,
+)
 from modelserving_sidecar.activator.hosts import ServingRef
 
-# The watch's label selector: the pods of servings, no other.
-SERVING_PODS = f"{LABEL_NAME}={SERVING_APP_NAME}"
+# The watch's label selector: the pods of servings, no other (not the chart's own).
+SERVING_PODS = f"{LABEL_NAME}={SERVING_APP_NAME},{LABEL_COMPONENT}={SERVING_COMPONENT}"
 
 
 def serving_of_pod(pod: Mapping[str, Any]) -> ServingRef | None:
