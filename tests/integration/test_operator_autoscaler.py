@@ -12,11 +12,15 @@ import itertools
 from collections import Counter
 
 import pytest
+import yaml
 from kubernetes import client
 
 from modelserving import api
+from modelserving.inferencelog.query import InferenceLogQuery
+from modelserving.inferencelog.reader import read_inference_log
+from tests.support.activator_process import running_activator
 from tests.support.pod_processes import serving_pods
-from tests.support.servings import condition, get_serving, serving_manifest
+from tests.support.servings import condition, config_file, get_serving, serving_manifest
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.tfserving_standin import StandInModel, TFServingStandIn, running_standin
 from tests.support.waiting import wait_for, wait_for_async
@@ -79,7 +83,7 @@ SCALING = {
     "maxReplicas": 3,
     "targetConcurrency": 2,
     "stableWindowSeconds": 6,  # the panic window: 10 % of it, the last reading alone
-    "scaleToZeroAfterSeconds": 30,
+    "scaleToZeroAfterSeconds": 10,
 }
 IN_FLIGHT = 6  # callers that each send again as soon as answered: 3 pods' worth at target 2
 
@@ -136,11 +140,6 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         assert await count(1)
         service = core.read_namespaced_service(name, namespace)
         assert service.spec.selector is None  # the endpoints are the operator's
-        await wait_for_async(
-            lambda: _endpoints_are(kube_client, namespace, name, pods.ips()),
-            30,
-            "the serving's EndpointSlice to name its pod",
-        )
 
         answers: Counter[int] = Counter()
         stop = asyncio.Event()
@@ -178,7 +177,7 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         await wait_for_async(lambda: count(0), 90, "the idle serving to go to zero")
         await wait_for_async(lambda: _serving(pods, 0), 60, "the pods to go")
     down = await asyncio.to_thread(scaled_events, core, namespace, name)
-    assert any("1 to 0 replicas: no request in flight for 30 s" in m for m in down), down
+    assert any("1 to 0 replicas: no request in flight for 10 s" in m for m in down), down
     # At zero the Service sends to the activator, and the serving is Ready: a request wakes it.
     await wait_for_async(
         lambda: _endpoints_are(kube_client, namespace, name, [activator]),
@@ -196,3 +195,94 @@ async def _endpoints_are(kube_client, namespace: str, name: str, addresses: list
 
 async def _serving(pods, want: int) -> bool:
     return len(pods.addresses()) == want
+
+
+async def test_at_zero_the_activator_holds_fifty_requests_and_the_woken_pod_answers_and_logs_each(
+    operator, kube_client, local_env, namespace, process_node, activator, tmp_path, http
+):
+    """The walk the README gives: a serving goes to zero, its endpoints become the activator's
+    (the real activator, at the address its pod was given), and 50 requests sent at once to
+    an address of the Service's EndpointSlice, as kube-proxy would, are held, wake the
+    serving and are answered by its new pod, each logged once on the topic."""
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    objects = client.CustomObjectsApi(kube_client)
+    name = "woken"
+    manifest = serving_manifest(
+        name,
+        model={"name": MODEL, "version": 1, "basePath": "s3://models/hpt"},
+        auth={"mode": "none"},
+        logging={"kafka": {"bootstrapServers": local_env.kafka_bootstrap}},
+        sidecar={"grpc": {"enabled": False}},
+        server=process_node.placement(),
+        autoscaling={**SCALING, "maxReplicas": 1},
+    )
+    objects.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, manifest)
+
+    def pod_config(pod: str) -> dict:
+        """The sidecar config the operator rendered, with the pod's own paths and TF Serving
+        the stand-in (as the demo runs a pod's containers)."""
+        rendered = config_file(core, apps, namespace, name, "sidecar.yaml")
+        assert rendered is not None
+        config = yaml.safe_load(rendered)
+        config["upstream"]["url"] = upstream
+        config["logging"]["spoolDir"] = str(tmp_path / pod / "spool")
+        return config
+
+    async def count(want: int) -> bool:
+        return await asyncio.to_thread(replicas, apps, namespace, name) == want
+
+    async with (
+        running_standin(TFServingStandIn({MODEL: StandInModel(versions=(1,))})) as (
+            _,
+            upstream,
+        ),
+        running_activator(
+            tmp_path,
+            local_env.kubeconfig,
+            namespace,
+            host=activator,
+            port=api.SIDECAR_PORT,
+        ),
+        serving_pods(core, namespace, name, tmp_path, pod_config) as pods,
+    ):
+        await wait_for_async(lambda: count(0), 90, "the idle serving to go to zero")
+        await wait_for_async(
+            lambda: _endpoints_are(kube_client, namespace, name, [activator]),
+            30,
+            "the serving's EndpointSlice to name the activator",
+        )
+        (address,) = await asyncio.to_thread(slice_addresses, kube_client, namespace, name)
+        host = f"{name}.{namespace}.svc:{api.SIDECAR_PORT}"  # what a caller of it sends
+
+        async def predict(i: int) -> tuple[int, dict, str]:
+            ids = {"x-request-id": f"held-{i}", "Host": host}
+            url = f"http://{address}:{api.SIDECAR_PORT}/v1/models/{MODEL}:predict"
+            async with http.post(url, json={"instances": [float(i)]}, headers=ids) as resp:
+                return resp.status, await resp.json(), resp.headers["x-request-id"]
+
+        answers = await asyncio.gather(*(predict(i) for i in range(50)))
+        assert [status for status, _, _ in answers] == [200] * 50
+        # Each caller got its own prediction (half_plus_two: x / 2 + 2), from the pod woken.
+        assert [body["predictions"] for _, body, _ in answers] == [[i / 2 + 2] for i in range(50)]
+        assert await count(1) and len(pods.addresses()) == 1
+    woken = await asyncio.to_thread(
+        core.list_namespaced_event,
+        namespace,
+        field_selector=f"involvedObject.name={name},reason=Woken",
+    )
+    assert woken.items, "no Woken Event"
+    topic = f"{namespace}.{name}.inference"  # the serving's own
+    records = await _records(topic, local_env.kafka_bootstrap, 50)
+    assert sorted(r.key for r in records) == sorted(f"held-{i}" for i in range(50))
+
+
+async def _records(topic: str, bootstrap: str, expected: int) -> list:
+    records: list = []
+
+    async def all_there() -> bool:
+        query = InferenceLogQuery(from_beginning=True)
+        records[:] = [r async for r in read_inference_log(topic, bootstrap, query)]
+        return len(records) >= expected
+
+    await wait_for_async(all_there, 60, f"{expected} records on {topic}", interval=0.5)
+    return records

@@ -41,11 +41,17 @@ class ActivatorProcess:
 
 @contextlib.asynccontextmanager
 async def running_activator(
-    directory: Path, kubeconfig: str, namespace: str, *flags: str
+    directory: Path,
+    kubeconfig: str,
+    namespace: str,
+    *flags: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[ActivatorProcess]:
-    """`modelserving activator` for the servings of `namespace`, on a free port of 127.0.0.1,
-    once /readyz says it has listed servings and pods; SIGTERM at the end."""
-    port = free_port()
+    """`modelserving activator` for the servings of `namespace`, at `host`:`port` (an
+    activator pod's address and port, as in the pod; else a free port of 127.0.0.1), once
+    /readyz says it has listed servings and pods; SIGTERM at the end."""
+    port = port or free_port()
     log_file = directory / "activator.log"
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -59,7 +65,7 @@ async def running_activator(
             "--namespace",
             namespace,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             *flags,
@@ -68,7 +74,7 @@ async def running_activator(
         )
     finally:
         os.close(log_fd)
-    activator = ActivatorProcess(f"http://127.0.0.1:{port}", process, log_file)
+    activator = ActivatorProcess(f"http://{host}:{port}", process, log_file)
     try:
         async with aiohttp.ClientSession() as http:
 

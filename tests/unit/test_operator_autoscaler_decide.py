@@ -108,3 +108,12 @@ def test_no_pod_goes_before_a_whole_window_is_read():
     fresh = Memory.first(NOW - 10)
     assert decide(POLICY, steady(0, 10), NOW, 4, 4, fresh).replicas == 4
     assert decide(POLICY, steady(80, 10), NOW, 4, 4, fresh).replicas == 8  # up at once
+
+
+def test_pods_not_read_yet_are_not_idle_however_long_they_take():
+    # A serving made long ago whose pod took its time to answer: idle from its first reading.
+    slow_start = read_long_ago(busy_at=0.0)
+    waiting = run([], ready=1, current=1, memory=slow_start)
+    assert waiting.replicas == 1 and waiting.memory.busy_at == NOW
+    first = decide(POLICY, [Reading(NOW + 2, 0.0)], NOW + 2, 1, 1, waiting.memory)
+    assert first.replicas == 1  # idle for 2 s, not for the 1,000 since the serving was made

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from modelserving_operator.spec import AutoscalingSpec
 
@@ -96,12 +96,15 @@ def decide(
     stable = average(readings, now, policy.stable_seconds)
     panic = average(readings, now, policy.panic_seconds)
     busy_at = now if panic > 0 else memory.busy_at
-    kept = Memory(memory.since, busy_at, memory.panicking_since, memory.panic_pods, current)
+    # Until its pods are ready and read, nothing says a serving is idle: the idle time and
+    # the stable window start again from its first reading.
+    unread = Memory(now, now, memory.panicking_since, memory.panic_pods, current)
     if current > 0 and ready == 0:
-        # Pods starting (or woken): nothing read yet says they are not needed.
-        return Decision(current, kept, "no pod is ready yet")
+        return Decision(current, unread, "no pod is ready yet")  # starting, or woken
     if not any(r.at > now - policy.panic_seconds for r in readings):
-        return Decision(current, kept, "no reading yet")  # none of the pods answered
+        # None of the pods answered (at zero: none to read).
+        kept = unread if current > 0 else replace(memory, replicas=current)
+        return Decision(current, kept, "no reading yet")
     figures = (
         f"{stable:.2f} requests in flight over {policy.stable_seconds:g} s, "
         f"{panic:.2f} over {policy.panic_seconds:g} s"
