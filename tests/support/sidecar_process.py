@@ -123,10 +123,15 @@ async def running_sidecar(
             await wait_for_async(serving, timeout=30, what="the sidecar process to serve")
         yield SidecarProcess(url, process, config_dir, config)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_gracefully(process)
+
+
+async def stop_gracefully(process: asyncio.subprocess.Process, seconds: float = 30) -> None:
+    """SIGTERM, as the kubelet stops a container, and SIGKILL after `seconds`."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), seconds)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
