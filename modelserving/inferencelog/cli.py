@@ -1,16 +1,17 @@
 """`modelserving logs TOPIC`: print a serving's inference log records as JSON lines.
 
-Each line holds the record's seven Avro fields under their schema names, then the Kafka key
-(the request id), headers (request-id, traceparent, caller, model-version, role, pod, and payload
-when a payload was redacted or cut), topic, partition, offset and timestamp. `--model`,
-`--model-version`, `--status`, `--key` and `--header` keep only the records asked for;
-`--dedupe` drops the copies a crash re-sent and says on stderr how many it dropped. A secured
-Kafka is read with the flags of modelserving.kafka_security.flags (`--command-config FILE` as
-Kafka's own tools take, and flags over it). Values are plain Avro or in Confluent's wire format,
-each as its first byte says; a framed value is read with the writer's schema fetched by its id
-from `--schema-registry URL` (modelserving.inferencelog.registry_flags), or without one with the
-inferencelog schema. The connection and filter flags are shared with `modelserving logs export`
-(`inferencelog.export_cli`), and the filter flags make the query (`reader_query`).
+Each line holds the record's seven Avro fields under their schema names, then the Kafka key (the
+request id), headers (request-id, traceparent, tracestate when the caller sent one, caller,
+model-version, role, pod, and payload when a payload was redacted or cut), topic, partition, offset
+and timestamp. `--model`, `--model-version`, `--status`, `--key` and `--header` keep only the
+records asked for; `--dedupe` drops the copies a crash re-sent and says on stderr how many it
+dropped. A secured Kafka is read with the flags of modelserving.kafka_security.flags
+(`--command-config FILE` as Kafka's own tools take, and flags over it). Values are plain Avro or in
+Confluent's wire format, each as its first byte says; a framed value is read with the writer's
+schema fetched by its id from `--schema-registry URL` (modelserving.inferencelog.registry_flags), or
+without one with the inferencelog schema. The connection and filter flags are shared with
+`modelserving logs export` (`inferencelog.export_cli`), and the filter flags make the query
+(`reader_query`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ PARSED_SCHEMA = fastavro.parse_schema(SCHEMA)
 # Kafka header names each record carries (values are UTF-8).
 HEADER_REQUEST_ID = "request-id"
 HEADER_TRACEPARENT = "traceparent"
+# The caller's W3C tracestate, passed on with its traceparent: present only when the caller sent
+# one (valid, with a valid traceparent, at most 512 characters).
+HEADER_TRACESTATE = "tracestate"
 HEADER_CALLER = "caller"
 HEADER_MODEL_VERSION = "model-version"
 HEADER_POD = "pod"

@@ -233,6 +233,7 @@ def exchange_of(
         traceparent=traceparent,
         role=version.role,
         grpc_method=grpc_method,
+        tracestate=call.tracestate,
     )
 
 
@@ -289,5 +290,6 @@ def copy_to_shadow(
             traceparent=traceparent,
             version=call.shadow,  # type: ignore[arg-type]
             grpc_method=grpc_method,
+            tracestate=call.tracestate,
         )
     )

@@ -15,7 +15,7 @@ import grpc
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
-from modelserving.inferencelog.record import HEADER_TRACEPARENT
+from modelserving.inferencelog.record import HEADER_TRACEPARENT, HEADER_TRACESTATE
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.tracing.context import continued, is_sampled
@@ -171,10 +171,12 @@ async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving
     (seen,) = [s for s in server.forwarded if s.headers["X-Request-Id"] == request_id]
     assert seen.headers["traceparent"] == f"00-{TRACE_ID}-{upstream_span['spanID']}-01"
     assert seen.headers["tracestate"] == "rojo=1"
-    # The answer and the record name the sidecar's server span: a record leads to its trace.
+    # The answer names the sidecar's server span: a record leads to its trace.
     assert answered == f"00-{TRACE_ID}-{server_span['spanID']}-01"
+    # The record names it too, with the caller's tracestate beside it.
     headers = await record_headers(local_env, topic, 1)
     assert headers[request_id][HEADER_TRACEPARENT] == answered
+    assert headers[request_id][HEADER_TRACESTATE] == "rojo=1"
 
 
 async def test_an_unsampled_request_still_carries_a_trace_context_and_sends_no_span(
@@ -221,7 +223,9 @@ async def test_an_unsampled_request_still_carries_a_trace_context_and_sends_no_s
         )
 
 
-async def test_over_grpc_the_trace_context_goes_through_metadata(jaeger, tmp_path, http):
+async def test_over_grpc_the_trace_context_goes_through_metadata(
+    local_env, topic, jaeger, tmp_path, http
+):
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "team-a").write_text(hash_api_key(KEY))
     standin = TFServingStandIn()
@@ -236,18 +240,24 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(jaeger, tmp_pat
             rest_url,
             auth={"mode": "apiKey", "apiKeysDir": str(tmp_path / "keys")},
             grpc={"port": port, "upstream": direct},
+            logging=logged_to(local_env, topic, tmp_path),
             tracing={"endpoint": jaeger.otlp_http},
         )
         async with (
             running_sidecar(tmp_path, config, None),
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
-            metadata = (("authorization", f"ApiKey {KEY}"), ("traceparent", caller))
+            metadata = (
+                ("authorization", f"ApiKey {KEY}"),
+                ("traceparent", caller),
+                ("tracestate", "rojo=1"),
+            )
             call = PredictionServiceStub(channel).Predict(
                 predict_request([1.0]), metadata=metadata, timeout=10
             )
             await call
             answered = dict(await call.initial_metadata())["traceparent"]
+            request_id = dict(await call.initial_metadata())["x-request-id"]
             quiet = PredictionServiceStub(channel).Predict(
                 predict_request([1.0]), metadata=metadata[:1], timeout=10
             )
@@ -273,6 +283,10 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(jaeger, tmp_pat
     assert answered == f"00-{trace_id}-{server_span['spanID']}-01"
     first, second = [seen.metadata["traceparent"] for seen in servicer.seen]
     assert first == f"00-{trace_id}-{client_span['spanID']}-01"
+    assert servicer.seen[0].metadata["tracestate"] == "rojo=1"
+    # The call's record names its trace, with the caller's tracestate.
+    headers = (await record_headers(local_env, topic, 2))[request_id]
+    assert (headers[HEADER_TRACEPARENT], headers[HEADER_TRACESTATE]) == (answered, "rojo=1")
     # A call with no trace context: one started, not sampled, sent on as the answer says.
     assert second == started and continued(started) == started and not is_sampled(started)
 

@@ -13,6 +13,7 @@ from modelserving.inferencelog.record import (
     HEADER_REQUEST_ID,
     HEADER_ROLE,
     HEADER_TRACEPARENT,
+    HEADER_TRACESTATE,
     InferenceLogRecord,
     encode_record,
 )
@@ -77,6 +78,8 @@ def build_headers(
     headers = [(HEADER_REQUEST_ID, exchange.request_id.encode())]
     if exchange.traceparent:
         headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode()))
+    if exchange.tracestate:
+        headers.append((HEADER_TRACESTATE, exchange.tracestate.encode()))
     if exchange.caller:
         headers.append((HEADER_CALLER, exchange.caller.encode()))
     headers.append((HEADER_MODEL_VERSION, str(model_version).encode()))

@@ -202,12 +202,14 @@ def test_version_that_answered_wins_and_bad_utf8_is_replaced():
 
 def test_key_and_headers_carry_request_id_trace_caller_version_role_pod_and_protocol():
     settings = LoggingConfig(mode=LoggingMode.ALL, topic="t", bootstrap_servers="k:9092")
-    spooled = build_spool_record(exchange(model_version=4), MODEL, settings, pod="mnist-abc")
+    traced = exchange(model_version=4, tracestate="rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
+    spooled = build_spool_record(traced, MODEL, settings, pod="mnist-abc")
     assert spooled.key == b"01J0REQ"
     assert spooled.timestamp_ms == 1_700_000_000_123
     assert dict(spooled.headers) == {
         "request-id": b"01J0REQ",
         "traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
         "caller": b"team-a",
         "model-version": b"4",
         "role": b"stable",
@@ -265,9 +267,10 @@ def test_the_pipelines_encoder_writes_the_same_bytes_as_fastavro(
     version=st.one_of(st.none(), st.integers(0, 9)),
     caller=st.one_of(st.none(), st.sampled_from(["team-a", "bob"])),
     traceparent=st.one_of(st.none(), st.just("00-ab-cd-01")),
+    tracestate=st.one_of(st.none(), st.just("rojo=1")),
 )
 def test_the_pipelines_record_maker_gives_what_build_spool_record_gives(
-    settings, body, version, caller, traceparent
+    settings, body, version, caller, traceparent, tracestate
 ):
     config = LoggingConfig(
         **{"mode": LoggingMode.ALL, "topic": "t", "bootstrap_servers": "k:9092", **settings}
@@ -278,6 +281,7 @@ def test_the_pipelines_record_maker_gives_what_build_spool_record_gives(
         model_version=version,
         caller=caller,
         traceparent=traceparent,
+        tracestate=tracestate,
     )
     maker = SpoolRecordMaker(MODEL, config, "mnist-abc")
     assert maker.make(ex) == build_spool_record(ex, MODEL, config, "mnist-abc")

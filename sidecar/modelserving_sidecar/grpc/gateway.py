@@ -356,6 +356,8 @@ class GrpcGateway:
         passed_on = [(REQUEST_ID, copy.request_id)]
         if copy.traceparent:
             passed_on.append((TRACEPARENT, copy.traceparent))
+        if copy.tracestate is not None:
+            passed_on.append((TRACESTATE, copy.tracestate))
         try:
             answer = await send(copy.body, timeout=timeout, metadata=passed_on)
         except grpc.aio.AioRpcError as exc:

@@ -32,6 +32,8 @@ class Exchange:
     # are its protobuf messages (the answer's is TF Serving's error body when it failed); the
     # log writes them as TF Serving's REST JSON (`grpc_json`). None: a REST request.
     grpc_method: str | None = None
+    # The caller's W3C tracestate, passed on with the traceparent (Kafka header `tracestate`).
+    tracestate: str | None = None
 
 
 class InferenceLogSink(Protocol):

@@ -23,6 +23,7 @@ from modelserving.inferencelog.record import (
     HEADER_REQUEST_ID,
     HEADER_ROLE,
     HEADER_TRACEPARENT,
+    HEADER_TRACESTATE,
     PROTOCOL_GRPC,
     PROTOCOL_REST,
     InferenceLogEncoder,
@@ -248,6 +249,8 @@ class SpoolRecordMaker:
         if exchange.traceparent:
             # Header values come as the caller sent them (bytes that are not UTF-8 included).
             headers.append((HEADER_TRACEPARENT, exchange.traceparent.encode(errors="replace")))
+        if exchange.tracestate:  # printable ASCII (tracing.context.passed_on_state)
+            headers.append((HEADER_TRACESTATE, exchange.tracestate.encode()))
         if caller := exchange.caller:
             header = self._callers.get(caller)
             if header is None:

@@ -44,6 +44,7 @@ class ShadowCopy:
     version: VersionRoute
     # A gRPC call's copy: its method (the body is its request, naming the shadow's version).
     grpc_method: str | None = None
+    tracestate: str | None = None  # the caller's, passed on with the traceparent
 
 
 # Sends a gRPC call's copy to TF Serving within a timeout: its (HTTP code, answer).
@@ -104,6 +105,7 @@ class ShadowSender:
                 request_id=copy.request_id,
                 timeout=self._settings.timeout_seconds,
                 traceparent=copy.traceparent,
+                tracestate=copy.tracestate,
             )
         except SidecarError as exc:
             status, body = exc.status, error_body(exc.message)
@@ -127,6 +129,7 @@ class ShadowSender:
                     traceparent=copy.traceparent,
                     role=SHADOW,
                     grpc_method=copy.grpc_method,
+                    tracestate=copy.tracestate,
                 )
             )
 
