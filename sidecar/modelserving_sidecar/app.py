@@ -507,7 +507,7 @@ async def _model_report_step(app: web.Application) -> AsyncIterator[None]:
 
 async def _shadow_step(app: web.Application) -> AsyncIterator[None]:
     async with ShadowSender.running(
-        app[UPSTREAM], app[INFERENCE_LOG], app[CONFIG].shadow, app[METRICS]
+        app[UPSTREAM], app[INFERENCE_LOG], app[CONFIG].shadow, app[METRICS], app[TRACING]
     ) as sender:
         app[SHADOW] = sender
         yield

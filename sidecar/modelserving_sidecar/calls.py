@@ -278,7 +278,8 @@ def copy_to_shadow(
     grpc_method: str | None = None,
 ) -> None:
     """The caller's answer is decided: the call's copy (`body`, naming the shadow's version over
-    gRPC) goes to the shadow's queue, never blocking, never failing the call."""
+    gRPC) goes to the shadow's queue, never blocking, never failing the call; a sampled call's
+    copy is sent in a child span of its own (`routing.shadow`)."""
     shadows.send(
         ShadowCopy(
             request_id=call.request_id,
@@ -291,5 +292,6 @@ def copy_to_shadow(
             version=call.shadow,  # type: ignore[arg-type]
             grpc_method=grpc_method,
             tracestate=call.tracestate,
+            span=call.span,
         )
     )

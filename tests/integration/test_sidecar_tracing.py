@@ -2,8 +2,10 @@
 and into its record on the real broker, with spans in a real Jaeger (v2, all in one): a caller's
 sampled trace continued with the sidecar's spans, the context TF Serving got naming the span of
 the call to it; an unsampled request with no trace context of its own still carries one, and
-sends no span; over gRPC, the same through metadata. A collector that is down changes no answer,
-and each span it does not get is counted."""
+sends no span; over gRPC, the same through metadata. A Kubernetes token's first check is a
+TokenReview in the authenticate span, its second the cache; a sampled call's shadow copy is a
+span of its own. A collector that is down changes no answer, and each span it does not get is
+counted."""
 
 from __future__ import annotations
 
@@ -15,15 +17,27 @@ import grpc
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
-from modelserving.inferencelog.record import HEADER_TRACEPARENT, HEADER_TRACESTATE
+from modelserving.inferencelog.record import HEADER_ROLE, HEADER_TRACEPARENT, HEADER_TRACESTATE
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import hash_api_key
+from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.tracing.context import continued, is_sampled
+from tests.integration.test_sidecar_auth import (
+    AUDIENCE,
+    SERVING,
+    grant_predict,
+    service_account_token,
+    sidecar,
+)
 from tests.integration.test_sidecar_grpc import predict_request
 from tests.support.ports import free_port
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
-from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.tfserving_standin import (
+    StandInModel,
+    TFServingStandIn,
+    running_standin,
+)
 from tests.support.tfserving_standin_grpc import running_grpc_standin
 from tests.support.waiting import wait_for_async
 
@@ -108,8 +122,8 @@ def tags(span: dict) -> dict[str, Any]:
     return {tag["key"]: tag["value"] for tag in span["tags"]}
 
 
-async def record_headers(local_env, topic: str, count: int) -> dict[str, dict[str, str]]:
-    """The headers of the topic's records by request id, once `count` are there."""
+async def records_of(local_env, topic: str, count: int) -> list:
+    """The topic's records, once `count` are there."""
     records: list = []
 
     async def all_there() -> bool:
@@ -119,7 +133,12 @@ async def record_headers(local_env, topic: str, count: int) -> dict[str, dict[st
         return len(records) >= count
 
     await wait_for_async(all_there, timeout=60, what=f"{count} records on {topic}", interval=0.5)
-    return {r.key: r.headers for r in records}
+    return records
+
+
+async def record_headers(local_env, topic: str, count: int) -> dict[str, dict[str, str]]:
+    """The headers of the topic's records by request id, once `count` are there."""
+    return {r.key: r.headers for r in await records_of(local_env, topic, count)}
 
 
 async def test_a_callers_sampled_trace_goes_on_through_the_sidecar_to_tf_serving_and_its_record(
@@ -289,6 +308,98 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(
     assert (headers[HEADER_TRACEPARENT], headers[HEADER_TRACESTATE]) == (answered, "rojo=1")
     # A call with no trace context: one started, not sampled, sent on as the answer says.
     assert second == started and continued(started) == started and not is_sampled(started)
+
+
+async def test_a_kubernetes_tokens_first_check_is_a_token_review_and_its_second_the_cache(
+    local_env, kube_client, namespace, upstream, jaeger
+):
+    grant_predict(kube_client, namespace, "caller")
+    token = service_account_token(kube_client, namespace, "caller", AUDIENCE)
+    config = sidecar_config(
+        upstream,
+        serving={"name": SERVING, "namespace": namespace},
+        auth={"mode": "kubernetes", "audience": AUDIENCE, "kubeconfig": local_env.kubeconfig},
+        tracing={"endpoint": jaeger.otlp_http},
+    )
+    first, second = "8bf92f3577b34da6a3ce929d0e0e473a", "9bf92f3577b34da6a3ce929d0e0e473b"
+    async with sidecar(parse_config(config)) as (_, url), aiohttp.ClientSession() as http:
+        for trace_id in (first, second):
+            async with http.post(
+                f"{url}/v1/models/{MODEL}:predict",
+                json={"instances": [1.0]},
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "traceparent": f"00-{trace_id}-{CALLER_SPAN}-01",
+                },
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+        reviewed = (await spans_of(http, jaeger, first, 3))["authenticate"]
+        cached = (await spans_of(http, jaeger, second, 3))["authenticate"]
+
+    assert tags(reviewed)["modelserving.auth.mode"] == "kubernetes"
+    assert tags(reviewed)["modelserving.auth.cache"] == "miss"  # the API server was asked
+    assert tags(cached)["modelserving.auth.cache"] == "hit"
+
+
+async def test_a_sampled_calls_shadow_copy_is_a_span_whose_context_tf_serving_got(
+    local_env, topic, jaeger, tmp_path, http
+):
+    # Version 1 answers every call, version 5 gets a copy of each.
+    server = TFServingStandIn({MODEL: StandInModel((1, 5))})
+    routing = {
+        "versions": [{"version": 1, "weight": 100, "labels": []}],
+        "shadow": {"version": 5, "percent": 100},
+    }
+    trace_id = "abf92f3577b34da6a3ce929d0e0e473c"
+    async with running_standin(server) as (_, upstream):
+        config = traced_config(tmp_path, upstream, jaeger, logged_to(local_env, topic, tmp_path))
+        async with running_sidecar(tmp_path, config, routing) as sidecar_process:
+            quiet = await predict(http, sidecar_process, {})
+            resp = await predict(
+                http,
+                sidecar_process,
+                {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01", "tracestate": "rojo=1"},
+            )
+            assert (quiet.status, resp.status) == (200, 200)
+            # The server span, authenticate, the call to TF Serving, the log, the shadow copy.
+            spans = await spans_of(http, jaeger, trace_id, 5)
+            records = await records_of(local_env, topic, 4)
+    request_id, answered = resp.headers["X-Request-Id"], resp.headers["traceparent"]
+
+    server_span = spans[f"POST /v1/models/{MODEL}:predict"]
+    copy = spans["shadow copy"]
+    assert parent_of(copy) == server_span["spanID"]
+    assert tags(copy) | {
+        "span.kind": "client",
+        "http.request.method": "POST",
+        "url.path": f"/v1/models/{MODEL}/versions/5:predict",
+        "http.response.status_code": 200,
+        "modelserving.model.version": "5",
+        "modelserving.request_id": request_id,
+    } == tags(copy)
+    # The shadow got the copy's own context, and the caller's tracestate.
+    (seen,) = [
+        s
+        for s in server.forwarded
+        if s.headers["X-Request-Id"] == request_id and "versions/5" in s.path
+    ]
+    assert seen.headers["traceparent"] == f"00-{trace_id}-{copy['spanID']}-01"
+    assert seen.headers["tracestate"] == "rojo=1"
+    # The shadow's record names the call's trace, as the main record does.
+    (shadow_record,) = [
+        r for r in records if r.key == request_id and r.headers[HEADER_ROLE] == "shadow"
+    ]
+    assert shadow_record.headers[HEADER_TRACEPARENT] == answered
+    assert shadow_record.headers[HEADER_TRACESTATE] == "rojo=1"
+    # The unsampled call's copy went with its context and no span (its copy left first: a span
+    # of it would be in Jaeger by now).
+    (quiet_copy,) = [
+        s
+        for s in server.forwarded
+        if s.headers["X-Request-Id"] == quiet.headers["X-Request-Id"] and "versions/5" in s.path
+    ]
+    assert quiet_copy.headers["traceparent"] == quiet.headers["traceparent"]
+    assert await jaeger_trace(http, jaeger, quiet.headers["traceparent"][3:35]) is None
 
 
 async def test_a_collector_that_is_down_changes_no_answer_and_each_span_lost_is_counted(

@@ -10,22 +10,41 @@ shadow version not AVAILABLE, is dropped and counted (`modelserving_sidecar_shad
 Each answer (TF Serving's, or the sidecar's own error when TF Serving did not answer) goes to the
 inference log as a record of its own: the same key (the request id) as the main record, the
 shadow's modelVersion, and role `shadow`.
+
+The copy of a sampled call is sent in a span of its own, `shadow copy`, a child of the call's
+server span (which has ended by then: the copy leaves after the answer), whose context TF Serving
+gets; the record keeps the call's context, as the main record does. The copy of a call that is
+not sampled carries no span, and costs its worker one check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+from opentelemetry.sdk.trace import Span
+from opentelemetry.trace import SpanKind
 
 from modelserving_sidecar.config import ShadowConfig
 from modelserving_sidecar.errors import SidecarError, error_body
 from modelserving_sidecar.log.exchange import Exchange, InferenceLogSink
 from modelserving_sidecar.metrics import SidecarMetrics
 from modelserving_sidecar.routing.split import SHADOW, VersionRoute
+from modelserving_sidecar.tracing.spans import (
+    MODEL_VERSION,
+    REQUEST_ID,
+    Tracing,
+    end_failed,
+    traceparent_of_span,
+)
 from modelserving_sidecar.upstream.proxy import Upstream
+
+SHADOW_SPAN = "shadow copy"
+_GRPC_SERVICE = "tensorflow.serving.PredictionService"
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +64,7 @@ class ShadowCopy:
     # A gRPC call's copy: its method (the body is its request, naming the shadow's version).
     grpc_method: str | None = None
     tracestate: str | None = None  # the caller's, passed on with the traceparent
+    span: Span | None = None  # the call's server span, when it is sampled
 
 
 # Sends a gRPC call's copy to TF Serving within a timeout: its (HTTP code, answer).
@@ -60,11 +80,13 @@ class ShadowSender:
         sink: InferenceLogSink | None,
         settings: ShadowConfig,
         metrics: SidecarMetrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._upstream = upstream
         self._sink = sink
         self._settings = settings
         self._metrics = metrics
+        self._tracing = tracing
         self._queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self.grpc_send: GrpcSend | None = None  # set by the gRPC port, when there is one
@@ -91,15 +113,21 @@ class ShadowSender:
                 log.exception("shadow: sending a copy of %s failed", copy.request_id)
 
     async def _send(self, copy: ShadowCopy) -> None:
-        version = copy.version
+        if copy.span is not None and self._tracing is not None:
+            status, body = await self._answer_traced(copy, self._tracing, copy.span)
+        else:
+            status, body = await self._answer(copy)
+        self._record(copy, status, body)
+
+    async def _answer(self, copy: ShadowCopy) -> tuple[int, bytes]:
+        """The shadow's answer to the copy, sent with the copy's trace context: its HTTP code
+        and body (the sidecar's error body when TF Serving did not answer)."""
         if copy.grpc_method is not None and self.grpc_send is not None:
-            status, body = await self.grpc_send(copy, self._settings.timeout_seconds)
-            self._record(copy, status, body)
-            return
+            return await self.grpc_send(copy, self._settings.timeout_seconds)
         try:
             answer = await self._upstream.forward(
                 "POST",
-                version.paths[copy.verb],
+                copy.version.paths[copy.verb],
                 copy.body,
                 content_type=copy.content_type,
                 request_id=copy.request_id,
@@ -108,10 +136,34 @@ class ShadowSender:
                 tracestate=copy.tracestate,
             )
         except SidecarError as exc:
-            status, body = exc.status, error_body(exc.message)
+            return exc.status, error_body(exc.message)
+        return answer.status, answer.body
+
+    async def _answer_traced(
+        self, copy: ShadowCopy, tracing: Tracing, parent: Span
+    ) -> tuple[int, bytes]:
+        """`_answer` in the span `shadow copy` (a client span, HTTP's or RPC's attributes by
+        the copy's protocol), whose context TF Serving gets in place of the call's."""
+        version = copy.version
+        attributes = {REQUEST_ID: copy.request_id, MODEL_VERSION: version.header}
+        if copy.grpc_method is not None and self.grpc_send is not None:
+            attributes |= {
+                "rpc.system": "grpc",
+                "rpc.service": _GRPC_SERVICE,
+                "rpc.method": copy.grpc_method,
+            }
         else:
-            status, body = answer.status, answer.body
-        self._record(copy, status, body)
+            attributes |= {"http.request.method": "POST", "url.path": version.paths[copy.verb]}
+        span = tracing.child(parent, SHADOW_SPAN, SpanKind.CLIENT, attributes)
+        sent = dataclasses.replace(copy, traceparent=traceparent_of_span(span))
+        status, body = await self._answer(sent)
+        if copy.grpc_method is None or self.grpc_send is None:
+            span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            end_failed(span, str(status))
+        else:
+            span.end()
+        return status, body
 
     def _record(self, copy: ShadowCopy, status: int, body: bytes) -> None:
         version = copy.version
@@ -141,9 +193,10 @@ class ShadowSender:
         sink: InferenceLogSink | None,
         settings: ShadowConfig,
         metrics: SidecarMetrics,
+        tracing: Tracing | None = None,
     ) -> AsyncIterator[ShadowSender]:
         """The workers for the app's lifetime; what still waits at the end is dropped, counted."""
-        sender = cls(upstream, sink, settings, metrics)
+        sender = cls(upstream, sink, settings, metrics, tracing)
         sender._workers = [
             asyncio.create_task(sender._work(), name=f"shadow-{i}")
             for i in range(settings.max_concurrency)
