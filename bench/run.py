@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from bench.parts import sidecar as sidecar_bench
 
-        bench.sidecar = sidecar_bench.SidecarBench.prepare(bench, env)
+        bench.sidecar = sidecar_bench.SidecarBench.prepare(
+            bench, env, tracing="request-path" in parts
+        )
         if "request-path" in parts:
             configs = list(request_path.REFERENCES)
             configs += sidecar_bench.configurations(bench)

@@ -1440,6 +1440,11 @@ def main(argv: list[str] | None = None) -> int:
     apiserver.add_argument("action", choices=["restart", "kill-restart"])
     logs = sub.add_parser("logs", help="copy the parts' logs into a folder")
     logs.add_argument("dest", type=Path)
+    jaeger = sub.add_parser(
+        "jaeger", help="start a Jaeger of its own (its endpoints printed as JSON), or stop it"
+    )
+    jaeger.add_argument("action", choices=["start", "stop"])
+    jaeger.add_argument("--name", default="jaeger", help="the spare part's name (its state)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -1464,6 +1469,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the kube-apiserver was away {kube_apiserver_restart(sig):.1f} s")
         elif args.command == "logs":
             collect_logs(args.dest)
+        elif args.command == "jaeger":
+            if args.action == "start":
+                print(json.dumps(dataclasses.asdict(jaeger_start(args.name))))
+            else:
+                spares_down(args.name)
     except EnvError as exc:
         log(f"error: {exc}")
         return 1

@@ -2,7 +2,7 @@
 and beside itself at another git revision or with other log settings, side by side in one run.
 
     python -m bench.comparisons.compare_sidecar [--seconds 4] [--rounds 2] [--latency]
-        [--baseline REV] [--versions] [--grpc]
+        [--baseline REV] [--versions] [--grpc] [--tracing]
 
 One nginx upstream answering a fixed TF Serving predict body
 (bench/baselines/nginx/upstream.conf) on core 0 with the load (wrk, and vegeta for latency);
@@ -10,8 +10,9 @@ each proxy under test in turn on core 1.
 For each configuration: requests/s at saturation, CPU per request and requests/s per core (from
 /proc utime+stime over the run), peak RSS, and with --latency the latency added over the direct
 path at a fixed rate. Configurations are interleaved over --rounds so that drift hits all
-alike; medians are reported, and requests/s per core as a ratio to the bare proxy on uvloop,
-which a shared, noisy machine moves far less than the figures themselves.
+alike, each round in the reverse order of the one before (a later place in a round runs slower
+on this machine); medians are reported, and requests/s per core as a ratio to the bare proxy on
+uvloop, which a shared, noisy machine moves far less than the figures themselves.
 
 --log-over-sasl-ssl also runs the log-on sidecar producing through the local broker's SASL_SSL
 listener (SCRAM-SHA-512 over TLS, the client files localenv made), beside the PLAINTEXT one:
@@ -22,6 +23,10 @@ the broker) with ghz, beside a bare grpc.aio proxy (bench/baselines/grpc_aio_pro
 direct gRPC call (with --latency) to the gRPC upstream of bench/baselines/grpc_upstream on core
 0: their added latency is over that direct gRPC call. ghz and the upstream are built into the
 benchmark's cache when missing (a minute, once).
+
+--tracing also runs the working tree's log-on sidecar exporting its spans to a real Jaeger v2
+(localenv's, started on core 0 and stopped at the end) at 0%, 1% and 100% sampling, and reports
+the CPU each adds per request over the same sidecar with no collector, round by round.
 
 --tracing-variant LABEL=JSON also runs the working tree's log-on sidecar with that `tracing`
 section (e.g. a collector's endpoint and a ratio: the load sends no traceparent, so the ratio is
@@ -62,7 +67,15 @@ from bench.parts.grpc_path import (
     sidecar_grpc,
 )
 from bench.parts.request_path import Bench, Configuration, aiohttp_proxy, direct, upstream
-from bench.parts.sidecar import ROUTINGS, SidecarBench, over_sasl_ssl, versions_configuration
+from bench.parts.sidecar import (
+    ROUTINGS,
+    TRACING_RATIOS,
+    SidecarBench,
+    over_sasl_ssl,
+    tracing_configuration,
+    tracing_configurations,
+    versions_configuration,
+)
 
 LATENCY_RATE = 1000
 DIRECT = "direct (nginx upstream)"
@@ -87,6 +100,7 @@ class Result:
     p50_ms: float | None = None
     p99_ms: float | None = None
     cpu_us_at_rate: float | None = None  # CPU per request at the fixed rate (no batching there)
+    round: int = 0  # the round it was measured in (a failed one leaves a gap)
 
 
 def measure(
@@ -203,6 +217,27 @@ def report(
     return "\n".join(lines)
 
 
+def tracing_report(results: dict[str, list[Result]], off: str) -> str:
+    """What each sampling ratio adds per request over `off` (the same sidecar with no
+    collector): the median of the rounds' differences (each round measures both), CPU at
+    saturation and, with --latency, at the fixed rate and the p99."""
+    lines = [f"traces, over {off} (median of the rounds' differences):"]
+    base = {b.round: b for b in results.get(off, [])}
+    for label in TRACING_RATIOS:
+        runs = results.get(tracing_configuration(label), [])
+        pairs = [(r, base[r.round]) for r in runs if r.round in base]
+        if not pairs:
+            continue
+        cpu = median([r.cpu_us_per_request - b.cpu_us_per_request for r, b in pairs])
+        line = f"  {label:>5} sampled: CPU {cpu:+6.1f} µs/req saturated"
+        if all(r.cpu_us_at_rate is not None and b.cpu_us_at_rate is not None for r, b in pairs):
+            at_rate = median([(r.cpu_us_at_rate or 0) - (b.cpu_us_at_rate or 0) for r, b in pairs])
+            p99 = median([(r.p99_ms or 0) - (b.p99_ms or 0) for r, b in pairs])
+            line += f", {at_rate:+6.1f} µs/req at {LATENCY_RATE} rps, p99 {p99:+.3f} ms"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def revisions(args: argparse.Namespace, workdir: Path) -> list[tuple[Path | None, str]]:
     """The sidecars measured: (its tree, None for the working tree; its label), --baseline's
     first."""
@@ -268,6 +303,8 @@ def configurations(
                             versions_configuration(variant), "apiKey", True, routing=routing
                         )
                     )
+            if args.tracing and code is None and side.jaeger:
+                configs += tracing_configurations(side)
             if args.log_over_sasl_ssl:
                 configs.append(
                     over_sasl_ssl(side, f"sidecar{label}, apiKey, log on over SASL_SSL", code)
@@ -336,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         'r1=\'{"endpoint": "http://127.0.0.1:4318/v1/traces", "ratio": 0.01}\' (repeatable)',
     )
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also the log-on sidecar exporting spans to a real Jaeger at 0%%, 1%% and 100%% "
+        "sampling (localenv's Jaeger, started here)",
+    )
+    parser.add_argument(
         "--versions",
         action="store_true",
         help="also the sidecar over several model versions: a 90/10 split, and "
@@ -377,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="compare-sidecar-") as tmp:
         bench = Bench(built, Path(tmp))
-        side = SidecarBench.prepare(bench, localenv_settings(), kubernetes=False)
+        side = SidecarBench.prepare(
+            bench, localenv_settings(), kubernetes=False, tracing=args.tracing
+        )
         if not side.runnable:
             raise SystemExit(side.why_not)
         for note in side.notes:
@@ -393,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 upstream_proc = running.enter_context(upstream(bench))
                 grpc = running.enter_context(grpc_upstream(bench)) if args.grpc else None
                 for round_ in range(args.rounds):
-                    for config in configs:
+                    for config in configs if round_ % 2 == 0 else configs[::-1]:
                         progress(f"round {round_ + 1}: {config.name}")
                         try:
                             if isinstance(config, GrpcConfiguration):
@@ -403,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                                 result = measure(
                                     bench, upstream_proc, config, args.latency, args.seconds
                                 )
+                            result.round = round_
                             results[config.name].append(result)
                         except Exception as exc:  # one failing (broker down) spares the rest
                             progress(f"{config.name} failed: {exc}")
@@ -418,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     # Every gRPC configuration's latency is added over the direct gRPC call, revisions' too.
     bases = {c.name: DIRECT_GRPC for c in configs if isinstance(c, GrpcConfiguration)}
     print(report(results, REFERENCE, args.latency, {**BASES, **bases}))
+    if args.tracing:
+        print(tracing_report(results, "sidecar, apiKey, log on"))
     return 0
 
 

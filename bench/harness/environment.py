@@ -1,6 +1,6 @@
 """The local environment of real parts (`localenv.py up`) as the benchmark sees it: its
-settings (the cluster's kubeconfig, the Kafka broker's address), and its broker stopped and
-started for the outage."""
+settings (the cluster's kubeconfig, the Kafka broker's address), its broker stopped and
+started for the outage, and a Jaeger of the benchmark's own for the tracing rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO
-from bench.harness.procs import BenchError, log
+from bench.harness.procs import LOAD_CORE, BenchError, log
+
+LOCALENV = REPO / "localenv" / "localenv.py"
+JAEGER_NAME = "bench-jaeger"  # its state under the environment's spare parts
 
 
 def localenv_settings() -> dict[str, Any] | None:
@@ -42,3 +45,27 @@ def localenv_kafka(action: str, tries: int = 4) -> None:
         log(f"Kafka broker {action} failed: {proc.stderr.strip()[-500:]}")
         time.sleep(3)
     raise BenchError(f"the Kafka broker did not {action} in {tries} tries")
+
+
+def jaeger_start() -> str:
+    """A real Jaeger v2 (all in one, spans in memory) of the benchmark's own, started by
+    localenv on the load core (it inherits the taskset), as a collector runs beside a pod rather
+    than on its core: its OTLP/HTTP traces URL."""
+    command = ["jaeger", "start", "--name", JAEGER_NAME]
+    proc = subprocess.run(
+        ["taskset", "-c", str(LOAD_CORE), sys.executable, str(LOCALENV), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"Jaeger did not start: {proc.stderr.strip()[-500:]}")
+    return str(json.loads(proc.stdout.strip().splitlines()[-1])["otlp_http"])
+
+
+def jaeger_stop() -> None:
+    subprocess.run(
+        [sys.executable, str(LOCALENV), "jaeger", "stop", "--name", JAEGER_NAME],
+        capture_output=True,
+        timeout=60,
+    )

@@ -1,6 +1,7 @@
 """Our sidecar in the benchmark: its configurations on the request path (auth by API key or by
-Kubernetes token with a warm cache; inference log off, or on into the real broker), the broker
-outage, the inference log's throughput, and a profile of the hot path."""
+Kubernetes token with a warm cache; inference log off, or on into the real broker; traces off,
+or exported to a real Jaeger at a sampling ratio), the broker outage, the inference log's
+throughput, and a profile of the hot path."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from bench import REPO
 from bench.harness import load
-from bench.harness.environment import localenv_kafka, localenv_settings
+from bench.harness.environment import jaeger_start, jaeger_stop, localenv_kafka, localenv_settings
 from bench.harness.procs import PROXY_CORE, BenchError, PeakRss, Proc, free_port, log, run_pinned
 from bench.harness.stats import as_dict, records_lost
 from bench.harness.topics import create_topic, delete_created_topics, topic_records, wait_topic
@@ -57,6 +58,17 @@ def versions_configuration(variant: str) -> str:
     return f"sidecar [{variant}], apiKey, log on"
 
 
+# Traces of the log-on sidecar exported to a real Jaeger (the load sends no traceparent, so the
+# ratio is the share of requests sampled), each beside the same sidecar with no collector
+# (ONE_VERSION, tracing off): a collector named with nothing sampled, 1% and 100% sampled.
+TRACING_RATIOS = {"0%": 0.0, "1%": 0.01, "100%": 1.0}
+
+
+def tracing_configuration(label: str) -> str:
+    """The name of the log-on sidecar with TRACING_RATIOS[label] (in make bench)."""
+    return f"sidecar, apiKey, log on, traces to Jaeger, {label} sampled"
+
+
 NAMESPACE_PREFIX = "bench-"
 API_KEY = "bench-key-" + "x" * 32
 # The log on as the defaults have it is durable (spooled); buffered beside it, for its cost.
@@ -81,6 +93,7 @@ class SidecarBench:
     keys_dir: Path | None = None
     namespace: str | None = None
     token: str | None = None
+    jaeger: str | None = None  # a real Jaeger's OTLP/HTTP traces URL, when one was started
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -93,10 +106,15 @@ class SidecarBench:
 
     @classmethod
     def prepare(
-        cls, bench: Bench, env: dict[str, Any] | None, kubernetes: bool = True
+        cls,
+        bench: Bench,
+        env: dict[str, Any] | None,
+        kubernetes: bool = True,
+        tracing: bool = False,
     ) -> SidecarBench:
-        """The API key, and with `kubernetes` a namespace and a caller's token in the local
-        cluster for the Kubernetes auth configurations."""
+        """The API key, with `kubernetes` a namespace and a caller's token in the local
+        cluster for the Kubernetes auth configurations, and with `tracing` a Jaeger of the
+        benchmark's own for the tracing configurations (stopped by `close`)."""
         self = cls(bench, env, why_not=sidecar_importable())
         if not self.runnable:
             log(f"sidecar configurations skipped: {self.why_not}")
@@ -114,6 +132,12 @@ class SidecarBench:
                 log(self.notes[-1])
         if not self.bootstrap:
             self.notes.append("log-on configurations skipped: no Kafka broker (.localenv)")
+        elif tracing:
+            try:
+                self.jaeger = jaeger_start()
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                self.notes.append(f"tracing configurations skipped: {str(exc)[-300:]}")
+                log(self.notes[-1])
         return self
 
     # ------------------------------------------------------------ Kubernetes
@@ -180,6 +204,9 @@ class SidecarBench:
 
     def close(self) -> None:
         delete_created_topics()
+        if self.jaeger:
+            jaeger_stop()
+            self.jaeger = None
         if self.namespace:
             with contextlib.suppress(BenchError, subprocess.SubprocessError):
                 self.kubectl("delete", "namespace", self.namespace, "--wait=false")
@@ -354,6 +381,8 @@ def configurations(bench: Bench) -> list[Configuration]:
         configs.append(
             side.configuration(BUFFERED, "apiKey", True, durability=LogDurability.BUFFERED.value)
         )
+        if side.jaeger:  # next to the log-on sidecar they are set beside
+            configs += tracing_configurations(side)
     if side.token:
         configs.append(side.configuration("sidecar, kubernetes, log off", "kubernetes", False))
         if side.bootstrap:
@@ -371,6 +400,21 @@ def configurations(bench: Bench) -> list[Configuration]:
             name = f"sidecar, apiKey, log on, {other} loop"
             configs.append(side.configuration(name, "apiKey", True, loop=other))
     return configs
+
+
+def tracing_configurations(side: SidecarBench, code: Path | None = None) -> list[Configuration]:
+    """The log-on sidecar exporting its spans to the benchmark's Jaeger at each of
+    TRACING_RATIOS."""
+    return [
+        side.configuration(
+            tracing_configuration(label),
+            "apiKey",
+            True,
+            code=code,
+            tracing={"endpoint": side.jaeger, "ratio": ratio},
+        )
+        for label, ratio in TRACING_RATIOS.items()
+    ]
 
 
 def over_sasl_ssl(side: SidecarBench, name: str, code: Path | None) -> Configuration:

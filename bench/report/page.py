@@ -9,7 +9,7 @@ from bench.report.inference_log import inference_log_lines
 from bench.report.operator import operator_lines
 from bench.report.plot import SVG_NAME
 from bench.report.profile import profile_lines
-from bench.report.request_path import request_path_tables, versions_lines
+from bench.report.request_path import request_path_tables, tracing_lines, versions_lines
 from bench.report.results import Results
 from bench.report.targets import target_lines
 
@@ -73,6 +73,9 @@ def render_markdown(results: Results) -> str:
         versions = versions_lines(parts.request_path)
         if versions:
             lines += [*versions, ""]
+        traces = tracing_lines(parts.request_path)
+        if traces:
+            lines += [*traces, ""]
     if parts.grpc is not None:
         lines += ["## gRPC", "", *grpc_lines(parts.grpc), ""]
     if parts.outage is not None:

@@ -1,10 +1,17 @@
 """Section 1 of the report, the request path: saturation and latency of every configuration
-beside DESIGN's references, and what several model versions cost beside one."""
+beside DESIGN's references, what several model versions cost beside one, and what traces cost
+beside none."""
 
 from __future__ import annotations
 
-from bench.parts.sidecar import ONE_VERSION, ROUTINGS, versions_configuration
-from bench.report.cells import both, over
+from bench.parts.sidecar import (
+    ONE_VERSION,
+    ROUTINGS,
+    TRACING_RATIOS,
+    tracing_configuration,
+    versions_configuration,
+)
+from bench.report.cells import both, fmt, over
 from bench.report.results import Pass, PathPart
 
 # The references DESIGN.md measured, beside the configurations of the same name.
@@ -102,4 +109,65 @@ def versions_lines(part: PathPart) -> list[str]:
             f"| {both(runs, at_rate, 1)} | {'' if same else over(runs, base, at_rate, 1)} "
             f"| {both(runs, p99, 3)} | {'' if same else over(runs, base, p99, 3)} |"
         )
+    return lines
+
+
+# Issue 32's targets for the CPU a request's traces add over the sidecar with none.
+TRACING_TARGETS = {"0%": "+0", "1%": "<= +3", "100%": "measured"}
+
+
+def tracing_lines(part: PathPart) -> list[str]:
+    """What traces cost per request beside the log-on sidecar with no collector, pass by pass:
+    CPU at saturation and at 1,000 rps, and the added p99 at 1,000 rps. Empty when the tracing
+    configurations were not measured (no broker, or Jaeger could not start)."""
+    results = part.results
+    labels = [label for label in TRACING_RATIOS if tracing_configuration(label) in results]
+    base = results.get(ONE_VERSION)
+    if not labels or not base:
+        return []
+    lines = [
+        "### Traces: off, and exported to a real Jaeger at 0%, 1% and 100% sampling",
+        "",
+        f"Beside the log-on sidecar with no collector ({ONE_VERSION}: tracing off), in the same "
+        "passes: the same sidecar with `tracing.endpoint` naming a real Jaeger v2 (all in one, "
+        "spans in memory, on the load core) and `tracing.ratio` 0, 0.01 and 1. The load sends "
+        "no traceparent, so the ratio is the share of requests sampled; a sampled request has "
+        "four spans (the server span, authenticate, the call to TF Serving, the inference "
+        "log's spool write), exported by the sidecar's own thread, whose CPU is counted. CPU "
+        "per request is the sidecar's CPU time over the requests, at saturation (wrk) and at "
+        "1,000 rps (vegeta); over off is the difference in the same pass. The target is the "
+        "saturated figure's.",
+        "",
+        "| configuration | CPU µs/request, saturated | over off | target | CPU µs/request at "
+        "1,000 rps | over off | added p99 at 1,000 rps, ms | over off |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def at_rate(run: Pass) -> float:
+        return float(run.cpu_us_at_rate["1000"])
+
+    def p99(run: Pass) -> float:
+        return float(run.added_ms["1000"].p99)  # type: ignore[index]  # None: shown as "-"
+
+    lines.append(
+        f"| {ONE_VERSION} | {both(base, cpu_us_per_request, 1)} | | "
+        f"| {both(base, at_rate, 1)} | | {both(base, p99, 3)} | |"
+    )
+    for label in labels:
+        runs = results[tracing_configuration(label)]
+        lines.append(
+            f"| {tracing_configuration(label)} | {both(runs, cpu_us_per_request, 1)} "
+            f"| {over(runs, base, cpu_us_per_request, 1)} | {TRACING_TARGETS[label]} "
+            f"| {both(runs, at_rate, 1)} | {over(runs, base, at_rate, 1)} "
+            f"| {both(runs, p99, 3)} | {over(runs, base, p99, 3)} |"
+        )
+    passes = [run for run in base if isinstance(run, Pass)]
+    if len(passes) >= 2:
+        spread = max(map(cpu_us_per_request, passes)) - min(map(cpu_us_per_request, passes))
+        lines += [
+            "",
+            f"The noise to read these against: tracing off's own passes differ by "
+            f"{fmt(spread, 1)} µs/request saturated. For a ratio in one run with the order "
+            'alternated, `make bench-sidecar ARGS="--tracing --latency --rounds 4"`.',
+        ]
     return lines

@@ -502,6 +502,73 @@ def test_versions_section_is_left_out_when_the_variants_did_not_run():
     assert "### Several model versions" in page.render_markdown(_read(results))
 
 
+def test_tracing_section_sets_each_sampling_ratio_beside_tracing_off_pass_by_pass():
+    sidecar = _load("parts.sidecar")
+    none, one, every = (sidecar.tracing_configuration(label) for label in sidecar.TRACING_RATIOS)
+    results = {
+        # 1e6/10000 = 100 µs saturated; 1e6/9900 = 101.0; 1e6/8000 = 125
+        sidecar.ONE_VERSION: [_pass(10000, 110.0, 0.5), _pass(9900, 120.0, 0.6)],
+        none: [_pass(10000, 110.0, 0.5), _pass(9900, 119.0, 0.6)],
+        one: [_pass(9900, 112.0, 0.5), _pass(9900, 121.0, 0.7)],
+        every: [_pass(8000, 150.0, 0.9), {"error": "x"}],
+    }
+    lines = path_report.tracing_lines(_path_part(results))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines}
+
+    def cells(name: str) -> list[str]:
+        return [cell.strip() for cell in rows[name].strip("|").split("|")][1:]
+
+    assert cells(none)[:3] == ["100.0 / 101.0", "+0.0 / +0.0", "+0"]
+    assert cells(one) == [
+        "101.0 / 101.0",
+        "+1.0 / +0.0",
+        "<= +3",
+        "112.0 / 121.0",
+        "+2.0 / +1.0",
+        "0.500 / 0.700",
+        "+0.000 / +0.100",
+    ]
+    assert cells(every)[:4] == ["125.0 / failed", "+25.0 / failed", "measured", "150.0 / failed"]
+    assert "tracing off's own passes differ by 1.0 µs/request" in lines[-1]
+    assert path_report.tracing_lines(_path_part({sidecar.ONE_VERSION: results[none]})) == []
+
+
+def test_sidecar_comparison_gives_what_each_sampling_ratio_adds_round_by_round():
+    sidecar = _load("parts.sidecar")
+
+    def measured(cpu_us: float, at_rate: float, p99: float, round_: int) -> object:
+        return compare_sidecar.Result(
+            rps=1000.0,
+            requests=4000,
+            cpu_share=1.0,
+            cpu_us_per_request=cpu_us,
+            rps_per_core=1e6 / cpu_us,
+            rss_peak_mib=40.0,
+            p50_ms=0.5,
+            p99_ms=p99,
+            cpu_us_at_rate=at_rate,
+            round=round_,
+        )
+
+    off = "sidecar, apiKey, log on"
+    results = {
+        # Round 2 ran slower for both: the differences, not the figures, are compared; the
+        # base failed in round 4, whose 1% figure is then left out.
+        off: [measured(100, 200, 1.0, 1), measured(130, 260, 1.5, 2), measured(101, 201, 1.0, 3)],
+        sidecar.tracing_configuration("1%"): [
+            measured(102, 201, 1.1, 1),
+            measured(131, 262, 1.5, 2),
+            measured(103, 204, 1.2, 3),
+            measured(900, 900, 9.0, 4),
+        ],
+    }
+    (line,) = compare_sidecar.tracing_report(results, off).splitlines()[1:]
+    assert (
+        line
+        == "     1% sampled: CPU   +2.0 µs/req saturated,   +2.0 µs/req at 1000 rps, p99 +0.100 ms"
+    )
+
+
 # ------------------------------------------------------------------ the gRPC path
 
 GHZ_REPORT = {
