@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from modelserving.kube_access import NoApiServer, from_environment
 from modelserving.library_internals import DirectAppRunner
@@ -91,6 +95,7 @@ _ALIVE = b'{"status": "alive"}'
 _READY = b'{"status": "ready"}'
 _NOT_READY = b'{"error": "The model is not AVAILABLE in TF Serving yet"}'
 _STOPPING = b'{"error": "The sidecar is shutting down"}'
+OPENMETRICS = "application/openmetrics-text"  # a scrape's Accept asking for OpenMetrics
 # Readiness probes come often; TF Serving is asked again when its last look is older than this.
 READY_CACHE_SECONDS = 1.0
 
@@ -213,11 +218,18 @@ class RequestPath:
             copy_to_shadow(
                 self.shadow, call, route.label, call.request_body, content_type, call.traceparent
             )
-        self.metrics.request_done(
-            route.label, response.status, time.perf_counter() - started, call.served
-        )
+        seconds = time.perf_counter() - started
+        self.metrics.request_done(route.label, response.status, seconds, call.served)
         response.headers[TRACEPARENT] = call.traceparent
         if call.span is not None:
+            context = call.span.get_span_context()
+            self.metrics.latency_exemplar(
+                route.label,
+                seconds,
+                call.served,
+                format_trace_id(context.trace_id),
+                format_span_id(context.span_id),
+            )
             http_server_done(
                 call.span,
                 response.status,
@@ -357,8 +369,15 @@ class RequestPath:
         # `?name[]=...` asks for those metrics alone, as Prometheus' clients allow (the
         # operator's autoscaler reads the concurrency of every pod every 2 s this way).
         names = request.query.getall("name[]", ())
-        body = generate_latest(self.registry.restricted_registry(names) if names else self.registry)
-        headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, REQUEST_ID: call.request_id}
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        # OpenMetrics when the scraper asks for it (Prometheus does): the exposition that
+        # carries the latency buckets' exemplars.
+        if OPENMETRICS in request.headers.get(hdrs.ACCEPT, ""):
+            body = openmetrics_latest(registry)  # type: ignore[no-untyped-call]
+            content_type = OPENMETRICS_CONTENT_TYPE
+        else:
+            body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+        headers = {hdrs.CONTENT_TYPE: content_type, REQUEST_ID: call.request_id}
         return web.Response(body=body, headers=headers)
 
 

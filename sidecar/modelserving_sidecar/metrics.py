@@ -4,6 +4,12 @@ the model version that answered, latency, TF Serving's latency and auth results.
 Counted in plain ints and lists on the event loop (the only thread that counts) and turned into
 metric families when scraped: prometheus_client's labelled children take a lock and walk the
 buckets in Python on every update, which cost the request path 5 µs of its ~100.
+
+A sampled call (one with spans) marks the latency bucket it fell in with its trace as the
+bucket's exemplar (`trace_id`, `span_id`: the latest sampled call's), so that a latency panel
+leads to a trace; a call that is not sampled marks nothing. Exemplars exist only in the
+OpenMetrics exposition, which a scrape asks for by its Accept header (Prometheus does); the
+Prometheus text format has none.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 # Sub-millisecond buckets: the sidecar's own share of a request is measured in them.
@@ -97,24 +104,38 @@ _AUTH = (
 )
 
 
-class _Histogram:
-    """Per-bucket counts (not cumulative) and the sum of what was observed."""
+Bucket = tuple[str, float] | tuple[str, float, Exemplar]
 
-    __slots__ = ("counts", "sum")
+
+class _Histogram:
+    """Per-bucket counts (not cumulative) and the sum of what was observed; and, once a sampled
+    call was observed, each bucket's exemplar."""
+
+    __slots__ = ("counts", "exemplars", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * len(_BUCKETS)
         self.sum = 0.0
+        self.exemplars: list[Exemplar | None] | None = None
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(_BUCKETS, seconds)] += 1  # bounds are inclusive ("le")
         self.sum += seconds
 
-    def cumulative(self) -> list[tuple[str, float]]:
-        total, buckets = 0, list[tuple[str, float]]()
-        for le, count in zip(_LE, self.counts, strict=True):
+    def mark(self, seconds: float, trace_id: str, span_id: str) -> None:
+        """The bucket `seconds` falls in names this trace as its exemplar."""
+        if self.exemplars is None:
+            self.exemplars = [None] * len(_BUCKETS)
+        labels = {"trace_id": trace_id, "span_id": span_id}
+        self.exemplars[bisect_left(_BUCKETS, seconds)] = Exemplar(labels, seconds, time.time())
+
+    def cumulative(self) -> list[Bucket]:
+        total, buckets = 0, list[Bucket]()
+        exemplars = self.exemplars or ()
+        for i, (le, count) in enumerate(zip(_LE, self.counts, strict=True)):
             total += count
-            buckets.append((le, total))
+            exemplar = exemplars[i] if exemplars else None
+            buckets.append((le, total) if exemplar is None else (le, total, exemplar))
         return buckets
 
 
@@ -139,6 +160,15 @@ class SidecarMetrics:
         if histogram is None:
             histogram = self._latency[(route, version)] = _Histogram()
         histogram.observe(seconds)
+
+    def latency_exemplar(
+        self, route: str, seconds: float, version: str, trace_id: str, span_id: str
+    ) -> None:
+        """A sampled call's latency, already counted by `request_done`, marks its bucket with
+        the call's trace (its server span) as the exemplar."""
+        histogram = self._latency.get((route, version))
+        if histogram is not None:
+            histogram.mark(seconds, trace_id, span_id)
 
     def upstream_done(self, route: str, seconds: float, version: str = "") -> None:
         histogram = self._upstream_latency.get((route, version))

@@ -9,6 +9,7 @@ counted."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from tests.integration.test_sidecar_auth import (
 )
 from tests.integration.test_sidecar_grpc import predict_request
 from tests.support.ports import free_port
+from tests.support.prometheus import PrometheusServer, Target
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
@@ -400,6 +402,49 @@ async def test_a_sampled_calls_shadow_copy_is_a_span_whose_context_tf_serving_go
     ]
     assert quiet_copy.headers["traceparent"] == quiet.headers["traceparent"]
     assert await jaeger_trace(http, jaeger, quiet.headers["traceparent"][3:35]) is None
+
+
+async def test_a_sampled_calls_latency_bucket_names_its_trace_as_the_exemplar_prometheus_keeps(
+    standin: tuple[TFServingStandIn, str], jaeger, tmp_path, http
+):
+    _, upstream = standin
+    config = traced_config(tmp_path, upstream, jaeger, {"mode": "NONE"})
+    trace_id = "cbf92f3577b34da6a3ce929d0e0e473d"
+    (tmp_path / "prometheus").mkdir()
+    async with running_sidecar(tmp_path, config, None) as sidecar_process:
+        # A real Prometheus keeping exemplars, scraping the sidecar (it asks for OpenMetrics).
+        prometheus = PrometheusServer(
+            tmp_path / "prometheus",
+            free_port(),
+            [Target("modelserving-sidecar", sidecar_process.url.removeprefix("http://"))],
+            features=["exemplar-storage"],
+        )
+        await asyncio.to_thread(prometheus.start)
+        try:
+            quiet = await predict(http, sidecar_process, {})  # not sampled: marks nothing
+            resp = await predict(
+                http, sidecar_process, {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+            )
+            assert (quiet.status, resp.status) == (200, 200)
+            kept: list[dict] = []
+
+            async def kept_by_prometheus() -> bool:
+                series = await prometheus.exemplars(
+                    'modelserving_sidecar_request_duration_seconds_bucket{route="predict"}'
+                )
+                kept[:] = [e for s in series for e in s["exemplars"]]
+                return bool(kept)
+
+            await wait_for_async(kept_by_prometheus, timeout=30, what="an exemplar in Prometheus")
+            spans = await spans_of(http, jaeger, trace_id, 3)
+        finally:
+            await asyncio.to_thread(prometheus.stop)
+
+    # The one exemplar names the sampled call's server span, which Jaeger holds.
+    (exemplar,) = kept
+    server_span = spans[f"POST /v1/models/{MODEL}:predict"]
+    assert exemplar["labels"] == {"trace_id": trace_id, "span_id": server_span["spanID"]}
+    assert quiet.headers["traceparent"][3:35] != trace_id
 
 
 async def test_a_collector_that_is_down_changes_no_answer_and_each_span_lost_is_counted(

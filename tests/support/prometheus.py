@@ -61,12 +61,19 @@ class Target:
 
 
 class PrometheusServer:
-    """`prometheus` scraping the targets every SCRAPE_INTERVAL and evaluating `rule_files`."""
+    """`prometheus` scraping the targets every SCRAPE_INTERVAL and evaluating `rule_files`,
+    with the `features` given (`exemplar-storage`: it keeps the exemplars it scrapes)."""
 
     def __init__(
-        self, workdir: Path, port: int, targets: Sequence[Target], rule_files: Sequence[Path] = ()
+        self,
+        workdir: Path,
+        port: int,
+        targets: Sequence[Target],
+        rule_files: Sequence[Path] = (),
+        features: Sequence[str] = (),
     ) -> None:
         self.workdir, self.port = workdir, port
+        self.features = features
         self.url = f"http://127.0.0.1:{port}"
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
@@ -97,6 +104,7 @@ class PrometheusServer:
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--storage.tsdb.retention.time=1h",
+                    *(f"--enable-feature={feature}" for feature in self.features),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -130,6 +138,18 @@ class PrometheusServer:
         if answer.get("status") != "success":
             raise AssertionError(f"{expr}: {answer.get('errorType')}: {answer.get('error')}")
         return list(answer["data"]["result"])
+
+    async def exemplars(self, expr: str) -> list[dict]:
+        """The exemplars of the series `expr` selects over the last hour (each series' labels
+        under `seriesLabels`, its exemplars under `exemplars`)."""
+        now = time.time()
+        params = {"query": expr, "start": str(now - 3600), "end": str(now + 60)}
+        query = f"{self.url}/api/v1/query_exemplars"
+        async with aiohttp.ClientSession() as http, http.get(query, params=params) as resp:
+            answer = json.loads(await resp.text())
+        if answer.get("status") != "success":
+            raise AssertionError(f"{expr}: {answer.get('errorType')}: {answer.get('error')}")
+        return list(answer["data"])
 
     async def rules(self) -> list[dict]:
         """The loaded rules, each with its health and last evaluation."""
