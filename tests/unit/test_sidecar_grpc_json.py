@@ -9,7 +9,7 @@ import math
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from modelserving.tfserving import serving_apis_pb2 as apis
@@ -22,6 +22,7 @@ from modelserving.tfserving.example_pb2 import (
     FloatList,
     Int64List,
 )
+from modelserving_sidecar.grpc import tensor_json
 from modelserving_sidecar.grpc.tensor_json import NotATensor, request_json, rest_json, tensor_value
 
 
@@ -261,3 +262,119 @@ def test_an_oversize_message_costs_what_the_log_keeps_of_it() -> None:
     assert cut.startswith(b'{"inputs": {"x": [1.0, 1.0, ')
     # One batch of values past the cut at most, of the 2 million.
     assert 1000 < len(cut) < 1000 + 1024 * len(b"1.0, ") + 100
+
+
+# Every dtype the log writes: its typed field, its struct code when it can be packed, and values
+# of it as hypothesis draws them (the raw values of the typed field: half and bfloat16 as bits).
+_UINT16 = st.integers(min_value=0, max_value=0xFFFF)
+_DTYPE_VALUES: dict[int, tuple[str, str, st.SearchStrategy[object]]] = {
+    types_pb2.DT_FLOAT: (
+        "float_val",
+        "f",
+        st.floats(width=32, allow_nan=False, allow_infinity=False),
+    ),
+    types_pb2.DT_DOUBLE: ("double_val", "d", st.floats(allow_nan=False, allow_infinity=False)),
+    types_pb2.DT_INT32: ("int_val", "i", st.integers(min_value=-(2**31), max_value=2**31 - 1)),
+    types_pb2.DT_UINT8: ("int_val", "B", st.integers(min_value=0, max_value=255)),
+    types_pb2.DT_INT16: ("int_val", "h", st.integers(min_value=-(2**15), max_value=2**15 - 1)),
+    types_pb2.DT_INT8: ("int_val", "b", st.integers(min_value=-128, max_value=127)),
+    types_pb2.DT_UINT16: ("int_val", "H", _UINT16),
+    types_pb2.DT_INT64: ("int64_val", "q", st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+    types_pb2.DT_UINT32: ("uint32_val", "I", st.integers(min_value=0, max_value=2**32 - 1)),
+    types_pb2.DT_UINT64: ("uint64_val", "Q", st.integers(min_value=0, max_value=2**64 - 1)),
+    types_pb2.DT_BOOL: ("bool_val", "?", st.booleans()),
+    # Finite halves and bfloat16s only: an infinity is refused by both paths alike (below).
+    types_pb2.DT_HALF: ("half_val", "", st.integers(min_value=0, max_value=0x7BFF)),
+    types_pb2.DT_BFLOAT16: ("half_val", "", st.integers(min_value=0, max_value=0x7F7F)),
+    types_pb2.DT_STRING: ("string_val", "", st.binary(max_size=6)),
+}
+# Each class of shape: a scalar, empty ones, one, two and three dimensions.
+_SHAPES = ([], [0], [2, 0], [0, 3], [3], [2, 3], [2, 1, 2])
+
+
+def _pieces(tensor: tensor_pb2.TensorProto) -> str:
+    """The tensor written piece by piece: the general path, which writes any message."""
+    return "".join(tensor_json._Tensor(tensor).chunks())
+
+
+@pytest.mark.parametrize("dtype", list(_DTYPE_VALUES), ids=types_pb2.DataType.Name)
+@pytest.mark.parametrize("shape", _SHAPES, ids=str)
+@given(packed=st.booleans(), data=st.data())
+def test_a_tensor_in_one_piece_is_the_same_text_as_written_piece_by_piece(
+    dtype: int, shape: list[int], packed: bool, data: st.DataObject
+) -> None:
+    field, code, values = _DTYPE_VALUES[dtype]
+    size = math.prod(shape)
+    drawn = data.draw(st.lists(values, min_size=size, max_size=size))
+    if packed and code and size:
+        x = tensor(dtype, shape, tensor_content=struct.pack(f"<{size}{code}", *drawn))
+    else:
+        x = tensor(dtype, shape, **{field: drawn})
+    one_piece = tensor_json._tensor_text(x)
+    assert one_piece is not None  # every dtype's tensor of values in full is the fast path's
+    assert one_piece == _pieces(x)
+    assert json.loads(one_piece) == json.loads(json.dumps(tensor_value(x)))
+
+
+@given(values=st.lists(st.floats(width=32), min_size=1, max_size=40), rows=st.booleans())
+# A float32 whose double's repr has 8 digits but that has a shorter form of its own (5.081677e7)
+# beside one of 7, the most that are always written as they are; one of 9 digits; each beside
+# one of many digits.
+@example(values=[50816768.0, 1048577.0], rows=False)
+@example(values=[-1915074.75], rows=True)
+@example(values=[50816768.0, -1915074.75, 1048577.0, 0.1], rows=True)
+def test_float32_in_one_piece_has_each_value_in_its_shortest_form_or_is_left_to_the_pieces(
+    values: list[float], rows: bool
+) -> None:
+    shape = [len(values), 1] if rows else [len(values)]
+    x = tensor(types_pb2.DT_FLOAT, shape, float_val=values)
+    one_piece = tensor_json._tensor_text(x)
+    if any(math.isnan(v) or math.isinf(v) for v in values):
+        assert one_piece is None  # left to the pieces, which say JSON cannot hold it
+        with pytest.raises(ValueError, match="Out of range float values"):
+            _pieces(x)
+    else:
+        assert one_piece == _pieces(x)
+    # The batch's values are each value's, NaN and the infinities kept.
+    batch = tensor_json._float32s(x.float_val)
+    assert list(map(repr, batch)) == [repr(tensor_json._float32(v)) for v in x.float_val]
+
+
+def test_what_one_piece_leaves_to_the_pieces_they_write_or_refuse() -> None:
+    # A value given once fills a larger shape; packed content that is not the shape's size; an
+    # unknown shape; a dtype JSON has no form for.
+    fill = tensor(types_pb2.DT_INT32, [2, 2], int_val=[7])
+    short = tensor(types_pb2.DT_FLOAT, [3], tensor_content=b"\x00" * 8)
+    unknown = tensor(types_pb2.DT_FLOAT, [-1], float_val=[1.0])
+    resource = tensor(types_pb2.DT_RESOURCE, [1])
+    for x in (fill, short, unknown, resource):
+        assert tensor_json._tensor_text(x) is None
+    assert _pieces(fill) == "[[7, 7], [7, 7]]"
+    for x in (short, unknown, resource):
+        request = apis.PredictRequest(inputs={"x": x}).SerializeToString()
+        with pytest.raises(NotATensor):
+            request_json("Predict", request)
+
+
+@pytest.mark.parametrize("signature", ["", "serving_default"])
+@pytest.mark.parametrize("outputs", [0, 1, 2])
+def test_a_predict_in_one_piece_is_the_same_text_as_written_piece_by_piece(
+    signature: str, outputs: int
+) -> None:
+    inputs = {
+        "pixels": tensor(types_pb2.DT_FLOAT, [2, 2], float_val=[0.1, 0.5, 1e-7, 16777216.0]),
+        "ids": tensor(types_pb2.DT_INT64, [2], tensor_content=struct.pack("<2q", 1, -2)),
+        "words": tensor(types_pb2.DT_STRING, [], string_val=["é".encode()]),
+    }
+    request = apis.PredictRequest(
+        model_spec=apis.ModelSpec(name="m", signature_name=signature), inputs=inputs
+    ).SerializeToString()
+    answers = {f"y{i}": inputs["pixels"] for i in range(outputs)}
+    response = apis.PredictResponse(outputs=answers).SerializeToString()
+    one_piece = rest_json("Predict", request, response, ok=True)
+    in_pieces = (
+        tensor_json._converted(tensor_json._predict_request, request, 0),
+        tensor_json._converted(tensor_json._predict_response, response, 0),
+    )
+    assert one_piece == in_pieces
+    assert tensor_json._predict_request_text(request) is not None  # the one piece's path taken

@@ -21,6 +21,15 @@ for a larger shape fills it, as TensorFlow does. float32 values are written in t
 form (0.1, not 0.10000000149011612), as TF Serving's REST API writes them; strings as text when
 they are UTF-8, else as `{"b64": ...}`, TF Serving's form for binary strings.
 
+A Predict's messages (the calls TF Serving's gRPC users make most) are written in one piece
+where they can be: each tensor's values as Python holds them, nested by its shape, written by
+repr, which writes ints and finite floats as json does, in C (json for bools and strings), and
+checked to need no shorter float32 form (`_SEVEN_DIGITS`); the text is the same as the general
+writer's, which writes the rest piece by piece (fills, large messages, a tensor one piece cannot
+write or that must be refused), and `tests/unit/test_sidecar_grpc_json.py` holds the two equal
+for every dtype and class of shape. The one piece costs a small Predict's record about a third
+of what the general writer did (`python -m bench.parts.grpc_log_cost`).
+
 A message that cannot be written (not the method's message, a tensor whose values do not match
 its shape, a dtype JSON has no form for, more dimensions than TF Serving's 254) raises
 `NotATensor` with the reason; the log's record maker decides what the record holds instead.
@@ -29,10 +38,14 @@ its shape, a dtype JSON has no form for, more dimensions than TF Serving's 254) 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
+import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -40,7 +53,7 @@ from google.protobuf.message import DecodeError
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import types_pb2
 from modelserving.tfserving.example_pb2 import Example, Feature
-from modelserving.tfserving.tensor_pb2 import TensorProto
+from modelserving.tfserving.tensor_pb2 import TensorProto, TensorShapeProto
 
 
 class NotATensor(ValueError):
@@ -65,12 +78,53 @@ def _float32(value: float) -> float:
     return value
 
 
+def _float32s(values: Sequence[float]) -> list[float]:
+    """`_float32` of each value, a batch at a time in C: every value written with 6
+    significant digits and read back, then 7, 8 and 9 for those not yet the same float32 (each
+    round is `_float32`'s for the values it reaches; a value no round gives back, NaN or an
+    infinity, is kept, as there)."""
+    given = list(values)
+    read = _read_back(given, 6)
+    if read == given:  # the same doubles, so the same float32s: values with few digits
+        return read
+    want = array("f", given)
+    got = array("f", read)
+    if got == want:
+        return read
+    out = given[:]
+    todo: Sequence[int] = range(len(given))
+    for digits in range(6, 10):
+        if digits > 6:
+            read = _read_back([given[i] for i in todo], digits)
+            got = array("f", read)
+        left = []
+        for i, shorter, same in zip(todo, read, got, strict=True):
+            if same == want[i]:  # NaN is never equal: kept
+                out[i] = shorter
+            else:
+                left.append(i)
+        if not left:
+            break
+        todo = left
+    return out
+
+
+def _read_back(values: list[float], digits: int) -> list[float]:
+    """Each value written with `digits` significant digits (f"{value:.{digits}g}", all in one
+    format call) and read back."""
+    if not values:
+        return []
+    texts = (f"%.{digits}g\0" * len(values) % tuple(values)).split("\0")
+    texts.pop()
+    return list(map(float, texts))
+
+
 def _half(bits: int) -> float:
     return float(struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0])
 
 
 def _bfloat16(bits: int) -> float:
-    return _float32(struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0])
+    return float(struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0])
 
 
 def _text(value: bytes) -> Any:
@@ -80,25 +134,46 @@ def _text(value: bytes) -> Any:
         return {"b64": base64.b64encode(value).decode()}
 
 
-# dtype -> (struct code of one packed value, the typed field, what makes a JSON value of one)
-_Maker = Callable[[Any], Any]
-_DTYPES: dict[int, tuple[str, str, _Maker]] = {
-    types_pb2.DT_FLOAT: ("f", "float_val", _float32),
-    types_pb2.DT_DOUBLE: ("d", "double_val", float),
-    types_pb2.DT_INT32: ("i", "int_val", int),
-    types_pb2.DT_UINT8: ("B", "int_val", int),
-    types_pb2.DT_INT16: ("h", "int_val", int),
-    types_pb2.DT_INT8: ("b", "int_val", int),
-    types_pb2.DT_UINT16: ("H", "int_val", int),
-    types_pb2.DT_INT64: ("q", "int64_val", int),
-    types_pb2.DT_UINT32: ("I", "uint32_val", int),
-    types_pb2.DT_UINT64: ("Q", "uint64_val", int),
-    types_pb2.DT_BOOL: ("?", "bool_val", bool),
-    types_pb2.DT_HALF: ("H", "half_val", _half),
-    types_pb2.DT_BFLOAT16: ("H", "half_val", _bfloat16),
-    types_pb2.DT_STRING: ("", "string_val", _text),
-}
+def _texts(values: Sequence[bytes]) -> list[Any]:
+    try:
+        return [value.decode() for value in values]
+    except UnicodeDecodeError:
+        return [_text(value) for value in values]
 
+
+# dtype -> (struct code of one packed value, the typed field, what makes the JSON values of a
+# batch of them); Python's own values of a typed field or a packed one are the JSON values of
+# the integer dtypes, double and bool as they are.
+_Maker = Callable[[Sequence[Any]], list[Any]]
+_DTYPES: dict[int, tuple[str, str, _Maker]] = {
+    types_pb2.DT_FLOAT: ("f", "float_val", _float32s),
+    types_pb2.DT_DOUBLE: ("d", "double_val", list),
+    types_pb2.DT_INT32: ("i", "int_val", list),
+    types_pb2.DT_UINT8: ("B", "int_val", list),
+    types_pb2.DT_INT16: ("h", "int_val", list),
+    types_pb2.DT_INT8: ("b", "int_val", list),
+    types_pb2.DT_UINT16: ("H", "int_val", list),
+    types_pb2.DT_INT64: ("q", "int64_val", list),
+    types_pb2.DT_UINT32: ("I", "uint32_val", list),
+    types_pb2.DT_UINT64: ("Q", "uint64_val", list),
+    types_pb2.DT_BOOL: ("?", "bool_val", list),
+    types_pb2.DT_HALF: ("H", "half_val", lambda values: [_half(v) for v in values]),
+    types_pb2.DT_BFLOAT16: (
+        "H",
+        "half_val",
+        lambda values: _float32s([_bfloat16(v) for v in values]),
+    ),
+    types_pb2.DT_STRING: ("", "string_val", _texts),
+}
+# The dtypes whose JSON values Python's repr writes as json does (ints, and floats that are
+# finite: the same digits, the same ", " between items), so that a tensor of them is written
+# in one C call; bool (True) and strings (quotes) are not.
+_REPR_WRITES = frozenset(_DTYPES) - {types_pb2.DT_BOOL, types_pb2.DT_STRING}
+# A float's repr with 7 significant digits or more (from its first digit not 0 to its last, the
+# exponent aside, which never holds 7 digits). A float32 whose double's repr has 6 or fewer is
+# written as that repr by `_float32` (its 6 digits read back are the same double), so that a
+# tensor's repr holding no such number is its JSON text as it is: the common case, checked in C.
+_SEVEN_DIGITS = re.compile(r"[1-9](?:\.?\d){5}[\d.]*[1-9]")
 
 _BATCH = 1024  # values converted and written at a time
 
@@ -144,7 +219,7 @@ class _Tensor:
         """The JSON values of the flat positions start..end; a value given once for a larger
         shape fills it (TensorFlow fills with the last value)."""
         given = min(end, self.count)
-        raw: Iterable[Any] = ()
+        raw: Sequence[Any] = ()
         if given > start:
             if self.content:
                 raw = struct.unpack_from(
@@ -153,9 +228,9 @@ class _Tensor:
             else:
                 raw = self.field[start:given]
         make = self.make
-        out = [make(v) for v in raw]
+        out = make(raw)
         if end > given:  # only typed fields fill: packed content holds every value
-            out += [make(self.field[self.count - 1])] * (end - max(given, start))
+            out += make([self.field[self.count - 1]]) * (end - max(given, start))
         return out
 
     def value(self) -> Any:
@@ -191,13 +266,100 @@ def tensor_value(tensor: TensorProto) -> Any:
     return _Tensor(tensor).value()
 
 
-def _nest(values: list[Any], shape: list[int]) -> Any:
+def _nest(values: list[Any], shape: Sequence[int]) -> Any:
     if not shape:
         return values[0]
-    if len(shape) == 1:
-        return values
-    step = math.prod(shape[1:])
-    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+    if 0 in shape:  # no values to split by size: an empty list per item of the outer sizes
+        return values if len(shape) == 1 else [_nest([], shape[1:]) for _ in range(shape[0])]
+    for size in reversed(shape[1:]):  # innermost first: each level a list of slices
+        values = [values[i : i + size] for i in range(0, len(values), size)]
+    return values
+
+
+# A Predict's messages up to this size are written in one piece (`_in_one_piece`), the common
+# case; larger ones piece by piece, no further than the log keeps.
+_ONE_PIECE_UP_TO = 64 * 1024
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_shape(serialized: bytes) -> tuple[tuple[int, ...], int] | None:
+    """A tensor's shape and size, from its TensorShapeProto's bytes (a model's calls carry a
+    few shapes, read once each); None when it is unknown or deeper than TF Serving's."""
+    shape = tuple(d.size for d in TensorShapeProto.FromString(serialized).dim)
+    if len(shape) > MAX_TENSOR_RANK or (shape and min(shape) < 0):
+        return None
+    return shape, math.prod(shape)
+
+
+def _tensor_text(tensor: TensorProto) -> str | None:
+    """The tensor's JSON text written in one piece, the same text as `_Tensor` writes piece by
+    piece; None where only `_Tensor` writes it or says why not (a dtype JSON has no form for,
+    a shape unknown or deeper than TF Serving's, values that fill a larger shape or that do not
+    match it, a float JSON cannot write)."""
+    dtype = tensor.dtype
+    known = _DTYPES.get(dtype)
+    shaped = _known_shape(tensor.tensor_shape.SerializeToString())
+    if known is None or shaped is None:
+        return None
+    code, field, make = known
+    shape, size = shaped
+    content = tensor.tensor_content
+    raw: Sequence[Any]
+    if content and code:
+        try:
+            raw = struct.unpack(f"<{size}{code}", content)
+        except struct.error:  # not `size` values
+            return None
+    else:
+        raw = getattr(tensor, field)
+        if len(raw) != size:
+            return None
+    float32 = dtype == types_pb2.DT_FLOAT
+    value: Any = list(raw) if float32 else make(raw)
+    if len(shape) != 1:
+        value = _nest(value, shape)
+    if dtype not in _REPR_WRITES:
+        return _dumps(value)
+    text = repr(value)
+    if float32 and _SEVEN_DIGITS.search(text):
+        # A value written with more digits than its float32 may need: all written as
+        # `_float32s` writes them. Without one, each is already (see _SEVEN_DIGITS).
+        value = make(raw)
+        text = repr(value if len(shape) == 1 else _nest(value, shape))
+    return None if "n" in text else text  # inf or nan, which JSON has no form for
+
+
+def _named_texts(tensors: Any) -> str | None:
+    """`{"name": tensor, ...}` of a map of tensors, by name, each in one piece; None when one
+    cannot be."""
+    pieces = []
+    for name in sorted(tensors):
+        text = _tensor_text(tensors[name])
+        if text is None:
+            return None
+        pieces.append(f"{_key(name)}: {text}")
+    return "{" + ", ".join(pieces) + "}"
+
+
+def _predict_request_text(body: bytes) -> str | None:
+    request = apis.PredictRequest.FromString(body)
+    inputs = _named_texts(request.inputs)
+    if inputs is None:
+        return None
+    signature = request.model_spec.signature_name
+    if signature:
+        return f'{{"signature_name": {_key(signature)}, "inputs": {inputs}}}'
+    return f'{{"inputs": {inputs}}}'
+
+
+def _predict_response_text(body: bytes) -> str | None:
+    outputs = apis.PredictResponse.FromString(body).outputs
+    if len(outputs) == 1:
+        (tensor,) = outputs.values()
+        text = _tensor_text(tensor)
+    else:
+        text = _named_texts(outputs)
+    return None if text is None else f'{{"outputs": {text}}}'
 
 
 class _Items:
@@ -222,6 +384,7 @@ class _Items:
 
 # json.dumps(value, allow_nan=False) would make an encoder per call.
 _dumps = json.JSONEncoder(allow_nan=False).encode
+_key = encode_basestring_ascii  # a key as json.dumps writes it
 
 
 def _chunks(value: Any) -> Iterator[str]:
@@ -351,20 +514,28 @@ _CONVERTERS: dict[str, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = 
 }
 
 
-def _json(value: Any) -> bytes:
-    return _dumps(value).encode()
+# The Predict's messages written in one piece where they can be (None: they cannot, the
+# pieces write them or say why).
+_IN_ONE_PIECE: dict[str, tuple[Callable[[bytes], str | None], Callable[[bytes], str | None]]] = {
+    "Predict": (_predict_request_text, _predict_response_text),
+}
 
 
 def request_json(method: str, body: bytes, up_to: int = 0) -> bytes:
-    """The REST JSON of a call's request; only its first `up_to` bytes and a little more when
-    `up_to` is set (0: all of it). Raises `NotATensor` for what cannot be written as JSON."""
-    return _converted(_CONVERTERS[method][0], body, up_to)
+    """The REST JSON of a call's request; when `up_to` is set, only its first `up_to` bytes and
+    a little more, or all of it for a Predict within 64 KiB (0: all of it). Raises
+    `NotATensor` for what cannot be written as JSON."""
+    whole = _IN_ONE_PIECE.get(method)
+    return _converted(_CONVERTERS[method][0], body, up_to, whole and whole[0])
 
 
 def response_json(method: str, body: bytes, ok: bool, up_to: int = 0) -> bytes:
     """The REST JSON of a call's answer, as `request_json`; an answer that is not OK is TF
     Serving's error body already, kept."""
-    return _converted(_CONVERTERS[method][1], body, up_to) if ok else body
+    if not ok:
+        return body
+    whole = _IN_ONE_PIECE.get(method)
+    return _converted(_CONVERTERS[method][1], body, up_to, whole and whole[1])
 
 
 def rest_json(method: str, request: bytes, response: bytes, ok: bool) -> tuple[bytes, bytes]:
@@ -372,11 +543,22 @@ def rest_json(method: str, request: bytes, response: bytes, ok: bool) -> tuple[b
     return request_json(method, request), response_json(method, response, ok)
 
 
-def _converted(convert: Callable[[bytes], Any], body: bytes, up_to: int) -> bytes:
+def _converted(
+    convert: Callable[[bytes], Any],
+    body: bytes,
+    up_to: int,
+    in_one_piece: Callable[[bytes], str | None] | None = None,
+) -> bytes:
     """`up_to`: the log keeps only this many bytes of the JSON (maxPayloadBytes, cut): the text
     is written until it is longer, never further, so that a message of any size costs what
-    one of that size does, and the log's cut of it is the cut of the whole text."""
+    one of that size does, and the log's cut of it is the cut of the whole text. A message
+    within `_ONE_PIECE_UP_TO` is written whole in one piece where it can be (the log cuts the
+    whole text as it would have cut the part), else piece by piece."""
     try:
+        if in_one_piece is not None and len(body) <= _ONE_PIECE_UP_TO:
+            text = in_one_piece(body)
+            if text is not None:
+                return text.encode()
         document = convert(body)
         if not up_to:
             return "".join(_chunks(document)).encode()
