@@ -10,12 +10,19 @@ from the sidecar's CPU time, as REST's) and latency at the same fixed rates, add
 a percentile minus the direct gRPC call's in the same pass. The request is REST's request as a
 PredictRequest (the same tensor); every call the sidecar answered must land on the topic as a
 record of protocol grpc, and they are counted there.
+
+Then gRPC's own case, a large tensor (1 MiB of float32s in one row, `large_passes`): the REST
+sidecar, the bare grpc.aio proxy and the gRPC sidecar, saturated, log on.
+
+    python -m bench.parts.grpc_path [--runs 2] [--out grpc.json]  # this part alone
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +60,13 @@ PROTOCOLS = (("REST", REST_DIRECT, REST_SIDECAR), ("gRPC", GRPC_DIRECT, GRPC_SID
 # The floor of the gRPC sidecar's stack, measured beside it; its latency is added over the
 # direct gRPC call too.
 FLOORS = {GRPC_BARE: GRPC_DIRECT}
+# gRPC's case: a large tensor, one row of 1 MiB of float32s (262,144 values, an image's pixels
+# scaled to [0, 1] with 4 decimals), packed in tensor_content as TF Serving's clients send one;
+# over REST, the same row as `instances` JSON (about 2 MiB). Saturated only: at 1,000 calls/s
+# it would be a gigabyte a second.
+LARGE = ", 1 MiB tensor"
+LARGE_VALUES = 256 * 1024
+LARGE_CONFIGURATIONS = (REST_SIDECAR + LARGE, GRPC_BARE + LARGE, GRPC_SIDECAR + LARGE)
 # What the upstreams answer: nginx's fixed predict body (bench/baselines/nginx/upstream.conf) and
 # its model status, versions 3, 2 and 1 AVAILABLE.
 PREDICTIONS = [[2.5], [3.0]]
@@ -73,6 +87,28 @@ def predict_request() -> bytes:
     request = serving_apis_pb2.PredictRequest()
     request.model_spec.name = load.MODEL
     request.inputs["instances"].CopyFrom(float_tensor(json.loads(load.PREDICT_BODY)["instances"]))
+    return request.SerializeToString()
+
+
+def large_row() -> list[float]:
+    """The large tensor's one row: pixel values 0..255 scaled to [0, 1], with 4 decimals."""
+    return [round(i % 256 / 255, 4) for i in range(LARGE_VALUES)]
+
+
+def large_predict_body() -> str:
+    """REST's request of the large tensor: its row as `instances`, as written by a client."""
+    return json.dumps({"instances": [large_row()]})
+
+
+def large_predict_request() -> bytes:
+    """gRPC's request of the large tensor: a [1, 262144] DT_FLOAT in tensor_content."""
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    tensor.tensor_content = struct.pack(f"<{LARGE_VALUES}f", *large_row())
+    for size in (1, LARGE_VALUES):
+        tensor.tensor_shape.dim.add(size=size)
+    request = serving_apis_pb2.PredictRequest()
+    request.model_spec.name = load.MODEL
+    request.inputs["instances"].CopyFrom(tensor)
     return request.SerializeToString()
 
 
@@ -101,6 +137,7 @@ class GrpcBench:
     upstream: Proc
     upstream_port: int
     request: Path
+    large_request: Path
 
 
 @contextlib.contextmanager
@@ -108,7 +145,12 @@ def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
     """bench/baselines/grpc_upstream on the load core, answering Predict and GetModelStatus."""
     folder = bench.workdir / "grpc-upstream"
     folder.mkdir(exist_ok=True)
-    files = {"request": predict_request(), "predict": predict_response(), "status": model_status()}
+    files = {
+        "request": predict_request(),
+        "large": large_predict_request(),
+        "predict": predict_response(),
+        "status": model_status(),
+    }
     for name, data in files.items():
         (folder / f"{name}.bin").write_bytes(data)
     port = free_port()
@@ -120,7 +162,7 @@ def grpc_upstream(bench: Bench) -> Iterator[GrpcBench]:
     ]
     proc = Proc("grpc-upstream", cmd, LOAD_CORE, bench.workdir, port=port)
     try:
-        yield GrpcBench(bench, proc, port, folder / "request.bin")
+        yield GrpcBench(bench, proc, port, folder / "request.bin", folder / "large.bin")
     finally:
         proc.stop()
 
@@ -187,14 +229,23 @@ def sidecar_grpc(
     return start
 
 
-def measure_grpc(grpc: GrpcBench, config: GrpcConfiguration) -> dict[str, Any]:
+def measure_grpc(
+    grpc: GrpcBench,
+    config: GrpcConfiguration,
+    rates: tuple[int, ...] = RATES,
+    request: Path | None = None,
+) -> dict[str, Any]:
     """One pass over one gRPC configuration, as request_path.measure over REST: saturation,
-    then the fixed rates; then the log's records of the calls answered, counted on the topic."""
+    then the fixed `rates`; then the log's records of the calls answered, counted on the topic.
+    `request`: a file of another request than the configuration's."""
     bench, ok_calls = grpc.bench, 0
 
     def run(seconds: float, rate: int | None = None) -> LatencyResult:
         nonlocal ok_calls
-        result = load.ghz(bench.tools.ghz, started.target, bench.workdir, seconds, rate)
+        target = started.target
+        if request is not None:
+            target = dataclasses.replace(target, request=request)
+        result = load.ghz(bench.tools.ghz, target, bench.workdir, seconds, rate)
         ok_calls += round(result.requests * result.success)
         return result
 
@@ -215,7 +266,7 @@ def measure_grpc(grpc: GrpcBench, config: GrpcConfiguration) -> dict[str, Any]:
             "latency": {},
             "cpu_us_at_rate": {},
         }
-        for rate in RATES:
+        for rate in rates:
             cpu_before = measured.cpu_seconds()
             lat = run(VEGETA_SECONDS, rate)
             result["latency"][str(rate)] = as_dict(lat)
@@ -245,7 +296,8 @@ def count_records(bench: Bench, topic: str, answered: int) -> dict[str, int]:
 
 
 def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
-    """REST's direct call and log-on sidecar, then gRPC's, `runs` passes over the four."""
+    """REST's direct call and log-on sidecar, then gRPC's, `runs` passes over the five; then
+    the large tensor's passes (`large_passes`)."""
     side: SidecarBench | None = bench.sidecar
     if not bench.tools.ghz or not bench.tools.grpc_upstream:
         return {"notes": ["skipped: ghz or the gRPC upstream was not built"]}
@@ -258,7 +310,7 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
         GrpcConfiguration(GRPC_SIDECAR, sidecar_grpc(side)),
     ]
     every: list[Configuration | GrpcConfiguration] = [*rest, *grpc_configs]
-    names = [c.name for c in every]
+    names = [c.name for c in every] + list(LARGE_CONFIGURATIONS)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with upstream(bench), grpc_upstream(bench) as grpc:
         for run in range(1, runs + 1):
@@ -272,16 +324,46 @@ def run_grpc(bench: Bench, runs: int = 2) -> dict[str, Any]:
                 except Exception as exc:  # one configuration failing must not end the others
                     log(f"{one.name} failed: {exc}")
                     results[one.name].append({"error": str(exc)[-2000:]})
+        large_passes(side, grpc, runs, results)
     add_over_direct(results)
     return {
         "notes": [
             f"ghz {load.GHZ_CONCURRENCY} calls at once over one connection (one channel) for "
             f"gRPC, wrk and vegeta for REST; {WRK_SECONDS} s saturated after a 1 s warm-up, "
-            f"{VEGETA_SECONDS} s at each of {', '.join(f'{r:,}' for r in RATES)} calls/s"
+            f"{VEGETA_SECONDS} s at each of {', '.join(f'{r:,}' for r in RATES)} calls/s; "
+            f"the 1 MiB tensor saturated only, {WRK_SECONDS} s after a 1 s warm-up"
         ],
         "configurations": names,
         "results": results,
     }
+
+
+def large_passes(
+    side: SidecarBench, grpc: GrpcBench, runs: int, results: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The large tensor, saturated, `runs` passes over the REST sidecar, the bare grpc.aio
+    proxy and the gRPC sidecar (log on, so that each pays its log's record of the tensor)."""
+    rest_body = large_predict_body()
+    rest, bare, sidecar = LARGE_CONFIGURATIONS
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        rest: lambda: measure(
+            grpc.bench, side.configuration(rest, "apiKey", True), rates=(), body=rest_body
+        ),
+        bare: lambda: measure_grpc(
+            grpc, GrpcConfiguration(bare, bare_grpc_proxy), (), grpc.large_request
+        ),
+        sidecar: lambda: measure_grpc(
+            grpc, GrpcConfiguration(sidecar, sidecar_grpc(side)), (), grpc.large_request
+        ),
+    }
+    for run in range(1, runs + 1):
+        for name, step in steps.items():
+            log(f"gRPC path, run {run}: {name}")
+            try:
+                results[name].append(step())
+            except Exception as exc:  # one configuration failing must not end the others
+                log(f"{name} failed: {exc}")
+                results[name].append({"error": str(exc)[-2000:]})
 
 
 def add_over_direct(results: dict[str, list[dict[str, Any]]]) -> None:
@@ -300,3 +382,53 @@ def add_over_direct(results: dict[str, list[dict[str, Any]]]) -> None:
                 )
                 for rate in result["latency"]
             }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The gRPC part alone, with only the tools it needs (no build of the others), against the
+    local environment's broker (`localenv.py up` first); prints the report's section and
+    writes the part's JSON, as `make bench` would hold it, to --out."""
+    import argparse
+    import shutil
+    import tempfile
+
+    from bench.harness import tools
+    from bench.harness.environment import localenv_settings
+    from bench.report.grpc import grpc_lines
+    from bench.report.results import PathPart, from_json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--runs", type=int, default=2, help="passes over each configuration")
+    parser.add_argument("--out", type=Path, help="where to write the part's JSON")
+    args = parser.parse_args(argv)
+    nginx, wrk = tools.ensure_debian_tools()
+    built = tools.Tools(
+        nginx=nginx,
+        wrk=wrk,
+        vegeta=tools.ensure_vegeta(),
+        kserve_agent="",
+        py_spy=None,
+        pylib=None,
+        ghz=tools.ensure_ghz(),
+        grpc_upstream=tools.ensure_grpc_upstream(),
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="modelserving-bench-grpc-"))
+    bench = Bench(built, workdir)
+    side = SidecarBench.prepare(bench, localenv_settings(), kubernetes=False)
+    bench.sidecar = side
+    try:
+        part = run_grpc(bench, args.runs)
+    finally:
+        side.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.out:
+        args.out.write_text(json.dumps(part, indent=2) + "\n")
+    if "results" in part:
+        print("\n".join(grpc_lines(from_json(PathPart, part))))
+    else:
+        print("\n".join(part["notes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ while the log's destination is down for 10 s at 1,000 rps."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -191,9 +192,14 @@ REFERENCES = [
 ]
 
 
-def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
-    """One pass over one configuration: saturation, then the fixed rates."""
+def measure(
+    bench: Bench, config: Configuration, rates: tuple[int, ...] = RATES, body: str | None = None
+) -> dict[str, Any]:
+    """One pass over one configuration: saturation, then the fixed `rates`; `body` in place of
+    the configuration's request body."""
     with config.start(bench) as (proc, target):
+        if body is not None:
+            target = dataclasses.replace(target, body=body)
         load.wrk(bench.tools.wrk, target, bench.workdir, seconds=1)  # warm-up
         measured = proc or _upstream_proc(bench)
         cpu_before, started = measured.cpu_seconds(), time.monotonic()
@@ -210,7 +216,7 @@ def measure(bench: Bench, config: Configuration) -> dict[str, Any]:
             "latency": {},
         }
         result["cpu_us_at_rate"] = {}
-        for rate in RATES:
+        for rate in rates:
             cpu_before = measured.cpu_seconds()
             lat = load.vegeta(bench.tools.vegeta, target, bench.workdir, rate, VEGETA_SECONDS)
             result["latency"][str(rate)] = as_dict(lat)

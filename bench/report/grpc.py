@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.parts.grpc_path import FLOORS, GRPC_SIDECAR, PROTOCOLS, REST_SIDECAR
+from bench.parts.grpc_path import (
+    FLOORS,
+    GRPC_BARE,
+    GRPC_SIDECAR,
+    LARGE,
+    LARGE_CONFIGURATIONS,
+    PROTOCOLS,
+    REST_SIDECAR,
+)
 from bench.report.cells import both, notes_lines, pairs
 from bench.report.results import Failed, Pass, PathPart, Skipped
 
@@ -79,7 +87,59 @@ def grpc_lines(part: PathPart | Skipped) -> list[str]:
             f"Requests per core, the sidecar over gRPC over the sidecar over REST: "
             f"{shown} (pass by pass).",
         ]
-    return lines
+    return lines + _large_lines(part)
+
+
+def _large_lines(part: PathPart) -> list[str]:
+    """The 1 MiB tensor, saturated: each configuration's requests per core and its share of a
+    core, the gRPC sidecar's records on the topic, and the ratios the issue asks for."""
+    results = part.results
+    if not any(results.get(name) for name in LARGE_CONFIGURATIONS):
+        return []
+    lines = [
+        "",
+        "A 1 MiB tensor (one row of 262,144 float32s: over gRPC packed in `tensor_content`, as TF "
+        "Serving's clients send one; over REST the same row as `instances` JSON, about 2 MiB), "
+        "each configuration saturated 5 s after a 1 s warm-up, log on (the record of each call "
+        "holds the first 256 KiB of its JSON, maxPayloadBytes' default).",
+        "",
+        "| configuration | requests/s per core (saturated) | requests/s | share of its core | "
+        "records on the topic / calls answered |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    def records(r: Pass) -> str:
+        if r.records is None:
+            return ""
+        return f"{r.records.on_topic:,} / {r.records.calls_answered:,}"
+
+    for name in LARGE_CONFIGURATIONS:
+        runs = results.get(name, [])
+        if not runs:
+            continue
+        cells = [
+            both(runs, lambda r: r.rps_per_core, 0),
+            both(runs, lambda r: r.saturation.rps, 0),
+            both(runs, lambda r: r.cpu_share, 2),
+            pairs(runs, records),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sentences = []
+    for over, label in ((REST_SIDECAR, "the sidecar over REST"), (GRPC_BARE, "the bare proxy")):
+        ratios = [
+            g.rps_per_core / r.rps_per_core
+            for g, r in zip(
+                results.get(GRPC_SIDECAR + LARGE, []), results.get(over + LARGE, []), strict=False
+            )
+            if _measured(g) and _measured(r)
+        ]
+        if ratios:
+            shown = " / ".join(f"{v:.2f}" for v in ratios)
+            sentences.append(
+                f"1 MiB tensor, requests per core, the sidecar over gRPC over {label}: {shown} "
+                "(pass by pass)."
+            )
+    return [*lines, "", *sentences] if sentences else lines
 
 
 def _measured(run: Pass | Failed) -> bool:
