@@ -220,6 +220,11 @@ async def test_every_method_through_the_sidecar_answers_what_the_standin_answers
         unbounded = setup.servicer.seen.pop()
     assert through_error.value.code() == direct_error.value.code() == grpc.StatusCode.NOT_FOUND
     assert through_error.value.details() == direct_error.value.details()
+    # A failure's request id comes with its status, as trailing metadata: nothing was sent
+    # before it (the call was not committed, so a client's retry policy could retry it).
+    trailing = dict(through_error.value.trailing_metadata() or ())
+    assert trailing["x-request-id"] and trailing["traceparent"]
+    assert "x-request-id" not in dict(through_error.value.initial_metadata() or ())
     # Every forwarded call carried its request id; the credential stayed in the sidecar.
     forwarded = [seen for seen in setup.servicer.seen if "x-request-id" in seen.metadata]
     assert len(forwarded) == len(calls) + 1

@@ -13,8 +13,10 @@ upstream.timeoutSeconds) passed on, and a cancelled call cancelling the forwarde
 inference log and the shadow's copy. What is gRPC's own is here: metadata, messages, status codes.
 
 What the caller gets is TF Serving's answer as its bytes, or its status as it came; the sidecar's
-own refusals are TF Serving's codes for the same causes (`REFUSALS`). Initial metadata carries
-`x-request-id` and, once a version answered, `x-model-version`.
+own refusals are TF Serving's codes for the same causes (`REFUSALS`). An answer's initial
+metadata carries `x-request-id`, `traceparent` and, once a version answered, `x-model-version`;
+a failure from TF Serving (or the log's UNAVAILABLE) carries the same as trailing metadata,
+with its status.
 
 MultiInference runs several tasks (classify, regress) on one input, each task with a model spec:
 TF Serving finds the version by the first task's and refuses tasks that name different models;
@@ -311,10 +313,6 @@ class GrpcGateway:
         answered = [(REQUEST_ID, call.request_id), (TRACEPARENT, call.traceparent)]
         if served:
             answered.append((MODEL_VERSION, served))
-        # A gRPC batch of its own (grpc.aio cannot send initial metadata with the answer): 25 to
-        # 110 µs of CPU a call in the benchmark, the largest single part of what the sidecar
-        # adds over a bare grpc.aio proxy (its own Python is about 9 µs).
-        await context.send_initial_metadata(answered)
         if sink is not None:
             body = answer if code is grpc.StatusCode.OK else error_body(details)
             default = self.router.table.default
@@ -336,7 +334,17 @@ class GrpcGateway:
         if call.span is not None:
             self.span_done(call, code)
         if code is not grpc.StatusCode.OK:
+            # A failure's metadata goes with its status, in one batch (a trailers-only answer):
+            # no batch of its own, and the call is not committed before its status, so that a
+            # client's retry policy can retry an UNAVAILABLE.
+            context.set_trailing_metadata(answered)
             await context.abort(code, details)
+        # An answer's metadata is initial metadata, where clients read x-request-id and
+        # x-model-version (README), sent once the answer is decided: a batch of its own, as
+        # grpc.aio cannot send initial metadata with the answer (25 to 110 µs of CPU a call in
+        # the benchmark, the largest single part of what the sidecar adds over a bare grpc.aio
+        # proxy; docs/decisions/0005-grpc-data-plane.md).
+        await context.send_initial_metadata(answered)
         return answer
 
     def span_done(self, call: Call, code: grpc.StatusCode) -> None:
