@@ -269,6 +269,14 @@ def grpc_configurations(
                     grpc_name(grpc_path.GRPC_SIDECAR, label), sidecar_grpc(side, True, code)
                 )
             )
+            for variant in args.log_variant:
+                name, _, settings = variant.partition("=")
+                configs.append(
+                    GrpcConfiguration(
+                        f"sidecar{label} [{name}] over gRPC, apiKey, log on",
+                        sidecar_grpc(side, True, code, **json.loads(settings)),
+                    )
+                )
     return configs
 
 
@@ -361,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="LABEL=JSON",
-        help="also a log-on sidecar with these logging settings, e.g. "
+        help="also a log-on sidecar (and with --grpc, one over gRPC) with these logging "
+        "settings, e.g. "
         "flush20='{\"spoolFlushIntervalSeconds\": 0.02}' (repeatable)",
     )
     parser.add_argument(

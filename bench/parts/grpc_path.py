@@ -211,17 +211,19 @@ def bare_grpc_proxy(grpc: GrpcBench) -> Iterator[Started]:
 
 
 def sidecar_grpc(
-    side: SidecarBench, log_on: bool = True, code: Path | None = None
+    side: SidecarBench, log_on: bool = True, code: Path | None = None, **logging: Any
 ) -> Callable[[GrpcBench], Any]:
     """The sidecar of REST's ONE_VERSION (log on) or of its log-off one, called over its gRPC
     port; REST's upstream (nginx) stays its model-status source, as TF Serving's REST port is
-    in a pod. `code`: a tree from `tree_at` whose sidecar runs instead of this one."""
+    in a pod. `code`: a tree from `tree_at` whose sidecar runs instead of this one; `logging`
+    adds to the log's settings."""
 
     @contextlib.contextmanager
     def start(grpc: GrpcBench) -> Iterator[Started]:
         port = free_port()
         settings = {"port": port, "upstream": f"127.0.0.1:{grpc.upstream_port}"}
-        with side.running("apiKey", log_on, code=code, grpc=settings) as (proc, _, topic):
+        running = side.running("apiKey", log_on, code=code, grpc=settings, **logging)
+        with running as (proc, _, topic):
             proc.wait_port(port)
             metadata = {"authorization": f"ApiKey {API_KEY}"}
             yield Started(proc, load.GrpcTarget(port, grpc.request, metadata), topic)
