@@ -39,7 +39,12 @@ def at_zero(kube_client, namespace: str, placement: dict) -> None:
     client.CustomObjectsApi(kube_client).create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(SERVING)
     )
-    labels = {api.LABEL_NAME: api.SERVING_APP_NAME, api.LABEL_INSTANCE: SERVING}
+    # The labels the operator gives a serving's pods (the activator watches those).
+    labels = {
+        api.LABEL_NAME: api.SERVING_APP_NAME,
+        api.LABEL_INSTANCE: SERVING,
+        api.LABEL_COMPONENT: api.SERVING_COMPONENT,
+    }
     client.AppsV1Api(kube_client).create_namespaced_deployment(
         namespace,
         {
@@ -128,8 +133,8 @@ async def pod_containers(tmp_path: Path, namespace: str, address: str) -> AsyncI
 
 @contextlib.asynccontextmanager
 async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Wait for the wake (scale 1) and the pod Ready at an address this machine serves; then run its
-    containers there until closed. Yields the pod's address."""
+    """Wait for the wake (scale 1) and the pod Ready at an address this machine serves; then run
+    its containers there until closed. Yields the pod's address."""
 
     # The kubernetes client blocks: its calls run in a thread, the held requests meanwhile.
     async def scaled() -> bool:

@@ -63,7 +63,8 @@ def test_dashboard_rules_and_monitors_are_rendered_only_when_turned_on(local_env
 
 def test_the_operators_metrics_port_and_path_are_values(local_env):
     objects = render(local_env, "metrics.operator.port=9100", "metrics.operator.path=/op")
-    (deployment,) = of_kind(objects, "Deployment")
+    deployment = named(objects, "Deployment", "ms-modelserving")
+    assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert (env["MODELSERVING_METRICS_PORT"], env["MODELSERVING_METRICS_PATH"]) == ("9100", "/op")
