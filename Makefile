@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # localenv makes the broker's certificates with `cryptography`, which the virtualenv has.
 LOCALENV := $(PY) localenv/localenv.py
 
-.PHONY: help venv protos lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator image chart-sync dashboard-picture
+.PHONY: help venv protos lint typecheck format unit test env-build env-up env-down demo demo-down bench bench-sidecar bench-log bench-operator bench-activator image chart-sync dashboard-picture
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -86,3 +86,6 @@ bench-log: venv ## the inference log's records/s and CPU per record; ARGS="--bas
 
 bench-operator: venv ## the operator at ARGS servings (default "100 1000"): progress, memory, a restart's writes (the environment must be up)
 	$(PY) -m bench.comparisons.operator_sizes $(or $(ARGS),100 1000)
+
+bench-activator: venv ## the activator: added latency and rps/core on the warm path, a request from zero beside the pod's ready time, 50 held at once (the environment must be up)
+	$(PY) -m bench.comparisons.compare_activator $(ARGS)

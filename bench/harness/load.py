@@ -1,6 +1,7 @@
 """The load generators, on their own core: wrk for requests/s at saturation, vegeta for latency
-at a constant rate, and ghz for both over gRPC. Every run is bounded in time and goes to
-127.0.0.1 only."""
+at a constant rate, and ghz for both over gRPC. Every run is bounded in time and goes to this
+machine only (127.0.0.1, or a pod address of the local environment's pod network, which it
+routes to this machine)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ class Target:
     path: str = f"/v1/models/{MODEL}:predict"
     headers: dict[str, str] = field(default_factory=dict)
     body: str = PREDICT_BODY
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        return f"http://{self.host}:{self.port}{self.path}"
 
     def all_headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", **self.headers}
