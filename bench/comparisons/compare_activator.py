@@ -7,11 +7,12 @@ long a request at zero waits beyond the pod's own ready time, and what holding a
 The parts (the local environment must be up: `make env-up`; no operator runs):
 - the bench's TF Serving stand-in (nginx answering a fixed predict body,
   bench/baselines/nginx/upstream.conf) on core 0, with the load generators (wrk, vegeta);
-- the real sidecar (apiKey, log off) on core 1, listening at 0.0.0.0 on a free port: every
+- the real sidecar (apiKey, log off) on core 0 too, listening at 0.0.0.0 on a free port: every
   address of the local pod network (198.18.0.0/15, routed to this machine) reaches it, so a pod
   of the serving is served the moment KWOK reports it Ready (the stand-in that is ready at once);
-- the real activator (`modelserving activator --pod-port <that port>`) on core 1 as well, for
-  the benchmark's namespace, so that both proxies' CPU is read alone from /proc (utime+stime);
+- the real activator (`modelserving activator --pod-port <that port>`) alone on core 1, for the
+  benchmark's namespace: the sidecar is on the path of both A and B below, the activator only
+  on B's, so it alone is what B adds (each process's CPU is read from /proc, utime+stime);
 - in the cluster: a ModelServing (the activator takes its Host names and auth mode from it) and a
   Deployment of its name whose pods land on a KWOK node of the benchmark's own, with a pod range
   in the pod network. The Deployment's scale is written by the activator (a wake) and by the
@@ -64,7 +65,7 @@ from kubernetes.client.exceptions import ApiException
 from bench import REPO
 from bench.harness import load
 from bench.harness.environment import localenv_settings
-from bench.harness.procs import PROXY_CORE, BenchError, Proc, free_port, log
+from bench.harness.procs import LOAD_CORE, PROXY_CORE, BenchError, Proc, free_port, log
 from bench.harness.stats import rps_per_core
 from bench.harness.tools import Tools, vegeta_binary
 from bench.parts.request_path import Bench, upstream
@@ -78,6 +79,7 @@ NODE = "bench-activator"
 # sidecar's free port, so a shared range costs nothing.
 POD_CIDR = "198.19.255.0/24"
 WAIT_SECONDS = 60.0  # for the cluster to report a state (a pod gone, Ready)
+WAKE_INTERVAL = 0.05  # seconds: less than any two cold runs are apart (start_activator)
 # Longer than a run, so that no watch is opened again meanwhile (a new one starts with the
 # pods as they are, and a pod it missed going would stay).
 WATCH_SECONDS = 1800
@@ -330,19 +332,23 @@ def start_sidecar(side: SidecarBench, port: int, namespace: str) -> Proc:
     rendered["listen"]["host"] = "0.0.0.0"
     rendered["serving"] = {"name": SERVING, "namespace": namespace}
     path.write_text(json.dumps(rendered, indent=1))
-    return side.process(path, port, "sidecar")
+    return side.process(path, port, "sidecar", core=LOAD_CORE)
 
 
 def start_activator(workdir: Path, kubeconfig: str, namespace: str, pod_port: int) -> Proc:
     """`modelserving activator` for the namespace, forwarding to pods at `pod_port`, once ready
-    (it has listed the servings and the pods). A wake may come every 0.5 s: the cold runs come
-    back to zero faster than the default 5 s."""
+    (it has listed the servings and the pods).
+
+    Its wakes are limited to one per WAKE_INTERVAL: the cold runs follow each other faster than
+    the default 5 s allows (a serving's idle time is at least 10 s, so a real wake from zero is
+    never held back by it), and a run held back would count the limiter's wait as the wake's."""
     port = free_port()
     cmd = [
         *(sys.executable, "-m", "modelserving.cli", "activator"),
         *("--kubeconfig", kubeconfig, "--namespace", namespace),
         *("--host", "0.0.0.0", "--port", str(port), "--pod-port", str(pod_port)),
-        *("--wake-interval", "0.5", "--hold-seconds", "30", "--log-level", "WARNING"),
+        *("--wake-interval", str(WAKE_INTERVAL), "--hold-seconds", "30"),
+        *("--log-level", "WARNING"),
     ]
     proc = Proc("activator", cmd, PROXY_CORE, workdir, port=port)
 
@@ -596,7 +602,8 @@ def report(figures: dict[str, Any]) -> str:
         f"   through the activator  p50 {t['p50_ms']['median']:7.3f} ms  "
         f"p99 {t['p99_ms']['median']:7.3f} ms  saturated {t['rps']['median']:6.0f} rps, "
         f"activator {t['activator_rps_per_core']['median']:.0f} rps/core "
-        f"({t['activator_cpu_us_per_request']['median']:.0f} µs CPU/request)",
+        f"({t['activator_cpu_us_per_request']['median']:.0f} µs CPU/request, "
+        f"{t['activator_cpu_share']['min']:.2f}-{t['activator_cpu_share']['max']:.2f} of its core)",
         f"   added by the activator p50 {warm['added_ms']['p50']['median']:+.3f} ms, "
         f"p99 {warm['added_ms']['p99']['median']:+.3f} ms",
         f"2. cold path, {len(cold['runs'])} runs (median / max)",
@@ -657,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": loadavg(),
         "rounds": args.rounds,
         "seconds": args.seconds,
-        "cores": f"load and the stand-in on core 0; sidecar and activator on core {PROXY_CORE}",
+        "cores": f"load, stand-in and sidecar on core {LOAD_CORE}; activator on core {PROXY_CORE}",
         **figures,
     }
     print(report(figures))

@@ -294,8 +294,9 @@ class SidecarBench:
         name: str,
         loop: str = "as installed",
         code: Path | None = None,
+        core: int = PROXY_CORE,
     ) -> Proc:
-        """`modelserving sidecar --config CONFIG` started on the proxy's core, listening."""
+        """`modelserving sidecar --config CONFIG` started on `core` (the proxy's), listening."""
         run_sidecar = "from modelserving.cli import main; raise SystemExit(main())"
         env = {"KUBECONFIG": (self.env or {}).get("kubeconfig", ""), "POD_NAME": "bench"}
         # The sidecar runs on uvloop when it can import it: "asyncio" hides it, "uvloop" adds
@@ -315,7 +316,7 @@ class SidecarBench:
             "WARNING",
         ]
         # Started in the tree, Python finds that revision's `modelserving` first.
-        return Proc(name, cmd, PROXY_CORE, self.bench.workdir, env=env, port=port, cwd=code)
+        return Proc(name, cmd, core, self.bench.workdir, env=env, port=port, cwd=code)
 
     def configuration(
         self,
