@@ -31,6 +31,7 @@ from modelserving.api import (
 )
 from modelserving_sidecar.app import SHUTTING_DOWN, SidecarRunner, create_app
 from modelserving_sidecar.config import ConfigError, SidecarConfig, load_config
+from modelserving_sidecar.event_loop import event_loop_factory
 from modelserving_sidecar.log.spool.segments import SpoolInUseError
 from modelserving_sidecar.routing.router import ROUTING_FILE_NAME
 
@@ -106,14 +107,8 @@ def run(args: argparse.Namespace) -> int:
         config.upstream.url,
         config.auth.mode.value,
     )
-    try:
-        import uvloop  # a faster event loop when installed; asyncio's own otherwise
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
     routing = Path(args.routing) if args.routing else Path(args.config).parent / ROUTING_FILE_NAME
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         try:
             runner.run(_serve(config, routing, args.shutdown_delay, args.shutdown_timeout))
         except ConfigError as exc:

@@ -17,6 +17,7 @@ from aiohttp import web
 from modelserving.api import SIDECAR_PORT
 from modelserving_sidecar.activator.app import ACTIVATOR, ActivatorSettings, create_app
 from modelserving_sidecar.activator.hosts import DEFAULT_CLUSTER_DOMAIN
+from modelserving_sidecar.event_loop import event_loop_factory
 
 DEFAULTS = ActivatorSettings()
 
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"modelserving activator: {exc}", flush=True)
         return 2
-    asyncio.run(_serve(settings, args.host, args.port, args.shutdown_timeout))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(settings, args.host, args.port, args.shutdown_timeout))
     return 0
 
 
