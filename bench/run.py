@@ -1,7 +1,8 @@
 """`make bench`: build what the benchmark needs, run every part, stop what it started, and write
 bench/results.json and docs/benchmarks.md.
 
-    python -m bench.run [--parts request-path,grpc,outage,crash,log,operator,profile] [--runs 2]
+    python -m bench.run [--parts request-path,grpc,outage,crash,log,operator,profile,activator]
+        [--runs 2]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from bench.report.results import Results, from_json
 
 RESULTS = REPO / "bench" / "results.json"
 DOC = REPO / "docs" / "benchmarks.md"
-PARTS = ("request-path", "grpc", "outage", "crash", "log", "operator", "profile")
+PARTS = ("request-path", "grpc", "outage", "crash", "log", "operator", "profile", "activator")
 
 
 def machine() -> dict[str, Any]:
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "log": ("inference_log", lambda: sidecar_bench.inference_log_throughput(bench)),
             "operator": ("operator", lambda: _operator(env, workdir)),
             "profile": ("profile", lambda: sidecar_bench.profile(bench)),
+            "activator": ("activator", lambda: _activator(bench, env, args.runs)),
         }
         for part, (key, step) in steps.items():
             if part in parts:
@@ -176,6 +178,16 @@ def _operator(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
     from bench.parts import operator_scale
 
     return operator_scale.run(env, workdir)
+
+
+def _activator(bench: request_path.Bench, env: dict[str, Any] | None, runs: int) -> dict[str, Any]:
+    """make bench-activator's figures (bench/comparisons/compare_activator), its defaults with
+    `runs` warm rounds."""
+    from bench.comparisons import compare_activator
+
+    if env is None:
+        return {"notes": ["skipped: the local environment is not up"]}
+    return compare_activator.figures_of(bench, env, rounds=runs)
 
 
 def _git_commit() -> str:

@@ -627,6 +627,35 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _options(args: argparse.Namespace) -> dict[str, int]:
+    return {k: getattr(args, k) for k in ("seconds", "rounds", "rate", "cold", "burst")}
+
+
+def figures_of(
+    bench: Bench,
+    env: dict[str, Any],
+    *,
+    seconds: int = 4,
+    rounds: int = 2,
+    rate: int = 500,
+    cold: int = 10,
+    burst: int = 50,
+) -> dict[str, Any]:
+    """The whole measurement (`measure`) with the load average before and after it and how
+    it ran: what this command prints, and make bench's activator part."""
+    options = argparse.Namespace(seconds=seconds, rounds=rounds, rate=rate, cold=cold, burst=burst)
+    before = loadavg()
+    figures = measure(bench, env, options)
+    return {
+        "loadavg_before": before,
+        "loadavg_after": loadavg(),
+        "rounds": rounds,
+        "seconds": seconds,
+        "cores": f"load, stand-in and sidecar on core {LOAD_CORE}; activator on core {PROXY_CORE}",
+        **figures,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.comparisons.compare_activator", description=__doc__.split("\n\n")[0]
@@ -656,17 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         ghz="",
         grpc_upstream="",
     )
-    before = loadavg()
     with tempfile.TemporaryDirectory(prefix="compare-activator-") as tmp:
-        figures = measure(Bench(tools, Path(tmp)), env, args)
-    figures = {
-        "loadavg_before": before,
-        "loadavg_after": loadavg(),
-        "rounds": args.rounds,
-        "seconds": args.seconds,
-        "cores": f"load, stand-in and sidecar on core {LOAD_CORE}; activator on core {PROXY_CORE}",
-        **figures,
-    }
+        figures = figures_of(Bench(tools, Path(tmp)), env, **_options(args))
     print(report(figures))
     args.output.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"figures written to {args.output}")

@@ -3,6 +3,7 @@ by its own module."""
 
 from __future__ import annotations
 
+from bench.report.activator import activator_lines
 from bench.report.failures import crash_lines, outage_lines
 from bench.report.grpc import grpc_lines
 from bench.report.inference_log import inference_log_lines
@@ -90,4 +91,6 @@ def render_markdown(results: Results) -> str:
         lines += ["## 4. Operator", "", *operator_lines(parts.operator), ""]
     if parts.profile is not None:
         lines += ["## 5. Profile of the sidecar's hot path", "", *profile_lines(parts.profile), ""]
+    if parts.activator is not None:
+        lines += ["## 6. Scale to zero (activator)", "", *activator_lines(parts.activator), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -294,6 +294,21 @@ class ProfilePart:
     top_inclusive: list[tuple[str, float]] = field(default_factory=list)
 
 
+# ------------------------------------------------------------------ the activator
+
+
+@dataclass(frozen=True)
+class ActivatorPart:
+    """make bench-activator's figures as it wrote them (bench/comparisons/compare_activator
+    reads and prints them); `notes` alone when it was skipped or failed."""
+
+    figures: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ActivatorPart:
+        return cls(figures=dict(data))
+
+
 # ------------------------------------------------------------------ the whole
 
 
@@ -308,6 +323,7 @@ class Parts:
     inference_log: LogPart | Skipped | None = None
     operator: OperatorPart | None = None
     profile: ProfilePart | None = None
+    activator: ActivatorPart | None = None
 
 
 @dataclass(frozen=True)
