@@ -339,8 +339,11 @@ def run_demo(keep: bool) -> None:
         mounts = materialize_pod(cluster, deployment, DEMO_DIR / "pod")
         config_path = sidecar["command"][sidecar["command"].index("--config") + 1]
         local_config = mounts[config_path]
-        local_config.write_text(localize(local_config.read_text(), mounts))
-        rendered = yaml.safe_load(local_config.read_text())
+        rendered = yaml.safe_load(localize(local_config.read_text(), mounts))
+        # The pod's address is this machine's loopback: the sidecar listens there, not on every
+        # address (the tests' pods listen on the sidecar's port at addresses of their own).
+        rendered["listen"]["host"] = "127.0.0.1"
+        local_config.write_text(yaml.safe_dump(rendered, sort_keys=False))
         rest_port = next(p["containerPort"] for p in tfserving["ports"] if p["name"] == "tfs-rest")
         grpc_port = next(p["containerPort"] for p in tfserving["ports"] if p["name"] == "tfs-grpc")
         model = rendered["model"]["name"]
