@@ -59,6 +59,13 @@ def test_dashboard_rules_and_monitors_are_rendered_only_when_turned_on(local_env
     operator = monitors["ms-modelserving-operator"]["endpoints"][0]
     assert (operator["port"], operator["path"]) == ("metrics", "/metrics")
     assert operator["honorLabels"] is True
+    # And the activator, whose series name their serving
+    activator = monitors["ms-modelserving-activator"]["endpoints"][0]
+    assert (activator["port"], activator["path"], activator["honorLabels"]) == (
+        "http",
+        "/metrics",
+        True,
+    )
 
 
 def test_the_operators_metrics_port_and_path_are_values(local_env):
@@ -75,7 +82,7 @@ def test_the_operators_metrics_port_and_path_are_values(local_env):
     off = render(local_env, "metrics.operator.port=0", "metrics.serviceMonitor.enabled=true")
     assert named(off, "Service", "ms-modelserving-metrics") is None
     monitors = [m["metadata"]["name"] for m in of_kind(off, "ServiceMonitor")]
-    assert monitors == ["ms-modelserving-servings"]
+    assert monitors == ["ms-modelserving-servings", "ms-modelserving-activator"]
 
 
 def test_rendered_rules_pass_promtools_check_and_unit_tests(local_env, tmp_path):
@@ -86,7 +93,7 @@ def test_rendered_rules_pass_promtools_check_and_unit_tests(local_env, tmp_path)
         ["promtool", "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 11 rules found" in check.stdout
     tested = subprocess.run(
         ["promtool", "test", "rules", str(tmp_path / PROMTOOL_TESTS.name)],
         capture_output=True,

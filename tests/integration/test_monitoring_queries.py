@@ -1,6 +1,7 @@
 """The chart's dashboard and alerts against a real Prometheus that scrapes a real sidecar (with
-traffic through it and its inference log on the real broker) and the real operator (with a
-serving it made on the real cluster): every dashboard query returns series, and every alert's
+traffic through it and its inference log on the real broker), the real operator (with a
+serving it made on the real cluster) and the real activator (which wakes a serving at zero and
+refuses a Host no serving has): every dashboard query returns series, and every alert's
 expression evaluates and is about series that exist.
 
 How an alert's expression is judged: it must evaluate without error, Prometheus must evaluate
@@ -11,8 +12,8 @@ return series. A renamed metric or label fails; a threshold a healthy system doe
 does not.
 
 The test's Prometheus gives the sidecar's target the labels the chart's ServiceMonitor gives a
-serving's pods in a cluster (`namespace`, `serving`, `pod`), and keeps the operator's own
-labels (`honor_labels`, as the operator's ServiceMonitor does)."""
+serving's pods in a cluster (`namespace`, `serving`, `pod`), and keeps the operator's and the
+activator's own labels (`honor_labels`, as their ServiceMonitors do)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ import json
 import aiohttp
 import pytest
 import yaml
+from kubernetes import client
 
 from modelserving import api
 from modelserving_sidecar.app import create_app
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.main import serving
+from tests.support.activator_process import running_activator
 from tests.support.chart import rendered_dashboard, write_rules
 from tests.support.ports import free_port
 from tests.support.prometheus import (
@@ -36,12 +39,13 @@ from tests.support.prometheus import (
     dashboard_queries,
     relaxed_selectors,
 )
-from tests.support.servings import is_ready, serving_manifest
+from tests.support.servings import is_ready, read_or_none, serving_manifest
 from tests.support.waiting import wait_for, wait_for_async
 
 MODEL = "half_plus_two"
 KEY = "monitoring-test-key"
 SERVING = "hpt"
+IDLE = "idle"  # a serving at zero, for the activator's series
 
 
 @pytest.fixture
@@ -55,7 +59,16 @@ def operator_flags(metrics_port: int) -> list[str]:
 
 
 async def test_every_dashboard_query_and_alert_expression_returns_series(
-    local_env, operator, crds, namespace, topic, upstream, metrics_port, tmp_path
+    local_env,
+    operator,
+    crds,
+    kube_client,
+    namespace,
+    process_node,
+    topic,
+    upstream,
+    metrics_port,
+    tmp_path,
 ):
     # Given a serving made by the real operator, so that it reports the serving's conditions
     crds.create_namespaced_custom_object(
@@ -65,7 +78,24 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
         api.PLURAL,
         serving_manifest(SERVING, logging={"kafka": {"topic": topic}}),
     )
+    # And one at zero, whose pod lands where nothing answers yet (the activator wakes it)
+    crds.create_namespaced_custom_object(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        serving_manifest(
+            IDLE,
+            auth={"mode": "none"},
+            logging={"enabled": False},
+            server=process_node.placement(),
+            autoscaling={"enabled": True, "metric": "concurrency", "minReplicas": 0},
+        ),
+    )
     wait_for(lambda: is_ready(crds, namespace, SERVING), 60, "the serving Ready")
+    apps = client.AppsV1Api(kube_client)
+    wait_for(lambda: read_or_none(apps.read_namespaced_deployment, IDLE, namespace), 60, IDLE)
+    apps.patch_namespaced_deployment_scale(IDLE, namespace, {"spec": {"replicas": 0}})
 
     # And a real sidecar with its inference log on the real broker
     (tmp_path / "keys").mkdir()
@@ -94,8 +124,13 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
         for rule in group["rules"]
     }
 
-    async with serving(create_app(config)) as url, aiohttp.ClientSession() as http:
-        # And a real Prometheus scraping both every second, with the chart's rules loaded
+    (tmp_path / "activator").mkdir()
+    async with (
+        serving(create_app(config)) as url,
+        aiohttp.ClientSession() as http,
+        running_activator(tmp_path / "activator", local_env.kubeconfig, namespace) as activator,
+    ):
+        # And a real Prometheus scraping them every second, with the chart's rules loaded
         (tmp_path / "prometheus").mkdir()
         prometheus = PrometheusServer(
             tmp_path / "prometheus",
@@ -107,6 +142,7 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
                     labels={"namespace": namespace, "serving": SERVING, "pod": f"{SERVING}-0"},
                 ),
                 Target("modelserving-operator", f"127.0.0.1:{metrics_port}"),
+                Target("modelserving-activator", activator.url.removeprefix("http://")),
             ],
             rule_files=[rules],
         )
@@ -127,11 +163,23 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
                             await resp.read()
                     await asyncio.sleep(0.1)
 
+            # And requests at the activator: one for the serving at zero (held, it wakes it),
+            # one for a Host no serving has (refused)
+            async def at_zero() -> None:
+                headers = {"Host": f"{IDLE}.{namespace}.svc"}
+                idle = f"{activator.url}/v1/models/{MODEL}:predict"
+                async with http.post(idle, data=b'{"instances": [1.0]}', headers=headers) as resp:
+                    await resp.read()
+
+            held = asyncio.create_task(at_zero())
+            async with http.get(f"{activator.url}/v1/models/x", headers={"Host": "nowhere"}) as r:
+                assert r.status == 404
             sending = asyncio.create_task(traffic())
             try:
                 await _check_queries(prometheus, dashboard, alerts)
             finally:
                 sending.cancel()
+                held.cancel()
         finally:
             await asyncio.to_thread(prometheus.stop)
 
@@ -139,9 +187,10 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
 async def _check_queries(prometheus: PrometheusServer, dashboard: dict, alerts: dict) -> None:
     async def scraped() -> bool:
         up = await prometheus.targets_up()
-        return up.get("modelserving-sidecar", False) and up.get("modelserving-operator", False)
+        jobs = ("modelserving-sidecar", "modelserving-operator", "modelserving-activator")
+        return all(up.get(job, False) for job in jobs)
 
-    await wait_for_async(scraped, 60, "Prometheus scraping the sidecar and the operator", 0.5)
+    await wait_for_async(scraped, 60, "Prometheus scraping the sidecar, operator, activator", 0.5)
 
     # Then every dashboard query returns series (rates need two scrapes in their window)
     queries = dashboard_queries(dashboard)
