@@ -274,3 +274,34 @@ async def test_sigterm_answers_the_held_requests_503_with_retry_after_and_exits(
             assert status == 503 and "stopping" in body["error"], body
             assert headers["Retry-After"] == "5"
         assert await asyncio.wait_for(activator.process.wait(), 30) == 0
+
+
+async def test_a_killed_activator_fails_its_held_requests_at_once_and_the_other_takes_the_next(
+    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
+):
+    """The chart runs two: one killed (SIGKILL, as an OOM or a node lost) while it holds
+    requests closes their connections, so each caller sees an error at once, never a hang; the
+    other replica holds and forwards the next requests as if nothing happened."""
+    at_zero(kube_client, namespace, process_node.placement())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with (
+        running_activator(tmp_path / "a", local_env.kubeconfig, namespace) as killed,
+        running_activator(tmp_path / "b", local_env.kubeconfig, namespace) as other,
+    ):
+        held = [asyncio.create_task(predict(http, killed, namespace)) for _ in range(5)]
+
+        async def all_held() -> bool:
+            return await killed.metric(http, HELD, **of(namespace)) == 5
+
+        # Woken, its pod Ready where nothing listens yet: the requests stay held.
+        await wait_for_async(all_held, 30, "5 requests held")
+        killed.process.kill()
+        # Each caller gets its error within seconds (the connection closed), not at its timeout.
+        ended = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 10)
+        assert all(isinstance(e, aiohttp.ClientConnectionError) for e in ended), ended
+
+        request = asyncio.create_task(predict(http, other, namespace, x=6.0))
+        async with serve_when_woken(kube_client, namespace, tmp_path) as _:
+            status, body, _headers = await asyncio.wait_for(request, 60)
+        assert (status, body) == (200, {"predictions": [5.0]})

@@ -1,7 +1,8 @@
 """A serving that scales on concurrency, through the real API server, controllers and operator,
 with a real sidecar process per pod at the address KWOK gave the pod (tests/support/
 pod_processes): a load step raises the replicas within the burst window, and once the load is
-gone they come down, to zero after the idle time, with no request failed on the way. Its
+gone they come down, to zero after the idle time, with no request failed and no record lost
+on the way. Its
 Service has no selector: the operator writes its endpoints, the ready pods', and at zero the
 activator's (here a pod and a Service that stand for it; nothing is sent to them)."""
 
@@ -105,7 +106,7 @@ def scaled_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str
 
 
 async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
-    operator, kube_client, namespace, process_node, activator, tmp_path, http
+    operator, kube_client, local_env, namespace, process_node, activator, topic, tmp_path, http
 ):
     core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
     objects = client.CustomObjectsApi(kube_client)
@@ -132,7 +133,16 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
             namespace,
             name,
             tmp_path,
-            lambda _: sidecar_config(upstream, serving={"name": name, "namespace": namespace}),
+            lambda pod: sidecar_config(
+                upstream,
+                serving={"name": name, "namespace": namespace},
+                logging={
+                    "mode": "ALL",
+                    "topic": topic,
+                    "bootstrapServers": local_env.kafka_bootstrap,
+                    "spoolDir": str(tmp_path / pod / "spool"),
+                },
+            ),
         ) as pods,
     ):
         # The Deployment starts at one replica (Kubernetes' default; the operator names none).
@@ -142,6 +152,7 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         assert service.spec.selector is None  # the endpoints are the operator's
 
         answers: Counter[int] = Counter()
+        answered: list[str] = []  # the request ids of the answers, each to be on the topic
         stop = asyncio.Event()
 
         async def caller(start: int) -> None:
@@ -156,6 +167,7 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
                 predict = f"{url}/v1/models/{MODEL}:predict"
                 async with http.post(predict, json={"instances": [1.0]}) as resp:
                     answers[resp.status] += 1
+                    answered.append(resp.headers["x-request-id"])
 
         callers = [asyncio.create_task(caller(i)) for i in range(IN_FLIGHT)]
         try:
@@ -186,6 +198,10 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
     )
     ready = condition(get_serving(objects, namespace, name), "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero"), ready
+    # Every answered request's record reached the topic, those of the pods that went too (each
+    # drained its spool to Kafka as it stopped).
+    records = await _records(topic, local_env.kafka_bootstrap, len(answered))
+    assert sorted(r.key for r in records) == sorted(answered)
 
 
 async def _endpoints_are(kube_client, namespace: str, name: str, addresses: list[str]) -> bool:
