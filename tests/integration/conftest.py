@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelserving import api
 from tests.support import REPO
+from tests.support.chart_account import activator_kubeconfig as activator_kubeconfig_for
 from tests.support.chart_account import operator_kubeconfig as operator_kubeconfig_for
 from tests.support.namespaces import delete_namespaces, make_namespaces
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
@@ -188,3 +189,11 @@ async def standin() -> AsyncIterator[tuple[TFServingStandIn, str]]:
 def upstream(standin: tuple[TFServingStandIn, str]) -> str:
     """The URL of the stand-in: the sidecar's upstream."""
     return standin[1]
+
+
+@pytest.fixture(scope="module")
+def activator_kubeconfig(crds, local_env, tmp_path_factory) -> str:
+    """A kubeconfig of the chart's activator ServiceAccount, with the chart's ClusterRole for it
+    applied: activators run with the rights the chart grants, never as cluster admin."""
+    dest = tmp_path_factory.mktemp("activator") / "activator.kubeconfig"
+    return str(activator_kubeconfig_for(local_env, COUNTER_NAMESPACE, dest))

@@ -150,10 +150,17 @@ async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> Async
 
 
 async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
-    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
 ):
     at_zero(kube_client, namespace, process_node.placement())
-    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+    async with running_activator(tmp_path, activator_kubeconfig, namespace) as activator:
         request = asyncio.create_task(predict(http, activator, namespace, x=1.0))
         async with serve_when_woken(kube_client, namespace, tmp_path) as address:
             assert process_node.holds(address)
@@ -184,10 +191,17 @@ async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
 
 
 async def test_twenty_requests_held_at_once_are_all_answered_by_the_model(
-    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
 ):
     at_zero(kube_client, namespace, process_node.placement())
-    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+    async with running_activator(tmp_path, activator_kubeconfig, namespace) as activator:
         requests = [
             asyncio.create_task(predict(http, activator, namespace, x=float(i))) for i in range(20)
         ]
@@ -206,12 +220,12 @@ async def test_twenty_requests_held_at_once_are_all_answered_by_the_model(
 
 
 async def test_a_request_held_past_its_deadline_gets_503_with_retry_after(
-    local_env, kube_client, crds, namespace, tmp_path, http
+    local_env, activator_kubeconfig, kube_client, crds, namespace, tmp_path, http
 ):
     # Its pods can land on no node: the wake is asked for, and no pod is ever ready.
     at_zero(kube_client, namespace, {"nodeSelector": {"modelserving.io/no-such-node": "x"}})
     flags = ("--hold-seconds", "2", "--retry-after", "7")
-    async with running_activator(tmp_path, local_env.kubeconfig, namespace, *flags) as activator:
+    async with running_activator(tmp_path, activator_kubeconfig, namespace, *flags) as activator:
         status, body, headers = await predict(http, activator, namespace)
         assert status == 503, body
         assert headers["Retry-After"] == "7"
@@ -223,10 +237,17 @@ async def test_a_request_held_past_its_deadline_gets_503_with_retry_after(
 
 
 async def test_a_request_without_credentials_is_refused_401_and_wakes_nothing(
-    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
 ):
     at_zero(kube_client, namespace, process_node.placement())
-    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+    async with running_activator(tmp_path, activator_kubeconfig, namespace) as activator:
         status, body, headers = await predict(http, activator, namespace, authorization=None)
         assert (status, body) == (401, {"error": KEY_REQUIRED})
         assert headers["WWW-Authenticate"] == f'ApiKey realm="{namespace}/{SERVING}"'
@@ -243,11 +264,11 @@ async def test_a_request_without_credentials_is_refused_401_and_wakes_nothing(
 
 
 async def test_a_host_no_serving_answers_to_gets_404_saying_which(
-    local_env, kube_client, crds, namespace, tmp_path, http
+    local_env, activator_kubeconfig, kube_client, crds, namespace, tmp_path, http
 ):
     headers = {"Host": "nobody.example:8080", "Authorization": f"ApiKey {KEY}"}
     async with (
-        running_activator(tmp_path, local_env.kubeconfig, namespace) as activator,
+        running_activator(tmp_path, activator_kubeconfig, namespace) as activator,
         http.post(
             f"{activator.url}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, headers=headers
         ) as resp,
@@ -257,10 +278,10 @@ async def test_a_host_no_serving_answers_to_gets_404_saying_which(
 
 
 async def test_sigterm_answers_the_held_requests_503_with_retry_after_and_exits(
-    local_env, kube_client, crds, namespace, tmp_path, http
+    local_env, activator_kubeconfig, kube_client, crds, namespace, tmp_path, http
 ):
     at_zero(kube_client, namespace, {"nodeSelector": {"modelserving.io/no-such-node": "x"}})
-    async with running_activator(tmp_path, local_env.kubeconfig, namespace) as activator:
+    async with running_activator(tmp_path, activator_kubeconfig, namespace) as activator:
         requests = [asyncio.create_task(predict(http, activator, namespace)) for _ in range(3)]
 
         async def all_held() -> bool:
@@ -277,7 +298,14 @@ async def test_sigterm_answers_the_held_requests_503_with_retry_after_and_exits(
 
 
 async def test_a_killed_activator_fails_its_held_requests_at_once_and_the_other_takes_the_next(
-    local_env, kube_client, crds, namespace, process_node: ProcessNode, tmp_path, http
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
 ):
     """The chart runs two: one killed (SIGKILL, as an OOM or a node lost) while it holds
     requests closes their connections, so each caller sees an error at once, never a hang; the
@@ -286,8 +314,8 @@ async def test_a_killed_activator_fails_its_held_requests_at_once_and_the_other_
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with (
-        running_activator(tmp_path / "a", local_env.kubeconfig, namespace) as killed,
-        running_activator(tmp_path / "b", local_env.kubeconfig, namespace) as other,
+        running_activator(tmp_path / "a", activator_kubeconfig, namespace) as killed,
+        running_activator(tmp_path / "b", activator_kubeconfig, namespace) as other,
     ):
         held = [asyncio.create_task(predict(http, killed, namespace)) for _ in range(5)]
 

@@ -60,6 +60,7 @@ def operator_flags(metrics_port: int) -> list[str]:
 
 async def test_every_dashboard_query_and_alert_expression_returns_series(
     local_env,
+    activator_kubeconfig,
     operator,
     crds,
     kube_client,
@@ -128,7 +129,7 @@ async def test_every_dashboard_query_and_alert_expression_returns_series(
     async with (
         serving(create_app(config)) as url,
         aiohttp.ClientSession() as http,
-        running_activator(tmp_path / "activator", local_env.kubeconfig, namespace) as activator,
+        running_activator(tmp_path / "activator", activator_kubeconfig, namespace) as activator,
     ):
         # And a real Prometheus scraping them every second, with the chart's rules loaded
         (tmp_path / "prometheus").mkdir()

@@ -1,7 +1,8 @@
-"""The operator's identity as the chart makes it: the chart's RBAC objects, ServiceAccount and
-peering object rendered by the real helm and applied to the test cluster, and a kubeconfig
-that carries a token of that ServiceAccount (TokenRequest), so that an operator run with it
-has exactly the rights the chart grants, and a right the chart lacks fails the test."""
+"""The operator's and the activator's identities as the chart makes them: the chart's RBAC
+objects, ServiceAccount (and the operator's peering object) rendered by the real helm and
+applied to the test cluster, and a kubeconfig that carries a token of that ServiceAccount
+(TokenRequest), so that an operator or activator run with it has exactly the rights the chart
+grants, and a right the chart lacks fails the test."""
 
 from __future__ import annotations
 
@@ -63,6 +64,39 @@ def operator_kubeconfig(
     `dest` that reaches the cluster as the chart's ServiceAccount (through the API server of
     the admin kubeconfig `server` when given, a second one of the cluster)."""
     manifests = render_operator_account(local_env, release_namespace, watched, values)
+    return _account_kubeconfig(local_env, release_namespace, manifests, dest, server)
+
+
+# The activator's identity: its ServiceAccount, ClusterRole and binding (not its Deployment
+# and Service: the activator runs as a local process).
+ACTIVATOR_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+
+
+def activator_kubeconfig(local_env, release_namespace: str, dest: Path) -> Path:
+    """Apply the chart's ServiceAccount, ClusterRole and binding of the activator and write a
+    kubeconfig at `dest` that reaches the cluster as that ServiceAccount."""
+    rendered = _run(
+        local_env,
+        "helm",
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        release_namespace,
+        "--show-only",
+        "templates/activator.yaml",
+    )
+    identity = [
+        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in ACTIVATOR_KINDS
+    ]
+    manifests = yaml.safe_dump_all(identity)
+    return _account_kubeconfig(local_env, release_namespace, manifests, dest)
+
+
+def _account_kubeconfig(
+    local_env, release_namespace: str, manifests: str, dest: Path, server: str | None = None
+) -> Path:
+    """Apply `manifests` and write a kubeconfig at `dest` as their ServiceAccount."""
     _run(
         local_env,
         "kubectl",
