@@ -184,6 +184,11 @@ async def test_load_raises_the_replicas_and_idleness_takes_them_to_zero(
         assert answers and set(answers) == {200}, answers
         up = await asyncio.to_thread(scaled_events, core, namespace, name)
         assert any("1 to 3 replicas: a burst" in message for message in up), up
+        # The replica count is the autoscaler's, through the scale subresource, as managedFields
+        # tell anyone who looks (`kubectl get deploy -o yaml --show-managed-fields`).
+        deployment = apps.read_namespaced_deployment(name, namespace)
+        owners = {(f.manager, f.subresource) for f in deployment.metadata.managed_fields}
+        assert ("modelserving-autoscaler", "scale") in owners, owners
 
         # Idle: down by half a round to one pod, which stays for the idle time, then none.
         await wait_for_async(lambda: count(0), 90, "the idle serving to go to zero")

@@ -38,6 +38,7 @@ READ_SECONDS = 2.0  # as Knative's autoscaler reads its queue-proxies
 READ_TIMEOUT = 1.0
 READS_AT_ONCE = 64  # pods read at once: a thousand pods are read in a few batches
 SCALED = "Scaled"  # the Event's reason
+FIELD_MANAGER = "modelserving-autoscaler"
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Autoscaler:
                 "PATCH",
                 path,
                 body={"spec": {"replicas": decision.replicas}},
+                # The replica count's owner, as managedFields say it: not the operator's apply.
+                params={"fieldManager": FIELD_MANAGER},
                 content_type="application/merge-patch+json",
             )
         except KubeError as exc:
