@@ -289,8 +289,11 @@ def run_demo(keep: bool) -> None:
         )
         # Right after a CRD is established its list can still answer 429 for a moment.
         wait(lambda: cluster.ok("get", "modelservings", "-A"), 30, "the ModelServing API")
-        if cluster.get("namespace", OPERATOR_NAMESPACE) is None:
-            cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+        # The namespaces first: an operator watching one that does not exist yet learns of it
+        # only from its watch of namespaces, which an API server under load can hold back.
+        for namespace in (OPERATOR_NAMESPACE, NAMESPACE):
+            if cluster.get("namespace", namespace) is None:
+                cluster.kubectl("create", "namespace", namespace)
         operator_log = processes.start(
             "operator",
             [
