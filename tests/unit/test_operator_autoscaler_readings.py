@@ -42,3 +42,19 @@ def test_a_servings_concurrency_sums_the_pods_read_this_round():
     before = {"a": PodRead(10.0, 0, 0.0), "gone": PodRead(10.0, 9, 50.0)}
     now = {"a": PodRead(12.0, 0, 4.0), "new": PodRead(12.0, 2, 0.5)}
     assert serving_concurrency(before, now) == 2.0 + 2
+
+
+def test_a_page_of_counts_that_are_not_finite_or_are_negative_is_no_reading():
+    # Whatever answers at a pod's address: one such page must not make the arithmetic raise
+    # (math.ceil of infinity) or scale on nonsense.
+    for bad in ("NaN", "+Inf", "-Inf", "-1"):
+        page = (
+            f"modelserving_sidecar_requests_in_flight {bad}\n"
+            "modelserving_sidecar_request_concurrency_seconds_total 3.0\n"
+        )
+        assert parse(page) is None, bad
+        swapped = (
+            "modelserving_sidecar_requests_in_flight 1\n"
+            f"modelserving_sidecar_request_concurrency_seconds_total {bad}\n"
+        )
+        assert parse(swapped) is None, bad

@@ -86,7 +86,10 @@ class Autoscaler:
             scaling = self.scalings.get(key)
             if scaling is None or scaling.policy != policy:
                 scaling = self.scalings[key] = Scaling(policy, Memory.first(now))
-            await self._scale(key, scaling, now, len(ready[key]), reads.get(key, {}))
+            try:
+                await self._scale(key, scaling, now, len(ready[key]), reads.get(key, {}))
+            except Exception:  # one serving's failure must not stop the others' scaling
+                log.exception("scaling %s/%s failed", *key)
 
     async def _scale(
         self, key: Key, scaling: Scaling, now: float, ready: int, reads: dict[str, PodRead]

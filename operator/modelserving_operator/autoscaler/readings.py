@@ -10,6 +10,7 @@ sidecar started again (the integral went down), counts with what it holds at the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,15 +33,20 @@ class PodRead:
 
 
 def parse(text: str) -> tuple[float, float] | None:
-    """The in-flight count and the request-seconds in a scrape's text (None: not both there)."""
+    """The in-flight count and the request-seconds in a scrape's text (None: not both there,
+    or not both finite counts: a page that says NaN, Inf or a negative count is no reading,
+    whatever answered at the pod's address)."""
     found: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in CONCURRENCY_METRICS:
             try:
-                found[name] = float(value.split()[0])
+                number = float(value.split()[0])
             except (ValueError, IndexError):
                 return None
+            if not math.isfinite(number) or number < 0:
+                return None
+            found[name] = number
     if len(found) != 2:
         return None
     return found[IN_FLIGHT], found[REQUEST_SECONDS]
