@@ -35,8 +35,15 @@ def render_operator_account(
 ) -> str:
     """The chart's RBAC, ServiceAccount and peering objects for an operator watching one
     namespace, as `helm template` renders them (with `values`, each KEY=VALUE, set)."""
-    shown = [arg for template in TEMPLATES for arg in ("--show-only", template)]
     sets = [arg for value in values for arg in ("--set", value)]
+    return _template(
+        local_env, release_namespace, TEMPLATES, "--set", f"watchNamespaces={{{watched}}}", *sets
+    )
+
+
+def _template(local_env, release_namespace: str, templates: Sequence[str], *args: str) -> str:
+    """`helm template` of the chart's `templates` alone, as released in `release_namespace`."""
+    shown = [arg for template in templates for arg in ("--show-only", template)]
     return _run(
         local_env,
         "helm",
@@ -45,9 +52,7 @@ def render_operator_account(
         str(CHART),
         "--namespace",
         release_namespace,
-        "--set",
-        f"watchNamespaces={{{watched}}}",
-        *sets,
+        *args,
         *shown,
     )
 
@@ -75,17 +80,7 @@ ACTIVATOR_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 def activator_kubeconfig(local_env, release_namespace: str, dest: Path) -> Path:
     """Apply the chart's ServiceAccount, ClusterRole and binding of the activator and write a
     kubeconfig at `dest` that reaches the cluster as that ServiceAccount."""
-    rendered = _run(
-        local_env,
-        "helm",
-        "template",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        release_namespace,
-        "--show-only",
-        "templates/activator.yaml",
-    )
+    rendered = _template(local_env, release_namespace, ("templates/activator.yaml",))
     identity = [
         doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in ACTIVATOR_KINDS
     ]
