@@ -269,8 +269,11 @@ async def reconcile(
     model_id, assigned = found
     pods = list(pods)
     # The EndpointSlice follows the pods, not the spec alone: a step of its own.
-    slices = [c for c in children if c.kind == "EndpointSlice"]
-    children = [c for c in children if c.kind != "EndpointSlice"]
+    slices: list[CachedObject] = []
+    others: list[CachedObject] = []
+    for child in children:
+        (slices if child.kind == "EndpointSlice" else others).append(child)
+    children = others
     applied = await _children(rec, serving, spec, model_id, children)
     _post_changes(serving, applied.done, model_id if assigned else None)
     await _endpoints(rec, spec, slices, pods)
@@ -304,13 +307,15 @@ async def _endpoints(
     pods: Sequence[Mapping[str, Any]],
 ) -> None:
     """The EndpointSlice of a serving that may go to zero: its ready pods, or while none is,
-    the activator's (autoscaler/endpoints); written when it says otherwise, deleted when the
-    serving no longer may go to zero (the EndpointSlice controller follows the Service's
-    selector again)."""
+    the activator's (autoscaler/endpoints); made (POST) when there is none, applied when it
+    says otherwise, deleted when the serving no longer may go to zero (the EndpointSlice
+    controller follows the Service's selector again). One of the serving's name that is not
+    its own, in the cache or not, is never written: a POST does not take an object over."""
     cached = next((c for c in slices if c.name == spec.name), None)
     live = cached.parsed() if cached is not None else None
     if live is not None and not owned_by(live, spec):
-        live = None  # someone else's of the serving's name: never written
+        log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
+        return
     if not spec.autoscaling.to_zero:
         if live is not None:
             await rec.kube.delete("EndpointSlice", spec.name, spec.namespace)
@@ -318,10 +323,25 @@ async def _endpoints(
         return
     endpoints = pod_endpoints(spec.namespace, pods) or list(rec.activator.endpoints)
     wanted = render_endpoint_slice(spec, endpoints)
-    if live is not None and covers(live, wanted):
+    if live is None:
+        try:
+            await rec.kube.create(wanted)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
+            return
+    elif covers(live, wanted):
         return
-    await rec.kube.apply(wanted)
+    else:
+        await rec.kube.apply(wanted)
     rec.writes += 1
+
+
+_FOREIGN_SLICE = (
+    "the EndpointSlice %s/%s is not the serving's own: left as it is, and the serving's "
+    "endpoints are not written (delete or rename it)"
+)
 
 
 @dataclass(frozen=True)

@@ -141,3 +141,45 @@ def test_a_cluster_scoped_child_is_the_servings_when_its_labels_name_the_serving
             {**mnist_body(), "metadata": {"name": "mnist", "namespace": "other", "uid": "u-2"}}
         ),
     )
+
+
+TO_ZERO = {"enabled": True, "metric": "concurrency", "minReplicas": 0}
+
+
+async def test_an_endpoint_slice_of_the_servings_name_not_its_own_is_never_taken_over():
+    from modelserving_operator.reconcile import _endpoints
+    from modelserving_operator.runtime.cached import CachedObject
+
+    spec = ServingSpec.from_body(mnist_body(autoscaling=TO_ZERO))
+    pods = [{"name": "mnist-a", "ready": True, "ip": "10.0.0.5"}]
+    rec = Reconciler(
+        kube=cast(KubeClient, None),
+        settings=SETTINGS,
+        topics=cast(Any, None),
+        model_ids=cast(Any, None),
+    )
+
+    # Given one made by hand, which the operator's cache does not hold (no labels of ours)
+    theirs = someone_elses("EndpointSlice", "mnist", uid="not-the-serving")
+    server = ApiServer({("EndpointSlice", "mnist"): theirs})
+    rec.kube = cast(KubeClient, server)
+    await _endpoints(rec, spec, [], pods)
+    # Then the create is refused (409) and nothing else is tried
+    assert server.objects[("EndpointSlice", "mnist")] == theirs
+    assert server.writes == []
+
+    # Given one in the cache (it carries the serving's labels) that names another owner
+    cached = CachedObject.of(
+        someone_elses("EndpointSlice", "mnist", ownerReferences=[{"uid": "another"}]),
+        "EndpointSlice",
+    )
+    server = ApiServer({})
+    rec.kube = cast(KubeClient, server)
+    await _endpoints(rec, spec, [cached], pods)
+    assert server.writes == []  # neither applied nor deleted
+
+    # And with none, the serving's own is made, naming its ready pod
+    await _endpoints(rec, spec, [], pods)
+    assert server.writes == [("create", ("EndpointSlice", "mnist"))]
+    made = server.objects[("EndpointSlice", "mnist")]
+    assert [e["addresses"] for e in made["endpoints"]] == [["10.0.0.5"]]
