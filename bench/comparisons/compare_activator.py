@@ -347,6 +347,7 @@ def start_activator(workdir: Path, kubeconfig: str, namespace: str, pod_port: in
         *(sys.executable, "-m", "modelserving.cli", "activator"),
         *("--kubeconfig", kubeconfig, "--namespace", namespace),
         *("--host", "0.0.0.0", "--port", str(port), "--pod-port", str(pod_port)),
+        *("--grpc-port", "0"),  # REST alone is measured
         *("--wake-interval", str(WAKE_INTERVAL), "--hold-seconds", "30"),
         *("--log-level", "WARNING"),
     ]

@@ -34,13 +34,20 @@ from tests.support.waiting import wait_for
 def crds(local_env, kube_client):
     """The CRDs from crds/, installed once and ready to list."""
     local_env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    local_env.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        f"crd/{api.PLURAL}.{api.GROUP}",
-        "crd/kopfpeerings.kopf.dev",
-    )
+    extensions = client.ApiextensionsV1Api(kube_client)
+
+    def established() -> bool:
+        # Read here rather than by `kubectl wait`, which fails on a CRD so new that it has no
+        # status conditions yet instead of waiting for them.
+        return all(
+            any(
+                c.type == "Established" and c.status == "True"
+                for c in extensions.read_custom_resource_definition(name).status.conditions or []
+            )
+            for name in (f"{api.PLURAL}.{api.GROUP}", "kopfpeerings.kopf.dev")
+        )
+
+    wait_for(established, timeout=60, what="the CRDs Established")
     objects = client.CustomObjectsApi(kube_client)
 
     def lists() -> bool:

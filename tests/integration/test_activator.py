@@ -17,16 +17,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import grpc
+import pytest
 from kubernetes import client
 from multidict import CIMultiDict
 
 from modelserving import api
+from modelserving.tfserving import serving_apis_pb2 as apis
+from modelserving.tfserving import tensor_pb2, types_pb2
+from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import KEY_REQUIRED, hash_api_key
 from tests.support.activator_process import ActivatorProcess, running_activator
+from tests.support.ports import free_port
 from tests.support.process_node import ProcessNode
 from tests.support.servings import serving_manifest
 from tests.support.sidecar_process import running_sidecar
-from tests.support.tfserving_standin import running_standin
+from tests.support.tfserving_standin import TFServingStandIn, running_standin
+from tests.support.tfserving_standin_grpc import running_grpc_standin
 from tests.support.waiting import wait_for_async
 
 SERVING = "hpt"
@@ -103,6 +110,7 @@ async def predict(
 WAKES = "modelserving_activator_wakes_total"
 HELD = "modelserving_activator_requests_held"
 REFUSED = "modelserving_activator_refused_requests_total"
+FORWARDED = "modelserving_activator_forwarded_requests_total"
 
 
 def of(namespace: str) -> dict[str, str]:
@@ -114,25 +122,36 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @contextlib.asynccontextmanager
-async def pod_containers(tmp_path: Path, namespace: str, address: str) -> AsyncIterator[None]:
+async def pod_containers(
+    tmp_path: Path, namespace: str, address: str, grpc_port: int = 0
+) -> AsyncIterator[None]:
     """The pod's containers as processes at its address: the stand-in, and the real sidecar on
-    the sidecar's port there, with the serving's API key."""
+    the sidecar's port there, with the serving's API key (and TF Serving's gRPC API on
+    `grpc_port`, when one is given)."""
     keys = tmp_path / "apikeys"
     keys.mkdir()
     (keys / "caller").write_text(hash_api_key(KEY))
-    async with running_standin() as (_, upstream):
-        config = {
+    standin = TFServingStandIn()
+    async with (
+        running_standin(standin) as (_, upstream),
+        running_grpc_standin(standin) as (_, grpc_upstream),
+    ):
+        config: dict = {
             "serving": {"name": SERVING, "namespace": namespace},
             "model": {"name": MODEL, "version": 1, "modelId": 17},
             "upstream": {"url": upstream},
             "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
         }
+        if grpc_port:
+            config["grpc"] = {"port": grpc_port, "upstream": grpc_upstream}
         async with running_sidecar(tmp_path, config, None, host=address, port=api.SIDECAR_PORT):
             yield
 
 
 @contextlib.asynccontextmanager
-async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> AsyncIterator[str]:
+async def serve_when_woken(
+    kube_client, namespace: str, tmp_path: Path, grpc_port: int = 0
+) -> AsyncIterator[str]:
     """Wait for the wake (scale 1) and the pod Ready at an address this machine serves; then run
     its containers there until closed. Yields the pod's address."""
 
@@ -145,7 +164,7 @@ async def serve_when_woken(kube_client, namespace: str, tmp_path: Path) -> Async
 
     await wait_for_async(scaled, 30, "the Deployment scaled to 1")
     address = await wait_for_async(ready, 30, "the pod Ready with an address")
-    async with pod_containers(tmp_path, namespace, address):
+    async with pod_containers(tmp_path, namespace, address, grpc_port):
         yield address
 
 
@@ -188,6 +207,74 @@ async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
                 200,
                 {"predictions": [4.0]},
             )
+
+
+def grpc_predict(
+    channel: grpc.aio.Channel, x: float, authorization: str | None = f"ApiKey {KEY}"
+) -> grpc.aio.UnaryUnaryCall:
+    shape = tensor_pb2.TensorShapeProto(dim=[tensor_pb2.TensorShapeProto.Dim(size=1)])
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape, float_val=[x])
+    request = apis.PredictRequest(model_spec=apis.ModelSpec(name=MODEL), inputs={"x": tensor})
+    metadata = [("authorization", authorization)] if authorization else []
+    return PredictionServiceStub(channel).Predict(request, metadata=metadata, timeout=60)
+
+
+def grpc_channel(activator: ActivatorProcess, namespace: str) -> grpc.aio.Channel:
+    """A channel to the activator as a client of the serving's Service has one: the Service's
+    name as its authority."""
+    authority = f"{SERVING}.{namespace}.svc:{api.SIDECAR_GRPC_PORT}"
+    return grpc.aio.insecure_channel(
+        activator.grpc_address, options=[("grpc.default_authority", authority)]
+    )
+
+
+async def test_a_grpc_call_at_zero_wakes_the_serving_and_its_sidecar_answers_it(
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
+):
+    at_zero(kube_client, namespace, process_node.placement())
+    pod_grpc = free_port()
+    flags = ("--pod-grpc-port", str(pod_grpc))
+    async with (
+        running_activator(tmp_path, activator_kubeconfig, namespace, *flags) as activator,
+        grpc_channel(activator, namespace) as channel,
+    ):
+        call = grpc_predict(channel, 3.0)
+        async with serve_when_woken(kube_client, namespace, tmp_path, pod_grpc):
+            answer = await asyncio.wait_for(call, 60)
+            assert list(answer.outputs["y"].float_val) == [3.5]
+            # The sidecar's answer: its request id and the model's version in the metadata.
+            metadata = dict(await call.initial_metadata())
+            assert metadata.get("x-request-id") and metadata.get("x-model-version") == "1"
+            assert await activator.metric(http, WAKES, **of(namespace), result="scaled") == 1
+            assert await activator.metric(http, FORWARDED, **of(namespace)) == 1
+            # Later calls on the same channel reach the pod too.
+            assert list((await grpc_predict(channel, 5.0)).outputs["y"].float_val) == [4.5]
+
+
+async def test_a_grpc_call_without_credentials_is_refused_and_wakes_nothing(
+    local_env, activator_kubeconfig, kube_client, crds, namespace, tmp_path, http
+):
+    at_zero(kube_client, namespace, {"nodeSelector": {"modelserving.io/no-such-node": "x"}})
+    async with (
+        running_activator(tmp_path, activator_kubeconfig, namespace) as activator,
+        grpc_channel(activator, namespace) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await grpc_predict(channel, 1.0, authorization=None)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert refused.value.details() == KEY_REQUIRED
+        no_credentials = await activator.metric(
+            http, REFUSED, **of(namespace), reason="no_credentials"
+        )
+        assert no_credentials == 1
+        assert replicas(kube_client, namespace) == 0
 
 
 async def test_twenty_requests_held_at_once_are_all_answered_by_the_model(

@@ -22,6 +22,7 @@ from tests.support.waiting import wait_for_async
 @dataclass
 class ActivatorProcess:
     url: str
+    grpc_address: str  # host:port of its gRPC port
     process: asyncio.subprocess.Process
     log_file: Path
 
@@ -47,11 +48,13 @@ async def running_activator(
     *flags: str,
     host: str = "127.0.0.1",
     port: int = 0,
+    grpc_port: int = 0,
 ) -> AsyncIterator[ActivatorProcess]:
     """`modelserving activator` for the servings of `namespace`, at `host`:`port` (an
     activator pod's address and port, as in the pod; else a free port of 127.0.0.1), once
     /readyz says it has listed servings and pods; SIGTERM at the end."""
     port = port or free_port()
+    grpc_port = grpc_port or free_port()
     log_file = directory / "activator.log"
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -68,13 +71,15 @@ async def running_activator(
             host,
             "--port",
             str(port),
+            "--grpc-port",
+            str(grpc_port),
             *flags,
             stderr=log_fd,
             stdout=log_fd,
         )
     finally:
         os.close(log_fd)
-    activator = ActivatorProcess(f"http://{host}:{port}", process, log_file)
+    activator = ActivatorProcess(f"http://{host}:{port}", f"{host}:{grpc_port}", process, log_file)
     try:
         async with aiohttp.ClientSession() as http:
 

@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from modelserving.api import SIDECAR_PORT
+from modelserving.api import SIDECAR_GRPC_PORT, SIDECAR_PORT
 from modelserving.kube_access import ApiServer, from_environment
 from modelserving_sidecar.activator import watches
 from modelserving_sidecar.activator.cluster import Cluster, pods_path, servings_path
@@ -42,6 +42,7 @@ from modelserving_sidecar.activator.wake import WakeLimiter, Waker
 from modelserving_sidecar.errors import JSON, error_body, error_response
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A pod marked ready whose port refuses: tried again after this long, doubling up to the max,
 # until the request's deadline.
@@ -60,6 +61,8 @@ class ActivatorSettings:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     kubeconfig: str = ""
     pod_port: int = SIDECAR_PORT
+    pod_grpc_port: int = SIDECAR_GRPC_PORT
+    grpc_handoff_seconds: float = 10.0
     queue_size: int = 100
     hold_seconds: float = 60.0
     wake_interval: float = 5.0
@@ -158,11 +161,23 @@ class Activator:
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
     async def _to_a_pod(self, ref: ServingRef, request: web.Request, body: bytes) -> Answer:
-        """The answer of a usable pod of the serving, held for one until the deadline; a pod
-        whose port refuses is tried again (itself or the next in turn), as held too."""
         assert self.session is not None
+        session = self.session
+
+        def send(address: str) -> Awaitable[Answer]:
+            url = pod_url(address, self.settings.pod_port, request.raw_path)
+            return forward(session, url, request.method, request.headers, body)
+
+        return await self.to_a_pod(ref, send, self.settings.hold_seconds)
+
+    async def to_a_pod(
+        self, ref: ServingRef, send: Callable[[str], Awaitable[T]], hold_seconds: float
+    ) -> T:
+        """What `send` to a usable pod of the serving gives (it is given the pod's address),
+        held for one for at most `hold_seconds`; a pod whose port refuses (`send` raises
+        NotSent) is tried again (itself or the next in turn), as held too."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.hold_seconds
+        deadline = loop.time() + hold_seconds
         backoff = RETRY_FIRST_SECONDS
         refused = False
         try:
@@ -171,9 +186,8 @@ class Activator:
                 if address is None:
                     await self.holds.hold(ref, deadline - loop.time())
                     continue
-                url = pod_url(address, self.settings.pod_port, request.raw_path)
                 try:
-                    return await forward(self.session, url, request.method, request.headers, body)
+                    return await send(address)
                 except NotSent as exc:
                     remaining = deadline - loop.time()
                     if self.holds.stopping:
@@ -183,7 +197,7 @@ class Activator:
                     if not refused:
                         refused = True
                         self._refused_by_pod[ref] += 1
-                    log.debug("%s refused the connection (%s); again in %.2f s", url, exc, backoff)
+                    log.debug("%s refused: %s; again in %.2f s", address, exc, backoff)
                     await asyncio.sleep(min(backoff, remaining))
                     backoff = min(backoff * 2, RETRY_MAX_SECONDS)
         finally:
@@ -193,20 +207,25 @@ class Activator:
                     del self._refused_by_pod[ref]
 
     def _unavailable(self, ref: ServingRef, refusal: NotHeld) -> web.Response:
+        headers = {"Retry-After": str(self.settings.retry_after)}
+        message = self.unavailable(ref, refusal, self.settings.hold_seconds)
+        return error_response(503, message, headers)
+
+    def unavailable(self, ref: ServingRef, refusal: NotHeld, held_seconds: float) -> str:
+        """What a request that was not held (or held for `held_seconds`, in vain) is told."""
         if isinstance(refusal, Stopping):
             message = "The activator is stopping"
         elif isinstance(refusal, HeldTooLong):
             message = (
                 f"The serving {ref} is scaled to zero and had no ready pod within "
-                f"{self.settings.hold_seconds:g} s"
+                f"{held_seconds:g} s"
             )
         else:
             message = (
                 f"The serving {ref} is scaled to zero and already holds "
                 f"{self.settings.queue_size} requests while it wakes"
             )
-        headers = {"Retry-After": str(self.settings.retry_after)}
-        return error_response(503, f"{message}; try again", headers)
+        return f"{message}; try again"
 
     def _own(self, path: str) -> web.Response:
         if path == "/healthz":

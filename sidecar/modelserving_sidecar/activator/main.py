@@ -14,8 +14,9 @@ import signal
 
 from aiohttp import web
 
-from modelserving.api import SIDECAR_PORT
+from modelserving.api import SIDECAR_GRPC_PORT, SIDECAR_PORT
 from modelserving_sidecar.activator.app import ACTIVATOR, ActivatorSettings, create_app
+from modelserving_sidecar.activator.grpc_port import GrpcPort
 from modelserving_sidecar.activator.hosts import DEFAULT_CLUSTER_DOMAIN
 from modelserving_sidecar.event_loop import event_loop_factory
 
@@ -51,6 +52,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULTS.pod_port,
         help="the serving pods' sidecar port requests are forwarded to (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=SIDECAR_GRPC_PORT,
+        help="gRPC listen port: the sidecar's, which a serving's Service targets; 0 for none "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--pod-grpc-port",
+        type=int,
+        default=DEFAULTS.pod_grpc_port,
+        help="the serving pods' sidecar gRPC port connections are joined to (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grpc-handoff-seconds",
+        type=float,
+        default=DEFAULTS.grpc_handoff_seconds,
+        help="a gRPC connection joined to a pod is told to leave the activator (a GOAWAY that "
+        "lets its calls finish) this long after, so that its next calls go to the serving's "
+        "pods directly (default %(default)s)",
     )
     parser.add_argument(
         "--queue-size",
@@ -95,7 +117,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_of(args: argparse.Namespace) -> ActivatorSettings:
-    for flag in ("queue_size", "hold_seconds", "wake_interval", "max_request_bytes"):
+    for flag in (
+        "queue_size",
+        "hold_seconds",
+        "wake_interval",
+        "max_request_bytes",
+        "grpc_handoff_seconds",
+    ):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be more than 0")
     if args.retry_after < 0:
@@ -105,6 +133,8 @@ def settings_of(args: argparse.Namespace) -> ActivatorSettings:
         cluster_domain=args.cluster_domain.strip("."),
         kubeconfig=args.kubeconfig,
         pod_port=args.pod_port,
+        pod_grpc_port=args.pod_grpc_port,
+        grpc_handoff_seconds=args.grpc_handoff_seconds,
         queue_size=args.queue_size,
         hold_seconds=args.hold_seconds,
         wake_interval=args.wake_interval,
@@ -123,23 +153,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"modelserving activator: {exc}", flush=True)
         return 2
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(_serve(settings, args.host, args.port, args.shutdown_timeout))
+        runner.run(_serve(settings, args.host, (args.port, args.grpc_port), args.shutdown_timeout))
     return 0
 
 
-async def _serve(settings: ActivatorSettings, host: str, port: int, shutdown: float) -> None:
+async def _serve(
+    settings: ActivatorSettings, host: str, ports: tuple[int, int], shutdown: float
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    port, grpc_port = ports
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown)
     await runner.setup()
+    grpc: GrpcPort | None = None
+    grpc_server: asyncio.Server | None = None
+    log = logging.getLogger(__name__)
     try:
         await web.TCPSite(runner, host, port).start()
-        logging.getLogger(__name__).info("activator listening on %s:%s", host, port)
+        log.info("activator listening on %s:%s", host, port)
+        if grpc_port:
+            grpc = GrpcPort(app[ACTIVATOR])
+            grpc_server = await asyncio.start_server(grpc.connection, host, grpc_port)
+            log.info("activator's gRPC port: %s:%s", host, grpc_port)
         await stop.wait()
         # Held requests are answered first: cleanup would wait for them as requests in flight.
         app[ACTIVATOR].stop()
+        if grpc_server is not None and grpc is not None:
+            grpc_server.close()
+            grpc.stop()
     finally:
         await runner.cleanup()
+        if grpc is not None:
+            await grpc.closed(shutdown)

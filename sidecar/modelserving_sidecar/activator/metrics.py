@@ -22,8 +22,9 @@ REFUSALS = (
     "queue_full",  # 503: the serving's hold queue was full
     "held_too_long",  # 503: no usable pod before the request's deadline
     "stopping",  # 503: the activator stopped while it was held
-    "too_large",  # 413: a body over --max-request-bytes
+    "too_large",  # 413: a body over --max-request-bytes (gRPC: over 1 MiB sent while held)
     "pod_failed",  # 502: the pod took the request and gave no answer
+    "not_grpc",  # gRPC port: a connection that sent no gRPC call the activator can read
 )
 
 
