@@ -276,7 +276,10 @@ async def reconcile(
     children = others
     applied = await _children(rec, serving, spec, model_id, children)
     _post_changes(serving, applied.done, model_id if assigned else None)
-    await _endpoints(rec, spec, slices, pods)
+    taken = await _endpoints(rec, spec, slices, pods)
+    if taken is not None and applied.failure is None:
+        # Told as the other children's names are: a Conflict, Ready False (no endpoints).
+        applied = replace(applied, failure=_taken_failure(spec, [taken]))
     observed = await _observe(rec, serving, spec, applied, pods, from_serving_event)
     wait = await _write_status(rec, serving, spec, model_id, observed)
     return _again(rec, spec, applied, observed, wait)
@@ -305,22 +308,25 @@ async def _endpoints(
     spec: ServingSpec,
     slices: Iterable[CachedObject],
     pods: Sequence[Mapping[str, Any]],
-) -> None:
+) -> Mapping[str, Any] | None:
     """The EndpointSlice of a serving that may go to zero: its ready pods, or while none is,
     the activator's (autoscaler/endpoints); made (POST) when there is none, applied when it
     says otherwise, deleted when the serving no longer may go to zero (the EndpointSlice
     controller follows the Service's selector again). One of the serving's name that is not
-    its own, in the cache or not, is never written: a POST does not take an object over."""
+    its own, in the cache or not, is never written (a POST does not take an object over): it
+    is returned, for the status to tell."""
     cached = next((c for c in slices if c.name == spec.name), None)
     live = cached.parsed() if cached is not None else None
     if live is not None and not owned_by(live, spec):
-        log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
-        return
+        if spec.autoscaling.to_zero:
+            log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
+            return live
+        return None  # not the serving's, nor needed by it
     if not spec.autoscaling.to_zero:
         if live is not None:
             await rec.kube.delete("EndpointSlice", spec.name, spec.namespace)
             rec.writes += 1
-        return
+        return None
     endpoints = pod_endpoints(spec.namespace, pods) or list(rec.activator.endpoints)
     wanted = render_endpoint_slice(spec, endpoints)
     if live is None:
@@ -330,12 +336,13 @@ async def _endpoints(
             if exc.status != 409:
                 raise
             log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
-            return
+            return wanted  # of its name, and not in the cache: not the serving's
     elif covers(live, wanted):
-        return
+        return None
     else:
         await rec.kube.apply(wanted)
     rec.writes += 1
+    return None
 
 
 _FOREIGN_SLICE = (

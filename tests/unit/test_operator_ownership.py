@@ -163,10 +163,15 @@ async def test_an_endpoint_slice_of_the_servings_name_not_its_own_is_never_taken
     theirs = someone_elses("EndpointSlice", "mnist", uid="not-the-serving")
     server = ApiServer({("EndpointSlice", "mnist"): theirs})
     rec.kube = cast(KubeClient, server)
-    await _endpoints(rec, spec, [], pods)
+    taken = await _endpoints(rec, spec, [], pods)
     # Then the create is refused (409) and nothing else is tried
     assert server.objects[("EndpointSlice", "mnist")] == theirs
     assert server.writes == []
+    # And the status is to say Conflict, naming it and what to do
+    assert taken is not None
+    failure = reconcile._taken_failure(spec, [taken])
+    assert failure.reason == CONFLICT
+    assert failure.message.startswith("EndpointSlice mnist already exists and is not")
 
     # Given one in the cache (it carries the serving's labels) that names another owner
     cached = CachedObject.of(
@@ -175,11 +180,15 @@ async def test_an_endpoint_slice_of_the_servings_name_not_its_own_is_never_taken
     )
     server = ApiServer({})
     rec.kube = cast(KubeClient, server)
-    await _endpoints(rec, spec, [cached], pods)
+    taken = await _endpoints(rec, spec, [cached], pods)
     assert server.writes == []  # neither applied nor deleted
+    assert taken is not None and taken["metadata"]["name"] == "mnist"
+    # Nor deleted when the serving no longer may go to zero, and then no Conflict: not needed
+    up = ServingSpec.from_body(mnist_body())
+    assert await _endpoints(rec, up, [cached], pods) is None and server.writes == []
 
     # And with none, the serving's own is made, naming its ready pod
-    await _endpoints(rec, spec, [], pods)
+    assert await _endpoints(rec, spec, [], pods) is None
     assert server.writes == [("create", ("EndpointSlice", "mnist"))]
     made = server.objects[("EndpointSlice", "mnist")]
     assert [e["addresses"] for e in made["endpoints"]] == [["10.0.0.5"]]
