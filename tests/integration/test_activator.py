@@ -15,6 +15,7 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -27,6 +28,7 @@ from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import KEY_REQUIRED, hash_api_key
+from tests.integration.test_sidecar_tracing import all_spans_of, parent_of, tags
 from tests.support.activator_process import ActivatorProcess, running_activator
 from tests.support.ports import free_port
 from tests.support.process_node import ProcessNode
@@ -123,11 +125,11 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 @contextlib.asynccontextmanager
 async def pod_containers(
-    tmp_path: Path, namespace: str, address: str, grpc_port: int = 0
+    tmp_path: Path, namespace: str, address: str, grpc_port: int = 0, **sidecar: Any
 ) -> AsyncIterator[None]:
     """The pod's containers as processes at its address: the stand-in, and the real sidecar on
     the sidecar's port there, with the serving's API key (and TF Serving's gRPC API on
-    `grpc_port`, when one is given)."""
+    `grpc_port`, when one is given; `sidecar`: more of its config)."""
     keys = tmp_path / "apikeys"
     keys.mkdir()
     (keys / "caller").write_text(hash_api_key(KEY))
@@ -141,6 +143,7 @@ async def pod_containers(
             "model": {"name": MODEL, "version": 1, "modelId": 17},
             "upstream": {"url": upstream},
             "auth": {"mode": "apiKey", "apiKeysDir": str(keys)},
+            **sidecar,
         }
         if grpc_port:
             config["grpc"] = {"port": grpc_port, "upstream": grpc_upstream}
@@ -150,7 +153,7 @@ async def pod_containers(
 
 @contextlib.asynccontextmanager
 async def serve_when_woken(
-    kube_client, namespace: str, tmp_path: Path, grpc_port: int = 0
+    kube_client, namespace: str, tmp_path: Path, grpc_port: int = 0, **sidecar: Any
 ) -> AsyncIterator[str]:
     """Wait for the wake (scale 1) and the pod Ready at an address this machine serves; then run
     its containers there until closed. Yields the pod's address."""
@@ -164,7 +167,7 @@ async def serve_when_woken(
 
     await wait_for_async(scaled, 30, "the Deployment scaled to 1")
     address = await wait_for_async(ready, 30, "the pod Ready with an address")
-    async with pod_containers(tmp_path, namespace, address, grpc_port):
+    async with pod_containers(tmp_path, namespace, address, grpc_port, **sidecar):
         yield address
 
 
@@ -207,6 +210,55 @@ async def test_a_request_at_zero_wakes_the_serving_and_the_model_answers_it(
                 200,
                 {"predictions": [4.0]},
             )
+
+
+async def test_a_sampled_request_at_zero_has_the_activators_spans_in_its_trace(
+    local_env,
+    activator_kubeconfig,
+    kube_client,
+    crds,
+    namespace,
+    process_node: ProcessNode,
+    tmp_path,
+    http,
+    jaeger,
+):
+    at_zero(kube_client, namespace, process_node.placement())
+    flags = ("--tracing-endpoint", jaeger.otlp_http)
+    tracing = {"tracing": {"endpoint": jaeger.otlp_http}}
+    async with running_activator(tmp_path, activator_kubeconfig, namespace, *flags) as activator:
+        request = asyncio.create_task(predict(http, activator, namespace, x=2.0))
+        async with serve_when_woken(kube_client, namespace, tmp_path, **tracing):
+            status, _, headers = await asyncio.wait_for(request, 60)
+            assert status == 200
+    # The caller's trace: the activator's server span (the caller's child), its call to the
+    # pod, and the pod's sidecar's span as that call's child.
+    trace_id = TRACEPARENT.split("-")[1]
+    await all_spans_of(http, jaeger, trace_id, 5)
+    async with http.get(f"{jaeger.query_url}/api/traces/{trace_id}") as resp:
+        (found,) = (await resp.json())["data"]
+    by_service: dict[str, list[dict]] = {}
+    for span in found["spans"]:
+        service = found["processes"][span["processID"]]["serviceName"]
+        by_service.setdefault(service, []).append(span)
+    (server,) = [s for s in by_service["modelserving-activator"] if s["operationName"] != "POST"]
+    assert server["operationName"] == "POST activator"
+    assert parent_of(server) == TRACEPARENT.split("-")[2]
+    assert tags(server)["modelserving.serving"] == f"{namespace}/{SERVING}"
+    assert tags(server)["http.response.status_code"] == 200
+    # It was held: for the wake, the pod's start and its sidecar's.
+    assert tags(server)["modelserving.activator.held_seconds"] > 0
+    # Its tries at the pod (one refused while the sidecar was starting, maybe): the one that
+    # was answered is the parent of the sidecar's span.
+    tries = {s["spanID"]: s for s in by_service["modelserving-activator"] if s is not server}
+    assert tries and all(parent_of(t) == server["spanID"] for t in tries.values())
+    sidecar_server = next(
+        s for s in by_service["modelserving-sidecar"] if tags(s).get("span.kind") == "server"
+    )
+    answered = tries[parent_of(sidecar_server)]
+    assert tags(answered)["http.response.status_code"] == 200
+    # The answer names the sidecar's span, in the caller's trace.
+    assert headers["traceparent"].split("-")[1] == trace_id
 
 
 def grpc_predict(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from opentelemetry.sdk.trace import Span
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from yarl import URL
 
 from modelserving.api import SIDECAR_GRPC_PORT, SIDECAR_PORT
 from modelserving.kube_access import ApiServer, from_environment
@@ -40,9 +45,17 @@ from modelserving_sidecar.activator.pods import SERVING_PODS, ReadyPods
 from modelserving_sidecar.activator.proxy import Answer, NotSent, forward, pod_session, pod_url
 from modelserving_sidecar.activator.wake import WakeLimiter, Waker
 from modelserving_sidecar.errors import JSON, error_body, error_response
+from modelserving_sidecar.tracing.context import (
+    TRACEPARENT,
+    TRACESTATE,
+    continued,
+    passed_on_state,
+)
+from modelserving_sidecar.tracing.spans import Tracing, end_failed, traceparent_of_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SERVICE_NAME = "modelserving-activator"
 
 # A pod marked ready whose port refuses: tried again after this long, doubling up to the max,
 # until the request's deadline.
@@ -51,6 +64,9 @@ RETRY_MAX_SECONDS = 0.5
 # How many connections to pods at once, all servings together.
 POD_CONNECTIONS = 1000
 _OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The activator's span attributes, beside HTTP's semantic conventions.
+SERVING_ATTRIBUTE = "modelserving.serving"  # namespace/name
+HELD_SECONDS = "modelserving.activator.held_seconds"  # from arrival to the send to a pod
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class ActivatorSettings:
     wake_interval: float = 5.0
     retry_after: int = 5
     max_request_bytes: int = 10 * 1024 * 1024
+    tracing_endpoint: str = ""  # "": the OTEL_EXPORTER_OTLP_* variables', else no spans
+    tracing_ratio: float = 0.0  # of the requests that come without a trace context
 
 
 class Activator:
@@ -91,6 +109,7 @@ class Activator:
         )
         self.listed = (asyncio.Event(), asyncio.Event())  # servings, pods
         self.session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None
         # Requests whose pod refused the connection (ready, its port not open yet), per serving.
         self._refused_by_pod: Counter[ServingRef] = Counter()
 
@@ -134,9 +153,45 @@ class Activator:
         if isinstance(found, Shared):
             self.metrics.refused("shared_host")
             return error_response(404, found.message())
-        return await self._for_serving(request, found)
+        span = self._server_span(request, found.ref)
+        if span is None:
+            return await self._for_serving(request, found, None)
+        try:
+            response = await self._for_serving(request, found, span)
+        except BaseException as exc:
+            end_failed(span, type(exc).__name__)
+            raise
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            end_failed(span, str(response.status))
+        else:
+            span.end()
+        return response
 
-    async def _for_serving(self, request: web.Request, serving: Serving) -> web.StreamResponse:
+    def _server_span(self, request: web.Request, ref: ServingRef) -> Span | None:
+        """The request's span when it is sampled (the caller's sampled trace continued, or
+        `--tracing-ratio` of those without one), else None: no span, the trace context passed
+        on as it came."""
+        tracing = self.tracing
+        if tracing is None:
+            return None
+        parent = continued(request.headers.get(TRACEPARENT))
+        if not tracing.wants(parent):
+            return None
+        attributes = {
+            "http.request.method": request.method,
+            "url.path": request.path,
+            "server.address": request.headers.get(hdrs.HOST, ""),
+            SERVING_ATTRIBUTE: str(ref),
+        }
+        state = passed_on_state(request.headers.get(TRACESTATE))
+        return tracing.server_span(
+            f"{request.method} activator", SpanKind.SERVER, parent, state, attributes
+        )
+
+    async def _for_serving(
+        self, request: web.Request, serving: Serving, span: Span | None
+    ) -> web.StreamResponse:
         ref = serving.ref
         refusal = missing_credential(serving, request.headers.get(hdrs.AUTHORIZATION))
         if refusal is not None:
@@ -149,7 +204,7 @@ class Activator:
             limit = self.settings.max_request_bytes
             return error_response(413, f"The request body is larger than {limit} bytes")
         try:
-            answer = await self._to_a_pod(ref, request, body)
+            answer = await self._to_a_pod(ref, request, body, span)
         except NotHeld as exc:
             self.metrics.refused(exc.reason, ref)
             return self._unavailable(ref, exc)
@@ -160,15 +215,54 @@ class Activator:
         self.metrics.forwarded(ref)
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
-    async def _to_a_pod(self, ref: ServingRef, request: web.Request, body: bytes) -> Answer:
+    async def _to_a_pod(
+        self, ref: ServingRef, request: web.Request, body: bytes, span: Span | None
+    ) -> Answer:
         assert self.session is not None
-        session = self.session
+        session, tracing, port = self.session, self.tracing, self.settings.pod_port
 
         def send(address: str) -> Awaitable[Answer]:
-            url = pod_url(address, self.settings.pod_port, request.raw_path)
-            return forward(session, url, request.method, request.headers, body)
+            url = pod_url(address, port, request.raw_path)
+            if span is None or tracing is None:
+                return forward(session, url, request.method, request.headers, body)
+            return self._traced_send(tracing, span, session, url, address, request, body)
 
         return await self.to_a_pod(ref, send, self.settings.hold_seconds)
+
+    async def _traced_send(
+        self,
+        tracing: Tracing,
+        span: Span,
+        session: aiohttp.ClientSession,
+        url: URL,
+        address: str,
+        request: web.Request,
+        body: bytes,
+    ) -> Answer:
+        """One try at the pod, as a client span whose context the pod's sidecar receives (its
+        span is this one's child); how long the request was held before it is on the server
+        span."""
+        start = span.start_time or 0
+        span.set_attribute(HELD_SECONDS, round((time.time_ns() - start) / 1e9, 6))
+        attributes = {
+            "http.request.method": request.method,
+            "server.address": address,
+            "server.port": self.settings.pod_port,
+        }
+        attempt = tracing.child(span, request.method, SpanKind.CLIENT, attributes)
+        headers = CIMultiDict(request.headers)
+        headers[TRACEPARENT] = traceparent_of_span(attempt)
+        try:
+            answer = await forward(session, url, request.method, headers, body)
+        except NotSent:
+            end_failed(attempt, "connection_refused")
+            raise
+        except BaseException as exc:
+            end_failed(attempt, type(exc).__name__)
+            raise
+        attempt.set_attribute("http.response.status_code", answer.status)
+        attempt.end()
+        return answer
 
     async def to_a_pod(
         self, ref: ServingRef, send: Callable[[str], Awaitable[T]], hold_seconds: float
@@ -276,9 +370,20 @@ def create_app(
             timeout=aiohttp.ClientTimeout(total=30),
         )
         cluster = Cluster(api_session, server)
-        activator = Activator(settings, cluster, registry or CollectorRegistry())
+        metrics_registry = registry or CollectorRegistry()
+        activator = Activator(settings, cluster, metrics_registry)
         activator.session = pod_session(POD_CONNECTIONS)
         app[ACTIVATOR] = activator
+        exits = contextlib.AsyncExitStack()
+        activator.tracing = await exits.enter_async_context(
+            Tracing.exporting(
+                settings.tracing_endpoint,
+                settings.tracing_ratio,
+                metrics_registry,
+                {"service.name": SERVICE_NAME},
+                "activator",
+            )
+        )
         kept = [
             watches.Collection(
                 "ModelServings",
@@ -316,6 +421,7 @@ def create_app(
             await activator.waker.close()
             await activator.session.close()
             await api_session.close()
+            await exits.aclose()
 
     app.cleanup_ctx.append(running)
     return app

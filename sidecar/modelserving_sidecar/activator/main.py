@@ -108,6 +108,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s, the sidecar's own default)",
     )
     parser.add_argument(
+        "--tracing-endpoint",
+        default="",
+        help="the OTLP/HTTP traces URL spans of sampled requests go to (default: the "
+        "OTEL_EXPORTER_OTLP_* variables' collector, else no spans)",
+    )
+    parser.add_argument(
+        "--tracing-ratio",
+        type=float,
+        default=DEFAULTS.tracing_ratio,
+        help="of the requests that come without a trace context, the share that starts one; a "
+        "caller's sampled trace is always continued (default %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=20.0,
@@ -128,6 +141,8 @@ def settings_of(args: argparse.Namespace) -> ActivatorSettings:
             raise ValueError(f"--{flag.replace('_', '-')} must be more than 0")
     if args.retry_after < 0:
         raise ValueError("--retry-after must be 0 or more")
+    if not 0 <= args.tracing_ratio <= 1:
+        raise ValueError("--tracing-ratio must be from 0 to 1")
     return ActivatorSettings(
         namespace=args.namespace,
         cluster_domain=args.cluster_domain.strip("."),
@@ -140,6 +155,8 @@ def settings_of(args: argparse.Namespace) -> ActivatorSettings:
         wake_interval=args.wake_interval,
         retry_after=args.retry_after,
         max_request_bytes=args.max_request_bytes,
+        tracing_endpoint=args.tracing_endpoint,
+        tracing_ratio=args.tracing_ratio,
     )
 
 

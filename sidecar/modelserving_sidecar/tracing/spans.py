@@ -61,11 +61,13 @@ LOG_DURABILITY = "modelserving.log.durability"  # the inference log's span: spoo
 
 class DroppedSpans:
     """Spans that never reached the collector, by reason; each count is written by one thread
-    only (the queue's by the event loop, the export's by the exporter's thread)."""
+    only (the queue's by the event loop, the export's by the exporter's thread). `component`
+    names the metric: the sidecar's, the activator's or the operator's."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, component: str = "sidecar") -> None:
         self.queue_full = 0
         self.export_failed = 0
+        self.name = f"modelserving_{component}_trace_spans_dropped"
         registry.register(self)
 
     def describe(self) -> Iterator[Metric]:
@@ -73,7 +75,7 @@ class DroppedSpans:
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
-            "modelserving_sidecar_trace_spans_dropped",
+            self.name,
             "Spans of sampled calls that were not exported, by reason: queue_full (the "
             "exporter's queue was full), export_failed (the collector refused them or could not "
             "be reached in time).",
@@ -118,9 +120,9 @@ class CountingExporter(SpanExporter):
                 log.warning(
                     "traces: the collector at %s does not take the spans (down, or refusing "
                     "them); they are dropped and counted in "
-                    'modelserving_sidecar_trace_spans_dropped_total{reason="export_failed"}; '
-                    "calls are not affected",
+                    '%s_total{reason="export_failed"}; calls are not affected',
                     self._endpoint,
+                    self._dropped.name,
                 )
         elif self._failing:
             self._failing = False
@@ -162,11 +164,17 @@ class BoundedSpanProcessor(BatchSpanProcessor):
 class Tracing:
     """The sampling decision and the spans of sampled calls."""
 
-    def __init__(self, provider: TracerProvider, ratio: float, dropped: DroppedSpans) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        ratio: float,
+        dropped: DroppedSpans,
+        scope: str = "modelserving_sidecar",
+    ) -> None:
         self.provider = provider
         self.ratio = ratio
         self.dropped = dropped
-        self._tracer = provider.get_tracer("modelserving_sidecar")
+        self._tracer = provider.get_tracer(scope)
         self._random = random.random
 
     def wants(self, parent: str | None) -> bool:
@@ -201,45 +209,56 @@ class Tracing:
         return self._tracer.start_span(name, context, kind, attributes)  # type: ignore[return-value]
 
     @classmethod
-    @contextlib.asynccontextmanager
-    async def running(
+    def running(
         cls,
         config: SidecarConfig,
         registry: CollectorRegistry,
         max_queued: int = MAX_QUEUED_SPANS,
+    ) -> contextlib.AbstractAsyncContextManager[Tracing | None]:
+        """The sidecar's tracing for the app's lifetime (`exporting`), to its spec's
+        collector at its ratio."""
+        resource = {
+            "service.name": SERVICE_NAME,
+            "service.namespace": config.serving.namespace,
+            "modelserving.serving": config.serving.name,
+        }
+        return cls.exporting(
+            config.tracing.endpoint, config.tracing.ratio, registry, resource, "sidecar", max_queued
+        )
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def exporting(
+        cls,
+        endpoint: str,
+        ratio: float,
+        registry: CollectorRegistry,
+        resource: dict[str, Any],
+        component: str,
+        max_queued: int = MAX_QUEUED_SPANS,
     ) -> AsyncIterator[Tracing | None]:
-        """Tracing for the app's lifetime, or None when no collector is named (then calls carry
-        their trace context and nothing more). Spans still queued are sent at the end, for
-        `_SHUTDOWN_SECONDS` at most."""
-        settings = config.tracing
-        if not settings.endpoint and not any(os.environ.get(v) for v in ENDPOINT_VARIABLES):
+        """Tracing while open, or None when no collector is named (`endpoint`, else the
+        standard variables; then calls carry their trace context and nothing more). Spans
+        still queued are sent at the end, for `_SHUTDOWN_SECONDS` at most. `resource` says
+        whose spans they are; `component` (sidecar, activator, operator) names the dropped
+        spans' metric and the tracer's scope."""
+        if not endpoint and not any(os.environ.get(v) for v in ENDPOINT_VARIABLES):
             yield None
             return
         # Imported here: the exporter loads protobuf, which a sidecar that traces nothing (or has
         # no gRPC port) does without.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        dropped = DroppedSpans(registry)
-        exporter = OTLPSpanExporter(
-            endpoint=settings.endpoint or None, timeout=EXPORT_TIMEOUT_SECONDS
-        )
+        dropped = DroppedSpans(registry, component)
+        exporter = OTLPSpanExporter(endpoint=endpoint or None, timeout=EXPORT_TIMEOUT_SECONDS)
         # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read here, over these.
-        resource = Resource.create(
-            {
-                "service.name": SERVICE_NAME,
-                "service.namespace": config.serving.namespace,
-                "modelserving.serving": config.serving.name,
-            }
-        )
         # Every span the SDK is asked for is wanted: the decision was made before (`wants`).
-        provider = TracerProvider(sampler=ALWAYS_ON, resource=resource)
+        provider = TracerProvider(sampler=ALWAYS_ON, resource=Resource.create(resource))
         provider.add_span_processor(
-            BoundedSpanProcessor(
-                CountingExporter(exporter, dropped, settings.endpoint), dropped, max_queued
-            )
+            BoundedSpanProcessor(CountingExporter(exporter, dropped, endpoint), dropped, max_queued)
         )
         try:
-            yield cls(provider, settings.ratio, dropped)
+            yield cls(provider, ratio, dropped, f"modelserving_{component}")
         finally:
             await asyncio.to_thread(_shut_down, provider)
 
