@@ -11,6 +11,7 @@ finalizers, no progress annotations).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +19,10 @@ from typing import Any
 
 import kopf
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from modelserving import api
+from modelserving_operator import reconcile_trace
 from modelserving_operator.autoscaler.activator_endpoints import follow_activator_forever
 from modelserving_operator.autoscaler.loop import Autoscaler
 from modelserving_operator.caches import (
@@ -47,7 +50,7 @@ from modelserving_operator.pod_env.sources import env_sources
 from modelserving_operator.reconcile import Reconciler, reconcile_cached
 from modelserving_operator.render.network import SLICE_MANAGED_BY, SLICE_MANAGED_BY_LABEL
 from modelserving_operator.runtime.cached import CachedObject
-from modelserving_operator.runtime.controller import Controller
+from modelserving_operator.runtime.controller import Controller, Outcome
 from modelserving_operator.runtime.kopf_internals import (
     NoDiffBase,
     RetryForever,
@@ -60,6 +63,7 @@ from modelserving_operator.runtime.peering import peering_priority
 from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
+from modelserving_sidecar.tracing.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +114,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     memo.caches = caches = WatchCaches()
     memo.reconciler = rec = _reconciler(ours, caches, lambda key: _remark(memo, key))
+    memo.registry = registry = registry_of(rec.metrics)
+    memo.exits = contextlib.AsyncExitStack()
+    tracing = await memo.exits.enter_async_context(
+        Tracing.exporting(
+            ours.tracing_endpoint,
+            ours.reconcile_trace_ratio,
+            registry,
+            {"service.name": reconcile_trace.SERVICE_NAME},
+            "operator",
+        )
+    )
+
+    async def reconcile_one(key: Key, serving_event: bool) -> Outcome:
+        return await reconcile_cached(rec, caches, key, serving_event)
+
     memo.controller = Controller(
-        lambda key, serving_event: reconcile_cached(rec, caches, key, serving_event),
+        reconcile_one
+        if tracing is None
+        else reconcile_trace.traced(reconcile_one, tracing, lambda: rec.writes),
         workers=ours.worker_limit,
         retry_seconds=ours.retry_seconds,
         metrics=rec.metrics,
@@ -122,7 +143,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     watched = WatchedObjects(WATCHED_PLURALS, with_spec=(api.PLURAL,))
     wrap_watch_streams(rec.metrics.watches, watched)
     if ours.metrics_port:
-        memo.metrics_server = await _serve_metrics(rec, memo.controller, caches)
+        memo.metrics_server = await _serve_metrics(rec, memo.controller, caches, registry)
 
 
 def _remark(memo: kopf.Memo, key: Key) -> None:
@@ -156,7 +177,7 @@ def _reconciler(
 
 
 async def _serve_metrics(
-    rec: Reconciler, controller: Controller, caches: WatchCaches
+    rec: Reconciler, controller: Controller, caches: WatchCaches, registry: CollectorRegistry
 ) -> web.AppRunner:
     """The operator's /metrics, read from the work queue and the servings' cache when scraped."""
 
@@ -166,7 +187,6 @@ async def _serve_metrics(
 
     rec.metrics.observe(queue, caches.servings)
     controller.queue.on_wait = rec.metrics.waited
-    registry = registry_of(rec.metrics)
     return await serve_metrics(registry, rec.settings.metrics_port, rec.settings.metrics_path)
 
 
@@ -178,6 +198,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await rec.kube.close()
     if server := getattr(memo, "metrics_server", None):
         await server.cleanup()
+    if exits := getattr(memo, "exits", None):
+        await exits.aclose()  # the spans still queued are sent
 
 
 # The index functions are coroutines: kopf runs plain functions in a thread pool, a hop per event

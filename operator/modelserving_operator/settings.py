@@ -114,6 +114,9 @@ class OperatorSettings:
     # The collector (OTLP/HTTP traces URL) of servings whose spec.tracing names none; empty,
     # their sidecars send no spans (and still carry the W3C trace context).
     tracing_endpoint: str = ""
+    # Of the operator's own reconciles, the share that is traced (its spans go to the
+    # collector above, or the OTEL_EXPORTER_OTLP_* variables'; none is named: no spans).
+    reconcile_trace_ratio: float = 1.0
     # The activator's Service ("NAME" in the operator's namespace, or "NAMESPACE/NAME"): where
     # the endpoints of a serving at zero point, so that its first request is held and wakes it.
     # Empty: no activator, and a serving at zero refuses requests until scaled up by hand.
@@ -545,6 +548,13 @@ SETTINGS: dict[str, tuple[str, str, Callable[[Any], Any], str]] = {
         _traces_url,
         "the OTLP/HTTP traces URL (http://collector:4318/v1/traces) the sidecars of servings "
         "whose spec.tracing names none send their sampled calls' spans to; empty: no spans",
+    ),
+    "reconcile_trace_ratio": (
+        "--reconcile-trace-ratio",
+        "MODELSERVING_RECONCILE_TRACE_RATIO",
+        _rate,
+        "of the operator's reconciles, the share that gets a span (to the --tracing-endpoint "
+        "collector, else the OTEL_EXPORTER_OTLP_* variables'; none: no spans), from 0 to 1",
     ),
     "activator_service": (
         "--activator-service",

@@ -1,0 +1,56 @@
+"""The operator's own spans, through the real API server, operator and Jaeger: with a collector
+named, each reconcile of a serving is a span of its own trace that names the serving, what
+marked it and the writes it made; the first, from the serving's creation, made its children."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from modelserving import api
+from tests.support.servings import is_ready, serving_manifest
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def operator_flags(jaeger) -> list[str]:
+    return ["--tracing-endpoint", jaeger.otlp_http]
+
+
+def reconcile_spans(jaeger, serving: str) -> list[dict]:
+    """The operator's reconcile spans Jaeger holds for `serving` (namespace/name)."""
+    found = requests.get(
+        f"{jaeger.query_url}/api/traces",
+        params={"service": "modelserving-operator", "operation": "reconcile", "limit": 1000},
+        timeout=10,
+    )
+    assert found.status_code == 200, found.text
+    spans = [span for trace in found.json()["data"] for span in trace["spans"]]
+    return [s for s in spans if tags(s).get("modelserving.serving") == serving]
+
+
+def tags(span: dict) -> dict:
+    return {tag["key"]: tag["value"] for tag in span["tags"]}
+
+
+def test_each_reconcile_is_a_span_naming_the_serving_and_its_writes(
+    operator, crds, namespace, jaeger
+):
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
+    )
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+
+    spans = wait_for(
+        lambda: reconcile_spans(jaeger, f"{namespace}/mnist"),
+        timeout=30,
+        what="the reconcile spans in Jaeger",
+    )
+    for span in spans:  # each its own trace: no reconcile was asked for with a context
+        assert span["references"] == []
+        assert tags(span)["k8s.namespace.name"] == namespace
+        assert tags(span)["modelserving.reconcile.outcome"] in ("done", "again", "retry")
+    # The first, from the serving's own event, made its children (and its modelId).
+    first = min(spans, key=lambda span: span["startTime"])
+    assert tags(first)["modelserving.reconcile.trigger"] == "serving"
+    assert tags(first)["modelserving.reconcile.writes"] >= 5
