@@ -15,6 +15,9 @@ from typing import Any
 
 import aiohttp
 import grpc
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from modelserving.inferencelog.query import InferenceLogQuery
 from modelserving.inferencelog.reader import read_inference_log
@@ -42,6 +45,8 @@ from tests.support.tfserving_standin import (
 )
 from tests.support.tfserving_standin_grpc import running_grpc_standin
 from tests.support.waiting import wait_for_async
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 MODEL = "half_plus_two"
 KEY = "tracing-test-key"
@@ -265,7 +270,7 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(
             tracing={"endpoint": jaeger.otlp_http},
         )
         async with (
-            running_sidecar(tmp_path, config, None),
+            running_sidecar(tmp_path, config, None) as sidecar,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             metadata = (
@@ -285,6 +290,8 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(
             await quiet
             started = dict(await quiet.initial_metadata())["traceparent"]
             spans = await all_spans_of(http, jaeger, trace_id, 3)
+            async with http.get(f"{sidecar.url}/metrics", headers={"Accept": OPENMETRICS}) as resp:
+                exposition = await resp.text()
 
     method = "tensorflow.serving.PredictionService/Predict"
     by_kind = {tags(span)["span.kind"]: span for span in spans if span["operationName"] == method}
@@ -310,6 +317,14 @@ async def test_over_grpc_the_trace_context_goes_through_metadata(
     assert (headers[HEADER_TRACEPARENT], headers[HEADER_TRACESTATE]) == (answered, "rojo=1")
     # A call with no trace context: one started, not sampled, sent on as the answer says.
     assert second == started and continued(started) == started and not is_sampled(started)
+    # The sampled call's latency bucket names its server span, as a REST call's does.
+    exemplars = [
+        sample.exemplar.labels
+        for family in openmetrics_families(exposition)
+        for sample in family.samples
+        if sample.exemplar is not None and sample.labels.get("route") == "grpc_predict"
+    ]
+    assert exemplars == [{"trace_id": trace_id, "span_id": server_span["spanID"]}]
 
 
 async def test_a_kubernetes_tokens_first_check_is_a_token_review_and_its_second_the_cache(

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 from opentelemetry.sdk.trace import Span
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from modelserving.tfserving.serving_apis_pb2 import InferenceTask, ModelSpec
 from modelserving_sidecar.app import (
@@ -276,11 +276,10 @@ class GrpcGateway:
                 raise SidecarError(503, LOG_FULL)
         except (SidecarError, _Refused) as exc:
             code = exc.code if isinstance(exc, _Refused) else REFUSALS.get(exc.status, _FAILED)
-            self.metrics.request_done(
-                method.label, HTTP_STATUS[code], time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            self.metrics.request_done(method.label, HTTP_STATUS[code], seconds)
             if call.span is not None:
-                self.span_done(call, code)
+                self.span_done(call, code, method, seconds)
             await context.abort(code, exc.message)
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(remaining, self.timeout)
@@ -330,9 +329,10 @@ class GrpcGateway:
                 call.traceparent,
                 method.name,
             )
-        self.metrics.request_done(method.label, status, time.perf_counter() - started, served)
+        seconds = time.perf_counter() - started
+        self.metrics.request_done(method.label, status, seconds, served)
         if call.span is not None:
-            self.span_done(call, code)
+            self.span_done(call, code, method, seconds)
         if code is not grpc.StatusCode.OK:
             # A failure's metadata goes with its status, in one batch (a trailers-only answer):
             # no batch of its own, and the call is not committed before its status, so that a
@@ -347,9 +347,21 @@ class GrpcGateway:
         await context.send_initial_metadata(answered)
         return answer
 
-    def span_done(self, call: Call, code: grpc.StatusCode) -> None:
+    def span_done(self, call: Call, code: grpc.StatusCode, method: Method, seconds: float) -> None:
+        """End a sampled call's span; its latency's bucket names its trace (the exemplar), as a
+        REST call's does."""
+        span = call.span
+        assert span is not None
+        context = span.get_span_context()
+        self.metrics.latency_exemplar(
+            method.label,
+            seconds,
+            call.served,
+            format_trace_id(context.trace_id),
+            format_span_id(context.span_id),
+        )
         rpc_server_done(
-            call.span,  # type: ignore[arg-type]
+            span,
             code.value[0],
             code.name,
             self.model_name,
