@@ -42,6 +42,8 @@ KEPT_BYTES = 1 << 20
 # How long a connection may take to send its first call.
 FIRST_CALL_SECONDS = 10.0
 READ_SIZE = 1 << 16
+# How long a refused client is given to read the refusal and close.
+LINGER_SECONDS = 5.0
 
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -112,10 +114,13 @@ class GrpcPort:
                     if not data:
                         return
                     opening.feed(data)
-        except (h2.ProtocolError, h2.TooMuch, TimeoutError) as exc:
+        except TimeoutError:  # a client that connected ahead of its calls: it may come again
+            await _leave(reader, writer, h2.goaway(0))
+            return
+        except (h2.ProtocolError, h2.TooMuch) as exc:
             metrics.refused("not_grpc")
-            log.info("a connection to the gRPC port that sent no gRPC call: %r", exc)
-            writer.write(h2.goaway(0, h2.PROTOCOL_ERROR))
+            log.debug("a connection to the gRPC port that sent no gRPC call: %r", exc)
+            await _leave(reader, writer, h2.goaway(0, h2.PROTOCOL_ERROR))
             return
         call = opening.call
         found = self.activator.hosts.lookup(call.authority)
@@ -127,7 +132,7 @@ class GrpcPort:
                 if found is None
                 else found.message()
             )
-            writer.write(h2.refusal(call.stream, NOT_FOUND, message))
+            await _leave(reader, writer, h2.refusal(call.stream, NOT_FOUND, message))
             return
         await self._for_serving(found, opening, reader, writer)
 
@@ -144,7 +149,7 @@ class GrpcPort:
         refusal = missing_credential(serving, call.authorization)
         if refusal is not None:
             metrics.refused("no_credentials", ref)
-            writer.write(h2.refusal(call.stream, UNAUTHENTICATED, refusal.message))
+            await _leave(reader, writer, h2.refusal(call.stream, UNAUTHENTICATED, refusal.message))
             return
         hold = self.settings.hold_seconds
         if call.timeout is not None:
@@ -174,11 +179,11 @@ class GrpcPort:
         if isinstance(read, h2.TooMuch):
             metrics.refused("too_large", ref)
             message = f"The client sent over {KEPT_BYTES} bytes before the serving {ref} had a pod"
-            writer.write(h2.refusal(call.stream, RESOURCE_EXHAUSTED, message))
+            await _leave(reader, writer, h2.refusal(call.stream, RESOURCE_EXHAUSTED, message))
             return
         if isinstance(read, BaseException):
             metrics.refused("not_grpc", ref)
-            writer.write(h2.goaway(0, h2.PROTOCOL_ERROR))
+            await _leave(reader, writer, h2.goaway(0, h2.PROTOCOL_ERROR))
             return
         if read == "left":
             return
@@ -189,7 +194,7 @@ class GrpcPort:
             metrics.refused(error.reason, ref)
             pushback = {"grpc-retry-pushback-ms": str(self.settings.retry_after * 1000)}
             message = activator.unavailable(ref, error, hold)
-            writer.write(h2.refusal(call.stream, UNAVAILABLE, message, pushback))
+            await _leave(reader, writer, h2.refusal(call.stream, UNAVAILABLE, message, pushback))
             return
         pod_reader, pod_writer = pod
         metrics.forwarded(ref)
@@ -236,6 +241,22 @@ class GrpcPort:
         for task in list(self._connections):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _leave(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last_words: bytes
+) -> None:
+    """Send the activator's last frames and the end of its stream, then read what the client
+    still sends until it closes (LINGER_SECONDS at most): a socket closed with bytes unread is
+    reset, and a reset can reach the client before the last frames do."""
+    writer.write(last_words)
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            while await reader.read(READ_SIZE):
+                pass
 
 
 async def _read_on(reader: asyncio.StreamReader, opening: h2.Opening) -> None:
