@@ -49,6 +49,7 @@ from tests.support.chart_account import operator_kubeconfig
 from tests.support.environment import KafkaBroker, LocalEnv, localenv
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
 from tests.support.prometheus import PrometheusServer, Target
+from tests.support.servings import config_file
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
 from tests.support.tfserving_standin import (
     StandInModel,
@@ -126,6 +127,7 @@ class Cluster:
         self.env = env
         self.api = config.new_client_from_config(config_file=env.kubeconfig)
         self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
         self.objects = client.CustomObjectsApi(self.api)
 
     def install_crds(self) -> None:
@@ -166,9 +168,12 @@ class Cluster:
         return serving if done else None
 
     def routing(self) -> dict[str, Any]:
-        """routing.yaml as the operator rendered it into the sidecar's ConfigMap."""
-        data = self.core.read_namespaced_config_map(f"{SERVING}-sidecar", NAMESPACE).data or {}
-        return dict(yaml.safe_load(data["routing.yaml"]))
+        """routing.yaml as the operator rendered it into a ConfigMap the pod template mounts
+        (its versions ConfigMap; the sidecar's own is named by its content)."""
+        rendered = config_file(self.core, self.apps, NAMESPACE, SERVING, "routing.yaml")
+        if rendered is None:
+            raise RuntimeError(f"{SERVING}'s pods mount no routing.yaml")
+        return dict(yaml.safe_load(rendered))
 
 
 async def send(http: aiohttp.ClientSession, base: str, index: int, codes: Counter[int]) -> None:
