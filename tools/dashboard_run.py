@@ -2,8 +2,9 @@
 """A short run of real parts for the chart's dashboard picture (`make dashboard-picture`): the
 parts the monitoring test uses (the local cluster and broker, the real operator under the
 chart's ServiceAccount, the real sidecar process with its inference log on the broker, the TF
-Serving stand-in, Debian's Prometheus scraping the sidecar and the operator every second), a
-serving of two versions, and a few minutes of traffic in phases:
+Serving stand-in, the real activator under the chart's ServiceAccount, Debian's Prometheus
+scraping the sidecar, the operator and the activator every second), a serving of two
+versions, `fraud`, and a few minutes of traffic in phases:
 
 1. steady traffic, 90/10 between version 1 (stable) and 2 (canary): predictions, a few
    regressions, some bad bodies (400) and calls without a key (401);
@@ -13,9 +14,19 @@ serving of two versions, and a few minutes of traffic in phases:
 4. the broker hangs (SIGSTOP) for a while: records wait in the spool, then drain;
 5. steady traffic to the end.
 
-Then tools/dashboard_picture.py draws the dashboard from that Prometheus into
-charts/modelserving/docs/dashboard.svg and .png. Everything it started is stopped; the local
-environment is stopped too unless it was up before.
+Beside them, a serving that scales to zero, `disputes` (tests/support/process_node: its pods
+land on a node whose pod addresses this machine serves, and tests/support/pod_processes runs
+a real sidecar at each Ready pod's address, as its kubelet would). Idle, the operator's
+autoscaler takes it to zero, and its Service's endpoints become the activator's (a pod of
+that node too, the activator bound at its address). At a few moments of the run
+(WAKE_BURSTS) a burst of requests for it reaches the activator: held, they wake it (the
+activator scales its Deployment 0 -> 1) and are forwarded to the new pod's sidecar; a few
+without a key beside them are refused 401 before anything wakes. Idle again, it goes back
+to zero before the next burst.
+
+Then tools/dashboard_picture.py draws the dashboard from that Prometheus (namespace
+`payments`, every serving) into charts/modelserving/docs/dashboard.svg and .png. Everything
+it started is stopped; the local environment is stopped too unless it was up before.
 
     python tools/dashboard_run.py [--seconds 240] [--rate 25] [--out PATH_WITHOUT_SUFFIX]
 """
@@ -45,9 +56,12 @@ from kubernetes import client, config
 
 from modelserving import api
 from modelserving_sidecar.auth.api_keys import hash_api_key
-from tests.support.chart_account import operator_kubeconfig
+from tests.support.activator_process import ActivatorProcess, running_activator
+from tests.support.chart_account import activator_kubeconfig, operator_kubeconfig
 from tests.support.environment import KafkaBroker, LocalEnv, localenv
 from tests.support.operator_process import COUNTER_NAMESPACE, Operator
+from tests.support.pod_processes import serving_pods
+from tests.support.process_node import ProcessNode, delete_process_node, make_process_node
 from tests.support.prometheus import PrometheusServer, Target
 from tests.support.servings import config_file
 from tests.support.sidecar_process import SidecarProcess, running_sidecar
@@ -65,6 +79,11 @@ OUT = REPO / "charts" / "modelserving" / "docs" / "dashboard"
 NAMESPACE, SERVING, MODEL, KEY = "payments", "fraud", "fraud", "dashboard-run-key"
 SCRAPE_SECONDS = 1.0  # tests.support.prometheus's scrape interval
 OPERATOR_JOB = "modelserving-operator"
+# The serving that scales to zero, its model, and the activator's Service (and pod) name.
+IDLE, IDLE_MODEL, ACTIVATOR = "disputes", "disputes", "activator"
+IDLE_AFTER = 10  # its scaleToZeroAfterSeconds: the least the CRD allows, so it sleeps often
+# When a burst reaches it at zero (shares of the run), how many held, how many without a key.
+WAKE_BURSTS, BURST, KEYLESS = (0.08, 0.5, 0.86), 24, 4
 UPSTREAM_TIMEOUT = 1.0  # the sidecar's; the slow canary takes longer
 SLOW_CANARY = 1.5
 # Each version's own time in TF Serving (the stand-in's delay), so the latency panels differ.
@@ -120,6 +139,30 @@ def serving_manifest(topic: str) -> dict[str, Any]:
     }
 
 
+def idle_serving_manifest(node: ProcessNode) -> dict[str, Any]:
+    """`disputes`: one version, no inference log, its pods on the process node, scaled on
+    concurrency down to zero after IDLE_AFTER seconds without a request."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": IDLE},
+        "spec": {
+            "model": {"name": IDLE_MODEL, "version": 1, "basePath": "s3://models/disputes"},
+            "auth": {"mode": "apiKey", "apiKeys": {"secretName": f"{IDLE}-keys"}},
+            "logging": {"enabled": False},
+            "sidecar": {"grpc": {"enabled": False}},
+            "server": node.placement(),
+            "autoscaling": {
+                "enabled": True,
+                "metric": "concurrency",
+                "minReplicas": 0,
+                "maxReplicas": 1,
+                "scaleToZeroAfterSeconds": IDLE_AFTER,
+            },
+        },
+    }
+
+
 class Cluster:
     """The run's objects on the local cluster, through the admin's client."""
 
@@ -166,6 +209,39 @@ class Cluster:
         generation = serving["metadata"]["generation"]
         done = conditions.get("Ready") == "True" and status.get("observedGeneration") == generation
         return serving if done else None
+
+    def replicas(self, name: str) -> int:
+        scale = self.apps.read_namespaced_deployment_scale(name, NAMESPACE)
+        return int(scale.spec.replicas or 0)
+
+    def activator_pod(self, node: ProcessNode) -> str | None:
+        """A pod and a Service named as the activator's, the pod on the process node, where the
+        run binds the real activator (as the chart's activator Deployment and Service are);
+        the pod's address once it has one."""
+        labels = {"app": ACTIVATOR}
+        try:
+            pod = self.core.read_namespaced_pod(f"{ACTIVATOR}-0", NAMESPACE)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_pod(
+                NAMESPACE,
+                {
+                    "metadata": {"name": f"{ACTIVATOR}-0", "labels": labels},
+                    "spec": {
+                        "containers": [{"name": ACTIVATOR, "image": "modelserving"}],
+                        **node.placement(),
+                    },
+                },
+            )
+            port = {"name": "http", "port": api.SIDECAR_PORT}
+            service = {
+                "metadata": {"name": ACTIVATOR},
+                "spec": {"selector": labels, "ports": [port]},
+            }
+            self.core.create_namespaced_service(NAMESPACE, service)
+            return None
+        return str(pod.status.pod_ip) if pod.status.pod_ip else None
 
     def routing(self) -> dict[str, Any]:
         """routing.yaml as the operator rendered it into a ConfigMap the pod template mounts
@@ -225,21 +301,28 @@ async def start_operator(env: LocalEnv, cluster: Cluster, workdir: Path) -> tupl
         operator_kubeconfig, env, COUNTER_NAMESPACE, NAMESPACE, workdir / "operator.kubeconfig"
     )
     port = localenv.free_port()
-    flags = ["--metrics-port", str(port)]
+    # The activator's Service: a serving at zero's endpoints are its pods'.
+    flags = ["--metrics-port", str(port), "--activator-service", f"{NAMESPACE}/{ACTIVATOR}"]
     operator = Operator(env, NAMESPACE, workdir, flags, kubeconfig=kubeconfig)
     operator.start()
     say(f"operator watching {NAMESPACE}, as the chart's ServiceAccount (log: {workdir})")
     return operator, port
 
 
-def sidecar_config(
-    env: LocalEnv, serving: dict[str, Any], upstream: str, workdir: Path
-) -> dict[str, Any]:
-    """The sidecar's settings as the operator would render them for this serving, with folders
-    of the run's own; its API key is KEY."""
+def api_keys(workdir: Path) -> Path:
+    """The folder of API keys both servings' sidecars read (as the operator mounts a serving's
+    key Secret): KEY's hash."""
     keys = workdir / "keys"
     keys.mkdir()
     (keys / "team-a").write_text(hash_api_key(KEY))
+    return keys
+
+
+def sidecar_config(
+    env: LocalEnv, serving: dict[str, Any], upstream: str, workdir: Path, keys: Path
+) -> dict[str, Any]:
+    """The sidecar's settings as the operator would render them for this serving, with folders
+    of the run's own."""
     return {
         "serving": {"name": SERVING, "namespace": NAMESPACE},
         "model": {"name": MODEL, "version": 1, "modelId": serving["status"].get("modelId", 1)},
@@ -254,11 +337,63 @@ def sidecar_config(
     }
 
 
+def idle_pod_config(rendered: str, upstream: str, keys: Path) -> dict[str, Any]:
+    """The sidecar.yaml the operator rendered for `disputes`, with TF Serving the stand-in and
+    the run's keys folder (as the demo runs a pod's containers)."""
+    config = dict(yaml.safe_load(rendered))
+    config["upstream"] = {**config["upstream"], "url": upstream}
+    config["auth"] = {**config["auth"], "apiKeysDir": str(keys)}
+    return config
+
+
+async def start_idle_serving(
+    env: LocalEnv,
+    cluster: Cluster,
+    stack: contextlib.AsyncExitStack,
+    upstream: str,
+    keys: Path,
+    workdir: Path,
+) -> ActivatorProcess:
+    """`disputes` made by the operator, its pods' sidecars run as their kubelet would, and the
+    activator at its pod's address; returns once `disputes` has gone to zero."""
+    node = await asyncio.to_thread(make_process_node, cluster.api, localenv.CLUSTER_NAME)
+    stack.callback(delete_process_node, cluster.api, node)
+    cluster.objects.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, idle_serving_manifest(node)
+    )
+    rendered = await wait_until(
+        lambda: config_file(cluster.core, cluster.apps, NAMESPACE, IDLE, "sidecar.yaml"),
+        60,
+        f"the operator to render {IDLE}'s sidecar.yaml",
+    )
+    pod_config = idle_pod_config(rendered, upstream, keys)
+    await stack.enter_async_context(
+        serving_pods(cluster.core, NAMESPACE, IDLE, workdir / IDLE, lambda pod: pod_config)
+    )
+    address = await wait_until(lambda: cluster.activator_pod(node), 60, "the activator's pod")
+    kubeconfig = await asyncio.to_thread(
+        activator_kubeconfig, env, COUNTER_NAMESPACE, workdir / "activator.kubeconfig"
+    )
+    (workdir / ACTIVATOR).mkdir()
+    activator = await stack.enter_async_context(
+        running_activator(
+            workdir / ACTIVATOR,
+            str(kubeconfig),
+            NAMESPACE,
+            host=address,
+            port=api.SIDECAR_PORT,
+        )
+    )
+    await wait_until(lambda: cluster.replicas(IDLE) == 0, 120, f"{IDLE} to go to zero")
+    say(f"{NAMESPACE}/{IDLE} at zero; the activator at {activator.url} (log: {workdir})")
+    return activator
+
+
 def start_prometheus(
-    workdir: Path, sidecar: SidecarProcess, operator_port: int
+    workdir: Path, sidecar: SidecarProcess, operator_port: int, activator: ActivatorProcess
 ) -> PrometheusServer:
     """Prometheus scraping the sidecar with the labels the chart's ServiceMonitor gives a
-    serving's pod, and the operator."""
+    serving's pod, the operator and the activator (their own labels kept)."""
     (workdir / "prometheus").mkdir()
     pod = {"namespace": NAMESPACE, "serving": SERVING, "pod": f"{SERVING}-7d9f8-x2kq"}
     prometheus = PrometheusServer(
@@ -267,6 +402,7 @@ def start_prometheus(
         [
             Target("modelserving-sidecar", sidecar.url.removeprefix("http://"), labels=pod),
             Target(OPERATOR_JOB, f"127.0.0.1:{operator_port}"),
+            Target("modelserving-activator", activator.url.removeprefix("http://")),
         ],
     )
     prometheus.start()
@@ -291,37 +427,58 @@ async def run(seconds: float, rate: float, out: Path, workdir: Path) -> None:
         say(f"serving {NAMESPACE}/{SERVING} Ready, modelId {serving['status'].get('modelId')}")
 
         model = StandInModel({v: StandInVersion(delay_seconds=d) for v, d in DELAYS.items()})
+        models = {MODEL: model, IDLE_MODEL: StandInModel((1,))}
         standin, upstream = await stack.enter_async_context(
-            running_standin(TFServingStandIn({MODEL: model}))
+            running_standin(TFServingStandIn(models))
         )
         standin.record = False
-        config = sidecar_config(env, serving, upstream, workdir)
+        keys = api_keys(workdir)
+        config = sidecar_config(env, serving, upstream, workdir, keys)
         sidecar = await stack.enter_async_context(
             running_sidecar(workdir / "sidecar", config, cluster.routing())
         )
-        prometheus = await asyncio.to_thread(start_prometheus, workdir, sidecar, operator_port)
+        activator = await start_idle_serving(env, cluster, stack, upstream, keys, workdir)
+        prometheus = await asyncio.to_thread(
+            start_prometheus, workdir, sidecar, operator_port, activator
+        )
         stack.callback(prometheus.stop)
 
         say(f"Prometheus on {prometheus.url}; traffic for {seconds:.0f} s at {rate} rps")
         start, began = time.time(), time.monotonic()
         codes: Counter[int] = Counter()
+        idle_codes: Counter[int] = Counter()
         sending = asyncio.create_task(traffic(sidecar.url, rate, began + seconds, codes))
-        await phases(cluster, broker, model, sidecar, began, seconds)
+        await asyncio.gather(
+            phases(cluster, broker, model, sidecar, began, seconds),
+            wakes(cluster, activator, began, seconds, idle_codes),
+        )
         await sending
         say(f"answers by code: {dict(sorted(codes.items()))}")
+        say(f"{IDLE}'s answers through the activator by code: {dict(sorted(idle_codes.items()))}")
         await asyncio.sleep(3 * SCRAPE_SECONDS)  # the last answers scraped
 
         note = (
             "Rendered by tools/dashboard_picture.py (make dashboard-picture) from a real run: "
-            "the operator, the sidecar and its inference log on Kafka, scraped by Prometheus "
-            f"every {SCRAPE_SECONDS:g} s; TF Serving is the project's stand-in."
+            f"the operator, {SERVING}'s sidecar and its inference log on Kafka, the activator "
+            f"waking {IDLE} from zero, scraped by Prometheus every {SCRAPE_SECONDS:g} s; "
+            "TF Serving is the project's stand-in."
         )
-        chosen = {"namespace": NAMESPACE, "serving": SERVING, "operator_job": OPERATOR_JOB}
+        # Every serving of the namespace: `fraud` fills the requests rows, `disputes` the
+        # scale to zero row (its woken pods' sidecars are not scraped).
+        chosen = {"namespace": NAMESPACE, "operator_job": OPERATOR_JOB}
         span = TimeRange(start, time.time())
         svg, png = await asyncio.to_thread(
             make_picture, prometheus.url, span, chosen, out, note, SCRAPE_SECONDS
         )
         say(f"wrote {svg} and {png} ({png.stat().st_size // 1024} KiB)")
+
+
+async def at(began: float, seconds: float, share: float, what: str) -> None:
+    """Wait for `share` of the run that began at `began` (monotonic) and lasts `seconds`; say
+    what happens then."""
+    await asyncio.sleep(max(0.0, began + share * seconds - time.monotonic()))
+    clock = time.strftime("%H:%M:%S", time.gmtime())
+    say(f"{time.monotonic() - began:5.0f} s ({clock} UTC): {what}")
 
 
 async def phases(
@@ -333,18 +490,17 @@ async def phases(
     seconds: float,
 ) -> None:
     """Change what the system meets at the phases' times (see the module's docstring)."""
-
-    async def at(share: float, what: str) -> None:
-        await asyncio.sleep(max(0.0, began + share * seconds - time.monotonic()))
-        clock = time.strftime("%H:%M:%S", time.gmtime())
-        say(f"{time.monotonic() - began:5.0f} s ({clock} UTC): {what}")
-
     canary = model.served[2]
-    await at(SLOW, f"the canary slows to {SLOW_CANARY} s (upstream timeout {UPSTREAM_TIMEOUT} s)")
+    await at(
+        began,
+        seconds,
+        SLOW,
+        f"the canary slows to {SLOW_CANARY} s (upstream timeout {UPSTREAM_TIMEOUT} s)",
+    )
     canary.delay_seconds = SLOW_CANARY
-    await at(RECOVER, "the canary recovers")
+    await at(began, seconds, RECOVER, "the canary recovers")
     canary.delay_seconds = DELAYS[2]
-    await at(REWEIGHT, "the ModelServing's weights move to 50/50")
+    await at(began, seconds, REWEIGHT, "the ModelServing's weights move to 50/50")
     patch = {
         "spec": {
             "model": {
@@ -370,10 +526,37 @@ async def phases(
         "the operator to render routing.yaml with 50/50",
     )
     sidecar.set_routing(rendered)  # as the kubelet updates a mounted ConfigMap
-    await at(HANG, "the Kafka broker hangs (SIGSTOP)")
+    await at(began, seconds, HANG, "the Kafka broker hangs (SIGSTOP)")
     broker.pause()
-    await at(RELEASE, "the Kafka broker resumes")
+    await at(began, seconds, RELEASE, "the Kafka broker resumes")
     broker.resume()
+
+
+async def wakes(
+    cluster: Cluster, activator: ActivatorProcess, began: float, seconds: float, codes: Counter[int]
+) -> None:
+    """At each of WAKE_BURSTS, once `disputes` is at zero: BURST requests for it at once at the
+    activator (the address its Service's endpoints give at zero), held until the pod it wakes
+    answers, and KEYLESS without a key, refused 401."""
+    host = f"{IDLE}.{NAMESPACE}.svc:{api.SIDECAR_PORT}"  # what a caller of its Service sends
+    url = f"{activator.url}/v1/models/{IDLE_MODEL}:predict"
+
+    async def predict(http: aiohttp.ClientSession, x: float, key: bool) -> None:
+        headers = {"Host": host, **({"Authorization": f"ApiKey {KEY}"} if key else {})}
+        try:
+            async with http.post(url, json={"instances": [x]}, headers=headers) as resp:
+                await resp.read()
+                codes[resp.status] += 1
+        except aiohttp.ClientError:
+            codes[0] += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+        for share in WAKE_BURSTS:
+            await at(began, seconds, share, f"{BURST} requests for {IDLE} at the activator")
+            await wait_until(lambda: cluster.replicas(IDLE) == 0, 90, f"{IDLE} back at zero")
+            calls = [predict(http, float(i), key=True) for i in range(BURST)]
+            calls += [predict(http, 0.0, key=False) for _ in range(KEYLESS)]
+            await asyncio.gather(*calls)
 
 
 def main() -> None:
