@@ -135,9 +135,12 @@ class Activator:
             self.hosts.remove(serving.ref)
         else:
             self.hosts.put(serving)
+        self.metrics.keep(serving.ref, serving.to_zero and not deleted)
 
     def put_servings(self, objs: Iterable[dict[str, Any]]) -> None:
-        self.hosts.replace_all(serving_of(o, self.settings.cluster_domain) for o in objs)
+        servings = [serving_of(o, self.settings.cluster_domain) for o in objs]
+        self.hosts.replace_all(servings)
+        self.metrics.known(s.ref for s in servings if s.to_zero)
 
     def ready(self) -> bool:
         return all(e.is_set() for e in self.listed) and not self.holds.stopping

@@ -37,6 +37,9 @@ class Serving:
     uid: str
     auth_mode: str  # spec.auth.mode: apiKey, kubernetes or none
     hosts: frozenset[str]
+    # Whether it may go to zero (concurrency autoscaling with minReplicas 0): the servings
+    # whose requests the activator may ever hold.
+    to_zero: bool = False
 
 
 def service_hosts(ref: ServingRef, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> list[str]:
@@ -59,11 +62,15 @@ def serving_of(obj: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOM
     ingress = spec.get("ingress") or {}
     if ingress.get("enabled") and ingress.get("host"):
         names.append(ingress["host"])
+    autoscaling = spec.get("autoscaling") or {}
     return Serving(
         ref,
         meta.get("uid") or "",
         (spec.get("auth") or {}).get("mode") or "none",
         frozenset(normal_host(n) for n in names),
+        bool(autoscaling.get("enabled"))
+        and autoscaling.get("metric") == "concurrency"
+        and autoscaling.get("minReplicas") == 0,
     )
 
 

@@ -4,7 +4,7 @@ first usable pod), requests forwarded, and requests refused by reason."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -26,6 +26,10 @@ REFUSALS = (
     "pod_failed",  # 502: the pod took the request and gave no answer
     "not_grpc",  # gRPC port: a connection that sent no gRPC call the activator can read
 )
+# The refusals counted before a serving is known (no serving label), and those of a serving.
+HOST_REFUSALS = ("unknown_host", "shared_host", "not_grpc")
+SERVING_REFUSALS = tuple(r for r in REFUSALS if r not in ("unknown_host", "shared_host"))
+WAKE_RESULTS = ("scaled", "already_scaled", "failed")
 
 
 class _Held:
@@ -76,6 +80,40 @@ class ActivatorMetrics:
             ["namespace", "serving", "reason"],
             registry=registry,
         )
+        for reason in HOST_REFUSALS:  # counted without a serving: from 0 as well
+            self._refused.labels("", "", reason)
+        self._known: set[ServingRef] = set()
+
+    def known(self, refs: Iterable[ServingRef]) -> None:
+        """Each serving that may go to zero has its counters from 0, the others none: a series
+        that first appears at 1 has no sample for increase() and rate() to start from, and the
+        dashboard and ModelServingWakeFailing would miss a serving's first wake, or refusal.
+        `refs`: all the servings that may go to zero, as a new list says."""
+        wanted = set(refs)
+        for ref in self._known - wanted:
+            self.keep(ref, False)
+        for ref in wanted - self._known:
+            self.keep(ref, True)
+
+    def keep(self, ref: ServingRef, to_zero: bool) -> None:
+        """One serving's counters from 0 when it may go to zero; none when it may not (or is
+        gone)."""
+        if to_zero == (ref in self._known):
+            return
+        labels = (ref.namespace, ref.name)
+        series: list[tuple[Counter, tuple[str, ...]]] = [
+            *((self._wakes, (*labels, result)) for result in WAKE_RESULTS),
+            (self._forwarded, labels),
+            *((self._refused, (*labels, reason)) for reason in SERVING_REFUSALS),
+        ]
+        if to_zero:
+            self._known.add(ref)
+            for counter, values in series:
+                counter.labels(*values)
+        else:
+            self._known.discard(ref)
+            for counter, values in series:
+                counter.remove(*values)
 
     def woken(self, ref: ServingRef, result: str) -> None:
         self._wakes.labels(ref.namespace, ref.name, result).inc()
