@@ -2,30 +2,31 @@
 
 Ids come from one counter per cluster, an annotation of the ModelServing CRD itself
 (`modelserving.io/next-model-id`), taken with optimistic concurrency (the resourceVersion),
-so two operator replicas never hand out the same id; the id is then written in an annotation
-of the serving. Why the CRD: it is the one object every operator install reaches whatever
-namespaces it watches or runs in (two installs with disjoint --namespace sets share it), and
-it lives exactly as long as the ids it counts mean anything: deleting it deletes every
-serving. A ConfigMap of the operator's namespace, where the counter lived before, is lost
-with that namespace (a restore that leaves it out, a reinstall elsewhere) while the servings
-and their ids stay; it is still read once, when the CRD holds no counter yet, so that an
-upgrade never hands out an id issued before it. Its cost: the operator may patch that one
-CRD (the chart's README says what a stolen token could do with it).
+so two operator replicas never hand out the same id; the id is then written in the serving's
+status (status.modelId), with the rest of its first status: no write of its own. Why the CRD:
+it is the one object every operator install reaches whatever namespaces it watches or runs in
+(two installs with disjoint --namespace sets share it), and it lives exactly as long as the
+ids it counts mean anything: deleting it deletes every serving. A ConfigMap of the operator's
+namespace, where the counter lived before, is lost with that namespace (a restore that leaves
+it out, a reinstall elsewhere) while the servings and their ids stay; it is still read once,
+when the CRD holds no counter yet, so that an upgrade never hands out an id issued before it.
+Its cost: the operator may patch that one CRD (the chart's README says what a stolen token
+could do with it).
 
 A counter can still be lost or go back (the CRD replaced, or restored from an older backup),
 so the first id of every block taken is also above every id the operator sees in use (the
 servings' status.modelId, kopf's index of them). An operator that watches some namespaces
 sees only theirs; the CRD's counter is what keeps it apart from the others.
 
-Only the operator issues ids, so the annotation is never taken at its word: a manifest
-copied with it (`kubectl get -o yaml`, a GitOps repository) keeps it, and whoever may edit a
-serving may write any number in it, another serving's id among them. An id is the serving's
-when the operator has said so where no one else writes: the serving's status (the status
-subresource, which the users' roles do not grant and which a create or a copy never sets),
-or, until the status is written, this process's own record of the ids it handed out, by the
-serving's uid. Anything else gets a fresh id, and the annotation is written over. The cost:
-an operator that stops between writing a new serving's annotation and its status (a moment
-in its first reconcile) gives it another id on its next start, as it would any copy.
+An id is the serving's when the operator has said so where no one else writes: the serving's
+status (the status subresource, which the users' roles do not grant and which a create or a
+copy never sets), or, until the status is written, this process's own record of the ids it
+handed out, by the serving's uid. Anything else gets a fresh id. (Operators before this one
+also wrote the id in a `modelserving.io/model-id` annotation of the serving, a write of its
+own per serving: it is neither read nor written any more, so one copied with a manifest, or
+written by hand, names nothing.) The cost: an operator that stops between taking a new
+serving's id and writing its status (a moment in its first reconcile) gives it another id on
+its next start, as it would any copy.
 
 A status can still hold another serving's id: one restored from a backup with its status, or
 one issued twice before this check (a counter lost). Of the servings whose status holds one
@@ -44,7 +45,6 @@ from typing import Any
 
 from modelserving import api
 from modelserving_operator.kube import KubeClient, KubeError
-from modelserving_operator.names import MODEL_ID_ANNOTATION
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 COUNTER_ANNOTATION = f"{api.GROUP}/next-model-id"  # on the CRD: the next id to hand out
@@ -63,12 +63,6 @@ def status_model_id(serving: Mapping[str, Any]) -> int | None:
     if isinstance(status_id, int) and not isinstance(status_id, bool):
         return status_id
     return None
-
-
-def annotated(serving: Mapping[str, Any], model_id: int) -> bool:
-    """Whether the serving's annotation says `model_id`, so that nothing is to be written."""
-    annotations = serving["metadata"].get("annotations") or {}
-    return bool(annotations.get(MODEL_ID_ANNOTATION) == str(model_id))
 
 
 def model_id_claim(serving: Mapping[str, Any]) -> dict[int, dict[str, str]]:
@@ -178,9 +172,10 @@ class ModelIds:
         self._lock = asyncio.Lock()
         self._free: collections.deque[int] = collections.deque()
         self._waiting = 0
-        # The ids handed out, by the serving's uid, until its status holds its id: the watch
-        # cache may show a serving with the annotation just written and no status yet (or a
-        # status that still holds the id it gave up).
+        # The ids handed out, by the serving's uid, until its status holds its id: until the
+        # status is written (its children are made first, or a status write fails), or while
+        # the watch cache shows the serving as it was before (or with a status that still
+        # holds the id it gave up).
         self._issued: dict[str, int] = {}
 
     def recorded(self, serving: Mapping[str, Any]) -> int | None:
@@ -216,34 +211,3 @@ class ModelIds:
                 return model_id
         finally:
             self._waiting -= 1
-
-
-async def assign_model_id(kube: KubeClient, ids: ModelIds, serving: Mapping[str, Any]) -> int:
-    """The serving's id, taking a new one only when the operator issued it none, and written
-    in its annotation unless that says it already (one write). `serving` is the operator's
-    view of it; when that is stale (409), the live object is read and tried again (the id
-    taken stays the serving's, by its uid: a conflict does not cost an id)."""
-    namespace, name = serving["metadata"]["namespace"], serving["metadata"]["name"]
-    for _ in range(ATTEMPTS):
-        new_id = ids.recorded(serving)
-        if new_id is not None and annotated(serving, new_id):
-            return new_id
-        if new_id is None:
-            new_id = await ids.take(serving["metadata"]["uid"])
-        patch = {
-            "metadata": {
-                "resourceVersion": serving["metadata"]["resourceVersion"],
-                "annotations": {MODEL_ID_ANNOTATION: str(new_id)},
-            }
-        }
-        try:
-            await kube.merge_patch(api.KIND, name, namespace, patch)
-            return new_id
-        except KubeError as exc:
-            if exc.status != 409:  # the serving changed meanwhile: read it again
-                raise
-        live = await kube.get(api.KIND, name, namespace)
-        if live is None:
-            raise KubeError(404, f"{namespace}/{name} is gone")
-        serving = live
-    raise KubeError(409, f"could not annotate {namespace}/{name} with its modelId")

@@ -14,7 +14,6 @@ from modelserving_operator.spec import ServingSpec
 
 Manifest = dict[str, Any]  # a child, as the API server takes it
 
-MODEL_ID_ANNOTATION = f"{api.GROUP}/model-id"
 CONFIG_CHECKSUM_ANNOTATION = f"{api.GROUP}/config-checksum"
 # The digest of the Secrets and ConfigMaps the pods read at start (env_sources). Its name
 # predates ConfigMaps; renaming it would roll every serving's pods at an upgrade.

@@ -56,7 +56,7 @@ from modelserving_operator.kafka.topics import (
 )
 from modelserving_operator.kube import KubeClient, KubeError
 from modelserving_operator.metrics import OperatorMetrics
-from modelserving_operator.modelids import ModelIds, annotated, assign_model_id
+from modelserving_operator.modelids import ModelIds
 from modelserving_operator.names import (
     SECRETS_CHECKSUM_ANNOTATION,
     owned_by,
@@ -172,11 +172,16 @@ class ServingMemory:
     # When each serving's status was last written (monotonic seconds), for
     # PROGRESS_WRITE_SECONDS.
     status_written: dict[Key, float] = field(default_factory=dict)
+    # The status last written to each serving, with the serving's resourceVersion it was
+    # written over, until the watch cache holds a later version of the serving (the write's own
+    # event, or any after it): meanwhile the cache's status is older than the API server's.
+    status_unseen: dict[Key, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.verified.pop(key, None)
         self.told.pop(key, None)
         self.status_written.pop(key, None)
+        self.status_unseen.pop(key, None)
 
 
 @dataclass
@@ -195,7 +200,7 @@ class Reconciler:
     # The activator's ready pods (autoscaler/activator_endpoints follows them): where the
     # endpoints of a serving at zero point.
     activator: ActivatorEndpoints = field(default_factory=ActivatorEndpoints)
-    writes: int = 0  # since the start: applies, deletes, status and annotation patches
+    writes: int = 0  # since the start: creates, applies, deletes and status writes
 
     def forget(self, key: Key) -> None:
         """The serving is gone: drop what is kept of it between reconciles."""
@@ -262,6 +267,7 @@ async def reconcile(
 
     The work queue runs one reconcile of a serving at a time. Its steps: the serving's modelId,
     its children, what the children, the pods and Kafka say of it, and its status."""
+    serving = _with_status_written(rec, serving)
     spec = ServingSpec.from_body(serving)
     found = await _model_id(rec, serving, from_serving_event)
     if found is None:
@@ -291,16 +297,31 @@ async def _model_id(
     """The serving's modelId, and whether this reconcile assigned it; None when it has none
     and this is not the serving's own event (only those take ids).
 
-    Only an id the operator issued to this serving counts, never its annotation alone (a
-    copied manifest's, or a hand-written one): see modelids."""
+    Only an id the operator issued to this serving counts (see modelids). A new one is
+    written with the serving's status (_write_status), not on its own: until then, the
+    operator's record of it by the serving's uid holds it."""
     model_id = rec.model_ids.recorded(serving)
-    if model_id is not None and (not from_serving_event or annotated(serving, model_id)):
+    if model_id is not None:
         return model_id, False
     if not from_serving_event:
         return None
-    model_id = await assign_model_id(rec.kube, rec.model_ids, serving)
-    rec.writes += 1
-    return model_id, True
+    return await rec.model_ids.take(serving["metadata"]["uid"]), True
+
+
+def _with_status_written(rec: Reconciler, serving: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The serving with the status the operator last wrote to it, while the watch cache still
+    holds the version that write was made over (the write's event has not come yet): what the
+    API server holds. A reconcile in between (a child's event, a pod's) otherwise compares with
+    the status before the write, and writes again what the last write said."""
+    key = (serving["metadata"]["namespace"], serving["metadata"]["name"])
+    unseen = rec.memory.status_unseen.get(key)
+    if unseen is None:
+        return serving
+    over, status = unseen
+    if serving["metadata"].get("resourceVersion") != over:
+        del rec.memory.status_unseen[key]  # the cache has a later version: its status counts
+        return serving
+    return {**serving, "status": status}
 
 
 async def _endpoints(
@@ -488,6 +509,8 @@ async def _write_status(
         await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
         rec.writes += 1
         rec.memory.status_written[key] = time.monotonic()
+        if over := serving["metadata"].get("resourceVersion"):
+            rec.memory.status_unseen[key] = (over, new_status)
     return wait
 
 

@@ -1,16 +1,23 @@
 """The operator's own /metrics, read from the real operator process after it made a serving on
 the real cluster: its reconciles, the writes it made by resource, the serving's conditions, the
-work queue and kopf's watch streams."""
+work queue and kopf's watch streams; and, counted by them, the writes per serving of servings
+made at once, against what any operator must write."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
 import pytest
+from kubernetes import client
 
 from modelserving import api
 from tests.support.ports import free_port
-from tests.support.prometheus import scrape, series, value
+from tests.support.prometheus import Samples, scrape, series, value
 from tests.support.servings import condition, is_ready, serving_manifest
 from tests.support.waiting import wait_for
+
+OFF = {"enabled": False}  # no topic: the writes are the servings' and their children's
 
 
 @pytest.fixture
@@ -81,12 +88,11 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
     assert value(samples, "modelserving_operator_queue_wait_seconds_count") >= reconciles
     assert value(samples, "modelserving_operator_queue_depth") >= 0
 
-    # And its writes by resource: the children created, the status patched, the id assigned
+    # And its writes by resource: the children created, the status (with the modelId) patched
     writes = "modelserving_operator_api_writes_total"
     for resource in ("deployments", "services", "configmaps", "serviceaccounts"):
         assert value(samples, writes, resource=resource, verb="create") >= 1, resource
     assert value(samples, writes, resource=api.PLURAL, verb="patch-status") >= 1
-    assert value(samples, writes, resource=api.PLURAL, verb="patch") >= 1  # the modelId
     assert not [s for s in series(samples, writes) if not s["code"].startswith("2")]
 
     # And kopf's watch streams, one per watched resource, none restarted yet
@@ -101,3 +107,79 @@ def _scrape_or_none(url: str):
         return scrape(url)
     except OSError:
         return None
+
+
+# What any operator writes for a serving of the benchmark's writes floor
+# (bench/parts/operator_scale.py): its children (a serving with no topic and no autoscaler has
+# seven: ServiceAccount, two ConfigMaps, Deployment, Service, NetworkPolicy, RoleBinding) and
+# its status, besides the user's create: nine writes. The operator's own are at most as many:
+# no write of the serving itself (its modelId goes with its first status), and a status written
+# once per change of what it says (taken up, then Ready), never again for what the last write
+# said. The cluster's modelId counter (the CRD's annotation) is not a serving's: one write per
+# block of up to a hundred ids.
+WRITES_PER_SERVING = 9
+EVENTS_PER_SERVING = 2  # of a serving that goes to Ready without trouble: what a user reads
+SERVINGS = 5
+
+
+def test_servings_made_at_once_cost_no_more_writes_than_any_operator_makes(
+    operator, crds, kube_client, namespace, metrics_port
+):
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    wait_for(lambda: _scrape_or_none(url), timeout=30, what="the operator's /metrics")
+
+    # When servings are made at once and become Ready
+    names = [f"s{i}" for i in range(SERVINGS)]
+    for name in names:
+        crds.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(name, logging=OFF)
+        )
+    for name in names:
+        wait_for(lambda n=name: is_ready(crds, namespace, n), 60, f"{name} Ready")
+    samples = wait_for(_settled(url), 60, "the operator idle, its counts still")
+
+    # Then it wrote no more per serving than any operator must, and nothing to the serving
+    # itself but its status
+    writes = "modelserving_operator_api_writes_total"
+    made = {
+        (s["resource"], s["verb"], s["code"]): value(samples, writes, **s)
+        for s in series(samples, writes)
+    }
+    counter = value(samples, writes, resource="customresourcedefinitions")
+    per_serving = (sum(made.values()) - counter) / SERVINGS
+    assert per_serving <= WRITES_PER_SERVING, made
+    assert value(samples, writes, resource=api.PLURAL, verb="patch") == 0, made
+    assert not [key for key in made if not key[2].startswith("2")], made
+
+    # And it told each serving's story in no more Events than a user reads
+    events = client.CoreV1Api(kube_client).list_namespaced_event(namespace).items
+    told = Counter(
+        e.involved_object.name
+        for e in events
+        if e.involved_object.kind == api.KIND
+        for _ in range(e.count or 1)
+    )
+    assert set(told) == set(names), told  # each one's: "Created ...; modelId N"
+    assert max(told.values()) <= EVENTS_PER_SERVING, told
+
+
+def _settled(url: str) -> Callable[[], Samples | None]:
+    """A poll that answers the operator's samples once two scrapes in a row find its work
+    queue empty, no retry pending, and its counts of reconciles and writes unchanged."""
+    last: list[tuple[float, ...]] = []
+
+    def settled() -> Samples | None:
+        samples = scrape(url)
+        idle = not any(
+            value(samples, f"modelserving_operator_{gauge}")
+            for gauge in ("queue_depth", "queue_active", "retries_pending")
+        )
+        counts = (
+            value(samples, "modelserving_operator_reconciles_total"),
+            value(samples, "modelserving_operator_api_writes_total"),
+        )
+        still = idle and last == [counts]
+        last[:] = [counts] if idle else []
+        return samples if still else None
+
+    return settled

@@ -1,5 +1,6 @@
 """A serving's modelId is one the operator issued to it: a copied or hand-written annotation
-gets a fresh id, and what the operator issued stays, with one write per new serving."""
+names nothing, and what the operator issued stays; a new serving costs no write of its own (its
+id goes with its first status), only the cluster's counter, one write per block of ids."""
 
 from __future__ import annotations
 
@@ -16,22 +17,21 @@ from modelserving_operator.modelids import (
     LEGACY_COUNTER_CONFIGMAP,
     LEGACY_COUNTER_KEY,
     ModelIds,
-    annotated,
-    assign_model_id,
     first_id,
     keeps_model_id,
     model_id_claim,
     status_model_id,
 )
-from modelserving_operator.names import MODEL_ID_ANNOTATION
 
 NAMESPACE = "modelserving-system"
+# The annotation operators before this one wrote the id in: neither read nor written now.
+OLDER_ANNOTATION = f"{api.GROUP}/model-id"
 
 
 class FakeApi:
     """The CRD with its counter annotation (none: `next_id` None), an older operator's counter
-    ConfigMap (`legacy_next`), and the servings, with the resourceVersion checks the API server
-    makes; counts the writes."""
+    ConfigMap (`legacy_next`), and the servings, with the resourceVersion check the API server
+    makes of the counter's write; counts the writes."""
 
     def __init__(self, next_id: int | None = 1, legacy_next: int | None = None) -> None:
         annotations = {} if next_id is None else {COUNTER_ANNOTATION: str(next_id)}
@@ -76,59 +76,50 @@ class FakeApi:
             self.crd["metadata"]["resourceVersion"] += "+"
             self.writes.append("counter")
             return copy.deepcopy(self.crd)
-        assert kind == api.KIND
-        serving = self.servings[name]
-        if patch["metadata"]["resourceVersion"] != serving["metadata"]["resourceVersion"]:
-            raise KubeError(409, "the serving changed")
-        annotations = serving["metadata"].setdefault("annotations", {})
-        annotations.update(patch["metadata"]["annotations"])
-        serving["metadata"]["resourceVersion"] += "+"
-        self.writes.append(f"annotate {name}")
-        return copy.deepcopy(serving)
+        raise AssertionError(f"a write of {kind} {name}: only the counter is written here")
 
 
 def serving(name: str, uid: str, annotation: str | None = None, status_id: int | None = None):
     body: dict[str, Any] = {"metadata": {"name": name, "namespace": "team-a", "uid": uid}}
     if annotation is not None:
-        body["metadata"]["annotations"] = {MODEL_ID_ANNOTATION: annotation}
+        body["metadata"]["annotations"] = {OLDER_ANNOTATION: annotation}
     if status_id is not None:
         body["status"] = {"modelId": status_id}
     return body
 
 
 def assign(fake: FakeApi, ids: ModelIds, body: dict[str, Any]) -> int:
-    return asyncio.run(assign_model_id(fake, ids, body))  # type: ignore[arg-type]
+    """The serving's id as a reconcile of its own event finds it: the one the operator issued
+    it, else a fresh one (reconcile._model_id)."""
+    recorded = ids.recorded(body)
+    return recorded if recorded is not None else asyncio.run(ids.take(body["metadata"]["uid"]))
 
 
 def model_ids(fake: FakeApi) -> ModelIds:
     return ModelIds(fake, NAMESPACE)  # type: ignore[arg-type]
 
 
-def annotation_of(fake: FakeApi, name: str) -> str:
-    return fake.servings[name]["metadata"]["annotations"][MODEL_ID_ANNOTATION]
-
-
-def test_a_new_serving_gets_a_fresh_id_with_one_write_of_its_own():
+def test_a_new_serving_gets_a_fresh_id_with_no_write_of_its_own():
     fake = FakeApi(next_id=7)
     ids = model_ids(fake)
 
     new = assign(fake, ids, fake.add(serving("a", "uid-a")))
 
-    assert new == 7 and annotation_of(fake, "a") == "7"
-    assert fake.writes == ["counter", "annotate a"]
+    assert new == 7
+    assert fake.writes == ["counter"]  # the id goes with the serving's first status
 
 
-def test_a_manifest_copied_with_its_annotation_gets_a_fresh_id():
+def test_a_manifest_copied_with_an_older_operators_annotation_gets_a_fresh_id():
     fake = FakeApi(next_id=7)
     ids = model_ids(fake)
-    original = assign(fake, ids, fake.add(serving("a", "uid-a")))
+    fake.add(serving("a", "uid-a", annotation="3", status_id=3))
 
     # `kubectl get a -o yaml`, renamed and applied: the annotation comes along, the status
     # (a subresource) and the uid do not
-    copied = assign(fake, ids, fake.add(serving("b", "uid-b", annotation=str(original))))
+    copied = assign(fake, ids, fake.add(serving("b", "uid-b", annotation="3")))
 
-    assert copied != original and annotation_of(fake, "b") == str(copied)
-    assert fake.writes.count("annotate b") == 1
+    assert copied == 7
+    assert fake.writes == ["counter"]
 
 
 def test_a_hand_written_annotation_naming_another_servings_id_gets_a_fresh_id():
@@ -139,17 +130,17 @@ def test_a_hand_written_annotation_naming_another_servings_id_gets_a_fresh_id():
 
     chosen = assign(fake, ids, fake.add(serving("b", "uid-b", annotation="3")))
 
-    assert chosen == 20 and annotation_of(fake, "b") == "20"
+    assert chosen == 20
 
 
-def test_an_edited_annotation_is_written_back_to_the_id_the_status_holds():
+def test_the_id_the_status_holds_is_kept_whatever_the_annotation_says():
     fake = FakeApi(next_id=20)
     ids = model_ids(fake)
     body = fake.add(serving("b", "uid-b", annotation="3", status_id=12))
 
-    assert ids.recorded(body) == 12 and not annotated(body, 12)
+    assert ids.recorded(body) == 12
     assert assign(fake, ids, body) == 12
-    assert annotation_of(fake, "b") == "12" and fake.writes == ["annotate b"]  # no id taken
+    assert fake.writes == []  # no id taken, and the annotation left as it is
 
 
 def test_servings_made_before_keep_their_ids_with_no_write():
@@ -157,34 +148,26 @@ def test_servings_made_before_keep_their_ids_with_no_write():
     ids = model_ids(fake)
     body = fake.add(serving("a", "uid-a", annotation="5", status_id=5))
 
-    assert ids.recorded(body) == 5 and annotated(body, 5)
+    assert ids.recorded(body) == 5
     assert assign(fake, ids, body) == 5
     assert fake.writes == []
 
 
-def test_the_id_just_issued_holds_while_the_cache_shows_the_annotation_before_the_status():
+def test_the_id_just_issued_holds_until_the_status_holds_it():
+    # Its status is written after its children (or its write failed, or the watch's event of
+    # it has not come yet): the cache shows the serving without it meanwhile
     fake = FakeApi(next_id=7)
     ids = model_ids(fake)
     assign(fake, ids, fake.add(serving("a", "uid-a")))
-    annotated_only = copy.deepcopy(fake.servings["a"])  # the watch's event of our own write
+    no_status = copy.deepcopy(fake.servings["a"])
 
-    assert ids.recorded(annotated_only) == 7
-    assert assign(fake, ids, annotated_only) == 7
-    assert fake.writes == ["counter", "annotate a"]
+    assert ids.recorded(no_status) == 7
+    assert assign(fake, ids, no_status) == 7
+    assert fake.writes == ["counter"]  # not another id
 
     # once the status holds it, the status is the record
-    ids.recorded({**annotated_only, "status": {"modelId": 7}})
-    assert ids.recorded(annotated_only) is None  # the process's own record is let go
-
-
-def test_a_conflict_does_not_cost_an_id():
-    fake = FakeApi(next_id=7)
-    ids = model_ids(fake)
-    stale = fake.add(serving("a", "uid-a"))
-    fake.servings["a"]["metadata"]["resourceVersion"] = "2"  # the user edited it meanwhile
-
-    assert assign(fake, ids, stale) == 7
-    assert fake.writes == ["counter", "annotate a"]
+    ids.recorded({**no_status, "status": {"modelId": 7}})
+    assert ids.recorded(no_status) is None  # the process's own record is let go
 
 
 def test_an_operator_restarted_before_the_status_was_written_issues_another_id():
@@ -194,7 +177,7 @@ def test_an_operator_restarted_before_the_status_was_written_issues_another_id()
     again = assign(fake, model_ids(fake), copy.deepcopy(fake.servings["a"]))
 
     # The one case where a serving's id changes: the id 7 is a gap, and never anyone else's.
-    assert again == 8 and annotation_of(fake, "a") == "8"
+    assert again == 8
 
 
 def test_a_status_id_that_is_not_a_number_is_not_an_id():
@@ -275,12 +258,12 @@ def test_of_two_servings_holding_one_id_the_one_made_first_keeps_it():
     assert ids.recorded(original) == 3 and remarked == [("team-b", "b")]
     assert ids.recorded(restored) is None
     fake.add(restored)
-    assert assign(fake, ids, restored) == 20 and annotation_of(fake, "b") == "20"
+    assert assign(fake, ids, restored) == 20
 
     # until b's status says 20, its id is the one just issued, not another fresh one
     assert ids.recorded(restored) == 20
     assert ids.recorded({**restored, "status": {"modelId": 20}}) == 20
-    assert fake.writes == ["counter", "annotate b"]
+    assert fake.writes == ["counter"]
 
 
 def test_the_same_moment_of_creation_is_decided_by_uid():
