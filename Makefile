@@ -39,7 +39,7 @@ format: venv ## apply ruff's fixes and format
 TEST_WORKERS ?= 4
 
 unit: venv ## the unit tests alone (no cluster, no Kafka)
-	$(PY) -m pytest -m "not integration" -n 2 --dist loadfile
+	$(PY) -m pytest -m "not integration" -n 2 --dist loadfile --hypothesis-profile quick
 
 test: lint ## every test: lint, unit, and integration against the local environment
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile

@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from tests.support import REPO
 from tests.support.environment import KafkaBroker, LocalEnv, SpareApiServer, localenv
@@ -35,6 +36,12 @@ from tests.support.process_node import (
     delete_process_node,
     make_process_node,
 )
+
+# Hypothesis' draws: `make test` (what CI runs) takes every property's full count of examples;
+# `make unit`, the loop before a commit, runs the same properties searched less deeply: a fifth
+# of the examples (`--hypothesis-profile quick`; tests.support.examples scales the counts a test
+# sets itself).
+settings.register_profile("quick", max_examples=20)
 
 LOCALENV_SCRIPT = REPO / "localenv" / "localenv.py"
 

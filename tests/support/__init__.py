@@ -8,5 +8,14 @@ package's name.
 
 from pathlib import Path
 
+from hypothesis import settings
+
 REPO = Path(__file__).resolve().parents[2]
 """The repository's root: the checkout the tests run from."""
+
+
+def examples(full: int) -> int:
+    """A property's count of examples: `full` under Hypothesis' default profile (`make test`,
+    what CI runs), and as much less under another as that profile's default count is below
+    100 (`make unit`'s "quick" profile, registered in tests/conftest.py: a fifth)."""
+    return max(1, full * settings.default.max_examples // 100)

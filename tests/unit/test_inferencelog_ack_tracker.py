@@ -29,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from modelserving_sidecar.log.ack_tracker import AckTracker, SendRun
 from modelserving_sidecar.log.spool import ledger as spool_ledger
 from modelserving_sidecar.log.spool.ledger import SLOT_BYTES, PositionFile
+from tests.support import examples
 
 MAX_IN_FLIGHT = 8
 REAL_PWRITE = os.pwrite
@@ -235,7 +236,7 @@ class _Draws:
 
 
 AckTrackerMachine.TestCase.settings = settings(
-    max_examples=1500, stateful_step_count=40, deadline=None
+    max_examples=examples(1500), stateful_step_count=40, deadline=None
 )
 test_ack_tracker_against_a_model_of_kafka = AckTrackerMachine.TestCase
 

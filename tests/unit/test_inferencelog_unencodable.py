@@ -22,6 +22,7 @@ from modelserving_sidecar.config import LoggingConfig, LoggingMode, ModelIdentit
 from modelserving_sidecar.log.exchange import Exchange
 from modelserving_sidecar.log.policy import NonJsonPolicy, RedactRule
 from modelserving_sidecar.log.records import SpoolRecordMaker
+from tests.support import examples
 from tests.support.exchanges import an_exchange
 from tests.unit.test_inferencelog_durability import count, pipeline_for
 
@@ -186,13 +187,13 @@ def _made(body: bytes, policy: dict, grpc_method: str | None) -> None:
     assert (record.model_id, record.model_name, record.response_http_code) == (17, "mnist", 200)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_payloads(), policy=POLICIES)
 def test_the_record_maker_never_raises_on_what_rest_callers_send(body, policy) -> None:
     _made(body, policy, None)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_tensors(), policy=POLICIES)
 def test_the_record_maker_never_raises_on_what_grpc_callers_send(body, policy) -> None:
     _made(body, policy, "Predict")

@@ -24,6 +24,7 @@ from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import SidecarConfig, parse_config
 from modelserving_sidecar.main import serving
 from modelserving_sidecar.routing.paths import canonical_path
+from tests.support import examples
 from tests.support.ports import free_port
 from tests.support.recording_log import RecordingLog
 from tests.support.sidecar_configs import sidecar_config, with_sections
@@ -721,7 +722,7 @@ _PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
 
 @settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     derandomize=True,
@@ -752,7 +753,7 @@ async def test_any_request_without_a_valid_key_gets_no_5xx_and_no_model(
 
 
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     derandomize=True,
