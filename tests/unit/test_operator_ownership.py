@@ -10,69 +10,25 @@ from typing import Any, cast
 import pytest
 
 from modelserving_operator import reconcile
-from modelserving_operator.kube import KubeClient, KubeError
+from modelserving_operator.kube import KubeClient
 from modelserving_operator.names import owned_by
-from modelserving_operator.reconcile import Reconciler, _apply_children
+from modelserving_operator.reconcile import Reconciler
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.spec import ServingSpec
 from modelserving_operator.status.conditions import CONFLICT
-from tests.unit.test_operator_render import SETTINGS, mnist, mnist_body
+from tests.support.operator_objects import (
+    SETTINGS,
+    ApiServer,
+    apply_children,
+    mnist,
+    mnist_body,
+)
 
-Key = tuple[str, str]
-
-
-class ApiServer:
-    """What the operator's client reaches: objects by (kind, name), and the writes made."""
-
-    def __init__(self, objects: dict[Key, dict[str, Any]]) -> None:
-        self.objects = objects
-        self.writes: list[tuple[str, Key]] = []
-
-    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in self.objects:
-            raise KubeError(409, f"{key[0]} {key[1]} already exists")
-        self.writes.append(("create", key))
-        self.objects[key] = copy.deepcopy(manifest)
-        return self.objects[key]
-
-    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
-        return self.objects.get((kind, name))
-
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        self.writes.append(("apply", key))
-        self.objects[key] = copy.deepcopy(manifest)
-        return self.objects[key]
-
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
-        self.writes.append(("delete", (kind, name)))
-        self.objects.pop((kind, name), None)
-
-
-@pytest.fixture(autouse=True)
-def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    posted: list[dict[str, Any]] = []
-    monkeypatch.setattr(reconcile.kopf, "event", lambda _ref, **event: posted.append(event))
-    return posted
+pytestmark = pytest.mark.usefixtures("events")
 
 
 def someone_elses(kind: str, name: str, **metadata: Any) -> dict[str, Any]:
     return {"kind": kind, "metadata": {"name": name, "namespace": "demo", **metadata}}
-
-
-async def apply_children(
-    server: ApiServer, live: dict[Key, dict[str, Any]], spec: ServingSpec | None = None
-) -> Any:
-    spec = spec or mnist()
-    rec = Reconciler(
-        kube=cast(KubeClient, server),
-        settings=SETTINGS,
-        topics=cast(Any, None),
-        model_ids=cast(Any, None),
-    )
-    body = mnist_body()
-    return await _apply_children(rec, body, spec, 7, None, cast(Any, live), None)
 
 
 async def test_a_service_account_of_the_servings_name_made_by_hand_is_left_as_it_is():

@@ -46,25 +46,7 @@ from modelserving_operator.status.conditions import (
 )
 from modelserving_sidecar.config import AuthMode, LoggingMode, UpstreamConfig, parse_config
 from modelserving_sidecar.main import configure_parser as configure_sidecar_parser
-
-SETTINGS = OperatorSettings(kafka_bootstrap_servers="kafka:9092", sidecar_image="sidecar:1")
-
-
-def mnist(**spec) -> ServingSpec:
-    return ServingSpec.from_body(mnist_body(**spec))
-
-
-def mnist_body(**spec) -> dict:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": "mnist", "namespace": "demo", "uid": "u-1", "generation": 1},
-        "spec": {
-            "model": {"version": 1, "basePath": "s3://models/mnist"},
-            "auth": {"mode": "apiKey", "apiKeys": {"secretName": "mnist-keys"}},
-            **spec,
-        },
-    }
+from tests.support.operator_objects import SETTINGS, mnist, mnist_body
 
 
 def by_kind(children: list[dict]) -> dict[str, list[dict]]:

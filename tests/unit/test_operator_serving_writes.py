@@ -9,13 +9,16 @@ from __future__ import annotations
 import copy
 from typing import Any, cast
 
+import pytest
+
 from modelserving import api
 from modelserving_operator.kube import KubeClient
 from modelserving_operator.modelids import COUNTER_ANNOTATION, CRD_NAME, ModelIds
 from modelserving_operator.reconcile import Reconciler, reconcile
 from modelserving_operator.runtime.cached import CachedObject
-from tests.unit.test_operator_ownership import ApiServer, events  # noqa: F401
-from tests.unit.test_operator_render import SETTINGS, mnist_body
+from tests.support.operator_objects import SETTINGS, ApiServer, mnist_body
+
+pytestmark = pytest.mark.usefixtures("events")
 
 OFF = {"enabled": False}  # no topic: the writes are the serving's and its children's
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from modelserving_operator.kube import KubeError
 from modelserving_operator.render.manifests import render_children
 from modelserving_operator.status.conditions import APPLY_FAILED
-from tests.unit.test_operator_ownership import ApiServer, apply_children, events  # noqa: F401
-from tests.unit.test_operator_render import SETTINGS, mnist
+from tests.support.operator_objects import SETTINGS, ApiServer, apply_children, mnist
+
+pytestmark = pytest.mark.usefixtures("events")
 
 
 class RefusingApiServer(ApiServer):
