@@ -28,8 +28,8 @@ from tests.integration.test_sidecar_grpc import (
     log_all,
     predict_request,
 )
+from tests.support.hostile_payloads import POISON, RANK_1200
 from tests.support.waiting import wait_for_async
-from tests.unit.test_inferencelog_unencodable import POISON, RANK_1200
 
 REST_HEADERS = {"Authorization": f"ApiKey {KEY}", "Content-Type": "application/json"}
 RULE = [{"path": "instances[*].ssn", "action": "mask"}]

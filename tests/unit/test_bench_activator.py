@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_bench_stats import _load
+from tests.support.scripts import load_bench
 
-compare = _load("comparisons.compare_activator")
+compare = load_bench("comparisons.compare_activator")
 
 
 def test_each_b_run_is_set_beside_the_mean_of_the_a_runs_either_side():

@@ -4,7 +4,6 @@ per-core rates, py-spy stacks, the Markdown and SVG it writes, the sidecar compa
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,33 +13,19 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO
+from tests.support.scripts import load_bench
 
-
-def _load(name: str):
-    """bench/ is a folder of scripts, not an installed package: load its modules by path."""
-    if "bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "bench",
-            REPO / "bench" / "__init__.py",
-            submodule_search_locations=[str(REPO / "bench")],
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench"] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"bench.{name}")
-
-
-stats = _load("harness.stats")
-results_ = _load("report.results")
-page = _load("report.page")
-plot = _load("report.plot")
-targets = _load("report.targets")
-failures = _load("report.failures")
-operator = _load("report.operator")
-path_report = _load("report.request_path")
-grpc_report = _load("report.grpc")
-procs = _load("harness.procs")
-compare_sidecar = _load("comparisons.compare_sidecar")
+stats = load_bench("harness.stats")
+results_ = load_bench("report.results")
+page = load_bench("report.page")
+plot = load_bench("report.plot")
+targets = load_bench("report.targets")
+failures = load_bench("report.failures")
+operator = load_bench("report.operator")
+path_report = load_bench("report.request_path")
+grpc_report = load_bench("report.grpc")
+procs = load_bench("harness.procs")
+compare_sidecar = load_bench("comparisons.compare_sidecar")
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/v1/models/bench:predict
   1 threads and 64 connections
@@ -446,7 +431,7 @@ def _path_part(results: dict):
 
 
 def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_by_pass():
-    sidecar = _load("parts.sidecar")
+    sidecar = load_bench("parts.sidecar")
     split, shadow = (sidecar.versions_configuration(v) for v in sidecar.ROUTINGS)
     part = {
         "results": {
@@ -491,7 +476,7 @@ def test_versions_section_sets_the_split_and_the_shadow_beside_one_version_pass_
 
 
 def test_versions_section_is_left_out_when_the_variants_did_not_run():
-    sidecar = _load("parts.sidecar")
+    sidecar = load_bench("parts.sidecar")
     assert path_report.versions_lines(_path_part({sidecar.ONE_VERSION: [_pass(1, 1.0, 1.0)]})) == []
     results = _results()
     assert "Several model versions" not in page.render_markdown(_read(results))
@@ -503,7 +488,7 @@ def test_versions_section_is_left_out_when_the_variants_did_not_run():
 
 
 def test_tracing_section_sets_each_sampling_ratio_beside_tracing_off_pass_by_pass():
-    sidecar = _load("parts.sidecar")
+    sidecar = load_bench("parts.sidecar")
     none, one, every = (sidecar.tracing_configuration(label) for label in sidecar.TRACING_RATIOS)
     results = {
         # 1e6/10000 = 100 µs saturated; 1e6/9900 = 101.0; 1e6/8000 = 125
@@ -534,7 +519,7 @@ def test_tracing_section_sets_each_sampling_ratio_beside_tracing_off_pass_by_pas
 
 
 def test_sidecar_comparison_gives_what_each_sampling_ratio_adds_round_by_round():
-    sidecar = _load("parts.sidecar")
+    sidecar = load_bench("parts.sidecar")
 
     def measured(cpu_us: float, at_rate: float, p99: float, round_: int) -> object:
         return compare_sidecar.Result(
@@ -627,8 +612,8 @@ def test_grpc_request_and_answers_carry_what_the_rest_path_sends_and_gets():
     from modelserving.tfserving import serving_apis_pb2 as apis
     from modelserving_sidecar.grpc.tensor_json import tensor_value
 
-    grpc_path = _load("parts.grpc_path")
-    load = _load("harness.load")
+    grpc_path = load_bench("parts.grpc_path")
+    load = load_bench("harness.load")
     request = apis.PredictRequest.FromString(grpc_path.predict_request())
     assert request.model_spec.name == load.MODEL
     assert {name: tensor_value(t) for name, t in request.inputs.items()} == json.loads(
@@ -652,7 +637,7 @@ def _grpc_pass(rps_per_core: int, p50: float, p99: float) -> dict:
 
 
 def test_each_sidecar_adds_over_its_own_protocols_direct_call_pass_by_pass():
-    grpc_path = _load("parts.grpc_path")
+    grpc_path = load_bench("parts.grpc_path")
     results = {
         grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
         grpc_path.REST_SIDECAR: [_grpc_pass(7000, 0.5, 1.5), _grpc_pass(7000, 0.6, 1.4)],
@@ -668,7 +653,7 @@ def test_each_sidecar_adds_over_its_own_protocols_direct_call_pass_by_pass():
 
 
 def test_grpc_section_sets_the_grpc_sidecar_beside_rest_and_both_direct_calls():
-    grpc_path = _load("parts.grpc_path")
+    grpc_path = load_bench("parts.grpc_path")
     results = {
         grpc_path.REST_DIRECT: [_grpc_pass(20000, 0.3, 0.9), _grpc_pass(20000, 0.4, 1.0)],
         grpc_path.REST_SIDECAR: [_grpc_pass(8000, 0.5, 1.5), _grpc_pass(6000, 0.6, 1.4)],

@@ -12,45 +12,17 @@ import prometheus_client
 import pytest
 import pytest_asyncio
 
-from modelserving_sidecar.config import LogDurability, SpoolFullPolicy, parse_config
+from modelserving_sidecar.config import SpoolFullPolicy
 from modelserving_sidecar.log.exchange import Exchange
-from modelserving_sidecar.log.metrics import InferenceLogMetrics
 from modelserving_sidecar.log.pipeline import InferenceLogPipeline
 from modelserving_sidecar.log.spool.segments import SpoolRecord
 from tests.support.exchanges import an_exchange
+from tests.support.log_pipelines import count, pipeline_for
 from tests.support.waiting import wait_for_async
 
 
 def exchange(request_id: str) -> Exchange:
     return an_exchange(request_id=request_id)
-
-
-def pipeline_for(
-    tmp_path, registry: prometheus_client.CollectorRegistry | None = None, **logging
-) -> InferenceLogPipeline:
-    config = parse_config(
-        {
-            "serving": {"name": "s", "namespace": "n"},
-            "model": {"name": "m", "version": 1, "modelId": 1},
-            # No broker listens there: the producer keeps retrying, the spool is what is tested.
-            "logging": {
-                "mode": "ALL",
-                "topic": "t",
-                "bootstrapServers": "127.0.0.1:9",
-                "spoolDir": str(tmp_path / "spool"),
-                "durability": "spooled",
-                "drainTimeoutSeconds": 0.2,
-                **logging,
-            },
-        }
-    )
-    assert config.logging.durability is LogDurability.SPOOLED
-    registry = registry or prometheus_client.CollectorRegistry()
-    return InferenceLogPipeline(config, InferenceLogMetrics(registry), pod="p")
-
-
-def count(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(f"modelserving_inference_log_{name}", labels or None) or 0
 
 
 class Writes:

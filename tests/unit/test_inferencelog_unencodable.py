@@ -24,10 +24,10 @@ from modelserving_sidecar.log.policy import NonJsonPolicy, RedactRule
 from modelserving_sidecar.log.records import SpoolRecordMaker
 from tests.support import examples
 from tests.support.exchanges import an_exchange
-from tests.unit.test_inferencelog_durability import count, pipeline_for
+from tests.support.hostile_payloads import POISON, RANK_1200
+from tests.support.log_pipelines import count, pipeline_for
 
 MODEL = ModelIdentity(name="mnist", version=3, model_id=17)
-POISON = b"[" * 100_000  # the security review's request: parsing it raises RecursionError
 RULE = (RedactRule("instances[*].ssn"),)
 
 
@@ -42,16 +42,6 @@ def exchange(request: bytes, response: bytes = b'{"predictions": [1]}', **change
     return an_exchange(request_body=request, response_body=response, **values)
 
 
-def tensor(shape: list[int], values: list[float]) -> tensor_pb2.TensorProto:
-    dims = [tensor_pb2.TensorShapeProto.Dim(size=s) for s in shape]
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_pb2.TensorShapeProto(dim=dims),
-        float_val=values,
-    )
-
-
-RANK_1200 = apis.PredictRequest(inputs={"x": tensor([1] * 1200, [1.0])}).SerializeToString()
 TF_SERVING_REFUSAL = b'{"error": "tensor parsing error: x"}'
 
 
