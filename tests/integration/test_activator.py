@@ -28,8 +28,8 @@ from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving import tensor_pb2, types_pb2
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import KEY_REQUIRED, hash_api_key
-from tests.integration.test_sidecar_tracing import all_spans_of, parent_of, tags
 from tests.support.activator_process import ActivatorProcess, running_activator
+from tests.support.jaeger_queries import all_spans_of, parent_of, tags
 from tests.support.ports import free_port
 from tests.support.process_node import ProcessNode
 from tests.support.servings import serving_manifest

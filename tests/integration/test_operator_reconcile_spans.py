@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from modelserving import api
+from tests.support.jaeger_queries import tags
 from tests.support.servings import is_ready, serving_manifest
 from tests.support.waiting import wait_for
 
@@ -35,10 +36,6 @@ def reconcile_spans(jaeger, serving: str) -> list[dict]:
         traces = []
     spans = [span for trace in traces for span in trace["spans"]]
     return [s for s in spans if tags(s).get("modelserving.serving") == serving]
-
-
-def tags(span: dict) -> dict:
-    return {tag["key"]: tag["value"] for tag in span["tags"]}
 
 
 def test_each_reconcile_is_a_span_naming_the_serving_and_its_writes(

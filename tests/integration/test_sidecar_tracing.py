@@ -34,6 +34,7 @@ from tests.integration.test_sidecar_auth import (
     sidecar,
 )
 from tests.integration.test_sidecar_grpc import predict_request
+from tests.support.jaeger_queries import all_spans_of, jaeger_trace, parent_of, tags
 from tests.support.ports import free_port
 from tests.support.prometheus import PrometheusServer, Target
 from tests.support.sidecar_configs import sidecar_config
@@ -87,30 +88,6 @@ async def predict(
         return resp
 
 
-async def jaeger_trace(http: aiohttp.ClientSession, jaeger, trace_id: str) -> list[dict] | None:
-    """The spans Jaeger's query API holds for a trace, or None when it has none."""
-    async with http.get(f"{jaeger.query_url}/api/traces/{trace_id}") as resp:
-        if resp.status == 404:
-            return None
-        assert resp.status == 200, await resp.text()
-        (found,) = (await resp.json())["data"]
-        return list(found["spans"])
-
-
-async def all_spans_of(
-    http: aiohttp.ClientSession, jaeger, trace_id: str, count: int
-) -> list[dict]:
-    """The trace's spans, once Jaeger holds `count` of them."""
-    spans: list[dict] = []
-
-    async def all_there() -> bool:
-        spans[:] = await jaeger_trace(http, jaeger, trace_id) or []
-        return len(spans) >= count
-
-    await wait_for_async(all_there, timeout=30, what=f"{count} spans of trace {trace_id}")
-    return spans
-
-
 async def spans_of(
     http: aiohttp.ClientSession, jaeger, trace_id: str, count: int
 ) -> dict[str, dict]:
@@ -118,15 +95,6 @@ async def spans_of(
     return {
         span["operationName"]: span for span in await all_spans_of(http, jaeger, trace_id, count)
     }
-
-
-def parent_of(span: dict) -> str | None:
-    parents = [ref["spanID"] for ref in span["references"] if ref["refType"] == "CHILD_OF"]
-    return parents[0] if parents else None
-
-
-def tags(span: dict) -> dict[str, Any]:
-    return {tag["key"]: tag["value"] for tag in span["tags"]}
 
 
 async def records_of(local_env, topic: str, count: int) -> list:
