@@ -19,7 +19,7 @@ from modelserving.inferencelog.record import HEADER_PAYLOAD
 from modelserving.tfserving import serving_apis_pb2 as apis
 from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.grpc.gateway import HTTP_STATUS
-from tests.integration.test_sidecar_grpc import (
+from tests.support.grpc_sidecars import (
     CLIENT_OPTIONS,
     GOOD,
     KEY,

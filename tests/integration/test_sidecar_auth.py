@@ -6,25 +6,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import yaml
 from kubernetes import client
 
-from modelserving.api import GROUP, PLURAL, PREDICT_SUBRESOURCE
-from modelserving_sidecar.app import AUTHENTICATOR, create_app
+from modelserving_sidecar.app import AUTHENTICATOR
 from modelserving_sidecar.auth.api_keys import hash_api_key, new_api_key
 from modelserving_sidecar.auth.apikey_cli import secret_manifest
 from modelserving_sidecar.config import SidecarConfig, parse_config
-from modelserving_sidecar.main import serving
+from tests.support.kube_callers import (
+    AUDIENCE,
+    SERVING,
+    grant_predict,
+    service_account_token,
+    sidecar,
+)
 from tests.support.sidecar_configs import sidecar_config
 from tests.support.waiting import wait_for_async
 
 MODEL = "half_plus_two"
-SERVING = "hpt"
-AUDIENCE = "modelserving-test"
 PREDICT = {"instances": [1.0]}
 
 
@@ -35,65 +37,12 @@ def make_config(upstream: str, namespace: str, **auth) -> SidecarConfig:
     return parse_config({**config, "auth": auth})
 
 
-@asynccontextmanager
-async def sidecar(config: SidecarConfig):
-    app = create_app(config)
-    async with serving(app) as url:
-        yield app, url
-
-
 async def predict(url: str, authorization: str | None) -> tuple[int, dict, dict]:
     headers = {"Authorization": authorization} if authorization else {}
     async with aiohttp.ClientSession() as http:
         path = f"{url}/v1/models/{MODEL}:predict"
         async with http.post(path, json=PREDICT, headers=headers) as resp:
             return resp.status, json.loads(await resp.read()), dict(resp.headers)
-
-
-def service_account_token(kube_client, namespace: str, name: str, audience: str) -> str:
-    core = client.CoreV1Api(kube_client)
-    if name not in {
-        sa.metadata.name for sa in core.list_namespaced_service_account(namespace).items
-    }:
-        core.create_namespaced_service_account(
-            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-        )
-    request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=3600)
-    )
-    return core.create_namespaced_service_account_token(name, namespace, request).status.token
-
-
-def grant_predict(kube_client, namespace: str, service_account: str) -> None:
-    rbac = client.RbacAuthorizationV1Api(kube_client)
-    rbac.create_namespaced_role(
-        namespace,
-        client.V1Role(
-            metadata=client.V1ObjectMeta(name="predict"),
-            rules=[
-                client.V1PolicyRule(
-                    api_groups=[GROUP],
-                    resources=[f"{PLURAL}/{PREDICT_SUBRESOURCE}"],
-                    resource_names=[SERVING],
-                    verbs=["create"],
-                )
-            ],
-        ),
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="predict"),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="predict"
-            ),
-            subjects=[
-                client.RbacV1Subject(
-                    kind="ServiceAccount", name=service_account, namespace=namespace
-                )
-            ],
-        ),
-    )
 
 
 async def test_service_account_is_refused_until_a_role_binding_grants_predict(

@@ -26,15 +26,15 @@ from modelserving.tfserving.serving_apis_pb2_grpc import PredictionServiceStub
 from modelserving_sidecar.auth.api_keys import hash_api_key
 from modelserving_sidecar.config import parse_config
 from modelserving_sidecar.tracing.context import continued, is_sampled
-from tests.integration.test_sidecar_auth import (
+from tests.support.grpc_sidecars import predict_request
+from tests.support.jaeger_queries import all_spans_of, jaeger_trace, parent_of, tags
+from tests.support.kube_callers import (
     AUDIENCE,
     SERVING,
     grant_predict,
     service_account_token,
     sidecar,
 )
-from tests.integration.test_sidecar_grpc import predict_request
-from tests.support.jaeger_queries import all_spans_of, jaeger_trace, parent_of, tags
 from tests.support.ports import free_port
 from tests.support.prometheus import PrometheusServer, Target
 from tests.support.sidecar_configs import sidecar_config
