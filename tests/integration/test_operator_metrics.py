@@ -93,13 +93,22 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
     for resource in ("deployments", "services", "configmaps", "serviceaccounts"):
         assert value(samples, writes, resource=resource, verb="create") >= 1, resource
     assert value(samples, writes, resource=api.PLURAL, verb="patch-status") >= 1
-    assert not [s for s in series(samples, writes) if not s["code"].startswith("2")]
+    assert not [s for s in series(samples, writes) if refused(s)]
 
     # And kopf's watch streams, one per watched resource, none restarted yet
     watched = {s["resource"] for s in series(samples, "modelserving_operator_watch_requests_total")}
     assert {api.PLURAL, "deployments", "pods"} <= watched
     assert value(samples, "modelserving_operator_watch_restarts_total") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def refused(write: dict[str, str]) -> bool:
+    """A write the API server refused, but for the modelId counter's: every operator of the
+    cluster (the tests beside this one run theirs) takes ids from one annotation of the CRD with
+    optimistic concurrency, so a 409 there is another operator's block taken first, and the
+    operator takes the next."""
+    counter_conflict = (write["resource"], write["code"]) == ("customresourcedefinitions", "409")
+    return not write["code"].startswith("2") and not counter_conflict
 
 
 def _scrape_or_none(url: str):
@@ -149,7 +158,7 @@ def test_servings_made_at_once_cost_no_more_writes_than_any_operator_makes(
     per_serving = (sum(made.values()) - counter) / SERVINGS
     assert per_serving <= WRITES_PER_SERVING, made
     assert value(samples, writes, resource=api.PLURAL, verb="patch") == 0, made
-    assert not [key for key in made if not key[2].startswith("2")], made
+    assert not [s for s in series(samples, writes) if refused(s)], made
 
     # And it told each serving's story in no more Events than a user reads
     events = client.CoreV1Api(kube_client).list_namespaced_event(namespace).items
