@@ -118,6 +118,18 @@ PROGRESS_WRITE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
+class UnseenStatus:
+    """A status the operator wrote whose event the watch cache has not shown yet."""
+
+    status: Mapping[str, Any]
+    # The serving's versions from before that write: the one it was written over, and those
+    # earlier writes of the operator made while the cache still showed an older one (their
+    # events come first, in order, and are older than this status too).
+    older: frozenset[str]
+    made: str  # the version the write made
+
+
+@dataclass(frozen=True)
 class KafkaSeen:
     """What the operator found of the inference log's topics, kept between reconciles."""
 
@@ -172,10 +184,9 @@ class ServingMemory:
     # When each serving's status was last written (monotonic seconds), for
     # PROGRESS_WRITE_SECONDS.
     status_written: dict[Key, float] = field(default_factory=dict)
-    # The status last written to each serving, with the serving's resourceVersion it was
-    # written over, until the watch cache holds a later version of the serving (the write's own
-    # event, or any after it): meanwhile the cache's status is older than the API server's.
-    status_unseen: dict[Key, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # The status last written to each serving, until the watch cache holds the version that
+    # write made, or any after it: meanwhile the cache's status is older than the API server's.
+    status_unseen: dict[Key, UnseenStatus] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.verified.pop(key, None)
@@ -310,18 +321,18 @@ async def _model_id(
 
 def _with_status_written(rec: Reconciler, serving: Mapping[str, Any]) -> Mapping[str, Any]:
     """The serving with the status the operator last wrote to it, while the watch cache still
-    holds the version that write was made over (the write's event has not come yet): what the
-    API server holds. A reconcile in between (a child's event, a pod's) otherwise compares with
-    the status before the write, and writes again what the last write said."""
+    holds a version from before that write (its event has not come yet): what the API server
+    holds. A reconcile in between (a child's event, a pod's, or the event of an earlier status
+    write) otherwise compares with an older status, and writes again what the last write
+    said."""
     key = (serving["metadata"]["namespace"], serving["metadata"]["name"])
     unseen = rec.memory.status_unseen.get(key)
     if unseen is None:
         return serving
-    over, status = unseen
-    if serving["metadata"].get("resourceVersion") != over:
-        del rec.memory.status_unseen[key]  # the cache has a later version: its status counts
+    if serving["metadata"].get("resourceVersion") not in unseen.older:
+        del rec.memory.status_unseen[key]  # the write's version or a later one: its status counts
         return serving
-    return {**serving, "status": status}
+    return {**serving, "status": unseen.status}
 
 
 async def _endpoints(
@@ -506,12 +517,29 @@ async def _write_status(
     if wait is None:
         # Only this serving's: not one deleted and made anew under its name meanwhile.
         uid = serving["metadata"]["uid"]
-        await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
+        written = await rec.kube.write_status(api.KIND, key[1], key[0], uid, new_status)
         rec.writes += 1
         rec.memory.status_written[key] = time.monotonic()
-        if over := serving["metadata"].get("resourceVersion"):
-            rec.memory.status_unseen[key] = (over, new_status)
+        _remember_status(rec, key, serving, new_status, written)
     return wait
+
+
+def _remember_status(
+    rec: Reconciler,
+    key: Key,
+    serving: Mapping[str, Any],
+    status: Mapping[str, Any],
+    written: Mapping[str, Any],
+) -> None:
+    """Keep what a status write said until the watch cache shows the version it made."""
+    over = serving["metadata"].get("resourceVersion")
+    made = (written.get("metadata") or {}).get("resourceVersion")
+    if not (over and made):
+        return
+    older = {over}
+    if earlier := rec.memory.status_unseen.get(key):  # written over a version still unseen
+        older |= earlier.older | {earlier.made}
+    rec.memory.status_unseen[key] = UnseenStatus(status, frozenset(older), made)
 
 
 def _again(
@@ -600,7 +628,7 @@ async def _apply_children(
         elif current is None or not (current.get("immutable") or covers(current, manifest)):
             # An immutable one (render_config's content-named) holds what its name says.
             stale.append((manifest, current is not None))
-    results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | KubeError]] = []
+    results: list[tuple[Mapping[str, Any], bool, dict[str, Any] | AlreadyThere | KubeError]] = []
     for index in range(len(_WAVES)):
         wave = [(m, exists) for m, exists in stale if _wave_of(m["kind"]) == index]
         if taken or not wave:
@@ -625,6 +653,10 @@ async def _apply_children(
                 reason=APPLY_FAILED,
                 message=f"applying {what}: {answer}",
             )
+            continue
+        if isinstance(answer, AlreadyThere):
+            if child["kind"] == "Deployment":
+                deployment = answer.live
             continue
         rec.writes += 1
         done["Updated" if exists else "Created"].append(what)
@@ -697,11 +729,20 @@ def _taken_failure(spec: ServingSpec, taken: list[Mapping[str, Any]]) -> ApplyFa
     )
 
 
+@dataclass(frozen=True)
+class AlreadyThere:
+    """A child the cache did not hold, found as the manifest has it when its create was
+    refused: nothing was written."""
+
+    live: dict[str, Any]
+
+
 async def _apply(
     kube: KubeClient, spec: ServingSpec, manifest: Mapping[str, Any], exists: bool
-) -> dict[str, Any] | KubeError | None:
-    """The object created (the cache has not seen it) or applied, or the API server's
-    refusal (other errors propagate); None when an object not the serving's holds its name."""
+) -> dict[str, Any] | AlreadyThere | KubeError | None:
+    """The object created (the cache has not seen it) or applied, or found as it should be
+    (AlreadyThere), or the API server's refusal (other errors propagate); None when an object
+    not the serving's holds its name."""
     try:
         if not exists:
             try:
@@ -709,11 +750,15 @@ async def _apply(
             except KubeError as exc:
                 if exc.status != 409:
                     raise
-            # There after all: the serving's, newer than the cache (applied), or another's.
+            # There after all: the serving's, newer than the cache (a create of an earlier
+            # reconcile whose event has not come yet: nothing to write when it says what the
+            # manifest says), or another's.
             meta = manifest["metadata"]
             found = await kube.get(manifest["kind"], meta["name"], meta.get("namespace"))
             if found is not None and not owned_by(found, spec):
                 return None
+            if found is not None and covers(found, manifest):
+                return AlreadyThere(found)
         return await kube.apply(manifest)
     except KubeError as exc:
         return exc

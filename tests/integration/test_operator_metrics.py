@@ -5,6 +5,7 @@ made at once, against what any operator must write."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from modelserving import api
+from modelserving_operator.reconcile import PROGRESS_WRITE_SECONDS
 from tests.support.ports import free_port
 from tests.support.prometheus import Samples, scrape, series, value
 from tests.support.servings import condition, is_ready, serving_manifest
@@ -103,12 +105,15 @@ def test_the_operator_counts_what_it_did_for_a_new_serving(
 
 
 def refused(write: dict[str, str]) -> bool:
-    """A write the API server refused, but for the modelId counter's: every operator of the
-    cluster (the tests beside this one run theirs) takes ids from one annotation of the CRD with
-    optimistic concurrency, so a 409 there is another operator's block taken first, and the
-    operator takes the next."""
+    """A write the API server refused, but for two conflicts the operator meets by design and
+    answers: the modelId counter's (every operator of the cluster, the tests beside this one
+    run theirs, takes ids from one annotation of the CRD with optimistic concurrency, so a 409
+    there is another operator's block taken first, and the operator takes the next), and a
+    create of a child an earlier reconcile made, before the watch cache showed it (found as it
+    should be, and left)."""
     counter_conflict = (write["resource"], write["code"]) == ("customresourcedefinitions", "409")
-    return not write["code"].startswith("2") and not counter_conflict
+    known_child = (write["verb"], write["code"]) == ("create", "409")
+    return not write["code"].startswith("2") and not (counter_conflict or known_child)
 
 
 def _scrape_or_none(url: str):
@@ -125,7 +130,9 @@ def _scrape_or_none(url: str):
 # no write of the serving itself (its modelId goes with its first status), and a status written
 # once per change of what it says (taken up, then Ready), never again for what the last write
 # said. The cluster's modelId counter (the CRD's annotation) is not a serving's: one write per
-# block of up to a hundred ids.
+# block of up to a hundred ids. A rollout slower than PROGRESS_WRITE_SECONDS (a loaded machine)
+# has its progress told at most once per that many seconds on the way: those writes the floor
+# makes too, any operator that reports progress.
 WRITES_PER_SERVING = 9
 EVENTS_PER_SERVING = 2  # of a serving that goes to Ready without trouble: what a user reads
 SERVINGS = 5
@@ -139,6 +146,7 @@ def test_servings_made_at_once_cost_no_more_writes_than_any_operator_makes(
 
     # When servings are made at once and become Ready
     names = [f"s{i}" for i in range(SERVINGS)]
+    started = time.monotonic()
     for name in names:
         crds.create_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest(name, logging=OFF)
@@ -146,6 +154,7 @@ def test_servings_made_at_once_cost_no_more_writes_than_any_operator_makes(
     for name in names:
         wait_for(lambda n=name: is_ready(crds, namespace, n), 60, f"{name} Ready")
     samples = wait_for(_settled(url), 60, "the operator idle, its counts still")
+    progress_writes = int((time.monotonic() - started) // PROGRESS_WRITE_SECONDS)
 
     # Then it wrote no more per serving than any operator must, and nothing to the serving
     # itself but its status
@@ -154,9 +163,15 @@ def test_servings_made_at_once_cost_no_more_writes_than_any_operator_makes(
         (s["resource"], s["verb"], s["code"]): value(samples, writes, **s)
         for s in series(samples, writes)
     }
-    counter = value(samples, writes, resource="customresourcedefinitions")
-    per_serving = (sum(made.values()) - counter) / SERVINGS
-    assert per_serving <= WRITES_PER_SERVING, made
+    # (A create refused with 409 writes nothing: a reconcile that ran before the watch cache
+    # showed a child the last one made finds it there as it should be, and leaves it.)
+    serving_writes = sum(
+        count
+        for (resource, _, code), count in made.items()
+        if code.startswith("2") and resource != "customresourcedefinitions"
+    )
+    per_serving = serving_writes / SERVINGS
+    assert per_serving <= WRITES_PER_SERVING + progress_writes, str(sorted(made.items()))
     assert value(samples, writes, resource=api.PLURAL, verb="patch") == 0, made
     assert not [s for s in series(samples, writes) if refused(s)], made
 

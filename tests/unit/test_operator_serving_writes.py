@@ -129,3 +129,58 @@ async def test_a_reconcile_before_the_cache_shows_the_status_write_writes_nothin
     await reconcile(rec, seen, cached(server), from_serving_event=True)
     assert server.writes[written:] == [("status", (api.KIND, "mnist"))]
     assert server.serving["status"]["modelId"] == 1
+
+
+async def test_the_event_of_an_earlier_status_write_seen_after_a_later_one_writes_nothing_again():
+    # Given a serving whose status was written twice while the watch cache still held it as it
+    # was made: taken up, then Ready when its Deployment became available
+    body = mnist_body(logging=OFF)
+    body["metadata"]["resourceVersion"] = "5"
+    server = ClusterApi(copy.deepcopy(body))
+    rec = reconciler(server)
+    await reconcile(rec, body, [], from_serving_event=True)
+    taken_up = copy.deepcopy(server.serving)  # the version the first write made
+    deployment = server.objects[("Deployment", "mnist")]
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+        "updatedReplicas": 1,
+    }
+    await reconcile(rec, body, cached(server), from_serving_event=False)
+    assert server.serving["status"]["conditions"] != taken_up["status"]["conditions"]
+    written = len(server.writes)
+    ready = copy.deepcopy(server.serving)
+
+    # When the cache then shows the first write's version (older than the second write), and a
+    # reconcile runs on it
+    await reconcile(rec, taken_up, cached(server), from_serving_event=True)
+
+    # Then nothing is written: the API server holds what the second write said
+    assert server.writes[written:] == []
+
+    # And once the cache shows the second write's version, its status counts as it is
+    await reconcile(rec, ready, cached(server), from_serving_event=True)
+    assert server.writes[written:] == []
+    assert ("demo", "mnist") not in rec.memory.status_unseen  # nothing of it kept
+
+
+async def test_a_child_the_cache_has_not_seen_yet_is_not_written_again():
+    # Given a serving reconciled once: its children made, its status written
+    body = mnist_body(logging=OFF)
+    body["metadata"]["resourceVersion"] = "5"
+    server = ClusterApi(copy.deepcopy(body))
+    rec = reconciler(server)
+    await reconcile(rec, body, [], from_serving_event=True)
+    written, counted = len(server.writes), rec.writes
+
+    # When another reconcile runs while the watch cache has not shown its Service yet
+    behind = [child for child in cached(server) if child.kind != "Service"]
+    await reconcile(rec, copy.deepcopy(server.serving), behind, from_serving_event=False)
+
+    # Then its create is refused (it is there, as the operator made it) and nothing is written
+    # instead: no apply over it, no status
+    assert server.writes[written:] == []
+    assert rec.writes == counted
