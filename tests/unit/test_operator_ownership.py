@@ -72,16 +72,27 @@ async def test_an_object_with_the_servings_labels_not_owned_is_neither_written_n
     assert failure.reason == CONFLICT and failure.message.startswith("Deployment mnist already")
 
 
-async def test_the_servings_own_child_the_cache_has_not_seen_yet_is_applied():
+async def test_the_servings_own_child_the_cache_has_not_seen_yet_is_left_or_applied():
     # Given the serving's own ServiceAccount, made by an earlier reconcile, not yet in the cache
     ours = next(m for m in render_children(mnist(), SETTINGS, 7) if m["kind"] == "ServiceAccount")
     server = ApiServer({("ServiceAccount", "mnist-sidecar"): copy.deepcopy(ours)})
 
     _, failure, _ = await apply_children(server, live={})
 
+    # Then it is left as it is (its create refused, it was found as the manifest has it), and
+    # the rest is written
+    assert failure is None
+    assert ("apply", ("ServiceAccount", "mnist-sidecar")) not in server.writes
+    assert ("create", ("Deployment", "mnist")) in server.writes
+
+    # And one changed since (by hand) is applied over
+    changed = copy.deepcopy(ours)
+    label = next(iter(changed["metadata"]["labels"]))
+    changed["metadata"]["labels"][label] = "changed-by-hand"
+    server = ApiServer({("ServiceAccount", "mnist-sidecar"): changed})
+    _, failure, _ = await apply_children(server, live={})
     assert failure is None
     assert ("apply", ("ServiceAccount", "mnist-sidecar")) in server.writes
-    assert ("create", ("Deployment", "mnist")) in server.writes
 
 
 def test_a_cluster_scoped_child_is_the_servings_when_its_labels_name_the_serving():
