@@ -82,11 +82,11 @@ SCALING = {
     "metric": "concurrency",
     "minReplicas": 0,
     "maxReplicas": 3,
-    "targetConcurrency": 2,
+    "targetConcurrency": 7,
     "stableWindowSeconds": 6,  # the panic window: 10 % of it, the last reading alone
     "scaleToZeroAfterSeconds": 10,
 }
-IN_FLIGHT = 6  # callers that each send again as soon as answered: 3 pods' worth at target 2
+IN_FLIGHT = 20  # callers that each send again as soon as answered: 3 pods' worth at target 7
 
 
 def replicas(apps: client.AppsV1Api, namespace: str, name: str) -> int | None:
