@@ -16,7 +16,11 @@ server-side apply of a List was the floor's bottleneck, which flattered the rati
 
     python -m bench.parts.operator_scale          # BENCH_OPERATOR_SIZES=100,1000 by default
 
-prints the part's figures as JSON (`make bench` runs it among the other parts). With
+prints the part's figures as JSON (`make bench` runs it among the other parts). The cluster
+slows from run to run within one environment, so each side says where it ran in the order
+(`run_order`, counted over every size) and the load average as it began (`load_average`, 1,
+5 and 15 minutes); BENCH_OPERATOR_ORDER changes the order of the sides (by default
+`operator,floor,floor_writes`; any of them may be left out). With
 BENCH_OPERATOR_PY_SPY=PREFIX the operator's stacks while the servings come up are recorded
 with py-spy to PREFIX-N.txt (collapsed).
 
@@ -53,6 +57,11 @@ from bench.harness.procs import (
 )
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_OPERATOR_SIZES", "100,1000").split(","))
+# The sides of each size, in the order they run: the operator, the cluster alone with the same
+# objects, the cluster with the writes any operator makes. Their keys in the results: N,
+# floor_N, floor_writes_N.
+SIDES = {"operator": "", "floor": "floor_", "floor_writes": "floor_writes_"}
+ORDER = tuple(os.environ.get("BENCH_OPERATOR_ORDER", ",".join(SIDES)).split(","))
 # Long enough for the cluster alone to finish at 1,000 on a busy machine: a floor cut short
 # gives no ratio at all.
 READY_TIMEOUT = 300.0
@@ -545,23 +554,39 @@ def run(env: dict[str, Any] | None, workdir: Path) -> dict[str, Any]:
             "it started"
         ]
     }
+    unknown = [side for side in ORDER if side not in SIDES]
+    if unknown:
+        return {
+            "notes": [f"not run: BENCH_OPERATOR_ORDER names {unknown}, not one of {list(SIDES)}"]
+        }
+    out["notes"].append(f"sides in this order, each size: {', '.join(ORDER)}")
+    sides: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
+        "operator": (
+            "{n} ModelServings applied at once",
+            lambda n: one_size(cluster, env, n, workdir),
+        ),
+        "floor": (
+            "the cluster alone with the same objects for {n} servings",
+            lambda n: cluster_floor(cluster, n, workdir),
+        ),
+        "floor_writes": (
+            "the cluster with the writes any operator makes for {n} servings",
+            lambda n: cluster_floor_with_servings(cluster, n, workdir),
+        ),
+    }
+    position = 0
     try:
         for n in SIZES:
-            log(f"operator: {n} ModelServings applied at once")
-            try:
-                out[str(n)] = one_size(cluster, env, n, workdir)
-            except (BenchError, subprocess.SubprocessError) as exc:
-                out[str(n)] = {"error": str(exc)[-1000:]}
-            log(f"operator: the cluster alone with the same objects for {n} servings")
-            try:
-                out[f"floor_{n}"] = cluster_floor(cluster, n, workdir)
-            except (BenchError, subprocess.SubprocessError) as exc:
-                out[f"floor_{n}"] = {"error": str(exc)[-1000:]}
-            log(f"operator: the cluster with the writes any operator makes for {n} servings")
-            try:
-                out[f"floor_writes_{n}"] = cluster_floor_with_servings(cluster, n, workdir)
-            except (BenchError, subprocess.SubprocessError) as exc:
-                out[f"floor_writes_{n}"] = {"error": str(exc)[-1000:]}
+            for side in ORDER:
+                what, measure = sides[side]
+                position += 1
+                log(f"operator: {what.format(n=n)}")
+                load = [round(x, 2) for x in os.getloadavg()]
+                try:
+                    result = measure(n)
+                except (BenchError, subprocess.SubprocessError) as exc:
+                    result = {"error": str(exc)[-1000:]}
+                out[f"{SIDES[side]}{n}"] = {**result, "run_order": position, "load_average": load}
     finally:
         try:
             cluster.kubectl("delete", "node", node, "--wait=false")

@@ -111,27 +111,50 @@ def _control_plane_lines(part: OperatorPart, sizes: list[str]) -> list[str]:
         return []  # a run from before the figure
     lines = [
         "",
-        "| servings | control plane CPU (s): with the operator | the cluster alone | ratio "
-        "| the cluster with the writes any operator makes | ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| servings | the operator's own CPU (s) | control plane CPU (s): with the operator "
+        "| the cluster alone | ratio | the cluster with the writes any operator makes | ratio "
+        "| run order (load average, 1 min, as each began) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in measured:
-        ours = total(part.sizes[n])
+        run = part.sizes[n]
+        own = run.operator_cpu_seconds if isinstance(run, OperatorRun) else None
+        ours = total(run)
         alone = total(part.floors.get(n))
         writes = total(part.writes_floors.get(n))
         lines.append(
-            f"| {int(n):,} | {fmt(ours, 1)} | {fmt(alone, 1)} | {fmt(_ratio(ours, alone))} "
-            f"| {fmt(writes, 1)} | {fmt(_ratio(ours, writes))} |"
+            f"| {int(n):,} | {fmt(own, 1)} | {fmt(ours, 1)} | {fmt(alone, 1)} "
+            f"| {fmt(_ratio(ours, alone))} | {fmt(writes, 1)} | {fmt(_ratio(ours, writes))} "
+            f"| {_order(part, n)} |"
         )
     return [
         *lines,
         "",
         "The CPU seconds the cluster's own processes (kube-apiserver, etcd, the controller "
         "manager, the scheduler, KWOK) used in each run, from the first request until all were "
-        "Ready or available; the operator's own CPU is not in it. On this machine the control "
-        "plane is what every side waits on, so these ratios say what the operator costs the "
-        "cluster, with far less of the machine's noise than the times.",
+        "Ready or available; the operator's own CPU (from /proc, over the same time) is beside "
+        "it, not in it. On this machine the control plane is what every side waits on, so these "
+        "ratios say what the operator costs the cluster, with far less of the machine's noise "
+        "than the times. The cluster slows from run to run in one environment: the order the "
+        "sides ran in, and the machine's load as each began, say how far to trust a ratio.",
     ]
+
+
+def _order(part: OperatorPart, n: str) -> str:
+    """The sides of size n in the order they ran, each with the load average as it began."""
+    sides = [
+        ("operator", part.sizes.get(n)),
+        ("alone", part.floors.get(n)),
+        ("writes", part.writes_floors.get(n)),
+    ]
+    ran = [
+        (run.run_order, name, run.load_average)
+        for name, run in sides
+        if run is not None and run.run_order is not None
+    ]
+    if not ran:
+        return "-"  # a run from before the figure
+    return ", ".join(f"{name} ({load[0]:.1f})" if load else name for _, name, load in sorted(ran))
 
 
 def _ratio(ours: float | None, floor: float | None) -> float | None:

@@ -28,6 +28,9 @@ class Failed:
     """A run or measurement that did not finish: what went wrong."""
 
     error: str
+    # Where it ran in its part's order, and the load average (1, 5, 15 min) as it began.
+    run_order: int | None = None
+    load_average: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ class OperatorRun:
     restart_written_examples: list[str] = field(default_factory=list)
     restart_events_added: int | None = None
     operator_rss_after_restart_mib: float | None = None
+    run_order: int | None = None  # where it ran among its part's sides, counted over the sizes
+    load_average: list[float] | None = None  # 1, 5 and 15 min, as it began
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,8 @@ class Floor:
     deployments_available: int | None = None
     seconds_to_all_available: float | None = None  # None: not all within the deadline
     control_plane_cpu_seconds: dict[str, float] | None = None
+    run_order: int | None = None  # as OperatorRun's
+    load_average: list[float] | None = None
 
 
 NO_FLOOR = Floor()

@@ -757,23 +757,44 @@ def test_the_operator_is_also_compared_with_the_writes_any_operator_makes():
 
 def test_the_operator_is_compared_by_the_control_plane_cpu_each_run_cost():
     part = {
-        "1000": {"seconds_to_all_ready": 90.0, "control_plane_cpu_seconds": {"total": 150.0}},
+        "1000": {
+            "seconds_to_all_ready": 90.0,
+            "operator_cpu_seconds": 40.0,
+            "control_plane_cpu_seconds": {"total": 150.0},
+            "run_order": 2,
+            "load_average": [1.5, 1.2, 1.0],
+        },
         "floor_1000": {
             "seconds_to_all_available": 60.0,
             "control_plane_cpu_seconds": {"kube-apiserver": 80.0, "total": 100.0},
+            "run_order": 1,
+            "load_average": [0.5, 0.7, 0.9],
         },
         "floor_writes_1000": {
             "seconds_to_all_available": 75.0,
             "control_plane_cpu_seconds": {"total": 125.0},
+            "run_order": 3,
+            "load_average": [2.0, 1.5, 1.1],
         },
-        "100": {"seconds_to_all_ready": 9.0},  # a run from before the figure
+        "100": {"seconds_to_all_ready": 9.0},  # a run from before the figures
     }
     rows = [
         line
         for line in operator.operator_lines(results_.OperatorPart.from_json(part))
-        if line.startswith("| 1,000 | 150.0")
+        if line.startswith("| 1,000 | 40.0")
     ]
-    assert rows == ["| 1,000 | 150.0 | 100.0 | 1.50 | 125.0 | 1.20 |"]
+    # The operator's own CPU beside the control plane's, and the order the sides ran in with
+    # the load as each began
+    assert rows == [
+        "| 1,000 | 40.0 | 150.0 | 100.0 | 1.50 | 125.0 | 1.20 "
+        "| alone (0.5), operator (1.5), writes (2.0) |"
+    ]
+
+
+def test_a_failed_side_keeps_its_place_in_the_order():
+    part = {"1000": {"error": "timed out", "run_order": 1, "load_average": [1.0, 1.0, 1.0]}}
+    run = results_.OperatorPart.from_json(part).sizes["1000"]
+    assert isinstance(run, results_.Failed) and run.run_order == 1
 
 
 def test_control_plane_cpu_is_read_from_the_clusters_pid_files(tmp_path):
