@@ -1,8 +1,9 @@
 """The operator's watch caches: what kopf's indexes (registered in handlers.py) keep of the
-servings, their children and their pods, and how a reconcile and the periodic checks read them.
+servings, what the operator's own watch streams (runtime/watches) keep of their children and
+their pods, and how a reconcile and the periodic checks read them.
 
 Every index maps a serving's (namespace, name) (or another key, named beside it) to what the
-operator keeps of the objects of that key; kopf fills them from its watch streams.
+operator keeps of the objects of that key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 from modelserving import api
 from modelserving_operator.names import LABEL_SERVING_NAME, LABEL_SERVING_NAMESPACE
+from modelserving_operator.render.network import SLICE_MANAGED_BY, SLICE_MANAGED_BY_LABEL
 from modelserving_operator.runtime.cached import CachedObject
+from modelserving_operator.runtime.watches import ObjectIndex, Watched
 from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.status.model_report import tfserving_exited
 from modelserving_sidecar.log.status import ANNOTATION as LOG_STATUS_ANNOTATION
@@ -33,27 +36,14 @@ CHILD_RESOURCES = [
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding"),
 ]
 SERVINGS_INDEX = "servings"
-# The serving's pods are watched, not owned: their annotations feed the status (LoggingReady,
-# ModelReady, AuthReady, status.versions).
-PODS_INDEX = "serving_pods"
 # Which servings' pods read each Secret and ConfigMap at start (env_sources), so that a change
 # of one (pod_env.checks reads them by name; they are not watched) marks only those.
 SOURCE_READERS_INDEX = "source_readers"
 # The servings whose status holds each modelId: ids above them are the fresh ones, and an id
 # two hold is kept by the first made (modelids).
 MODEL_IDS_INDEX = "model_ids"
-WATCHED_PLURALS = (api.PLURAL, "pods", *(plural for _, _, plural, _ in CHILD_RESOURCES))
-INDEXES = (
-    SERVINGS_INDEX,
-    PODS_INDEX,
-    SOURCE_READERS_INDEX,
-    MODEL_IDS_INDEX,
-    *(f"children_{plural}" for _, _, plural, _ in CHILD_RESOURCES),
-)
-
-
-def children_index(plural: str) -> str:
-    return f"children_{plural}"
+# kopf's indexes, of the servings; the children and pods are the operator's own streams'.
+INDEXES = (SERVINGS_INDEX, SOURCE_READERS_INDEX, MODEL_IDS_INDEX)
 
 
 def serving_of(body: Mapping[str, Any]) -> Key | None:
@@ -90,12 +80,54 @@ def pod_summary(name: str, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def watched_kinds() -> list[Watched]:
+    """What the operator's own streams watch: every kind of child, and the servings' pods (a
+    cached child, a pod's summary, each under its serving's key)."""
+    managed = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
+    kinds = [
+        Watched(
+            group,
+            version,
+            plural,
+            kind,
+            # The EndpointSlice controller copies a Service's labels onto the slices it keeps
+            # for it: ours alone are watched, not one slice more per serving.
+            f"{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGED_BY}"
+            if plural == "endpointslices"
+            else managed,
+            namespaced=kind != "ClusterRoleBinding",
+            keep=lambda body, kind=kind: CachedObject.of(body, kind),  # type: ignore[misc]
+            key_of=serving_of,
+        )
+        for group, version, plural, kind in CHILD_RESOURCES
+    ]
+    # The serving's pods are watched, not owned: their annotations feed the status
+    # (LoggingReady, ModelReady, AuthReady, status.versions).
+    pods = Watched(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        managed,
+        namespaced=True,
+        keep=lambda body: pod_summary(body["metadata"]["name"], body),
+        key_of=serving_of,
+    )
+    return [*kinds, pods]
+
+
 class WatchCaches:
-    """kopf's indexes, as its handlers are given them (kopf_internals.live_indexes), read
-    outside the handlers: by the workers' reconciles, the checks and the metrics."""
+    """kopf's indexes of the servings, as its handlers are given them
+    (kopf_internals.live_indexes), and the operator's own indexes of their children and pods
+    (runtime/watches), read outside the handlers: by the workers' reconciles, the checks and
+    the metrics."""
 
     def __init__(self) -> None:
         self.indexes: Mapping[str, Any] = {}  # set by the handlers, from the first event
+        self.own: Mapping[str, ObjectIndex] = {}  # by plural: set when the streams are made
+
+    def has_serving(self, key: Key) -> bool:
+        return key in (self.indexes.get(SERVINGS_INDEX) or {})
 
     def serving(self, key: Key) -> dict[str, Any] | None:
         cached = next(iter(self.indexes[SERVINGS_INDEX].get(key, [])), None)
@@ -105,11 +137,13 @@ class WatchCaches:
         return [
             child
             for _, _, plural, _ in CHILD_RESOURCES
-            for child in self.indexes[children_index(plural)].get(key, [])
+            if (index := self.own.get(plural)) is not None
+            for child in index.get(key, [])
         ]
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
-        return list(self.indexes[PODS_INDEX].get(key, []))
+        index = self.own.get("pods")
+        return list(index.get(key, [])) if index is not None else []
 
     def servings(self) -> Iterator[dict[str, Any]]:
         """Every serving the cache holds, parsed."""

@@ -1,6 +1,8 @@
-"""The kopf registrations: `configure` (every framework setting with its reason), the indexes
-that are the operator's watch caches (caches.py), and thin handlers that mark a serving in the
-controller's work queue on any event of it or of a child or pod of it.
+"""The kopf registrations: `configure` (every framework setting with its reason, and the
+operator's own watch streams of the children and pods), the indexes of the servings that are
+part of the operator's watch caches (caches.py), and thin handlers that mark a serving in the
+controller's work queue on any event of it; the own streams mark it on any event of a child
+or pod of it (`_child_told`).
 
 The operator is level-triggered: a serving's event, or any event of a child it owns (edited or
 deleted by hand, a Deployment's pods becoming ready), marks the serving, and the controller's
@@ -11,6 +13,7 @@ finalizers, no progress annotations).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,18 +29,12 @@ from modelserving_operator import reconcile_trace
 from modelserving_operator.autoscaler.activator_endpoints import follow_activator_forever
 from modelserving_operator.autoscaler.loop import Autoscaler
 from modelserving_operator.caches import (
-    CHILD_RESOURCES,
     INDEXES,
-    MANAGED,
     MODEL_IDS_INDEX,
-    PODS_INDEX,
     SERVINGS_INDEX,
     SOURCE_READERS_INDEX,
-    WATCHED_PLURALS,
     WatchCaches,
-    children_index,
-    pod_summary,
-    serving_of,
+    watched_kinds,
 )
 from modelserving_operator.kafka.topic_checks import check_topics_forever
 from modelserving_operator.kafka.topics import TopicKeeper
@@ -48,7 +45,6 @@ from modelserving_operator.names import cluster_role_binding_name, made_for
 from modelserving_operator.pod_env.checks import check_sources_forever
 from modelserving_operator.pod_env.sources import env_sources
 from modelserving_operator.reconcile import Reconciler, reconcile_cached
-from modelserving_operator.render.network import SLICE_MANAGED_BY, SLICE_MANAGED_BY_LABEL
 from modelserving_operator.runtime.cached import CachedObject
 from modelserving_operator.runtime.controller import Controller, Outcome
 from modelserving_operator.runtime.kopf_internals import (
@@ -60,6 +56,7 @@ from modelserving_operator.runtime.kopf_internals import (
     wrap_watch_streams,
 )
 from modelserving_operator.runtime.peering import peering_priority
+from modelserving_operator.runtime.watches import Change, ChildWatches, Watched
 from modelserving_operator.runtime.workqueue import Key
 from modelserving_operator.settings import OperatorSettings
 from modelserving_operator.spec import ServingSpec
@@ -79,15 +76,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.batching.worker_limit = None
     # Handlers only mark servings in the work queue; a serving's burst of events is one
     # reconcile, run by one of these workers, at most `worker_limit` at once.
-    for group, version, plural, _kind in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
-        # Filter children on the server: the operator never sees unrelated objects.
-        resource = (group, version, plural) if group else (version, plural)
-        settings.watching.label_selectors[resource] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
-    # The EndpointSlice controller copies a Service's labels onto the slices it keeps for it:
-    # ours alone are watched, not one slice more per serving.
-    settings.watching.label_selectors[("discovery.k8s.io", "v1", "endpointslices")] = (
-        f"{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGED_BY}"
-    )
     settings.networking.request_timeout = ours.api_timeout_seconds  # a hung call is retried
     # kopf gives up on a request after its retries (54 s in all), and a watch given up on
     # is never renewed: an API server away longer (a restart of a loaded one) left the
@@ -140,8 +128,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     # What a stream's fresh listing no longer returns is told DELETED (kopf tells nothing of
     # it); the serving's DELETED handler reads its spec (its binding's name).
-    watched = WatchedObjects(WATCHED_PLURALS, with_spec=(api.PLURAL,))
+    memo.watched = watched = WatchedObjects((api.PLURAL,), with_spec=(api.PLURAL,))
     wrap_watch_streams(rec.metrics.watches, watched)
+    # The children and pods: the operator's own streams, not kopf's (runtime/watches), started
+    # now, beside kopf's of the servings; the workers wait for their first listings.
+    memo.child_watches = ChildWatches(
+        rec.kube,
+        rec.kube.server,
+        watched_kinds(),
+        ours.namespaces,
+        told=lambda kind, change, body, key: _child_told(memo, kind, change, body, key),
+        listing=watched,
+        counts=rec.metrics.watches,
+        watch_timeout=ours.watch_timeout_seconds,
+        connect_timeout=min(10.0, ours.api_timeout_seconds),
+    )
+    caches.own = memo.child_watches.indexes
+    memo.orphan_checks = set()
+    memo.child_watches.start()
     if ours.metrics_port:
         memo.metrics_server = await _serve_metrics(rec, memo.controller, caches, registry)
 
@@ -194,6 +198,10 @@ async def _serve_metrics(
 async def close(memo: kopf.Memo, **_: Any) -> None:
     rec: Reconciler = memo.reconciler
     memo.controller.close()
+    if watches := getattr(memo, "child_watches", None):
+        await watches.close()
+    for task in getattr(memo, "orphan_checks", ()):
+        task.cancel()
     await rec.topics.close()
     await rec.kube.close()
     if server := getattr(memo, "metrics_server", None):
@@ -223,42 +231,6 @@ async def index_source_readers(
     server = (body.get("spec") or {}).get("server") or {}
     sources = env_sources(server.get("env") or [], server.get("envFrom") or [])
     return {(namespace, kind, source): name for kind, source in sources}
-
-
-def _register_child(group: str, version: str, plural: str, kind: str) -> None:
-    async def index_child(body: kopf.Body, **_: Any) -> dict[Key, CachedObject]:
-        key = serving_of(body)
-        return {key: CachedObject.of(body, kind)} if key else {}
-
-    async def child_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        key = serving_of(body)
-        if key is None:
-            return
-        if key not in kwargs[SERVINGS_INDEX]:
-            if kind == "ClusterRoleBinding" and type != "DELETED":
-                await _delete_orphan_binding(memo, body, key, kwargs[SERVINGS_INDEX])
-            return
-        _mark(memo, key, kwargs, serving_event=False)
-
-    kopf.index(group, version, plural, labels=MANAGED, id=children_index(plural))(index_child)
-    kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}_event")(child_event)
-
-
-for _resource in CHILD_RESOURCES:
-    _register_child(*_resource)
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
-async def index_pod(name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    key = serving_of(body)
-    return {key: pod_summary(name, body)} if key is not None else {}
-
-
-@kopf.on.event("", "v1", "pods", labels=MANAGED, id="pods_event")
-async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    key = serving_of(body)
-    if key is not None and key in kwargs[SERVINGS_INDEX]:
-        _mark(memo, key, kwargs, serving_event=False)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -319,15 +291,38 @@ async def _delete_binding(rec: Reconciler, spec: ServingSpec) -> str:
     return f"; its ClusterRoleBinding {name} deleted"
 
 
-async def _delete_orphan_binding(
-    memo: kopf.Memo, body: Mapping[str, Any], key: Key, servings: kopf.Index[Any, Any]
+def _child_told(
+    memo: kopf.Memo, kind: Watched, change: Change, body: Mapping[str, Any] | None, key: Key
 ) -> None:
+    """A child or pod of the serving of `key` changed (the operator's own streams): the
+    serving is marked, if the cache holds it; a binding of a serving it does not hold may be
+    an orphan's."""
+    caches: WatchCaches = memo.caches
+    if caches.has_serving(key):
+        memo.controller.mark(key, serving_event=False)
+    elif kind.kind == "ClusterRoleBinding" and change != "DELETED" and body is not None:
+        task = asyncio.create_task(_delete_orphan_binding(memo, body["metadata"]["name"], key))
+        memo.orphan_checks.add(task)
+        task.add_done_callback(memo.orphan_checks.discard)
+
+
+async def _delete_orphan_binding(memo: kopf.Memo, name: str, key: Key) -> None:
     """A serving's binding whose serving is gone (deleted while no operator ran)."""
     rec: Reconciler = memo.reconciler
-    watched = rec.settings.namespaces
-    if watched and key[0] not in watched:
+    caches: WatchCaches = memo.caches
+    namespaces = rec.settings.namespaces
+    if namespaces and key[0] not in namespaces:
         return  # another operator's serving
-    await all_indexed()  # at the start, its serving may be listed but not yet indexed
-    if key in servings:
+    # At the start, its serving may be listed but not yet indexed: once every stream has
+    # listed and kopf has indexed what it listed, the cache is asked again; and the API server,
+    # since kopf may not have begun its indexing when the binding came.
+    await memo.watched.all_listed()
+    await all_indexed()
+    try:
+        if caches.has_serving(key) or await rec.kube.get(api.KIND, key[1], key[0]) is not None:
+            return
+        await rec.kube.delete("ClusterRoleBinding", name)
+    except KubeError as exc:
+        log.warning("deleting the orphan ClusterRoleBinding %s failed: %s", name, exc)
         return
-    await rec.kube.delete("ClusterRoleBinding", body["metadata"]["name"])
+    log.info("ClusterRoleBinding %s deleted: its serving %s/%s is gone", name, *key)

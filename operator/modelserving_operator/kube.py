@@ -88,6 +88,10 @@ class KubeClient:
         """Credentials of the pod's ServiceAccount, else of the kubeconfig ($KUBECONFIG)."""
         return cls(from_environment(), concurrency, timeout)
 
+    @property
+    def server(self) -> ApiServer:
+        return self._server
+
     async def close(self) -> None:
         if self._session:
             await self._session.close()

@@ -289,6 +289,39 @@ def test_children_deleted_or_edited_by_hand_are_restored(operator, crds, kube_cl
     )
 
 
+def test_children_changed_in_place_by_hand_are_repaired(operator, crds, kube_client, namespace):
+    """A child changed, not deleted: a MODIFIED event of the operator's own watch stream of
+    the children (runtime/watches), which marks the serving, within the deadline a deleted
+    child is restored in."""
+    crds.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
+    )
+    wait_for(lambda: is_ready(crds, namespace, "mnist"), timeout=60, what="the serving Ready")
+    core, apps = client.CoreV1Api(kube_client), client.AppsV1Api(kube_client)
+    service = core.read_namespaced_service("mnist", namespace)
+    selector = dict(service.spec.selector)
+
+    # When the Deployment is scaled by hand, and the Service's selector edited (a value the
+    # operator sets: a key added by hand would stay, the field of another manager)
+    apps.patch_namespaced_deployment_scale("mnist", namespace, {"spec": {"replicas": 3}})
+    first = sorted(selector)[0]
+    core.patch_namespaced_service(
+        "mnist", namespace, {"spec": {"selector": {**selector, first: "by-hand"}}}
+    )
+
+    # Then both are put back as the spec says
+    wait_for(
+        lambda: apps.read_namespaced_deployment("mnist", namespace).spec.replicas == 1,
+        timeout=30,
+        what="the Deployment scaled back to 1",
+    )
+    wait_for(
+        lambda: core.read_namespaced_service("mnist", namespace).spec.selector == selector,
+        timeout=30,
+        what="the Service's selector restored",
+    )
+
+
 def test_deleting_a_serving_removes_its_children(operator, crds, kube_client, namespace):
     crds.create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, serving_manifest("mnist")
@@ -436,11 +469,12 @@ def test_a_restart_over_unchanged_servings_writes_nothing(operator, crds, kube_c
 
     operator.stop()
     operator.start()
-    # The new operator has looked at the serving and every child kind once it logs them
+    # The new operator has looked at the serving, and reconciled it against every child kind
+    # listed (its workers wait for every watch stream's first listing), once it has caught up
     wait_for(
         lambda: (
             "Handler 'serving_event' succeeded" in operator.log()
-            and "Handler 'deployments_event' succeeded" in operator.log()
+            and "caught up: 1 servings reconciled" in operator.log()
         ),
         timeout=60,
         what="the restarted operator to handle the serving",

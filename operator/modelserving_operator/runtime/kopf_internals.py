@@ -146,7 +146,9 @@ class WatchedObjects:
     indexes and runs its event handlers, which mark its serving.
 
     A stream from its start (or its restart) until its listing is over is unlisted, and the
-    reconciles wait (`cache_current`): the indexes may hold what is gone until then.
+    reconciles wait (`cache_current`): the indexes may hold what is gone until then. The
+    operator's own streams of the children and pods (runtime/watches) report their listings
+    here too (`restarting`, `listed`, `stopped`), so that one wait covers every stream.
     """
 
     def __init__(self, plurals: Collection[str], with_spec: Collection[str] = ()) -> None:
@@ -167,20 +169,21 @@ class WatchedObjects:
     async def all_listed(self) -> None:
         await self._all_listed.wait()
 
-    def _restarting(self, key: StreamKey) -> None:
+    def restarting(self, key: StreamKey) -> None:
+        """The stream lists (anew): unlisted until `listed`."""
         self._unlisted.add(key)
         self._all_listed.clear()
 
-    def _listed(self, key: StreamKey) -> None:
+    def listed(self, key: StreamKey) -> None:
         self._unlisted.discard(key)
         if not self._unlisted:
             self._all_listed.set()
 
-    def _stopped(self, key: StreamKey) -> None:
+    def stopped(self, key: StreamKey) -> None:
         """kopf stopped the stream for good (its namespace or resource is gone, or kopf ends):
         nothing waits on it, and what it told is forgotten."""
         self._objects.pop(key, None)
-        self._listed(key)
+        self.listed(key)
 
     def _saw(self, known: dict[str, str], event: Mapping[str, Any], with_spec: bool) -> str | None:
         """Keep what the event tells of its object; its uid, if it is an object's event."""
@@ -205,7 +208,7 @@ class WatchedObjects:
         """kopf's stream of `resource` in `namespace`, with a DELETED told, once each listing is
         over, for every object it told before that the listing did not return."""
         key: StreamKey = (resource.group, resource.version, resource.plural, namespace)
-        self._restarting(key)  # at once: kopf iterates it right away, the workers may not wait
+        self.restarting(key)  # at once: kopf iterates it right away, the workers may not wait
         return self._stream(key, events, resource.plural in self.with_spec)
 
     async def _stream(
@@ -231,7 +234,7 @@ class WatchedObjects:
                             )
                         for text in gone:
                             yield {"type": "DELETED", "object": json.loads(text)}
-                        self._listed(key)
+                        self.listed(key)
                     elif isinstance(event, dict) and isinstance(event.get("object"), dict):
                         uid = self._saw(known, event, with_spec)
                         if listing is not None and uid is not None and event["type"] is None:
@@ -242,9 +245,9 @@ class WatchedObjects:
             raise
         finally:
             if restarts:  # unlisted until it has listed anew
-                self._restarting(key)
+                self.restarting(key)
             else:
-                self._stopped(key)
+                self.stopped(key)
 
 
 def wrap_watch_streams(watches: WatchStreams, watched: WatchedObjects | None = None) -> None:
