@@ -100,7 +100,8 @@ class ApiWrites:
 
 @dataclass
 class WatchStreams:
-    """kopf's watch streams, per resource: every watch request (renewed each --watch-timeout,
+    """The watch streams, per resource (kopf's of the servings, the operator's own of the
+    children and pods, runtime/watches): every watch request (renewed each --watch-timeout,
     or after a dropped connection) and every restart from a fresh listing (the API server no
     longer knew the stream's place, 410 Gone; a listing failed; peering paused the operator)."""
 
