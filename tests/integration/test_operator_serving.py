@@ -542,6 +542,42 @@ def test_kubernetes_auth_binds_the_pods_service_account(operator, crds, kube_cli
     )
 
 
+@pytest.mark.own_operator  # it stops the operator
+def test_a_binding_whose_serving_went_while_no_operator_ran_is_removed(
+    operator, crds, kube_client, namespace
+):
+    # Given a serving with auth kubernetes, Ready, and a second one that stays
+    for name in ("gone", "kept"):
+        crds.create_namespaced_custom_object(
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            serving_manifest(name, auth={"mode": "kubernetes"}, logging={"enabled": False}),
+        )
+    for name in ("gone", "kept"):
+        wait_for(lambda n=name: is_ready(crds, namespace, n), timeout=60, what=f"{name} Ready")
+    rbac = client.RbacAuthorizationV1Api(kube_client)
+
+    # When the first is deleted while no operator runs (its cluster-scoped binding has no
+    # owner to go with), and the operator starts again
+    operator.stop()
+    crds.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "gone")
+    assert read_or_none(rbac.read_cluster_role_binding, f"modelserving:{namespace}:gone")
+    operator.start()
+
+    # Then the orphan binding is removed, and the other serving's stays
+    wait_for(
+        lambda: (
+            read_or_none(rbac.read_cluster_role_binding, f"modelserving:{namespace}:gone") is None
+        ),
+        timeout=30,
+        what="the orphan ClusterRoleBinding removed",
+    )
+    wait_for(lambda: "caught up" in operator.log(), timeout=30, what="the operator caught up")
+    assert read_or_none(rbac.read_cluster_role_binding, f"modelserving:{namespace}:kept")
+
+
 def hand_made_service_account(namespace: str) -> dict:
     """A ServiceAccount a team made by hand, named as a serving `victim`'s sidecar's would be."""
     return {"metadata": {"name": "victim-sidecar", "namespace": namespace}}
