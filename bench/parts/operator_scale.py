@@ -149,9 +149,16 @@ def versions(cluster: Cluster, namespace: str) -> dict[str, str]:
     }
 
 
-def event_count(cluster: Cluster, namespace: str) -> int:
+def event_count(cluster: Cluster, namespace: str, kind: str | None = None) -> int:
+    """The Events of the namespace (each counted as often as it happened), or those of the
+    objects of one kind (the ModelServings': the operator's; the cluster's controllers and
+    scheduler post theirs on Deployments, ReplicaSets and Pods)."""
     items = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json"))
-    return sum(int(i.get("count") or 1) for i in items["items"])
+    return sum(
+        int(i.get("count") or 1)
+        for i in items["items"]
+        if kind is None or i.get("involvedObject", {}).get("kind") == kind
+    )
 
 
 def start_operator(env: dict[str, Any], namespace: str, workdir: Path, metrics_port: int) -> Proc:
@@ -327,7 +334,8 @@ def one_size(cluster: Cluster, env: dict[str, Any], n: int, workdir: Path) -> di
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
         result["operator"] = metrics.summary(n)
-        result["events_per_serving"] = round(event_count(cluster, namespace) / n, 2)
+        result["events_per_serving"] = round(event_count(cluster, namespace, "ModelServing") / n, 2)
+        result["cluster_events_per_serving"] = round(event_count(cluster, namespace) / n, 2)
         result["operator_rss_peak_mib"] = round(rss.peak_mib, 1)
         time.sleep(5)  # the queue drained, the start's memory given back
         result["operator_rss_settled_mib"] = round(operator.rss_mib(), 1)

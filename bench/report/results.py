@@ -227,7 +227,8 @@ class OperatorRun:
     operator_cpu_seconds: float | None = None
     control_plane_cpu_seconds: dict[str, float] | None = None
     operator: OperatorMetrics | None = None
-    events_per_serving: float | None = None
+    events_per_serving: float | None = None  # the operator's (its ModelServings')
+    cluster_events_per_serving: float | None = None  # every Event of the namespace
     operator_rss_peak_mib: float | None = None
     operator_rss_settled_mib: float | None = None
     # None: not measured (a run from before it); inf: not all reconciled within the deadline.
