@@ -344,9 +344,9 @@ async def _endpoints(
     """The EndpointSlice of a serving that may go to zero: its ready pods, or while none is,
     the activator's (autoscaler/endpoints); made (POST) when there is none, applied when it
     says otherwise, deleted when the serving no longer may go to zero (the EndpointSlice
-    controller follows the Service's selector again). One of the serving's name that is not
-    its own, in the cache or not, is never written (a POST does not take an object over): it
-    is returned, for the status to tell."""
+    controller follows the Service's selector again), as the other children are (_apply). One
+    of the serving's name that is not its own, in the cache or not, is never written (a POST
+    does not take an object over): it is returned, for the status to tell."""
     cached = next((c for c in slices if c.name == spec.name), None)
     live = cached.parsed() if cached is not None else None
     if live is not None and not owned_by(live, spec):
@@ -361,19 +361,16 @@ async def _endpoints(
         return None
     endpoints = pod_endpoints(spec.namespace, pods) or list(rec.activator.endpoints)
     wanted = render_endpoint_slice(spec, endpoints)
-    if live is None:
-        try:
-            await rec.kube.create(wanted)
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
-            log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
-            return wanted  # of its name, and not in the cache: not the serving's
-    elif covers(live, wanted):
+    if live is not None and covers(live, wanted):
         return None
-    else:
-        await rec.kube.apply(wanted)
-    rec.writes += 1
+    answer = await _apply(rec.kube, spec, wanted, exists=live is not None)
+    if answer is None:  # of its name, not in the cache, and not the serving's
+        log.warning(_FOREIGN_SLICE, spec.namespace, spec.name)
+        return wanted
+    if isinstance(answer, KubeError):
+        raise answer
+    if not isinstance(answer, AlreadyThere):
+        rec.writes += 1
     return None
 
 
