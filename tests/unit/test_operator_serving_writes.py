@@ -78,12 +78,18 @@ def reconciler(server: ClusterApi) -> Reconciler:
     )
 
 
-async def test_a_new_serving_costs_its_children_and_its_status_with_the_model_id_in_it():
-    # Given a serving just made: no status, no children
+def just_made() -> tuple[dict[str, Any], ClusterApi, Reconciler]:
+    """A serving just made (no status, no children; its version 5), the API server holding it,
+    and an operator that has not reconciled it yet."""
     body = mnist_body(logging=OFF)
     body["metadata"]["resourceVersion"] = "5"
     server = ClusterApi(copy.deepcopy(body))
-    rec = reconciler(server)
+    return body, server, reconciler(server)
+
+
+async def test_a_new_serving_costs_its_children_and_its_status_with_the_model_id_in_it():
+    # Given a serving just made: no status, no children
+    body, server, rec = just_made()
 
     # When its own event is reconciled
     await reconcile(rec, body, [], from_serving_event=True)
@@ -105,10 +111,7 @@ async def test_a_new_serving_costs_its_children_and_its_status_with_the_model_id
 
 async def test_a_reconcile_before_the_cache_shows_the_status_write_writes_nothing_again():
     # Given a serving reconciled once: its children made and its status written
-    body = mnist_body(logging=OFF)
-    body["metadata"]["resourceVersion"] = "5"
-    server = ClusterApi(copy.deepcopy(body))
-    rec = reconciler(server)
+    body, server, rec = just_made()
     await reconcile(rec, body, [], from_serving_event=True)
     written = len(server.writes)
 
@@ -134,10 +137,7 @@ async def test_a_reconcile_before_the_cache_shows_the_status_write_writes_nothin
 async def test_the_event_of_an_earlier_status_write_seen_after_a_later_one_writes_nothing_again():
     # Given a serving whose status was written twice while the watch cache still held it as it
     # was made: taken up, then Ready when its Deployment became available
-    body = mnist_body(logging=OFF)
-    body["metadata"]["resourceVersion"] = "5"
-    server = ClusterApi(copy.deepcopy(body))
-    rec = reconciler(server)
+    body, server, rec = just_made()
     await reconcile(rec, body, [], from_serving_event=True)
     taken_up = copy.deepcopy(server.serving)  # the version the first write made
     deployment = server.objects[("Deployment", "mnist")]
@@ -169,10 +169,7 @@ async def test_the_event_of_an_earlier_status_write_seen_after_a_later_one_write
 
 async def test_a_child_the_cache_has_not_seen_yet_is_not_written_again():
     # Given a serving reconciled once: its children made, its status written
-    body = mnist_body(logging=OFF)
-    body["metadata"]["resourceVersion"] = "5"
-    server = ClusterApi(copy.deepcopy(body))
-    rec = reconciler(server)
+    body, server, rec = just_made()
     await reconcile(rec, body, [], from_serving_event=True)
     written, counted = len(server.writes), rec.writes
 
